@@ -1,0 +1,287 @@
+//! `cargo xtask test`: builds the test binaries once, runs them on the running kernel, then
+//! boots each kernel of the matrix with virtme-ng and runs the same binaries inside it.
+use std::{
+    fs,
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use cargo_metadata::Message;
+
+use crate::setup;
+
+/// How long one kernel of the matrix may take, boot included (software emulation is slow).
+const VM_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// Test counts of one run of the binaries on one kernel.
+#[derive(Debug, Default)]
+struct Summary {
+    kernel: String,
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+    /// Binaries that exited non-zero without reporting a failed test (crash, abort).
+    crashed: Vec<String>,
+}
+
+impl Summary {
+    fn ok(&self) -> bool {
+        // An ignored test is a test that did not run: not allowed to pass as green.
+        self.failed == 0 && self.ignored == 0 && self.crashed.is_empty() && self.passed > 0
+    }
+}
+
+pub fn test(kernels: &[String], host: bool, filter: Option<&str>) -> Result<()> {
+    setup::build_tools()?;
+    setup::programs(setup::TEST_PROGRAMS)?;
+    let mut images = Vec::new();
+    if !kernels.is_empty() {
+        setup::programs(setup::VM_PROGRAMS)?;
+        setup::virtme_ng()?;
+        for series in kernels {
+            images.push(kernel_image(series)?);
+        }
+    }
+    if !nix_is_root() {
+        bail!("the tests create namespaces and load BPF programs: run as root");
+    }
+
+    let binaries = build_tests()?;
+    let mut summaries = Vec::new();
+    if host {
+        summaries.push(run_binaries(&binaries, filter, 2)?);
+    }
+    for image in &images {
+        summaries.push(run_in_vm(image, &binaries, filter)?);
+    }
+
+    println!("\nkernel matrix:");
+    for s in &summaries {
+        let verdict = if s.ok() { "ok" } else { "FAILED" };
+        println!(
+            "  {:<28} {:>4} passed, {} failed, {} ignored{} -> {verdict}",
+            s.kernel,
+            s.passed,
+            s.failed,
+            s.ignored,
+            if s.crashed.is_empty() { String::new() } else { format!(", crashed: {}", s.crashed.join(" ")) }
+        );
+    }
+    let passed: u64 = summaries.iter().map(|s| s.passed).sum();
+    let failed: u64 = summaries.iter().map(|s| s.failed + s.ignored + s.crashed.len() as u64).sum();
+    println!("{passed} passed, {failed} failed");
+    if summaries.iter().any(|s| !s.ok()) {
+        bail!("tests failed");
+    }
+    Ok(())
+}
+
+/// `cargo test --no-run` for the workspace; returns the test binaries.
+fn build_tests() -> Result<Vec<PathBuf>> {
+    println!("build: cargo test --workspace --no-run");
+    let mut child = Command::new("cargo")
+        .args(["test", "--workspace", "--no-run", "--message-format=json-render-diagnostics"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running cargo")?;
+    let stdout = child.stdout.take().context("cargo stdout")?;
+    let mut binaries = Vec::new();
+    for message in Message::parse_stream(BufReader::new(stdout)) {
+        if let Message::CompilerArtifact(artifact) = message? {
+            if artifact.profile.test {
+                if let Some(executable) = artifact.executable {
+                    binaries.push(executable.into_std_path_buf());
+                }
+            }
+        }
+    }
+    if !child.wait()?.success() {
+        bail!("building the tests failed");
+    }
+    Ok(binaries)
+}
+
+/// Runs each test binary, echoing its output, and adds up libtest's result lines.
+fn run_binaries(binaries: &[PathBuf], filter: Option<&str>, threads: u32) -> Result<Summary> {
+    let mut summary = Summary { kernel: kernel_release(), ..Default::default() };
+    for binary in binaries {
+        let mut cmd = Command::new(binary);
+        cmd.arg(format!("--test-threads={threads}"));
+        if let Some(filter) = filter {
+            cmd.arg(filter);
+        }
+        let mut child = cmd.stdout(Stdio::piped()).spawn().with_context(|| format!("running {}", binary.display()))?;
+        let stdout = child.stdout.take().context("test stdout")?;
+        let failed_before = summary.failed;
+        for line in BufReader::new(stdout).lines() {
+            let line = line?;
+            println!("{line}");
+            if let Some(counts) = line.strip_prefix("test result: ") {
+                let (passed, failed, ignored) = parse_result(counts);
+                summary.passed += passed;
+                summary.failed += failed;
+                summary.ignored += ignored;
+            }
+        }
+        let status = child.wait()?;
+        if !status.success() && summary.failed == failed_before {
+            summary.crashed.push(binary.file_name().unwrap_or_default().to_string_lossy().into_owned());
+        }
+    }
+    Ok(summary)
+}
+
+/// Parses `ok. 3 passed; 0 failed; 1 ignored; ...` into (passed, failed, ignored).
+fn parse_result(counts: &str) -> (u64, u64, u64) {
+    let mut out = (0, 0, 0);
+    for part in counts.split(';') {
+        let mut words = part.split_whitespace().rev();
+        let (Some(label), Some(number)) = (words.next(), words.next()) else { continue };
+        let Ok(number) = number.parse::<u64>() else { continue };
+        match label {
+            "passed" => out.0 = number,
+            "failed" => out.1 = number,
+            "ignored" => out.2 = number,
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Inside a VM: runs the binaries listed in `plan` and writes the summary to `report`.
+pub fn guest(plan: &Path, report: &Path) -> Result<()> {
+    let plan = fs::read_to_string(plan)?;
+    let mut lines = plan.lines();
+    let filter = lines.next().filter(|f| !f.is_empty());
+    let binaries: Vec<PathBuf> = lines.map(PathBuf::from).collect();
+    let summary = run_binaries(&binaries, filter, 2)?;
+    let report_text = format!(
+        "{}\n{} {} {}\n{}\n",
+        summary.kernel,
+        summary.passed,
+        summary.failed,
+        summary.ignored,
+        summary.crashed.join(" ")
+    );
+    fs::write(report, report_text)?;
+    Ok(())
+}
+
+/// Boots `image` under QEMU (software emulation: nested KVM does not work here) with the host's
+/// filesystem, and runs the test binaries inside it through `xtask guest-test`.
+fn run_in_vm(image: &Path, binaries: &[PathBuf], filter: Option<&str>) -> Result<Summary> {
+    let name = image.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/matrix").join(&name);
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir)?;
+    let dir = dir.canonicalize()?;
+    let plan = dir.join("plan");
+    let report = dir.join("report");
+    let mut plan_text = format!("{}\n", filter.unwrap_or(""));
+    for binary in binaries {
+        plan_text.push_str(&format!("{}\n", binary.display()));
+    }
+    fs::write(&plan, plan_text)?;
+
+    let xtask = std::env::current_exe()?;
+    let guest_cmd = format!("{} guest-test --plan {} --report {}", xtask.display(), plan.display(), report.display());
+    println!("\n=== {name}: booting with virtme-ng (software emulation)");
+    let started = Instant::now();
+    let mut child = Command::new("vng")
+        .arg("--run")
+        .arg(image)
+        .args(["--disable-kvm", "--cpus", "2", "--memory", "2G", "--rwdir"])
+        .arg(&dir)
+        .arg("--")
+        .arg(&guest_cmd)
+        .stdin(Stdio::null())
+        .spawn()
+        .context("running vng")?;
+    loop {
+        if child.try_wait()?.is_some() {
+            break;
+        }
+        if started.elapsed() > VM_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{name}: no result within {VM_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let text = fs::read_to_string(&report)
+        .with_context(|| format!("{name}: the guest wrote no report (did it boot?)"))?;
+    let mut lines = text.lines();
+    let kernel = lines.next().unwrap_or_default().to_owned();
+    let counts: Vec<u64> = lines.next().unwrap_or_default().split(' ').filter_map(|n| n.parse().ok()).collect();
+    let crashed = lines.next().unwrap_or_default().split_whitespace().map(str::to_owned).collect();
+    println!("=== {name}: done in {:.0?}", started.elapsed());
+    Ok(Summary {
+        kernel,
+        passed: counts.first().copied().unwrap_or(0),
+        failed: counts.get(1).copied().unwrap_or(0),
+        ignored: counts.get(2).copied().unwrap_or(0),
+        crashed,
+    })
+}
+
+/// The vmlinuz of the newest Debian `linux-image-SERIES.*-amd64-unsigned`, installed with apt
+/// when no such kernel is in /boot yet.
+fn kernel_image(series: &str) -> Result<PathBuf> {
+    if let Some(image) = find_image(series) {
+        println!("setup: kernel {series} present ({})", image.display());
+        return Ok(image);
+    }
+    let package = newest_kernel_package(series)?;
+    setup::apt_install(&[&package])?;
+    find_image(series).with_context(|| format!("{package} installed no /boot/vmlinuz-{series}.*"))
+}
+
+fn find_image(series: &str) -> Option<PathBuf> {
+    let prefix = format!("vmlinuz-{series}.");
+    let mut images: Vec<PathBuf> = fs::read_dir("/boot")
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            name.starts_with(&prefix) && name.ends_with("-amd64") && !name.contains("cloud") && !name.contains("-rt-")
+        })
+        .collect();
+    images.sort();
+    images.pop()
+}
+
+fn newest_kernel_package(series: &str) -> Result<String> {
+    let pattern = format!("^linux-image-{}\\.[0-9].*-amd64-unsigned$", series.replace('.', "\\."));
+    let search = || -> Result<Vec<String>> {
+        let out = Command::new("apt-cache").args(["search", "--names-only", &pattern]).output()?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|name| !name.contains("cloud") && !name.contains("-rt-"))
+            .map(str::to_owned)
+            .collect())
+    };
+    let mut names = search()?;
+    if names.is_empty() {
+        let _ = Command::new("apt-get").args(["update", "-qq"]).status();
+        names = search()?;
+    }
+    // Version order (6.1.0-9 before 6.1.0-10), as `sort -V` does.
+    names.sort_by_key(|name| {
+        name.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u64>().ok()).collect::<Vec<_>>()
+    });
+    names.pop().with_context(|| format!("no Debian package matches {pattern}; is this Debian 12 with apt sources?"))
+}
+
+fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).unwrap_or_else(|_| "unknown".into())
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
