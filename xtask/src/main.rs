@@ -47,7 +47,11 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { args } => run::run(&args),
-        Command::Test { kernels, no_host, filter } => test::test(&kernels, !no_host, filter.as_deref()),
+        Command::Test {
+            kernels,
+            no_host,
+            filter,
+        } => test::test(&kernels, !no_host, filter.as_deref()),
         Command::Lint => lint(),
         Command::GuestTest { plan, report } => test::guest(&plan, &report),
     }
@@ -60,11 +64,27 @@ fn lint() -> Result<()> {
     setup::rustup_component("nightly", "clippy")?;
     setup::cargo(&["fmt", "--all", "--check"])?;
     setup::cargo(&[
-        "clippy", "--workspace", "--exclude", "bridgenet-ebpf", "--all-targets", "--", "-D", "warnings",
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "bridgenet-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
     ])?;
     setup::cargo(&[
-        "+nightly", "clippy", "--package", "bridgenet-ebpf", "--target", "bpfel-unknown-none", "-Z",
-        "build-std=core", "--", "-D", "warnings",
+        "+nightly",
+        "clippy",
+        "--package",
+        "bridgenet-ebpf",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--",
+        "-D",
+        "warnings",
     ])?;
     println!("lint: ok");
     Ok(())

@@ -10,19 +10,34 @@ const VIRTME_NG_VERSION: &str = "1.42";
 /// What building the eBPF programs needs: the nightly's rust-src and bpf-linker.
 pub fn build_tools() -> Result<()> {
     rustup_component("nightly", "rust-src")?;
-    let installed = Command::new("bpf-linker").arg("--version").output().ok().filter(|o| o.status.success());
-    let version = installed.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    let installed = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success());
+    let version = installed
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
     if version.contains(BPF_LINKER_VERSION) {
         println!("setup: bpf-linker {BPF_LINKER_VERSION} present");
         return Ok(());
     }
     println!("setup: installing bpf-linker {BPF_LINKER_VERSION} (a few minutes)");
     let status = Command::new("cargo")
-        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--force"])
+        .args([
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--locked",
+            "--force",
+        ])
         .status()
         .context("running cargo install")?;
     if !status.success() {
-        bail!("installing bpf-linker failed; run `cargo install bpf-linker --version {BPF_LINKER_VERSION} --locked`");
+        bail!(
+            "installing bpf-linker failed; run `cargo install bpf-linker --version {BPF_LINKER_VERSION} --locked`"
+        );
     }
     Ok(())
 }
@@ -33,14 +48,21 @@ pub fn rustup_component(toolchain: &str, component: &str) -> Result<()> {
         .args(["component", "list", "--installed", "--toolchain", toolchain])
         .output()
         .context("rustup is needed (https://rustup.rs)")?;
-    if String::from_utf8_lossy(&list.stdout).lines().any(|l| l.starts_with(component)) {
+    if String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .any(|l| l.starts_with(component))
+    {
         println!("setup: {component} ({toolchain}) present");
         return Ok(());
     }
     println!("setup: adding {component} to the {toolchain} toolchain");
-    let status = Command::new("rustup").args(["component", "add", component, "--toolchain", toolchain]).status()?;
+    let status = Command::new("rustup")
+        .args(["component", "add", component, "--toolchain", toolchain])
+        .status()?;
     if !status.success() {
-        bail!("could not add {component}; run `rustup component add {component} --toolchain {toolchain}`");
+        bail!(
+            "could not add {component}; run `rustup component add {component} --toolchain {toolchain}`"
+        );
     }
     Ok(())
 }
@@ -56,11 +78,18 @@ pub const TEST_PROGRAMS: &[(&str, &str)] = &[
 ];
 
 /// Programs the kernel matrix needs besides virtme-ng.
-pub const VM_PROGRAMS: &[(&str, &str)] = &[("qemu-system-x86_64", "qemu-system-x86"), ("busybox", "busybox-static")];
+pub const VM_PROGRAMS: &[(&str, &str)] = &[
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("busybox", "busybox-static"),
+];
 
 /// Installs with apt the packages of the programs in `programs` that are not on PATH.
 pub fn programs(programs: &[(&str, &str)]) -> Result<()> {
-    let mut missing: Vec<&str> = programs.iter().filter(|(bin, _)| !on_path(bin)).map(|(_, pkg)| *pkg).collect();
+    let mut missing: Vec<&str> = programs
+        .iter()
+        .filter(|(bin, _)| !on_path(bin))
+        .map(|(_, pkg)| *pkg)
+        .collect();
     missing.dedup();
     if missing.is_empty() {
         let names: Vec<&str> = programs.iter().map(|(bin, _)| *bin).collect();
@@ -75,7 +104,10 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
     println!("setup: apt-get install {}", packages.join(" "));
     let update = Command::new("apt-get").args(["update", "-qq"]).status();
     if !matches!(update, Ok(s) if s.success()) {
-        bail!("apt-get update failed; install {} by hand (as root)", packages.join(" "));
+        bail!(
+            "apt-get update failed; install {} by hand (as root)",
+            packages.join(" ")
+        );
     }
     let status = Command::new("apt-get")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
@@ -83,7 +115,10 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive")
         .status()?;
     if !status.success() {
-        bail!("apt-get install failed; install {} by hand (as root)", packages.join(" "));
+        bail!(
+            "apt-get install failed; install {} by hand (as root)",
+            packages.join(" ")
+        );
     }
     Ok(())
 }
@@ -96,11 +131,19 @@ pub fn virtme_ng() -> Result<()> {
     }
     println!("setup: pip install virtme-ng=={VIRTME_NG_VERSION}");
     let status = Command::new("python3")
-        .args(["-m", "pip", "install", "-q", &format!("virtme-ng=={VIRTME_NG_VERSION}")])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            &format!("virtme-ng=={VIRTME_NG_VERSION}"),
+        ])
         .status()
         .context("python3 is needed for virtme-ng")?;
     if !status.success() || !on_path("vng") {
-        bail!("could not install virtme-ng; run `python3 -m pip install virtme-ng=={VIRTME_NG_VERSION}`");
+        bail!(
+            "could not install virtme-ng; run `python3 -m pip install virtme-ng=={VIRTME_NG_VERSION}`"
+        );
     }
     Ok(())
 }
@@ -113,7 +156,10 @@ pub fn on_path(program: &str) -> bool {
 
 /// Runs cargo with `args`, failing with the command line when it fails.
 pub fn cargo(args: &[&str]) -> Result<()> {
-    let status = Command::new("cargo").args(args).status().context("running cargo")?;
+    let status = Command::new("cargo")
+        .args(args)
+        .status()
+        .context("running cargo")?;
     if !status.success() {
         bail!("cargo {} failed", args.join(" "));
     }

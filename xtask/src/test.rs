@@ -67,11 +67,18 @@ pub fn test(kernels: &[String], host: bool, filter: Option<&str>) -> Result<()> 
             s.passed,
             s.failed,
             s.ignored,
-            if s.crashed.is_empty() { String::new() } else { format!(", crashed: {}", s.crashed.join(" ")) }
+            if s.crashed.is_empty() {
+                String::new()
+            } else {
+                format!(", crashed: {}", s.crashed.join(" "))
+            }
         );
     }
     let passed: u64 = summaries.iter().map(|s| s.passed).sum();
-    let failed: u64 = summaries.iter().map(|s| s.failed + s.ignored + s.crashed.len() as u64).sum();
+    let failed: u64 = summaries
+        .iter()
+        .map(|s| s.failed + s.ignored + s.crashed.len() as u64)
+        .sum();
     println!("{passed} passed, {failed} failed");
     if summaries.iter().any(|s| !s.ok()) {
         bail!("tests failed");
@@ -83,19 +90,23 @@ pub fn test(kernels: &[String], host: bool, filter: Option<&str>) -> Result<()> 
 fn build_tests() -> Result<Vec<PathBuf>> {
     println!("build: cargo test --workspace --no-run");
     let mut child = Command::new("cargo")
-        .args(["test", "--workspace", "--no-run", "--message-format=json-render-diagnostics"])
+        .args([
+            "test",
+            "--workspace",
+            "--no-run",
+            "--message-format=json-render-diagnostics",
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .context("running cargo")?;
     let stdout = child.stdout.take().context("cargo stdout")?;
     let mut binaries = Vec::new();
     for message in Message::parse_stream(BufReader::new(stdout)) {
-        if let Message::CompilerArtifact(artifact) = message? {
-            if artifact.profile.test {
-                if let Some(executable) = artifact.executable {
-                    binaries.push(executable.into_std_path_buf());
-                }
-            }
+        if let Message::CompilerArtifact(artifact) = message?
+            && artifact.profile.test
+            && let Some(executable) = artifact.executable
+        {
+            binaries.push(executable.into_std_path_buf());
         }
     }
     if !child.wait()?.success() {
@@ -106,14 +117,20 @@ fn build_tests() -> Result<Vec<PathBuf>> {
 
 /// Runs each test binary, echoing its output, and adds up libtest's result lines.
 fn run_binaries(binaries: &[PathBuf], filter: Option<&str>, threads: u32) -> Result<Summary> {
-    let mut summary = Summary { kernel: kernel_release(), ..Default::default() };
+    let mut summary = Summary {
+        kernel: kernel_release(),
+        ..Default::default()
+    };
     for binary in binaries {
         let mut cmd = Command::new(binary);
         cmd.arg(format!("--test-threads={threads}"));
         if let Some(filter) = filter {
             cmd.arg(filter);
         }
-        let mut child = cmd.stdout(Stdio::piped()).spawn().with_context(|| format!("running {}", binary.display()))?;
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running {}", binary.display()))?;
         let stdout = child.stdout.take().context("test stdout")?;
         let failed_before = summary.failed;
         for line in BufReader::new(stdout).lines() {
@@ -128,7 +145,13 @@ fn run_binaries(binaries: &[PathBuf], filter: Option<&str>, threads: u32) -> Res
         }
         let status = child.wait()?;
         if !status.success() && summary.failed == failed_before {
-            summary.crashed.push(binary.file_name().unwrap_or_default().to_string_lossy().into_owned());
+            summary.crashed.push(
+                binary
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned(),
+            );
         }
     }
     Ok(summary)
@@ -139,8 +162,12 @@ fn parse_result(counts: &str) -> (u64, u64, u64) {
     let mut out = (0, 0, 0);
     for part in counts.split(';') {
         let mut words = part.split_whitespace().rev();
-        let (Some(label), Some(number)) = (words.next(), words.next()) else { continue };
-        let Ok(number) = number.parse::<u64>() else { continue };
+        let (Some(label), Some(number)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let Ok(number) = number.parse::<u64>() else {
+            continue;
+        };
         match label {
             "passed" => out.0 = number,
             "failed" => out.1 = number,
@@ -173,8 +200,14 @@ pub fn guest(plan: &Path, report: &Path) -> Result<()> {
 /// Boots `image` under QEMU (software emulation: nested KVM does not work here) with the host's
 /// filesystem, and runs the test binaries inside it through `xtask guest-test`.
 fn run_in_vm(image: &Path, binaries: &[PathBuf], filter: Option<&str>) -> Result<Summary> {
-    let name = image.file_name().unwrap_or_default().to_string_lossy().into_owned();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/matrix").join(&name);
+    let name = image
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/matrix")
+        .join(&name);
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir)?;
     let dir = dir.canonicalize()?;
@@ -187,7 +220,12 @@ fn run_in_vm(image: &Path, binaries: &[PathBuf], filter: Option<&str>) -> Result
     fs::write(&plan, plan_text)?;
 
     let xtask = std::env::current_exe()?;
-    let guest_cmd = format!("{} guest-test --plan {} --report {}", xtask.display(), plan.display(), report.display());
+    let guest_cmd = format!(
+        "{} guest-test --plan {} --report {}",
+        xtask.display(),
+        plan.display(),
+        report.display()
+    );
     println!("\n=== {name}: booting with virtme-ng (software emulation)");
     let started = Instant::now();
     let mut child = Command::new("vng")
@@ -198,8 +236,19 @@ fn run_in_vm(image: &Path, binaries: &[PathBuf], filter: Option<&str>) -> Result
         .arg("--")
         .arg(&guest_cmd)
         .stdin(Stdio::null())
+        .stdout(Stdio::piped())
         .spawn()
         .context("running vng")?;
+    // The guest console carries terminal escapes and blank padding: keep the readable lines.
+    let console = child.stdout.take().context("vng stdout")?;
+    let echo = std::thread::spawn(move || {
+        for line in BufReader::new(console).split(b'\n').map_while(Result::ok) {
+            let line = strip_escapes(&String::from_utf8_lossy(&line));
+            if !line.trim().is_empty() {
+                println!("{line}");
+            }
+        }
+    });
     loop {
         if child.try_wait()?.is_some() {
             break;
@@ -211,12 +260,23 @@ fn run_in_vm(image: &Path, binaries: &[PathBuf], filter: Option<&str>) -> Result
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+    let _ = echo.join();
     let text = fs::read_to_string(&report)
         .with_context(|| format!("{name}: the guest wrote no report (did it boot?)"))?;
     let mut lines = text.lines();
     let kernel = lines.next().unwrap_or_default().to_owned();
-    let counts: Vec<u64> = lines.next().unwrap_or_default().split(' ').filter_map(|n| n.parse().ok()).collect();
-    let crashed = lines.next().unwrap_or_default().split_whitespace().map(str::to_owned).collect();
+    let counts: Vec<u64> = lines
+        .next()
+        .unwrap_or_default()
+        .split(' ')
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let crashed = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
     println!("=== {name}: done in {:.0?}", started.elapsed());
     Ok(Summary {
         kernel,
@@ -225,6 +285,30 @@ fn run_in_vm(image: &Path, binaries: &[PathBuf], filter: Option<&str>) -> Result
         ignored: counts.get(2).copied().unwrap_or(0),
         crashed,
     })
+}
+
+/// Removes ANSI escape sequences and carriage returns.
+fn strip_escapes(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\x1b' => {
+                // CSI: ESC [ parameters final-byte; other escapes are two characters.
+                if chars.next() == Some('[') {
+                    for c in chars.by_ref() {
+                        if c.is_ascii_alphabetic() {
+                            break;
+                        }
+                    }
+                }
+            }
+            '\r' => {}
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The vmlinuz of the newest Debian `linux-image-SERIES.*-amd64-unsigned`, installed with apt
@@ -247,7 +331,10 @@ fn find_image(series: &str) -> Option<PathBuf> {
         .map(|e| e.path())
         .filter(|p| {
             let name = p.file_name().unwrap_or_default().to_string_lossy();
-            name.starts_with(&prefix) && name.ends_with("-amd64") && !name.contains("cloud") && !name.contains("-rt-")
+            name.starts_with(&prefix)
+                && name.ends_with("-amd64")
+                && !name.contains("cloud")
+                && !name.contains("-rt-")
         })
         .collect();
     images.sort();
@@ -255,9 +342,14 @@ fn find_image(series: &str) -> Option<PathBuf> {
 }
 
 fn newest_kernel_package(series: &str) -> Result<String> {
-    let pattern = format!("^linux-image-{}\\.[0-9].*-amd64-unsigned$", series.replace('.', "\\."));
+    let pattern = format!(
+        "^linux-image-{}\\.[0-9].*-amd64-unsigned$",
+        series.replace('.', "\\.")
+    );
     let search = || -> Result<Vec<String>> {
-        let out = Command::new("apt-cache").args(["search", "--names-only", &pattern]).output()?;
+        let out = Command::new("apt-cache")
+            .args(["search", "--names-only", &pattern])
+            .output()?;
         Ok(String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| l.split_whitespace().next())
@@ -272,16 +364,49 @@ fn newest_kernel_package(series: &str) -> Result<String> {
     }
     // Version order (6.1.0-9 before 6.1.0-10), as `sort -V` does.
     names.sort_by_key(|name| {
-        name.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u64>().ok()).collect::<Vec<_>>()
+        name.split(|c: char| !c.is_ascii_digit())
+            .filter_map(|n| n.parse::<u64>().ok())
+            .collect::<Vec<_>>()
     });
-    names.pop().with_context(|| format!("no Debian package matches {pattern}; is this Debian 12 with apt sources?"))
+    names.pop().with_context(|| {
+        format!("no Debian package matches {pattern}; is this Debian 12 with apt sources?")
+    })
 }
 
 fn kernel_release() -> String {
-    fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).unwrap_or_else(|_| "unknown".into())
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn nix_is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libtest_result_lines_are_counted() {
+        let line = "ok. 3 passed; 1 failed; 2 ignored; 0 measured; 5 filtered out; finished in 0.4s";
+        assert_eq!(parse_result(line), (3, 1, 2));
+        assert_eq!(parse_result("FAILED. 0 passed; 4 failed; 0 ignored"), (0, 4, 0));
+    }
+
+    #[test]
+    fn console_escapes_are_removed() {
+        assert_eq!(strip_escapes("\x1b[0m\x1b[?25htest a ... ok\r"), "test a ... ok");
+        assert_eq!(strip_escapes("   \x1b[2J  ").trim(), "");
+    }
+
+    #[test]
+    fn ignored_tests_and_empty_runs_are_not_green() {
+        let ok = Summary { passed: 1, ..Default::default() };
+        assert!(ok.ok());
+        assert!(!Summary { passed: 1, ignored: 1, ..Default::default() }.ok());
+        assert!(!Summary::default().ok(), "a kernel that ran no test is a failure");
+        assert!(!Summary { passed: 1, crashed: vec!["x".into()], ..Default::default() }.ok());
+    }
 }

@@ -37,12 +37,9 @@ impl Datapath {
             bail!("this binary was built with AYA_BUILD_SKIP=1 and carries no eBPF programs");
         }
         let mut ebpf = Ebpf::load(OBJECT).context("loading the eBPF object")?;
-        for name in [programs::TC_COUNT] {
-            let program: &mut SchedClassifier = program_mut(&mut ebpf, name)?;
-            program
-                .load()
-                .with_context(|| format!("verifying program {name}"))?;
-        }
+        let tc: &mut SchedClassifier = program_mut(&mut ebpf, programs::TC_COUNT)?;
+        tc.load()
+            .with_context(|| format!("verifying program {}", programs::TC_COUNT))?;
         let xdp: &mut Xdp = program_mut(&mut ebpf, programs::XDP_COUNT)?;
         xdp.load()
             .with_context(|| format!("verifying program {}", programs::XDP_COUNT))?;
