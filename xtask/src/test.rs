@@ -390,23 +390,50 @@ mod tests {
 
     #[test]
     fn libtest_result_lines_are_counted() {
-        let line = "ok. 3 passed; 1 failed; 2 ignored; 0 measured; 5 filtered out; finished in 0.4s";
+        let line =
+            "ok. 3 passed; 1 failed; 2 ignored; 0 measured; 5 filtered out; finished in 0.4s";
         assert_eq!(parse_result(line), (3, 1, 2));
-        assert_eq!(parse_result("FAILED. 0 passed; 4 failed; 0 ignored"), (0, 4, 0));
+        assert_eq!(
+            parse_result("FAILED. 0 passed; 4 failed; 0 ignored"),
+            (0, 4, 0)
+        );
     }
 
     #[test]
     fn console_escapes_are_removed() {
-        assert_eq!(strip_escapes("\x1b[0m\x1b[?25htest a ... ok\r"), "test a ... ok");
+        assert_eq!(
+            strip_escapes("\x1b[0m\x1b[?25htest a ... ok\r"),
+            "test a ... ok"
+        );
         assert_eq!(strip_escapes("   \x1b[2J  ").trim(), "");
     }
 
     #[test]
     fn ignored_tests_and_empty_runs_are_not_green() {
-        let ok = Summary { passed: 1, ..Default::default() };
+        let ok = Summary {
+            passed: 1,
+            ..Default::default()
+        };
         assert!(ok.ok());
-        assert!(!Summary { passed: 1, ignored: 1, ..Default::default() }.ok());
-        assert!(!Summary::default().ok(), "a kernel that ran no test is a failure");
-        assert!(!Summary { passed: 1, crashed: vec!["x".into()], ..Default::default() }.ok());
+        assert!(
+            !Summary {
+                passed: 1,
+                ignored: 1,
+                ..Default::default()
+            }
+            .ok()
+        );
+        assert!(
+            !Summary::default().ok(),
+            "a kernel that ran no test is a failure"
+        );
+        assert!(
+            !Summary {
+                passed: 1,
+                crashed: vec!["x".into()],
+                ..Default::default()
+            }
+            .ok()
+        );
     }
 }
