@@ -16,15 +16,205 @@ pub struct IfCounters {
 
 const _: () = assert!(core::mem::size_of::<IfCounters>() == 16);
 
+/// One direction of a flow as a hook sees it before translation. Addresses and ports are in
+/// network byte order, as on the wire. For ICMP echo the identifier stands in `sport` for a
+/// request and in `dport` for a reply, so that swapping the ports gives the other direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct CtKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
+
+impl CtKey {
+    /// The key of the same flow seen in the other direction, with no translation.
+    pub const fn reversed(&self) -> Self {
+        Self {
+            saddr: self.daddr,
+            daddr: self.saddr,
+            sport: self.dport,
+            dport: self.sport,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// What a conntrack entry does to the packets that match its key.
+pub mod action {
+    /// Rewrite the source to `nat_addr:nat_port` (masquerade; replies of published ports).
+    pub const SNAT: u8 = 1;
+    /// Rewrite the destination to `nat_addr:nat_port` (published ports; replies of masquerade).
+    pub const DNAT: u8 = 2;
+    /// A flow of the host itself, tracked so that masquerade never takes its tuple: pass.
+    pub const HOST: u8 = 3;
+}
+
+/// Which direction of its flow a conntrack entry describes.
+pub mod direction {
+    pub const ORIGINAL: u8 = 0;
+    pub const REPLY: u8 = 1;
+}
+
+/// TCP flags a conntrack entry has seen, OR-ed together; userspace derives the state from both
+/// directions (SYN sent, established, closing, closed) and the timeout from the state.
+pub mod tcp_seen {
+    pub const SYN: u8 = 1;
+    pub const ACK: u8 = 2;
+    pub const FIN: u8 = 4;
+    pub const RST: u8 = 8;
+}
+
+/// One direction of a tracked flow. The other direction's entry has the key
+/// `CtEntry::peer`, so both are found from either.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct CtEntry {
+    /// The key of the other direction, as the hook that sees it looks it up.
+    pub peer: CtKey,
+    /// bpf_ktime_get_ns of the last packet.
+    pub last_seen_ns: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    /// Address and port written by `action`, network byte order.
+    pub nat_addr: u32,
+    pub nat_port: u16,
+    pub action: u8,
+    pub direction: u8,
+    pub tcp_seen: u8,
+    pub _pad: [u8; 7],
+}
+
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 56);
+
+/// A published port: protocol, host port and host address (0 for any host address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct PublishKey {
+    pub addr: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+const _: () = assert!(core::mem::size_of::<PublishKey>() == 8);
+
+/// Where a published port leads: the endpoint's address and port, network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct PublishTarget {
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+const _: () = assert!(core::mem::size_of::<PublishTarget>() == 8);
+
+/// An uplink: the interface whose address masquerade uses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Uplink {
+    /// The uplink's primary IPv4 address, network byte order.
+    pub addr: u32,
+}
+
+/// A managed subnet, value of the `SUBNETS` LPM trie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Subnet {
+    /// 1 when traffic from the subnet to the outside is masqueraded.
+    pub masquerade: u32,
+}
+
+/// Source ports masquerade may choose when it cannot keep the original one (host byte order).
+/// Kept outside the host's ip_local_port_range so that the host's own connections never clash.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct NatConfig {
+    pub port_min: u16,
+    pub port_max: u16,
+    /// The host's ip_local_port_range: an original port inside it is never kept.
+    pub host_port_min: u16,
+    pub host_port_max: u16,
+}
+
+impl Default for NatConfig {
+    fn default() -> Self {
+        Self { port_min: 61000, port_max: 65535, host_port_min: 32768, host_port_max: 60999 }
+    }
+}
+
+/// Program ids, the first index of the `STATS` counters.
+pub mod program_id {
+    pub const UPLINK_INGRESS: u32 = 0;
+    pub const UPLINK_EGRESS: u32 = 1;
+    pub const COUNT: u32 = 2;
+    pub const NAMES: [&str; COUNT as usize] = ["uplink_ingress", "uplink_egress"];
+}
+
+/// What happened to a packet: the second index of the `STATS` counters. Every drop has one.
+pub mod outcome {
+    pub const PASSED: u32 = 0;
+    pub const SNAT: u32 = 1;
+    pub const DNAT: u32 = 2;
+    pub const DROP_MALFORMED: u32 = 3;
+    pub const DROP_FRAGMENT: u32 = 4;
+    pub const DROP_CT_FULL: u32 = 5;
+    pub const DROP_PORTS_EXHAUSTED: u32 = 6;
+    pub const DROP_REWRITE_FAILED: u32 = 7;
+    /// A managed source that masquerade does not translate (masquerade off, ICMP errors, other
+    /// protocols): it would leave with a private address.
+    pub const DROP_UNTRANSLATABLE: u32 = 8;
+    pub const COUNT: u32 = 9;
+    pub const NAMES: [&str; COUNT as usize] = [
+        "passed",
+        "snat",
+        "dnat",
+        "drop_malformed",
+        "drop_fragment",
+        "drop_ct_full",
+        "drop_ports_exhausted",
+        "drop_rewrite_failed",
+        "drop_untranslatable",
+    ];
+
+    pub const fn is_drop(outcome: u32) -> bool {
+        outcome >= DROP_MALFORMED
+    }
+}
+
+/// Index of a counter in `STATS`.
+pub const fn stats_index(program: u32, outcome: u32) -> u32 {
+    program * outcome::COUNT + outcome
+}
+
+/// Default size of the conntrack map: one entry per direction, so half as many flows.
+pub const CT_MAX_ENTRIES: u32 = 524_288;
+
 /// Names of the maps, as the programs declare them and the loader finds them.
 pub mod maps {
     pub const IF_COUNTERS: &str = "IF_COUNTERS";
+    pub const CONNTRACK: &str = "CONNTRACK";
+    pub const PUBLISH: &str = "PUBLISH";
+    pub const UPLINKS: &str = "UPLINKS";
+    pub const SUBNETS: &str = "SUBNETS";
+    pub const HOST_ADDRS: &str = "HOST_ADDRS";
+    pub const NAT_CONFIG: &str = "NAT_CONFIG";
+    pub const STATS: &str = "STATS";
 }
 
 /// Names of the programs in the object.
 pub mod programs {
     pub const TC_COUNT: &str = "tc_count";
     pub const XDP_COUNT: &str = "xdp_count";
+    pub const UPLINK_INGRESS: &str = "uplink_ingress";
+    pub const UPLINK_EGRESS: &str = "uplink_egress";
 }
 
 /// Largest number of interfaces whose counters the maps hold.
@@ -34,4 +224,11 @@ pub const MAX_INTERFACES: u32 = 4096;
 mod user {
     // SAFETY: these types are Pod (checked by bytemuck's derive above).
     unsafe impl aya::Pod for super::IfCounters {}
+    unsafe impl aya::Pod for super::CtKey {}
+    unsafe impl aya::Pod for super::CtEntry {}
+    unsafe impl aya::Pod for super::PublishKey {}
+    unsafe impl aya::Pod for super::PublishTarget {}
+    unsafe impl aya::Pod for super::Uplink {}
+    unsafe impl aya::Pod for super::Subnet {}
+    unsafe impl aya::Pod for super::NatConfig {}
 }

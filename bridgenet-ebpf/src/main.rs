@@ -2,13 +2,19 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+mod conntrack;
 mod counters;
+mod nat;
+mod parse;
+mod stats;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, xdp_action},
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
+use bridgenet_common::{outcome, program_id};
+use parse::{Parsed, parse};
 
 /// Counts every packet seen by TC on the interface it is attached to, in either direction.
 #[classifier]
@@ -23,6 +29,87 @@ pub fn xdp_count(ctx: XdpContext) -> u32 {
     let len = ctx.data_end().saturating_sub(ctx.data()) as u32;
     counters::count_interface(ctx.ingress_ifindex() as u32, len);
     xdp_action::XDP_PASS
+}
+
+/// Uplink ingress: replies of masqueraded flows go back to their endpoint, and new flows to a
+/// published port are translated to the endpoint (DNAT).
+#[classifier]
+pub fn uplink_ingress(mut ctx: TcContext) -> i32 {
+    let result = match parse(&ctx) {
+        Parsed::Other => outcome::PASSED,
+        Parsed::Malformed => outcome::PASSED,
+        // Fragments for a host address are reassembled by the host stack, which never forwards
+        // them to an endpoint: they cannot leave untranslated.
+        Parsed::Ipv4(packet) if packet.fragment => outcome::PASSED,
+        Parsed::Ipv4(packet) => match conntrack::lookup(&packet, ctx.len()) {
+            Some(entry) => {
+                let (act, addr, port) = unsafe { ((*entry).action, (*entry).nat_addr, (*entry).nat_port) };
+                nat::apply(&mut ctx, &packet, act, addr, port)
+            }
+            None => match nat::published(&packet) {
+                Some(target) => nat::publish(&mut ctx, &packet, target),
+                None => outcome::PASSED,
+            },
+        },
+    };
+    verdict(program_id::UPLINK_INGRESS, result)
+}
+
+/// Uplink egress: packets of the managed subnets leave with the uplink's address
+/// (masquerade), and replies from published endpoints leave with the host's address and port.
+#[classifier]
+pub fn uplink_egress(mut ctx: TcContext) -> i32 {
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let Some(nat_addr) = nat::uplink_addr(ifindex) else {
+        return verdict(program_id::UPLINK_EGRESS, outcome::PASSED);
+    };
+    let result = match parse(&ctx) {
+        Parsed::Other => outcome::PASSED,
+        // A managed source must never leave as it is; anything else is the host's business.
+        Parsed::Malformed => outcome::DROP_MALFORMED,
+        Parsed::Ipv4(packet) => {
+            let managed = nat::subnet_of(packet.key.saddr);
+            if packet.fragment && managed.is_some() {
+                // Fragments of endpoint flows are dropped (and counted), never sent untranslated.
+                outcome::DROP_FRAGMENT
+            } else if packet.fragment {
+                outcome::PASSED
+            } else if let Some(entry) = conntrack::lookup(&packet, ctx.len()) {
+                let (act, addr, port) = unsafe { ((*entry).action, (*entry).nat_addr, (*entry).nat_port) };
+                nat::apply(&mut ctx, &packet, act, addr, port)
+            } else if let Some(subnet) = managed {
+                if subnet.masquerade != 0 && nat_translatable(&packet) {
+                    nat::masquerade(&mut ctx, &packet, nat_addr)
+                } else {
+                    // Without masquerade (or for what it cannot translate) a private source
+                    // must not leave.
+                    outcome::DROP_UNTRANSLATABLE
+                }
+            } else {
+                if packet.key.saddr == nat_addr {
+                    nat::track_host_flow(&ctx, &packet);
+                }
+                outcome::PASSED
+            }
+        }
+    };
+    verdict(program_id::UPLINK_EGRESS, result)
+}
+
+/// Masquerade translates TCP, UDP and ICMP echo requests.
+fn nat_translatable(packet: &parse::Packet) -> bool {
+    match packet.key.proto {
+        parse::TCP | parse::UDP => true,
+        parse::ICMP => packet.icmp_type == parse::ICMP_ECHO_REQUEST,
+        _ => false,
+    }
+}
+
+/// Counts the outcome and turns it into a TC verdict.
+#[inline(always)]
+fn verdict(program: u32, result: u32) -> i32 {
+    stats::count(program, result);
+    if outcome::is_drop(result) { TC_ACT_SHOT } else { TC_ACT_OK }
 }
 
 #[cfg(target_arch = "bpf")]

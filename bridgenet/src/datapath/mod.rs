@@ -1,16 +1,20 @@
 //! Loads the embedded eBPF object, attaches its programs and reads its maps.
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf,
-    maps::PerCpuHashMap,
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, lpm_trie::{Key, LpmTrie}},
     programs::{
         SchedClassifier, TcAttachType, Xdp, XdpMode,
         tc::{self, NlOptions, TcAttachOptions},
     },
 };
-use bridgenet_common::{IfCounters, maps, programs};
+use bridgenet_common::{
+    CtEntry, CtKey, IfCounters, NatConfig, PublishKey, PublishTarget, Subnet, Uplink, maps, outcome,
+    program_id, programs, stats_index,
+};
+use ipnet::Ipv4Net;
 
 /// The object built from bridgenet-ebpf by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bridgenet"));
@@ -37,9 +41,10 @@ impl Datapath {
             bail!("this binary was built with AYA_BUILD_SKIP=1 and carries no eBPF programs");
         }
         let mut ebpf = Ebpf::load(OBJECT).context("loading the eBPF object")?;
-        let tc: &mut SchedClassifier = program_mut(&mut ebpf, programs::TC_COUNT)?;
-        tc.load()
-            .with_context(|| format!("verifying program {}", programs::TC_COUNT))?;
+        for name in [programs::TC_COUNT, programs::UPLINK_INGRESS, programs::UPLINK_EGRESS] {
+            let tc: &mut SchedClassifier = program_mut(&mut ebpf, name)?;
+            tc.load().with_context(|| format!("verifying program {name}"))?;
+        }
         let xdp: &mut Xdp = program_mut(&mut ebpf, programs::XDP_COUNT)?;
         xdp.load()
             .with_context(|| format!("verifying program {}", programs::XDP_COUNT))?;
@@ -58,7 +63,112 @@ impl Datapath {
         direction: TcAttachType,
         mode: TcMode,
     ) -> Result<()> {
-        let program: &mut SchedClassifier = program_mut(&mut self.ebpf, programs::TC_COUNT)?;
+        self.attach_tc(programs::TC_COUNT, iface, direction, mode)
+    }
+
+    /// Makes `iface` an uplink: attaches the NAT programs to it and masquerades with `addr`.
+    pub fn attach_uplink(&mut self, iface: &str, addr: Ipv4Addr, mode: TcMode) -> Result<()> {
+        let ifindex = nix::net::if_::if_nametoindex(iface)
+            .with_context(|| format!("no interface {iface}"))?;
+        self.set_uplink_addr(ifindex, addr)?;
+        self.attach_tc(programs::UPLINK_INGRESS, iface, TcAttachType::Ingress, mode)?;
+        self.attach_tc(programs::UPLINK_EGRESS, iface, TcAttachType::Egress, mode)
+    }
+
+    /// Sets the address masquerade uses on the uplink `ifindex` (and the host address it has).
+    pub fn set_uplink_addr(&mut self, ifindex: u32, addr: Ipv4Addr) -> Result<()> {
+        let mut uplinks: HashMap<_, u32, Uplink> = HashMap::try_from(self.map_mut(maps::UPLINKS)?)?;
+        uplinks.insert(ifindex, Uplink { addr: wire(addr) }, 0)?;
+        self.add_host_addr(addr)
+    }
+
+    /// Records one of the host's addresses: ports published on any address answer on it.
+    pub fn add_host_addr(&mut self, addr: Ipv4Addr) -> Result<()> {
+        let mut addrs: HashMap<_, u32, u32> = HashMap::try_from(self.map_mut(maps::HOST_ADDRS)?)?;
+        addrs.insert(wire(addr), 1, 0)?;
+        Ok(())
+    }
+
+    /// Adds a managed subnet; with `masquerade` its traffic leaves with the uplink's address.
+    pub fn add_subnet(&mut self, subnet: Ipv4Net, masquerade: bool) -> Result<()> {
+        let mut subnets: LpmTrie<_, u32, Subnet> = LpmTrie::try_from(self.map_mut(maps::SUBNETS)?)?;
+        let key = Key::new(u32::from(subnet.prefix_len()), wire(subnet.network()));
+        subnets.insert(&key, Subnet { masquerade: u32::from(masquerade) }, 0)?;
+        Ok(())
+    }
+
+    /// Publishes `proto` port `host_port` on `host_addr` (None: every host address) to
+    /// `target:target_port`.
+    pub fn publish(
+        &mut self,
+        proto: Proto,
+        host_addr: Option<Ipv4Addr>,
+        host_port: u16,
+        target: Ipv4Addr,
+        target_port: u16,
+    ) -> Result<()> {
+        let mut publish: HashMap<_, PublishKey, PublishTarget> =
+            HashMap::try_from(self.map_mut(maps::PUBLISH)?)?;
+        let key = PublishKey {
+            addr: host_addr.map_or(0, wire),
+            port: host_port.to_be(),
+            proto: proto as u8,
+            _pad: 0,
+        };
+        let value = PublishTarget { addr: wire(target), port: target_port.to_be(), _pad: 0 };
+        publish.insert(key, value, 0)?;
+        Ok(())
+    }
+
+    /// Sets the port ranges masquerade uses.
+    pub fn set_nat_config(&mut self, config: NatConfig) -> Result<()> {
+        let mut array: Array<_, NatConfig> = Array::try_from(self.map_mut(maps::NAT_CONFIG)?)?;
+        array.set(0, config, 0)?;
+        Ok(())
+    }
+
+    /// Every conntrack entry: the key its hook looks up and what it does.
+    pub fn conntrack(&self) -> Result<Vec<(CtKey, CtEntry)>> {
+        let map: HashMap<_, CtKey, CtEntry> =
+            HashMap::try_from(self.ebpf.map(maps::CONNTRACK).context("map CONNTRACK missing")?)?;
+        Ok(map.iter().collect::<Result<_, _>>()?)
+    }
+
+    /// Non-zero counters, summed over CPUs: (program, outcome, packets).
+    pub fn stats(&self) -> Result<Vec<(&'static str, &'static str, u64)>> {
+        let map: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map(maps::STATS).context("map STATS missing")?)?;
+        let mut out = Vec::new();
+        for (p, program) in program_id::NAMES.iter().enumerate() {
+            for (o, name) in outcome::NAMES.iter().enumerate() {
+                let total: u64 = map.get(&stats_index(p as u32, o as u32), 0)?.iter().sum();
+                if total > 0 {
+                    out.push((*program, *name, total));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The count of one program's outcome, summed over CPUs.
+    pub fn stat(&self, program: u32, outcome: u32) -> Result<u64> {
+        let map: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map(maps::STATS).context("map STATS missing")?)?;
+        Ok(map.get(&stats_index(program, outcome), 0)?.iter().sum())
+    }
+
+    fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.ebpf.map_mut(name).with_context(|| format!("map {name} missing from the object"))
+    }
+
+    fn attach_tc(
+        &mut self,
+        name: &str,
+        iface: &str,
+        direction: TcAttachType,
+        mode: TcMode,
+    ) -> Result<()> {
+        let program: &mut SchedClassifier = program_mut(&mut self.ebpf, name)?;
         let options = match mode {
             TcMode::Auto => None,
             TcMode::Netlink => Some(TcAttachOptions::Netlink(NlOptions::default())),
@@ -147,4 +257,22 @@ pub fn kernel_version() -> Option<(u32, u32)> {
     let major = parts.next()?.parse().ok()?;
     let minor = parts.next()?.parse().ok()?;
     Some((major, minor))
+}
+
+/// The protocols a port can be published for; the value is the IP protocol number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Proto {
+    Tcp = 6,
+    Udp = 17,
+}
+
+/// An address as the programs store it: network byte order in a u32.
+pub fn wire(addr: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(addr.octets())
+}
+
+/// The inverse of [`wire`].
+pub fn from_wire(addr: u32) -> Ipv4Addr {
+    Ipv4Addr::from(addr.to_ne_bytes())
 }

@@ -1,0 +1,197 @@
+//! NAT on the uplinks: masquerade of the managed subnets, published ports (DNAT), and the
+//! reverse translation of their replies, driven by conntrack entries.
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_NO_PREALLOC, BPF_F_PSEUDO_HDR},
+    helpers::bpf_get_prandom_u32,
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, lpm_trie::Key},
+    programs::TcContext,
+};
+use bridgenet_common::{
+    CtKey, NatConfig, PublishKey, PublishTarget, Subnet, Uplink, action, direction, outcome,
+};
+
+use crate::{
+    conntrack::{self, InsertError},
+    parse::{ICMP, IP_CSUM_OFF, IP_DADDR_OFF, IP_SADDR_OFF, Packet, TCP, UDP, l4_csum_off},
+};
+
+#[map]
+pub static PUBLISH: HashMap<PublishKey, PublishTarget> = HashMap::with_max_entries(131_072, 0);
+
+/// Uplinks by ifindex, with the address masquerade uses on each.
+#[map]
+pub static UPLINKS: HashMap<u32, Uplink> = HashMap::with_max_entries(64, 0);
+
+/// Managed subnets, by prefix.
+#[map]
+pub static SUBNETS: LpmTrie<u32, Subnet> = LpmTrie::with_max_entries(1024, BPF_F_NO_PREALLOC);
+
+/// The host's own addresses: a port published on any address answers on each of them.
+#[map]
+pub static HOST_ADDRS: HashMap<u32, u32> = HashMap::with_max_entries(256, 0);
+
+#[map]
+pub static NAT_CONFIG: Array<NatConfig> = Array::with_max_entries(1, 0);
+
+/// How many ports masquerade tries, from a random start, before it gives up on a flow.
+const PORT_TRIES: u32 = 32;
+
+/// The uplink's masquerade address, if `ifindex` is an uplink.
+#[inline(always)]
+pub fn uplink_addr(ifindex: u32) -> Option<u32> {
+    unsafe { UPLINKS.get(ifindex) }.map(|uplink| uplink.addr)
+}
+
+/// The managed subnet `addr` belongs to.
+#[inline(always)]
+pub fn subnet_of(addr: u32) -> Option<&'static Subnet> {
+    SUBNETS.get(Key::new(32, addr))
+}
+
+#[inline(always)]
+pub fn is_host_addr(addr: u32) -> bool {
+    unsafe { HOST_ADDRS.get(addr) }.is_some()
+}
+
+/// Applies a conntrack entry's action to the packet: the outcome to count.
+#[inline(always)]
+pub fn apply(ctx: &mut TcContext, packet: &Packet, act: u8, addr: u32, port: u16) -> u32 {
+    match act {
+        action::SNAT | action::DNAT => match rewrite(ctx, packet, act, addr, port) {
+            Ok(()) if act == action::SNAT => outcome::SNAT,
+            Ok(()) => outcome::DNAT,
+            Err(_) => outcome::DROP_REWRITE_FAILED,
+        },
+        _ => outcome::PASSED,
+    }
+}
+
+/// Opens a masquerade flow for a packet leaving through the uplink with address `nat_addr`.
+#[inline(always)]
+pub fn masquerade(ctx: &mut TcContext, packet: &Packet, nat_addr: u32) -> u32 {
+    let key = packet.key;
+    let config = NAT_CONFIG.get(0).copied().unwrap_or_default();
+    let original = u16::from_be(if key.proto == ICMP { key.sport } else { key.sport });
+    let mut reply = key.reversed();
+    reply.daddr = nat_addr;
+    let reply_entry = conntrack::new_entry(key, action::DNAT, direction::REPLY, key.saddr, key.sport, None);
+
+    let keep = original < config.host_port_min || original > config.host_port_max;
+    let span = u32::from(config.port_max.saturating_sub(config.port_min)) + 1;
+    let start = unsafe { bpf_get_prandom_u32() } % span;
+    let mut chosen = None;
+    for i in 0..=PORT_TRIES {
+        let port = if i == 0 {
+            if !keep {
+                continue;
+            }
+            original
+        } else {
+            config.port_min + ((start + i) % span) as u16
+        };
+        reply.dport = port.to_be();
+        match conntrack::insert_new(&reply, &reply_entry) {
+            Ok(()) => {
+                chosen = Some(port.to_be());
+                break;
+            }
+            Err(InsertError::Exists) => continue,
+            Err(InsertError::Full) => return outcome::DROP_CT_FULL,
+        }
+    }
+    let Some(nat_port) = chosen else { return outcome::DROP_PORTS_EXHAUSTED };
+
+    let len = ctx.len();
+    let entry = conntrack::new_entry(reply, action::SNAT, direction::ORIGINAL, nat_addr, nat_port, Some((packet, len)));
+    if conntrack::insert_new(&key, &entry).is_err() {
+        conntrack::remove(&reply);
+        return outcome::DROP_CT_FULL;
+    }
+    apply(ctx, packet, action::SNAT, nat_addr, nat_port)
+}
+
+/// The endpoint a packet arriving on an uplink is published to, if any.
+#[inline(always)]
+pub fn published(packet: &Packet) -> Option<PublishTarget> {
+    let key = packet.key;
+    if key.proto != TCP && key.proto != UDP {
+        return None;
+    }
+    let mut lookup = PublishKey { addr: key.daddr, port: key.dport, proto: key.proto, _pad: 0 };
+    if let Some(target) = unsafe { PUBLISH.get(lookup) } {
+        return Some(*target);
+    }
+    if !is_host_addr(key.daddr) {
+        return None;
+    }
+    lookup.addr = 0;
+    unsafe { PUBLISH.get(lookup) }.copied()
+}
+
+/// Opens a flow to a published port: the client keeps its address, the destination becomes
+/// the endpoint, and replies from the endpoint get the host address and port back.
+#[inline(always)]
+pub fn publish(ctx: &mut TcContext, packet: &Packet, target: PublishTarget) -> u32 {
+    let key = packet.key;
+    let reply = CtKey { saddr: target.addr, daddr: key.saddr, sport: target.port, dport: key.sport, proto: key.proto, _pad: [0; 3] };
+    let reply_entry = conntrack::new_entry(key, action::SNAT, direction::REPLY, key.daddr, key.dport, None);
+    match conntrack::insert_new(&reply, &reply_entry) {
+        Ok(()) => {}
+        Err(InsertError::Exists) => return outcome::DROP_PORTS_EXHAUSTED,
+        Err(InsertError::Full) => return outcome::DROP_CT_FULL,
+    }
+    let len = ctx.len();
+    let entry = conntrack::new_entry(reply, action::DNAT, direction::ORIGINAL, target.addr, target.port, Some((packet, len)));
+    if conntrack::insert_new(&key, &entry).is_err() {
+        conntrack::remove(&reply);
+        return outcome::DROP_CT_FULL;
+    }
+    apply(ctx, packet, action::DNAT, target.addr, target.port)
+}
+
+/// Tracks a flow of the host itself in both directions, so masquerade never picks its tuple.
+#[inline(always)]
+pub fn track_host_flow(ctx: &TcContext, packet: &Packet) {
+    let key = packet.key;
+    let reply = key.reversed();
+    let reply_entry = conntrack::new_entry(key, action::HOST, direction::REPLY, 0, 0, None);
+    if conntrack::insert_new(&reply, &reply_entry).is_ok() {
+        let entry = conntrack::new_entry(reply, action::HOST, direction::ORIGINAL, 0, 0, Some((packet, ctx.len())));
+        let _ = conntrack::insert_new(&key, &entry);
+    }
+}
+
+/// Rewrites the source (SNAT) or destination (DNAT) address and port, fixing the IPv4 and L4
+/// checksums incrementally. The helpers keep CHECKSUM_PARTIAL packets right, and
+/// BPF_F_MARK_MANGLED_0 keeps a UDP checksum of 0 (none) at 0.
+#[inline(always)]
+fn rewrite(ctx: &mut TcContext, packet: &Packet, act: u8, addr: u32, port: u16) -> Result<(), i64> {
+    let key = packet.key;
+    let (addr_off, old_addr, old_port, port_off) = if act == action::SNAT {
+        (IP_SADDR_OFF, key.saddr, key.sport, packet.l4_off)
+    } else {
+        (IP_DADDR_OFF, key.daddr, key.dport, packet.l4_off + 2)
+    };
+    // The ICMP echo identifier stands where ports stand, in both directions.
+    let port_off = if key.proto == ICMP { packet.l4_off + 4 } else { port_off };
+    let mangled_0 = if key.proto == UDP { u64::from(BPF_F_MARK_MANGLED_0) } else { 0 };
+    let csum_off = l4_csum_off(key.proto, packet.l4_off);
+
+    if addr != old_addr {
+        ctx.store(addr_off, &addr, 0)?;
+        ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(old_addr), u64::from(addr), 4)?;
+        if let (TCP | UDP, Some(csum_off)) = (key.proto, csum_off) {
+            let flags = u64::from(BPF_F_PSEUDO_HDR) | mangled_0 | 4;
+            ctx.l4_csum_replace(csum_off, u64::from(old_addr), u64::from(addr), flags)?;
+        }
+    }
+    if port != old_port
+        && !packet.fragment
+        && let Some(csum_off) = csum_off
+    {
+        ctx.store(port_off, &port, 0)?;
+        ctx.l4_csum_replace(csum_off, u64::from(old_port), u64::from(port), mangled_0 | 2)?;
+    }
+    Ok(())
+}

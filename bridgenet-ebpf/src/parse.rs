@@ -1,0 +1,107 @@
+//! Parsing: Ethernet, IPv4 and the L4 header fields that conntrack and NAT need. Reads go
+//! through bpf_skb_load_bytes, so non-linear (GRO/GSO) packets parse like linear ones.
+use aya_ebpf::programs::TcContext;
+use bridgenet_common::CtKey;
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::{IpProto, Ipv4Hdr},
+};
+
+pub const TCP: u8 = IpProto::Tcp as u8;
+pub const UDP: u8 = IpProto::Udp as u8;
+pub const ICMP: u8 = IpProto::Icmp as u8;
+pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+
+pub const IP_OFF: usize = EthHdr::LEN;
+pub const IP_CSUM_OFF: usize = IP_OFF + 10;
+pub const IP_SADDR_OFF: usize = IP_OFF + 12;
+pub const IP_DADDR_OFF: usize = IP_OFF + 16;
+
+/// The fields of one IPv4 packet that the datapath works on.
+pub struct Packet {
+    pub key: CtKey,
+    /// Offset of the L4 header.
+    pub l4_off: usize,
+    /// A fragment (MF set or non-zero offset): its ports, if any, cannot be trusted.
+    pub fragment: bool,
+    /// TCP flags byte (TCP only).
+    pub tcp_flags: u8,
+    /// ICMP type (ICMP only).
+    pub icmp_type: u8,
+}
+
+pub enum Parsed {
+    /// Not IPv4 (ARP, IPv6, ...): not ours to translate.
+    Other,
+    Ipv4(Packet),
+    /// IPv4 whose headers are cut short or invalid.
+    Malformed,
+}
+
+pub fn parse(ctx: &TcContext) -> Parsed {
+    let Ok(ether_type) = ctx.load::<u16>(12) else { return Parsed::Other };
+    if ether_type != EtherType::Ipv4 as u16 {
+        return Parsed::Other;
+    }
+    let Ok(ip) = ctx.load::<Ipv4Hdr>(IP_OFF) else { return Parsed::Malformed };
+    let ihl = ip.ihl() as usize;
+    if ip.version() != 4 || ihl < Ipv4Hdr::LEN {
+        return Parsed::Malformed;
+    }
+    let mut packet = Packet {
+        key: CtKey {
+            saddr: u32::from_ne_bytes(ip.src_addr),
+            daddr: u32::from_ne_bytes(ip.dst_addr),
+            sport: 0,
+            dport: 0,
+            proto: ip.proto,
+            _pad: [0; 3],
+        },
+        l4_off: IP_OFF + ihl,
+        fragment: ip.frag_flags() & 1 != 0 || ip.frag_offset() != 0,
+        tcp_flags: 0,
+        icmp_type: 0,
+    };
+    if packet.fragment && ip.frag_offset() != 0 {
+        // No L4 header in a later fragment.
+        return Parsed::Ipv4(packet);
+    }
+    let l4 = packet.l4_off;
+    match ip.proto {
+        TCP | UDP => {
+            let (Ok(sport), Ok(dport)) = (ctx.load::<u16>(l4), ctx.load::<u16>(l4 + 2)) else {
+                return Parsed::Malformed;
+            };
+            packet.key.sport = sport;
+            packet.key.dport = dport;
+            if ip.proto == TCP {
+                let Ok(flags) = ctx.load::<u8>(l4 + 13) else { return Parsed::Malformed };
+                packet.tcp_flags = flags;
+            }
+        }
+        ICMP => {
+            let (Ok(icmp_type), Ok(id)) = (ctx.load::<u8>(l4), ctx.load::<u16>(l4 + 4)) else {
+                return Parsed::Malformed;
+            };
+            packet.icmp_type = icmp_type;
+            match icmp_type {
+                ICMP_ECHO_REQUEST => packet.key.sport = id,
+                ICMP_ECHO_REPLY => packet.key.dport = id,
+                _ => {}
+            }
+        }
+        _ => {}
+    }
+    Parsed::Ipv4(packet)
+}
+
+/// Offset of the L4 checksum, if the protocol has one that covers addresses or ports we change.
+pub fn l4_csum_off(proto: u8, l4_off: usize) -> Option<usize> {
+    match proto {
+        TCP => Some(l4_off + 16),
+        UDP => Some(l4_off + 6),
+        ICMP => Some(l4_off + 2),
+        _ => None,
+    }
+}
