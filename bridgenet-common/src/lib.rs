@@ -146,7 +146,12 @@ pub struct NatConfig {
 
 impl Default for NatConfig {
     fn default() -> Self {
-        Self { port_min: 61000, port_max: 65535, host_port_min: 32768, host_port_max: 60999 }
+        Self {
+            port_min: 61000,
+            port_max: 65535,
+            host_port_min: 32768,
+            host_port_max: 60999,
+        }
     }
 }
 

@@ -73,7 +73,14 @@ pub fn remove(key: &CtKey) {
 /// A fresh entry for one direction of a new flow; `first` is the packet that opened it, counted
 /// in the entry of its own direction.
 #[inline(always)]
-pub fn new_entry(peer: CtKey, action: u8, direction: u8, nat_addr: u32, nat_port: u16, first: Option<(&Packet, u32)>) -> CtEntry {
+pub fn new_entry(
+    peer: CtKey,
+    action: u8,
+    direction: u8,
+    nat_addr: u32,
+    nat_port: u16,
+    first: Option<(&Packet, u32)>,
+) -> CtEntry {
     let mut entry = CtEntry {
         peer,
         last_seen_ns: unsafe { bpf_ktime_get_ns() },

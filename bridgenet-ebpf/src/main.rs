@@ -43,7 +43,8 @@ pub fn uplink_ingress(mut ctx: TcContext) -> i32 {
         Parsed::Ipv4(packet) if packet.fragment => outcome::PASSED,
         Parsed::Ipv4(packet) => match conntrack::lookup(&packet, ctx.len()) {
             Some(entry) => {
-                let (act, addr, port) = unsafe { ((*entry).action, (*entry).nat_addr, (*entry).nat_port) };
+                let (act, addr, port) =
+                    unsafe { ((*entry).action, (*entry).nat_addr, (*entry).nat_port) };
                 nat::apply(&mut ctx, &packet, act, addr, port)
             }
             None => match nat::published(&packet) {
@@ -75,7 +76,8 @@ pub fn uplink_egress(mut ctx: TcContext) -> i32 {
             } else if packet.fragment {
                 outcome::PASSED
             } else if let Some(entry) = conntrack::lookup(&packet, ctx.len()) {
-                let (act, addr, port) = unsafe { ((*entry).action, (*entry).nat_addr, (*entry).nat_port) };
+                let (act, addr, port) =
+                    unsafe { ((*entry).action, (*entry).nat_addr, (*entry).nat_port) };
                 nat::apply(&mut ctx, &packet, act, addr, port)
             } else if let Some(subnet) = managed {
                 if subnet.masquerade != 0 && nat_translatable(&packet) {
@@ -109,7 +111,11 @@ fn nat_translatable(packet: &parse::Packet) -> bool {
 #[inline(always)]
 fn verdict(program: u32, result: u32) -> i32 {
     stats::count(program, result);
-    if outcome::is_drop(result) { TC_ACT_SHOT } else { TC_ACT_OK }
+    if outcome::is_drop(result) {
+        TC_ACT_SHOT
+    } else {
+        TC_ACT_OK
+    }
 }
 
 #[cfg(target_arch = "bpf")]

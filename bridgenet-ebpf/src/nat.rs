@@ -71,11 +71,23 @@ pub fn apply(ctx: &mut TcContext, packet: &Packet, act: u8, addr: u32, port: u16
 #[inline(always)]
 pub fn masquerade(ctx: &mut TcContext, packet: &Packet, nat_addr: u32) -> u32 {
     let key = packet.key;
-    let config = NAT_CONFIG.get(0).copied().unwrap_or_default();
-    let original = u16::from_be(if key.proto == ICMP { key.sport } else { key.sport });
+    // An unset (zeroed) configuration means the defaults.
+    let config = match NAT_CONFIG.get(0) {
+        Some(config) if config.port_max != 0 => *config,
+        _ => NatConfig::default(),
+    };
+    // The ICMP echo identifier stands in sport too.
+    let original = u16::from_be(key.sport);
     let mut reply = key.reversed();
     reply.daddr = nat_addr;
-    let reply_entry = conntrack::new_entry(key, action::DNAT, direction::REPLY, key.saddr, key.sport, None);
+    let reply_entry = conntrack::new_entry(
+        key,
+        action::DNAT,
+        direction::REPLY,
+        key.saddr,
+        key.sport,
+        None,
+    );
 
     let keep = original < config.host_port_min || original > config.host_port_max;
     let span = u32::from(config.port_max.saturating_sub(config.port_min)) + 1;
@@ -100,10 +112,19 @@ pub fn masquerade(ctx: &mut TcContext, packet: &Packet, nat_addr: u32) -> u32 {
             Err(InsertError::Full) => return outcome::DROP_CT_FULL,
         }
     }
-    let Some(nat_port) = chosen else { return outcome::DROP_PORTS_EXHAUSTED };
+    let Some(nat_port) = chosen else {
+        return outcome::DROP_PORTS_EXHAUSTED;
+    };
 
     let len = ctx.len();
-    let entry = conntrack::new_entry(reply, action::SNAT, direction::ORIGINAL, nat_addr, nat_port, Some((packet, len)));
+    let entry = conntrack::new_entry(
+        reply,
+        action::SNAT,
+        direction::ORIGINAL,
+        nat_addr,
+        nat_port,
+        Some((packet, len)),
+    );
     if conntrack::insert_new(&key, &entry).is_err() {
         conntrack::remove(&reply);
         return outcome::DROP_CT_FULL;
@@ -118,7 +139,12 @@ pub fn published(packet: &Packet) -> Option<PublishTarget> {
     if key.proto != TCP && key.proto != UDP {
         return None;
     }
-    let mut lookup = PublishKey { addr: key.daddr, port: key.dport, proto: key.proto, _pad: 0 };
+    let mut lookup = PublishKey {
+        addr: key.daddr,
+        port: key.dport,
+        proto: key.proto,
+        _pad: 0,
+    };
     if let Some(target) = unsafe { PUBLISH.get(lookup) } {
         return Some(*target);
     }
@@ -134,15 +160,36 @@ pub fn published(packet: &Packet) -> Option<PublishTarget> {
 #[inline(always)]
 pub fn publish(ctx: &mut TcContext, packet: &Packet, target: PublishTarget) -> u32 {
     let key = packet.key;
-    let reply = CtKey { saddr: target.addr, daddr: key.saddr, sport: target.port, dport: key.sport, proto: key.proto, _pad: [0; 3] };
-    let reply_entry = conntrack::new_entry(key, action::SNAT, direction::REPLY, key.daddr, key.dport, None);
+    let reply = CtKey {
+        saddr: target.addr,
+        daddr: key.saddr,
+        sport: target.port,
+        dport: key.sport,
+        proto: key.proto,
+        _pad: [0; 3],
+    };
+    let reply_entry = conntrack::new_entry(
+        key,
+        action::SNAT,
+        direction::REPLY,
+        key.daddr,
+        key.dport,
+        None,
+    );
     match conntrack::insert_new(&reply, &reply_entry) {
         Ok(()) => {}
         Err(InsertError::Exists) => return outcome::DROP_PORTS_EXHAUSTED,
         Err(InsertError::Full) => return outcome::DROP_CT_FULL,
     }
     let len = ctx.len();
-    let entry = conntrack::new_entry(reply, action::DNAT, direction::ORIGINAL, target.addr, target.port, Some((packet, len)));
+    let entry = conntrack::new_entry(
+        reply,
+        action::DNAT,
+        direction::ORIGINAL,
+        target.addr,
+        target.port,
+        Some((packet, len)),
+    );
     if conntrack::insert_new(&key, &entry).is_err() {
         conntrack::remove(&reply);
         return outcome::DROP_CT_FULL;
@@ -157,7 +204,14 @@ pub fn track_host_flow(ctx: &TcContext, packet: &Packet) {
     let reply = key.reversed();
     let reply_entry = conntrack::new_entry(key, action::HOST, direction::REPLY, 0, 0, None);
     if conntrack::insert_new(&reply, &reply_entry).is_ok() {
-        let entry = conntrack::new_entry(reply, action::HOST, direction::ORIGINAL, 0, 0, Some((packet, ctx.len())));
+        let entry = conntrack::new_entry(
+            reply,
+            action::HOST,
+            direction::ORIGINAL,
+            0,
+            0,
+            Some((packet, ctx.len())),
+        );
         let _ = conntrack::insert_new(&key, &entry);
     }
 }
@@ -174,8 +228,16 @@ fn rewrite(ctx: &mut TcContext, packet: &Packet, act: u8, addr: u32, port: u16) 
         (IP_DADDR_OFF, key.daddr, key.dport, packet.l4_off + 2)
     };
     // The ICMP echo identifier stands where ports stand, in both directions.
-    let port_off = if key.proto == ICMP { packet.l4_off + 4 } else { port_off };
-    let mangled_0 = if key.proto == UDP { u64::from(BPF_F_MARK_MANGLED_0) } else { 0 };
+    let port_off = if key.proto == ICMP {
+        packet.l4_off + 4
+    } else {
+        port_off
+    };
+    let mangled_0 = if key.proto == UDP {
+        u64::from(BPF_F_MARK_MANGLED_0)
+    } else {
+        0
+    };
     let csum_off = l4_csum_off(key.proto, packet.l4_off);
 
     if addr != old_addr {
@@ -191,7 +253,12 @@ fn rewrite(ctx: &mut TcContext, packet: &Packet, act: u8, addr: u32, port: u16) 
         && let Some(csum_off) = csum_off
     {
         ctx.store(port_off, &port, 0)?;
-        ctx.l4_csum_replace(csum_off, u64::from(old_port), u64::from(port), mangled_0 | 2)?;
+        ctx.l4_csum_replace(
+            csum_off,
+            u64::from(old_port),
+            u64::from(port),
+            mangled_0 | 2,
+        )?;
     }
     Ok(())
 }

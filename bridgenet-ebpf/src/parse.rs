@@ -40,11 +40,15 @@ pub enum Parsed {
 }
 
 pub fn parse(ctx: &TcContext) -> Parsed {
-    let Ok(ether_type) = ctx.load::<u16>(12) else { return Parsed::Other };
+    let Ok(ether_type) = ctx.load::<u16>(12) else {
+        return Parsed::Other;
+    };
     if ether_type != EtherType::Ipv4 as u16 {
         return Parsed::Other;
     }
-    let Ok(ip) = ctx.load::<Ipv4Hdr>(IP_OFF) else { return Parsed::Malformed };
+    let Ok(ip) = ctx.load::<Ipv4Hdr>(IP_OFF) else {
+        return Parsed::Malformed;
+    };
     let ihl = ip.ihl() as usize;
     if ip.version() != 4 || ihl < Ipv4Hdr::LEN {
         return Parsed::Malformed;
@@ -76,7 +80,9 @@ pub fn parse(ctx: &TcContext) -> Parsed {
             packet.key.sport = sport;
             packet.key.dport = dport;
             if ip.proto == TCP {
-                let Ok(flags) = ctx.load::<u8>(l4 + 13) else { return Parsed::Malformed };
+                let Ok(flags) = ctx.load::<u8>(l4 + 13) else {
+                    return Parsed::Malformed;
+                };
                 packet.tcp_flags = flags;
             }
         }

@@ -85,3 +85,120 @@ where
         frame: out,
     })
 }
+
+/// The addresses, ports (ICMP echo: identifier in both) and protocol of an IPv4 frame, after
+/// checking that its IPv4 and L4 checksums are right. Panics on a frame etherparse rejects.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Seen {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub sport: u16,
+    pub dport: u16,
+    /// The L4 checksum as found in the frame.
+    pub l4_checksum: u16,
+}
+
+pub fn inspect(frame: &[u8]) -> Seen {
+    use etherparse::{NetHeaders, PacketHeaders, TransportHeader};
+    let headers = PacketHeaders::from_ethernet_slice(frame).expect("a parsable frame");
+    let Some(NetHeaders::Ipv4(ip, _)) = &headers.net else {
+        panic!("not IPv4: {headers:?}")
+    };
+    assert_eq!(
+        ip.header_checksum,
+        ip.calc_header_checksum(),
+        "IPv4 header checksum"
+    );
+    let payload = headers.payload.slice();
+    let mut seen = Seen {
+        src: ip.source,
+        dst: ip.destination,
+        sport: 0,
+        dport: 0,
+        l4_checksum: 0,
+    };
+    match &headers.transport {
+        Some(TransportHeader::Tcp(tcp)) => {
+            let right = tcp.calc_checksum_ipv4(ip, payload).unwrap();
+            assert_eq!(tcp.checksum, right, "TCP checksum");
+            (seen.sport, seen.dport, seen.l4_checksum) =
+                (tcp.source_port, tcp.destination_port, tcp.checksum);
+        }
+        Some(TransportHeader::Udp(udp)) => {
+            if udp.checksum != 0 {
+                let right = udp.calc_checksum_ipv4(ip, payload).unwrap();
+                assert_eq!(udp.checksum, right, "UDP checksum");
+            }
+            (seen.sport, seen.dport, seen.l4_checksum) =
+                (udp.source_port, udp.destination_port, udp.checksum);
+        }
+        Some(TransportHeader::Icmpv4(icmp)) => {
+            let right = etherparse::Icmpv4Header::with_checksum(icmp.icmp_type.clone(), payload);
+            assert_eq!(icmp.checksum, right.checksum, "ICMP checksum");
+            if let etherparse::Icmpv4Type::EchoRequest(echo)
+            | etherparse::Icmpv4Type::EchoReply(echo) = &icmp.icmp_type
+            {
+                (seen.sport, seen.dport) = (echo.id, echo.id);
+            }
+            seen.l4_checksum = icmp.checksum;
+        }
+        other => panic!("unexpected transport {other:?}"),
+    }
+    seen
+}
+
+/// An Ethernet/IPv4/UDP frame whose UDP checksum is 0 (none), as senders may choose.
+pub fn udp_frame_without_checksum(
+    src: [u8; 4],
+    sport: u16,
+    dst: [u8; 4],
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut frame = udp_frame(src, sport, dst, dport, payload);
+    // Ethernet 14 + IPv4 20 + UDP checksum at 6.
+    frame[40] = 0;
+    frame[41] = 0;
+    frame
+}
+
+/// An Ethernet/IPv4/TCP frame with the given flags (SYN, ACK, ...) and payload.
+pub fn tcp_frame(
+    src: [u8; 4],
+    sport: u16,
+    dst: [u8; 4],
+    dport: u16,
+    syn: bool,
+    ack: bool,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut builder = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4(src, dst, 64)
+        .tcp(sport, dport, 1000, 64240);
+    if syn {
+        builder = builder.syn();
+    }
+    if ack {
+        builder = builder.ack(1);
+    }
+    let mut frame = Vec::with_capacity(builder.size(payload.len()));
+    builder
+        .write(&mut frame, payload)
+        .expect("building a TCP frame");
+    frame
+}
+
+/// An Ethernet/IPv4 ICMP echo request (or reply) frame.
+pub fn icmp_echo_frame(src: [u8; 4], dst: [u8; 4], id: u16, seq: u16, reply: bool) -> Vec<u8> {
+    let base = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]).ipv4(src, dst, 64);
+    let builder = if reply {
+        base.icmpv4_echo_reply(id, seq)
+    } else {
+        base.icmpv4_echo_request(id, seq)
+    };
+    let mut frame = Vec::with_capacity(builder.size(8));
+    builder
+        .write(&mut frame, b"pingpong")
+        .expect("building an ICMP frame");
+    frame
+}

@@ -4,15 +4,18 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, lpm_trie::{Key, LpmTrie}},
+    maps::{
+        Array, HashMap, PerCpuArray, PerCpuHashMap,
+        lpm_trie::{Key, LpmTrie},
+    },
     programs::{
         SchedClassifier, TcAttachType, Xdp, XdpMode,
         tc::{self, NlOptions, TcAttachOptions},
     },
 };
 use bridgenet_common::{
-    CtEntry, CtKey, IfCounters, NatConfig, PublishKey, PublishTarget, Subnet, Uplink, maps, outcome,
-    program_id, programs, stats_index,
+    CtEntry, CtKey, IfCounters, NatConfig, PublishKey, PublishTarget, Subnet, Uplink, maps,
+    outcome, program_id, programs, stats_index,
 };
 use ipnet::Ipv4Net;
 
@@ -41,14 +44,21 @@ impl Datapath {
             bail!("this binary was built with AYA_BUILD_SKIP=1 and carries no eBPF programs");
         }
         let mut ebpf = Ebpf::load(OBJECT).context("loading the eBPF object")?;
-        for name in [programs::TC_COUNT, programs::UPLINK_INGRESS, programs::UPLINK_EGRESS] {
+        for name in [
+            programs::TC_COUNT,
+            programs::UPLINK_INGRESS,
+            programs::UPLINK_EGRESS,
+        ] {
             let tc: &mut SchedClassifier = program_mut(&mut ebpf, name)?;
-            tc.load().with_context(|| format!("verifying program {name}"))?;
+            tc.load()
+                .with_context(|| format!("verifying program {name}"))?;
         }
         let xdp: &mut Xdp = program_mut(&mut ebpf, programs::XDP_COUNT)?;
         xdp.load()
             .with_context(|| format!("verifying program {}", programs::XDP_COUNT))?;
-        Ok(Self { ebpf })
+        let mut datapath = Self { ebpf };
+        datapath.set_nat_config(NatConfig::default())?;
+        Ok(datapath)
     }
 
     /// The underlying aya object, for tests that run programs with BPF_PROG_TEST_RUN.
@@ -93,7 +103,13 @@ impl Datapath {
     pub fn add_subnet(&mut self, subnet: Ipv4Net, masquerade: bool) -> Result<()> {
         let mut subnets: LpmTrie<_, u32, Subnet> = LpmTrie::try_from(self.map_mut(maps::SUBNETS)?)?;
         let key = Key::new(u32::from(subnet.prefix_len()), wire(subnet.network()));
-        subnets.insert(&key, Subnet { masquerade: u32::from(masquerade) }, 0)?;
+        subnets.insert(
+            &key,
+            Subnet {
+                masquerade: u32::from(masquerade),
+            },
+            0,
+        )?;
         Ok(())
     }
 
@@ -115,7 +131,11 @@ impl Datapath {
             proto: proto as u8,
             _pad: 0,
         };
-        let value = PublishTarget { addr: wire(target), port: target_port.to_be(), _pad: 0 };
+        let value = PublishTarget {
+            addr: wire(target),
+            port: target_port.to_be(),
+            _pad: 0,
+        };
         publish.insert(key, value, 0)?;
         Ok(())
     }
@@ -129,8 +149,11 @@ impl Datapath {
 
     /// Every conntrack entry: the key its hook looks up and what it does.
     pub fn conntrack(&self) -> Result<Vec<(CtKey, CtEntry)>> {
-        let map: HashMap<_, CtKey, CtEntry> =
-            HashMap::try_from(self.ebpf.map(maps::CONNTRACK).context("map CONNTRACK missing")?)?;
+        let map: HashMap<_, CtKey, CtEntry> = HashMap::try_from(
+            self.ebpf
+                .map(maps::CONNTRACK)
+                .context("map CONNTRACK missing")?,
+        )?;
         Ok(map.iter().collect::<Result<_, _>>()?)
     }
 
@@ -158,7 +181,9 @@ impl Datapath {
     }
 
     fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
-        self.ebpf.map_mut(name).with_context(|| format!("map {name} missing from the object"))
+        self.ebpf
+            .map_mut(name)
+            .with_context(|| format!("map {name} missing from the object"))
     }
 
     fn attach_tc(

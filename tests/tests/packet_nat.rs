@@ -1,0 +1,323 @@
+//! BPF_PROG_TEST_RUN of the uplink programs: masquerade, published ports (DNAT) and their
+//! replies, with every checksum verified and the conntrack and counter maps inspected.
+use std::net::Ipv4Addr;
+
+use bridgenet::datapath::{Datapath, Proto};
+use bridgenet_common::{NatConfig, action, outcome, program_id, programs};
+use bridgenet_tests::{
+    packet::{self, Seen},
+    require_root,
+};
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+/// BPF_PROG_TEST_RUN runs frames as if they crossed the loopback device: it is the uplink here.
+const UPLINK_IFINDEX: u32 = 1;
+const HOST: [u8; 4] = [198, 18, 0, 2];
+const SERVER: [u8; 4] = [198, 18, 0, 1];
+const EP1: [u8; 4] = [172, 17, 0, 2];
+const EP2: [u8; 4] = [172, 17, 0, 3];
+
+/// A datapath with uplink address HOST, the managed subnet 172.17.0.0/16 (masqueraded),
+/// 172.18.0.0/16 (not masqueraded), and tcp 8080 and udp 5353 published to EP1.
+fn datapath() -> Datapath {
+    require_root();
+    let mut dp = Datapath::load().expect("loading the datapath");
+    dp.set_uplink_addr(UPLINK_IFINDEX, Ipv4Addr::from(HOST))
+        .unwrap();
+    dp.add_subnet("172.17.0.0/16".parse().unwrap(), true)
+        .unwrap();
+    dp.add_subnet("172.18.0.0/16".parse().unwrap(), false)
+        .unwrap();
+    dp.publish(Proto::Tcp, None, 8080, Ipv4Addr::from(EP1), 80)
+        .unwrap();
+    dp.publish(Proto::Udp, None, 5353, Ipv4Addr::from(EP1), 53)
+        .unwrap();
+    dp
+}
+
+fn egress(dp: &mut Datapath, frame: &[u8]) -> packet::Verdict {
+    packet::run_tc(dp, programs::UPLINK_EGRESS, frame, 1).expect("test run")
+}
+
+fn ingress(dp: &mut Datapath, frame: &[u8]) -> packet::Verdict {
+    packet::run_tc(dp, programs::UPLINK_INGRESS, frame, 1).expect("test run")
+}
+
+fn passed_untouched(verdict: &packet::Verdict, frame: &[u8]) {
+    assert_eq!(verdict.action, TC_ACT_OK);
+    assert_eq!(verdict.frame, frame, "the frame must pass unchanged");
+}
+
+#[test]
+fn masquerade_tcp_and_its_reply() {
+    let mut dp = datapath();
+    let syn = packet::tcp_frame(EP1, 40000, SERVER, 7000, true, false, b"");
+    let out = egress(&mut dp, &syn);
+    assert_eq!(out.action, TC_ACT_OK);
+    let seen = packet::inspect(&out.frame);
+    assert_eq!((seen.src, seen.dst, seen.dport), (HOST, SERVER, 7000));
+    // 40000 is inside the host's ephemeral range, so masquerade picks from its own range.
+    let config = NatConfig::default();
+    assert!(
+        (config.port_min..=config.port_max).contains(&seen.sport),
+        "{seen:?}"
+    );
+
+    let synack = packet::tcp_frame(SERVER, 7000, HOST, seen.sport, true, true, b"");
+    let back = ingress(&mut dp, &synack);
+    assert_eq!(back.action, TC_ACT_OK);
+    let back = packet::inspect(&back.frame);
+    assert_eq!(
+        (back.src, back.sport, back.dst, back.dport),
+        (SERVER, 7000, EP1, 40000)
+    );
+
+    // Both directions are tracked, each pointing at the other.
+    let ct = dp.conntrack().unwrap();
+    assert_eq!(ct.len(), 2, "{ct:?}");
+    let (okey, orig) = ct.iter().find(|(_, e)| e.action == action::SNAT).unwrap();
+    let (rkey, reply) = ct.iter().find(|(_, e)| e.action == action::DNAT).unwrap();
+    assert_eq!(orig.peer, *rkey);
+    assert_eq!(reply.peer, *okey);
+    assert_eq!((orig.packets, reply.packets), (1, 1));
+    assert_eq!(
+        dp.stat(program_id::UPLINK_EGRESS, outcome::SNAT).unwrap(),
+        1
+    );
+    assert_eq!(
+        dp.stat(program_id::UPLINK_INGRESS, outcome::DNAT).unwrap(),
+        1
+    );
+}
+
+#[test]
+fn masquerade_keeps_a_source_port_outside_the_host_range_when_free() {
+    let mut dp = datapath();
+    let first =
+        packet::inspect(&egress(&mut dp, &packet::udp_frame(EP1, 5000, SERVER, 53, b"q")).frame);
+    assert_eq!((first.src, first.sport), (HOST, 5000));
+    // Same source port, same server, another endpoint: the tuple is taken, another port is used.
+    let second =
+        packet::inspect(&egress(&mut dp, &packet::udp_frame(EP2, 5000, SERVER, 53, b"q")).frame);
+    assert_eq!(second.src, HOST);
+    assert_ne!(second.sport, 5000);
+    // Each reply reaches its own endpoint.
+    for (nat_port, endpoint) in [(5000, EP1), (second.sport, EP2)] {
+        let reply = packet::udp_frame(SERVER, 53, HOST, nat_port, b"a");
+        let back = packet::inspect(&ingress(&mut dp, &reply).frame);
+        assert_eq!((back.dst, back.dport), (endpoint, 5000));
+    }
+}
+
+#[test]
+fn udp_checksum_zero_stays_zero_and_others_stay_right() {
+    let mut dp = datapath();
+    let none = packet::udp_frame_without_checksum(EP1, 40001, SERVER, 53, b"no checksum");
+    let out = packet::inspect(&egress(&mut dp, &none).frame);
+    assert_eq!(out.src, HOST);
+    assert_eq!(
+        out.l4_checksum, 0,
+        "a UDP checksum of 0 means none and must stay 0"
+    );
+
+    let with = packet::udp_frame(EP1, 40002, SERVER, 53, b"with checksum");
+    let out = packet::inspect(&egress(&mut dp, &with).frame); // inspect checks the checksum
+    assert_ne!(out.l4_checksum, 0);
+}
+
+#[test]
+fn masquerade_icmp_echo_by_identifier() {
+    let mut dp = datapath();
+    let request = packet::icmp_echo_frame(EP1, SERVER, 0x1234, 1, false);
+    let out = packet::inspect(&egress(&mut dp, &request).frame);
+    assert_eq!((out.src, out.dst), (HOST, SERVER));
+    let reply = packet::icmp_echo_frame(SERVER, HOST, out.sport, 1, true);
+    let back = packet::inspect(&ingress(&mut dp, &reply).frame);
+    assert_eq!((back.src, back.dst, back.dport), (SERVER, EP1, 0x1234));
+}
+
+#[test]
+fn published_port_and_its_reply() {
+    let mut dp = datapath();
+    let client = [198, 18, 5, 5];
+    let syn = packet::tcp_frame(client, 50000, HOST, 8080, true, false, b"");
+    let out = ingress(&mut dp, &syn);
+    assert_eq!(out.action, TC_ACT_OK);
+    let seen = packet::inspect(&out.frame);
+    assert_eq!(
+        seen,
+        Seen {
+            src: client,
+            sport: 50000,
+            dst: EP1,
+            dport: 80,
+            l4_checksum: seen.l4_checksum
+        }
+    );
+
+    let synack = packet::tcp_frame(EP1, 80, client, 50000, true, true, b"");
+    let back = packet::inspect(&egress(&mut dp, &synack).frame);
+    assert_eq!(
+        (back.src, back.sport, back.dst, back.dport),
+        (HOST, 8080, client, 50000)
+    );
+
+    let data = packet::udp_frame(client, 40000, HOST, 5353, b"dns?");
+    let out = packet::inspect(&ingress(&mut dp, &data).frame);
+    assert_eq!((out.src, out.dst, out.dport), (client, EP1, 53));
+    assert_eq!(
+        dp.stat(program_id::UPLINK_INGRESS, outcome::DNAT).unwrap(),
+        2
+    );
+}
+
+#[test]
+fn a_port_bound_to_one_host_address_answers_only_there() {
+    let mut dp = datapath();
+    dp.add_host_addr(Ipv4Addr::new(198, 18, 0, 3)).unwrap();
+    dp.publish(
+        Proto::Tcp,
+        Some(Ipv4Addr::new(198, 18, 0, 3)),
+        9000,
+        Ipv4Addr::from(EP2),
+        90,
+    )
+    .unwrap();
+    let on_other = packet::tcp_frame(SERVER, 50000, HOST, 9000, true, false, b"");
+    passed_untouched(&ingress(&mut dp, &on_other), &on_other);
+    let on_bound = packet::tcp_frame(SERVER, 50000, [198, 18, 0, 3], 9000, true, false, b"");
+    let seen = packet::inspect(&ingress(&mut dp, &on_bound).frame);
+    assert_eq!((seen.dst, seen.dport), (EP2, 90));
+}
+
+#[test]
+fn unpublished_ports_and_other_addresses_pass_untouched() {
+    let mut dp = datapath();
+    for frame in [
+        packet::tcp_frame(SERVER, 50000, HOST, 8081, true, false, b""),
+        // A published port on an address that is not the host's is not ours.
+        packet::tcp_frame(SERVER, 50000, [198, 18, 9, 9], 8080, true, false, b""),
+        packet::udp_frame(SERVER, 50000, HOST, 8080, b"tcp only"),
+    ] {
+        passed_untouched(&ingress(&mut dp, &frame), &frame);
+    }
+    assert!(dp.conntrack().unwrap().is_empty());
+}
+
+#[test]
+fn the_hosts_own_traffic_passes_untouched_and_its_tuple_is_reserved() {
+    let mut dp = datapath();
+    let frame = packet::udp_frame(HOST, 5001, SERVER, 53, b"host");
+    passed_untouched(&egress(&mut dp, &frame), &frame);
+    // An endpoint with the same source port to the same server must not take the host's tuple.
+    let out =
+        packet::inspect(&egress(&mut dp, &packet::udp_frame(EP1, 5001, SERVER, 53, b"ep")).frame);
+    assert_eq!(out.src, HOST);
+    assert_ne!(out.sport, 5001);
+    // The host's reply still reaches the host.
+    let reply = packet::udp_frame(SERVER, 53, HOST, 5001, b"a");
+    passed_untouched(&ingress(&mut dp, &reply), &reply);
+}
+
+#[test]
+fn fragments_from_endpoints_are_dropped_and_counted() {
+    let mut dp = datapath();
+    let mut frame = packet::udp_frame(EP1, 40000, SERVER, 53, &[7; 64]);
+    // More-fragments flag in the IPv4 header (byte 20 of the frame), header checksum fixed.
+    frame[20] |= 0x20;
+    let out = egress(&mut dp, &fix_ip_checksum(frame));
+    assert_eq!(out.action, TC_ACT_SHOT);
+    assert_eq!(
+        dp.stat(program_id::UPLINK_EGRESS, outcome::DROP_FRAGMENT)
+            .unwrap(),
+        1
+    );
+    assert!(
+        dp.conntrack().unwrap().is_empty(),
+        "no state for a dropped packet"
+    );
+}
+
+#[test]
+fn a_subnet_without_masquerade_never_leaves_with_its_private_source() {
+    let mut dp = datapath();
+    let frame = packet::udp_frame([172, 18, 0, 2], 40000, SERVER, 53, b"x");
+    assert_eq!(egress(&mut dp, &frame).action, TC_ACT_SHOT);
+    assert_eq!(
+        dp.stat(program_id::UPLINK_EGRESS, outcome::DROP_UNTRANSLATABLE)
+            .unwrap(),
+        1
+    );
+}
+
+#[test]
+fn port_exhaustion_is_dropped_and_counted() {
+    let mut dp = datapath();
+    dp.set_nat_config(NatConfig {
+        port_min: 61000,
+        port_max: 61001,
+        ..NatConfig::default()
+    })
+    .unwrap();
+    let mut ports = Vec::new();
+    for sport in [40000, 40001] {
+        let out = egress(&mut dp, &packet::udp_frame(EP1, sport, SERVER, 53, b"x"));
+        assert_eq!(out.action, TC_ACT_OK);
+        ports.push(packet::inspect(&out.frame).sport);
+    }
+    ports.sort();
+    assert_eq!(ports, [61000, 61001]);
+    let out = egress(&mut dp, &packet::udp_frame(EP1, 40002, SERVER, 53, b"x"));
+    assert_eq!(
+        out.action, TC_ACT_SHOT,
+        "nothing leaves with a private source"
+    );
+    assert_eq!(
+        dp.stat(program_id::UPLINK_EGRESS, outcome::DROP_PORTS_EXHAUSTED)
+            .unwrap(),
+        1
+    );
+    // Another server has its own port space.
+    let out = egress(
+        &mut dp,
+        &packet::udp_frame(EP1, 40002, [198, 18, 0, 9], 53, b"x"),
+    );
+    assert_eq!(out.action, TC_ACT_OK);
+}
+
+#[test]
+fn truncated_headers_from_endpoints_are_dropped() {
+    let mut dp = datapath();
+    let frame = packet::tcp_frame(EP1, 40000, SERVER, 7000, true, false, b"");
+    // Cut inside the TCP header: ports present, flags missing.
+    let cut = &frame[..14 + 20 + 10];
+    assert_eq!(egress(&mut dp, cut).action, TC_ACT_SHOT);
+    assert_eq!(
+        dp.stat(program_id::UPLINK_EGRESS, outcome::DROP_MALFORMED)
+            .unwrap(),
+        1
+    );
+}
+
+#[test]
+fn non_ipv4_passes_untouched() {
+    let mut dp = datapath();
+    let mut arp = vec![0xff; 6];
+    arp.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x08, 0x06]);
+    arp.extend_from_slice(&[0; 28]);
+    passed_untouched(&egress(&mut dp, &arp), &arp);
+    passed_untouched(&ingress(&mut dp, &arp), &arp);
+}
+
+fn fix_ip_checksum(mut frame: Vec<u8>) -> Vec<u8> {
+    let mut header = etherparse::Ipv4Header::from_slice(&frame[14..]).unwrap().0;
+    header.header_checksum = header.calc_header_checksum();
+    let (a, b) = (
+        header.header_checksum.to_be_bytes()[0],
+        header.header_checksum.to_be_bytes()[1],
+    );
+    frame[24] = a;
+    frame[25] = b;
+    frame
+}
