@@ -212,6 +212,17 @@ pub mod maps {
     pub const HOST_ADDRS: &str = "HOST_ADDRS";
     pub const NAT_CONFIG: &str = "NAT_CONFIG";
     pub const STATS: &str = "STATS";
+    /// Every map, for pinning.
+    pub const ALL: [&str; 8] = [
+        IF_COUNTERS,
+        CONNTRACK,
+        PUBLISH,
+        UPLINKS,
+        SUBNETS,
+        HOST_ADDRS,
+        NAT_CONFIG,
+        STATS,
+    ];
 }
 
 /// Names of the programs in the object.

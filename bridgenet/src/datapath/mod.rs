@@ -1,9 +1,9 @@
 //! Loads the embedded eBPF object, attaches its programs and reads its maps.
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{
         Array, HashMap, PerCpuArray, PerCpuHashMap,
         lpm_trie::{Key, LpmTrie},
@@ -22,6 +22,24 @@ use ipnet::Ipv4Net;
 /// The object built from bridgenet-ebpf by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bridgenet"));
 
+/// How to load the datapath.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Where maps are pinned (on a bpf filesystem); None keeps them private to this process.
+    pub pin_dir: Option<PathBuf>,
+    /// Size of the conntrack map, in entries (two per flow).
+    pub conntrack_entries: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            pin_dir: None,
+            conntrack_entries: bridgenet_common::CT_MAX_ENTRIES,
+        }
+    }
+}
+
 /// How a TC program is attached: tcx links exist from Linux 6.6; before that, a netlink
 /// filter on a clsact qdisc.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,12 +56,30 @@ pub struct Datapath {
 }
 
 impl Datapath {
-    /// Loads the programs into the kernel (without attaching them).
+    /// Loads the programs into the kernel (without attaching them), with private maps.
     pub fn load() -> Result<Self> {
+        Self::load_with(&LoadOptions::default())
+    }
+
+    /// Loads the programs; with `pin_dir`, every map is pinned there, and maps already pinned
+    /// there (by an earlier daemon) are reused with their state.
+    pub fn load_with(options: &LoadOptions) -> Result<Self> {
         if OBJECT.is_empty() {
             bail!("this binary was built with AYA_BUILD_SKIP=1 and carries no eBPF programs");
         }
-        let mut ebpf = Ebpf::load(OBJECT).context("loading the eBPF object")?;
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(maps::CONNTRACK, options.conntrack_entries);
+        let pins: Vec<(&str, PathBuf)> = match &options.pin_dir {
+            Some(dir) => maps::ALL
+                .iter()
+                .map(|name| (*name, dir.join(name)))
+                .collect(),
+            None => Vec::new(),
+        };
+        for (name, path) in &pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
         for name in [
             programs::TC_COUNT,
             programs::UPLINK_INGRESS,
@@ -138,6 +174,16 @@ impl Datapath {
         };
         publish.insert(key, value, 0)?;
         Ok(())
+    }
+
+    /// Every published port: (key, target), as the programs store them.
+    pub fn published(&self) -> Result<Vec<(PublishKey, PublishTarget)>> {
+        let map: HashMap<_, PublishKey, PublishTarget> = HashMap::try_from(
+            self.ebpf
+                .map(maps::PUBLISH)
+                .context("map PUBLISH missing")?,
+        )?;
+        Ok(map.iter().collect::<Result<_, _>>()?)
     }
 
     /// Sets the port ranges masquerade uses.
