@@ -236,19 +236,16 @@ fn run_in_vm(image: &Path, binaries: &[PathBuf], filter: Option<&str>) -> Result
         .arg("--")
         .arg(&guest_cmd)
         .stdin(Stdio::null())
+        // Piped, not inherited: QEMU reopens the guest's stdout and stderr through /proc/self/fd
+        // with O_TRUNC, which would truncate a log file the caller redirected us to.
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .context("running vng")?;
-    // The guest console carries terminal escapes and blank padding: keep the readable lines.
-    let console = child.stdout.take().context("vng stdout")?;
-    let echo = std::thread::spawn(move || {
-        for line in BufReader::new(console).split(b'\n').map_while(Result::ok) {
-            let line = strip_escapes(&String::from_utf8_lossy(&line));
-            if !line.trim().is_empty() {
-                println!("{line}");
-            }
-        }
-    });
+    let echoes = [
+        echo_console(child.stdout.take().context("vng stdout")?),
+        echo_console(child.stderr.take().context("vng stderr")?),
+    ];
     loop {
         if child.try_wait()?.is_some() {
             break;
@@ -260,7 +257,9 @@ fn run_in_vm(image: &Path, binaries: &[PathBuf], filter: Option<&str>) -> Result
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    let _ = echo.join();
+    for echo in echoes {
+        let _ = echo.join();
+    }
     let text = fs::read_to_string(&report)
         .with_context(|| format!("{name}: the guest wrote no report (did it boot?)"))?;
     let mut lines = text.lines();
@@ -284,6 +283,19 @@ fn run_in_vm(image: &Path, binaries: &[PathBuf], filter: Option<&str>) -> Result
         failed: counts.get(1).copied().unwrap_or(0),
         ignored: counts.get(2).copied().unwrap_or(0),
         crashed,
+    })
+}
+
+/// Prints the readable lines of a guest console stream: it carries terminal escapes and blank
+/// padding.
+fn echo_console(stream: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).split(b'\n').map_while(Result::ok) {
+            let line = strip_escapes(&String::from_utf8_lossy(&line));
+            if !line.trim().is_empty() {
+                println!("{line}");
+            }
+        }
     })
 }
 
