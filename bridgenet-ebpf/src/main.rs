@@ -4,6 +4,7 @@
 
 mod conntrack;
 mod counters;
+mod icmp;
 mod nat;
 mod parse;
 mod stats;
@@ -14,7 +15,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use bridgenet_common::{outcome, program_id};
-use parse::{Parsed, parse};
+use parse::{Packet, Parsed, parse};
 
 /// Counts every packet seen by TC on the interface it is attached to, in either direction.
 #[classifier]
@@ -31,33 +32,44 @@ pub fn xdp_count(ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
-/// Uplink ingress: replies of masqueraded flows go back to their endpoint, and new flows to a
-/// published port are translated to the endpoint (DNAT).
+/// Uplink ingress: replies of masqueraded flows go back to their endpoint, new flows to a
+/// published port are translated to the endpoint (DNAT), and ICMP errors about either follow.
 #[classifier]
 pub fn uplink_ingress(mut ctx: TcContext) -> i32 {
     let result = match parse(&ctx) {
-        Parsed::Other => outcome::PASSED,
-        Parsed::Malformed => outcome::PASSED,
-        // Fragments for a host address are reassembled by the host stack, which never forwards
-        // them to an endpoint: they cannot leave untranslated.
-        Parsed::Ipv4(packet) if packet.fragment => outcome::PASSED,
-        Parsed::Ipv4(packet) => match conntrack::lookup(&packet, ctx.len()) {
-            Some(entry) => {
-                let (act, addr, port) =
-                    unsafe { ((*entry).action, (*entry).nat_addr, (*entry).nat_port) };
-                nat::apply(&mut ctx, &packet, act, addr, port)
-            }
-            None => match nat::published(&packet) {
-                Some(target) => nat::publish(&mut ctx, &packet, target),
-                None => outcome::PASSED,
-            },
-        },
+        // Not ours to judge: the host stack drops what it cannot parse.
+        Parsed::Other | Parsed::Malformed => outcome::PASSED,
+        Parsed::Ipv4(packet) => uplink_ingress_ipv4(&mut ctx, &packet),
     };
     verdict(program_id::UPLINK_INGRESS, result)
 }
 
+#[inline(always)]
+fn uplink_ingress_ipv4(ctx: &mut TcContext, packet: &Packet) -> u32 {
+    if packet.fragment {
+        // Fragments for a host address are reassembled by the host stack, which never forwards
+        // them to an endpoint: they cannot reach one untranslated.
+        return outcome::PASSED;
+    }
+    if let Some(inner) = &packet.inner {
+        return match icmp::translate(ctx, packet, inner) {
+            icmp::Verdict::Done(result) => result,
+            icmp::Verdict::Host | icmp::Verdict::Unknown => outcome::PASSED,
+        };
+    }
+    if let Some(entry) = conntrack::lookup(packet, ctx.len()) {
+        let (act, addr, port) = unsafe { ((*entry).action, (*entry).nat_addr, (*entry).nat_port) };
+        return nat::apply(ctx, packet, act, addr, port);
+    }
+    match nat::published(packet) {
+        Some(target) => nat::publish(ctx, packet, target),
+        None => outcome::PASSED,
+    }
+}
+
 /// Uplink egress: packets of the managed subnets leave with the uplink's address
-/// (masquerade), and replies from published endpoints leave with the host's address and port.
+/// (masquerade), replies from published endpoints with the host's address and port, and
+/// ICMP errors about either with their quoted packet translated back.
 #[classifier]
 pub fn uplink_egress(mut ctx: TcContext) -> i32 {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
@@ -66,40 +78,53 @@ pub fn uplink_egress(mut ctx: TcContext) -> i32 {
     };
     let result = match parse(&ctx) {
         Parsed::Other => outcome::PASSED,
-        // A managed source must never leave as it is; anything else is the host's business.
+        // A managed source must never leave as it is, so what cannot be parsed does not leave.
         Parsed::Malformed => outcome::DROP_MALFORMED,
-        Parsed::Ipv4(packet) => {
-            let managed = nat::subnet_of(packet.key.saddr);
-            if packet.fragment && managed.is_some() {
-                // Fragments of endpoint flows are dropped (and counted), never sent untranslated.
-                outcome::DROP_FRAGMENT
-            } else if packet.fragment {
-                outcome::PASSED
-            } else if let Some(entry) = conntrack::lookup(&packet, ctx.len()) {
-                let (act, addr, port) =
-                    unsafe { ((*entry).action, (*entry).nat_addr, (*entry).nat_port) };
-                nat::apply(&mut ctx, &packet, act, addr, port)
-            } else if let Some(subnet) = managed {
-                if subnet.masquerade != 0 && nat_translatable(&packet) {
-                    nat::masquerade(&mut ctx, &packet, nat_addr)
-                } else {
-                    // Without masquerade (or for what it cannot translate) a private source
-                    // must not leave.
-                    outcome::DROP_UNTRANSLATABLE
-                }
-            } else {
-                if packet.key.saddr == nat_addr {
-                    nat::track_host_flow(&ctx, &packet);
-                }
-                outcome::PASSED
-            }
-        }
+        Parsed::Ipv4(packet) => uplink_egress_ipv4(&mut ctx, &packet, nat_addr),
     };
     verdict(program_id::UPLINK_EGRESS, result)
 }
 
+#[inline(always)]
+fn uplink_egress_ipv4(ctx: &mut TcContext, packet: &Packet, nat_addr: u32) -> u32 {
+    let managed = nat::subnet_of(packet.key.saddr);
+    if packet.fragment {
+        // Fragments of endpoint flows are dropped (and counted), never sent untranslated.
+        return if managed.is_some() {
+            outcome::DROP_FRAGMENT
+        } else {
+            outcome::PASSED
+        };
+    }
+    if let Some(inner) = &packet.inner {
+        return match icmp::translate(ctx, packet, inner) {
+            icmp::Verdict::Done(result) => result,
+            icmp::Verdict::Host => outcome::PASSED,
+            icmp::Verdict::Unknown if managed.is_some() => outcome::DROP_UNTRANSLATABLE,
+            icmp::Verdict::Unknown => outcome::PASSED,
+        };
+    }
+    if let Some(entry) = conntrack::lookup(packet, ctx.len()) {
+        let (act, addr, port) = unsafe { ((*entry).action, (*entry).nat_addr, (*entry).nat_port) };
+        return nat::apply(ctx, packet, act, addr, port);
+    }
+    match managed {
+        Some(subnet) if subnet.masquerade != 0 && nat_translatable(packet) => {
+            nat::masquerade(ctx, packet, nat_addr)
+        }
+        // Without masquerade (or for what it cannot translate) a private source must not leave.
+        Some(_) => outcome::DROP_UNTRANSLATABLE,
+        None => {
+            if packet.key.saddr == nat_addr {
+                nat::track_host_flow(ctx, packet);
+            }
+            outcome::PASSED
+        }
+    }
+}
+
 /// Masquerade translates TCP, UDP and ICMP echo requests.
-fn nat_translatable(packet: &parse::Packet) -> bool {
+fn nat_translatable(packet: &Packet) -> bool {
     match packet.key.proto {
         parse::TCP | parse::UDP => true,
         parse::ICMP => packet.icmp_type == parse::ICMP_ECHO_REQUEST,

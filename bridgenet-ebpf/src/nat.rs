@@ -55,7 +55,9 @@ pub fn is_host_addr(addr: u32) -> bool {
 }
 
 /// Applies a conntrack entry's action to the packet: the outcome to count.
-#[inline(always)]
+// A BPF subprogram of its own: inlined, its locals would push the caller past the
+// 512-byte stack limit.
+#[inline(never)]
 pub fn apply(ctx: &mut TcContext, packet: &Packet, act: u8, addr: u32, port: u16) -> u32 {
     match act {
         action::SNAT | action::DNAT => match rewrite(ctx, packet, act, addr, port) {
@@ -68,7 +70,9 @@ pub fn apply(ctx: &mut TcContext, packet: &Packet, act: u8, addr: u32, port: u16
 }
 
 /// Opens a masquerade flow for a packet leaving through the uplink with address `nat_addr`.
-#[inline(always)]
+// A BPF subprogram of its own: inlined, its locals would push the caller past the
+// 512-byte stack limit.
+#[inline(never)]
 pub fn masquerade(ctx: &mut TcContext, packet: &Packet, nat_addr: u32) -> u32 {
     let key = packet.key;
     // An unset (zeroed) configuration means the defaults.
@@ -133,7 +137,9 @@ pub fn masquerade(ctx: &mut TcContext, packet: &Packet, nat_addr: u32) -> u32 {
 }
 
 /// The endpoint a packet arriving on an uplink is published to, if any.
-#[inline(always)]
+// A BPF subprogram of its own: inlined, its locals would push the caller past the
+// 512-byte stack limit.
+#[inline(never)]
 pub fn published(packet: &Packet) -> Option<PublishTarget> {
     let key = packet.key;
     if key.proto != TCP && key.proto != UDP {
@@ -157,7 +163,9 @@ pub fn published(packet: &Packet) -> Option<PublishTarget> {
 
 /// Opens a flow to a published port: the client keeps its address, the destination becomes
 /// the endpoint, and replies from the endpoint get the host address and port back.
-#[inline(always)]
+// A BPF subprogram of its own: inlined, its locals would push the caller past the
+// 512-byte stack limit.
+#[inline(never)]
 pub fn publish(ctx: &mut TcContext, packet: &Packet, target: PublishTarget) -> u32 {
     let key = packet.key;
     let reply = CtKey {
@@ -198,7 +206,9 @@ pub fn publish(ctx: &mut TcContext, packet: &Packet, target: PublishTarget) -> u
 }
 
 /// Tracks a flow of the host itself in both directions, so masquerade never picks its tuple.
-#[inline(always)]
+// A BPF subprogram of its own: inlined, its locals would push the caller past the
+// 512-byte stack limit.
+#[inline(never)]
 pub fn track_host_flow(ctx: &TcContext, packet: &Packet) {
     let key = packet.key;
     let reply = key.reversed();

@@ -29,6 +29,30 @@ pub struct Packet {
     pub tcp_flags: u8,
     /// ICMP type (ICMP only).
     pub icmp_type: u8,
+    /// For an ICMP error: the packet it quotes.
+    pub inner: Option<Inner>,
+}
+
+/// The packet an ICMP error quotes: the flow it is about, seen in that packet's direction.
+pub struct Inner {
+    pub key: CtKey,
+    /// Offsets of the quoted IPv4 header and of its L4 header.
+    pub ip_off: usize,
+    pub l4_off: usize,
+    /// Whether the quoted L4 checksum is inside the packet (a TCP header may be cut to 8 bytes).
+    pub has_l4_csum: bool,
+}
+
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+pub const ICMP_PARAMETER_PROBLEM: u8 = 12;
+
+/// Whether an ICMP type is an error that quotes a packet of the flow it is about.
+pub fn is_icmp_error(icmp_type: u8) -> bool {
+    matches!(
+        icmp_type,
+        ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM
+    )
 }
 
 pub enum Parsed {
@@ -66,6 +90,7 @@ pub fn parse(ctx: &TcContext) -> Parsed {
         fragment: ip.frag_flags() & 1 != 0 || ip.frag_offset() != 0,
         tcp_flags: 0,
         icmp_type: 0,
+        inner: None,
     };
     if packet.fragment && ip.frag_offset() != 0 {
         // No L4 header in a later fragment.
@@ -94,12 +119,66 @@ pub fn parse(ctx: &TcContext) -> Parsed {
             match icmp_type {
                 ICMP_ECHO_REQUEST => packet.key.sport = id,
                 ICMP_ECHO_REPLY => packet.key.dport = id,
+                t if is_icmp_error(t) => match parse_inner(ctx, l4 + 8) {
+                    Some(inner) => packet.inner = Some(inner),
+                    None => return Parsed::Malformed,
+                },
                 _ => {}
             }
         }
         _ => {}
     }
     Parsed::Ipv4(packet)
+}
+
+/// Parses the IPv4 packet quoted by an ICMP error at `ip_off`: addresses and the first 8 bytes
+/// of its L4 header (all RFC 792 promises), the ports or echo identifier from them.
+fn parse_inner(ctx: &TcContext, ip_off: usize) -> Option<Inner> {
+    let ip = ctx.load::<Ipv4Hdr>(ip_off).ok()?;
+    let ihl = ip.ihl() as usize;
+    if ip.version() != 4 || ihl < Ipv4Hdr::LEN {
+        return None;
+    }
+    let l4_off = ip_off + ihl;
+    let mut key = CtKey {
+        saddr: u32::from_ne_bytes(ip.src_addr),
+        daddr: u32::from_ne_bytes(ip.dst_addr),
+        sport: 0,
+        dport: 0,
+        proto: ip.proto,
+        _pad: [0; 3],
+    };
+    let len = ctx.len() as usize;
+    let has_l4_csum = match ip.proto {
+        TCP | UDP => {
+            key.sport = ctx.load::<u16>(l4_off).ok()?;
+            key.dport = ctx.load::<u16>(l4_off + 2).ok()?;
+            let csum_end = if ip.proto == TCP {
+                l4_off + 18
+            } else {
+                l4_off + 8
+            };
+            len >= csum_end
+        }
+        ICMP => {
+            let icmp_type = ctx.load::<u8>(l4_off).ok()?;
+            let id = ctx.load::<u16>(l4_off + 4).ok()?;
+            match icmp_type {
+                ICMP_ECHO_REQUEST => key.sport = id,
+                ICMP_ECHO_REPLY => key.dport = id,
+                // Errors about errors are never translated.
+                _ => return None,
+            }
+            true
+        }
+        _ => return None,
+    };
+    Some(Inner {
+        key,
+        ip_off,
+        l4_off,
+        has_l4_csum,
+    })
 }
 
 /// Offset of the L4 checksum, if the protocol has one that covers addresses or ports we change.

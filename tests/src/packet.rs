@@ -202,3 +202,88 @@ pub fn icmp_echo_frame(src: [u8; 4], dst: [u8; 4], id: u16, seq: u16, reply: boo
         .expect("building an ICMP frame");
     frame
 }
+
+/// An ICMP error from `src` to `dst` quoting `quoted` (an IPv4 packet, possibly cut short).
+pub fn icmp_error_frame(
+    src: [u8; 4],
+    dst: [u8; 4],
+    icmp_type: etherparse::Icmpv4Type,
+    quoted: &[u8],
+) -> Vec<u8> {
+    let builder = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4(src, dst, 64)
+        .icmpv4(icmp_type);
+    let mut frame = Vec::with_capacity(builder.size(quoted.len()));
+    builder
+        .write(&mut frame, quoted)
+        .expect("building an ICMP error");
+    frame
+}
+
+/// The IPv4 packet a frame carries (what an ICMP error quotes), cut to its IP header and
+/// `l4_bytes` bytes of L4 header (None: all of it).
+pub fn ip_packet(frame: &[u8], l4_bytes: Option<usize>) -> Vec<u8> {
+    let ihl = usize::from(frame[14] & 0x0f) * 4;
+    let end = l4_bytes.map_or(frame.len(), |n| (14 + ihl + n).min(frame.len()));
+    frame[14..end].to_vec()
+}
+
+/// What an ICMP error frame quotes: addresses and ports (ICMP echo: the identifier in both),
+/// after checking the quoted IPv4 checksum and, when `full` (the whole L4 header is quoted),
+/// the quoted L4 checksum.
+pub fn inspect_quoted(frame: &[u8], full: bool) -> Seen {
+    use etherparse::{Ipv4Header, TcpHeader, UdpHeader};
+    let quoted = &frame[14 + 20 + 8..];
+    let (ip, rest) = Ipv4Header::from_slice(quoted).expect("a quoted IPv4 header");
+    assert_eq!(
+        ip.header_checksum,
+        ip.calc_header_checksum(),
+        "quoted IPv4 checksum"
+    );
+    let mut seen = Seen {
+        src: ip.source,
+        dst: ip.destination,
+        sport: 0,
+        dport: 0,
+        l4_checksum: 0,
+    };
+    let port = |at: usize| u16::from_be_bytes([rest[at], rest[at + 1]]);
+    match ip.protocol {
+        etherparse::IpNumber::TCP => {
+            (seen.sport, seen.dport) = (port(0), port(2));
+            if full {
+                let (tcp, payload) = TcpHeader::from_slice(rest).expect("quoted TCP header");
+                assert_eq!(
+                    tcp.checksum,
+                    tcp.calc_checksum_ipv4(&ip, payload).unwrap(),
+                    "quoted TCP checksum"
+                );
+                seen.l4_checksum = tcp.checksum;
+            }
+        }
+        etherparse::IpNumber::UDP => {
+            (seen.sport, seen.dport) = (port(0), port(2));
+            let (udp, payload) = UdpHeader::from_slice(rest).expect("quoted UDP header");
+            if full && udp.checksum != 0 {
+                assert_eq!(
+                    udp.checksum,
+                    udp.calc_checksum_ipv4(&ip, payload).unwrap(),
+                    "quoted UDP checksum"
+                );
+            }
+            seen.l4_checksum = udp.checksum;
+        }
+        etherparse::IpNumber::ICMP => {
+            (seen.sport, seen.dport) = (port(4), port(4));
+            if full {
+                let icmp = etherparse::Icmpv4Slice::from_slice(rest).expect("quoted ICMP");
+                let right =
+                    etherparse::Icmpv4Header::with_checksum(icmp.icmp_type(), icmp.payload());
+                assert_eq!(icmp.checksum(), right.checksum, "quoted ICMP checksum");
+            }
+            seen.l4_checksum = u16::from_be_bytes([rest[2], rest[3]]);
+        }
+        other => panic!("unexpected quoted protocol {other:?}"),
+    }
+    seen
+}
