@@ -234,3 +234,76 @@ fn unpublished_ports_and_endpoint_addresses_are_not_reachable_from_the_world() {
         .enter(|| TcpStream::connect_timeout(&to, Duration::from_secs(1)));
     assert!(attempt.is_err(), "an unpublished port answered");
 }
+
+/// world (198.18.1.1) -- router [r-up 198.18.1.2 MTU 1280 | r-down 198.18.0.1] -- host uplink0:
+/// full-size packets from the endpoint only get through after path MTU discovery, which needs
+/// the router's "fragmentation needed" errors translated back to the endpoint.
+fn routed_lab() -> Lab {
+    let mut topo = Topology::new();
+    topo.netns("world")
+        .netns("router")
+        .netns("host")
+        .netns("ep")
+        .veth(("world", "eth0"), ("router", "r-up"))
+        .veth(("router", "r-down"), ("host", "uplink0"))
+        .addr("world", "eth0", "198.18.1.1/24")
+        .addr("router", "r-up", "198.18.1.2/24")
+        .addr("router", "r-down", "198.18.0.1/24")
+        .addr("host", "uplink0", "198.18.0.2/24")
+        .route("world", "198.18.0.0/24", "198.18.1.2")
+        .route("host", "default", "198.18.0.1")
+        .sysctl("router", "net.ipv4.ip_forward", "1")
+        .bridge("host", "br0")
+        .addr("host", "br0", "172.17.0.1/16")
+        .veth(("host", "vep"), ("ep", "eth0"))
+        .attach_to_bridge("host", "vep", "br0")
+        .addr("ep", "eth0", "172.17.0.2/16")
+        .route("ep", "default", "172.17.0.1")
+        .sysctl("host", "net.ipv4.ip_forward", "1");
+    topo.ns("router")
+        .ip(&["link", "set", "r-up", "mtu", "1280"]);
+    let dp = topo.ns("host").enter(|| {
+        let mut dp = Datapath::load().expect("loading the datapath");
+        dp.attach_uplink("uplink0", Ipv4Addr::new(198, 18, 0, 2), TcMode::Auto)
+            .expect("attaching");
+        dp.add_subnet("172.17.0.0/16".parse().unwrap(), true)
+            .unwrap();
+        dp.publish(Proto::Tcp, None, 8080, Ipv4Addr::new(172, 17, 0, 2), 80)
+            .unwrap();
+        dp
+    });
+    Lab { topo, dp }
+}
+
+#[test]
+fn path_mtu_discovery_through_masquerade() {
+    let lab = routed_lab();
+    let server = tcp_echo_once(&lab, "world", "198.18.1.1:7000");
+    // The echo comes back through the 1280 link too, in the other direction.
+    tcp_roundtrip(&lab, "ep", "198.18.1.1:7000", &payload(100_000));
+    assert_eq!(server.join().unwrap().ip(), Ipv4Addr::new(198, 18, 0, 2));
+    let route = lab
+        .topo
+        .ns("ep")
+        .exec("ip", &["route", "get", "198.18.1.1"]);
+    assert!(
+        route.contains("mtu 1280"),
+        "the endpoint learned the path MTU: {route}"
+    );
+}
+
+#[test]
+fn path_mtu_discovery_through_a_published_port() {
+    let lab = routed_lab();
+    let server = tcp_echo_once(&lab, "ep", "0.0.0.0:80");
+    tcp_roundtrip(&lab, "world", "198.18.0.2:8080", &payload(100_000));
+    assert_eq!(server.join().unwrap().ip(), Ipv4Addr::new(198, 18, 1, 1));
+    let route = lab
+        .topo
+        .ns("ep")
+        .exec("ip", &["route", "get", "198.18.1.1"]);
+    assert!(
+        route.contains("mtu 1280"),
+        "the endpoint learned the path MTU: {route}"
+    );
+}
