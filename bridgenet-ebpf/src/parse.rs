@@ -97,6 +97,16 @@ pub fn parse(ctx: &TcContext) -> Parsed {
         return Parsed::Ipv4(packet);
     }
     let l4 = packet.l4_off;
+    // Translation rewrites the L4 checksum: a header cut before it is malformed, refused before
+    // any state is created for it.
+    let l4_min = match ip.proto {
+        TCP => 20,
+        UDP | ICMP => 8,
+        _ => 0,
+    };
+    if (ctx.len() as usize) < l4 + l4_min {
+        return Parsed::Malformed;
+    }
     match ip.proto {
         TCP | UDP => {
             let (Ok(sport), Ok(dport)) = (ctx.load::<u16>(l4), ctx.load::<u16>(l4 + 2)) else {

@@ -1,0 +1,207 @@
+//! 100,000 random and mutated frames through each program with BPF_PROG_TEST_RUN: every run
+//! must succeed (no verifier or bounds failure), and nothing may come out half-translated: no
+//! frame leaves the uplink with a managed (private) source, and no frame whose checksums were
+//! right comes out changed with a wrong one.
+use std::net::Ipv4Addr;
+
+use bridgenet::datapath::{Datapath, Proto};
+use bridgenet_common::programs;
+use bridgenet_tests::{packet, require_root};
+use etherparse::{NetHeaders, PacketHeaders, TransportHeader};
+
+const FRAMES: usize = 100_000;
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const XDP_PASS: u32 = 2;
+const HOST: [u8; 4] = [198, 18, 0, 2];
+const SERVER: [u8; 4] = [198, 18, 0, 1];
+const EP1: [u8; 4] = [172, 17, 0, 2];
+
+fn datapath() -> Datapath {
+    require_root();
+    let mut dp = Datapath::load().expect("loading the datapath");
+    dp.set_uplink_addr(1, Ipv4Addr::from(HOST)).unwrap();
+    dp.add_subnet("172.17.0.0/16".parse().unwrap(), true)
+        .unwrap();
+    dp.publish(Proto::Tcp, None, 8080, Ipv4Addr::from(EP1), 80)
+        .unwrap();
+    dp.publish(Proto::Udp, None, 5353, Ipv4Addr::from(EP1), 53)
+        .unwrap();
+    dp
+}
+
+/// Valid frames of every kind the programs translate, to be mutated.
+fn templates() -> Vec<Vec<u8>> {
+    let syn = packet::tcp_frame(EP1, 40000, SERVER, 7000, true, false, b"");
+    let quoted = packet::ip_packet(&packet::udp_frame(HOST, 61000, SERVER, 53, b"q"), None);
+    vec![
+        syn.clone(),
+        packet::tcp_frame(EP1, 40001, SERVER, 7000, false, true, &[9; 300]),
+        packet::udp_frame(EP1, 5000, SERVER, 53, b"query"),
+        packet::udp_frame_without_checksum(EP1, 5001, SERVER, 53, b"query"),
+        packet::icmp_echo_frame(EP1, SERVER, 77, 1, false),
+        packet::tcp_frame(SERVER, 50000, HOST, 8080, true, false, b""),
+        packet::udp_frame(SERVER, 50000, HOST, 5353, b"q"),
+        packet::icmp_echo_frame(SERVER, HOST, 61000, 1, true),
+        packet::icmp_error_frame(
+            SERVER,
+            HOST,
+            etherparse::Icmpv4Type::TimeExceeded(
+                etherparse::icmpv4::TimeExceededCode::TtlExceededInTransit,
+            ),
+            &quoted,
+        ),
+        packet::icmp_error_frame(
+            EP1,
+            SERVER,
+            etherparse::Icmpv4Type::DestinationUnreachable(
+                etherparse::icmpv4::DestUnreachableHeader::Port,
+            ),
+            &packet::ip_packet(&syn, Some(8)),
+        ),
+    ]
+}
+
+/// A random frame: pure noise, or a template with random bytes changed and a random length.
+fn random_frame(rng: &mut fastrand::Rng, templates: &[Vec<u8>]) -> Vec<u8> {
+    if rng.u8(..) < 32 {
+        let len = rng.usize(..200);
+        return (0..len).map(|_| rng.u8(..)).collect();
+    }
+    let mut frame = templates[rng.usize(..templates.len())].clone();
+    for _ in 0..rng.usize(..4) {
+        let at = rng.usize(..frame.len());
+        frame[at] = rng.u8(..);
+    }
+    if rng.bool() {
+        frame.truncate(rng.usize(..=frame.len()));
+    }
+    frame
+}
+
+/// Checksums of an IPv4 frame that are right (IPv4 header, full L4), or None if it is not a
+/// complete IPv4 frame etherparse can read.
+fn right_checksums(frame: &[u8]) -> Option<(bool, bool)> {
+    let headers = PacketHeaders::from_ethernet_slice(frame).ok()?;
+    let Some(NetHeaders::Ipv4(ip, _)) = &headers.net else {
+        return None;
+    };
+    let ip_ok = ip.header_checksum == ip.calc_header_checksum();
+    let payload = headers.payload.slice();
+    let l4_ok = match &headers.transport {
+        Some(TransportHeader::Tcp(tcp)) => {
+            tcp.calc_checksum_ipv4(ip, payload).ok() == Some(tcp.checksum)
+        }
+        Some(TransportHeader::Udp(udp)) => {
+            udp.checksum == 0 || udp.calc_checksum_ipv4(ip, payload).ok() == Some(udp.checksum)
+        }
+        Some(TransportHeader::Icmpv4(icmp)) => {
+            etherparse::Icmpv4Header::with_checksum(icmp.icmp_type.clone(), payload).checksum
+                == icmp.checksum
+        }
+        _ => return None,
+    };
+    Some((ip_ok, l4_ok))
+}
+
+fn refused_by_the_kernel(frame: &[u8]) -> bool {
+    match frame.get(12..14) {
+        None => true,
+        Some([0x08, 0x00]) => frame.len() < 14 + 20,
+        Some([0x86, 0xdd]) => frame.len() < 14 + 40,
+        Some(_) => false,
+    }
+}
+
+fn source(frame: &[u8]) -> Option<[u8; 4]> {
+    let is_ipv4 = frame.len() >= 34 && frame[12..14] == [0x08, 0x00] && frame[14] >> 4 == 4;
+    is_ipv4.then(|| [frame[26], frame[27], frame[28], frame[29]])
+}
+
+fn fuzz(program: &str, xdp: bool, seed: u64) {
+    let mut dp = datapath();
+    let templates = templates();
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let (mut passed, mut dropped, mut refused) = (0, 0, 0);
+    let mut i = 0;
+    while passed + dropped < FRAMES {
+        i += 1;
+        let frame = random_frame(&mut rng, &templates);
+        let result = if xdp {
+            packet::run_xdp(&mut dp, program, &frame, 1)
+        } else {
+            packet::run_tc(&mut dp, program, &frame, 1)
+        };
+        let out = match result {
+            Ok(out) => out,
+            // The kernel refuses test runs, before the program runs, on frames shorter than an
+            // Ethernet header, or than the IP header their EtherType announces.
+            Err(_) if refused_by_the_kernel(&frame) => {
+                refused += 1;
+                continue;
+            }
+            Err(err) => panic!("{program}: frame {i} (seed {seed}) {frame:02x?}: {err}"),
+        };
+        let pass = if xdp { XDP_PASS } else { TC_ACT_OK };
+        assert!(
+            out.action == pass || out.action == TC_ACT_SHOT && !xdp,
+            "{program}: verdict {}",
+            out.action
+        );
+        if out.action != pass {
+            dropped += 1;
+            continue;
+        }
+        passed += 1;
+        if program == programs::UPLINK_EGRESS
+            && let Some(src) = source(&out.frame)
+        {
+            assert!(
+                src[..2] != [172, 17],
+                "frame {i} (seed {seed}) left with a private source: {frame:02x?}"
+            );
+        }
+        if out.frame != frame
+            && let Some((ip_ok, l4_ok)) = right_checksums(&frame)
+        {
+            let (out_ip_ok, out_l4_ok) =
+                right_checksums(&out.frame).expect("a translated frame stays parsable");
+            assert!(
+                !ip_ok || out_ip_ok,
+                "frame {i} (seed {seed}): IPv4 checksum broken by translation"
+            );
+            assert!(
+                !l4_ok || out_l4_ok,
+                "frame {i} (seed {seed}): L4 checksum broken by translation"
+            );
+        }
+    }
+    eprintln!(
+        "{program}: {passed} passed, {dropped} dropped ({refused} more refused by the kernel) (seed {seed}); counters: {:?}",
+        dp.stats().unwrap()
+    );
+    assert!(
+        passed > 0 && (dropped > 0 || xdp || program == programs::TC_COUNT),
+        "the mix exercises both verdicts"
+    );
+}
+
+#[test]
+fn random_frames_through_uplink_egress() {
+    fuzz(programs::UPLINK_EGRESS, false, 1);
+}
+
+#[test]
+fn random_frames_through_uplink_ingress() {
+    fuzz(programs::UPLINK_INGRESS, false, 2);
+}
+
+#[test]
+fn random_frames_through_tc_count() {
+    fuzz(programs::TC_COUNT, false, 3);
+}
+
+#[test]
+fn random_frames_through_xdp_count() {
+    fuzz(programs::XDP_COUNT, true, 4);
+}
