@@ -180,10 +180,11 @@ fn fuzz(program: &str, xdp: bool, seed: u64) {
         "{program}: {passed} passed, {dropped} dropped ({refused} more refused by the kernel) (seed {seed}); counters: {:?}",
         dp.stats().unwrap()
     );
-    assert!(
-        passed > 0 && (dropped > 0 || xdp || program == programs::TC_COUNT),
-        "the mix exercises both verdicts"
-    );
+    assert!(passed > 0);
+    if program == programs::UPLINK_EGRESS {
+        // Malformed frames from endpoints are dropped there (ingress leaves them to the host).
+        assert!(dropped > 0, "the mix exercises both verdicts");
+    }
 }
 
 #[test]
