@@ -199,8 +199,17 @@ pub const fn stats_index(program: u32, outcome: u32) -> u32 {
     program * outcome::COUNT + outcome
 }
 
-/// Default size of the conntrack map: one entry per direction, so half as many flows.
+/// Default limit of the conntrack table: one entry per direction, so 262,144 flows. New flows
+/// past it are dropped (counted as `drop_ct_full`) while tracked ones keep working.
 pub const CT_MAX_ENTRIES: u32 = 524_288;
+
+/// Slots of the `CT_USAGE` array.
+pub mod ct_usage {
+    /// Entries in the table (the datapath adds, garbage collection recounts).
+    pub const ENTRIES: u32 = 0;
+    /// The limit: entries past it are refused.
+    pub const LIMIT: u32 = 1;
+}
 
 /// Names of the maps, as the programs declare them and the loader finds them.
 pub mod maps {
@@ -212,8 +221,10 @@ pub mod maps {
     pub const HOST_ADDRS: &str = "HOST_ADDRS";
     pub const NAT_CONFIG: &str = "NAT_CONFIG";
     pub const STATS: &str = "STATS";
+    pub const CT_USAGE: &str = "CT_USAGE";
     /// Every map, for pinning.
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 9] = [
+        CT_USAGE,
         IF_COUNTERS,
         CONNTRACK,
         PUBLISH,

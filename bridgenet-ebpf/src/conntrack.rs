@@ -1,14 +1,61 @@
 //! Conntrack: both directions of every translated flow in one LRU hash, keyed by the tuple
 //! each hook sees before translation. Userspace expires entries by state and age.
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, macros::map, maps::LruHashMap};
-use bridgenet_common::{CT_MAX_ENTRIES, CtEntry, CtKey, tcp_seen};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::bpf_ktime_get_ns,
+    macros::map,
+    maps::{Array, LruHashMap},
+};
+use bridgenet_common::{CT_MAX_ENTRIES, CtEntry, CtKey, ct_usage, tcp_seen};
 
 use crate::parse::{Packet, TCP};
 
 const EEXIST: i32 = 17;
 
+/// LRU, sized by the loader above the limit in `CT_USAGE`, so that the limit (not eviction)
+/// decides: new flows past it are refused, tracked ones are never pushed out by a flood.
 #[map]
 pub static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(CT_MAX_ENTRIES, 0);
+
+#[map]
+static CT_USAGE: Array<u64> = Array::with_max_entries(2, 0);
+
+/// Takes room for `entries` new entries; false when the table is at its limit.
+///
+/// The count is shared by all CPUs and updated without atomics (the BPF target has no atomic
+/// read-modify-write in Rust's core): concurrent new flows can lose an update. Garbage
+/// collection recounts the table on every pass, and the map has room past the limit for the
+/// drift in between.
+#[inline(always)]
+pub fn reserve(entries: u64) -> bool {
+    let (Some(count), Some(limit)) = (
+        CT_USAGE.get_ptr_mut(ct_usage::ENTRIES),
+        CT_USAGE.get(ct_usage::LIMIT),
+    ) else {
+        return false;
+    };
+    unsafe {
+        let now = core::ptr::read_volatile(count);
+        if now + entries > *limit {
+            return false;
+        }
+        core::ptr::write_volatile(count, now + entries);
+    }
+    true
+}
+
+/// Gives back room taken by `reserve` for entries that were not inserted after all.
+#[inline(always)]
+pub fn release(entries: u64) {
+    if let Some(count) = CT_USAGE.get_ptr_mut(ct_usage::ENTRIES) {
+        unsafe {
+            core::ptr::write_volatile(
+                count,
+                core::ptr::read_volatile(count).saturating_sub(entries),
+            )
+        };
+    }
+}
 
 /// The entry of this packet's direction, with its counters and TCP flags updated.
 #[inline(always)]

@@ -93,6 +93,9 @@ pub fn masquerade(ctx: &mut TcContext, packet: &Packet, nat_addr: u32) -> u32 {
         None,
     );
 
+    if !conntrack::reserve(2) {
+        return outcome::DROP_CT_FULL;
+    }
     let keep = original < config.host_port_min || original > config.host_port_max;
     let span = u32::from(config.port_max.saturating_sub(config.port_min)) + 1;
     let start = unsafe { bpf_get_prandom_u32() } % span;
@@ -131,6 +134,7 @@ pub fn masquerade(ctx: &mut TcContext, packet: &Packet, nat_addr: u32) -> u32 {
     );
     if conntrack::insert_new(&key, &entry).is_err() {
         conntrack::remove(&reply);
+        conntrack::release(2);
         return outcome::DROP_CT_FULL;
     }
     apply(ctx, packet, action::SNAT, nat_addr, nat_port)
@@ -184,10 +188,17 @@ pub fn publish(ctx: &mut TcContext, packet: &Packet, target: PublishTarget) -> u
         key.dport,
         None,
     );
-    match conntrack::insert_new(&reply, &reply_entry) {
-        Ok(()) => {}
-        Err(InsertError::Exists) => return outcome::DROP_PORTS_EXHAUSTED,
-        Err(InsertError::Full) => return outcome::DROP_CT_FULL,
+    if !conntrack::reserve(2) {
+        return outcome::DROP_CT_FULL;
+    }
+    let refused = match conntrack::insert_new(&reply, &reply_entry) {
+        Ok(()) => None,
+        Err(InsertError::Exists) => Some(outcome::DROP_PORTS_EXHAUSTED),
+        Err(InsertError::Full) => Some(outcome::DROP_CT_FULL),
+    };
+    if let Some(refused) = refused {
+        conntrack::release(2);
+        return refused;
     }
     let len = ctx.len();
     let entry = conntrack::new_entry(
@@ -200,6 +211,7 @@ pub fn publish(ctx: &mut TcContext, packet: &Packet, target: PublishTarget) -> u
     );
     if conntrack::insert_new(&key, &entry).is_err() {
         conntrack::remove(&reply);
+        conntrack::release(2);
         return outcome::DROP_CT_FULL;
     }
     apply(ctx, packet, action::DNAT, target.addr, target.port)

@@ -50,6 +50,8 @@ pub enum TcMode {
     Netlink,
 }
 
+pub mod conntrack;
+
 /// The loaded programs and maps of one bridgenet datapath.
 pub struct Datapath {
     ebpf: Ebpf,
@@ -68,7 +70,9 @@ impl Datapath {
             bail!("this binary was built with AYA_BUILD_SKIP=1 and carries no eBPF programs");
         }
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(maps::CONNTRACK, options.conntrack_entries);
+        // Room past the limit for the drift of the datapath's shared count (see conntrack.rs).
+        let limit = options.conntrack_entries;
+        loader.map_max_entries(maps::CONNTRACK, limit.saturating_add(limit / 8).max(16));
         let pins: Vec<(&str, PathBuf)> = match &options.pin_dir {
             Some(dir) => maps::ALL
                 .iter()
@@ -94,6 +98,7 @@ impl Datapath {
             .with_context(|| format!("verifying program {}", programs::XDP_COUNT))?;
         let mut datapath = Self { ebpf };
         datapath.set_nat_config(NatConfig::default())?;
+        datapath.set_conntrack_limit(u64::from(limit))?;
         Ok(datapath)
     }
 

@@ -1,0 +1,279 @@
+//! Conntrack in userspace: the state of a flow from its two entries, a timeout per state, and
+//! garbage collection of expired flows (both entries together) and of orphaned entries.
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use aya::maps::{Array, HashMap};
+use bridgenet_common::{CtEntry, CtKey, ct_usage, maps, tcp_seen};
+
+use super::Datapath;
+
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+
+/// Where a flow is in its life, as `ct ls` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowState {
+    /// TCP: SYN sent, no answer yet.
+    SynSent,
+    /// TCP: both sides have spoken.
+    Established,
+    /// TCP: a FIN was seen.
+    Closing,
+    /// TCP: a RST, or FINs from both sides.
+    Closed,
+    /// UDP or ICMP: nothing came back yet.
+    Unreplied,
+    /// UDP or ICMP: the other side answered.
+    Replied,
+}
+
+impl FlowState {
+    /// How long a flow in this state lives without packets (Linux conntrack's defaults, with
+    /// established TCP at one hour as Calico has it).
+    pub fn timeout(self, proto: u8) -> Duration {
+        match (self, proto) {
+            (Self::SynSent, _) => Duration::from_secs(60),
+            (Self::Established, _) => Duration::from_secs(3600),
+            (Self::Closing, _) => Duration::from_secs(120),
+            (Self::Closed, _) => Duration::from_secs(10),
+            (Self::Unreplied, UDP) => Duration::from_secs(30),
+            (Self::Replied, UDP) => Duration::from_secs(180),
+            (Self::Unreplied | Self::Replied, _) => Duration::from_secs(30),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::SynSent => "SYN_SENT",
+            Self::Established => "ESTABLISHED",
+            Self::Closing => "FIN_WAIT",
+            Self::Closed => "CLOSE",
+            Self::Unreplied => "UNREPLIED",
+            Self::Replied => "REPLIED",
+        }
+    }
+}
+
+/// The state of a flow from the entry of each direction.
+pub fn state_of(proto: u8, original: &CtEntry, reply: &CtEntry) -> FlowState {
+    let seen = original.tcp_seen | reply.tcp_seen;
+    let replied = reply.packets > 0;
+    if proto != TCP {
+        return if replied {
+            FlowState::Replied
+        } else {
+            FlowState::Unreplied
+        };
+    }
+    if seen & tcp_seen::RST != 0 || (original.tcp_seen & reply.tcp_seen & tcp_seen::FIN) != 0 {
+        FlowState::Closed
+    } else if seen & tcp_seen::FIN != 0 {
+        FlowState::Closing
+    } else if replied && reply.tcp_seen & tcp_seen::ACK != 0 {
+        FlowState::Established
+    } else {
+        FlowState::SynSent
+    }
+}
+
+/// One flow: its two entries, original direction first.
+#[derive(Clone, Debug)]
+pub struct Flow {
+    pub original: (CtKey, CtEntry),
+    pub reply: (CtKey, CtEntry),
+    pub state: FlowState,
+    /// Time without packets before it expires.
+    pub expires_in: Duration,
+}
+
+/// What a garbage collection pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    pub flows_expired: usize,
+    pub orphans_removed: usize,
+    pub entries_left: usize,
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of bpf_ktime_get_ns.
+pub fn monotonic_ns() -> u64 {
+    let now =
+        nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
+    now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
+}
+
+impl Datapath {
+    /// Every tracked flow, with its state and time left, at monotonic time `now_ns`.
+    pub fn flows_at(&self, now_ns: u64) -> Result<Vec<Flow>> {
+        let entries = self.conntrack()?;
+        let by_key: std::collections::HashMap<CtKey, CtEntry> = entries.iter().copied().collect();
+        let mut flows = Vec::new();
+        for (key, entry) in &entries {
+            if entry.direction != bridgenet_common::direction::ORIGINAL {
+                continue;
+            }
+            let Some(reply) = by_key.get(&entry.peer) else {
+                continue;
+            };
+            let state = state_of(key.proto, entry, reply);
+            let idle = Duration::from_nanos(
+                now_ns.saturating_sub(entry.last_seen_ns.max(reply.last_seen_ns)),
+            );
+            flows.push(Flow {
+                original: (*key, *entry),
+                reply: (entry.peer, *reply),
+                state,
+                expires_in: state.timeout(key.proto).saturating_sub(idle),
+            });
+        }
+        Ok(flows)
+    }
+
+    /// Removes flows idle past their state's timeout (both entries) and entries whose other
+    /// direction is gone, then recounts the table for the datapath's limit. An entry is read
+    /// again just before it is deleted, so a flow that saw a packet meanwhile stays.
+    pub fn gc_at(&mut self, now_ns: u64) -> Result<GcReport> {
+        let entries = self.conntrack()?;
+        let by_key: std::collections::HashMap<CtKey, CtEntry> = entries.iter().copied().collect();
+        let mut report = GcReport::default();
+        let mut map: HashMap<_, CtKey, CtEntry> = HashMap::try_from(
+            self.ebpf
+                .map_mut(maps::CONNTRACK)
+                .context("map CONNTRACK missing")?,
+        )?;
+        for (key, entry) in &entries {
+            let Some(peer) = by_key.get(&entry.peer) else {
+                // Its other direction is gone: it can no longer translate a whole flow.
+                if map.remove(key).is_ok() {
+                    report.orphans_removed += 1;
+                }
+                continue;
+            };
+            if entry.direction != bridgenet_common::direction::ORIGINAL {
+                continue;
+            }
+            let expired = |original: &CtEntry, reply: &CtEntry| {
+                let last = original.last_seen_ns.max(reply.last_seen_ns);
+                let timeout = state_of(key.proto, original, reply).timeout(key.proto);
+                now_ns.saturating_sub(last) > timeout.as_nanos() as u64
+            };
+            if !expired(entry, peer) {
+                continue;
+            }
+            // Read both again: a packet may have arrived since the listing.
+            let (Ok(entry), Ok(peer)) = (map.get(key, 0), map.get(&entry.peer, 0)) else {
+                continue;
+            };
+            if expired(&entry, &peer) {
+                let _ = map.remove(key);
+                let _ = map.remove(&entry.peer);
+                report.flows_expired += 1;
+            }
+        }
+        report.entries_left = map.keys().count();
+        let mut usage: Array<_, u64> = Array::try_from(
+            self.ebpf
+                .map_mut(maps::CT_USAGE)
+                .context("map CT_USAGE missing")?,
+        )?;
+        usage.set(ct_usage::ENTRIES, report.entries_left as u64, 0)?;
+        Ok(report)
+    }
+
+    /// One garbage collection pass now.
+    pub fn gc(&mut self) -> Result<GcReport> {
+        self.gc_at(monotonic_ns())
+    }
+
+    /// Entries the table may hold (two per flow); new flows past it are dropped and counted.
+    pub fn set_conntrack_limit(&mut self, entries: u64) -> Result<()> {
+        let mut usage: Array<_, u64> = Array::try_from(
+            self.ebpf
+                .map_mut(maps::CT_USAGE)
+                .context("map CT_USAGE missing")?,
+        )?;
+        usage.set(ct_usage::LIMIT, entries, 0)?;
+        Ok(())
+    }
+
+    /// Deletes one entry (tests use it to play a lost direction).
+    pub fn remove_conntrack_entry(&mut self, key: &CtKey) -> Result<()> {
+        let mut map: HashMap<_, CtKey, CtEntry> = HashMap::try_from(
+            self.ebpf
+                .map_mut(maps::CONNTRACK)
+                .context("map CONNTRACK missing")?,
+        )?;
+        map.remove(key)?;
+        Ok(())
+    }
+
+    /// (entries counted by the datapath, limit).
+    pub fn conntrack_usage(&self) -> Result<(u64, u64)> {
+        let usage: Array<_, u64> = Array::try_from(
+            self.ebpf
+                .map(maps::CT_USAGE)
+                .context("map CT_USAGE missing")?,
+        )?;
+        Ok((
+            usage.get(&ct_usage::ENTRIES, 0)?,
+            usage.get(&ct_usage::LIMIT, 0)?,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(packets: u64, tcp_seen: u8) -> CtEntry {
+        CtEntry {
+            packets,
+            tcp_seen,
+            ..CtEntry::default()
+        }
+    }
+
+    #[test]
+    fn tcp_states_follow_the_flags_of_both_directions() {
+        use tcp_seen::{ACK, FIN, RST, SYN};
+        assert_eq!(
+            state_of(TCP, &entry(1, SYN), &entry(0, 0)),
+            FlowState::SynSent
+        );
+        assert_eq!(
+            state_of(TCP, &entry(2, SYN | ACK), &entry(1, SYN | ACK)),
+            FlowState::Established
+        );
+        assert_eq!(
+            state_of(TCP, &entry(3, SYN | ACK | FIN), &entry(1, SYN | ACK)),
+            FlowState::Closing
+        );
+        assert_eq!(
+            state_of(TCP, &entry(3, ACK | FIN), &entry(2, ACK | FIN)),
+            FlowState::Closed
+        );
+        assert_eq!(
+            state_of(TCP, &entry(1, SYN), &entry(1, RST | ACK)),
+            FlowState::Closed
+        );
+    }
+
+    #[test]
+    fn udp_is_unreplied_until_an_answer() {
+        assert_eq!(
+            state_of(UDP, &entry(3, 0), &entry(0, 0)),
+            FlowState::Unreplied
+        );
+        assert_eq!(
+            state_of(UDP, &entry(3, 0), &entry(1, 0)),
+            FlowState::Replied
+        );
+        assert!(FlowState::Unreplied.timeout(UDP) < FlowState::Replied.timeout(UDP));
+    }
+
+    #[test]
+    fn closed_flows_expire_first() {
+        assert!(FlowState::Closed.timeout(TCP) < FlowState::Closing.timeout(TCP));
+        assert!(FlowState::Closing.timeout(TCP) < FlowState::Established.timeout(TCP));
+    }
+}
