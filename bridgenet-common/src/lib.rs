@@ -159,8 +159,9 @@ impl Default for NatConfig {
 pub mod program_id {
     pub const UPLINK_INGRESS: u32 = 0;
     pub const UPLINK_EGRESS: u32 = 1;
-    pub const COUNT: u32 = 2;
-    pub const NAMES: [&str; COUNT as usize] = ["uplink_ingress", "uplink_egress"];
+    pub const UPLINK_XDP: u32 = 2;
+    pub const COUNT: u32 = 3;
+    pub const NAMES: [&str; COUNT as usize] = ["uplink_ingress", "uplink_egress", "uplink_xdp"];
 }
 
 /// What happened to a packet: the second index of the `STATS` counters. Every drop has one.
@@ -168,25 +169,34 @@ pub mod outcome {
     pub const PASSED: u32 = 0;
     pub const SNAT: u32 = 1;
     pub const DNAT: u32 = 2;
-    pub const DROP_MALFORMED: u32 = 3;
-    pub const DROP_FRAGMENT: u32 = 4;
-    pub const DROP_CT_FULL: u32 = 5;
-    pub const DROP_PORTS_EXHAUSTED: u32 = 6;
-    pub const DROP_REWRITE_FAILED: u32 = 7;
-    /// A managed source that masquerade does not translate (masquerade off, ICMP errors, other
-    /// protocols): it would leave with a private address.
-    pub const DROP_UNTRANSLATABLE: u32 = 8;
-    pub const COUNT: u32 = 9;
+    /// Translated and sent straight to the next hop (counted besides SNAT or DNAT).
+    pub const FAST_PATH: u32 = 3;
+    pub const DROP_MALFORMED: u32 = 4;
+    pub const DROP_FRAGMENT: u32 = 5;
+    pub const DROP_CT_FULL: u32 = 6;
+    pub const DROP_PORTS_EXHAUSTED: u32 = 7;
+    pub const DROP_REWRITE_FAILED: u32 = 8;
+    /// A managed source that masquerade does not translate (masquerade off, ICMP errors about
+    /// unknown flows, other protocols): it would leave with a private address.
+    pub const DROP_UNTRANSLATABLE: u32 = 9;
+    /// From outside, for the loopback range.
+    pub const DROP_MARTIAN: u32 = 10;
+    /// From outside, straight to an endpoint of a masqueraded network.
+    pub const DROP_ENDPOINT_DIRECT: u32 = 11;
+    pub const COUNT: u32 = 12;
     pub const NAMES: [&str; COUNT as usize] = [
         "passed",
         "snat",
         "dnat",
+        "fast_path",
         "drop_malformed",
         "drop_fragment",
         "drop_ct_full",
         "drop_ports_exhausted",
         "drop_rewrite_failed",
         "drop_untranslatable",
+        "drop_martian",
+        "drop_endpoint_direct",
     ];
 
     pub const fn is_drop(outcome: u32) -> bool {
@@ -242,6 +252,7 @@ pub mod programs {
     pub const XDP_COUNT: &str = "xdp_count";
     pub const UPLINK_INGRESS: &str = "uplink_ingress";
     pub const UPLINK_EGRESS: &str = "uplink_egress";
+    pub const UPLINK_XDP: &str = "uplink_xdp";
 }
 
 /// Largest number of interfaces whose counters the maps hold.

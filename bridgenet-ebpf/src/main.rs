@@ -4,6 +4,8 @@
 
 mod conntrack;
 mod counters;
+mod early_drop;
+mod fastpath;
 mod icmp;
 mod nat;
 mod parse;
@@ -32,6 +34,18 @@ pub fn xdp_count(ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// Uplink XDP: drops what must never get in from outside, before the stack sees it.
+#[xdp]
+pub fn uplink_xdp(ctx: XdpContext) -> u32 {
+    let result = early_drop::check(&ctx);
+    stats::count(program_id::UPLINK_XDP, result);
+    if outcome::is_drop(result) {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
+    }
+}
+
 /// Uplink ingress: replies of masqueraded flows go back to their endpoint, new flows to a
 /// published port are translated to the endpoint (DNAT), and ICMP errors about either follow.
 #[classifier]
@@ -41,6 +55,13 @@ pub fn uplink_ingress(mut ctx: TcContext) -> i32 {
         Parsed::Other | Parsed::Malformed => outcome::PASSED,
         Parsed::Ipv4(packet) => uplink_ingress_ipv4(&mut ctx, &packet),
     };
+    if result == outcome::DNAT
+        && let Some(action) = fastpath::redirect(&mut ctx)
+    {
+        stats::count(program_id::UPLINK_INGRESS, outcome::FAST_PATH);
+        stats::count(program_id::UPLINK_INGRESS, result);
+        return action;
+    }
     verdict(program_id::UPLINK_INGRESS, result)
 }
 

@@ -11,7 +11,8 @@ use bridgenet::datapath::{Datapath, Proto, TcMode};
 use bridgenet_common::{outcome, program_id};
 use bridgenet_tests::Topology;
 
-const TIMEOUT: Duration = Duration::from_secs(5);
+/// Generous: the kernel matrix runs these under software emulation.
+const TIMEOUT: Duration = Duration::from_secs(20);
 
 struct Lab {
     topo: Topology,
@@ -235,24 +236,32 @@ fn unpublished_ports_and_endpoint_addresses_are_not_reachable_from_the_world() {
     assert!(attempt.is_err(), "an unpublished port answered");
 }
 
-/// world (198.18.1.1) -- router [r-up 198.18.1.2 MTU 1280 | r-down 198.18.0.1] -- host uplink0:
-/// full-size packets from the endpoint only get through after path MTU discovery, which needs
-/// the router's "fragmentation needed" errors translated back to the endpoint.
+/// world (198.18.1.1) -- router-a ==(MTU 1280)== router-b -- host uplink0 (198.18.0.2):
+/// every host has MTU 1500, so full-size packets from the endpoint only get through after
+/// path MTU discovery, which needs router-b's "fragmentation needed" errors translated back
+/// to the endpoint.
 fn routed_lab() -> Lab {
     let mut topo = Topology::new();
     topo.netns("world")
-        .netns("router")
+        .netns("router-a")
+        .netns("router-b")
         .netns("host")
         .netns("ep")
-        .veth(("world", "eth0"), ("router", "r-up"))
-        .veth(("router", "r-down"), ("host", "uplink0"))
+        .veth(("world", "eth0"), ("router-a", "r-up"))
+        .veth(("router-a", "r-mid"), ("router-b", "r-mid"))
+        .veth(("router-b", "r-down"), ("host", "uplink0"))
         .addr("world", "eth0", "198.18.1.1/24")
-        .addr("router", "r-up", "198.18.1.2/24")
-        .addr("router", "r-down", "198.18.0.1/24")
+        .addr("router-a", "r-up", "198.18.1.2/24")
+        .addr("router-a", "r-mid", "198.18.2.1/24")
+        .addr("router-b", "r-mid", "198.18.2.2/24")
+        .addr("router-b", "r-down", "198.18.0.1/24")
         .addr("host", "uplink0", "198.18.0.2/24")
         .route("world", "198.18.0.0/24", "198.18.1.2")
+        .route("router-a", "198.18.0.0/24", "198.18.2.2")
+        .route("router-b", "198.18.1.0/24", "198.18.2.1")
         .route("host", "default", "198.18.0.1")
-        .sysctl("router", "net.ipv4.ip_forward", "1")
+        .sysctl("router-a", "net.ipv4.ip_forward", "1")
+        .sysctl("router-b", "net.ipv4.ip_forward", "1")
         .bridge("host", "br0")
         .addr("host", "br0", "172.17.0.1/16")
         .veth(("host", "vep"), ("ep", "eth0"))
@@ -260,8 +269,10 @@ fn routed_lab() -> Lab {
         .addr("ep", "eth0", "172.17.0.2/16")
         .route("ep", "default", "172.17.0.1")
         .sysctl("host", "net.ipv4.ip_forward", "1");
-    topo.ns("router")
-        .ip(&["link", "set", "r-up", "mtu", "1280"]);
+    topo.ns("router-a")
+        .ip(&["link", "set", "r-mid", "mtu", "1280"]);
+    topo.ns("router-b")
+        .ip(&["link", "set", "r-mid", "mtu", "1280"]);
     let dp = topo.ns("host").enter(|| {
         let mut dp = Datapath::load().expect("loading the datapath");
         dp.attach_uplink("uplink0", Ipv4Addr::new(198, 18, 0, 2), TcMode::Auto)

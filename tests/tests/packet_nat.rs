@@ -321,3 +321,42 @@ fn fix_ip_checksum(mut frame: Vec<u8>) -> Vec<u8> {
     frame[25] = b;
     frame
 }
+
+#[test]
+fn uplink_xdp_drops_martians_and_direct_access_to_masqueraded_endpoints() {
+    const XDP_DROP: u32 = 1;
+    const XDP_PASS: u32 = 2;
+    let mut dp = datapath();
+    let cases = [
+        (
+            packet::udp_frame(SERVER, 1000, [127, 0, 0, 1], 8080, b"x"),
+            XDP_DROP,
+            outcome::DROP_MARTIAN,
+        ),
+        (
+            packet::tcp_frame(SERVER, 1000, EP1, 80, true, false, b""),
+            XDP_DROP,
+            outcome::DROP_ENDPOINT_DIRECT,
+        ),
+        // 172.18.0.0/16 is not masqueraded (routed): direct access is its point.
+        (
+            packet::tcp_frame(SERVER, 1000, [172, 18, 0, 2], 80, true, false, b""),
+            XDP_PASS,
+            outcome::PASSED,
+        ),
+        (
+            packet::tcp_frame(SERVER, 1000, HOST, 8080, true, false, b""),
+            XDP_PASS,
+            outcome::PASSED,
+        ),
+    ];
+    for (frame, action, counted) in cases {
+        let before = dp.stat(program_id::UPLINK_XDP, counted).unwrap();
+        let out = packet::run_xdp(&mut dp, programs::UPLINK_XDP, &frame, 1).expect("test run");
+        assert_eq!(out.action, action, "{:?}", packet::inspect(&frame));
+        assert_eq!(
+            dp.stat(program_id::UPLINK_XDP, counted).unwrap(),
+            before + 1
+        );
+    }
+}

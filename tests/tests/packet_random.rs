@@ -13,6 +13,7 @@ const FRAMES: usize = 100_000;
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
 const XDP_PASS: u32 = 2;
+const XDP_DROP: u32 = 1;
 const HOST: [u8; 4] = [198, 18, 0, 2];
 const SERVER: [u8; 4] = [198, 18, 0, 1];
 const EP1: [u8; 4] = [172, 17, 0, 2];
@@ -142,9 +143,13 @@ fn fuzz(program: &str, xdp: bool, seed: u64) {
             }
             Err(err) => panic!("{program}: frame {i} (seed {seed}) {frame:02x?}: {err}"),
         };
-        let pass = if xdp { XDP_PASS } else { TC_ACT_OK };
+        let (pass, drop) = if xdp {
+            (XDP_PASS, XDP_DROP)
+        } else {
+            (TC_ACT_OK, TC_ACT_SHOT)
+        };
         assert!(
-            out.action == pass || out.action == TC_ACT_SHOT && !xdp,
+            out.action == pass || out.action == drop,
             "{program}: verdict {}",
             out.action
         );
@@ -205,4 +210,9 @@ fn random_frames_through_tc_count() {
 #[test]
 fn random_frames_through_xdp_count() {
     fuzz(programs::XDP_COUNT, true, 4);
+}
+
+#[test]
+fn random_frames_through_uplink_xdp() {
+    fuzz(programs::UPLINK_XDP, true, 5);
 }

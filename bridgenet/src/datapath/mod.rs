@@ -93,9 +93,11 @@ impl Datapath {
             tc.load()
                 .with_context(|| format!("verifying program {name}"))?;
         }
-        let xdp: &mut Xdp = program_mut(&mut ebpf, programs::XDP_COUNT)?;
-        xdp.load()
-            .with_context(|| format!("verifying program {}", programs::XDP_COUNT))?;
+        for name in [programs::XDP_COUNT, programs::UPLINK_XDP] {
+            let xdp: &mut Xdp = program_mut(&mut ebpf, name)?;
+            xdp.load()
+                .with_context(|| format!("verifying program {name}"))?;
+        }
         let mut datapath = Self { ebpf };
         datapath.set_nat_config(NatConfig::default())?;
         datapath.set_conntrack_limit(u64::from(limit))?;
@@ -123,7 +125,9 @@ impl Datapath {
             .with_context(|| format!("no interface {iface}"))?;
         self.set_uplink_addr(ifindex, addr)?;
         self.attach_tc(programs::UPLINK_INGRESS, iface, TcAttachType::Ingress, mode)?;
-        self.attach_tc(programs::UPLINK_EGRESS, iface, TcAttachType::Egress, mode)
+        self.attach_tc(programs::UPLINK_EGRESS, iface, TcAttachType::Egress, mode)?;
+        self.attach_xdp(programs::UPLINK_XDP, iface)?;
+        Ok(())
     }
 
     /// Sets the address masquerade uses on the uplink `ifindex` (and the host address it has).
@@ -275,13 +279,18 @@ impl Datapath {
 
     /// Attaches the XDP counter to `iface`: native mode where the driver has it, else generic.
     pub fn attach_xdp_count(&mut self, iface: &str) -> Result<XdpMode> {
-        let program: &mut Xdp = program_mut(&mut self.ebpf, programs::XDP_COUNT)?;
+        self.attach_xdp(programs::XDP_COUNT, iface)
+    }
+
+    /// Attaches XDP program `name` to `iface`: native mode where the driver has it, else generic.
+    fn attach_xdp(&mut self, name: &str, iface: &str) -> Result<XdpMode> {
+        let program: &mut Xdp = program_mut(&mut self.ebpf, name)?;
         match program.attach(iface, XdpMode::Driver) {
             Ok(_) => Ok(XdpMode::Driver),
             Err(_) => {
                 program
                     .attach(iface, XdpMode::Skb)
-                    .with_context(|| format!("attaching {} to {iface}", programs::XDP_COUNT))?;
+                    .with_context(|| format!("attaching {name} to {iface}"))?;
                 Ok(XdpMode::Skb)
             }
         }

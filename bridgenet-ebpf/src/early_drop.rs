@@ -1,0 +1,33 @@
+//! Early drop in XDP on the uplinks, before the stack spends anything on a packet that must
+//! not get in: packets from outside for the loopback range (CVE-2020-8558), and packets sent
+//! straight to an endpoint of a masqueraded network instead of through a published port.
+use aya_ebpf::programs::XdpContext;
+use bridgenet_common::outcome;
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::Ipv4Hdr,
+};
+
+use crate::nat;
+
+/// The outcome for the packet in `ctx`.
+#[inline(always)]
+pub fn check(ctx: &XdpContext) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + EthHdr::LEN + Ipv4Hdr::LEN > end {
+        return outcome::PASSED;
+    }
+    let eth = start as *const EthHdr;
+    if unsafe { (*eth).ether_type } != EtherType::Ipv4 as u16 {
+        return outcome::PASSED;
+    }
+    let ip = (start + EthHdr::LEN) as *const Ipv4Hdr;
+    let dst = unsafe { (*ip).dst_addr };
+    if dst[0] == 127 {
+        return outcome::DROP_MARTIAN;
+    }
+    match nat::subnet_of(u32::from_ne_bytes(dst)) {
+        Some(subnet) if subnet.masquerade != 0 => outcome::DROP_ENDPOINT_DIRECT,
+        _ => outcome::PASSED,
+    }
+}

@@ -1,0 +1,69 @@
+//! Fast path: a packet translated towards an endpoint is sent straight to the bridge with
+//! bpf_redirect_neigh after a FIB lookup, skipping the stack's forwarding path. Whenever the
+//! lookup does not give a plain answer (no route, forwarding off, the packet too big for the
+//! MTU, TTL about to expire) the packet takes the normal path, which knows what to do.
+use core::mem::{size_of, zeroed};
+
+use aya_ebpf::{
+    bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, bpf_redir_neigh},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect_neigh},
+    programs::TcContext,
+};
+use network_types::ip::Ipv4Hdr;
+
+use crate::parse::{IP_CSUM_OFF, IP_OFF};
+
+const AF_INET: u8 = 2;
+const TTL_OFF: usize = IP_OFF + 8;
+
+/// Redirects the (already translated) IPv4 packet to its next hop; the TC verdict, or None
+/// when the packet should take the normal path.
+#[inline(always)]
+pub fn redirect(ctx: &mut TcContext) -> Option<i32> {
+    let ip = ctx.load::<Ipv4Hdr>(IP_OFF).ok()?;
+    if ip.ttl <= 1 {
+        return None;
+    }
+    let mut fib: bpf_fib_lookup = unsafe { zeroed() };
+    fib.family = AF_INET;
+    fib.l4_protocol = ip.proto;
+    fib.__bindgen_anon_1.tot_len = u16::from_be_bytes(ip.tot_len);
+    fib.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    fib.__bindgen_anon_2.tos = ip.tos;
+    fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.src_addr);
+    fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.dst_addr);
+    let ret = unsafe {
+        fib_lookup(
+            ctx.skb.skb as *mut _,
+            &mut fib,
+            size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
+        return None;
+    }
+    // Forwarding decrements the TTL; so does the fast path.
+    let old = u16::from_be_bytes([ip.ttl, ip.proto]);
+    let new = u16::from_be_bytes([ip.ttl - 1, ip.proto]);
+    ctx.store(TTL_OFF, &(ip.ttl - 1), 0).ok()?;
+    ctx.l3_csum_replace(
+        IP_CSUM_OFF,
+        u64::from(old.to_be()),
+        u64::from(new.to_be()),
+        2,
+    )
+    .ok()?;
+    let mut neigh: bpf_redir_neigh = unsafe { zeroed() };
+    neigh.nh_family = u32::from(AF_INET);
+    neigh.__bindgen_anon_1.ipv4_nh = unsafe { fib.__bindgen_anon_4.ipv4_dst };
+    let action = unsafe {
+        bpf_redirect_neigh(
+            fib.ifindex,
+            &mut neigh,
+            size_of::<bpf_redir_neigh>() as i32,
+            0,
+        )
+    };
+    Some(action as i32)
+}
