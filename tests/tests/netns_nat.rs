@@ -318,3 +318,23 @@ fn path_mtu_discovery_through_a_published_port() {
         "the endpoint learned the path MTU: {route}"
     );
 }
+
+#[test]
+fn no_iptables_or_nftables_rule_in_the_host_namespace() {
+    let lab = lab();
+    let server = tcp_echo_once(&lab, "ep", "0.0.0.0:80");
+    tcp_roundtrip(&lab, "world", "198.18.0.2:8080", b"hello");
+    server.join().unwrap();
+    let host = lab.topo.ns("host");
+    let iptables = host.exec("iptables-save", &[]);
+    let rules: Vec<&str> = iptables.lines().filter(|l| l.starts_with("-A")).collect();
+    assert!(
+        rules.is_empty(),
+        "iptables rules in the host namespace: {rules:?}"
+    );
+    let nft = host.exec("nft", &["list", "ruleset"]);
+    assert!(
+        !nft.contains("rule") && !nft.contains("dnat") && !nft.contains("masquerade"),
+        "nftables ruleset: {nft}"
+    );
+}

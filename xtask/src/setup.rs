@@ -75,6 +75,8 @@ pub const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("sysctl", "procps"),
     ("ethtool", "ethtool"),
     ("bpftool", "bpftool"),
+    ("iptables-save", "iptables"),
+    ("nft", "nftables"),
 ];
 
 /// Programs the kernel matrix needs besides virtme-ng.
