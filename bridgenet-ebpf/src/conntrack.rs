@@ -6,7 +6,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, LruHashMap},
 };
-use bridgenet_common::{CT_MAX_ENTRIES, CtEntry, CtKey, ct_usage, tcp_seen};
+use bridgenet_common::{CT_MAX_ENTRIES, CtEntry, CtKey, ct_usage, direction, tcp_seen};
 
 use crate::parse::{Packet, TCP};
 
@@ -66,7 +66,19 @@ pub fn lookup(packet: &Packet, len: u32) -> Option<*mut CtEntry> {
         (*entry).packets += 1;
         (*entry).bytes += u64::from(len);
         if packet.key.proto == TCP {
-            (*entry).tcp_seen |= seen_flags(packet.tcp_flags);
+            let seen = seen_flags(packet.tcp_flags);
+            let closed = (*entry).tcp_seen & (tcp_seen::FIN | tcp_seen::RST) != 0;
+            if closed && seen == tcp_seen::SYN && (*entry).direction == direction::ORIGINAL {
+                // A new connection on the tuple of a closed one (TIME_WAIT reuse): it starts
+                // afresh, or its state would say CLOSE and GC would remove it under it.
+                (*entry).tcp_seen = seen;
+                if let Some(peer) = CONNTRACK.get_ptr_mut((*entry).peer) {
+                    (*peer).tcp_seen = 0;
+                    (*peer).packets = 0;
+                }
+            } else {
+                (*entry).tcp_seen |= seen;
+            }
         }
     }
     Some(entry)
