@@ -116,10 +116,14 @@ pub fn masquerade(ctx: &mut TcContext, packet: &Packet, nat_addr: u32) -> u32 {
                 break;
             }
             Err(InsertError::Exists) => continue,
-            Err(InsertError::Full) => return outcome::DROP_CT_FULL,
+            Err(InsertError::Full) => {
+                conntrack::release(2);
+                return outcome::DROP_CT_FULL;
+            }
         }
     }
     let Some(nat_port) = chosen else {
+        conntrack::release(2);
         return outcome::DROP_PORTS_EXHAUSTED;
     };
 
@@ -132,10 +136,10 @@ pub fn masquerade(ctx: &mut TcContext, packet: &Packet, nat_addr: u32) -> u32 {
         nat_port,
         Some((packet, len)),
     );
-    if conntrack::insert_new(&key, &entry).is_err() {
+    if let Err(err) = conntrack::insert_new(&key, &entry) {
         conntrack::remove(&reply);
         conntrack::release(2);
-        return outcome::DROP_CT_FULL;
+        return lost_race(ctx, packet, err);
     }
     apply(ctx, packet, action::SNAT, nat_addr, nat_port)
 }
@@ -191,14 +195,11 @@ pub fn publish(ctx: &mut TcContext, packet: &Packet, target: PublishTarget) -> u
     if !conntrack::reserve(2) {
         return outcome::DROP_CT_FULL;
     }
-    let refused = match conntrack::insert_new(&reply, &reply_entry) {
-        Ok(()) => None,
-        Err(InsertError::Exists) => Some(outcome::DROP_PORTS_EXHAUSTED),
-        Err(InsertError::Full) => Some(outcome::DROP_CT_FULL),
-    };
-    if let Some(refused) = refused {
+    if let Err(err) = conntrack::insert_new(&reply, &reply_entry) {
         conntrack::release(2);
-        return refused;
+        // The same flow opened on another CPU has both keys; anything else holding the reply
+        // tuple is another flow, and this one cannot be told apart from it.
+        return lost_race(ctx, packet, err);
     }
     let len = ctx.len();
     let entry = conntrack::new_entry(
@@ -209,12 +210,30 @@ pub fn publish(ctx: &mut TcContext, packet: &Packet, target: PublishTarget) -> u
         target.port,
         Some((packet, len)),
     );
-    if conntrack::insert_new(&key, &entry).is_err() {
+    if let Err(err) = conntrack::insert_new(&key, &entry) {
         conntrack::remove(&reply);
         conntrack::release(2);
-        return outcome::DROP_CT_FULL;
+        return lost_race(ctx, packet, err);
     }
     apply(ctx, packet, action::DNAT, target.addr, target.port)
+}
+
+/// A new flow's entry could not be inserted. When the first packets of a flow race on two
+/// CPUs, the loser finds the key taken by the winner: it then translates as the winner does.
+/// Otherwise the table refused the entry, or the tuple is another flow's.
+#[inline(always)]
+fn lost_race(ctx: &mut TcContext, packet: &Packet, err: InsertError) -> u32 {
+    if let InsertError::Full = err {
+        return outcome::DROP_CT_FULL;
+    }
+    match conntrack::lookup(packet, ctx.len()) {
+        Some(entry) => {
+            let (act, addr, port) =
+                unsafe { ((*entry).action, (*entry).nat_addr, (*entry).nat_port) };
+            apply(ctx, packet, act, addr, port)
+        }
+        None => outcome::DROP_PORTS_EXHAUSTED,
+    }
 }
 
 /// Tracks a flow of the host itself in both directions, so masquerade never picks its tuple.

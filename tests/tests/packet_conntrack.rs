@@ -43,6 +43,7 @@ fn a_full_table_drops_new_flows_and_keeps_tracked_ones() {
         );
     }
     assert_eq!(dp.conntrack_usage().unwrap(), (8, 8));
+    // Refused flows give their room back: the count stays at the limit, not past it.
     // A flood of new flows from another endpoint: dropped, counted, nothing leaves untranslated.
     for sport in 50000..50100 {
         assert_eq!(
