@@ -130,7 +130,34 @@ pub struct Uplink {
 pub struct Subnet {
     /// 1 when traffic from the subnet to the outside is masqueraded.
     pub masquerade: u32,
+    /// The network the subnet belongs to: endpoints of different networks are isolated.
+    pub network: u32,
+    /// The network's gateway (the bridge's address), network byte order.
+    pub gateway: u32,
+    /// `network_flags`.
+    pub flags: u32,
 }
+
+/// Options of a network, in `Subnet::flags`.
+pub mod network_flags {
+    /// `--icc=false`: endpoints of the network cannot reach each other.
+    pub const NO_ICC: u32 = 1;
+    /// `--internal`: no way out of the network.
+    pub const INTERNAL: u32 = 2;
+}
+
+/// An endpoint, by the ifindex of its veth's host end: what it may send as.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Endpoint {
+    /// Its address, network byte order.
+    pub addr: u32,
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+    pub network: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<Endpoint>() == 16);
 
 /// Source ports masquerade may choose when it cannot keep the original one (host byte order).
 /// Kept outside the host's ip_local_port_range so that the host's own connections never clash.
@@ -160,8 +187,14 @@ pub mod program_id {
     pub const UPLINK_INGRESS: u32 = 0;
     pub const UPLINK_EGRESS: u32 = 1;
     pub const UPLINK_XDP: u32 = 2;
-    pub const COUNT: u32 = 3;
-    pub const NAMES: [&str; COUNT as usize] = ["uplink_ingress", "uplink_egress", "uplink_xdp"];
+    pub const ENDPOINT_INGRESS: u32 = 3;
+    pub const COUNT: u32 = 4;
+    pub const NAMES: [&str; COUNT as usize] = [
+        "uplink_ingress",
+        "uplink_egress",
+        "uplink_xdp",
+        "endpoint_ingress",
+    ];
 }
 
 /// What happened to a packet: the second index of the `STATS` counters. Every drop has one.
@@ -183,7 +216,17 @@ pub mod outcome {
     pub const DROP_MARTIAN: u32 = 10;
     /// From outside, straight to an endpoint of a masqueraded network.
     pub const DROP_ENDPOINT_DIRECT: u32 = 11;
-    pub const COUNT: u32 = 12;
+    /// From an endpoint, with a source address or MAC that is not its own.
+    pub const DROP_SPOOFED: u32 = 12;
+    /// From an endpoint, to an address of another network.
+    pub const DROP_ISOLATION: u32 = 13;
+    /// From an endpoint, to another endpoint of its network with `--icc=false`.
+    pub const DROP_ICC: u32 = 14;
+    /// From an endpoint of an `--internal` network, to outside it.
+    pub const DROP_INTERNAL: u32 = 15;
+    /// From a veth bridgenet does not know (fails closed), or not IPv4 nor ARP.
+    pub const DROP_UNKNOWN: u32 = 16;
+    pub const COUNT: u32 = 17;
     pub const NAMES: [&str; COUNT as usize] = [
         "passed",
         "snat",
@@ -197,6 +240,11 @@ pub mod outcome {
         "drop_untranslatable",
         "drop_martian",
         "drop_endpoint_direct",
+        "drop_spoofed",
+        "drop_isolation",
+        "drop_icc",
+        "drop_internal",
+        "drop_unknown",
     ];
 
     pub const fn is_drop(outcome: u32) -> bool {
@@ -232,9 +280,11 @@ pub mod maps {
     pub const NAT_CONFIG: &str = "NAT_CONFIG";
     pub const STATS: &str = "STATS";
     pub const CT_USAGE: &str = "CT_USAGE";
+    pub const ENDPOINTS: &str = "ENDPOINTS";
     /// Every map, for pinning.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 10] = [
         CT_USAGE,
+        ENDPOINTS,
         IF_COUNTERS,
         CONNTRACK,
         PUBLISH,
@@ -253,6 +303,7 @@ pub mod programs {
     pub const UPLINK_INGRESS: &str = "uplink_ingress";
     pub const UPLINK_EGRESS: &str = "uplink_egress";
     pub const UPLINK_XDP: &str = "uplink_xdp";
+    pub const ENDPOINT_INGRESS: &str = "endpoint_ingress";
 }
 
 /// Largest number of interfaces whose counters the maps hold.
@@ -268,5 +319,6 @@ mod user {
     unsafe impl aya::Pod for super::PublishTarget {}
     unsafe impl aya::Pod for super::Uplink {}
     unsafe impl aya::Pod for super::Subnet {}
+    unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::NatConfig {}
 }

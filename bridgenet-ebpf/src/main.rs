@@ -5,6 +5,7 @@
 mod conntrack;
 mod counters;
 mod early_drop;
+mod endpoint;
 mod fastpath;
 mod icmp;
 mod nat;
@@ -32,6 +33,12 @@ pub fn xdp_count(ctx: XdpContext) -> u32 {
     let len = ctx.data_end().saturating_sub(ctx.data()) as u32;
     counters::count_interface(ctx.ingress_ifindex() as u32, len);
     xdp_action::XDP_PASS
+}
+
+/// Endpoint veth (host end) ingress: what the endpoint sends, checked before anything else.
+#[classifier]
+pub fn endpoint_ingress(ctx: TcContext) -> i32 {
+    verdict(program_id::ENDPOINT_INGRESS, endpoint::check(&ctx))
 }
 
 /// Uplink XDP: drops what must never get in from outside, before the stack sees it.

@@ -28,6 +28,10 @@ fn datapath() -> Datapath {
         .unwrap();
     dp.publish(Proto::Udp, None, 5353, Ipv4Addr::from(EP1), 53)
         .unwrap();
+    // The endpoint program sees frames from EP1 with the templates' source MAC.
+    let network = u32::from(Ipv4Addr::new(172, 17, 0, 0));
+    dp.add_endpoint(1, Ipv4Addr::from(EP1), [2, 0, 0, 0, 0, 1], network)
+        .unwrap();
     dp
 }
 
@@ -215,4 +219,9 @@ fn random_frames_through_xdp_count() {
 #[test]
 fn random_frames_through_uplink_xdp() {
     fuzz(programs::UPLINK_XDP, true, 5);
+}
+
+#[test]
+fn random_frames_through_endpoint_ingress() {
+    fuzz(programs::ENDPOINT_INGRESS, false, 6);
 }

@@ -14,13 +14,26 @@ use aya::{
     },
 };
 use bridgenet_common::{
-    CtEntry, CtKey, IfCounters, NatConfig, PublishKey, PublishTarget, Subnet, Uplink, maps,
-    outcome, program_id, programs, stats_index,
+    CtEntry, CtKey, Endpoint, IfCounters, NatConfig, PublishKey, PublishTarget, Subnet, Uplink,
+    maps, network_flags, outcome, program_id, programs, stats_index,
 };
 use ipnet::Ipv4Net;
 
 /// The object built from bridgenet-ebpf by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bridgenet"));
+
+/// A network's options, as the datapath enforces them.
+#[derive(Clone, Debug)]
+pub struct NetworkOptions {
+    /// Distinct per network: endpoints of different networks cannot reach each other.
+    pub id: u32,
+    pub gateway: Ipv4Addr,
+    pub masquerade: bool,
+    /// Endpoints of the network may reach each other (Docker's default).
+    pub icc: bool,
+    /// No traffic out of the network.
+    pub internal: bool,
+}
 
 /// How to load the datapath.
 #[derive(Clone, Debug)]
@@ -88,6 +101,7 @@ impl Datapath {
             programs::TC_COUNT,
             programs::UPLINK_INGRESS,
             programs::UPLINK_EGRESS,
+            programs::ENDPOINT_INGRESS,
         ] {
             let tc: &mut SchedClassifier = program_mut(&mut ebpf, name)?;
             tc.load()
@@ -145,17 +159,77 @@ impl Datapath {
     }
 
     /// Adds a managed subnet; with `masquerade` its traffic leaves with the uplink's address.
+    /// It stands for a network of its own (see `add_network` for the other options).
     pub fn add_subnet(&mut self, subnet: Ipv4Net, masquerade: bool) -> Result<()> {
+        let gateway = subnet.hosts().next().unwrap_or(subnet.network());
+        let id = u32::from(subnet.network());
+        self.add_network(
+            subnet,
+            &NetworkOptions {
+                id,
+                gateway,
+                masquerade,
+                icc: true,
+                internal: false,
+            },
+        )
+    }
+
+    /// Adds the subnet of a network with its options: isolation from other networks, icc,
+    /// internal, masquerade.
+    pub fn add_network(&mut self, subnet: Ipv4Net, options: &NetworkOptions) -> Result<()> {
         let mut subnets: LpmTrie<_, u32, Subnet> = LpmTrie::try_from(self.map_mut(maps::SUBNETS)?)?;
         let key = Key::new(u32::from(subnet.prefix_len()), wire(subnet.network()));
-        subnets.insert(
-            &key,
-            Subnet {
-                masquerade: u32::from(masquerade),
+        let mut flags = 0;
+        if !options.icc {
+            flags |= network_flags::NO_ICC;
+        }
+        if options.internal {
+            flags |= network_flags::INTERNAL;
+        }
+        let value = Subnet {
+            // An internal network has no way out, masqueraded or not.
+            masquerade: u32::from(options.masquerade && !options.internal),
+            network: options.id,
+            gateway: wire(options.gateway),
+            flags,
+        };
+        subnets.insert(&key, value, 0)?;
+        Ok(())
+    }
+
+    /// Records the endpoint behind the veth whose host end is `ifindex`: the only address and
+    /// MAC it may send from, and its network.
+    pub fn add_endpoint(
+        &mut self,
+        ifindex: u32,
+        addr: Ipv4Addr,
+        mac: [u8; 6],
+        network: u32,
+    ) -> Result<()> {
+        let mut endpoints: HashMap<_, u32, Endpoint> =
+            HashMap::try_from(self.map_mut(maps::ENDPOINTS)?)?;
+        endpoints.insert(
+            ifindex,
+            Endpoint {
+                addr: wire(addr),
+                mac,
+                _pad: [0; 2],
+                network,
             },
             0,
         )?;
         Ok(())
+    }
+
+    /// Attaches the endpoint checks to the host end of an endpoint's veth.
+    pub fn attach_endpoint(&mut self, iface: &str, mode: TcMode) -> Result<()> {
+        self.attach_tc(
+            programs::ENDPOINT_INGRESS,
+            iface,
+            TcAttachType::Ingress,
+            mode,
+        )
     }
 
     /// Publishes `proto` port `host_port` on `host_addr` (None: every host address) to

@@ -1,0 +1,70 @@
+//! What an endpoint may send, checked on its veth before the bridge or any conntrack or NAT
+//! state sees the packet: its own source address and MAC only (ARP included), nothing to
+//! another network (isolation), nothing to its own network's endpoints with `--icc=false`,
+//! nothing out of an `--internal` network.
+use aya_ebpf::{macros::map, maps::HashMap, programs::TcContext};
+use bridgenet_common::{Endpoint, network_flags, outcome};
+use network_types::eth::{EthHdr, EtherType};
+
+use crate::{
+    nat,
+    parse::{IP_DADDR_OFF, IP_SADDR_OFF},
+};
+
+/// Endpoints by the ifindex of their veth's host end.
+#[map]
+pub static ENDPOINTS: HashMap<u32, Endpoint> = HashMap::with_max_entries(65_536, 0);
+
+/// ARP sender hardware and protocol addresses, after the Ethernet header.
+const ARP_SHA_OFF: usize = EthHdr::LEN + 8;
+const ARP_SPA_OFF: usize = EthHdr::LEN + 14;
+
+#[inline(always)]
+pub fn check(ctx: &TcContext) -> u32 {
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // Fail closed: a veth this program is on but that has no endpoint passes nothing.
+    let Some(ep) = (unsafe { ENDPOINTS.get(ifindex) }) else {
+        return outcome::DROP_UNKNOWN;
+    };
+    let Ok(eth) = ctx.load::<EthHdr>(0) else {
+        return outcome::DROP_UNKNOWN;
+    };
+    if eth.src_addr != ep.mac {
+        return outcome::DROP_SPOOFED;
+    }
+    let ether_type = eth.ether_type;
+    if ether_type == EtherType::Arp as u16 {
+        let (Ok(sha), Ok(spa)) = (
+            ctx.load::<[u8; 6]>(ARP_SHA_OFF),
+            ctx.load::<u32>(ARP_SPA_OFF),
+        ) else {
+            return outcome::DROP_SPOOFED;
+        };
+        return if sha == ep.mac && spa == ep.addr {
+            outcome::PASSED
+        } else {
+            outcome::DROP_SPOOFED
+        };
+    }
+    if ether_type != EtherType::Ipv4 as u16 {
+        return outcome::DROP_UNKNOWN;
+    }
+    let (Ok(saddr), Ok(daddr)) = (ctx.load::<u32>(IP_SADDR_OFF), ctx.load::<u32>(IP_DADDR_OFF))
+    else {
+        return outcome::DROP_SPOOFED;
+    };
+    if saddr != ep.addr {
+        return outcome::DROP_SPOOFED;
+    }
+    match nat::subnet_of(daddr) {
+        Some(subnet) if subnet.network != ep.network => outcome::DROP_ISOLATION,
+        Some(subnet) if subnet.flags & network_flags::NO_ICC != 0 && daddr != subnet.gateway => {
+            outcome::DROP_ICC
+        }
+        Some(_) => outcome::PASSED,
+        None => match nat::subnet_of(saddr) {
+            Some(own) if own.flags & network_flags::INTERNAL != 0 => outcome::DROP_INTERNAL,
+            _ => outcome::PASSED,
+        },
+    }
+}
