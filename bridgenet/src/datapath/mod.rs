@@ -19,6 +19,9 @@ use bridgenet_common::{
 };
 use ipnet::Ipv4Net;
 
+mod control;
+pub use control::publish_key;
+
 /// The object built from bridgenet-ebpf by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bridgenet"));
 

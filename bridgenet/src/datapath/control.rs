@@ -1,0 +1,79 @@
+//! Removals and listings the control plane needs: unpublish, forget a subnet, flush conntrack.
+use std::net::Ipv4Addr;
+
+use anyhow::Result;
+use aya::maps::{
+    HashMap, MapError,
+    lpm_trie::{Key, LpmTrie},
+};
+use bridgenet_common::{CtEntry, CtKey, PublishKey, PublishTarget, Subnet, maps};
+use ipnet::Ipv4Net;
+
+use super::{Datapath, Proto, from_wire, wire};
+
+/// A missing key is not an error for a removal: the goal (the key is absent) holds.
+fn absent_ok(result: Result<(), MapError>) -> Result<()> {
+    match result {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(err) => Err(err.into()),
+    }
+}
+
+impl Datapath {
+    /// Removes the published port `proto` `host_port` on `host_addr` (None: every address).
+    pub fn unpublish(
+        &mut self,
+        proto: Proto,
+        host_addr: Option<Ipv4Addr>,
+        host_port: u16,
+    ) -> Result<()> {
+        let mut publish: HashMap<_, PublishKey, PublishTarget> =
+            HashMap::try_from(self.map_mut(maps::PUBLISH)?)?;
+        absent_ok(publish.remove(&publish_key(proto, host_addr, host_port)))
+    }
+
+    /// Forgets a managed subnet: its traffic is no longer masqueraded.
+    pub fn remove_subnet(&mut self, subnet: Ipv4Net) -> Result<()> {
+        let mut subnets: LpmTrie<_, u32, Subnet> = LpmTrie::try_from(self.map_mut(maps::SUBNETS)?)?;
+        let key = Key::new(u32::from(subnet.prefix_len()), wire(subnet.network()));
+        absent_ok(subnets.remove(&key))
+    }
+
+    /// Forgets one of the host's addresses (an uplink's old address).
+    pub fn remove_host_addr(&mut self, addr: Ipv4Addr) -> Result<()> {
+        let mut addrs: HashMap<_, u32, u32> = HashMap::try_from(self.map_mut(maps::HOST_ADDRS)?)?;
+        absent_ok(addrs.remove(&wire(addr)))
+    }
+
+    /// Every managed subnet with its masquerade flag.
+    pub fn subnets(&self) -> Result<Vec<(Ipv4Net, bool)>> {
+        let map = self
+            .ebpf
+            .map(maps::SUBNETS)
+            .ok_or_else(|| anyhow::anyhow!("map SUBNETS missing"))?;
+        let subnets: LpmTrie<_, u32, Subnet> = LpmTrie::try_from(map)?;
+        let mut out = Vec::new();
+        for entry in subnets.iter() {
+            let (key, value) = entry?;
+            let net = Ipv4Net::new(from_wire(key.data()), key.prefix_len() as u8)?;
+            out.push((net, value.masquerade != 0));
+        }
+        Ok(out)
+    }
+
+    /// Removes a conntrack entry (one direction of a flow).
+    pub fn conntrack_remove(&mut self, key: &CtKey) -> Result<()> {
+        let mut ct: HashMap<_, CtKey, CtEntry> = HashMap::try_from(self.map_mut(maps::CONNTRACK)?)?;
+        absent_ok(ct.remove(key))
+    }
+}
+
+/// The key of a published port as the programs look it up.
+pub fn publish_key(proto: Proto, host_addr: Option<Ipv4Addr>, host_port: u16) -> PublishKey {
+    PublishKey {
+        addr: host_addr.map_or(0, wire),
+        port: host_port.to_be(),
+        proto: proto as u8,
+        _pad: 0,
+    }
+}
