@@ -286,12 +286,20 @@ impl ControlLab {
     }
 }
 
-/// `ip -o link` without what changes by itself (operational state of links coming up).
+/// A line of `ip -o link` as index, name and bridge: flags such as LOWER_UP change by
+/// themselves (a bridge loses its carrier when its last port goes).
 fn strip_stats(line: &str) -> String {
-    line.split_whitespace()
-        .take_while(|w| *w != "state")
-        .collect::<Vec<_>>()
-        .join(" ")
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let master = words
+        .iter()
+        .position(|w| *w == "master")
+        .and_then(|i| words.get(i + 1))
+        .unwrap_or(&"-");
+    format!(
+        "{} {} master {master}",
+        words[0],
+        words.get(1).unwrap_or(&"")
+    )
 }
 
 impl Drop for ControlLab {
