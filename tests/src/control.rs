@@ -48,8 +48,8 @@ pub enum Stop {
 }
 
 impl ControlLab {
-    /// The lab with the daemon started.
-    pub fn new() -> Self {
+    /// Builds the lab and starts the daemon.
+    pub fn up() -> Self {
         let mut topo = Topology::new();
         topo.netns("world")
             .netns("host")

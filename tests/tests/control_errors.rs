@@ -22,7 +22,7 @@ fn refused(lab: &ControlLab, args: &[&str], expect: &str) {
 
 #[test]
 fn bad_input_changes_nothing() {
-    let mut lab = ControlLab::new();
+    let mut lab = ControlLab::up();
     lab.ok(&["network", "create", "small", "--subnet", "10.30.0.0/30"]);
     let ns1 = lab.netns_name("one");
     lab.ok(&[
@@ -305,7 +305,7 @@ fn bad_input_changes_nothing() {
 
 #[test]
 fn exhausted_default_pools_are_refused() {
-    let lab = ControlLab::new();
+    let lab = ControlLab::up();
     // A route covering every default pool: no subnet is left for a network without --subnet.
     lab.topo
         .ns("host")

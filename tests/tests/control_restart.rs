@@ -80,7 +80,7 @@ fn setup(lab: &mut ControlLab) -> String {
 }
 
 fn restart_keeps_everything(how: Stop) {
-    let mut lab = ControlLab::new();
+    let mut lab = ControlLab::up();
     let ns = setup(&mut lab);
     let world = lab.topo.ns("world").name().to_owned();
     // One flow through DNAT and one through masquerade, established before the restart.
@@ -115,7 +115,7 @@ fn sigkill_restart_keeps_networks_endpoints_ports_and_flows() {
 
 #[test]
 fn restart_repairs_what_others_deleted_and_removes_what_is_stale() {
-    let mut lab = ControlLab::new();
+    let mut lab = ControlLab::up();
     let ns = setup(&mut lab);
     lab.stop(Stop::Kill);
 

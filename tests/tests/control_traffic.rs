@@ -64,7 +64,7 @@ fn refused(netns: &str, to: &str) -> bool {
 
 #[test]
 fn published_port_and_masquerade_through_the_daemon() {
-    let mut lab = ControlLab::new();
+    let mut lab = ControlLab::up();
     let ns = lab.netns_name("ep1");
     let out = lab.ok(&[
         "endpoint",
@@ -145,7 +145,7 @@ fn published_port_and_masquerade_through_the_daemon() {
 
 #[test]
 fn networks_endpoints_and_addresses_follow_docker() {
-    let mut lab = ControlLab::new();
+    let mut lab = ControlLab::up();
     // The default network takes the first pool; the next network the second.
     let nets = lab.json(&["network", "ls"]);
     assert_eq!(nets[0]["name"], "bridge");
