@@ -17,7 +17,7 @@ use anyhow::{Context as _, Result, bail};
 use tokio::sync::Mutex;
 
 use crate::{
-    datapath::{Datapath, LoadOptions, TcMode},
+    datapath::{Datapath, LoadOptions},
     netlink::Netlink,
     state::{State, Store},
 };
@@ -73,6 +73,8 @@ pub struct Daemon {
     dp: Datapath,
     nl: Netlink,
     uplinks: Vec<Uplink>,
+    /// Where maps and uplink links are pinned.
+    pin_dir: PathBuf,
 }
 
 /// BPF_FS_MAGIC from linux/magic.h.
@@ -113,6 +115,7 @@ async fn serve(options: Options) -> Result<()> {
         dp,
         nl,
         uplinks: Vec::new(),
+        pin_dir: options.bpffs.clone(),
     };
     daemon.attach_uplinks(&options.uplinks).await?;
     daemon.reconcile().await?;
@@ -241,7 +244,8 @@ impl Daemon {
                 .first()
                 .map(|net| net.addr())
                 .with_context(|| format!("uplink {name} has no IPv4 address"))?;
-            self.dp.attach_uplink(&name, addr, TcMode::Auto)?;
+            self.dp
+                .attach_uplink_persistent(&name, addr, &self.pin_dir)?;
             tracing::info!("uplink {name}: masquerade with {addr}");
             self.uplinks.push(Uplink { name, index, addr });
         }
@@ -310,6 +314,9 @@ pub fn cleanup(options: Options) -> Result<()> {
                     let _ = nl.delete(link.index).await;
                 }
             }
+            let links = nl.links().await?;
+            let names: Vec<String> = links.into_iter().map(|l| l.name).collect();
+            Datapath::detach_persistent_uplinks(&options.bpffs, &names);
             for name in bridgenet_common::maps::ALL {
                 let _ = std::fs::remove_file(options.bpffs.join(name));
             }

@@ -1,15 +1,32 @@
-//! Removals and listings the control plane needs: unpublish, forget a subnet, flush conntrack.
-use std::net::Ipv4Addr;
+//! What the control plane needs beyond loading: uplinks whose programs outlive the daemon,
+//! unpublish, forget a subnet, remove conntrack entries.
+use std::{net::Ipv4Addr, path::Path};
 
-use anyhow::Result;
-use aya::maps::{
-    HashMap, MapError,
-    lpm_trie::{Key, LpmTrie},
+use anyhow::{Context as _, Result};
+use aya::{
+    maps::{
+        HashMap, MapError,
+        lpm_trie::{Key, LpmTrie},
+    },
+    programs::{
+        SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+        tc,
+    },
 };
-use bridgenet_common::{CtEntry, CtKey, PublishKey, PublishTarget, Subnet, maps};
+use bridgenet_common::{CtEntry, CtKey, PublishKey, PublishTarget, Subnet, maps, programs};
 use ipnet::Ipv4Net;
 
-use super::{Datapath, Proto, from_wire, wire};
+use super::{Datapath, Proto, from_wire, program_mut, tcx_supported, wire};
+
+/// The uplink programs and the hook each is attached to.
+const UPLINK_PROGRAMS: [(&str, TcAttachType); 2] = [
+    (programs::UPLINK_INGRESS, TcAttachType::Ingress),
+    (programs::UPLINK_EGRESS, TcAttachType::Egress),
+];
+
+/// Prefix of the pinned uplink links in the pin directory.
+pub const LINK_PIN_PREFIX: &str = "link_";
 
 /// A missing key is not an error for a removal: the goal (the key is absent) holds.
 fn absent_ok(result: Result<(), MapError>) -> Result<()> {
@@ -20,6 +37,83 @@ fn absent_ok(result: Result<(), MapError>) -> Result<()> {
 }
 
 impl Datapath {
+    /// Makes `iface` an uplink whose programs stay attached after the daemon exits (even on
+    /// SIGKILL), so that published ports and masquerade keep working while it restarts. With
+    /// tcx (Linux 6.6+) the links are pinned in `pin_dir` and a restarted daemon swaps its
+    /// programs into them atomically; before 6.6 the clsact filters outlive the process by
+    /// themselves and are replaced.
+    pub fn attach_uplink_persistent(
+        &mut self,
+        iface: &str,
+        addr: Ipv4Addr,
+        pin_dir: &Path,
+    ) -> Result<()> {
+        let ifindex = nix::net::if_::if_nametoindex(iface)
+            .with_context(|| format!("no interface {iface}"))?;
+        self.set_uplink_addr(ifindex, addr)?;
+        for (name, direction) in UPLINK_PROGRAMS {
+            let program: &mut SchedClassifier = program_mut(&mut self.ebpf, name)?;
+            if tcx_supported() {
+                // The ifindex in the name: a link of a deleted interface is not reused.
+                let path = pin_dir.join(format!("{LINK_PIN_PREFIX}{name}_{iface}_{ifindex}"));
+                let id = match PinnedLink::from_pin(&path) {
+                    Ok(old) => {
+                        std::fs::remove_file(&path)?;
+                        program
+                            .attach_to_link(FdLink::from(old).try_into()?)
+                            .with_context(|| format!("replacing {name} on {iface}"))?
+                    }
+                    Err(_) => program
+                        .attach(iface, direction)
+                        .with_context(|| format!("attaching {name} to {iface}"))?,
+                };
+                let link: FdLink = program.take_link(id)?.try_into()?;
+                link.pin(&path)
+                    .with_context(|| format!("pinning {}", path.display()))?;
+            } else {
+                // The previous daemon's filter, if any, is replaced by this one.
+                let _ = tc::qdisc_detach_program(iface, direction, name);
+                match tc::qdisc_add_clsact(iface) {
+                    Ok(()) => {}
+                    Err(tc::TcError::NetlinkError(err))
+                        if err.raw_os_error() == Some(libc::EEXIST) => {}
+                    Err(err) => {
+                        return Err(err).with_context(|| format!("adding clsact to {iface}"));
+                    }
+                }
+                let id = program
+                    .attach(iface, direction)
+                    .with_context(|| format!("attaching {name} to {iface}"))?;
+                // Dropping the link would detach the filter: keep it past the process.
+                std::mem::forget(program.take_link(id)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Detaches what `attach_uplink_persistent` left in this namespace: unpins the links in
+    /// `pin_dir` and removes the uplink filters from every interface in `ifaces`.
+    pub fn detach_persistent_uplinks(pin_dir: &Path, ifaces: &[String]) {
+        if let Ok(entries) = std::fs::read_dir(pin_dir) {
+            for entry in entries.flatten() {
+                if entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(LINK_PIN_PREFIX)
+                {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        if !tcx_supported() {
+            for iface in ifaces {
+                for (name, direction) in UPLINK_PROGRAMS {
+                    let _ = tc::qdisc_detach_program(iface, direction, name);
+                }
+            }
+        }
+    }
+
     /// Removes the published port `proto` `host_port` on `host_addr` (None: every address).
     pub fn unpublish(
         &mut self,
