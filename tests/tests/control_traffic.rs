@@ -108,6 +108,15 @@ fn published_port_and_masquerade_through_the_daemon() {
     assert!(count("uplink_ingress", "dnat") > 0, "stats: {stats}");
     assert!(count("uplink_egress", "snat") > 0, "stats: {stats}");
 
+    // Flushing the endpoint's flows empties the table of them.
+    let flushed = lab.ok(&["ct", "flush", "--endpoint", "ep1"]);
+    assert!(
+        flushed.ends_with("flows removed\n") && !flushed.starts_with("0 "),
+        "{flushed}"
+    );
+    let ct = lab.ok(&["ct", "ls"]);
+    assert!(!ct.contains("172.17.0.2"), "ct ls after flush: {ct}");
+
     // Unpublished, the port no longer answers.
     assert_eq!(
         lab.ok(&["port", "unpublish", "ep1", "8080:80"]),
@@ -233,6 +242,23 @@ fn networks_endpoints_and_addresses_follow_docker() {
         Path::new(&path).exists(),
         "a namespace bridgenet did not make was removed"
     );
+
+    // An internal network: no default route in its endpoints.
+    lab.ok(&["network", "create", "inside", "--internal"]);
+    let i = lab.netns_name("i");
+    lab.ok(&[
+        "endpoint",
+        "create",
+        "i",
+        "--network",
+        "inside",
+        "--netns",
+        &i,
+    ]);
+    let route = String::from_utf8(lab.exec_in(&i, "ip", &["route"]).stdout).unwrap();
+    assert!(!route.contains("default"), "{route}");
+    lab.ok(&["endpoint", "rm", "i"]);
+    lab.ok(&["network", "rm", "inside"]);
 
     // -P publishes every --expose'd port on a host port of the ephemeral range.
     let p = lab.netns_name("p");
