@@ -130,7 +130,8 @@ impl ControlLab {
             .spawn()
             .expect("starting the daemon");
         self.daemon = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // Loading and verifying the programs takes seconds under QEMU's software emulation.
+        let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             if self.cli(&["network", "ls"]).status.success() {
                 return;
@@ -277,7 +278,8 @@ impl ControlLab {
                 .collect::<Vec<_>>()
                 .join("\n"),
             host.ip(&["-o", "addr"]),
-            host.ip(&["route"]),
+            // `linkdown` comes and goes with the carrier of a bridge's ports.
+            host.ip(&["route"]).replace(" linkdown", ""),
             netns.join(" "),
             dump("PUBLISH"),
             dump("SUBNETS"),

@@ -75,6 +75,7 @@ pub struct Daemon {
     uplinks: Vec<Uplink>,
     /// Where maps and uplink links are pinned.
     pin_dir: PathBuf,
+    state_dir: PathBuf,
 }
 
 /// BPF_FS_MAGIC from linux/magic.h.
@@ -116,6 +117,7 @@ async fn serve(options: Options) -> Result<()> {
         nl,
         uplinks: Vec::new(),
         pin_dir: options.bpffs.clone(),
+        state_dir: options.state_dir.clone(),
     };
     daemon.attach_uplinks(&options.uplinks).await?;
     daemon.reconcile().await?;
@@ -245,7 +247,7 @@ impl Daemon {
                 .map(|net| net.addr())
                 .with_context(|| format!("uplink {name} has no IPv4 address"))?;
             self.dp
-                .attach_uplink_persistent(&name, addr, &self.pin_dir)?;
+                .attach_uplink_persistent(&name, addr, &self.pin_dir, &self.state_dir)?;
             tracing::info!("uplink {name}: masquerade with {addr}");
             self.uplinks.push(Uplink { name, index, addr });
         }
@@ -316,7 +318,7 @@ pub fn cleanup(options: Options) -> Result<()> {
             }
             let links = nl.links().await?;
             let names: Vec<String> = links.into_iter().map(|l| l.name).collect();
-            Datapath::detach_persistent_uplinks(&options.bpffs, &names);
+            Datapath::detach_persistent_uplinks(&options.bpffs, &options.state_dir, &names);
             for name in bridgenet_common::maps::ALL {
                 let _ = std::fs::remove_file(options.bpffs.join(name));
             }

@@ -12,6 +12,7 @@ use aya::{
         SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
         tc,
+        tc::SchedClassifierLink,
     },
 };
 use bridgenet_common::{CtEntry, CtKey, PublishKey, PublishTarget, Subnet, maps, programs};
@@ -28,6 +29,14 @@ const UPLINK_PROGRAMS: [(&str, TcAttachType); 2] = [
 /// Prefix of the pinned uplink links in the pin directory.
 pub const LINK_PIN_PREFIX: &str = "link_";
 
+/// Prefix of the files that record the uplink filters before Linux 6.6 (priority, handle).
+const NL_RECORD_PREFIX: &str = "nlfilter_";
+
+fn parse_filter(s: &str) -> Option<(u16, u32)> {
+    let mut it = s.split_whitespace();
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
 /// A missing key is not an error for a removal: the goal (the key is absent) holds.
 fn absent_ok(result: Result<(), MapError>) -> Result<()> {
     match result {
@@ -39,14 +48,15 @@ fn absent_ok(result: Result<(), MapError>) -> Result<()> {
 impl Datapath {
     /// Makes `iface` an uplink whose programs stay attached after the daemon exits (even on
     /// SIGKILL), so that published ports and masquerade keep working while it restarts. With
-    /// tcx (Linux 6.6+) the links are pinned in `pin_dir` and a restarted daemon swaps its
-    /// programs into them atomically; before 6.6 the clsact filters outlive the process by
-    /// themselves and are replaced.
+    /// tcx (Linux 6.6+) the links are pinned in `pin_dir` (a bpf filesystem) and a restarted
+    /// daemon swaps its programs into them atomically; before 6.6 the clsact filters outlive
+    /// the process by themselves, `record_dir` notes them, and a restart replaces them.
     pub fn attach_uplink_persistent(
         &mut self,
         iface: &str,
         addr: Ipv4Addr,
         pin_dir: &Path,
+        record_dir: &Path,
     ) -> Result<()> {
         let ifindex = nix::net::if_::if_nametoindex(iface)
             .with_context(|| format!("no interface {iface}"))?;
@@ -71,8 +81,8 @@ impl Datapath {
                 link.pin(&path)
                     .with_context(|| format!("pinning {}", path.display()))?;
             } else {
-                // The previous daemon's filter, if any, is replaced by this one.
-                let _ = tc::qdisc_detach_program(iface, direction, name);
+                // The new filter goes in first (the kernel puts it before the old one), then
+                // the previous daemon's filter, recorded in pin_dir, goes: no gap.
                 match tc::qdisc_add_clsact(iface) {
                     Ok(()) => {}
                     Err(tc::TcError::NetlinkError(err))
@@ -84,8 +94,26 @@ impl Datapath {
                 let id = program
                     .attach(iface, direction)
                     .with_context(|| format!("attaching {name} to {iface}"))?;
+                let link = program.take_link(id)?;
+                let record = record_dir.join(format!("{NL_RECORD_PREFIX}{name}_{iface}_{ifindex}"));
+                if let Some((priority, handle)) = std::fs::read_to_string(&record)
+                    .ok()
+                    .and_then(|s| parse_filter(&s))
+                    && let Ok(old) = SchedClassifierLink::attached(
+                        iface,
+                        direction,
+                        priority,
+                        handle.into(),
+                        None,
+                    )
+                {
+                    // Dropping a link detaches it.
+                    drop(old);
+                }
+                let (priority, handle) = (link.priority()?, u32::from(link.handle()?));
+                std::fs::write(&record, format!("{priority} {handle}"))?;
                 // Dropping the link would detach the filter: keep it past the process.
-                std::mem::forget(program.take_link(id)?);
+                std::mem::forget(link);
             }
         }
         Ok(())
@@ -93,14 +121,11 @@ impl Datapath {
 
     /// Detaches what `attach_uplink_persistent` left in this namespace: unpins the links in
     /// `pin_dir` and removes the uplink filters from every interface in `ifaces`.
-    pub fn detach_persistent_uplinks(pin_dir: &Path, ifaces: &[String]) {
-        if let Ok(entries) = std::fs::read_dir(pin_dir) {
-            for entry in entries.flatten() {
-                if entry
-                    .file_name()
-                    .to_string_lossy()
-                    .starts_with(LINK_PIN_PREFIX)
-                {
+    pub fn detach_persistent_uplinks(pin_dir: &Path, record_dir: &Path, ifaces: &[String]) {
+        for entries in [pin_dir, record_dir].map(std::fs::read_dir) {
+            for entry in entries.into_iter().flatten().flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with(LINK_PIN_PREFIX) || name.starts_with(NL_RECORD_PREFIX) {
                     let _ = std::fs::remove_file(entry.path());
                 }
             }
