@@ -20,7 +20,7 @@ fn main() -> anyhow::Result<()> {
          component and bpf-linker 0.10.3 they need",
     )?;
 
-    let object = PathBuf::from(std::env::var("OUT_DIR")?).join("bridgenet");
+    let object = PathBuf::from(std::env::var("OUT_DIR")?).join("bridgenet-ebpf");
     if !object.exists() {
         fs::write(&object, [])?;
     }

@@ -1,4 +1,13 @@
 //! bridgenet: an eBPF dataplane for Docker-style bridge networking.
 //!
-//! Layers, one module each: `datapath` loads and attaches the eBPF programs and reads their maps.
+//! Layers, one module each: `datapath` loads and attaches the eBPF programs and reads their
+//! maps; `netlink` makes bridges, veth pairs, addresses and routes; `state` is what the daemon
+//! manages (with IPAM and the `-p` grammar) and its store; `daemon` runs the verbs and
+//! reconciles after restarts; `api` is the HTTP/JSON interface on a Unix socket; `cli` is the
+//! command line that drives it.
+pub mod api;
+pub mod cli;
+pub mod daemon;
 pub mod datapath;
+pub mod netlink;
+pub mod state;

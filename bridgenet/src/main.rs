@@ -1,20 +1,58 @@
-use std::time::Duration;
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Result;
 use aya::programs::TcAttachType;
-use bridgenet::datapath::{Datapath, TcMode};
+use bridgenet::{
+    cli::{self, CtCmd, EndpointCmd, NetworkCmd, PortCmd},
+    daemon,
+    datapath::{Datapath, TcMode},
+};
 use clap::{Parser, Subcommand};
 
 /// bridgenet: Docker-style bridge networking with an eBPF dataplane.
 #[derive(Parser)]
 #[command(version)]
 struct Cli {
+    /// The daemon's API socket [env: BRIDGENET_SOCKET; default: /run/bridgenet/bridgenet.sock]
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the daemon: it manages the network namespace it is started in.
+    Daemon {
+        #[arg(long, default_value = "/var/lib/bridgenet")]
+        state_dir: PathBuf,
+        /// Where maps are pinned; a bpf filesystem is mounted there when it is not on one.
+        #[arg(long, default_value = "/sys/fs/bpf/bridgenet")]
+        bpffs: PathBuf,
+        /// Interfaces to masquerade on; default: those holding the default routes.
+        #[arg(long)]
+        uplink: Vec<String>,
+        /// Remove everything bridgenet created in this namespace, then exit.
+        #[arg(long)]
+        cleanup: bool,
+    },
+    /// Bridge networks.
+    #[command(subcommand)]
+    Network(NetworkCmd),
+    /// Endpoints: network namespaces attached to networks.
+    #[command(subcommand)]
+    Endpoint(EndpointCmd),
+    /// Published ports.
+    #[command(subcommand)]
+    Port(PortCmd),
+    /// Tracked flows.
+    #[command(subcommand)]
+    Ct(CtCmd),
+    /// The datapath's packet counters per program and outcome.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
     /// Attach the packet counters to interfaces and print their counts every second until Ctrl-C.
     Watch {
         /// Interfaces in this network namespace.
@@ -23,9 +61,63 @@ enum Command {
     },
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) if !err.use_stderr() => err.exit(),
+        Err(err) => {
+            // One line: clap's first, without the usage block.
+            let text = err.render().to_string();
+            eprintln!(
+                "bridgenet: {}",
+                text.lines().next().unwrap_or("invalid arguments")
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("bridgenet: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let socket = cli::socket_path(cli.socket);
     match cli.command {
+        Command::Daemon {
+            state_dir,
+            bpffs,
+            uplink,
+            cleanup,
+        } => {
+            let options = daemon::Options {
+                socket,
+                state_dir,
+                bpffs,
+                uplinks: uplink,
+            };
+            if cleanup {
+                daemon::cleanup(options)
+            } else {
+                tracing_subscriber::fmt()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                    .with_env_filter(
+                        tracing_subscriber::EnvFilter::try_from_default_env()
+                            .unwrap_or_else(|_| "info".into()),
+                    )
+                    .init();
+                daemon::run(options)
+            }
+        }
+        Command::Network(cmd) => cli::network(&socket, cmd),
+        Command::Endpoint(cmd) => cli::endpoint(&socket, cmd),
+        Command::Port(cmd) => cli::port(&socket, cmd),
+        Command::Ct(cmd) => cli::ct(&socket, cmd),
+        Command::Stats { json } => cli::stats(&socket, json),
         Command::Watch { ifaces } => watch(&ifaces),
     }
 }

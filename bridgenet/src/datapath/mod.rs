@@ -19,8 +19,11 @@ use bridgenet_common::{
 };
 use ipnet::Ipv4Net;
 
+mod control;
+pub use control::publish_key;
+
 /// The object built from bridgenet-ebpf by build.rs.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bridgenet"));
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bridgenet-ebpf"));
 
 /// A network's options, as the datapath enforces them.
 #[derive(Clone, Debug)]

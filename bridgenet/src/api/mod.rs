@@ -1,0 +1,89 @@
+//! The HTTP/JSON API between the CLI and the daemon, on a Unix socket: request and response
+//! types, the server's routes and the client.
+pub mod client;
+pub mod server;
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::state::{Endpoint, Network, PortMapping};
+
+/// The default socket; `BRIDGENET_SOCKET` or `--socket` override it.
+pub const DEFAULT_SOCKET: &str = "/run/bridgenet/bridgenet.sock";
+
+/// `POST /networks`. Addresses stay strings so that the daemon reports bad ones itself.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NetworkCreate {
+    pub name: String,
+    pub subnet: Option<String>,
+    pub gateway: Option<String>,
+    pub bridge: Option<String>,
+    pub icc: bool,
+    pub internal: bool,
+    pub masquerade: bool,
+}
+
+/// `POST /endpoints`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EndpointCreate {
+    pub name: String,
+    pub network: String,
+    pub netns: String,
+    pub ip: Option<String>,
+    /// `-p` SPECs.
+    pub publish: Vec<String>,
+    /// `--expose` PORT[/PROTO].
+    pub expose: Vec<String>,
+    /// `-P`.
+    pub publish_all: bool,
+}
+
+/// `POST /endpoints/{name}/publish` and `/unpublish`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PortSpecs {
+    pub specs: Vec<String>,
+}
+
+/// One published port of one endpoint, as `port ls` lists it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PortEntry {
+    pub endpoint: String,
+    #[serde(flatten)]
+    pub mapping: PortMapping,
+}
+
+/// One counter of `GET /stats`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Stat {
+    pub program: String,
+    pub outcome: String,
+    pub count: u64,
+}
+
+/// One direction of a tracked flow.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Tuple {
+    pub src: std::net::Ipv4Addr,
+    pub dst: std::net::Ipv4Addr,
+    pub sport: u16,
+    pub dport: u16,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// One flow of `GET /conntrack`, like a line of `conntrack -L`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Flow {
+    pub proto: String,
+    pub state: String,
+    /// Seconds until the flow expires unless a packet refreshes it.
+    pub timeout: u64,
+    pub original: Tuple,
+    /// None when the reply direction's entry is missing.
+    pub reply: Option<Tuple>,
+}
+
+/// The body of every error response.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}

@@ -1,0 +1,412 @@
+//! The CLI verbs that talk to the daemon: parse, check what can be checked locally, call the
+//! API, print in Docker's formats (or JSON with --json).
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+use clap::{Args, Subcommand};
+use hyper::Method;
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::{
+    api::{
+        Endpoint, EndpointCreate, Flow, Network, NetworkCreate, PortEntry, PortMapping, PortSpecs,
+        Stat, client,
+    },
+    state::{PortSpec, check_name, ports::parse_expose},
+};
+
+#[derive(Subcommand)]
+pub enum NetworkCmd {
+    /// Create a bridge network.
+    Create(NetworkCreateArgs),
+    /// List networks.
+    Ls(Listing),
+    /// Show a network as JSON.
+    Inspect { name: String },
+    /// Remove a network that has no endpoints.
+    Rm { name: String },
+}
+
+#[derive(Args)]
+pub struct NetworkCreateArgs {
+    name: String,
+    /// CIDR; default: the first free /16 of 172.17-172.31, then /20s of 192.168.0.0/16.
+    #[arg(long)]
+    subnet: Option<String>,
+    /// Default: the subnet's first host.
+    #[arg(long)]
+    gateway: Option<String>,
+    /// Name of the Linux bridge; default: bn-NAME.
+    #[arg(long)]
+    bridge: Option<String>,
+    /// Traffic between endpoints of the network (--icc=false to block it).
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    icc: bool,
+    /// No traffic to or from the outside.
+    #[arg(long)]
+    internal: bool,
+    /// Outbound traffic leaves with the uplink's address (--masquerade=false to route it).
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    masquerade: bool,
+}
+
+#[derive(Subcommand)]
+pub enum EndpointCmd {
+    /// Attach a network namespace to a network.
+    Create(EndpointCreateArgs),
+    /// List endpoints.
+    Ls(Listing),
+    /// Show an endpoint as JSON.
+    Inspect { name: String },
+    /// Remove an endpoint (and its namespace, when bridgenet created it).
+    Rm { name: String },
+}
+
+#[derive(Args)]
+pub struct EndpointCreateArgs {
+    name: String,
+    #[arg(long)]
+    network: String,
+    /// A name under /run/netns (created if absent), or a path such as /proc/PID/ns/net.
+    #[arg(long)]
+    netns: String,
+    /// Default: the next free address of the network.
+    #[arg(long)]
+    ip: Option<String>,
+    /// Publish a port: [[IP:]HPORT:]CPORT[/PROTO], ranges H1-H2:C1-C2.
+    #[arg(short = 'p', long = "publish", value_name = "SPEC")]
+    publish: Vec<String>,
+    /// A port that -P publishes: PORT[/PROTO].
+    #[arg(long)]
+    expose: Vec<String>,
+    /// Publish every --expose'd port on a random host port.
+    #[arg(short = 'P', long = "publish-all")]
+    publish_all: bool,
+}
+
+#[derive(Subcommand)]
+pub enum PortCmd {
+    /// Publish ports of an endpoint.
+    Publish {
+        endpoint: String,
+        #[arg(required = true)]
+        specs: Vec<String>,
+    },
+    /// Unpublish ports of an endpoint.
+    Unpublish {
+        endpoint: String,
+        #[arg(required = true)]
+        specs: Vec<String>,
+    },
+    /// List published ports as `docker port` does: `80/tcp -> 0.0.0.0:8080`.
+    Ls {
+        endpoint: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CtCmd {
+    /// List tracked flows, like `conntrack -L`.
+    Ls(Listing),
+    /// Remove tracked flows (of one endpoint with --endpoint).
+    Flush {
+        #[arg(long)]
+        endpoint: Option<String>,
+    },
+}
+
+#[derive(Args)]
+pub struct Listing {
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs one client verb on a small runtime.
+fn block_on<T>(f: impl Future<Output = Result<T>>) -> Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
+fn get<T: DeserializeOwned>(socket: &Path, path: &str) -> Result<T> {
+    block_on(client::call(socket, Method::GET, path, None::<&()>))
+}
+
+fn send<T: DeserializeOwned>(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: &impl Serialize,
+) -> Result<T> {
+    block_on(client::call(socket, method, path, Some(body)))
+}
+
+fn print_json(value: &impl Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Checks a name locally, so bad input fails before anything is sent.
+fn name(kind: &str, name: &str) -> Result<()> {
+    check_name(kind, name).map_err(anyhow::Error::msg)
+}
+
+fn specs(specs: &[String]) -> Result<()> {
+    for s in specs {
+        s.parse::<PortSpec>().map_err(anyhow::Error::msg)?;
+    }
+    Ok(())
+}
+
+pub fn network(socket: &Path, cmd: NetworkCmd) -> Result<()> {
+    match cmd {
+        NetworkCmd::Create(a) => {
+            name("network", &a.name)?;
+            let req = NetworkCreate {
+                name: a.name,
+                subnet: a.subnet,
+                gateway: a.gateway,
+                bridge: a.bridge,
+                icc: a.icc,
+                internal: a.internal,
+                masquerade: a.masquerade,
+            };
+            let net: Network = send(socket, Method::POST, "/networks", &req)?;
+            println!("{}", net.name);
+        }
+        NetworkCmd::Ls(l) => {
+            let nets: Vec<Network> = get(socket, "/networks")?;
+            if l.json {
+                return print_json(&nets);
+            }
+            println!(
+                "{:<16} {:<18} {:<15} {:<15} OPTIONS",
+                "NAME", "SUBNET", "GATEWAY", "BRIDGE"
+            );
+            for n in nets {
+                let mut opts = Vec::new();
+                if !n.icc {
+                    opts.push("icc=false");
+                }
+                if n.internal {
+                    opts.push("internal");
+                }
+                if !n.masquerade {
+                    opts.push("masquerade=false");
+                }
+                println!(
+                    "{:<16} {:<18} {:<15} {:<15} {}",
+                    n.name,
+                    n.subnet.to_string(),
+                    n.gateway.to_string(),
+                    n.bridge,
+                    opts.join(",")
+                );
+            }
+        }
+        NetworkCmd::Inspect { name: n } => {
+            name("network", &n)?;
+            print_json(&get::<Network>(socket, &format!("/networks/{n}"))?)?;
+        }
+        NetworkCmd::Rm { name: n } => {
+            name("network", &n)?;
+            let net: Network = block_on(client::call(
+                socket,
+                Method::DELETE,
+                &format!("/networks/{n}"),
+                None::<&()>,
+            ))?;
+            println!("{}", net.name);
+        }
+    }
+    Ok(())
+}
+
+pub fn endpoint(socket: &Path, cmd: EndpointCmd) -> Result<()> {
+    match cmd {
+        EndpointCmd::Create(a) => {
+            name("endpoint", &a.name)?;
+            specs(&a.publish)?;
+            for e in &a.expose {
+                parse_expose(e).map_err(anyhow::Error::msg)?;
+            }
+            if let Some(ip) = &a.ip
+                && ip.parse::<std::net::Ipv4Addr>().is_err()
+            {
+                bail!("invalid address {ip:?} (expected an IPv4 address)");
+            }
+            let req = EndpointCreate {
+                name: a.name,
+                network: a.network,
+                netns: a.netns,
+                ip: a.ip,
+                publish: a.publish,
+                expose: a.expose,
+                publish_all: a.publish_all,
+            };
+            let ep: Endpoint = send(socket, Method::POST, "/endpoints", &req)?;
+            println!("{} {}", ep.name, ep.ip);
+        }
+        EndpointCmd::Ls(l) => {
+            let eps: Vec<Endpoint> = get(socket, "/endpoints")?;
+            if l.json {
+                return print_json(&eps);
+            }
+            println!(
+                "{:<16} {:<16} {:<15} {:<17} {:<24} PORTS",
+                "NAME", "NETWORK", "IP", "MAC", "NETNS"
+            );
+            for e in eps {
+                let ports: Vec<String> = e.ports.iter().map(docker_ps_port).collect();
+                println!(
+                    "{:<16} {:<16} {:<15} {:<17} {:<24} {}",
+                    e.name,
+                    e.network,
+                    e.ip.to_string(),
+                    e.mac,
+                    e.netns,
+                    ports.join(", ")
+                );
+            }
+        }
+        EndpointCmd::Inspect { name: n } => {
+            name("endpoint", &n)?;
+            print_json(&get::<Endpoint>(socket, &format!("/endpoints/{n}"))?)?;
+        }
+        EndpointCmd::Rm { name: n } => {
+            name("endpoint", &n)?;
+            let ep: Endpoint = block_on(client::call(
+                socket,
+                Method::DELETE,
+                &format!("/endpoints/{n}"),
+                None::<&()>,
+            ))?;
+            println!("{}", ep.name);
+        }
+    }
+    Ok(())
+}
+
+/// `docker ps`'s PORTS column: `0.0.0.0:8080->80/tcp`.
+fn docker_ps_port(m: &PortMapping) -> String {
+    let ip = m.host_ip.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+    format!("{ip}:{}->{}/{}", m.host_port, m.port, m.proto)
+}
+
+pub fn port(socket: &Path, cmd: PortCmd) -> Result<()> {
+    match cmd {
+        PortCmd::Publish { endpoint, specs: s } => {
+            name("endpoint", &endpoint)?;
+            specs(&s)?;
+            let done: Vec<PortMapping> = send(
+                socket,
+                Method::POST,
+                &format!("/endpoints/{endpoint}/publish"),
+                &PortSpecs { specs: s },
+            )?;
+            for m in done {
+                println!("{m}");
+            }
+        }
+        PortCmd::Unpublish { endpoint, specs: s } => {
+            name("endpoint", &endpoint)?;
+            specs(&s)?;
+            let done: Vec<PortMapping> = send(
+                socket,
+                Method::POST,
+                &format!("/endpoints/{endpoint}/unpublish"),
+                &PortSpecs { specs: s },
+            )?;
+            for m in done {
+                println!("{m}");
+            }
+        }
+        PortCmd::Ls { endpoint, json } => {
+            let path = match &endpoint {
+                Some(e) => {
+                    name("endpoint", e)?;
+                    format!("/ports?endpoint={e}")
+                }
+                None => "/ports".into(),
+            };
+            let entries: Vec<PortEntry> = get(socket, &path)?;
+            if json {
+                return print_json(&entries);
+            }
+            for e in entries {
+                // `docker port CONTAINER` has no container column; across endpoints, prefix it.
+                match endpoint {
+                    Some(_) => println!("{}", e.mapping),
+                    None => println!("{}: {}", e.endpoint, e.mapping),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn stats(socket: &Path, json: bool) -> Result<()> {
+    let stats: Vec<Stat> = get(socket, "/stats")?;
+    if json {
+        return print_json(&stats);
+    }
+    println!("{:<16} {:<22} {:>12}", "PROGRAM", "OUTCOME", "PACKETS");
+    for s in stats {
+        println!("{:<16} {:<22} {:>12}", s.program, s.outcome, s.count);
+    }
+    Ok(())
+}
+
+pub fn ct(socket: &Path, cmd: CtCmd) -> Result<()> {
+    match cmd {
+        CtCmd::Ls(l) => {
+            let flows: Vec<Flow> = get(socket, "/conntrack")?;
+            if l.json {
+                return print_json(&flows);
+            }
+            for f in &flows {
+                let o = &f.original;
+                let state = if f.state.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {}", f.state)
+                };
+                let mut line = format!(
+                    "{:<5} {}{state} src={} dst={} sport={} dport={} packets={} bytes={}",
+                    f.proto, f.timeout, o.src, o.dst, o.sport, o.dport, o.packets, o.bytes
+                );
+                match &f.reply {
+                    Some(r) => line.push_str(&format!(
+                        " src={} dst={} sport={} dport={} packets={} bytes={}",
+                        r.src, r.dst, r.sport, r.dport, r.packets, r.bytes
+                    )),
+                    None => line.push_str(" [reply entry missing]"),
+                }
+                println!("{line}");
+            }
+            eprintln!("{} flow entries", flows.len());
+        }
+        CtCmd::Flush { endpoint } => {
+            let path = match &endpoint {
+                Some(e) => {
+                    name("endpoint", e)?;
+                    format!("/conntrack?endpoint={e}")
+                }
+                None => "/conntrack".into(),
+            };
+            let n: usize = block_on(client::call(socket, Method::DELETE, &path, None::<&()>))?;
+            println!("{n} flows removed");
+        }
+    }
+    Ok(())
+}
+
+/// `--socket`, else BRIDGENET_SOCKET, else the default.
+pub fn socket_path(arg: Option<PathBuf>) -> PathBuf {
+    arg.or_else(|| std::env::var_os("BRIDGENET_SOCKET").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(crate::api::DEFAULT_SOCKET))
+}

@@ -1,0 +1,341 @@
+//! The daemon: owns the datapath, the kernel objects and the store of the network namespace it
+//! runs in, and serves the API. `ops` holds the verbs, `reconcile` the restart logic,
+//! `conntrack` the flow listing and garbage collection.
+mod conntrack;
+mod ops;
+mod reconcile;
+
+use std::{
+    net::Ipv4Addr,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use tokio::sync::Mutex;
+
+use crate::{
+    datapath::{Datapath, LoadOptions},
+    netlink::Netlink,
+    state::{State, Store},
+};
+
+/// How the daemon was started.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    /// Where maps are pinned; a bpf filesystem is mounted there when it is not on one.
+    pub bpffs: PathBuf,
+    /// Interfaces whose address masquerade uses; empty: those holding the default routes.
+    pub uplinks: Vec<String>,
+}
+
+/// What an operation reports to the API: the kind decides the HTTP status.
+#[derive(Debug)]
+pub enum Error {
+    BadRequest(String),
+    NotFound(String),
+    Conflict(String),
+    Internal(anyhow::Error),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::BadRequest(m) | Error::NotFound(m) | Error::Conflict(m) => f.write_str(m),
+            Error::Internal(err) => write!(f, "{err:#}"),
+        }
+    }
+}
+
+impl From<anyhow::Error> for Error {
+    fn from(err: anyhow::Error) -> Self {
+        Error::Internal(err)
+    }
+}
+
+/// An uplink and the address masquerade uses on it.
+#[derive(Clone, Debug)]
+struct Uplink {
+    name: String,
+    index: u32,
+    addr: Ipv4Addr,
+}
+
+/// The daemon's state while it runs. Every API call holds it locked, so operations never
+/// interleave.
+pub struct Daemon {
+    state: State,
+    store: Store,
+    dp: Datapath,
+    nl: Netlink,
+    uplinks: Vec<Uplink>,
+    /// Where maps and uplink links are pinned.
+    pin_dir: PathBuf,
+    state_dir: PathBuf,
+}
+
+/// BPF_FS_MAGIC from linux/magic.h.
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+/// Marker in the state dir: the daemon mounted the bpf filesystem and `--cleanup` unmounts it.
+const MOUNTED_MARKER: &str = "bpffs-mounted";
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(options: Options) -> Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(serve(options))
+}
+
+async fn serve(options: Options) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the daemon needs root (CAP_NET_ADMIN, CAP_BPF)");
+    }
+    refuse_if_running(&options.socket).await?;
+    create_private_dir(&options.state_dir)?;
+    mount_bpffs(&options.bpffs, &options.state_dir)?;
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+        .context("enabling net.ipv4.ip_forward in the daemon's namespace")?;
+
+    let dp = Datapath::load_with(&LoadOptions {
+        pin_dir: Some(options.bpffs.clone()),
+        ..LoadOptions::default()
+    })?;
+    let store = Store::new(&options.state_dir);
+    let first_start = !store.exists();
+    let state = store.load()?;
+    let nl = Netlink::new()?;
+    let mut daemon = Daemon {
+        state,
+        store,
+        dp,
+        nl,
+        uplinks: Vec::new(),
+        pin_dir: options.bpffs.clone(),
+        state_dir: options.state_dir.clone(),
+    };
+    daemon.attach_uplinks(&options.uplinks).await?;
+    daemon.reconcile().await?;
+    if first_start {
+        daemon.create_default_network().await?;
+    }
+    let daemon = Arc::new(Mutex::new(daemon));
+
+    let listener = bind(&options.socket)?;
+    tracing::info!("listening on {}", options.socket.display());
+    tokio::spawn(background(daemon.clone()));
+    let app = crate::api::server::router(daemon);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    let _ = std::fs::remove_file(&options.socket);
+    tracing::info!("stopped; the kernel keeps the maps, the store keeps the state");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    tracing::info!("stopping");
+}
+
+/// Every few seconds: follow uplink address changes, expire conntrack entries.
+async fn background(daemon: Arc<Mutex<Daemon>>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        let mut d = daemon.lock().await;
+        if let Err(err) = d.follow_uplink_addresses().await {
+            tracing::warn!("watching uplink addresses: {err:#}");
+        }
+        if let Err(err) = d.conntrack_gc() {
+            tracing::warn!("conntrack garbage collection: {err:#}");
+        }
+    }
+}
+
+/// Fails when a daemon already answers on `socket`; removes a stale socket file.
+async fn refuse_if_running(socket: &Path) -> Result<()> {
+    if tokio::net::UnixStream::connect(socket).await.is_ok() {
+        bail!("a daemon already listens on {}", socket.display());
+    }
+    if socket.exists() {
+        std::fs::remove_file(socket)?;
+    }
+    Ok(())
+}
+
+/// The API socket, usable by root only.
+fn bind(socket: &Path) -> Result<tokio::net::UnixListener> {
+    if let Some(dir) = socket.parent() {
+        create_private_dir(dir)?;
+    }
+    let listener = tokio::net::UnixListener::bind(socket)
+        .with_context(|| format!("listening on {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+fn create_private_dir(dir: &Path) -> Result<()> {
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+fn is_bpffs(dir: &Path) -> Result<bool> {
+    let fs = nix::sys::statfs::statfs(dir).with_context(|| format!("statfs {}", dir.display()))?;
+    Ok(fs.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+}
+
+/// Mounts a bpf filesystem at `dir` unless it is on one already (inside `ip netns exec`,
+/// /sys/fs/bpf is not mounted), and notes it in the state dir for `--cleanup`.
+fn mount_bpffs(dir: &Path, state_dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    if is_bpffs(dir)? {
+        return Ok(());
+    }
+    nix::mount::mount(
+        Some("bpf"),
+        dir,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .with_context(|| format!("mounting a bpf filesystem at {}", dir.display()))?;
+    std::fs::write(
+        state_dir.join(MOUNTED_MARKER),
+        dir.as_os_str().as_encoded_bytes(),
+    )?;
+    tracing::info!("mounted a bpf filesystem at {}", dir.display());
+    Ok(())
+}
+
+impl Daemon {
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Attaches the uplink programs to each uplink with its primary IPv4 address.
+    async fn attach_uplinks(&mut self, names: &[String]) -> Result<()> {
+        let names = if names.is_empty() {
+            self.nl.default_route_links().await?
+        } else {
+            names.to_vec()
+        };
+        if names.is_empty() {
+            tracing::warn!("no uplink: no --uplink and no default route; nothing is masqueraded");
+        }
+        for name in names {
+            let index = self.nl.index(&name).await?;
+            let addr = self
+                .nl
+                .addresses(index)
+                .await?
+                .first()
+                .map(|net| net.addr())
+                .with_context(|| format!("uplink {name} has no IPv4 address"))?;
+            self.dp
+                .attach_uplink_persistent(&name, addr, &self.pin_dir, &self.state_dir)?;
+            tracing::info!("uplink {name}: masquerade with {addr}");
+            self.uplinks.push(Uplink { name, index, addr });
+        }
+        Ok(())
+    }
+
+    /// Updates masquerade when an uplink's primary address changed.
+    async fn follow_uplink_addresses(&mut self) -> Result<()> {
+        for i in 0..self.uplinks.len() {
+            let uplink = self.uplinks[i].clone();
+            let Some(addr) = self
+                .nl
+                .addresses(uplink.index)
+                .await?
+                .first()
+                .map(|n| n.addr())
+            else {
+                continue;
+            };
+            if addr != uplink.addr {
+                tracing::info!("uplink {}: address {} -> {addr}", uplink.name, uplink.addr);
+                self.dp.remove_host_addr(uplink.addr)?;
+                self.dp.set_uplink_addr(uplink.index, addr)?;
+                self.uplinks[i].addr = addr;
+            }
+        }
+        Ok(())
+    }
+
+    fn save(&self) -> Result<(), Error> {
+        self.store.save(&self.state).map_err(Error::Internal)
+    }
+}
+
+/// `bridgenet daemon --cleanup`: removes what bridgenet created in this namespace (bridges,
+/// veths, the namespaces it made, pins, state), then exits.
+pub fn cleanup(options: Options) -> Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            if tokio::net::UnixStream::connect(&options.socket)
+                .await
+                .is_ok()
+            {
+                bail!(
+                    "a daemon listens on {}: stop it first",
+                    options.socket.display()
+                );
+            }
+            let store = Store::new(&options.state_dir);
+            let state = store.load()?;
+            let nl = Netlink::new()?;
+            for endpoint in state.endpoints.values() {
+                nl.delete_named(&endpoint.veth).await?;
+                if endpoint.netns_created {
+                    ops::delete_netns(&endpoint.netns);
+                }
+            }
+            for network in state.networks.values() {
+                nl.delete_named(&network.bridge).await?;
+            }
+            // Links left by a create that crashed before the store was written.
+            for link in nl.links().await? {
+                if link.alias.as_deref() == Some(crate::netlink::ALIAS) {
+                    let _ = nl.delete(link.index).await;
+                }
+            }
+            let links = nl.links().await?;
+            let names: Vec<String> = links.into_iter().map(|l| l.name).collect();
+            Datapath::detach_persistent_uplinks(&options.bpffs, &options.state_dir, &names);
+            for name in bridgenet_common::maps::ALL {
+                let _ = std::fs::remove_file(options.bpffs.join(name));
+            }
+            let marker = options.state_dir.join(MOUNTED_MARKER);
+            if marker.exists() {
+                nix::mount::umount(&options.bpffs)
+                    .with_context(|| format!("unmounting {}", options.bpffs.display()))?;
+                let _ = std::fs::remove_dir(&options.bpffs);
+                std::fs::remove_file(marker)?;
+            }
+            store.remove()?;
+            let _ = std::fs::remove_file(&options.socket);
+            println!(
+                "removed {} networks, {} endpoints, pins and state",
+                state.networks.len(),
+                state.endpoints.len()
+            );
+            Ok(())
+        })
+}

@@ -1,0 +1,149 @@
+//! On start, makes the kernel match the store: re-creates missing bridges, veth pairs and map
+//! entries, and removes links and map entries bridgenet made that the store no longer has.
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::Result;
+use bridgenet_common::PublishTarget;
+
+use super::{Daemon, ops::wire_proto};
+use crate::{
+    datapath::{publish_key, wire},
+    netlink::{self, ALIAS},
+};
+
+impl Daemon {
+    pub(super) async fn reconcile(&mut self) -> Result<()> {
+        let networks: Vec<_> = self.state.networks.values().cloned().collect();
+        for network in &networks {
+            match self.nl.link(&network.bridge).await? {
+                None => {
+                    tracing::info!("reconcile: re-creating bridge {}", network.bridge);
+                    self.nl
+                        .create_bridge(
+                            &network.bridge,
+                            network.gateway,
+                            network.subnet.prefix_len(),
+                        )
+                        .await?;
+                }
+                Some(link) => {
+                    let addrs = self.nl.addresses(link.index).await?;
+                    if !addrs.iter().any(|a| a.addr() == network.gateway) {
+                        tracing::info!("reconcile: gateway address back on {}", network.bridge);
+                        self.nl
+                            .add_address(link.index, network.gateway, network.subnet.prefix_len())
+                            .await?;
+                    }
+                    self.nl.set_up(link.index).await?;
+                }
+            }
+            self.dp
+                .add_subnet(network.subnet, network.masquerade && !network.internal)?;
+        }
+        let managed: BTreeSet<_> = networks.iter().map(|n| n.subnet).collect();
+        for (subnet, _) in self.dp.subnets()? {
+            if !managed.contains(&subnet) {
+                tracing::info!("reconcile: forgetting subnet {subnet}");
+                self.dp.remove_subnet(subnet)?;
+            }
+        }
+
+        let endpoints: Vec<_> = self.state.endpoints.values().cloned().collect();
+        for endpoint in &endpoints {
+            let network = self.state.networks[&endpoint.network].clone();
+            let path = endpoint.netns_path();
+            if !path.exists() {
+                if endpoint.netns_created {
+                    tracing::info!("reconcile: re-creating namespace {}", endpoint.netns);
+                    super::ops::create_netns(&endpoint.netns)?;
+                } else {
+                    tracing::warn!(
+                        "endpoint {}: namespace {} is gone; `endpoint rm {}` removes it",
+                        endpoint.name,
+                        endpoint.netns,
+                        endpoint.name
+                    );
+                    continue;
+                }
+            }
+            let host = self.nl.link(&endpoint.veth).await?;
+            let inside = netlink::in_netns(&path, netlink::has_eth0).await?;
+            match host {
+                Some(link) if inside => {
+                    let bridge = self.nl.index(&network.bridge).await?;
+                    if link.controller != Some(bridge) {
+                        tracing::info!("reconcile: {} back on {}", endpoint.veth, network.bridge);
+                        self.nl.set_controller(link.index, bridge).await?;
+                    }
+                }
+                other => {
+                    // Half a pair cannot be repaired: start over.
+                    if let Some(link) = other {
+                        self.nl.delete(link.index).await?;
+                    }
+                    tracing::info!("reconcile: re-creating the veth pair of {}", endpoint.name);
+                    self.endpoint_link(endpoint, &network).await?;
+                }
+            }
+        }
+
+        // Published ports: exactly the store's.
+        let mut wanted = BTreeMap::new();
+        for (endpoint, m) in self.state.mappings() {
+            let key = publish_key(wire_proto(m.proto), m.host_ip, m.host_port);
+            wanted.insert(
+                (key.addr, key.port, key.proto),
+                (m.proto, m.host_ip, m.host_port, endpoint.ip, m.port),
+            );
+        }
+        for (key, target) in self.dp.published()? {
+            let id = (key.addr, key.port, key.proto);
+            let keep = wanted.get(&id).is_some_and(|w| {
+                target
+                    == PublishTarget {
+                        addr: wire(w.3),
+                        port: w.4.to_be(),
+                        _pad: 0,
+                    }
+            });
+            if !keep {
+                let proto = if key.proto == 17 {
+                    crate::datapath::Proto::Udp
+                } else {
+                    crate::datapath::Proto::Tcp
+                };
+                let addr = (key.addr != 0).then(|| crate::datapath::from_wire(key.addr));
+                tracing::info!(
+                    "reconcile: removing stale published port {}",
+                    u16::from_be(key.port)
+                );
+                self.dp.unpublish(proto, addr, u16::from_be(key.port))?;
+            }
+        }
+        for (proto, host_ip, host_port, ip, port) in wanted.into_values() {
+            self.dp
+                .publish(wire_proto(proto), host_ip, host_port, ip, port)?;
+        }
+
+        // Links bridgenet made that the store does not know (a crash in the middle of a create).
+        let known: BTreeSet<String> = self
+            .state
+            .networks
+            .values()
+            .map(|n| n.bridge.clone())
+            .chain(self.state.endpoints.values().map(|e| e.veth.clone()))
+            .collect();
+        for link in self.nl.links().await? {
+            if link.alias.as_deref() == Some(ALIAS) && !known.contains(&link.name) {
+                tracing::info!("reconcile: removing stale link {}", link.name);
+                self.nl.delete(link.index).await?;
+            }
+        }
+        tracing::info!(
+            "reconciled {} networks, {} endpoints",
+            self.state.networks.len(),
+            self.state.endpoints.len()
+        );
+        Ok(())
+    }
+}

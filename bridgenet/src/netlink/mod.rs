@@ -1,0 +1,315 @@
+//! Links, addresses and routes over rtnetlink: bridges, veth pairs into endpoint namespaces,
+//! and what the daemon reads (routes, uplink addresses).
+use std::{fs::File, net::Ipv4Addr, os::fd::AsRawFd as _, path::Path};
+
+use anyhow::{Context as _, Result, anyhow};
+use futures_util::TryStreamExt as _;
+use ipnet::Ipv4Net;
+use nix::sched::{CloneFlags, setns};
+use rtnetlink::{
+    Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    packet_route::{
+        address::AddressAttribute,
+        link::{LinkAttribute, LinkMessage},
+        route::{RouteAddress, RouteAttribute, RouteType},
+    },
+};
+
+/// The alias bridgenet sets on every link it creates, to find stale ones after a crash.
+pub const ALIAS: &str = "bridgenet";
+
+/// The main routing table.
+const RT_TABLE_MAIN: u32 = 254;
+
+/// An rtnetlink connection in the namespace of the thread that opened it.
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+/// A link as bridgenet looks at it.
+#[derive(Clone, Debug)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub alias: Option<String>,
+    pub controller: Option<u32>,
+}
+
+impl Netlink {
+    /// Opens a connection; its task runs on the current tokio runtime.
+    pub fn new() -> Result<Self> {
+        let (connection, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
+        tokio::spawn(connection);
+        Ok(Self { handle })
+    }
+
+    pub async fn links(&self) -> Result<Vec<Link>> {
+        let mut stream = self.handle.link().get().execute();
+        let mut out = Vec::new();
+        while let Some(msg) = stream.try_next().await? {
+            out.push(link_of(msg));
+        }
+        Ok(out)
+    }
+
+    pub async fn link(&self, name: &str) -> Result<Option<Link>> {
+        Ok(self.links().await?.into_iter().find(|l| l.name == name))
+    }
+
+    /// Creates bridge `name` with `gateway/prefix`, up.
+    pub async fn create_bridge(&self, name: &str, gateway: Ipv4Addr, prefix: u8) -> Result<u32> {
+        self.handle
+            .link()
+            .add(LinkBridge::new(name).alias(ALIAS).up().build())
+            .execute()
+            .await
+            .with_context(|| format!("creating bridge {name}"))?;
+        let index = self.index(name).await?;
+        self.add_address(index, gateway, prefix).await?;
+        Ok(index)
+    }
+
+    pub async fn add_address(&self, index: u32, ip: Ipv4Addr, prefix: u8) -> Result<()> {
+        self.handle
+            .address()
+            .add(index, ip.into(), prefix)
+            .execute()
+            .await
+            .with_context(|| format!("adding {ip}/{prefix} to link {index}"))
+    }
+
+    /// The IPv4 addresses of link `index`, primary first.
+    pub async fn addresses(&self, index: u32) -> Result<Vec<Ipv4Net>> {
+        let mut stream = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        let mut out = Vec::new();
+        while let Some(msg) = stream.try_next().await? {
+            for attr in &msg.attributes {
+                if let AddressAttribute::Local(std::net::IpAddr::V4(ip)) = attr {
+                    out.push(Ipv4Net::new(*ip, msg.header.prefix_len)?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn index(&self, name: &str) -> Result<u32> {
+        self.link(name)
+            .await?
+            .map(|l| l.index)
+            .ok_or_else(|| anyhow!("no interface {name}"))
+    }
+
+    pub async fn delete(&self, index: u32) -> Result<()> {
+        self.handle
+            .link()
+            .del(index)
+            .execute()
+            .await
+            .with_context(|| format!("deleting link {index}"))
+    }
+
+    /// Deletes link `name` when it exists.
+    pub async fn delete_named(&self, name: &str) -> Result<()> {
+        if let Some(link) = self.link(name).await? {
+            self.delete(link.index).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn set_up(&self, index: u32) -> Result<()> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .with_context(|| format!("setting link {index} up"))
+    }
+
+    /// Creates veth `host` on bridge `bridge` (up) with peer `peer` moved into `netns`.
+    pub async fn create_veth(
+        &self,
+        host: &str,
+        peer: &str,
+        bridge: u32,
+        netns: &File,
+    ) -> Result<()> {
+        self.handle
+            .link()
+            .add(LinkVeth::new(host, peer).alias(ALIAS).build())
+            .execute()
+            .await
+            .with_context(|| format!("creating veth pair {host}"))?;
+        let host_index = self.index(host).await?;
+        let peer_index = self.index(peer).await?;
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(host_index)
+                    .controller(bridge)
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await
+            .with_context(|| format!("putting {host} on the bridge"))?;
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(peer_index)
+                    .setns_by_fd(netns.as_raw_fd())
+                    .build(),
+            )
+            .execute()
+            .await
+            .with_context(|| format!("moving {peer} into the endpoint namespace"))
+    }
+
+    /// Puts link `index` on bridge `bridge`.
+    pub async fn set_controller(&self, index: u32, bridge: u32) -> Result<()> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).controller(bridge).build())
+            .execute()
+            .await
+            .with_context(|| format!("putting link {index} on bridge {bridge}"))
+    }
+
+    /// Unicast routes of the main table: (destination, output interface).
+    pub async fn routes(&self) -> Result<Vec<(Ipv4Net, Option<u32>)>> {
+        let mut stream = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        let mut out = Vec::new();
+        while let Some(msg) = stream.try_next().await? {
+            let mut table = u32::from(msg.header.table);
+            let mut dst = Ipv4Addr::UNSPECIFIED;
+            let mut oif = None;
+            for attr in &msg.attributes {
+                match attr {
+                    RouteAttribute::Table(t) => table = *t,
+                    RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = *a,
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    _ => {}
+                }
+            }
+            if table == RT_TABLE_MAIN && msg.header.kind == RouteType::Unicast {
+                out.push((
+                    Ipv4Net::new(dst, msg.header.destination_prefix_length)?,
+                    oif,
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Names of the interfaces that hold a default route.
+    pub async fn default_route_links(&self) -> Result<Vec<String>> {
+        let links = self.links().await?;
+        let mut out = Vec::new();
+        for (dst, oif) in self.routes().await? {
+            if dst.prefix_len() == 0
+                && let Some(link) = links.iter().find(|l| Some(l.index) == oif)
+                && !out.contains(&link.name)
+            {
+                out.push(link.name.clone());
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn link_of(msg: LinkMessage) -> Link {
+    let mut link = Link {
+        index: msg.header.index,
+        name: String::new(),
+        alias: None,
+        controller: None,
+    };
+    for attr in msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => link.name = n,
+            LinkAttribute::IfAlias(a) => link.alias = Some(a),
+            LinkAttribute::Controller(c) => link.controller = Some(c),
+            _ => {}
+        }
+    }
+    link
+}
+
+/// How the endpoint's end of the veth pair is set up inside its namespace.
+pub struct EndpointLink {
+    /// The name the peer was created with, renamed to `eth0`.
+    pub peer: String,
+    pub mac: [u8; 6],
+    pub ip: Ipv4Addr,
+    pub prefix: u8,
+    /// None for internal networks: no default route.
+    pub gateway: Option<Ipv4Addr>,
+}
+
+/// Runs `f` with an rtnetlink connection inside the namespace `path`, on a dedicated thread
+/// (setns changes the calling thread only, so the daemon's other threads stay where they are).
+pub async fn in_netns<R, F, Fut>(path: &Path, f: F) -> Result<R>
+where
+    R: Send + 'static,
+    F: FnOnce(Netlink) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<R>>,
+{
+    let file = File::open(path).with_context(|| format!("opening namespace {}", path.display()))?;
+    let thread = std::thread::spawn(move || -> Result<R> {
+        setns(&file, CloneFlags::CLONE_NEWNET).context("entering the endpoint namespace")?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async move { f(Netlink::new()?).await })
+    });
+    tokio::task::spawn_blocking(move || thread.join())
+        .await?
+        .map_err(|_| anyhow!("the namespace thread panicked"))?
+}
+
+/// Inside the endpoint namespace: eth0 with its MAC and address, lo up, the default route.
+pub async fn configure_endpoint(nl: Netlink, link: EndpointLink) -> Result<()> {
+    let index = nl.index(&link.peer).await?;
+    nl.handle
+        .link()
+        .set(
+            LinkUnspec::new_with_index(index)
+                .name("eth0")
+                .address(link.mac.to_vec())
+                .up()
+                .build(),
+        )
+        .execute()
+        .await
+        .context("naming the endpoint's interface eth0 (is there one already?)")?;
+    let lo = nl.index("lo").await?;
+    nl.set_up(lo).await?;
+    nl.add_address(index, link.ip, link.prefix).await?;
+    if let Some(gateway) = link.gateway {
+        nl.handle
+            .route()
+            .add(
+                RouteMessageBuilder::<Ipv4Addr>::new()
+                    .gateway(gateway)
+                    .build(),
+            )
+            .execute()
+            .await
+            .context("adding the default route")?;
+    }
+    Ok(())
+}
+
+/// Inside a namespace: whether `eth0` exists (the endpoint's end of its veth pair).
+pub async fn has_eth0(nl: Netlink) -> Result<bool> {
+    Ok(nl.link("eth0").await?.is_some())
+}

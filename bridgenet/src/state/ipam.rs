@@ -1,0 +1,144 @@
+//! Address management as Docker does it: default pools, gateway, sequential addresses, MACs.
+use std::{collections::BTreeSet, net::Ipv4Addr};
+
+use ipnet::Ipv4Net;
+
+/// Docker's default pools: 172.17.0.0/16 to 172.31.0.0/16, then 192.168.0.0/16 in /20s.
+pub fn default_pools() -> impl Iterator<Item = Ipv4Net> {
+    let sixteens = (17..=31).map(|b| Ipv4Net::new(Ipv4Addr::new(172, b, 0, 0), 16).unwrap());
+    let twenties = (0..16u8).map(|i| Ipv4Net::new(Ipv4Addr::new(192, 168, i * 16, 0), 20).unwrap());
+    sixteens.chain(twenties)
+}
+
+/// Whether two subnets share an address.
+pub fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// The first default pool that overlaps none of `taken` (other networks and routes).
+pub fn free_subnet(taken: &[Ipv4Net]) -> Option<Ipv4Net> {
+    default_pools().find(|pool| !taken.iter().any(|t| overlaps(pool, t)))
+}
+
+/// The default gateway: the subnet's first host.
+pub fn default_gateway(subnet: &Ipv4Net) -> Option<Ipv4Addr> {
+    let first = u32::from(subnet.network()) + 1;
+    (first < u32::from(subnet.broadcast())).then(|| Ipv4Addr::from(first))
+}
+
+/// Whether `ip` can be given to a host of `subnet` (not its network or broadcast address).
+pub fn is_host(subnet: &Ipv4Net, ip: Ipv4Addr) -> bool {
+    subnet.contains(&ip) && ip != subnet.network() && ip != subnet.broadcast()
+}
+
+/// The next free address, sequential from the subnet's second host; `taken` holds the
+/// gateway and every endpoint's address.
+pub fn next_address(subnet: &Ipv4Net, taken: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+    let start = u32::from(subnet.network()) + 2;
+    let end = u32::from(subnet.broadcast());
+    (start..end)
+        .map(Ipv4Addr::from)
+        .find(|ip| !taken.contains(ip))
+}
+
+/// Checks an address asked for with `--ip`.
+pub fn check_address(
+    subnet: &Ipv4Net,
+    ip: Ipv4Addr,
+    taken: &BTreeSet<Ipv4Addr>,
+) -> Result<(), String> {
+    if !is_host(subnet, ip) {
+        return Err(format!("address {ip} is not a host address of {subnet}"));
+    }
+    if taken.contains(&ip) {
+        return Err(format!("address {ip} is already in use in {subnet}"));
+    }
+    Ok(())
+}
+
+/// Docker's MAC for an address: 02:42 followed by the address's four bytes.
+pub fn mac(ip: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = ip.octets();
+    [0x02, 0x42, a, b, c, d]
+}
+
+pub fn mac_string(mac: &[u8; 6]) -> String {
+    mac.map(|b| format!("{b:02x}")).join(":")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn pools_skip_taken_subnets() {
+        assert_eq!(free_subnet(&[]), Some(net("172.17.0.0/16")));
+        assert_eq!(
+            free_subnet(&[net("172.17.0.0/16"), net("172.18.5.0/24")]),
+            Some(net("172.19.0.0/16"))
+        );
+        let all16: Vec<_> = (17..=31)
+            .map(|b| Ipv4Net::new(Ipv4Addr::new(172, b, 0, 0), 16).unwrap())
+            .collect();
+        assert_eq!(free_subnet(&all16), Some(net("192.168.0.0/20")));
+        let mut taken = all16.clone();
+        taken.push(net("192.168.0.0/24"));
+        assert_eq!(free_subnet(&taken), Some(net("192.168.16.0/20")));
+        // A route covering everything (but not the default route) exhausts the pools.
+        assert_eq!(free_subnet(&[net("128.0.0.0/1")]), None);
+    }
+
+    #[test]
+    fn gateway_and_sequential_addresses() {
+        let s = net("172.17.0.0/16");
+        let gw = default_gateway(&s).unwrap();
+        assert_eq!(gw, Ipv4Addr::new(172, 17, 0, 1));
+        let mut taken = BTreeSet::from([gw]);
+        let a = next_address(&s, &taken).unwrap();
+        assert_eq!(a, Ipv4Addr::new(172, 17, 0, 2));
+        taken.insert(a);
+        assert_eq!(next_address(&s, &taken), Some(Ipv4Addr::new(172, 17, 0, 3)));
+    }
+
+    #[test]
+    fn small_subnets_exhaust() {
+        let s = net("10.0.0.0/30");
+        let gw = default_gateway(&s).unwrap();
+        let mut taken = BTreeSet::from([gw]);
+        let a = next_address(&s, &taken).unwrap();
+        assert_eq!(a, Ipv4Addr::new(10, 0, 0, 2));
+        taken.insert(a);
+        assert_eq!(next_address(&s, &taken), None);
+        assert_eq!(default_gateway(&net("10.0.0.0/31")), None);
+    }
+
+    #[test]
+    fn requested_addresses_are_checked() {
+        let s = net("10.1.0.0/24");
+        let taken = BTreeSet::from([Ipv4Addr::new(10, 1, 0, 1)]);
+        assert!(check_address(&s, Ipv4Addr::new(10, 1, 0, 9), &taken).is_ok());
+        assert!(check_address(&s, Ipv4Addr::new(10, 1, 0, 1), &taken).is_err());
+        assert!(check_address(&s, Ipv4Addr::new(10, 1, 0, 0), &taken).is_err());
+        assert!(check_address(&s, Ipv4Addr::new(10, 1, 0, 255), &taken).is_err());
+        assert!(check_address(&s, Ipv4Addr::new(10, 2, 0, 9), &taken).is_err());
+    }
+
+    #[test]
+    fn docker_mac() {
+        assert_eq!(
+            mac_string(&mac(Ipv4Addr::new(172, 17, 0, 2))),
+            "02:42:ac:11:00:02"
+        );
+    }
+
+    #[test]
+    fn overlap() {
+        assert!(overlaps(&net("10.0.0.0/8"), &net("10.1.0.0/16")));
+        assert!(overlaps(&net("10.1.0.0/16"), &net("10.0.0.0/8")));
+        assert!(!overlaps(&net("10.0.0.0/16"), &net("10.1.0.0/16")));
+    }
+}

@@ -1,0 +1,332 @@
+//! A lab for the control plane: a world namespace (198.18.0.1) wired to a host namespace
+//! (uplink0 198.18.0.2, default route to the world) where the `bridgenet` daemon runs with
+//! its socket, state dir and bpf filesystem in a private temporary directory. The CLI drives
+//! it. Dropping the lab kills the daemon (by its pid), runs `daemon --cleanup`, deletes every
+//! namespace it handed out and unmounts the bpf filesystem.
+use std::{
+    fs::File,
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicUsize, Ordering},
+    time::{Duration, Instant},
+};
+
+use crate::Topology;
+
+static NEXT_NS: AtomicUsize = AtomicUsize::new(0);
+
+pub struct ControlLab {
+    pub topo: Topology,
+    pub dir: tempfile::TempDir,
+    daemon: Option<Child>,
+    /// Endpoint namespace names handed out, deleted on drop if still there.
+    netns_names: Vec<String>,
+}
+
+/// The bridgenet binary next to the test binary (target/debug/bridgenet).
+pub fn binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary in target/debug/deps");
+    let bin = dir.join("bridgenet");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p bridgenet` (cargo xtask test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// How the daemon is stopped.
+#[derive(Clone, Copy, Debug)]
+pub enum Stop {
+    Term,
+    Kill,
+}
+
+impl ControlLab {
+    /// Builds the lab and starts the daemon.
+    pub fn up() -> Self {
+        let mut topo = Topology::new();
+        topo.netns("world")
+            .netns("host")
+            .veth(("world", "eth0"), ("host", "uplink0"))
+            .addr("world", "eth0", "198.18.0.1/24")
+            .addr("host", "uplink0", "198.18.0.2/24")
+            .route("host", "default", "198.18.0.1");
+        let dir = tempfile::Builder::new()
+            .prefix("bnt-control-")
+            .tempdir()
+            .expect("temporary directory");
+        let mut lab = Self {
+            topo,
+            dir,
+            daemon: None,
+            netns_names: Vec::new(),
+        };
+        lab.start();
+        lab
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("bridgenet.sock")
+    }
+
+    pub fn bpffs(&self) -> PathBuf {
+        self.dir.path().join("bpffs")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn daemon_args(&self) -> Vec<String> {
+        vec![
+            "--socket".into(),
+            self.socket().display().to_string(),
+            "daemon".into(),
+            "--state-dir".into(),
+            self.state_dir().display().to_string(),
+            "--bpffs".into(),
+            self.bpffs().display().to_string(),
+        ]
+    }
+
+    /// A command that runs in the host namespace only (not `ip netns exec`, whose private
+    /// mount namespace would take the bpf filesystem and the daemon's namespaces with it).
+    fn in_host(&self, program: &Path) -> Command {
+        let netns = File::open(format!("/run/netns/{}", self.topo.ns("host").name()))
+            .expect("host namespace");
+        let mut cmd = Command::new(program);
+        // SAFETY: setns is async-signal-safe; the file stays open until spawn returns.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
+
+    /// Starts the daemon and waits until it answers.
+    pub fn start(&mut self) {
+        assert!(self.daemon.is_none(), "the daemon already runs");
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("daemon.log"))
+            .unwrap();
+        let child = self
+            .in_host(&binary())
+            .args(self.daemon_args())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting the daemon");
+        self.daemon = Some(child);
+        // Loading and verifying the programs takes seconds under QEMU's software emulation.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if self.cli(&["network", "ls"]).status.success() {
+                return;
+            }
+            if let Some(status) = self.daemon.as_mut().unwrap().try_wait().unwrap() {
+                self.daemon = None;
+                panic!("the daemon exited ({status}):\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not answer:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the daemon we started, by its pid.
+    pub fn stop(&mut self, how: Stop) {
+        let mut child = self.daemon.take().expect("the daemon runs");
+        let signal = match how {
+            Stop::Term => libc::SIGTERM,
+            Stop::Kill => libc::SIGKILL,
+        };
+        // SAFETY: a signal to the child this lab started.
+        unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        let status = child.wait().expect("waiting for the daemon");
+        if let Stop::Term = how {
+            assert!(
+                status.success(),
+                "the daemon exited with {status}:\n{}",
+                self.log()
+            );
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Runs `bridgenet --socket SOCK ARGS` (in the test's namespace: only the socket matters).
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(binary())
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .output()
+            .expect("running bridgenet")
+    }
+
+    /// Runs the CLI, panicking unless it succeeds; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "bridgenet {} failed: {}\ndaemon log:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs the CLI, panicking unless it fails with exactly one line on stderr; returns it.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            !out.status.success(),
+            "bridgenet {} succeeded: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "bridgenet {}: not one line on stderr: {stderr:?}",
+            args.join(" ")
+        );
+        stderr.trim_end().to_owned()
+    }
+
+    /// The CLI's JSON output of a listing.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        serde_json::from_str(&self.ok(&all)).expect("JSON")
+    }
+
+    /// A unique name for an endpoint namespace (the harness prefix, so leftovers of killed
+    /// runs are removed by the next run), deleted on drop if it still exists.
+    pub fn netns_name(&mut self, tag: &str) -> String {
+        let name = format!(
+            "bnt-{}-c{}-{tag}",
+            std::process::id(),
+            NEXT_NS.fetch_add(1, Ordering::Relaxed)
+        );
+        self.netns_names.push(name.clone());
+        name
+    }
+
+    /// Runs a program in a named namespace and returns its output.
+    pub fn exec_in(&self, netns: &str, program: &str, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", netns, program])
+            .args(args)
+            .output()
+            .expect("ip netns exec")
+    }
+
+    /// Everything that must not change when a command is refused: the daemon's view (networks,
+    /// endpoints, ports), the host namespace's links, addresses and routes, the lab's
+    /// namespaces, and the published ports and subnets in the pinned maps.
+    pub fn snapshot(&self) -> String {
+        let host = self.topo.ns("host");
+        let mut netns: Vec<String> = std::fs::read_dir("/run/netns")
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| self.netns_names.contains(n))
+                    .collect()
+            })
+            .unwrap_or_default();
+        netns.sort();
+        let dump = |map: &str| {
+            let out = Command::new("bpftool")
+                .args(["-j", "map", "dump", "pinned"])
+                .arg(self.bpffs().join(map))
+                .output()
+                .expect("bpftool");
+            assert!(out.status.success(), "bpftool map dump {map}");
+            let mut entries: Vec<serde_json::Value> =
+                serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+            entries.sort_by_key(|e| e.to_string());
+            serde_json::Value::Array(entries).to_string()
+        };
+        [
+            self.ok(&["network", "ls", "--json"]),
+            self.ok(&["endpoint", "ls", "--json"]),
+            self.ok(&["port", "ls", "--json"]),
+            host.ip(&["-o", "link"])
+                .lines()
+                .map(strip_stats)
+                .collect::<Vec<_>>()
+                .join("\n"),
+            host.ip(&["-o", "addr"]),
+            // `linkdown` comes and goes with the carrier of a bridge's ports.
+            host.ip(&["route"]).replace(" linkdown", ""),
+            netns.join(" "),
+            dump("PUBLISH"),
+            dump("SUBNETS"),
+        ]
+        .join("\n---\n")
+    }
+}
+
+/// A line of `ip -o link` as index, name and bridge: flags such as LOWER_UP change by
+/// themselves (a bridge loses its carrier when its last port goes).
+fn strip_stats(line: &str) -> String {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let master = words
+        .iter()
+        .position(|w| *w == "master")
+        .and_then(|i| words.get(i + 1))
+        .unwrap_or(&"-");
+    format!(
+        "{} {} master {master}",
+        words[0],
+        words.get(1).unwrap_or(&"")
+    )
+}
+
+impl Drop for ControlLab {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            // SAFETY: a signal to the child this lab started.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
+            let _ = child.wait();
+        }
+        let mut args = self.daemon_args();
+        args.push("--cleanup".into());
+        match self.in_host(&binary()).args(&args).output() {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => eprintln!(
+                "warning: bridgenet daemon --cleanup: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            Err(err) => eprintln!("warning: bridgenet daemon --cleanup: {err}"),
+        }
+        for name in &self.netns_names {
+            if Path::new("/run/netns").join(name).exists() {
+                let _ = Command::new("ip").args(["netns", "del", name]).status();
+            }
+        }
+        // --cleanup unmounts it; a failed cleanup must not leave a mount behind.
+        let _ = nix::mount::umount2(&self.bpffs(), nix::mount::MntFlags::MNT_DETACH);
+    }
+}

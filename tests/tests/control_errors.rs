@@ -1,0 +1,317 @@
+//! Every refused command: one line on stderr, a non-zero exit, and nothing changed (the
+//! daemon's view, the host namespace's links, addresses and routes, the namespaces, and the
+//! pinned maps are the same before and after).
+use bridgenet_tests::control::ControlLab;
+
+/// Runs a refused command and checks that nothing changed; returns its message.
+fn refused(lab: &ControlLab, args: &[&str], expect: &str) {
+    let before = lab.snapshot();
+    let err = lab.fails(args);
+    assert!(
+        err.contains(expect),
+        "bridgenet {}: expected {expect:?} in {err:?}",
+        args.join(" ")
+    );
+    assert_eq!(
+        before,
+        lab.snapshot(),
+        "bridgenet {} changed something",
+        args.join(" ")
+    );
+}
+
+#[test]
+fn bad_input_changes_nothing() {
+    let mut lab = ControlLab::up();
+    lab.ok(&["network", "create", "small", "--subnet", "10.30.0.0/30"]);
+    let ns1 = lab.netns_name("one");
+    lab.ok(&[
+        "endpoint",
+        "create",
+        "one",
+        "--network",
+        "small",
+        "--netns",
+        &ns1,
+        "-p",
+        "8080:80",
+        "-p",
+        "10.0.0.1:9090:90/udp",
+    ]);
+    let spare = lab.netns_name("spare");
+
+    // Invalid CIDR, address, port, SPEC.
+    refused(
+        &lab,
+        &["network", "create", "n", "--subnet", "10.0.0.0/33"],
+        "invalid subnet",
+    );
+    refused(
+        &lab,
+        &["network", "create", "n", "--subnet", "banana"],
+        "invalid subnet",
+    );
+    refused(
+        &lab,
+        &[
+            "network",
+            "create",
+            "n",
+            "--subnet",
+            "10.40.0.0/24",
+            "--gateway",
+            "10.41.0.1",
+        ],
+        "not a host address",
+    );
+    refused(
+        &lab,
+        &[
+            "network",
+            "create",
+            "n",
+            "--subnet",
+            "10.40.0.0/24",
+            "--gateway",
+            "x",
+        ],
+        "invalid gateway",
+    );
+    refused(
+        &lab,
+        &["port", "publish", "one", "70000:80"],
+        "invalid port spec",
+    );
+    refused(
+        &lab,
+        &["port", "publish", "one", "1-2:3-5"],
+        "invalid port spec",
+    );
+    refused(
+        &lab,
+        &["port", "publish", "one", "8081:80/sctp"],
+        "invalid port spec",
+    );
+    refused(
+        &lab,
+        &[
+            "endpoint",
+            "create",
+            "e",
+            "--network",
+            "bridge",
+            "--netns",
+            &spare,
+            "--ip",
+            "300.1.1.1",
+        ],
+        "invalid address",
+    );
+    // Subnets that overlap a network or a route of the namespace.
+    refused(
+        &lab,
+        &["network", "create", "n", "--subnet", "10.30.0.0/16"],
+        "overlaps network small",
+    );
+    refused(
+        &lab,
+        &["network", "create", "n", "--subnet", "172.17.5.0/24"],
+        "overlaps network bridge",
+    );
+    refused(
+        &lab,
+        &["network", "create", "n", "--subnet", "198.18.0.0/16"],
+        "overlaps a route",
+    );
+    // Names and bridges already taken.
+    refused(&lab, &["network", "create", "small"], "already exists");
+    refused(
+        &lab,
+        &["network", "create", "n", "--bridge", "uplink0"],
+        "already exists",
+    );
+    // A port already published on the same address and protocol (also inside one command).
+    refused(
+        &lab,
+        &["port", "publish", "one", "8080:81"],
+        "already published",
+    );
+    refused(
+        &lab,
+        &["port", "publish", "one", "10.0.0.1:9090:91/udp"],
+        "already published",
+    );
+    refused(
+        &lab,
+        &["port", "publish", "one", "9090:92/udp"],
+        "already published",
+    );
+    refused(
+        &lab,
+        &["port", "publish", "one", "7000:1", "7000:2"],
+        "given twice",
+    );
+    // Unknown network or endpoint, and unpublishing what is not published.
+    refused(&lab, &["network", "inspect", "nope"], "no network nope");
+    refused(&lab, &["network", "rm", "nope"], "no network nope");
+    refused(
+        &lab,
+        &[
+            "endpoint",
+            "create",
+            "e",
+            "--network",
+            "nope",
+            "--netns",
+            &spare,
+        ],
+        "no network nope",
+    );
+    refused(&lab, &["endpoint", "rm", "nope"], "no endpoint nope");
+    refused(&lab, &["port", "publish", "nope", "80"], "no endpoint nope");
+    refused(&lab, &["port", "ls", "nope"], "no endpoint nope");
+    refused(
+        &lab,
+        &["port", "unpublish", "one", "8080:99"],
+        "no published port",
+    );
+    refused(
+        &lab,
+        &[
+            "endpoint",
+            "create",
+            "one",
+            "--network",
+            "small",
+            "--netns",
+            &spare,
+        ],
+        "already exists",
+    );
+    // Addresses outside the subnet or taken, and exhausted IPAM (a /30 has one endpoint).
+    refused(
+        &lab,
+        &[
+            "endpoint",
+            "create",
+            "e",
+            "--network",
+            "small",
+            "--netns",
+            &spare,
+            "--ip",
+            "10.31.0.2",
+        ],
+        "not a host address",
+    );
+    refused(
+        &lab,
+        &[
+            "endpoint",
+            "create",
+            "e",
+            "--network",
+            "small",
+            "--netns",
+            &spare,
+            "--ip",
+            "10.30.0.1",
+        ],
+        "already in use",
+    );
+    refused(
+        &lab,
+        &[
+            "endpoint",
+            "create",
+            "e",
+            "--network",
+            "small",
+            "--netns",
+            &spare,
+        ],
+        "no free address",
+    );
+    // A missing namespace (a path bridgenet must not create), or one that holds an endpoint.
+    refused(
+        &lab,
+        &[
+            "endpoint",
+            "create",
+            "e",
+            "--network",
+            "bridge",
+            "--netns",
+            "/proc/999999999/ns/net",
+        ],
+        "does not exist",
+    );
+    refused(
+        &lab,
+        &[
+            "endpoint",
+            "create",
+            "e",
+            "--network",
+            "bridge",
+            "--netns",
+            &ns1,
+        ],
+        "already holds endpoint one",
+    );
+    // A create that fails halfway (the endpoint's namespace already has an eth0) leaves
+    // nothing behind: no veth, no map entry, and the namespace is not removed.
+    let busy = lab.netns_name("busy");
+    for args in [
+        vec!["netns", "add", &busy],
+        vec![
+            "-n", &busy, "link", "add", "eth0", "type", "veth", "peer", "name", "other",
+        ],
+    ] {
+        let status = std::process::Command::new("ip")
+            .args(&args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "ip {args:?}");
+    }
+    refused(
+        &lab,
+        &[
+            "endpoint",
+            "create",
+            "e",
+            "--network",
+            "bridge",
+            "--netns",
+            &busy,
+            "-p",
+            "6000:60",
+        ],
+        "eth0",
+    );
+    // Removing a network that still has endpoints.
+    refused(
+        &lab,
+        &["network", "rm", "small"],
+        "still has endpoints: one",
+    );
+
+    // After all that, the lab still works as before.
+    assert_eq!(
+        lab.ok(&["port", "ls", "one"]),
+        "80/tcp -> 0.0.0.0:8080\n90/udp -> 10.0.0.1:9090\n"
+    );
+}
+
+#[test]
+fn exhausted_default_pools_are_refused() {
+    let lab = ControlLab::up();
+    // A route covering every default pool: no subnet is left for a network without --subnet.
+    lab.topo
+        .ns("host")
+        .ip(&["route", "add", "172.16.0.0/12", "via", "198.18.0.1"]);
+    lab.topo
+        .ns("host")
+        .ip(&["route", "add", "192.168.0.0/16", "via", "198.18.0.1"]);
+    refused(&lab, &["network", "create", "n"], "no free subnet");
+}

@@ -1,0 +1,306 @@
+//! The control plane end to end with real traffic: the daemon in a host namespace, endpoints
+//! made by the CLI, a world namespace at 198.18.0.1 that has no route to the endpoints.
+use std::{
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    path::Path,
+    time::Duration,
+};
+
+use bridgenet_tests::{Netns, control::ControlLab};
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+fn enter<R: Send>(netns: &str, f: impl FnOnce() -> R + Send) -> R {
+    let path = format!("/run/netns/{netns}");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = std::fs::File::open(&path).unwrap();
+            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            f()
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+/// An echo server for one connection in `netns`; returns the peer address it saw.
+fn echo_once(netns: &str, bind: &str) -> std::thread::JoinHandle<SocketAddr> {
+    let listener = enter(netns, || TcpListener::bind(bind).expect("bind"));
+    std::thread::spawn(move || {
+        let (mut stream, peer) = listener.accept().expect("accept");
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut buf).expect("read");
+            if n == 0 {
+                break;
+            }
+            stream.write_all(&buf[..n]).expect("write");
+        }
+        peer
+    })
+}
+
+fn roundtrip(netns: &str, to: &str) {
+    let to: SocketAddr = to.parse().unwrap();
+    let mut stream = enter(netns, || {
+        TcpStream::connect_timeout(&to, TIMEOUT).expect("connect")
+    });
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream.write_all(b"hello bridgenet").unwrap();
+    let mut back = [0u8; 15];
+    stream.read_exact(&mut back).expect("echo");
+    assert_eq!(&back, b"hello bridgenet");
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+}
+
+fn refused(netns: &str, to: &str) -> bool {
+    let to: SocketAddr = to.parse().unwrap();
+    enter(netns, || {
+        TcpStream::connect_timeout(&to, Duration::from_secs(1)).is_err()
+    })
+}
+
+#[test]
+fn published_port_and_masquerade_through_the_daemon() {
+    let mut lab = ControlLab::up();
+    let ns = lab.netns_name("ep1");
+    let out = lab.ok(&[
+        "endpoint",
+        "create",
+        "ep1",
+        "--network",
+        "bridge",
+        "--netns",
+        &ns,
+        "-p",
+        "8080:80",
+    ]);
+    assert_eq!(out.trim(), "ep1 172.17.0.2");
+    assert_eq!(lab.ok(&["port", "ls", "ep1"]), "80/tcp -> 0.0.0.0:8080\n");
+
+    // World -> published port -> endpoint, which sees the real client.
+    let server = echo_once(&ns, "0.0.0.0:80");
+    roundtrip(lab.topo.ns("world").name(), "198.18.0.2:8080");
+    assert_eq!(server.join().unwrap().ip(), Ipv4Addr::new(198, 18, 0, 1));
+
+    // Endpoint -> world, masqueraded behind the uplink's address.
+    let server = echo_once(lab.topo.ns("world").name(), "198.18.0.1:7000");
+    roundtrip(&ns, "198.18.0.1:7000");
+    assert_eq!(server.join().unwrap().ip(), Ipv4Addr::new(198, 18, 0, 2));
+
+    let ct = lab.ok(&["ct", "ls"]);
+    assert!(
+        ct.contains("src=198.18.0.1 dst=198.18.0.2") && ct.contains("dport=8080"),
+        "ct ls: {ct}"
+    );
+    assert!(ct.contains("src=172.17.0.2 dst=198.18.0.1"), "ct ls: {ct}");
+    let stats = lab.json(&["stats"]);
+    let count = |program: &str, outcome: &str| {
+        stats
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["program"] == program && s["outcome"] == outcome)
+            .map_or(0, |s| s["count"].as_u64().unwrap())
+    };
+    assert!(count("uplink_ingress", "dnat") > 0, "stats: {stats}");
+    assert!(count("uplink_egress", "snat") > 0, "stats: {stats}");
+
+    // Flushing the endpoint's flows empties the table of them.
+    let flushed = lab.ok(&["ct", "flush", "--endpoint", "ep1"]);
+    assert!(
+        flushed.ends_with("flows removed\n") && !flushed.starts_with("0 "),
+        "{flushed}"
+    );
+    let ct = lab.ok(&["ct", "ls"]);
+    assert!(!ct.contains("172.17.0.2"), "ct ls after flush: {ct}");
+
+    // Unpublished, the port no longer answers.
+    assert_eq!(
+        lab.ok(&["port", "unpublish", "ep1", "8080:80"]),
+        "80/tcp -> 0.0.0.0:8080\n"
+    );
+    assert_eq!(lab.ok(&["port", "ls", "ep1"]), "");
+    let _listener = enter(&ns, || TcpListener::bind("0.0.0.0:80").unwrap());
+    assert!(refused(lab.topo.ns("world").name(), "198.18.0.2:8080"));
+
+    // Published again at run time, with a UDP one and a range.
+    let out = lab.ok(&[
+        "port",
+        "publish",
+        "ep1",
+        "8081:80",
+        "5353:53/udp",
+        "9000-9001:90-91",
+    ]);
+    assert_eq!(
+        out,
+        "80/tcp -> 0.0.0.0:8081\n53/udp -> 0.0.0.0:5353\n90/tcp -> 0.0.0.0:9000\n91/tcp -> 0.0.0.0:9001\n"
+    );
+    drop(_listener);
+    let server = echo_once(&ns, "0.0.0.0:80");
+    roundtrip(lab.topo.ns("world").name(), "198.18.0.2:8081");
+    server.join().unwrap();
+
+    // Removing the endpoint removes its namespace (bridgenet made it) and its veth.
+    lab.ok(&["endpoint", "rm", "ep1"]);
+    assert!(!Path::new("/run/netns").join(&ns).exists());
+    let links = lab.topo.ns("host").ip(&["-o", "link"]);
+    assert!(!links.contains("ve-ep1"), "{links}");
+    assert_eq!(lab.ok(&["port", "ls"]), "");
+}
+
+#[test]
+fn networks_endpoints_and_addresses_follow_docker() {
+    let mut lab = ControlLab::up();
+    // The default network takes the first pool; the next network the second.
+    let nets = lab.json(&["network", "ls"]);
+    assert_eq!(nets[0]["name"], "bridge");
+    assert_eq!(nets[0]["subnet"], "172.17.0.0/16");
+    lab.ok(&["network", "create", "web"]);
+    let web: serde_json::Value =
+        serde_json::from_str(&lab.ok(&["network", "inspect", "web"])).unwrap();
+    assert_eq!(web["subnet"], "172.18.0.0/16");
+    assert_eq!(web["gateway"], "172.18.0.1");
+    assert_eq!(web["bridge"], "bn-web");
+    let addr = lab
+        .topo
+        .ns("host")
+        .ip(&["-o", "addr", "show", "dev", "bn-web"]);
+    assert!(addr.contains("172.18.0.1/16"), "{addr}");
+
+    lab.ok(&[
+        "network",
+        "create",
+        "back",
+        "--subnet",
+        "10.20.0.0/24",
+        "--gateway",
+        "10.20.0.254",
+        "--bridge",
+        "br-back",
+        "--icc=false",
+        "--masquerade=false",
+    ]);
+    let back: serde_json::Value =
+        serde_json::from_str(&lab.ok(&["network", "inspect", "back"])).unwrap();
+    assert_eq!(back["icc"], false);
+    assert_eq!(back["masquerade"], false);
+    assert_eq!(back["gateway"], "10.20.0.254");
+
+    // Sequential addresses from .2, Docker's MAC, eth0, lo up, default route via the gateway.
+    let a = lab.netns_name("a");
+    let b = lab.netns_name("b");
+    assert_eq!(
+        lab.ok(&["endpoint", "create", "a", "--network", "web", "--netns", &a])
+            .trim(),
+        "a 172.18.0.2"
+    );
+    assert_eq!(
+        lab.ok(&["endpoint", "create", "b", "--network", "web", "--netns", &b])
+            .trim(),
+        "b 172.18.0.3"
+    );
+    let ep: serde_json::Value =
+        serde_json::from_str(&lab.ok(&["endpoint", "inspect", "b"])).unwrap();
+    assert_eq!(ep["mac"], "02:42:ac:12:00:03");
+    let link = String::from_utf8(
+        lab.exec_in(&b, "ip", &["-o", "link", "show", "eth0"])
+            .stdout,
+    )
+    .unwrap();
+    assert!(link.contains("02:42:ac:12:00:03"), "{link}");
+    let route = String::from_utf8(lab.exec_in(&b, "ip", &["route"]).stdout).unwrap();
+    assert!(route.contains("default via 172.18.0.1 dev eth0"), "{route}");
+    let lo =
+        String::from_utf8(lab.exec_in(&b, "ip", &["-o", "link", "show", "lo"]).stdout).unwrap();
+    assert!(lo.contains("UP"), "{lo}");
+    // Endpoints of one network reach each other over the bridge.
+    let ping = lab.exec_in(&a, "ping", &["-c", "1", "-W", "2", "172.18.0.3"]);
+    assert!(ping.status.success(), "a cannot ping b");
+
+    // --ip, and a namespace given as a path, which bridgenet does not remove.
+    let outside = Netns::new("path");
+    let path = format!("/run/netns/{}", outside.name());
+    lab.ok(&[
+        "endpoint",
+        "create",
+        "c",
+        "--network",
+        "back",
+        "--netns",
+        &path,
+        "--ip",
+        "10.20.0.7",
+    ]);
+    let ls = lab.ok(&["endpoint", "ls"]);
+    assert!(ls.contains("10.20.0.7"), "{ls}");
+    lab.ok(&["endpoint", "rm", "c"]);
+    assert!(
+        Path::new(&path).exists(),
+        "a namespace bridgenet did not make was removed"
+    );
+
+    // An internal network: no default route in its endpoints.
+    lab.ok(&["network", "create", "inside", "--internal"]);
+    let i = lab.netns_name("i");
+    lab.ok(&[
+        "endpoint",
+        "create",
+        "i",
+        "--network",
+        "inside",
+        "--netns",
+        &i,
+    ]);
+    let route = String::from_utf8(lab.exec_in(&i, "ip", &["route"]).stdout).unwrap();
+    assert!(!route.contains("default"), "{route}");
+    lab.ok(&["endpoint", "rm", "i"]);
+    lab.ok(&["network", "rm", "inside"]);
+
+    // -P publishes every --expose'd port on a host port of the ephemeral range.
+    let p = lab.netns_name("p");
+    lab.ok(&[
+        "endpoint",
+        "create",
+        "p",
+        "--network",
+        "web",
+        "--netns",
+        &p,
+        "--expose",
+        "80",
+        "--expose",
+        "53/udp",
+        "-P",
+    ]);
+    let ports = lab.json(&["port", "ls"]);
+    let ports = ports.as_array().unwrap();
+    assert_eq!(ports.len(), 2, "{ports:?}");
+    for port in ports {
+        let host_port = port["host_port"].as_u64().unwrap();
+        assert!((32768..=60999).contains(&host_port), "{port}");
+    }
+    let server = echo_once(&p, "0.0.0.0:80");
+    let tcp = ports.iter().find(|p| p["proto"] == "tcp").unwrap();
+    roundtrip(
+        lab.topo.ns("world").name(),
+        &format!("198.18.0.2:{}", tcp["host_port"]),
+    );
+    server.join().unwrap();
+
+    for ep in ["a", "b", "p"] {
+        lab.ok(&["endpoint", "rm", ep]);
+    }
+    for net in ["web", "back"] {
+        lab.ok(&["network", "rm", net]);
+    }
+    let links = lab.topo.ns("host").ip(&["-o", "link"]);
+    assert!(
+        !links.contains("bn-web") && !links.contains("br-back"),
+        "{links}"
+    );
+    assert_eq!(lab.json(&["endpoint", "ls"]), serde_json::json!([]));
+}
