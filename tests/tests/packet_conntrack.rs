@@ -119,7 +119,7 @@ fn gc_removes_an_entry_whose_other_direction_is_gone() {
         .into_iter()
         .find(|(_, e)| e.direction == 1)
         .unwrap();
-    dp.remove_conntrack_entry(&reply_key).unwrap();
+    dp.conntrack_remove(&reply_key).unwrap();
     let report = dp.gc_at(monotonic_ns()).unwrap();
     assert_eq!((report.orphans_removed, report.entries_left), (1, 0));
 }

@@ -1,31 +1,19 @@
 //! Conntrack as users see it (`ct ls`, `ct flush`), its garbage collection, and `stats`.
-//! The programs record the TCP flags each direction has seen; the state and its timeout are
-//! derived here, with Calico's timeouts.
-use std::{collections::HashMap, net::Ipv4Addr};
+//! Flow states, timeouts and expiry are the datapath's (`datapath::conntrack`); this layer
+//! turns them into the API's shapes.
+use std::net::Ipv4Addr;
 
 use anyhow::Result;
-use bridgenet_common::{CtEntry, CtKey, direction, tcp_seen};
+use bridgenet_common::{CtEntry, CtKey};
 
 use super::{Daemon, Error};
 use crate::{
     api::{Flow, Stat, Tuple},
-    datapath::from_wire,
+    datapath::{
+        conntrack::{Flow as Tracked, monotonic_ns},
+        from_wire,
+    },
 };
-
-/// A flow's state, from the flags both directions have seen.
-fn state(proto: u8, original: &CtEntry, reply: Option<&CtEntry>) -> (&'static str, u64) {
-    let seen = original.tcp_seen | reply.map_or(0, |r| r.tcp_seen);
-    let replied = reply.is_some_and(|r| r.packets > 0);
-    match proto {
-        6 if seen & tcp_seen::RST != 0 => ("CLOSE", 10),
-        6 if seen & tcp_seen::FIN != 0 => ("TIME_WAIT", 30),
-        6 if replied && seen & tcp_seen::ACK != 0 => ("ESTABLISHED", 3600),
-        6 => ("SYN_SENT", 20),
-        17 if replied => ("ASSURED", 60),
-        17 => ("UNREPLIED", 60),
-        _ => ("", 5),
-    }
-}
 
 fn proto_name(proto: u8) -> String {
     match proto {
@@ -47,51 +35,10 @@ fn tuple(key: &CtKey, entry: &CtEntry) -> Tuple {
     }
 }
 
-/// Nanoseconds on the clock bpf_ktime_get_ns reads.
-fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-struct Tracked {
-    key: CtKey,
-    entry: CtEntry,
-    reply: Option<(CtKey, CtEntry)>,
-    /// Seconds left before expiry.
-    left: u64,
-    state: &'static str,
-}
-
 impl Daemon {
-    /// Every flow, from its original direction's entry and its peer.
+    /// Every flow with both its directions, as the datapath tracks it now.
     fn tracked(&self) -> Result<Vec<Tracked>> {
-        let entries: HashMap<CtKey, CtEntry> = self.dp.conntrack()?.into_iter().collect();
-        let now = now_ns();
-        let mut out = Vec::new();
-        for (key, entry) in &entries {
-            if entry.direction != direction::ORIGINAL {
-                continue;
-            }
-            let reply = entries.get(&entry.peer).map(|r| (entry.peer, *r));
-            let (state, timeout) = state(key.proto, entry, reply.as_ref().map(|(_, r)| r));
-            let last = entry
-                .last_seen_ns
-                .max(reply.map_or(0, |(_, r)| r.last_seen_ns));
-            let idle = now.saturating_sub(last) / 1_000_000_000;
-            out.push(Tracked {
-                key: *key,
-                entry: *entry,
-                reply,
-                left: timeout.saturating_sub(idle),
-                state,
-            });
-        }
-        Ok(out)
+        self.dp.flows_at(monotonic_ns())
     }
 
     pub fn flows(&self) -> Result<Vec<Flow>, Error> {
@@ -99,11 +46,11 @@ impl Daemon {
             .tracked()?
             .iter()
             .map(|t| Flow {
-                proto: proto_name(t.key.proto),
-                state: t.state.into(),
-                timeout: t.left,
-                original: tuple(&t.key, &t.entry),
-                reply: t.reply.as_ref().map(|(k, e)| tuple(k, e)),
+                proto: proto_name(t.original.0.proto),
+                state: t.state.name().into(),
+                timeout: t.expires_in.as_secs(),
+                original: tuple(&t.original.0, &t.original.1),
+                reply: Some(tuple(&t.reply.0, &t.reply.1)),
             })
             .collect();
         flows.sort_by_key(|f| {
@@ -118,25 +65,16 @@ impl Daemon {
     }
 
     fn remove_flow(&mut self, t: &Tracked) -> Result<()> {
-        self.dp.conntrack_remove(&t.key)?;
-        if let Some((key, _)) = &t.reply {
-            self.dp.conntrack_remove(key)?;
-        }
+        self.dp.conntrack_remove(&t.original.0)?;
+        self.dp.conntrack_remove(&t.reply.0)?;
         Ok(())
     }
 
-    /// Removes expired flows (both directions).
+    /// Removes expired flows (both directions) and orphaned entries, and recounts the table.
     pub(super) fn conntrack_gc(&mut self) -> Result<()> {
-        let expired: Vec<Tracked> = self
-            .tracked()?
-            .into_iter()
-            .filter(|t| t.left == 0)
-            .collect();
-        for t in &expired {
-            self.remove_flow(t)?;
-        }
-        if !expired.is_empty() {
-            tracing::debug!("conntrack: {} flows expired", expired.len());
+        let report = self.dp.gc()?;
+        if report.flows_expired + report.orphans_removed > 0 {
+            tracing::debug!("conntrack gc: {report:?}");
         }
         Ok(())
     }
@@ -149,11 +87,8 @@ impl Daemon {
             .tracked()?
             .into_iter()
             .filter(|t| {
-                hit(&t.key)
-                    || t.entry.nat_addr == ip
-                    || t.reply
-                        .as_ref()
-                        .is_some_and(|(k, e)| hit(k) || e.nat_addr == ip)
+                let ((okey, orig), (rkey, reply)) = (&t.original, &t.reply);
+                hit(okey) || hit(rkey) || orig.nat_addr == ip || reply.nat_addr == ip
             })
             .collect();
         for t in &flows {

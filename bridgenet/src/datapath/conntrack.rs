@@ -196,17 +196,6 @@ impl Datapath {
         Ok(())
     }
 
-    /// Deletes one entry (tests use it to play a lost direction).
-    pub fn remove_conntrack_entry(&mut self, key: &CtKey) -> Result<()> {
-        let mut map: HashMap<_, CtKey, CtEntry> = HashMap::try_from(
-            self.ebpf
-                .map_mut(maps::CONNTRACK)
-                .context("map CONNTRACK missing")?,
-        )?;
-        map.remove(key)?;
-        Ok(())
-    }
-
     /// (entries counted by the datapath, limit).
     pub fn conntrack_usage(&self) -> Result<(u64, u64)> {
         let usage: Array<_, u64> = Array::try_from(
