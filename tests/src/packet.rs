@@ -287,3 +287,47 @@ pub fn inspect_quoted(frame: &[u8], full: bool) -> Seen {
     }
     seen
 }
+
+/// Addresses, verdicts and the datapath setup the packet tests share.
+pub mod fixture {
+    use std::net::Ipv4Addr;
+
+    use bridgenet::datapath::{Datapath, LoadOptions, Proto};
+
+    pub const TC_ACT_OK: u32 = 0;
+    pub const TC_ACT_SHOT: u32 = 2;
+    pub const XDP_DROP: u32 = 1;
+    pub const XDP_PASS: u32 = 2;
+    /// BPF_PROG_TEST_RUN runs frames as if they crossed the loopback device: it plays the
+    /// uplink (or an endpoint's veth) in these tests.
+    pub const TEST_RUN_IFINDEX: u32 = 1;
+    /// The uplink's address.
+    pub const HOST: [u8; 4] = [198, 18, 0, 2];
+    pub const SERVER: [u8; 4] = [198, 18, 0, 1];
+    pub const CLIENT: [u8; 4] = [198, 18, 5, 5];
+    pub const ROUTER: [u8; 4] = [198, 18, 0, 254];
+    pub const EP1: [u8; 4] = [172, 17, 0, 2];
+    pub const EP2: [u8; 4] = [172, 17, 0, 3];
+
+    /// A datapath with uplink address HOST, the managed subnet 172.17.0.0/16 (masqueraded),
+    /// 172.18.0.0/16 (not masqueraded), and tcp 8080 and udp 5353 published to EP1.
+    pub fn nat_datapath() -> Datapath {
+        nat_datapath_with(&LoadOptions::default())
+    }
+
+    pub fn nat_datapath_with(options: &LoadOptions) -> Datapath {
+        crate::require_root();
+        let mut dp = Datapath::load_with(options).expect("loading the datapath");
+        dp.set_uplink_addr(TEST_RUN_IFINDEX, Ipv4Addr::from(HOST))
+            .unwrap();
+        dp.add_subnet("172.17.0.0/16".parse().unwrap(), true)
+            .unwrap();
+        dp.add_subnet("172.18.0.0/16".parse().unwrap(), false)
+            .unwrap();
+        dp.publish(Proto::Tcp, None, 8080, Ipv4Addr::from(EP1), 80)
+            .unwrap();
+        dp.publish(Proto::Udp, None, 5353, Ipv4Addr::from(EP1), 53)
+            .unwrap();
+        dp
+    }
+}

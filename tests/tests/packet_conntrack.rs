@@ -1,32 +1,19 @@
 //! The conntrack table's limit and garbage collection, driven with BPF_PROG_TEST_RUN.
-use std::{net::Ipv4Addr, time::Duration};
+use std::time::Duration;
 
 use bridgenet::datapath::{
     Datapath, LoadOptions,
     conntrack::{FlowState, monotonic_ns},
 };
 use bridgenet_common::{outcome, program_id, programs};
-use bridgenet_tests::{packet, require_root};
+use bridgenet_tests::{packet, packet::fixture::*};
 
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const HOST: [u8; 4] = [198, 18, 0, 2];
-const SERVER: [u8; 4] = [198, 18, 0, 1];
-const EP1: [u8; 4] = [172, 17, 0, 2];
-const EP2: [u8; 4] = [172, 17, 0, 3];
-
-/// A datapath whose table holds `flows` flows.
+/// The shared NAT datapath, with a table that holds `flows` flows.
 fn datapath(flows: u32) -> Datapath {
-    require_root();
-    let options = LoadOptions {
+    nat_datapath_with(&LoadOptions {
         conntrack_entries: flows * 2,
         ..LoadOptions::default()
-    };
-    let mut dp = Datapath::load_with(&options).expect("loading the datapath");
-    dp.set_uplink_addr(1, Ipv4Addr::from(HOST)).unwrap();
-    dp.add_subnet("172.17.0.0/16".parse().unwrap(), true)
-        .unwrap();
-    dp
+    })
 }
 
 fn egress(dp: &mut Datapath, frame: &[u8]) -> packet::Verdict {

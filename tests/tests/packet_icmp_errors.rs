@@ -1,16 +1,12 @@
 //! ICMP errors about translated flows, in both directions through masquerade and published
 //! ports: the outer header, the quoted header and every checksum (outer IPv4, ICMP, quoted
 //! IPv4, quoted L4 when it is there) must come out right.
-use std::net::Ipv4Addr;
 
-use bridgenet::datapath::{Datapath, Proto};
+use bridgenet::datapath::Datapath;
 use bridgenet_common::{outcome, program_id, programs};
-use bridgenet_tests::{packet, require_root};
+use bridgenet_tests::{packet, packet::fixture::*};
 use etherparse::{Icmpv4Type, icmpv4::DestUnreachableHeader, icmpv4::TimeExceededCode};
 
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const UPLINK_IFINDEX: u32 = 1;
 const HOST: [u8; 4] = [198, 18, 0, 2];
 const SERVER: [u8; 4] = [198, 18, 0, 1];
 const ROUTER: [u8; 4] = [198, 18, 0, 254];
@@ -31,20 +27,6 @@ fn port_unreachable() -> Icmpv4Type {
     Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port)
 }
 
-fn datapath() -> Datapath {
-    require_root();
-    let mut dp = Datapath::load().expect("loading the datapath");
-    dp.set_uplink_addr(UPLINK_IFINDEX, Ipv4Addr::from(HOST))
-        .unwrap();
-    dp.add_subnet("172.17.0.0/16".parse().unwrap(), true)
-        .unwrap();
-    dp.publish(Proto::Tcp, None, 8080, Ipv4Addr::from(EP1), 80)
-        .unwrap();
-    dp.publish(Proto::Udp, None, 5353, Ipv4Addr::from(EP1), 53)
-        .unwrap();
-    dp
-}
-
 fn run(dp: &mut Datapath, program: &str, frame: &[u8]) -> packet::Verdict {
     packet::run_tc(dp, program, frame, 1).expect("test run")
 }
@@ -59,7 +41,7 @@ fn masquerade(dp: &mut Datapath, first: &[u8]) -> Vec<u8> {
 /// An error from the world about a masqueraded packet reaches the endpoint, quoting the packet
 /// as the endpoint sent it.
 fn world_error_about_masquerade(first: Vec<u8>, icmp_type: Icmpv4Type, l4_bytes: Option<usize>) {
-    let mut dp = datapath();
+    let mut dp = nat_datapath();
     let sent = masquerade(&mut dp, &first);
     let error =
         packet::icmp_error_frame(ROUTER, HOST, icmp_type, &packet::ip_packet(&sent, l4_bytes));
@@ -118,7 +100,7 @@ fn port_unreachable_for_masqueraded_udp_from_the_server() {
 
 #[test]
 fn an_endpoint_error_about_a_masqueraded_reply_leaves_with_the_host_address() {
-    let mut dp = datapath();
+    let mut dp = nat_datapath();
     let sent = packet::inspect(&masquerade(
         &mut dp,
         &packet::udp_frame(EP1, 40000, SERVER, 53, b"q"),
@@ -146,7 +128,7 @@ fn an_endpoint_error_about_a_masqueraded_reply_leaves_with_the_host_address() {
 
 #[test]
 fn an_endpoint_error_about_a_published_flow_leaves_with_the_published_address() {
-    let mut dp = datapath();
+    let mut dp = nat_datapath();
     let query = packet::udp_frame(CLIENT, 40000, HOST, 5353, b"query");
     let delivered = run(&mut dp, programs::UPLINK_INGRESS, &query).frame;
     assert_eq!(packet::inspect(&delivered).dst, EP1);
@@ -170,7 +152,7 @@ fn an_endpoint_error_about_a_published_flow_leaves_with_the_published_address() 
 
 #[test]
 fn frag_needed_for_a_published_reply_reaches_the_endpoint() {
-    let mut dp = datapath();
+    let mut dp = nat_datapath();
     let syn = packet::tcp_frame(CLIENT, 50000, HOST, 8080, true, false, b"");
     run(&mut dp, programs::UPLINK_INGRESS, &syn);
     let reply = packet::tcp_frame(EP1, 80, CLIENT, 50000, false, true, &[2; 1400]);
@@ -195,7 +177,7 @@ fn frag_needed_for_a_published_reply_reaches_the_endpoint() {
 
 #[test]
 fn errors_about_unknown_flows() {
-    let mut dp = datapath();
+    let mut dp = nat_datapath();
     // From the world: the host's business, untouched.
     let stray = packet::udp_frame(HOST, 1234, SERVER, 53, b"host");
     let error = packet::icmp_error_frame(
@@ -230,7 +212,7 @@ fn errors_about_unknown_flows() {
 
 #[test]
 fn an_error_quoting_less_than_8_bytes_is_malformed() {
-    let mut dp = datapath();
+    let mut dp = nat_datapath();
     let first = packet::udp_frame(EP1, 40000, SERVER, 53, b"q");
     masquerade(&mut dp, &first);
     let error = packet::icmp_error_frame(

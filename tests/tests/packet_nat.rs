@@ -5,36 +5,14 @@ use std::net::Ipv4Addr;
 use bridgenet::datapath::{Datapath, Proto};
 use bridgenet_common::{NatConfig, action, outcome, program_id, programs};
 use bridgenet_tests::{
+    packet::fixture::*,
     packet::{self, Seen},
-    require_root,
 };
 
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-/// BPF_PROG_TEST_RUN runs frames as if they crossed the loopback device: it is the uplink here.
-const UPLINK_IFINDEX: u32 = 1;
 const HOST: [u8; 4] = [198, 18, 0, 2];
 const SERVER: [u8; 4] = [198, 18, 0, 1];
 const EP1: [u8; 4] = [172, 17, 0, 2];
 const EP2: [u8; 4] = [172, 17, 0, 3];
-
-/// A datapath with uplink address HOST, the managed subnet 172.17.0.0/16 (masqueraded),
-/// 172.18.0.0/16 (not masqueraded), and tcp 8080 and udp 5353 published to EP1.
-fn datapath() -> Datapath {
-    require_root();
-    let mut dp = Datapath::load().expect("loading the datapath");
-    dp.set_uplink_addr(UPLINK_IFINDEX, Ipv4Addr::from(HOST))
-        .unwrap();
-    dp.add_subnet("172.17.0.0/16".parse().unwrap(), true)
-        .unwrap();
-    dp.add_subnet("172.18.0.0/16".parse().unwrap(), false)
-        .unwrap();
-    dp.publish(Proto::Tcp, None, 8080, Ipv4Addr::from(EP1), 80)
-        .unwrap();
-    dp.publish(Proto::Udp, None, 5353, Ipv4Addr::from(EP1), 53)
-        .unwrap();
-    dp
-}
 
 fn egress(dp: &mut Datapath, frame: &[u8]) -> packet::Verdict {
     packet::run_tc(dp, programs::UPLINK_EGRESS, frame, 1).expect("test run")
@@ -51,7 +29,7 @@ fn passed_untouched(verdict: &packet::Verdict, frame: &[u8]) {
 
 #[test]
 fn masquerade_tcp_and_its_reply() {
-    let mut dp = datapath();
+    let mut dp = nat_datapath();
     let syn = packet::tcp_frame(EP1, 40000, SERVER, 7000, true, false, b"");
     let out = egress(&mut dp, &syn);
     assert_eq!(out.action, TC_ACT_OK);
@@ -93,7 +71,7 @@ fn masquerade_tcp_and_its_reply() {
 
 #[test]
 fn masquerade_keeps_a_source_port_outside_the_host_range_when_free() {
-    let mut dp = datapath();
+    let mut dp = nat_datapath();
     let first =
         packet::inspect(&egress(&mut dp, &packet::udp_frame(EP1, 5000, SERVER, 53, b"q")).frame);
     assert_eq!((first.src, first.sport), (HOST, 5000));
@@ -112,7 +90,7 @@ fn masquerade_keeps_a_source_port_outside_the_host_range_when_free() {
 
 #[test]
 fn udp_checksum_zero_stays_zero_and_others_stay_right() {
-    let mut dp = datapath();
+    let mut dp = nat_datapath();
     let none = packet::udp_frame_without_checksum(EP1, 40001, SERVER, 53, b"no checksum");
     let out = packet::inspect(&egress(&mut dp, &none).frame);
     assert_eq!(out.src, HOST);
@@ -128,7 +106,7 @@ fn udp_checksum_zero_stays_zero_and_others_stay_right() {
 
 #[test]
 fn masquerade_icmp_echo_by_identifier() {
-    let mut dp = datapath();
+    let mut dp = nat_datapath();
     let request = packet::icmp_echo_frame(EP1, SERVER, 0x1234, 1, false);
     let out = packet::inspect(&egress(&mut dp, &request).frame);
     assert_eq!((out.src, out.dst), (HOST, SERVER));
@@ -139,7 +117,7 @@ fn masquerade_icmp_echo_by_identifier() {
 
 #[test]
 fn published_port_and_its_reply() {
-    let mut dp = datapath();
+    let mut dp = nat_datapath();
     let client = [198, 18, 5, 5];
     let syn = packet::tcp_frame(client, 50000, HOST, 8080, true, false, b"");
     let out = ingress(&mut dp, &syn);
@@ -174,7 +152,7 @@ fn published_port_and_its_reply() {
 
 #[test]
 fn a_port_bound_to_one_host_address_answers_only_there() {
-    let mut dp = datapath();
+    let mut dp = nat_datapath();
     dp.add_host_addr(Ipv4Addr::new(198, 18, 0, 3)).unwrap();
     dp.publish(
         Proto::Tcp,
@@ -193,7 +171,7 @@ fn a_port_bound_to_one_host_address_answers_only_there() {
 
 #[test]
 fn unpublished_ports_and_other_addresses_pass_untouched() {
-    let mut dp = datapath();
+    let mut dp = nat_datapath();
     for frame in [
         packet::tcp_frame(SERVER, 50000, HOST, 8081, true, false, b""),
         // A published port on an address that is not the host's is not ours.
@@ -207,7 +185,7 @@ fn unpublished_ports_and_other_addresses_pass_untouched() {
 
 #[test]
 fn the_hosts_own_traffic_passes_untouched_and_its_tuple_is_reserved() {
-    let mut dp = datapath();
+    let mut dp = nat_datapath();
     let frame = packet::udp_frame(HOST, 5001, SERVER, 53, b"host");
     passed_untouched(&egress(&mut dp, &frame), &frame);
     // An endpoint with the same source port to the same server must not take the host's tuple.
@@ -222,7 +200,7 @@ fn the_hosts_own_traffic_passes_untouched_and_its_tuple_is_reserved() {
 
 #[test]
 fn fragments_from_endpoints_are_dropped_and_counted() {
-    let mut dp = datapath();
+    let mut dp = nat_datapath();
     let mut frame = packet::udp_frame(EP1, 40000, SERVER, 53, &[7; 64]);
     // More-fragments flag in the IPv4 header (byte 20 of the frame), header checksum fixed.
     frame[20] |= 0x20;
@@ -241,7 +219,7 @@ fn fragments_from_endpoints_are_dropped_and_counted() {
 
 #[test]
 fn a_subnet_without_masquerade_never_leaves_with_its_private_source() {
-    let mut dp = datapath();
+    let mut dp = nat_datapath();
     let frame = packet::udp_frame([172, 18, 0, 2], 40000, SERVER, 53, b"x");
     assert_eq!(egress(&mut dp, &frame).action, TC_ACT_SHOT);
     assert_eq!(
@@ -253,7 +231,7 @@ fn a_subnet_without_masquerade_never_leaves_with_its_private_source() {
 
 #[test]
 fn port_exhaustion_is_dropped_and_counted() {
-    let mut dp = datapath();
+    let mut dp = nat_datapath();
     dp.set_nat_config(NatConfig {
         port_min: 61000,
         port_max: 61001,
@@ -288,7 +266,7 @@ fn port_exhaustion_is_dropped_and_counted() {
 
 #[test]
 fn truncated_headers_from_endpoints_are_dropped() {
-    let mut dp = datapath();
+    let mut dp = nat_datapath();
     let frame = packet::tcp_frame(EP1, 40000, SERVER, 7000, true, false, b"");
     // Cut inside the TCP header: ports present, flags missing.
     let cut = &frame[..14 + 20 + 10];
@@ -302,7 +280,7 @@ fn truncated_headers_from_endpoints_are_dropped() {
 
 #[test]
 fn non_ipv4_passes_untouched() {
-    let mut dp = datapath();
+    let mut dp = nat_datapath();
     let mut arp = vec![0xff; 6];
     arp.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x08, 0x06]);
     arp.extend_from_slice(&[0; 28]);
@@ -326,7 +304,7 @@ fn fix_ip_checksum(mut frame: Vec<u8>) -> Vec<u8> {
 fn uplink_xdp_drops_martians_and_direct_access_to_masqueraded_endpoints() {
     const XDP_DROP: u32 = 1;
     const XDP_PASS: u32 = 2;
-    let mut dp = datapath();
+    let mut dp = nat_datapath();
     let cases = [
         (
             packet::udp_frame(SERVER, 1000, [127, 0, 0, 1], 8080, b"x"),

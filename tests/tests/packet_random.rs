@@ -4,34 +4,25 @@
 //! right comes out changed with a wrong one.
 use std::net::Ipv4Addr;
 
-use bridgenet::datapath::{Datapath, Proto};
+use bridgenet::datapath::Datapath;
 use bridgenet_common::programs;
-use bridgenet_tests::{packet, require_root};
+use bridgenet_tests::{packet, packet::fixture::*};
 use etherparse::{NetHeaders, PacketHeaders, TransportHeader};
 
 const FRAMES: usize = 100_000;
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const XDP_PASS: u32 = 2;
-const XDP_DROP: u32 = 1;
-const HOST: [u8; 4] = [198, 18, 0, 2];
-const SERVER: [u8; 4] = [198, 18, 0, 1];
-const EP1: [u8; 4] = [172, 17, 0, 2];
 
+/// The shared NAT datapath, with EP1 as the endpoint behind the test-run device; the endpoint
+/// program sees frames from it with the templates' source MAC.
 fn datapath() -> Datapath {
-    require_root();
-    let mut dp = Datapath::load().expect("loading the datapath");
-    dp.set_uplink_addr(1, Ipv4Addr::from(HOST)).unwrap();
-    dp.add_subnet("172.17.0.0/16".parse().unwrap(), true)
-        .unwrap();
-    dp.publish(Proto::Tcp, None, 8080, Ipv4Addr::from(EP1), 80)
-        .unwrap();
-    dp.publish(Proto::Udp, None, 5353, Ipv4Addr::from(EP1), 53)
-        .unwrap();
-    // The endpoint program sees frames from EP1 with the templates' source MAC.
+    let mut dp = nat_datapath();
     let network = u32::from(Ipv4Addr::new(172, 17, 0, 0));
-    dp.add_endpoint(1, Ipv4Addr::from(EP1), [2, 0, 0, 0, 0, 1], network)
-        .unwrap();
+    dp.add_endpoint(
+        TEST_RUN_IFINDEX,
+        Ipv4Addr::from(EP1),
+        [2, 0, 0, 0, 0, 1],
+        network,
+    )
+    .unwrap();
     dp
 }
 
