@@ -23,10 +23,17 @@ fn lab() -> Lab {
     let mut topo = Topology::new();
     topo.netns("world")
         .netns("host")
-        .netns("ep")
         .veth(("world", "eth0"), ("host", "uplink0"))
-        .addr("world", "eth0", "198.18.0.1/24")
-        .addr("host", "uplink0", "198.18.0.2/24")
+        .addr("world", "eth0", "198.18.0.1/24");
+    host_with_endpoint(topo)
+}
+
+/// Adds the host side of every lab to a topology that has a "host" namespace with uplink0:
+/// uplink0's address 198.18.0.2/24, br0 (172.17.0.1/16) with the endpoint "ep"
+/// (172.17.0.2) on it, and the datapath on uplink0 with tcp 8080 and udp 5353 published to ep.
+fn host_with_endpoint(mut topo: Topology) -> Lab {
+    topo.addr("host", "uplink0", "198.18.0.2/24")
+        .netns("ep")
         .bridge("host", "br0")
         .addr("host", "br0", "172.17.0.1/16")
         .veth(("host", "vep"), ("ep", "eth0"))
@@ -34,16 +41,16 @@ fn lab() -> Lab {
         .addr("ep", "eth0", "172.17.0.2/16")
         .route("ep", "default", "172.17.0.1")
         .sysctl("host", "net.ipv4.ip_forward", "1");
+    let endpoint = Ipv4Addr::new(172, 17, 0, 2);
     let dp = topo.ns("host").enter(|| {
         let mut dp = Datapath::load().expect("loading the datapath");
-        dp.attach_uplink("uplink0", Ipv4Addr::new(198, 18, 0, 2), TcMode::Auto)
+        let uplink = Ipv4Addr::new(198, 18, 0, 2);
+        dp.attach_uplink("uplink0", uplink, TcMode::Auto)
             .expect("attaching");
         dp.add_subnet("172.17.0.0/16".parse().unwrap(), true)
             .unwrap();
-        dp.publish(Proto::Tcp, None, 8080, Ipv4Addr::new(172, 17, 0, 2), 80)
-            .unwrap();
-        dp.publish(Proto::Udp, None, 5353, Ipv4Addr::new(172, 17, 0, 2), 53)
-            .unwrap();
+        dp.publish(Proto::Tcp, None, 8080, endpoint, 80).unwrap();
+        dp.publish(Proto::Udp, None, 5353, endpoint, 53).unwrap();
         dp
     });
     Lab { topo, dp }
@@ -242,48 +249,30 @@ fn unpublished_ports_and_endpoint_addresses_are_not_reachable_from_the_world() {
 /// to the endpoint.
 fn routed_lab() -> Lab {
     let mut topo = Topology::new();
-    topo.netns("world")
-        .netns("router-a")
-        .netns("router-b")
+    topo.netns("router-b")
         .netns("host")
-        .netns("ep")
+        .veth(("router-b", "eth0"), ("host", "uplink0"))
+        .netns("world")
+        .netns("router-a")
         .veth(("world", "eth0"), ("router-a", "r-up"))
         .veth(("router-a", "r-mid"), ("router-b", "r-mid"))
-        .veth(("router-b", "r-down"), ("host", "uplink0"))
         .addr("world", "eth0", "198.18.1.1/24")
         .addr("router-a", "r-up", "198.18.1.2/24")
         .addr("router-a", "r-mid", "198.18.2.1/24")
         .addr("router-b", "r-mid", "198.18.2.2/24")
-        .addr("router-b", "r-down", "198.18.0.1/24")
-        .addr("host", "uplink0", "198.18.0.2/24")
+        .addr("router-b", "eth0", "198.18.0.1/24")
         .route("world", "198.18.0.0/24", "198.18.1.2")
         .route("router-a", "198.18.0.0/24", "198.18.2.2")
         .route("router-b", "198.18.1.0/24", "198.18.2.1")
-        .route("host", "default", "198.18.0.1")
         .sysctl("router-a", "net.ipv4.ip_forward", "1")
-        .sysctl("router-b", "net.ipv4.ip_forward", "1")
-        .bridge("host", "br0")
-        .addr("host", "br0", "172.17.0.1/16")
-        .veth(("host", "vep"), ("ep", "eth0"))
-        .attach_to_bridge("host", "vep", "br0")
-        .addr("ep", "eth0", "172.17.0.2/16")
-        .route("ep", "default", "172.17.0.1")
-        .sysctl("host", "net.ipv4.ip_forward", "1");
+        .sysctl("router-b", "net.ipv4.ip_forward", "1");
     topo.ns("router-a")
         .ip(&["link", "set", "r-mid", "mtu", "1280"]);
     topo.ns("router-b")
         .ip(&["link", "set", "r-mid", "mtu", "1280"]);
-    let dp = topo.ns("host").enter(|| {
-        let mut dp = Datapath::load().expect("loading the datapath");
-        dp.attach_uplink("uplink0", Ipv4Addr::new(198, 18, 0, 2), TcMode::Auto)
-            .expect("attaching");
-        dp.add_subnet("172.17.0.0/16".parse().unwrap(), true)
-            .unwrap();
-        dp.publish(Proto::Tcp, None, 8080, Ipv4Addr::new(172, 17, 0, 2), 80)
-            .unwrap();
-        dp
-    });
-    Lab { topo, dp }
+    let mut lab = host_with_endpoint(topo);
+    lab.topo.route("host", "default", "198.18.0.1");
+    lab
 }
 
 #[test]
