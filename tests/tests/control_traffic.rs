@@ -304,3 +304,49 @@ fn networks_endpoints_and_addresses_follow_docker() {
     );
     assert_eq!(lab.json(&["endpoint", "ls"]), serde_json::json!([]));
 }
+
+#[test]
+fn masquerade_follows_a_changed_uplink_address() {
+    let mut lab = ControlLab::up();
+    let ns = lab.netns_name("ep1");
+    lab.ok(&[
+        "endpoint",
+        "create",
+        "ep1",
+        "--network",
+        "bridge",
+        "--netns",
+        &ns,
+    ]);
+    let world = lab.topo.ns("world").name().to_owned();
+
+    let server = echo_once(&world, "198.18.0.1:7000");
+    roundtrip(&ns, "198.18.0.1:7000");
+    assert_eq!(server.join().unwrap().ip(), Ipv4Addr::new(198, 18, 0, 2));
+
+    // The uplink gets a new primary address and loses the old one.
+    let host = lab.topo.ns("host");
+    // The new address takes over as primary when the old one goes (and keeps its routes).
+    host.sysctl("net.ipv4.conf.uplink0.promote_secondaries", "1");
+    host.ip(&["addr", "add", "198.18.0.3/24", "dev", "uplink0"]);
+    host.ip(&["addr", "del", "198.18.0.2/24", "dev", "uplink0"]);
+    // The daemon follows within its poll interval; new flows then leave with the new address.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut port = 7001;
+    loop {
+        let server = echo_once(&world, &format!("198.18.0.1:{port}"));
+        let connected = std::panic::catch_unwind(|| roundtrip(&ns, &format!("198.18.0.1:{port}")));
+        if connected.is_ok() {
+            let seen = server.join().unwrap().ip();
+            if seen == Ipv4Addr::new(198, 18, 0, 3) {
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "masquerade never used the new address"
+        );
+        port += 1;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
