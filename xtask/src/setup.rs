@@ -1,5 +1,5 @@
 //! Checks for, and installs when missing, what the build and the tests need. One line each.
-use std::process::Command;
+use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -125,11 +125,27 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// virtme-ng (vng) from PyPI, which boots a kernel with the host's filesystem.
-pub fn virtme_ng() -> Result<()> {
+/// virtme-ng (vng) from PyPI, which boots a kernel with the host's filesystem; returns the
+/// command to run it. pip puts it in the scripts directory of the python that installed it,
+/// which need not be on PATH (pyenv, for one, only adds it after a rehash).
+pub fn virtme_ng() -> Result<PathBuf> {
+    let scripts = || -> Option<PathBuf> {
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                "import sysconfig; print(sysconfig.get_path('scripts'))",
+            ])
+            .output()
+            .ok()?;
+        Some(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("vng"))
+    };
     if on_path("vng") {
         println!("setup: vng present");
-        return Ok(());
+        return Ok(PathBuf::from("vng"));
+    }
+    if let Some(vng) = scripts().filter(|p| p.is_file()) {
+        println!("setup: vng present ({})", vng.display());
+        return Ok(vng);
     }
     println!("setup: pip install virtme-ng=={VIRTME_NG_VERSION}");
     let status = Command::new("python3")
@@ -142,12 +158,13 @@ pub fn virtme_ng() -> Result<()> {
         ])
         .status()
         .context("python3 is needed for virtme-ng")?;
-    if !status.success() || !on_path("vng") {
-        bail!(
+    let _ = Command::new("pyenv").arg("rehash").status();
+    match scripts().filter(|p| p.is_file()) {
+        Some(vng) if status.success() => Ok(vng),
+        _ => bail!(
             "could not install virtme-ng; run `python3 -m pip install virtme-ng=={VIRTME_NG_VERSION}`"
-        );
+        ),
     }
-    Ok(())
 }
 
 pub fn on_path(program: &str) -> bool {

@@ -38,9 +38,10 @@ pub fn test(kernels: &[String], host: bool, filter: Option<&str>) -> Result<()> 
     setup::build_tools()?;
     setup::programs(setup::TEST_PROGRAMS)?;
     let mut images = Vec::new();
+    let mut vng = PathBuf::from("vng");
     if !kernels.is_empty() {
         setup::programs(setup::VM_PROGRAMS)?;
-        setup::virtme_ng()?;
+        vng = setup::virtme_ng()?;
         for series in kernels {
             images.push(kernel_image(series)?);
         }
@@ -55,7 +56,7 @@ pub fn test(kernels: &[String], host: bool, filter: Option<&str>) -> Result<()> 
         summaries.push(run_binaries(&binaries, filter, 2)?);
     }
     for image in &images {
-        summaries.push(run_in_vm(image, &binaries, filter)?);
+        summaries.push(run_in_vm(&vng, image, &binaries, filter)?);
     }
 
     println!("\nkernel matrix:");
@@ -199,7 +200,12 @@ pub fn guest(plan: &Path, report: &Path) -> Result<()> {
 
 /// Boots `image` under QEMU (software emulation: nested KVM does not work here) with the host's
 /// filesystem, and runs the test binaries inside it through `xtask guest-test`.
-fn run_in_vm(image: &Path, binaries: &[PathBuf], filter: Option<&str>) -> Result<Summary> {
+fn run_in_vm(
+    vng: &Path,
+    image: &Path,
+    binaries: &[PathBuf],
+    filter: Option<&str>,
+) -> Result<Summary> {
     let name = image
         .file_name()
         .unwrap_or_default()
@@ -228,7 +234,7 @@ fn run_in_vm(image: &Path, binaries: &[PathBuf], filter: Option<&str>) -> Result
     );
     println!("\n=== {name}: booting with virtme-ng (software emulation)");
     let started = Instant::now();
-    let mut child = Command::new("vng")
+    let mut child = Command::new(vng)
         .arg("--run")
         .arg(image)
         .args(["--disable-kvm", "--cpus", "2", "--memory", "2G", "--rwdir"])
