@@ -78,14 +78,7 @@ pub fn parse(ctx: &TcContext) -> Parsed {
         return Parsed::Malformed;
     }
     let mut packet = Packet {
-        key: CtKey {
-            saddr: u32::from_ne_bytes(ip.src_addr),
-            daddr: u32::from_ne_bytes(ip.dst_addr),
-            sport: 0,
-            dport: 0,
-            proto: ip.proto,
-            _pad: [0; 3],
-        },
+        key: key_of(&ip),
         l4_off: IP_OFF + ihl,
         fragment: ip.frag_flags() & 1 != 0 || ip.frag_offset() != 0,
         tcp_flags: 0,
@@ -150,14 +143,7 @@ fn parse_inner(ctx: &TcContext, ip_off: usize) -> Option<Inner> {
         return None;
     }
     let l4_off = ip_off + ihl;
-    let mut key = CtKey {
-        saddr: u32::from_ne_bytes(ip.src_addr),
-        daddr: u32::from_ne_bytes(ip.dst_addr),
-        sport: 0,
-        dport: 0,
-        proto: ip.proto,
-        _pad: [0; 3],
-    };
+    let mut key = key_of(&ip);
     let len = ctx.len() as usize;
     let has_l4_csum = match ip.proto {
         TCP | UDP => {
@@ -189,6 +175,19 @@ fn parse_inner(ctx: &TcContext, ip_off: usize) -> Option<Inner> {
         l4_off,
         has_l4_csum,
     })
+}
+
+/// The addresses and protocol of an IPv4 header as a conntrack key; ports are filled in later.
+#[inline(always)]
+fn key_of(ip: &Ipv4Hdr) -> CtKey {
+    CtKey {
+        saddr: u32::from_ne_bytes(ip.src_addr),
+        daddr: u32::from_ne_bytes(ip.dst_addr),
+        sport: 0,
+        dport: 0,
+        proto: ip.proto,
+        _pad: [0; 3],
+    }
 }
 
 /// Offset of the L4 checksum, if the protocol has one that covers addresses or ports we change.

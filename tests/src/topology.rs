@@ -80,18 +80,7 @@ impl Netns {
     /// Runs `f` on a thread that has entered this namespace: BPF attach calls and sockets made
     /// there act on this namespace and nothing else.
     pub fn enter<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    let file = File::open(&path).unwrap_or_else(|err| panic!("{path}: {err}"));
-                    setns(file, CloneFlags::CLONE_NEWNET)
-                        .unwrap_or_else(|err| panic!("setns {path}: {err}"));
-                    f()
-                })
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        })
+        enter(&self.name, f)
     }
 }
 
@@ -173,6 +162,22 @@ impl Topology {
         self.ns(ns).sysctl(key, value);
         self
     }
+}
+
+/// Runs `f` on a thread that has entered the namespace named `name` under /run/netns.
+pub fn enter<R: Send>(name: &str, f: impl FnOnce() -> R + Send) -> R {
+    let path = format!("/run/netns/{name}");
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let file = File::open(&path).unwrap_or_else(|err| panic!("{path}: {err}"));
+                setns(file, CloneFlags::CLONE_NEWNET)
+                    .unwrap_or_else(|err| panic!("setns {path}: {err}"));
+                f()
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 /// Runs a command, panicking with its stderr when it fails; returns its stdout.

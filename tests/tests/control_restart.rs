@@ -8,21 +8,9 @@ use std::{
 };
 
 use bridgenet_tests::control::{ControlLab, Stop};
+use bridgenet_tests::topology::enter;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
-
-fn enter<R: Send>(netns: &str, f: impl FnOnce() -> R + Send) -> R {
-    let path = format!("/run/netns/{netns}");
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = std::fs::File::open(&path).unwrap();
-            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            f()
-        })
-        .join()
-        .unwrap()
-    })
-}
 
 /// An echo server in `netns` that serves every connection until the test ends.
 fn echo_server(netns: &str, bind: &str) {

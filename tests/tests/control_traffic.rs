@@ -7,22 +7,10 @@ use std::{
     time::Duration,
 };
 
+use bridgenet_tests::topology::enter;
 use bridgenet_tests::{Netns, control::ControlLab};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
-
-fn enter<R: Send>(netns: &str, f: impl FnOnce() -> R + Send) -> R {
-    let path = format!("/run/netns/{netns}");
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = std::fs::File::open(&path).unwrap();
-            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            f()
-        })
-        .join()
-        .unwrap()
-    })
-}
 
 /// An echo server for one connection in `netns`; returns the peer address it saw.
 fn echo_once(netns: &str, bind: &str) -> std::thread::JoinHandle<SocketAddr> {
