@@ -188,12 +188,14 @@ pub mod program_id {
     pub const UPLINK_EGRESS: u32 = 1;
     pub const UPLINK_XDP: u32 = 2;
     pub const ENDPOINT_INGRESS: u32 = 3;
-    pub const COUNT: u32 = 4;
+    pub const BRIDGE_INGRESS: u32 = 4;
+    pub const COUNT: u32 = 5;
     pub const NAMES: [&str; COUNT as usize] = [
         "uplink_ingress",
         "uplink_egress",
         "uplink_xdp",
         "endpoint_ingress",
+        "bridge_ingress",
     ];
 }
 
@@ -226,7 +228,10 @@ pub mod outcome {
     pub const DROP_INTERNAL: u32 = 15;
     /// From a veth bridgenet does not know (fails closed), or not IPv4 nor ARP.
     pub const DROP_UNKNOWN: u32 = 16;
-    pub const COUNT: u32 = 17;
+    /// Routed from an endpoint without the endpoint check's mark: its veth lost the program
+    /// (detached by someone else) and the daemon has not restored it yet.
+    pub const DROP_UNCHECKED: u32 = 17;
+    pub const COUNT: u32 = 18;
     pub const NAMES: [&str; COUNT as usize] = [
         "passed",
         "snat",
@@ -245,6 +250,7 @@ pub mod outcome {
         "drop_icc",
         "drop_internal",
         "drop_unknown",
+        "drop_unchecked",
     ];
 
     pub const fn is_drop(outcome: u32) -> bool {
@@ -304,7 +310,12 @@ pub mod programs {
     pub const UPLINK_EGRESS: &str = "uplink_egress";
     pub const UPLINK_XDP: &str = "uplink_xdp";
     pub const ENDPOINT_INGRESS: &str = "endpoint_ingress";
+    pub const BRIDGE_INGRESS: &str = "bridge_ingress";
 }
+
+/// The skb mark bit `endpoint_ingress` sets on what it passed, and `bridge_ingress` checks
+/// and clears: a packet routed from an endpoint without it skipped the endpoint check.
+pub const CHECKED_MARK: u32 = 1 << 26;
 
 /// Largest number of interfaces whose counters the maps hold.
 pub const MAX_INTERFACES: u32 = 4096;

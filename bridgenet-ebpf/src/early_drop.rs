@@ -1,6 +1,7 @@
 //! Early drop in XDP on the uplinks, before the stack spends anything on a packet that must
 //! not get in: packets from outside for the loopback range (CVE-2020-8558), and packets sent
 //! straight to an endpoint of a masqueraded network instead of through a published port.
+//! uplink_ingress (TC) repeats the check: one program detached by someone else is not a hole.
 use aya_ebpf::programs::XdpContext;
 use bridgenet_common::outcome;
 use network_types::{
@@ -12,7 +13,7 @@ use crate::nat;
 
 /// The outcome for the packet in `ctx`.
 #[inline(always)]
-pub fn check(ctx: &XdpContext) -> u32 {
+pub fn check_xdp(ctx: &XdpContext) -> u32 {
     let (start, end) = (ctx.data(), ctx.data_end());
     if start + EthHdr::LEN + Ipv4Hdr::LEN > end {
         return outcome::PASSED;
@@ -22,11 +23,17 @@ pub fn check(ctx: &XdpContext) -> u32 {
         return outcome::PASSED;
     }
     let ip = (start + EthHdr::LEN) as *const Ipv4Hdr;
-    let dst = unsafe { (*ip).dst_addr };
-    if dst[0] == 127 {
+    check(u32::from_ne_bytes(unsafe { (*ip).dst_addr }))
+}
+
+/// The outcome for a packet from outside to `daddr` (network byte order). TC ingress checks
+/// it too, so that either program alone keeps these packets out.
+#[inline(always)]
+pub fn check(daddr: u32) -> u32 {
+    if daddr.to_ne_bytes()[0] == 127 {
         return outcome::DROP_MARTIAN;
     }
-    match nat::subnet_of(u32::from_ne_bytes(dst)) {
+    match nat::subnet_of(daddr) {
         Some(subnet) if subnet.masquerade != 0 => outcome::DROP_ENDPOINT_DIRECT,
         _ => outcome::PASSED,
     }

@@ -3,7 +3,7 @@
 //! another network (isolation), nothing to its own network's endpoints with `--icc=false`,
 //! nothing out of an `--internal` network.
 use aya_ebpf::{macros::map, maps::HashMap, programs::TcContext};
-use bridgenet_common::{Endpoint, network_flags, outcome};
+use bridgenet_common::{CHECKED_MARK, Endpoint, network_flags, outcome};
 use network_types::eth::{EthHdr, EtherType};
 
 use crate::{
@@ -66,5 +66,34 @@ pub fn check(ctx: &TcContext) -> u32 {
             Some(own) if own.flags & network_flags::INTERNAL != 0 => outcome::DROP_INTERNAL,
             _ => outcome::PASSED,
         },
+    }
+}
+
+/// Marks a packet as checked by `check`.
+#[inline(always)]
+pub fn mark_checked(ctx: &TcContext) {
+    unsafe { (*ctx.skb.skb).mark |= CHECKED_MARK };
+}
+
+/// On a bridge's ingress: an IPv4 packet from a managed subnet must carry the mark (which is
+/// then cleared, so that it never reaches the host's own routing rules or sockets).
+#[inline(always)]
+pub fn require_checked(ctx: &TcContext) -> u32 {
+    let skb = ctx.skb.skb;
+    let mark = unsafe { (*skb).mark };
+    if mark & CHECKED_MARK != 0 {
+        unsafe { (*skb).mark = mark & !CHECKED_MARK };
+        return outcome::PASSED;
+    }
+    let Ok(eth) = ctx.load::<EthHdr>(0) else {
+        return outcome::PASSED;
+    };
+    let ether_type = eth.ether_type;
+    if ether_type != EtherType::Ipv4 as u16 {
+        return outcome::PASSED;
+    }
+    match ctx.load::<u32>(IP_SADDR_OFF) {
+        Ok(saddr) if nat::subnet_of(saddr).is_some() => outcome::DROP_UNCHECKED,
+        _ => outcome::PASSED,
     }
 }

@@ -36,15 +36,27 @@ pub fn xdp_count(ctx: XdpContext) -> u32 {
 }
 
 /// Endpoint veth (host end) ingress: what the endpoint sends, checked before anything else.
+/// What passes carries CHECKED_MARK, which bridge_ingress requires of routed packets.
 #[classifier]
 pub fn endpoint_ingress(ctx: TcContext) -> i32 {
-    verdict(program_id::ENDPOINT_INGRESS, endpoint::check(&ctx))
+    let result = endpoint::check(&ctx);
+    if !outcome::is_drop(result) {
+        endpoint::mark_checked(&ctx);
+    }
+    verdict(program_id::ENDPOINT_INGRESS, result)
+}
+
+/// Bridge ingress (what endpoints send to be routed): fails closed when an endpoint's veth
+/// lost its program, by dropping what endpoint_ingress did not mark.
+#[classifier]
+pub fn bridge_ingress(ctx: TcContext) -> i32 {
+    verdict(program_id::BRIDGE_INGRESS, endpoint::require_checked(&ctx))
 }
 
 /// Uplink XDP: drops what must never get in from outside, before the stack sees it.
 #[xdp]
 pub fn uplink_xdp(ctx: XdpContext) -> u32 {
-    let result = early_drop::check(&ctx);
+    let result = early_drop::check_xdp(&ctx);
     stats::count(program_id::UPLINK_XDP, result);
     if outcome::is_drop(result) {
         xdp_action::XDP_DROP
@@ -74,6 +86,10 @@ pub fn uplink_ingress(mut ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn uplink_ingress_ipv4(ctx: &mut TcContext, packet: &Packet) -> u32 {
+    let early = early_drop::check(packet.key.daddr);
+    if outcome::is_drop(early) {
+        return early;
+    }
     if packet.fragment {
         // Fragments for a host address are reassembled by the host stack, which never forwards
         // them to an endpoint: they cannot reach one untranslated.

@@ -26,7 +26,11 @@ pub struct NetworkCreate {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EndpointCreate {
     pub name: String,
+    /// Empty in modes none and container.
+    #[serde(default)]
     pub network: String,
+    /// Empty in mode container (the shared endpoint's).
+    #[serde(default)]
     pub netns: String,
     pub ip: Option<String>,
     /// `-p` SPECs.
@@ -35,6 +39,9 @@ pub struct EndpointCreate {
     pub expose: Vec<String>,
     /// `-P`.
     pub publish_all: bool,
+    /// `--mode bridge|none|container:EP`; None is bridge.
+    #[serde(default)]
+    pub mode: Option<String>,
 }
 
 /// `POST /endpoints/{name}/publish` and `/unpublish`.

@@ -12,7 +12,7 @@ use crate::{
         Endpoint, EndpointCreate, Flow, Network, NetworkCreate, PortEntry, PortMapping, PortSpecs,
         Stat, client,
     },
-    state::{PortSpec, check_name, ports::parse_expose},
+    state::{Mode, PortSpec, check_name, ports::parse_expose},
 };
 
 #[derive(Subcommand)]
@@ -65,11 +65,17 @@ pub enum EndpointCmd {
 #[derive(Args)]
 pub struct EndpointCreateArgs {
     name: String,
-    #[arg(long)]
+    /// Required in mode bridge.
+    #[arg(long, default_value = "")]
     network: String,
     /// A name under /run/netns (created if absent), or a path such as /proc/PID/ns/net.
-    #[arg(long)]
+    /// Not needed in mode container (the shared endpoint's).
+    #[arg(long, default_value = "")]
     netns: String,
+    /// bridge (a veth pair to the network), none (lo only) or container:ENDPOINT (share its
+    /// namespace and address), as Docker's --network modes.
+    #[arg(long, default_value = "bridge")]
+    mode: String,
     /// Default: the next free address of the network.
     #[arg(long)]
     ip: Option<String>,
@@ -239,6 +245,7 @@ pub fn endpoint(socket: &Path, cmd: EndpointCmd) -> Result<()> {
             {
                 bail!("invalid address {ip:?} (expected an IPv4 address)");
             }
+            a.mode.parse::<Mode>().map_err(anyhow::Error::msg)?;
             let req = EndpointCreate {
                 name: a.name,
                 network: a.network,
@@ -247,6 +254,7 @@ pub fn endpoint(socket: &Path, cmd: EndpointCmd) -> Result<()> {
                 publish: a.publish,
                 expose: a.expose,
                 publish_all: a.publish_all,
+                mode: Some(a.mode),
             };
             let ep: Endpoint = send(socket, Method::POST, "/endpoints", &req)?;
             println!("{} {}", ep.name, ep.ip);
@@ -257,17 +265,20 @@ pub fn endpoint(socket: &Path, cmd: EndpointCmd) -> Result<()> {
                 return print_json(&eps);
             }
             println!(
-                "{:<16} {:<16} {:<15} {:<17} {:<24} PORTS",
-                "NAME", "NETWORK", "IP", "MAC", "NETNS"
+                "{:<16} {:<16} {:<16} {:<15} {:<17} {:<24} PORTS",
+                "NAME", "MODE", "NETWORK", "IP", "MAC", "NETNS"
             );
             for e in eps {
                 let ports: Vec<String> = e.ports.iter().map(docker_ps_port).collect();
+                let dash = |s: String| if s.is_empty() { "-".to_owned() } else { s };
+                let ip = (e.mode != Mode::None).then(|| e.ip.to_string());
                 println!(
-                    "{:<16} {:<16} {:<15} {:<17} {:<24} {}",
+                    "{:<16} {:<16} {:<16} {:<15} {:<17} {:<24} {}",
                     e.name,
-                    e.network,
-                    e.ip.to_string(),
-                    e.mac,
+                    e.mode.to_string(),
+                    dash(e.network),
+                    dash(ip.unwrap_or_default()),
+                    dash(e.mac),
                     e.netns,
                     ports.join(", ")
                 );

@@ -1,6 +1,7 @@
 //! The daemon: owns the datapath, the kernel objects and the store of the network namespace it
 //! runs in, and serves the API. `ops` holds the verbs, `reconcile` the restart logic,
 //! `conntrack` the flow listing and garbage collection.
+mod attachments;
 mod conntrack;
 mod ops;
 mod reconcile;
@@ -14,6 +15,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use bridgenet_common::programs;
 use tokio::sync::Mutex;
 
 use crate::{
@@ -149,16 +151,22 @@ async fn shutdown_signal() {
     tracing::info!("stopping");
 }
 
-/// Every few seconds: follow uplink address changes, expire conntrack entries.
+/// Every second: follow uplink address changes, put back detached programs; every ten
+/// seconds: expire conntrack entries.
 async fn background(daemon: Arc<Mutex<Daemon>>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
-    loop {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    for n in 0u64.. {
         tick.tick().await;
         let mut d = daemon.lock().await;
         if let Err(err) = d.follow_uplink_addresses().await {
             tracing::warn!("watching uplink addresses: {err:#}");
         }
-        if let Err(err) = d.conntrack_gc() {
+        if let Err(err) = d.restore_attachments().await {
+            tracing::warn!("checking attached programs: {err:#}");
+        }
+        if n % 10 == 0
+            && let Err(err) = d.conntrack_gc()
+        {
             tracing::warn!("conntrack garbage collection: {err:#}");
         }
     }
@@ -246,10 +254,16 @@ impl Daemon {
                 .first()
                 .map(|net| net.addr())
                 .with_context(|| format!("uplink {name} has no IPv4 address"))?;
-            self.dp
-                .attach_uplink_persistent(&name, addr, &self.pin_dir, &self.state_dir)?;
+            self.dp.set_uplink_addr(index, addr)?;
+            self.uplinks.push(Uplink {
+                name: name.clone(),
+                index,
+                addr,
+            });
+            for a in self.attachments().iter().filter(|a| a.iface == name) {
+                self.attach(a)?;
+            }
             tracing::info!("uplink {name}: masquerade with {addr}");
-            self.uplinks.push(Uplink { name, index, addr });
         }
         Ok(())
     }
@@ -302,7 +316,9 @@ pub fn cleanup(options: Options) -> Result<()> {
             let state = store.load()?;
             let nl = Netlink::new()?;
             for endpoint in state.endpoints.values() {
-                nl.delete_named(&endpoint.veth).await?;
+                if let Some(veth) = endpoint.veth() {
+                    nl.delete_named(veth).await?;
+                }
                 if endpoint.netns_created {
                     ops::delete_netns(&endpoint.netns);
                 }
@@ -318,7 +334,17 @@ pub fn cleanup(options: Options) -> Result<()> {
             }
             let links = nl.links().await?;
             let names: Vec<String> = links.into_iter().map(|l| l.name).collect();
-            Datapath::detach_persistent_uplinks(&options.bpffs, &options.state_dir, &names);
+            Datapath::detach_pinned(
+                &options.bpffs,
+                &options.state_dir,
+                &names,
+                &[
+                    programs::UPLINK_INGRESS,
+                    programs::UPLINK_EGRESS,
+                    programs::ENDPOINT_INGRESS,
+                    programs::BRIDGE_INGRESS,
+                ],
+            );
             for name in bridgenet_common::maps::ALL {
                 let _ = std::fs::remove_file(options.bpffs.join(name));
             }

@@ -9,13 +9,15 @@ use anyhow::{Context as _, anyhow};
 use ipnet::Ipv4Net;
 
 use super::{Daemon, Error};
+use bridgenet_common::programs;
+
 use crate::{
     api::{EndpointCreate, NetworkCreate, PortEntry},
-    datapath,
+    datapath::{self, Datapath, Hook, NetworkOptions},
     netlink::{self, EndpointLink},
     state::{
-        Endpoint, Network, PortMapping, PortSpec, Proto, check_name, ifname, ipam, netns_path,
-        ports::parse_expose,
+        Endpoint, Mode, Network, PortMapping, PortSpec, Proto, check_name, ifname, ipam,
+        netns_path, ports::parse_expose,
     },
 };
 
@@ -129,14 +131,14 @@ impl Daemon {
             internal: req.internal,
             masquerade: req.masquerade,
         };
-        let created = self
+        let created = match self
             .nl
             .create_bridge(&network.bridge, gateway, subnet.prefix_len())
             .await
-            .and_then(|_| {
-                self.dp
-                    .add_subnet(subnet, network.masquerade && !network.internal)
-            });
+        {
+            Ok(_) => self.network_datapath(&network),
+            Err(err) => Err(err),
+        };
         if let Err(err) = created {
             self.undo_network(&network).await;
             return Err(Error::Internal(err));
@@ -158,11 +160,26 @@ impl Daemon {
         Ok(network)
     }
 
+    /// The network's subnet and options in the datapath, and the program on its bridge. Also
+    /// used by reconcile.
+    pub(super) fn network_datapath(&mut self, network: &Network) -> anyhow::Result<()> {
+        self.dp
+            .add_network(network.subnet, &network_options(network))?;
+        self.dp.attach_pinned(
+            programs::BRIDGE_INGRESS,
+            &network.bridge,
+            Hook::TcIngress,
+            &self.pin_dir,
+            &self.state_dir,
+        )
+    }
+
     /// Removes what a failed network create made; never fails.
     async fn undo_network(&mut self, network: &Network) {
         if let Err(err) = self.nl.delete_named(&network.bridge).await {
             tracing::warn!("deleting bridge {}: {err:#}", network.bridge);
         }
+        Datapath::forget_attachments(&self.pin_dir, &self.state_dir, &network.bridge);
         if let Err(err) = self.dp.remove_subnet(network.subnet) {
             tracing::warn!("removing subnet {}: {err:#}", network.subnet);
         }
@@ -207,6 +224,7 @@ impl Daemon {
             )));
         }
         self.nl.delete_named(&network.bridge).await?;
+        Datapath::forget_attachments(&self.pin_dir, &self.state_dir, &network.bridge);
         self.dp.remove_subnet(network.subnet)?;
         self.state.networks.remove(name);
         self.save()?;
@@ -221,6 +239,42 @@ impl Daemon {
                 "endpoint {} already exists",
                 req.name
             )));
+        }
+        let mode: Mode = match &req.mode {
+            Some(m) => m.parse().map_err(bad)?,
+            None => Mode::Bridge,
+        };
+        let endpoint = match &mode {
+            Mode::Bridge => self.bridge_endpoint(&req).await?,
+            Mode::None => self.none_endpoint(&req)?,
+            Mode::Container(shared) => self.container_endpoint(&req, shared)?,
+        };
+        if let Err(err) = self.endpoint_setup(&endpoint).await {
+            self.endpoint_teardown(&endpoint).await;
+            return Err(Error::Internal(err));
+        }
+        self.state
+            .endpoints
+            .insert(endpoint.name.clone(), endpoint.clone());
+        if let Err(err) = self.save() {
+            self.state.endpoints.remove(&endpoint.name);
+            self.endpoint_teardown(&endpoint).await;
+            return Err(err);
+        }
+        tracing::info!(
+            "endpoint {} created: mode {}, {} in {}",
+            endpoint.name,
+            endpoint.mode,
+            endpoint.ip,
+            endpoint.netns
+        );
+        Ok(endpoint)
+    }
+
+    /// Mode bridge: an address on the network, a veth pair, published ports.
+    async fn bridge_endpoint(&self, req: &EndpointCreate) -> Result<Endpoint, Error> {
+        if req.network.is_empty() {
+            return Err(bad("--network is required (or --mode none|container:ENDPOINT)"));
         }
         let network = self.network(&req.network)?.clone();
         let taken = self.state.taken_addresses(&network);
@@ -254,8 +308,94 @@ impl Daemon {
             }));
         }
         let ports = self.draw_mappings(&specs)?;
-        let path = netns_path(&req.netns);
-        let netns_created = if req.netns.contains('/') {
+        let (netns, netns_created) = self.own_netns(&req.netns)?;
+        let veth = ifname("ve-", &req.name);
+        if self.nl.link(&veth).await?.is_some() {
+            return Err(Error::Conflict(format!("interface {veth} already exists")));
+        }
+        Ok(Endpoint {
+            name: req.name.clone(),
+            mode: Mode::Bridge,
+            network: network.name.clone(),
+            netns,
+            netns_created,
+            ip,
+            mac: ipam::mac_string(&ipam::mac(ip)),
+            veth,
+            exposed,
+            ports,
+        })
+    }
+
+    /// Mode none: a namespace with lo only (Docker's `--network none`).
+    fn none_endpoint(&self, req: &EndpointCreate) -> Result<Endpoint, Error> {
+        if !req.network.is_empty() || req.ip.is_some() || Self::publishes(req) {
+            return Err(bad(
+                "mode none has no network: --network, --ip, -p, --expose and -P do not apply",
+            ));
+        }
+        let (netns, netns_created) = self.own_netns(&req.netns)?;
+        Ok(Endpoint {
+            name: req.name.clone(),
+            mode: Mode::None,
+            network: String::new(),
+            netns,
+            netns_created,
+            ip: Ipv4Addr::UNSPECIFIED,
+            mac: String::new(),
+            veth: String::new(),
+            exposed: Vec::new(),
+            ports: Vec::new(),
+        })
+    }
+
+    /// Mode container:EP: EP's namespace, address and network (Docker's
+    /// `--network container:NAME`); ports are published on EP.
+    fn container_endpoint(&self, req: &EndpointCreate, shared: &str) -> Result<Endpoint, Error> {
+        let other = self.endpoint(shared)?;
+        if let Mode::Container(root) = &other.mode {
+            return Err(bad(format!(
+                "endpoint {shared} itself shares the namespace of {root}: use container:{root}"
+            )));
+        }
+        if !req.network.is_empty() || req.ip.is_some() || Self::publishes(req) {
+            return Err(bad(format!(
+                "mode container:{shared} shares {shared}'s network: --network, --ip, -p, --expose \
+                 and -P do not apply (publish on {shared})"
+            )));
+        }
+        if !req.netns.is_empty() && netns_path(&req.netns) != other.netns_path() {
+            return Err(bad(format!(
+                "mode container:{shared} uses {shared}'s namespace {}, not {}",
+                other.netns, req.netns
+            )));
+        }
+        Ok(Endpoint {
+            name: req.name.clone(),
+            mode: Mode::Container(shared.to_owned()),
+            network: other.network.clone(),
+            netns: other.netns.clone(),
+            netns_created: false,
+            ip: other.ip,
+            mac: other.mac.clone(),
+            veth: String::new(),
+            exposed: Vec::new(),
+            ports: Vec::new(),
+        })
+    }
+
+    fn publishes(req: &EndpointCreate) -> bool {
+        !req.publish.is_empty() || !req.expose.is_empty() || req.publish_all
+    }
+
+    /// The namespace of a new endpoint of its own: whether bridgenet creates it, and that no
+    /// other endpoint holds it.
+    fn own_netns(&self, netns: &str) -> Result<(String, bool), Error> {
+        if netns.is_empty() {
+            return Err(bad("--netns is required"));
+        }
+        let path = netns_path(netns);
+        let created = if netns.contains('/') {
             if !path.exists() {
                 return Err(Error::NotFound(format!(
                     "namespace {} does not exist",
@@ -264,7 +404,7 @@ impl Daemon {
             }
             false
         } else {
-            check_name("namespace", &req.netns).map_err(bad)?;
+            check_name("namespace", netns).map_err(bad)?;
             !path.exists()
         };
         if let Some(other) = self
@@ -274,59 +414,29 @@ impl Daemon {
             .find(|e| e.netns_path() == path)
         {
             return Err(Error::Conflict(format!(
-                "namespace {} already holds endpoint {}",
-                req.netns, other.name
+                "namespace {netns} already holds endpoint {}",
+                other.name
             )));
         }
-        let veth = ifname("ve-", &req.name);
-        if self.nl.link(&veth).await?.is_some() {
-            return Err(Error::Conflict(format!("interface {veth} already exists")));
-        }
-        let mac = ipam::mac(ip);
-        let endpoint = Endpoint {
-            name: req.name.clone(),
-            network: network.name.clone(),
-            netns: req.netns.clone(),
-            netns_created,
-            ip,
-            mac: ipam::mac_string(&mac),
-            veth,
-            exposed,
-            ports,
-        };
-        if let Err(err) = self.endpoint_setup(&endpoint, &network).await {
-            self.endpoint_teardown(&endpoint).await;
-            return Err(Error::Internal(err));
-        }
-        self.state
-            .endpoints
-            .insert(endpoint.name.clone(), endpoint.clone());
-        if let Err(err) = self.save() {
-            self.state.endpoints.remove(&endpoint.name);
-            self.endpoint_teardown(&endpoint).await;
-            return Err(err);
-        }
-        tracing::info!(
-            "endpoint {} created: {} in {} on network {}",
-            endpoint.name,
-            ip,
-            endpoint.netns,
-            network.name
-        );
-        Ok(endpoint)
+        Ok((netns.to_owned(), created))
     }
 
-    /// Namespace, veth pair, eth0 inside, published ports. Also used by reconcile.
-    pub(super) async fn endpoint_setup(
-        &mut self,
-        endpoint: &Endpoint,
-        network: &Network,
-    ) -> anyhow::Result<()> {
+    /// Namespace, veth pair, eth0 inside, the endpoint program, published ports. Also used by
+    /// reconcile.
+    pub(super) async fn endpoint_setup(&mut self, endpoint: &Endpoint) -> anyhow::Result<()> {
         let path = endpoint.netns_path();
         if endpoint.netns_created && !path.exists() {
             create_netns(&endpoint.netns)?;
         }
-        self.endpoint_link(endpoint, network).await?;
+        match &endpoint.mode {
+            Mode::Bridge => {
+                let network = self.state.networks[&endpoint.network].clone();
+                self.endpoint_link(endpoint, &network).await?;
+                self.endpoint_datapath(endpoint, &network).await?;
+            }
+            Mode::None => netlink::in_netns(&path, netlink::lo_up).await?,
+            Mode::Container(_) => {}
+        }
         for m in &endpoint.ports {
             self.dp.publish(
                 wire_proto(m.proto),
@@ -337,6 +447,28 @@ impl Daemon {
             )?;
         }
         Ok(())
+    }
+
+    /// What the endpoint program checks (address, MAC, network) and the program on its veth.
+    pub(super) async fn endpoint_datapath(
+        &mut self,
+        endpoint: &Endpoint,
+        network: &Network,
+    ) -> anyhow::Result<()> {
+        let index = self.nl.index(&endpoint.veth).await?;
+        self.dp.add_endpoint(
+            index,
+            endpoint.ip,
+            ipam::mac(endpoint.ip),
+            network_options(network).id,
+        )?;
+        self.dp.attach_pinned(
+            programs::ENDPOINT_INGRESS,
+            &endpoint.veth,
+            Hook::TcIngress,
+            &self.pin_dir,
+            &self.state_dir,
+        )
     }
 
     /// The veth pair from the bridge to eth0 in the endpoint's namespace.
@@ -373,8 +505,16 @@ impl Daemon {
                 tracing::warn!("unpublishing {m}: {err:#}");
             }
         }
-        if let Err(err) = self.nl.delete_named(&endpoint.veth).await {
-            tracing::warn!("deleting {}: {err:#}", endpoint.veth);
+        if let Some(veth) = endpoint.veth() {
+            if let Ok(Some(link)) = self.nl.link(veth).await
+                && let Err(err) = self.dp.remove_endpoint(link.index)
+            {
+                tracing::warn!("forgetting endpoint {}: {err:#}", endpoint.name);
+            }
+            if let Err(err) = self.nl.delete_named(veth).await {
+                tracing::warn!("deleting {veth}: {err:#}");
+            }
+            Datapath::forget_attachments(&self.pin_dir, &self.state_dir, veth);
         }
         if endpoint.netns_created {
             delete_netns(&endpoint.netns);
@@ -383,17 +523,46 @@ impl Daemon {
 
     pub async fn endpoint_rm(&mut self, name: &str) -> Result<Endpoint, Error> {
         let endpoint = self.endpoint(name)?.clone();
+        let sharing: Vec<&str> = self
+            .state
+            .endpoints
+            .values()
+            .filter(|e| e.mode == Mode::Container(name.to_owned()))
+            .map(|e| e.name.as_str())
+            .collect();
+        if !sharing.is_empty() {
+            return Err(Error::Conflict(format!(
+                "endpoint {name} shares its namespace with {}: remove them first",
+                sharing.join(", ")
+            )));
+        }
         self.endpoint_teardown(&endpoint).await;
-        // Stale flows would keep sending a reused address's traffic to the old endpoint.
-        self.conntrack_remove_addr(endpoint.ip)?;
+        if endpoint.mode == Mode::Bridge {
+            // Stale flows would keep sending a reused address's traffic to the old endpoint.
+            self.conntrack_remove_addr(endpoint.ip)?;
+        }
         self.state.endpoints.remove(name);
         self.save()?;
         tracing::info!("endpoint {name} removed");
         Ok(endpoint)
     }
 
-    pub fn publish(&mut self, name: &str, specs: &[String]) -> Result<Vec<PortMapping>, Error> {
+    /// The endpoint ports of `name` are published to: its own, in mode bridge.
+    fn publishable(&self, name: &str) -> Result<Endpoint, Error> {
         let endpoint = self.endpoint(name)?.clone();
+        match &endpoint.mode {
+            Mode::Bridge => Ok(endpoint),
+            Mode::None => Err(bad(format!(
+                "endpoint {name} has no network (mode none): no port to publish"
+            ))),
+            Mode::Container(shared) => Err(bad(format!(
+                "endpoint {name} shares {shared}'s network: publish on {shared}"
+            ))),
+        }
+    }
+
+    pub fn publish(&mut self, name: &str, specs: &[String]) -> Result<Vec<PortMapping>, Error> {
+        let endpoint = self.publishable(name)?;
         let specs = parse_specs(specs)?;
         let added = self.draw_mappings(&specs)?;
         let mut done = Vec::new();
@@ -433,7 +602,7 @@ impl Daemon {
     }
 
     pub fn unpublish(&mut self, name: &str, specs: &[String]) -> Result<Vec<PortMapping>, Error> {
-        let endpoint = self.endpoint(name)?.clone();
+        let endpoint = self.publishable(name)?;
         let specs = parse_specs(specs)?;
         let mut removed = Vec::new();
         for spec in &specs {
@@ -556,6 +725,18 @@ fn list(mappings: &[PortMapping]) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// A network's options as the datapath enforces them; the id is the subnet's address, unique
+/// because subnets never overlap.
+pub(super) fn network_options(network: &Network) -> NetworkOptions {
+    NetworkOptions {
+        id: u32::from(network.subnet.network()),
+        gateway: network.gateway,
+        masquerade: network.masquerade,
+        icc: network.icc,
+        internal: network.internal,
+    }
 }
 
 pub(super) fn wire_proto(proto: Proto) -> datapath::Proto {

@@ -7,8 +7,9 @@ use bridgenet_common::PublishTarget;
 
 use super::{Daemon, ops::wire_proto};
 use crate::{
-    datapath::{publish_key, wire},
+    datapath::{Datapath, publish_key, wire},
     netlink::{self, ALIAS},
+    state::Mode,
 };
 
 impl Daemon {
@@ -18,6 +19,7 @@ impl Daemon {
             match self.nl.link(&network.bridge).await? {
                 None => {
                     tracing::info!("reconcile: re-creating bridge {}", network.bridge);
+                    Datapath::forget_attachments(&self.pin_dir, &self.state_dir, &network.bridge);
                     self.nl
                         .create_bridge(
                             &network.bridge,
@@ -37,8 +39,7 @@ impl Daemon {
                     self.nl.set_up(link.index).await?;
                 }
             }
-            self.dp
-                .add_subnet(network.subnet, network.masquerade && !network.internal)?;
+            self.network_datapath(network)?;
         }
         let managed: BTreeSet<_> = networks.iter().map(|n| n.subnet).collect();
         for (subnet, _) in self.dp.subnets()? {
@@ -49,13 +50,16 @@ impl Daemon {
         }
 
         let endpoints: Vec<_> = self.state.endpoints.values().cloned().collect();
+        let mut endpoint_ifindexes = BTreeSet::new();
         for endpoint in &endpoints {
-            let network = self.state.networks[&endpoint.network].clone();
             let path = endpoint.netns_path();
             if !path.exists() {
                 if endpoint.netns_created {
                     tracing::info!("reconcile: re-creating namespace {}", endpoint.netns);
                     super::ops::create_netns(&endpoint.netns)?;
+                    if endpoint.mode == Mode::None {
+                        netlink::in_netns(&path, netlink::lo_up).await?;
+                    }
                 } else {
                     tracing::warn!(
                         "endpoint {}: namespace {} is gone; `endpoint rm {}` removes it",
@@ -66,13 +70,17 @@ impl Daemon {
                     continue;
                 }
             }
-            let host = self.nl.link(&endpoint.veth).await?;
+            let Some(veth) = endpoint.veth() else {
+                continue;
+            };
+            let network = self.state.networks[&endpoint.network].clone();
+            let host = self.nl.link(veth).await?;
             let inside = netlink::in_netns(&path, netlink::has_eth0).await?;
             match host {
                 Some(link) if inside => {
                     let bridge = self.nl.index(&network.bridge).await?;
                     if link.controller != Some(bridge) {
-                        tracing::info!("reconcile: {} back on {}", endpoint.veth, network.bridge);
+                        tracing::info!("reconcile: {veth} back on {}", network.bridge);
                         self.nl.set_controller(link.index, bridge).await?;
                     }
                 }
@@ -81,9 +89,18 @@ impl Daemon {
                     if let Some(link) = other {
                         self.nl.delete(link.index).await?;
                     }
+                    Datapath::forget_attachments(&self.pin_dir, &self.state_dir, veth);
                     tracing::info!("reconcile: re-creating the veth pair of {}", endpoint.name);
                     self.endpoint_link(endpoint, &network).await?;
                 }
+            }
+            self.endpoint_datapath(endpoint, &network).await?;
+            endpoint_ifindexes.insert(self.nl.index(veth).await?);
+        }
+        for ifindex in self.dp.endpoint_ifindexes()? {
+            if !endpoint_ifindexes.contains(&ifindex) {
+                tracing::info!("reconcile: forgetting the endpoint of veth {ifindex}");
+                self.dp.remove_endpoint(ifindex)?;
             }
         }
 
@@ -139,6 +156,14 @@ impl Daemon {
                 self.nl.delete(link.index).await?;
             }
         }
+        // Attachments of interfaces that are gone or no longer ours.
+        let mut keep = Vec::new();
+        for a in self.attachments() {
+            if let Some(link) = self.nl.link(&a.iface).await? {
+                keep.push((a.program, a.iface, link.index));
+            }
+        }
+        Datapath::prune_attachments(&self.pin_dir, &self.state_dir, &keep);
         tracing::info!(
             "reconciled {} networks, {} endpoints",
             self.state.networks.len(),

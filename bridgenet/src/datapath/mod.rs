@@ -19,7 +19,9 @@ use bridgenet_common::{
 };
 use ipnet::Ipv4Net;
 
+mod attach;
 mod control;
+pub use attach::Hook;
 pub use control::publish_key;
 
 /// The object built from bridgenet-ebpf by build.rs.
@@ -105,6 +107,7 @@ impl Datapath {
             programs::UPLINK_INGRESS,
             programs::UPLINK_EGRESS,
             programs::ENDPOINT_INGRESS,
+            programs::BRIDGE_INGRESS,
         ] {
             let tc: &mut SchedClassifier = program_mut(&mut ebpf, name)?;
             tc.load()

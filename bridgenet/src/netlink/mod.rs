@@ -10,8 +10,9 @@ use rtnetlink::{
     Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
         address::AddressAttribute,
-        link::{LinkAttribute, LinkMessage},
+        link::{LinkAttribute, LinkMessage, LinkXdp},
         route::{RouteAddress, RouteAttribute, RouteType},
+        tc::{TcAttribute, TcFilterBpfOption, TcOption},
     },
 };
 
@@ -34,6 +35,8 @@ pub struct Link {
     pub name: String,
     pub alias: Option<String>,
     pub controller: Option<u32>,
+    /// The id of the XDP program attached to it.
+    pub xdp_program: Option<u32>,
 }
 
 impl Netlink {
@@ -210,6 +213,38 @@ impl Netlink {
         Ok(out)
     }
 
+    /// The ids of the BPF programs in the netlink TC filters of link `index` (clsact ingress
+    /// or egress); none when it has no clsact qdisc.
+    pub async fn tc_program_ids(&self, index: u32, ingress: bool) -> Result<Vec<u32>> {
+        let request = self.handle.traffic_filter(index as i32).get();
+        let request = if ingress {
+            request.ingress()
+        } else {
+            request.egress()
+        };
+        let mut stream = request.execute();
+        let mut out = Vec::new();
+        loop {
+            match stream.try_next().await {
+                Ok(Some(msg)) => {
+                    for attr in &msg.attributes {
+                        if let TcAttribute::Options(options) = attr {
+                            out.extend(options.iter().filter_map(|o| match o {
+                                TcOption::Bpf(TcFilterBpfOption::ProgId(id)) => Some(*id),
+                                _ => None,
+                            }));
+                        }
+                    }
+                }
+                Ok(None) => break,
+                // No clsact qdisc (someone deleted it): no filter.
+                Err(rtnetlink::Error::NetlinkError(_)) => break,
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok(out)
+    }
+
     /// Names of the interfaces that hold a default route.
     pub async fn default_route_links(&self) -> Result<Vec<String>> {
         let links = self.links().await?;
@@ -232,12 +267,19 @@ fn link_of(msg: LinkMessage) -> Link {
         name: String::new(),
         alias: None,
         controller: None,
+        xdp_program: None,
     };
     for attr in msg.attributes {
         match attr {
             LinkAttribute::IfName(n) => link.name = n,
             LinkAttribute::IfAlias(a) => link.alias = Some(a),
             LinkAttribute::Controller(c) => link.controller = Some(c),
+            LinkAttribute::Xdp(xdp) => {
+                link.xdp_program = xdp.iter().find_map(|x| match x {
+                    LinkXdp::ProgId(id) => Some(*id),
+                    _ => None,
+                });
+            }
             _ => {}
         }
     }
@@ -307,6 +349,12 @@ pub async fn configure_endpoint(nl: Netlink, link: EndpointLink) -> Result<()> {
             .context("adding the default route")?;
     }
     Ok(())
+}
+
+/// Inside a namespace: lo up (an endpoint of mode none).
+pub async fn lo_up(nl: Netlink) -> Result<()> {
+    let lo = nl.index("lo").await?;
+    nl.set_up(lo).await
 }
 
 /// Inside a namespace: whether `eth0` exists (the endpoint's end of its veth pair).

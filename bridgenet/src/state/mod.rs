@@ -34,18 +34,64 @@ pub struct Network {
     pub masquerade: bool,
 }
 
-/// An endpoint: one network namespace attached to one network with a veth pair.
+/// How an endpoint is connected, Docker's `--network` modes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// A veth pair to the network's bridge (Docker's default).
+    #[default]
+    Bridge,
+    /// A namespace with lo only.
+    None,
+    /// Shares the namespace (and address) of another endpoint, named here.
+    Container(String),
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Mode::Bridge => f.write_str("bridge"),
+            Mode::None => f.write_str("none"),
+            Mode::Container(ep) => write!(f, "container:{ep}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "bridge" => Ok(Mode::Bridge),
+            "none" => Ok(Mode::None),
+            _ => match s.strip_prefix("container:") {
+                Some(ep) if !ep.is_empty() => Ok(Mode::Container(ep.to_owned())),
+                _ => Err(format!(
+                    "invalid mode {s:?} (expected bridge, none or container:ENDPOINT)"
+                )),
+            },
+        }
+    }
+}
+
+/// An endpoint: one network namespace attached to one network with a veth pair (or, in the
+/// other modes, lo only or another endpoint's namespace).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
     pub name: String,
+    #[serde(default)]
+    pub mode: Mode,
+    /// Empty in mode none.
     pub network: String,
     /// The namespace as given: a name under /run/netns or a path.
     pub netns: String,
     /// Whether bridgenet created the namespace (and removes it with the endpoint).
     pub netns_created: bool,
+    /// 0.0.0.0 in mode none; the shared endpoint's in mode container.
     pub ip: Ipv4Addr,
     pub mac: String,
     /// The host end of the veth pair, on the network's bridge; the other end is eth0 in netns.
+    /// Empty in the modes without a veth pair.
     pub veth: String,
     /// `--expose`d ports, which `-P` publishes.
     pub exposed: Vec<(u16, Proto)>,
@@ -53,6 +99,11 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// The host end of its veth pair, in mode bridge.
+    pub fn veth(&self) -> Option<&str> {
+        (self.mode == Mode::Bridge).then_some(self.veth.as_str())
+    }
+
     /// The namespace file.
     pub fn netns_path(&self) -> PathBuf {
         netns_path(&self.netns)
@@ -82,7 +133,7 @@ impl State {
         taken.extend(
             self.endpoints
                 .values()
-                .filter(|e| e.network == network.name)
+                .filter(|e| e.network == network.name && e.mode == Mode::Bridge)
                 .map(|e| e.ip),
         );
         taken
