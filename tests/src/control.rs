@@ -168,6 +168,14 @@ impl ControlLab {
         }
     }
 
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the daemon: what happens while it cannot act.
+    pub fn freeze(&self, frozen: bool) {
+        let child = self.daemon.as_ref().expect("the daemon runs");
+        let signal = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: a signal to the child this lab started.
+        unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
     }

@@ -6,6 +6,7 @@
 pub mod control;
 pub mod packet;
 pub mod topology;
+pub mod traffic;
 
 pub use topology::{Netns, Topology};
 

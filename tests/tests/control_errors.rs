@@ -289,6 +289,52 @@ fn bad_input_changes_nothing() {
         ],
         "eth0",
     );
+    // Modes: unknown, or given what they do not take.
+    refused(
+        &lab,
+        &[
+            "endpoint", "create", "e", "--netns", &spare, "--mode", "host",
+        ],
+        "invalid mode",
+    );
+    refused(
+        &lab,
+        &[
+            "endpoint",
+            "create",
+            "e",
+            "--network",
+            "bridge",
+            "--netns",
+            &spare,
+            "--mode",
+            "none",
+        ],
+        "mode none has no network",
+    );
+    refused(
+        &lab,
+        &["endpoint", "create", "e", "--mode", "container:nope"],
+        "no endpoint nope",
+    );
+    refused(
+        &lab,
+        &[
+            "endpoint",
+            "create",
+            "e",
+            "--mode",
+            "container:one",
+            "-p",
+            "80",
+        ],
+        "shares one's network",
+    );
+    refused(
+        &lab,
+        &["endpoint", "create", "e", "--netns", &spare],
+        "--network is required",
+    );
     // Removing a network that still has endpoints.
     refused(
         &lab,

@@ -1,54 +1,14 @@
 //! The control plane end to end with real traffic: the daemon in a host namespace, endpoints
 //! made by the CLI, a world namespace at 198.18.0.1 that has no route to the endpoints.
 use std::{
-    io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{Ipv4Addr, TcpListener},
     path::Path,
     time::Duration,
 };
 
 use bridgenet_tests::topology::enter;
+use bridgenet_tests::traffic::{echo_once, refused, roundtrip};
 use bridgenet_tests::{Netns, control::ControlLab};
-
-const TIMEOUT: Duration = Duration::from_secs(5);
-
-/// An echo server for one connection in `netns`; returns the peer address it saw.
-fn echo_once(netns: &str, bind: &str) -> std::thread::JoinHandle<SocketAddr> {
-    let listener = enter(netns, || TcpListener::bind(bind).expect("bind"));
-    std::thread::spawn(move || {
-        let (mut stream, peer) = listener.accept().expect("accept");
-        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = stream.read(&mut buf).expect("read");
-            if n == 0 {
-                break;
-            }
-            stream.write_all(&buf[..n]).expect("write");
-        }
-        peer
-    })
-}
-
-fn roundtrip(netns: &str, to: &str) {
-    let to: SocketAddr = to.parse().unwrap();
-    let mut stream = enter(netns, || {
-        TcpStream::connect_timeout(&to, TIMEOUT).expect("connect")
-    });
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    stream.write_all(b"hello bridgenet").unwrap();
-    let mut back = [0u8; 15];
-    stream.read_exact(&mut back).expect("echo");
-    assert_eq!(&back, b"hello bridgenet");
-    stream.shutdown(std::net::Shutdown::Write).unwrap();
-}
-
-fn refused(netns: &str, to: &str) -> bool {
-    let to: SocketAddr = to.parse().unwrap();
-    enter(netns, || {
-        TcpStream::connect_timeout(&to, Duration::from_secs(1)).is_err()
-    })
-}
 
 #[test]
 fn published_port_and_masquerade_through_the_daemon() {

@@ -274,7 +274,9 @@ impl Daemon {
     /// Mode bridge: an address on the network, a veth pair, published ports.
     async fn bridge_endpoint(&self, req: &EndpointCreate) -> Result<Endpoint, Error> {
         if req.network.is_empty() {
-            return Err(bad("--network is required (or --mode none|container:ENDPOINT)"));
+            return Err(bad(
+                "--network is required (or --mode none|container:ENDPOINT)",
+            ));
         }
         let network = self.network(&req.network)?.clone();
         let taken = self.state.taken_addresses(&network);

@@ -172,8 +172,7 @@ impl Datapath {
         for dir in [pin_dir, record_dir] {
             for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
                 let file = entry.file_name().to_string_lossy().into_owned();
-                let ours =
-                    file.starts_with(LINK_PIN_PREFIX) || file.starts_with(NL_RECORD_PREFIX);
+                let ours = file.starts_with(LINK_PIN_PREFIX) || file.starts_with(NL_RECORD_PREFIX);
                 if ours && file.contains(&suffix) {
                     let _ = std::fs::remove_file(entry.path());
                 }
@@ -193,8 +192,7 @@ impl Datapath {
         for dir in [pin_dir, record_dir] {
             for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
                 let file = entry.file_name().to_string_lossy().into_owned();
-                let ours =
-                    file.starts_with(LINK_PIN_PREFIX) || file.starts_with(NL_RECORD_PREFIX);
+                let ours = file.starts_with(LINK_PIN_PREFIX) || file.starts_with(NL_RECORD_PREFIX);
                 if ours && !kept.contains(&file) {
                     tracing::info!("removing stale attachment {file}");
                     let _ = std::fs::remove_file(entry.path());
