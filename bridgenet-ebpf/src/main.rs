@@ -2,6 +2,7 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+mod alert;
 mod conntrack;
 mod counters;
 mod early_drop;
@@ -43,14 +44,18 @@ pub fn endpoint_ingress(ctx: TcContext) -> i32 {
     if !outcome::is_drop(result) {
         endpoint::mark_checked(&ctx);
     }
-    verdict(program_id::ENDPOINT_INGRESS, result)
+    verdict(&ctx, program_id::ENDPOINT_INGRESS, result)
 }
 
 /// Bridge ingress (what endpoints send to be routed): fails closed when an endpoint's veth
 /// lost its program, by dropping what endpoint_ingress did not mark.
 #[classifier]
 pub fn bridge_ingress(ctx: TcContext) -> i32 {
-    verdict(program_id::BRIDGE_INGRESS, endpoint::require_checked(&ctx))
+    verdict(
+        &ctx,
+        program_id::BRIDGE_INGRESS,
+        endpoint::require_checked(&ctx),
+    )
 }
 
 /// Uplink XDP: drops what must never get in from outside, before the stack sees it.
@@ -81,7 +86,7 @@ pub fn uplink_ingress(mut ctx: TcContext) -> i32 {
         stats::count(program_id::UPLINK_INGRESS, result);
         return action;
     }
-    verdict(program_id::UPLINK_INGRESS, result)
+    verdict(&ctx, program_id::UPLINK_INGRESS, result)
 }
 
 #[inline(always)]
@@ -118,7 +123,7 @@ fn uplink_ingress_ipv4(ctx: &mut TcContext, packet: &Packet) -> u32 {
 pub fn uplink_egress(mut ctx: TcContext) -> i32 {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let Some(nat_addr) = nat::uplink_addr(ifindex) else {
-        return verdict(program_id::UPLINK_EGRESS, outcome::PASSED);
+        return verdict(&ctx, program_id::UPLINK_EGRESS, outcome::PASSED);
     };
     let result = match parse(&ctx) {
         Parsed::Other => outcome::PASSED,
@@ -126,7 +131,7 @@ pub fn uplink_egress(mut ctx: TcContext) -> i32 {
         Parsed::Malformed => outcome::DROP_MALFORMED,
         Parsed::Ipv4(packet) => uplink_egress_ipv4(&mut ctx, &packet, nat_addr),
     };
-    verdict(program_id::UPLINK_EGRESS, result)
+    verdict(&ctx, program_id::UPLINK_EGRESS, result)
 }
 
 #[inline(always)]
@@ -178,9 +183,10 @@ fn nat_translatable(packet: &Packet) -> bool {
 
 /// Counts the outcome and turns it into a TC verdict.
 #[inline(always)]
-fn verdict(program: u32, result: u32) -> i32 {
+fn verdict(ctx: &TcContext, program: u32, result: u32) -> i32 {
     stats::count(program, result);
     if outcome::is_drop(result) {
+        alert::drop(ctx, result);
         TC_ACT_SHOT
     } else {
         TC_ACT_OK

@@ -24,14 +24,19 @@ struct Cli {
 enum Command {
     /// Run the daemon: it manages the network namespace it is started in.
     Daemon {
-        #[arg(long, default_value = "/var/lib/bridgenet")]
-        state_dir: PathBuf,
-        /// Where maps are pinned; a bpf filesystem is mounted there when it is not on one.
-        #[arg(long, default_value = "/sys/fs/bpf/bridgenet")]
-        bpffs: PathBuf,
+        /// Where the store is kept [default: /var/lib/bridgenet]
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Where maps and links are pinned; a bpf filesystem is mounted there when it is not on
+        /// one [default: /sys/fs/bpf/bridgenet]
+        #[arg(long)]
+        bpffs: Option<PathBuf>,
         /// Interfaces to masquerade on; default: those holding the default routes.
         #[arg(long)]
         uplink: Vec<String>,
+        /// A JSON file with the same options (keys socket, state-dir, bpffs, uplinks); flags win.
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Remove everything bridgenet created in this namespace, then exit.
         #[arg(long)]
         cleanup: bool,
@@ -85,19 +90,39 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let socket = cli::socket_path(cli.socket);
     match cli.command {
         Command::Daemon {
             state_dir,
             bpffs,
             uplink,
+            config,
             cleanup,
         } => {
+            let config = match &config {
+                Some(path) => daemon::config::Config::load(path)?,
+                None => daemon::config::Config::default(),
+            };
             let options = daemon::Options {
-                socket,
-                state_dir,
-                bpffs,
-                uplinks: uplink,
+                // --socket, then BRIDGENET_SOCKET, then the file, then the default.
+                socket: match (
+                    &cli.socket,
+                    std::env::var_os("BRIDGENET_SOCKET"),
+                    config.socket,
+                ) {
+                    (None, None, Some(socket)) => socket,
+                    _ => cli::socket_path(cli.socket),
+                },
+                state_dir: state_dir
+                    .or(config.state_dir)
+                    .unwrap_or_else(|| "/var/lib/bridgenet".into()),
+                bpffs: bpffs
+                    .or(config.bpffs)
+                    .unwrap_or_else(|| "/sys/fs/bpf/bridgenet".into()),
+                uplinks: if uplink.is_empty() {
+                    config.uplinks
+                } else {
+                    uplink
+                },
             };
             if cleanup {
                 daemon::cleanup(options)
@@ -113,6 +138,13 @@ fn run(cli: Cli) -> Result<()> {
                 daemon::run(options)
             }
         }
+        command => run_client(cli::socket_path(cli.socket), command),
+    }
+}
+
+fn run_client(socket: PathBuf, command: Command) -> Result<()> {
+    match command {
+        Command::Daemon { .. } => unreachable!("handled by run"),
         Command::Network(cmd) => cli::network(&socket, cmd),
         Command::Endpoint(cmd) => cli::endpoint(&socket, cmd),
         Command::Port(cmd) => cli::port(&socket, cmd),

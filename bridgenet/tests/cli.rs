@@ -58,6 +58,21 @@ fn bad_specs_names_and_addresses_are_refused_locally() {
 }
 
 #[test]
+fn a_bad_daemon_config_is_one_clear_line() {
+    refuse(
+        &["daemon", "--config", "/nonexistent/daemon.json"],
+        "reading config /nonexistent/daemon.json",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("daemon.json");
+    std::fs::write(&config, r#"{"data-root": "/var/lib/docker"}"#).unwrap();
+    refuse(
+        &["daemon", "--config", config.to_str().unwrap()],
+        "unknown field `data-root`",
+    );
+}
+
+#[test]
 fn no_daemon_is_one_clear_line() {
     refuse(&["network", "ls"], "cannot reach the daemon");
 }

@@ -83,15 +83,20 @@ impl ControlLab {
         self.dir.path().join("state")
     }
 
+    /// The daemon's options: the socket as a flag, the rest in a `--config` file.
     fn daemon_args(&self) -> Vec<String> {
+        let config = self.dir.path().join("daemon.json");
+        let json = serde_json::json!({
+            "state-dir": self.state_dir(),
+            "bpffs": self.bpffs(),
+        });
+        std::fs::write(&config, json.to_string()).expect("writing daemon.json");
         vec![
             "--socket".into(),
             self.socket().display().to_string(),
             "daemon".into(),
-            "--state-dir".into(),
-            self.state_dir().display().to_string(),
-            "--bpffs".into(),
-            self.bpffs().display().to_string(),
+            "--config".into(),
+            config.display().to_string(),
         ]
     }
 

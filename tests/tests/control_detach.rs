@@ -108,6 +108,8 @@ fn detached_programs_fail_closed_then_come_back() {
     );
     wait_for_log(&lab, "uplink_xdp was detached from uplink0 by someone else");
     assert!(count(&lab, "bridge_ingress", "drop_unchecked") > 0);
+    // The program's own warning, through aya-log into the daemon's log.
+    wait_for_log(&lab, "without the endpoint check: its program is detached");
     assert!(count(&lab, "uplink_ingress", "drop_endpoint_direct") > 0);
 
     // Back: ep1 reaches the world again, the published port answers, and XDP drops again.

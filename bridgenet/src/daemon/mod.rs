@@ -2,6 +2,7 @@
 //! runs in, and serves the API. `ops` holds the verbs, `reconcile` the restart logic,
 //! `conntrack` the flow listing and garbage collection.
 mod attachments;
+pub mod config;
 mod conntrack;
 mod ops;
 mod reconcile;
@@ -20,7 +21,7 @@ use tokio::sync::Mutex;
 
 use crate::{
     datapath::{Datapath, LoadOptions},
-    netlink::Netlink,
+    netlink::{Netlink, Watch},
     state::{State, Store},
 };
 
@@ -104,10 +105,11 @@ async fn serve(options: Options) -> Result<()> {
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
         .context("enabling net.ipv4.ip_forward in the daemon's namespace")?;
 
-    let dp = Datapath::load_with(&LoadOptions {
+    let mut dp = Datapath::load_with(&LoadOptions {
         pin_dir: Some(options.bpffs.clone()),
         ..LoadOptions::default()
     })?;
+    forward_ebpf_logs(&mut dp);
     let store = Store::new(&options.state_dir);
     let first_start = !store.exists();
     let state = store.load()?;
@@ -131,6 +133,7 @@ async fn serve(options: Options) -> Result<()> {
     let listener = bind(&options.socket)?;
     tracing::info!("listening on {}", options.socket.display());
     tokio::spawn(background(daemon.clone()));
+    tokio::spawn(on_changes(daemon.clone(), Watch::new()?));
     let app = crate::api::server::router(daemon);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
@@ -170,6 +173,46 @@ async fn background(daemon: Arc<Mutex<Daemon>>) {
             tracing::warn!("conntrack garbage collection: {err:#}");
         }
     }
+}
+
+/// The programs' warnings (aya-log) go to the daemon's log, target `bridgenet_ebpf`.
+fn forward_ebpf_logs(dp: &mut Datapath) {
+    use tokio::io::{Interest, unix::AsyncFd};
+    let logger = match aya_log::EbpfLogger::init(dp.ebpf_mut()) {
+        Ok(logger) => logger,
+        Err(err) => return tracing::warn!("the programs' log is unavailable: {err}"),
+    };
+    // SAFETY: the logger owns its ring buffer's fd, which lives as long as the AsyncFd.
+    let mut fd = match unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) } {
+        Ok(fd) => fd,
+        Err(err) => {
+            return tracing::warn!("the programs' log is unavailable: {}", err.into_parts().1);
+        }
+    };
+    tokio::spawn(async move {
+        while let Ok(mut guard) = fd.readable_mut().await {
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+}
+
+/// On every link, address or TC filter change in the namespace: follow the uplink addresses
+/// and put back detached programs at once, not at the next tick.
+async fn on_changes(daemon: Arc<Mutex<Daemon>>, mut watch: Watch) {
+    while watch.changed().await {
+        // Changes come in bursts (an address and its routes, a veth pair): take them together.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        watch.drain();
+        let mut d = daemon.lock().await;
+        if let Err(err) = d.follow_uplink_addresses().await {
+            tracing::warn!("watching uplink addresses: {err:#}");
+        }
+        if let Err(err) = d.restore_attachments().await {
+            tracing::warn!("checking attached programs: {err:#}");
+        }
+    }
+    tracing::warn!("rtnetlink notifications stopped; polling every second only");
 }
 
 /// Fails when a daemon already answers on `socket`; removes a stale socket file.

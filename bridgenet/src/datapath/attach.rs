@@ -132,16 +132,19 @@ impl Datapath {
             .with_context(|| format!("attaching {name} to {iface}"))?;
         let link = program.take_link(id)?;
         let record = record_dir.join(file_name(NL_RECORD_PREFIX, name, iface, ifindex));
-        if let Some((priority, handle)) = std::fs::read_to_string(&record)
+        let (priority, handle) = (link.priority()?, u32::from(link.handle()?));
+        // When someone deleted the old filter, the new one may have taken its place: same
+        // priority and handle, and not to be removed.
+        if let Some(old) = std::fs::read_to_string(&record)
             .ok()
             .and_then(|s| parse_filter(&s))
+            && old != (priority, handle)
             && let Ok(old) =
-                SchedClassifierLink::attached(iface, direction, priority, handle.into(), None)
+                SchedClassifierLink::attached(iface, direction, old.0, old.1.into(), None)
         {
-            // Dropping a link detaches it (gone already if someone deleted it).
+            // Dropping a link detaches it.
             drop(old);
         }
-        let (priority, handle) = (link.priority()?, u32::from(link.handle()?));
         std::fs::write(&record, format!("{priority} {handle}"))?;
         // Dropping the link would detach the filter: keep it past the process.
         std::mem::forget(link);

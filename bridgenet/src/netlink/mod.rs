@@ -28,6 +28,50 @@ pub struct Netlink {
     handle: Handle,
 }
 
+/// Notifications of changed links, IPv4 addresses and TC filters in this namespace.
+pub struct Watch {
+    messages: futures_channel::mpsc::UnboundedReceiver<(
+        rtnetlink::packet_core::NetlinkMessage<rtnetlink::packet_route::RouteNetlinkMessage>,
+        rtnetlink::sys::SocketAddr,
+    )>,
+    // The connection runs while a handle to it lives.
+    _handle: Handle,
+}
+
+impl Watch {
+    /// Subscribes; the connection's task runs on the current tokio runtime.
+    pub fn new() -> Result<Self> {
+        use rtnetlink::{
+            constants::{RTMGRP_IPV4_IFADDR, RTMGRP_LINK, RTMGRP_TC},
+            sys::AsyncSocket as _,
+        };
+        let (mut connection, handle, messages) =
+            rtnetlink::new_connection().context("opening rtnetlink")?;
+        let groups = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_TC;
+        connection
+            .socket_mut()
+            .socket_mut()
+            .bind(&rtnetlink::sys::SocketAddr::new(0, groups))
+            .context("subscribing to rtnetlink notifications")?;
+        tokio::spawn(connection);
+        Ok(Self {
+            messages,
+            _handle: handle,
+        })
+    }
+
+    /// Waits for the next change; false when the connection is gone.
+    pub async fn changed(&mut self) -> bool {
+        use futures_util::StreamExt as _;
+        self.messages.next().await.is_some()
+    }
+
+    /// Forgets the changes already queued (they are handled together with the last one).
+    pub fn drain(&mut self) {
+        while self.messages.try_recv().is_ok() {}
+    }
+}
+
 /// A link as bridgenet looks at it.
 #[derive(Clone, Debug)]
 pub struct Link {

@@ -1,0 +1,46 @@
+//! `bridgenet daemon --config FILE`: the daemon's options in a JSON file, as Docker keeps its
+//! own in daemon.json. Flags on the command line win over the file; the file over defaults.
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+use serde::Deserialize;
+
+/// The keys of the file, all optional: `{"socket": "/run/bridgenet/bridgenet.sock",
+/// "state-dir": "/var/lib/bridgenet", "bpffs": "/sys/fs/bpf/bridgenet", "uplinks": ["eth0"]}`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    pub socket: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub bpffs: Option<PathBuf>,
+    #[serde(default)]
+    pub uplinks: Vec<String>,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("config {}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_docker_style_and_unknown_ones_are_refused() {
+        let config: Config =
+            serde_json::from_str(r#"{"state-dir": "/tmp/s", "uplinks": ["eth0", "eth1"]}"#)
+                .unwrap();
+        assert_eq!(config.state_dir, Some(PathBuf::from("/tmp/s")));
+        assert_eq!(config.uplinks, ["eth0", "eth1"]);
+        assert!(config.socket.is_none() && config.bpffs.is_none());
+        let err = serde_json::from_str::<Config>(r#"{"state_dir": "/tmp/s"}"#).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `state_dir`"),
+            "{err}"
+        );
+    }
+}
