@@ -182,6 +182,39 @@ impl Default for NatConfig {
     }
 }
 
+/// What the host access hooks (cgroup sock_addr) need from the daemon: the cookie of its
+/// network namespace. The hooks act on sockets of that namespace only; 0 means on none.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct HostAccessConfig {
+    pub netns_cookie: u64,
+}
+
+/// A UDP destination the host access hooks translated, by socket: replies from `addr:port`
+/// (the endpoint, network byte order) are shown to the application as coming from the
+/// address it sent to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct HostReplyKey {
+    pub socket_cookie: u64,
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+const _: () = assert!(core::mem::size_of::<HostReplyKey>() == 16);
+
+/// The address and port an application sent to, network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct HostReplySource {
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+const _: () = assert!(core::mem::size_of::<HostReplySource>() == 8);
+
 /// Program ids, the first index of the `STATS` counters.
 pub mod program_id {
     pub const UPLINK_INGRESS: u32 = 0;
@@ -281,8 +314,10 @@ pub mod maps {
     pub const STATS: &str = "STATS";
     pub const CT_USAGE: &str = "CT_USAGE";
     pub const ENDPOINTS: &str = "ENDPOINTS";
+    pub const HOST_ACCESS_CONFIG: &str = "HOST_ACCESS_CONFIG";
+    pub const HOST_REPLIES: &str = "HOST_REPLIES";
     /// Every map, for pinning.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 12] = [
         CT_USAGE,
         ENDPOINTS,
         IF_COUNTERS,
@@ -293,6 +328,8 @@ pub mod maps {
         HOST_ADDRS,
         NAT_CONFIG,
         STATS,
+        HOST_ACCESS_CONFIG,
+        HOST_REPLIES,
     ];
 }
 
@@ -304,6 +341,11 @@ pub mod programs {
     pub const UPLINK_EGRESS: &str = "uplink_egress";
     pub const UPLINK_XDP: &str = "uplink_xdp";
     pub const ENDPOINT_INGRESS: &str = "endpoint_ingress";
+    /// Host access (cgroup sock_addr hooks on the cgroup v2 root).
+    pub const HOST_CONNECT4: &str = "host_connect4";
+    pub const HOST_SENDMSG4: &str = "host_sendmsg4";
+    pub const HOST_RECVMSG4: &str = "host_recvmsg4";
+    pub const HOST_ACCESS: [&str; 3] = [HOST_CONNECT4, HOST_SENDMSG4, HOST_RECVMSG4];
 }
 
 /// Largest number of interfaces whose counters the maps hold.
@@ -321,4 +363,7 @@ mod user {
     unsafe impl aya::Pod for super::Subnet {}
     unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::NatConfig {}
+    unsafe impl aya::Pod for super::HostAccessConfig {}
+    unsafe impl aya::Pod for super::HostReplyKey {}
+    unsafe impl aya::Pod for super::HostReplySource {}
 }

@@ -120,6 +120,9 @@ async fn serve(options: Options) -> Result<()> {
         state_dir: options.state_dir.clone(),
     };
     daemon.attach_uplinks(&options.uplinks).await?;
+    daemon
+        .dp
+        .attach_host_access(&options.bpffs, &options.state_dir)?;
     daemon.reconcile().await?;
     if first_start {
         daemon.create_default_network().await?;
@@ -298,6 +301,8 @@ pub fn cleanup(options: Options) -> Result<()> {
                     options.socket.display()
                 );
             }
+            // First: the host access hooks run for every socket of the machine.
+            Datapath::detach_host_access(&options.bpffs);
             let store = Store::new(&options.state_dir);
             let state = store.load()?;
             let nl = Netlink::new()?;

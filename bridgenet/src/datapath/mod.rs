@@ -20,6 +20,7 @@ use bridgenet_common::{
 use ipnet::Ipv4Net;
 
 mod control;
+pub mod host_access;
 pub use control::publish_key;
 
 /// The object built from bridgenet-ebpf by build.rs.
