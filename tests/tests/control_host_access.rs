@@ -200,3 +200,189 @@ fn host_reaches_published_ports_through_any_host_address() {
     );
     local.join().unwrap();
 }
+
+/// The MAC address of `iface` in namespace `ns`.
+fn mac(lab: &ControlLab, ns: &str, iface: &str) -> [u8; 6] {
+    let out = lab.topo.ns(ns).ip(&["-o", "link", "show", "dev", iface]);
+    let text = out
+        .split("link/ether ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no MAC in {out}"));
+    let mut mac = [0u8; 6];
+    for (byte, hex) in mac.iter_mut().zip(text.split(':')) {
+        *byte = u8::from_str_radix(hex, 16).unwrap();
+    }
+    mac
+}
+
+/// Sends a UDP datagram from the world (198.18.0.1) to `dst:dport` as a raw frame on its eth0,
+/// whatever its routes say: a forged packet for the host's uplink.
+fn forge_udp_from_world(lab: &ControlLab, dst: [u8; 4], dport: u16) {
+    let src_mac = mac(lab, "world", "eth0");
+    let dst_mac = mac(lab, "host", "uplink0");
+    let builder = etherparse::PacketBuilder::ethernet2(src_mac, dst_mac)
+        .ipv4([198, 18, 0, 1], dst, 64)
+        .udp(40000, dport);
+    let mut frame = Vec::new();
+    builder.write(&mut frame, b"forged").unwrap();
+    let ifindex = lab.topo.ns("world").ifindex("eth0");
+    lab.topo.ns("world").enter(|| {
+        // SAFETY: plain socket calls on a socket owned by this closure.
+        unsafe {
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+            assert!(fd >= 0, "AF_PACKET socket");
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_ifindex = ifindex as i32;
+            addr.sll_halen = 6;
+            addr.sll_addr[..6].copy_from_slice(&dst_mac);
+            let sent = libc::sendto(
+                fd,
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&raw const addr).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
+            libc::close(fd);
+            assert_eq!(sent, frame.len() as isize, "sending the forged frame");
+        }
+    });
+}
+
+/// Whether a datagram reaches `socket` within a second.
+fn receives(socket: &UdpSocket) -> bool {
+    socket
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    socket.recv_from(&mut [0u8; 64]).is_ok()
+}
+
+#[test]
+fn a_port_published_on_127_0_0_1_is_for_the_host_only() {
+    let mut lab = ControlLab::up();
+    let ep = endpoint(
+        &mut lab,
+        "ep1",
+        &[
+            "127.0.0.1:18090:80",
+            "127.0.0.1:18091:91/udp",
+            "18092:92/udp",
+        ],
+    );
+    let host = lab.topo.ns("host").name().to_owned();
+    let world = lab.topo.ns("world").name().to_owned();
+    assert_eq!(
+        lab.ok(&["port", "ls", "ep1"]),
+        "80/tcp -> 127.0.0.1:18090\n91/udp -> 127.0.0.1:18091\n92/udp -> 0.0.0.0:18092\n"
+    );
+
+    // From the host, through 127.0.0.1 only: the port is published on that address alone.
+    let server = tcp_echo(&ep, "0.0.0.0:80", 1);
+    tcp_roundtrip(&host, "127.0.0.1:18090");
+    server.join().unwrap();
+    let _listener = enter(&ep, || TcpListener::bind("0.0.0.0:80").unwrap());
+    assert!(tcp_refused(&host, "198.18.0.2:18090"));
+    assert!(tcp_refused(&host, "127.0.0.2:18090"));
+    let server = udp_echo(&ep, "0.0.0.0:91", 1);
+    assert_eq!(
+        udp_roundtrip(&host, "127.0.0.1:18091", false).to_string(),
+        "127.0.0.1:18091"
+    );
+    server.join().unwrap();
+
+    // From the world, never: not through the host's address...
+    assert!(tcp_refused(&world, "198.18.0.2:18090"));
+    // ...nor with a packet forged for 127.0.0.1. The same forgery to a port published on
+    // every address arrives, so the forged frames do reach the host.
+    let udp91 = enter(&ep, || UdpSocket::bind("0.0.0.0:91").unwrap());
+    let udp92 = enter(&ep, || UdpSocket::bind("0.0.0.0:92").unwrap());
+    forge_udp_from_world(&lab, [198, 18, 0, 2], 18092);
+    assert!(
+        receives(&udp92),
+        "the forged control datagram did not arrive"
+    );
+    forge_udp_from_world(&lab, [127, 0, 0, 1], 18091);
+    assert!(
+        !receives(&udp91),
+        "a datagram from the world reached 127.0.0.1:18091"
+    );
+    forge_udp_from_world(&lab, [198, 18, 0, 2], 18091);
+    assert!(
+        !receives(&udp91),
+        "a datagram from the world reached 127.0.0.1:18091"
+    );
+
+    // bridgenet never opens 127/8 to the wire.
+    let host_ns = lab.topo.ns("host");
+    for conf in ["all", "default", "uplink0", "bridgenet0"] {
+        let path = format!("net.ipv4.conf.{conf}.route_localnet");
+        let value = host_ns.exec("sysctl", &["-n", &path]);
+        assert_eq!(value.trim(), "0", "{path}");
+    }
+}
+
+#[test]
+fn cleanup_removes_the_hooks_even_after_a_kill() {
+    let mut lab = ControlLab::up();
+    let ep = endpoint(&mut lab, "ep1", &["18080:80"]);
+    let host = lab.topo.ns("host").name().to_owned();
+    let server = tcp_echo(&ep, "0.0.0.0:80", 1);
+    tcp_roundtrip(&host, "127.0.0.1:18080");
+    server.join().unwrap();
+    let links = pinned_links(&lab);
+    assert_eq!(links.len(), 3);
+
+    lab.stop(Stop::Kill);
+    // The hooks outlive the daemon: the host still reaches the endpoint.
+    let server = tcp_echo(&ep, "0.0.0.0:80", 1);
+    tcp_roundtrip(&host, "127.0.0.1:18080");
+    server.join().unwrap();
+
+    lab.cleanup();
+    let all = all_links();
+    for id in &links {
+        assert!(
+            !all.contains(id),
+            "link {id} is still attached after cleanup"
+        );
+    }
+    // 127.0.0.1:18080 is the host's own again.
+    let local = tcp_echo(&host, "127.0.0.1:18080", 1);
+    tcp_roundtrip(&host, "127.0.0.1:18080");
+    assert_eq!(local.join().unwrap()[0].ip().to_string(), "127.0.0.1");
+}
+
+#[test]
+fn a_restarted_daemon_replaces_the_hooks() {
+    let mut lab = ControlLab::up();
+    let ep = endpoint(&mut lab, "ep1", &["18080:80", "18053:53/udp"]);
+    let host = lab.topo.ns("host").name().to_owned();
+    let before = pinned_links(&lab);
+
+    lab.stop(Stop::Term);
+    assert_eq!(pinned_links(&lab), before, "the links outlive the daemon");
+    lab.start();
+    let after = pinned_links(&lab);
+    let all = all_links();
+    for (old, new) in before.iter().zip(&after) {
+        assert_ne!(old, new, "the restarted daemon did not replace link {old}");
+        assert!(
+            !all.contains(old),
+            "link {old} of the first daemon is still attached"
+        );
+        assert!(all.contains(new), "link {new} is not attached");
+    }
+
+    let server = tcp_echo(&ep, "0.0.0.0:80", 2);
+    tcp_roundtrip(&host, "127.0.0.1:18080");
+    tcp_roundtrip(&host, "198.18.0.2:18080");
+    server.join().unwrap();
+    let server = udp_echo(&ep, "0.0.0.0:53", 1);
+    assert_eq!(
+        udp_roundtrip(&host, "127.0.0.1:18053", false).to_string(),
+        "127.0.0.1:18053"
+    );
+    server.join().unwrap();
+}
