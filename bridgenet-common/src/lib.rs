@@ -190,30 +190,30 @@ pub struct HostAccessConfig {
     pub netns_cookie: u64,
 }
 
-/// A UDP destination the host access hooks translated, by socket: replies from `addr:port`
-/// (the endpoint, network byte order) are shown to the application as coming from the
-/// address it sent to.
+/// A socket and the endpoint (`addr:port`, network byte order) the host access hooks sent
+/// it to instead of a published port: the key of the peer the application used.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
-pub struct HostReplyKey {
+pub struct HostPeerKey {
     pub socket_cookie: u64,
     pub addr: u32,
     pub port: u16,
     pub _pad: u16,
 }
 
-const _: () = assert!(core::mem::size_of::<HostReplyKey>() == 16);
+const _: () = assert!(core::mem::size_of::<HostPeerKey>() == 16);
 
-/// The address and port an application sent to, network byte order.
+/// The address and port an application connected or sent to, network byte order: what
+/// getpeername(2) and a UDP reply's source show instead of the endpoint.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct HostReplySource {
+pub struct HostPeer {
     pub addr: u32,
     pub port: u16,
     pub _pad: u16,
 }
 
-const _: () = assert!(core::mem::size_of::<HostReplySource>() == 8);
+const _: () = assert!(core::mem::size_of::<HostPeer>() == 8);
 
 /// Program ids, the first index of the `STATS` counters.
 pub mod program_id {
@@ -315,7 +315,7 @@ pub mod maps {
     pub const CT_USAGE: &str = "CT_USAGE";
     pub const ENDPOINTS: &str = "ENDPOINTS";
     pub const HOST_ACCESS_CONFIG: &str = "HOST_ACCESS_CONFIG";
-    pub const HOST_REPLIES: &str = "HOST_REPLIES";
+    pub const HOST_PEERS: &str = "HOST_PEERS";
     /// Every map, for pinning.
     pub const ALL: [&str; 12] = [
         CT_USAGE,
@@ -329,7 +329,7 @@ pub mod maps {
         NAT_CONFIG,
         STATS,
         HOST_ACCESS_CONFIG,
-        HOST_REPLIES,
+        HOST_PEERS,
     ];
 }
 
@@ -345,7 +345,13 @@ pub mod programs {
     pub const HOST_CONNECT4: &str = "host_connect4";
     pub const HOST_SENDMSG4: &str = "host_sendmsg4";
     pub const HOST_RECVMSG4: &str = "host_recvmsg4";
-    pub const HOST_ACCESS: [&str; 3] = [HOST_CONNECT4, HOST_SENDMSG4, HOST_RECVMSG4];
+    pub const HOST_GETPEERNAME4: &str = "host_getpeername4";
+    pub const HOST_ACCESS: [&str; 4] = [
+        HOST_CONNECT4,
+        HOST_SENDMSG4,
+        HOST_RECVMSG4,
+        HOST_GETPEERNAME4,
+    ];
 }
 
 /// Largest number of interfaces whose counters the maps hold.
@@ -364,6 +370,6 @@ mod user {
     unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::NatConfig {}
     unsafe impl aya::Pod for super::HostAccessConfig {}
-    unsafe impl aya::Pod for super::HostReplyKey {}
-    unsafe impl aya::Pod for super::HostReplySource {}
+    unsafe impl aya::Pod for super::HostPeerKey {}
+    unsafe impl aya::Pod for super::HostPeer {}
 }

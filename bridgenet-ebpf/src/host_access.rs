@@ -1,7 +1,8 @@
 //! Host access to published ports with no proxy: cgroup sock_addr hooks rewrite, at the socket,
 //! the destination a process of the daemon's namespace connects or sends to (a host address or
-//! 127.0.0.0/8, and a published port) to the endpoint, and the source of a UDP reply back to
-//! what the process sent to. No packet ever carries a 127/8 address off the host.
+//! 127.0.0.0/8, and a published port) to the endpoint; the peer the socket reports
+//! (getpeername, the source of a UDP reply) stays what the process used. No packet ever
+//! carries a 127/8 address off the host.
 //!
 //! The hooks sit on the cgroup v2 root, so they run for every socket of the machine: each
 //! first checks that the socket lives in the daemon's namespace and leaves any other alone.
@@ -15,9 +16,7 @@ use aya_ebpf::{
     maps::{Array, LruHashMap},
     programs::SockAddrContext,
 };
-use bridgenet_common::{
-    HostAccessConfig, HostReplyKey, HostReplySource, PublishKey, PublishTarget,
-};
+use bridgenet_common::{HostAccessConfig, HostPeer, HostPeerKey, PublishKey, PublishTarget};
 
 use crate::{
     nat::{PUBLISH, is_host_addr, subnet_of},
@@ -28,10 +27,9 @@ use crate::{
 #[map]
 pub static HOST_ACCESS_CONFIG: Array<HostAccessConfig> = Array::with_max_entries(1, 0);
 
-/// Translated UDP destinations by socket, so that replies show the address sent to.
+/// What each translated socket used, so that its peer shows that rather than the endpoint.
 #[map]
-pub static HOST_REPLIES: LruHashMap<HostReplyKey, HostReplySource> =
-    LruHashMap::with_max_entries(65_536, 0);
+pub static HOST_PEERS: LruHashMap<HostPeerKey, HostPeer> = LruHashMap::with_max_entries(65_536, 0);
 
 /// What a sock_addr hook returns to let the call go on.
 const ALLOW: i32 = 1;
@@ -119,49 +117,64 @@ pub fn sendmsg4(ctx: &SockAddrContext) -> i32 {
     ALLOW
 }
 
-/// recvfrom/recvmsg(2), UDP: a reply from an endpoint the socket was translated to shows the
-/// address and port the application used.
+/// recvfrom/recvmsg(2), UDP: a reply from an endpoint the socket was translated to comes
+/// from the address and port the application sent to.
 #[inline(always)]
 pub fn recvmsg4(ctx: &SockAddrContext) -> i32 {
     if !in_daemon_netns(ctx) {
         return ALLOW;
     }
+    restore_peer(ctx);
+    ALLOW
+}
+
+/// getpeername(2): a translated socket's peer is the address and port it connected to.
+#[inline(always)]
+pub fn getpeername4(ctx: &SockAddrContext) -> i32 {
+    if !in_daemon_netns(ctx) {
+        return ALLOW;
+    }
+    restore_peer(ctx);
+    ALLOW
+}
+
+/// Puts back the address the application used when the call shows an endpoint this socket
+/// was translated to.
+#[inline(always)]
+fn restore_peer(ctx: &SockAddrContext) {
     let (addr, port, _) = destination(ctx);
-    let key = HostReplyKey {
+    let key = HostPeerKey {
         socket_cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
         addr,
         port,
         _pad: 0,
     };
-    if let Some(source) = unsafe { HOST_REPLIES.get(key) } {
-        let (addr, port) = (source.addr, source.port);
+    if let Some(peer) = unsafe { HOST_PEERS.get(key) } {
+        let (addr, port) = (peer.addr, peer.port);
         set_destination(ctx, addr, port);
     }
-    ALLOW
 }
 
-/// Rewrites the destination to the endpoint when it is a published port on a host address;
-/// for UDP, remembers what the application used for the replies.
+/// Rewrites the destination to the endpoint when it is a published port on a host address,
+/// and remembers what the application used.
 #[inline(always)]
 fn translate(ctx: &SockAddrContext) {
     let (addr, port, proto) = destination(ctx);
     let Some(target) = published_at(addr, port, proto) else {
         return;
     };
-    if proto == UDP {
-        let key = HostReplyKey {
-            socket_cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
-            addr: target.addr,
-            port: target.port,
-            _pad: 0,
-        };
-        let source = HostReplySource {
-            addr,
-            port,
-            _pad: 0,
-        };
-        // Full table (not for LRU) or not: the datagram goes to the endpoint either way.
-        let _ = HOST_REPLIES.insert(key, source, 0);
-    }
+    let key = HostPeerKey {
+        socket_cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+        addr: target.addr,
+        port: target.port,
+        _pad: 0,
+    };
+    let peer = HostPeer {
+        addr,
+        port,
+        _pad: 0,
+    };
+    // An LRU map makes room; failing or not, the call goes to the endpoint.
+    let _ = HOST_PEERS.insert(key, peer, 0);
     set_destination(ctx, target.addr, target.port);
 }

@@ -73,6 +73,12 @@ pub fn host_recvmsg4(ctx: SockAddrContext) -> i32 {
     host_access::recvmsg4(&ctx)
 }
 
+/// Host access: getpeername(2) of a translated socket shows what it connected to.
+#[cgroup_sock_addr(getpeername4)]
+pub fn host_getpeername4(ctx: SockAddrContext) -> i32 {
+    host_access::getpeername4(&ctx)
+}
+
 /// Uplink ingress: replies of masqueraded flows go back to their endpoint, new flows to a
 /// published port are translated to the endpoint (DNAT), and ICMP errors about either follow.
 #[classifier]

@@ -36,6 +36,8 @@ fn tcp_roundtrip(netns: &str, to: &str) {
     let to: SocketAddr = to.parse().unwrap();
     let mut stream = enter(netns, || TcpStream::connect_timeout(&to, TIMEOUT))
         .unwrap_or_else(|err| panic!("connect to {to}: {err}"));
+    // The application sees the peer it connected to, not the endpoint.
+    assert_eq!(stream.peer_addr().unwrap(), to);
     stream.set_read_timeout(Some(TIMEOUT)).unwrap();
     stream.write_all(b"hello host").unwrap();
     let mut back = [0u8; 10];
@@ -71,6 +73,7 @@ fn udp_roundtrip(netns: &str, to: &str, connected: bool) -> SocketAddr {
     socket.set_read_timeout(Some(TIMEOUT)).unwrap();
     if connected {
         socket.connect(to).unwrap();
+        assert_eq!(socket.peer_addr().unwrap(), to);
         socket.send(b"hello udp").unwrap();
     } else {
         socket.send_to(b"hello udp", to).unwrap();
@@ -85,26 +88,31 @@ fn udp_roundtrip(netns: &str, to: &str, connected: bool) -> SocketAddr {
 
 /// Ids of the host access links pinned in the lab's bpf filesystem.
 fn pinned_links(lab: &ControlLab) -> Vec<u64> {
-    ["host_connect4", "host_sendmsg4", "host_recvmsg4"]
-        .iter()
-        .map(|name| {
-            let path = lab.bpffs().join(format!("link_host_access_{name}"));
-            let out = Command::new("bpftool")
-                .args(["-j", "link", "show", "pinned"])
-                .arg(&path)
-                .output()
-                .expect("bpftool");
-            assert!(
-                out.status.success(),
-                "no link pinned at {}: {}",
-                path.display(),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let link: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
-            assert_eq!(link["type"], "cgroup", "{link}");
-            link["id"].as_u64().expect("link id")
-        })
-        .collect()
+    [
+        "host_connect4",
+        "host_sendmsg4",
+        "host_recvmsg4",
+        "host_getpeername4",
+    ]
+    .iter()
+    .map(|name| {
+        let path = lab.bpffs().join(format!("link_host_access_{name}"));
+        let out = Command::new("bpftool")
+            .args(["-j", "link", "show", "pinned"])
+            .arg(&path)
+            .output()
+            .expect("bpftool");
+        assert!(
+            out.status.success(),
+            "no link pinned at {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let link: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        assert_eq!(link["type"], "cgroup", "{link}");
+        link["id"].as_u64().expect("link id")
+    })
+    .collect()
 }
 
 /// Ids of every bpf link of the machine.
@@ -332,7 +340,7 @@ fn cleanup_removes_the_hooks_even_after_a_kill() {
     tcp_roundtrip(&host, "127.0.0.1:18080");
     server.join().unwrap();
     let links = pinned_links(&lab);
-    assert_eq!(links.len(), 3);
+    assert_eq!(links.len(), 4);
 
     lab.stop(Stop::Kill);
     // The hooks outlive the daemon: the host still reaches the endpoint.

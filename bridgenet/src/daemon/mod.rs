@@ -123,6 +123,7 @@ async fn serve(options: Options) -> Result<()> {
     daemon
         .dp
         .attach_host_access(&options.bpffs, &options.state_dir)?;
+    tracing::info!("host access: published ports answer on the host's addresses and 127.0.0.1");
     daemon.reconcile().await?;
     if first_start {
         daemon.create_default_network().await?;

@@ -1,7 +1,7 @@
-//! Host access to published ports: the cgroup sock_addr hooks (host_connect4, host_sendmsg4,
-//! host_recvmsg4) on the cgroup v2 root, through bpf_links pinned in the pin directory. The
-//! links outlive the daemon (the host keeps reaching published ports while it restarts); a
-//! restarted daemon replaces them, `daemon --cleanup` unpins them, which detaches them.
+//! Host access to published ports: the cgroup sock_addr hooks (`programs::HOST_ACCESS`) on
+//! the cgroup v2 root, through bpf_links pinned in the pin directory. The links outlive the
+//! daemon (the host keeps reaching published ports while it restarts); a restarted daemon
+//! replaces them, `daemon --cleanup` unpins them, which detaches them.
 use std::{
     fs::File,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
@@ -110,6 +110,8 @@ pub fn netns_cookie() -> Result<u64> {
 /// exec`) or a v1 hierarchy.
 fn cgroup2_root(scratch_dir: &Path) -> Result<File> {
     let dir = scratch_dir.join("cgroup2");
+    // A mount left by a daemon killed right here.
+    let _ = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     nix::mount::mount(
         Some("cgroup2"),
