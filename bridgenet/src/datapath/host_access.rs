@@ -51,6 +51,8 @@ impl Datapath {
             // The new link goes in before the old one goes: no moment without the hook. Both
             // running at once is harmless (the second sees an address already translated).
             let old = PinnedLink::from_pin(&path).ok();
+            // A bpf_link takes no attach flags (Single is 0) and always runs alongside the
+            // other programs on the cgroup.
             let id = program
                 .attach(&root, CgroupAttachMode::Single)
                 .with_context(|| format!("attaching {name} to the cgroup v2 root"))?;
