@@ -182,6 +182,39 @@ impl Default for NatConfig {
     }
 }
 
+/// What the host access hooks (cgroup sock_addr) need from the daemon: the cookie of its
+/// network namespace. The hooks act on sockets of that namespace only; 0 means on none.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct HostAccessConfig {
+    pub netns_cookie: u64,
+}
+
+/// A socket and the endpoint (`addr:port`, network byte order) the host access hooks sent
+/// it to instead of a published port: the key of the peer the application used.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct HostPeerKey {
+    pub socket_cookie: u64,
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+const _: () = assert!(core::mem::size_of::<HostPeerKey>() == 16);
+
+/// The address and port an application connected or sent to, network byte order: what
+/// getpeername(2) and a UDP reply's source show instead of the endpoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct HostPeer {
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+const _: () = assert!(core::mem::size_of::<HostPeer>() == 8);
+
 /// Program ids, the first index of the `STATS` counters.
 pub mod program_id {
     pub const UPLINK_INGRESS: u32 = 0;
@@ -287,8 +320,10 @@ pub mod maps {
     pub const STATS: &str = "STATS";
     pub const CT_USAGE: &str = "CT_USAGE";
     pub const ENDPOINTS: &str = "ENDPOINTS";
+    pub const HOST_ACCESS_CONFIG: &str = "HOST_ACCESS_CONFIG";
+    pub const HOST_PEERS: &str = "HOST_PEERS";
     /// Every map, for pinning.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 12] = [
         CT_USAGE,
         ENDPOINTS,
         IF_COUNTERS,
@@ -299,6 +334,8 @@ pub mod maps {
         HOST_ADDRS,
         NAT_CONFIG,
         STATS,
+        HOST_ACCESS_CONFIG,
+        HOST_PEERS,
     ];
 }
 
@@ -311,6 +348,17 @@ pub mod programs {
     pub const UPLINK_XDP: &str = "uplink_xdp";
     pub const ENDPOINT_INGRESS: &str = "endpoint_ingress";
     pub const BRIDGE_INGRESS: &str = "bridge_ingress";
+    /// Host access (cgroup sock_addr hooks on the cgroup v2 root).
+    pub const HOST_CONNECT4: &str = "host_connect4";
+    pub const HOST_SENDMSG4: &str = "host_sendmsg4";
+    pub const HOST_RECVMSG4: &str = "host_recvmsg4";
+    pub const HOST_GETPEERNAME4: &str = "host_getpeername4";
+    pub const HOST_ACCESS: [&str; 4] = [
+        HOST_CONNECT4,
+        HOST_SENDMSG4,
+        HOST_RECVMSG4,
+        HOST_GETPEERNAME4,
+    ];
 }
 
 /// The skb mark bit `endpoint_ingress` sets on what it passed, and `bridge_ingress` checks
@@ -332,4 +380,7 @@ mod user {
     unsafe impl aya::Pod for super::Subnet {}
     unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::NatConfig {}
+    unsafe impl aya::Pod for super::HostAccessConfig {}
+    unsafe impl aya::Pod for super::HostPeerKey {}
+    unsafe impl aya::Pod for super::HostPeer {}
 }

@@ -8,6 +8,7 @@ mod counters;
 mod early_drop;
 mod endpoint;
 mod fastpath;
+mod host_access;
 mod icmp;
 mod nat;
 mod parse;
@@ -15,8 +16,8 @@ mod stats;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 use bridgenet_common::{outcome, program_id};
 use parse::{Packet, Parsed, parse};
@@ -68,6 +69,31 @@ pub fn uplink_xdp(ctx: XdpContext) -> u32 {
     } else {
         xdp_action::XDP_PASS
     }
+}
+
+/// Host access: connect(2) from the daemon's namespace to a published port on a host address
+/// goes to the endpoint. Every other socket of the machine is left alone.
+#[cgroup_sock_addr(connect4)]
+pub fn host_connect4(ctx: SockAddrContext) -> i32 {
+    host_access::connect4(&ctx)
+}
+
+/// Host access: UDP sendto(2), as connect.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn host_sendmsg4(ctx: SockAddrContext) -> i32 {
+    host_access::sendmsg4(&ctx)
+}
+
+/// Host access: UDP replies come from the address the application sent to.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn host_recvmsg4(ctx: SockAddrContext) -> i32 {
+    host_access::recvmsg4(&ctx)
+}
+
+/// Host access: getpeername(2) of a translated socket shows what it connected to.
+#[cgroup_sock_addr(getpeername4)]
+pub fn host_getpeername4(ctx: SockAddrContext) -> i32 {
+    host_access::getpeername4(&ctx)
 }
 
 /// Uplink ingress: replies of masqueraded flows go back to their endpoint, new flows to a

@@ -150,7 +150,9 @@ pub fn masquerade(ctx: &mut TcContext, packet: &Packet, nat_addr: u32) -> u32 {
 #[inline(never)]
 pub fn published(packet: &Packet) -> Option<PublishTarget> {
     let key = packet.key;
-    if key.proto != TCP && key.proto != UDP {
+    // A port published on 127.0.0.1 is for the host only (host_access.rs): a packet that
+    // claims a loopback destination on the wire never matches.
+    if key.proto != TCP && key.proto != UDP || u32::from_be(key.daddr) >> 24 == 127 {
         return None;
     }
     let mut lookup = PublishKey {

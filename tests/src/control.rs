@@ -181,6 +181,23 @@ impl ControlLab {
         unsafe { libc::kill(child.id() as libc::pid_t, signal) };
     }
 
+    /// Runs `bridgenet daemon --cleanup` in the host namespace (the daemon must be stopped),
+    /// panicking unless it succeeds.
+    pub fn cleanup(&self) {
+        let mut args = self.daemon_args();
+        args.push("--cleanup".into());
+        let out = self
+            .in_host(&binary())
+            .args(&args)
+            .output()
+            .expect("running daemon --cleanup");
+        assert!(
+            out.status.success(),
+            "daemon --cleanup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
     }

@@ -16,7 +16,6 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use bridgenet_common::programs;
 use tokio::sync::Mutex;
 
 use crate::{
@@ -124,6 +123,10 @@ async fn serve(options: Options) -> Result<()> {
         state_dir: options.state_dir.clone(),
     };
     daemon.attach_uplinks(&options.uplinks).await?;
+    daemon
+        .dp
+        .attach_host_access(&options.bpffs, &options.state_dir)?;
+    tracing::info!("host access: published ports answer on the host's addresses and 127.0.0.1");
     daemon.reconcile().await?;
     if first_start {
         daemon.create_default_network().await?;
@@ -355,6 +358,8 @@ pub fn cleanup(options: Options) -> Result<()> {
                     options.socket.display()
                 );
             }
+            // First: the host access hooks run for every socket of the machine.
+            Datapath::detach_host_access(&options.bpffs);
             let store = Store::new(&options.state_dir);
             let state = store.load()?;
             let nl = Netlink::new()?;
@@ -377,17 +382,7 @@ pub fn cleanup(options: Options) -> Result<()> {
             }
             let links = nl.links().await?;
             let names: Vec<String> = links.into_iter().map(|l| l.name).collect();
-            Datapath::detach_pinned(
-                &options.bpffs,
-                &options.state_dir,
-                &names,
-                &[
-                    programs::UPLINK_INGRESS,
-                    programs::UPLINK_EGRESS,
-                    programs::ENDPOINT_INGRESS,
-                    programs::BRIDGE_INGRESS,
-                ],
-            );
+            Datapath::detach_pinned(&options.bpffs, &options.state_dir, &names);
             for name in bridgenet_common::maps::ALL {
                 let _ = std::fs::remove_file(options.bpffs.join(name));
             }

@@ -16,6 +16,8 @@ use aya::programs::{
     xdp::XdpLink,
 };
 
+use bridgenet_common::programs;
+
 use super::{Datapath, program_mut, tcx_supported};
 
 /// Where a program is attached on an interface.
@@ -35,6 +37,15 @@ impl Hook {
         }
     }
 }
+
+/// The programs attached to interfaces (the others are host access's cgroup hooks).
+pub const INTERFACE_PROGRAMS: [&str; 5] = [
+    programs::UPLINK_INGRESS,
+    programs::UPLINK_EGRESS,
+    programs::UPLINK_XDP,
+    programs::ENDPOINT_INGRESS,
+    programs::BRIDGE_INGRESS,
+];
 
 /// Prefix of the pinned links in the pin directory.
 pub const LINK_PIN_PREFIX: &str = "link_";
@@ -183,7 +194,8 @@ impl Datapath {
         }
     }
 
-    /// Removes every pin and record but those of `keep` (program, interface, ifindex).
+    /// Removes every pin and record of the interface programs but those of `keep` (program,
+    /// interface, ifindex).
     pub fn prune_attachments(pin_dir: &Path, record_dir: &Path, keep: &[(&str, String, u32)]) {
         let kept: Vec<String> = keep
             .iter()
@@ -195,7 +207,11 @@ impl Datapath {
         for dir in [pin_dir, record_dir] {
             for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
                 let file = entry.file_name().to_string_lossy().into_owned();
-                let ours = file.starts_with(LINK_PIN_PREFIX) || file.starts_with(NL_RECORD_PREFIX);
+                let ours = INTERFACE_PROGRAMS.iter().any(|program| {
+                    [LINK_PIN_PREFIX, NL_RECORD_PREFIX]
+                        .iter()
+                        .any(|prefix| file.starts_with(&format!("{prefix}{program}_")))
+                });
                 if ours && !kept.contains(&file) {
                     tracing::info!("removing stale attachment {file}");
                     let _ = std::fs::remove_file(entry.path());
@@ -206,7 +222,7 @@ impl Datapath {
 
     /// Detaches what `attach_pinned` left in this namespace: unpins the links in `pin_dir`
     /// (which detaches them) and removes the netlink filters of `programs` from `ifaces`.
-    pub fn detach_pinned(pin_dir: &Path, record_dir: &Path, ifaces: &[String], programs: &[&str]) {
+    pub fn detach_pinned(pin_dir: &Path, record_dir: &Path, ifaces: &[String]) {
         for dir in [pin_dir, record_dir] {
             for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
                 let file = entry.file_name().to_string_lossy().into_owned();
@@ -217,7 +233,7 @@ impl Datapath {
         }
         if !tcx_supported() {
             for iface in ifaces {
-                for name in programs {
+                for name in INTERFACE_PROGRAMS {
                     for direction in [TcAttachType::Ingress, TcAttachType::Egress] {
                         let _ = tc::qdisc_detach_program(iface, direction, name);
                     }

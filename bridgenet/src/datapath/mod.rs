@@ -21,6 +21,7 @@ use ipnet::Ipv4Net;
 
 mod attach;
 mod control;
+pub mod host_access;
 pub use attach::Hook;
 pub use control::publish_key;
 

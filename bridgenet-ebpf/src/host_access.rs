@@ -1,0 +1,180 @@
+//! Host access to published ports with no proxy: cgroup sock_addr hooks rewrite, at the socket,
+//! the destination a process of the daemon's namespace connects or sends to (a host address or
+//! 127.0.0.0/8, and a published port) to the endpoint; the peer the socket reports
+//! (getpeername, the source of a UDP reply) stays what the process used. No packet ever
+//! carries a 127/8 address off the host.
+//!
+//! The hooks sit on the cgroup v2 root, so they run for every socket of the machine: each
+//! first checks that the socket lives in the daemon's namespace and leaves any other alone.
+//! They always allow: they translate, never block.
+use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    macros::map,
+    maps::{Array, LruHashMap},
+    programs::SockAddrContext,
+};
+use bridgenet_common::{HostAccessConfig, HostPeer, HostPeerKey, PublishKey, PublishTarget};
+
+use crate::{
+    nat::{PUBLISH, is_host_addr, subnet_of},
+    parse::{TCP, UDP},
+};
+
+/// Set by the daemon: the cookie of its network namespace (0: act on no socket).
+#[map]
+pub static HOST_ACCESS_CONFIG: Array<HostAccessConfig> = Array::with_max_entries(1, 0);
+
+/// What each translated socket used, so that its peer shows that rather than the endpoint.
+#[map]
+pub static HOST_PEERS: LruHashMap<HostPeerKey, HostPeer> = LruHashMap::with_max_entries(65_536, 0);
+
+/// What a sock_addr hook returns to let the call go on.
+const ALLOW: i32 = 1;
+
+/// Whether the socket belongs to the daemon's network namespace. Every hook asks this first.
+#[inline(always)]
+fn in_daemon_netns(ctx: &SockAddrContext) -> bool {
+    let Some(config) = HOST_ACCESS_CONFIG.get(0) else {
+        return false;
+    };
+    let cookie = config.netns_cookie;
+    cookie != 0 && unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } == cookie
+}
+
+/// The destination (address, port, protocol) the call carries, network byte order.
+#[inline(always)]
+fn destination(ctx: &SockAddrContext) -> (u32, u16, u8) {
+    let sa = ctx.sock_addr;
+    // Volatile: one 4-byte load per field, as the verifier wants for the context.
+    unsafe {
+        let addr = read_volatile(addr_of!((*sa).user_ip4));
+        let port = read_volatile(addr_of!((*sa).user_port)) as u16;
+        let proto = read_volatile(addr_of!((*sa).protocol)) as u8;
+        (addr, port, proto)
+    }
+}
+
+#[inline(always)]
+fn set_destination(ctx: &SockAddrContext, addr: u32, port: u16) {
+    let sa = ctx.sock_addr;
+    unsafe {
+        write_volatile(addr_of_mut!((*sa).user_ip4), addr);
+        write_volatile(addr_of_mut!((*sa).user_port), u32::from(port));
+    }
+}
+
+/// An address of this host: 127.0.0.0/8, an uplink's address or a network's gateway.
+#[inline(always)]
+fn is_host_address(addr: u32) -> bool {
+    u32::from_be(addr) >> 24 == 127
+        || is_host_addr(addr)
+        || subnet_of(addr).is_some_and(|subnet| subnet.gateway == addr)
+}
+
+/// The endpoint behind `addr:port` when it is published there: the port published on that
+/// very address first, then on every address (for a host address only), as `nat::published`.
+#[inline(never)]
+fn published_at(addr: u32, port: u16, proto: u8) -> Option<PublishTarget> {
+    if proto != TCP && proto != UDP {
+        return None;
+    }
+    let mut key = PublishKey {
+        addr,
+        port,
+        proto,
+        _pad: 0,
+    };
+    if let Some(target) = unsafe { PUBLISH.get(key) } {
+        return Some(*target);
+    }
+    if !is_host_address(addr) {
+        return None;
+    }
+    key.addr = 0;
+    unsafe { PUBLISH.get(key) }.copied()
+}
+
+/// connect(2), TCP and UDP: a published port on a host address leads to its endpoint.
+#[inline(always)]
+pub fn connect4(ctx: &SockAddrContext) -> i32 {
+    if !in_daemon_netns(ctx) {
+        return ALLOW;
+    }
+    translate(ctx);
+    ALLOW
+}
+
+/// sendto/sendmsg(2) with an address, UDP: as connect.
+#[inline(always)]
+pub fn sendmsg4(ctx: &SockAddrContext) -> i32 {
+    if !in_daemon_netns(ctx) {
+        return ALLOW;
+    }
+    translate(ctx);
+    ALLOW
+}
+
+/// recvfrom/recvmsg(2), UDP: a reply from an endpoint the socket was translated to comes
+/// from the address and port the application sent to.
+#[inline(always)]
+pub fn recvmsg4(ctx: &SockAddrContext) -> i32 {
+    if !in_daemon_netns(ctx) {
+        return ALLOW;
+    }
+    restore_peer(ctx);
+    ALLOW
+}
+
+/// getpeername(2): a translated socket's peer is the address and port it connected to.
+#[inline(always)]
+pub fn getpeername4(ctx: &SockAddrContext) -> i32 {
+    if !in_daemon_netns(ctx) {
+        return ALLOW;
+    }
+    restore_peer(ctx);
+    ALLOW
+}
+
+/// Puts back the address the application used when the call shows an endpoint this socket
+/// was translated to.
+#[inline(always)]
+fn restore_peer(ctx: &SockAddrContext) {
+    let (addr, port, _) = destination(ctx);
+    let key = HostPeerKey {
+        socket_cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+        addr,
+        port,
+        _pad: 0,
+    };
+    if let Some(peer) = unsafe { HOST_PEERS.get(key) } {
+        let (addr, port) = (peer.addr, peer.port);
+        set_destination(ctx, addr, port);
+    }
+}
+
+/// Rewrites the destination to the endpoint when it is a published port on a host address,
+/// and remembers what the application used.
+#[inline(always)]
+fn translate(ctx: &SockAddrContext) {
+    let (addr, port, proto) = destination(ctx);
+    let Some(target) = published_at(addr, port, proto) else {
+        return;
+    };
+    let key = HostPeerKey {
+        socket_cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+        addr: target.addr,
+        port: target.port,
+        _pad: 0,
+    };
+    let peer = HostPeer {
+        addr,
+        port,
+        _pad: 0,
+    };
+    // An LRU map makes room; failing or not, the call goes to the endpoint.
+    let _ = HOST_PEERS.insert(key, peer, 0);
+    set_destination(ctx, target.addr, target.port);
+}
