@@ -8,7 +8,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use bridgenet_common::{
-    CtEntry, CtKey, NatConfig, PublishKey, PublishTarget, Subnet, Uplink, action, direction, outcome,
+    CtEntry, CtKey, NatConfig, PublishKey, PublishTarget, Subnet, Uplink, action, direction,
+    outcome,
 };
 
 use crate::{
