@@ -85,8 +85,7 @@ fn lab(icc: bool) -> Lab {
             &net(2, [172, 18, 0, 1], true),
         )
         .unwrap();
-        dp.set_uplink_addr(uplink, UPLINK.parse().unwrap())
-            .unwrap();
+        dp.set_uplink_addr(uplink, UPLINK.parse().unwrap()).unwrap();
         let addrs = [[172, 17, 0, 2], [172, 17, 0, 3], [172, 18, 0, 2]];
         for (i, (_, veth, ..)) in endpoints.iter().enumerate() {
             let network = if i < 2 { 1 } else { 2 };
@@ -173,7 +172,9 @@ fn udp_hairpin(lab: &Lab, client: &str, to: &str, server: &str, bind: &str) -> I
     sock.set_read_timeout(Some(TIMEOUT)).unwrap();
     sock.send(b"ping").unwrap();
     let mut buf = [0u8; 16];
-    let (n, peer) = echo.recv_from(&mut buf).expect("datagram reaches the server");
+    let (n, peer) = echo
+        .recv_from(&mut buf)
+        .expect("datagram reaches the server");
     assert_eq!(&buf[..n], b"ping");
     echo.send_to(b"pong", peer).unwrap();
     let n = sock.recv(&mut buf).expect("reply reaches the client");
@@ -222,7 +223,10 @@ fn another_network_reaches_published_ports_but_nothing_else() {
     let lab = lab(true);
     for via in [UPLINK, "172.17.0.1"] {
         let peer = tcp_hairpin(&lab, "c", &format!("{via}:8080"), "a", "0.0.0.0:80");
-        assert_eq!(peer, GW1, "tcp through {via}: the server sees its own gateway");
+        assert_eq!(
+            peer, GW1,
+            "tcp through {via}: the server sees its own gateway"
+        );
         let peer = udp_hairpin(&lab, "c", &format!("{via}:5353"), "a", "0.0.0.0:53");
         assert_eq!(peer, GW1, "udp through {via}");
     }
