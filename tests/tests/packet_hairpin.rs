@@ -1,8 +1,8 @@
 //! BPF_PROG_TEST_RUN of hairpin on the endpoint program: an endpoint reaching a published port
 //! (its own, a sibling's, another network's) through a host address gets the published
 //! endpoint as destination and the gateway of that endpoint's network as source; the reply is
-//! translated back; both go straight to the target's bridge. Isolation and icc judge the
-//! original destination.
+//! translated back; both go straight to the target's bridge. Isolation, icc and internal judge
+//! the original destination.
 //!
 //! The programs run in a namespace that has the two networks' bridges (no ports) and
 //! forwarding on, so the FIB lookup finds the target's bridge and the program redirects there.
@@ -40,6 +40,11 @@ struct Lab {
 /// Published: tcp 8080 and udp 5353 to a (80, 53), tcp 8081 to b:80, tcp 9090 to c:80, and
 /// tcp 7070 on the uplink's address only, to b:70.
 fn lab(icc: bool) -> Lab {
+    lab_with(icc, false)
+}
+
+/// The lab with network 1's options.
+fn lab_with(icc: bool, internal: bool) -> Lab {
     require_root();
     let mut topo = Topology::new();
     topo.netns("host")
@@ -49,16 +54,19 @@ fn lab(icc: bool) -> Lab {
         .addr("host", "br2", "172.18.0.1/16")
         .sysctl("host", "net.ipv4.ip_forward", "1");
     let mut dp = Datapath::load().expect("loading the datapath");
-    let net = |id, gateway: [u8; 4], icc| NetworkOptions {
+    let net = |id, gateway: [u8; 4], icc, internal| NetworkOptions {
         id,
         gateway: gateway.into(),
         masquerade: true,
         icc,
-        internal: false,
+        internal,
     };
-    dp.add_network("172.17.0.0/16".parse().unwrap(), &net(1, GW1, icc))
-        .unwrap();
-    dp.add_network("172.18.0.0/16".parse().unwrap(), &net(2, GW2, true))
+    dp.add_network(
+        "172.17.0.0/16".parse().unwrap(),
+        &net(1, GW1, icc, internal),
+    )
+    .unwrap();
+    dp.add_network("172.18.0.0/16".parse().unwrap(), &net(2, GW2, true, false))
         .unwrap();
     // An uplink that is not the test-run device: only its address matters here.
     dp.set_uplink_addr(1000, HOST.into()).unwrap();
@@ -275,8 +283,23 @@ fn icc_false_drops_siblings_but_not_hairpin_to_them() {
 }
 
 #[test]
+fn an_internal_network_hairpins_within_itself_only() {
+    let mut lab = lab_with(true, true);
+    let seen = translated(&mut lab, A, &tcp(A, 5000, GW1, 8081, true));
+    assert_eq!(tuple(&seen), (GW1, 5000, B, 80));
+    // c's port, through its own gateway or the uplink's address: out of the network.
+    for via in [GW1, HOST] {
+        dropped_for(
+            &mut lab,
+            A,
+            &tcp(A, 5001, via, 9090, true),
+            outcome::DROP_INTERNAL,
+        );
+    }
+}
+
+#[test]
 fn without_a_route_to_the_target_the_translated_packet_takes_the_normal_path() {
-    require_root();
     let mut lab = lab(true);
     lab.topo.ns("host").ip(&["link", "del", "br1"]);
     let out = send(&mut lab, A, &tcp(A, 5000, HOST, 8080, true));
