@@ -54,6 +54,9 @@ pub mod action {
     pub const DNAT: u8 = 2;
     /// A flow of the host itself, tracked so that masquerade never takes its tuple: pass.
     pub const HOST: u8 = 3;
+    /// Hairpin (an endpoint to a published port through a host address), on the endpoint's
+    /// veth: rewrite the source and the destination so the packet becomes `peer` reversed.
+    pub const HAIRPIN: u8 = 4;
 }
 
 /// Which direction of its flow a conntrack entry describes.

@@ -61,6 +61,13 @@ pub fn release(entries: u64) {
 #[inline(always)]
 pub fn lookup(packet: &Packet, len: u32) -> Option<*mut CtEntry> {
     let entry = CONNTRACK.get_ptr_mut(packet.key)?;
+    touch(entry, packet, len);
+    Some(entry)
+}
+
+/// Counts a packet of `entry`'s direction and the TCP flags it carries.
+#[inline(always)]
+pub fn touch(entry: *mut CtEntry, packet: &Packet, len: u32) {
     unsafe {
         (*entry).last_seen_ns = bpf_ktime_get_ns();
         (*entry).packets += 1;
@@ -81,7 +88,6 @@ pub fn lookup(packet: &Packet, len: u32) -> Option<*mut CtEntry> {
             }
         }
     }
-    Some(entry)
 }
 
 /// TCP header flags mapped to the `tcp_seen` bits.

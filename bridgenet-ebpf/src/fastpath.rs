@@ -5,7 +5,9 @@
 use core::mem::{size_of, zeroed};
 
 use aya_ebpf::{
-    bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, bpf_redir_neigh},
+    bindings::{
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, bpf_redir_neigh,
+    },
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect_neigh},
     programs::TcContext,
 };
@@ -18,8 +20,13 @@ const TTL_OFF: usize = IP_OFF + 8;
 
 /// Redirects the (already translated) IPv4 packet to its next hop; the TC verdict, or None
 /// when the packet should take the normal path.
+///
+/// `must`: the normal path would drop the packet (a hairpin packet's source is a host address,
+/// a martian on a forwarded packet), so it is redirected whenever there is a route: an
+/// unknown neighbour is resolved by bpf_redirect_neigh, and the kernel checks the size
+/// against the MTU itself, knowing about GSO (an endpoint's veth passes 64 KiB segments).
 #[inline(always)]
-pub fn redirect(ctx: &mut TcContext) -> Option<i32> {
+pub fn redirect(ctx: &mut TcContext, must: bool) -> Option<i32> {
     let ip = ctx.load::<Ipv4Hdr>(IP_OFF).ok()?;
     if ip.ttl <= 1 {
         return None;
@@ -27,7 +34,9 @@ pub fn redirect(ctx: &mut TcContext) -> Option<i32> {
     let mut fib: bpf_fib_lookup = unsafe { zeroed() };
     fib.family = AF_INET;
     fib.l4_protocol = ip.proto;
-    fib.__bindgen_anon_1.tot_len = u16::from_be_bytes(ip.tot_len);
+    if !must {
+        fib.__bindgen_anon_1.tot_len = u16::from_be_bytes(ip.tot_len);
+    }
     fib.ifindex = unsafe { (*ctx.skb.skb).ifindex };
     fib.__bindgen_anon_2.tos = ip.tos;
     fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.src_addr);
@@ -40,7 +49,8 @@ pub fn redirect(ctx: &mut TcContext) -> Option<i32> {
             0,
         )
     };
-    if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
+    let resolvable = must && ret == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH);
+    if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS) && !resolvable {
         return None;
     }
     // Forwarding decrements the TTL; so does the fast path.

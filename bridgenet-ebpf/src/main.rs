@@ -8,6 +8,7 @@ mod counters;
 mod early_drop;
 mod endpoint;
 mod fastpath;
+mod hairpin;
 mod host_access;
 mod icmp;
 mod nat;
@@ -37,11 +38,24 @@ pub fn xdp_count(ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
-/// Endpoint veth (host end) ingress: what the endpoint sends, checked before anything else.
-/// What passes carries CHECKED_MARK, which bridge_ingress requires of routed packets.
+/// Endpoint veth (host end) ingress: what the endpoint sends, checked before anything else;
+/// then hairpin to published ports through a host address, sent straight to the target. What
+/// passes carries CHECKED_MARK, which bridge_ingress requires of routed packets.
 #[classifier]
-pub fn endpoint_ingress(ctx: TcContext) -> i32 {
-    let result = endpoint::check(&ctx);
+pub fn endpoint_ingress(mut ctx: TcContext) -> i32 {
+    let mut result = endpoint::check(&ctx);
+    // Isolation judged the original destination: another network's gateway may still be a
+    // host address with published ports.
+    if result == outcome::PASSED || result == outcome::DROP_ISOLATION {
+        result = hairpin::translate(&mut ctx, result);
+        if (result == outcome::DNAT || result == outcome::SNAT)
+            && let Some(action) = hairpin::redirect(&mut ctx)
+        {
+            stats::count(program_id::ENDPOINT_INGRESS, outcome::FAST_PATH);
+            stats::count(program_id::ENDPOINT_INGRESS, result);
+            return action;
+        }
+    }
     if !outcome::is_drop(result) {
         endpoint::mark_checked(&ctx);
     }
@@ -106,7 +120,7 @@ pub fn uplink_ingress(mut ctx: TcContext) -> i32 {
         Parsed::Ipv4(packet) => uplink_ingress_ipv4(&mut ctx, &packet),
     };
     if result == outcome::DNAT
-        && let Some(action) = fastpath::redirect(&mut ctx)
+        && let Some(action) = fastpath::redirect(&mut ctx, false)
     {
         stats::count(program_id::UPLINK_INGRESS, outcome::FAST_PATH);
         stats::count(program_id::UPLINK_INGRESS, result);

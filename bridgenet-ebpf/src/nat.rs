@@ -8,7 +8,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use bridgenet_common::{
-    CtKey, NatConfig, PublishKey, PublishTarget, Subnet, Uplink, action, direction, outcome,
+    CtEntry, CtKey, NatConfig, PublishKey, PublishTarget, Subnet, Uplink, action, direction,
+    outcome,
 };
 
 use crate::{
@@ -75,13 +76,6 @@ pub fn apply(ctx: &mut TcContext, packet: &Packet, act: u8, addr: u32, port: u16
 #[inline(never)]
 pub fn masquerade(ctx: &mut TcContext, packet: &Packet, nat_addr: u32) -> u32 {
     let key = packet.key;
-    // An unset (zeroed) configuration means the defaults.
-    let config = match NAT_CONFIG.get(0) {
-        Some(config) if config.port_max != 0 => *config,
-        _ => NatConfig::default(),
-    };
-    // The ICMP echo identifier stands in sport too.
-    let original = u16::from_be(key.sport);
     let mut reply = key.reversed();
     reply.daddr = nat_addr;
     let reply_entry = conntrack::new_entry(
@@ -92,40 +86,12 @@ pub fn masquerade(ctx: &mut TcContext, packet: &Packet, nat_addr: u32) -> u32 {
         key.sport,
         None,
     );
-
-    if !conntrack::reserve(2) {
-        return outcome::DROP_CT_FULL;
+    // The ICMP echo identifier stands in sport too.
+    let result = reserve_reply(&mut reply, &reply_entry, u16::from_be(key.sport));
+    if result != outcome::PASSED {
+        return result;
     }
-    let keep = original < config.host_port_min || original > config.host_port_max;
-    let span = u32::from(config.port_max.saturating_sub(config.port_min)) + 1;
-    let start = unsafe { bpf_get_prandom_u32() } % span;
-    let mut chosen = None;
-    for i in 0..=PORT_TRIES {
-        let port = if i == 0 {
-            if !keep {
-                continue;
-            }
-            original
-        } else {
-            config.port_min + ((start + i) % span) as u16
-        };
-        reply.dport = port.to_be();
-        match conntrack::insert_new(&reply, &reply_entry) {
-            Ok(()) => {
-                chosen = Some(port.to_be());
-                break;
-            }
-            Err(InsertError::Exists) => continue,
-            Err(InsertError::Full) => {
-                conntrack::release(2);
-                return outcome::DROP_CT_FULL;
-            }
-        }
-    }
-    let Some(nat_port) = chosen else {
-        conntrack::release(2);
-        return outcome::DROP_PORTS_EXHAUSTED;
-    };
+    let nat_port = reply.dport;
 
     let len = ctx.len();
     let entry = conntrack::new_entry(
@@ -142,6 +108,53 @@ pub fn masquerade(ctx: &mut TcContext, packet: &Packet, nat_addr: u32) -> u32 {
         return lost_race(ctx, packet, err);
     }
     apply(ctx, packet, action::SNAT, nat_addr, nat_port)
+}
+
+/// Takes room for both entries of a new flow and inserts its reply entry under `reply`, with
+/// `reply.dport` (the port the flow's source gets) set so that the tuple is free: `original`
+/// (host byte order) when it is outside the host's port range, else a random port of the NAT
+/// range. PASSED, or the outcome to drop the packet with (the room is given back).
+// A BPF subprogram of its own: inlined, its locals would push the caller past the
+// 512-byte stack limit.
+#[inline(never)]
+pub fn reserve_reply(reply: &mut CtKey, reply_entry: &CtEntry, original: u16) -> u32 {
+    // An unset (zeroed) configuration means the defaults.
+    let config = match NAT_CONFIG.get(0) {
+        Some(config) if config.port_max != 0 => *config,
+        _ => NatConfig::default(),
+    };
+    if !conntrack::reserve(2) {
+        return outcome::DROP_CT_FULL;
+    }
+    let keep = original < config.host_port_min || original > config.host_port_max;
+    let span = u32::from(config.port_max.saturating_sub(config.port_min)) + 1;
+    let start = unsafe { bpf_get_prandom_u32() } % span;
+    for i in 0..=PORT_TRIES {
+        let port = if i == 0 {
+            if !keep {
+                continue;
+            }
+            original
+        } else {
+            config.port_min + ((start + i) % span) as u16
+        };
+        reply.dport = port.to_be();
+        // A flow's reply tuple cannot be its own original one (hairpin to itself).
+        let peer = &reply_entry.peer;
+        if reply.dport == peer.dport && reply.sport == peer.sport && reply.saddr == peer.saddr {
+            continue;
+        }
+        match conntrack::insert_new(reply, reply_entry) {
+            Ok(()) => return outcome::PASSED,
+            Err(InsertError::Exists) => continue,
+            Err(InsertError::Full) => {
+                conntrack::release(2);
+                return outcome::DROP_CT_FULL;
+            }
+        }
+    }
+    conntrack::release(2);
+    outcome::DROP_PORTS_EXHAUSTED
 }
 
 /// The endpoint a packet arriving on an uplink is published to, if any.

@@ -10,6 +10,7 @@ use bridgenet_tests::{packet, packet::fixture::*};
 use etherparse::{NetHeaders, PacketHeaders, TransportHeader};
 
 const FRAMES: usize = 100_000;
+const TC_ACT_REDIRECT: u32 = 7;
 
 /// The shared NAT datapath, with EP1 as the endpoint behind the test-run device; the endpoint
 /// program sees frames from it with the templates' source MAC.
@@ -55,8 +56,18 @@ fn templates() -> Vec<Vec<u8>> {
             ),
             &packet::ip_packet(&syn, Some(8)),
         ),
+        // Hairpin from EP1 to its published ports, through the uplink's address and through its
+        // gateway, and the replies (the kept source port 5000 makes them match).
+        packet::tcp_frame(EP1, 5000, HOST, 8080, true, false, b""),
+        packet::tcp_frame(EP1, 80, GATEWAY, 5000, true, true, b""),
+        packet::udp_frame(EP1, 5000, GATEWAY, 5353, b"q"),
+        packet::udp_frame(EP1, 53, GATEWAY, 5000, b"a"),
+        packet::udp_frame_without_checksum(EP1, 5001, HOST, 5353, b"q"),
     ]
 }
+
+/// EP1's gateway: a host address too.
+const GATEWAY: [u8; 4] = [172, 17, 0, 1];
 
 /// A random frame: pure noise, or a template with random bytes changed and a random length.
 fn random_frame(rng: &mut fastrand::Rng, templates: &[Vec<u8>]) -> Vec<u8> {
@@ -118,7 +129,7 @@ fn fuzz(program: &str, xdp: bool, seed: u64) {
     let mut dp = datapath();
     let templates = templates();
     let mut rng = fastrand::Rng::with_seed(seed);
-    let (mut passed, mut dropped, mut refused) = (0, 0, 0);
+    let (mut passed, mut dropped, mut refused, mut changed) = (0, 0, 0, 0);
     let mut i = 0;
     while passed + dropped < FRAMES {
         i += 1;
@@ -143,12 +154,14 @@ fn fuzz(program: &str, xdp: bool, seed: u64) {
         } else {
             (TC_ACT_OK, TC_ACT_SHOT)
         };
+        // TC programs may send a translated frame straight to its next hop.
+        let redirected = !xdp && out.action == TC_ACT_REDIRECT;
         assert!(
-            out.action == pass || out.action == drop,
+            out.action == pass || out.action == drop || redirected,
             "{program}: verdict {}",
             out.action
         );
-        if out.action != pass {
+        if out.action == drop {
             dropped += 1;
             continue;
         }
@@ -159,6 +172,20 @@ fn fuzz(program: &str, xdp: bool, seed: u64) {
             assert!(
                 src[..2] != [172, 17],
                 "frame {i} (seed {seed}) left with a private source: {frame:02x?}"
+            );
+        }
+        if out.frame != frame {
+            changed += 1;
+        }
+        if program == programs::ENDPOINT_INGRESS
+            && out.frame != frame
+            && let Some(src) = source(&out.frame)
+        {
+            // Only hairpin changes a frame there, and its sources are host addresses: never
+            // another endpoint's.
+            assert!(
+                src == HOST || src == GATEWAY,
+                "frame {i} (seed {seed}) left the endpoint as {src:?}: {frame:02x?}"
             );
         }
         if out.frame != frame
@@ -177,10 +204,13 @@ fn fuzz(program: &str, xdp: bool, seed: u64) {
         }
     }
     eprintln!(
-        "{program}: {passed} passed, {dropped} dropped ({refused} more refused by the kernel) (seed {seed}); counters: {:?}",
+        "{program}: {passed} passed ({changed} changed), {dropped} dropped ({refused} more refused by the kernel) (seed {seed}); counters: {:?}",
         dp.stats().unwrap()
     );
     assert!(passed > 0);
+    if program == programs::ENDPOINT_INGRESS {
+        assert!(changed > 0, "the mix exercises hairpin");
+    }
     if program == programs::UPLINK_EGRESS {
         // Malformed frames from endpoints are dropped there (ingress leaves them to the host).
         assert!(dropped > 0, "the mix exercises both verdicts");

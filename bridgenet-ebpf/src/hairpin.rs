@@ -1,0 +1,170 @@
+//! Hairpin: an endpoint reaches a published port (its own, a sibling's, another network's)
+//! through a host address, as Docker's DNAT plus self-MASQUERADE rules allow. On the sender's
+//! veth the destination becomes the published endpoint and the source the gateway of that
+//! endpoint's network, with a port that makes the reply tuple unique: the reply goes to that
+//! gateway, which the target's own isolation check allows, and its entry translates it back.
+//! Both directions then go straight to the destination's bridge (fastpath): their source is a
+//! host address, which the stack drops as a martian on a forwarded packet.
+use aya_ebpf::programs::TcContext;
+use bridgenet_common::{
+    CtKey, PublishKey, PublishTarget, action, direction, network_flags, outcome,
+};
+
+use crate::{
+    conntrack::{self, CONNTRACK, InsertError},
+    fastpath,
+    nat::{self, PUBLISH},
+    parse::{Packet, Parsed, TCP, UDP, parse},
+};
+
+/// Sends a translated hairpin packet straight to its destination's bridge.
+// A BPF subprogram of its own: it is not on the stack while the packet is translated.
+#[inline(never)]
+pub fn redirect(ctx: &mut TcContext) -> Option<i32> {
+    fastpath::redirect(ctx, true)
+}
+
+/// Translates a hairpin packet that the endpoint's checks judged `checked` (PASSED, or
+/// DROP_ISOLATION for another network's address): DNAT for the forward direction, SNAT for
+/// replies, or `checked` when it is no hairpin packet.
+// A BPF subprogram of its own: inlined, its locals would push the caller past the
+// 512-byte stack limit.
+#[inline(never)]
+pub fn translate(ctx: &mut TcContext, checked: u32) -> u32 {
+    // Matched by reference: a copy of the packet would double this frame.
+    let parsed = parse(ctx);
+    let Parsed::Ipv4(packet) = &parsed else {
+        return checked;
+    };
+    let key = packet.key;
+    if packet.fragment || (key.proto != TCP && key.proto != UDP) {
+        return checked;
+    }
+    // Both directions go to a host address: the forward one to where the port is published,
+    // the reply to the target's gateway.
+    let gateway = matches!(nat::subnet_of(key.daddr), Some(s) if s.gateway == key.daddr);
+    if !gateway && !nat::is_host_addr(key.daddr) {
+        return checked;
+    }
+    if let Some(result) = tracked(ctx, packet) {
+        return result;
+    }
+    match published(packet, gateway) {
+        Some(target) => open(ctx, packet, target, checked),
+        // Another network's gateway, not published: isolated. A host address: the host's.
+        None => checked,
+    }
+}
+
+/// The port published where the packet goes: on its address, or on any host address (an
+/// uplink's or a gateway's).
+#[inline(always)]
+fn published(packet: &Packet, gateway: bool) -> Option<PublishTarget> {
+    if let Some(target) = nat::published(packet) {
+        return Some(target);
+    }
+    if !gateway {
+        return None;
+    }
+    let any = PublishKey {
+        addr: 0,
+        port: packet.key.dport,
+        proto: packet.key.proto,
+        _pad: 0,
+    };
+    unsafe { PUBLISH.get(any) }.copied()
+}
+
+/// Translates a packet of a tracked hairpin flow; None when the packet has no hairpin entry.
+#[inline(always)]
+fn tracked(ctx: &mut TcContext, packet: &Packet) -> Option<u32> {
+    let entry = CONNTRACK.get_ptr_mut(packet.key)?;
+    // Entries of the uplinks' flows are theirs to apply.
+    if unsafe { (*entry).action } != action::HAIRPIN {
+        return None;
+    }
+    conntrack::touch(entry, packet, ctx.len());
+    let (peer, dir) = unsafe { ((*entry).peer, (*entry).direction) };
+    let result = if dir == direction::ORIGINAL {
+        outcome::DNAT
+    } else {
+        outcome::SNAT
+    };
+    Some(rewrite(ctx, packet, &peer.reversed(), result))
+}
+
+/// Opens a hairpin flow to `target`: the reply entry first (it picks the source port), then
+/// the forward one, each naming the other.
+// A BPF subprogram of its own: inlined, its locals would push the caller past the
+// 512-byte stack limit.
+#[inline(never)]
+fn open(ctx: &mut TcContext, packet: &Packet, target: PublishTarget, checked: u32) -> u32 {
+    let key = packet.key;
+    // Published to an address that is no endpoint of ours: nothing to hairpin to.
+    let Some(to) = nat::subnet_of(target.addr) else {
+        return checked;
+    };
+    let (network, gateway) = (to.network, to.gateway);
+    // The endpoints of an --internal network reach no other network, published or not.
+    if let Some(own) = nat::subnet_of(key.saddr)
+        && own.flags & network_flags::INTERNAL != 0
+        && own.network != network
+    {
+        return outcome::DROP_INTERNAL;
+    }
+    let mut reply = CtKey {
+        saddr: target.addr,
+        daddr: gateway,
+        sport: target.port,
+        dport: key.sport,
+        proto: key.proto,
+        _pad: [0; 3],
+    };
+    // In a block of its own, so that its stack slot is the forward entry's afterwards.
+    let result = {
+        let reply_entry = conntrack::new_entry(
+            key,
+            action::HAIRPIN,
+            direction::REPLY,
+            key.daddr,
+            key.dport,
+            None,
+        );
+        nat::reserve_reply(&mut reply, &reply_entry, u16::from_be(key.sport))
+    };
+    if result != outcome::PASSED {
+        return result;
+    }
+    let len = ctx.len();
+    let entry = conntrack::new_entry(
+        reply,
+        action::HAIRPIN,
+        direction::ORIGINAL,
+        target.addr,
+        target.port,
+        Some((packet, len)),
+    );
+    if let Err(err) = conntrack::insert_new(&key, &entry) {
+        conntrack::remove(&reply);
+        conntrack::release(2);
+        if let InsertError::Full = err {
+            return outcome::DROP_CT_FULL;
+        }
+        // The same flow, opened on another CPU meanwhile.
+        return tracked(ctx, packet).unwrap_or(outcome::DROP_PORTS_EXHAUSTED);
+    }
+    rewrite(ctx, packet, &reply.reversed(), outcome::DNAT)
+}
+
+/// Rewrites the packet's addresses and ports to `to`'s: `result`, or DROP_REWRITE_FAILED.
+#[inline(always)]
+fn rewrite(ctx: &mut TcContext, packet: &Packet, to: &CtKey, result: u32) -> u32 {
+    // Each side's rewrite reads only that side's old values from `packet`.
+    if nat::apply(ctx, packet, action::SNAT, to.saddr, to.sport) != outcome::SNAT {
+        return outcome::DROP_REWRITE_FAILED;
+    }
+    if nat::apply(ctx, packet, action::DNAT, to.daddr, to.dport) != outcome::DNAT {
+        return outcome::DROP_REWRITE_FAILED;
+    }
+    result
+}
