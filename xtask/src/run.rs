@@ -244,15 +244,25 @@ impl Lab {
 
         step("3. Isolation: db (network backend) tries web (network bridge) at 172.17.0.2:80.");
         match request_timeout(&db, "172.17.0.2:80", Duration::from_secs(2)) {
-            Ok(answer) => {
-                say(&format!("   db got: {answer}"));
-                say("   -> NOT YET ENFORCED: isolation between networks is a separate issue;");
-                say("      today the host routes between its bridges.");
-            }
+            Ok(answer) => say(&format!(
+                "   db got: {answer}\n   -> UNEXPECTED: the networks should be isolated."
+            )),
             Err(err) => say(&format!(
-                "   -> blocked ({err:#}): the networks are isolated."
+                "   -> blocked ({err:#}): endpoint_ingress dropped it (drop_isolation)."
             )),
         }
+
+        step("4. db asks web's published port through the host's address 198.18.0.2:8080.");
+        let answer = request(&db, "198.18.0.2:8080")?;
+        say(&format!("   db got: {answer}"));
+        say("   -> hairpin: published ports stay reachable from every network, and web sees");
+        say("      the gateway of its network as the client, as with Docker.");
+
+        step("5. A process on the host asks 127.0.0.1:8080.");
+        let answer = request(&self.ns("host"), "127.0.0.1:8080")?;
+        say(&format!("   host got: {answer}"));
+        say("   -> a cgroup hook sent the connection straight to web: no userland proxy,");
+        say("      no route_localnet.");
 
         step("Published ports, tracked flows and the datapath's counters:");
         self.cli(&["port", "ls", "web"])?;
