@@ -7,6 +7,7 @@ mod counters;
 mod early_drop;
 mod endpoint;
 mod fastpath;
+mod filter;
 mod icmp;
 mod nat;
 mod parse;
@@ -41,10 +42,14 @@ pub fn endpoint_ingress(ctx: TcContext) -> i32 {
     verdict(program_id::ENDPOINT_INGRESS, endpoint::check(&ctx))
 }
 
-/// Uplink XDP: drops what must never get in from outside, before the stack sees it.
+/// Uplink XDP: drops what must never get in from outside, and what the user filter drops,
+/// before the stack sees it.
 #[xdp]
 pub fn uplink_xdp(ctx: XdpContext) -> u32 {
-    let result = early_drop::check(&ctx);
+    let mut result = early_drop::check(&ctx);
+    if result == outcome::PASSED {
+        result = filter::check_xdp(&ctx);
+    }
     stats::count(program_id::UPLINK_XDP, result);
     if outcome::is_drop(result) {
         xdp_action::XDP_DROP
@@ -74,6 +79,11 @@ pub fn uplink_ingress(mut ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn uplink_ingress_ipv4(ctx: &mut TcContext, packet: &Packet) -> u32 {
+    // The user filter, before any translation: also here, so that it holds without XDP.
+    let result = filter::check_tc(ctx, packet);
+    if result != outcome::PASSED {
+        return result;
+    }
     if packet.fragment {
         // Fragments for a host address are reassembled by the host stack, which never forwards
         // them to an endpoint: they cannot reach one untranslated.

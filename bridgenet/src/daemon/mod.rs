@@ -2,6 +2,7 @@
 //! runs in, and serves the API. `ops` holds the verbs, `reconcile` the restart logic,
 //! `conntrack` the flow listing and garbage collection.
 mod conntrack;
+mod filter;
 mod ops;
 mod reconcile;
 

@@ -67,6 +67,7 @@ pub enum TcMode {
 }
 
 pub mod conntrack;
+pub mod filter;
 
 /// The loaded programs and maps of one bridgenet datapath.
 pub struct Datapath {
