@@ -26,9 +26,9 @@ pub enum FilterCmd {
         /// default; default: every protocol and port.
         #[arg(long, value_name = "PORT[/PROTO]")]
         dport: Option<String>,
-        /// allow or drop.
+        /// allow or drop (required).
         #[arg(long)]
-        action: String,
+        action: Option<String>,
     },
     /// List the rules in evaluation order, with the packets each decided.
     Ls {
@@ -57,6 +57,10 @@ pub fn filter(socket: &Path, cmd: FilterCmd) -> Result<()> {
             if let Some(d) = &dport {
                 d.parse::<Dport>().map_err(anyhow::Error::msg)?;
             }
+            // Checked here rather than by clap, whose message names the option on a second line.
+            let Some(action) = action else {
+                bail!("filter add needs --action allow or --action drop");
+            };
             action.parse::<Action>().map_err(anyhow::Error::msg)?;
             let req = FilterCreate {
                 network,
