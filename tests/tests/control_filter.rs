@@ -175,7 +175,7 @@ fn packets(lab: &ControlLab, id: &str) -> u64 {
         .as_array()
         .unwrap()
         .iter()
-        .find(|r| r["id"].to_string() == id)
+        .find(|r| r["id"].as_u64() == id.parse().ok())
         .unwrap_or_else(|| panic!("no rule {id} in {rules}"))["packets"]
         .as_u64()
         .unwrap()

@@ -57,7 +57,7 @@ impl Daemon {
             return Err(err);
         }
         tracing::info!("filter rule {} added", rule.id);
-        Ok(self.filter_entry(&rule)?)
+        self.filter_entry(&rule)
     }
 
     pub fn filter_ls(&self) -> Result<Vec<FilterEntry>, Error> {
