@@ -177,9 +177,29 @@ impl Datapath {
         }
         let states: Array<_, FilterState> = Array::try_from(self.map_mut(maps::FILTER_STATE)?)?;
         let state = states.get(&0, 0)?;
-        let generation = (state.generation ^ 1) as u8;
         let mut trie: LpmTrie<_, FilterKey, FilterMatch> =
             LpmTrie::try_from(self.map_mut(maps::FILTER)?)?;
+        // The same rules already in use (a restart's reconcile): nothing to do.
+        let entry = |k: &Key<FilterKey>, v: FilterMatch| {
+            let mut data = k.data();
+            data.generation = 0;
+            (k.prefix_len(), data, v)
+        };
+        let mut active = Vec::new();
+        for item in trie.iter() {
+            let (k, v) = item?;
+            if u32::from(k.data().generation) == state.generation {
+                active.push(entry(&k, v));
+            }
+        }
+        let compiled: Vec<_> = compile(rules).iter().map(|(k, v)| entry(k, *v)).collect();
+        if state.rules == rules.len() as u32
+            && active.len() == compiled.len()
+            && compiled.iter().all(|e| active.contains(e))
+        {
+            return Ok(());
+        }
+        let generation = (state.generation ^ 1) as u8;
         let stale: Vec<Key<FilterKey>> = trie
             .keys()
             .filter_map(|k| k.ok())
