@@ -267,7 +267,9 @@ pub mod outcome {
     /// Routed from an endpoint without the endpoint check's mark: its veth lost the program
     /// (detached by someone else) and the daemon has not restored it yet.
     pub const DROP_UNCHECKED: u32 = 17;
-    pub const COUNT: u32 = 18;
+    /// From outside, towards an endpoint, dropped by a user filter rule (`filter add`).
+    pub const DROP_FILTER: u32 = 18;
+    pub const COUNT: u32 = 19;
     pub const NAMES: [&str; COUNT as usize] = [
         "passed",
         "snat",
@@ -287,6 +289,7 @@ pub mod outcome {
         "drop_internal",
         "drop_unknown",
         "drop_unchecked",
+        "drop_filter",
     ];
 
     pub const fn is_drop(outcome: u32) -> bool {
@@ -311,6 +314,72 @@ pub mod ct_usage {
     pub const LIMIT: u32 = 1;
 }
 
+/// The user filter (`filter add`): rules compiled into one LPM trie keyed by match class and
+/// source prefix, so that a packet costs at most four lookups however many rules there are.
+pub mod filter {
+    /// Largest number of rules; also the size of the per-rule counters.
+    pub const MAX_RULES: u32 = 1024;
+    /// Two generations of compiled rules live in the trie at once (see `FilterState`).
+    pub const MAX_ENTRIES: u32 = 2 * MAX_RULES;
+    /// Bits of `FilterKey` before `src`: every field but the source is matched exactly.
+    pub const FIXED_BITS: u32 = 96;
+    /// Match classes, bits of `FilterKey::class`: the rule names a network, a port.
+    pub const CLASS_NETWORK: u8 = 1;
+    pub const CLASS_PORT: u8 = 2;
+    pub const CLASS_COUNT: u8 = 4;
+    pub const ALLOW: u8 = 1;
+    pub const DROP: u8 = 2;
+}
+
+/// The data of a `FILTER` LPM trie key: the fixed fields of a match class, then the source
+/// prefix (the prefix length is `filter::FIXED_BITS` plus the source prefix's).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct FilterKey {
+    /// Which of the two compiled rule sets (`FilterState::generation`) the entry belongs to.
+    pub generation: u8,
+    /// `filter::CLASS_*` bits; fields the class does not match on are 0.
+    pub class: u8,
+    /// IP protocol of the port.
+    pub proto: u8,
+    pub _pad: u8,
+    /// Destination port as it arrives (the published host port), network byte order.
+    pub dport: u16,
+    pub _pad2: u16,
+    /// The destination endpoint's network (`Subnet::network`).
+    pub network: u32,
+    /// Source address, network byte order.
+    pub src: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<FilterKey>() == 16);
+const _: () = assert!(filter::FIXED_BITS as usize == 8 * 12);
+
+/// The value at a trie entry: the first rule (lowest `order`) of the class that matches every
+/// source of the entry's prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct FilterMatch {
+    /// Position of the rule in the rule list: the lowest one of the classes' matches decides.
+    pub order: u32,
+    /// Index of the rule's counter in `FILTER_HITS`.
+    pub slot: u16,
+    /// `filter::ALLOW` or `filter::DROP`.
+    pub action: u8,
+    pub _pad: u8,
+}
+
+const _: () = assert!(core::mem::size_of::<FilterMatch>() == 8);
+
+/// `FILTER_STATE[0]`: which generation of the trie the programs use, and whether any rule
+/// exists (none: no lookup at all).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct FilterState {
+    pub generation: u32,
+    pub rules: u32,
+}
+
 /// Names of the maps, as the programs declare them and the loader finds them.
 pub mod maps {
     pub const IF_COUNTERS: &str = "IF_COUNTERS";
@@ -325,8 +394,14 @@ pub mod maps {
     pub const ENDPOINTS: &str = "ENDPOINTS";
     pub const HOST_ACCESS_CONFIG: &str = "HOST_ACCESS_CONFIG";
     pub const HOST_PEERS: &str = "HOST_PEERS";
+    pub const FILTER: &str = "FILTER";
+    pub const FILTER_STATE: &str = "FILTER_STATE";
+    pub const FILTER_HITS: &str = "FILTER_HITS";
     /// Every map, for pinning.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 15] = [
+        FILTER,
+        FILTER_STATE,
+        FILTER_HITS,
         CT_USAGE,
         ENDPOINTS,
         IF_COUNTERS,
@@ -386,4 +461,7 @@ mod user {
     unsafe impl aya::Pod for super::HostAccessConfig {}
     unsafe impl aya::Pod for super::HostPeerKey {}
     unsafe impl aya::Pod for super::HostPeer {}
+    unsafe impl aya::Pod for super::FilterKey {}
+    unsafe impl aya::Pod for super::FilterMatch {}
+    unsafe impl aya::Pod for super::FilterState {}
 }

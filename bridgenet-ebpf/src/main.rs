@@ -8,6 +8,7 @@ mod counters;
 mod early_drop;
 mod endpoint;
 mod fastpath;
+mod filter;
 mod hairpin;
 mod host_access;
 mod icmp;
@@ -73,10 +74,14 @@ pub fn bridge_ingress(ctx: TcContext) -> i32 {
     )
 }
 
-/// Uplink XDP: drops what must never get in from outside, before the stack sees it.
+/// Uplink XDP: drops what must never get in from outside, and what the user filter drops,
+/// before the stack sees it.
 #[xdp]
 pub fn uplink_xdp(ctx: XdpContext) -> u32 {
-    let result = early_drop::check_xdp(&ctx);
+    let mut result = early_drop::check_xdp(&ctx);
+    if result == outcome::PASSED {
+        result = filter::check_xdp(&ctx);
+    }
     stats::count(program_id::UPLINK_XDP, result);
     if outcome::is_drop(result) {
         xdp_action::XDP_DROP
@@ -134,6 +139,11 @@ fn uplink_ingress_ipv4(ctx: &mut TcContext, packet: &Packet) -> u32 {
     let early = early_drop::check(packet.key.daddr);
     if outcome::is_drop(early) {
         return early;
+    }
+    // The user filter, before any translation: also here, so that it holds without XDP.
+    let result = filter::check_tc(ctx, packet);
+    if result != outcome::PASSED {
+        return result;
     }
     if packet.fragment {
         // Fragments for a host address are reassembled by the host stack, which never forwards

@@ -3,7 +3,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::Result;
 use aya::programs::TcAttachType;
 use bridgenet::{
-    cli::{self, CtCmd, EndpointCmd, NetworkCmd, PortCmd},
+    cli::{self, CtCmd, EndpointCmd, FilterCmd, NetworkCmd, PortCmd},
     daemon,
     datapath::{Datapath, TcMode},
 };
@@ -53,6 +53,9 @@ enum Command {
     /// Tracked flows.
     #[command(subcommand)]
     Ct(CtCmd),
+    /// User filter rules for traffic from uplinks to endpoints (Docker's DOCKER-USER).
+    #[command(subcommand)]
+    Filter(FilterCmd),
     /// The datapath's packet counters per program and outcome.
     Stats {
         #[arg(long)]
@@ -149,6 +152,7 @@ fn run_client(socket: PathBuf, command: Command) -> Result<()> {
         Command::Endpoint(cmd) => cli::endpoint(&socket, cmd),
         Command::Port(cmd) => cli::port(&socket, cmd),
         Command::Ct(cmd) => cli::ct(&socket, cmd),
+        Command::Filter(cmd) => cli::filter(&socket, cmd),
         Command::Stats { json } => cli::stats(&socket, json),
         Command::Watch { ifaces } => watch(&ifaces),
     }

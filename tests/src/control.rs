@@ -273,8 +273,8 @@ impl ControlLab {
     }
 
     /// Everything that must not change when a command is refused: the daemon's view (networks,
-    /// endpoints, ports), the host namespace's links, addresses and routes, the lab's
-    /// namespaces, and the published ports and subnets in the pinned maps.
+    /// endpoints, ports, filter rules), the host namespace's links, addresses and routes, the lab's
+    /// namespaces, and the published ports, subnets and filter in the pinned maps.
     pub fn snapshot(&self) -> String {
         let host = self.topo.ns("host");
         let mut netns: Vec<String> = std::fs::read_dir("/run/netns")
@@ -302,6 +302,7 @@ impl ControlLab {
             self.ok(&["network", "ls", "--json"]),
             self.ok(&["endpoint", "ls", "--json"]),
             self.ok(&["port", "ls", "--json"]),
+            self.ok(&["filter", "ls", "--json"]),
             host.ip(&["-o", "link"])
                 .lines()
                 .map(strip_stats)
@@ -313,6 +314,8 @@ impl ControlLab {
             netns.join(" "),
             dump("PUBLISH"),
             dump("SUBNETS"),
+            dump("FILTER"),
+            dump("FILTER_STATE"),
         ]
         .join("\n---\n")
     }

@@ -335,6 +335,36 @@ fn bad_input_changes_nothing() {
         &["endpoint", "create", "e", "--netns", &spare],
         "--network is required",
     );
+    // User filter rules: bad source, port, protocol, action, network or rule id.
+    for (args, expect) in [
+        (&["--src", "banana"][..], "invalid source"),
+        (&["--src", "10.0.0.0/33"], "invalid source"),
+        (&["--dport", "70000"], "invalid port"),
+        (&["--dport", "0"], "invalid port"),
+        (&["--dport", "80/sctp"], "invalid port"),
+        (&["--network", "nope"], "no network nope"),
+    ] {
+        let mut all = vec!["filter", "add"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--action", "drop"]);
+        refused(&lab, &all, expect);
+    }
+    refused(
+        &lab,
+        &["filter", "add", "--action", "reject"],
+        "invalid action",
+    );
+    refused(&lab, &["filter", "add", "--src", "10.0.0.0/8"], "--action");
+    refused(&lab, &["filter", "rm", "99"], "no filter rule 99");
+    refused(&lab, &["filter", "rm", "x"], "invalid filter rule id");
+    // A network a rule names cannot be removed under it.
+    lab.ok(&["network", "create", "lone"]);
+    let id = lab.ok(&["filter", "add", "--network", "lone", "--action", "drop"]);
+    refused(
+        &lab,
+        &["network", "rm", "lone"],
+        &format!("network lone is named by filter rules {}", id.trim()),
+    );
     // Removing a network that still has endpoints.
     refused(
         &lab,

@@ -58,6 +58,26 @@ pub struct PortEntry {
     pub mapping: PortMapping,
 }
 
+/// `POST /filters`: `filter add`'s options, as given (the daemon reports bad ones itself).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FilterCreate {
+    pub network: Option<String>,
+    pub src: Option<String>,
+    pub dport: Option<String>,
+    pub action: String,
+}
+
+/// One rule of `GET /filters`, in evaluation order, with the packets it decided.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FilterEntry {
+    pub id: u32,
+    pub network: Option<String>,
+    pub src: Option<ipnet::Ipv4Net>,
+    pub dport: Option<crate::state::filter::Dport>,
+    pub action: crate::state::filter::Action,
+    pub packets: u64,
+}
+
 /// One counter of `GET /stats`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Stat {

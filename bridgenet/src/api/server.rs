@@ -6,14 +6,14 @@ use axum::{
     extract::{Path, Query, State},
     http::StatusCode,
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{delete, get, post},
 };
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
 use super::{
-    Endpoint, EndpointCreate, ErrorBody, Flow, Network, NetworkCreate, PortEntry, PortMapping,
-    PortSpecs, Stat,
+    Endpoint, EndpointCreate, ErrorBody, FilterCreate, FilterEntry, Flow, Network, NetworkCreate,
+    PortEntry, PortMapping, PortSpecs, Stat,
 };
 use crate::daemon::{Daemon, Error};
 
@@ -47,6 +47,8 @@ pub fn router(daemon: Arc<Mutex<Daemon>>) -> Router {
         .route("/endpoints/{name}/publish", post(publish))
         .route("/endpoints/{name}/unpublish", post(unpublish))
         .route("/ports", get(ports))
+        .route("/filters", get(filters).post(filter_add))
+        .route("/filters/{id}", delete(filter_rm))
         .route("/stats", get(stats))
         .route("/conntrack", get(conntrack).delete(conntrack_flush))
         .with_state(daemon)
@@ -123,4 +125,16 @@ async fn conntrack(State(d): Shared) -> Reply<Vec<Flow>> {
 
 async fn conntrack_flush(State(d): Shared, Query(q): Query<EndpointFilter>) -> Reply<usize> {
     Ok(Json(d.lock().await.conntrack_flush(q.endpoint.as_deref())?))
+}
+
+async fn filters(State(d): Shared) -> Reply<Vec<FilterEntry>> {
+    Ok(Json(d.lock().await.filter_ls()?))
+}
+
+async fn filter_add(State(d): Shared, Json(req): Json<FilterCreate>) -> Reply<FilterEntry> {
+    Ok(Json(d.lock().await.filter_add(req)?))
+}
+
+async fn filter_rm(State(d): Shared, Path(id): Path<String>) -> Reply<FilterEntry> {
+    Ok(Json(d.lock().await.filter_rm(&id)?))
 }

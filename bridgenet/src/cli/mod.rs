@@ -1,5 +1,7 @@
 //! The CLI verbs that talk to the daemon: parse, check what can be checked locally, call the
 //! API, print in Docker's formats (or JSON with --json).
+mod filter;
+
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
@@ -14,6 +16,8 @@ use crate::{
     },
     state::{Mode, PortSpec, check_name, ports::parse_expose},
 };
+
+pub use filter::{FilterCmd, filter};
 
 #[derive(Subcommand)]
 pub enum NetworkCmd {

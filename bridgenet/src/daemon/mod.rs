@@ -4,6 +4,7 @@
 mod attachments;
 pub mod config;
 mod conntrack;
+mod filter;
 mod ops;
 mod reconcile;
 

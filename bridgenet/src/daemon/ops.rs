@@ -210,6 +210,7 @@ impl Daemon {
 
     pub async fn network_rm(&mut self, name: &str) -> Result<Network, Error> {
         let network = self.network(name)?.clone();
+        self.check_unfiltered(name)?;
         let users: Vec<&str> = self
             .state
             .endpoints

@@ -142,6 +142,9 @@ impl Daemon {
                 .publish(wire_proto(proto), host_ip, host_port, ip, port)?;
         }
 
+        // The user filter: exactly the store's rules (after the subnets, whose ids it uses).
+        self.apply_filter()?;
+
         // Links bridgenet made that the store does not know (a crash in the middle of a create).
         let known: BTreeSet<String> = self
             .state

@@ -70,6 +70,7 @@ pub enum TcMode {
 }
 
 pub mod conntrack;
+pub mod filter;
 
 /// The loaded programs and maps of one bridgenet datapath.
 pub struct Datapath {

@@ -1,6 +1,7 @@
 //! What the daemon manages (networks, endpoints, published ports) and the crash-safe store that
 //! keeps it across restarts. IPAM is derived from it: a network's taken addresses are its
 //! gateway and its endpoints' addresses.
+pub mod filter;
 pub mod ipam;
 pub mod ports;
 
@@ -124,6 +125,9 @@ pub fn netns_path(netns: &str) -> PathBuf {
 pub struct State {
     pub networks: BTreeMap<String, Network>,
     pub endpoints: BTreeMap<String, Endpoint>,
+    /// User filter rules (absent in stores written before filters existed).
+    #[serde(default)]
+    pub filter: filter::Filter,
 }
 
 impl State {

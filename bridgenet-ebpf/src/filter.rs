@@ -1,0 +1,164 @@
+//! The user filter (Docker's DOCKER-USER chain): ordered allow/drop rules on source prefix,
+//! destination network and destination port, for packets that enter from an uplink towards an
+//! endpoint (a published port, or an address of a managed subnet). The daemon compiles the
+//! rules into the `FILTER` LPM trie, one logical trie per match class; the first matching rule
+//! of the packet is the lowest-order answer of at most four lookups, whatever the rule count.
+//!
+//! XDP drops early and counts only its drops; TC ingress checks again (so the filter never
+//! depends on XDP being attached) and counts every rule hit, so each packet is counted once.
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
+    programs::{TcContext, XdpContext},
+};
+use bridgenet_common::{FilterKey, FilterMatch, FilterState, PublishKey, filter, outcome};
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::Ipv4Hdr,
+};
+
+use crate::{
+    nat::{self, PUBLISH},
+    parse::{IP_OFF, Packet, TCP, UDP},
+};
+
+#[map]
+static FILTER: LpmTrie<FilterKey, FilterMatch> =
+    LpmTrie::with_max_entries(filter::MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+#[map]
+static FILTER_STATE: Array<FilterState> = Array::with_max_entries(1, 0);
+
+/// Packets decided by each rule, by the rule's slot.
+#[map]
+static FILTER_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(filter::MAX_RULES, 0);
+
+/// The ports of the packet are known (not a later fragment).
+const PORTS: u32 = 1 << 8;
+/// Count allowed packets too (TC); XDP counts only what it drops.
+const COUNT_ALLOW: u32 = 1 << 9;
+
+/// XDP: the outcome of the filter for the frame in `ctx`.
+#[inline(always)]
+pub fn check_xdp(ctx: &XdpContext) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + EthHdr::LEN + Ipv4Hdr::LEN > end {
+        return outcome::PASSED;
+    }
+    if unsafe { (*(start as *const EthHdr)).ether_type } != EtherType::Ipv4 as u16 {
+        return outcome::PASSED;
+    }
+    let ip = unsafe { &*((start + EthHdr::LEN) as *const Ipv4Hdr) };
+    let (saddr, daddr) = (
+        u32::from_ne_bytes(ip.src_addr),
+        u32::from_ne_bytes(ip.dst_addr),
+    );
+    let proto = ip.proto;
+    let mut flags = u32::from(proto);
+    let mut dport = 0;
+    if ip.frag_offset() == 0 {
+        flags |= PORTS;
+        if proto == TCP || proto == UDP {
+            let l4 = start + EthHdr::LEN + usize::from(ip.ihl());
+            if l4 + 4 > end {
+                // Cut short: the stack drops it.
+                return outcome::PASSED;
+            }
+            dport = unsafe { *((l4 + 2) as *const u16) };
+        }
+    }
+    evaluate(saddr, daddr, flags, dport)
+}
+
+/// TC: the outcome of the filter for a parsed packet.
+#[inline(always)]
+pub fn check_tc(ctx: &TcContext, packet: &Packet) -> u32 {
+    let key = &packet.key;
+    let mut flags = u32::from(key.proto) | COUNT_ALLOW;
+    // A later fragment has no ports: only rules without a port can match it. The first
+    // fragment carries them, and a datagram whose first fragment is dropped never arrives.
+    let later_fragment = packet.fragment
+        && ctx
+            .load::<u16>(IP_OFF + 6)
+            .is_ok_and(|f| u16::from_be(f) & 0x1fff != 0);
+    if !later_fragment {
+        flags |= PORTS;
+    }
+    evaluate(key.saddr, key.daddr, flags, key.dport)
+}
+
+/// The first matching rule decides; no rule, or a packet not going to an endpoint: passed.
+/// `flags`: IP protocol in the low byte, `PORTS`, `COUNT_ALLOW`.
+// A BPF subprogram of its own: it keeps the callers' stacks small.
+#[inline(never)]
+fn evaluate(saddr: u32, daddr: u32, flags: u32, dport: u16) -> u32 {
+    let state = match FILTER_STATE.get(0) {
+        Some(state) if state.rules != 0 => *state,
+        _ => return outcome::PASSED,
+    };
+    let proto = flags as u8;
+    let ports = flags & PORTS != 0 && (proto == TCP || proto == UDP);
+    // Towards an endpoint: a published port (its target's network), or a managed subnet.
+    let mut target = None;
+    if ports {
+        let mut key = PublishKey {
+            addr: daddr,
+            port: dport,
+            proto,
+            _pad: 0,
+        };
+        target = unsafe { PUBLISH.get(key) }.map(|t| t.addr);
+        if target.is_none() && nat::is_host_addr(daddr) {
+            key.addr = 0;
+            target = unsafe { PUBLISH.get(key) }.map(|t| t.addr);
+        }
+    }
+    let network = match target {
+        Some(addr) => nat::subnet_of(addr).map(|s| s.network),
+        None => match nat::subnet_of(daddr) {
+            Some(subnet) => Some(subnet.network),
+            // Not towards an endpoint (the host itself, replies of masqueraded flows).
+            None => return outcome::PASSED,
+        },
+    };
+
+    let mut best: Option<FilterMatch> = None;
+    for class in 0..filter::CLASS_COUNT {
+        let by_network = class & filter::CLASS_NETWORK != 0;
+        let by_port = class & filter::CLASS_PORT != 0;
+        if (by_network && network.is_none()) || (by_port && !ports) {
+            continue;
+        }
+        let data = FilterKey {
+            generation: state.generation as u8,
+            class,
+            proto: if by_port { proto } else { 0 },
+            _pad: 0,
+            dport: if by_port { dport } else { 0 },
+            _pad2: 0,
+            network: if by_network { network.unwrap_or(0) } else { 0 },
+            src: saddr,
+        };
+        if let Some(found) = FILTER.get(Key::new(filter::FIXED_BITS + 32, data))
+            && best.is_none_or(|b| found.order < b.order)
+        {
+            best = Some(*found);
+        }
+    }
+    let Some(rule) = best else {
+        return outcome::PASSED;
+    };
+    let drop = rule.action == filter::DROP;
+    if (drop || flags & COUNT_ALLOW != 0)
+        && let Some(hits) = FILTER_HITS.get_ptr_mut(u32::from(rule.slot))
+    {
+        // Per-CPU slot: no other CPU writes it.
+        unsafe { *hits += 1 };
+    }
+    if drop {
+        outcome::DROP_FILTER
+    } else {
+        outcome::PASSED
+    }
+}
