@@ -262,14 +262,16 @@ pub mod outcome {
     pub const DROP_ICC: u32 = 14;
     /// From an endpoint of an `--internal` network, to outside it.
     pub const DROP_INTERNAL: u32 = 15;
-    /// From a veth bridgenet does not know (fails closed), or not IPv4 nor ARP.
+    /// From a veth bridgenet does not know (fails closed).
     pub const DROP_UNKNOWN: u32 = 16;
     /// Routed from an endpoint without the endpoint check's mark: its veth lost the program
     /// (detached by someone else) and the daemon has not restored it yet.
     pub const DROP_UNCHECKED: u32 = 17;
     /// From outside, towards an endpoint, dropped by a user filter rule (`filter add`).
     pub const DROP_FILTER: u32 = 18;
-    pub const COUNT: u32 = 19;
+    /// From an endpoint, neither IPv4 nor ARP (IPv6 is not supported yet).
+    pub const DROP_PROTOCOL: u32 = 19;
+    pub const COUNT: u32 = 20;
     pub const NAMES: [&str; COUNT as usize] = [
         "passed",
         "snat",
@@ -290,6 +292,7 @@ pub mod outcome {
         "drop_unknown",
         "drop_unchecked",
         "drop_filter",
+        "drop_protocol",
     ];
 
     pub const fn is_drop(outcome: u32) -> bool {

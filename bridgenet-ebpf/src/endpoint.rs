@@ -47,7 +47,7 @@ pub fn check(ctx: &TcContext) -> u32 {
         };
     }
     if ether_type != EtherType::Ipv4 as u16 {
-        return outcome::DROP_UNKNOWN;
+        return outcome::DROP_PROTOCOL;
     }
     let (Ok(saddr), Ok(daddr)) = (ctx.load::<u32>(IP_SADDR_OFF), ctx.load::<u32>(IP_DADDR_OFF))
     else {

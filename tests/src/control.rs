@@ -251,6 +251,16 @@ impl ControlLab {
         serde_json::from_str(&self.ok(&all)).expect("JSON")
     }
 
+    /// One of `bridgenet stats`'s counters (0 when it has not counted anything).
+    pub fn stat(&self, program: &str, outcome: &str) -> u64 {
+        self.json(&["stats"])
+            .as_array()
+            .expect("stats is a list")
+            .iter()
+            .find(|s| s["program"] == program && s["outcome"] == outcome)
+            .map_or(0, |s| s["count"].as_u64().expect("a count"))
+    }
+
     /// A unique name for an endpoint namespace (the harness prefix, so leftovers of killed
     /// runs are removed by the next run), deleted on drop if it still exists.
     pub fn netns_name(&mut self, tag: &str) -> String {

@@ -31,16 +31,6 @@ fn detach(lab: &ControlLab, program: &str, iface: &str, xdp: bool) {
     );
 }
 
-fn count(lab: &ControlLab, program: &str, outcome: &str) -> u64 {
-    let stats = lab.json(&["stats"]);
-    stats
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["program"] == program && s["outcome"] == outcome)
-        .map_or(0, |s| s["count"].as_u64().unwrap())
-}
-
 fn wait_for_log(lab: &ControlLab, needle: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !lab.log().contains(needle) {
@@ -82,7 +72,7 @@ fn detached_programs_fail_closed_then_come_back() {
         std::net::TcpListener::bind("0.0.0.0:81").unwrap()
     });
     assert!(refused(&world, "172.17.0.2:81"));
-    let xdp_before = count(&lab, "uplink_xdp", "drop_endpoint_direct");
+    let xdp_before = lab.stat("uplink_xdp", "drop_endpoint_direct");
     assert!(xdp_before > 0, "uplink_xdp dropped nothing");
 
     lab.freeze(true);
@@ -107,10 +97,10 @@ fn detached_programs_fail_closed_then_come_back() {
         "endpoint_ingress was detached from ve-ep1 by someone else",
     );
     wait_for_log(&lab, "uplink_xdp was detached from uplink0 by someone else");
-    assert!(count(&lab, "bridge_ingress", "drop_unchecked") > 0);
+    assert!(lab.stat("bridge_ingress", "drop_unchecked") > 0);
     // The program's own warning, through aya-log into the daemon's log.
     wait_for_log(&lab, "without the endpoint check: its program is detached");
-    assert!(count(&lab, "uplink_ingress", "drop_endpoint_direct") > 0);
+    assert!(lab.stat("uplink_ingress", "drop_endpoint_direct") > 0);
 
     // Back: ep1 reaches the world again, the published port answers, and XDP drops again.
     let server = echo_once(&world, "198.18.0.1:7002");
@@ -120,7 +110,7 @@ fn detached_programs_fail_closed_then_come_back() {
     roundtrip(&world, "198.18.0.2:8080");
     server.join().unwrap();
     assert!(refused(&world, "172.17.0.2:81"));
-    assert!(count(&lab, "uplink_xdp", "drop_endpoint_direct") > xdp_before);
+    assert!(lab.stat("uplink_xdp", "drop_endpoint_direct") > xdp_before);
     // Restored once, not again and again.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(

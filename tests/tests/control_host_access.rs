@@ -45,6 +45,18 @@ fn tcp_roundtrip(netns: &str, to: &str) {
     assert_eq!(&back, b"hello host");
 }
 
+/// Binds a listener where a server just closed: Linux 6.1 may refuse it (EADDRINUSE) while the
+/// closed connection winds down, even with SO_REUSEADDR, so it retries for a few seconds.
+fn listen_again(bind: &str) -> TcpListener {
+    for _ in 0..50 {
+        if let Ok(listener) = TcpListener::bind(bind) {
+            return listener;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    TcpListener::bind(bind).expect("bind")
+}
+
 fn tcp_refused(netns: &str, to: &str) -> bool {
     let to: SocketAddr = to.parse().unwrap();
     enter(netns, || {
@@ -290,7 +302,7 @@ fn a_port_published_on_127_0_0_1_is_for_the_host_only() {
     let server = tcp_echo(&ep, "0.0.0.0:80", 1);
     tcp_roundtrip(&host, "127.0.0.1:18090");
     server.join().unwrap();
-    let _listener = enter(&ep, || TcpListener::bind("0.0.0.0:80").unwrap());
+    let _listener = enter(&ep, || listen_again("0.0.0.0:80"));
     assert!(tcp_refused(&host, "198.18.0.2:18090"));
     assert!(tcp_refused(&host, "127.0.0.2:18090"));
     let server = udp_echo(&ep, "0.0.0.0:91", 1);

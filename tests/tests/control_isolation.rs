@@ -33,15 +33,6 @@ fn udp_answered(netns: &str, to: &str) -> bool {
     matches!(socket.recv(&mut buf), Ok(4))
 }
 
-fn count(lab: &ControlLab, outcome: &str) -> u64 {
-    lab.json(&["stats"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["program"] == "endpoint_ingress" && s["outcome"] == outcome)
-        .map_or(0, |s| s["count"].as_u64().unwrap())
-}
-
 #[test]
 fn networks_are_isolated_but_published_ports_stay_reachable() {
     let mut lab = ControlLab::up();
@@ -99,7 +90,7 @@ fn networks_are_isolated_but_published_ports_stay_reachable() {
     for to in ["172.17.0.2:80", "172.17.0.1:82"] {
         assert!(refused(&b, to), "b reached {to}");
     }
-    assert!(count(&lab, "drop_isolation") > 0);
+    assert!(lab.stat("endpoint_ingress", "drop_isolation") > 0);
     // a's own gateway is the host: allowed.
     assert!(!refused(&a, "172.17.0.1:82"));
     assert!(udp_answered(&a, "172.17.0.1:83"));
@@ -151,7 +142,7 @@ fn icc_false_blocks_endpoints_of_a_network_from_each_other_only() {
     udp_echo(&q1, "0.0.0.0:92");
     assert!(refused(&q2, "10.78.0.2:91"));
     assert!(!udp_answered(&q2, "10.78.0.2:92"));
-    assert!(count(&lab, "drop_icc") > 0);
+    assert!(lab.stat("endpoint_ingress", "drop_icc") > 0);
     // Through the host's published port, q2 reaches q1.
     let server = echo_once(&q1, "0.0.0.0:90");
     roundtrip(&q2, "198.18.0.2:9090");

@@ -14,6 +14,7 @@ use std::{
 use bridgenet::datapath::{Datapath, NetworkOptions, Proto, TcMode};
 use bridgenet_common::{outcome, program_id};
 use bridgenet_tests::Topology;
+use bridgenet_tests::traffic::{echo_once, roundtrip_data};
 
 /// Generous: the kernel matrix runs these under software emulation.
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -103,56 +104,12 @@ fn lab(icc: bool) -> Lab {
     Lab { dp, topo }
 }
 
-/// A TCP echo server in namespace `ns`: answers one connection, returns the peer it saw.
-fn tcp_echo_once(lab: &Lab, ns: &str, bind: &str) -> std::thread::JoinHandle<SocketAddr> {
-    let listener = lab
-        .topo
-        .ns(ns)
-        .enter(|| TcpListener::bind(bind).expect("bind"));
-    std::thread::spawn(move || {
-        let (mut stream, peer) = listener.accept().expect("accept");
-        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            let n = stream.read(&mut buf).expect("read");
-            if n == 0 {
-                break;
-            }
-            stream.write_all(&buf[..n]).expect("write");
-        }
-        peer
-    })
-}
-
-/// Connects from namespace `ns` to `to`, sends `data` and checks that it comes back intact.
-fn tcp_roundtrip(lab: &Lab, ns: &str, to: &str, data: &[u8]) {
-    let to: SocketAddr = to.parse().unwrap();
-    let mut stream = lab
-        .topo
-        .ns(ns)
-        .enter(|| TcpStream::connect_timeout(&to, TIMEOUT).expect("connect"));
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    let reader = {
-        let mut stream = stream.try_clone().unwrap();
-        let len = data.len();
-        std::thread::spawn(move || {
-            let mut back = vec![0u8; len];
-            stream.read_exact(&mut back).expect("echo");
-            back
-        })
-    };
-    stream.write_all(data).expect("send");
-    let back = reader.join().unwrap();
-    assert!(back == data, "the echo differs from what was sent");
-    stream.shutdown(std::net::Shutdown::Write).unwrap();
-}
-
 /// TCP from namespace `client` to `to`, served by `server` on `bind`: the peer the server saw.
 fn tcp_hairpin(lab: &Lab, client: &str, to: &str, server: &str, bind: &str) -> Ipv4Addr {
-    let echo = tcp_echo_once(lab, server, bind);
+    let echo = echo_once(lab.topo.ns(server).name(), bind);
     // Past a few GSO segments, in both directions.
     let data: Vec<u8> = (0..200_000).map(|i| (i * 7 % 251) as u8).collect();
-    tcp_roundtrip(lab, client, to, &data);
+    roundtrip_data(lab.topo.ns(client).name(), to, &data);
     match echo.join().unwrap() {
         SocketAddr::V4(peer) => *peer.ip(),
         other => panic!("{other}"),

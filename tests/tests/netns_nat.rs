@@ -10,6 +10,7 @@ use std::{
 use bridgenet::datapath::{Datapath, Proto, TcMode};
 use bridgenet_common::{outcome, program_id};
 use bridgenet_tests::Topology;
+use bridgenet_tests::traffic::{echo_once, roundtrip_data};
 
 /// Generous: the kernel matrix runs these under software emulation.
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -56,50 +57,6 @@ fn host_with_endpoint(mut topo: Topology) -> Lab {
     Lab { topo, dp }
 }
 
-/// A TCP echo server in namespace `ns`: answers one connection, returns the peer it saw.
-fn tcp_echo_once(lab: &Lab, ns: &str, bind: &str) -> std::thread::JoinHandle<SocketAddr> {
-    let listener = lab
-        .topo
-        .ns(ns)
-        .enter(|| TcpListener::bind(bind).expect("bind"));
-    std::thread::spawn(move || {
-        let (mut stream, peer) = listener.accept().expect("accept");
-        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            let n = stream.read(&mut buf).expect("read");
-            if n == 0 {
-                break;
-            }
-            stream.write_all(&buf[..n]).expect("write");
-        }
-        peer
-    })
-}
-
-/// Connects from namespace `ns` to `to`, sends `data` and checks that it comes back intact.
-fn tcp_roundtrip(lab: &Lab, ns: &str, to: &str, data: &[u8]) {
-    let to: SocketAddr = to.parse().unwrap();
-    let mut stream = lab
-        .topo
-        .ns(ns)
-        .enter(|| TcpStream::connect_timeout(&to, TIMEOUT).expect("connect"));
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    let reader = {
-        let mut stream = stream.try_clone().unwrap();
-        let len = data.len();
-        std::thread::spawn(move || {
-            let mut back = vec![0u8; len];
-            stream.read_exact(&mut back).expect("echo");
-            back
-        })
-    };
-    stream.write_all(data).expect("send");
-    let back = reader.join().unwrap();
-    assert!(back == data, "the echo differs from what was sent");
-    stream.shutdown(std::net::Shutdown::Write).unwrap();
-}
-
 fn payload(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 7 % 251) as u8).collect()
 }
@@ -107,8 +64,8 @@ fn payload(len: usize) -> Vec<u8> {
 #[test]
 fn masquerade_tcp_shows_the_host_address_to_the_world() {
     let lab = lab();
-    let server = tcp_echo_once(&lab, "world", "198.18.0.1:7000");
-    tcp_roundtrip(&lab, "ep", "198.18.0.1:7000", &payload(200_000));
+    let server = echo_once(lab.topo.ns("world").name(), "198.18.0.1:7000");
+    roundtrip_data(lab.topo.ns("ep").name(), "198.18.0.1:7000", &payload(200_000));
     let peer = server.join().unwrap();
     assert_eq!(
         peer.ip(),
@@ -134,8 +91,8 @@ fn masquerade_tcp_with_checksum_offload_off() {
     lab.topo
         .ns("world")
         .exec("ethtool", &["-K", "eth0", "tx", "off"]);
-    let server = tcp_echo_once(&lab, "world", "198.18.0.1:7001");
-    tcp_roundtrip(&lab, "ep", "198.18.0.1:7001", &payload(200_000));
+    let server = echo_once(lab.topo.ns("world").name(), "198.18.0.1:7001");
+    roundtrip_data(lab.topo.ns("ep").name(), "198.18.0.1:7001", &payload(200_000));
     assert_eq!(server.join().unwrap().ip(), Ipv4Addr::new(198, 18, 0, 2));
 }
 
@@ -182,8 +139,8 @@ fn masquerade_udp_and_icmp() {
 #[test]
 fn published_tcp_port_reaches_the_endpoint_with_the_client_address() {
     let lab = lab();
-    let server = tcp_echo_once(&lab, "ep", "0.0.0.0:80");
-    tcp_roundtrip(&lab, "world", "198.18.0.2:8080", &payload(200_000));
+    let server = echo_once(lab.topo.ns("ep").name(), "0.0.0.0:80");
+    roundtrip_data(lab.topo.ns("world").name(), "198.18.0.2:8080", &payload(200_000));
     let peer = server.join().unwrap();
     assert_eq!(
         peer.ip(),
@@ -278,9 +235,9 @@ fn routed_lab() -> Lab {
 #[test]
 fn path_mtu_discovery_through_masquerade() {
     let lab = routed_lab();
-    let server = tcp_echo_once(&lab, "world", "198.18.1.1:7000");
+    let server = echo_once(lab.topo.ns("world").name(), "198.18.1.1:7000");
     // The echo comes back through the 1280 link too, in the other direction.
-    tcp_roundtrip(&lab, "ep", "198.18.1.1:7000", &payload(100_000));
+    roundtrip_data(lab.topo.ns("ep").name(), "198.18.1.1:7000", &payload(100_000));
     assert_eq!(server.join().unwrap().ip(), Ipv4Addr::new(198, 18, 0, 2));
     let route = lab
         .topo
@@ -295,8 +252,8 @@ fn path_mtu_discovery_through_masquerade() {
 #[test]
 fn path_mtu_discovery_through_a_published_port() {
     let lab = routed_lab();
-    let server = tcp_echo_once(&lab, "ep", "0.0.0.0:80");
-    tcp_roundtrip(&lab, "world", "198.18.0.2:8080", &payload(100_000));
+    let server = echo_once(lab.topo.ns("ep").name(), "0.0.0.0:80");
+    roundtrip_data(lab.topo.ns("world").name(), "198.18.0.2:8080", &payload(100_000));
     assert_eq!(server.join().unwrap().ip(), Ipv4Addr::new(198, 18, 1, 1));
     let route = lab
         .topo
@@ -311,8 +268,8 @@ fn path_mtu_discovery_through_a_published_port() {
 #[test]
 fn no_iptables_or_nftables_rule_in_the_host_namespace() {
     let lab = lab();
-    let server = tcp_echo_once(&lab, "ep", "0.0.0.0:80");
-    tcp_roundtrip(&lab, "world", "198.18.0.2:8080", b"hello");
+    let server = echo_once(lab.topo.ns("ep").name(), "0.0.0.0:80");
+    roundtrip_data(lab.topo.ns("world").name(), "198.18.0.2:8080", b"hello");
     server.join().unwrap();
     let host = lab.topo.ns("host");
     let iptables = host.exec("iptables-save", &[]);

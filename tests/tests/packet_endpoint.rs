@@ -162,5 +162,5 @@ fn an_unknown_veth_and_other_protocols_fail_closed() {
     ipv6[12..14].copy_from_slice(&[0x86, 0xdd]);
     // Long enough for the IPv6 header the kernel checks before the program runs.
     ipv6.extend_from_slice(&[0; 40]);
-    dropped_for(&mut dp, &ipv6, outcome::DROP_UNKNOWN);
+    dropped_for(&mut dp, &ipv6, outcome::DROP_PROTOCOL);
 }
