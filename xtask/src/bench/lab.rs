@@ -231,7 +231,7 @@ impl Lab {
             ])?;
         }
         let ports: Vec<u16> = counts.iter().map(|n| container_port(*n)).collect();
-        lab.servers = Some(Servers::start(&endpoint, &ports, UDP_PORT, 4)?);
+        lab.servers = Some(Servers::start(&endpoint, &ports, UDP_PORT, 8)?);
         lab.spawn_in(&endpoint, "iperf3", &["-s", "-p", &IPERF_PORT.to_string()])?;
         lab.spawn_in(
             &client,

@@ -51,8 +51,13 @@ fn on_threads<R: Send + 'static>(
         .collect()
 }
 
+/// Request byte of the connection workload: the server answers and closes first, like an
+/// HTTP/1.0 server, so its TIME_WAIT is on the server side and the client's ports are free at
+/// once. Any other byte is echoed on a kept connection.
+const CLOSE: u8 = b'c';
+
 /// The servers of one endpoint: for each TCP port, acceptors that answer each byte with one
-/// byte until the peer closes; a UDP echo on `udp_port`.
+/// byte; a UDP echo on `udp_port`.
 pub struct Servers {
     stop: Arc<AtomicBool>,
     listeners: Vec<RawFd>,
@@ -109,15 +114,20 @@ fn accept_loop(listener: TcpListener, stop: Arc<AtomicBool>) {
         let _ = stream.set_nodelay(true);
         let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
         let mut byte = [0u8; 1];
-        while !stop.load(Ordering::Relaxed) {
+        // A peer silent for 4 s is gone (a client that gave up): free the acceptor.
+        let mut idle = 0;
+        while !stop.load(Ordering::Relaxed) && idle < 8 {
             match stream.read(&mut byte) {
                 Ok(0) => break,
                 Ok(_) => {
-                    if stream.write_all(&byte).is_err() {
+                    idle = 0;
+                    if stream.write_all(&byte).is_err() || byte[0] == CLOSE {
                         break;
                     }
                 }
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    idle += 1
+                }
                 Err(_) => break,
             }
         }
@@ -178,7 +188,8 @@ fn merge(runs: Vec<Run>, secs: f64) -> Run {
     all
 }
 
-/// TCP connection rate: each worker connects, sends one byte, reads the answer and closes.
+/// TCP connection rate: each worker connects, sends one byte, reads the answer; the server
+/// closes, then the client.
 pub fn connections(ns: &str, to: SocketAddrV4, workers: usize, time: Duration) -> Result<Run> {
     let runs = on_threads(ns, workers, move |_| {
         let deadline = Instant::now() + time;
@@ -188,8 +199,9 @@ pub fn connections(ns: &str, to: SocketAddrV4, workers: usize, time: Duration) -
             secs: 0.0,
             latencies: Vec::new(),
         };
-        let mut byte = [1u8; 1];
+        let mut byte = [CLOSE; 1];
         while Instant::now() < deadline {
+            byte[0] = CLOSE;
             let ok = (|| -> std::io::Result<()> {
                 let mut s =
                     TcpStream::connect_timeout(&SocketAddr::V4(to), Duration::from_secs(3))?;
@@ -209,24 +221,46 @@ pub fn connections(ns: &str, to: SocketAddrV4, workers: usize, time: Duration) -
     merge(runs, time.as_secs_f64()).check("connections", to)
 }
 
-/// Request/response: each worker keeps one connection and exchanges one byte each way.
+/// Request/response: each worker keeps one connection and exchanges one byte each way; a
+/// failed exchange is counted and the connection made again.
 pub fn request_response(ns: &str, to: SocketAddrV4, workers: usize, time: Duration) -> Result<Run> {
     let runs = on_threads(ns, workers, move |_| {
-        let mut s = TcpStream::connect_timeout(&SocketAddr::V4(to), Duration::from_secs(3))?;
-        s.set_nodelay(true)?;
-        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        let connect = || -> std::io::Result<TcpStream> {
+            let s = TcpStream::connect_timeout(&SocketAddr::V4(to), Duration::from_secs(3))?;
+            s.set_nodelay(true)?;
+            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            Ok(s)
+        };
         let mut latencies = Vec::with_capacity(1 << 16);
+        let mut errors = 0;
         let mut byte = [1u8; 1];
         let deadline = Instant::now() + time;
+        let mut stream = None;
         while Instant::now() < deadline {
             let start = Instant::now();
-            s.write_all(&byte)?;
-            s.read_exact(&mut byte)?;
-            latencies.push(start.elapsed().as_nanos() as u64);
+            let s = match stream.take() {
+                Some(s) => s,
+                None => match connect() {
+                    Ok(s) => s,
+                    Err(_) => {
+                        errors += 1;
+                        std::thread::sleep(Duration::from_millis(50));
+                        continue;
+                    }
+                },
+            };
+            let mut s = s;
+            match s.write_all(&byte).and_then(|_| s.read_exact(&mut byte)) {
+                Ok(()) => {
+                    latencies.push(start.elapsed().as_nanos() as u64);
+                    stream = Some(s);
+                }
+                Err(_) => errors += 1,
+            }
         }
         Ok(Run {
             ops: latencies.len() as u64,
-            errors: 0,
+            errors,
             secs: 0.0,
             latencies,
         })

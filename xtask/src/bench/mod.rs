@@ -85,11 +85,11 @@ impl Config {
                 quick,
                 rounds: 5,
                 counts: vec![1, 100, 1_000, 10_000],
-                time: Duration::from_secs(2),
-                iperf: vec!["-t".into(), "3".into()],
+                time: Duration::from_millis(1500),
+                iperf: vec!["-t".into(), "2".into()],
                 workers: 4,
                 publish: 10_000,
-                publish_cap: Duration::from_secs(60),
+                publish_cap: Duration::from_secs(30),
                 flows: 262_144,
                 out: root,
             }
@@ -226,9 +226,11 @@ fn measure(cfg: &Config, binary: &Path, v: Variant, round: usize, r: &mut Result
         check_stop()?;
         lab.publish(n)?;
         let to = lab.target(n);
-        let conn = load::connections(&client, to, cfg.workers, cfg.time)?;
+        let conn = load::connections(&client, to, cfg.workers, cfg.time)
+            .with_context(|| format!("{n} mappings"))?;
         r.add(v, &format!("conn/{n}"), conn.rate());
-        let mut rr = load::request_response(&client, to, cfg.workers, cfg.time)?;
+        let mut rr = load::request_response(&client, to, cfg.workers, cfg.time)
+            .with_context(|| format!("{n} mappings"))?;
         r.add(v, &format!("rr/{n}"), rr.rate());
         if i == 0 {
             rr.latencies.sort_unstable();

@@ -360,10 +360,10 @@ hook is registered); the client sends to 172.17.0.2 directly: the limit of the p
 so in the iptables variants its DNAT and ACCEPT rules are the last of their chains. Counts: \
 {counts:?}.\n\
 - **Load.** A small load tool in this command (`xtask/src/bench/load.rs`), threads that enter \
-the namespaces with setns: {workers} client threads in the client namespace, 4 acceptor threads \
+the namespaces with setns: {workers} client threads in the client namespace, 8 acceptor threads \
 per port in the endpoint's. Connection rate: connect, send 1 byte, read 1 byte, close, for \
-{time:?} per measurement (the client closes first: `tcp_tw_reuse` and a wide port range in the \
-client namespace). Request/response: {workers} persistent connections, 1 byte each way; \
+{time:?} per measurement; the server closes first, like an HTTP/1.0 server, so the \
+client's ports are free at once (its TIME_WAIT is on the server side). Request/response: {workers} persistent connections, 1 byte each way; \
 latency is the time of each exchange (p50, p99) at 1 mapping. UDP: {workers} sockets, one \
 datagram each way to the published 9999/udp. Throughput: iperf3 ({iperf}), through DNAT \
 (client -> host:5201 -> endpoint) and through masquerade (endpoint -> client:5202), 1 and 4 \
