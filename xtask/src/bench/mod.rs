@@ -469,7 +469,7 @@ fn costs(cfg: &Config, binary: &Path, r: &mut Results) -> Result<()> {
     let _stats = enable_stats()?;
     let client = lab.ns("client");
     let to = lab.target(1);
-    let workloads: [(&str, Box<dyn Fn() -> Result<()>>); 3] = [
+    let workloads: [(&str, Workload); 3] = [
         (
             "connections",
             Box::new(|| load::connections(&client, to, cfg.workers, cfg.time).map(|_| ())),
@@ -501,6 +501,9 @@ fn costs(cfg: &Config, binary: &Path, r: &mut Results) -> Result<()> {
     }
     Ok(())
 }
+
+/// One workload of the program-cost step.
+type Workload<'a> = Box<dyn Fn() -> Result<()> + 'a>;
 
 /// The ids of the programs attached in namespace `ns`: XDP and tc filters (`bpftool net
 /// show`) and the tcx links the daemon pinned in `bpffs` (older bpftools do not list tcx).
