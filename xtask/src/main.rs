@@ -1,4 +1,5 @@
 //! `cargo xtask`: the developer commands. Each first installs what it needs (idempotently).
+mod bench;
 mod run;
 mod setup;
 mod test;
@@ -31,6 +32,12 @@ enum Command {
         /// Run only the tests whose names contain this string.
         filter: Option<String>,
     },
+    /// bridgenet against Docker's iptables NAT, nftables and plain routing; writes BENCHMARKS.md.
+    Bench {
+        /// One short round (seconds), for CI; the report goes to target/bench-quick/.
+        #[arg(long)]
+        quick: bool,
+    },
     /// cargo fmt --check and clippy with warnings denied, on the userspace and eBPF crates.
     Lint,
     /// Runs already-built test binaries on this kernel; used inside the matrix VMs.
@@ -52,6 +59,7 @@ fn main() -> Result<()> {
             no_host,
             filter,
         } => test::test(&kernels, !no_host, filter.as_deref()),
+        Command::Bench { quick } => bench::bench(quick),
         Command::Lint => lint(),
         Command::GuestTest { plan, report } => test::guest(&plan, &report),
     }

@@ -1,0 +1,496 @@
+//! One topology for one variant:
+//!
+//! client (eth0 198.18.0.1) --veth-- (uplink0 198.18.0.2) host --bridge-- (eth0 172.17.0.2) endpoint
+//!
+//! The host namespace holds the bridge and the variant's NAT: bridgenet's daemon, Docker's
+//! iptables rules (nft or legacy), netavark-style nftables, or nothing (plain routing: the
+//! client reaches 172.17.0.2 directly). Every lab is built fresh, so no variant inherits
+//! another's netfilter hooks or conntrack entries. Dropping it removes all of it.
+use std::{
+    fs::File,
+    io::Write as _,
+    net::{Ipv4Addr, SocketAddrV4},
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::{
+    load::Servers,
+    rulesets::{self, Mapping},
+};
+
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+pub const HOST: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+pub const ENDPOINT: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 2);
+/// Published ports: UDP echo, iperf3, then the measured range (host 10000+i -> 20000+i).
+pub const UDP_PORT: u16 = 9999;
+pub const IPERF_PORT: u16 = 5201;
+pub const IPERF_MASQ_PORT: u16 = 5202;
+const HOST_BASE: u16 = 10_000;
+const CONTAINER_BASE: u16 = 20_000;
+/// Namespaces of the bench start with this, then the pid of the run.
+pub const PREFIX: &str = "bn-bench-";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Variant {
+    Bridgenet,
+    IptablesNft,
+    IptablesLegacy,
+    Netavark,
+    Plain,
+}
+
+impl Variant {
+    pub const ALL: [Variant; 5] = [
+        Variant::Bridgenet,
+        Variant::IptablesNft,
+        Variant::IptablesLegacy,
+        Variant::Netavark,
+        Variant::Plain,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Bridgenet => "bridgenet",
+            Variant::IptablesNft => "iptables-nft",
+            Variant::IptablesLegacy => "iptables-legacy",
+            Variant::Netavark => "nftables (netavark)",
+            Variant::Plain => "routing, no NAT",
+        }
+    }
+
+    fn tag(self) -> &'static str {
+        match self {
+            Variant::Bridgenet => "bn",
+            Variant::IptablesNft => "nft",
+            Variant::IptablesLegacy => "leg",
+            Variant::Netavark => "nv",
+            Variant::Plain => "pl",
+        }
+    }
+
+    /// The restore tool of an iptables variant.
+    pub fn iptables(self) -> Option<&'static str> {
+        match self {
+            Variant::IptablesNft => Some("iptables-nft"),
+            Variant::IptablesLegacy => Some("iptables-legacy"),
+            _ => None,
+        }
+    }
+}
+
+/// The mappings with `n` measured TCP ports: UDP echo and iperf3 first, the measured port
+/// (host 10000+n-1) last, so in the iptables variants it is the last rule of its chain.
+pub fn mappings(n: u32) -> Vec<Mapping> {
+    let mut all = vec![
+        Mapping {
+            proto: "udp",
+            host: UDP_PORT,
+            container: UDP_PORT,
+        },
+        Mapping {
+            proto: "tcp",
+            host: IPERF_PORT,
+            container: IPERF_PORT,
+        },
+    ];
+    all.extend((0..n as u16).map(|i| Mapping {
+        proto: "tcp",
+        host: HOST_BASE + i,
+        container: CONTAINER_BASE + i,
+    }));
+    all
+}
+
+/// The endpoint's port that serves the measurement at `n` mappings.
+pub fn container_port(n: u32) -> u16 {
+    CONTAINER_BASE + n as u16 - 1
+}
+
+pub struct Lab {
+    pub variant: Variant,
+    prefix: String,
+    binary: PathBuf,
+    dir: PathBuf,
+    namespaces: Vec<String>,
+    daemon: Option<Child>,
+    children: Vec<Child>,
+    servers: Option<Servers>,
+    /// TCP ports published so far (bridgenet adds; the others rewrite the whole ruleset).
+    published: u32,
+}
+
+impl Lab {
+    /// Builds the namespaces, the bridge (or bridgenet's daemon and endpoint) and the servers.
+    pub fn new(variant: Variant, id: &str, binary: &Path, counts: &[u32]) -> Result<Self> {
+        let prefix = format!("{PREFIX}{}-{id}{}", std::process::id(), variant.tag());
+        let mut lab = Self {
+            variant,
+            dir: std::env::temp_dir().join(&prefix),
+            prefix,
+            binary: binary.to_owned(),
+            namespaces: Vec::new(),
+            daemon: None,
+            children: Vec::new(),
+            servers: None,
+            published: 0,
+        };
+        let (client, host) = (lab.ns("client"), lab.ns("host"));
+        for ns in [&client, &host] {
+            ip(&["netns", "add", ns])?;
+            lab.namespaces.push(ns.clone());
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        ip(&[
+            "-n", &client, "link", "add", "eth0", "type", "veth", "peer", "name", "uplink0",
+            "netns", &host,
+        ])?;
+        ip(&["-n", &client, "addr", "add", "198.18.0.1/24", "dev", "eth0"])?;
+        ip(&[
+            "-n",
+            &host,
+            "addr",
+            "add",
+            "198.18.0.2/24",
+            "dev",
+            "uplink0",
+        ])?;
+        ip(&["-n", &client, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &host, "link", "set", "uplink0", "up"])?;
+        ip(&["-n", &host, "route", "add", "default", "via", "198.18.0.1"])?;
+        // Plain routing reaches the endpoint directly.
+        ip(&[
+            "-n",
+            &client,
+            "route",
+            "add",
+            rulesets::SUBNET,
+            "via",
+            "198.18.0.2",
+        ])?;
+        // Many short connections from one address: reuse TIME_WAIT ports, use them all.
+        lab.sysctl(&client, "net.ipv4.tcp_tw_reuse", "1")?;
+        lab.sysctl(&client, "net.ipv4.ip_local_port_range", "1024 65000")?;
+        lab.sysctl(&host, "net.ipv4.ip_forward", "1")?;
+        let endpoint = lab.ns("ep");
+        if variant == Variant::Bridgenet {
+            std::fs::create_dir_all(&lab.dir)?;
+            lab.start_daemon()?;
+            lab.cli(&[
+                "endpoint",
+                "create",
+                "ep",
+                "--network",
+                "bridge",
+                "--netns",
+                &endpoint,
+                "-p",
+                &format!("{UDP_PORT}:{UDP_PORT}/udp"),
+                "-p",
+                &format!("{IPERF_PORT}:{IPERF_PORT}"),
+            ])?;
+            let listing = lab.cli(&["endpoint", "ls", "--json"])?;
+            if !listing.contains(&ENDPOINT.to_string()) {
+                bail!("bridgenet gave the endpoint another address than {ENDPOINT}: {listing}");
+            }
+        } else {
+            let br = lab.bridge();
+            ip(&["netns", "add", &endpoint])?;
+            lab.namespaces.push(endpoint.clone());
+            ip(&["-n", &endpoint, "link", "set", "lo", "up"])?;
+            ip(&["-n", &host, "link", "add", br, "type", "bridge"])?;
+            ip(&["-n", &host, "addr", "add", "172.17.0.1/16", "dev", br])?;
+            ip(&["-n", &host, "link", "set", br, "up"])?;
+            ip(&[
+                "-n", &endpoint, "link", "add", "eth0", "type", "veth", "peer", "name", "veth0",
+                "netns", &host,
+            ])?;
+            ip(&["-n", &host, "link", "set", "veth0", "master", br, "up"])?;
+            ip(&[
+                "-n",
+                &endpoint,
+                "addr",
+                "add",
+                "172.17.0.2/16",
+                "dev",
+                "eth0",
+            ])?;
+            ip(&["-n", &endpoint, "link", "set", "eth0", "up"])?;
+            ip(&[
+                "-n",
+                &endpoint,
+                "route",
+                "add",
+                "default",
+                "via",
+                "172.17.0.1",
+            ])?;
+        }
+        let ports: Vec<u16> = counts.iter().map(|n| container_port(*n)).collect();
+        lab.servers = Some(Servers::start(&endpoint, &ports, UDP_PORT, 8)?);
+        lab.spawn_in(&endpoint, "iperf3", &["-s", "-p", &IPERF_PORT.to_string()])?;
+        lab.spawn_in(
+            &client,
+            "iperf3",
+            &[
+                "-s",
+                "-B",
+                &CLIENT.to_string(),
+                "-p",
+                &IPERF_MASQ_PORT.to_string(),
+            ],
+        )?;
+        Ok(lab)
+    }
+
+    pub fn ns(&self, tag: &str) -> String {
+        format!("{}-{tag}", self.prefix)
+    }
+
+    fn bridge(&self) -> &'static str {
+        match self.variant {
+            Variant::Netavark => "podman0",
+            _ => "docker0",
+        }
+    }
+
+    /// Where the client sends its connections when `n` ports are published.
+    pub fn target(&self, n: u32) -> SocketAddrV4 {
+        match self.variant {
+            Variant::Plain => SocketAddrV4::new(ENDPOINT, container_port(n)),
+            _ => SocketAddrV4::new(HOST, HOST_BASE + n as u16 - 1),
+        }
+    }
+
+    /// Where the client sends UDP and iperf3 traffic.
+    pub fn front(&self) -> Ipv4Addr {
+        match self.variant {
+            Variant::Plain => ENDPOINT,
+            _ => HOST,
+        }
+    }
+
+    /// Publishes `n` TCP ports (and the UDP and iperf3 ports).
+    pub fn publish(&mut self, n: u32) -> Result<()> {
+        let host = self.ns("host");
+        match self.variant {
+            Variant::Bridgenet => {
+                if n > self.published {
+                    let (a, b) = (self.published as u16, n as u16 - 1);
+                    let spec = format!(
+                        "{}-{}:{}-{}",
+                        HOST_BASE + a,
+                        HOST_BASE + b,
+                        CONTAINER_BASE + a,
+                        CONTAINER_BASE + b
+                    );
+                    self.cli(&["port", "publish", "ep", &spec])?;
+                }
+            }
+            Variant::IptablesNft | Variant::IptablesLegacy => {
+                let tool = format!("{}-restore", self.variant.iptables().unwrap());
+                let rules = rulesets::docker_restore(self.bridge(), &mappings(n));
+                self.stdin_in(&host, &tool, &[], &rules)?;
+            }
+            Variant::Netavark => {
+                let rules = rulesets::netavark_nft(self.bridge(), &mappings(n));
+                self.stdin_in(&host, "nft", &["-f", "-"], &rules)?;
+            }
+            Variant::Plain => {}
+        }
+        self.published = n;
+        Ok(())
+    }
+
+    /// A command in namespace `ns` (the network namespace only: `setns` before exec).
+    pub fn command_in(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
+        let netns = File::open(format!("/run/netns/{ns}")).with_context(|| ns.to_owned())?;
+        let mut cmd = Command::new(program);
+        // SAFETY: setns is async-signal-safe; the file stays open until spawn returns.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok(cmd)
+    }
+
+    pub fn run_in(ns: &str, program: &str, args: &[&str]) -> Result<String> {
+        checked(
+            Self::command_in(ns, program)?
+                .args(args)
+                .output()
+                .with_context(|| format!("running {program}"))?,
+            program,
+            args,
+        )
+    }
+
+    fn stdin_in(&self, ns: &str, program: &str, args: &[&str], input: &str) -> Result<String> {
+        let mut child = Self::command_in(ns, program)?
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running {program}"))?;
+        child.stdin.take().unwrap().write_all(input.as_bytes())?;
+        checked(child.wait_with_output()?, program, args)
+    }
+
+    fn sysctl(&self, ns: &str, key: &str, value: &str) -> Result<()> {
+        Self::run_in(ns, "sysctl", &["-q", "-w", &format!("{key}={value}")])?;
+        Ok(())
+    }
+
+    fn spawn_in(&mut self, ns: &str, program: &str, args: &[&str]) -> Result<()> {
+        let child = Self::command_in(ns, program)?
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {program}"))?;
+        self.children.push(child);
+        Ok(())
+    }
+
+    pub fn bpffs(&self) -> PathBuf {
+        self.dir.join("bpffs")
+    }
+
+    fn daemon_args(&self) -> Vec<String> {
+        let d = |p: &str| self.dir.join(p).display().to_string();
+        vec![
+            "--socket".into(),
+            d("bridgenet.sock"),
+            "daemon".into(),
+            "--state-dir".into(),
+            d("state"),
+            "--bpffs".into(),
+            d("bpffs"),
+            "--uplink".into(),
+            "uplink0".into(),
+        ]
+    }
+
+    fn start_daemon(&mut self) -> Result<()> {
+        let log = File::create(self.dir.join("daemon.log"))?;
+        self.daemon = Some(
+            Self::command_in(&self.ns("host"), &self.binary)?
+                .args(self.daemon_args())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()?,
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.cli(&["network", "ls"]).is_err() {
+            if Instant::now() > deadline {
+                bail!(
+                    "the daemon did not answer; its log:\n{}",
+                    std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// `bridgenet --socket SOCK ARGS`: its stdout, or its stderr as the error.
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(&self.binary)
+            .arg("--socket")
+            .arg(self.dir.join("bridgenet.sock"))
+            .args(args)
+            .output()?;
+        checked(out, "bridgenet", args)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // The servers hold sockets of the endpoint's namespace: close them first.
+        self.servers = None;
+        for mut child in self.children.drain(..) {
+            // SAFETY: a signal to a child this lab started.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
+            let _ = child.wait();
+        }
+        if let Some(mut daemon) = self.daemon.take() {
+            // SAFETY: SIGTERM to the daemon this lab started.
+            unsafe { libc::kill(daemon.id() as libc::pid_t, libc::SIGTERM) };
+            let _ = daemon.wait();
+        }
+        if self.variant == Variant::Bridgenet {
+            // Endpoints, their namespaces, bridges, pins and the bpf filesystem.
+            let mut args = self.daemon_args();
+            args.push("--cleanup".into());
+            match Self::command_in(&self.ns("host"), &self.binary).and_then(|mut c| {
+                c.args(&args);
+                Ok(c.output()?)
+            }) {
+                Ok(out) if out.status.success() => {}
+                Ok(out) => eprintln!(
+                    "bench: cleanup: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+                Err(err) => eprintln!("bench: cleanup: {err:#}"),
+            }
+            let ep = self.ns("ep");
+            if Path::new("/run/netns").join(&ep).exists() {
+                let _ = ip(&["netns", "del", &ep]);
+            }
+            if let Ok(c) = std::ffi::CString::new(self.bpffs().as_os_str().as_encoded_bytes()) {
+                // SAFETY: a valid C string; failing (not mounted) is fine.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+        for ns in self.namespaces.drain(..).rev() {
+            let _ = ip(&["netns", "del", &ns]);
+        }
+    }
+}
+
+fn checked(out: Output, program: &str, args: &[&str]) -> Result<String> {
+    if !out.status.success() {
+        let mut shown = args.join(" ");
+        shown.truncate(200);
+        bail!(
+            "{program} {shown}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip")?;
+    checked(out, "ip", args).map(|_| ())
+}
+
+/// Removes the namespaces of bench runs whose process is gone.
+pub fn remove_leftovers() {
+    let Ok(dir) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(PREFIX) else {
+            continue;
+        };
+        let pid = rest.split('-').next().unwrap_or("");
+        if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
+            let _ = ip(&["netns", "del", &name]);
+        }
+    }
+}
