@@ -6,7 +6,6 @@
 //! Published (any host address): tcp 8080 / udp 5353 to a:80 / a:53, tcp 8081 / udp 5354 to
 //! b:80 / b:53.
 use std::{
-    io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     time::Duration,
 };

@@ -2,7 +2,6 @@
 //! world (198.18.0.1) -- uplink0 (198.18.0.2) host [br0 172.17.0.1/16] -- endpoint (172.17.0.2).
 //! The world has no route to 172.17.0.0/16: only translated traffic can cross.
 use std::{
-    io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     time::Duration,
 };
@@ -65,7 +64,11 @@ fn payload(len: usize) -> Vec<u8> {
 fn masquerade_tcp_shows_the_host_address_to_the_world() {
     let lab = lab();
     let server = echo_once(lab.topo.ns("world").name(), "198.18.0.1:7000");
-    roundtrip_data(lab.topo.ns("ep").name(), "198.18.0.1:7000", &payload(200_000));
+    roundtrip_data(
+        lab.topo.ns("ep").name(),
+        "198.18.0.1:7000",
+        &payload(200_000),
+    );
     let peer = server.join().unwrap();
     assert_eq!(
         peer.ip(),
@@ -92,7 +95,11 @@ fn masquerade_tcp_with_checksum_offload_off() {
         .ns("world")
         .exec("ethtool", &["-K", "eth0", "tx", "off"]);
     let server = echo_once(lab.topo.ns("world").name(), "198.18.0.1:7001");
-    roundtrip_data(lab.topo.ns("ep").name(), "198.18.0.1:7001", &payload(200_000));
+    roundtrip_data(
+        lab.topo.ns("ep").name(),
+        "198.18.0.1:7001",
+        &payload(200_000),
+    );
     assert_eq!(server.join().unwrap().ip(), Ipv4Addr::new(198, 18, 0, 2));
 }
 
@@ -140,7 +147,11 @@ fn masquerade_udp_and_icmp() {
 fn published_tcp_port_reaches_the_endpoint_with_the_client_address() {
     let lab = lab();
     let server = echo_once(lab.topo.ns("ep").name(), "0.0.0.0:80");
-    roundtrip_data(lab.topo.ns("world").name(), "198.18.0.2:8080", &payload(200_000));
+    roundtrip_data(
+        lab.topo.ns("world").name(),
+        "198.18.0.2:8080",
+        &payload(200_000),
+    );
     let peer = server.join().unwrap();
     assert_eq!(
         peer.ip(),
@@ -237,7 +248,11 @@ fn path_mtu_discovery_through_masquerade() {
     let lab = routed_lab();
     let server = echo_once(lab.topo.ns("world").name(), "198.18.1.1:7000");
     // The echo comes back through the 1280 link too, in the other direction.
-    roundtrip_data(lab.topo.ns("ep").name(), "198.18.1.1:7000", &payload(100_000));
+    roundtrip_data(
+        lab.topo.ns("ep").name(),
+        "198.18.1.1:7000",
+        &payload(100_000),
+    );
     assert_eq!(server.join().unwrap().ip(), Ipv4Addr::new(198, 18, 0, 2));
     let route = lab
         .topo
@@ -253,7 +268,11 @@ fn path_mtu_discovery_through_masquerade() {
 fn path_mtu_discovery_through_a_published_port() {
     let lab = routed_lab();
     let server = echo_once(lab.topo.ns("ep").name(), "0.0.0.0:80");
-    roundtrip_data(lab.topo.ns("world").name(), "198.18.0.2:8080", &payload(100_000));
+    roundtrip_data(
+        lab.topo.ns("world").name(),
+        "198.18.0.2:8080",
+        &payload(100_000),
+    );
     assert_eq!(server.join().unwrap().ip(), Ipv4Addr::new(198, 18, 1, 1));
     let route = lab
         .topo

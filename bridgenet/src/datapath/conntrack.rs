@@ -136,6 +136,7 @@ impl Datapath {
         let entries = self.conntrack()?;
         let by_key: std::collections::HashMap<CtKey, CtEntry> = entries.iter().copied().collect();
         let mut report = GcReport::default();
+        let mut removed = 0;
         let mut map: HashMap<_, CtKey, CtEntry> = HashMap::try_from(
             self.ebpf
                 .map_mut(maps::CONNTRACK)
@@ -146,6 +147,7 @@ impl Datapath {
                 // Its other direction is gone: it can no longer translate a whole flow.
                 if map.remove(key).is_ok() {
                     report.orphans_removed += 1;
+                    removed += 1;
                 }
                 continue;
             };
@@ -165,12 +167,14 @@ impl Datapath {
                 continue;
             };
             if expired(&entry, &peer) {
-                let _ = map.remove(key);
-                let _ = map.remove(&entry.peer);
+                removed += usize::from(map.remove(key).is_ok());
+                removed += usize::from(map.remove(&entry.peer).is_ok());
                 report.flows_expired += 1;
             }
         }
-        report.entries_left = map.keys().count();
+        // Counted from the listing, not by walking the map again: one walk per pass is what GC
+        // costs (entries made since the listing are counted at the next pass).
+        report.entries_left = entries.len().saturating_sub(removed);
         let mut usage: Array<_, u64> = Array::try_from(
             self.ebpf
                 .map_mut(maps::CT_USAGE)
