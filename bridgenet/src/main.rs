@@ -34,7 +34,12 @@ enum Command {
         /// Interfaces to masquerade on; default: those holding the default routes.
         #[arg(long)]
         uplink: Vec<String>,
-        /// A JSON file with the same options (keys socket, state-dir, bpffs, uplinks); flags win.
+        /// Where uplink_xdp goes: auto (every uplink but veths, where native XDP costs more
+        /// than it saves), on, off [default: auto]
+        #[arg(long)]
+        xdp: Option<daemon::XdpPolicy>,
+        /// A JSON file with the same options (keys socket, state-dir, bpffs, uplinks, xdp);
+        /// flags win.
         #[arg(long)]
         config: Option<PathBuf>,
         /// Remove everything bridgenet created in this namespace, then exit.
@@ -98,6 +103,7 @@ fn run(cli: Cli) -> Result<()> {
             state_dir,
             bpffs,
             uplink,
+            xdp,
             config,
             cleanup,
         } => {
@@ -126,6 +132,7 @@ fn run(cli: Cli) -> Result<()> {
                 } else {
                     uplink
                 },
+                xdp: xdp.or(config.xdp).unwrap_or_default(),
             };
             if cleanup {
                 daemon::cleanup(options)

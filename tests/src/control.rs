@@ -19,6 +19,7 @@ static NEXT_NS: AtomicUsize = AtomicUsize::new(0);
 pub struct ControlLab {
     pub topo: Topology,
     pub dir: tempfile::TempDir,
+    xdp: String,
     daemon: Option<Child>,
     /// Endpoint namespace names handed out, deleted on drop if still there.
     netns_names: Vec<String>,
@@ -49,7 +50,14 @@ pub enum Stop {
 
 impl ControlLab {
     /// Builds the lab and starts the daemon.
+    /// The lab with `uplink_xdp` on its veth uplink too (`"xdp": "on"`), so that the tests
+    /// cover it.
     pub fn up() -> Self {
+        Self::up_with_xdp("on")
+    }
+
+    /// The lab with the daemon's `xdp` option set to `xdp`.
+    pub fn up_with_xdp(xdp: &str) -> Self {
         let mut topo = Topology::new();
         topo.netns("world")
             .netns("host")
@@ -64,6 +72,7 @@ impl ControlLab {
         let mut lab = Self {
             topo,
             dir,
+            xdp: xdp.to_owned(),
             daemon: None,
             netns_names: Vec::new(),
         };
@@ -89,6 +98,7 @@ impl ControlLab {
         let json = serde_json::json!({
             "state-dir": self.state_dir(),
             "bpffs": self.bpffs(),
+            "xdp": self.xdp,
         });
         std::fs::write(&config, json.to_string()).expect("writing daemon.json");
         vec![

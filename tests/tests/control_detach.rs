@@ -120,3 +120,36 @@ fn detached_programs_fail_closed_then_come_back() {
         lab.log()
     );
 }
+
+#[test]
+fn uplink_xdp_stays_off_a_veth_uplink_by_default_and_tc_drops_alone() {
+    let mut lab = ControlLab::up_with_xdp("auto");
+    let ns = lab.netns_name("ep1");
+    lab.ok(&[
+        "endpoint",
+        "create",
+        "ep1",
+        "--network",
+        "bridge",
+        "--netns",
+        &ns,
+    ]);
+    assert!(lab.log().contains("without uplink_xdp"), "{}", lab.log());
+    let host = lab.topo.ns("host").name().to_owned();
+    let link = lab.exec_in(&host, "ip", &["-d", "link", "show", "uplink0"]);
+    let link = String::from_utf8_lossy(&link.stdout).into_owned();
+    assert!(!link.contains("xdp"), "{link}");
+    // uplink_ingress alone keeps the world away from the endpoint.
+    let world = lab.topo.ns("world").name().to_owned();
+    lab.exec_in(
+        &world,
+        "ip",
+        &["route", "add", "172.17.0.0/16", "via", "198.18.0.2"],
+    );
+    let _listener = bridgenet_tests::topology::enter(&ns, || {
+        std::net::TcpListener::bind("0.0.0.0:81").unwrap()
+    });
+    assert!(refused(&world, "172.17.0.2:81"));
+    assert!(lab.stat("uplink_ingress", "drop_endpoint_direct") > 0);
+    assert_eq!(lab.stat("uplink_xdp", "drop_endpoint_direct"), 0);
+}

@@ -44,11 +44,13 @@ impl Daemon {
                 &uplink.name,
                 Hook::TcEgress,
             ));
-            out.push(Attachment::new(
-                programs::UPLINK_XDP,
-                &uplink.name,
-                Hook::Xdp,
-            ));
+            if uplink.xdp {
+                out.push(Attachment::new(
+                    programs::UPLINK_XDP,
+                    &uplink.name,
+                    Hook::Xdp,
+                ));
+            }
         }
         for network in self.state.networks.values() {
             out.push(Attachment::new(

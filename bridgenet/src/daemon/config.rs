@@ -6,7 +6,8 @@ use anyhow::{Context as _, Result};
 use serde::Deserialize;
 
 /// The keys of the file, all optional: `{"socket": "/run/bridgenet/bridgenet.sock",
-/// "state-dir": "/var/lib/bridgenet", "bpffs": "/sys/fs/bpf/bridgenet", "uplinks": ["eth0"]}`.
+/// "state-dir": "/var/lib/bridgenet", "bpffs": "/sys/fs/bpf/bridgenet", "uplinks": ["eth0"],
+/// "xdp": "auto"}`.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Config {
@@ -15,6 +16,7 @@ pub struct Config {
     pub bpffs: Option<PathBuf>,
     #[serde(default)]
     pub uplinks: Vec<String>,
+    pub xdp: Option<super::XdpPolicy>,
 }
 
 impl Config {

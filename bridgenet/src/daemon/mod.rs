@@ -34,6 +34,36 @@ pub struct Options {
     pub bpffs: PathBuf,
     /// Interfaces whose address masquerade uses; empty: those holding the default routes.
     pub uplinks: Vec<String>,
+    /// Where `uplink_xdp` is attached.
+    pub xdp: XdpPolicy,
+}
+
+/// Where the daemon attaches `uplink_xdp`. Its drops are repeated by `uplink_ingress`, so it
+/// is a saving, never the only check: on a veth, native XDP gives up GRO and costs bulk TCP
+/// two thirds of its throughput (measured with `cargo xtask bench`), more than it saves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpPolicy {
+    /// On every uplink but veths.
+    #[default]
+    Auto,
+    /// On every uplink (native where the driver has it, else generic).
+    On,
+    /// Nowhere.
+    Off,
+}
+
+impl std::str::FromStr for XdpPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "on" => Ok(Self::On),
+            "off" => Ok(Self::Off),
+            _ => Err(format!("invalid --xdp {s:?} (expected auto, on or off)")),
+        }
+    }
 }
 
 /// What an operation reports to the API: the kind decides the HTTP status.
@@ -66,6 +96,8 @@ struct Uplink {
     name: String,
     index: u32,
     addr: Ipv4Addr,
+    /// Whether `uplink_xdp` goes on it.
+    xdp: bool,
 }
 
 /// The daemon's state while it runs. Every API call holds it locked, so operations never
@@ -123,7 +155,7 @@ async fn serve(options: Options) -> Result<()> {
         pin_dir: options.bpffs.clone(),
         state_dir: options.state_dir.clone(),
     };
-    daemon.attach_uplinks(&options.uplinks).await?;
+    daemon.attach_uplinks(&options.uplinks, options.xdp).await?;
     daemon
         .dp
         .attach_host_access(&options.bpffs, &options.state_dir)?;
@@ -283,7 +315,7 @@ impl Daemon {
     }
 
     /// Attaches the uplink programs to each uplink with its primary IPv4 address.
-    async fn attach_uplinks(&mut self, names: &[String]) -> Result<()> {
+    async fn attach_uplinks(&mut self, names: &[String], xdp: XdpPolicy) -> Result<()> {
         let names = if names.is_empty() {
             self.nl.default_route_links().await?
         } else {
@@ -293,7 +325,12 @@ impl Daemon {
             tracing::warn!("no uplink: no --uplink and no default route; nothing is masqueraded");
         }
         for name in names {
-            let index = self.nl.index(&name).await?;
+            let link = self
+                .nl
+                .link(&name)
+                .await?
+                .with_context(|| format!("no interface {name}"))?;
+            let index = link.index;
             let addr = self
                 .nl
                 .addresses(index)
@@ -302,15 +339,22 @@ impl Daemon {
                 .map(|net| net.addr())
                 .with_context(|| format!("uplink {name} has no IPv4 address"))?;
             self.dp.set_uplink_addr(index, addr)?;
+            let xdp = match xdp {
+                XdpPolicy::Auto => !link.veth,
+                XdpPolicy::On => true,
+                XdpPolicy::Off => false,
+            };
             self.uplinks.push(Uplink {
                 name: name.clone(),
                 index,
                 addr,
+                xdp,
             });
             for a in self.attachments().iter().filter(|a| a.iface == name) {
                 self.attach(a)?;
             }
-            tracing::info!("uplink {name}: masquerade with {addr}");
+            let xdp = if xdp { "with" } else { "without" };
+            tracing::info!("uplink {name}: masquerade with {addr}, {xdp} uplink_xdp");
         }
         Ok(())
     }

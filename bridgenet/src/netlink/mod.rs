@@ -10,7 +10,7 @@ use rtnetlink::{
     Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
         address::AddressAttribute,
-        link::{LinkAttribute, LinkMessage, LinkXdp},
+        link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage, LinkXdp},
         route::{RouteAddress, RouteAttribute, RouteType},
         tc::{TcAttribute, TcFilterBpfOption, TcOption},
     },
@@ -81,6 +81,8 @@ pub struct Link {
     pub controller: Option<u32>,
     /// The id of the XDP program attached to it.
     pub xdp_program: Option<u32>,
+    /// A veth pair's end.
+    pub veth: bool,
 }
 
 impl Netlink {
@@ -312,12 +314,16 @@ fn link_of(msg: LinkMessage) -> Link {
         alias: None,
         controller: None,
         xdp_program: None,
+        veth: false,
     };
     for attr in msg.attributes {
         match attr {
             LinkAttribute::IfName(n) => link.name = n,
             LinkAttribute::IfAlias(a) => link.alias = Some(a),
             LinkAttribute::Controller(c) => link.controller = Some(c),
+            LinkAttribute::LinkInfo(infos) => {
+                link.veth = infos.contains(&LinkInfo::Kind(InfoKind::Veth));
+            }
             LinkAttribute::Xdp(xdp) => {
                 link.xdp_program = xdp.iter().find_map(|x| match x {
                     LinkXdp::ProgId(id) => Some(*id),
