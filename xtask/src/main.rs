@@ -1,5 +1,6 @@
 //! `cargo xtask`: the developer commands. Each first installs what it needs (idempotently).
 mod bench;
+mod netns;
 mod run;
 mod setup;
 mod test;

@@ -16,6 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::netns::ip;
 use anyhow::{Context as _, Result, bail};
 
 use crate::setup;
@@ -66,28 +67,7 @@ impl Lab {
         };
         let (world, host) = (lab.ns("world"), lab.ns("host"));
         say(&format!("creating namespaces {world} and {host}"));
-        for ns in [&world, &host] {
-            ip(&["netns", "add", ns])?;
-            lab.namespaces.push(ns.clone());
-            ip(&["-n", ns, "link", "set", "lo", "up"])?;
-        }
-        ip(&[
-            "-n", &world, "link", "add", "eth0", "type", "veth", "peer", "name", "uplink0",
-            "netns", &host,
-        ])?;
-        ip(&["-n", &world, "addr", "add", "198.18.0.1/24", "dev", "eth0"])?;
-        ip(&[
-            "-n",
-            &host,
-            "addr",
-            "add",
-            "198.18.0.2/24",
-            "dev",
-            "uplink0",
-        ])?;
-        ip(&["-n", &world, "link", "set", "eth0", "up"])?;
-        ip(&["-n", &host, "link", "set", "uplink0", "up"])?;
-        ip(&["-n", &host, "route", "add", "default", "via", "198.18.0.1"])?;
+        crate::netns::outside_and_host(&world, &host, &mut lab.namespaces)?;
         std::fs::create_dir_all(&lab.dir)?;
         lab.start_daemon()?;
         Ok(lab)
@@ -385,19 +365,4 @@ fn request_timeout(ns: &str, to: &str, timeout: Duration) -> Result<String> {
     let mut answer = String::new();
     stream.read_to_string(&mut answer)?;
     Ok(answer.trim().to_owned())
-}
-
-fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip")?;
-    if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
 }

@@ -140,28 +140,7 @@ impl Lab {
             published: 0,
         };
         let (client, host) = (lab.ns("client"), lab.ns("host"));
-        for ns in [&client, &host] {
-            ip(&["netns", "add", ns])?;
-            lab.namespaces.push(ns.clone());
-            ip(&["-n", ns, "link", "set", "lo", "up"])?;
-        }
-        ip(&[
-            "-n", &client, "link", "add", "eth0", "type", "veth", "peer", "name", "uplink0",
-            "netns", &host,
-        ])?;
-        ip(&["-n", &client, "addr", "add", "198.18.0.1/24", "dev", "eth0"])?;
-        ip(&[
-            "-n",
-            &host,
-            "addr",
-            "add",
-            "198.18.0.2/24",
-            "dev",
-            "uplink0",
-        ])?;
-        ip(&["-n", &client, "link", "set", "eth0", "up"])?;
-        ip(&["-n", &host, "link", "set", "uplink0", "up"])?;
-        ip(&["-n", &host, "route", "add", "default", "via", "198.18.0.1"])?;
+        crate::netns::outside_and_host(&client, &host, &mut lab.namespaces)?;
         // Plain routing reaches the endpoint directly.
         ip(&[
             "-n",
@@ -470,13 +449,7 @@ fn checked(out: Output, program: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-pub fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip")?;
-    checked(out, "ip", args).map(|_| ())
-}
+pub use crate::netns::ip;
 
 /// Removes the namespaces of bench runs whose process is gone.
 pub fn remove_leftovers() {
