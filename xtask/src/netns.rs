@@ -1,6 +1,6 @@
 //! The namespaces the lab and the bench share: an outside namespace (eth0 198.18.0.1) wired to
 //! a host namespace (uplink0 198.18.0.2, default route to the outside), where the daemon runs.
-use std::process::Command;
+use std::{path::Path, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -37,4 +37,18 @@ pub fn outside_and_host(outside: &str, host: &str, created: &mut Vec<String>) ->
     ip(&["-n", outside, "link", "set", "eth0", "up"])?;
     ip(&["-n", host, "link", "set", "uplink0", "up"])?;
     ip(&["-n", host, "route", "add", "default", "via", "198.18.0.1"])
+}
+
+/// `bridgenet --socket DIR/bridgenet.sock daemon` with its state and bpf filesystem in `dir`.
+pub fn daemon_args(dir: &Path) -> Vec<String> {
+    let d = |p: &str| dir.join(p).display().to_string();
+    vec![
+        "--socket".into(),
+        d("bridgenet.sock"),
+        "daemon".into(),
+        "--state-dir".into(),
+        d("state"),
+        "--bpffs".into(),
+        d("bpffs"),
+    ]
 }

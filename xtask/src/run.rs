@@ -82,16 +82,7 @@ impl Lab {
     }
 
     fn daemon_args(&self) -> Vec<String> {
-        let d = |p: &str| self.dir.join(p).display().to_string();
-        vec![
-            "--socket".into(),
-            d("bridgenet.sock"),
-            "daemon".into(),
-            "--state-dir".into(),
-            d("state"),
-            "--bpffs".into(),
-            d("bpffs"),
-        ]
+        crate::netns::daemon_args(&self.dir)
     }
 
     /// A command in the host namespace only: `ip netns exec` would also give it a private

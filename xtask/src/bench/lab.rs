@@ -345,18 +345,9 @@ impl Lab {
     }
 
     fn daemon_args(&self) -> Vec<String> {
-        let d = |p: &str| self.dir.join(p).display().to_string();
-        vec![
-            "--socket".into(),
-            d("bridgenet.sock"),
-            "daemon".into(),
-            "--state-dir".into(),
-            d("state"),
-            "--bpffs".into(),
-            d("bpffs"),
-            "--uplink".into(),
-            "uplink0".into(),
-        ]
+        let mut args = crate::netns::daemon_args(&self.dir);
+        args.extend(["--uplink".into(), "uplink0".into()]);
+        args
     }
 
     fn start_daemon(&mut self) -> Result<()> {
