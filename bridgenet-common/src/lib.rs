@@ -74,8 +74,24 @@ pub mod tcp_seen {
     pub const RST: u8 = 8;
 }
 
+/// Bits of `CtEntry::flags`.
+pub mod ct_flags {
+    /// TCP: the three-way handshake completed (the opener acknowledged the answer's SYN);
+    /// UDP and ICMP: the other side answered. Only flows that are not yet assured count
+    /// against the embryonic budget, and GC gives them the short timeouts.
+    pub const ASSURED: u8 = 1;
+    /// The flow was opened from outside (a published port) and takes a slot of the embryonic
+    /// budget (`ct_usage::EMBRYONIC`) until it is assured. Set on the original entry.
+    pub const INBOUND: u8 = 2;
+    /// `td_end` and `td_maxwin` hold what this direction sent (TCP window tracking); unset on
+    /// entries migrated from a layout without them, which are then picked up loosely.
+    pub const WINDOW_KNOWN: u8 = 4;
+}
+
 /// One direction of a tracked flow. The other direction's entry has the key
 /// `CtEntry::peer`, so both are found from either.
+///
+/// Pinned: a change of this layout changes `layout::CONNTRACK` and needs a migration.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct CtEntry {
@@ -90,11 +106,24 @@ pub struct CtEntry {
     pub nat_port: u16,
     pub action: u8,
     pub direction: u8,
+    /// `tcp_seen` bits of the packets of this direction that were accepted (a RST or FIN out
+    /// of the window is not recorded).
     pub tcp_seen: u8,
-    pub _pad: [u8; 7],
+    /// `ct_flags` bits.
+    pub flags: u8,
+    /// TCP window scale this direction announced in its SYN (0 when it announced none).
+    pub wscale: u8,
+    pub _pad: u8,
+    /// TCP: the sequence number just past the last byte this direction sent (SYN and FIN
+    /// count one), host byte order.
+    pub td_end: u32,
+    /// TCP: the largest receive window this direction advertised, scaled: how far past the
+    /// other direction's `td_end` it may send.
+    pub td_maxwin: u32,
+    pub _reserved: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<CtEntry>() == 56);
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 64);
 
 /// A published port: protocol, host port and host address (0 for any host address).
 #[repr(C)]
@@ -271,7 +300,16 @@ pub mod outcome {
     pub const DROP_FILTER: u32 = 18;
     /// From an endpoint, neither IPv4 nor ARP (IPv6 is not supported yet).
     pub const DROP_PROTOCOL: u32 = 19;
-    pub const COUNT: u32 = 20;
+    /// TCP that is not a SYN, on no tracked flow: never opens a flow (nor a masquerade port).
+    pub const DROP_UNTRACKED: u32 = 20;
+    /// A TCP RST outside the flow's sequence window (a spoofed or stale reset).
+    pub const DROP_OUT_OF_WINDOW: u32 = 21;
+    /// A new flow from outside while the budget of flows not yet assured (half-open, as in a
+    /// SYN flood) is used up; outbound flows and assured ones are unaffected.
+    pub const DROP_CT_EMBRYONIC_FULL: u32 = 22;
+    /// Numbers are stable (pinned counters are indexed by them): a new outcome takes the next
+    /// free number, below `SLOTS`, and is never renumbered.
+    pub const COUNT: u32 = 23;
     pub const NAMES: [&str; COUNT as usize] = [
         "passed",
         "snat",
@@ -293,6 +331,9 @@ pub mod outcome {
         "drop_unchecked",
         "drop_filter",
         "drop_protocol",
+        "drop_untracked",
+        "drop_out_of_window",
+        "drop_ct_embryonic_full",
     ];
 
     pub const fn is_drop(outcome: u32) -> bool {
@@ -300,9 +341,15 @@ pub mod outcome {
     }
 }
 
+/// Counter slots per program in `STATS`: room for outcomes yet to come, so that adding one
+/// never moves a pinned counter.
+pub const OUTCOME_SLOTS: u32 = 64;
+
+const _: () = assert!(outcome::COUNT <= OUTCOME_SLOTS);
+
 /// Index of a counter in `STATS`.
 pub const fn stats_index(program: u32, outcome: u32) -> u32 {
-    program * outcome::COUNT + outcome
+    program * OUTCOME_SLOTS + outcome
 }
 
 /// Default limit of the conntrack table: one entry per direction, so 262,144 flows. New flows
@@ -315,6 +362,12 @@ pub mod ct_usage {
     pub const ENTRIES: u32 = 0;
     /// The limit: entries past it are refused.
     pub const LIMIT: u32 = 1;
+    /// Flows opened from outside that are not assured yet (half-open: a SYN flood's).
+    pub const EMBRYONIC: u32 = 2;
+    /// The limit of `EMBRYONIC`: new flows from outside past it are refused
+    /// (`drop_ct_embryonic_full`), so a flood never takes the room of other flows.
+    pub const EMBRYONIC_LIMIT: u32 = 3;
+    pub const SLOTS: u32 = 4;
 }
 
 /// The user filter (`filter add`): rules compiled into one LPM trie keyed by match class and
@@ -381,6 +434,19 @@ const _: () = assert!(core::mem::size_of::<FilterMatch>() == 8);
 pub struct FilterState {
     pub generation: u32,
     pub rules: u32,
+}
+
+/// Layout versions of the pinned maps. A map's layout is its key and value types and its size
+/// semantics; a daemon that finds a pin of another version migrates it or says what it drops.
+pub mod layout {
+    /// v1: 56-byte `CtEntry` without window tracking; v2: 64 bytes.
+    pub const CONNTRACK: u32 = 2;
+    /// v1: `program * outcome::COUNT + outcome` (20 outcomes); v2: `stats_index`.
+    pub const STATS: u32 = 2;
+    /// v1: 2 slots; v2: `ct_usage::SLOTS`.
+    pub const CT_USAGE: u32 = 2;
+    /// Every other map.
+    pub const FIRST: u32 = 1;
 }
 
 /// Names of the maps, as the programs declare them and the loader finds them.

@@ -18,7 +18,7 @@ const EEXIST: i32 = 17;
 pub static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(CT_MAX_ENTRIES, 0);
 
 #[map]
-static CT_USAGE: Array<u64> = Array::with_max_entries(2, 0);
+static CT_USAGE: Array<u64> = Array::with_max_entries(ct_usage::SLOTS, 0);
 
 /// Takes room for `entries` new entries; false when the table is at its limit.
 ///
