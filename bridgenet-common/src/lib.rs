@@ -77,14 +77,14 @@ pub mod tcp_seen {
 /// Bits of `CtEntry::flags`.
 pub mod ct_flags {
     /// TCP: the three-way handshake completed (the opener acknowledged the answer's SYN);
-    /// UDP and ICMP: the other side answered. Only flows that are not yet assured count
-    /// against the embryonic budget, and GC gives them the short timeouts.
+    /// UDP and ICMP: both sides spoke and one of them spoke again. A flow that is not assured
+    /// gets GC's short timeouts and may be evicted to make room when the table is full.
     pub const ASSURED: u8 = 1;
-    /// The flow was opened from outside (a published port) and takes a slot of the embryonic
-    /// budget (`ct_usage::EMBRYONIC`) until it is assured. Set on the original entry.
+    /// The flow was opened from outside (to a published port). Set on both entries.
     pub const INBOUND: u8 = 2;
-    /// `td_end` and `td_maxwin` hold what this direction sent (TCP window tracking); unset on
-    /// entries migrated from a layout without them, which are then picked up loosely.
+    /// TCP: `td_end`, `td_maxwin` and `wscale` hold what this direction sent (window
+    /// tracking). Unset until its first segment, and on entries migrated from a layout without
+    /// window tracking, which learn it from their next segment.
     pub const WINDOW_KNOWN: u8 = 4;
 }
 
@@ -120,7 +120,9 @@ pub struct CtEntry {
     /// TCP: the largest receive window this direction advertised, scaled: how far past the
     /// other direction's `td_end` it may send.
     pub td_maxwin: u32,
-    pub _reserved: u32,
+    /// Original entry: the turn of the `EMBRYOS` ring the flow was admitted at (its slot is
+    /// `ring_seq % ring size`), so that a later flow on a reused slot is told apart.
+    pub ring_seq: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 64);
@@ -304,12 +306,9 @@ pub mod outcome {
     pub const DROP_UNTRACKED: u32 = 20;
     /// A TCP RST outside the flow's sequence window (a spoofed or stale reset).
     pub const DROP_OUT_OF_WINDOW: u32 = 21;
-    /// A new flow from outside while the budget of flows not yet assured (half-open, as in a
-    /// SYN flood) is used up; outbound flows and assured ones are unaffected.
-    pub const DROP_CT_EMBRYONIC_FULL: u32 = 22;
     /// Numbers are stable (pinned counters are indexed by them): a new outcome takes the next
     /// free number, below `SLOTS`, and is never renumbered.
-    pub const COUNT: u32 = 23;
+    pub const COUNT: u32 = 22;
     pub const NAMES: [&str; COUNT as usize] = [
         "passed",
         "snat",
@@ -333,7 +332,6 @@ pub mod outcome {
         "drop_protocol",
         "drop_untracked",
         "drop_out_of_window",
-        "drop_ct_embryonic_full",
     ];
 
     pub const fn is_drop(outcome: u32) -> bool {
@@ -358,17 +356,34 @@ pub const CT_MAX_ENTRIES: u32 = 524_288;
 
 /// Slots of the `CT_USAGE` array.
 pub mod ct_usage {
-    /// Entries in the table (the datapath adds, garbage collection recounts).
+    /// Entries in the table (the datapath adds and gives back atomically, GC recounts).
     pub const ENTRIES: u32 = 0;
-    /// The limit: entries past it are refused.
+    /// The limit: entries past it are refused, unless a flow that is not assured yet makes
+    /// room (`EVICTED`).
     pub const LIMIT: u32 = 1;
-    /// Flows opened from outside that are not assured yet (half-open: a SYN flood's).
-    pub const EMBRYONIC: u32 = 2;
-    /// The limit of `EMBRYONIC`: new flows from outside past it are refused
-    /// (`drop_ct_embryonic_full`), so a flood never takes the room of other flows.
-    pub const EMBRYONIC_LIMIT: u32 = 3;
-    pub const SLOTS: u32 = 4;
+    /// Flows not yet assured (half-open, unanswered) removed to make room for a new flow,
+    /// as Linux's early_drop does: a flood of them never locks other flows out.
+    pub const EVICTED: u32 = 2;
+    /// Flows admitted so far: the next slot of the `EMBRYOS` ring.
+    pub const RING_CURSOR: u32 = 3;
+    /// Slots of the `EMBRYOS` ring (set by the loader from the map's size).
+    pub const RING_SIZE: u32 = 4;
+    pub const SLOTS: u32 = 8;
 }
+
+/// A slot of the `EMBRYOS` ring: a flow in the order flows were admitted. When the table is
+/// full, the flow in the next slot is evicted if it is still not assured.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct EmbryoSlot {
+    /// The flow's original key.
+    pub key: CtKey,
+    /// `CtEntry::ring_seq` of the flow admitted here (0: none).
+    pub seq: u32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<EmbryoSlot>() == 24);
 
 /// The user filter (`filter add`): rules compiled into one LPM trie keyed by match class and
 /// source prefix, so that a packet costs at most four lookups however many rules there are.
@@ -443,7 +458,7 @@ pub mod layout {
     pub const CONNTRACK: u32 = 2;
     /// v1: `program * outcome::COUNT + outcome` (20 outcomes); v2: `stats_index`.
     pub const STATS: u32 = 2;
-    /// v1: 2 slots; v2: `ct_usage::SLOTS`.
+    /// v1: 2 slots (ENTRIES, LIMIT); v2: `ct_usage::SLOTS`.
     pub const CT_USAGE: u32 = 2;
     /// Every other map.
     pub const FIRST: u32 = 1;
@@ -466,8 +481,10 @@ pub mod maps {
     pub const FILTER: &str = "FILTER";
     pub const FILTER_STATE: &str = "FILTER_STATE";
     pub const FILTER_HITS: &str = "FILTER_HITS";
+    pub const EMBRYOS: &str = "EMBRYOS";
     /// Every map, for pinning.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 16] = [
+        EMBRYOS,
         FILTER,
         FILTER_STATE,
         FILTER_HITS,
@@ -521,6 +538,7 @@ mod user {
     unsafe impl aya::Pod for super::IfCounters {}
     unsafe impl aya::Pod for super::CtKey {}
     unsafe impl aya::Pod for super::CtEntry {}
+    unsafe impl aya::Pod for super::EmbryoSlot {}
     unsafe impl aya::Pod for super::PublishKey {}
     unsafe impl aya::Pod for super::PublishTarget {}
     unsafe impl aya::Pod for super::Uplink {}

@@ -5,10 +5,16 @@ use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{Array, LruHashMap},
+    programs::TcContext,
 };
-use bridgenet_common::{CT_MAX_ENTRIES, CtEntry, CtKey, ct_usage, direction, tcp_seen};
+use bridgenet_common::{
+    CT_MAX_ENTRIES, CtEntry, CtKey, EmbryoSlot, ct_flags, ct_usage, outcome, tcp_seen,
+};
 
-use crate::parse::{Packet, TCP};
+use crate::{
+    parse::{Packet, TCP},
+    tcp,
+};
 
 const EEXIST: i32 = 17;
 
@@ -20,12 +26,11 @@ pub static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(
 #[map]
 static CT_USAGE: Array<u64> = Array::with_max_entries(ct_usage::SLOTS, 0);
 
+/// Flows in the order they were admitted, sized by the loader (`ct_usage::RING_SIZE`).
+#[map]
+static EMBRYOS: Array<EmbryoSlot> = Array::with_max_entries(1, 0);
+
 /// Takes room for `entries` new entries; false when the table is at its limit.
-///
-/// The count is shared by all CPUs and updated without atomics (the BPF target has no atomic
-/// read-modify-write in Rust's core): concurrent new flows can lose an update. Garbage
-/// collection recounts the table on every pass, and the map has room past the limit for the
-/// drift in between.
 #[inline(always)]
 pub fn reserve(entries: u64) -> bool {
     let (Some(count), Some(limit)) = (
@@ -34,12 +39,12 @@ pub fn reserve(entries: u64) -> bool {
     ) else {
         return false;
     };
-    unsafe {
-        let now = core::ptr::read_volatile(count);
-        if now + entries > *limit {
-            return false;
-        }
-        core::ptr::write_volatile(count, now + entries);
+    // Add first, then check: concurrent new flows may each see the other's room taken and
+    // both back out (a refusal near the limit), but the count never drifts.
+    add(count, entries);
+    if unsafe { core::ptr::read_volatile(count) } > *limit {
+        add(count, entries.wrapping_neg());
+        return false;
     }
     true
 }
@@ -48,69 +53,195 @@ pub fn reserve(entries: u64) -> bool {
 #[inline(always)]
 pub fn release(entries: u64) {
     if let Some(count) = CT_USAGE.get_ptr_mut(ct_usage::ENTRIES) {
-        unsafe {
-            core::ptr::write_volatile(
-                count,
-                core::ptr::read_volatile(count).saturating_sub(entries),
-            )
-        };
+        add(count, entries.wrapping_neg());
     }
 }
 
-/// The entry of this packet's direction, with its counters and TCP flags updated.
+/// An atomic add (BPF_XADD): the BPF target has no atomic types in core, but the instruction
+/// exists on every kernel.
+#[cfg(target_arch = "bpf")]
 #[inline(always)]
-pub fn lookup(packet: &Packet, len: u32) -> Option<*mut CtEntry> {
-    let entry = CONNTRACK.get_ptr_mut(packet.key)?;
-    touch(entry, packet, len);
-    Some(entry)
+pub fn add(counter: *mut u64, value: u64) {
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            counter, value,
+        )
+    };
 }
 
-/// Counts a packet of `entry`'s direction and the TCP flags it carries.
+/// The entry of this packet's direction, with its counters and TCP state updated; Err with the
+/// outcome to drop the packet with (a RST outside the flow's window).
 #[inline(always)]
-pub fn touch(entry: *mut CtEntry, packet: &Packet, len: u32) {
+pub fn lookup(ctx: &TcContext, packet: &Packet) -> Result<Option<*mut CtEntry>, u32> {
+    let Some(entry) = CONNTRACK.get_ptr_mut(packet.key) else {
+        return Ok(None);
+    };
+    match touch(ctx, entry, packet) {
+        outcome::PASSED => Ok(Some(entry)),
+        drop => Err(drop),
+    }
+}
+
+/// Counts a packet of `entry`'s direction and records what it says about the flow's state:
+/// PASSED, or the outcome to drop it with.
+#[inline(always)]
+pub fn touch(ctx: &TcContext, entry: *mut CtEntry, packet: &Packet) -> u32 {
     unsafe {
         (*entry).last_seen_ns = bpf_ktime_get_ns();
         (*entry).packets += 1;
-        (*entry).bytes += u64::from(len);
-        if packet.key.proto == TCP {
-            let seen = seen_flags(packet.tcp_flags);
-            let closed = (*entry).tcp_seen & (tcp_seen::FIN | tcp_seen::RST) != 0;
-            if closed && seen == tcp_seen::SYN && (*entry).direction == direction::ORIGINAL {
-                // A new connection on the tuple of a closed one (TIME_WAIT reuse): it starts
-                // afresh, or its state would say CLOSE and GC would remove it under it.
-                (*entry).tcp_seen = seen;
-                if let Some(peer) = CONNTRACK.get_ptr_mut((*entry).peer) {
-                    (*peer).tcp_seen = 0;
-                    (*peer).packets = 0;
-                }
-            } else {
-                (*entry).tcp_seen |= seen;
-            }
+        (*entry).bytes += u64::from(ctx.len());
+    }
+    if packet.key.proto == TCP {
+        return tcp::track(ctx, entry, packet);
+    }
+    if unsafe { (*entry).flags } & ct_flags::ASSURED == 0 {
+        assure_datagram(entry);
+    }
+    outcome::PASSED
+}
+
+/// UDP and ICMP: assured once both sides spoke and one spoke again (one packet each way, as a
+/// spoofed flood answered by a server makes, is not enough).
+#[inline(always)]
+fn assure_datagram(entry: *mut CtEntry) {
+    let Some(peer) = CONNTRACK.get_ptr_mut(unsafe { (*entry).peer }) else {
+        return;
+    };
+    unsafe {
+        let (mine, theirs) = ((*entry).packets, (*peer).packets);
+        if mine > 0 && theirs > 0 && mine + theirs >= 3 {
+            (*entry).flags |= ct_flags::ASSURED;
+            (*peer).flags |= ct_flags::ASSURED;
         }
     }
 }
 
-/// TCP header flags mapped to the `tcp_seen` bits.
+/// Takes room for a new flow's two entries and its turn in the `EMBRYOS` ring: Ok(ring_seq)
+/// for `record`, or the outcome to drop the packet with. When the table is full, the flows in
+/// the next slots of the ring make room if they are still not assured (the oldest half-open
+/// or unanswered flows first, as Linux's early_drop): a flood of such flows cannot lock out
+/// the others, which the table keeps until they close.
 #[inline(always)]
-pub fn seen_flags(tcp_flags: u8) -> u8 {
-    const FIN: u8 = 0x01;
-    const SYN: u8 = 0x02;
-    const RST: u8 = 0x04;
-    const ACK: u8 = 0x10;
-    let mut seen = 0;
-    if tcp_flags & SYN != 0 {
-        seen |= tcp_seen::SYN;
+pub fn admit() -> Result<u32, u32> {
+    for _ in 0..EVICT_TRIES {
+        let seq = next_ring_seq();
+        if reserve(2) {
+            return Ok(seq);
+        }
+        evict(seq);
+        if reserve(2) {
+            return Ok(seq);
+        }
     }
-    if tcp_flags & ACK != 0 {
-        seen |= tcp_seen::ACK;
+    Err(outcome::DROP_CT_FULL)
+}
+
+/// Slots of the ring a new flow may look at for room.
+const EVICT_TRIES: u32 = 4;
+
+/// The next turn of the ring (never 0). Not atomic: two CPUs may take the same slot, and the
+/// flow whose record is overwritten is then left to GC instead of eviction.
+#[inline(always)]
+fn next_ring_seq() -> u32 {
+    let Some(cursor) = CT_USAGE.get_ptr_mut(ct_usage::RING_CURSOR) else {
+        return 1;
+    };
+    unsafe {
+        let seq = (core::ptr::read_volatile(cursor) + 1) % u64::from(u32::MAX);
+        let seq = seq.max(1);
+        core::ptr::write_volatile(cursor, seq);
+        seq as u32
     }
-    if tcp_flags & FIN != 0 {
-        seen |= tcp_seen::FIN;
+}
+
+#[inline(always)]
+fn ring_slot(seq: u32) -> Option<*mut EmbryoSlot> {
+    let size = *CT_USAGE.get(ct_usage::RING_SIZE)?;
+    if size == 0 {
+        return None;
     }
-    if tcp_flags & RST != 0 {
-        seen |= tcp_seen::RST;
+    EMBRYOS.get_ptr_mut((u64::from(seq) % size) as u32)
+}
+
+/// Removes the flow recorded in `seq`'s slot if it is still not assured.
+#[inline(always)]
+fn evict(seq: u32) {
+    let Some(slot) = ring_slot(seq) else {
+        return;
+    };
+    let old = unsafe { *slot };
+    unsafe { (*slot).seq = 0 };
+    if old.seq == 0 {
+        return;
     }
-    seen
+    let Some(entry) = (unsafe { CONNTRACK.get(old.key) }) else {
+        return;
+    };
+    if entry.ring_seq != old.seq || entry.flags & ct_flags::ASSURED != 0 {
+        return;
+    }
+    let peer = entry.peer;
+    if CONNTRACK.remove(&old.key).is_ok() {
+        let _ = CONNTRACK.remove(&peer);
+        release(2);
+        if let Some(evicted) = CT_USAGE.get_ptr_mut(ct_usage::EVICTED) {
+            add(evicted, 1);
+        }
+    }
+}
+
+/// Records an admitted flow (its original key) in its ring slot.
+#[inline(always)]
+pub fn record(key: &CtKey, seq: u32) {
+    if let Some(slot) = ring_slot(seq) {
+        unsafe {
+            *slot = EmbryoSlot {
+                key: *key,
+                seq,
+                _pad: 0,
+            }
+        };
+    }
+}
+
+/// When the tuple a new connection needs is held by another flow that is closed (a FIN from
+/// both sides, or a reset), that flow is over: it is removed so that the new one can start, as
+/// Linux's conntrack replaces a TIME_WAIT entry. True when it was removed.
+#[inline(always)]
+pub fn evict_closed(key: &CtKey) -> bool {
+    if key.proto != TCP {
+        return false;
+    }
+    let Some(holder) = (unsafe { CONNTRACK.get(key) }) else {
+        return false;
+    };
+    let peer_key = holder.peer;
+    let Some(peer) = (unsafe { CONNTRACK.get(peer_key) }) else {
+        return false;
+    };
+    let both_fin = holder.tcp_seen & peer.tcp_seen & tcp_seen::FIN != 0;
+    let reset = (holder.tcp_seen | peer.tcp_seen) & tcp_seen::RST != 0;
+    if !both_fin && !reset || CONNTRACK.remove(key).is_err() {
+        return false;
+    }
+    let _ = CONNTRACK.remove(&peer_key);
+    release(2);
+    true
+}
+
+/// Whether a packet with no flow may open one: for TCP only a SYN (no ACK, RST or FIN). The rest
+/// belongs to a connection that is not tracked (any more): it must not become a new flow, let
+/// alone a masqueraded one from the port of a published service.
+#[inline(always)]
+pub fn opens_flow(packet: &Packet) -> bool {
+    packet.key.proto != TCP
+        || packet.tcp_flags & (tcp::SYN | tcp::ACK | tcp::RST | tcp::FIN) == tcp::SYN
+}
+
+/// Host builds only type-check the programs.
+#[cfg(not(target_arch = "bpf"))]
+pub fn add(counter: *mut u64, value: u64) {
+    unsafe { *counter = (*counter).wrapping_add(value) };
 }
 
 /// Why a new flow could not be tracked.
@@ -135,18 +266,10 @@ pub fn remove(key: &CtKey) {
     let _ = CONNTRACK.remove(key);
 }
 
-/// A fresh entry for one direction of a new flow; `first` is the packet that opened it, counted
-/// in the entry of its own direction.
+/// A fresh entry for one direction of a new flow.
 #[inline(always)]
-pub fn new_entry(
-    peer: CtKey,
-    action: u8,
-    direction: u8,
-    nat_addr: u32,
-    nat_port: u16,
-    first: Option<(&Packet, u32)>,
-) -> CtEntry {
-    let mut entry = CtEntry {
+pub fn new_entry(peer: CtKey, action: u8, direction: u8, nat_addr: u32, nat_port: u16) -> CtEntry {
+    CtEntry {
         peer,
         last_seen_ns: unsafe { bpf_ktime_get_ns() },
         nat_addr,
@@ -154,13 +277,16 @@ pub fn new_entry(
         action,
         direction,
         ..CtEntry::default()
-    };
-    if let Some((packet, len)) = first {
-        entry.packets = 1;
-        entry.bytes = u64::from(len);
-        if packet.key.proto == TCP {
-            entry.tcp_seen = seen_flags(packet.tcp_flags);
-        }
     }
-    entry
+}
+
+/// Inserts the entry of the packet's own direction of a new flow (the last of its two), then
+/// counts the packet in it as any later one.
+#[inline(always)]
+pub fn insert_first(ctx: &TcContext, packet: &Packet, entry: &CtEntry) -> Result<(), InsertError> {
+    insert_new(&packet.key, entry)?;
+    if let Some(inserted) = CONNTRACK.get_ptr_mut(packet.key) {
+        let _ = touch(ctx, inserted, packet);
+    }
+    Ok(())
 }

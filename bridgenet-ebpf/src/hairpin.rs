@@ -83,7 +83,10 @@ fn tracked(ctx: &mut TcContext, packet: &Packet) -> Option<u32> {
     if unsafe { (*entry).action } != action::HAIRPIN {
         return None;
     }
-    conntrack::touch(entry, packet, ctx.len());
+    let touched = conntrack::touch(ctx, entry, packet);
+    if touched != outcome::PASSED {
+        return Some(touched);
+    }
     let (peer, dir) = unsafe { ((*entry).peer, (*entry).direction) };
     let result = if dir == direction::ORIGINAL {
         outcome::DNAT
@@ -120,31 +123,31 @@ fn open(ctx: &mut TcContext, packet: &Packet, target: PublishTarget, checked: u3
         proto: key.proto,
         _pad: [0; 3],
     };
+    if !conntrack::opens_flow(packet) {
+        return outcome::DROP_UNTRACKED;
+    }
+    let seq = match conntrack::admit() {
+        Ok(seq) => seq,
+        Err(drop) => return drop,
+    };
     // In a block of its own, so that its stack slot is the forward entry's afterwards.
     let result = {
-        let reply_entry = conntrack::new_entry(
-            key,
-            action::HAIRPIN,
-            direction::REPLY,
-            key.daddr,
-            key.dport,
-            None,
-        );
+        let reply_entry =
+            conntrack::new_entry(key, action::HAIRPIN, direction::REPLY, key.daddr, key.dport);
         nat::reserve_reply(&mut reply, &reply_entry, u16::from_be(key.sport))
     };
     if result != outcome::PASSED {
         return result;
     }
-    let len = ctx.len();
-    let entry = conntrack::new_entry(
+    let mut entry = conntrack::new_entry(
         reply,
         action::HAIRPIN,
         direction::ORIGINAL,
         target.addr,
         target.port,
-        Some((packet, len)),
     );
-    if let Err(err) = conntrack::insert_new(&key, &entry) {
+    entry.ring_seq = seq;
+    if let Err(err) = conntrack::insert_first(ctx, packet, &entry) {
         conntrack::remove(&reply);
         conntrack::release(2);
         if let InsertError::Full = err {
@@ -153,6 +156,7 @@ fn open(ctx: &mut TcContext, packet: &Packet, target: PublishTarget, checked: u3
         // The same flow, opened on another CPU meanwhile.
         return tracked(ctx, packet).unwrap_or(outcome::DROP_PORTS_EXHAUSTED);
     }
+    conntrack::record(&key, seq);
     rewrite(ctx, packet, &reply.reversed(), outcome::DNAT)
 }
 

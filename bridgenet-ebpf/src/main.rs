@@ -1,6 +1,9 @@
 //! bridgenet's datapath: thin program entries that call the stages in the modules below.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// Atomic adds on shared counters (conntrack::add): core has no atomic types for BPF.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 mod alert;
 mod conntrack;
@@ -15,6 +18,7 @@ mod icmp;
 mod nat;
 mod parse;
 mod stats;
+mod tcp;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
@@ -156,9 +160,14 @@ fn uplink_ingress_ipv4(ctx: &mut TcContext, packet: &Packet) -> u32 {
             icmp::Verdict::Host | icmp::Verdict::Unknown => outcome::PASSED,
         };
     }
-    if let Some(entry) = conntrack::lookup(packet, ctx.len()) {
-        let (act, addr, port) = unsafe { ((*entry).action, (*entry).nat_addr, (*entry).nat_port) };
-        return nat::apply(ctx, packet, act, addr, port);
+    match conntrack::lookup(ctx, packet) {
+        Err(drop) => return drop,
+        Ok(Some(entry)) => {
+            let (act, addr, port) =
+                unsafe { ((*entry).action, (*entry).nat_addr, (*entry).nat_port) };
+            return nat::apply(ctx, packet, act, addr, port);
+        }
+        Ok(None) => {}
     }
     match nat::published(packet) {
         Some(target) => nat::publish(ctx, packet, target),
@@ -203,11 +212,19 @@ fn uplink_egress_ipv4(ctx: &mut TcContext, packet: &Packet, nat_addr: u32) -> u3
             icmp::Verdict::Unknown => outcome::PASSED,
         };
     }
-    if let Some(entry) = conntrack::lookup(packet, ctx.len()) {
-        let (act, addr, port) = unsafe { ((*entry).action, (*entry).nat_addr, (*entry).nat_port) };
-        return nat::apply(ctx, packet, act, addr, port);
+    match conntrack::lookup(ctx, packet) {
+        Err(drop) => return drop,
+        Ok(Some(entry)) => {
+            let (act, addr, port) =
+                unsafe { ((*entry).action, (*entry).nat_addr, (*entry).nat_port) };
+            return nat::apply(ctx, packet, act, addr, port);
+        }
+        Ok(None) => {}
     }
     match managed {
+        // An endpoint's segment of a connection no longer tracked (its flow expired or was
+        // revoked): it would leave from a new port, or worse from a published one.
+        Some(_) if !conntrack::opens_flow(packet) => outcome::DROP_UNTRACKED,
         Some(subnet) if subnet.masquerade != 0 && nat_translatable(packet) => {
             nat::masquerade(ctx, packet, nat_addr)
         }

@@ -8,8 +8,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use bridgenet_common::{
-    CtEntry, CtKey, NatConfig, PublishKey, PublishTarget, Subnet, Uplink, action, direction,
-    outcome,
+    CtEntry, CtKey, NatConfig, PublishKey, PublishTarget, Subnet, Uplink, action, ct_flags,
+    direction, outcome,
 };
 
 use crate::{
@@ -76,16 +76,14 @@ pub fn apply(ctx: &mut TcContext, packet: &Packet, act: u8, addr: u32, port: u16
 #[inline(never)]
 pub fn masquerade(ctx: &mut TcContext, packet: &Packet, nat_addr: u32) -> u32 {
     let key = packet.key;
+    let seq = match conntrack::admit() {
+        Ok(seq) => seq,
+        Err(drop) => return drop,
+    };
     let mut reply = key.reversed();
     reply.daddr = nat_addr;
-    let reply_entry = conntrack::new_entry(
-        key,
-        action::DNAT,
-        direction::REPLY,
-        key.saddr,
-        key.sport,
-        None,
-    );
+    let reply_entry =
+        conntrack::new_entry(key, action::DNAT, direction::REPLY, key.saddr, key.sport);
     // The ICMP echo identifier stands in sport too.
     let result = reserve_reply(&mut reply, &reply_entry, u16::from_be(key.sport));
     if result != outcome::PASSED {
@@ -93,24 +91,19 @@ pub fn masquerade(ctx: &mut TcContext, packet: &Packet, nat_addr: u32) -> u32 {
     }
     let nat_port = reply.dport;
 
-    let len = ctx.len();
-    let entry = conntrack::new_entry(
-        reply,
-        action::SNAT,
-        direction::ORIGINAL,
-        nat_addr,
-        nat_port,
-        Some((packet, len)),
-    );
-    if let Err(err) = conntrack::insert_new(&key, &entry) {
+    let mut entry =
+        conntrack::new_entry(reply, action::SNAT, direction::ORIGINAL, nat_addr, nat_port);
+    entry.ring_seq = seq;
+    if let Err(err) = conntrack::insert_first(ctx, packet, &entry) {
         conntrack::remove(&reply);
         conntrack::release(2);
         return lost_race(ctx, packet, err);
     }
+    conntrack::record(&key, seq);
     apply(ctx, packet, action::SNAT, nat_addr, nat_port)
 }
 
-/// Takes room for both entries of a new flow and inserts its reply entry under `reply`, with
+/// Inserts a new flow's reply entry under `reply` (its room taken by `conntrack::admit`), with
 /// `reply.dport` (the port the flow's source gets) set so that the tuple is free: `original`
 /// (host byte order) when it is outside the host's port range, else a random port of the NAT
 /// range. PASSED, or the outcome to drop the packet with (the room is given back).
@@ -123,9 +116,6 @@ pub fn reserve_reply(reply: &mut CtKey, reply_entry: &CtEntry, original: u16) ->
         Some(config) if config.port_max != 0 => *config,
         _ => NatConfig::default(),
     };
-    if !conntrack::reserve(2) {
-        return outcome::DROP_CT_FULL;
-    }
     let keep = original < config.host_port_min || original > config.host_port_max;
     let span = u32::from(config.port_max.saturating_sub(config.port_min)) + 1;
     let start = unsafe { bpf_get_prandom_u32() } % span;
@@ -190,6 +180,9 @@ pub fn published(packet: &Packet) -> Option<PublishTarget> {
 // 512-byte stack limit.
 #[inline(never)]
 pub fn publish(ctx: &mut TcContext, packet: &Packet, target: PublishTarget) -> u32 {
+    if !conntrack::opens_flow(packet) {
+        return outcome::DROP_UNTRACKED;
+    }
     let key = packet.key;
     let reply = CtKey {
         saddr: target.addr,
@@ -199,37 +192,42 @@ pub fn publish(ctx: &mut TcContext, packet: &Packet, target: PublishTarget) -> u
         proto: key.proto,
         _pad: [0; 3],
     };
-    let reply_entry = conntrack::new_entry(
-        key,
-        action::SNAT,
-        direction::REPLY,
-        key.daddr,
-        key.dport,
-        None,
-    );
-    if !conntrack::reserve(2) {
-        return outcome::DROP_CT_FULL;
+    let seq = match conntrack::admit() {
+        Ok(seq) => seq,
+        Err(drop) => return drop,
+    };
+    let mut reply_entry =
+        conntrack::new_entry(key, action::SNAT, direction::REPLY, key.daddr, key.dport);
+    reply_entry.flags = ct_flags::INBOUND;
+    let mut inserted = conntrack::insert_new(&reply, &reply_entry);
+    // The endpoint's side of the tuple may still be held by a closed connection of the same
+    // client port that reached it through another mapping: that one is over.
+    if let Err(InsertError::Exists) = inserted
+        && conntrack::evict_closed(&reply)
+    {
+        inserted = conntrack::insert_new(&reply, &reply_entry);
     }
-    if let Err(err) = conntrack::insert_new(&reply, &reply_entry) {
+    if let Err(err) = inserted {
         conntrack::release(2);
         // The same flow opened on another CPU has both keys; anything else holding the reply
         // tuple is another flow, and this one cannot be told apart from it.
         return lost_race(ctx, packet, err);
     }
-    let len = ctx.len();
-    let entry = conntrack::new_entry(
+    let mut entry = conntrack::new_entry(
         reply,
         action::DNAT,
         direction::ORIGINAL,
         target.addr,
         target.port,
-        Some((packet, len)),
     );
-    if let Err(err) = conntrack::insert_new(&key, &entry) {
+    entry.flags = ct_flags::INBOUND;
+    entry.ring_seq = seq;
+    if let Err(err) = conntrack::insert_first(ctx, packet, &entry) {
         conntrack::remove(&reply);
         conntrack::release(2);
         return lost_race(ctx, packet, err);
     }
+    conntrack::record(&key, seq);
     apply(ctx, packet, action::DNAT, target.addr, target.port)
 }
 
@@ -241,13 +239,14 @@ fn lost_race(ctx: &mut TcContext, packet: &Packet, err: InsertError) -> u32 {
     if let InsertError::Full = err {
         return outcome::DROP_CT_FULL;
     }
-    match conntrack::lookup(packet, ctx.len()) {
-        Some(entry) => {
+    match conntrack::lookup(ctx, packet) {
+        Ok(Some(entry)) => {
             let (act, addr, port) =
                 unsafe { ((*entry).action, (*entry).nat_addr, (*entry).nat_port) };
             apply(ctx, packet, act, addr, port)
         }
-        None => outcome::DROP_PORTS_EXHAUSTED,
+        Ok(None) => outcome::DROP_PORTS_EXHAUSTED,
+        Err(drop) => drop,
     }
 }
 
@@ -256,19 +255,25 @@ fn lost_race(ctx: &mut TcContext, packet: &Packet, err: InsertError) -> u32 {
 // 512-byte stack limit.
 #[inline(never)]
 pub fn track_host_flow(ctx: &TcContext, packet: &Packet) {
+    // Host flows take room as any other (and are refused the same way when there is none: the
+    // host's packet still passes, untracked).
+    let Ok(seq) = conntrack::admit() else {
+        return;
+    };
     let key = packet.key;
     let reply = key.reversed();
-    let reply_entry = conntrack::new_entry(key, action::HOST, direction::REPLY, 0, 0, None);
-    if conntrack::insert_new(&reply, &reply_entry).is_ok() {
-        let entry = conntrack::new_entry(
-            reply,
-            action::HOST,
-            direction::ORIGINAL,
-            0,
-            0,
-            Some((packet, ctx.len())),
-        );
-        let _ = conntrack::insert_new(&key, &entry);
+    let reply_entry = conntrack::new_entry(key, action::HOST, direction::REPLY, 0, 0);
+    if conntrack::insert_new(&reply, &reply_entry).is_err() {
+        conntrack::release(2);
+        return;
+    }
+    let mut entry = conntrack::new_entry(reply, action::HOST, direction::ORIGINAL, 0, 0);
+    entry.ring_seq = seq;
+    if conntrack::insert_first(ctx, packet, &entry).is_ok() {
+        conntrack::record(&key, seq);
+    } else {
+        conntrack::remove(&reply);
+        conntrack::release(2);
     }
 }
 

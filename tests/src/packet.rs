@@ -188,6 +188,57 @@ pub fn tcp_frame(
     frame
 }
 
+/// TCP header flags, for `tcp_segment`.
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+}
+
+/// An Ethernet/IPv4/TCP frame with the given flags, sequence and acknowledgment numbers and a
+/// 64240-byte window; a SYN carries MSS and window scale (7) options, as Linux sends them.
+#[allow(clippy::too_many_arguments)]
+pub fn tcp_segment(
+    src: [u8; 4],
+    sport: u16,
+    dst: [u8; 4],
+    dport: u16,
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    payload: &[u8],
+) -> Vec<u8> {
+    use etherparse::TcpOptionElement::{MaximumSegmentSize, Noop, WindowScale};
+    let mut builder = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4(src, dst, 64)
+        .tcp(sport, dport, seq, 64240);
+    if flags & tcp_flags::SYN != 0 {
+        builder = builder
+            .syn()
+            .options(&[MaximumSegmentSize(1460), Noop, WindowScale(7)])
+            .expect("TCP options");
+    }
+    if flags & tcp_flags::ACK != 0 {
+        builder = builder.ack(ack);
+    }
+    if flags & tcp_flags::FIN != 0 {
+        builder = builder.fin();
+    }
+    if flags & tcp_flags::RST != 0 {
+        builder = builder.rst();
+    }
+    if flags & tcp_flags::PSH != 0 {
+        builder = builder.psh();
+    }
+    let mut frame = Vec::with_capacity(builder.size(payload.len()));
+    builder
+        .write(&mut frame, payload)
+        .expect("building a TCP frame");
+    frame
+}
+
 /// An Ethernet/IPv4 ICMP echo request (or reply) frame.
 pub fn icmp_echo_frame(src: [u8; 4], dst: [u8; 4], id: u16, seq: u16, reply: bool) -> Vec<u8> {
     let base = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]).ipv4(src, dst, 64);

@@ -1,12 +1,16 @@
 //! The conntrack table's limit and garbage collection, driven with BPF_PROG_TEST_RUN.
 use std::time::Duration;
 
+use bridgenet::datapath::Proto;
 use bridgenet::datapath::{
     Datapath, LoadOptions,
     conntrack::{FlowState, monotonic_ns},
 };
 use bridgenet_common::{outcome, program_id, programs};
-use bridgenet_tests::{packet, packet::fixture::*};
+use bridgenet_tests::{
+    packet,
+    packet::{fixture::*, tcp_flags::*},
+};
 
 /// The shared NAT datapath, with a table that holds `flows` flows.
 fn datapath(flows: u32) -> Datapath {
@@ -20,15 +24,33 @@ fn egress(dp: &mut Datapath, frame: &[u8]) -> packet::Verdict {
     packet::run_tc(dp, programs::UPLINK_EGRESS, frame, 1).expect("test run")
 }
 
+/// Opens a UDP flow from EP1:`sport` and makes it assured (an answer, then a second query).
+fn assured_udp_flow(dp: &mut Datapath, sport: u16) -> u16 {
+    let out = egress(dp, &packet::udp_frame(EP1, sport, SERVER, 53, b"q"));
+    assert_eq!(out.action, TC_ACT_OK);
+    let nat_port = packet::inspect(&out.frame).sport;
+    let answer = packet::udp_frame(SERVER, 53, HOST, nat_port, b"a");
+    let back = packet::run_tc(dp, programs::UPLINK_INGRESS, &answer, 1).unwrap();
+    assert_eq!(packet::inspect(&back.frame).dst, EP1);
+    assert_eq!(
+        egress(dp, &packet::udp_frame(EP1, sport, SERVER, 53, b"q2")).action,
+        TC_ACT_OK
+    );
+    nat_port
+}
+
 #[test]
-fn a_full_table_drops_new_flows_and_keeps_tracked_ones() {
+fn a_full_table_of_assured_flows_drops_new_flows_and_keeps_tracked_ones() {
     let mut dp = datapath(4);
     for sport in 40000..40004 {
-        assert_eq!(
-            egress(&mut dp, &packet::udp_frame(EP1, sport, SERVER, 53, b"q")).action,
-            TC_ACT_OK
-        );
+        assured_udp_flow(&mut dp, sport);
     }
+    assert!(
+        dp.flows_at(monotonic_ns())
+            .unwrap()
+            .iter()
+            .all(|f| f.state == FlowState::Assured)
+    );
     assert_eq!(dp.conntrack_usage().unwrap(), (8, 8));
     // Refused flows give their room back: the count stays at the limit, not past it.
     // A flood of new flows from another endpoint: dropped, counted, nothing leaves untranslated.
@@ -60,17 +82,13 @@ fn a_full_table_drops_new_flows_and_keeps_tracked_ones() {
 
 #[test]
 fn gc_removes_expired_flows_only_and_makes_room() {
-    let mut dp = datapath(2);
+    // Room for two flows and two more: nothing is evicted to make room here.
+    let mut dp = datapath(4);
     egress(&mut dp, &packet::udp_frame(EP1, 40000, SERVER, 53, b"q"));
     egress(
         &mut dp,
         &packet::tcp_frame(EP1, 40001, SERVER, 80, true, false, b""),
     );
-    assert_eq!(
-        egress(&mut dp, &packet::udp_frame(EP1, 40002, SERVER, 53, b"q")).action,
-        TC_ACT_SHOT
-    );
-
     let now = monotonic_ns();
     let flows = dp.flows_at(now).unwrap();
     assert_eq!(flows.len(), 2);
@@ -83,12 +101,17 @@ fn gc_removes_expired_flows_only_and_makes_room() {
     // Nothing is idle long enough yet.
     let report = dp.gc_at(now).unwrap();
     assert_eq!((report.flows_expired, report.entries_left), (0, 4));
-    // 31 s later the unreplied UDP flow (30 s) is gone, the SYN_SENT one (60 s) is not.
+    // 21 s later the SYN_SENT flow (20 s: a handshake that never completed) is gone, the
+    // unreplied UDP one (30 s) is not; 31 s later neither is left.
     let report = dp
-        .gc_at(now + Duration::from_secs(31).as_nanos() as u64)
+        .gc_at(now + Duration::from_secs(21).as_nanos() as u64)
         .unwrap();
     assert_eq!((report.flows_expired, report.entries_left), (1, 2));
     assert_eq!(dp.conntrack_usage().unwrap().0, 2, "gc recounts the table");
+    let report = dp
+        .gc_at(now + Duration::from_secs(31).as_nanos() as u64)
+        .unwrap();
+    assert_eq!((report.flows_expired, report.entries_left), (1, 0));
     // The room is usable again.
     assert_eq!(
         egress(&mut dp, &packet::udp_frame(EP1, 40002, SERVER, 53, b"q")).action,
@@ -107,7 +130,12 @@ fn gc_removes_an_entry_whose_other_direction_is_gone() {
         .find(|(_, e)| e.direction == 1)
         .unwrap();
     dp.conntrack_remove(&reply_key).unwrap();
+    // Not at once: it could be a new flow's first entry, its second on the way.
     let report = dp.gc_at(monotonic_ns()).unwrap();
+    assert_eq!((report.orphans_removed, report.entries_left), (0, 1));
+    let report = dp
+        .gc_at(monotonic_ns() + Duration::from_secs(6).as_nanos() as u64)
+        .unwrap();
     assert_eq!((report.orphans_removed, report.entries_left), (1, 0));
 }
 
@@ -123,31 +151,54 @@ fn flow_state(dp: &Datapath) -> FlowState {
     flows[0].state
 }
 
-/// Flags: SYN 0x02, ACK 0x10, FIN 0x01, RST 0x04, set on a frame built by `packet::tcp_frame`.
-fn with_flags(mut frame: Vec<u8>, flags: u8) -> Vec<u8> {
-    frame[14 + 20 + 13] = flags;
-    let mut header = etherparse::TcpHeader::from_slice(&frame[34..]).unwrap().0;
-    let ip = etherparse::Ipv4Header::from_slice(&frame[14..]).unwrap().0;
-    header.checksum = header
-        .calc_checksum_ipv4(&ip, &frame[34 + header.header_len()..])
-        .unwrap();
-    frame[34 + 16..34 + 18].copy_from_slice(&header.checksum.to_be_bytes());
-    frame
+/// A masqueraded connection EP1:40000 -> SERVER:80: the endpoint's segments leave through
+/// `uplink_egress`, the server's come back through `uplink_ingress` to `nat_port`.
+struct Masqueraded {
+    nat_port: u16,
+}
+
+impl Masqueraded {
+    /// Opens it with a full handshake: EP1 starts at `isn`, the server at 5000.
+    fn open(dp: &mut Datapath, isn: u32) -> Self {
+        let syn = packet::tcp_segment(EP1, 40000, SERVER, 80, SYN, isn, 0, b"");
+        let nat_port = tcp(dp, programs::UPLINK_EGRESS, &syn).sport;
+        let flow = Self { nat_port };
+        assert_eq!(flow_state(dp), FlowState::SynSent);
+        flow.from_server(dp, SYN | ACK, 5000, isn + 1, b"");
+        assert_eq!(flow_state(dp), FlowState::SynRecv);
+        flow.from_endpoint(dp, ACK, isn + 1, 5001, b"");
+        assert_eq!(flow_state(dp), FlowState::Established);
+        flow
+    }
+
+    fn from_endpoint(&self, dp: &mut Datapath, flags: u8, seq: u32, ack: u32, data: &[u8]) {
+        let segment = packet::tcp_segment(EP1, 40000, SERVER, 80, flags, seq, ack, data);
+        tcp(dp, programs::UPLINK_EGRESS, &segment);
+    }
+
+    /// The server's segment, translated back to the endpoint.
+    fn from_server(&self, dp: &mut Datapath, flags: u8, seq: u32, ack: u32, data: &[u8]) {
+        let segment = self.server_segment(flags, seq, ack, data);
+        assert_eq!(tcp(dp, programs::UPLINK_INGRESS, &segment).dst, EP1);
+    }
+
+    fn server_segment(&self, flags: u8, seq: u32, ack: u32, data: &[u8]) -> Vec<u8> {
+        packet::tcp_segment(SERVER, 80, HOST, self.nat_port, flags, seq, ack, data)
+    }
 }
 
 #[test]
 fn a_syn_answered_by_rst_closes_the_flow_and_frees_its_port() {
     let mut dp = datapath(16);
-    let out = tcp(
-        &mut dp,
-        programs::UPLINK_EGRESS,
-        &packet::tcp_frame(EP1, 40000, SERVER, 81, true, false, b""),
-    );
+    let syn = packet::tcp_segment(EP1, 40000, SERVER, 81, SYN, 1000, 0, b"");
+    let out = tcp(&mut dp, programs::UPLINK_EGRESS, &syn);
     assert_eq!(flow_state(&dp), FlowState::SynSent);
-    let rst = with_flags(
-        packet::tcp_frame(SERVER, 81, HOST, out.sport, false, true, b""),
-        0x14,
-    );
+    // A reset that does not acknowledge the SYN is not the server's answer: dropped.
+    let blind = packet::tcp_segment(SERVER, 81, HOST, out.sport, RST | ACK, 0, 77, b"");
+    let verdict = packet::run_tc(&mut dp, programs::UPLINK_INGRESS, &blind, 1).unwrap();
+    assert_eq!(verdict.action, TC_ACT_SHOT);
+    assert_eq!(flow_state(&dp), FlowState::SynSent);
+    let rst = packet::tcp_segment(SERVER, 81, HOST, out.sport, RST | ACK, 0, 1001, b"");
     tcp(&mut dp, programs::UPLINK_INGRESS, &rst);
     assert_eq!(flow_state(&dp), FlowState::Closed);
     // Closed flows go after 10 s, and their port with them.
@@ -160,27 +211,17 @@ fn a_syn_answered_by_rst_closes_the_flow_and_frees_its_port() {
 #[test]
 fn reconnecting_on_the_tuple_of_a_closed_connection_starts_a_fresh_flow() {
     let mut dp = datapath(16);
-    let syn = packet::tcp_frame(EP1, 40000, SERVER, 80, true, false, b"");
-    let first = tcp(&mut dp, programs::UPLINK_EGRESS, &syn);
-    let synack = packet::tcp_frame(SERVER, 80, HOST, first.sport, true, true, b"");
-    tcp(&mut dp, programs::UPLINK_INGRESS, &synack);
-    assert_eq!(flow_state(&dp), FlowState::Established);
-    let fin = with_flags(
-        packet::tcp_frame(EP1, 40000, SERVER, 80, false, true, b""),
-        0x11,
-    );
-    tcp(&mut dp, programs::UPLINK_EGRESS, &fin);
-    let fin_back = with_flags(
-        packet::tcp_frame(SERVER, 80, HOST, first.sport, false, true, b""),
-        0x11,
-    );
-    tcp(&mut dp, programs::UPLINK_INGRESS, &fin_back);
+    let flow = Masqueraded::open(&mut dp, 1000);
+    flow.from_endpoint(&mut dp, FIN | ACK, 1001, 5001, b"");
+    flow.from_server(&mut dp, FIN | ACK, 5001, 1002, b"");
+    flow.from_endpoint(&mut dp, ACK, 1002, 5002, b"");
     assert_eq!(flow_state(&dp), FlowState::Closed);
 
     // The endpoint connects again from the same port right away (TIME_WAIT reuse).
+    let syn = packet::tcp_segment(EP1, 40000, SERVER, 80, SYN, 90_000, 0, b"");
     let again = tcp(&mut dp, programs::UPLINK_EGRESS, &syn);
     assert_eq!(
-        again.sport, first.sport,
+        again.sport, flow.nat_port,
         "same flow, same translation: no clash with itself"
     );
     assert_eq!(
@@ -188,13 +229,111 @@ fn reconnecting_on_the_tuple_of_a_closed_connection_starts_a_fresh_flow() {
         FlowState::SynSent,
         "the new connection is not CLOSE"
     );
-    tcp(&mut dp, programs::UPLINK_INGRESS, &synack);
+    flow.from_server(&mut dp, SYN | ACK, 7000, 90_001, b"");
+    flow.from_endpoint(&mut dp, ACK, 90_001, 7001, b"");
     assert_eq!(flow_state(&dp), FlowState::Established);
     // So GC leaves it alone past the close timeout.
     let report = dp
         .gc_at(monotonic_ns() + Duration::from_secs(11).as_nanos() as u64)
         .unwrap();
     assert_eq!(report.flows_expired, 0);
+}
+
+#[test]
+fn a_reset_or_fin_outside_the_window_closes_nothing() {
+    let mut dp = datapath(16);
+    let flow = Masqueraded::open(&mut dp, 1000);
+    flow.from_endpoint(&mut dp, ACK | PSH, 1001, 5001, &[7; 100]);
+    flow.from_server(&mut dp, ACK | PSH, 5001, 1101, &[8; 1000]);
+    // A blind attacker's resets and FINs from the server's side: sequence numbers far from
+    // the window (the server advertised 64240 << 7, the endpoint as much).
+    let window = 64240u32 << 7;
+    for seq in [
+        6001u32.wrapping_add(1 << 31),
+        6001 + window * 3,
+        6001u32.wrapping_sub(window * 3),
+    ] {
+        let forged = flow.server_segment(RST, seq, 0, b"");
+        let verdict = packet::run_tc(&mut dp, programs::UPLINK_INGRESS, &forged, 1).unwrap();
+        assert_eq!(verdict.action, TC_ACT_SHOT, "forged RST seq {seq}");
+        let fin = flow.server_segment(FIN | ACK, seq, 1101, b"");
+        tcp(&mut dp, programs::UPLINK_INGRESS, &fin);
+    }
+    assert_eq!(flow_state(&dp), FlowState::Established);
+    assert_eq!(
+        dp.stat(program_id::UPLINK_INGRESS, outcome::DROP_OUT_OF_WINDOW)
+            .unwrap(),
+        3
+    );
+    // The same from the endpoint's side.
+    let forged = packet::tcp_segment(EP1, 40000, SERVER, 80, RST, 1101 + (1 << 30), 0, b"");
+    let verdict = packet::run_tc(&mut dp, programs::UPLINK_EGRESS, &forged, 1).unwrap();
+    assert_eq!(verdict.action, TC_ACT_SHOT);
+    assert_eq!(flow_state(&dp), FlowState::Established);
+    // A reset in the window (what the server's stack would send) closes it.
+    flow.from_server(&mut dp, RST, 6001, 0, b"");
+    assert_eq!(flow_state(&dp), FlowState::Closed);
+}
+
+#[test]
+fn tcp_that_is_not_a_syn_opens_no_flow() {
+    let mut dp = datapath(16);
+    for flags in [ACK, ACK | PSH, FIN | ACK, RST, SYN | ACK] {
+        // From an endpoint, to the world: a connection bridgenet does not track.
+        let segment = packet::tcp_segment(EP1, 80, SERVER, 50000, flags, 1, 1, b"x");
+        let verdict = egress(&mut dp, &segment);
+        assert_eq!(verdict.action, TC_ACT_SHOT, "flags {flags:#x}");
+        // From the world, to a published port.
+        let segment = packet::tcp_segment(CLIENT, 50000, HOST, 8080, flags, 1, 1, b"x");
+        let verdict = packet::run_tc(&mut dp, programs::UPLINK_INGRESS, &segment, 1).unwrap();
+        assert_eq!(verdict.action, TC_ACT_SHOT, "flags {flags:#x}");
+    }
+    assert_eq!(dp.conntrack().unwrap().len(), 0, "no entry was made");
+    assert_eq!(
+        dp.stat(program_id::UPLINK_EGRESS, outcome::DROP_UNTRACKED)
+            .unwrap(),
+        5
+    );
+    assert_eq!(
+        dp.stat(program_id::UPLINK_INGRESS, outcome::DROP_UNTRACKED)
+            .unwrap(),
+        5
+    );
+}
+
+#[test]
+fn a_syn_to_a_published_port_takes_over_the_tuple_of_a_closed_connection() {
+    let mut dp = datapath(16);
+    // EP1:80 published on two host ports; a client reached it through 8080 and closed.
+    let publish = |dp: &mut Datapath, port| {
+        dp.publish(Proto::Tcp, None, port, std::net::Ipv4Addr::from(EP1), 80)
+            .unwrap()
+    };
+    publish(&mut dp, 8080);
+    publish(&mut dp, 8081);
+    let syn = |port| packet::tcp_segment(CLIENT, 50000, HOST, port, SYN, 100, 0, b"");
+    tcp(&mut dp, programs::UPLINK_INGRESS, &syn(8080));
+    let from_ep =
+        |flags, seq, ack| packet::tcp_segment(EP1, 80, CLIENT, 50000, flags, seq, ack, b"");
+    tcp(
+        &mut dp,
+        programs::UPLINK_EGRESS,
+        &from_ep(SYN | ACK, 700, 101),
+    );
+    let rst = packet::tcp_segment(CLIENT, 50000, HOST, 8080, RST, 101, 0, b"");
+    tcp(&mut dp, programs::UPLINK_INGRESS, &rst);
+    assert_eq!(flow_state(&dp), FlowState::Closed);
+    // The client reuses its port for the other mapping: the endpoint's side of the tuple is
+    // the same, and the closed flow makes way at once.
+    let seen = tcp(&mut dp, programs::UPLINK_INGRESS, &syn(8081));
+    assert_eq!((seen.dst, seen.dport), (EP1, 80));
+    assert_eq!(flow_state(&dp), FlowState::SynSent);
+    let back = tcp(
+        &mut dp,
+        programs::UPLINK_EGRESS,
+        &from_ep(SYN | ACK, 900, 101),
+    );
+    assert_eq!(back.sport, 8081);
 }
 
 #[test]

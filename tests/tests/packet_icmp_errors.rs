@@ -42,10 +42,20 @@ fn masquerade(dp: &mut Datapath, first: &[u8]) -> Vec<u8> {
 /// as the endpoint sent it.
 fn world_error_about_masquerade(first: Vec<u8>, icmp_type: Icmpv4Type, l4_bytes: Option<usize>) {
     let mut dp = nat_datapath();
-    let sent = masquerade(&mut dp, &first);
+    world_error_about_masquerade_in(&mut dp, first, icmp_type, l4_bytes);
+}
+
+fn world_error_about_masquerade_in(
+    dp: &mut Datapath,
+    first: Vec<u8>,
+    icmp_type: Icmpv4Type,
+    l4_bytes: Option<usize>,
+) {
+    let dp = &mut *dp;
+    let sent = masquerade(dp, &first);
     let error =
         packet::icmp_error_frame(ROUTER, HOST, icmp_type, &packet::ip_packet(&sent, l4_bytes));
-    let out = run(&mut dp, programs::UPLINK_INGRESS, &error);
+    let out = run(dp, programs::UPLINK_INGRESS, &error);
     assert_eq!(out.action, TC_ACT_OK);
     let outer = packet::inspect(&out.frame); // checks the outer IPv4 and ICMP checksums
     assert_eq!((outer.src, outer.dst), (ROUTER, EP1));
@@ -76,8 +86,12 @@ fn frag_needed_for_masqueraded_tcp_reaches_the_endpoint() {
 #[test]
 fn frag_needed_quoting_only_8_bytes_of_tcp() {
     // The TCP checksum is not in the quote: nothing to fix there, the rest must still be right.
+    // The connection is open first: TCP that is not a SYN opens no flow.
+    let mut dp = nat_datapath();
+    let syn = packet::tcp_frame(EP1, 40000, SERVER, 7000, true, false, b"");
+    masquerade(&mut dp, &syn);
     let data = packet::tcp_frame(EP1, 40000, SERVER, 7000, false, true, &[1; 1400]);
-    world_error_about_masquerade(data, frag_needed(), Some(8));
+    world_error_about_masquerade_in(&mut dp, data, frag_needed(), Some(8));
 }
 
 #[test]

@@ -4,19 +4,20 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap};
-use bridgenet_common::{CtEntry, CtKey, ct_usage, maps, tcp_seen};
+use bridgenet_common::{CtEntry, CtKey, EmbryoSlot, ct_flags, ct_usage, maps, tcp_seen};
 
 use super::Datapath;
 
 const TCP: u8 = 6;
-const UDP: u8 = 17;
 
 /// Where a flow is in its life, as `ct ls` shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FlowState {
     /// TCP: SYN sent, no answer yet.
     SynSent,
-    /// TCP: both sides have spoken.
+    /// TCP: SYN answered, the opener has not acknowledged yet (half-open).
+    SynRecv,
+    /// TCP: the handshake completed (assured).
     Established,
     /// TCP: a FIN was seen.
     Closing,
@@ -24,54 +25,62 @@ pub enum FlowState {
     Closed,
     /// UDP or ICMP: nothing came back yet.
     Unreplied,
-    /// UDP or ICMP: the other side answered.
+    /// UDP or ICMP: the other side answered, once.
     Replied,
+    /// UDP or ICMP: both sides spoke and one spoke again (a stream).
+    Assured,
 }
 
 impl FlowState {
-    /// How long a flow in this state lives without packets (Linux conntrack's defaults, with
-    /// established TCP at one hour as Calico has it).
-    pub fn timeout(self, proto: u8) -> Duration {
-        match (self, proto) {
-            (Self::SynSent, _) => Duration::from_secs(60),
-            (Self::Established, _) => Duration::from_secs(3600),
-            (Self::Closing, _) => Duration::from_secs(120),
-            (Self::Closed, _) => Duration::from_secs(10),
-            (Self::Unreplied, UDP) => Duration::from_secs(30),
-            (Self::Replied, UDP) => Duration::from_secs(180),
-            (Self::Unreplied | Self::Replied, _) => Duration::from_secs(30),
+    /// How long a flow in this state lives without packets: Linux conntrack's defaults, with
+    /// established TCP at one hour and flows that never completed a handshake at 20 s, as
+    /// Calico has them, so that half-open floods go quickly.
+    pub fn timeout(self, _proto: u8) -> Duration {
+        match self {
+            Self::SynSent | Self::SynRecv => Duration::from_secs(20),
+            Self::Established => Duration::from_secs(3600),
+            Self::Closing => Duration::from_secs(120),
+            Self::Closed => Duration::from_secs(10),
+            Self::Unreplied | Self::Replied => Duration::from_secs(30),
+            Self::Assured => Duration::from_secs(180),
         }
     }
 
     pub fn name(self) -> &'static str {
         match self {
             Self::SynSent => "SYN_SENT",
+            Self::SynRecv => "SYN_RECV",
             Self::Established => "ESTABLISHED",
             Self::Closing => "FIN_WAIT",
             Self::Closed => "CLOSE",
             Self::Unreplied => "UNREPLIED",
             Self::Replied => "REPLIED",
+            Self::Assured => "ASSURED",
         }
     }
 }
 
 /// The state of a flow from the entry of each direction.
 pub fn state_of(proto: u8, original: &CtEntry, reply: &CtEntry) -> FlowState {
-    let seen = original.tcp_seen | reply.tcp_seen;
-    let replied = reply.packets > 0;
+    let assured = (original.flags | reply.flags) & ct_flags::ASSURED != 0;
     if proto != TCP {
-        return if replied {
+        return if assured {
+            FlowState::Assured
+        } else if reply.packets > 0 {
             FlowState::Replied
         } else {
             FlowState::Unreplied
         };
     }
+    let seen = original.tcp_seen | reply.tcp_seen;
     if seen & tcp_seen::RST != 0 || (original.tcp_seen & reply.tcp_seen & tcp_seen::FIN) != 0 {
         FlowState::Closed
     } else if seen & tcp_seen::FIN != 0 {
         FlowState::Closing
-    } else if replied && reply.tcp_seen & tcp_seen::ACK != 0 {
+    } else if assured {
         FlowState::Established
+    } else if reply.tcp_seen & tcp_seen::SYN != 0 {
+        FlowState::SynRecv
     } else {
         FlowState::SynSent
     }
@@ -86,6 +95,10 @@ pub struct Flow {
     /// Time without packets before it expires.
     pub expires_in: Duration,
 }
+
+/// How long an entry without its other direction is left alone: a new flow's second entry
+/// follows its first within microseconds.
+const ORPHAN_GRACE: Duration = Duration::from_secs(5);
 
 /// What a garbage collection pass did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -144,7 +157,20 @@ impl Datapath {
         )?;
         for (key, entry) in &entries {
             let Some(peer) = by_key.get(&entry.peer) else {
-                // Its other direction is gone: it can no longer translate a whole flow.
+                // Its other direction is not in the listing: either gone, and then this entry
+                // can no longer translate a whole flow, or inserted while the listing ran (a
+                // new flow's entries are inserted one after the other). Only an entry whose
+                // peer is still missing when read again, and that has been idle past a grace
+                // time, is an orphan.
+                if map.get(&entry.peer, 0).is_ok() {
+                    continue;
+                }
+                let Ok(current) = map.get(key, 0) else {
+                    continue;
+                };
+                if now_ns.saturating_sub(current.last_seen_ns) < ORPHAN_GRACE.as_nanos() as u64 {
+                    continue;
+                }
                 if map.remove(key).is_ok() {
                     report.orphans_removed += 1;
                     removed += 1;
@@ -191,13 +217,31 @@ impl Datapath {
 
     /// Entries the table may hold (two per flow); new flows past it are dropped and counted.
     pub fn set_conntrack_limit(&mut self, entries: u64) -> Result<()> {
+        // The ring as the kernel has it: a pinned one keeps the size it was made with.
+        let ring: Array<_, EmbryoSlot> = Array::try_from(
+            self.ebpf
+                .map(maps::EMBRYOS)
+                .context("map EMBRYOS missing")?,
+        )?;
+        let ring_size = u64::from(ring.len());
         let mut usage: Array<_, u64> = Array::try_from(
             self.ebpf
                 .map_mut(maps::CT_USAGE)
                 .context("map CT_USAGE missing")?,
         )?;
         usage.set(ct_usage::LIMIT, entries, 0)?;
+        usage.set(ct_usage::RING_SIZE, ring_size, 0)?;
         Ok(())
+    }
+
+    /// Flows not yet assured that the datapath removed to make room for new ones.
+    pub fn conntrack_evicted(&self) -> Result<u64> {
+        let usage: Array<_, u64> = Array::try_from(
+            self.ebpf
+                .map(maps::CT_USAGE)
+                .context("map CT_USAGE missing")?,
+        )?;
+        Ok(usage.get(&ct_usage::EVICTED, 0)?)
     }
 
     /// (entries counted by the datapath, limit).
@@ -217,6 +261,8 @@ impl Datapath {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const UDP: u8 = 17;
 
     fn entry(packets: u64, tcp_seen: u8) -> CtEntry {
         CtEntry {
