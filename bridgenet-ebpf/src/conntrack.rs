@@ -137,7 +137,7 @@ pub fn admit() -> Result<u32, u32> {
 }
 
 /// Slots of the ring a new flow may look at for room.
-const EVICT_TRIES: u32 = 4;
+const EVICT_TRIES: u32 = 8;
 
 /// The next turn of the ring (never 0). Not atomic: two CPUs may take the same slot, and the
 /// flow whose record is overwritten is then left to GC instead of eviction.

@@ -369,3 +369,56 @@ fn gc_under_churn_keeps_every_live_flow() {
         "only live flows are left"
     );
 }
+
+#[test]
+fn a_full_table_makes_room_by_evicting_the_oldest_unassured_flows() {
+    // 2048 flows; the ring of flows that may make room holds 1024 of them.
+    let mut dp = datapath(2048);
+    let nat_ports: Vec<u16> = (0..8).map(|i| assured_udp_flow(&mut dp, 30000 + i)).collect();
+    let flood = |dp: &mut Datapath, i: u16| {
+        let src = [198, 19, (i >> 8) as u8, i as u8];
+        let syn = packet::tcp_segment(src, 1000, HOST, 8080, SYN, 1, 0, b"");
+        let out = packet::run_tc(dp, programs::UPLINK_INGRESS, &syn, 1).unwrap();
+        assert_eq!(out.action, TC_ACT_OK, "flood SYN {i}");
+    };
+    // A flood of half-open connections to a published port from spoofed sources fills the rest.
+    for i in 0..2040 {
+        flood(&mut dp, i);
+    }
+    assert_eq!(dp.conntrack_usage().unwrap(), (4096, 4096));
+    // More of the flood, and new flows of the endpoints: each one takes the room of the oldest
+    // half-open one still in the ring, never that of an assured flow.
+    for i in 2040..4000 {
+        flood(&mut dp, i);
+        let flow = packet::udp_frame(EP2, 10000 + i, SERVER, 53, b"q");
+        assert_eq!(egress(&mut dp, &flow).action, TC_ACT_OK, "new flow {i}");
+    }
+    assert!(dp.conntrack_evicted().unwrap() >= 2 * 1960);
+    assert!(dp.conntrack_usage().unwrap().0 <= 4096);
+    // The assured flows are all still there and still translate.
+    for (i, nat_port) in nat_ports.into_iter().enumerate() {
+        let answer = packet::udp_frame(SERVER, 53, HOST, nat_port, b"a");
+        let back = packet::run_tc(&mut dp, programs::UPLINK_INGRESS, &answer, 1).unwrap();
+        let seen = packet::inspect(&back.frame);
+        assert_eq!((seen.dst, seen.dport), (EP1, 30000 + i as u16));
+    }
+}
+
+#[test]
+fn host_flows_take_room_from_the_limit() {
+    let mut dp = datapath(4);
+    for sport in 0..3u16 {
+        let host = packet::tcp_segment(HOST, 40000 + sport, SERVER, 22, SYN, 1, 0, b"");
+        assert_eq!(egress(&mut dp, &host).action, TC_ACT_OK);
+    }
+    assert_eq!(dp.conntrack_usage().unwrap(), (6, 8));
+    assert_eq!(dp.conntrack().unwrap().len(), 6, "every entry is counted");
+    // A host flow past the limit is not tracked, and its packets pass all the same.
+    for sport in 3..20u16 {
+        let host = packet::udp_frame(HOST, 40000 + sport, SERVER, 53, b"q");
+        assert_eq!(egress(&mut dp, &host).action, TC_ACT_OK);
+        let (entries, limit) = dp.conntrack_usage().unwrap();
+        assert!(entries <= limit);
+        assert_eq!(dp.conntrack().unwrap().len() as u64, entries);
+    }
+}

@@ -92,7 +92,12 @@ impl Datapath {
         let mut loader = EbpfLoader::new();
         // Room past the limit for the drift of the datapath's shared count (see conntrack.rs).
         let limit = options.conntrack_entries;
-        loader.map_max_entries(maps::CONNTRACK, limit.saturating_add(limit / 8).max(16));
+        // The LRU map keeps free entries on per-CPU lists (up to 128 each) and evicts to fill
+        // one when the others hold the rest: the room past the limit covers those lists too,
+        // so that nothing tracked is ever evicted by the kernel.
+        let cpus = aya::util::nr_cpus().map_or(64, |n| n as u32);
+        let headroom = (limit / 8).max(256 * cpus);
+        loader.map_max_entries(maps::CONNTRACK, limit.saturating_add(headroom).max(16));
         // The flows that may make room when the table is full: the newest half of a full table.
         loader.map_max_entries(maps::EMBRYOS, (limit / 4).max(16));
         let pins: Vec<(&str, PathBuf)> = match &options.pin_dir {
