@@ -25,3 +25,29 @@ pub fn require_root() {
 macro_rules! kernel_note {
     ($($arg:tt)*) => { eprintln!("kernel {}: {}", $crate::topology::kernel_release(), format!($($arg)*)) };
 }
+
+/// A private bpf filesystem on a temporary directory, for maps pinned by a test; unmounted and
+/// removed on drop.
+pub struct Bpffs(pub std::path::PathBuf);
+
+impl Bpffs {
+    pub fn new(tag: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("bridgenet-test-bpffs-{}-{tag}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mounting a bpf filesystem");
+        Self(dir)
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}

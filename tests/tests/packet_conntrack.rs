@@ -374,7 +374,9 @@ fn gc_under_churn_keeps_every_live_flow() {
 fn a_full_table_makes_room_by_evicting_the_oldest_unassured_flows() {
     // 2048 flows; the ring of flows that may make room holds 1024 of them.
     let mut dp = datapath(2048);
-    let nat_ports: Vec<u16> = (0..8).map(|i| assured_udp_flow(&mut dp, 30000 + i)).collect();
+    let nat_ports: Vec<u16> = (0..8)
+        .map(|i| assured_udp_flow(&mut dp, 30000 + i))
+        .collect();
     let flood = |dp: &mut Datapath, i: u16| {
         let src = [198, 19, (i >> 8) as u8, i as u8];
         let syn = packet::tcp_segment(src, 1000, HOST, 8080, SYN, 1, 0, b"");
@@ -421,4 +423,72 @@ fn host_flows_take_room_from_the_limit() {
         assert!(entries <= limit);
         assert_eq!(dp.conntrack().unwrap().len() as u64, entries);
     }
+}
+
+/// GC passes over a large table while new flows arrive all the time (two loads of the datapath
+/// sharing pinned maps, as the datapath and the daemon share them): no flow loses an entry.
+#[test]
+fn gc_passes_during_a_stream_of_new_flows_lose_no_entry() {
+    let bpffs = bridgenet_tests::Bpffs::new("gc");
+    let options = LoadOptions {
+        pin_dir: Some(bpffs.0.clone()),
+        conntrack_entries: 2 * 200_000,
+    };
+    let mut flows = nat_datapath_with(&options);
+    let mut gc = Datapath::load_with(&options).expect("second load on the same pins");
+    // Flow i: 172.17.x.y:P -> 198.18-19.x.y:53, all distinct (a source port below the host's
+    // range is kept).
+    let frame = |i: u32| {
+        let (hi, lo) = ((i >> 8) as u8, i as u8);
+        let server = [198, 18 | ((i >> 16) & 1) as u8, hi, lo];
+        let sport = 20000 + (i >> 17) as u16;
+        packet::udp_frame([172, 17, hi, lo], sport, server, 53, b"q")
+    };
+    let mut next = 0u32;
+    let mut open = |dp: &mut Datapath, count: u32| {
+        for _ in 0..count {
+            assert_eq!(egress(dp, &frame(next)).action, TC_ACT_OK, "flow {next}");
+            next += 1;
+        }
+    };
+    // A large table: the listing takes long enough for many flows to start during it.
+    open(&mut flows, 60_000);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let passes = std::thread::scope(|scope| {
+        let gc_thread = scope.spawn(|| {
+            let mut passes = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) || passes < 3 {
+                let report = gc.gc_at(monotonic_ns()).unwrap();
+                assert_eq!(report.flows_expired, 0, "nothing is idle here");
+                passes += 1;
+            }
+            passes
+        });
+        // About 15,000 new flows a second for 8 s: the table stays under its limit.
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(8) {
+            let batch = std::time::Instant::now();
+            open(&mut flows, 500);
+            std::thread::sleep(Duration::from_millis(33).saturating_sub(batch.elapsed()));
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        gc_thread.join().unwrap()
+    });
+    let opened = next;
+    eprintln!("{opened} flows, {passes} GC passes");
+    assert!(passes >= 3);
+    let entries = flows.conntrack().unwrap();
+    let keys: std::collections::HashSet<_> = entries.iter().map(|(k, _)| *k).collect();
+    let mut lost = 0;
+    for (_, entry) in &entries {
+        if !keys.contains(&entry.peer) {
+            lost += 1;
+        }
+    }
+    assert_eq!(lost, 0, "entries whose other direction GC deleted");
+    assert_eq!(
+        entries.len() as u32,
+        2 * opened,
+        "every flow has both its entries"
+    );
 }
