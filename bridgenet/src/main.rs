@@ -38,8 +38,12 @@ enum Command {
         /// than it saves), on, off [default: auto]
         #[arg(long)]
         xdp: Option<daemon::XdpPolicy>,
-        /// A JSON file with the same options (keys socket, state-dir, bpffs, uplinks, xdp);
-        /// flags win.
+        /// Flows the conntrack table holds, as Linux's nf_conntrack_max; past it new flows
+        /// take the room of ones not yet assured, else are dropped [default: 262144]
+        #[arg(long)]
+        conntrack_max: Option<u32>,
+        /// A JSON file with the same options (keys socket, state-dir, bpffs, uplinks, xdp,
+        /// conntrack-max); flags win.
         #[arg(long)]
         config: Option<PathBuf>,
         /// Remove everything bridgenet created in this namespace, then exit.
@@ -104,6 +108,7 @@ fn run(cli: Cli) -> Result<()> {
             bpffs,
             uplink,
             xdp,
+            conntrack_max,
             config,
             cleanup,
         } => {
@@ -133,6 +138,9 @@ fn run(cli: Cli) -> Result<()> {
                     uplink
                 },
                 xdp: xdp.or(config.xdp).unwrap_or_default(),
+                conntrack_max: conntrack_max
+                    .or(config.conntrack_max)
+                    .unwrap_or(bridgenet_common::CT_MAX_ENTRIES / 2),
             };
             if cleanup {
                 daemon::cleanup(options)

@@ -20,6 +20,8 @@ pub struct ControlLab {
     pub topo: Topology,
     pub dir: tempfile::TempDir,
     xdp: String,
+    /// More keys for the daemon's config file.
+    extra: serde_json::Value,
     daemon: Option<Child>,
     /// Endpoint namespace names handed out, deleted on drop if still there.
     netns_names: Vec<String>,
@@ -58,6 +60,11 @@ impl ControlLab {
 
     /// The lab with the daemon's `xdp` option set to `xdp`.
     pub fn up_with_xdp(xdp: &str) -> Self {
+        Self::up_with_config(xdp, serde_json::json!({}))
+    }
+
+    /// The lab with more keys in the daemon's config file (`{"conntrack-max": 4096}`).
+    pub fn up_with_config(xdp: &str, extra: serde_json::Value) -> Self {
         let mut topo = Topology::new();
         topo.netns("world")
             .netns("host")
@@ -73,6 +80,7 @@ impl ControlLab {
             topo,
             dir,
             xdp: xdp.to_owned(),
+            extra,
             daemon: None,
             netns_names: Vec::new(),
         };
@@ -95,11 +103,14 @@ impl ControlLab {
     /// The daemon's options: the socket as a flag, the rest in a `--config` file.
     fn daemon_args(&self) -> Vec<String> {
         let config = self.dir.path().join("daemon.json");
-        let json = serde_json::json!({
+        let mut json = serde_json::json!({
             "state-dir": self.state_dir(),
             "bpffs": self.bpffs(),
             "xdp": self.xdp,
         });
+        if let (Some(json), Some(extra)) = (json.as_object_mut(), self.extra.as_object()) {
+            json.extend(extra.clone());
+        }
         std::fs::write(&config, json.to_string()).expect("writing daemon.json");
         vec![
             "--socket".into(),

@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 /// The keys of the file, all optional: `{"socket": "/run/bridgenet/bridgenet.sock",
 /// "state-dir": "/var/lib/bridgenet", "bpffs": "/sys/fs/bpf/bridgenet", "uplinks": ["eth0"],
-/// "xdp": "auto"}`.
+/// "xdp": "auto", "conntrack-max": 262144}`.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Config {
@@ -17,6 +17,7 @@ pub struct Config {
     #[serde(default)]
     pub uplinks: Vec<String>,
     pub xdp: Option<super::XdpPolicy>,
+    pub conntrack_max: Option<u32>,
 }
 
 impl Config {

@@ -36,6 +36,8 @@ pub struct Options {
     pub uplinks: Vec<String>,
     /// Where `uplink_xdp` is attached.
     pub xdp: XdpPolicy,
+    /// Flows the conntrack table holds (two entries each).
+    pub conntrack_max: u32,
 }
 
 /// Where the daemon attaches `uplink_xdp`. Its drops are repeated by `uplink_ingress`, so it
@@ -137,9 +139,15 @@ async fn serve(options: Options) -> Result<()> {
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
         .context("enabling net.ipv4.ip_forward in the daemon's namespace")?;
 
+    if options.conntrack_max < 16 {
+        bail!(
+            "--conntrack-max {} is too small (16 flows at the least)",
+            options.conntrack_max
+        );
+    }
     let mut dp = Datapath::load_with(&LoadOptions {
         pin_dir: Some(options.bpffs.clone()),
-        ..LoadOptions::default()
+        conntrack_entries: options.conntrack_max.saturating_mul(2),
     })?;
     forward_ebpf_logs(&mut dp);
     let store = Store::new(&options.state_dir);
