@@ -279,8 +279,21 @@ mod tests {
             state_of(TCP, &entry(1, SYN), &entry(0, 0)),
             FlowState::SynSent
         );
+        // Answered, but the opener has not acknowledged: half-open, not established.
         assert_eq!(
-            state_of(TCP, &entry(2, SYN | ACK), &entry(1, SYN | ACK)),
+            state_of(TCP, &entry(1, SYN), &entry(1, SYN | ACK)),
+            FlowState::SynRecv
+        );
+        let assured = |mut e: CtEntry| {
+            e.flags |= ct_flags::ASSURED;
+            e
+        };
+        assert_eq!(
+            state_of(
+                TCP,
+                &assured(entry(2, SYN | ACK)),
+                &assured(entry(1, SYN | ACK))
+            ),
             FlowState::Established
         );
         assert_eq!(
@@ -298,16 +311,25 @@ mod tests {
     }
 
     #[test]
-    fn udp_is_unreplied_until_an_answer() {
+    fn udp_is_unreplied_until_an_answer_and_lives_long_once_assured() {
         assert_eq!(
             state_of(UDP, &entry(3, 0), &entry(0, 0)),
             FlowState::Unreplied
         );
         assert_eq!(
-            state_of(UDP, &entry(3, 0), &entry(1, 0)),
+            state_of(UDP, &entry(1, 0), &entry(1, 0)),
             FlowState::Replied
         );
-        assert!(FlowState::Unreplied.timeout(UDP) < FlowState::Replied.timeout(UDP));
+        let mut original = entry(2, 0);
+        original.flags = ct_flags::ASSURED;
+        assert_eq!(state_of(UDP, &original, &entry(1, 0)), FlowState::Assured);
+        assert!(FlowState::Replied.timeout(UDP) < FlowState::Assured.timeout(UDP));
+    }
+
+    #[test]
+    fn unfinished_handshakes_expire_soon() {
+        assert!(FlowState::SynSent.timeout(TCP) <= Duration::from_secs(20));
+        assert!(FlowState::SynRecv.timeout(TCP) <= Duration::from_secs(20));
     }
 
     #[test]

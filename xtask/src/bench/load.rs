@@ -188,9 +188,30 @@ fn merge(runs: Vec<Run>, secs: f64) -> Run {
     all
 }
 
-/// TCP connection rate: each worker connects, sends one byte, reads the answer; the server
-/// closes, then the client.
-pub fn connections(ns: &str, to: SocketAddrV4, workers: usize, time: Duration) -> Result<Run> {
+/// Which side of a connection closes first, and so holds its TIME_WAIT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Closer {
+    /// As an HTTP/1.0 server: the client's ports are free at once.
+    Server,
+    /// As HTTP/1.1 clients and load balancers: the client reuses its ports through
+    /// TIME_WAIT (tcp_tw_reuse), on tuples whose old flows may still be tracked.
+    Client,
+}
+
+/// TCP connection rate: each worker connects, sends one byte, reads the answer and closes;
+/// `closer` says which side closes first.
+pub fn connections(
+    ns: &str,
+    to: SocketAddrV4,
+    workers: usize,
+    time: Duration,
+    closer: Closer,
+) -> Result<Run> {
+    // Any byte but CLOSE is echoed on a kept connection, which the client then closes.
+    let request = match closer {
+        Closer::Server => CLOSE,
+        Closer::Client => b'k',
+    };
     let runs = on_threads(ns, workers, move |_| {
         let deadline = Instant::now() + time;
         let mut run = Run {
@@ -199,9 +220,9 @@ pub fn connections(ns: &str, to: SocketAddrV4, workers: usize, time: Duration) -
             secs: 0.0,
             latencies: Vec::new(),
         };
-        let mut byte = [CLOSE; 1];
+        let mut byte = [request; 1];
         while Instant::now() < deadline {
-            byte[0] = CLOSE;
+            byte[0] = request;
             let ok = (|| -> std::io::Result<()> {
                 let mut s =
                     TcpStream::connect_timeout(&SocketAddr::V4(to), Duration::from_secs(3))?;

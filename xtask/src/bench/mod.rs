@@ -18,6 +18,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use lab::{Lab, Variant};
+use load::Closer;
 
 use crate::setup;
 
@@ -226,9 +227,12 @@ fn measure(cfg: &Config, binary: &Path, v: Variant, round: usize, r: &mut Result
         check_stop()?;
         lab.publish(n)?;
         let to = lab.target(n);
-        let conn = load::connections(&client, to, cfg.workers, cfg.time)
+        let conn = load::connections(&client, to, cfg.workers, cfg.time, Closer::Server)
             .with_context(|| format!("{n} mappings"))?;
         r.add(v, &format!("conn/{n}"), conn.rate());
+        let conn = load::connections(&client, to, cfg.workers, cfg.time, Closer::Client)
+            .with_context(|| format!("{n} mappings, the client closing first"))?;
+        r.add(v, &format!("conn_cf/{n}"), conn.rate());
         let mut rr = load::request_response(&client, to, cfg.workers, cfg.time)
             .with_context(|| format!("{n} mappings"))?;
         r.add(v, &format!("rr/{n}"), rr.rate());
@@ -472,7 +476,9 @@ fn costs(cfg: &Config, binary: &Path, r: &mut Results) -> Result<()> {
     let workloads: [(&str, Workload); 3] = [
         (
             "connections",
-            Box::new(|| load::connections(&client, to, cfg.workers, cfg.time).map(|_| ())),
+            Box::new(|| {
+                load::connections(&client, to, cfg.workers, cfg.time, Closer::Server).map(|_| ())
+            }),
         ),
         (
             "request/response",

@@ -165,7 +165,11 @@ pub fn write(cfg: &Config, r: &Results) -> Result<()> {
     for (prefix, title) in [
         (
             "conn",
-            "TCP connections per second (connect, 1-byte request, response, close)",
+            "TCP connections per second (connect, 1-byte request, response; the server closes first)",
+        ),
+        (
+            "conn_cf",
+            "TCP connections per second, the client closing first (its ports reused through TIME_WAIT)",
         ),
         (
             "rr",
