@@ -81,6 +81,10 @@ fn json_error(answer: &(u16, String, String), expect: &str, what: &str) {
     );
 }
 
+/// A raw request (method, path, content type, body), the text its error must contain, and
+/// what it tries.
+type Case<'a> = (&'a str, &'a str, Option<&'a str>, &'a str, &'a str, &'a str);
+
 #[test]
 fn input_api_errors_are_json() {
     let lab = ControlLab::up();
@@ -93,7 +97,7 @@ fn input_api_errors_are_json() {
         "an unknown network",
     );
     let before = lab.snapshot();
-    let cases: &[(&str, &str, Option<&str>, &str, &str, &str)] = &[
+    let cases: &[Case] = &[
         (
             "POST",
             "/networks",
