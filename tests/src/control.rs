@@ -174,12 +174,18 @@ impl ControlLab {
         }
     }
 
-    /// Runs a second daemon on this lab's state dir and bpf filesystem but on socket `socket`
-    /// in the host namespace; returns its exit status and stderr, or None (after killing it by
-    /// its pid) when it still runs after `timeout`.
-    pub fn second_daemon(&self, socket: &Path, timeout: Duration) -> Option<(bool, String)> {
+    /// Runs a second `daemon EXTRA...` on this lab's state dir and bpf filesystem but on socket
+    /// `socket` in the host namespace; returns its exit status and stderr, or None (after
+    /// killing it by its pid) when it still runs after `timeout`.
+    pub fn second_daemon(
+        &self,
+        socket: &Path,
+        extra: &[&str],
+        timeout: Duration,
+    ) -> Option<(bool, String)> {
         let mut args = self.daemon_args();
         args[1] = socket.display().to_string();
+        args.extend(extra.iter().map(|a| a.to_string()));
         let mut child = self
             .in_host(&binary())
             .args(&args)

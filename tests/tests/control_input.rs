@@ -311,16 +311,18 @@ fn input_large_port_ranges_are_quick() {
 fn input_second_daemon_on_the_state_dir_is_refused() {
     let lab = ControlLab::up();
     let other = lab.dir.path().join("other.sock");
-    let (ok, stderr) = lab
-        .second_daemon(&other, Duration::from_secs(30))
-        .expect("a second daemon on the same state dir still ran after 30 s");
-    assert!(!ok, "the second daemon succeeded: {stderr}");
-    let last = stderr.trim_end().lines().last().unwrap_or_default();
-    assert!(
-        last.starts_with("bridgenet: ") && last.contains("state directory"),
-        "{stderr}"
-    );
-    assert!(!other.exists(), "the second daemon made its socket");
+    for extra in [&[][..], &["--cleanup"]] {
+        let (ok, stderr) = lab
+            .second_daemon(&other, extra, Duration::from_secs(30))
+            .expect("a second daemon on the same state dir still ran after 30 s");
+        assert!(!ok, "the second daemon {extra:?} succeeded: {stderr}");
+        let last = stderr.trim_end().lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("bridgenet: ") && last.contains("state directory"),
+            "{stderr}"
+        );
+        assert!(!other.exists(), "the second daemon made its socket");
+    }
     // The first one is untouched.
     lab.ok(&["network", "inspect", "bridge"]);
 }
