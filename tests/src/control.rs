@@ -65,6 +65,17 @@ impl ControlLab {
 
     /// The lab with more keys in the daemon's config file (`{"conntrack-max": 4096}`).
     pub fn up_with_config(xdp: &str, extra: serde_json::Value) -> Self {
+        let mut lab = Self::prepared_with(xdp, extra);
+        lab.start();
+        lab
+    }
+
+    /// The lab without its daemon: a test writes a store or starts the daemon its own way.
+    pub fn prepared() -> Self {
+        Self::prepared_with("on", serde_json::json!({}))
+    }
+
+    fn prepared_with(xdp: &str, extra: serde_json::Value) -> Self {
         let mut topo = Topology::new();
         topo.netns("world")
             .netns("host")
@@ -76,16 +87,14 @@ impl ControlLab {
             .prefix("bnt-control-")
             .tempdir()
             .expect("temporary directory");
-        let mut lab = Self {
+        Self {
             topo,
             dir,
             xdp: xdp.to_owned(),
             extra,
             daemon: None,
             netns_names: Vec::new(),
-        };
-        lab.start();
-        lab
+        }
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -141,20 +150,96 @@ impl ControlLab {
 
     /// Starts the daemon and waits until it answers.
     pub fn start(&mut self) {
+        let cmd = self.in_host(&binary());
+        self.start_with(cmd);
+    }
+
+    /// Starts the daemon through `ip netns exec HOST` (a private mount namespace, as an
+    /// operator might) and waits until it answers.
+    pub fn start_through_ip_netns_exec(&mut self) {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", self.topo.ns("host").name()])
+            .arg(binary());
+        self.start_with(cmd);
+    }
+
+    /// Starts the daemon expecting it to refuse: waits for it to exit (not answering
+    /// meanwhile) and returns what it wrote to stderr.
+    pub fn start_refused(&mut self) -> String {
         assert!(self.daemon.is_none(), "the daemon already runs");
+        let before = self.log().len();
+        let mut child = self.spawn(self.in_host(&binary()));
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(!status.success(), "the daemon exited with {status}");
+                return self.log()[before..].to_owned();
+            }
+            if Instant::now() > deadline || self.cli(&["network", "ls"]).status.success() {
+                // SAFETY: a signal to the child this lab started.
+                unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
+                let _ = child.wait();
+                panic!("the daemon did not refuse to start:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Runs a second `daemon EXTRA...` on this lab's state dir and bpf filesystem but on socket
+    /// `socket` in the host namespace; returns its exit status and stderr, or None (after
+    /// killing it by its pid) when it still runs after `timeout`.
+    pub fn second_daemon(
+        &self,
+        socket: &Path,
+        extra: &[&str],
+        timeout: Duration,
+    ) -> Option<(bool, String)> {
+        let mut args = self.daemon_args();
+        args[1] = socket.display().to_string();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let mut child = self
+            .in_host(&binary())
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting the second daemon");
+        let deadline = Instant::now() + timeout;
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                // SAFETY: a signal to the child this lab started.
+                unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let out = child
+            .wait_with_output()
+            .expect("the second daemon's output");
+        Some((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    fn spawn(&self, mut cmd: Command) -> Child {
         let log = File::options()
             .create(true)
             .append(true)
             .open(self.dir.path().join("daemon.log"))
             .unwrap();
-        let child = self
-            .in_host(&binary())
-            .args(self.daemon_args())
+        cmd.args(self.daemon_args())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("starting the daemon");
+            .expect("starting the daemon")
+    }
+
+    fn start_with(&mut self, cmd: Command) {
+        assert!(self.daemon.is_none(), "the daemon already runs");
+        let child = self.spawn(cmd);
         self.daemon = Some(child);
         // Loading and verifying the programs takes seconds under QEMU's software emulation.
         let deadline = Instant::now() + Duration::from_secs(90);

@@ -391,3 +391,24 @@ fn exhausted_default_pools_are_refused() {
         .ip(&["route", "add", "192.168.0.0/16", "via", "198.18.0.1"]);
     refused(&lab, &["network", "create", "n"], "no free subnet");
 }
+
+#[test]
+fn input_reserved_subnets_are_refused() {
+    let lab = ControlLab::up();
+    for (subnet, range) in [
+        ("0.0.0.0/8", "0.0.0.0/8"),
+        ("0.1.2.0/24", "0.0.0.0/8"),
+        ("127.5.0.0/16", "127.0.0.0/8"),
+        ("169.254.1.0/24", "169.254.0.0/16"),
+        ("169.0.0.0/8", "169.254.0.0/16"),
+        ("224.1.0.0/16", "224.0.0.0/4"),
+        ("239.255.0.0/24", "224.0.0.0/4"),
+        ("240.0.0.0/4", "240.0.0.0/4"),
+        ("255.255.255.0/24", "240.0.0.0/4"),
+        ("128.0.0.0/1", "169.254.0.0/16"),
+    ] {
+        refused(&lab, &["network", "create", "n", "--subnet", subnet], range);
+    }
+    // Next to them is fine.
+    lab.ok(&["network", "create", "n", "--subnet", "198.19.7.0/24"]);
+}

@@ -11,7 +11,9 @@ pub use crate::state::{Endpoint, Network, PortMapping};
 pub const DEFAULT_SOCKET: &str = "/run/bridgenet/bridgenet.sock";
 
 /// `POST /networks`. Addresses stay strings so that the daemon reports bad ones itself.
+/// Request bodies refuse unknown fields: a misspelt option must not be ignored.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NetworkCreate {
     pub name: String,
     pub subnet: Option<String>,
@@ -24,6 +26,7 @@ pub struct NetworkCreate {
 
 /// `POST /endpoints`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EndpointCreate {
     pub name: String,
     /// Empty in modes none and container.
@@ -46,6 +49,7 @@ pub struct EndpointCreate {
 
 /// `POST /endpoints/{name}/publish` and `/unpublish`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PortSpecs {
     pub specs: Vec<String>,
 }
@@ -60,6 +64,7 @@ pub struct PortEntry {
 
 /// `POST /filters`: `filter add`'s options, as given (the daemon reports bad ones itself).
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FilterCreate {
     pub network: Option<String>,
     pub src: Option<String>,
@@ -113,4 +118,20 @@ pub struct Flow {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_refuse_unknown_fields_and_listings_still_flatten() {
+        let entry: PortEntry = serde_json::from_str(
+            r#"{"endpoint":"e","proto":"tcp","port":80,"host_ip":null,"host_port":8080}"#,
+        )
+        .unwrap();
+        assert_eq!(entry.mapping.host_port, 8080);
+        let err = serde_json::from_str::<PortSpecs>(r#"{"specs":[],"spec":[]}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `spec`"), "{err}");
+    }
 }

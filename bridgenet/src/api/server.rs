@@ -1,14 +1,16 @@
-//! The daemon's side of the API: routes over the daemon's operations, errors as JSON.
+//! The daemon's side of the API: routes over the daemon's operations, errors as JSON. Every
+//! error, the operations' and axum's own (a body that is not JSON or not of the request's
+//! type, a wrong content type, path, method or query), has one shape: `{"error": "..."}`.
 use std::sync::Arc;
 
 use axum::{
-    Json, Router,
-    extract::{Path, Query, State},
-    http::StatusCode,
+    Router,
+    extract::{FromRequest, FromRequestParts, Request, State, rejection::JsonRejection},
+    http::{Method, StatusCode, Uri, request::Parts},
     response::{IntoResponse, Response},
     routing::{delete, get, post},
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio::sync::Mutex;
 
 use super::{
@@ -19,6 +21,11 @@ use crate::daemon::{Daemon, Error};
 
 type Shared = State<Arc<Mutex<Daemon>>>;
 type Reply<T> = Result<Json<T>, Error>;
+
+/// The one error answer: `status` with `{"error": message}`.
+fn error_response(status: StatusCode, message: String) -> Response {
+    (status, axum::Json(ErrorBody { error: message })).into_response()
+}
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
@@ -31,11 +38,79 @@ impl IntoResponse for Error {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };
-        let body = ErrorBody {
-            error: self.to_string(),
-        };
-        (status, Json(body)).into_response()
+        error_response(status, self.to_string())
     }
+}
+
+/// A request axum refused before any operation ran, with axum's status and message.
+struct Rejected(StatusCode, String);
+
+impl IntoResponse for Rejected {
+    fn into_response(self) -> Response {
+        error_response(self.0, self.1)
+    }
+}
+
+/// axum's `Json`, `Path` and `Query` with their rejections in the API's error shape.
+struct Json<T>(T);
+struct Path<T>(T);
+struct Query<T>(T);
+
+impl<T: Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
+    type Rejection = Rejected;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Rejected> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(Json(value)),
+            Err(rejection) => Err(rejected(&rejection)),
+        }
+    }
+}
+
+fn rejected(rejection: &JsonRejection) -> Rejected {
+    Rejected(rejection.status(), rejection.body_text())
+}
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = Rejected;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Rejected> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| Path(p.0))
+            .map_err(|r| Rejected(r.status(), r.body_text()))
+    }
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = Rejected;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Rejected> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Query(q.0))
+            .map_err(|r| Rejected(r.status(), r.body_text()))
+    }
+}
+
+async fn no_route(method: Method, uri: Uri) -> Rejected {
+    Rejected(
+        StatusCode::NOT_FOUND,
+        format!("no API path {method} {}", uri.path()),
+    )
+}
+
+async fn wrong_method(method: Method, uri: Uri) -> Rejected {
+    Rejected(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{} does not take {method}", uri.path()),
+    )
 }
 
 pub fn router(daemon: Arc<Mutex<Daemon>>) -> Router {
@@ -51,6 +126,8 @@ pub fn router(daemon: Arc<Mutex<Daemon>>) -> Router {
         .route("/filters/{id}", delete(filter_rm))
         .route("/stats", get(stats))
         .route("/conntrack", get(conntrack).delete(conntrack_flush))
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
         .with_state(daemon)
 }
 
@@ -107,6 +184,7 @@ async fn unpublish(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct EndpointFilter {
     endpoint: Option<String>,
 }

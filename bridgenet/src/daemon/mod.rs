@@ -22,7 +22,7 @@ use tokio::sync::Mutex;
 use crate::{
     datapath::{Datapath, LoadOptions},
     netlink::{Netlink, Watch},
-    state::{State, Store},
+    state::{SCHEMA_VERSION, State, Store},
 };
 
 /// How the daemon was started.
@@ -121,6 +121,9 @@ const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 /// Marker in the state dir: the daemon mounted the bpf filesystem and `--cleanup` unmounts it.
 const MOUNTED_MARKER: &str = "bpffs-mounted";
 
+/// Locked (flock) by the daemon that uses the state dir, holding its pid.
+const LOCK_FILE: &str = "lock";
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(options: Options) -> Result<()> {
     tokio::runtime::Builder::new_multi_thread()
@@ -135,6 +138,12 @@ async fn serve(options: Options) -> Result<()> {
     }
     refuse_if_running(&options.socket).await?;
     create_private_dir(&options.state_dir)?;
+    // Held until the daemon exits: two daemons on one state dir would fight over its maps.
+    let _lock = lock_state_dir(&options.state_dir)?;
+    // Before anything changes: a store this build cannot read is refused as it is.
+    let store = Store::new(&options.state_dir);
+    let first_start = !store.exists();
+    let state = store.load()?;
     mount_bpffs(&options.bpffs, &options.state_dir)?;
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
         .context("enabling net.ipv4.ip_forward in the daemon's namespace")?;
@@ -150,9 +159,6 @@ async fn serve(options: Options) -> Result<()> {
         conntrack_entries: options.conntrack_max.saturating_mul(2),
     })?;
     forward_ebpf_logs(&mut dp);
-    let store = Store::new(&options.state_dir);
-    let first_start = !store.exists();
-    let state = store.load()?;
     let nl = Netlink::new()?;
     let mut daemon = Daemon {
         state,
@@ -163,6 +169,14 @@ async fn serve(options: Options) -> Result<()> {
         pin_dir: options.bpffs.clone(),
         state_dir: options.state_dir.clone(),
     };
+    if daemon.state.version < SCHEMA_VERSION {
+        daemon.state.version = SCHEMA_VERSION;
+        daemon.store.save(&daemon.state)?;
+        tracing::warn!(
+            "{} had no schema version: read as version {SCHEMA_VERSION} and rewritten with it",
+            options.state_dir.join("state.json").display()
+        );
+    }
     daemon.attach_uplinks(&options.uplinks, options.xdp).await?;
     daemon
         .dp
@@ -289,6 +303,48 @@ fn create_private_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// An exclusive lock on the state dir, released when the process exits whatever the way;
+/// fails with one line naming the daemon that holds it.
+fn lock_state_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    use nix::fcntl::{Flock, FlockArg};
+    use std::io::Write as _;
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(mut lock) => {
+            lock.set_len(0)?;
+            write!(lock, "{}", std::process::id())?;
+            Ok(lock)
+        }
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+            let pid = std::fs::read_to_string(&path).unwrap_or_default();
+            bail!(
+                "another daemon (pid {}) uses the state directory {}: stop it first, or give \
+                 this one its own --state-dir",
+                pid.trim(),
+                dir.display()
+            )
+        }
+        Err((_, err)) => Err(err).with_context(|| format!("locking {}", path.display())),
+    }
+}
+
+/// Whether the daemon runs in another mount namespace than the process that started it (as
+/// under `ip netns exec`): what it mounts there vanishes when it exits.
+fn private_mount_namespace() -> bool {
+    let ns = |pid: String| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+    match (ns("self".into()), ns(nix::unistd::getppid().to_string())) {
+        (Some(own), Some(parent)) => own != parent,
+        _ => false,
+    }
+}
+
 fn is_bpffs(dir: &Path) -> Result<bool> {
     let fs = nix::sys::statfs::statfs(dir).with_context(|| format!("statfs {}", dir.display()))?;
     Ok(fs.filesystem_type().0 as i64 == BPF_FS_MAGIC)
@@ -314,6 +370,15 @@ fn mount_bpffs(dir: &Path, state_dir: &Path) -> Result<()> {
         dir.as_os_str().as_encoded_bytes(),
     )?;
     tracing::info!("mounted a bpf filesystem at {}", dir.display());
+    if private_mount_namespace() {
+        tracing::warn!(
+            "the daemon runs in a mount namespace of its own (ip netns exec?): the bpf \
+             filesystem it mounted at {} and the datapath pinned there vanish when it exits, so \
+             a restart starts from nothing; start it with `nsenter --net=NETNS` instead, or \
+             mount a bpf filesystem there first",
+            dir.display()
+        );
+    }
     Ok(())
 }
 
@@ -411,10 +476,19 @@ pub fn cleanup(options: Options) -> Result<()> {
                     options.socket.display()
                 );
             }
+            // A daemon on another socket may still use the state dir.
+            let _lock = if options.state_dir.exists() {
+                Some(lock_state_dir(&options.state_dir)?)
+            } else {
+                None
+            };
             // First: the host access hooks run for every socket of the machine.
             Datapath::detach_host_access(&options.bpffs);
             let store = Store::new(&options.state_dir);
-            let state = store.load()?;
+            let state = store.load().unwrap_or_else(|err| {
+                eprintln!("bridgenet: {err:#}; removing only what carries bridgenet's alias");
+                State::default()
+            });
             let nl = Netlink::new()?;
             for endpoint in state.endpoints.values() {
                 if let Some(veth) = endpoint.veth() {
@@ -441,8 +515,11 @@ pub fn cleanup(options: Options) -> Result<()> {
             }
             let marker = options.state_dir.join(MOUNTED_MARKER);
             if marker.exists() {
-                nix::mount::umount(&options.bpffs)
-                    .with_context(|| format!("unmounting {}", options.bpffs.display()))?;
+                // Gone already when the daemon mounted it in a mount namespace of its own.
+                if is_bpffs(&options.bpffs).unwrap_or(false) {
+                    nix::mount::umount(&options.bpffs)
+                        .with_context(|| format!("unmounting {}", options.bpffs.display()))?;
+                }
                 let _ = std::fs::remove_dir(&options.bpffs);
                 std::fs::remove_file(marker)?;
             }

@@ -1,9 +1,7 @@
 //! The verbs: create and remove networks and endpoints, publish and unpublish ports. Each
 //! checks everything before it changes anything, and undoes its own steps when a later one
 //! fails, so a failed create leaves no bridge, veth, namespace or map entry behind.
-use std::{
-    collections::hash_map::RandomState, hash::BuildHasher as _, net::Ipv4Addr, process::Command,
-};
+use std::{collections::HashSet, net::Ipv4Addr, process::Command};
 
 use anyhow::{Context as _, anyhow};
 use ipnet::Ipv4Net;
@@ -17,7 +15,8 @@ use crate::{
     netlink::{self, EndpointLink},
     state::{
         Endpoint, Mode, Network, PortMapping, PortSpec, Proto, check_name, ifname, ipam,
-        netns_path, ports::parse_expose,
+        netns_path,
+        ports::{Clash, PortTable, parse_expose},
     },
 };
 
@@ -80,6 +79,11 @@ impl Daemon {
                     ))
                 })?;
                 let subnet = subnet.trunc();
+                if let Some((range, what)) = ipam::reserved(&subnet) {
+                    return Err(bad(format!(
+                        "subnet {subnet} overlaps {range} ({what}), which no network may use"
+                    )));
+                }
                 if let Some((what, other)) = taken.iter().find(|(_, t)| ipam::overlaps(&subnet, t))
                 {
                     return Err(Error::Conflict(format!(
@@ -608,11 +612,13 @@ impl Daemon {
         let endpoint = self.publishable(name)?;
         let specs = parse_specs(specs)?;
         let mut removed = Vec::new();
+        // A set beside the list: unpublishing 60,000 ports must not be quadratic.
+        let mut seen = HashSet::new();
         for spec in &specs {
             let matching: Vec<PortMapping> = endpoint
                 .ports
                 .iter()
-                .filter(|m| matches(spec, m) && !removed.contains(*m))
+                .filter(|m| matches(spec, m) && seen.insert(**m))
                 .copied()
                 .collect();
             if matching.is_empty() {
@@ -628,7 +634,7 @@ impl Daemon {
                 .unpublish(wire_proto(m.proto), m.host_ip, m.host_port)?;
         }
         let entry = self.state.endpoints.get_mut(name).expect("checked above");
-        entry.ports.retain(|m| !removed.contains(m));
+        entry.ports.retain(|m| !seen.contains(m));
         self.save()?;
         tracing::info!("endpoint {name}: unpublished {}", list(&removed));
         Ok(removed)
@@ -652,35 +658,23 @@ impl Daemon {
     /// The mappings of `specs`, with random host ports drawn from the host's ephemeral range;
     /// fails when one clashes with a published port or with another of them.
     fn draw_mappings(&self, specs: &[PortSpec]) -> Result<Vec<PortMapping>, Error> {
-        let taken: Vec<PortMapping> = self.state.mappings().map(|(_, m)| *m).collect();
-        let published = taken.len();
         let (lo, hi) = ephemeral_range();
+        let mut table = PortTable::new(self.state.mappings().map(|(_, m)| *m), (lo, hi));
         let mut out = Vec::new();
         for spec in specs {
             let mappings = spec
                 .mappings(|proto, host_ip| {
-                    let span = u32::from(hi - lo) + 1;
-                    let start = RandomState::new().hash_one(out.len()) as u32 % span;
-                    (0..span)
-                        .map(|i| lo + ((start + i) % span) as u16)
-                        .find(|&port| {
-                            let probe = PortMapping {
-                                proto,
-                                port: 0,
-                                host_ip,
-                                host_port: port,
-                            };
-                            !taken.iter().chain(&out).any(|t| t.clashes_with(&probe))
-                        })
+                    table
+                        .draw(proto, host_ip)
                         .ok_or_else(|| format!("no free {proto} host port in {lo}-{hi}"))
                 })
                 .map_err(Error::Conflict)?;
-            for m in mappings {
-                if let Some(other) = taken.iter().chain(&out).position(|t| t.clashes_with(&m)) {
-                    let who = if other < published {
-                        "already published"
-                    } else {
-                        "given twice"
+            // Drawn ports are free and taken by the draw; given ones are checked here.
+            for m in mappings.iter().filter(|_| spec.host_ports.is_some()) {
+                if let Some(clash) = table.clash(m) {
+                    let who = match clash {
+                        Clash::Published => "already published",
+                        Clash::Repeated => "given twice",
                     };
                     let ip = m.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
                     return Err(Error::Conflict(format!(
@@ -688,8 +682,9 @@ impl Daemon {
                         m.host_port, m.proto
                     )));
                 }
-                out.push(m);
+                table.insert(m);
             }
+            out.extend(mappings);
         }
         Ok(out)
     }
@@ -702,13 +697,12 @@ fn parse_specs(specs: &[String]) -> Result<Vec<PortSpec>, Error> {
 /// Whether an unpublish SPEC names mapping `m`: same protocol and endpoint port, and the same
 /// host port and address where the SPEC gives them.
 fn matches(spec: &PortSpec, m: &PortMapping) -> bool {
-    let Some(i) = spec.endpoint_ports().position(|p| p == m.port) else {
+    if !(spec.ports.0..=spec.ports.1).contains(&m.port) {
         return false;
-    };
+    }
+    let i = m.port - spec.ports.0;
     spec.proto == m.proto
-        && spec
-            .host_ports
-            .is_none_or(|(h, _)| h + i as u16 == m.host_port)
+        && spec.host_ports.is_none_or(|(h, _)| h + i == m.host_port)
         && (spec.host_ip.is_none() || spec.host_ip == m.host_ip)
 }
 

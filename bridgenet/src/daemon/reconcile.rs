@@ -2,44 +2,41 @@
 //! entries, and removes links and map entries bridgenet made that the store no longer has.
 use std::collections::{BTreeMap, BTreeSet};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use bridgenet_common::PublishTarget;
 
 use super::{Daemon, ops::wire_proto};
 use crate::{
     datapath::{Datapath, publish_key, wire},
     netlink::{self, ALIAS},
-    state::Mode,
+    state::{Endpoint, Mode, Network, Problem},
 };
 
 impl Daemon {
+    /// Reports every problem, one line each, and goes on with the rest: the store's
+    /// inconsistencies (what they name is left out of the datapath) and what could not be
+    /// repaired. Only a datapath that cannot be read stops it.
     pub(super) async fn reconcile(&mut self) -> Result<()> {
-        let networks: Vec<_> = self.state.networks.values().cloned().collect();
+        let mut skipped = BTreeSet::new();
+        let problems = self.state.problems();
+        for problem in &problems {
+            tracing::warn!("store: {problem}");
+            let (Problem::Network(name, _) | Problem::Endpoint(name, _)) = problem;
+            skipped.insert(name.clone());
+        }
+        let mut failures = 0;
+        let networks: Vec<_> = self
+            .state
+            .networks
+            .values()
+            .filter(|n| !skipped.contains(&n.name))
+            .cloned()
+            .collect();
         for network in &networks {
-            match self.nl.link(&network.bridge).await? {
-                None => {
-                    tracing::info!("reconcile: re-creating bridge {}", network.bridge);
-                    Datapath::forget_attachments(&self.pin_dir, &self.state_dir, &network.bridge);
-                    self.nl
-                        .create_bridge(
-                            &network.bridge,
-                            network.gateway,
-                            network.subnet.prefix_len(),
-                        )
-                        .await?;
-                }
-                Some(link) => {
-                    let addrs = self.nl.addresses(link.index).await?;
-                    if !addrs.iter().any(|a| a.addr() == network.gateway) {
-                        tracing::info!("reconcile: gateway address back on {}", network.bridge);
-                        self.nl
-                            .add_address(link.index, network.gateway, network.subnet.prefix_len())
-                            .await?;
-                    }
-                    self.nl.set_up(link.index).await?;
-                }
+            if let Err(err) = self.reconcile_network(network).await {
+                failures += 1;
+                tracing::warn!("reconcile: network {}: {err:#}", network.name);
             }
-            self.network_datapath(network)?;
         }
         let managed: BTreeSet<_> = networks.iter().map(|n| n.subnet).collect();
         for (subnet, _) in self.dp.subnets()? {
@@ -49,53 +46,22 @@ impl Daemon {
             }
         }
 
-        let endpoints: Vec<_> = self.state.endpoints.values().cloned().collect();
+        let endpoints: Vec<_> = self
+            .state
+            .endpoints
+            .values()
+            .filter(|e| !skipped.contains(&e.name))
+            .cloned()
+            .collect();
         let mut endpoint_ifindexes = BTreeSet::new();
         for endpoint in &endpoints {
-            let path = endpoint.netns_path();
-            if !path.exists() {
-                if endpoint.netns_created {
-                    tracing::info!("reconcile: re-creating namespace {}", endpoint.netns);
-                    super::ops::create_netns(&endpoint.netns)?;
-                    if endpoint.mode == Mode::None {
-                        netlink::in_netns(&path, netlink::lo_up).await?;
-                    }
-                } else {
-                    tracing::warn!(
-                        "endpoint {}: namespace {} is gone; `endpoint rm {}` removes it",
-                        endpoint.name,
-                        endpoint.netns,
-                        endpoint.name
-                    );
-                    continue;
+            match self.reconcile_endpoint(endpoint).await {
+                Ok(ifindex) => endpoint_ifindexes.extend(ifindex),
+                Err(err) => {
+                    failures += 1;
+                    tracing::warn!("reconcile: endpoint {}: {err:#}", endpoint.name);
                 }
             }
-            let Some(veth) = endpoint.veth() else {
-                continue;
-            };
-            let network = self.state.networks[&endpoint.network].clone();
-            let host = self.nl.link(veth).await?;
-            let inside = netlink::in_netns(&path, netlink::has_eth0).await?;
-            match host {
-                Some(link) if inside => {
-                    let bridge = self.nl.index(&network.bridge).await?;
-                    if link.controller != Some(bridge) {
-                        tracing::info!("reconcile: {veth} back on {}", network.bridge);
-                        self.nl.set_controller(link.index, bridge).await?;
-                    }
-                }
-                other => {
-                    // Half a pair cannot be repaired: start over.
-                    if let Some(link) = other {
-                        self.nl.delete(link.index).await?;
-                    }
-                    Datapath::forget_attachments(&self.pin_dir, &self.state_dir, veth);
-                    tracing::info!("reconcile: re-creating the veth pair of {}", endpoint.name);
-                    self.endpoint_link(endpoint, &network).await?;
-                }
-            }
-            self.endpoint_datapath(endpoint, &network).await?;
-            endpoint_ifindexes.insert(self.nl.index(veth).await?);
         }
         for ifindex in self.dp.endpoint_ifindexes()? {
             if !endpoint_ifindexes.contains(&ifindex) {
@@ -106,7 +72,11 @@ impl Daemon {
 
         // Published ports: exactly the store's.
         let mut wanted = BTreeMap::new();
-        for (endpoint, m) in self.state.mappings() {
+        for (endpoint, m) in self
+            .state
+            .mappings()
+            .filter(|(e, _)| !skipped.contains(&e.name))
+        {
             let key = publish_key(wire_proto(m.proto), m.host_ip, m.host_port);
             wanted.insert(
                 (key.addr, key.port, key.proto),
@@ -143,7 +113,10 @@ impl Daemon {
         }
 
         // The user filter: exactly the store's rules (after the subnets, whose ids it uses).
-        self.apply_filter()?;
+        if let Err(err) = self.apply_filter() {
+            failures += 1;
+            tracing::warn!("reconcile: filter: {err:#}");
+        }
 
         // Links bridgenet made that the store does not know (a crash in the middle of a create).
         let known: BTreeSet<String> = self
@@ -172,6 +145,95 @@ impl Daemon {
             self.state.networks.len(),
             self.state.endpoints.len()
         );
+        if !problems.is_empty() || failures > 0 {
+            tracing::warn!(
+                "reconcile: {} problems in the store and {failures} failed repairs, reported \
+                 above; the rest works",
+                problems.len()
+            );
+        }
         Ok(())
+    }
+
+    /// The network's bridge, gateway address and datapath entries.
+    async fn reconcile_network(&mut self, network: &Network) -> Result<()> {
+        match self.nl.link(&network.bridge).await? {
+            None => {
+                tracing::info!("reconcile: re-creating bridge {}", network.bridge);
+                Datapath::forget_attachments(&self.pin_dir, &self.state_dir, &network.bridge);
+                self.nl
+                    .create_bridge(
+                        &network.bridge,
+                        network.gateway,
+                        network.subnet.prefix_len(),
+                    )
+                    .await?;
+            }
+            Some(link) => {
+                let addrs = self.nl.addresses(link.index).await?;
+                if !addrs.iter().any(|a| a.addr() == network.gateway) {
+                    tracing::info!("reconcile: gateway address back on {}", network.bridge);
+                    self.nl
+                        .add_address(link.index, network.gateway, network.subnet.prefix_len())
+                        .await?;
+                }
+                self.nl.set_up(link.index).await?;
+            }
+        }
+        self.network_datapath(network)
+    }
+
+    /// The endpoint's namespace, veth pair and datapath entries; its veth's index, if it has
+    /// one in place.
+    async fn reconcile_endpoint(&mut self, endpoint: &Endpoint) -> Result<Option<u32>> {
+        let path = endpoint.netns_path();
+        if !path.exists() {
+            if endpoint.netns_created {
+                tracing::info!("reconcile: re-creating namespace {}", endpoint.netns);
+                super::ops::create_netns(&endpoint.netns)?;
+                if endpoint.mode == Mode::None {
+                    netlink::in_netns(&path, netlink::lo_up).await?;
+                }
+            } else {
+                tracing::warn!(
+                    "endpoint {}: namespace {} is gone; `endpoint rm {}` removes it",
+                    endpoint.name,
+                    endpoint.netns,
+                    endpoint.name
+                );
+                return Ok(None);
+            }
+        }
+        let Some(veth) = endpoint.veth() else {
+            return Ok(None);
+        };
+        let network = self
+            .state
+            .networks
+            .get(&endpoint.network)
+            .with_context(|| format!("no network {}", endpoint.network))?
+            .clone();
+        let host = self.nl.link(veth).await?;
+        let inside = netlink::in_netns(&path, netlink::has_eth0).await?;
+        match host {
+            Some(link) if inside => {
+                let bridge = self.nl.index(&network.bridge).await?;
+                if link.controller != Some(bridge) {
+                    tracing::info!("reconcile: {veth} back on {}", network.bridge);
+                    self.nl.set_controller(link.index, bridge).await?;
+                }
+            }
+            other => {
+                // Half a pair cannot be repaired: start over.
+                if let Some(link) = other {
+                    self.nl.delete(link.index).await?;
+                }
+                Datapath::forget_attachments(&self.pin_dir, &self.state_dir, veth);
+                tracing::info!("reconcile: re-creating the veth pair of {}", endpoint.name);
+                self.endpoint_link(endpoint, &network).await?;
+            }
+        }
+        self.endpoint_datapath(endpoint, &network).await?;
+        Ok(Some(self.nl.index(veth).await?))
     }
 }

@@ -36,6 +36,7 @@ impl fmt::Display for Action {
 
 /// `--dport PORT[/PROTO]`: the destination port as it arrives (a published host port).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Dport {
     pub port: u16,
     pub proto: Proto,
@@ -75,6 +76,7 @@ pub fn parse_src(s: &str) -> Result<Ipv4Net, String> {
 
 /// One rule. Rules are evaluated in the order they were added; the first that matches decides.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Rule {
     /// Stable: never reused for another rule.
     pub id: u32,
@@ -91,6 +93,7 @@ pub struct Rule {
 
 /// The rules in order, and the next rule id.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Filter {
     pub rules: Vec<Rule>,
     pub next_id: u32,

@@ -15,6 +15,24 @@ pub fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
+/// Ranges no network may use: the kernel treats their addresses specially (never forwards
+/// them, or answers them itself), so endpoints there would be unreachable or leak.
+pub const RESERVED: [(Ipv4Addr, u8, &str); 5] = [
+    (Ipv4Addr::new(0, 0, 0, 0), 8, "\"this network\""),
+    (Ipv4Addr::new(127, 0, 0, 0), 8, "loopback"),
+    (Ipv4Addr::new(169, 254, 0, 0), 16, "link-local"),
+    (Ipv4Addr::new(224, 0, 0, 0), 4, "multicast"),
+    (Ipv4Addr::new(240, 0, 0, 0), 4, "reserved, with broadcast"),
+];
+
+/// The reserved range `subnet` overlaps, with its name.
+pub fn reserved(subnet: &Ipv4Net) -> Option<(Ipv4Net, &'static str)> {
+    RESERVED
+        .iter()
+        .map(|&(addr, len, what)| (Ipv4Net::new(addr, len).expect("valid prefix"), what))
+        .find(|(range, _)| overlaps(subnet, range))
+}
+
 /// The first default pool that overlaps none of `taken` (other networks and routes).
 pub fn free_subnet(taken: &[Ipv4Net]) -> Option<Ipv4Net> {
     default_pools().find(|pool| !taken.iter().any(|t| overlaps(pool, t)))
@@ -72,6 +90,31 @@ mod tests {
 
     fn net(s: &str) -> Ipv4Net {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn reserved_ranges() {
+        assert_eq!(
+            reserved(&net("127.1.0.0/16")).unwrap().0,
+            net("127.0.0.0/8")
+        );
+        assert_eq!(reserved(&net("0.0.0.0/0")).unwrap().0, net("0.0.0.0/8"));
+        assert_eq!(
+            reserved(&net("255.255.255.255/32")).unwrap().0,
+            net("240.0.0.0/4")
+        );
+        assert_eq!(
+            reserved(&net("128.0.0.0/1")).unwrap().0,
+            net("169.254.0.0/16")
+        );
+        for ok in [
+            "10.0.0.0/8",
+            "172.17.0.0/16",
+            "198.18.0.0/15",
+            "223.255.255.0/24",
+        ] {
+            assert_eq!(reserved(&net(ok)), None, "{ok}");
+        }
     }
 
     #[test]

@@ -13,14 +13,19 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, anyhow, bail};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 pub use ports::{PortMapping, PortSpec, Proto};
 
+/// The store's schema version, written in every store. Stores from before versions (no
+/// `version`) have the same shape as version 1: they are read as it and rewritten.
+pub const SCHEMA_VERSION: u32 = 1;
+
 /// A bridge network, Docker's `docker network create -d bridge`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Network {
     pub name: String,
     pub subnet: Ipv4Net,
@@ -78,6 +83,7 @@ impl std::str::FromStr for Mode {
 /// An endpoint: one network namespace attached to one network with a veth pair (or, in the
 /// other modes, lo only or another endpoint's namespace).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Endpoint {
     pub name: String,
     #[serde(default)]
@@ -120,9 +126,14 @@ pub fn netns_path(netns: &str) -> PathBuf {
     }
 }
 
-/// Everything the daemon manages.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Everything the daemon manages. Unknown fields are refused: they come from a newer or
+/// foreign writer whose meaning this build cannot keep.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct State {
+    /// [`SCHEMA_VERSION`]; 0 in stores from before versions.
+    #[serde(default)]
+    pub version: u32,
     pub networks: BTreeMap<String, Network>,
     pub endpoints: BTreeMap<String, Endpoint>,
     /// User filter rules (absent in stores written before filters existed).
@@ -130,7 +141,113 @@ pub struct State {
     pub filter: filter::Filter,
 }
 
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            version: SCHEMA_VERSION,
+            networks: BTreeMap::new(),
+            endpoints: BTreeMap::new(),
+            filter: filter::Filter::default(),
+        }
+    }
+}
+
+/// Something in a store that the daemon cannot act on, found when it starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Problem {
+    /// The network is left out of the datapath (and so are its endpoints).
+    Network(String, String),
+    /// The endpoint is left out of the datapath; `endpoint rm` removes it.
+    Endpoint(String, String),
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Problem::Network(name, why) => write!(
+                f,
+                "network {name} {why}: left out of the datapath (remove it, or fix the store)"
+            ),
+            Problem::Endpoint(name, why) => write!(
+                f,
+                "endpoint {name} {why}: left out of the datapath (`endpoint rm {name}` removes it)"
+            ),
+        }
+    }
+}
+
 impl State {
+    /// Every inconsistency of the store, in order; the names of the problems are left out of
+    /// the datapath, the rest works.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut sound: BTreeMap<&str, &Network> = BTreeMap::new();
+        for (key, n) in &self.networks {
+            let why = if *key != n.name {
+                Some(format!("is stored under the name {key}"))
+            } else if let Some((range, what)) = ipam::reserved(&n.subnet) {
+                Some(format!("has subnet {} in {range} ({what})", n.subnet))
+            } else if !ipam::is_host(&n.subnet, n.gateway) {
+                Some(format!("has gateway {} outside {}", n.gateway, n.subnet))
+            } else {
+                sound
+                    .values()
+                    .find(|o| ipam::overlaps(&o.subnet, &n.subnet) || o.bridge == n.bridge)
+                    .map(|o| format!("shares its subnet or bridge with network {}", o.name))
+            };
+            match why {
+                Some(why) => problems.push(Problem::Network(key.clone(), why)),
+                None => {
+                    sound.insert(key, n);
+                }
+            }
+        }
+        let mut taken = BTreeSet::new();
+        let mut ports = ports::PortTable::new([], (1, 1));
+        for (key, e) in &self.endpoints {
+            let why = match &e.mode {
+                _ if *key != e.name => Some(format!("is stored under the name {key}")),
+                Mode::Bridge => match self.networks.get(&e.network) {
+                    None => Some(format!(
+                        "names network {}, which the store does not have",
+                        e.network
+                    )),
+                    Some(_) if !sound.contains_key(e.network.as_str()) => {
+                        Some(format!("is on network {}, which is left out", e.network))
+                    }
+                    Some(n) if !ipam::is_host(&n.subnet, e.ip) || e.ip == n.gateway => Some(
+                        format!("has address {}, not an endpoint's in {}", e.ip, n.subnet),
+                    ),
+                    Some(_) if taken.contains(&(e.network.as_str(), e.ip)) => {
+                        Some(format!("has address {}, which another endpoint has", e.ip))
+                    }
+                    Some(_) => e
+                        .ports
+                        .iter()
+                        .find(|m| ports.clash(m).is_some())
+                        .map(|m| format!("publishes {m}, which another endpoint publishes")),
+                },
+                Mode::None => None,
+                Mode::Container(shared) => match self.endpoints.get(shared) {
+                    Some(other) if other.mode == Mode::Bridge || other.mode == Mode::None => None,
+                    Some(_) => Some(format!("shares endpoint {shared}, which shares another")),
+                    None => Some(format!(
+                        "shares endpoint {shared}, which the store does not have"
+                    )),
+                },
+            };
+            match why {
+                Some(why) => problems.push(Problem::Endpoint(key.clone(), why)),
+                None if e.mode == Mode::Bridge => {
+                    taken.insert((e.network.as_str(), e.ip));
+                    e.ports.iter().for_each(|m| ports.insert(m));
+                }
+                None => {}
+            }
+        }
+        problems
+    }
+
     /// Addresses taken in `network`: its gateway and its endpoints' addresses.
     pub fn taken_addresses(&self, network: &Network) -> BTreeSet<Ipv4Addr> {
         let mut taken = BTreeSet::from([network.gateway]);
@@ -168,13 +285,40 @@ impl Store {
         self.path.exists()
     }
 
+    /// The stored state (empty when there is none). A store from before schema versions is
+    /// read as version 1 (its `version` stays 0 until saved); one of a newer version, with a
+    /// field this build does not know, or not JSON, is refused with one line.
     pub fn load(&self) -> Result<State> {
-        match fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .with_context(|| format!("reading {}", self.path.display())),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
-            Err(err) => Err(err).with_context(|| format!("reading {}", self.path.display())),
+        let bytes = match fs::read(&self.path) {
+            Ok(bytes) => bytes,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
+            Err(err) => {
+                return Err(err).with_context(|| format!("reading {}", self.path.display()));
+            }
+        };
+        Self::parse(&bytes).with_context(|| format!("reading {}", self.path.display()))
+    }
+
+    fn parse(bytes: &[u8]) -> Result<State> {
+        /// The version alone first: a newer store may not have this build's shape.
+        #[derive(Deserialize)]
+        struct Probe {
+            version: Option<u32>,
         }
+        let probe: Probe = serde_json::from_slice(bytes)?;
+        if let Some(version) = probe.version
+            && version > SCHEMA_VERSION
+        {
+            bail!(
+                "schema version {version}, newer than this build's {SCHEMA_VERSION}: run the \
+                 bridgenet that wrote it"
+            );
+        }
+        let de = &mut serde_json::Deserializer::from_slice(bytes);
+        serde_path_to_error::deserialize(de).map_err(|err| match err.path().to_string() {
+            path if path == "." => anyhow!("{}", err.inner()),
+            path => anyhow!("{path}: {}", err.inner()),
+        })
     }
 
     pub fn save(&self, state: &State) -> Result<()> {
@@ -252,6 +396,89 @@ mod tests {
         store.save(&state).unwrap();
         assert_eq!(store.load().unwrap(), state);
         assert!(!dir.path().join("state.json.tmp").exists());
+    }
+
+    #[test]
+    fn stores_are_versioned_and_strict() {
+        let old = r#"{"networks": {}, "endpoints": {}}"#;
+        assert_eq!(Store::parse(old.as_bytes()).unwrap().version, 0);
+        let new = serde_json::to_string(&State::default()).unwrap();
+        assert!(new.contains("\"version\":1"), "{new}");
+        let newer = r#"{"version": 2, "networks": 3}"#;
+        let err = Store::parse(newer.as_bytes()).unwrap_err().to_string();
+        assert!(err.contains("schema version 2"), "{err}");
+        let unknown = r#"{"version": 1, "networks": {}, "endpoints": {}, "x": 1}"#;
+        let err = Store::parse(unknown.as_bytes()).unwrap_err().to_string();
+        assert!(err.contains("unknown field `x`"), "{err}");
+        let nested = r#"{"networks": {"n": {"name": "n", "colour": 1}}, "endpoints": {}}"#;
+        let err = Store::parse(nested.as_bytes()).unwrap_err().to_string();
+        assert!(
+            err.starts_with("networks.n.colour: unknown field `colour`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn problems_are_all_reported() {
+        let network = |name: &str, subnet: &str, gateway: [u8; 4]| Network {
+            name: name.into(),
+            subnet: subnet.parse().unwrap(),
+            gateway: gateway.into(),
+            bridge: format!("bn-{name}"),
+            icc: true,
+            internal: false,
+            masquerade: true,
+        };
+        let endpoint = |name: &str, network: &str, ip: [u8; 4], port: u16| Endpoint {
+            name: name.into(),
+            mode: Mode::Bridge,
+            network: network.into(),
+            netns: name.into(),
+            netns_created: true,
+            ip: ip.into(),
+            mac: String::new(),
+            veth: format!("ve-{name}"),
+            exposed: Vec::new(),
+            ports: vec![PortMapping {
+                proto: Proto::Tcp,
+                port: 80,
+                host_ip: None,
+                host_port: port,
+            }],
+        };
+        let mut state = State::default();
+        for n in [
+            network("a", "10.0.0.0/24", [10, 0, 0, 1]),
+            network("b", "10.0.0.0/16", [10, 0, 0, 1]),
+            network("c", "127.0.0.0/24", [127, 0, 0, 1]),
+        ] {
+            state.networks.insert(n.name.clone(), n);
+        }
+        for e in [
+            endpoint("e1", "a", [10, 0, 0, 2], 8080),
+            endpoint("e2", "a", [10, 0, 0, 2], 8081),
+            endpoint("e3", "a", [10, 0, 0, 3], 8080),
+            endpoint("e4", "gone", [10, 0, 0, 4], 8082),
+            endpoint("e5", "b", [10, 0, 0, 5], 8083),
+            endpoint("e6", "a", [10, 0, 1, 6], 8084),
+        ] {
+            state.endpoints.insert(e.name.clone(), e);
+        }
+        let problems: Vec<String> = state.problems().iter().map(ToString::to_string).collect();
+        let names: Vec<&str> = problems
+            .iter()
+            .map(|p| p.split(' ').nth(1).unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            ["b", "c", "e2", "e3", "e4", "e5", "e6"],
+            "{problems:#?}"
+        );
+        assert!(
+            problems[4].contains("names network gone"),
+            "{}",
+            problems[4]
+        );
     }
 
     #[test]

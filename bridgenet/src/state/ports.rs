@@ -1,6 +1,12 @@
 //! Docker's `-p` grammar: `HPORT:CPORT`, `IP:HPORT:CPORT`, `IP::CPORT`, `CPORT`, an optional
 //! `/tcp` or `/udp` suffix, and ranges `H1-H2:C1-C2` of the same length.
-use std::{fmt, net::Ipv4Addr, str::FromStr};
+use std::{
+    collections::{HashMap, hash_map::RandomState},
+    fmt,
+    hash::BuildHasher as _,
+    net::Ipv4Addr,
+    str::FromStr,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +40,7 @@ impl FromStr for Proto {
 
 /// One published port: what `port ls` prints as `80/tcp -> 0.0.0.0:8080`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PortMapping {
     pub proto: Proto,
     /// The endpoint's port.
@@ -57,6 +64,96 @@ impl fmt::Display for PortMapping {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ip = self.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
         write!(f, "{}/{} -> {ip}:{}", self.port, self.proto, self.host_port)
+    }
+}
+
+/// Why a mapping cannot be added to a [`PortTable`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Clash {
+    /// With a port published before.
+    Published,
+    /// With another port of the same request.
+    Repeated,
+}
+
+/// A host address using a port (None: every address), and since when.
+type HostUse = (Option<Ipv4Addr>, Clash);
+
+/// The host ports in use, indexed by protocol and port, so that a request's clash checks and
+/// draws cost a constant per port however many are published (60,000 with `--expose 1-60000
+/// -P` took minutes with a scan of every published port for each).
+pub struct PortTable {
+    /// Per protocol and host port: the host addresses using it (None: every address) and
+    /// whether it was published before this request.
+    used: HashMap<(Proto, u16), Vec<HostUse>>,
+    /// The range ports are drawn from.
+    range: (u16, u16),
+    /// Per protocol and host address: the random offset draws start from, and how far they
+    /// got (ports are never freed while a table lives, so no draw goes back).
+    cursors: HashMap<(Proto, Option<Ipv4Addr>), (u32, u32)>,
+}
+
+impl PortTable {
+    /// The ports of `published`, drawing from `range`.
+    pub fn new(published: impl IntoIterator<Item = PortMapping>, range: (u16, u16)) -> Self {
+        let mut table = Self {
+            used: HashMap::new(),
+            range,
+            cursors: HashMap::new(),
+        };
+        for m in published {
+            table.add(m.proto, m.host_ip, m.host_port, Clash::Published);
+        }
+        table
+    }
+
+    /// What `m` clashes with, if anything (see [`PortMapping::clashes_with`]).
+    pub fn clash(&self, m: &PortMapping) -> Option<Clash> {
+        self.clash_at(m.proto, m.host_ip, m.host_port)
+    }
+
+    fn clash_at(&self, proto: Proto, host_ip: Option<Ipv4Addr>, port: u16) -> Option<Clash> {
+        self.used
+            .get(&(proto, port))?
+            .iter()
+            .find(|(ip, _)| *ip == host_ip || ip.is_none() || host_ip.is_none())
+            .map(|(_, clash)| *clash)
+    }
+
+    /// Adds a mapping of this request (checked with [`Self::clash`] first).
+    pub fn insert(&mut self, m: &PortMapping) {
+        self.add(m.proto, m.host_ip, m.host_port, Clash::Repeated);
+    }
+
+    fn add(&mut self, proto: Proto, host_ip: Option<Ipv4Addr>, port: u16, why: Clash) {
+        self.used
+            .entry((proto, port))
+            .or_default()
+            .push((host_ip, why));
+    }
+
+    /// A free host port for `proto` on `host_ip`, taken at once; None when the range is full.
+    pub fn draw(&mut self, proto: Proto, host_ip: Option<Ipv4Addr>) -> Option<u16> {
+        let (lo, hi) = self.range;
+        let span = u32::from(hi.checked_sub(lo)?) + 1;
+        let (start, mut next) = *self.cursors.entry((proto, host_ip)).or_insert_with(|| {
+            (
+                RandomState::new().hash_one((proto, host_ip)) as u32 % span,
+                0,
+            )
+        });
+        let mut found = None;
+        while next < span && found.is_none() {
+            let port = lo + ((start + next) % span) as u16;
+            next += 1;
+            if self.clash_at(proto, host_ip, port).is_none() {
+                found = Some(port);
+            }
+        }
+        self.cursors.insert((proto, host_ip), (start, next));
+        let port = found?;
+        self.add(proto, host_ip, port, Clash::Repeated);
+        Some(port)
     }
 }
 
@@ -264,6 +361,38 @@ mod tests {
         assert!(any.clashes_with(&one));
         assert!(!one.clashes_with(&other));
         assert!(!any.clashes_with(&udp));
+    }
+
+    #[test]
+    fn table_draws_every_free_port_once_and_finds_clashes() {
+        let published = spec("10.0.0.1:40001:80")
+            .mappings(|_, _| unreachable!())
+            .unwrap();
+        let mut table = PortTable::new(published, (40000, 40003));
+        // 40001 is taken on 10.0.0.1, so for every address too.
+        let mut drawn: Vec<u16> = std::iter::from_fn(|| table.draw(Proto::Tcp, None)).collect();
+        drawn.sort_unstable();
+        assert_eq!(drawn, [40000, 40002, 40003]);
+        assert_eq!(table.draw(Proto::Udp, None).map(|p| p / 4 * 4), Some(40000));
+        let any = spec("40001:81").mappings(|_, _| unreachable!()).unwrap()[0];
+        assert_eq!(table.clash(&any), Some(Clash::Published));
+        let other = spec("10.0.0.2:40009:81")
+            .mappings(|_, _| unreachable!())
+            .unwrap()[0];
+        assert_eq!(table.clash(&other), None);
+        table.insert(&other);
+        assert_eq!(table.clash(&other), Some(Clash::Repeated));
+    }
+
+    #[test]
+    fn table_is_linear() {
+        let mut table = PortTable::new([], (1024, 65535));
+        let start = std::time::Instant::now();
+        for _ in 0..64512 {
+            assert!(table.draw(Proto::Tcp, None).is_some());
+        }
+        assert_eq!(table.draw(Proto::Tcp, None), None);
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]

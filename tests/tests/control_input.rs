@@ -1,0 +1,506 @@
+//! The API and the store under bad input (issue 10, item 10): raw malformed requests get the
+//! JSON error shape, huge port ranges are answered at once, a second daemon on the same state
+//! dir is refused, mismatched stores are refused or repaired with one line each, and a daemon
+//! started through `ip netns exec` warns and can be cleaned up after.
+use std::{
+    io::{Read as _, Write as _},
+    os::unix::net::UnixStream,
+    time::{Duration, Instant},
+};
+
+use bridgenet_tests::control::{ControlLab, Stop};
+
+/// Sends one raw HTTP/1.1 request over the daemon's socket; returns the status, the
+/// content type and the body.
+fn raw(
+    lab: &ControlLab,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &str,
+) -> (u16, String, String) {
+    let mut stream = UnixStream::connect(lab.socket()).expect("connecting to the daemon");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: bridgenet\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(ct) = content_type {
+        request.push_str(&format!("Content-Type: {ct}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .expect("reading the answer");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-type")
+                .then(|| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    (status, content_type, body.to_owned())
+}
+
+/// Checks that an answer is an error in the API's one shape, `{"error": "one line"}`, whose
+/// message contains `expect`.
+fn json_error(answer: &(u16, String, String), expect: &str, what: &str) {
+    let (status, content_type, body) = answer;
+    assert!(
+        (400..500).contains(status),
+        "{what}: status {status}, body {body:?}"
+    );
+    assert_eq!(
+        content_type, "application/json",
+        "{what}: not JSON (status {status}, body {body:?})"
+    );
+    let value: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{what}: body {body:?}: {e}"));
+    let object = value.as_object().expect("an object");
+    assert_eq!(object.len(), 1, "{what}: {body}");
+    let message = object["error"].as_str().expect("a message");
+    assert!(
+        !message.is_empty() && !message.contains('\n'),
+        "{what}: {message:?}"
+    );
+    assert!(
+        message.to_lowercase().contains(&expect.to_lowercase()),
+        "{what}: expected {expect:?} in {message:?}"
+    );
+}
+
+/// A raw request (method, path, content type, body), the text its error must contain, and
+/// what it tries.
+type Case<'a> = (&'a str, &'a str, Option<&'a str>, &'a str, &'a str, &'a str);
+
+#[test]
+fn input_api_errors_are_json() {
+    let lab = ControlLab::up();
+    let json = Some("application/json");
+    let good = r#"{"name":"x","subnet":null,"gateway":null,"bridge":null,"icc":true,"internal":false,"masquerade":true}"#;
+    // The daemon's own errors: the shape every other answer must have.
+    json_error(
+        &raw(&lab, "GET", "/networks/nope", None, ""),
+        "no network nope",
+        "an unknown network",
+    );
+    let before = lab.snapshot();
+    let cases: &[Case] = &[
+        (
+            "POST",
+            "/networks",
+            json,
+            "{\"name\": ",
+            "EOF",
+            "truncated JSON",
+        ),
+        (
+            "POST",
+            "/networks",
+            json,
+            "not json",
+            "expected",
+            "not JSON",
+        ),
+        (
+            "POST",
+            "/networks",
+            json,
+            r#"{"name":5,"subnet":null,"gateway":null,"bridge":null,"icc":true,"internal":false,"masquerade":true}"#,
+            "name",
+            "a wrong type",
+        ),
+        (
+            "POST",
+            "/networks",
+            json,
+            r#"{"name":"x","icc":true}"#,
+            "missing field",
+            "a missing field",
+        ),
+        (
+            "POST",
+            "/networks",
+            json,
+            r#"{"name":"x","subnet":null,"gateway":null,"bridge":null,"icc":true,"internal":false,"masquerade":true,"colour":"red"}"#,
+            "colour",
+            "an unknown field",
+        ),
+        (
+            "POST",
+            "/networks",
+            Some("text/plain"),
+            good,
+            "content-type",
+            "a wrong content type",
+        ),
+        (
+            "POST",
+            "/networks",
+            None,
+            good,
+            "content-type",
+            "no content type",
+        ),
+        (
+            "POST",
+            "/endpoints/x/publish",
+            json,
+            "[]",
+            "PortSpecs",
+            "a wrong shape",
+        ),
+        ("GET", "/nope", None, "", "/nope", "an unknown path"),
+        ("DELETE", "/networks", None, "", "DELETE", "a wrong method"),
+        (
+            "GET",
+            "/ports?endpoint=a&endpoint=b",
+            None,
+            "",
+            "endpoint",
+            "a bad query",
+        ),
+        (
+            "GET",
+            "/networks/%FF",
+            None,
+            "",
+            "utf-8",
+            "a bad path parameter",
+        ),
+    ];
+    for (method, path, content_type, body, expect, what) in cases {
+        let answer = raw(&lab, method, path, *content_type, body);
+        json_error(&answer, expect, what);
+    }
+    assert_eq!(
+        before,
+        lab.snapshot(),
+        "a refused request changed something"
+    );
+}
+
+#[test]
+fn input_large_port_ranges_are_quick() {
+    let mut lab = ControlLab::up();
+    // 64,512 host ports to draw from, in the lab's host namespace only.
+    let host = lab.topo.ns("host").name().to_owned();
+    let out = lab.exec_in(
+        &host,
+        "sysctl",
+        &["-w", "net.ipv4.ip_local_port_range=1024 65535"],
+    );
+    assert!(out.status.success(), "sysctl: {out:?}");
+    let ns = lab.netns_name("big");
+    // Generous for a debug build on a busy machine (serde alone takes seconds for 60,000
+    // ports unoptimized); the quadratic checks took many minutes.
+    let bound = Duration::from_secs(10);
+
+    // 60,000 exposed ports, each published on a drawn host port; the daemon answers other
+    // calls meanwhile.
+    let create = std::thread::scope(|s| {
+        let create = s.spawn(|| {
+            let start = Instant::now();
+            let out = lab.cli(&[
+                "endpoint",
+                "create",
+                "big",
+                "--network",
+                "bridge",
+                "--netns",
+                &ns,
+                "--expose",
+                "1-60000",
+                "-P",
+            ]);
+            (out, start.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let start = Instant::now();
+        let out = lab.cli(&["network", "ls"]);
+        let other = start.elapsed();
+        eprintln!("network ls during the create: {other:?}");
+        assert!(out.status.success(), "network ls: {out:?}");
+        assert!(
+            other < bound,
+            "network ls waited {other:?} during the create"
+        );
+        create.join().unwrap()
+    });
+    let (out, took) = create;
+    eprintln!("endpoint create --expose 1-60000 -P: {took:?}");
+    assert!(
+        out.status.success(),
+        "endpoint create --expose 1-60000 -P: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        took < bound,
+        "endpoint create --expose 1-60000 -P took {took:?}"
+    );
+    let ports = lab.json(&["port", "ls", "big"]);
+    let ports = ports.as_array().unwrap();
+    assert_eq!(ports.len(), 60_000);
+    let mut host_ports: Vec<u64> = ports
+        .iter()
+        .map(|p| p["host_port"].as_u64().unwrap())
+        .collect();
+    host_ports.sort_unstable();
+    host_ports.dedup();
+    assert_eq!(host_ports.len(), 60_000, "a host port was drawn twice");
+    assert!(
+        host_ports.iter().all(|p| (1024..=65535).contains(p)),
+        "a host port outside the ephemeral range"
+    );
+
+    // A large explicit range: the conflict checks are linear.
+    let timed = |args: &[&str]| {
+        let start = Instant::now();
+        let out = lab.cli(args);
+        let took = start.elapsed();
+        eprintln!("bridgenet {}: {took:?}", args.join(" "));
+        assert!(took < bound, "bridgenet {} took {took:?}", args.join(" "));
+        out
+    };
+    let out = timed(&["port", "publish", "big", "1000-61000:1000-61000/udp"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // More drawn ports than are free: refused with one line, quickly.
+    let out = timed(&["port", "publish", "big", "1-10000/udp"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.trim_end().lines().count() == 1,
+        "{err:?}"
+    );
+    assert!(err.contains("no free udp host port"), "{err}");
+    // A clash inside a large range, found at once.
+    let out = timed(&["port", "publish", "big", "2000-62000:1-60001/udp"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already published"), "{err}");
+    let out = timed(&["port", "unpublish", "big", "1000-61000/udp"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = timed(&["endpoint", "rm", "big"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lab.stop(Stop::Term);
+}
+
+#[test]
+fn input_second_daemon_on_the_state_dir_is_refused() {
+    let lab = ControlLab::up();
+    let other = lab.dir.path().join("other.sock");
+    for extra in [&[][..], &["--cleanup"]] {
+        let (ok, stderr) = lab
+            .second_daemon(&other, extra, Duration::from_secs(30))
+            .expect("a second daemon on the same state dir still ran after 30 s");
+        assert!(!ok, "the second daemon {extra:?} succeeded: {stderr}");
+        let last = stderr.trim_end().lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("bridgenet: ") && last.contains("state directory"),
+            "{stderr}"
+        );
+        assert!(!other.exists(), "the second daemon made its socket");
+    }
+    // The first one is untouched.
+    lab.ok(&["network", "inspect", "bridge"]);
+}
+
+/// A store as an older or foreign bridgenet might have left it.
+fn network(name: &str, third: u8) -> serde_json::Value {
+    serde_json::json!({
+        "name": name,
+        "subnet": format!("198.19.{third}.0/24"),
+        "gateway": format!("198.19.{third}.1"),
+        "bridge": format!("bn-{name}"),
+        "icc": true,
+        "internal": false,
+        "masquerade": true,
+    })
+}
+
+fn endpoint(name: &str, network: &str, netns: &str, ip: &str, host_port: u16) -> serde_json::Value {
+    serde_json::json!({
+        "name": name,
+        "mode": "bridge",
+        "network": network,
+        "netns": netns,
+        "netns_created": true,
+        "ip": ip,
+        "mac": "02:42:c6:13:00:02",
+        "veth": format!("ve-{name}"),
+        "exposed": [],
+        "ports": [{"proto": "tcp", "port": 80, "host_ip": null, "host_port": host_port}],
+    })
+}
+
+fn write_store(lab: &ControlLab, store: &str) {
+    std::fs::create_dir_all(lab.state_dir()).unwrap();
+    std::fs::write(lab.state_dir().join("state.json"), store).unwrap();
+}
+
+#[test]
+fn input_store_with_dangling_names_is_repaired() {
+    let mut lab = ControlLab::prepared();
+    let (a, b, c) = (
+        lab.netns_name("a"),
+        lab.netns_name("b"),
+        lab.netns_name("c"),
+    );
+    let store = serde_json::json!({
+        "version": 1,
+        "networks": {"good": network("good", 50)},
+        "endpoints": {
+            "fine": endpoint("fine", "good", &c, "198.19.50.2", 8082),
+            "lost1": endpoint("lost1", "gone1", &a, "198.19.60.2", 8080),
+            "lost2": endpoint("lost2", "gone2", &b, "198.19.61.2", 8081),
+        },
+    });
+    write_store(&lab, &store.to_string());
+    lab.start();
+    let log = lab.log();
+    assert!(!log.contains("panicked"), "{log}");
+    // Every problem reported, one line each.
+    for (ep, net) in [("lost1", "gone1"), ("lost2", "gone2")] {
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(&format!("endpoint {ep}")) && l.contains(net))
+            .collect();
+        assert_eq!(lines.len(), 1, "endpoint {ep}: {log}");
+    }
+    // The sound part of the store works; the broken endpoints are only removable.
+    assert!(lab.topo.ns("host").ip(&["-o", "link"]).contains("ve-fine"));
+    assert_eq!(lab.ok(&["port", "ls", "fine"]), "80/tcp -> 0.0.0.0:8082\n");
+    let publish = std::process::Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(lab.bpffs().join("PUBLISH"))
+        .output()
+        .unwrap();
+    let entries: serde_json::Value = serde_json::from_slice(&publish.stdout).unwrap();
+    assert_eq!(
+        entries.as_array().unwrap().len(),
+        1,
+        "only fine's port is published: {entries}"
+    );
+    lab.ok(&["endpoint", "rm", "lost1"]);
+    lab.ok(&["endpoint", "rm", "lost2"]);
+    lab.stop(Stop::Term);
+    lab.start();
+    assert!(!lab.log().contains("panicked"));
+}
+
+#[test]
+fn input_store_without_version_is_upgraded() {
+    let mut lab = ControlLab::prepared();
+    let store = serde_json::json!({
+        "networks": {"good": network("good", 51)},
+        "endpoints": {},
+    });
+    write_store(&lab, &store.to_string());
+    lab.start();
+    let lines: Vec<String> = lab
+        .log()
+        .lines()
+        .filter(|l| l.contains("schema version"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(lines.len(), 1, "{}", lab.log());
+    lab.ok(&["network", "inspect", "good"]);
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(lab.state_dir().join("state.json")).unwrap())
+            .unwrap();
+    assert_eq!(saved["version"], 1, "{saved}");
+    lab.stop(Stop::Term);
+}
+
+#[test]
+fn input_bad_stores_are_refused_with_one_line() {
+    let mut lab = ControlLab::prepared();
+    let mut unknown = network("good", 52);
+    unknown["colour"] = "red".into();
+    let cases = [
+        (
+            serde_json::json!({"version": 1, "networks": {"good": unknown}, "endpoints": {}})
+                .to_string(),
+            "colour",
+        ),
+        (
+            serde_json::json!({"version": 1, "networks": {}, "endpoints": {}, "extra": 1})
+                .to_string(),
+            "extra",
+        ),
+        (
+            serde_json::json!({"version": 99, "networks": {}, "endpoints": {}}).to_string(),
+            "version 99",
+        ),
+        ("{\"networks\": {".to_owned(), "state.json"),
+        (
+            serde_json::json!({"version": 1, "networks": {"good": {"name": "good"}}, "endpoints": {}})
+                .to_string(),
+            "subnet",
+        ),
+    ];
+    for (store, expect) in cases {
+        write_store(&lab, &store);
+        let out = lab.start_refused();
+        let errors: Vec<&str> = out
+            .lines()
+            .filter(|l| l.starts_with("bridgenet: "))
+            .collect();
+        assert_eq!(errors.len(), 1, "{store}: {out}");
+        assert!(
+            errors[0].contains(expect),
+            "{store}: expected {expect:?} in {out}"
+        );
+        assert!(!out.contains("panicked"), "{out}");
+        let after = std::fs::read_to_string(lab.state_dir().join("state.json")).unwrap();
+        assert_eq!(after, store, "a refused store was changed");
+    }
+}
+
+#[test]
+fn input_daemon_through_ip_netns_exec_warns_and_cleans_up() {
+    let mut lab = ControlLab::prepared();
+    lab.start_through_ip_netns_exec();
+    let warnings: Vec<String> = lab
+        .log()
+        .lines()
+        .filter(|l| l.contains("mount namespace"))
+        .map(str::to_owned)
+        .collect();
+    lab.stop(Stop::Term);
+    // The bpf filesystem it mounted went with its mount namespace; --cleanup still works.
+    let cleanup = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| lab.cleanup()));
+    assert_eq!(
+        warnings.len(),
+        1,
+        "expected one warning about the private mount namespace:\n{}",
+        lab.log()
+    );
+    assert!(
+        cleanup.is_ok(),
+        "daemon --cleanup failed after the bpf filesystem went"
+    );
+    assert!(!lab.state_dir().join("bpffs-mounted").exists());
+}
