@@ -38,8 +38,15 @@ enum Command {
         /// than it saves), on, off [default: auto]
         #[arg(long)]
         xdp: Option<daemon::XdpPolicy>,
-        /// A JSON file with the same options (keys socket, state-dir, bpffs, uplinks, xdp);
-        /// flags win.
+        /// Also serve Docker's network driver protocol (`docker network create -d bridgenet`).
+        #[arg(long)]
+        docker: bool,
+        /// Docker's plugin socket; implies --docker [default:
+        /// /run/docker/plugins/bridgenet.sock]
+        #[arg(long)]
+        docker_socket: Option<PathBuf>,
+        /// A JSON file with the same options (keys socket, state-dir, bpffs, uplinks, xdp,
+        /// docker, docker-socket); flags win.
         #[arg(long)]
         config: Option<PathBuf>,
         /// Remove everything bridgenet created in this namespace, then exit.
@@ -104,12 +111,24 @@ fn run(cli: Cli) -> Result<()> {
             bpffs,
             uplink,
             xdp,
+            docker,
+            docker_socket,
             config,
             cleanup,
         } => {
             let config = match &config {
                 Some(path) => daemon::config::Config::load(path)?,
                 None => daemon::config::Config::default(),
+            };
+            let docker_socket = match (docker_socket, docker || config.docker) {
+                (Some(socket), _) => Some(socket),
+                (None, true) => Some(
+                    config
+                        .docker_socket
+                        .clone()
+                        .unwrap_or_else(|| bridgenet::docker::DEFAULT_SOCKET.into()),
+                ),
+                (None, false) => None,
             };
             let options = daemon::Options {
                 // --socket, then BRIDGENET_SOCKET, then the file, then the default.
@@ -133,6 +152,10 @@ fn run(cli: Cli) -> Result<()> {
                     uplink
                 },
                 xdp: xdp.or(config.xdp).unwrap_or_default(),
+                services: docker_socket
+                    .into_iter()
+                    .map(|socket| (socket, bridgenet::docker::router as daemon::MakeRouter))
+                    .collect(),
             };
             if cleanup {
                 daemon::cleanup(options)

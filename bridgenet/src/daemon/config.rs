@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 /// The keys of the file, all optional: `{"socket": "/run/bridgenet/bridgenet.sock",
 /// "state-dir": "/var/lib/bridgenet", "bpffs": "/sys/fs/bpf/bridgenet", "uplinks": ["eth0"],
-/// "xdp": "auto"}`.
+/// "xdp": "auto", "docker": true, "docker-socket": "/run/docker/plugins/bridgenet.sock"}`.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Config {
@@ -17,6 +17,11 @@ pub struct Config {
     #[serde(default)]
     pub uplinks: Vec<String>,
     pub xdp: Option<super::XdpPolicy>,
+    /// Serve Docker's network driver protocol.
+    #[serde(default)]
+    pub docker: bool,
+    /// Where (default /run/docker/plugins/bridgenet.sock).
+    pub docker_socket: Option<PathBuf>,
 }
 
 impl Config {

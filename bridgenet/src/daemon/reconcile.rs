@@ -53,6 +53,13 @@ impl Daemon {
         let mut endpoint_ifindexes = BTreeSet::new();
         for endpoint in &endpoints {
             let path = endpoint.netns_path();
+            if endpoint.for_runtime() {
+                // The runtime holds the container end: nothing to re-create without it.
+                if self.reconcile_runtime_endpoint(endpoint).await? {
+                    endpoint_ifindexes.insert(self.nl.index(&endpoint.veth).await?);
+                }
+                continue;
+            }
             if !path.exists() {
                 if endpoint.netns_created {
                     tracing::info!("reconcile: re-creating namespace {}", endpoint.netns);
@@ -173,5 +180,30 @@ impl Daemon {
             self.state.endpoints.len()
         );
         Ok(())
+    }
+}
+
+impl Daemon {
+    /// An endpoint whose container end the runtime moved: its veth back on the bridge and in
+    /// the datapath while the pair exists; when it is gone (the container with it), the
+    /// runtime's DeleteEndpoint removes the endpoint. Returns whether the pair exists.
+    async fn reconcile_runtime_endpoint(
+        &mut self,
+        endpoint: &crate::state::Endpoint,
+    ) -> Result<bool> {
+        let network = self.state.networks[&endpoint.network].clone();
+        let Some(link) = self.nl.link(&endpoint.veth).await? else {
+            tracing::warn!(
+                "endpoint {}: its veth pair is gone; the runtime's next call removes it",
+                endpoint.name
+            );
+            return Ok(false);
+        };
+        let bridge = self.nl.index(&network.bridge).await?;
+        if link.controller != Some(bridge) {
+            self.nl.set_controller(link.index, bridge).await?;
+        }
+        self.endpoint_datapath(endpoint, &network).await?;
+        Ok(true)
     }
 }
