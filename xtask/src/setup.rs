@@ -79,6 +79,15 @@ pub const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("nft", "nftables"),
 ];
 
+/// What the Docker tests (`tests/host_docker.rs`) run: Debian's dockerd 20.10 with its
+/// containerd and runc, and busybox for the image they import.
+pub const DOCKER_PROGRAMS: &[(&str, &str)] = &[
+    ("dockerd", "docker.io"),
+    ("containerd", "containerd"),
+    ("runc", "runc"),
+    ("busybox", "busybox-static"),
+];
+
 /// Programs the kernel matrix needs besides virtme-ng.
 pub const VM_PROGRAMS: &[(&str, &str)] = &[
     ("qemu-system-x86_64", "qemu-system-x86"),
