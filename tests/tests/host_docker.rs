@@ -290,24 +290,9 @@ impl DockerLab {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// GET from the world namespace (HTTP/1.0 by hand: Debian's busybox wget crashes here);
-    /// the body's last line, or None when it fails.
+    /// GET from the world namespace; see `get`.
     fn world_get(&self, url: &str) -> Option<String> {
-        let rest = url.strip_prefix("http://")?;
-        let (addr, path) = rest.split_at(rest.find('/')?);
-        let addr: std::net::SocketAddr = addr.parse().ok()?;
-        topology::enter(self.topo.ns("world").name(), || {
-            let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).ok()?;
-            conn.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-            conn.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
-                .ok()?;
-            let mut response = String::new();
-            conn.read_to_string(&mut response).ok()?;
-            // The bodies here are one line; CGI headers may end in a bare \n.
-            let status = response.lines().next()?;
-            let body = response.trim_end().lines().last()?;
-            status.contains(" 200 ").then(|| body.trim().to_owned())
-        })
+        get(self.topo.ns("world").name(), url)
     }
 
     /// GET that must succeed, retried for a few seconds while the container starts.
@@ -354,6 +339,26 @@ impl DockerLab {
         let id = self.docker_ok(&["network", "inspect", "-f", "{{.Id}}", network]);
         format!("docker-{}", &id[..12])
     }
+}
+
+/// GET from namespace `ns` (HTTP/1.0 by hand: Debian's busybox wget crashes here); the body's
+/// last line, or None when it fails.
+fn get(ns: &str, url: &str) -> Option<String> {
+    let rest = url.strip_prefix("http://")?;
+    let (addr, path) = rest.split_at(rest.find('/')?);
+    let addr: std::net::SocketAddr = addr.parse().ok()?;
+    topology::enter(ns, || {
+        let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).ok()?;
+        conn.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+        conn.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+            .ok()?;
+        let mut response = String::new();
+        conn.read_to_string(&mut response).ok()?;
+        // The bodies here are one line; CGI headers may end in a bare \n.
+        let status = response.lines().next()?;
+        let body = response.trim_end().lines().last()?;
+        status.contains(" 200 ").then(|| body.trim().to_owned())
+    })
 }
 
 /// The client address busybox httpd's CGI shows: `198.18.0.1` or `[::ffff:198.18.0.1]`.
@@ -451,6 +456,8 @@ fn docker_run_publishes_through_bridgenet() {
         "8080:80",
         "-p",
         "198.18.0.2:8081:80",
+        "-p",
+        "127.0.0.1::80",
         "bb",
         "httpd",
         "-f",
@@ -476,6 +483,29 @@ fn docker_run_publishes_through_bridgenet() {
     let ports = lab.bridgenet_ok(&["port", "ls", &web1]);
     assert!(ports.contains("80/tcp -> 0.0.0.0:8080"), "{ports}");
     assert!(ports.contains("80/tcp -> 198.18.0.2:8081"), "{ports}");
+
+    // -p 127.0.0.1::80: the host's own processes only (no proxy: bridgenet's host access).
+    let listing = lab.bridgenet_ok(&["port", "ls", &web1, "--json"]);
+    let entries: serde_json::Value = serde_json::from_str(&listing).unwrap();
+    let local = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["host_ip"] == "127.0.0.1")
+        .and_then(|e| e["host_port"].as_u64())
+        .unwrap_or_else(|| panic!("no 127.0.0.1 port: {listing}"));
+    let host_ns = lab.topo.ns("host").name().to_owned();
+    assert_eq!(
+        get(&host_ns, &format!("http://127.0.0.1:{local}/index.html")).as_deref(),
+        Some("hello from busybox"),
+        "the host reaches 127.0.0.1:{local}"
+    );
+    assert!(
+        lab.world_get(&format!("http://{HOST}:{local}/index.html"))
+            .is_none(),
+        "the world must not reach the 127.0.0.1 port {local}"
+    );
+
     let inspect = lab.docker_ok(&[
         "inspect",
         "-f",
@@ -636,6 +666,57 @@ fn docker_refused_options_fail_in_one_line_and_change_nothing() {
     let link = lab.topo.ns("host").ip(&["link", "show", &bridge]);
     assert!(link.contains("mtu 1400"), "{link}");
 
+    // enable_icc=false: containers of the network do not reach each other; the MTU is on
+    // the containers' interfaces too.
+    lab.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "icc1",
+        "--network",
+        "quiet",
+        "bb",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    lab.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "icc2",
+        "--network",
+        "quiet",
+        "bb",
+        "sleep",
+        "600",
+    ]);
+    let icc1 = lab.docker_ok(&[
+        "inspect",
+        "-f",
+        "{{.NetworkSettings.Networks.quiet.IPAddress}}",
+        "icc1",
+    ]);
+    let fetch = format!("printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {icc1} 80");
+    let out = lab.docker(&["exec", "icc2", "sh", "-c", &fetch]);
+    assert!(
+        !text(&out).contains("hello from busybox"),
+        "icc2 reached icc1 with enable_icc=false: {}",
+        text(&out)
+    );
+    let stats = lab.bridgenet_ok(&["stats"]);
+    assert!(stats.contains("drop_icc"), "{stats}");
+    // The same request to the world's server goes through: the refusal above is the network's.
+    let world = fetch.replace(&format!("{icc1} 80"), "198.18.0.1 8000");
+    let out = lab.docker_ok(&["exec", "icc2", "sh", "-c", &world]);
+    assert!(out.contains("hello from busybox"), "{out}");
+    let link = lab.docker_ok(&["exec", "icc2", "ip", "link", "show", "eth0"]);
+    assert!(link.contains("mtu 1400"), "{link}");
+    lab.docker_ok(&["rm", "-f", "icc1", "icc2"]);
+
     // SCTP: refused before the container starts; no endpoint is left.
     let out = lab.docker(&[
         "run",
@@ -653,6 +734,88 @@ fn docker_refused_options_fail_in_one_line_and_change_nothing() {
     assert!(!out.status.success());
     let err = text(&out);
     assert!(err.contains("SCTP is not supported by bridgenet"), "{err}");
+    let endpoints = lab.bridgenet_ok(&["endpoint", "ls"]);
+    assert!(!endpoints.contains("docker-"), "{endpoints}");
+}
+
+#[test]
+fn docker_containers_keep_working_across_a_bridgenet_kill_and_restart() {
+    let mut lab = DockerLab::up();
+    lab.docker_ok(&[
+        "network",
+        "create",
+        "-d",
+        "bridgenet",
+        "--subnet",
+        "198.19.10.0/24",
+        "again",
+    ]);
+    lab.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "one",
+        "--network",
+        "again",
+        "-p",
+        "8080:80",
+        "bb",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    let url = format!("http://{HOST}:8080/index.html");
+    assert_eq!(lab.world_get_ok(&url), "hello from busybox");
+
+    let mut child = lab.bridgenet.take().expect("bridgenet runs");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        lab.world_get(&url).as_deref(),
+        Some("hello from busybox"),
+        "the published port answers while bridgenet is down"
+    );
+    lab.start_bridgenet();
+    assert!(
+        lab.bridgenet_log()
+            .contains("reconciled 2 networks, 1 endpoints"),
+        "{}",
+        lab.bridgenet_log()
+    );
+    assert_eq!(lab.world_get_ok(&url), "hello from busybox");
+
+    // After the restart: a new container, docker rm -f, docker network rm.
+    lab.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "two",
+        "--network",
+        "again",
+        "-p",
+        "8081:80",
+        "bb",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    assert_eq!(
+        lab.world_get_ok(&format!("http://{HOST}:8081/index.html")),
+        "hello from busybox"
+    );
+    lab.docker_ok(&["rm", "-f", "one"]);
+    assert!(
+        lab.world_get(&url).is_none(),
+        "8080 answers after docker rm -f"
+    );
+    lab.docker_ok(&["rm", "-f", "two"]);
+    lab.docker_ok(&["network", "rm", "again"]);
     let endpoints = lab.bridgenet_ok(&["endpoint", "ls"]);
     assert!(!endpoints.contains("docker-"), "{endpoints}");
 }
