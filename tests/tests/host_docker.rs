@@ -819,3 +819,143 @@ fn docker_containers_keep_working_across_a_bridgenet_kill_and_restart() {
     let endpoints = lab.bridgenet_ok(&["endpoint", "ls"]);
     assert!(!endpoints.contains("docker-"), "{endpoints}");
 }
+
+/// One call of the driver protocol straight to the plugin socket, seen through dockerd's
+/// mount namespace; returns the JSON answer.
+fn driver_call(lab: &DockerLab, call: &str, body: serde_json::Value) -> serde_json::Value {
+    let socket = format!(
+        "/proc/{}/root/run/docker/plugins/bridgenet.sock",
+        lab.dockerd_pid()
+    );
+    let mut conn = std::os::unix::net::UnixStream::connect(&socket).expect("the plugin socket");
+    let body = body.to_string();
+    write!(
+        conn,
+        "POST /{call} HTTP/1.1\r\nHost: plugin\r\nContent-Type: application/vnd.docker.plugins.v1.2+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).unwrap();
+    let (_, json) = response.split_once("\r\n\r\n").expect("an HTTP answer");
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("{call}: {e}: {response}"))
+}
+
+#[test]
+fn docker_driver_calls_are_idempotent_and_internal_networks_stay_inside() {
+    let lab = DockerLab::up();
+    let net = "a".repeat(64);
+    let ep = "b".repeat(64);
+    let create = serde_json::json!({
+        "NetworkID": net, "Options": {"com.docker.network.enable_ipv6": false},
+        "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "198.19.11.0/24",
+                      "Gateway": "198.19.11.1/24"}],
+        "IPv6Data": []
+    });
+    let endpoint = serde_json::json!({
+        "NetworkID": net, "EndpointID": ep,
+        "Interface": {"Address": "198.19.11.2/24", "AddressIPv6": "", "MacAddress": ""},
+        "Options": {}
+    });
+    let portmap = serde_json::json!({
+        "NetworkID": net, "EndpointID": ep,
+        "Options": {"com.docker.network.portmap": [
+            {"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 8090, "HostPortEnd": 8090}
+        ]}
+    });
+    let ids = serde_json::json!({"NetworkID": net, "EndpointID": ep});
+    // Docker repeats calls after a restart of either side: each answer is the same, no Err.
+    for _ in 0..2 {
+        assert_eq!(
+            driver_call(&lab, "NetworkDriver.CreateNetwork", create.clone()),
+            serde_json::json!({})
+        );
+    }
+    for _ in 0..2 {
+        let answer = driver_call(&lab, "NetworkDriver.CreateEndpoint", endpoint.clone());
+        assert_eq!(
+            answer["Interface"]["MacAddress"], "02:42:c6:13:0b:02",
+            "{answer}"
+        );
+    }
+    let join = driver_call(&lab, "NetworkDriver.Join", ids.clone());
+    assert_eq!(join["Gateway"], "198.19.11.1", "{join}");
+    assert_eq!(join["InterfaceName"]["DstPrefix"], "eth", "{join}");
+    for _ in 0..2 {
+        let answer = driver_call(
+            &lab,
+            "NetworkDriver.ProgramExternalConnectivity",
+            portmap.clone(),
+        );
+        assert_eq!(answer, serde_json::json!({}));
+    }
+    let ports = lab.bridgenet_ok(&["port", "ls"]);
+    assert_eq!(
+        ports.matches("80/tcp -> 0.0.0.0:8090").count(),
+        1,
+        "{ports}"
+    );
+    for call in [
+        "NetworkDriver.RevokeExternalConnectivity",
+        "NetworkDriver.RevokeExternalConnectivity",
+        "NetworkDriver.Leave",
+        "NetworkDriver.DeleteEndpoint",
+        "NetworkDriver.DeleteEndpoint",
+        "NetworkDriver.DeleteNetwork",
+        "NetworkDriver.DeleteNetwork",
+    ] {
+        assert_eq!(
+            driver_call(&lab, call, ids.clone()),
+            serde_json::json!({}),
+            "{call}"
+        );
+    }
+    assert!(!lab.bridgenet_ok(&["port", "ls"]).contains("8090"));
+    assert!(
+        !lab.bridgenet_ok(&["network", "ls"])
+            .contains("docker-aaaaaaaaaaaa")
+    );
+    let unknown = driver_call(&lab, "NetworkDriver.AllocateNetwork", ids);
+    assert!(
+        unknown["Err"]
+            .as_str()
+            .unwrap_or("")
+            .contains("does not implement"),
+        "{unknown}"
+    );
+
+    // --internal: no way out, also with the default route Docker installs.
+    lab.docker_ok(&[
+        "network",
+        "create",
+        "-d",
+        "bridgenet",
+        "--internal",
+        "--subnet",
+        "198.19.12.0/24",
+        "inner",
+    ]);
+    let name = lab.network_name("inner");
+    let inspect = lab.bridgenet_ok(&["network", "inspect", &name]);
+    assert!(inspect.contains("\"internal\": true"), "{inspect}");
+    lab.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "inside",
+        "--network",
+        "inner",
+        "bb",
+        "sleep",
+        "600",
+    ]);
+    let fetch = "printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 2 198.18.0.1 8000";
+    let out = lab.docker(&["exec", "inside", "sh", "-c", fetch]);
+    assert!(
+        !text(&out).contains("hello from busybox"),
+        "an --internal container reached the world: {}",
+        text(&out)
+    );
+    let stats = lab.bridgenet_ok(&["stats"]);
+    assert!(stats.contains("drop_internal"), "{stats}");
+}
