@@ -44,6 +44,11 @@ mod tests {
         assert_eq!(config.state_dir, Some(PathBuf::from("/tmp/s")));
         assert_eq!(config.uplinks, ["eth0", "eth1"]);
         assert!(config.socket.is_none() && config.bpffs.is_none());
+        assert!(!config.docker && config.docker_socket.is_none());
+        let docker: Config =
+            serde_json::from_str(r#"{"docker": true, "docker-socket": "/tmp/d.sock"}"#).unwrap();
+        assert!(docker.docker);
+        assert_eq!(docker.docker_socket, Some(PathBuf::from("/tmp/d.sock")));
         let err = serde_json::from_str::<Config>(r#"{"state_dir": "/tmp/s"}"#).unwrap_err();
         assert!(
             err.to_string().contains("unknown field `state_dir`"),
