@@ -86,6 +86,9 @@ pub const DOCKER_PROGRAMS: &[(&str, &str)] = &[
     ("containerd", "containerd"),
     ("runc", "runc"),
     ("busybox", "busybox-static"),
+    // Debian's own (a path: a pyenv shim on PATH would not do): the UDP echo of the tests
+    // runs it inside a container from the host's /usr, bound read-only.
+    ("/usr/bin/python3", "python3"),
 ];
 
 /// Programs the kernel matrix needs besides virtme-ng.
