@@ -604,6 +604,33 @@ fn docker_run_publishes_through_bridgenet() {
     let nft = host.exec("nft", &["list", "ruleset"]);
     assert!(!nft.contains("rule") && !nft.contains("chain"), "{nft}");
 
+    // A second bridgenet network on the same container (docker network connect): a second
+    // interface, and the published ports of the first network keep working.
+    lab.docker_ok(&[
+        "network",
+        "create",
+        "-d",
+        "bridgenet",
+        "--subnet",
+        "198.19.13.0/24",
+        "web2",
+    ]);
+    lab.docker_ok(&["network", "connect", "web2", "web1"]);
+    let addrs = lab.docker_ok(&["exec", "web1", "ip", "-4", "addr"]);
+    assert!(addrs.contains("198.19.13.2/24"), "{addrs}");
+    assert!(addrs.contains("198.19.7.2/24"), "{addrs}");
+    assert_eq!(
+        lab.world_get_ok(&format!("http://{HOST}:8080/index.html")),
+        "hello from busybox"
+    );
+    let endpoints = lab.bridgenet_ok(&["endpoint", "ls"]);
+    assert!(
+        endpoints.contains(&lab.endpoint_of("web1", "web2")),
+        "{endpoints}"
+    );
+    lab.docker_ok(&["network", "disconnect", "web2", "web1"]);
+    lab.docker_ok(&["network", "rm", "web2"]);
+
     // docker rm -f closes the ports and removes the endpoint.
     lab.docker_ok(&["rm", "-f", "web1"]);
     assert!(
