@@ -9,5 +9,6 @@ pub mod api;
 pub mod cli;
 pub mod daemon;
 pub mod datapath;
+pub mod docker;
 pub mod netlink;
 pub mod state;

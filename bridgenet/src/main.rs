@@ -42,8 +42,15 @@ enum Command {
         /// take the room of ones not yet assured, else are dropped [default: 262144]
         #[arg(long)]
         conntrack_max: Option<u32>,
+        /// Also serve Docker's network driver protocol (`docker network create -d bridgenet`).
+        #[arg(long)]
+        docker: bool,
+        /// Docker's plugin socket; implies --docker [default:
+        /// /run/docker/plugins/bridgenet.sock]
+        #[arg(long)]
+        docker_socket: Option<PathBuf>,
         /// A JSON file with the same options (keys socket, state-dir, bpffs, uplinks, xdp,
-        /// conntrack-max); flags win.
+        /// conntrack-max, docker, docker-socket); flags win.
         #[arg(long)]
         config: Option<PathBuf>,
         /// Remove everything bridgenet created in this namespace, then exit.
@@ -109,12 +116,24 @@ fn run(cli: Cli) -> Result<()> {
             uplink,
             xdp,
             conntrack_max,
+            docker,
+            docker_socket,
             config,
             cleanup,
         } => {
             let config = match &config {
                 Some(path) => daemon::config::Config::load(path)?,
                 None => daemon::config::Config::default(),
+            };
+            let docker_socket = match (docker_socket, docker || config.docker) {
+                (Some(socket), _) => Some(socket),
+                (None, true) => Some(
+                    config
+                        .docker_socket
+                        .clone()
+                        .unwrap_or_else(|| bridgenet::docker::DEFAULT_SOCKET.into()),
+                ),
+                (None, false) => None,
             };
             let options = daemon::Options {
                 // --socket, then BRIDGENET_SOCKET, then the file, then the default.
@@ -141,6 +160,10 @@ fn run(cli: Cli) -> Result<()> {
                 conntrack_max: conntrack_max
                     .or(config.conntrack_max)
                     .unwrap_or(bridgenet_common::CT_MAX_ENTRIES / 2),
+                services: docker_socket
+                    .into_iter()
+                    .map(|socket| (socket, bridgenet::docker::router as daemon::MakeRouter))
+                    .collect(),
             };
             if cleanup {
                 daemon::cleanup(options)

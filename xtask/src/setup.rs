@@ -79,6 +79,18 @@ pub const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("nft", "nftables"),
 ];
 
+/// What the Docker tests (`tests/host_docker.rs`) run: Debian's dockerd 20.10 with its
+/// containerd and runc, and busybox for the image they import.
+pub const DOCKER_PROGRAMS: &[(&str, &str)] = &[
+    ("dockerd", "docker.io"),
+    ("containerd", "containerd"),
+    ("runc", "runc"),
+    ("busybox", "busybox-static"),
+    // Debian's own (a path: a pyenv shim on PATH would not do): the UDP echo of the tests
+    // runs it inside a container from the host's /usr, bound read-only.
+    ("/usr/bin/python3", "python3"),
+];
+
 /// Programs the kernel matrix needs besides virtme-ng.
 pub const VM_PROGRAMS: &[(&str, &str)] = &[
     ("qemu-system-x86_64", "qemu-system-x86"),

@@ -45,6 +45,13 @@ pub struct EndpointCreate {
     /// `--mode bridge|none|container:EP`; None is bridge.
     #[serde(default)]
     pub mode: Option<String>,
+    /// The MAC of the endpoint's interface; None: 02:42 followed by the address.
+    #[serde(default)]
+    pub mac: Option<String>,
+    /// The container end of the veth pair stays in the daemon's namespace for the container
+    /// runtime to move (Docker's driver); `netns` is then empty.
+    #[serde(default)]
+    pub for_runtime: bool,
 }
 
 /// `POST /endpoints/{name}/publish` and `/unpublish`.

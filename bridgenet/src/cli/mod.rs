@@ -259,6 +259,8 @@ pub fn endpoint(socket: &Path, cmd: EndpointCmd) -> Result<()> {
                 expose: a.expose,
                 publish_all: a.publish_all,
                 mode: Some(a.mode),
+                mac: None,
+                for_runtime: false,
             };
             let ep: Endpoint = send(socket, Method::POST, "/endpoints", &req)?;
             println!("{} {}", ep.name, ep.ip);

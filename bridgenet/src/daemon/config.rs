@@ -7,7 +7,8 @@ use serde::Deserialize;
 
 /// The keys of the file, all optional: `{"socket": "/run/bridgenet/bridgenet.sock",
 /// "state-dir": "/var/lib/bridgenet", "bpffs": "/sys/fs/bpf/bridgenet", "uplinks": ["eth0"],
-/// "xdp": "auto", "conntrack-max": 262144}`.
+/// "xdp": "auto", "conntrack-max": 262144, "docker": true,
+/// "docker-socket": "/run/docker/plugins/bridgenet.sock"}`.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Config {
@@ -18,6 +19,11 @@ pub struct Config {
     pub uplinks: Vec<String>,
     pub xdp: Option<super::XdpPolicy>,
     pub conntrack_max: Option<u32>,
+    /// Serve Docker's network driver protocol.
+    #[serde(default)]
+    pub docker: bool,
+    /// Where (default /run/docker/plugins/bridgenet.sock).
+    pub docker_socket: Option<PathBuf>,
 }
 
 impl Config {
@@ -40,6 +46,11 @@ mod tests {
         assert_eq!(config.state_dir, Some(PathBuf::from("/tmp/s")));
         assert_eq!(config.uplinks, ["eth0", "eth1"]);
         assert!(config.socket.is_none() && config.bpffs.is_none());
+        assert!(!config.docker && config.docker_socket.is_none());
+        let docker: Config =
+            serde_json::from_str(r#"{"docker": true, "docker-socket": "/tmp/d.sock"}"#).unwrap();
+        assert!(docker.docker);
+        assert_eq!(docker.docker_socket, Some(PathBuf::from("/tmp/d.sock")));
         let err = serde_json::from_str::<Config>(r#"{"state_dir": "/tmp/s"}"#).unwrap_err();
         assert!(
             err.to_string().contains("unknown field `state_dir`"),

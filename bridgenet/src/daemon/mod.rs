@@ -8,6 +8,8 @@ mod filter;
 mod ops;
 mod reconcile;
 
+pub use ops::peer_name;
+
 use std::{
     net::Ipv4Addr,
     os::unix::fs::PermissionsExt as _,
@@ -38,7 +40,12 @@ pub struct Options {
     pub xdp: XdpPolicy,
     /// Flows the conntrack table holds (two entries each).
     pub conntrack_max: u32,
+    /// More APIs over the same daemon, each on its own socket (Docker's network driver).
+    pub services: Vec<(PathBuf, MakeRouter)>,
 }
+
+/// Builds the routes of a service of `Options::services`.
+pub type MakeRouter = fn(Arc<Mutex<Daemon>>, &Options) -> axum::Router;
 
 /// Where the daemon attaches `uplink_xdp`. Its drops are repeated by `uplink_ingress`, so it
 /// is a saving, never the only check: on a veth, native XDP gives up GRO and costs bulk TCP
@@ -192,11 +199,21 @@ async fn serve(options: Options) -> Result<()> {
     tracing::info!("listening on {}", options.socket.display());
     tokio::spawn(background(daemon.clone()));
     tokio::spawn(on_changes(daemon.clone(), Watch::new()?));
+    for (socket, make) in &options.services {
+        refuse_if_running(socket).await?;
+        let listener = bind(socket)?;
+        tracing::info!("listening on {}", socket.display());
+        let app = make(daemon.clone(), &options);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+    }
     let app = crate::api::server::router(daemon);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     let _ = std::fs::remove_file(&options.socket);
+    for (socket, _) in &options.services {
+        let _ = std::fs::remove_file(socket);
+    }
     tracing::info!("stopped; the kernel keeps the maps, the store keeps the state");
     Ok(())
 }

@@ -315,7 +315,19 @@ impl Daemon {
             }));
         }
         let ports = self.draw_mappings(&specs)?;
-        let (netns, netns_created) = self.own_netns(&req.netns)?;
+        let (netns, netns_created) = if req.for_runtime {
+            (String::new(), false)
+        } else {
+            self.own_netns(&req.netns)?
+        };
+        let mac = match &req.mac {
+            Some(m) => ipam::parse_mac(m).ok_or_else(|| {
+                bad(format!(
+                    "invalid MAC address {m:?} (expected aa:bb:cc:dd:ee:ff, unicast)"
+                ))
+            })?,
+            None => ipam::mac(ip),
+        };
         let veth = ifname("ve-", &req.name);
         if self.nl.link(&veth).await?.is_some() {
             return Err(Error::Conflict(format!("interface {veth} already exists")));
@@ -327,7 +339,7 @@ impl Daemon {
             netns,
             netns_created,
             ip,
-            mac: ipam::mac_string(&ipam::mac(ip)),
+            mac: ipam::mac_string(&mac),
             veth,
             exposed,
             ports,
@@ -466,7 +478,7 @@ impl Daemon {
         self.dp.add_endpoint(
             index,
             endpoint.ip,
-            ipam::mac(endpoint.ip),
+            ipam::parse_mac(&endpoint.mac).unwrap_or_else(|| ipam::mac(endpoint.ip)),
             network_options(network).id,
         )?;
         self.dp.attach_pinned(
@@ -484,17 +496,25 @@ impl Daemon {
         endpoint: &Endpoint,
         network: &Network,
     ) -> anyhow::Result<()> {
-        let path = endpoint.netns_path();
+        // For the runtime: the peer "moves" into the daemon's own namespace, that is stays.
+        let path = if endpoint.for_runtime() {
+            "/proc/self/ns/net".into()
+        } else {
+            endpoint.netns_path()
+        };
         let file = std::fs::File::open(&path)
             .with_context(|| format!("opening namespace {}", path.display()))?;
         let bridge = self.nl.index(&network.bridge).await?;
-        let peer = ifname("vp-", &endpoint.name);
+        let peer = peer_name(&endpoint.name);
         self.nl
             .create_veth(&endpoint.veth, &peer, bridge, &file)
             .await?;
+        if endpoint.for_runtime() {
+            return Ok(());
+        }
         let link = EndpointLink {
             peer,
-            mac: ipam::mac(endpoint.ip),
+            mac: ipam::parse_mac(&endpoint.mac).unwrap_or_else(|| ipam::mac(endpoint.ip)),
             ip: endpoint.ip,
             prefix: network.subnet.prefix_len(),
             gateway: (!network.internal).then_some(network.gateway),
@@ -688,6 +708,11 @@ impl Daemon {
         }
         Ok(out)
     }
+}
+
+/// The container end of an endpoint's veth pair, before it is renamed `eth0`.
+pub fn peer_name(endpoint: &str) -> String {
+    ifname("vp-", endpoint)
 }
 
 fn parse_specs(specs: &[String]) -> Result<Vec<PortSpec>, Error> {

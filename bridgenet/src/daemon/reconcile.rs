@@ -186,6 +186,13 @@ impl Daemon {
     /// The endpoint's namespace, veth pair and datapath entries; its veth's index, if it has
     /// one in place.
     async fn reconcile_endpoint(&mut self, endpoint: &Endpoint) -> Result<Option<u32>> {
+        if endpoint.for_runtime() {
+            // The runtime holds the container end: nothing to re-create without it.
+            if !self.reconcile_runtime_endpoint(endpoint).await? {
+                return Ok(None);
+            }
+            return Ok(Some(self.nl.index(&endpoint.veth).await?));
+        }
         let path = endpoint.netns_path();
         if !path.exists() {
             if endpoint.netns_created {
@@ -235,5 +242,30 @@ impl Daemon {
         }
         self.endpoint_datapath(endpoint, &network).await?;
         Ok(Some(self.nl.index(veth).await?))
+    }
+}
+
+impl Daemon {
+    /// An endpoint whose container end the runtime moved: its veth back on the bridge and in
+    /// the datapath while the pair exists; when it is gone (the container with it), the
+    /// runtime's DeleteEndpoint removes the endpoint. Returns whether the pair exists.
+    async fn reconcile_runtime_endpoint(
+        &mut self,
+        endpoint: &crate::state::Endpoint,
+    ) -> Result<bool> {
+        let network = self.state.networks[&endpoint.network].clone();
+        let Some(link) = self.nl.link(&endpoint.veth).await? else {
+            tracing::warn!(
+                "endpoint {}: its veth pair is gone; the runtime's next call removes it",
+                endpoint.name
+            );
+            return Ok(false);
+        };
+        let bridge = self.nl.index(&network.bridge).await?;
+        if link.controller != Some(bridge) {
+            self.nl.set_controller(link.index, bridge).await?;
+        }
+        self.endpoint_datapath(endpoint, &network).await?;
+        Ok(true)
     }
 }

@@ -219,6 +219,16 @@ impl Netlink {
             .with_context(|| format!("moving {peer} into the endpoint namespace"))
     }
 
+    /// Sets the MTU of link `index`.
+    pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<()> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).mtu(mtu).build())
+            .execute()
+            .await
+            .with_context(|| format!("setting the MTU of link {index} to {mtu}"))
+    }
+
     /// Puts link `index` on bridge `bridge`.
     pub async fn set_controller(&self, index: u32, bridge: u32) -> Result<()> {
         self.handle

@@ -84,6 +84,20 @@ pub fn mac_string(mac: &[u8; 6]) -> String {
     mac.map(|b| format!("{b:02x}")).join(":")
 }
 
+/// `aa:bb:cc:dd:ee:ff` (either case), a unicast address.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut out {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(part, 16).ok()?;
+    }
+    (parts.next().is_none() && out[0] & 1 == 0).then_some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -90,7 +90,8 @@ pub struct Endpoint {
     pub mode: Mode,
     /// Empty in mode none.
     pub network: String,
-    /// The namespace as given: a name under /run/netns or a path.
+    /// The namespace as given: a name under /run/netns or a path; empty when the container
+    /// runtime moves the container end itself (`for_runtime`).
     pub netns: String,
     /// Whether bridgenet created the namespace (and removes it with the endpoint).
     pub netns_created: bool,
@@ -109,6 +110,12 @@ impl Endpoint {
     /// The host end of its veth pair, in mode bridge.
     pub fn veth(&self) -> Option<&str> {
         (self.mode == Mode::Bridge).then_some(self.veth.as_str())
+    }
+
+    /// Whether the container end of its veth pair was left for the container runtime to move
+    /// (Docker's driver): no namespace of its own.
+    pub fn for_runtime(&self) -> bool {
+        self.mode == Mode::Bridge && self.netns.is_empty()
     }
 
     /// The namespace file.

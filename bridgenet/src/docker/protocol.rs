@@ -1,0 +1,434 @@
+//! What Docker's remote network driver protocol (libnetwork) sends, and how its options become
+//! bridgenet's: every refusal is one line, found before anything changes.
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::state::Proto;
+
+/// `/NetworkDriver.CreateNetwork`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CreateNetwork {
+    #[serde(rename = "NetworkID")]
+    pub network_id: String,
+    #[serde(default)]
+    pub options: BTreeMap<String, Value>,
+    #[serde(rename = "IPv4Data", default)]
+    pub ipv4_data: Option<Vec<IpamData>>,
+    #[serde(rename = "IPv6Data", default)]
+    pub ipv6_data: Option<Vec<IpamData>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct IpamData {
+    #[serde(default)]
+    pub pool: String,
+    #[serde(default)]
+    pub gateway: String,
+    #[serde(default)]
+    pub aux_addresses: Option<BTreeMap<String, String>>,
+}
+
+/// Calls that name a network only (`DeleteNetwork`) or an endpoint too.
+#[derive(Debug, Deserialize)]
+pub struct Ids {
+    #[serde(rename = "NetworkID")]
+    pub network_id: String,
+    #[serde(rename = "EndpointID", default)]
+    pub endpoint_id: String,
+    /// The endpoint options (`com.docker.network.portmap`, ...), in the calls that carry them.
+    #[serde(rename = "Options", default)]
+    pub options: Option<BTreeMap<String, Value>>,
+}
+
+/// `/NetworkDriver.CreateEndpoint`.
+#[derive(Debug, Deserialize)]
+pub struct CreateEndpoint {
+    #[serde(rename = "NetworkID")]
+    pub network_id: String,
+    #[serde(rename = "EndpointID")]
+    pub endpoint_id: String,
+    #[serde(rename = "Interface", default)]
+    pub interface: Option<Interface>,
+    #[serde(rename = "Options", default)]
+    pub options: Option<BTreeMap<String, Value>>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Interface {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub address: String,
+    #[serde(
+        rename = "AddressIPv6",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub address_ipv6: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mac_address: String,
+}
+
+/// One entry of `com.docker.network.portmap`. Proto is a number: 6 tcp, 17 udp, 132 sctp;
+/// HostPort 0 leaves the host port to the driver.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PortBinding {
+    pub proto: u8,
+    pub port: u16,
+    #[serde(rename = "HostIP", default)]
+    pub host_ip: String,
+    #[serde(default)]
+    pub host_port: u16,
+    #[serde(default)]
+    pub host_port_end: u16,
+}
+
+pub const PORTMAP: &str = "com.docker.network.portmap";
+const GENERIC: &str = "com.docker.network.generic";
+const ENABLE_IPV6: &str = "com.docker.network.enable_ipv6";
+const ENABLE_IPV4: &str = "com.docker.network.enable_ipv4";
+const INTERNAL: &str = "com.docker.network.internal";
+
+const BRIDGE_NAME: &str = "com.docker.network.bridge.name";
+const ENABLE_ICC: &str = "com.docker.network.bridge.enable_icc";
+const ENABLE_MASQUERADE: &str = "com.docker.network.bridge.enable_ip_masquerade";
+const HOST_BINDING: &str = "com.docker.network.bridge.host_binding_ipv4";
+const MTU: &str = "com.docker.network.driver.mtu";
+const GATEWAY_MODE: &str = "com.docker.network.bridge.gateway_mode_ipv4";
+
+/// A Docker network as bridgenet makes it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct NetworkSpec {
+    pub subnet: Ipv4Net,
+    pub gateway: Option<Ipv4Addr>,
+    pub bridge: Option<String>,
+    pub icc: bool,
+    pub internal: bool,
+    pub masquerade: bool,
+    pub extras: Extras,
+}
+
+/// What a Docker network keeps beside bridgenet's network (kept in the driver's own file).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extras {
+    /// `host_binding_ipv4`: the host address of ports published without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<Ipv4Addr>,
+    /// `com.docker.network.driver.mtu`, on the bridge and every veth pair.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+}
+
+/// Docker's booleans are Go's strconv.ParseBool.
+fn parse_bool(key: &str, value: &str) -> Result<bool, String> {
+    match value {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        _ => Err(format!("option {key}={value:?}: expected true or false")),
+    }
+}
+
+fn json_bool(key: &str, value: &Value) -> Result<bool, String> {
+    match value {
+        Value::Bool(b) => Ok(*b),
+        Value::String(s) => parse_bool(key, s),
+        _ => Err(format!("option {key}: expected true or false, not {value}")),
+    }
+}
+
+impl CreateNetwork {
+    /// The network to make, or the one line that says why not.
+    pub fn spec(&self) -> Result<NetworkSpec, String> {
+        let mut internal = false;
+        let mut generic = BTreeMap::new();
+        for (key, value) in &self.options {
+            match key.as_str() {
+                ENABLE_IPV6 if json_bool(key, value)? => {
+                    return Err("IPv6 is not supported by bridgenet (drop --ipv6)".into());
+                }
+                ENABLE_IPV4 if !json_bool(key, value)? => {
+                    return Err("bridgenet networks are IPv4: enable_ipv4 cannot be false".into());
+                }
+                ENABLE_IPV6 | ENABLE_IPV4 => {}
+                INTERNAL => internal = json_bool(key, value)?,
+                GENERIC => {
+                    let Value::Object(map) = value else {
+                        return Err(format!("option {GENERIC}: expected an object"));
+                    };
+                    for (k, v) in map {
+                        let v = match v {
+                            Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        };
+                        generic.insert(k.clone(), v);
+                    }
+                }
+                other => return Err(format!("unsupported option {other}")),
+            }
+        }
+        if self.ipv6_data.as_ref().is_some_and(|d| !d.is_empty()) {
+            return Err("IPv6 is not supported by bridgenet (drop --ipv6)".into());
+        }
+        let (subnet, gateway) = match self.ipv4_data.as_deref() {
+            Some([data]) => ipam(data)?,
+            Some([]) | None => return Err("Docker's IPAM gave no IPv4 subnet".into()),
+            Some(_) => return Err("bridgenet networks have one subnet: give one --subnet".into()),
+        };
+        let mut spec = NetworkSpec {
+            subnet,
+            gateway,
+            bridge: None,
+            icc: true,
+            internal,
+            masquerade: true,
+            extras: Extras::default(),
+        };
+        for (key, value) in &generic {
+            match key.as_str() {
+                BRIDGE_NAME => spec.bridge = Some(value.clone()),
+                ENABLE_ICC => spec.icc = parse_bool(key, value)?,
+                ENABLE_MASQUERADE => spec.masquerade = parse_bool(key, value)?,
+                HOST_BINDING => {
+                    let ip: Ipv4Addr = value
+                        .parse()
+                        .map_err(|_| format!("option {key}={value:?}: expected an IPv4 address"))?;
+                    spec.extras.host_ip = (!ip.is_unspecified()).then_some(ip);
+                }
+                MTU => {
+                    let mtu = value
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|m| (68..=65535).contains(m))
+                        .ok_or_else(|| format!("option {key}={value:?}: expected 68 to 65535"))?;
+                    spec.extras.mtu = Some(mtu);
+                }
+                GATEWAY_MODE => match value.as_str() {
+                    "nat" => {}
+                    "nat-unprotected" | "routed" | "isolated" => {
+                        return Err(format!(
+                            "option {key}={value}: bridgenet has gateway mode nat only so far"
+                        ));
+                    }
+                    _ => {
+                        return Err(format!(
+                            "option {key}={value:?}: expected nat, nat-unprotected, routed or isolated"
+                        ));
+                    }
+                },
+                _ => {
+                    return Err(format!(
+                        "unsupported option {key} (bridgenet takes {BRIDGE_NAME}, {ENABLE_ICC}, \
+                         {ENABLE_MASQUERADE}, {HOST_BINDING}, {MTU}, {GATEWAY_MODE})"
+                    ));
+                }
+            }
+        }
+        Ok(spec)
+    }
+}
+
+/// The pool and the gateway (`198.19.7.1/24`) of Docker's IPAM.
+fn ipam(data: &IpamData) -> Result<(Ipv4Net, Option<Ipv4Addr>), String> {
+    let pool: Ipv4Net = data
+        .pool
+        .parse()
+        .map_err(|_| format!("Docker's IPAM gave an invalid pool {:?}", data.pool))?;
+    if data.aux_addresses.as_ref().is_some_and(|a| !a.is_empty()) {
+        return Err("auxiliary addresses (--aux-address) are not supported by bridgenet".into());
+    }
+    let gateway = if data.gateway.is_empty() {
+        None
+    } else {
+        let gw: Ipv4Net = data
+            .gateway
+            .parse()
+            .map_err(|_| format!("Docker's IPAM gave an invalid gateway {:?}", data.gateway))?;
+        Some(gw.addr())
+    };
+    Ok((pool, gateway))
+}
+
+/// The address Docker gives an endpoint (`198.19.7.2/24`).
+pub fn endpoint_address(iface: Option<&Interface>) -> Result<Ipv4Addr, String> {
+    let iface = iface.ok_or("Docker gave the endpoint no interface")?;
+    if !iface.address_ipv6.is_empty() {
+        return Err("IPv6 is not supported by bridgenet".into());
+    }
+    let net: Ipv4Net = iface.address.parse().map_err(|_| {
+        format!(
+            "Docker gave the endpoint an invalid address {:?}",
+            iface.address
+        )
+    })?;
+    Ok(net.addr())
+}
+
+/// The port bindings of an endpoint's options as bridgenet SPECs (`IP:HPORT:CPORT/PROTO`),
+/// host ports left open for HostPort 0. A host port range (`-p 8080-8090:80`) becomes the
+/// first of its ports for which `free` says yes.
+pub fn port_specs(
+    options: Option<&BTreeMap<String, Value>>,
+    default_host_ip: Option<Ipv4Addr>,
+    free: impl Fn(Proto, Option<Ipv4Addr>, u16) -> bool,
+) -> Result<Vec<String>, String> {
+    let Some(value) = options.and_then(|o| o.get(PORTMAP)) else {
+        return Ok(Vec::new());
+    };
+    let bindings: Vec<PortBinding> = match value {
+        Value::Null => Vec::new(),
+        v => serde_json::from_value(v.clone()).map_err(|e| format!("invalid {PORTMAP}: {e}"))?,
+    };
+    let mut specs = Vec::new();
+    for b in bindings {
+        let proto = match b.proto {
+            6 => Proto::Tcp,
+            17 => Proto::Udp,
+            132 => {
+                return Err(format!(
+                    "port {}/sctp: SCTP is not supported by bridgenet (publish tcp or udp)",
+                    b.port
+                ));
+            }
+            n => return Err(format!("port {}: unsupported protocol number {n}", b.port)),
+        };
+        let host_ip = match b.host_ip.as_str() {
+            "" => default_host_ip,
+            s => match s.parse::<std::net::IpAddr>() {
+                Ok(std::net::IpAddr::V4(ip)) => (!ip.is_unspecified()).then_some(ip),
+                // Docker adds `::` beside 0.0.0.0 for dual-stack hosts: bridgenet is IPv4.
+                Ok(std::net::IpAddr::V6(ip)) if ip.is_unspecified() => continue,
+                _ => {
+                    return Err(format!(
+                        "port {}/{proto}: host address {s} is not an IPv4 address",
+                        b.port
+                    ));
+                }
+            },
+        };
+        let end = b.host_port_end.max(b.host_port);
+        let host_port = (b.host_port != 0).then(|| {
+            (b.host_port..=end)
+                .find(|&p| free(proto, host_ip, p))
+                .unwrap_or(b.host_port)
+        });
+        specs.push(match (host_ip, host_port) {
+            (None, None) => format!("{}/{proto}", b.port),
+            (None, Some(h)) => format!("{h}:{}/{proto}", b.port),
+            (Some(ip), None) => format!("{ip}::{}/{proto}", b.port),
+            (Some(ip), Some(h)) => format!("{ip}:{h}:{}/{proto}", b.port),
+        });
+    }
+    Ok(specs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn create(options: Value, pool: &str) -> CreateNetwork {
+        serde_json::from_value(serde_json::json!({
+            "NetworkID": "751e0000000000000000",
+            "Options": options,
+            "IPv4Data": [{"AddressSpace": "LocalDefault", "Gateway": "198.19.7.1/24", "Pool": pool}],
+            "IPv6Data": []
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn what_dockerd_20_10_sends_becomes_a_network() {
+        let req = create(
+            serde_json::json!({"com.docker.network.enable_ipv6": false,
+                "com.docker.network.generic": {"com.docker.network.bridge.enable_icc": "false",
+                    "com.docker.network.bridge.host_binding_ipv4": "198.18.0.2",
+                    "com.docker.network.driver.mtu": "1400",
+                    "com.docker.network.bridge.name": "web0"}}),
+            "198.19.7.0/24",
+        );
+        let spec = req.spec().unwrap();
+        assert_eq!(spec.subnet, "198.19.7.0/24".parse().unwrap());
+        assert_eq!(spec.gateway, Some(Ipv4Addr::new(198, 19, 7, 1)));
+        assert_eq!(spec.bridge.as_deref(), Some("web0"));
+        assert!(!spec.icc && spec.masquerade && !spec.internal);
+        assert_eq!(spec.extras.host_ip, Some(Ipv4Addr::new(198, 18, 0, 2)));
+        assert_eq!(spec.extras.mtu, Some(1400));
+    }
+
+    #[test]
+    fn unknown_and_unsupported_options_are_refused_in_one_line() {
+        for (options, want) in [
+            (
+                serde_json::json!({"com.docker.network.generic": {"foo": "bar"}}),
+                "unsupported option foo",
+            ),
+            (
+                serde_json::json!({"com.docker.network.enable_ipv6": true}),
+                "IPv6 is not supported",
+            ),
+            (
+                serde_json::json!({"com.docker.network.generic":
+                    {"com.docker.network.bridge.enable_icc": "maybe"}}),
+                "expected true or false",
+            ),
+            (
+                serde_json::json!({"com.docker.network.generic":
+                    {"com.docker.network.bridge.gateway_mode_ipv4": "routed"}}),
+                "gateway mode nat only",
+            ),
+        ] {
+            let err = create(options, "198.19.7.0/24").spec().unwrap_err();
+            assert!(err.contains(want), "{err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+    }
+
+    #[test]
+    fn portmap_becomes_specs() {
+        let options: BTreeMap<String, Value> = serde_json::from_value(serde_json::json!({
+            "com.docker.network.portmap": [
+                {"Proto": 6, "IP": "", "Port": 90, "HostIP": "", "HostPort": 0, "HostPortEnd": 0},
+                {"Proto": 6, "IP": "", "Port": 81, "HostIP": "127.0.0.1", "HostPort": 0, "HostPortEnd": 0},
+                {"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8080},
+                {"Proto": 17, "IP": "", "Port": 53, "HostIP": "", "HostPort": 5353, "HostPortEnd": 5353},
+                {"Proto": 6, "IP": "", "Port": 82, "HostIP": "", "HostPort": 9000, "HostPortEnd": 9005},
+                {"Proto": 6, "IP": "", "Port": 80, "HostIP": "::", "HostPort": 8080, "HostPortEnd": 8080}
+            ]
+        }))
+        .unwrap();
+        let specs = port_specs(Some(&options), None, |_, _, p| p >= 9002).unwrap();
+        assert_eq!(
+            specs,
+            [
+                "90/tcp",
+                "127.0.0.1::81/tcp",
+                "8080:80/tcp",
+                "5353:53/udp",
+                "9002:82/tcp"
+            ]
+        );
+        for s in &specs {
+            s.parse::<crate::state::PortSpec>().unwrap();
+        }
+        let bound = port_specs(
+            Some(&options),
+            Some(Ipv4Addr::new(198, 18, 0, 2)),
+            |_, _, _| true,
+        )
+        .unwrap();
+        assert_eq!(bound[0], "198.18.0.2::90/tcp");
+        let sctp: BTreeMap<String, Value> = serde_json::from_value(serde_json::json!({
+            "com.docker.network.portmap": [{"Proto": 132, "Port": 5000, "HostPort": 5000}]
+        }))
+        .unwrap();
+        let err = port_specs(Some(&sctp), None, |_, _, _| true).unwrap_err();
+        assert_eq!(
+            err,
+            "port 5000/sctp: SCTP is not supported by bridgenet (publish tcp or udp)"
+        );
+    }
+}
