@@ -41,6 +41,14 @@ pub struct NetworkOptions {
     pub internal: bool,
 }
 
+/// Room the conntrack map has past the limit. The LRU map keeps free entries on per-CPU lists
+/// (up to 128 each) and evicts to fill one when the others hold the rest: the room covers those
+/// lists too, so that the kernel never evicts a tracked flow.
+fn headroom(limit: u32) -> u32 {
+    let cpus = aya::util::nr_cpus().map_or(64, |n| n as u32);
+    (limit / 8).max(256 * cpus)
+}
+
 /// How to load the datapath.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -92,12 +100,7 @@ impl Datapath {
         let mut loader = EbpfLoader::new();
         // Room past the limit for the drift of the datapath's shared count (see conntrack.rs).
         let limit = options.conntrack_entries;
-        // The LRU map keeps free entries on per-CPU lists (up to 128 each) and evicts to fill
-        // one when the others hold the rest: the room past the limit covers those lists too,
-        // so that nothing tracked is ever evicted by the kernel.
-        let cpus = aya::util::nr_cpus().map_or(64, |n| n as u32);
-        let headroom = (limit / 8).max(256 * cpus);
-        loader.map_max_entries(maps::CONNTRACK, limit.saturating_add(headroom).max(16));
+        loader.map_max_entries(maps::CONNTRACK, limit.saturating_add(headroom(limit)).max(16));
         // The flows that may make room when the table is full: the newest half of a full table.
         loader.map_max_entries(maps::EMBRYOS, (limit / 4).max(16));
         let pins: Vec<(&str, PathBuf)> = match &options.pin_dir {
@@ -129,7 +132,24 @@ impl Datapath {
         }
         let mut datapath = Self { ebpf };
         datapath.set_nat_config(NatConfig::default())?;
-        datapath.set_conntrack_limit(u64::from(limit))?;
+        // A pinned table keeps the size it was made with: the limit must leave it its room.
+        let capacity = match datapath.ebpf.map(maps::CONNTRACK) {
+            Some(aya::maps::Map::LruHashMap(map)) => map.info()?.max_entries(),
+            _ => bail!("map CONNTRACK missing or not an LRU hash"),
+        };
+        let mut usable = limit;
+        while usable > 16 && usable.saturating_add(headroom(usable)) > capacity {
+            usable -= usable / 16 + 1;
+        }
+        if usable < limit {
+            tracing::warn!(
+                "the pinned conntrack table holds {capacity} entries: limit {} flows instead of \
+                 {} until `daemon --cleanup` makes it anew",
+                usable / 2,
+                limit / 2
+            );
+        }
+        datapath.set_conntrack_limit(u64::from(usable))?;
         Ok(datapath)
     }
 
