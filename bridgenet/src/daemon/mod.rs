@@ -21,7 +21,7 @@ use tokio::sync::Mutex;
 
 use crate::{
     datapath::{Datapath, LoadOptions},
-    netlink::{Netlink, Watch},
+    netlink::{Link, Netlink, Watch},
     state::{State, Store},
 };
 
@@ -132,6 +132,9 @@ async fn serve(options: Options) -> Result<()> {
         bail!("the daemon needs root (CAP_NET_ADMIN, CAP_BPF)");
     }
     refuse_if_running(&options.socket).await?;
+    // Before anything changes: an uplink the programs cannot work on is refused.
+    let nl = Netlink::new()?;
+    let uplinks = resolve_uplinks(&nl, &options.uplinks).await?;
     create_private_dir(&options.state_dir)?;
     mount_bpffs(&options.bpffs, &options.state_dir)?;
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
@@ -145,7 +148,6 @@ async fn serve(options: Options) -> Result<()> {
     let store = Store::new(&options.state_dir);
     let first_start = !store.exists();
     let state = store.load()?;
-    let nl = Netlink::new()?;
     let mut daemon = Daemon {
         state,
         store,
@@ -155,7 +157,7 @@ async fn serve(options: Options) -> Result<()> {
         pin_dir: options.bpffs.clone(),
         state_dir: options.state_dir.clone(),
     };
-    daemon.attach_uplinks(&options.uplinks, options.xdp).await?;
+    daemon.attach_uplinks(uplinks, options.xdp)?;
     daemon
         .dp
         .attach_host_access(&options.bpffs, &options.state_dir)?;
@@ -309,35 +311,50 @@ fn mount_bpffs(dir: &Path, state_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The uplinks (`names`, else the interfaces holding the default routes) with their primary
+/// IPv4 addresses. Refuses one without an Ethernet header (tun, WireGuard, ipip): the programs
+/// read the IPv4 header after 14 bytes of Ethernet and would leave its packets untranslated.
+async fn resolve_uplinks(nl: &Netlink, names: &[String]) -> Result<Vec<(Link, Ipv4Addr)>> {
+    let names = if names.is_empty() {
+        nl.default_route_links().await?
+    } else {
+        names.to_vec()
+    };
+    if names.is_empty() {
+        tracing::warn!("no uplink: no --uplink and no default route; nothing is masqueraded");
+    }
+    let mut out = Vec::new();
+    for name in names {
+        let link = nl
+            .link(&name)
+            .await?
+            .with_context(|| format!("no interface {name}"))?;
+        if !link.ethernet {
+            bail!(
+                "uplink {name} has no Ethernet header (a tun, WireGuard or ipip device): \
+                 bridgenet masquerades on Ethernet uplinks only"
+            );
+        }
+        let addr = nl
+            .addresses(link.index)
+            .await?
+            .first()
+            .map(|net| net.addr())
+            .with_context(|| format!("uplink {name} has no IPv4 address"))?;
+        out.push((link, addr));
+    }
+    Ok(out)
+}
+
 impl Daemon {
     pub fn state(&self) -> &State {
         &self.state
     }
 
-    /// Attaches the uplink programs to each uplink with its primary IPv4 address.
-    async fn attach_uplinks(&mut self, names: &[String], xdp: XdpPolicy) -> Result<()> {
-        let names = if names.is_empty() {
-            self.nl.default_route_links().await?
-        } else {
-            names.to_vec()
-        };
-        if names.is_empty() {
-            tracing::warn!("no uplink: no --uplink and no default route; nothing is masqueraded");
-        }
-        for name in names {
-            let link = self
-                .nl
-                .link(&name)
-                .await?
-                .with_context(|| format!("no interface {name}"))?;
-            let index = link.index;
-            let addr = self
-                .nl
-                .addresses(index)
-                .await?
-                .first()
-                .map(|net| net.addr())
-                .with_context(|| format!("uplink {name} has no IPv4 address"))?;
+    /// Attaches the uplink programs to each uplink (from `resolve_uplinks`) with its address.
+    fn attach_uplinks(&mut self, uplinks: Vec<(Link, Ipv4Addr)>, xdp: XdpPolicy) -> Result<()> {
+        for (link, addr) in uplinks {
+            let (name, index) = (link.name.clone(), link.index);
             self.dp.set_uplink_addr(index, addr)?;
             let xdp = match xdp {
                 XdpPolicy::Auto => !link.veth,
