@@ -90,10 +90,15 @@ pub fn parse(ctx: &TcContext) -> Parsed {
     let ihl = ip.ihl() as usize;
     // The packet ends where its IPv4 header says, not where the frame does (Ethernet pads
     // short frames): the stack trims it there before anything reads the L4 header. 0 is what
-    // GSO packets past 64 KiB carry (BIG TCP); the frame's length holds for them.
+    // GSO packets past 64 KiB carry (BIG TCP); the frame's length holds for them only.
     let total = usize::from(ip.tot_len());
     let frame = ctx.len() as usize;
-    let end = if total == 0 { frame } else { IP_OFF + total };
+    let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
+    let end = if total == 0 && gso {
+        frame
+    } else {
+        IP_OFF + total
+    };
     if ip.version() != 4 || ihl < Ipv4Hdr::LEN || end > frame || end < IP_OFF + ihl {
         return malformed;
     }
