@@ -234,7 +234,7 @@ fn uplink_egress_translate(
     if let Some(inner) = &packet.inner {
         return match icmp::translate(ctx, packet, inner) {
             icmp::Verdict::Done(result) => result,
-            // A managed source that no SNAT entry translated: dropped by the caller.
+            // Untranslated: the host's own error passes, a managed source's is dropped above.
             icmp::Verdict::Host | icmp::Verdict::Unknown => outcome::PASSED,
         };
     }
