@@ -2,6 +2,8 @@
 //! not get in: packets from outside for the loopback range (CVE-2020-8558), and packets sent
 //! straight to an endpoint of a masqueraded network instead of through a published port.
 //! uplink_ingress (TC) repeats the check: one program detached by someone else is not a hole.
+//! Both need only the IPv4 header, so they hold whatever follows it; a packet for an endpoint
+//! whose L4 header cannot be read is then dropped too (`unjudged`).
 use aya_ebpf::programs::XdpContext;
 use bridgenet_common::outcome;
 use network_types::{
@@ -36,5 +38,17 @@ pub fn check(daddr: u32) -> u32 {
     match nat::subnet_of(daddr) {
         Some(subnet) if subnet.masquerade != 0 => outcome::DROP_ENDPOINT_DIRECT,
         _ => outcome::PASSED,
+    }
+}
+
+/// For a packet from outside whose headers past IPv4 cannot be parsed (cut short, bad header
+/// length): nothing for an endpoint, which could not be judged (filter ports, conntrack);
+/// what is for the host is the stack's to drop.
+#[inline(always)]
+pub fn unjudged(daddr: u32) -> u32 {
+    if nat::subnet_of(daddr).is_some() {
+        outcome::DROP_MALFORMED
+    } else {
+        outcome::PASSED
     }
 }

@@ -1,9 +1,10 @@
 //! What an endpoint may send, checked on its veth before the bridge or any conntrack or NAT
 //! state sees the packet: its own source address and MAC only (ARP included), nothing to
-//! another network (isolation), nothing to its own network's endpoints with `--icc=false`,
+//! another network (isolation), nothing to its own network's endpoints with `--icc=false`
+//! (broadcast, multicast and frames to a sibling's MAC included; ARP stays, as with Docker),
 //! nothing out of an `--internal` network.
 use aya_ebpf::{macros::map, maps::HashMap, programs::TcContext};
-use bridgenet_common::{CHECKED_MARK, Endpoint, network_flags, outcome};
+use bridgenet_common::{CHECKED_MARK, Endpoint, Subnet, network_flags, outcome};
 use network_types::eth::{EthHdr, EtherType};
 
 use crate::{
@@ -56,17 +57,40 @@ pub fn check(ctx: &TcContext) -> u32 {
     if saddr != ep.addr {
         return outcome::DROP_SPOOFED;
     }
+    let own = nat::subnet_of(saddr);
+    if let Some(own) = own
+        && own.flags & network_flags::NO_ICC != 0
+        && reaches_siblings(&eth.dst_addr, daddr, own)
+    {
+        return outcome::DROP_ICC;
+    }
     match nat::subnet_of(daddr) {
         Some(subnet) if subnet.network != ep.network => outcome::DROP_ISOLATION,
         Some(subnet) if subnet.flags & network_flags::NO_ICC != 0 && daddr != subnet.gateway => {
             outcome::DROP_ICC
         }
         Some(_) => outcome::PASSED,
-        None => match nat::subnet_of(saddr) {
+        None => match own {
             Some(own) if own.flags & network_flags::INTERNAL != 0 => outcome::DROP_INTERNAL,
             _ => outcome::PASSED,
         },
     }
+}
+
+/// Whether an IPv4 frame would reach other endpoints of the network `own` whatever its IPv4
+/// destination (which the caller judges): sent to a group (L2 broadcast or multicast, IPv4
+/// limited broadcast or multicast), or straight to a sibling's MAC (02:42 and an address of
+/// the network, as bridgenet gives them), which the bridge delivers without routing.
+#[inline(always)]
+fn reaches_siblings(dst_mac: &[u8; 6], daddr: u32, own: &Subnet) -> bool {
+    if dst_mac[0] & 1 != 0 || daddr == u32::MAX || daddr.to_ne_bytes()[0] & 0xf0 == 0xe0 {
+        return true;
+    }
+    if dst_mac[..2] != [0x02, 0x42] {
+        return false;
+    }
+    let addr = u32::from_ne_bytes([dst_mac[2], dst_mac[3], dst_mac[4], dst_mac[5]]);
+    addr != own.gateway && nat::subnet_of(addr).is_some_and(|s| s.network == own.network)
 }
 
 /// Marks a packet as checked by `check`.

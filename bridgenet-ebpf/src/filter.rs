@@ -19,8 +19,9 @@ use network_types::{
 };
 
 use crate::{
+    early_drop,
     nat::{self, PUBLISH},
-    parse::{IP_OFF, Packet, TCP, UDP},
+    parse::{Header, IP_OFF, Packet, TCP, UDP},
 };
 
 #[map]
@@ -60,10 +61,16 @@ pub fn check_xdp(ctx: &XdpContext) -> u32 {
     if ip.frag_offset() == 0 {
         flags |= PORTS;
         if proto == TCP || proto == UDP {
-            let l4 = start + EthHdr::LEN + usize::from(ip.ihl());
-            if l4 + 4 > end {
-                // Cut short: the stack drops it.
-                return outcome::PASSED;
+            let ihl = usize::from(ip.ihl());
+            let l4 = start + EthHdr::LEN + ihl;
+            if ihl < Ipv4Hdr::LEN || l4 + 4 > end {
+                // Cut short: rules without a port still judge it by its source; then nothing
+                // that cannot be judged reaches an endpoint.
+                let result = evaluate(saddr, daddr, u32::from(proto), 0);
+                if result != outcome::PASSED {
+                    return result;
+                }
+                return early_drop::unjudged(daddr);
             }
             dport = unsafe { *((l4 + 2) as *const u16) };
         }
@@ -86,6 +93,17 @@ pub fn check_tc(ctx: &TcContext, packet: &Packet) -> u32 {
         flags |= PORTS;
     }
     evaluate(key.saddr, key.daddr, flags, key.dport)
+}
+
+/// TC, for a packet whose headers past IPv4 cannot be parsed: rules without a port only.
+#[inline(always)]
+pub fn check_header(header: &Header) -> u32 {
+    evaluate(
+        header.saddr,
+        header.daddr,
+        u32::from(header.proto) | COUNT_ALLOW,
+        0,
+    )
 }
 
 /// The first matching rule decides; no rule, or a packet not going to an endpoint: passed.

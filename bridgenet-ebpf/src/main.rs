@@ -25,8 +25,8 @@ use aya_ebpf::{
     macros::{cgroup_sock_addr, classifier, xdp},
     programs::{SockAddrContext, TcContext, XdpContext},
 };
-use bridgenet_common::{outcome, program_id};
-use parse::{Packet, Parsed, parse};
+use bridgenet_common::{Subnet, outcome, program_id};
+use parse::{Header, Packet, Parsed, parse};
 
 /// Counts every packet seen by TC on the interface it is attached to, in either direction.
 #[classifier]
@@ -124,8 +124,8 @@ pub fn host_getpeername4(ctx: SockAddrContext) -> i32 {
 #[classifier]
 pub fn uplink_ingress(mut ctx: TcContext) -> i32 {
     let result = match parse(&ctx) {
-        // Not ours to judge: the host stack drops what it cannot parse.
-        Parsed::Other | Parsed::Malformed => outcome::PASSED,
+        Parsed::Other => outcome::PASSED,
+        Parsed::Malformed(header) => uplink_ingress_malformed(header),
         Parsed::Ipv4(packet) => uplink_ingress_ipv4(&mut ctx, &packet),
     };
     if result == outcome::DNAT
@@ -136,6 +136,25 @@ pub fn uplink_ingress(mut ctx: TcContext) -> i32 {
         return action;
     }
     verdict(&ctx, program_id::UPLINK_INGRESS, result)
+}
+
+/// IPv4 that cannot be parsed: the checks that need only the IPv4 header, then nothing for an
+/// endpoint, whose packets cannot be judged; the rest is the host stack's, which drops it.
+#[inline(always)]
+fn uplink_ingress_malformed(header: Option<Header>) -> u32 {
+    // Not even an IPv4 header: the stack drops it before routing.
+    let Some(header) = header else {
+        return outcome::PASSED;
+    };
+    let early = early_drop::check(header.daddr);
+    if outcome::is_drop(early) {
+        return early;
+    }
+    let result = filter::check_header(&header);
+    if result != outcome::PASSED {
+        return result;
+    }
+    early_drop::unjudged(header.daddr)
 }
 
 #[inline(always)]
@@ -187,15 +206,32 @@ pub fn uplink_egress(mut ctx: TcContext) -> i32 {
     let result = match parse(&ctx) {
         Parsed::Other => outcome::PASSED,
         // A managed source must never leave as it is, so what cannot be parsed does not leave.
-        Parsed::Malformed => outcome::DROP_MALFORMED,
+        Parsed::Malformed(_) => outcome::DROP_MALFORMED,
         Parsed::Ipv4(packet) => uplink_egress_ipv4(&mut ctx, &packet, nat_addr),
     };
     verdict(&ctx, program_id::UPLINK_EGRESS, result)
 }
 
+/// A managed source leaves only translated (SNAT: masquerade, or the reply of a published
+/// flow). Whatever path decided, anything else from a managed source is dropped here: an ICMP
+/// error quoting a hairpin, host or masquerade-reply entry would otherwise leave as it is.
 #[inline(always)]
 fn uplink_egress_ipv4(ctx: &mut TcContext, packet: &Packet, nat_addr: u32) -> u32 {
     let managed = nat::subnet_of(packet.key.saddr);
+    let result = uplink_egress_translate(ctx, packet, nat_addr, managed);
+    if managed.is_some() && result != outcome::SNAT && !outcome::is_drop(result) {
+        return outcome::DROP_UNTRANSLATABLE;
+    }
+    result
+}
+
+#[inline(always)]
+fn uplink_egress_translate(
+    ctx: &mut TcContext,
+    packet: &Packet,
+    nat_addr: u32,
+    managed: Option<&Subnet>,
+) -> u32 {
     if packet.fragment {
         // Fragments of endpoint flows are dropped (and counted), never sent untranslated.
         return if managed.is_some() {
@@ -207,9 +243,8 @@ fn uplink_egress_ipv4(ctx: &mut TcContext, packet: &Packet, nat_addr: u32) -> u3
     if let Some(inner) = &packet.inner {
         return match icmp::translate(ctx, packet, inner) {
             icmp::Verdict::Done(result) => result,
-            icmp::Verdict::Host => outcome::PASSED,
-            icmp::Verdict::Unknown if managed.is_some() => outcome::DROP_UNTRANSLATABLE,
-            icmp::Verdict::Unknown => outcome::PASSED,
+            // Untranslated: the host's own error passes, a managed source's is dropped above.
+            icmp::Verdict::Host | icmp::Verdict::Unknown => outcome::PASSED,
         };
     }
     match conntrack::lookup(ctx, packet) {

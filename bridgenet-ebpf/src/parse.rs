@@ -59,8 +59,17 @@ pub enum Parsed {
     /// Not IPv4 (ARP, IPv6, ...): not ours to translate.
     Other,
     Ipv4(Packet),
-    /// IPv4 whose headers are cut short or invalid.
-    Malformed,
+    /// IPv4 whose headers are cut short or invalid; its addresses when 20 bytes of IPv4 header
+    /// are there, for the checks that need nothing else.
+    Malformed(Option<Header>),
+}
+
+/// What the first 20 bytes of an IPv4 header tell, whatever follows them.
+#[derive(Clone, Copy)]
+pub struct Header {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub proto: u8,
 }
 
 pub fn parse(ctx: &TcContext) -> Parsed {
@@ -71,11 +80,27 @@ pub fn parse(ctx: &TcContext) -> Parsed {
         return Parsed::Other;
     }
     let Ok(ip) = ctx.load::<Ipv4Hdr>(IP_OFF) else {
-        return Parsed::Malformed;
+        return Parsed::Malformed(None);
     };
+    let malformed = Parsed::Malformed(Some(Header {
+        saddr: u32::from_ne_bytes(ip.src_addr),
+        daddr: u32::from_ne_bytes(ip.dst_addr),
+        proto: ip.proto,
+    }));
     let ihl = ip.ihl() as usize;
-    if ip.version() != 4 || ihl < Ipv4Hdr::LEN {
-        return Parsed::Malformed;
+    // The packet ends where its IPv4 header says, not where the frame does (Ethernet pads
+    // short frames): the stack trims it there before anything reads the L4 header. 0 is what
+    // GSO packets past 64 KiB carry (BIG TCP); the frame's length holds for them only.
+    let total = usize::from(ip.tot_len());
+    let frame = ctx.len() as usize;
+    let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
+    let end = if total == 0 && gso {
+        frame
+    } else {
+        IP_OFF + total
+    };
+    if ip.version() != 4 || ihl < Ipv4Hdr::LEN || end > frame || end < IP_OFF + ihl {
+        return malformed;
     }
     let mut packet = Packet {
         key: key_of(&ip),
@@ -97,26 +122,26 @@ pub fn parse(ctx: &TcContext) -> Parsed {
         UDP | ICMP => 8,
         _ => 0,
     };
-    if (ctx.len() as usize) < l4 + l4_min {
-        return Parsed::Malformed;
+    if end < l4 + l4_min {
+        return malformed;
     }
     match ip.proto {
         TCP | UDP => {
             let (Ok(sport), Ok(dport)) = (ctx.load::<u16>(l4), ctx.load::<u16>(l4 + 2)) else {
-                return Parsed::Malformed;
+                return malformed;
             };
             packet.key.sport = sport;
             packet.key.dport = dport;
             if ip.proto == TCP {
                 let Ok(flags) = ctx.load::<u8>(l4 + 13) else {
-                    return Parsed::Malformed;
+                    return malformed;
                 };
                 packet.tcp_flags = flags;
             }
         }
         ICMP => {
             let (Ok(icmp_type), Ok(id)) = (ctx.load::<u8>(l4), ctx.load::<u16>(l4 + 4)) else {
-                return Parsed::Malformed;
+                return malformed;
             };
             packet.icmp_type = icmp_type;
             match icmp_type {
@@ -124,7 +149,7 @@ pub fn parse(ctx: &TcContext) -> Parsed {
                 ICMP_ECHO_REPLY => packet.key.dport = id,
                 t if is_icmp_error(t) => match parse_inner(ctx, l4 + 8) {
                     Some(inner) => packet.inner = Some(inner),
-                    None => return Parsed::Malformed,
+                    None => return malformed,
                 },
                 _ => {}
             }

@@ -5,6 +5,7 @@
 //! namespace of the topology, and deleting the namespaces removes all of it.
 pub mod control;
 pub mod packet;
+pub mod raw;
 pub mod topology;
 pub mod traffic;
 

@@ -164,3 +164,75 @@ fn an_unknown_veth_and_other_protocols_fail_closed() {
     ipv6.extend_from_slice(&[0; 40]);
     dropped_for(&mut dp, &ipv6, outcome::DROP_PROTOCOL);
 }
+
+/// A UDP frame from EP to `dst` sent to the Ethernet address `dst_mac`.
+fn frame_to_mac(dst_mac: [u8; 6], dst: [u8; 4]) -> Vec<u8> {
+    let mut f = frame(EP_MAC, EP, dst);
+    f[..6].copy_from_slice(&dst_mac);
+    f
+}
+
+const BROADCAST_MAC: [u8; 6] = [0xff; 6];
+/// The Ethernet address of 224.0.0.251 (mDNS).
+const MDNS_MAC: [u8; 6] = [0x01, 0x00, 0x5e, 0, 0, 0xfb];
+const SIBLING_MAC: [u8; 6] = [0x02, 0x42, 172, 17, 0, 3];
+
+#[test]
+fn icc_false_blocks_broadcast_multicast_and_frames_to_a_sibling_mac() {
+    let mut dp = datapath(false, false);
+    let frames = [
+        ("limited broadcast", frame_to_mac(BROADCAST_MAC, [255; 4])),
+        (
+            "subnet broadcast",
+            frame_to_mac(BROADCAST_MAC, [172, 17, 255, 255]),
+        ),
+        (
+            "multicast 224.0.0.251",
+            frame_to_mac(MDNS_MAC, [224, 0, 0, 251]),
+        ),
+        (
+            "multicast 239.1.2.3",
+            frame_to_mac([0x01, 0x00, 0x5e, 1, 2, 3], [239, 1, 2, 3]),
+        ),
+        (
+            "the gateway's address, L2 broadcast",
+            frame_to_mac(BROADCAST_MAC, GATEWAY),
+        ),
+        (
+            "the world's address, L2 multicast",
+            frame_to_mac(MDNS_MAC, WORLD),
+        ),
+        (
+            "the world's address, to a sibling's MAC",
+            frame_to_mac(SIBLING_MAC, WORLD),
+        ),
+        (
+            "the gateway's address, to a sibling's MAC",
+            frame_to_mac(SIBLING_MAC, GATEWAY),
+        ),
+    ];
+    for (what, f) in &frames {
+        let before = dp
+            .stat(program_id::ENDPOINT_INGRESS, outcome::DROP_ICC)
+            .unwrap();
+        assert_eq!(verdict(&mut dp, f), TC_ACT_SHOT, "{what}");
+        assert_eq!(
+            dp.stat(program_id::ENDPOINT_INGRESS, outcome::DROP_ICC)
+                .unwrap(),
+            before + 1,
+            "{what}: counted as drop_icc"
+        );
+    }
+    // The gateway and the world, through the gateway's MAC, as before; ARP (to the gateway and,
+    // as with Docker's icc=false, for a sibling) still resolves.
+    assert_eq!(verdict(&mut dp, &frame(EP_MAC, EP, GATEWAY)), TC_ACT_OK);
+    assert_eq!(verdict(&mut dp, &frame(EP_MAC, EP, WORLD)), TC_ACT_OK);
+    assert_eq!(verdict(&mut dp, &arp(EP_MAC, EP, GATEWAY)), TC_ACT_OK);
+    assert_eq!(verdict(&mut dp, &arp(EP_MAC, EP, SIBLING)), TC_ACT_OK);
+
+    // With icc, broadcast and multicast between endpoints go through.
+    let mut dp = datapath(true, false);
+    for (what, f) in &frames[..4] {
+        assert_eq!(verdict(&mut dp, f), TC_ACT_OK, "icc=true: {what}");
+    }
+}

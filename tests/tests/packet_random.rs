@@ -1,7 +1,8 @@
 //! 100,000 random and mutated frames through each program with BPF_PROG_TEST_RUN: every run
 //! must succeed (no verifier or bounds failure), and nothing may come out half-translated: no
-//! frame leaves the uplink with a managed (private) source, and no frame whose checksums were
-//! right comes out changed with a wrong one.
+//! frame leaves the uplink with a managed (private) source, nothing from outside reaches an
+//! endpoint address unless translated (a published flow or a reply; routed subnets: only whole
+//! packets), and no frame whose checksums were right comes out changed with a wrong one.
 use std::net::Ipv4Addr;
 
 use bridgenet::datapath::Datapath;
@@ -24,7 +25,39 @@ fn datapath() -> Datapath {
         network,
     )
     .unwrap();
+    dp.add_host_addr(Ipv4Addr::from(GATEWAY)).unwrap();
+    // State the ICMP error templates quote: a hairpin flow of EP1 to its own published port, a
+    // flow of the host, a masqueraded flow of EP1.
+    for (program, frame) in [
+        (
+            programs::ENDPOINT_INGRESS,
+            packet::udp_frame(EP1, 5002, HOST, 5353, b"q"),
+        ),
+        (
+            programs::UPLINK_EGRESS,
+            packet::tcp_frame(HOST, 40000, SERVER, 80, true, false, b""),
+        ),
+        (
+            programs::UPLINK_EGRESS,
+            packet::udp_frame(EP1, 5003, SERVER, 53, b"q"),
+        ),
+    ] {
+        let out = packet::run_tc(&mut dp, program, &frame, 1).unwrap();
+        assert_ne!(out.action, TC_ACT_SHOT, "{program}: setting up state");
+    }
     dp
+}
+
+/// An ICMP port unreachable from EP1 to SERVER quoting (8 bytes of) `quoted`.
+fn error_from_ep1(quoted: &[u8]) -> Vec<u8> {
+    packet::icmp_error_frame(
+        EP1,
+        SERVER,
+        etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::Port,
+        ),
+        &packet::ip_packet(quoted, Some(8)),
+    )
 }
 
 /// Valid frames of every kind the programs translate, to be mutated.
@@ -63,7 +96,49 @@ fn templates() -> Vec<Vec<u8>> {
         packet::udp_frame(EP1, 5000, GATEWAY, 5353, b"q"),
         packet::udp_frame(EP1, 53, GATEWAY, 5000, b"a"),
         packet::udp_frame_without_checksum(EP1, 5001, HOST, 5353, b"q"),
+        // Errors quoting the hairpin flow, the host's flow and the masquerade reply entry.
+        error_from_ep1(&packet::udp_frame(HOST, 5353, EP1, 5002, b"q")),
+        error_from_ep1(&packet::tcp_frame(SERVER, 80, HOST, 40000, true, true, b"")),
+        error_from_ep1(&packet::udp_frame(HOST, 5003, SERVER, 53, b"q")),
+        // From outside straight to endpoints: masqueraded, routed, and cut short.
+        packet::tcp_frame(SERVER, 50000, EP1, 80, true, false, b""),
+        packet::tcp_frame(SERVER, 50000, ROUTED, 22, true, false, b""),
+        packet::udp_frame(SERVER, 50000, ROUTED, 53, b"q"),
+        packet::icmp_echo_frame(SERVER, ROUTED, 9, 1, false),
     ]
+}
+
+/// An endpoint of the routed (not masqueraded) subnet 172.18.0.0/16.
+const ROUTED: [u8; 4] = [172, 18, 0, 5];
+
+/// Whether `addr` is in a managed subnet of the fixture (172.17/16 masqueraded, 172.18/16
+/// routed).
+fn managed(addr: [u8; 4]) -> bool {
+    addr[0] == 172 && (addr[1] == 17 || addr[1] == 18)
+}
+
+fn destination(frame: &[u8]) -> Option<[u8; 4]> {
+    source(frame).map(|_| [frame[30], frame[31], frame[32], frame[33]])
+}
+
+/// Whether an IPv4 frame holds its whole IPv4 header and, unless it is a later fragment, the
+/// L4 header its protocol needs to be judged (ports, flags, ICMP type), within the length its
+/// IPv4 header gives.
+fn whole(frame: &[u8]) -> bool {
+    let ihl = usize::from(frame[14] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
+    if ihl < 20 || total < ihl || 14 + total > frame.len() {
+        return false;
+    }
+    if u16::from_be_bytes([frame[20], frame[21]]) & 0x1fff != 0 {
+        return true;
+    }
+    let l4 = total - ihl;
+    match frame[23] {
+        6 => l4 >= 20,
+        17 | 1 => l4 >= 8,
+        _ => true,
+    }
 }
 
 /// EP1's gateway: a host address too.
@@ -170,8 +245,21 @@ fn fuzz(program: &str, xdp: bool, seed: u64) {
             && let Some(src) = source(&out.frame)
         {
             assert!(
-                src[..2] != [172, 17],
+                !managed(src),
                 "frame {i} (seed {seed}) left with a private source: {frame:02x?}"
+            );
+        }
+        // From outside, an endpoint address is reached only through a translation (a
+        // published port, a reply of masquerade); the routed subnet's directly, but only by
+        // packets that could be judged whole.
+        if (program == programs::UPLINK_INGRESS || program == programs::UPLINK_XDP)
+            && let Some(dst) = destination(&out.frame)
+            && managed(dst)
+        {
+            let translated = destination(&frame) != Some(dst);
+            assert!(
+                translated || (dst[1] == 18 && (xdp || whole(&out.frame))),
+                "frame {i} (seed {seed}) reached endpoint {dst:?} untranslated: {frame:02x?}"
             );
         }
         if out.frame != frame {

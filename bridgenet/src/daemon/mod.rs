@@ -23,7 +23,7 @@ use tokio::sync::Mutex;
 
 use crate::{
     datapath::{Datapath, LoadOptions},
-    netlink::{Netlink, Watch},
+    netlink::{Link, Netlink, Watch},
     state::{SCHEMA_VERSION, State, Store},
 };
 
@@ -144,6 +144,15 @@ async fn serve(options: Options) -> Result<()> {
         bail!("the daemon needs root (CAP_NET_ADMIN, CAP_BPF)");
     }
     refuse_if_running(&options.socket).await?;
+    if options.conntrack_max < 16 {
+        bail!(
+            "--conntrack-max {} is too small (16 flows at the least)",
+            options.conntrack_max
+        );
+    }
+    // Before anything changes: an uplink the programs cannot work on is refused.
+    let nl = Netlink::new()?;
+    let uplinks = resolve_uplinks(&nl, &options.uplinks).await?;
     create_private_dir(&options.state_dir)?;
     // Held until the daemon exits: two daemons on one state dir would fight over its maps.
     let _lock = lock_state_dir(&options.state_dir)?;
@@ -155,18 +164,11 @@ async fn serve(options: Options) -> Result<()> {
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
         .context("enabling net.ipv4.ip_forward in the daemon's namespace")?;
 
-    if options.conntrack_max < 16 {
-        bail!(
-            "--conntrack-max {} is too small (16 flows at the least)",
-            options.conntrack_max
-        );
-    }
     let mut dp = Datapath::load_with(&LoadOptions {
         pin_dir: Some(options.bpffs.clone()),
         conntrack_entries: options.conntrack_max.saturating_mul(2),
     })?;
     forward_ebpf_logs(&mut dp);
-    let nl = Netlink::new()?;
     let mut daemon = Daemon {
         state,
         store,
@@ -184,7 +186,7 @@ async fn serve(options: Options) -> Result<()> {
             options.state_dir.join("state.json").display()
         );
     }
-    daemon.attach_uplinks(&options.uplinks, options.xdp).await?;
+    daemon.attach_uplinks(uplinks, options.xdp)?;
     daemon
         .dp
         .attach_host_access(&options.bpffs, &options.state_dir)?;
@@ -399,35 +401,50 @@ fn mount_bpffs(dir: &Path, state_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The uplinks (`names`, else the interfaces holding the default routes) with their primary
+/// IPv4 addresses. Refuses one without an Ethernet header (tun, WireGuard, ipip): the programs
+/// read the IPv4 header after 14 bytes of Ethernet and would leave its packets untranslated.
+async fn resolve_uplinks(nl: &Netlink, names: &[String]) -> Result<Vec<(Link, Ipv4Addr)>> {
+    let names = if names.is_empty() {
+        nl.default_route_links().await?
+    } else {
+        names.to_vec()
+    };
+    if names.is_empty() {
+        tracing::warn!("no uplink: no --uplink and no default route; nothing is masqueraded");
+    }
+    let mut out = Vec::new();
+    for name in names {
+        let link = nl
+            .link(&name)
+            .await?
+            .with_context(|| format!("no interface {name}"))?;
+        if !link.ethernet {
+            bail!(
+                "uplink {name} has no Ethernet header (a tun, WireGuard or ipip device): \
+                 bridgenet masquerades on Ethernet uplinks only"
+            );
+        }
+        let addr = nl
+            .addresses(link.index)
+            .await?
+            .first()
+            .map(|net| net.addr())
+            .with_context(|| format!("uplink {name} has no IPv4 address"))?;
+        out.push((link, addr));
+    }
+    Ok(out)
+}
+
 impl Daemon {
     pub fn state(&self) -> &State {
         &self.state
     }
 
-    /// Attaches the uplink programs to each uplink with its primary IPv4 address.
-    async fn attach_uplinks(&mut self, names: &[String], xdp: XdpPolicy) -> Result<()> {
-        let names = if names.is_empty() {
-            self.nl.default_route_links().await?
-        } else {
-            names.to_vec()
-        };
-        if names.is_empty() {
-            tracing::warn!("no uplink: no --uplink and no default route; nothing is masqueraded");
-        }
-        for name in names {
-            let link = self
-                .nl
-                .link(&name)
-                .await?
-                .with_context(|| format!("no interface {name}"))?;
-            let index = link.index;
-            let addr = self
-                .nl
-                .addresses(index)
-                .await?
-                .first()
-                .map(|net| net.addr())
-                .with_context(|| format!("uplink {name} has no IPv4 address"))?;
+    /// Attaches the uplink programs to each uplink (from `resolve_uplinks`) with its address.
+    fn attach_uplinks(&mut self, uplinks: Vec<(Link, Ipv4Addr)>, xdp: XdpPolicy) -> Result<()> {
+        for (link, addr) in uplinks {
+            let (name, index) = (link.name.clone(), link.index);
             self.dp.set_uplink_addr(index, addr)?;
             let xdp = match xdp {
                 XdpPolicy::Auto => !link.veth,

@@ -100,7 +100,10 @@ impl Datapath {
         let mut loader = EbpfLoader::new();
         // Room past the limit for the drift of the datapath's shared count (see conntrack.rs).
         let limit = options.conntrack_entries;
-        loader.map_max_entries(maps::CONNTRACK, limit.saturating_add(headroom(limit)).max(16));
+        loader.map_max_entries(
+            maps::CONNTRACK,
+            limit.saturating_add(headroom(limit)).max(16),
+        );
         // The flows that may make room when the table is full: the newest half of a full table.
         loader.map_max_entries(maps::EMBRYOS, (limit / 4).max(16));
         let pins: Vec<(&str, PathBuf)> = match &options.pin_dir {

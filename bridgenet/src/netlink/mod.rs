@@ -10,7 +10,7 @@ use rtnetlink::{
     Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
         address::AddressAttribute,
-        link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage, LinkXdp},
+        link::{InfoKind, LinkAttribute, LinkInfo, LinkLayerType, LinkMessage, LinkXdp},
         route::{RouteAddress, RouteAttribute, RouteType},
         tc::{TcAttribute, TcFilterBpfOption, TcOption},
     },
@@ -83,6 +83,9 @@ pub struct Link {
     pub xdp_program: Option<u32>,
     /// A veth pair's end.
     pub veth: bool,
+    /// Its frames have an Ethernet header (ARPHRD_ETHER), which the uplink programs need;
+    /// tun, WireGuard and ipip devices carry bare IP packets.
+    pub ethernet: bool,
 }
 
 impl Netlink {
@@ -325,6 +328,7 @@ fn link_of(msg: LinkMessage) -> Link {
         controller: None,
         xdp_program: None,
         veth: false,
+        ethernet: msg.header.link_layer_type == LinkLayerType::Ether,
     };
     for attr in msg.attributes {
         match attr {

@@ -1,0 +1,85 @@
+//! Uplinks without an Ethernet header (tun, WireGuard, ipip: the IP header at offset 0) are
+//! refused with one line, named with `--uplink` or found from the default route, and the
+//! refusal changes nothing (no state dir, no bpf filesystem, no bridge).
+use std::{path::Path, process::Command, time::Duration};
+
+use bridgenet_tests::{Topology, control::binary};
+
+/// A host namespace with a tun device (`tun0`, 198.18.3.2/24, up) and, when `default_via_tun`,
+/// the default route through it.
+fn host_with_tun(default_via_tun: bool) -> Topology {
+    let mut topo = Topology::new();
+    topo.netns("host");
+    let host = topo.ns("host");
+    host.ip(&["tuntap", "add", "dev", "tun0", "mode", "tun"]);
+    host.ip(&["addr", "add", "198.18.3.2/24", "dev", "tun0"]);
+    host.ip(&["link", "set", "tun0", "up"]);
+    if default_via_tun {
+        host.ip(&["route", "add", "default", "dev", "tun0"]);
+    }
+    topo
+}
+
+/// Runs the daemon in the topology's host namespace with `extra` arguments; it must exit on its
+/// own, failing with one line on stderr, which is returned.
+fn daemon_refuses(topo: &Topology, dir: &Path, extra: &[&str]) -> String {
+    let netns = format!("--net=/run/netns/{}", topo.ns("host").name());
+    let mut child = Command::new("nsenter")
+        .arg(&netns)
+        .arg(binary())
+        .arg("--socket")
+        .arg(dir.join("sock"))
+        .args(["daemon", "--state-dir"])
+        .arg(dir.join("state"))
+        .arg("--bpffs")
+        .arg(dir.join("bpffs"))
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting the daemon");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            // SAFETY: a signal to the child this test started.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
+            let _ = child.wait();
+            panic!("the daemon accepted the uplink and kept running");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).trim_end().to_owned();
+    assert!(!out.status.success(), "the daemon succeeded: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "not one line: {stderr:?}");
+    assert!(
+        !dir.join("state").exists() && !dir.join("bpffs").exists(),
+        "the refused start left a state dir or bpf filesystem"
+    );
+    let links = topo.ns("host").ip(&["-o", "link"]);
+    assert!(!links.contains("bridgenet"), "a link was made: {links}");
+    stderr
+}
+
+#[test]
+fn an_uplink_without_an_ethernet_header_is_refused_with_one_line() {
+    let topo = host_with_tun(false);
+    let dir = tempfile::tempdir().unwrap();
+    let line = daemon_refuses(&topo, dir.path(), &["--uplink", "tun0"]);
+    assert!(
+        line.contains("tun0") && line.contains("Ethernet"),
+        "unclear: {line}"
+    );
+}
+
+#[test]
+fn a_default_route_through_an_l3_device_is_refused_with_one_line() {
+    let topo = host_with_tun(true);
+    let dir = tempfile::tempdir().unwrap();
+    let line = daemon_refuses(&topo, dir.path(), &[]);
+    assert!(
+        line.contains("tun0") && line.contains("Ethernet"),
+        "unclear: {line}"
+    );
+}
