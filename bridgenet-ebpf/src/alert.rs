@@ -7,7 +7,8 @@ use bridgenet_common::outcome;
 
 /// When each reason was last reported, per CPU (ns since boot).
 #[map]
-static LAST_ALERT: PerCpuArray<u64> = PerCpuArray::with_max_entries(bridgenet_common::OUTCOME_SLOTS, 0);
+static LAST_ALERT: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(bridgenet_common::OUTCOME_SLOTS, 0);
 
 const INTERVAL_NS: u64 = 1_000_000_000;
 

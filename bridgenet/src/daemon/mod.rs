@@ -7,6 +7,7 @@ mod conntrack;
 mod filter;
 mod ops;
 mod reconcile;
+mod revoke;
 
 use std::{
     net::Ipv4Addr,
@@ -377,6 +378,7 @@ impl Daemon {
                 self.dp.remove_host_addr(uplink.addr)?;
                 self.dp.set_uplink_addr(uplink.index, addr)?;
                 self.uplinks[i].addr = addr;
+                self.revoke_masquerade(uplink.addr)?;
             }
         }
         Ok(())
