@@ -162,6 +162,8 @@ async fn serve(options: Options) -> Result<()> {
         .attach_host_access(&options.bpffs, &options.state_dir)?;
     tracing::info!("host access: published ports answer on the host's addresses and 127.0.0.1");
     daemon.reconcile().await?;
+    // The new programs are in place: the old ones no longer add to older pinned maps.
+    daemon.dp.finish_upgrade()?;
     if first_start {
         daemon.create_default_network().await?;
     }
@@ -430,9 +432,7 @@ pub fn cleanup(options: Options) -> Result<()> {
             let links = nl.links().await?;
             let names: Vec<String> = links.into_iter().map(|l| l.name).collect();
             Datapath::detach_pinned(&options.bpffs, &options.state_dir, &names);
-            for name in bridgenet_common::maps::ALL {
-                let _ = std::fs::remove_file(options.bpffs.join(name));
-            }
+            crate::datapath::layout::remove_pins(&options.bpffs);
             let marker = options.state_dir.join(MOUNTED_MARKER);
             if marker.exists() {
                 nix::mount::umount(&options.bpffs)
