@@ -7,7 +7,7 @@ use bridgenet::datapath::{Datapath, LoadOptions, Proto};
 use bridgenet_common::{
     CtEntry, CtKey, action, ct_flags, direction, outcome, program_id, tcp_seen,
 };
-use bridgenet_tests::require_root;
+use bridgenet_tests::{layout_v1::CtEntryV1, require_root};
 
 /// A private bpf filesystem on a temporary directory, unmounted on drop.
 struct Bpffs(PathBuf);
@@ -64,27 +64,6 @@ fn a_second_load_adopts_the_pinned_maps_and_their_state() {
     let private = Datapath::load().unwrap();
     assert!(private.published().unwrap().is_empty());
 }
-
-/// `CtEntry` as daemons pinned it before layout versions (layout v1, 56 bytes).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-struct CtEntryV1 {
-    peer: CtKey,
-    last_seen_ns: u64,
-    packets: u64,
-    bytes: u64,
-    nat_addr: u32,
-    nat_port: u16,
-    action: u8,
-    direction: u8,
-    tcp_seen: u8,
-    _pad: [u8; 7],
-}
-
-const _: () = assert!(size_of::<CtEntryV1>() == 56);
-
-// SAFETY: repr(C), no padding (16 + 24 + 16 bytes), every bit pattern valid.
-unsafe impl aya::Pod for CtEntryV1 {}
 
 fn key(saddr: [u8; 4], daddr: [u8; 4], sport: u16, dport: u16, proto: u8) -> CtKey {
     CtKey {
