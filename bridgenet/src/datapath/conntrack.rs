@@ -4,7 +4,6 @@ use std::{net::Ipv4Addr, time::Duration};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap};
-
 use bridgenet_common::{CtEntry, CtKey, action, ct_flags, ct_usage, direction, maps, tcp_seen};
 
 use super::{Datapath, wire};
