@@ -4,6 +4,7 @@
 //! Nothing here touches the namespace the tests run in: every interface is created inside a
 //! namespace of the topology, and deleting the namespaces removes all of it.
 pub mod control;
+pub mod layout_v1;
 pub mod packet;
 pub mod raw;
 pub mod topology;

@@ -1,5 +1,5 @@
-//! TCP traffic between the tests' namespaces: a one-connection echo server, a round trip, and
-//! a connection that must not get through.
+//! Traffic between the tests' namespaces: a one-connection TCP echo server, a round trip, a
+//! connection that must not get through, and numbered UDP streams (one flow each).
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
@@ -63,4 +63,128 @@ pub fn refused(netns: &str, to: &str) -> bool {
     enter(netns, || {
         TcpStream::connect_timeout(&to, Duration::from_secs(1)).is_err()
     })
+}
+
+/// Datagrams a `UdpSink` received: (sequence number, source), in order of arrival.
+pub type Received = std::sync::Arc<std::sync::Mutex<Vec<(u64, SocketAddr)>>>;
+
+/// A UDP receiver in a namespace that records the sequence number (the first 8 bytes) and
+/// source of every datagram, and answers each with the same bytes when `echo` is set.
+pub struct UdpSink {
+    pub received: Received,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl UdpSink {
+    pub fn new(netns: &str, bind: &str, echo: bool) -> Self {
+        use std::sync::atomic::Ordering;
+        let socket = enter(netns, || std::net::UdpSocket::bind(bind).expect("bind"));
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let sink = Self {
+            received: Default::default(),
+            stop: Default::default(),
+        };
+        let (received, stop) = (sink.received.clone(), sink.stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while !stop.load(Ordering::Relaxed) {
+                let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                    continue;
+                };
+                if n >= 8 {
+                    let seq = u64::from_be_bytes(buf[..8].try_into().unwrap());
+                    received.lock().unwrap().push((seq, from));
+                }
+                if echo {
+                    let _ = socket.send_to(&buf[..n], from);
+                }
+            }
+        });
+        sink
+    }
+
+    /// Waits up to `within` for a datagram that `wanted` accepts.
+    pub fn wait_for(&self, within: Duration, wanted: impl Fn(u64, SocketAddr) -> bool) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if self.any(&wanted) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.any(&wanted)
+    }
+
+    pub fn any(&self, wanted: impl Fn(u64, SocketAddr) -> bool) -> bool {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|&(seq, from)| wanted(seq, from))
+    }
+}
+
+impl Drop for UdpSink {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A UDP client in a namespace that keeps sending numbered datagrams from one socket (one
+/// flow) every 10 ms, ignoring errors (an ICMP port unreachable while nothing is published),
+/// until dropped; `replies` records what comes back.
+pub struct UdpStream {
+    /// The sequence number of the next datagram.
+    pub next: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub replies: Received,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl UdpStream {
+    pub fn new(netns: &str, bind: &str, to: &str) -> Self {
+        use std::sync::atomic::Ordering;
+        let to: SocketAddr = to.parse().unwrap();
+        let socket = enter(netns, || std::net::UdpSocket::bind(bind).expect("bind"));
+        socket
+            .set_read_timeout(Some(Duration::from_millis(10)))
+            .unwrap();
+        let stream = Self {
+            next: Default::default(),
+            replies: Default::default(),
+            stop: Default::default(),
+        };
+        let (next, replies, stop) = (
+            stream.next.clone(),
+            stream.replies.clone(),
+            stream.stop.clone(),
+        );
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while !stop.load(Ordering::Relaxed) {
+                let seq = next.fetch_add(1, Ordering::SeqCst);
+                let _ = socket.send_to(&seq.to_be_bytes(), to);
+                // The read timeout paces the stream.
+                while let Ok((n, from)) = socket.recv_from(&mut buf) {
+                    if n >= 8 {
+                        let seq = u64::from_be_bytes(buf[..8].try_into().unwrap());
+                        replies.lock().unwrap().push((seq, from));
+                    }
+                }
+            }
+        });
+        stream
+    }
+
+    /// The sequence number the next datagram will carry.
+    pub fn now(&self) -> u64 {
+        self.next.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for UdpStream {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }

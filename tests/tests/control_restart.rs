@@ -8,6 +8,7 @@ use std::{
 };
 
 use bridgenet_tests::control::{ControlLab, Stop};
+use bridgenet_tests::layout_v1::downgrade_pins;
 use bridgenet_tests::topology::enter;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -206,4 +207,43 @@ fn kill_9_during_traffic_twenty_times_resets_no_flow() {
         "too little traffic: {n_in} in, {n_out} out"
     );
     eprintln!("20 restarts under traffic: {n_in} inbound and {n_out} outbound echoes");
+}
+
+/// An upgrade from a daemon of layout v1: its pins (made here from the live ones, as that
+/// daemon would have left them) are migrated, and the flows established before go on.
+#[test]
+fn an_upgrade_from_layout_v1_pins_keeps_established_flows() {
+    let mut lab = ControlLab::up();
+    let ns = setup(&mut lab);
+    let world = lab.topo.ns("world").name().to_owned();
+    let mut inbound = connect(&world, "198.18.0.2:8080");
+    let mut outbound = connect(&ns, "198.18.0.1:7000");
+    echo(&mut inbound, "before, in");
+    echo(&mut outbound, "before, out");
+
+    lab.stop(Stop::Kill);
+    let entries = downgrade_pins(&lab.bpffs());
+    assert!(entries >= 4, "{entries} conntrack entries");
+    lab.start();
+
+    let log = lab.log();
+    let line =
+        format!("pinned map CONNTRACK: layout v1 -> v2: {entries} entries migrated, 0 dropped");
+    assert!(log.contains(&line), "no {line:?} in the log:\n{log}");
+    assert!(log.contains("pinned map STATS: layout v1 -> v2: "), "{log}");
+    assert!(
+        log.contains("pinned map CT_USAGE: layout v1 -> v2: "),
+        "{log}"
+    );
+    for old in ["CONNTRACK", "STATS", "CT_USAGE"] {
+        assert!(!lab.bpffs().join(old).exists(), "the v1 pin {old} is left");
+    }
+    echo(&mut inbound, "after, in");
+    echo(&mut outbound, "after, out");
+    echo(&mut connect(&world, "198.18.0.2:8080"), "new, in");
+    echo(&mut connect(&ns, "198.18.0.1:7000"), "new, out");
+    assert!(
+        lab.stat("uplink_ingress", "dnat") > 0,
+        "counters carried over"
+    );
 }

@@ -7,7 +7,7 @@ use std::{
 };
 
 use bridgenet_tests::topology::enter;
-use bridgenet_tests::traffic::{echo_once, refused, roundtrip};
+use bridgenet_tests::traffic::{UdpSink, UdpStream, echo_once, refused, roundtrip};
 use bridgenet_tests::{Netns, control::ControlLab};
 
 #[test]
@@ -287,5 +287,122 @@ fn masquerade_follows_a_changed_uplink_address() {
         );
         port += 1;
         std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// A lab with a network of its own (198.19.1.0/24) and endpoints `a` (198.19.1.2) and `b`
+/// (198.19.1.3), `a` publishing UDP 8080 -> 80; each endpoint receives on port 80.
+fn two_udp_endpoints() -> (ControlLab, UdpSink, UdpSink) {
+    let mut lab = ControlLab::up();
+    lab.ok(&["network", "create", "rv", "--subnet", "198.19.1.0/24"]);
+    let (a, b) = (lab.netns_name("a"), lab.netns_name("b"));
+    lab.ok(&[
+        "endpoint",
+        "create",
+        "a",
+        "--network",
+        "rv",
+        "--netns",
+        &a,
+        "-p",
+        "8080:80/udp",
+    ]);
+    lab.ok(&["endpoint", "create", "b", "--network", "rv", "--netns", &b]);
+    let sink_a = UdpSink::new(&a, "0.0.0.0:80", false);
+    let sink_b = UdpSink::new(&b, "0.0.0.0:80", false);
+    (lab, sink_a, sink_b)
+}
+
+/// Within this, a revoked flow must have let the next datagram find the new mapping (the
+/// stream sends every 10 ms; slack for a loaded machine).
+const AT_ONCE: Duration = Duration::from_secs(2);
+
+#[test]
+fn a_udp_stream_follows_a_port_moved_to_another_endpoint() {
+    let (lab, sink_a, sink_b) = two_udp_endpoints();
+    let world = lab.topo.ns("world").name().to_owned();
+    let stream = UdpStream::new(&world, "198.18.0.1:40000", "198.18.0.2:8080");
+    assert!(
+        sink_a.wait_for(Duration::from_secs(10), |_, _| true),
+        "a never received the stream"
+    );
+
+    lab.ok(&["port", "unpublish", "a", "8080:80/udp"]);
+    let unpublished = stream.now();
+    lab.ok(&["port", "publish", "b", "8080:80/udp"]);
+    let published = stream.now();
+    assert!(
+        sink_b.wait_for(AT_ONCE, |seq, _| seq >= published),
+        "b got nothing of the stream within {AT_ONCE:?}: its flow still goes to a\nct ls:\n{}",
+        lab.ok(&["ct", "ls"])
+    );
+    // Nothing sent after the unpublish (one datagram in flight aside) reached a.
+    assert!(
+        !sink_a.any(|seq, _| seq > unpublished + 1),
+        "a still got datagrams after the unpublish"
+    );
+}
+
+#[test]
+fn a_removed_endpoint_takes_its_flows_along() {
+    let (lab, sink_a, sink_b) = two_udp_endpoints();
+    let world = lab.topo.ns("world").name().to_owned();
+    let stream = UdpStream::new(&world, "198.18.0.1:40001", "198.18.0.2:8080");
+    assert!(
+        sink_a.wait_for(Duration::from_secs(10), |_, _| true),
+        "a never received the stream"
+    );
+
+    lab.ok(&["endpoint", "rm", "a"]);
+    let ct = lab.ok(&["ct", "ls"]);
+    assert!(!ct.contains("198.19.1.2"), "a's flows outlive it:\n{ct}");
+    lab.ok(&["port", "publish", "b", "8080:80/udp"]);
+    let published = stream.now();
+    assert!(
+        sink_b.wait_for(AT_ONCE, |seq, _| seq >= published),
+        "b got nothing of the stream within {AT_ONCE:?}\nct ls:\n{}",
+        lab.ok(&["ct", "ls"])
+    );
+    drop(sink_a);
+}
+
+#[test]
+fn a_live_masqueraded_flow_follows_a_changed_uplink_address() {
+    let mut lab = ControlLab::up();
+    lab.ok(&["network", "create", "rv", "--subnet", "198.19.1.0/24"]);
+    let a = lab.netns_name("a");
+    lab.ok(&["endpoint", "create", "a", "--network", "rv", "--netns", &a]);
+    let world = lab.topo.ns("world").name().to_owned();
+    let server = UdpSink::new(&world, "198.18.0.1:7000", true);
+    let stream = UdpStream::new(&a, "0.0.0.0:40002", "198.18.0.1:7000");
+    let (old, new) = (Ipv4Addr::new(198, 18, 0, 2), Ipv4Addr::new(198, 18, 0, 3));
+    assert!(
+        server.wait_for(Duration::from_secs(10), |_, from| from.ip() == old),
+        "the stream never arrived masqueraded with {old}"
+    );
+
+    let host = lab.topo.ns("host");
+    // The new address takes over as primary when the old one goes (and keeps its routes).
+    host.sysctl("net.ipv4.conf.uplink0.promote_secondaries", "1");
+    host.ip(&["addr", "add", "198.18.0.3/24", "dev", "uplink0"]);
+    host.ip(&["addr", "del", "198.18.0.2/24", "dev", "uplink0"]);
+    let changed = stream.now();
+    // The daemon hears of the change through rtnetlink at once, else at its 1 s poll.
+    let within = AT_ONCE + Duration::from_secs(1);
+    assert!(
+        server.wait_for(within, |seq, from| seq >= changed && from.ip() == new),
+        "the flow still leaves with {old} {within:?} after the change\nct ls:\n{}",
+        lab.ok(&["ct", "ls"])
+    );
+    // And the answers come back to the endpoint through the new address.
+    let back = stream.now();
+    let replies = stream.replies.clone();
+    let deadline = std::time::Instant::now() + AT_ONCE;
+    while !replies.lock().unwrap().iter().any(|&(seq, _)| seq >= back) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no answer came back through {new}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
     }
 }

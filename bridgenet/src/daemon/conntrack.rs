@@ -10,7 +10,7 @@ use super::{Daemon, Error};
 use crate::{
     api::{Flow, Stat, Tuple},
     datapath::{
-        conntrack::{Flow as Tracked, monotonic_ns},
+        conntrack::{self, Flow as Tracked, monotonic_ns},
         from_wire,
     },
 };
@@ -64,12 +64,6 @@ impl Daemon {
         Ok(flows)
     }
 
-    fn remove_flow(&mut self, t: &Tracked) -> Result<()> {
-        self.dp.conntrack_remove(&t.original.0)?;
-        self.dp.conntrack_remove(&t.reply.0)?;
-        Ok(())
-    }
-
     /// Removes expired flows (both directions) and orphaned entries, and recounts the table.
     pub(super) fn conntrack_gc(&mut self) -> Result<()> {
         let report = self.dp.gc()?;
@@ -81,20 +75,7 @@ impl Daemon {
 
     /// Removes the flows that involve `ip` in either direction; returns how many.
     pub(super) fn conntrack_remove_addr(&mut self, ip: Ipv4Addr) -> Result<usize> {
-        let ip = crate::datapath::wire(ip);
-        let hit = |k: &CtKey| k.saddr == ip || k.daddr == ip;
-        let flows: Vec<Tracked> = self
-            .tracked()?
-            .into_iter()
-            .filter(|t| {
-                let ((okey, orig), (rkey, reply)) = (&t.original, &t.reply);
-                hit(okey) || hit(rkey) || orig.nat_addr == ip || reply.nat_addr == ip
-            })
-            .collect();
-        for t in &flows {
-            self.remove_flow(t)?;
-        }
-        Ok(flows.len())
+        Ok(self.dp.revoke(conntrack::uses_addr(ip))?.flows)
     }
 
     /// `ct flush [--endpoint EP]`: returns the number of flows removed.
@@ -104,13 +85,7 @@ impl Daemon {
                 let ip = self.endpoint(name)?.ip;
                 Ok(self.conntrack_remove_addr(ip)?)
             }
-            None => {
-                let all = self.tracked()?;
-                for t in &all {
-                    self.remove_flow(t)?;
-                }
-                Ok(all.len())
-            }
+            None => Ok(self.dp.revoke(|_, _| true)?.flows),
         }
     }
 

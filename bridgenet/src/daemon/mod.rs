@@ -7,6 +7,7 @@ mod conntrack;
 mod filter;
 mod ops;
 mod reconcile;
+mod revoke;
 
 pub use ops::peer_name;
 
@@ -192,6 +193,8 @@ async fn serve(options: Options) -> Result<()> {
         .attach_host_access(&options.bpffs, &options.state_dir)?;
     tracing::info!("host access: published ports answer on the host's addresses and 127.0.0.1");
     daemon.reconcile().await?;
+    // The new programs are in place: the old ones no longer add to older pinned maps.
+    daemon.dp.finish_upgrade()?;
     if first_start {
         daemon.create_default_network().await?;
     }
@@ -484,6 +487,7 @@ impl Daemon {
                 self.dp.remove_host_addr(uplink.addr)?;
                 self.dp.set_uplink_addr(uplink.index, addr)?;
                 self.uplinks[i].addr = addr;
+                self.revoke_masquerade(uplink.addr)?;
             }
         }
         Ok(())
@@ -544,9 +548,7 @@ pub fn cleanup(options: Options) -> Result<()> {
             let links = nl.links().await?;
             let names: Vec<String> = links.into_iter().map(|l| l.name).collect();
             Datapath::detach_pinned(&options.bpffs, &options.state_dir, &names);
-            for name in bridgenet_common::maps::ALL {
-                let _ = std::fs::remove_file(options.bpffs.join(name));
-            }
+            crate::datapath::layout::remove_pins(&options.bpffs);
             let marker = options.state_dir.join(MOUNTED_MARKER);
             if marker.exists() {
                 // Gone already when the daemon mounted it in a mount namespace of its own.

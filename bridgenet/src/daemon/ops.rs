@@ -653,6 +653,7 @@ impl Daemon {
             self.dp
                 .unpublish(wire_proto(m.proto), m.host_ip, m.host_port)?;
         }
+        self.revoke_mappings(endpoint.ip, &removed)?;
         let entry = self.state.endpoints.get_mut(name).expect("checked above");
         entry.ports.retain(|m| !seen.contains(m));
         self.save()?;

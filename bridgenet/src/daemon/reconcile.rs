@@ -7,7 +7,7 @@ use bridgenet_common::PublishTarget;
 
 use super::{Daemon, ops::wire_proto};
 use crate::{
-    datapath::{Datapath, publish_key, wire},
+    datapath::{Datapath, conntrack, publish_key, wire},
     netlink::{self, ALIAS},
     state::{Endpoint, Mode, Network, Problem},
 };
@@ -105,6 +105,14 @@ impl Daemon {
                     u16::from_be(key.port)
                 );
                 self.dp.unpublish(proto, addr, u16::from_be(key.port))?;
+                // Its flows too (a crash between an unpublish and its revocation).
+                self.dp.revoke(conntrack::uses_mapping(
+                    key.proto,
+                    addr,
+                    u16::from_be(key.port),
+                    crate::datapath::from_wire(target.addr),
+                    u16::from_be(target.port),
+                ))?;
             }
         }
         for (proto, host_ip, host_port, ip, port) in wanted.into_values() {

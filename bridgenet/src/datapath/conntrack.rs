@@ -1,12 +1,14 @@
 //! Conntrack in userspace: the state of a flow from its two entries, a timeout per state, and
 //! garbage collection of expired flows (both entries together) and of orphaned entries.
-use std::time::Duration;
+use std::{net::Ipv4Addr, time::Duration};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap};
-use bridgenet_common::{CtEntry, CtKey, EmbryoSlot, ct_flags, ct_usage, maps, tcp_seen};
+use bridgenet_common::{
+    CtEntry, CtKey, EmbryoSlot, action, ct_flags, ct_usage, direction, maps, tcp_seen,
+};
 
-use super::Datapath;
+use super::{Datapath, wire};
 
 const TCP: u8 = 6;
 
@@ -255,6 +257,117 @@ impl Datapath {
             usage.get(&ct_usage::ENTRIES, 0)?,
             usage.get(&ct_usage::LIMIT, 0)?,
         ))
+    }
+}
+
+/// What `revoke` removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RevokeReport {
+    /// Flows whose two entries were removed.
+    pub flows: usize,
+    /// Entries removed in all, orphans (entries whose other direction was gone) included.
+    pub entries: usize,
+}
+
+// Revocation: a separate block, apart from the timeouts and GC above.
+impl Datapath {
+    /// Removes at once every flow one of whose entries `matches` (both entries, and an entry
+    /// whose other direction is gone), and gives their room back in `CT_USAGE`: a mapping,
+    /// an endpoint or an address that goes away must not keep translating the flows that
+    /// used it.
+    pub fn revoke(&mut self, matches: impl Fn(&CtKey, &CtEntry) -> bool) -> Result<RevokeReport> {
+        let entries = self.conntrack()?;
+        let by_key: std::collections::HashMap<CtKey, CtEntry> = entries.iter().copied().collect();
+        let mut gone = std::collections::HashSet::new();
+        let mut report = RevokeReport::default();
+        let mut map: HashMap<_, CtKey, CtEntry> = HashMap::try_from(
+            self.ebpf
+                .map_mut(maps::CONNTRACK)
+                .context("map CONNTRACK missing")?,
+        )?;
+        for (key, entry) in &entries {
+            if gone.contains(key) || !matches(key, entry) {
+                continue;
+            }
+            // The other direction, if it is this flow's (its key may be another flow's now).
+            let peer = by_key
+                .get(&entry.peer)
+                .filter(|p| p.peer == *key && !gone.contains(&entry.peer));
+            for k in std::iter::once(key).chain(peer.map(|_| &entry.peer)) {
+                if map.remove(k).is_ok() {
+                    report.entries += 1;
+                }
+                gone.insert(*k);
+            }
+            if peer.is_some() {
+                report.flows += 1;
+            }
+        }
+        let mut usage: Array<_, u64> = Array::try_from(
+            self.ebpf
+                .map_mut(maps::CT_USAGE)
+                .context("map CT_USAGE missing")?,
+        )?;
+        // Not atomic against the datapath's adds (userspace has no atomic add on a map
+        // value): a flow opened in between may be lost from the count, which GC recounts.
+        let entries = report.entries as u64;
+        if entries > 0 {
+            let now = usage.get(&ct_usage::ENTRIES, 0)?;
+            usage.set(ct_usage::ENTRIES, now.saturating_sub(entries), 0)?;
+        }
+        Ok(report)
+    }
+}
+
+/// `revoke`'s test for the flows of a published port (`proto` `host_port` on `host_addr`, None
+/// for every address, to `target:target_port`): the client's entry translated to the target
+/// (through an uplink or hairpin), and the target's reply entry.
+pub fn uses_mapping(
+    proto: u8,
+    host_addr: Option<Ipv4Addr>,
+    host_port: u16,
+    target: Ipv4Addr,
+    target_port: u16,
+) -> impl Fn(&CtKey, &CtEntry) -> bool {
+    let (host_addr, host_port) = (host_addr.map(wire), host_port.to_be());
+    let (target, target_port) = (wire(target), target_port.to_be());
+    move |key, entry| {
+        let on_addr = |addr: u32| host_addr.is_none_or(|a| a == addr);
+        let translated = matches!(entry.action, action::DNAT | action::HAIRPIN | action::SNAT);
+        key.proto == proto
+            && translated
+            && match entry.direction {
+                direction::ORIGINAL => {
+                    entry.action != action::SNAT
+                        && key.dport == host_port
+                        && on_addr(key.daddr)
+                        && entry.nat_addr == target
+                        && entry.nat_port == target_port
+                }
+                _ => {
+                    entry.action != action::DNAT
+                        && key.saddr == target
+                        && key.sport == target_port
+                        && entry.nat_port == host_port
+                        && on_addr(entry.nat_addr)
+                }
+            }
+    }
+}
+
+/// `revoke`'s test for the flows to or from `addr` (a removed endpoint's), translated or not.
+pub fn uses_addr(addr: Ipv4Addr) -> impl Fn(&CtKey, &CtEntry) -> bool {
+    let addr = wire(addr);
+    move |key, entry| key.saddr == addr || key.daddr == addr || entry.nat_addr == addr
+}
+
+/// `revoke`'s test for the flows masqueraded with `addr` (an uplink's old address).
+pub fn masqueraded_with(addr: Ipv4Addr) -> impl Fn(&CtKey, &CtEntry) -> bool {
+    let addr = wire(addr);
+    move |key, entry| match (entry.action, entry.direction) {
+        (action::SNAT, direction::ORIGINAL) => entry.nat_addr == addr,
+        (action::DNAT, direction::REPLY) => key.daddr == addr,
+        _ => false,
     }
 }
 

@@ -22,6 +22,7 @@ use ipnet::Ipv4Net;
 mod attach;
 mod control;
 pub mod host_access;
+pub mod layout;
 pub use attach::Hook;
 pub use control::publish_key;
 
@@ -83,6 +84,10 @@ pub mod filter;
 /// The loaded programs and maps of one bridgenet datapath.
 pub struct Datapath {
     ebpf: Ebpf,
+    /// What the load did to pins of older layouts, one per map.
+    migrations: Vec<layout::Migration>,
+    /// Older conntrack pins that `finish_upgrade` copies again and removes.
+    upgrading: Vec<layout::Pin>,
 }
 
 impl Datapath {
@@ -91,8 +96,9 @@ impl Datapath {
         Self::load_with(&LoadOptions::default())
     }
 
-    /// Loads the programs; with `pin_dir`, every map is pinned there, and maps already pinned
-    /// there (by an earlier daemon) are reused with their state.
+    /// Loads the programs; with `pin_dir`, every map is pinned there under its layout version,
+    /// maps already pinned there (by an earlier daemon) at this build's versions are reused
+    /// with their state, older layouts are migrated (see `layout`), newer ones refused.
     pub fn load_with(options: &LoadOptions) -> Result<Self> {
         if OBJECT.is_empty() {
             bail!("this binary was built with AYA_BUILD_SKIP=1 and carries no eBPF programs");
@@ -106,12 +112,21 @@ impl Datapath {
         );
         // The flows that may make room when the table is full: the newest half of a full table.
         loader.map_max_entries(maps::EMBRYOS, (limit / 4).max(16));
-        let pins: Vec<(&str, PathBuf)> = match &options.pin_dir {
-            Some(dir) => maps::ALL
-                .iter()
-                .map(|name| (*name, dir.join(name)))
-                .collect(),
-            None => Vec::new(),
+        // Pins carry their layout version; older ones are migrated below, newer ones refused.
+        let (pins, mut older): (Vec<(&str, PathBuf)>, _) = match &options.pin_dir {
+            Some(dir) => (
+                maps::ALL
+                    .iter()
+                    .map(|name| {
+                        (
+                            *name,
+                            dir.join(layout::pin_name(name, layout::version(name))),
+                        )
+                    })
+                    .collect(),
+                layout::older_pins(dir)?,
+            ),
+            None => (Vec::new(), Vec::new()),
         };
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
@@ -133,7 +148,11 @@ impl Datapath {
             xdp.load()
                 .with_context(|| format!("verifying program {name}"))?;
         }
-        let mut datapath = Self { ebpf };
+        let mut datapath = Self {
+            ebpf,
+            migrations: Vec::new(),
+            upgrading: Vec::new(),
+        };
         datapath.set_nat_config(NatConfig::default())?;
         // A pinned table keeps the size it was made with: the limit must leave it its room.
         let capacity = match datapath.ebpf.map(maps::CONNTRACK) {
@@ -153,7 +172,21 @@ impl Datapath {
             );
         }
         datapath.set_conntrack_limit(u64::from(usable))?;
+        // The count first: the conntrack migration sets it to what it kept.
+        older.sort_by_key(|pin| pin.map == maps::CONNTRACK);
+        for pin in older {
+            let migration = datapath.migrate(&pin)?;
+            datapath.migrations.push(migration);
+            if pin.map == maps::CONNTRACK {
+                datapath.upgrading.push(pin);
+            }
+        }
         Ok(datapath)
+    }
+
+    /// What this load did to pins of older layouts (also logged), one per map.
+    pub fn migrations(&self) -> &[layout::Migration] {
+        &self.migrations
     }
 
     /// The underlying aya object, for tests that run programs with BPF_PROG_TEST_RUN.

@@ -369,7 +369,8 @@ fn run_with_stdin(cmd: &mut Command, input: &str) -> Result<()> {
 fn memory(cfg: &Config, binary: &Path, r: &mut Results) -> Result<()> {
     // bridgenet: the conntrack map is an LRU hash, which the kernel preallocates whole.
     let lab = Lab::new(Variant::Bridgenet, "mem", binary, &[1])?;
-    let map = lab.bpffs().join("CONNTRACK");
+    // The pin carries the layout version (bridgenet_common::layout::CONNTRACK).
+    let map = lab.bpffs().join("CONNTRACK_v2");
     let out = Command::new("bpftool")
         .args(["-j", "map", "show", "pinned"])
         .arg(&map)
