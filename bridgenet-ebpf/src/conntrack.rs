@@ -280,13 +280,13 @@ pub fn new_entry(peer: CtKey, action: u8, direction: u8, nat_addr: u32, nat_port
     }
 }
 
-/// Inserts the entry of the packet's own direction of a new flow (the last of its two), then
-/// counts the packet in it as any later one.
+/// Counts the packet that opened a flow (or found it opened on another CPU) in its entry, as
+/// any later one. Called by the program entries once the flow is open, not by the stage that
+/// opened it: the window tracking's frame on top of that stage's would pass the 512 bytes of
+/// stack that Linux 6.1 allows a call chain.
 #[inline(always)]
-pub fn insert_first(ctx: &TcContext, packet: &Packet, entry: &CtEntry) -> Result<(), InsertError> {
-    insert_new(&packet.key, entry)?;
-    if let Some(inserted) = CONNTRACK.get_ptr_mut(packet.key) {
-        let _ = touch(ctx, inserted, packet);
+pub fn count_opening(ctx: &TcContext, packet: &Packet) {
+    if let Some(entry) = CONNTRACK.get_ptr_mut(packet.key) {
+        let _ = touch(ctx, entry, packet);
     }
-    Ok(())
 }

@@ -50,7 +50,14 @@ pub fn translate(ctx: &mut TcContext, checked: u32) -> u32 {
         return result;
     }
     match published(packet, gateway) {
-        Some(target) => open(ctx, packet, target, checked),
+        Some(target) => {
+            let result = open(ctx, packet, target, checked);
+            if result == outcome::DNAT {
+                // Counted here rather than in `open`: see `conntrack::count_opening`.
+                conntrack::count_opening(ctx, packet);
+            }
+            result
+        }
         // Another network's gateway, not published: isolated. A host address: the host's.
         None => checked,
     }
@@ -147,14 +154,20 @@ fn open(ctx: &mut TcContext, packet: &Packet, target: PublishTarget, checked: u3
         target.port,
     );
     entry.ring_seq = seq;
-    if let Err(err) = conntrack::insert_first(ctx, packet, &entry) {
+    if let Err(err) = conntrack::insert_new(&key, &entry) {
         conntrack::remove(&reply);
         conntrack::release(2);
         if let InsertError::Full = err {
             return outcome::DROP_CT_FULL;
         }
-        // The same flow, opened on another CPU meanwhile.
-        return tracked(ctx, packet).unwrap_or(outcome::DROP_PORTS_EXHAUSTED);
+        // The same flow, opened on another CPU meanwhile: translated as it is there.
+        return match unsafe { CONNTRACK.get(key) } {
+            Some(won) if won.action == action::HAIRPIN => {
+                let peer = won.peer;
+                rewrite(ctx, packet, &peer.reversed(), outcome::DNAT)
+            }
+            _ => outcome::DROP_PORTS_EXHAUSTED,
+        };
     }
     conntrack::record(&key, seq);
     rewrite(ctx, packet, &reply.reversed(), outcome::DNAT)

@@ -189,7 +189,10 @@ fn uplink_ingress_ipv4(ctx: &mut TcContext, packet: &Packet) -> u32 {
         Ok(None) => {}
     }
     match nat::published(packet) {
-        Some(target) => nat::publish(ctx, packet, target),
+        Some(target) => {
+            let result = nat::publish(ctx, packet, target);
+            opened(ctx, packet, result)
+        }
         None => outcome::PASSED,
     }
 }
@@ -261,17 +264,28 @@ fn uplink_egress_translate(
         // revoked): it would leave from a new port, or worse from a published one.
         Some(_) if !conntrack::opens_flow(packet) => outcome::DROP_UNTRACKED,
         Some(subnet) if subnet.masquerade != 0 && nat_translatable(packet) => {
-            nat::masquerade(ctx, packet, nat_addr)
+            let result = nat::masquerade(ctx, packet, nat_addr);
+            opened(ctx, packet, result)
         }
         // Without masquerade (or for what it cannot translate) a private source must not leave.
         Some(_) => outcome::DROP_UNTRANSLATABLE,
         None => {
             if packet.key.saddr == nat_addr {
-                nat::track_host_flow(ctx, packet);
+                nat::track_host_flow(packet);
+                conntrack::count_opening(ctx, packet);
             }
             outcome::PASSED
         }
     }
+}
+
+/// A stage opened a flow for the packet (unless it dropped it): the packet is counted in it.
+#[inline(always)]
+fn opened(ctx: &TcContext, packet: &Packet, result: u32) -> u32 {
+    if !outcome::is_drop(result) {
+        conntrack::count_opening(ctx, packet);
+    }
+    result
 }
 
 /// Masquerade translates TCP, UDP and ICMP echo requests.

@@ -94,7 +94,7 @@ pub fn masquerade(ctx: &mut TcContext, packet: &Packet, nat_addr: u32) -> u32 {
     let mut entry =
         conntrack::new_entry(reply, action::SNAT, direction::ORIGINAL, nat_addr, nat_port);
     entry.ring_seq = seq;
-    if let Err(err) = conntrack::insert_first(ctx, packet, &entry) {
+    if let Err(err) = conntrack::insert_new(&key, &entry) {
         conntrack::remove(&reply);
         conntrack::release(2);
         return lost_race(ctx, packet, err);
@@ -222,7 +222,7 @@ pub fn publish(ctx: &mut TcContext, packet: &Packet, target: PublishTarget) -> u
     );
     entry.flags = ct_flags::INBOUND;
     entry.ring_seq = seq;
-    if let Err(err) = conntrack::insert_first(ctx, packet, &entry) {
+    if let Err(err) = conntrack::insert_new(&key, &entry) {
         conntrack::remove(&reply);
         conntrack::release(2);
         return lost_race(ctx, packet, err);
@@ -239,14 +239,13 @@ fn lost_race(ctx: &mut TcContext, packet: &Packet, err: InsertError) -> u32 {
     if let InsertError::Full = err {
         return outcome::DROP_CT_FULL;
     }
-    match conntrack::lookup(ctx, packet) {
-        Ok(Some(entry)) => {
-            let (act, addr, port) =
-                unsafe { ((*entry).action, (*entry).nat_addr, (*entry).nat_port) };
+    // Not counted here: the caller counts the packet (`conntrack::count_opening`).
+    match unsafe { conntrack::CONNTRACK.get(packet.key) } {
+        Some(entry) => {
+            let (act, addr, port) = (entry.action, entry.nat_addr, entry.nat_port);
             apply(ctx, packet, act, addr, port)
         }
-        Ok(None) => outcome::DROP_PORTS_EXHAUSTED,
-        Err(drop) => drop,
+        None => outcome::DROP_PORTS_EXHAUSTED,
     }
 }
 
@@ -254,7 +253,7 @@ fn lost_race(ctx: &mut TcContext, packet: &Packet, err: InsertError) -> u32 {
 // A BPF subprogram of its own: inlined, its locals would push the caller past the
 // 512-byte stack limit.
 #[inline(never)]
-pub fn track_host_flow(ctx: &TcContext, packet: &Packet) {
+pub fn track_host_flow(packet: &Packet) {
     // Host flows take room as any other (and are refused the same way when there is none: the
     // host's packet still passes, untracked).
     let Ok(seq) = conntrack::admit() else {
@@ -269,7 +268,7 @@ pub fn track_host_flow(ctx: &TcContext, packet: &Packet) {
     }
     let mut entry = conntrack::new_entry(reply, action::HOST, direction::ORIGINAL, 0, 0);
     entry.ring_seq = seq;
-    if conntrack::insert_first(ctx, packet, &entry).is_ok() {
+    if conntrack::insert_new(&key, &entry).is_ok() {
         conntrack::record(&key, seq);
     } else {
         conntrack::remove(&reply);
