@@ -285,7 +285,8 @@ pub mod outcome {
     pub const DROP_MARTIAN: u32 = 10;
     /// From outside, straight to an endpoint of a masqueraded network.
     pub const DROP_ENDPOINT_DIRECT: u32 = 11;
-    /// From an endpoint, with a source address or MAC that is not its own.
+    /// From an endpoint, with a source address or MAC that is not its own; from outside, with
+    /// the source address of a managed subnet.
     pub const DROP_SPOOFED: u32 = 12;
     /// From an endpoint, to an address of another network.
     pub const DROP_ISOLATION: u32 = 13;

@@ -1,6 +1,7 @@
 //! Early drop in XDP on the uplinks, before the stack spends anything on a packet that must
-//! not get in: packets from outside for the loopback range (CVE-2020-8558), and packets sent
-//! straight to an endpoint of a masqueraded network instead of through a published port.
+//! not get in: packets from outside for the loopback range (CVE-2020-8558), packets that claim
+//! the source address of a managed subnet, and packets sent straight to an endpoint of a
+//! masqueraded network instead of through a published port.
 //! uplink_ingress (TC) repeats the check: one program detached by someone else is not a hole.
 //! Both need only the IPv4 header, so they hold whatever follows it; a packet for an endpoint
 //! whose L4 header cannot be read is then dropped too (`unjudged`).
@@ -25,15 +26,23 @@ pub fn check_xdp(ctx: &XdpContext) -> u32 {
         return outcome::PASSED;
     }
     let ip = (start + EthHdr::LEN) as *const Ipv4Hdr;
-    check(u32::from_ne_bytes(unsafe { (*ip).dst_addr }))
+    check(
+        u32::from_ne_bytes(unsafe { (*ip).src_addr }),
+        u32::from_ne_bytes(unsafe { (*ip).dst_addr }),
+    )
 }
 
-/// The outcome for a packet from outside to `daddr` (network byte order). TC ingress checks
-/// it too, so that either program alone keeps these packets out.
+/// The outcome for a packet from outside from `saddr` to `daddr` (network byte order). TC
+/// ingress checks it too, so that either program alone keeps these packets out.
 #[inline(always)]
-pub fn check(daddr: u32) -> u32 {
+pub fn check(saddr: u32, daddr: u32) -> u32 {
     if daddr.to_ne_bytes()[0] == 127 {
         return outcome::DROP_MARTIAN;
+    }
+    // An endpoint's address never comes from outside: such a packet would be translated to a
+    // published port and answered inside, as if an endpoint had sent it.
+    if nat::subnet_of(saddr).is_some() {
+        return outcome::DROP_SPOOFED;
     }
     match nat::subnet_of(daddr) {
         Some(subnet) if subnet.masquerade != 0 => outcome::DROP_ENDPOINT_DIRECT,

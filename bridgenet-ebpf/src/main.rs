@@ -146,7 +146,7 @@ fn uplink_ingress_malformed(header: Option<Header>) -> u32 {
     let Some(header) = header else {
         return outcome::PASSED;
     };
-    let early = early_drop::check(header.daddr);
+    let early = early_drop::check(header.saddr, header.daddr);
     if outcome::is_drop(early) {
         return early;
     }
@@ -159,7 +159,7 @@ fn uplink_ingress_malformed(header: Option<Header>) -> u32 {
 
 #[inline(always)]
 fn uplink_ingress_ipv4(ctx: &mut TcContext, packet: &Packet) -> u32 {
-    let early = early_drop::check(packet.key.daddr);
+    let early = early_drop::check(packet.key.saddr, packet.key.daddr);
     if outcome::is_drop(early) {
         return early;
     }

@@ -272,3 +272,28 @@ fn the_user_filter_by_source_holds_for_truncated_segments() {
         outcome::DROP_MALFORMED,
     );
 }
+
+/// From outside, a source address of a managed subnet is a lie: translated to a published
+/// port, the packet would be answered inside as if an endpoint had sent it.
+#[test]
+fn a_managed_source_from_outside_is_dropped_as_spoofed() {
+    let mut dp = datapath();
+    for src in [EP2, ROUTED] {
+        let syn = packet::tcp_frame(src, 50000, HOST, 8080, true, false, b"");
+        dropped_for(
+            &mut dp,
+            program_id::UPLINK_INGRESS,
+            &syn,
+            outcome::DROP_SPOOFED,
+        );
+        dropped_for(&mut dp, program_id::UPLINK_XDP, &syn, outcome::DROP_SPOOFED);
+        let datagram = packet::udp_frame(src, 50000, HOST, 5353, b"q");
+        dropped_for(
+            &mut dp,
+            program_id::UPLINK_INGRESS,
+            &datagram,
+            outcome::DROP_SPOOFED,
+        );
+    }
+    assert!(dp.conntrack().unwrap().is_empty(), "no flow was opened");
+}
