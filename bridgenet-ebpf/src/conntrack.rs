@@ -181,8 +181,8 @@ fn evict(seq: u32) {
         return;
     }
     let peer = entry.peer;
-    if CONNTRACK.remove(&old.key).is_ok() {
-        let _ = CONNTRACK.remove(&peer);
+    if CONNTRACK.remove(old.key).is_ok() {
+        let _ = CONNTRACK.remove(peer);
         release(2);
         if let Some(evicted) = CT_USAGE.get_ptr_mut(ct_usage::EVICTED) {
             add(evicted, 1);
@@ -224,7 +224,7 @@ pub fn evict_closed(key: &CtKey) -> bool {
     if !both_fin && !reset || CONNTRACK.remove(key).is_err() {
         return false;
     }
-    let _ = CONNTRACK.remove(&peer_key);
+    let _ = CONNTRACK.remove(peer_key);
     release(2);
     true
 }

@@ -164,20 +164,20 @@ impl Masqueraded {
         let nat_port = tcp(dp, programs::UPLINK_EGRESS, &syn).sport;
         let flow = Self { nat_port };
         assert_eq!(flow_state(dp), FlowState::SynSent);
-        flow.from_server(dp, SYN | ACK, 5000, isn + 1, b"");
+        flow.server_sends(dp, SYN | ACK, 5000, isn + 1, b"");
         assert_eq!(flow_state(dp), FlowState::SynRecv);
-        flow.from_endpoint(dp, ACK, isn + 1, 5001, b"");
+        flow.endpoint_sends(dp, ACK, isn + 1, 5001, b"");
         assert_eq!(flow_state(dp), FlowState::Established);
         flow
     }
 
-    fn from_endpoint(&self, dp: &mut Datapath, flags: u8, seq: u32, ack: u32, data: &[u8]) {
+    fn endpoint_sends(&self, dp: &mut Datapath, flags: u8, seq: u32, ack: u32, data: &[u8]) {
         let segment = packet::tcp_segment(EP1, 40000, SERVER, 80, flags, seq, ack, data);
         tcp(dp, programs::UPLINK_EGRESS, &segment);
     }
 
     /// The server's segment, translated back to the endpoint.
-    fn from_server(&self, dp: &mut Datapath, flags: u8, seq: u32, ack: u32, data: &[u8]) {
+    fn server_sends(&self, dp: &mut Datapath, flags: u8, seq: u32, ack: u32, data: &[u8]) {
         let segment = self.server_segment(flags, seq, ack, data);
         assert_eq!(tcp(dp, programs::UPLINK_INGRESS, &segment).dst, EP1);
     }
@@ -212,9 +212,9 @@ fn a_syn_answered_by_rst_closes_the_flow_and_frees_its_port() {
 fn reconnecting_on_the_tuple_of_a_closed_connection_starts_a_fresh_flow() {
     let mut dp = datapath(16);
     let flow = Masqueraded::open(&mut dp, 1000);
-    flow.from_endpoint(&mut dp, FIN | ACK, 1001, 5001, b"");
-    flow.from_server(&mut dp, FIN | ACK, 5001, 1002, b"");
-    flow.from_endpoint(&mut dp, ACK, 1002, 5002, b"");
+    flow.endpoint_sends(&mut dp, FIN | ACK, 1001, 5001, b"");
+    flow.server_sends(&mut dp, FIN | ACK, 5001, 1002, b"");
+    flow.endpoint_sends(&mut dp, ACK, 1002, 5002, b"");
     assert_eq!(flow_state(&dp), FlowState::Closed);
 
     // The endpoint connects again from the same port right away (TIME_WAIT reuse).
@@ -229,8 +229,8 @@ fn reconnecting_on_the_tuple_of_a_closed_connection_starts_a_fresh_flow() {
         FlowState::SynSent,
         "the new connection is not CLOSE"
     );
-    flow.from_server(&mut dp, SYN | ACK, 7000, 90_001, b"");
-    flow.from_endpoint(&mut dp, ACK, 90_001, 7001, b"");
+    flow.server_sends(&mut dp, SYN | ACK, 7000, 90_001, b"");
+    flow.endpoint_sends(&mut dp, ACK, 90_001, 7001, b"");
     assert_eq!(flow_state(&dp), FlowState::Established);
     // So GC leaves it alone past the close timeout.
     let report = dp
@@ -243,8 +243,8 @@ fn reconnecting_on_the_tuple_of_a_closed_connection_starts_a_fresh_flow() {
 fn a_reset_or_fin_outside_the_window_closes_nothing() {
     let mut dp = datapath(16);
     let flow = Masqueraded::open(&mut dp, 1000);
-    flow.from_endpoint(&mut dp, ACK | PSH, 1001, 5001, &[7; 100]);
-    flow.from_server(&mut dp, ACK | PSH, 5001, 1101, &[8; 1000]);
+    flow.endpoint_sends(&mut dp, ACK | PSH, 1001, 5001, &[7; 100]);
+    flow.server_sends(&mut dp, ACK | PSH, 5001, 1101, &[8; 1000]);
     // A blind attacker's resets and FINs from the server's side: sequence numbers far from
     // the window (the server advertised 64240 << 7, the endpoint as much).
     let window = 64240u32 << 7;
@@ -271,7 +271,7 @@ fn a_reset_or_fin_outside_the_window_closes_nothing() {
     assert_eq!(verdict.action, TC_ACT_SHOT);
     assert_eq!(flow_state(&dp), FlowState::Established);
     // A reset in the window (what the server's stack would send) closes it.
-    flow.from_server(&mut dp, RST, 6001, 0, b"");
+    flow.server_sends(&mut dp, RST, 6001, 0, b"");
     assert_eq!(flow_state(&dp), FlowState::Closed);
 }
 
