@@ -45,6 +45,21 @@ fn ok_server(netns: &str, bind: &str, stop: Arc<AtomicBool>) -> Vec<std::thread:
         .collect()
 }
 
+/// Endpoint `web` in `ns` on the default network, its port 80 published on 8080.
+fn publish_web(lab: &ControlLab, ns: &str) {
+    lab.ok(&[
+        "endpoint",
+        "create",
+        "web",
+        "--network",
+        "bridge",
+        "--netns",
+        ns,
+        "-p",
+        "8080:80",
+    ]);
+}
+
 /// One connection of a busy client: connect, read the answer, close first. Err says why not.
 fn one_request(to: SocketAddr) -> Result<(), String> {
     let timeout = Duration::from_secs(3);
@@ -104,17 +119,7 @@ fn busy_clients(netns: &str, to: SocketAddr, time: Duration) -> (u64, u64, Vec<S
 fn busy_clients_that_close_first_and_reuse_their_ports_never_fail() {
     let mut lab = ControlLab::up();
     let ns = lab.netns_name("web");
-    lab.ok(&[
-        "endpoint",
-        "create",
-        "web",
-        "--network",
-        "bridge",
-        "--netns",
-        &ns,
-        "-p",
-        "8080:80",
-    ]);
+    publish_web(&lab, &ns);
     let world = lab.topo.ns("world").name().to_owned();
     let stop = Arc::new(AtomicBool::new(false));
     let servers = ok_server(&ns, "0.0.0.0:80", stop.clone());
@@ -224,17 +229,7 @@ fn a_syn_flood_locks_nobody_out() {
     // A small table, so that a bounded flood fills it many times over on every kernel.
     let mut lab = ControlLab::up_with_config("on", serde_json::json!({"conntrack-max": 2048}));
     let ns = lab.netns_name("web");
-    lab.ok(&[
-        "endpoint",
-        "create",
-        "web",
-        "--network",
-        "bridge",
-        "--netns",
-        &ns,
-        "-p",
-        "8080:80",
-    ]);
+    publish_web(&lab, &ns);
     let world = lab.topo.ns("world").name().to_owned();
     let host = lab.topo.ns("host").name().to_owned();
     // The endpoint listens (and answers the flood's SYNs with SYN-ACKs, as a real one does).

@@ -1,38 +1,13 @@
 //! Maps pinned on a bpf filesystem outlive the process that loaded them, and a new load adopts
 //! them with their state: the basis of restarts without losing flows.
-use std::{net::Ipv4Addr, path::PathBuf, process::Command};
+use std::net::Ipv4Addr;
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues};
 use bridgenet::datapath::{Datapath, LoadOptions, Proto};
 use bridgenet_common::{
     CtEntry, CtKey, action, ct_flags, direction, outcome, program_id, tcp_seen,
 };
-use bridgenet_tests::{layout_v1::CtEntryV1, require_root};
-
-/// A private bpf filesystem on a temporary directory, unmounted on drop.
-struct Bpffs(PathBuf);
-
-impl Bpffs {
-    fn new(tag: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("bridgenet-test-bpffs-{}-{tag}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "bpf", "bpf"])
-            .arg(&dir)
-            .status()
-            .unwrap();
-        assert!(status.success(), "mounting a bpf filesystem");
-        Self(dir)
-    }
-}
-
-impl Drop for Bpffs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
+use bridgenet_tests::{Bpffs, layout_v1::CtEntryV1, require_root};
 
 #[test]
 fn a_second_load_adopts_the_pinned_maps_and_their_state() {
