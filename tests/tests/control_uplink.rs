@@ -8,6 +8,15 @@ use bridgenet_tests::{Topology, control::binary};
 /// A host namespace with a tun device (`tun0`, 198.18.3.2/24, up) and, when `default_via_tun`,
 /// the default route through it.
 fn host_with_tun(default_via_tun: bool) -> Topology {
+    // Debian's kernels build tun as a module, which a fresh VM of the matrix has not loaded
+    // (no /dev/net/tun yet); the host's kernel has it built in.
+    if !Path::new("/dev/net/tun").exists() {
+        let _ = Command::new("modprobe").arg("tun").status();
+    }
+    assert!(
+        Path::new("/dev/net/tun").exists(),
+        "this kernel has no tun device (CONFIG_TUN)"
+    );
     let mut topo = Topology::new();
     topo.netns("host");
     let host = topo.ns("host");
