@@ -19,7 +19,7 @@ use crate::setup;
 const HOST_ONLY_PREFIX: &str = "host_";
 
 /// How long one kernel of the matrix may take, boot included (software emulation is slow).
-const VM_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+const VM_TIMEOUT: Duration = Duration::from_secs(40 * 60);
 
 /// Test counts of one run of the binaries on one kernel.
 #[derive(Debug, Default)]

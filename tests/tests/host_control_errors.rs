@@ -1,6 +1,10 @@
 //! Every refused command: one line on stderr, a non-zero exit, and nothing changed (the
 //! daemon's view, the host namespace's links, addresses and routes, the namespaces, and the
 //! pinned maps are the same before and after).
+//!
+//! Host only (xtask keeps `host_*` binaries out of the emulated kernels): refusals of the CLI and
+//! the API are decided before the datapath is touched and do not depend on the kernel's version,
+//! which the matrix tests through the datapath, attach and restart tests.
 use bridgenet_tests::control::ControlLab;
 
 /// Runs a refused command and checks that nothing changed; returns its message.

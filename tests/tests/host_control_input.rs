@@ -2,6 +2,10 @@
 //! JSON error shape (huge port ranges: `host_port_ranges.rs`), a second daemon on the same state
 //! dir is refused, mismatched stores are refused or repaired with one line each, and a daemon
 //! started through `ip netns exec` warns and can be cleaned up after.
+//!
+//! Host only (xtask keeps `host_*` binaries out of the emulated kernels): the API's and the store's
+//! answers to bad input are decided before the datapath is touched and do not depend on the
+//! kernel's version, which the matrix tests through the datapath, attach and restart tests.
 use std::{
     io::{Read as _, Write as _},
     os::unix::net::UnixStream,

@@ -1,6 +1,10 @@
 //! Uplinks without an Ethernet header (tun, WireGuard, ipip: the IP header at offset 0) are
 //! refused with one line, named with `--uplink` or found from the default route, and the
 //! refusal changes nothing (no state dir, no bpf filesystem, no bridge).
+//!
+//! Host only (xtask keeps `host_*` binaries out of the emulated kernels): uplink refusals (a link
+//! type read over netlink) are decided before the datapath is touched and do not depend on the
+//! kernel's version, which the matrix tests through the datapath, attach and restart tests.
 use std::{path::Path, process::Command, time::Duration};
 
 use bridgenet_tests::{Topology, control::binary};
