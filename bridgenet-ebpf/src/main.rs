@@ -179,14 +179,8 @@ fn uplink_ingress_ipv4(ctx: &mut TcContext, packet: &Packet) -> u32 {
             icmp::Verdict::Host | icmp::Verdict::Unknown => outcome::PASSED,
         };
     }
-    match conntrack::lookup(ctx, packet) {
-        Err(drop) => return drop,
-        Ok(Some(entry)) => {
-            let (act, addr, port) =
-                unsafe { ((*entry).action, (*entry).nat_addr, (*entry).nat_port) };
-            return nat::apply(ctx, packet, act, addr, port);
-        }
-        Ok(None) => {}
+    if let Some(result) = tracked(ctx, packet) {
+        return result;
     }
     match nat::published(packet) {
         Some(target) => {
@@ -250,14 +244,8 @@ fn uplink_egress_translate(
             icmp::Verdict::Host | icmp::Verdict::Unknown => outcome::PASSED,
         };
     }
-    match conntrack::lookup(ctx, packet) {
-        Err(drop) => return drop,
-        Ok(Some(entry)) => {
-            let (act, addr, port) =
-                unsafe { ((*entry).action, (*entry).nat_addr, (*entry).nat_port) };
-            return nat::apply(ctx, packet, act, addr, port);
-        }
-        Ok(None) => {}
+    if let Some(result) = tracked(ctx, packet) {
+        return result;
     }
     match managed {
         // An endpoint's segment of a connection no longer tracked (its flow expired or was
@@ -276,6 +264,21 @@ fn uplink_egress_translate(
             }
             outcome::PASSED
         }
+    }
+}
+
+/// The packet's tracked flow applied to it (or the drop its entry decided); None when the
+/// packet belongs to no tracked flow.
+#[inline(always)]
+fn tracked(ctx: &mut TcContext, packet: &Packet) -> Option<u32> {
+    match conntrack::lookup(ctx, packet) {
+        Err(drop) => Some(drop),
+        Ok(Some(entry)) => {
+            let (act, addr, port) =
+                unsafe { ((*entry).action, (*entry).nat_addr, (*entry).nat_port) };
+            Some(nat::apply(ctx, packet, act, addr, port))
+        }
+        Ok(None) => None,
     }
 }
 
