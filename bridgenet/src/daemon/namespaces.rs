@@ -21,7 +21,7 @@ pub(super) fn create_netns(name: &str) -> anyhow::Result<()> {
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0)
+        .mode(0o000)
         .open(&path)
         .with_context(|| format!("creating namespace {name}"))?;
     // A thread of its own enters the new namespace, so that no thread of the daemon changes
