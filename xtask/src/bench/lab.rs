@@ -372,6 +372,26 @@ impl Lab {
         Ok(())
     }
 
+    /// One request to the daemon's API, as plainly as a client can send it (HTTP/1.1 on the
+    /// Unix socket, the connection closed after the answer); fails unless the answer is 2xx.
+    pub fn api(&self, method: &str, path: &str, body: Option<&serde_json::Value>) -> Result<()> {
+        use std::io::{Read as _, Write as _};
+        let body = body.map(ToString::to_string).unwrap_or_default();
+        let mut conn = std::os::unix::net::UnixStream::connect(self.dir.join("bridgenet.sock"))?;
+        write!(
+            conn,
+            "{method} {path} HTTP/1.1\r\nHost: bridgenet\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )?;
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer)?;
+        match answer.split(' ').nth(1) {
+            Some(code) if code.starts_with('2') => Ok(()),
+            _ => bail!("{method} {path}: {answer}"),
+        }
+    }
+
     /// `bridgenet --socket SOCK ARGS`: its stdout, or its stderr as the error.
     pub fn cli(&self, args: &[&str]) -> Result<String> {
         let out = Command::new(&self.binary)
