@@ -147,7 +147,7 @@ fn add_check_del_gc_with_real_traffic() {
     assert_eq!(result["interfaces"][0]["name"], "eth0");
     assert_eq!(result["interfaces"][0]["sandbox"], path1.as_str());
     let (addrs, mac) = inside(&ns1, "eth0");
-    assert_eq!(addrs, [address.clone()]);
+    assert_eq!(addrs, [address.as_str()]);
     assert_eq!(result["interfaces"][0]["mac"], mac.as_str());
     // The endpoint with the container ID, and its port.
     let ep = endpoint_of(&lab, "c1").expect("c1's endpoint");

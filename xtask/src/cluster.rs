@@ -16,8 +16,8 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
 use crate::{
-    netns::{self, ip},
-    run::{STOP, command_in, on_signal, request, request_timeout, say, serve, step},
+    netns::{self, command_in, ip},
+    run::{STOP, on_signal, request, request_timeout, say, serve, step},
     setup,
 };
 

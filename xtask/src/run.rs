@@ -9,7 +9,7 @@ use std::{
     fs::File,
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicBool, Ordering},
@@ -88,7 +88,7 @@ impl Lab {
     /// A command in the host namespace only: `ip netns exec` would also give it a private
     /// mount namespace, where the bpf filesystem and the endpoints' namespaces would be lost.
     fn in_host(&self) -> Result<Command> {
-        command_in(&self.ns("host"), &self.binary)
+        crate::netns::command_in(&self.ns("host"), &self.binary)
     }
 
     fn start_daemon(&mut self) -> Result<()> {
@@ -288,24 +288,6 @@ impl Drop for Lab {
         let _ = std::fs::remove_dir_all(&self.dir);
         println!("lab: removed");
     }
-}
-
-/// `program` in namespace `ns` only: `ip netns exec` would also give it a private mount
-/// namespace, where a bpf filesystem and the namespaces it makes would be lost.
-pub(crate) fn command_in(ns: &str, program: &Path) -> Result<Command> {
-    let netns =
-        File::open(format!("/run/netns/{ns}")).with_context(|| format!("namespace {ns}"))?;
-    let mut cmd = Command::new(program);
-    // SAFETY: setns is async-signal-safe; the file stays open until spawn returns.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    Ok(cmd)
 }
 
 pub(crate) fn step(text: &str) {
