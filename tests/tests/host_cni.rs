@@ -212,8 +212,21 @@ fn add_check_del_gc_with_real_traffic() {
     assert!(!lab.ok(&["port", "ls"]).contains("8080"));
 
     // GC keeps what is valid and removes the rest.
-    let (_, path3) = container_netns(&mut lab, "c3");
-    cni::call("ADD", &attachment("c3", "eth0", &path3), &base).ok();
+    // The ips and mac capabilities.
+    let (ns3, path3) = container_netns(&mut lab, "c3");
+    let mut chosen = base.clone();
+    chosen["runtimeConfig"] = json!({"ips": ["198.19.7.33/24"], "mac": "02:00:c6:13:07:21"});
+    let result3 = cni::call("ADD", &attachment("c3", "eth0", &path3), &chosen)
+        .ok()
+        .clone();
+    assert_eq!(result3["ips"][0]["address"], "198.19.7.33/24");
+    assert_eq!(
+        inside(&ns3, "eth0"),
+        (
+            vec!["198.19.7.33/24".to_owned()],
+            "02:00:c6:13:07:21".to_owned()
+        )
+    );
     let mut gc = base.clone();
     gc["cniVersion"] = json!("1.1.0");
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "c2", "ifname": "net1"}]);
@@ -264,9 +277,21 @@ fn del_and_add_across_a_daemon_restart() {
     let mut lab = ControlLab::up();
     let (ns1, path1) = container_netns(&mut lab, "c1");
     let (_, path2) = container_netns(&mut lab, "c2");
-    let base = conf(&lab, "1.1.0", "pods", "198.19.10.0/24");
+    let mut base = conf(&lab, "1.1.0", "pods", "198.19.10.0/24");
+    base["mtu"] = json!(1400);
     let env1 = attachment("c1", "eth0", &path1);
     cni::call("ADD", &env1, &base).ok();
+    let mtu = |ns: &str, dev: &str| {
+        let out = Command::new("ip")
+            .args(["-n", ns, "-j", "link", "show", "dev", dev])
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v[0]["mtu"].as_u64().unwrap()
+    };
+    assert_eq!(mtu(&ns1, "eth0"), 1400);
+    let host = lab.topo.ns("host").name().to_owned();
+    assert_eq!(mtu(&host, "ve-cni-c1"), 1400);
     lab.stop(Stop::Kill);
     assert_eq!(cni::call("STATUS", &[], &base).code(), 50);
     assert_eq!(
