@@ -105,6 +105,13 @@ fn version_and_errors_without_a_daemon() {
     assert_eq!(cni::call("FROB", &env, &gone).code(), 7);
     assert_eq!(cni::call("ADD", &env[1..], &gone).code(), 7);
     assert_eq!(cni::call("ADD", &env[..2], &gone).code(), 7);
+    for bad in [
+        attachment("../c0", "eth0", "/run/netns/none"),
+        attachment("c0", "a-name-far-too-long", "/run/netns/none"),
+        attachment("c0", "eth0", "relative"),
+    ] {
+        assert_eq!(cni::call("ADD", &bad, &gone).code(), 7, "{bad:?}");
+    }
     // Not JSON: 6; a version it does not take: 1; a bad capability: 4.
     assert_eq!(cni::call_raw(Some("ADD"), &env, b"{").code(), 6);
     let mut old = gone.clone();

@@ -157,11 +157,47 @@ fn execute(env: &HashMap<String, String>, stdin: &[u8]) -> Result<Option<Value>,
             ),
         ));
     }
+    // The spec's rules for the variables: a bad one is code 7 before the daemon is asked.
     let attachment = || -> Result<CniAttachment, CniError> {
+        let container_id = var(env, "CNI_CONTAINERID")?;
+        let mut chars = container_id.chars();
+        let id_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        if !id_ok {
+            return Err(CniError::new(
+                code::INVALID_ENV,
+                format!(
+                    "CNI_CONTAINERID {container_id:?}: letters, digits, _ . - (starting with a \
+                     letter or digit)"
+                ),
+            ));
+        }
+        let ifname = var(env, "CNI_IFNAME")?;
+        if ifname.len() > 15
+            || ifname == "."
+            || ifname == ".."
+            || ifname.contains(['/', ':'])
+            || ifname.chars().any(char::is_whitespace)
+        {
+            return Err(CniError::new(
+                code::INVALID_ENV,
+                format!("CNI_IFNAME {ifname:?} is not an interface name (1 to 15 characters)"),
+            ));
+        }
         Ok(CniAttachment {
-            container_id: var(env, "CNI_CONTAINERID")?.to_owned(),
-            ifname: var(env, "CNI_IFNAME")?.to_owned(),
+            container_id: container_id.to_owned(),
+            ifname: ifname.to_owned(),
         })
+    };
+    let netns = || -> Result<String, CniError> {
+        let netns = var(env, "CNI_NETNS")?;
+        if !netns.starts_with('/') {
+            return Err(CniError::new(
+                code::INVALID_ENV,
+                format!("CNI_NETNS {netns:?} is not a path to a network namespace"),
+            ));
+        }
+        Ok(netns.to_owned())
     };
     let socket = conf
         .socket
@@ -173,7 +209,7 @@ fn execute(env: &HashMap<String, String>, stdin: &[u8]) -> Result<Option<Value>,
         Command::Add => {
             let req = CniAdd {
                 attachment: attachment()?,
-                netns: var(env, "CNI_NETNS")?.to_owned(),
+                netns: netns()?,
                 network: conf.network()?,
                 ip: conf.ip()?,
                 mac: conf.runtime_config.mac.clone(),
@@ -192,7 +228,7 @@ fn execute(env: &HashMap<String, String>, stdin: &[u8]) -> Result<Option<Value>,
         }
         Command::Check => {
             let a = attachment()?;
-            var(env, "CNI_NETNS")?;
+            netns()?;
             let prev = conf.prev_result.as_ref().ok_or_else(|| {
                 CniError::new(
                     code::INVALID_CONFIG,
