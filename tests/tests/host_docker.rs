@@ -802,9 +802,10 @@ fn driver_call(lab: &DockerLab, call: &str, body: serde_json::Value) -> serde_js
         "POST /{call} HTTP/1.1\r\nHost: plugin\r\nContent-Type: application/vnd.docker.plugins.v1.2+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
-    .unwrap();
+    .unwrap_or_else(|e| panic!("{call}: {e}\n{}", lab.bridgenet_log()));
     let mut response = String::new();
-    conn.read_to_string(&mut response).unwrap();
+    conn.read_to_string(&mut response)
+        .unwrap_or_else(|e| panic!("{call}: {e}\n{}", lab.bridgenet_log()));
     let (_, json) = response.split_once("\r\n\r\n").expect("an HTTP answer");
     serde_json::from_str(json).unwrap_or_else(|e| panic!("{call}: {e}: {response}"))
 }
