@@ -5,9 +5,11 @@
 //! manages (with IPAM and the `-p` grammar) and its store; `daemon` runs the verbs and
 //! reconciles after restarts; `api` is the HTTP/JSON interface's types and client, `server` its
 //! routes over the daemon, `docker` Docker's network driver protocol over the same daemon;
-//! `cli` is the command line that drives the API.
+//! `cni` the CNI plugin `bridgenet-cni`, a client of the API; `cli` is the command line that
+//! drives the API.
 pub mod api;
 pub mod cli;
+pub mod cni;
 pub mod daemon;
 pub mod datapath;
 pub mod docker;

@@ -3,7 +3,10 @@
 //!
 //! Nothing here touches the namespace the tests run in: every interface is created inside a
 //! namespace of the topology, and deleting the namespaces removes all of it.
+pub mod cluster;
+pub mod cni;
 pub mod control;
+pub mod http;
 pub mod layout_v1;
 pub mod packet;
 pub mod raw;

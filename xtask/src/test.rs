@@ -44,6 +44,7 @@ pub fn test(kernels: &[String], host: bool, filter: Option<&str>) -> Result<()> 
     setup::programs(setup::TEST_PROGRAMS)?;
     if host {
         setup::programs(setup::DOCKER_PROGRAMS)?;
+        setup::programs(setup::PODMAN_PROGRAMS)?;
     }
     let mut images = Vec::new();
     let mut vng = PathBuf::from("vng");

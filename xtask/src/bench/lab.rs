@@ -10,7 +10,6 @@ use std::{
     fs::File,
     io::Write as _,
     net::{Ipv4Addr, SocketAddrV4},
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
@@ -287,18 +286,7 @@ impl Lab {
 
     /// A command in namespace `ns` (the network namespace only: `setns` before exec).
     pub fn command_in(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
-        let netns = File::open(format!("/run/netns/{ns}")).with_context(|| ns.to_owned())?;
-        let mut cmd = Command::new(program);
-        // SAFETY: setns is async-signal-safe; the file stays open until spawn returns.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        Ok(cmd)
+        crate::netns::command_in(ns, program)
     }
 
     pub fn run_in(ns: &str, program: &str, args: &[&str]) -> Result<String> {
