@@ -986,3 +986,186 @@ fn docker_driver_calls_are_idempotent_and_internal_networks_stay_inside() {
     let stats = lab.bridgenet_ok(&["stats"]);
     assert!(stats.contains("drop_internal"), "{stats}");
 }
+
+/// A container on Docker network `net` running httpd on 80 and 81, publishing `-p HOST:80`;
+/// its address on `net`.
+fn run_two_port_httpd(lab: &DockerLab, name: &str, net: &str, host_port: u16) -> String {
+    let publish = format!("{host_port}:80");
+    lab.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        net,
+        "-p",
+        &publish,
+        "bb",
+        "sh",
+        "-c",
+        "httpd -p 81 -h /www && exec httpd -f -p 80 -h /www",
+    ]);
+    lab.docker_ok(&[
+        "inspect",
+        "-f",
+        &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"),
+        name,
+    ])
+}
+
+/// The address the world's server saw a container's request come from (None: no answer).
+fn seen_by_world(lab: &DockerLab, container: &str) -> Option<String> {
+    let out = lab.docker(&[
+        "exec",
+        container,
+        "sh",
+        "-c",
+        "printf 'GET /cgi-bin/ip HTTP/1.0\\r\\n\\r\\n' | nc -w 3 198.18.0.1 8000",
+    ]);
+    let body = text(&out);
+    body.contains("200").then(|| client_of(&body).to_owned())
+}
+
+#[test]
+fn docker_gateway_modes_with_traffic_routed_from_the_world() {
+    let lab = DockerLab::up();
+    let world = lab.topo.ns("world");
+    // The world routes the containers' subnets to the host (direct routing).
+    world.ip(&["route", "add", "198.19.20.0/22", "via", HOST]);
+    for (net, subnet, opts) in [
+        (
+            "gw-nat",
+            "198.19.20.0/24",
+            vec!["-o", "com.docker.network.bridge.gateway_mode_ipv4=nat"],
+        ),
+        (
+            "gw-unprot",
+            "198.19.21.0/24",
+            vec![
+                "-o",
+                "com.docker.network.bridge.gateway_mode_ipv4=nat-unprotected",
+            ],
+        ),
+        (
+            "gw-routed",
+            "198.19.22.0/24",
+            vec!["-o", "com.docker.network.bridge.gateway_mode_ipv4=routed"],
+        ),
+        (
+            "gw-isolated",
+            "198.19.23.0/24",
+            vec![
+                "--internal",
+                "-o",
+                "com.docker.network.bridge.gateway_mode_ipv4=isolated",
+            ],
+        ),
+    ] {
+        let mut args = vec!["network", "create", "-d", "bridgenet", "--subnet", subnet];
+        args.extend(opts);
+        args.push(net);
+        lab.docker_ok(&args);
+    }
+    let networks = lab.bridgenet_ok(&["network", "ls"]);
+    for shown in [
+        "gateway-mode=nat-unprotected",
+        "gateway-mode=routed",
+        "gateway-mode=isolated",
+    ] {
+        assert!(networks.contains(shown), "{shown}: {networks}");
+    }
+    let inspect = lab.bridgenet_ok(&["network", "inspect", &lab.network_name("gw-routed")]);
+    assert!(
+        inspect.contains("\"gateway_mode\": \"routed\""),
+        "{inspect}"
+    );
+    let url = |addr: &str, port: u16| format!("http://{addr}:{port}/cgi-bin/ip");
+
+    // nat: the published port, with the client's address; no direct access; masquerade out.
+    let nat = run_two_port_httpd(&lab, "gw-nat1", "gw-nat", 8091);
+    assert_eq!(client_of(&lab.world_get_ok(&url(HOST, 8091))), "198.18.0.1");
+    assert!(
+        lab.world_get(&url(&nat, 80)).is_none(),
+        "nat: {nat}:80 reached directly"
+    );
+    assert_eq!(seen_by_world(&lab, "gw-nat1").as_deref(), Some(HOST));
+
+    // nat-unprotected: also any container port routed to, the client's address kept.
+    let unprot = run_two_port_httpd(&lab, "gw-unprot1", "gw-unprot", 8092);
+    assert_eq!(client_of(&lab.world_get_ok(&url(HOST, 8092))), "198.18.0.1");
+    assert_eq!(
+        client_of(&lab.world_get_ok(&url(&unprot, 80))),
+        "198.18.0.1"
+    );
+    assert_eq!(
+        client_of(&lab.world_get_ok(&url(&unprot, 81))),
+        "198.18.0.1"
+    );
+    assert_eq!(seen_by_world(&lab, "gw-unprot1").as_deref(), Some(HOST));
+
+    // routed: the published container port at the container's address, nothing else (the
+    // host port is not used, as with Docker); out with the container's own address.
+    let routed = run_two_port_httpd(&lab, "gw-routed1", "gw-routed", 8093);
+    assert_eq!(
+        client_of(&lab.world_get_ok(&url(&routed, 80))),
+        "198.18.0.1"
+    );
+    assert!(
+        lab.world_get(&url(&routed, 81)).is_none(),
+        "routed: unpublished port 81 reached"
+    );
+    assert!(
+        lab.world_get(&url(HOST, 8093)).is_none(),
+        "routed: host port 8093 opened"
+    );
+    assert_eq!(
+        seen_by_world(&lab, "gw-routed1").as_deref(),
+        Some(routed.as_str())
+    );
+    let stats = lab.bridgenet_ok(&["stats"]);
+    assert!(stats.contains("drop_unpublished"), "{stats}");
+
+    // isolated: no way in (the world, the host) or out; its bridge has no address.
+    lab.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "gw-iso1",
+        "--network",
+        "gw-isolated",
+        "bb",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    let iso = lab.docker_ok(&[
+        "inspect",
+        "-f",
+        "{{(index .NetworkSettings.Networks \"gw-isolated\").IPAddress}}",
+        "gw-iso1",
+    ]);
+    assert!(
+        lab.world_get(&url(&iso, 80)).is_none(),
+        "isolated: reached from the world"
+    );
+    let host_ns = lab.topo.ns("host").name().to_owned();
+    assert!(
+        get(&host_ns, &url(&iso, 80)).is_none(),
+        "isolated: reached from the host"
+    );
+    assert_eq!(
+        seen_by_world(&lab, "gw-iso1"),
+        None,
+        "isolated: reached the world"
+    );
+    let iso_net = lab.network_name("gw-isolated");
+    let bridge = format!("br-{}", &iso_net["docker-".len()..]);
+    let addrs = lab.topo.ns("host").ip(&["-4", "addr", "show", &bridge]);
+    assert!(
+        !addrs.contains("inet "),
+        "isolated bridge with an address: {addrs}"
+    );
+}

@@ -4,7 +4,7 @@ pub mod client;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::state::{Endpoint, Network, PortMapping};
+pub use crate::state::{Endpoint, GatewayMode, Network, PortMapping};
 
 /// The default socket; `BRIDGENET_SOCKET` or `--socket` override it.
 pub const DEFAULT_SOCKET: &str = "/run/bridgenet/bridgenet.sock";
@@ -21,6 +21,9 @@ pub struct NetworkCreate {
     pub icc: bool,
     pub internal: bool,
     pub masquerade: bool,
+    /// Absent: `nat`.
+    #[serde(default)]
+    pub gateway_mode: GatewayMode,
 }
 
 /// `POST /endpoints`.

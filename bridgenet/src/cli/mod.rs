@@ -11,8 +11,8 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{
     api::{
-        Endpoint, EndpointCreate, Flow, Network, NetworkCreate, PortEntry, PortMapping, PortSpecs,
-        Stat, client,
+        Endpoint, EndpointCreate, Flow, GatewayMode, Network, NetworkCreate, PortEntry,
+        PortMapping, PortSpecs, Stat, client,
     },
     state::{Mode, PortSpec, check_name, ports::parse_expose},
 };
@@ -52,6 +52,11 @@ pub struct NetworkCreateArgs {
     /// Outbound traffic leaves with the uplink's address (--masquerade=false to route it).
     #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     masquerade: bool,
+    /// nat (masquerade; published ports only), nat-unprotected (also any port routed to an
+    /// endpoint), routed (no masquerade; published endpoint ports routed to), isolated (no way
+    /// in or out; needs --internal), as Docker's gateway_mode_ipv4.
+    #[arg(long, default_value = "nat")]
+    gateway_mode: GatewayMode,
 }
 
 #[derive(Subcommand)]
@@ -184,6 +189,7 @@ pub fn network(socket: &Path, cmd: NetworkCmd) -> Result<()> {
                 icc: a.icc,
                 internal: a.internal,
                 masquerade: a.masquerade,
+                gateway_mode: a.gateway_mode,
             };
             let net: Network = send(socket, Method::POST, "/networks", &req)?;
             println!("{}", net.name);
@@ -207,6 +213,10 @@ pub fn network(socket: &Path, cmd: NetworkCmd) -> Result<()> {
                 }
                 if !n.masquerade {
                     opts.push("masquerade=false");
+                }
+                let mode = format!("gateway-mode={}", n.gateway_mode);
+                if !n.gateway_mode.is_nat() {
+                    opts.push(&mode);
                 }
                 println!(
                     "{:<16} {:<18} {:<15} {:<15} {}",

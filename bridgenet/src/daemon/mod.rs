@@ -6,6 +6,7 @@ pub mod config;
 mod conntrack;
 mod endpoints;
 mod filter;
+mod gateway_modes;
 mod namespaces;
 mod networks;
 mod ports;

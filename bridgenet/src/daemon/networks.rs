@@ -4,13 +4,13 @@ use std::net::Ipv4Addr;
 use anyhow::anyhow;
 use ipnet::Ipv4Net;
 
-use super::{Daemon, Error, bad};
+use super::{Daemon, Error, bad, gateway_modes};
 use bridgenet_common::programs;
 
 use crate::{
     api::NetworkCreate,
     datapath::{Datapath, Hook, NetworkOptions},
-    state::{Network, check_name, ifname, ipam},
+    state::{GatewayMode, Network, check_name, ifname, ipam},
 };
 
 /// The default network, created on the first start (Docker's `bridge`).
@@ -34,6 +34,7 @@ impl Daemon {
             icc: true,
             internal: false,
             masquerade: true,
+            gateway_mode: GatewayMode::Nat,
         };
         match self.network_create(req).await {
             Ok(net) => {
@@ -46,6 +47,7 @@ impl Daemon {
 
     pub async fn network_create(&mut self, req: NetworkCreate) -> Result<Network, Error> {
         check_name("network", &req.name).map_err(bad)?;
+        gateway_modes::check(&req)?;
         if self.state.networks.contains_key(&req.name) {
             return Err(Error::Conflict(format!(
                 "network {} already exists",
@@ -116,12 +118,9 @@ impl Daemon {
             icc: req.icc,
             internal: req.internal,
             masquerade: req.masquerade,
+            gateway_mode: req.gateway_mode,
         };
-        let created = match self
-            .nl
-            .create_bridge(&network.bridge, gateway, subnet.prefix_len())
-            .await
-        {
+        let created = match self.create_network_bridge(&network).await {
             Ok(_) => self.network_datapath(&network),
             Err(err) => Err(err),
         };
@@ -229,6 +228,7 @@ pub(super) fn network_options(network: &Network) -> NetworkOptions {
         masquerade: network.masquerade,
         icc: network.icc,
         internal: network.internal,
+        gateway_mode: network.gateway_mode,
     }
 }
 

@@ -188,6 +188,7 @@ async fn create_network_(driver: &Driver, body: &Bytes) -> Result<Value, String>
             icc: spec.icc,
             internal: spec.internal,
             masquerade: spec.masquerade,
+            gateway_mode: spec.gateway_mode,
         })
         .await
         .map_err(text)?;

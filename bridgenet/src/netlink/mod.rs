@@ -111,15 +111,20 @@ impl Netlink {
 
     /// Creates bridge `name` with `gateway/prefix`, up.
     pub async fn create_bridge(&self, name: &str, gateway: Ipv4Addr, prefix: u8) -> Result<u32> {
+        let index = self.create_bare_bridge(name).await?;
+        self.add_address(index, gateway, prefix).await?;
+        Ok(index)
+    }
+
+    /// A bridge with no address: the host has no route to its subnet (gateway mode isolated).
+    pub async fn create_bare_bridge(&self, name: &str) -> Result<u32> {
         self.handle
             .link()
             .add(LinkBridge::new(name).alias(ALIAS).up().build())
             .execute()
             .await
             .with_context(|| format!("creating bridge {name}"))?;
-        let index = self.index(name).await?;
-        self.add_address(index, gateway, prefix).await?;
-        Ok(index)
+        self.index(name).await
     }
 
     pub async fn add_address(&self, index: u32, ip: Ipv4Addr, prefix: u8) -> Result<()> {

@@ -38,6 +38,66 @@ pub struct Network {
     pub internal: bool,
     /// Traffic to the outside leaves with the uplink's address.
     pub masquerade: bool,
+    /// How the network meets the outside (Docker's `gateway_mode_ipv4`). Stores from before
+    /// gateway modes have none: `nat`, what those networks did. Left out when `nat`, so that
+    /// such stores stay readable by older builds.
+    #[serde(default, skip_serializing_if = "GatewayMode::is_nat")]
+    pub gateway_mode: GatewayMode,
+}
+
+/// A network's gateway mode, as Docker 28's `com.docker.network.bridge.gateway_mode_ipv4`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GatewayMode {
+    /// Masquerade out; only published ports (on host addresses) in.
+    #[default]
+    Nat,
+    /// As nat, and traffic routed straight to an endpoint reaches any of its ports.
+    NatUnprotected,
+    /// No masquerade: endpoints' traffic leaves with their own address, and traffic routed to
+    /// them reaches their published ports only, at the endpoint's port.
+    Routed,
+    /// No way in or out (an internal network whose bridge has no address).
+    Isolated,
+}
+
+impl GatewayMode {
+    pub const NAMES: &str = "nat, nat-unprotected, routed or isolated";
+
+    pub fn is_nat(&self) -> bool {
+        *self == GatewayMode::Nat
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            GatewayMode::Nat => "nat",
+            GatewayMode::NatUnprotected => "nat-unprotected",
+            GatewayMode::Routed => "routed",
+            GatewayMode::Isolated => "isolated",
+        }
+    }
+}
+
+impl std::fmt::Display for GatewayMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for GatewayMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        [
+            GatewayMode::Nat,
+            GatewayMode::NatUnprotected,
+            GatewayMode::Routed,
+            GatewayMode::Isolated,
+        ]
+        .into_iter()
+        .find(|m| m.as_str() == s)
+        .ok_or_else(|| format!("invalid gateway mode {s:?} (expected {})", Self::NAMES))
+    }
 }
 
 /// How an endpoint is connected, Docker's `--network` modes.
@@ -273,6 +333,20 @@ impl State {
             .values()
             .flat_map(|e| e.ports.iter().map(move |m| (e, m)))
     }
+
+    /// Where the datapath opens mapping `m` of `endpoint`: as given, except on a network in
+    /// gateway mode routed, where (as with Docker) the host address and port are not used and
+    /// the endpoint's own address and port are opened to routed traffic.
+    pub fn opened(&self, endpoint: &Endpoint, m: &PortMapping) -> PortMapping {
+        match self.networks.get(&endpoint.network) {
+            Some(n) if n.gateway_mode == GatewayMode::Routed => PortMapping {
+                host_ip: Some(endpoint.ip),
+                host_port: m.port,
+                ..*m
+            },
+            _ => *m,
+        }
+    }
 }
 
 /// The state file, replaced atomically: written to a temporary file, synced, renamed over the
@@ -398,11 +472,31 @@ mod tests {
                 icc: true,
                 internal: false,
                 masquerade: true,
+                gateway_mode: GatewayMode::Routed,
             },
         );
         store.save(&state).unwrap();
         assert_eq!(store.load().unwrap(), state);
         assert!(!dir.path().join("state.json.tmp").exists());
+    }
+
+    #[test]
+    fn stores_without_gateway_modes_read_as_nat_and_nat_is_not_written() {
+        let old = r#"{"version": 1, "networks": {"n": {"name": "n", "subnet": "10.0.0.0/24",
+            "gateway": "10.0.0.1", "bridge": "bn-n", "icc": true, "internal": false,
+            "masquerade": true}}, "endpoints": {}}"#;
+        let state = Store::parse(old.as_bytes()).unwrap();
+        assert_eq!(state.networks["n"].gateway_mode, GatewayMode::Nat);
+        let written = serde_json::to_string(&state.networks["n"]).unwrap();
+        assert!(!written.contains("gateway_mode"), "{written}");
+        for mode in ["nat", "nat-unprotected", "routed", "isolated"] {
+            assert_eq!(mode.parse::<GatewayMode>().unwrap().to_string(), mode);
+        }
+        let err = "bridged".parse::<GatewayMode>().unwrap_err();
+        assert_eq!(
+            err,
+            "invalid gateway mode \"bridged\" (expected nat, nat-unprotected, routed or isolated)"
+        );
     }
 
     #[test]
@@ -435,6 +529,7 @@ mod tests {
             icc: true,
             internal: false,
             masquerade: true,
+            gateway_mode: GatewayMode::Nat,
         };
         let endpoint = |name: &str, network: &str, ip: [u8; 4], port: u16| Endpoint {
             name: name.into(),
