@@ -1,6 +1,6 @@
 //! Docker with bridgenet as its network driver: a real dockerd (Debian's docker.io 20.10)
 //! started in the test's host namespace with a private mount namespace (its own data, exec
-//! and run dirs, a tmpfs on /run/docker/plugins, vfs storage, no iptables, no bridge), the
+//! and run dirs, a tmpfs over /run, vfs storage, no iptables, no bridge), the
 //! bridgenet daemon with `--docker` in the same network and mount namespaces, a busybox image
 //! made with `docker import`, and real traffic from a world namespace through the uplink.
 //!
@@ -12,7 +12,7 @@
 use std::{
     io::{Read as _, Write as _},
     net::{TcpStream, UdpSocket},
-    os::unix::fs::{PermissionsExt as _, symlink},
+    os::unix::fs::{MetadataExt as _, PermissionsExt as _, symlink},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
@@ -88,12 +88,18 @@ impl DockerLab {
         format!("/run/netns/{}", self.topo.ns("host").name())
     }
 
-    /// dockerd in the host namespace and a private mount namespace, as runtimes.md shows.
+    /// dockerd in the host namespace and a private mount namespace, as runtimes.md shows,
+    /// with a /run of its own: a tmpfs over /run in that namespace (a mount point that always
+    /// exists), where /run/docker/plugins is made, and the machine's /run/netns bound back into
+    /// it (for nsenter). Nothing is created on the machine's /run, and two labs at once share
+    /// nothing there.
     fn start_dockerd(&mut self) {
         let d = self.dir.path().display().to_string();
         std::fs::write(self.path("daemon.json"), "{}").unwrap();
         let script = format!(
-            "mkdir -p /run/docker/plugins && mount -t tmpfs tmpfs /run/docker/plugins && \
+            "mkdir {d}/machine-run && mount --rbind /run {d}/machine-run && \
+             mount -t tmpfs -o mode=755 tmpfs /run && mkdir -p /run/netns /run/docker/plugins && \
+             mount --rbind {d}/machine-run/netns /run/netns && \
              exec nsenter --net={netns} dockerd --config-file {d}/daemon.json \
              --data-root {d}/data --exec-root {d}/exec -H unix://{d}/docker.sock \
              --pidfile {d}/docker.pid --iptables=false --ip-masq=false --bridge=none \
@@ -427,7 +433,20 @@ impl Drop for DockerLab {
 
 #[test]
 fn docker_run_publishes_through_bridgenet() {
+    let had_run_docker = Path::new("/run/docker").exists();
     let lab = DockerLab::up();
+    // Nothing of the lab lands on the machine's /run: dockerd's is a filesystem of its own.
+    let machine = std::fs::metadata("/run").unwrap().dev();
+    let dockerd_run = format!("/proc/{}/root/run", lab.dockerd_pid());
+    assert_ne!(
+        std::fs::metadata(&dockerd_run).unwrap().dev(),
+        machine,
+        "dockerd uses the machine's /run"
+    );
+    assert!(
+        had_run_docker || !Path::new("/run/docker").exists(),
+        "the lab made /run/docker on the machine"
+    );
     lab.docker_ok(&[
         "network",
         "create",
