@@ -1188,3 +1188,95 @@ fn docker_gateway_modes_with_traffic_routed_from_the_world() {
         "isolated bridge with an address: {addrs}"
     );
 }
+
+#[test]
+fn docker_adopts_an_existing_bridge_and_leaves_it_as_found() {
+    let lab = DockerLab::up();
+    let host = lab.topo.ns("host");
+    host.ip(&["link", "add", "bb0", "type", "bridge"]);
+    host.ip(&["addr", "add", "198.19.25.1/24", "dev", "bb0"]);
+    host.ip(&["link", "set", "bb0", "up"]);
+    let found = host.ip(&["-4", "-o", "addr", "show", "dev", "bb0"]);
+    // Docker's IPAM must give the bridge's subnet: another is refused in one line.
+    let out = lab.docker(&[
+        "network",
+        "create",
+        "-d",
+        "bridgenet",
+        "--subnet",
+        "198.19.26.0/24",
+        "-o",
+        "com.docker.network.bridge.name=bb0",
+        "wrong",
+    ]);
+    assert!(!out.status.success());
+    let err = text(&out);
+    assert!(err.contains("bridge bb0 has 198.19.25.1/24"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    lab.docker_ok(&[
+        "network",
+        "create",
+        "-d",
+        "bridgenet",
+        "--subnet",
+        "198.19.25.0/24",
+        "--gateway",
+        "198.19.25.1",
+        "-o",
+        "com.docker.network.bridge.name=bb0",
+        "adopted",
+    ]);
+    let inspect = lab.bridgenet_ok(&["network", "inspect", &lab.network_name("adopted")]);
+    assert!(inspect.contains("\"adopted\""), "{inspect}");
+    lab.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "onbb0",
+        "--network",
+        "adopted",
+        "-p",
+        "8095:80",
+        "bb",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    let ports = host.ip(&["-o", "link", "show", "master", "bb0"]);
+    assert_eq!(
+        ports.lines().count(),
+        1,
+        "the container's veth on bb0: {ports}"
+    );
+    assert_eq!(
+        client_of(&lab.world_get_ok(&format!("http://{HOST}:8095/cgi-bin/ip"))),
+        "198.18.0.1"
+    );
+    assert_eq!(seen_by_world(&lab, "onbb0").as_deref(), Some(HOST));
+
+    lab.docker_ok(&["rm", "-f", "onbb0"]);
+    lab.docker_ok(&["network", "rm", "adopted"]);
+    assert_eq!(host.ip(&["-4", "-o", "addr", "show", "dev", "bb0"]), found);
+    assert_eq!(host.ip(&["-o", "link", "show", "master", "bb0"]), "");
+    // bridgenet's program is off it: no pinned link left (the bpf filesystem is mounted in
+    // dockerd's mount namespace).
+    let bpffs = format!(
+        "/proc/{}/root{}",
+        lab.dockerd_pid(),
+        lab.path("bpffs").display()
+    );
+    let pins: Vec<String> = std::fs::read_dir(&bpffs)
+        .expect("the pin directory")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        pins.iter().any(|p| p.starts_with("link_uplink_ingress_")),
+        "{pins:?}"
+    );
+    assert!(!pins.iter().any(|p| p.contains("_bb0_")), "{pins:?}");
+}

@@ -1,6 +1,7 @@
 //! The daemon: owns the datapath, the kernel objects and the store of the network namespace it
 //! runs in, and serves the API. `ops` holds the verbs, `reconcile` the restart logic,
 //! `conntrack` the flow listing and garbage collection.
+mod adopt;
 mod attachments;
 pub mod config;
 mod conntrack;
@@ -549,7 +550,11 @@ pub fn cleanup(options: Options) -> Result<()> {
                 }
             }
             for network in state.networks.values() {
-                nl.delete_named(&network.bridge).await?;
+                if network.adopted.is_some() {
+                    adopt::release(&nl, network, &options.bpffs, &options.state_dir).await;
+                } else {
+                    nl.delete_named(&network.bridge).await?;
+                }
             }
             // Links left by a create that crashed before the store was written.
             for link in nl.links().await? {

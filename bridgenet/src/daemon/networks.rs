@@ -4,13 +4,13 @@ use std::net::Ipv4Addr;
 use anyhow::anyhow;
 use ipnet::Ipv4Net;
 
-use super::{Daemon, Error, bad, gateway_modes};
+use super::{Daemon, Error, adopt, bad, gateway_modes};
 use bridgenet_common::programs;
 
 use crate::{
     api::NetworkCreate,
     datapath::{Datapath, Hook, NetworkOptions},
-    state::{GatewayMode, Network, check_name, ifname, ipam},
+    state::{Adopted, GatewayMode, Network, check_name, ifname, ipam},
 };
 
 /// The default network, created on the first start (Docker's `bridge`).
@@ -45,7 +45,7 @@ impl Daemon {
         }
     }
 
-    pub async fn network_create(&mut self, req: NetworkCreate) -> Result<Network, Error> {
+    pub async fn network_create(&mut self, mut req: NetworkCreate) -> Result<Network, Error> {
         check_name("network", &req.name).map_err(bad)?;
         gateway_modes::check(&req)?;
         if self.state.networks.contains_key(&req.name) {
@@ -54,7 +54,11 @@ impl Daemon {
                 req.name
             )));
         }
-        let taken = self.taken_subnets().await?;
+        let found = self.bridge_to_adopt(&req).await?;
+        if let Some(found) = &found {
+            adopt::defaults_from(found, &mut req)?;
+        }
+        let taken = self.taken_subnets(found.as_ref().map(|f| f.index)).await?;
         let subnet = match &req.subnet {
             Some(s) => {
                 let subnet: Ipv4Net = s.parse().map_err(|_| {
@@ -103,12 +107,16 @@ impl Daemon {
             .clone()
             .unwrap_or_else(|| ifname("bn-", &req.name));
         check_ifname(&bridge)?;
-        if self.state.networks.values().any(|n| n.bridge == bridge)
-            || self.nl.link(&bridge).await?.is_some()
-        {
-            return Err(Error::Conflict(format!(
-                "interface {bridge} already exists"
-            )));
+        match &found {
+            Some(_) => {}
+            None if self.state.networks.values().any(|n| n.bridge == bridge)
+                || self.nl.link(&bridge).await?.is_some() =>
+            {
+                return Err(Error::Conflict(format!(
+                    "interface {bridge} already exists"
+                )));
+            }
+            None => {}
         }
         let network = Network {
             name: req.name.clone(),
@@ -119,9 +127,16 @@ impl Daemon {
             internal: req.internal,
             masquerade: req.masquerade,
             gateway_mode: req.gateway_mode,
+            adopted: found.as_ref().map(|f| Adopted {
+                address_added: f.address.is_none(),
+            }),
         };
-        let created = match self.create_network_bridge(&network).await {
-            Ok(_) => self.network_datapath(&network),
+        let made = match &found {
+            Some(found) => self.adopt_bridge(&network, found).await,
+            None => self.create_network_bridge(&network).await.map(drop),
+        };
+        let created = match made {
+            Ok(()) => self.network_datapath(&network),
             Err(err) => Err(err),
         };
         if let Err(err) = created {
@@ -161,18 +176,28 @@ impl Daemon {
 
     /// Removes what a failed network create made; never fails.
     async fn undo_network(&mut self, network: &Network) {
-        if let Err(err) = self.nl.delete_named(&network.bridge).await {
-            tracing::warn!("deleting bridge {}: {err:#}", network.bridge);
-        }
-        Datapath::forget_attachments(&self.pin_dir, &self.state_dir, &network.bridge);
+        self.remove_bridge(network).await;
         if let Err(err) = self.dp.remove_subnet(network.subnet) {
             tracing::warn!("removing subnet {}: {err:#}", network.subnet);
         }
     }
 
+    /// The network's bridge gone, or left as found when adopted; never fails (logs).
+    async fn remove_bridge(&mut self, network: &Network) {
+        if network.adopted.is_some() {
+            self.release_bridge(network).await;
+            return;
+        }
+        if let Err(err) = self.nl.delete_named(&network.bridge).await {
+            tracing::warn!("deleting bridge {}: {err:#}", network.bridge);
+        }
+        Datapath::forget_attachments(&self.pin_dir, &self.state_dir, &network.bridge);
+    }
+
     /// Subnets a new network must not overlap: other networks and the namespace's routes
-    /// (except the default route and the routes of bridgenet's own bridges).
-    async fn taken_subnets(&self) -> anyhow::Result<Vec<(String, Ipv4Net)>> {
+    /// (except the default route and the routes of bridgenet's own bridges, and of the bridge
+    /// being adopted, `adopting`).
+    async fn taken_subnets(&self, adopting: Option<u32>) -> anyhow::Result<Vec<(String, Ipv4Net)>> {
         let mut taken: Vec<(String, Ipv4Net)> = self
             .state
             .networks
@@ -184,6 +209,7 @@ impl Daemon {
             .iter()
             .filter(|l| self.state.networks.values().any(|n| n.bridge == l.name))
             .map(|l| l.index)
+            .chain(adopting)
             .collect();
         for (dst, oif) in self.nl.routes().await? {
             if dst.prefix_len() > 0 && !oif.is_some_and(|i| ours.contains(&i)) {
@@ -209,8 +235,12 @@ impl Daemon {
                 users.join(", ")
             )));
         }
-        self.nl.delete_named(&network.bridge).await?;
-        Datapath::forget_attachments(&self.pin_dir, &self.state_dir, &network.bridge);
+        if network.adopted.is_some() {
+            self.release_bridge(&network).await;
+        } else {
+            self.nl.delete_named(&network.bridge).await?;
+            Datapath::forget_attachments(&self.pin_dir, &self.state_dir, &network.bridge);
+        }
         self.dp.remove_subnet(network.subnet)?;
         self.state.networks.remove(name);
         self.save()?;

@@ -167,6 +167,9 @@ impl Daemon {
     /// The network's bridge, gateway address and datapath entries.
     async fn reconcile_network(&mut self, network: &Network) -> Result<()> {
         match self.nl.link(&network.bridge).await? {
+            None if network.adopted.is_some() => {
+                anyhow::bail!("adopted bridge {} is gone", network.bridge);
+            }
             None => {
                 tracing::info!("reconcile: re-creating bridge {}", network.bridge);
                 Datapath::forget_attachments(&self.pin_dir, &self.state_dir, &network.bridge);

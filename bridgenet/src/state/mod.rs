@@ -43,6 +43,19 @@ pub struct Network {
     /// such stores stay readable by older builds.
     #[serde(default, skip_serializing_if = "GatewayMode::is_nat")]
     pub gateway_mode: GatewayMode,
+    /// The bridge existed before the network (Docker's `-b`): it is left as it was found when
+    /// the network goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopted: Option<Adopted>,
+}
+
+/// What bridgenet changed on a bridge it adopted, to undo on `network rm` and `--cleanup`
+/// (besides its program on the bridge and its endpoints' veths).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Adopted {
+    /// The bridge had no address: bridgenet added the gateway's.
+    pub address_added: bool,
 }
 
 /// A network's gateway mode, as Docker 28's `com.docker.network.bridge.gateway_mode_ipv4`.
@@ -473,6 +486,9 @@ mod tests {
                 internal: false,
                 masquerade: true,
                 gateway_mode: GatewayMode::Routed,
+                adopted: Some(Adopted {
+                    address_added: false,
+                }),
             },
         );
         store.save(&state).unwrap();
@@ -530,6 +546,7 @@ mod tests {
             internal: false,
             masquerade: true,
             gateway_mode: GatewayMode::Nat,
+            adopted: None,
         };
         let endpoint = |name: &str, network: &str, ip: [u8; 4], port: u16| Endpoint {
             name: name.into(),
