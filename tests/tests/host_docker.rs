@@ -813,8 +813,28 @@ fn docker_containers_keep_working_across_a_bridgenet_kill_and_restart() {
         "-h",
         "/www",
     ]);
+    // A live TCP connection through a published port (an echo server, `cat` behind nc).
+    lab.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "echo",
+        "--network",
+        "again",
+        "-p",
+        "9000:9000",
+        "bb",
+        "nc",
+        "-l",
+        "-p",
+        "9000",
+        "-e",
+        "cat",
+    ]);
     let url = format!("http://{HOST}:8080/index.html");
     assert_eq!(lab.world_get_ok(&url), "hello from busybox");
+    let mut conn = live_connection(&lab, &format!("{HOST}:9000"));
+    echoes(&mut conn, "before");
 
     let mut child = lab.bridgenet.take().expect("bridgenet runs");
     child.kill().unwrap();
@@ -824,10 +844,13 @@ fn docker_containers_keep_working_across_a_bridgenet_kill_and_restart() {
         Some("hello from busybox"),
         "the published port answers while bridgenet is down"
     );
+    echoes(&mut conn, "while bridgenet is down");
     lab.start_bridgenet();
+    // The same connection after the restart: bytes flow both ways, no reset.
+    echoes(&mut conn, "after the restart");
     assert!(
         lab.bridgenet_log()
-            .contains("reconciled 2 networks, 1 endpoints"),
+            .contains("reconciled 2 networks, 2 endpoints"),
         "{}",
         lab.bridgenet_log()
     );
@@ -860,7 +883,7 @@ fn docker_containers_keep_working_across_a_bridgenet_kill_and_restart() {
         lab.world_get(&url).is_none(),
         "8080 answers after docker rm -f"
     );
-    lab.docker_ok(&["rm", "-f", "two"]);
+    lab.docker_ok(&["rm", "-f", "two", "echo"]);
     lab.docker_ok(&["network", "rm", "again"]);
     let endpoints = lab.bridgenet_ok(&["endpoint", "ls"]);
     assert!(!endpoints.contains("docker-"), "{endpoints}");
@@ -1004,6 +1027,44 @@ fn docker_driver_calls_are_idempotent_and_internal_networks_stay_inside() {
     );
     let stats = lab.bridgenet_ok(&["stats"]);
     assert!(stats.contains("drop_internal"), "{stats}");
+}
+
+/// A TCP connection from the world to `addr`, retried while the container starts.
+fn live_connection(lab: &DockerLab, addr: &str) -> TcpStream {
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let world = lab.topo.ns("world").name().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let conn = topology::enter(&world, || {
+            TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        });
+        if let Ok(mut conn) = conn {
+            conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            // nc accepts before `cat` runs: a first exchange proves the echo is up.
+            let mut probe = [0u8; 6];
+            if conn.write_all(b"probe\n").is_ok() && conn.read_exact(&mut probe).is_ok() {
+                return conn;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no connection to {addr}\n{}",
+            lab.diagnostics()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Sends a line on `conn` and reads it back from the echo server: the connection is alive
+/// (a reset fails the read or the write).
+fn echoes(conn: &mut TcpStream, what: &str) {
+    let line = format!("{what}\n");
+    conn.write_all(line.as_bytes())
+        .unwrap_or_else(|err| panic!("writing {what:?}: {err}"));
+    let mut back = vec![0u8; line.len()];
+    conn.read_exact(&mut back)
+        .unwrap_or_else(|err| panic!("reading back {what:?}: {err}"));
+    assert_eq!(String::from_utf8_lossy(&back), line);
 }
 
 /// A container on Docker network `net` running httpd on 80 and 81, publishing `-p HOST:80`;
