@@ -100,11 +100,9 @@ impl DockerLab {
             "mkdir {d}/machine-run && mount --rbind /run {d}/machine-run && \
              mount -t tmpfs -o mode=755 tmpfs /run && mkdir -p /run/netns /run/docker/plugins && \
              mount --rbind {d}/machine-run/netns /run/netns && \
-             exec nsenter --net={netns} dockerd --config-file {d}/daemon.json \
-             --data-root {d}/data --exec-root {d}/exec -H unix://{d}/docker.sock \
-             --pidfile {d}/docker.pid --iptables=false --ip-masq=false --bridge=none \
-             --storage-driver=vfs",
-            netns = self.host_netns()
+             exec nsenter --net={netns} {dockerd}",
+            netns = self.host_netns(),
+            dockerd = self.dockerd_command(),
         );
         let log = std::fs::File::create(self.path("dockerd.log")).unwrap();
         let child = Command::new("unshare")
@@ -114,6 +112,20 @@ impl DockerLab {
             .spawn()
             .expect("starting dockerd");
         self.dockerd = Some(child);
+        self.wait_for_dockerd();
+    }
+
+    fn dockerd_command(&self) -> String {
+        let d = self.dir.path().display().to_string();
+        format!(
+            "dockerd --config-file {d}/daemon.json \
+             --data-root {d}/data --exec-root {d}/exec -H unix://{d}/docker.sock \
+             --pidfile {d}/docker.pid --iptables=false --ip-masq=false --bridge=none \
+             --storage-driver=vfs"
+        )
+    }
+
+    fn wait_for_dockerd(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if self.docker(&["version"]).status.success() {
@@ -130,6 +142,51 @@ impl DockerLab {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// Restarts dockerd with `--live-restore` (reloaded with SIGHUP first): the containers keep
+    /// running while it is down. The new dockerd starts in bridgenet's network and mount
+    /// namespaces, which outlive the old one (bridgenet holds them).
+    fn restart_dockerd_live(&mut self) {
+        std::fs::write(self.path("daemon.json"), r#"{"live-restore": true}"#).unwrap();
+        let pid = self.dockerd.as_ref().expect("dockerd runs").id() as libc::pid_t;
+        // SAFETY: a signal to the dockerd this test started.
+        unsafe { libc::kill(pid, libc::SIGHUP) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.log("dockerd.log").contains("Reloaded configuration") {
+            assert!(
+                Instant::now() < deadline,
+                "dockerd did not reload:\n{}",
+                self.log("dockerd.log")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut old = self.dockerd.take().unwrap();
+        stop(&mut old, Duration::from_secs(20));
+        let bridgenet = self
+            .bridgenet
+            .as_ref()
+            .expect("bridgenet runs")
+            .id()
+            .to_string();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.path("dockerd.log"))
+            .unwrap();
+        let child = Command::new("sh")
+            .args([
+                "-c",
+                &format!(
+                    "exec nsenter -t {bridgenet} -m -n {}",
+                    self.dockerd_command()
+                ),
+            ])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("restarting dockerd");
+        self.dockerd = Some(child);
+        self.wait_for_dockerd();
     }
 
     fn dockerd_pid(&self) -> String {
@@ -1340,4 +1397,75 @@ fn docker_adopts_an_existing_bridge_and_leaves_it_as_found() {
         "{pins:?}"
     );
     assert!(!pins.iter().any(|p| p.contains("_bb0_")), "{pins:?}");
+}
+
+#[test]
+fn docker_containers_keep_working_across_a_dockerd_live_restore_restart() {
+    let mut lab = DockerLab::up();
+    lab.docker_ok(&[
+        "network",
+        "create",
+        "-d",
+        "bridgenet",
+        "--subnet",
+        "198.19.27.0/24",
+        "live",
+    ]);
+    lab.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "echo",
+        "--network",
+        "live",
+        "-p",
+        "9001:9000",
+        "bb",
+        "nc",
+        "-l",
+        "-p",
+        "9000",
+        "-e",
+        "cat",
+    ]);
+    let mut conn = live_connection(&lab, &format!("{HOST}:9001"));
+    echoes(&mut conn, "before");
+    lab.restart_dockerd_live();
+    // The established connection goes on, with no reset.
+    echoes(&mut conn, "after the dockerd restart");
+    let running = lab.docker_ok(&["ps", "--format", "{{.Names}}"]);
+    assert!(running.contains("echo"), "{running}");
+
+    // After the restart: a new container, docker rm -f, docker network rm.
+    lab.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "live",
+        "-p",
+        "8096:80",
+        "bb",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    assert_eq!(
+        lab.world_get_ok(&format!("http://{HOST}:8096/index.html")),
+        "hello from busybox"
+    );
+    lab.docker_ok(&["rm", "-f", "echo", "web"]);
+    assert!(
+        lab.world_get(&format!("http://{HOST}:8096/index.html"))
+            .is_none()
+    );
+    lab.docker_ok(&["network", "rm", "live"]);
+    let endpoints = lab.bridgenet_ok(&["endpoint", "ls"]);
+    assert!(!endpoints.contains("docker-"), "{endpoints}");
+    let networks = lab.bridgenet_ok(&["network", "ls"]);
+    assert!(!networks.contains("198.19.27.0/24"), "{networks}");
 }
