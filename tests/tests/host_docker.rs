@@ -820,6 +820,62 @@ fn docker_refused_options_fail_in_one_line_and_change_nothing() {
     assert!(link.contains("mtu 1400"), "{link}");
     lab.docker_ok(&["rm", "-f", "icc1", "icc2"]);
 
+    // Every other refused option: one line each, nothing made.
+    let before = lab.bridgenet_ok(&["network", "ls"]);
+    for (args, want) in [
+        (
+            vec![
+                "--subnet",
+                "198.19.30.0/24",
+                "--ipv6",
+                "--subnet",
+                "fd00:30::/64",
+            ],
+            "IPv6 is not supported",
+        ),
+        (
+            vec!["--subnet", "198.19.30.0/24", "--subnet", "198.19.31.0/24"],
+            "one subnet",
+        ),
+        (
+            vec![
+                "--subnet",
+                "198.19.30.0/24",
+                "-o",
+                "com.docker.network.bridge.gateway_mode_ipv4=bridged",
+            ],
+            "expected nat, nat-unprotected, routed or isolated",
+        ),
+        (
+            vec![
+                "--subnet",
+                "198.19.30.0/24",
+                "-o",
+                "com.docker.network.bridge.gateway_mode_ipv4=isolated",
+            ],
+            "isolated needs an internal network",
+        ),
+        (
+            vec![
+                "--subnet",
+                "198.19.30.0/24",
+                "-o",
+                "com.docker.network.bridge.enable_icc=maybe",
+            ],
+            "expected true or false",
+        ),
+    ] {
+        let mut all = vec!["network", "create", "-d", "bridgenet"];
+        all.extend(args);
+        all.push("refused");
+        let out = lab.docker(&all);
+        assert!(!out.status.success(), "{all:?} succeeded");
+        let err = text(&out);
+        assert!(err.contains(want), "{all:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{all:?}: {err}");
+    }
+    assert_eq!(lab.bridgenet_ok(&["network", "ls"]), before);
+
     // SCTP: refused before the container starts; no endpoint is left.
     let out = lab.docker(&[
         "run",
@@ -1468,4 +1524,69 @@ fn docker_containers_keep_working_across_a_dockerd_live_restore_restart() {
     assert!(!endpoints.contains("docker-"), "{endpoints}");
     let networks = lab.bridgenet_ok(&["network", "ls"]);
     assert!(!networks.contains("198.19.27.0/24"), "{networks}");
+}
+
+#[test]
+fn docker_networks_are_isolated_but_reach_each_others_published_ports() {
+    let lab = DockerLab::up();
+    for (net, subnet) in [("left", "198.19.28.0/24"), ("right", "198.19.29.0/24")] {
+        lab.docker_ok(&[
+            "network",
+            "create",
+            "-d",
+            "bridgenet",
+            "--subnet",
+            subnet,
+            net,
+        ]);
+    }
+    let mut addrs = Vec::new();
+    for (name, net, publish) in [("l1", "left", "8097:80"), ("r1", "right", "8098:80")] {
+        lab.docker_ok(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            net,
+            "-p",
+            publish,
+            "bb",
+            "httpd",
+            "-f",
+            "-p",
+            "80",
+            "-h",
+            "/www",
+        ]);
+        addrs.push(lab.docker_ok(&[
+            "inspect",
+            "-f",
+            &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"),
+            name,
+        ]));
+    }
+    let fetch = |container: &str, addr: &str, port: u16| {
+        let cmd = format!("printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {addr} {port}");
+        text(&lab.docker(&["exec", container, "sh", "-c", &cmd]))
+    };
+    // Directly: isolated, both ways.
+    assert!(
+        !fetch("l1", &addrs[1], 80).contains("hello from busybox"),
+        "left reached right"
+    );
+    assert!(
+        !fetch("r1", &addrs[0], 80).contains("hello from busybox"),
+        "right reached left"
+    );
+    assert!(lab.bridgenet_ok(&["stats"]).contains("drop_isolation"));
+    // Through a host address, the other's published port: reached, both ways.
+    assert!(
+        fetch("l1", HOST, 8098).contains("hello from busybox"),
+        "left to right's 8098"
+    );
+    assert!(
+        fetch("r1", HOST, 8097).contains("hello from busybox"),
+        "right to left's 8097"
+    );
 }
