@@ -211,6 +211,7 @@ impl DockerLab {
             "state-dir": self.path("state"),
             "bpffs": self.path("bpffs"),
             "docker": true,
+            "docker-host": self.path("docker.sock"),
         });
         std::fs::write(&config, json.to_string()).unwrap();
         vec![
@@ -559,6 +560,12 @@ fn docker_run_publishes_through_bridgenet() {
     let ports = lab.bridgenet_ok(&["port", "ls", &web1]);
     assert!(ports.contains("80/tcp -> 0.0.0.0:8080"), "{ports}");
     assert!(ports.contains("80/tcp -> 198.18.0.2:8081"), "{ports}");
+    // Docker's names (asked of its API): `port ls CONTAINER` in `docker port` format, and the
+    // container's name across endpoints.
+    let by_name = lab.bridgenet_ok(&["port", "ls", "web1"]);
+    assert_eq!(by_name, ports, "port ls web1");
+    let all = lab.bridgenet_ok(&["port", "ls"]);
+    assert!(all.contains("web1: 80/tcp -> 0.0.0.0:8080"), "{all}");
 
     // -p 127.0.0.1::80: the host's own processes only (no proxy: bridgenet's host access).
     let listing = lab.bridgenet_ok(&["port", "ls", &web1, "--json"]);

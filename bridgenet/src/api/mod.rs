@@ -67,6 +67,9 @@ pub struct PortSpecs {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PortEntry {
     pub endpoint: String,
+    /// The Docker container of the endpoint, when Docker's API (`--docker-host`) names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
     #[serde(flatten)]
     pub mapping: PortMapping,
 }

@@ -365,10 +365,11 @@ pub fn port(socket: &Path, cmd: PortCmd) -> Result<()> {
                 return print_json(&entries);
             }
             for e in entries {
-                // `docker port CONTAINER` has no container column; across endpoints, prefix it.
+                // `docker port CONTAINER` has no container column; across endpoints, prefix it:
+                // the container's name when Docker's API gave it, else the endpoint's.
                 match endpoint {
                     Some(_) => println!("{}", e.mapping),
-                    None => println!("{}: {}", e.endpoint, e.mapping),
+                    None => println!("{}: {}", e.container.unwrap_or(e.endpoint), e.mapping),
                 }
             }
         }

@@ -46,6 +46,8 @@ pub struct Options {
     pub xdp: XdpPolicy,
     /// Flows the conntrack table holds (two entries each).
     pub conntrack_max: u32,
+    /// Docker's API socket, asked for container names (`port ls`).
+    pub docker_host: PathBuf,
     /// The routes of bridgenet's own API, served on `socket` (given by the caller so that the
     /// daemon does not depend on its HTTP front end).
     pub api: MakeRouter,

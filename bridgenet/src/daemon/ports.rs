@@ -102,6 +102,7 @@ impl Daemon {
             .filter(|(e, _)| endpoint.is_none_or(|n| n == e.name))
             .map(|(e, m)| PortEntry {
                 endpoint: e.name.clone(),
+                container: None,
                 mapping: *m,
             })
             .collect())

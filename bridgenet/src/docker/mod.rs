@@ -6,7 +6,8 @@
 //!
 //! Every call is idempotent where Docker repeats it (after a restart of either side); every
 //! refusal is `{"Err": "one line"}` and changes nothing.
-pub mod protocol;
+pub mod names;
+mod protocol;
 
 use std::{
     collections::BTreeMap,
