@@ -1,7 +1,7 @@
 //! The daemon's side of the API: routes over the daemon's operations, errors as JSON. Every
 //! error, the operations' and axum's own (a body that is not JSON or not of the request's
 //! type, a wrong content type, path, method or query), has one shape: `{"error": "..."}`.
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
 use axum::{
     Extension, Router,
@@ -125,6 +125,7 @@ pub fn router(daemon: Arc<Mutex<Daemon>>, options: &Options) -> Router {
         .route("/endpoints/{name}/publish", post(publish))
         .route("/endpoints/{name}/unpublish", post(unpublish))
         .route("/ports", get(ports))
+        .route("/containers", get(containers))
         .route("/filters", get(filters).post(filter_add))
         .route("/filters/{id}", delete(filter_rm))
         .route("/stats", get(stats))
@@ -191,6 +192,15 @@ async fn unpublish(
 #[serde(deny_unknown_fields)]
 struct EndpointFilter {
     endpoint: Option<String>,
+}
+
+/// Docker's container names by endpoint (`endpoint ls`), asked outside the daemon's lock.
+async fn containers(
+    State(d): Shared,
+    Extension(names): Extension<Arc<ContainerNames>>,
+) -> Reply<BTreeMap<String, String>> {
+    let networks: Vec<String> = d.lock().await.state().networks.keys().cloned().collect();
+    Ok(Json(names.of(&networks).await.into_iter().collect()))
 }
 
 /// `port ls [EP|CONTAINER]`: Docker's endpoints with their container's name, asked of Docker

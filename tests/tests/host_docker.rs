@@ -566,6 +566,13 @@ fn docker_run_publishes_through_bridgenet() {
     assert_eq!(by_name, ports, "port ls web1");
     let all = lab.bridgenet_ok(&["port", "ls"]);
     assert!(all.contains("web1: 80/tcp -> 0.0.0.0:8080"), "{all}");
+    let endpoints = lab.bridgenet_ok(&["endpoint", "ls"]);
+    assert!(
+        endpoints
+            .lines()
+            .any(|l| l.starts_with(&web1) && l.contains(" web1 ")),
+        "{endpoints}"
+    );
 
     // -p 127.0.0.1::80: the host's own processes only (no proxy: bridgenet's host access).
     let listing = lab.bridgenet_ok(&["port", "ls", &web1, "--json"]);

@@ -2,7 +2,10 @@
 //! API, print in Docker's formats (or JSON with --json).
 mod filter;
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
@@ -280,17 +283,22 @@ pub fn endpoint(socket: &Path, cmd: EndpointCmd) -> Result<()> {
             if l.json {
                 return print_json(&eps);
             }
+            // Docker's container names, when Docker's API answers the daemon.
+            let containers: BTreeMap<String, String> =
+                get(socket, "/containers").unwrap_or_default();
             println!(
-                "{:<16} {:<16} {:<16} {:<15} {:<17} {:<24} PORTS",
-                "NAME", "MODE", "NETWORK", "IP", "MAC", "NETNS"
+                "{:<16} {:<16} {:<16} {:<16} {:<15} {:<17} {:<24} PORTS",
+                "NAME", "CONTAINER", "MODE", "NETWORK", "IP", "MAC", "NETNS"
             );
             for e in eps {
                 let ports: Vec<String> = e.ports.iter().map(docker_ps_port).collect();
                 let dash = |s: String| if s.is_empty() { "-".to_owned() } else { s };
                 let ip = (e.mode != Mode::None).then(|| e.ip.to_string());
+                let container = containers.get(&e.name).cloned();
                 println!(
-                    "{:<16} {:<16} {:<16} {:<15} {:<17} {:<24} {}",
+                    "{:<16} {:<16} {:<16} {:<16} {:<15} {:<17} {:<24} {}",
                     e.name,
+                    dash(container.unwrap_or_default()),
                     e.mode.to_string(),
                     dash(e.network),
                     dash(ip.unwrap_or_default()),
