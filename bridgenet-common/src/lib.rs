@@ -189,6 +189,13 @@ pub mod network_flags {
     pub const NO_ICC: u32 = 1;
     /// `--internal`: no way out of the network.
     pub const INTERNAL: u32 = 2;
+    /// Gateway mode `nat-unprotected`: traffic routed from outside straight to an endpoint
+    /// reaches any of its ports (tracked, with no translation).
+    pub const DIRECT_ANY: u32 = 4;
+    /// Gateway mode `routed`: endpoints' traffic leaves with their own address (tracked, with
+    /// no translation), and traffic routed from outside reaches their published ports only,
+    /// at the endpoint's port (a `PUBLISH` entry keyed by the endpoint's address and port).
+    pub const ROUTED: u32 = 8;
 }
 
 /// An endpoint, by the ifindex of its veth's host end: what it may send as.
@@ -294,7 +301,8 @@ pub mod outcome {
     pub const DROP_UNTRANSLATABLE: u32 = 9;
     /// From outside, for the loopback range.
     pub const DROP_MARTIAN: u32 = 10;
-    /// From outside, straight to an endpoint of a masqueraded network.
+    /// From outside, straight to an endpoint of a masqueraded or internal network (gateway
+    /// modes `nat` and `isolated`).
     pub const DROP_ENDPOINT_DIRECT: u32 = 11;
     /// From an endpoint, with a source address or MAC that is not its own; from outside, with
     /// the source address of a managed subnet.
@@ -318,9 +326,12 @@ pub mod outcome {
     pub const DROP_UNTRACKED: u32 = 20;
     /// A TCP RST outside the flow's sequence window (a spoofed or stale reset).
     pub const DROP_OUT_OF_WINDOW: u32 = 21;
+    /// From outside, routed straight to an endpoint of a network in gateway mode `routed`, on
+    /// a port that is not published.
+    pub const DROP_UNPUBLISHED: u32 = 22;
     /// Numbers are stable (pinned counters are indexed by them): a new outcome takes the next
     /// free number, below `SLOTS`, and is never renumbered.
-    pub const COUNT: u32 = 22;
+    pub const COUNT: u32 = 23;
     pub const NAMES: [&str; COUNT as usize] = [
         "passed",
         "snat",
@@ -344,6 +355,7 @@ pub mod outcome {
         "drop_protocol",
         "drop_untracked",
         "drop_out_of_window",
+        "drop_unpublished",
     ];
 
     pub const fn is_drop(outcome: u32) -> bool {

@@ -1,13 +1,13 @@
 //! Early drop in XDP on the uplinks, before the stack spends anything on a packet that must
 //! not get in: packets from outside for the loopback range (CVE-2020-8558), packets that claim
 //! the source address of a managed subnet, and packets sent straight to an endpoint of a
-//! masqueraded network instead of through a published port (unless the network takes that
-//! source unmasqueraded, `NON_MASQUERADE`).
+//! masqueraded or internal network instead of through a published port (gateway modes `nat`
+//! and `isolated`), unless the network takes that source unmasqueraded (`NON_MASQUERADE`).
 //! uplink_ingress (TC) repeats the check: one program detached by someone else is not a hole.
 //! Both need only the IPv4 header, so they hold whatever follows it; a packet for an endpoint
 //! whose L4 header cannot be read is then dropped too (`unjudged`).
 use aya_ebpf::programs::XdpContext;
-use bridgenet_common::outcome;
+use bridgenet_common::{Subnet, network_flags, outcome};
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::Ipv4Hdr,
@@ -47,11 +47,25 @@ pub fn check(saddr: u32, daddr: u32) -> u32 {
     }
     match nat::subnet_of(daddr) {
         // Unless the source is one the network talks to unmasqueraded (another node's pods).
-        Some(subnet) if subnet.masquerade != 0 && !nat::non_masquerade(subnet.network, saddr) => {
+        Some(subnet)
+            if !reachable_directly(subnet) && !nat::non_masquerade(subnet.network, saddr) =>
+        {
             outcome::DROP_ENDPOINT_DIRECT
         }
         _ => outcome::PASSED,
     }
+}
+
+/// Whether traffic routed from outside may reach the endpoints of `subnet` at their own
+/// address: in gateway modes `nat-unprotected` and `routed` (which `uplink_ingress` limits to
+/// published ports), and on networks that neither masquerade nor are internal (Docker's
+/// `enable_ip_masquerade=false`, whose endpoints' replies still cannot leave untranslated).
+#[inline(always)]
+fn reachable_directly(subnet: &Subnet) -> bool {
+    if subnet.flags & (network_flags::DIRECT_ANY | network_flags::ROUTED) != 0 {
+        return true;
+    }
+    subnet.masquerade == 0 && subnet.flags & network_flags::INTERNAL == 0
 }
 
 /// For a packet from outside whose headers past IPv4 cannot be parsed (cut short, bad header

@@ -25,7 +25,7 @@ use aya_ebpf::{
     macros::{cgroup_sock_addr, classifier, xdp},
     programs::{SockAddrContext, TcContext, XdpContext},
 };
-use bridgenet_common::{Subnet, outcome, program_id};
+use bridgenet_common::{PublishTarget, Subnet, network_flags, outcome, program_id};
 use parse::{Header, Packet, Parsed, parse};
 
 /// Counts every packet seen by TC on the interface it is attached to, in either direction.
@@ -187,7 +187,32 @@ fn uplink_ingress_ipv4(ctx: &mut TcContext, packet: &Packet) -> u32 {
             let result = nat::publish(ctx, packet, target);
             opened(ctx, packet, result)
         }
-        None => outcome::PASSED,
+        None => direct(ctx, packet),
+    }
+}
+
+/// A new flow routed from outside straight to an endpoint's address, on no published port:
+/// in gateway mode `nat-unprotected` it is tracked as a flow published to itself (so that the
+/// endpoint's replies leave as they are); in `routed` it is dropped (its published ports have
+/// `PUBLISH` entries of their own). Anything else is the host stack's.
+#[inline(always)]
+fn direct(ctx: &mut TcContext, packet: &Packet) -> u32 {
+    let key = packet.key;
+    match nat::subnet_of(key.daddr) {
+        Some(subnet)
+            if subnet.flags & network_flags::DIRECT_ANY != 0
+                && (key.proto == parse::TCP || key.proto == parse::UDP) =>
+        {
+            let itself = PublishTarget {
+                addr: key.daddr,
+                port: key.dport,
+                _pad: 0,
+            };
+            let result = nat::publish(ctx, packet, itself);
+            opened(ctx, packet, result)
+        }
+        Some(subnet) if subnet.flags & network_flags::ROUTED != 0 => outcome::DROP_UNPUBLISHED,
+        _ => outcome::PASSED,
     }
 }
 
@@ -258,6 +283,12 @@ fn uplink_egress_translate(
         Some(_) if !conntrack::opens_flow(packet) => outcome::DROP_UNTRACKED,
         Some(subnet) if subnet.masquerade != 0 && nat_translatable(packet) => {
             let result = nat::masquerade(ctx, packet, nat_addr);
+            opened(ctx, packet, result)
+        }
+        // Gateway mode routed: the endpoint's own address leaves, tracked so that replies
+        // come back in (and nothing else does).
+        Some(subnet) if subnet.flags & network_flags::ROUTED != 0 && nat_translatable(packet) => {
+            let result = nat::route_out(ctx, packet);
             opened(ctx, packet, result)
         }
         // Without masquerade (or for what it cannot translate) a private source must not leave.

@@ -122,6 +122,42 @@ pub fn masquerade(ctx: &mut TcContext, packet: &Packet, nat_addr: u32) -> u32 {
     apply(ctx, packet, action::SNAT, nat_addr, nat_port)
 }
 
+/// Opens a flow for a packet that leaves with its endpoint's own address (gateway mode
+/// routed): both entries translate to what the packet already carries, so that the flow's
+/// replies are told from traffic routed in unasked, and the packet leaves as it is.
+// A BPF subprogram of its own: inlined, its locals would push the caller past the
+// 512-byte stack limit.
+#[inline(never)]
+pub fn route_out(ctx: &mut TcContext, packet: &Packet) -> u32 {
+    let key = packet.key;
+    let seq = match conntrack::admit() {
+        Ok(seq) => seq,
+        Err(drop) => return drop,
+    };
+    let reply = key.reversed();
+    let reply_entry =
+        conntrack::new_entry(key, action::DNAT, direction::REPLY, key.saddr, key.sport);
+    if let Err(err) = conntrack::insert_new(&reply, &reply_entry) {
+        conntrack::release(2);
+        return lost_race(ctx, packet, err);
+    }
+    let mut entry = conntrack::new_entry(
+        reply,
+        action::SNAT,
+        direction::ORIGINAL,
+        key.saddr,
+        key.sport,
+    );
+    entry.ring_seq = seq;
+    if let Err(err) = conntrack::insert_new(&key, &entry) {
+        conntrack::remove(&reply);
+        conntrack::release(2);
+        return lost_race(ctx, packet, err);
+    }
+    conntrack::record(&key, seq);
+    apply(ctx, packet, action::SNAT, key.saddr, key.sport)
+}
+
 /// Inserts a new flow's reply entry under `reply` (its room taken by `conntrack::admit`), with
 /// `reply.dport` (the port the flow's source gets) set so that the tuple is free: `original`
 /// (host byte order) when it is outside the host's port range, else a random port of the NAT

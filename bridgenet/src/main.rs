@@ -49,8 +49,12 @@ enum Command {
         /// /run/docker/plugins/bridgenet.sock]
         #[arg(long)]
         docker_socket: Option<PathBuf>,
+        /// Docker's API socket, asked for container names in `port ls` [default:
+        /// /var/run/docker.sock]
+        #[arg(long)]
+        docker_host: Option<PathBuf>,
         /// A JSON file with the same options (keys socket, state-dir, bpffs, uplinks, xdp,
-        /// conntrack-max, docker, docker-socket); flags win.
+        /// conntrack-max, docker, docker-socket, docker-host); flags win.
         #[arg(long)]
         config: Option<PathBuf>,
         /// Remove everything bridgenet created in this namespace, then exit.
@@ -118,6 +122,7 @@ fn run(cli: Cli) -> Result<()> {
             conntrack_max,
             docker,
             docker_socket,
+            docker_host,
             config,
             cleanup,
         } => {
@@ -160,6 +165,9 @@ fn run(cli: Cli) -> Result<()> {
                 conntrack_max: conntrack_max
                     .or(config.conntrack_max)
                     .unwrap_or(bridgenet_common::CT_MAX_ENTRIES / 2),
+                docker_host: docker_host
+                    .or(config.docker_host)
+                    .unwrap_or_else(|| bridgenet::docker::names::DEFAULT_HOST.into()),
                 api: bridgenet::server::router,
                 services: docker_socket
                     .into_iter()

@@ -1,10 +1,10 @@
 //! The daemon's side of the API: routes over the daemon's operations, errors as JSON. Every
 //! error, the operations' and axum's own (a body that is not JSON or not of the request's
 //! type, a wrong content type, path, method or query), has one shape: `{"error": "..."}`.
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
 use axum::{
-    Router,
+    Extension, Router,
     extract::{FromRequest, FromRequestParts, Request, State, rejection::JsonRejection},
     http::{Method, StatusCode, Uri, request::Parts},
     response::{IntoResponse, Response},
@@ -18,6 +18,7 @@ use crate::api::{
     FilterEntry, Flow, Network, NetworkCreate, PortEntry, PortMapping, PortSpecs, Stat,
 };
 use crate::daemon::{Daemon, Error, Options};
+use crate::docker::names::ContainerNames;
 
 type Shared = State<Arc<Mutex<Daemon>>>;
 type Reply<T> = Result<Json<T>, Error>;
@@ -114,7 +115,8 @@ async fn wrong_method(method: Method, uri: Uri) -> Rejected {
 }
 
 /// The API's routes (a `daemon::MakeRouter`).
-pub fn router(daemon: Arc<Mutex<Daemon>>, _options: &Options) -> Router {
+pub fn router(daemon: Arc<Mutex<Daemon>>, options: &Options) -> Router {
+    let names = Arc::new(ContainerNames::new(options.docker_host.clone()));
     Router::new()
         .route("/networks", get(networks).post(network_create))
         .route("/networks/{name}", get(network).delete(network_rm))
@@ -123,6 +125,7 @@ pub fn router(daemon: Arc<Mutex<Daemon>>, _options: &Options) -> Router {
         .route("/endpoints/{name}/publish", post(publish))
         .route("/endpoints/{name}/unpublish", post(unpublish))
         .route("/ports", get(ports))
+        .route("/containers", get(containers))
         .route("/cni/attachments", post(cni_add))
         .route(
             "/cni/attachments/{container_id}/{ifname}",
@@ -135,6 +138,7 @@ pub fn router(daemon: Arc<Mutex<Daemon>>, _options: &Options) -> Router {
         .route("/conntrack", get(conntrack).delete(conntrack_flush))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
+        .layer(Extension(names))
         .with_state(daemon)
 }
 
@@ -196,8 +200,44 @@ struct EndpointFilter {
     endpoint: Option<String>,
 }
 
-async fn ports(State(d): Shared, Query(q): Query<EndpointFilter>) -> Reply<Vec<PortEntry>> {
-    Ok(Json(d.lock().await.ports(q.endpoint.as_deref())?))
+/// Docker's container names by endpoint (`endpoint ls`), asked outside the daemon's lock.
+async fn containers(
+    State(d): Shared,
+    Extension(names): Extension<Arc<ContainerNames>>,
+) -> Reply<BTreeMap<String, String>> {
+    let networks: Vec<String> = d.lock().await.state().networks.keys().cloned().collect();
+    Ok(Json(names.of(&networks).await.into_iter().collect()))
+}
+
+/// `port ls [EP|CONTAINER]`: Docker's endpoints with their container's name, asked of Docker
+/// outside the daemon's lock; a container name stands for its endpoint.
+async fn ports(
+    State(d): Shared,
+    Extension(names): Extension<Arc<ContainerNames>>,
+    Query(q): Query<EndpointFilter>,
+) -> Reply<Vec<PortEntry>> {
+    let (networks, known) = {
+        let d = d.lock().await;
+        let networks: Vec<String> = d.state().networks.keys().cloned().collect();
+        let known = q
+            .endpoint
+            .as_deref()
+            .is_none_or(|e| d.state().endpoints.contains_key(e));
+        (networks, known)
+    };
+    let names = names.of(&networks).await;
+    let endpoint = match q.endpoint {
+        Some(e) if !known => names
+            .iter()
+            .find(|(_, container)| **container == e)
+            .map_or(Some(e), |(endpoint, _)| Some(endpoint.clone())),
+        other => other,
+    };
+    let mut entries = d.lock().await.ports(endpoint.as_deref())?;
+    for entry in &mut entries {
+        entry.container = names.get(&entry.endpoint).cloned();
+    }
+    Ok(Json(entries))
 }
 
 async fn stats(State(d): Shared) -> Reply<Vec<Stat>> {

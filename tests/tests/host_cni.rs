@@ -264,7 +264,10 @@ fn a_network_with_other_settings_is_refused_and_nothing_changes() {
     refused(&other, "icc", 4);
     let mut other = base.clone();
     other["gatewayMode"] = json!("routed");
-    refused(&other, "gatewayMode", 4);
+    refused(&other, "exists with gatewayMode nat", 4);
+    let mut other = base.clone();
+    other["gatewayMode"] = json!("bogus");
+    refused(&other, "invalid gateway mode", 4);
     let mut other = base.clone();
     other["mtu"] = json!(1400);
     refused(&other, "mtu", 4);

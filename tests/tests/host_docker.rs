@@ -1,6 +1,6 @@
 //! Docker with bridgenet as its network driver: a real dockerd (Debian's docker.io 20.10)
 //! started in the test's host namespace with a private mount namespace (its own data, exec
-//! and run dirs, a tmpfs on /run/docker/plugins, vfs storage, no iptables, no bridge), the
+//! and run dirs, a tmpfs over /run, vfs storage, no iptables, no bridge), the
 //! bridgenet daemon with `--docker` in the same network and mount namespaces, a busybox image
 //! made with `docker import`, and real traffic from a world namespace through the uplink.
 //!
@@ -11,7 +11,8 @@
 //! cost minutes per kernel for nothing more.
 use std::{
     io::{Read as _, Write as _},
-    net::UdpSocket,
+    net::{TcpStream, UdpSocket},
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
@@ -92,17 +93,21 @@ impl DockerLab {
         format!("/run/netns/{}", self.topo.ns("host").name())
     }
 
-    /// dockerd in the host namespace and a private mount namespace, as runtimes.md shows.
+    /// dockerd in the host namespace and a private mount namespace, as runtimes.md shows,
+    /// with a /run of its own: a tmpfs over /run in that namespace (a mount point that always
+    /// exists), where /run/docker/plugins is made, and the machine's /run/netns bound back into
+    /// it (for nsenter). Nothing is created on the machine's /run, and two labs at once share
+    /// nothing there.
     fn start_dockerd(&mut self) {
         let d = self.dir.path().display().to_string();
         std::fs::write(self.path("daemon.json"), "{}").unwrap();
         let script = format!(
-            "mkdir -p /run/docker/plugins && mount -t tmpfs tmpfs /run/docker/plugins && \
-             exec nsenter --net={netns} dockerd --config-file {d}/daemon.json \
-             --data-root {d}/data --exec-root {d}/exec -H unix://{d}/docker.sock \
-             --pidfile {d}/docker.pid --iptables=false --ip-masq=false --bridge=none \
-             --storage-driver=vfs",
-            netns = self.host_netns()
+            "mkdir {d}/machine-run && mount --rbind /run {d}/machine-run && \
+             mount -t tmpfs -o mode=755 tmpfs /run && mkdir -p /run/netns /run/docker/plugins && \
+             mount --rbind {d}/machine-run/netns /run/netns && \
+             exec nsenter --net={netns} {dockerd}",
+            netns = self.host_netns(),
+            dockerd = self.dockerd_command(),
         );
         let log = std::fs::File::create(self.path("dockerd.log")).unwrap();
         let child = Command::new("unshare")
@@ -112,6 +117,20 @@ impl DockerLab {
             .spawn()
             .expect("starting dockerd");
         self.dockerd = Some(child);
+        self.wait_for_dockerd();
+    }
+
+    fn dockerd_command(&self) -> String {
+        let d = self.dir.path().display().to_string();
+        format!(
+            "dockerd --config-file {d}/daemon.json \
+             --data-root {d}/data --exec-root {d}/exec -H unix://{d}/docker.sock \
+             --pidfile {d}/docker.pid --iptables=false --ip-masq=false --bridge=none \
+             --storage-driver=vfs"
+        )
+    }
+
+    fn wait_for_dockerd(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if self.docker(&["version"]).status.success() {
@@ -128,6 +147,51 @@ impl DockerLab {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// Restarts dockerd with `--live-restore` (reloaded with SIGHUP first): the containers keep
+    /// running while it is down. The new dockerd starts in bridgenet's network and mount
+    /// namespaces, which outlive the old one (bridgenet holds them).
+    fn restart_dockerd_live(&mut self) {
+        std::fs::write(self.path("daemon.json"), r#"{"live-restore": true}"#).unwrap();
+        let pid = self.dockerd.as_ref().expect("dockerd runs").id() as libc::pid_t;
+        // SAFETY: a signal to the dockerd this test started.
+        unsafe { libc::kill(pid, libc::SIGHUP) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.log("dockerd.log").contains("Reloaded configuration") {
+            assert!(
+                Instant::now() < deadline,
+                "dockerd did not reload:\n{}",
+                self.log("dockerd.log")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut old = self.dockerd.take().unwrap();
+        stop(&mut old, Duration::from_secs(20));
+        let bridgenet = self
+            .bridgenet
+            .as_ref()
+            .expect("bridgenet runs")
+            .id()
+            .to_string();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.path("dockerd.log"))
+            .unwrap();
+        let child = Command::new("sh")
+            .args([
+                "-c",
+                &format!(
+                    "exec nsenter -t {bridgenet} -m -n {}",
+                    self.dockerd_command()
+                ),
+            ])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("restarting dockerd");
+        self.dockerd = Some(child);
+        self.wait_for_dockerd();
     }
 
     fn dockerd_pid(&self) -> String {
@@ -152,6 +216,7 @@ impl DockerLab {
             "state-dir": self.path("state"),
             "bpffs": self.path("bpffs"),
             "docker": true,
+            "docker-host": self.path("docker.sock"),
         });
         std::fs::write(&config, json.to_string()).unwrap();
         vec![
@@ -368,7 +433,20 @@ impl Drop for DockerLab {
 
 #[test]
 fn docker_run_publishes_through_bridgenet() {
+    let had_run_docker = Path::new("/run/docker").exists();
     let lab = DockerLab::up();
+    // Nothing of the lab lands on the machine's /run: dockerd's is a filesystem of its own.
+    let machine = std::fs::metadata("/run").unwrap().dev();
+    let dockerd_run = format!("/proc/{}/root/run", lab.dockerd_pid());
+    assert_ne!(
+        std::fs::metadata(&dockerd_run).unwrap().dev(),
+        machine,
+        "dockerd uses the machine's /run"
+    );
+    assert!(
+        had_run_docker || !Path::new("/run/docker").exists(),
+        "the lab made /run/docker on the machine"
+    );
     lab.docker_ok(&[
         "network",
         "create",
@@ -424,6 +502,19 @@ fn docker_run_publishes_through_bridgenet() {
     let ports = lab.bridgenet_ok(&["port", "ls", &web1]);
     assert!(ports.contains("80/tcp -> 0.0.0.0:8080"), "{ports}");
     assert!(ports.contains("80/tcp -> 198.18.0.2:8081"), "{ports}");
+    // Docker's names (asked of its API): `port ls CONTAINER` in `docker port` format, and the
+    // container's name across endpoints.
+    let by_name = lab.bridgenet_ok(&["port", "ls", "web1"]);
+    assert_eq!(by_name, ports, "port ls web1");
+    let all = lab.bridgenet_ok(&["port", "ls"]);
+    assert!(all.contains("web1: 80/tcp -> 0.0.0.0:8080"), "{all}");
+    let endpoints = lab.bridgenet_ok(&["endpoint", "ls"]);
+    assert!(
+        endpoints
+            .lines()
+            .any(|l| l.starts_with(&web1) && l.contains(" web1 ")),
+        "{endpoints}"
+    );
 
     // -p 127.0.0.1::80: the host's own processes only (no proxy: bridgenet's host access).
     let listing = lab.bridgenet_ok(&["port", "ls", &web1, "--json"]);
@@ -685,6 +776,62 @@ fn docker_refused_options_fail_in_one_line_and_change_nothing() {
     assert!(link.contains("mtu 1400"), "{link}");
     lab.docker_ok(&["rm", "-f", "icc1", "icc2"]);
 
+    // Every other refused option: one line each, nothing made.
+    let before = lab.bridgenet_ok(&["network", "ls"]);
+    for (args, want) in [
+        (
+            vec![
+                "--subnet",
+                "198.19.30.0/24",
+                "--ipv6",
+                "--subnet",
+                "fd00:30::/64",
+            ],
+            "IPv6 is not supported",
+        ),
+        (
+            vec!["--subnet", "198.19.30.0/24", "--subnet", "198.19.31.0/24"],
+            "one subnet",
+        ),
+        (
+            vec![
+                "--subnet",
+                "198.19.30.0/24",
+                "-o",
+                "com.docker.network.bridge.gateway_mode_ipv4=bridged",
+            ],
+            "expected nat, nat-unprotected, routed or isolated",
+        ),
+        (
+            vec![
+                "--subnet",
+                "198.19.30.0/24",
+                "-o",
+                "com.docker.network.bridge.gateway_mode_ipv4=isolated",
+            ],
+            "isolated needs an internal network",
+        ),
+        (
+            vec![
+                "--subnet",
+                "198.19.30.0/24",
+                "-o",
+                "com.docker.network.bridge.enable_icc=maybe",
+            ],
+            "expected true or false",
+        ),
+    ] {
+        let mut all = vec!["network", "create", "-d", "bridgenet"];
+        all.extend(args);
+        all.push("refused");
+        let out = lab.docker(&all);
+        assert!(!out.status.success(), "{all:?} succeeded");
+        let err = text(&out);
+        assert!(err.contains(want), "{all:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{all:?}: {err}");
+    }
+    assert_eq!(lab.bridgenet_ok(&["network", "ls"]), before);
+
     // SCTP: refused before the container starts; no endpoint is left.
     let out = lab.docker(&[
         "run",
@@ -735,8 +882,28 @@ fn docker_containers_keep_working_across_a_bridgenet_kill_and_restart() {
         "-h",
         "/www",
     ]);
+    // A live TCP connection through a published port (an echo server, `cat` behind nc).
+    lab.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "echo",
+        "--network",
+        "again",
+        "-p",
+        "9000:9000",
+        "bb",
+        "nc",
+        "-l",
+        "-p",
+        "9000",
+        "-e",
+        "cat",
+    ]);
     let url = format!("http://{HOST}:8080/index.html");
     assert_eq!(lab.world_get_ok(&url), "hello from busybox");
+    let mut conn = live_connection(&lab, &format!("{HOST}:9000"));
+    echoes(&mut conn, "before");
 
     let mut child = lab.bridgenet.take().expect("bridgenet runs");
     child.kill().unwrap();
@@ -746,10 +913,13 @@ fn docker_containers_keep_working_across_a_bridgenet_kill_and_restart() {
         Some("hello from busybox"),
         "the published port answers while bridgenet is down"
     );
+    echoes(&mut conn, "while bridgenet is down");
     lab.start_bridgenet();
+    // The same connection after the restart: bytes flow both ways, no reset.
+    echoes(&mut conn, "after the restart");
     assert!(
         lab.bridgenet_log()
-            .contains("reconciled 2 networks, 1 endpoints"),
+            .contains("reconciled 2 networks, 2 endpoints"),
         "{}",
         lab.bridgenet_log()
     );
@@ -782,7 +952,7 @@ fn docker_containers_keep_working_across_a_bridgenet_kill_and_restart() {
         lab.world_get(&url).is_none(),
         "8080 answers after docker rm -f"
     );
-    lab.docker_ok(&["rm", "-f", "two"]);
+    lab.docker_ok(&["rm", "-f", "two", "echo"]);
     lab.docker_ok(&["network", "rm", "again"]);
     let endpoints = lab.bridgenet_ok(&["endpoint", "ls"]);
     assert!(!endpoints.contains("docker-"), "{endpoints}");
@@ -927,4 +1097,453 @@ fn docker_driver_calls_are_idempotent_and_internal_networks_stay_inside() {
     );
     let stats = lab.bridgenet_ok(&["stats"]);
     assert!(stats.contains("drop_internal"), "{stats}");
+}
+
+/// A TCP connection from the world to `addr`, retried while the container starts.
+fn live_connection(lab: &DockerLab, addr: &str) -> TcpStream {
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let world = lab.topo.ns("world").name().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let conn = topology::enter(&world, || {
+            TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        });
+        if let Ok(mut conn) = conn {
+            conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            // nc accepts before `cat` runs: a first exchange proves the echo is up.
+            let mut probe = [0u8; 6];
+            if conn.write_all(b"probe\n").is_ok() && conn.read_exact(&mut probe).is_ok() {
+                return conn;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no connection to {addr}\n{}",
+            lab.diagnostics()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Sends a line on `conn` and reads it back from the echo server: the connection is alive
+/// (a reset fails the read or the write).
+fn echoes(conn: &mut TcpStream, what: &str) {
+    let line = format!("{what}\n");
+    conn.write_all(line.as_bytes())
+        .unwrap_or_else(|err| panic!("writing {what:?}: {err}"));
+    let mut back = vec![0u8; line.len()];
+    conn.read_exact(&mut back)
+        .unwrap_or_else(|err| panic!("reading back {what:?}: {err}"));
+    assert_eq!(String::from_utf8_lossy(&back), line);
+}
+
+/// A container on Docker network `net` running httpd on 80 and 81, publishing `-p HOST:80`;
+/// its address on `net`.
+fn run_two_port_httpd(lab: &DockerLab, name: &str, net: &str, host_port: u16) -> String {
+    let publish = format!("{host_port}:80");
+    lab.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        net,
+        "-p",
+        &publish,
+        "bb",
+        "sh",
+        "-c",
+        "httpd -p 81 -h /www && exec httpd -f -p 80 -h /www",
+    ]);
+    lab.docker_ok(&[
+        "inspect",
+        "-f",
+        &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"),
+        name,
+    ])
+}
+
+/// The address the world's server saw a container's request come from (None: no answer).
+fn seen_by_world(lab: &DockerLab, container: &str) -> Option<String> {
+    let out = lab.docker(&[
+        "exec",
+        container,
+        "sh",
+        "-c",
+        "printf 'GET /cgi-bin/ip HTTP/1.0\\r\\n\\r\\n' | nc -w 3 198.18.0.1 8000",
+    ]);
+    let body = text(&out);
+    body.contains("200").then(|| client_of(&body).to_owned())
+}
+
+#[test]
+fn docker_gateway_modes_with_traffic_routed_from_the_world() {
+    let lab = DockerLab::up();
+    let world = lab.topo.ns("world");
+    // The world routes the containers' subnets to the host (direct routing).
+    world.ip(&["route", "add", "198.19.20.0/22", "via", HOST]);
+    for (net, subnet, opts) in [
+        (
+            "gw-nat",
+            "198.19.20.0/24",
+            vec!["-o", "com.docker.network.bridge.gateway_mode_ipv4=nat"],
+        ),
+        (
+            "gw-unprot",
+            "198.19.21.0/24",
+            vec![
+                "-o",
+                "com.docker.network.bridge.gateway_mode_ipv4=nat-unprotected",
+            ],
+        ),
+        (
+            "gw-routed",
+            "198.19.22.0/24",
+            vec!["-o", "com.docker.network.bridge.gateway_mode_ipv4=routed"],
+        ),
+        (
+            "gw-isolated",
+            "198.19.23.0/24",
+            vec![
+                "--internal",
+                "-o",
+                "com.docker.network.bridge.gateway_mode_ipv4=isolated",
+            ],
+        ),
+    ] {
+        let mut args = vec!["network", "create", "-d", "bridgenet", "--subnet", subnet];
+        args.extend(opts);
+        args.push(net);
+        lab.docker_ok(&args);
+    }
+    let networks = lab.bridgenet_ok(&["network", "ls"]);
+    for shown in [
+        "gateway-mode=nat-unprotected",
+        "gateway-mode=routed",
+        "gateway-mode=isolated",
+    ] {
+        assert!(networks.contains(shown), "{shown}: {networks}");
+    }
+    let inspect = lab.bridgenet_ok(&["network", "inspect", &lab.network_name("gw-routed")]);
+    assert!(
+        inspect.contains("\"gateway_mode\": \"routed\""),
+        "{inspect}"
+    );
+    let url = |addr: &str, port: u16| format!("http://{addr}:{port}/cgi-bin/ip");
+
+    // nat: the published port, with the client's address; no direct access; masquerade out.
+    let nat = run_two_port_httpd(&lab, "gw-nat1", "gw-nat", 8091);
+    assert_eq!(client_of(&lab.world_get_ok(&url(HOST, 8091))), "198.18.0.1");
+    assert!(
+        lab.world_get(&url(&nat, 80)).is_none(),
+        "nat: {nat}:80 reached directly"
+    );
+    assert_eq!(seen_by_world(&lab, "gw-nat1").as_deref(), Some(HOST));
+
+    // nat-unprotected: also any container port routed to, the client's address kept.
+    let unprot = run_two_port_httpd(&lab, "gw-unprot1", "gw-unprot", 8092);
+    assert_eq!(client_of(&lab.world_get_ok(&url(HOST, 8092))), "198.18.0.1");
+    assert_eq!(
+        client_of(&lab.world_get_ok(&url(&unprot, 80))),
+        "198.18.0.1"
+    );
+    assert_eq!(
+        client_of(&lab.world_get_ok(&url(&unprot, 81))),
+        "198.18.0.1"
+    );
+    assert_eq!(seen_by_world(&lab, "gw-unprot1").as_deref(), Some(HOST));
+
+    // routed: the published container port at the container's address, nothing else (the
+    // host port is not used, as with Docker); out with the container's own address.
+    let routed = run_two_port_httpd(&lab, "gw-routed1", "gw-routed", 8093);
+    assert_eq!(
+        client_of(&lab.world_get_ok(&url(&routed, 80))),
+        "198.18.0.1"
+    );
+    assert!(
+        lab.world_get(&url(&routed, 81)).is_none(),
+        "routed: unpublished port 81 reached"
+    );
+    assert!(
+        lab.world_get(&url(HOST, 8093)).is_none(),
+        "routed: host port 8093 opened"
+    );
+    assert_eq!(
+        seen_by_world(&lab, "gw-routed1").as_deref(),
+        Some(routed.as_str())
+    );
+    let stats = lab.bridgenet_ok(&["stats"]);
+    assert!(stats.contains("drop_unpublished"), "{stats}");
+
+    // isolated: no way in (the world, the host) or out; its bridge has no address.
+    lab.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "gw-iso1",
+        "--network",
+        "gw-isolated",
+        "bb",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    let iso = lab.docker_ok(&[
+        "inspect",
+        "-f",
+        "{{(index .NetworkSettings.Networks \"gw-isolated\").IPAddress}}",
+        "gw-iso1",
+    ]);
+    assert!(
+        lab.world_get(&url(&iso, 80)).is_none(),
+        "isolated: reached from the world"
+    );
+    let host_ns = lab.topo.ns("host").name().to_owned();
+    assert!(
+        get(&host_ns, &url(&iso, 80)).is_none(),
+        "isolated: reached from the host"
+    );
+    assert_eq!(
+        seen_by_world(&lab, "gw-iso1"),
+        None,
+        "isolated: reached the world"
+    );
+    let iso_net = lab.network_name("gw-isolated");
+    let bridge = format!("br-{}", &iso_net["docker-".len()..]);
+    let addrs = lab.topo.ns("host").ip(&["-4", "addr", "show", &bridge]);
+    assert!(
+        !addrs.contains("inet "),
+        "isolated bridge with an address: {addrs}"
+    );
+}
+
+#[test]
+fn docker_adopts_an_existing_bridge_and_leaves_it_as_found() {
+    let lab = DockerLab::up();
+    let host = lab.topo.ns("host");
+    host.ip(&["link", "add", "bb0", "type", "bridge"]);
+    host.ip(&["addr", "add", "198.19.25.1/24", "dev", "bb0"]);
+    host.ip(&["link", "set", "bb0", "up"]);
+    let found = host.ip(&["-4", "-o", "addr", "show", "dev", "bb0"]);
+    // Docker's IPAM must give the bridge's subnet: another is refused in one line.
+    let out = lab.docker(&[
+        "network",
+        "create",
+        "-d",
+        "bridgenet",
+        "--subnet",
+        "198.19.26.0/24",
+        "-o",
+        "com.docker.network.bridge.name=bb0",
+        "wrong",
+    ]);
+    assert!(!out.status.success());
+    let err = text(&out);
+    assert!(err.contains("bridge bb0 has 198.19.25.1/24"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    lab.docker_ok(&[
+        "network",
+        "create",
+        "-d",
+        "bridgenet",
+        "--subnet",
+        "198.19.25.0/24",
+        "--gateway",
+        "198.19.25.1",
+        "-o",
+        "com.docker.network.bridge.name=bb0",
+        "adopted",
+    ]);
+    let inspect = lab.bridgenet_ok(&["network", "inspect", &lab.network_name("adopted")]);
+    assert!(inspect.contains("\"adopted\""), "{inspect}");
+    lab.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "onbb0",
+        "--network",
+        "adopted",
+        "-p",
+        "8095:80",
+        "bb",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    let ports = host.ip(&["-o", "link", "show", "master", "bb0"]);
+    assert_eq!(
+        ports.lines().count(),
+        1,
+        "the container's veth on bb0: {ports}"
+    );
+    assert_eq!(
+        client_of(&lab.world_get_ok(&format!("http://{HOST}:8095/cgi-bin/ip"))),
+        "198.18.0.1"
+    );
+    assert_eq!(seen_by_world(&lab, "onbb0").as_deref(), Some(HOST));
+
+    lab.docker_ok(&["rm", "-f", "onbb0"]);
+    lab.docker_ok(&["network", "rm", "adopted"]);
+    assert_eq!(host.ip(&["-4", "-o", "addr", "show", "dev", "bb0"]), found);
+    assert_eq!(host.ip(&["-o", "link", "show", "master", "bb0"]), "");
+    // bridgenet's program is off it: no pinned link left (the bpf filesystem is mounted in
+    // dockerd's mount namespace).
+    let bpffs = format!(
+        "/proc/{}/root{}",
+        lab.dockerd_pid(),
+        lab.path("bpffs").display()
+    );
+    let pins: Vec<String> = std::fs::read_dir(&bpffs)
+        .expect("the pin directory")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        pins.iter().any(|p| p.starts_with("link_uplink_ingress_")),
+        "{pins:?}"
+    );
+    assert!(!pins.iter().any(|p| p.contains("_bb0_")), "{pins:?}");
+}
+
+#[test]
+fn docker_containers_keep_working_across_a_dockerd_live_restore_restart() {
+    let mut lab = DockerLab::up();
+    lab.docker_ok(&[
+        "network",
+        "create",
+        "-d",
+        "bridgenet",
+        "--subnet",
+        "198.19.27.0/24",
+        "live",
+    ]);
+    lab.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "echo",
+        "--network",
+        "live",
+        "-p",
+        "9001:9000",
+        "bb",
+        "nc",
+        "-l",
+        "-p",
+        "9000",
+        "-e",
+        "cat",
+    ]);
+    let mut conn = live_connection(&lab, &format!("{HOST}:9001"));
+    echoes(&mut conn, "before");
+    lab.restart_dockerd_live();
+    // The established connection goes on, with no reset.
+    echoes(&mut conn, "after the dockerd restart");
+    let running = lab.docker_ok(&["ps", "--format", "{{.Names}}"]);
+    assert!(running.contains("echo"), "{running}");
+
+    // After the restart: a new container, docker rm -f, docker network rm.
+    lab.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "live",
+        "-p",
+        "8096:80",
+        "bb",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    assert_eq!(
+        lab.world_get_ok(&format!("http://{HOST}:8096/index.html")),
+        "hello from busybox"
+    );
+    lab.docker_ok(&["rm", "-f", "echo", "web"]);
+    assert!(
+        lab.world_get(&format!("http://{HOST}:8096/index.html"))
+            .is_none()
+    );
+    lab.docker_ok(&["network", "rm", "live"]);
+    let endpoints = lab.bridgenet_ok(&["endpoint", "ls"]);
+    assert!(!endpoints.contains("docker-"), "{endpoints}");
+    let networks = lab.bridgenet_ok(&["network", "ls"]);
+    assert!(!networks.contains("198.19.27.0/24"), "{networks}");
+}
+
+#[test]
+fn docker_networks_are_isolated_but_reach_each_others_published_ports() {
+    let lab = DockerLab::up();
+    for (net, subnet) in [("left", "198.19.28.0/24"), ("right", "198.19.29.0/24")] {
+        lab.docker_ok(&[
+            "network",
+            "create",
+            "-d",
+            "bridgenet",
+            "--subnet",
+            subnet,
+            net,
+        ]);
+    }
+    let mut addrs = Vec::new();
+    for (name, net, publish) in [("l1", "left", "8097:80"), ("r1", "right", "8098:80")] {
+        lab.docker_ok(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            net,
+            "-p",
+            publish,
+            "bb",
+            "httpd",
+            "-f",
+            "-p",
+            "80",
+            "-h",
+            "/www",
+        ]);
+        addrs.push(lab.docker_ok(&[
+            "inspect",
+            "-f",
+            &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"),
+            name,
+        ]));
+    }
+    let fetch = |container: &str, addr: &str, port: u16| {
+        let cmd = format!("printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {addr} {port}");
+        text(&lab.docker(&["exec", container, "sh", "-c", &cmd]))
+    };
+    // Directly: isolated, both ways.
+    assert!(
+        !fetch("l1", &addrs[1], 80).contains("hello from busybox"),
+        "left reached right"
+    );
+    assert!(
+        !fetch("r1", &addrs[0], 80).contains("hello from busybox"),
+        "right reached left"
+    );
+    assert!(lab.bridgenet_ok(&["stats"]).contains("drop_isolation"));
+    // Through a host address, the other's published port: reached, both ways.
+    assert!(
+        fetch("l1", HOST, 8098).contains("hello from busybox"),
+        "left to right's 8098"
+    );
+    assert!(
+        fetch("r1", HOST, 8097).contains("hello from busybox"),
+        "right to left's 8097"
+    );
 }

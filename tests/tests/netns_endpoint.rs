@@ -4,7 +4,7 @@
 //! endpoint c (.2).
 use std::{net::UdpSocket, time::Duration};
 
-use bridgenet::datapath::{Datapath, NetworkOptions, TcMode};
+use bridgenet::datapath::{Datapath, GatewayMode, NetworkOptions, TcMode};
 use bridgenet_common::{outcome, program_id};
 use bridgenet_tests::Topology;
 
@@ -55,6 +55,7 @@ fn lab(icc: bool) -> Lab {
             masquerade: true,
             icc,
             internal: false,
+            gateway_mode: GatewayMode::Nat,
         };
         dp.add_network(
             "172.17.0.0/16".parse().unwrap(),

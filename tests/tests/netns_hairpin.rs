@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use bridgenet::datapath::{Datapath, NetworkOptions, Proto, TcMode};
+use bridgenet::datapath::{Datapath, GatewayMode, NetworkOptions, Proto, TcMode};
 use bridgenet_common::{outcome, program_id};
 use bridgenet_tests::Topology;
 use bridgenet_tests::traffic::{echo_once, roundtrip_data};
@@ -74,6 +74,7 @@ fn lab(icc: bool) -> Lab {
             masquerade: true,
             icc,
             internal: false,
+            gateway_mode: GatewayMode::Nat,
         };
         dp.add_network(
             "172.17.0.0/16".parse().unwrap(),

@@ -2,7 +2,7 @@
 //! between networks, icc=false and internal networks, each drop counted with its reason.
 use std::net::Ipv4Addr;
 
-use bridgenet::datapath::{Datapath, NetworkOptions};
+use bridgenet::datapath::{Datapath, GatewayMode, NetworkOptions};
 use bridgenet_common::{outcome, program_id, programs};
 use bridgenet_tests::{packet, require_root};
 use etherparse::PacketBuilder;
@@ -26,6 +26,7 @@ fn network(id: u32, gateway: [u8; 4], icc: bool, internal: bool) -> NetworkOptio
         masquerade: true,
         icc,
         internal,
+        gateway_mode: GatewayMode::Nat,
     }
 }
 

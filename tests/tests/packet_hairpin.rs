@@ -8,7 +8,7 @@
 //! forwarding on, so the FIB lookup finds the target's bridge and the program redirects there.
 use std::net::Ipv4Addr;
 
-use bridgenet::datapath::{Datapath, NetworkOptions, Proto};
+use bridgenet::datapath::{Datapath, GatewayMode, NetworkOptions, Proto};
 use bridgenet_common::{
     CtEntry, CtKey, NatConfig, action, direction, outcome, program_id, programs,
 };
@@ -60,6 +60,7 @@ fn lab_with(icc: bool, internal: bool) -> Lab {
         masquerade: true,
         icc,
         internal,
+        gateway_mode: GatewayMode::Nat,
     };
     dp.add_network(
         "172.17.0.0/16".parse().unwrap(),

@@ -4,7 +4,7 @@ pub mod client;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::state::{CniAttachment, Endpoint, Network, PortMapping};
+pub use crate::state::{CniAttachment, Endpoint, GatewayMode, Network, PortMapping};
 
 /// The default socket; `BRIDGENET_SOCKET` or `--socket` override it.
 pub const DEFAULT_SOCKET: &str = "/run/bridgenet/bridgenet.sock";
@@ -21,6 +21,9 @@ pub struct NetworkCreate {
     pub icc: bool,
     pub internal: bool,
     pub masquerade: bool,
+    /// Absent: `nat`.
+    #[serde(default)]
+    pub gateway_mode: GatewayMode,
 }
 
 /// `POST /endpoints`.
@@ -64,6 +67,9 @@ pub struct PortSpecs {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PortEntry {
     pub endpoint: String,
+    /// The Docker container of the endpoint, when Docker's API (`--docker-host`) names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
     #[serde(flatten)]
     pub mapping: PortMapping,
 }

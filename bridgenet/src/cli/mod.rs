@@ -2,7 +2,10 @@
 //! API, print in Docker's formats (or JSON with --json).
 mod filter;
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
@@ -11,8 +14,8 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{
     api::{
-        Endpoint, EndpointCreate, Flow, Network, NetworkCreate, PortEntry, PortMapping, PortSpecs,
-        Stat, client,
+        Endpoint, EndpointCreate, Flow, GatewayMode, Network, NetworkCreate, PortEntry,
+        PortMapping, PortSpecs, Stat, client,
     },
     state::{Mode, PortSpec, check_name, ports::parse_expose},
 };
@@ -52,6 +55,11 @@ pub struct NetworkCreateArgs {
     /// Outbound traffic leaves with the uplink's address (--masquerade=false to route it).
     #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     masquerade: bool,
+    /// nat (masquerade; published ports only), nat-unprotected (also any port routed to an
+    /// endpoint), routed (no masquerade; published endpoint ports routed to), isolated (no way
+    /// in or out; needs --internal), as Docker's gateway_mode_ipv4.
+    #[arg(long, default_value = "nat")]
+    gateway_mode: GatewayMode,
 }
 
 #[derive(Subcommand)]
@@ -184,6 +192,7 @@ pub fn network(socket: &Path, cmd: NetworkCmd) -> Result<()> {
                 icc: a.icc,
                 internal: a.internal,
                 masquerade: a.masquerade,
+                gateway_mode: a.gateway_mode,
             };
             let net: Network = send(socket, Method::POST, "/networks", &req)?;
             println!("{}", net.name);
@@ -207,6 +216,10 @@ pub fn network(socket: &Path, cmd: NetworkCmd) -> Result<()> {
                 }
                 if !n.masquerade {
                     opts.push("masquerade=false");
+                }
+                let mode = format!("gateway-mode={}", n.gateway_mode);
+                if !n.gateway_mode.is_nat() {
+                    opts.push(&mode);
                 }
                 println!(
                     "{:<16} {:<18} {:<15} {:<15} {}",
@@ -270,28 +283,32 @@ pub fn endpoint(socket: &Path, cmd: EndpointCmd) -> Result<()> {
             if l.json {
                 return print_json(&eps);
             }
+            // Docker's container names, when Docker's API answers the daemon.
+            let containers: BTreeMap<String, String> =
+                get(socket, "/containers").unwrap_or_default();
             println!(
-                "{:<16} {:<16} {:<16} {:<15} {:<17} {:<24} {:<24} PORTS",
-                "NAME", "MODE", "NETWORK", "IP", "MAC", "NETNS", "CONTAINER"
+                "{:<16} {:<16} {:<16} {:<16} {:<15} {:<17} {:<24} PORTS",
+                "NAME", "CONTAINER", "MODE", "NETWORK", "IP", "MAC", "NETNS"
             );
             for e in eps {
                 let ports: Vec<String> = e.ports.iter().map(docker_ps_port).collect();
                 let dash = |s: String| if s.is_empty() { "-".to_owned() } else { s };
                 let ip = (e.mode != Mode::None).then(|| e.ip.to_string());
-                // A CNI attachment's container ID and interface name.
-                let container = e
-                    .cni
-                    .as_ref()
-                    .map(|c| format!("{}/{}", c.container_id, c.ifname));
+                // Docker's container name, else a CNI attachment's container ID and interface.
+                let container = containers.get(&e.name).cloned().or_else(|| {
+                    e.cni
+                        .as_ref()
+                        .map(|c| format!("{}/{}", c.container_id, c.ifname))
+                });
                 println!(
-                    "{:<16} {:<16} {:<16} {:<15} {:<17} {:<24} {:<24} {}",
+                    "{:<16} {:<16} {:<16} {:<16} {:<15} {:<17} {:<24} {}",
                     e.name,
+                    dash(container.unwrap_or_default()),
                     e.mode.to_string(),
                     dash(e.network),
                     dash(ip.unwrap_or_default()),
                     dash(e.mac),
                     e.netns,
-                    dash(container.unwrap_or_default()),
                     ports.join(", ")
                 );
             }
@@ -361,10 +378,11 @@ pub fn port(socket: &Path, cmd: PortCmd) -> Result<()> {
                 return print_json(&entries);
             }
             for e in entries {
-                // `docker port CONTAINER` has no container column; across endpoints, prefix it.
+                // `docker port CONTAINER` has no container column; across endpoints, prefix it:
+                // the container's name when Docker's API gave it, else the endpoint's.
                 match endpoint {
                     Some(_) => println!("{}", e.mapping),
-                    None => println!("{}: {}", e.endpoint, e.mapping),
+                    None => println!("{}: {}", e.container.unwrap_or(e.endpoint), e.mapping),
                 }
             }
         }

@@ -10,7 +10,7 @@ use super::{Daemon, Error, bad, networks::check_ifname};
 use crate::{
     api::{CniAdd, CniAttached, CniAttachment, CniNetwork, EndpointCreate, NetworkCreate},
     netlink,
-    state::{Endpoint, Network, check_name},
+    state::{Endpoint, GatewayMode, Network, check_name},
 };
 
 /// The endpoint of an attachment: `cni-` and the container ID's first 12 characters, and the
@@ -96,13 +96,7 @@ impl Daemon {
     /// The configuration's network: created when it does not exist, else it must have the
     /// settings the configuration gives (the error names the first that differs).
     async fn cni_network(&mut self, req: &CniNetwork) -> Result<(Network, bool), Error> {
-        if let Some(mode) = &req.gateway_mode
-            && mode != "nat"
-        {
-            return Err(bad(format!(
-                "gatewayMode {mode:?} is not supported yet (only \"nat\")"
-            )));
-        }
+        let gateway_mode = gateway_mode(req)?;
         let non_masquerade = req
             .non_masquerade
             .iter()
@@ -121,7 +115,7 @@ impl Daemon {
         }
         if let Ok(existing) = self.network(&req.name) {
             let existing = existing.clone();
-            differs(&existing, req, &non_masquerade)?;
+            differs(&existing, req, gateway_mode, &non_masquerade)?;
             return Ok((existing, false));
         }
         let network = self
@@ -132,8 +126,10 @@ impl Daemon {
                     gateway: req.gateway.clone(),
                     bridge: req.bridge.clone(),
                     icc: req.icc.unwrap_or(true),
-                    internal: false,
+                    // As Docker: gateway mode isolated is an internal network.
+                    internal: gateway_mode == GatewayMode::Isolated,
                     masquerade: true,
+                    gateway_mode,
                 },
                 req.mtu,
                 non_masquerade,
@@ -223,7 +219,22 @@ impl Daemon {
 }
 
 /// The first setting the configuration gives that the existing network lacks.
-fn differs(n: &Network, req: &CniNetwork, non_masquerade: &[Ipv4Net]) -> Result<(), Error> {
+/// The configuration's `gatewayMode` (Docker 28's gateway modes); `nat` when not given.
+fn gateway_mode(req: &CniNetwork) -> Result<GatewayMode, Error> {
+    req.gateway_mode
+        .as_deref()
+        .map_or(Ok(GatewayMode::Nat), |m| {
+            m.parse()
+                .map_err(|e: String| bad(format!("gatewayMode: {e}")))
+        })
+}
+
+fn differs(
+    n: &Network,
+    req: &CniNetwork,
+    gateway_mode: GatewayMode,
+    non_masquerade: &[Ipv4Net],
+) -> Result<(), Error> {
     let mismatch = |key: &str, has: String, given: String| {
         Err(bad(format!(
             "network {} exists with {key} {has}, the configuration says {given}",
@@ -245,6 +256,13 @@ fn differs(n: &Network, req: &CniNetwork, non_masquerade: &[Ipv4Net]) -> Result<
         && *b != n.bridge
     {
         return mismatch("bridge", n.bridge.clone(), b.clone());
+    }
+    if req.gateway_mode.is_some() && gateway_mode != n.gateway_mode {
+        return mismatch(
+            "gatewayMode",
+            n.gateway_mode.to_string(),
+            gateway_mode.to_string(),
+        );
     }
     if let Some(icc) = req.icc
         && icc != n.icc
@@ -285,6 +303,8 @@ mod tests {
             masquerade: true,
             mtu: None,
             non_masquerade: vec!["198.18.0.0/28".parse().unwrap()],
+            gateway_mode: GatewayMode::Nat,
+            adopted: None,
         }
     }
 
@@ -297,17 +317,21 @@ mod tests {
             ..Default::default()
         };
         let cidrs = ["198.18.0.0/28".parse().unwrap()];
-        assert!(differs(&n, &same, &cidrs).is_ok());
+        assert!(differs(&n, &same, GatewayMode::Nat, &cidrs).is_ok());
         let other = CniNetwork {
             icc: Some(false),
             ..same.clone()
         };
-        let err = differs(&n, &other, &cidrs).unwrap_err().to_string();
+        let err = differs(&n, &other, GatewayMode::Nat, &cidrs)
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             err,
             "network pods exists with icc true, the configuration says false"
         );
-        let err = differs(&n, &same, &[]).unwrap_err().to_string();
+        let err = differs(&n, &same, GatewayMode::Nat, &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("nonMasqueradeCIDRs [198.18.0.0/28]"), "{err}");
     }
 

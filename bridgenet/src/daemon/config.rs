@@ -8,7 +8,7 @@ use serde::Deserialize;
 /// The keys of the file, all optional: `{"socket": "/run/bridgenet/bridgenet.sock",
 /// "state-dir": "/var/lib/bridgenet", "bpffs": "/sys/fs/bpf/bridgenet", "uplinks": ["eth0"],
 /// "xdp": "auto", "conntrack-max": 262144, "docker": true,
-/// "docker-socket": "/run/docker/plugins/bridgenet.sock"}`.
+/// "docker-socket": "/run/docker/plugins/bridgenet.sock", "docker-host": "/var/run/docker.sock"}`.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Config {
@@ -24,6 +24,8 @@ pub struct Config {
     pub docker: bool,
     /// Where (default /run/docker/plugins/bridgenet.sock).
     pub docker_socket: Option<PathBuf>,
+    /// Docker's API socket (default /var/run/docker.sock), for container names.
+    pub docker_host: Option<PathBuf>,
 }
 
 impl Config {

@@ -8,7 +8,7 @@ use super::{
     Daemon, Error, bad,
     namespaces::{create_netns, delete_netns},
     networks::network_options,
-    ports::{parse_specs, wire_proto},
+    ports::parse_specs,
 };
 use bridgenet_common::programs;
 
@@ -267,13 +267,7 @@ impl Daemon {
             Mode::Container(_) => {}
         }
         for m in &endpoint.ports {
-            self.dp.publish(
-                wire_proto(m.proto),
-                m.host_ip,
-                m.host_port,
-                endpoint.ip,
-                m.port,
-            )?;
+            self.open_mapping(endpoint, m)?;
         }
         Ok(())
     }
@@ -341,10 +335,7 @@ impl Daemon {
     /// Removes whatever of the endpoint exists; never fails (used to undo and to remove).
     async fn endpoint_teardown(&mut self, endpoint: &Endpoint) {
         for m in &endpoint.ports {
-            if let Err(err) = self
-                .dp
-                .unpublish(wire_proto(m.proto), m.host_ip, m.host_port)
-            {
+            if let Err(err) = self.close_mappings(endpoint, &[*m], &[]) {
                 tracing::warn!("unpublishing {m}: {err:#}");
             }
         }

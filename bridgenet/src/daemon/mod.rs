@@ -1,12 +1,14 @@
 //! The daemon: owns the datapath, the kernel objects and the store of the network namespace it
 //! runs in, and serves the API. `networks`, `endpoints`, `ports`, `cni` hold the verbs, `reconcile` the restart logic,
 //! `conntrack` the flow listing and garbage collection.
+mod adopt;
 mod attachments;
 mod cni;
 pub mod config;
 mod conntrack;
 mod endpoints;
 mod filter;
+mod gateway_modes;
 mod namespaces;
 mod networks;
 mod ports;
@@ -45,6 +47,8 @@ pub struct Options {
     pub xdp: XdpPolicy,
     /// Flows the conntrack table holds (two entries each).
     pub conntrack_max: u32,
+    /// Docker's API socket, asked for container names (`port ls`).
+    pub docker_host: PathBuf,
     /// The routes of bridgenet's own API, served on `socket` (given by the caller so that the
     /// daemon does not depend on its HTTP front end).
     pub api: MakeRouter,
@@ -549,7 +553,11 @@ pub fn cleanup(options: Options) -> Result<()> {
                 }
             }
             for network in state.networks.values() {
-                nl.delete_named(&network.bridge).await?;
+                if network.adopted.is_some() {
+                    adopt::release(&nl, network, &options.bpffs, &options.state_dir).await;
+                } else {
+                    nl.delete_named(&network.bridge).await?;
+                }
             }
             // Links left by a create that crashed before the store was written.
             for link in nl.links().await? {

@@ -4,13 +4,13 @@ use std::net::Ipv4Addr;
 use anyhow::anyhow;
 use ipnet::Ipv4Net;
 
-use super::{Daemon, Error, bad};
+use super::{Daemon, Error, adopt, bad, gateway_modes};
 use bridgenet_common::programs;
 
 use crate::{
     api::NetworkCreate,
     datapath::{Datapath, Hook, NetworkOptions},
-    state::{Network, check_name, ifname, ipam},
+    state::{Adopted, GatewayMode, Network, check_name, ifname, ipam},
 };
 
 /// The default network, created on the first start (Docker's `bridge`).
@@ -34,6 +34,7 @@ impl Daemon {
             icc: true,
             internal: false,
             masquerade: true,
+            gateway_mode: GatewayMode::Nat,
         };
         match self.network_create(req).await {
             Ok(net) => {
@@ -52,18 +53,23 @@ impl Daemon {
     /// `nonMasqueradeCIDRs`).
     pub(super) async fn network_create_with(
         &mut self,
-        req: NetworkCreate,
+        mut req: NetworkCreate,
         mtu: Option<u32>,
         mut non_masquerade: Vec<Ipv4Net>,
     ) -> Result<Network, Error> {
         check_name("network", &req.name).map_err(bad)?;
+        gateway_modes::check(&req)?;
         if self.state.networks.contains_key(&req.name) {
             return Err(Error::Conflict(format!(
                 "network {} already exists",
                 req.name
             )));
         }
-        let taken = self.taken_subnets().await?;
+        let found = self.bridge_to_adopt(&req).await?;
+        if let Some(found) = &found {
+            adopt::defaults_from(found, &mut req)?;
+        }
+        let taken = self.taken_subnets(found.as_ref().map(|f| f.index)).await?;
         let subnet = match &req.subnet {
             Some(s) => {
                 let subnet: Ipv4Net = s.parse().map_err(|_| {
@@ -112,12 +118,16 @@ impl Daemon {
             .clone()
             .unwrap_or_else(|| ifname("bn-", &req.name));
         check_ifname(&bridge)?;
-        if self.state.networks.values().any(|n| n.bridge == bridge)
-            || self.nl.link(&bridge).await?.is_some()
-        {
-            return Err(Error::Conflict(format!(
-                "interface {bridge} already exists"
-            )));
+        match &found {
+            Some(_) => {}
+            None if self.state.networks.values().any(|n| n.bridge == bridge)
+                || self.nl.link(&bridge).await?.is_some() =>
+            {
+                return Err(Error::Conflict(format!(
+                    "interface {bridge} already exists"
+                )));
+            }
+            None => {}
         }
         let network = Network {
             name: req.name.clone(),
@@ -127,6 +137,10 @@ impl Daemon {
             icc: req.icc,
             internal: req.internal,
             masquerade: req.masquerade,
+            gateway_mode: req.gateway_mode,
+            adopted: found.as_ref().map(|f| Adopted {
+                address_added: f.address.is_none(),
+            }),
             mtu,
             non_masquerade: {
                 non_masquerade.sort();
@@ -134,12 +148,12 @@ impl Daemon {
                 non_masquerade
             },
         };
-        let created = match self
-            .nl
-            .create_bridge(&network.bridge, gateway, subnet.prefix_len())
-            .await
-        {
-            Ok(_) => self.network_mtu(&network).await,
+        let made = match &found {
+            Some(found) => self.adopt_bridge(&network, found).await,
+            None => self.create_network_bridge(&network).await.map(drop),
+        };
+        let created = match made {
+            Ok(()) => self.network_mtu(&network).await,
             Err(err) => Err(err),
         };
         let created = created.and_then(|_| self.network_datapath(&network));
@@ -191,10 +205,7 @@ impl Daemon {
 
     /// Removes what a failed network create made; never fails.
     async fn undo_network(&mut self, network: &Network) {
-        if let Err(err) = self.nl.delete_named(&network.bridge).await {
-            tracing::warn!("deleting bridge {}: {err:#}", network.bridge);
-        }
-        Datapath::forget_attachments(&self.pin_dir, &self.state_dir, &network.bridge);
+        self.remove_bridge(network).await;
         let id = network_options(network).id;
         if let Err(err) = self.dp.set_non_masquerade(id, &[]) {
             tracing::warn!(
@@ -207,9 +218,22 @@ impl Daemon {
         }
     }
 
+    /// The network's bridge gone, or left as found when adopted; never fails (logs).
+    async fn remove_bridge(&mut self, network: &Network) {
+        if network.adopted.is_some() {
+            self.release_bridge(network).await;
+            return;
+        }
+        if let Err(err) = self.nl.delete_named(&network.bridge).await {
+            tracing::warn!("deleting bridge {}: {err:#}", network.bridge);
+        }
+        Datapath::forget_attachments(&self.pin_dir, &self.state_dir, &network.bridge);
+    }
+
     /// Subnets a new network must not overlap: other networks and the namespace's routes
-    /// (except the default route and the routes of bridgenet's own bridges).
-    async fn taken_subnets(&self) -> anyhow::Result<Vec<(String, Ipv4Net)>> {
+    /// (except the default route and the routes of bridgenet's own bridges, and of the bridge
+    /// being adopted, `adopting`).
+    async fn taken_subnets(&self, adopting: Option<u32>) -> anyhow::Result<Vec<(String, Ipv4Net)>> {
         let mut taken: Vec<(String, Ipv4Net)> = self
             .state
             .networks
@@ -221,6 +245,7 @@ impl Daemon {
             .iter()
             .filter(|l| self.state.networks.values().any(|n| n.bridge == l.name))
             .map(|l| l.index)
+            .chain(adopting)
             .collect();
         for (dst, oif) in self.nl.routes().await? {
             if dst.prefix_len() > 0 && !oif.is_some_and(|i| ours.contains(&i)) {
@@ -246,8 +271,12 @@ impl Daemon {
                 users.join(", ")
             )));
         }
-        self.nl.delete_named(&network.bridge).await?;
-        Datapath::forget_attachments(&self.pin_dir, &self.state_dir, &network.bridge);
+        if network.adopted.is_some() {
+            self.release_bridge(&network).await;
+        } else {
+            self.nl.delete_named(&network.bridge).await?;
+            Datapath::forget_attachments(&self.pin_dir, &self.state_dir, &network.bridge);
+        }
         self.dp
             .set_non_masquerade(network_options(&network).id, &[])?;
         self.dp.remove_subnet(network.subnet)?;
@@ -267,6 +296,7 @@ pub(super) fn network_options(network: &Network) -> NetworkOptions {
         masquerade: network.masquerade,
         icc: network.icc,
         internal: network.internal,
+        gateway_mode: network.gateway_mode,
     }
 }
 

@@ -33,20 +33,8 @@ impl Daemon {
         let added = self.draw_mappings(&specs)?;
         let mut done = Vec::new();
         for m in &added {
-            let result = self.dp.publish(
-                wire_proto(m.proto),
-                m.host_ip,
-                m.host_port,
-                endpoint.ip,
-                m.port,
-            );
-            if let Err(err) = result {
-                for d in &done {
-                    let d: &PortMapping = d;
-                    let _ = self
-                        .dp
-                        .unpublish(wire_proto(d.proto), d.host_ip, d.host_port);
-                }
+            if let Err(err) = self.open_mapping(&endpoint, m) {
+                let _ = self.close_mappings(&endpoint, &done, &endpoint.ports);
                 return Err(Error::Internal(err));
             }
             done.push(*m);
@@ -56,11 +44,7 @@ impl Daemon {
         if let Err(err) = self.save() {
             let entry = self.state.endpoints.get_mut(name).expect("checked above");
             entry.ports.truncate(entry.ports.len() - added.len());
-            for m in &added {
-                let _ = self
-                    .dp
-                    .unpublish(wire_proto(m.proto), m.host_ip, m.host_port);
-            }
+            let _ = self.close_mappings(&endpoint, &added, &endpoint.ports);
             return Err(err);
         }
         tracing::info!("endpoint {name}: published {}", list(&added));
@@ -88,11 +72,19 @@ impl Daemon {
             }
             removed.extend(matching);
         }
-        for m in &removed {
-            self.dp
-                .unpublish(wire_proto(m.proto), m.host_ip, m.host_port)?;
-        }
-        self.revoke_mappings(endpoint.ip, &removed)?;
+        let kept: Vec<PortMapping> = endpoint
+            .ports
+            .iter()
+            .filter(|m| !seen.contains(m))
+            .copied()
+            .collect();
+        self.close_mappings(&endpoint, &removed, &kept)?;
+        // Their flows as the datapath tracked them (a routed network's at the endpoint).
+        let opened: Vec<PortMapping> = removed
+            .iter()
+            .map(|m| self.state.opened(&endpoint, m))
+            .collect();
+        self.revoke_mappings(endpoint.ip, &opened)?;
         let entry = self.state.endpoints.get_mut(name).expect("checked above");
         entry.ports.retain(|m| !seen.contains(m));
         self.save()?;
@@ -110,6 +102,7 @@ impl Daemon {
             .filter(|(e, _)| endpoint.is_none_or(|n| n == e.name))
             .map(|(e, m)| PortEntry {
                 endpoint: e.name.clone(),
+                container: None,
                 mapping: *m,
             })
             .collect())

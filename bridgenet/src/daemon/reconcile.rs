@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::{Context as _, Result};
 use bridgenet_common::PublishTarget;
 
-use super::{Daemon, ports::wire_proto};
+use super::{Daemon, gateway_modes, ports::wire_proto};
 use crate::{
     datapath::{Datapath, conntrack, publish_key, wire},
     netlink::{self, ALIAS},
@@ -77,6 +77,7 @@ impl Daemon {
             .mappings()
             .filter(|(e, _)| !skipped.contains(&e.name))
         {
+            let m = self.state.opened(endpoint, m);
             let key = publish_key(wire_proto(m.proto), m.host_ip, m.host_port);
             wanted.insert(
                 (key.addr, key.port, key.proto),
@@ -166,20 +167,19 @@ impl Daemon {
     /// The network's bridge, gateway address and datapath entries.
     async fn reconcile_network(&mut self, network: &Network) -> Result<()> {
         match self.nl.link(&network.bridge).await? {
+            None if network.adopted.is_some() => {
+                anyhow::bail!("adopted bridge {} is gone", network.bridge);
+            }
             None => {
                 tracing::info!("reconcile: re-creating bridge {}", network.bridge);
                 Datapath::forget_attachments(&self.pin_dir, &self.state_dir, &network.bridge);
-                self.nl
-                    .create_bridge(
-                        &network.bridge,
-                        network.gateway,
-                        network.subnet.prefix_len(),
-                    )
-                    .await?;
+                self.create_network_bridge(network).await?;
             }
             Some(link) => {
                 let addrs = self.nl.addresses(link.index).await?;
-                if !addrs.iter().any(|a| a.addr() == network.gateway) {
+                if gateway_modes::bridge_has_address(network)
+                    && !addrs.iter().any(|a| a.addr() == network.gateway)
+                {
                     tracing::info!("reconcile: gateway address back on {}", network.bridge);
                     self.nl
                         .add_address(link.index, network.gateway, network.subnet.prefix_len())

@@ -222,6 +222,19 @@ impl Datapath {
 
     /// Detaches what `attach_pinned` left in this namespace: unpins the links in `pin_dir`
     /// (which detaches them) and removes the netlink filters of `programs` from `ifaces`.
+    /// Detaches every program bridgenet attached to `iface`, which stays (an adopted bridge):
+    /// the pins go (and with them tcx links), and before tcx the netlink filters.
+    pub fn detach_interface(pin_dir: &Path, record_dir: &Path, iface: &str) {
+        Self::forget_attachments(pin_dir, record_dir, iface);
+        if !tcx_supported() {
+            for name in INTERFACE_PROGRAMS {
+                for direction in [TcAttachType::Ingress, TcAttachType::Egress] {
+                    let _ = tc::qdisc_detach_program(iface, direction, name);
+                }
+            }
+        }
+    }
+
     pub fn detach_pinned(pin_dir: &Path, record_dir: &Path, ifaces: &[String]) {
         for dir in [pin_dir, record_dir] {
             for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {

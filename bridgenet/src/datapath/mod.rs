@@ -19,6 +19,8 @@ use bridgenet_common::{
 };
 use ipnet::Ipv4Net;
 
+pub use crate::state::GatewayMode;
+
 mod attach;
 mod control;
 pub mod host_access;
@@ -40,6 +42,7 @@ pub struct NetworkOptions {
     pub icc: bool,
     /// No traffic out of the network.
     pub internal: bool,
+    pub gateway_mode: GatewayMode,
 }
 
 /// Room the conntrack map has past the limit. The LRU map keeps free entries on per-CPU lists
@@ -242,6 +245,7 @@ impl Datapath {
                 masquerade,
                 icc: true,
                 internal: false,
+                gateway_mode: GatewayMode::Nat,
             },
         )
     }
@@ -255,12 +259,21 @@ impl Datapath {
         if !options.icc {
             flags |= network_flags::NO_ICC;
         }
-        if options.internal {
+        // An isolated network is internal (its bridge has no address besides).
+        let internal = options.internal || options.gateway_mode == GatewayMode::Isolated;
+        if internal {
             flags |= network_flags::INTERNAL;
         }
+        let routed = options.gateway_mode == GatewayMode::Routed;
+        match options.gateway_mode {
+            GatewayMode::NatUnprotected => flags |= network_flags::DIRECT_ANY,
+            GatewayMode::Routed => flags |= network_flags::ROUTED,
+            GatewayMode::Nat | GatewayMode::Isolated => {}
+        }
         let value = Subnet {
-            // An internal network has no way out, masqueraded or not.
-            masquerade: u32::from(options.masquerade && !options.internal),
+            // An internal network has no way out, masqueraded or not; a routed one leaves
+            // with its own addresses.
+            masquerade: u32::from(options.masquerade && !internal && !routed),
             network: options.id,
             gateway: wire(options.gateway),
             flags,

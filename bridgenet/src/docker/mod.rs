@@ -6,7 +6,8 @@
 //!
 //! Every call is idempotent where Docker repeats it (after a restart of either side); every
 //! refusal is `{"Err": "one line"}` and changes nothing.
-pub mod protocol;
+pub mod names;
+mod protocol;
 
 use std::{
     collections::BTreeMap,
@@ -190,6 +191,7 @@ async fn create_network_(driver: &Driver, body: &Bytes) -> Result<Value, String>
             icc: spec.icc,
             internal: spec.internal,
             masquerade: spec.masquerade,
+            gateway_mode: spec.gateway_mode,
         })
         .await
         .map_err(text)?;

@@ -6,7 +6,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::state::Proto;
+use crate::state::{GatewayMode, Proto};
 
 /// `/NetworkDriver.CreateNetwork`.
 #[derive(Debug, Deserialize)]
@@ -110,6 +110,7 @@ pub struct NetworkSpec {
     pub icc: bool,
     pub internal: bool,
     pub masquerade: bool,
+    pub gateway_mode: GatewayMode,
     pub extras: Extras,
 }
 
@@ -186,6 +187,7 @@ impl CreateNetwork {
             icc: true,
             internal,
             masquerade: true,
+            gateway_mode: GatewayMode::Nat,
             extras: Extras::default(),
         };
         for (key, value) in &generic {
@@ -207,19 +209,11 @@ impl CreateNetwork {
                         .ok_or_else(|| format!("option {key}={value:?}: expected 68 to 65535"))?;
                     spec.extras.mtu = Some(mtu);
                 }
-                GATEWAY_MODE => match value.as_str() {
-                    "nat" => {}
-                    "nat-unprotected" | "routed" | "isolated" => {
-                        return Err(format!(
-                            "option {key}={value}: bridgenet has gateway mode nat only so far"
-                        ));
-                    }
-                    _ => {
-                        return Err(format!(
-                            "option {key}={value:?}: expected nat, nat-unprotected, routed or isolated"
-                        ));
-                    }
-                },
+                GATEWAY_MODE => {
+                    spec.gateway_mode = value.parse().map_err(|_| {
+                        format!("option {key}={value:?}: expected {}", GatewayMode::NAMES)
+                    })?;
+                }
                 _ => {
                     return Err(format!(
                         "unsupported option {key} (bridgenet takes {BRIDGE_NAME}, {ENABLE_ICC}, \
@@ -227,6 +221,11 @@ impl CreateNetwork {
                     ));
                 }
             }
+        }
+        if spec.gateway_mode == GatewayMode::Isolated && !spec.internal {
+            return Err(format!(
+                "option {GATEWAY_MODE}=isolated needs an internal network (--internal)"
+            ));
         }
         Ok(spec)
     }
@@ -377,14 +376,37 @@ mod tests {
             ),
             (
                 serde_json::json!({"com.docker.network.generic":
-                    {"com.docker.network.bridge.gateway_mode_ipv4": "routed"}}),
-                "gateway mode nat only",
+                    {"com.docker.network.bridge.gateway_mode_ipv4": "bridged"}}),
+                "expected nat, nat-unprotected, routed or isolated",
+            ),
+            (
+                serde_json::json!({"com.docker.network.generic":
+                    {"com.docker.network.bridge.gateway_mode_ipv4": "isolated"}}),
+                "isolated needs an internal network",
             ),
         ] {
             let err = create(options, "198.19.7.0/24").spec().unwrap_err();
             assert!(err.contains(want), "{err}");
             assert!(!err.contains('\n'), "{err}");
         }
+    }
+
+    #[test]
+    fn gateway_modes_are_taken() {
+        for mode in ["nat", "nat-unprotected", "routed"] {
+            let req = create(
+                serde_json::json!({"com.docker.network.generic":
+                    {"com.docker.network.bridge.gateway_mode_ipv4": mode}}),
+                "198.19.7.0/24",
+            );
+            assert_eq!(req.spec().unwrap().gateway_mode.as_str(), mode);
+        }
+        let req = create(
+            serde_json::json!({"com.docker.network.internal": true, "com.docker.network.generic":
+                {"com.docker.network.bridge.gateway_mode_ipv4": "isolated"}}),
+            "198.19.7.0/24",
+        );
+        assert_eq!(req.spec().unwrap().gateway_mode, GatewayMode::Isolated);
     }
 
     #[test]

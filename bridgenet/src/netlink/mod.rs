@@ -9,7 +9,7 @@ use nix::sched::{CloneFlags, setns};
 use rtnetlink::{
     Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
-        address::AddressAttribute,
+        address::{AddressAttribute, AddressMessage},
         link::{InfoKind, LinkAttribute, LinkInfo, LinkLayerType, LinkMessage, LinkXdp},
         route::{RouteAddress, RouteAttribute, RouteType},
         tc::{TcAttribute, TcFilterBpfOption, TcOption},
@@ -83,6 +83,8 @@ pub struct Link {
     pub xdp_program: Option<u32>,
     /// A veth pair's end.
     pub veth: bool,
+    /// A Linux bridge.
+    pub bridge: bool,
     /// Its frames have an Ethernet header (ARPHRD_ETHER), which the uplink programs need;
     /// tun, WireGuard and ipip devices carry bare IP packets.
     pub ethernet: bool,
@@ -111,15 +113,20 @@ impl Netlink {
 
     /// Creates bridge `name` with `gateway/prefix`, up.
     pub async fn create_bridge(&self, name: &str, gateway: Ipv4Addr, prefix: u8) -> Result<u32> {
+        let index = self.create_bare_bridge(name).await?;
+        self.add_address(index, gateway, prefix).await?;
+        Ok(index)
+    }
+
+    /// A bridge with no address: the host has no route to its subnet (gateway mode isolated).
+    pub async fn create_bare_bridge(&self, name: &str) -> Result<u32> {
         self.handle
             .link()
             .add(LinkBridge::new(name).alias(ALIAS).up().build())
             .execute()
             .await
             .with_context(|| format!("creating bridge {name}"))?;
-        let index = self.index(name).await?;
-        self.add_address(index, gateway, prefix).await?;
-        Ok(index)
+        self.index(name).await
     }
 
     pub async fn add_address(&self, index: u32, ip: Ipv4Addr, prefix: u8) -> Result<()> {
@@ -131,8 +138,29 @@ impl Netlink {
             .with_context(|| format!("adding {ip}/{prefix} to link {index}"))
     }
 
+    /// Removes address `ip` from link `index` (absent: nothing to do).
+    pub async fn del_address(&self, index: u32, ip: Ipv4Addr) -> Result<()> {
+        for (msg, addr) in self.address_messages(index).await? {
+            if addr.addr() == ip {
+                self.handle
+                    .address()
+                    .del(msg)
+                    .execute()
+                    .await
+                    .with_context(|| format!("removing {ip} from link {index}"))?;
+            }
+        }
+        Ok(())
+    }
+
     /// The IPv4 addresses of link `index`, primary first.
     pub async fn addresses(&self, index: u32) -> Result<Vec<Ipv4Net>> {
+        let messages = self.address_messages(index).await?;
+        Ok(messages.into_iter().map(|(_, addr)| addr).collect())
+    }
+
+    /// The IPv4 addresses of link `index` with the messages that carry them.
+    async fn address_messages(&self, index: u32) -> Result<Vec<(AddressMessage, Ipv4Net)>> {
         let mut stream = self
             .handle
             .address()
@@ -141,10 +169,13 @@ impl Netlink {
             .execute();
         let mut out = Vec::new();
         while let Some(msg) = stream.try_next().await? {
-            for attr in &msg.attributes {
-                if let AddressAttribute::Local(std::net::IpAddr::V4(ip)) = attr {
-                    out.push(Ipv4Net::new(*ip, msg.header.prefix_len)?);
-                }
+            let local = msg.attributes.iter().find_map(|attr| match attr {
+                AddressAttribute::Local(std::net::IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            });
+            if let Some(ip) = local {
+                let addr = Ipv4Net::new(ip, msg.header.prefix_len)?;
+                out.push((msg, addr));
             }
         }
         Ok(out)
@@ -328,6 +359,7 @@ fn link_of(msg: LinkMessage) -> Link {
         controller: None,
         xdp_program: None,
         veth: false,
+        bridge: false,
         ethernet: msg.header.link_layer_type == LinkLayerType::Ether,
     };
     for attr in msg.attributes {
@@ -337,6 +369,7 @@ fn link_of(msg: LinkMessage) -> Link {
             LinkAttribute::Controller(c) => link.controller = Some(c),
             LinkAttribute::LinkInfo(infos) => {
                 link.veth = infos.contains(&LinkInfo::Kind(InfoKind::Veth));
+                link.bridge = infos.contains(&LinkInfo::Kind(InfoKind::Bridge));
             }
             LinkAttribute::Xdp(xdp) => {
                 link.xdp_program = xdp.iter().find_map(|x| match x {

@@ -38,6 +38,15 @@ pub struct Network {
     pub internal: bool,
     /// Traffic to the outside leaves with the uplink's address.
     pub masquerade: bool,
+    /// How the network meets the outside (Docker's `gateway_mode_ipv4`). Stores from before
+    /// gateway modes have none: `nat`, what those networks did. Left out when `nat`, so that
+    /// such stores stay readable by older builds.
+    #[serde(default, skip_serializing_if = "GatewayMode::is_nat")]
+    pub gateway_mode: GatewayMode,
+    /// The bridge existed before the network (Docker's `-b`): it is left as it was found when
+    /// the network goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopted: Option<Adopted>,
     /// The MTU of the bridge and of every veth pair; None: the kernel's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
@@ -45,6 +54,70 @@ pub struct Network {
     /// directly (CNI's `nonMasqueradeCIDRs`: a cluster's pod and node CIDRs), sorted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub non_masquerade: Vec<Ipv4Net>,
+}
+
+/// What bridgenet changed on a bridge it adopted, to undo on `network rm` and `--cleanup`
+/// (besides its program on the bridge and its endpoints' veths).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Adopted {
+    /// The bridge had no address: bridgenet added the gateway's.
+    pub address_added: bool,
+}
+
+/// A network's gateway mode, as Docker 28's `com.docker.network.bridge.gateway_mode_ipv4`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GatewayMode {
+    /// Masquerade out; only published ports (on host addresses) in.
+    #[default]
+    Nat,
+    /// As nat, and traffic routed straight to an endpoint reaches any of its ports.
+    NatUnprotected,
+    /// No masquerade: endpoints' traffic leaves with their own address, and traffic routed to
+    /// them reaches their published ports only, at the endpoint's port.
+    Routed,
+    /// No way in or out (an internal network whose bridge has no address).
+    Isolated,
+}
+
+impl GatewayMode {
+    pub const NAMES: &str = "nat, nat-unprotected, routed or isolated";
+
+    pub fn is_nat(&self) -> bool {
+        *self == GatewayMode::Nat
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            GatewayMode::Nat => "nat",
+            GatewayMode::NatUnprotected => "nat-unprotected",
+            GatewayMode::Routed => "routed",
+            GatewayMode::Isolated => "isolated",
+        }
+    }
+}
+
+impl std::fmt::Display for GatewayMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for GatewayMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        [
+            GatewayMode::Nat,
+            GatewayMode::NatUnprotected,
+            GatewayMode::Routed,
+            GatewayMode::Isolated,
+        ]
+        .into_iter()
+        .find(|m| m.as_str() == s)
+        .ok_or_else(|| format!("invalid gateway mode {s:?} (expected {})", Self::NAMES))
+    }
 }
 
 /// How an endpoint is connected, Docker's `--network` modes.
@@ -303,6 +376,20 @@ impl State {
             .values()
             .flat_map(|e| e.ports.iter().map(move |m| (e, m)))
     }
+
+    /// Where the datapath opens mapping `m` of `endpoint`: as given, except on a network in
+    /// gateway mode routed, where (as with Docker) the host address and port are not used and
+    /// the endpoint's own address and port are opened to routed traffic.
+    pub fn opened(&self, endpoint: &Endpoint, m: &PortMapping) -> PortMapping {
+        match self.networks.get(&endpoint.network) {
+            Some(n) if n.gateway_mode == GatewayMode::Routed => PortMapping {
+                host_ip: Some(endpoint.ip),
+                host_port: m.port,
+                ..*m
+            },
+            _ => *m,
+        }
+    }
 }
 
 /// The state file, replaced atomically: written to a temporary file, synced, renamed over the
@@ -428,6 +515,10 @@ mod tests {
                 icc: true,
                 internal: false,
                 masquerade: true,
+                gateway_mode: GatewayMode::Routed,
+                adopted: Some(Adopted {
+                    address_added: false,
+                }),
                 mtu: Some(1400),
                 non_masquerade: vec!["198.18.0.0/15".parse().unwrap()],
             },
@@ -435,6 +526,25 @@ mod tests {
         store.save(&state).unwrap();
         assert_eq!(store.load().unwrap(), state);
         assert!(!dir.path().join("state.json.tmp").exists());
+    }
+
+    #[test]
+    fn stores_without_gateway_modes_read_as_nat_and_nat_is_not_written() {
+        let old = r#"{"version": 1, "networks": {"n": {"name": "n", "subnet": "10.0.0.0/24",
+            "gateway": "10.0.0.1", "bridge": "bn-n", "icc": true, "internal": false,
+            "masquerade": true}}, "endpoints": {}}"#;
+        let state = Store::parse(old.as_bytes()).unwrap();
+        assert_eq!(state.networks["n"].gateway_mode, GatewayMode::Nat);
+        let written = serde_json::to_string(&state.networks["n"]).unwrap();
+        assert!(!written.contains("gateway_mode"), "{written}");
+        for mode in ["nat", "nat-unprotected", "routed", "isolated"] {
+            assert_eq!(mode.parse::<GatewayMode>().unwrap().to_string(), mode);
+        }
+        let err = "bridged".parse::<GatewayMode>().unwrap_err();
+        assert_eq!(
+            err,
+            "invalid gateway mode \"bridged\" (expected nat, nat-unprotected, routed or isolated)"
+        );
     }
 
     #[test]
@@ -467,6 +577,8 @@ mod tests {
             icc: true,
             internal: false,
             masquerade: true,
+            gateway_mode: GatewayMode::Nat,
+            adopted: None,
             mtu: None,
             non_masquerade: Vec::new(),
         };

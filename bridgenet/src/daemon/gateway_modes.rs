@@ -1,0 +1,84 @@
+//! What a network's gateway mode (Docker 28's `gateway_mode_ipv4`) changes outside the
+//! datapath's flags: an isolated network's bridge has no address (the host has no way in, its
+//! endpoints none out), and a routed network's published ports are opened at the endpoint's
+//! own address and port rather than on the host's.
+use std::collections::HashSet;
+
+use super::{Daemon, Error, ports::wire_proto};
+use crate::{
+    api::NetworkCreate,
+    state::{Endpoint, GatewayMode, Network, PortMapping},
+};
+
+/// Refuses a gateway mode the other options contradict, in one line, before anything changes.
+pub(super) fn check(req: &NetworkCreate) -> Result<(), Error> {
+    if req.gateway_mode == GatewayMode::Isolated && !req.internal {
+        return Err(Error::BadRequest(
+            "gateway mode isolated needs --internal (an isolated network has no way in or out)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether the network's bridge carries its gateway address (all but isolated networks).
+pub(super) fn bridge_has_address(network: &Network) -> bool {
+    network.gateway_mode != GatewayMode::Isolated
+}
+
+impl Daemon {
+    /// Creates the network's bridge, with its gateway address unless isolated.
+    pub(super) async fn create_network_bridge(&self, network: &Network) -> anyhow::Result<u32> {
+        if bridge_has_address(network) {
+            self.nl
+                .create_bridge(
+                    &network.bridge,
+                    network.gateway,
+                    network.subnet.prefix_len(),
+                )
+                .await
+        } else {
+            self.nl.create_bare_bridge(&network.bridge).await
+        }
+    }
+
+    /// Opens mapping `m` of `endpoint` in the datapath, where its network's mode says.
+    pub(super) fn open_mapping(
+        &mut self,
+        endpoint: &Endpoint,
+        m: &PortMapping,
+    ) -> anyhow::Result<()> {
+        let at = self.state.opened(endpoint, m);
+        self.dp.publish(
+            wire_proto(at.proto),
+            at.host_ip,
+            at.host_port,
+            endpoint.ip,
+            at.port,
+        )
+    }
+
+    /// Closes `closed`, mappings of `endpoint`, in the datapath, except where one of `kept`
+    /// (its mappings that stay) is opened too: on a routed network, two host ports of one
+    /// endpoint port are one opening. Stops at the first failure.
+    pub(super) fn close_mappings(
+        &mut self,
+        endpoint: &Endpoint,
+        closed: &[PortMapping],
+        kept: &[PortMapping],
+    ) -> anyhow::Result<()> {
+        // A set: unpublishing 60,000 ports must not be quadratic.
+        let still: HashSet<PortMapping> = kept
+            .iter()
+            .map(|k| self.state.opened(endpoint, k))
+            .collect();
+        for m in closed {
+            let at = self.state.opened(endpoint, m);
+            if !still.contains(&at) {
+                self.dp
+                    .unpublish(wire_proto(at.proto), at.host_ip, at.host_port)?;
+            }
+        }
+        Ok(())
+    }
+}
