@@ -77,6 +77,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Whether the datapath is healthy: programs, maps, conntrack, recent drops. Exits
+    /// non-zero when something is detached, missing or full.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
     /// Attach the packet counters to interfaces and print their counts every second until Ctrl-C.
     Watch {
         /// Interfaces in this network namespace.
@@ -184,6 +190,11 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn run_client(socket: PathBuf, command: Command) -> Result<()> {
+    // A listing whose reader went away (`bridgenet ct ls | head`) ends quietly, as other
+    // Unix tools do, instead of panicking on a broken pipe. Clients only: the daemon keeps
+    // Rust's default, where a closed socket is an error to handle.
+    // SAFETY: sets a signal disposition before any other thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     match command {
         Command::Daemon { .. } => unreachable!("handled by run"),
         Command::Network(cmd) => cli::network(&socket, cmd),
@@ -192,6 +203,7 @@ fn run_client(socket: PathBuf, command: Command) -> Result<()> {
         Command::Ct(cmd) => cli::ct(&socket, cmd),
         Command::Filter(cmd) => cli::filter(&socket, cmd),
         Command::Stats { json } => cli::stats(&socket, json),
+        Command::Status { json } => cli::status(&socket, json),
         Command::Watch { ifaces } => watch(&ifaces),
     }
 }

@@ -97,6 +97,11 @@ impl ControlLab {
         }
     }
 
+    /// The pid of the daemon the lab started, while it runs.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Child::id)
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("bridgenet.sock")
     }

@@ -18,6 +18,54 @@ pub async fn call<T: DeserializeOwned>(
     path: &str,
     body: Option<&impl Serialize>,
 ) -> Result<T> {
+    let response = request(socket, method, path, body).await?;
+    let bytes = response.into_body().collect().await?.to_bytes();
+    serde_json::from_slice(&bytes).context("decoding the daemon's answer")
+}
+
+/// `GET path` of a streamed listing (newline-delimited JSON): calls `each` with every line as
+/// it arrives, so that nothing waits for, or holds, the whole listing. A line
+/// `{"error": ...}` (the daemon failed midway) ends it with that error.
+pub async fn stream<T: DeserializeOwned>(
+    socket: &Path,
+    path: &str,
+    mut each: impl FnMut(T) -> Result<()>,
+) -> Result<()> {
+    let mut body = request(socket, Method::GET, path, None::<&()>)
+        .await?
+        .into_body();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut line = |line: &[u8]| -> Result<()> {
+        if let Ok(err) = serde_json::from_slice::<ErrorBody>(line) {
+            bail!("{}", err.error);
+        }
+        each(serde_json::from_slice(line).context("decoding the daemon's answer")?)
+    };
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.context("reading the daemon's answer")?.into_data() else {
+            continue;
+        };
+        pending.extend_from_slice(&data);
+        let mut start = 0;
+        while let Some(end) = pending[start..].iter().position(|b| *b == b'\n') {
+            line(&pending[start..start + end])?;
+            start += end + 1;
+        }
+        pending.drain(..start);
+    }
+    if !pending.is_empty() {
+        line(&pending)?;
+    }
+    Ok(())
+}
+
+/// Sends one request; an error answer becomes an error carrying the daemon's message.
+async fn request(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Option<&impl Serialize>,
+) -> Result<hyper::Response<hyper::body::Incoming>> {
     let stream = tokio::net::UnixStream::connect(socket)
         .await
         .with_context(|| {
@@ -45,12 +93,12 @@ pub async fn call<T: DeserializeOwned>(
         .await
         .context("talking to the daemon")?;
     let status = response.status();
-    let bytes = response.into_body().collect().await?.to_bytes();
     if !status.is_success() {
+        let bytes = response.into_body().collect().await?.to_bytes();
         match serde_json::from_slice::<ErrorBody>(&bytes) {
             Ok(err) => bail!("{}", err.error),
             Err(_) => bail!("the daemon answered {status}"),
         }
     }
-    serde_json::from_slice(&bytes).context("decoding the daemon's answer")
+    Ok(response)
 }

@@ -78,7 +78,7 @@ impl Daemon {
     }
 
     /// Whether `a` is attached now, by the id of the program the kernel has there.
-    async fn attached(&self, a: &Attachment, links: &[Link]) -> Result<bool> {
+    pub(super) async fn attached(&self, a: &Attachment, links: &[Link]) -> Result<bool> {
         let Some(link) = links.iter().find(|l| l.name == a.iface) else {
             // The interface is gone: reconciling it is the store's business, not ours.
             return Ok(true);
@@ -106,8 +106,16 @@ impl Daemon {
                     a.program,
                     a.iface
                 );
-                self.attach(&a)?;
-                restored += 1;
+                // One that cannot be put back (another program holds the hook) must not keep
+                // the others from being checked; `status` names it until it is back.
+                match self.attach(&a) {
+                    Ok(()) => restored += 1,
+                    Err(err) => tracing::warn!(
+                        "{} on {}: cannot attach it again: {err:#}",
+                        a.program,
+                        a.iface
+                    ),
+                }
             }
         }
         Ok(restored)
