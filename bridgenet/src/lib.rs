@@ -3,12 +3,14 @@
 //! Layers, one module each: `datapath` loads and attaches the eBPF programs and reads their
 //! maps; `netlink` makes bridges, veth pairs, addresses and routes; `state` is what the daemon
 //! manages (with IPAM and the `-p` grammar) and its store; `daemon` runs the verbs and
-//! reconciles after restarts; `api` is the HTTP/JSON interface on a Unix socket; `cli` is the
-//! command line that drives it.
+//! reconciles after restarts; `api` is the HTTP/JSON interface's types and client, `server` its
+//! routes over the daemon, `docker` Docker's network driver protocol over the same daemon;
+//! `cli` is the command line that drives the API.
 pub mod api;
 pub mod cli;
 pub mod daemon;
 pub mod datapath;
 pub mod docker;
 pub mod netlink;
+pub mod server;
 pub mod state;

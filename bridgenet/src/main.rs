@@ -166,6 +166,7 @@ fn run(cli: Cli) -> Result<()> {
                 conntrack_max: conntrack_max
                     .or(config.conntrack_max)
                     .unwrap_or(bridgenet_common::CT_MAX_ENTRIES / 2),
+                api: bridgenet::server::router,
                 services: docker_socket
                     .into_iter()
                     .map(|socket| (socket, bridgenet::docker::router as daemon::MakeRouter))

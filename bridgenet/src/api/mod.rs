@@ -1,7 +1,6 @@
 //! The HTTP/JSON API between the CLI and the daemon, on a Unix socket: request and response
-//! types, the server's routes and the client.
+//! types and the client (the daemon serves it from `crate::server`).
 pub mod client;
-pub mod server;
 
 use serde::{Deserialize, Serialize};
 

@@ -3,7 +3,7 @@
 use anyhow::Context as _;
 use bridgenet_common::filter::MAX_RULES;
 
-use super::{Daemon, Error, ops::wire_proto};
+use super::{Daemon, Error, ports::wire_proto};
 use crate::{
     api::{FilterCreate, FilterEntry},
     datapath::filter as dp,

@@ -4,12 +4,15 @@
 mod attachments;
 pub mod config;
 mod conntrack;
+mod endpoints;
 mod filter;
-mod ops;
+mod namespaces;
+mod networks;
+mod ports;
 mod reconcile;
 mod revoke;
 
-pub use ops::peer_name;
+pub use endpoints::peer_name;
 
 use std::{
     net::Ipv4Addr,
@@ -41,6 +44,9 @@ pub struct Options {
     pub xdp: XdpPolicy,
     /// Flows the conntrack table holds (two entries each).
     pub conntrack_max: u32,
+    /// The routes of bridgenet's own API, served on `socket` (given by the caller so that the
+    /// daemon does not depend on its HTTP front end).
+    pub api: MakeRouter,
     /// More APIs over the same daemon, each on its own socket (Docker's network driver).
     pub services: Vec<(PathBuf, MakeRouter)>,
 }
@@ -92,6 +98,11 @@ impl std::fmt::Display for Error {
             Error::Internal(err) => write!(f, "{err:#}"),
         }
     }
+}
+
+/// A refusal of the caller's request (HTTP 400).
+fn bad(msg: impl Into<String>) -> Error {
+    Error::BadRequest(msg.into())
 }
 
 impl From<anyhow::Error> for Error {
@@ -211,7 +222,7 @@ async fn serve(options: Options) -> Result<()> {
         let app = make(daemon.clone(), &options);
         tokio::spawn(async move { axum::serve(listener, app).await });
     }
-    let app = crate::api::server::router(daemon);
+    let app = (options.api)(daemon, &options);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
@@ -533,7 +544,7 @@ pub fn cleanup(options: Options) -> Result<()> {
                     nl.delete_named(veth).await?;
                 }
                 if endpoint.netns_created {
-                    ops::delete_netns(&endpoint.netns);
+                    namespaces::delete_netns(&endpoint.netns);
                 }
             }
             for network in state.networks.values() {

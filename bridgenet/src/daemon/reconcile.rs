@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::{Context as _, Result};
 use bridgenet_common::PublishTarget;
 
-use super::{Daemon, ops::wire_proto};
+use super::{Daemon, ports::wire_proto};
 use crate::{
     datapath::{Datapath, conntrack, publish_key, wire},
     netlink::{self, ALIAS},
@@ -205,7 +205,7 @@ impl Daemon {
         if !path.exists() {
             if endpoint.netns_created {
                 tracing::info!("reconcile: re-creating namespace {}", endpoint.netns);
-                super::ops::create_netns(&endpoint.netns)?;
+                super::namespaces::create_netns(&endpoint.netns)?;
                 if endpoint.mode == Mode::None {
                     netlink::in_netns(&path, netlink::lo_up).await?;
                 }

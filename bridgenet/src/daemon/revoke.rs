@@ -4,7 +4,7 @@
 //! never reach the new endpoint). An endpoint's removal revokes its flows in `conntrack.rs`.
 use std::net::Ipv4Addr;
 
-use super::{Daemon, ops::wire_proto};
+use super::{Daemon, ports::wire_proto};
 use crate::{datapath::conntrack, state::PortMapping};
 
 impl Daemon {

@@ -13,11 +13,11 @@ use axum::{
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio::sync::Mutex;
 
-use super::{
+use crate::api::{
     Endpoint, EndpointCreate, ErrorBody, FilterCreate, FilterEntry, Flow, Network, NetworkCreate,
     PortEntry, PortMapping, PortSpecs, Stat,
 };
-use crate::daemon::{Daemon, Error};
+use crate::daemon::{Daemon, Error, Options};
 
 type Shared = State<Arc<Mutex<Daemon>>>;
 type Reply<T> = Result<Json<T>, Error>;
@@ -113,7 +113,8 @@ async fn wrong_method(method: Method, uri: Uri) -> Rejected {
     )
 }
 
-pub fn router(daemon: Arc<Mutex<Daemon>>) -> Router {
+/// The API's routes (a `daemon::MakeRouter`).
+pub fn router(daemon: Arc<Mutex<Daemon>>, _options: &Options) -> Router {
     Router::new()
         .route("/networks", get(networks).post(network_create))
         .route("/networks/{name}", get(network).delete(network_rm))

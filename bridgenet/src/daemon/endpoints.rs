@@ -1,0 +1,374 @@
+//! Endpoints: create (mode bridge, none or container), set up (also for reconcile) and
+//! remove. A failed create undoes its own steps: no veth, namespace or map entry is left.
+use std::net::Ipv4Addr;
+
+use anyhow::Context as _;
+
+use super::{
+    Daemon, Error, bad,
+    namespaces::{create_netns, delete_netns},
+    networks::network_options,
+    ports::{parse_specs, wire_proto},
+};
+use bridgenet_common::programs;
+
+use crate::{
+    api::EndpointCreate,
+    datapath::{Datapath, Hook},
+    netlink::{self, EndpointLink},
+    state::{
+        Endpoint, Mode, Network, PortSpec, check_name, ifname, ipam, netns_path,
+        ports::parse_expose,
+    },
+};
+
+impl Daemon {
+    pub fn endpoint(&self, name: &str) -> Result<&Endpoint, Error> {
+        self.state
+            .endpoints
+            .get(name)
+            .ok_or_else(|| Error::NotFound(format!("no endpoint {name}")))
+    }
+
+    pub async fn endpoint_create(&mut self, req: EndpointCreate) -> Result<Endpoint, Error> {
+        check_name("endpoint", &req.name).map_err(bad)?;
+        if self.state.endpoints.contains_key(&req.name) {
+            return Err(Error::Conflict(format!(
+                "endpoint {} already exists",
+                req.name
+            )));
+        }
+        let mode: Mode = match &req.mode {
+            Some(m) => m.parse().map_err(bad)?,
+            None => Mode::Bridge,
+        };
+        let endpoint = match &mode {
+            Mode::Bridge => self.bridge_endpoint(&req).await?,
+            Mode::None => self.none_endpoint(&req)?,
+            Mode::Container(shared) => self.container_endpoint(&req, shared)?,
+        };
+        if let Err(err) = self.endpoint_setup(&endpoint).await {
+            self.endpoint_teardown(&endpoint).await;
+            return Err(Error::Internal(err));
+        }
+        self.state
+            .endpoints
+            .insert(endpoint.name.clone(), endpoint.clone());
+        if let Err(err) = self.save() {
+            self.state.endpoints.remove(&endpoint.name);
+            self.endpoint_teardown(&endpoint).await;
+            return Err(err);
+        }
+        tracing::info!(
+            "endpoint {} created: mode {}, {} in {}",
+            endpoint.name,
+            endpoint.mode,
+            endpoint.ip,
+            endpoint.netns
+        );
+        Ok(endpoint)
+    }
+
+    /// Mode bridge: an address on the network, a veth pair, published ports.
+    async fn bridge_endpoint(&self, req: &EndpointCreate) -> Result<Endpoint, Error> {
+        if req.network.is_empty() {
+            return Err(bad(
+                "--network is required (or --mode none|container:ENDPOINT)",
+            ));
+        }
+        let network = self.network(&req.network)?.clone();
+        let taken = self.state.taken_addresses(&network);
+        let ip = match &req.ip {
+            Some(s) => {
+                let ip: Ipv4Addr = s.parse().map_err(|_| {
+                    bad(format!("invalid address {s:?} (expected an IPv4 address)"))
+                })?;
+                ipam::check_address(&network.subnet, ip, &taken).map_err(Error::Conflict)?;
+                ip
+            }
+            None => ipam::next_address(&network.subnet, &taken).ok_or_else(|| {
+                Error::Conflict(format!(
+                    "no free address left in network {} ({})",
+                    network.name, network.subnet
+                ))
+            })?,
+        };
+        let mut exposed = Vec::new();
+        for e in &req.expose {
+            exposed.extend(parse_expose(e).map_err(bad)?);
+        }
+        let mut specs = parse_specs(&req.publish)?;
+        if req.publish_all {
+            // -P: every exposed port on a random host port.
+            specs.extend(exposed.iter().map(|(port, proto)| PortSpec {
+                proto: *proto,
+                host_ip: None,
+                host_ports: None,
+                ports: (*port, *port),
+            }));
+        }
+        let ports = self.draw_mappings(&specs)?;
+        let (netns, netns_created) = if req.for_runtime {
+            (String::new(), false)
+        } else {
+            self.own_netns(&req.netns)?
+        };
+        let mac = match &req.mac {
+            Some(m) => ipam::parse_mac(m).ok_or_else(|| {
+                bad(format!(
+                    "invalid MAC address {m:?} (expected aa:bb:cc:dd:ee:ff, unicast)"
+                ))
+            })?,
+            None => ipam::mac(ip),
+        };
+        let veth = ifname("ve-", &req.name);
+        if self.nl.link(&veth).await?.is_some() {
+            return Err(Error::Conflict(format!("interface {veth} already exists")));
+        }
+        Ok(Endpoint {
+            name: req.name.clone(),
+            mode: Mode::Bridge,
+            network: network.name.clone(),
+            netns,
+            netns_created,
+            ip,
+            mac: ipam::mac_string(&mac),
+            veth,
+            exposed,
+            ports,
+        })
+    }
+
+    /// Mode none: a namespace with lo only (Docker's `--network none`).
+    fn none_endpoint(&self, req: &EndpointCreate) -> Result<Endpoint, Error> {
+        if !req.network.is_empty() || req.ip.is_some() || Self::publishes(req) {
+            return Err(bad(
+                "mode none has no network: --network, --ip, -p, --expose and -P do not apply",
+            ));
+        }
+        let (netns, netns_created) = self.own_netns(&req.netns)?;
+        Ok(Endpoint {
+            name: req.name.clone(),
+            mode: Mode::None,
+            network: String::new(),
+            netns,
+            netns_created,
+            ip: Ipv4Addr::UNSPECIFIED,
+            mac: String::new(),
+            veth: String::new(),
+            exposed: Vec::new(),
+            ports: Vec::new(),
+        })
+    }
+
+    /// Mode container:EP: EP's namespace, address and network (Docker's
+    /// `--network container:NAME`); ports are published on EP.
+    fn container_endpoint(&self, req: &EndpointCreate, shared: &str) -> Result<Endpoint, Error> {
+        let other = self.endpoint(shared)?;
+        if let Mode::Container(root) = &other.mode {
+            return Err(bad(format!(
+                "endpoint {shared} itself shares the namespace of {root}: use container:{root}"
+            )));
+        }
+        if !req.network.is_empty() || req.ip.is_some() || Self::publishes(req) {
+            return Err(bad(format!(
+                "mode container:{shared} shares {shared}'s network: --network, --ip, -p, --expose \
+                 and -P do not apply (publish on {shared})"
+            )));
+        }
+        if !req.netns.is_empty() && netns_path(&req.netns) != other.netns_path() {
+            return Err(bad(format!(
+                "mode container:{shared} uses {shared}'s namespace {}, not {}",
+                other.netns, req.netns
+            )));
+        }
+        Ok(Endpoint {
+            name: req.name.clone(),
+            mode: Mode::Container(shared.to_owned()),
+            network: other.network.clone(),
+            netns: other.netns.clone(),
+            netns_created: false,
+            ip: other.ip,
+            mac: other.mac.clone(),
+            veth: String::new(),
+            exposed: Vec::new(),
+            ports: Vec::new(),
+        })
+    }
+
+    fn publishes(req: &EndpointCreate) -> bool {
+        !req.publish.is_empty() || !req.expose.is_empty() || req.publish_all
+    }
+
+    /// The namespace of a new endpoint of its own: whether bridgenet creates it, and that no
+    /// other endpoint holds it.
+    fn own_netns(&self, netns: &str) -> Result<(String, bool), Error> {
+        if netns.is_empty() {
+            return Err(bad("--netns is required"));
+        }
+        let path = netns_path(netns);
+        let created = if netns.contains('/') {
+            if !path.exists() {
+                return Err(Error::NotFound(format!(
+                    "namespace {} does not exist",
+                    path.display()
+                )));
+            }
+            false
+        } else {
+            check_name("namespace", netns).map_err(bad)?;
+            !path.exists()
+        };
+        if let Some(other) = self
+            .state
+            .endpoints
+            .values()
+            .find(|e| e.netns_path() == path)
+        {
+            return Err(Error::Conflict(format!(
+                "namespace {netns} already holds endpoint {}",
+                other.name
+            )));
+        }
+        Ok((netns.to_owned(), created))
+    }
+
+    /// Namespace, veth pair, eth0 inside, the endpoint program, published ports. Also used by
+    /// reconcile.
+    pub(super) async fn endpoint_setup(&mut self, endpoint: &Endpoint) -> anyhow::Result<()> {
+        let path = endpoint.netns_path();
+        if endpoint.netns_created && !path.exists() {
+            create_netns(&endpoint.netns)?;
+        }
+        match &endpoint.mode {
+            Mode::Bridge => {
+                let network = self.state.networks[&endpoint.network].clone();
+                self.endpoint_link(endpoint, &network).await?;
+                self.endpoint_datapath(endpoint, &network).await?;
+            }
+            Mode::None => netlink::in_netns(&path, netlink::lo_up).await?,
+            Mode::Container(_) => {}
+        }
+        for m in &endpoint.ports {
+            self.dp.publish(
+                wire_proto(m.proto),
+                m.host_ip,
+                m.host_port,
+                endpoint.ip,
+                m.port,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// What the endpoint program checks (address, MAC, network) and the program on its veth.
+    pub(super) async fn endpoint_datapath(
+        &mut self,
+        endpoint: &Endpoint,
+        network: &Network,
+    ) -> anyhow::Result<()> {
+        let index = self.nl.index(&endpoint.veth).await?;
+        self.dp.add_endpoint(
+            index,
+            endpoint.ip,
+            ipam::parse_mac(&endpoint.mac).unwrap_or_else(|| ipam::mac(endpoint.ip)),
+            network_options(network).id,
+        )?;
+        self.dp.attach_pinned(
+            programs::ENDPOINT_INGRESS,
+            &endpoint.veth,
+            Hook::TcIngress,
+            &self.pin_dir,
+            &self.state_dir,
+        )
+    }
+
+    /// The veth pair from the bridge to eth0 in the endpoint's namespace.
+    pub(super) async fn endpoint_link(
+        &self,
+        endpoint: &Endpoint,
+        network: &Network,
+    ) -> anyhow::Result<()> {
+        // For the runtime: the peer "moves" into the daemon's own namespace, that is stays.
+        let path = if endpoint.for_runtime() {
+            "/proc/self/ns/net".into()
+        } else {
+            endpoint.netns_path()
+        };
+        let file = std::fs::File::open(&path)
+            .with_context(|| format!("opening namespace {}", path.display()))?;
+        let bridge = self.nl.index(&network.bridge).await?;
+        let peer = peer_name(&endpoint.name);
+        self.nl
+            .create_veth(&endpoint.veth, &peer, bridge, &file)
+            .await?;
+        if endpoint.for_runtime() {
+            return Ok(());
+        }
+        let link = EndpointLink {
+            peer,
+            mac: ipam::parse_mac(&endpoint.mac).unwrap_or_else(|| ipam::mac(endpoint.ip)),
+            ip: endpoint.ip,
+            prefix: network.subnet.prefix_len(),
+            gateway: (!network.internal).then_some(network.gateway),
+        };
+        netlink::in_netns(&path, move |nl| netlink::configure_endpoint(nl, link)).await
+    }
+
+    /// Removes whatever of the endpoint exists; never fails (used to undo and to remove).
+    async fn endpoint_teardown(&mut self, endpoint: &Endpoint) {
+        for m in &endpoint.ports {
+            if let Err(err) = self
+                .dp
+                .unpublish(wire_proto(m.proto), m.host_ip, m.host_port)
+            {
+                tracing::warn!("unpublishing {m}: {err:#}");
+            }
+        }
+        if let Some(veth) = endpoint.veth() {
+            if let Ok(Some(link)) = self.nl.link(veth).await
+                && let Err(err) = self.dp.remove_endpoint(link.index)
+            {
+                tracing::warn!("forgetting endpoint {}: {err:#}", endpoint.name);
+            }
+            if let Err(err) = self.nl.delete_named(veth).await {
+                tracing::warn!("deleting {veth}: {err:#}");
+            }
+            Datapath::forget_attachments(&self.pin_dir, &self.state_dir, veth);
+        }
+        if endpoint.netns_created {
+            delete_netns(&endpoint.netns);
+        }
+    }
+
+    pub async fn endpoint_rm(&mut self, name: &str) -> Result<Endpoint, Error> {
+        let endpoint = self.endpoint(name)?.clone();
+        let sharing: Vec<&str> = self
+            .state
+            .endpoints
+            .values()
+            .filter(|e| e.mode == Mode::Container(name.to_owned()))
+            .map(|e| e.name.as_str())
+            .collect();
+        if !sharing.is_empty() {
+            return Err(Error::Conflict(format!(
+                "endpoint {name} shares its namespace with {}: remove them first",
+                sharing.join(", ")
+            )));
+        }
+        self.endpoint_teardown(&endpoint).await;
+        if endpoint.mode == Mode::Bridge {
+            // Stale flows would keep sending a reused address's traffic to the old endpoint.
+            self.conntrack_remove_addr(endpoint.ip)?;
+        }
+        self.state.endpoints.remove(name);
+        self.save()?;
+        tracing::info!("endpoint {name} removed");
+        Ok(endpoint)
+    }
+}
+
+/// The container end of an endpoint's veth pair, before it is renamed `eth0`.
+pub fn peer_name(endpoint: &str) -> String {
+    ifname("vp-", endpoint)
+}

@@ -1,0 +1,248 @@
+//! Networks: create (checking subnet, gateway and bridge before anything changes) and remove.
+use std::net::Ipv4Addr;
+
+use anyhow::anyhow;
+use ipnet::Ipv4Net;
+
+use super::{Daemon, Error, bad};
+use bridgenet_common::programs;
+
+use crate::{
+    api::NetworkCreate,
+    datapath::{Datapath, Hook, NetworkOptions},
+    state::{Network, check_name, ifname, ipam},
+};
+
+/// The default network, created on the first start (Docker's `bridge`).
+pub const DEFAULT_NETWORK: &str = "bridge";
+const DEFAULT_BRIDGE: &str = "bridgenet0";
+
+impl Daemon {
+    pub fn network(&self, name: &str) -> Result<&Network, Error> {
+        self.state
+            .networks
+            .get(name)
+            .ok_or_else(|| Error::NotFound(format!("no network {name}")))
+    }
+
+    pub(super) async fn create_default_network(&mut self) -> anyhow::Result<()> {
+        let req = NetworkCreate {
+            name: DEFAULT_NETWORK.into(),
+            subnet: None,
+            gateway: None,
+            bridge: Some(DEFAULT_BRIDGE.into()),
+            icc: true,
+            internal: false,
+            masquerade: true,
+        };
+        match self.network_create(req).await {
+            Ok(net) => {
+                tracing::info!("default network {} on {}", net.name, net.subnet);
+                Ok(())
+            }
+            Err(err) => Err(anyhow!("creating the default network: {err}")),
+        }
+    }
+
+    pub async fn network_create(&mut self, req: NetworkCreate) -> Result<Network, Error> {
+        check_name("network", &req.name).map_err(bad)?;
+        if self.state.networks.contains_key(&req.name) {
+            return Err(Error::Conflict(format!(
+                "network {} already exists",
+                req.name
+            )));
+        }
+        let taken = self.taken_subnets().await?;
+        let subnet = match &req.subnet {
+            Some(s) => {
+                let subnet: Ipv4Net = s.parse().map_err(|_| {
+                    bad(format!(
+                        "invalid subnet {s:?} (expected a CIDR such as 10.1.0.0/24)"
+                    ))
+                })?;
+                let subnet = subnet.trunc();
+                if let Some((range, what)) = ipam::reserved(&subnet) {
+                    return Err(bad(format!(
+                        "subnet {subnet} overlaps {range} ({what}), which no network may use"
+                    )));
+                }
+                if let Some((what, other)) = taken.iter().find(|(_, t)| ipam::overlaps(&subnet, t))
+                {
+                    return Err(Error::Conflict(format!(
+                        "subnet {subnet} overlaps {what} ({other})"
+                    )));
+                }
+                subnet
+            }
+            None => {
+                let nets: Vec<Ipv4Net> = taken.iter().map(|(_, t)| *t).collect();
+                ipam::free_subnet(&nets).ok_or_else(|| {
+                    Error::Conflict("no free subnet left in the default pools".into())
+                })?
+            }
+        };
+        let gateway = match &req.gateway {
+            Some(g) => {
+                let gw: Ipv4Addr = g.parse().map_err(|_| {
+                    bad(format!("invalid gateway {g:?} (expected an IPv4 address)"))
+                })?;
+                if !ipam::is_host(&subnet, gw) {
+                    return Err(bad(format!(
+                        "gateway {gw} is not a host address of {subnet}"
+                    )));
+                }
+                gw
+            }
+            None => ipam::default_gateway(&subnet)
+                .ok_or_else(|| bad(format!("subnet {subnet} has no room for a gateway")))?,
+        };
+        let bridge = req
+            .bridge
+            .clone()
+            .unwrap_or_else(|| ifname("bn-", &req.name));
+        check_ifname(&bridge)?;
+        if self.state.networks.values().any(|n| n.bridge == bridge)
+            || self.nl.link(&bridge).await?.is_some()
+        {
+            return Err(Error::Conflict(format!(
+                "interface {bridge} already exists"
+            )));
+        }
+        let network = Network {
+            name: req.name.clone(),
+            subnet,
+            gateway,
+            bridge,
+            icc: req.icc,
+            internal: req.internal,
+            masquerade: req.masquerade,
+        };
+        let created = match self
+            .nl
+            .create_bridge(&network.bridge, gateway, subnet.prefix_len())
+            .await
+        {
+            Ok(_) => self.network_datapath(&network),
+            Err(err) => Err(err),
+        };
+        if let Err(err) = created {
+            self.undo_network(&network).await;
+            return Err(Error::Internal(err));
+        }
+        self.state
+            .networks
+            .insert(network.name.clone(), network.clone());
+        if let Err(err) = self.save() {
+            self.state.networks.remove(&network.name);
+            self.undo_network(&network).await;
+            return Err(err);
+        }
+        tracing::info!(
+            "network {} created: {} on {}",
+            network.name,
+            subnet,
+            network.bridge
+        );
+        Ok(network)
+    }
+
+    /// The network's subnet and options in the datapath, and the program on its bridge. Also
+    /// used by reconcile.
+    pub(super) fn network_datapath(&mut self, network: &Network) -> anyhow::Result<()> {
+        self.dp
+            .add_network(network.subnet, &network_options(network))?;
+        self.dp.attach_pinned(
+            programs::BRIDGE_INGRESS,
+            &network.bridge,
+            Hook::TcIngress,
+            &self.pin_dir,
+            &self.state_dir,
+        )
+    }
+
+    /// Removes what a failed network create made; never fails.
+    async fn undo_network(&mut self, network: &Network) {
+        if let Err(err) = self.nl.delete_named(&network.bridge).await {
+            tracing::warn!("deleting bridge {}: {err:#}", network.bridge);
+        }
+        Datapath::forget_attachments(&self.pin_dir, &self.state_dir, &network.bridge);
+        if let Err(err) = self.dp.remove_subnet(network.subnet) {
+            tracing::warn!("removing subnet {}: {err:#}", network.subnet);
+        }
+    }
+
+    /// Subnets a new network must not overlap: other networks and the namespace's routes
+    /// (except the default route and the routes of bridgenet's own bridges).
+    async fn taken_subnets(&self) -> anyhow::Result<Vec<(String, Ipv4Net)>> {
+        let mut taken: Vec<(String, Ipv4Net)> = self
+            .state
+            .networks
+            .values()
+            .map(|n| (format!("network {}", n.name), n.subnet))
+            .collect();
+        let links = self.nl.links().await?;
+        let ours: Vec<u32> = links
+            .iter()
+            .filter(|l| self.state.networks.values().any(|n| n.bridge == l.name))
+            .map(|l| l.index)
+            .collect();
+        for (dst, oif) in self.nl.routes().await? {
+            if dst.prefix_len() > 0 && !oif.is_some_and(|i| ours.contains(&i)) {
+                taken.push((format!("a route in this namespace ({dst})"), dst));
+            }
+        }
+        Ok(taken)
+    }
+
+    pub async fn network_rm(&mut self, name: &str) -> Result<Network, Error> {
+        let network = self.network(name)?.clone();
+        self.check_unfiltered(name)?;
+        let users: Vec<&str> = self
+            .state
+            .endpoints
+            .values()
+            .filter(|e| e.network == name)
+            .map(|e| e.name.as_str())
+            .collect();
+        if !users.is_empty() {
+            return Err(Error::Conflict(format!(
+                "network {name} still has endpoints: {}",
+                users.join(", ")
+            )));
+        }
+        self.nl.delete_named(&network.bridge).await?;
+        Datapath::forget_attachments(&self.pin_dir, &self.state_dir, &network.bridge);
+        self.dp.remove_subnet(network.subnet)?;
+        self.state.networks.remove(name);
+        self.save()?;
+        tracing::info!("network {name} removed");
+        Ok(network)
+    }
+}
+
+/// A network's options as the datapath enforces them; the id is the subnet's address, unique
+/// because subnets never overlap.
+pub(super) fn network_options(network: &Network) -> NetworkOptions {
+    NetworkOptions {
+        id: u32::from(network.subnet.network()),
+        gateway: network.gateway,
+        masquerade: network.masquerade,
+        icc: network.icc,
+        internal: network.internal,
+    }
+}
+
+fn check_ifname(name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 15
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(bad(format!(
+            "invalid interface name {name:?} (1 to 15 letters, digits, _ . -)"
+        )))
+    }
+}

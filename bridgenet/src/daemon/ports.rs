@@ -1,0 +1,203 @@
+//! Published ports: publish and unpublish on an endpoint, list them, draw host ports.
+use std::{collections::HashSet, net::Ipv4Addr};
+
+use super::{Daemon, Error, bad};
+
+use crate::{
+    api::PortEntry,
+    datapath,
+    state::{
+        Endpoint, Mode, PortMapping, PortSpec, Proto,
+        ports::{Clash, PortTable},
+    },
+};
+
+impl Daemon {
+    /// The endpoint ports of `name` are published to: its own, in mode bridge.
+    fn publishable(&self, name: &str) -> Result<Endpoint, Error> {
+        let endpoint = self.endpoint(name)?.clone();
+        match &endpoint.mode {
+            Mode::Bridge => Ok(endpoint),
+            Mode::None => Err(bad(format!(
+                "endpoint {name} has no network (mode none): no port to publish"
+            ))),
+            Mode::Container(shared) => Err(bad(format!(
+                "endpoint {name} shares {shared}'s network: publish on {shared}"
+            ))),
+        }
+    }
+
+    pub fn publish(&mut self, name: &str, specs: &[String]) -> Result<Vec<PortMapping>, Error> {
+        let endpoint = self.publishable(name)?;
+        let specs = parse_specs(specs)?;
+        let added = self.draw_mappings(&specs)?;
+        let mut done = Vec::new();
+        for m in &added {
+            let result = self.dp.publish(
+                wire_proto(m.proto),
+                m.host_ip,
+                m.host_port,
+                endpoint.ip,
+                m.port,
+            );
+            if let Err(err) = result {
+                for d in &done {
+                    let d: &PortMapping = d;
+                    let _ = self
+                        .dp
+                        .unpublish(wire_proto(d.proto), d.host_ip, d.host_port);
+                }
+                return Err(Error::Internal(err));
+            }
+            done.push(*m);
+        }
+        let entry = self.state.endpoints.get_mut(name).expect("checked above");
+        entry.ports.extend(added.iter().copied());
+        if let Err(err) = self.save() {
+            let entry = self.state.endpoints.get_mut(name).expect("checked above");
+            entry.ports.truncate(entry.ports.len() - added.len());
+            for m in &added {
+                let _ = self
+                    .dp
+                    .unpublish(wire_proto(m.proto), m.host_ip, m.host_port);
+            }
+            return Err(err);
+        }
+        tracing::info!("endpoint {name}: published {}", list(&added));
+        Ok(added)
+    }
+
+    pub fn unpublish(&mut self, name: &str, specs: &[String]) -> Result<Vec<PortMapping>, Error> {
+        let endpoint = self.publishable(name)?;
+        let specs = parse_specs(specs)?;
+        let mut removed = Vec::new();
+        // A set beside the list: unpublishing 60,000 ports must not be quadratic.
+        let mut seen = HashSet::new();
+        for spec in &specs {
+            let matching: Vec<PortMapping> = endpoint
+                .ports
+                .iter()
+                .filter(|m| matches(spec, m) && seen.insert(**m))
+                .copied()
+                .collect();
+            if matching.is_empty() {
+                return Err(Error::NotFound(format!(
+                    "endpoint {name} has no published port matching {}",
+                    spec_string(spec)
+                )));
+            }
+            removed.extend(matching);
+        }
+        for m in &removed {
+            self.dp
+                .unpublish(wire_proto(m.proto), m.host_ip, m.host_port)?;
+        }
+        self.revoke_mappings(endpoint.ip, &removed)?;
+        let entry = self.state.endpoints.get_mut(name).expect("checked above");
+        entry.ports.retain(|m| !seen.contains(m));
+        self.save()?;
+        tracing::info!("endpoint {name}: unpublished {}", list(&removed));
+        Ok(removed)
+    }
+
+    pub fn ports(&self, endpoint: Option<&str>) -> Result<Vec<PortEntry>, Error> {
+        if let Some(name) = endpoint {
+            self.endpoint(name)?;
+        }
+        Ok(self
+            .state
+            .mappings()
+            .filter(|(e, _)| endpoint.is_none_or(|n| n == e.name))
+            .map(|(e, m)| PortEntry {
+                endpoint: e.name.clone(),
+                mapping: *m,
+            })
+            .collect())
+    }
+
+    /// The mappings of `specs`, with random host ports drawn from the host's ephemeral range;
+    /// fails when one clashes with a published port or with another of them.
+    pub(super) fn draw_mappings(&self, specs: &[PortSpec]) -> Result<Vec<PortMapping>, Error> {
+        let (lo, hi) = ephemeral_range();
+        let mut table = PortTable::new(self.state.mappings().map(|(_, m)| *m), (lo, hi));
+        let mut out = Vec::new();
+        for spec in specs {
+            let mappings = spec
+                .mappings(|proto, host_ip| {
+                    table
+                        .draw(proto, host_ip)
+                        .ok_or_else(|| format!("no free {proto} host port in {lo}-{hi}"))
+                })
+                .map_err(Error::Conflict)?;
+            // Drawn ports are free and taken by the draw; given ones are checked here.
+            for m in mappings.iter().filter(|_| spec.host_ports.is_some()) {
+                if let Some(clash) = table.clash(m) {
+                    let who = match clash {
+                        Clash::Published => "already published",
+                        Clash::Repeated => "given twice",
+                    };
+                    let ip = m.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
+                    return Err(Error::Conflict(format!(
+                        "port {ip}:{}/{} is {who}",
+                        m.host_port, m.proto
+                    )));
+                }
+                table.insert(m);
+            }
+            out.extend(mappings);
+        }
+        Ok(out)
+    }
+}
+
+pub(super) fn parse_specs(specs: &[String]) -> Result<Vec<PortSpec>, Error> {
+    specs.iter().map(|s| s.parse().map_err(bad)).collect()
+}
+
+/// Whether an unpublish SPEC names mapping `m`: same protocol and endpoint port, and the same
+/// host port and address where the SPEC gives them.
+fn matches(spec: &PortSpec, m: &PortMapping) -> bool {
+    if !(spec.ports.0..=spec.ports.1).contains(&m.port) {
+        return false;
+    }
+    let i = m.port - spec.ports.0;
+    spec.proto == m.proto
+        && spec.host_ports.is_none_or(|(h, _)| h + i == m.host_port)
+        && (spec.host_ip.is_none() || spec.host_ip == m.host_ip)
+}
+
+fn spec_string(spec: &PortSpec) -> String {
+    let (a, b) = spec.ports;
+    let ports = if a == b {
+        a.to_string()
+    } else {
+        format!("{a}-{b}")
+    };
+    format!("{ports}/{}", spec.proto)
+}
+
+fn list(mappings: &[PortMapping]) -> String {
+    mappings
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub(super) fn wire_proto(proto: Proto) -> datapath::Proto {
+    match proto {
+        Proto::Tcp => datapath::Proto::Tcp,
+        Proto::Udp => datapath::Proto::Udp,
+    }
+}
+
+/// The host's ephemeral port range, from which `-P` and `IP::CPORT` draw host ports.
+fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|p| p.parse::<u16>());
+            Some((it.next()?.ok()?, it.next()?.ok()?))
+        })
+        .unwrap_or((32768, 60999))
+}
