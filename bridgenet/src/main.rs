@@ -49,8 +49,12 @@ enum Command {
         /// /run/docker/plugins/bridgenet.sock]
         #[arg(long)]
         docker_socket: Option<PathBuf>,
+        /// Serve Prometheus metrics on http://ADDR:PORT/metrics (off by default; any address
+        /// given is served, as Docker's metrics-addr: 127.0.0.1 keeps them on the host).
+        #[arg(long, value_name = "ADDR:PORT")]
+        metrics: Option<std::net::SocketAddr>,
         /// A JSON file with the same options (keys socket, state-dir, bpffs, uplinks, xdp,
-        /// conntrack-max, docker, docker-socket); flags win.
+        /// conntrack-max, docker, docker-socket, metrics); flags win.
         #[arg(long)]
         config: Option<PathBuf>,
         /// Remove everything bridgenet created in this namespace, then exit.
@@ -124,6 +128,7 @@ fn run(cli: Cli) -> Result<()> {
             conntrack_max,
             docker,
             docker_socket,
+            metrics,
             config,
             cleanup,
         } => {
@@ -171,6 +176,9 @@ fn run(cli: Cli) -> Result<()> {
                     .into_iter()
                     .map(|socket| (socket, bridgenet::docker::router as daemon::MakeRouter))
                     .collect(),
+                metrics: metrics
+                    .or(config.metrics)
+                    .map(|addr| (addr, bridgenet::metrics::router as daemon::MakeRouter)),
             };
             if cleanup {
                 daemon::cleanup(options)

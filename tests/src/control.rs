@@ -384,6 +384,26 @@ impl ControlLab {
         name
     }
 
+    /// Endpoint `name` on the default network in a namespace of its own, with the given `-p`
+    /// options; returns its namespace.
+    pub fn endpoint(&mut self, name: &str, publish: &[&str]) -> String {
+        let ns = self.netns_name(name);
+        let mut args = vec![
+            "endpoint",
+            "create",
+            name,
+            "--network",
+            "bridge",
+            "--netns",
+            &ns,
+        ];
+        for p in publish {
+            args.extend(["-p", p]);
+        }
+        self.ok(&args);
+        ns
+    }
+
     /// Runs a program in a named namespace and returns its output.
     pub fn exec_in(&self, netns: &str, program: &str, args: &[&str]) -> Output {
         Command::new("ip")

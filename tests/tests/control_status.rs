@@ -34,11 +34,14 @@ fn program<'a>(s: &'a Value, program: &str, iface: &str) -> &'a Value {
 #[test]
 fn status_names_a_displaced_program_until_the_daemon_puts_it_back() {
     let mut lab = ControlLab::up();
-    let ns = lab.netns_name("ep1");
-    lab.ok(&["endpoint", "create", "ep1", "--network", "bridge", "--netns", &ns]);
+    lab.endpoint("ep1", &[]);
     // A known drop: the world straight to an endpoint.
     let world = lab.topo.ns("world").name().to_owned();
-    lab.exec_in(&world, "ip", &["route", "add", "172.17.0.0/16", "via", "198.18.0.2"]);
+    lab.exec_in(
+        &world,
+        "ip",
+        &["route", "add", "172.17.0.0/16", "via", "198.18.0.2"],
+    );
     assert!(refused(&world, "172.17.0.2:81"));
 
     let (ok, s, stderr) = status(&lab);
@@ -58,7 +61,10 @@ fn status_names_a_displaced_program_until_the_daemon_puts_it_back() {
     let xdp = program(&s, "uplink_xdp", "uplink0");
     assert_eq!(xdp["attached"], true);
     let xdp_mode = xdp["mode"].as_str().unwrap().to_owned();
-    assert!(xdp_mode == "xdp native" || xdp_mode == "xdp generic", "{xdp}");
+    assert!(
+        xdp_mode == "xdp native" || xdp_mode == "xdp generic",
+        "{xdp}"
+    );
     assert_eq!(s["uplinks"][0]["name"], "uplink0");
     assert_eq!(s["uplinks"][0]["addr"], "198.18.0.2");
     assert_eq!(s["uplinks"][0]["xdp"], xdp_mode.trim_start_matches("xdp "));
@@ -78,6 +84,7 @@ fn status_names_a_displaced_program_until_the_daemon_puts_it_back() {
         "the drop in the last minute: {drops:?}"
     );
     kernel_note!("tc attach mode {tc_mode}, uplink_xdp {xdp_mode}");
+    eprintln!("{}", lab.ok(&["status"]));
 
     // Someone detaches uplink_xdp and puts an XDP program of their own on the uplink: the
     // daemon cannot attach its own again while that one holds the hook.
@@ -85,14 +92,22 @@ fn status_names_a_displaced_program_until_the_daemon_puts_it_back() {
     let pin = std::fs::read_dir(lab.bpffs())
         .unwrap()
         .flatten()
-        .find(|e| e.file_name().to_string_lossy().starts_with("link_uplink_xdp_uplink0_"))
+        .find(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("link_uplink_xdp_uplink0_")
+        })
         .expect("uplink_xdp's pinned link");
     let out = std::process::Command::new("bpftool")
         .args(["link", "detach", "pinned"])
         .arg(pin.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let host = lab.topo.ns("host").name().to_owned();
     let mut intruder = Datapath::load().unwrap();
     enter(&host, || intruder.attach_xdp_count("uplink0").unwrap());
@@ -134,7 +149,8 @@ fn status_names_a_displaced_program_until_the_daemon_puts_it_back() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(
-        lab.log().contains("uplink_xdp was detached from uplink0 by someone else"),
+        lab.log()
+            .contains("uplink_xdp was detached from uplink0 by someone else"),
         "{}",
         lab.log()
     );

@@ -24,22 +24,27 @@ pub async fn call<T: DeserializeOwned>(
 }
 
 /// `GET path` of a streamed listing (newline-delimited JSON): calls `each` with every line as
-/// it arrives, so that nothing waits for, or holds, the whole listing. A line
-/// `{"error": ...}` (the daemon failed midway) ends it with that error.
+/// it arrives, and `flush` after each piece the daemon sent, so that nothing waits for, or
+/// holds, the whole listing. A line `{"error": ...}` (the daemon failed midway) ends it with
+/// that error.
 pub async fn stream<T: DeserializeOwned>(
     socket: &Path,
     path: &str,
     mut each: impl FnMut(T) -> Result<()>,
+    mut flush: impl FnMut() -> Result<()>,
 ) -> Result<()> {
     let mut body = request(socket, Method::GET, path, None::<&()>)
         .await?
         .into_body();
     let mut pending: Vec<u8> = Vec::new();
     let mut line = |line: &[u8]| -> Result<()> {
-        if let Ok(err) = serde_json::from_slice::<ErrorBody>(line) {
-            bail!("{}", err.error);
+        match serde_json::from_slice(line) {
+            Ok(item) => each(item),
+            Err(err) => match serde_json::from_slice::<ErrorBody>(line) {
+                Ok(daemon) => bail!("{}", daemon.error),
+                Err(_) => Err(err).context("decoding the daemon's answer"),
+            },
         }
-        each(serde_json::from_slice(line).context("decoding the daemon's answer")?)
     };
     while let Some(frame) = body.frame().await {
         let Ok(data) = frame.context("reading the daemon's answer")?.into_data() else {
@@ -52,6 +57,7 @@ pub async fn stream<T: DeserializeOwned>(
             start += end + 1;
         }
         pending.drain(..start);
+        flush()?;
     }
     if !pending.is_empty() {
         line(&pending)?;

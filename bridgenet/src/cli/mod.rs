@@ -15,8 +15,8 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{
     api::{
-        CtQuery, Endpoint, EndpointCreate, Flow, FlowCount, Network, NetworkCreate, PortEntry, PortMapping, PortSpecs,
-        Stat, client,
+        CtQuery, Endpoint, EndpointCreate, Flow, FlowCount, Network, NetworkCreate, PortEntry,
+        PortMapping, PortSpecs, Stat, client,
     },
     datapath::conntrack::FlowFilter,
     state::{Mode, PortSpec, check_name, ports::parse_expose},
@@ -462,18 +462,25 @@ fn ct_ls(socket: &Path, l: CtLs) -> Result<()> {
         return Ok(());
     }
     // Printed as the lines arrive: a full table is never held here.
-    let mut out = std::io::stdout().lock();
+    let out = std::cell::RefCell::new(std::io::BufWriter::new(std::io::stdout().lock()));
     let mut n = 0u64;
-    block_on(client::stream(socket, &path, |f: Flow| {
-        if l.json {
-            let sep = if n == 0 { "[\n" } else { ",\n" };
-            write!(out, "{sep}{}", serde_json::to_string(&f)?)?;
-        } else {
-            writeln!(out, "{}", ct_line(&f))?;
-        }
-        n += 1;
-        Ok(())
-    }))?;
+    block_on(client::stream(
+        socket,
+        &path,
+        |f: Flow| {
+            let mut out = out.borrow_mut();
+            if l.json {
+                let sep = if n == 0 { "[\n" } else { ",\n" };
+                write!(out, "{sep}{}", serde_json::to_string(&f)?)?;
+            } else {
+                writeln!(out, "{}", ct_line(&f))?;
+            }
+            n += 1;
+            Ok(())
+        },
+        || Ok(out.borrow_mut().flush()?),
+    ))?;
+    let mut out = out.into_inner();
     if l.json {
         writeln!(out, "{}", if n == 0 { "[]" } else { "\n]" })?;
     }

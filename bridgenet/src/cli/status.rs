@@ -27,10 +27,7 @@ fn print(s: &Status) {
     } else {
         "UNHEALTHY"
     };
-    println!(
-        "bridgenet {}  up {}s  {health}",
-        s.version, s.uptime_secs
-    );
+    println!("bridgenet {}  up {}s  {health}", s.version, s.uptime_secs);
     for p in &s.problems {
         println!("  problem: {p}");
     }

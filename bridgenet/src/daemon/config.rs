@@ -24,6 +24,8 @@ pub struct Config {
     pub docker: bool,
     /// Where (default /run/docker/plugins/bridgenet.sock).
     pub docker_socket: Option<PathBuf>,
+    /// `--metrics ADDR:PORT`.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -51,6 +53,9 @@ mod tests {
             serde_json::from_str(r#"{"docker": true, "docker-socket": "/tmp/d.sock"}"#).unwrap();
         assert!(docker.docker);
         assert_eq!(docker.docker_socket, Some(PathBuf::from("/tmp/d.sock")));
+        let metrics: Config = serde_json::from_str(r#"{"metrics": "127.0.0.1:9464"}"#).unwrap();
+        assert_eq!(metrics.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+        assert!(serde_json::from_str::<Config>(r#"{"metrics": "localhost"}"#).is_err());
         let err = serde_json::from_str::<Config>(r#"{"state_dir": "/tmp/s"}"#).unwrap_err();
         assert!(
             err.to_string().contains("unknown field `state_dir`"),

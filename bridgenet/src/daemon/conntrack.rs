@@ -16,8 +16,8 @@ use crate::{
     },
 };
 
-/// Flows per line of NDJSON sent together: a chunk of about 20 KB.
-const LINES_PER_CHUNK: usize = 64;
+/// Flows (one line of NDJSON each) sent together: a chunk of about 80 KB.
+const LINES_PER_CHUNK: usize = 256;
 /// Chunks on their way to the client: with the chunk size, what a listing holds in memory.
 const CHUNKS_IN_FLIGHT: usize = 4;
 
@@ -43,7 +43,9 @@ pub fn stream_flows(
             lines += 1;
             if lines == LINES_PER_CHUNK {
                 lines = 0;
-                gone = tx.blocking_send(Bytes::from(std::mem::take(&mut chunk))).is_err();
+                gone = tx
+                    .blocking_send(Bytes::from(std::mem::take(&mut chunk)))
+                    .is_err();
             }
             !gone
         });
@@ -91,7 +93,7 @@ fn api_flow(t: &Tracked) -> Flow {
     }
 }
 
-pub(super) fn proto_name(proto: u8) -> String {
+pub fn proto_name(proto: u8) -> String {
     match proto {
         1 => "icmp".into(),
         6 => "tcp".into(),
@@ -112,24 +114,6 @@ fn tuple(key: &CtKey, entry: &CtEntry) -> Tuple {
 }
 
 impl Daemon {
-    /// Every flow with both its directions, as the datapath tracks it now.
-    fn tracked(&self) -> Result<Vec<Tracked>> {
-        self.dp.flows_at(monotonic_ns())
-    }
-
-    pub fn flows(&self) -> Result<Vec<Flow>, Error> {
-        let mut flows: Vec<Flow> = self.tracked()?.iter().map(api_flow).collect();
-        flows.sort_by_key(|f| {
-            (
-                f.original.src,
-                f.original.sport,
-                f.original.dst,
-                f.original.dport,
-            )
-        });
-        Ok(flows)
-    }
-
     /// What a listing needs from the daemon, taken under its lock; the walk itself runs
     /// without it (`stream_flows`, `count_flows`).
     pub fn flow_listing(&self, q: &CtQuery) -> Result<(CtReader, FlowFilter), Error> {
@@ -149,7 +133,9 @@ impl Daemon {
 
     /// Removes expired flows (both directions) and orphaned entries, and recounts the table.
     pub(super) fn conntrack_gc(&mut self) -> Result<()> {
+        let start = std::time::Instant::now();
         let report = self.dp.gc()?;
+        self.observed.gc_done(start.elapsed(), report);
         if report.flows_expired + report.orphans_removed > 0 {
             tracing::debug!("conntrack gc: {report:?}");
         }

@@ -12,11 +12,10 @@ use bridgenet_common::programs;
 use super::{Daemon, Error, attachments::Attachment, conntrack::proto_name};
 use crate::{
     api::{
-        ConntrackStatus, FlowsInState, GcPass, MapStatus, ProgramStatus, Stat, Status,
-        UplinkStatus,
+        ConntrackStatus, FlowsInState, GcPass, MapStatus, ProgramStatus, Stat, Status, UplinkStatus,
     },
     datapath::{
-        Hook,
+        Hook, MapFill,
         conntrack::{Census, CtReader, GcReport, monotonic_ns},
         tcx_supported,
     },
@@ -32,6 +31,7 @@ const SNAPSHOTS: usize = 8;
 pub struct Observed {
     started: Instant,
     last_gc: Option<(Instant, Duration, GcReport)>,
+    gc_totals: GcTotals,
     /// (when, every non-zero counter), oldest first.
     snapshots: VecDeque<(Instant, Vec<Stat>)>,
     docker: Option<PathBuf>,
@@ -42,6 +42,7 @@ impl Observed {
         Self {
             started: Instant::now(),
             last_gc: None,
+            gc_totals: GcTotals::default(),
             snapshots: VecDeque::new(),
             docker,
         }
@@ -49,11 +50,33 @@ impl Observed {
 
     pub fn gc_done(&mut self, took: Duration, report: GcReport) {
         self.last_gc = Some((Instant::now(), took, report));
+        let t = &mut self.gc_totals;
+        t.passes += 1;
+        t.flows_expired += report.flows_expired as u64;
+        t.orphans_removed += report.orphans_removed as u64;
+        t.last_duration = took;
     }
+}
 
-    pub fn last_gc(&self) -> Option<(Instant, Duration, GcReport)> {
-        self.last_gc
-    }
+/// GC since the daemon started.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GcTotals {
+    pub passes: u64,
+    pub flows_expired: u64,
+    pub orphans_removed: u64,
+    pub last_duration: Duration,
+}
+
+/// What the metrics read under the daemon's lock (the conntrack census comes after, from
+/// the reader, without it).
+pub struct Observation {
+    pub stats: Vec<Stat>,
+    pub maps: Vec<MapFill>,
+    /// Flows the conntrack table may hold.
+    pub conntrack_limit: u64,
+    /// (name, address) of each uplink.
+    pub uplinks: Vec<(String, std::net::Ipv4Addr)>,
+    pub gc: GcTotals,
 }
 
 fn hook_name(hook: Hook) -> &'static str {
@@ -65,8 +88,26 @@ fn hook_name(hook: Hook) -> &'static str {
 }
 
 impl Daemon {
+    /// What the metrics report, and a reader for the conntrack census.
+    pub fn observe(&self) -> Result<(Observation, CtReader), Error> {
+        Ok((
+            Observation {
+                stats: self.stats()?,
+                maps: self.dp.map_fill()?,
+                conntrack_limit: self.dp.conntrack_usage()?.1 / 2,
+                uplinks: self
+                    .uplinks
+                    .iter()
+                    .map(|u| (u.name.clone(), u.addr))
+                    .collect(),
+                gc: self.observed.gc_totals,
+            },
+            self.dp.conntrack_reader()?,
+        ))
+    }
+
     /// Keeps a snapshot of the counters (every GC tick), for the drops of the last minute.
-    pub(super) fn snapshot_counters(&mut self) -> anyhow::Result<()> {
+    pub(super) fn snapshot_counters(&mut self) -> Result<(), Error> {
         let now = self.stats()?;
         let ring = &mut self.observed.snapshots;
         ring.push_back((Instant::now(), now));
@@ -184,32 +225,35 @@ impl Daemon {
         let (_, limit) = self.dp.conntrack_usage()?;
         let stats = self.stats()?;
         let (drops, window_secs) = self.recent_drops(&stats);
-        Ok(Status {
-            version: env!("CARGO_PKG_VERSION").into(),
-            uptime_secs: self.observed.started.elapsed().as_secs(),
-            problems,
-            uplinks,
-            programs: program_rows,
-            maps,
-            conntrack: ConntrackStatus {
-                flows: 0,
-                limit: limit / 2,
-                by_state: Vec::new(),
-                last_gc: self.observed.last_gc.map(|(at, took, r)| GcPass {
-                    secs_ago: at.elapsed().as_secs(),
-                    duration_ms: took.as_millis() as u64,
-                    flows_expired: r.flows_expired as u64,
-                    orphans_removed: r.orphans_removed as u64,
-                }),
+        Ok((
+            Status {
+                version: env!("CARGO_PKG_VERSION").into(),
+                uptime_secs: self.observed.started.elapsed().as_secs(),
+                problems,
+                uplinks,
+                programs: program_rows,
+                maps,
+                conntrack: ConntrackStatus {
+                    flows: 0,
+                    limit: limit / 2,
+                    by_state: Vec::new(),
+                    last_gc: self.observed.last_gc.map(|(at, took, r)| GcPass {
+                        secs_ago: at.elapsed().as_secs(),
+                        duration_ms: took.as_millis() as u64,
+                        flows_expired: r.flows_expired as u64,
+                        orphans_removed: r.orphans_removed as u64,
+                    }),
+                },
+                drops,
+                window_secs,
+                docker: self
+                    .observed
+                    .docker
+                    .as_ref()
+                    .map(|p| p.display().to_string()),
             },
-            drops,
-            window_secs,
-            docker: self
-                .observed
-                .docker
-                .as_ref()
-                .map(|p| p.display().to_string()),
-        }, self.dp.conntrack_reader()?))
+            self.dp.conntrack_reader()?,
+        ))
     }
 }
 

@@ -134,10 +134,10 @@ impl FlowFilter {
     ) -> Result<Self, String> {
         let addr = |what: &str, v: Option<&str>| {
             v.map(|s| {
-                    s.parse::<Ipv4Addr>()
-                        .map_err(|_| format!("invalid {what} {s:?} (expected an IPv4 address)"))
-                })
-                .transpose()
+                s.parse::<Ipv4Addr>()
+                    .map_err(|_| format!("invalid {what} {s:?} (expected an IPv4 address)"))
+            })
+            .transpose()
         };
         Ok(Self {
             addr: None,
@@ -213,8 +213,9 @@ impl Flow {
     fn of(original: (CtKey, CtEntry), reply: (CtKey, CtEntry), now_ns: u64) -> Self {
         let (key, entry) = original;
         let state = state_of(key.proto, &entry, &reply.1);
-        let idle =
-            Duration::from_nanos(now_ns.saturating_sub(entry.last_seen_ns.max(reply.1.last_seen_ns)));
+        let idle = Duration::from_nanos(
+            now_ns.saturating_sub(entry.last_seen_ns.max(reply.1.last_seen_ns)),
+        );
         Self {
             original,
             reply,

@@ -93,7 +93,7 @@ impl Datapath {
                 self.ebpf.map(name),
                 Some(Map::Array(_) | Map::PerCpuArray(_) | Map::RingBuf(_))
             );
-            let (entries, max_entries) = if *name == maps::CONNTRACK {
+            let (entries, max_entries) = if name == maps::CONNTRACK {
                 let (entries, limit) = self.conntrack_usage()?;
                 (Some(entries), limit)
             } else if hashed {

@@ -21,6 +21,8 @@ use ipnet::Ipv4Net;
 
 mod attach;
 mod control;
+mod inspect;
+pub use inspect::MapFill;
 pub mod host_access;
 pub mod layout;
 pub use attach::Hook;

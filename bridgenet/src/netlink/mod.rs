@@ -10,7 +10,9 @@ use rtnetlink::{
     Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
         address::AddressAttribute,
-        link::{InfoKind, LinkAttribute, LinkInfo, LinkLayerType, LinkMessage, LinkXdp, XdpAttached},
+        link::{
+            InfoKind, LinkAttribute, LinkInfo, LinkLayerType, LinkMessage, LinkXdp, XdpAttached,
+        },
         route::{RouteAddress, RouteAttribute, RouteType},
         tc::{TcAttribute, TcFilterBpfOption, TcOption},
     },
