@@ -53,8 +53,12 @@ enum Command {
         /// given is served, as Docker's metrics-addr: 127.0.0.1 keeps them on the host).
         #[arg(long, value_name = "ADDR:PORT")]
         metrics: Option<std::net::SocketAddr>,
+        /// Log lines as text or as one JSON object each (journald, log shippers)
+        /// [default: text]
+        #[arg(long, value_enum)]
+        log_format: Option<daemon::config::LogFormat>,
         /// A JSON file with the same options (keys socket, state-dir, bpffs, uplinks, xdp,
-        /// conntrack-max, docker, docker-socket, metrics); flags win.
+        /// conntrack-max, docker, docker-socket, metrics, log-format); flags win.
         #[arg(long)]
         config: Option<PathBuf>,
         /// Remove everything bridgenet created in this namespace, then exit.
@@ -129,6 +133,7 @@ fn run(cli: Cli) -> Result<()> {
             docker,
             docker_socket,
             metrics,
+            log_format,
             config,
             cleanup,
         } => {
@@ -183,14 +188,18 @@ fn run(cli: Cli) -> Result<()> {
             if cleanup {
                 daemon::cleanup(options)
             } else {
-                tracing_subscriber::fmt()
+                let logs = tracing_subscriber::fmt()
                     .with_writer(std::io::stderr)
-                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                     .with_env_filter(
                         tracing_subscriber::EnvFilter::try_from_default_env()
                             .unwrap_or_else(|_| "info".into()),
-                    )
-                    .init();
+                    );
+                match log_format.or(config.log_format).unwrap_or_default() {
+                    daemon::config::LogFormat::Text => logs
+                        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                        .init(),
+                    daemon::config::LogFormat::Json => logs.json().init(),
+                }
                 daemon::run(options)
             }
         }

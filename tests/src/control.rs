@@ -404,6 +404,27 @@ impl ControlLab {
         ns
     }
 
+    /// Detaches `program` from `iface` as an operator would, `bpftool link detach` on the link
+    /// the daemon pinned (XDP always; TC with tcx, Linux 6.6+).
+    pub fn detach_link(&self, program: &str, iface: &str) {
+        let prefix = format!("link_{program}_{iface}_");
+        let pin = std::fs::read_dir(self.bpffs())
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .unwrap_or_else(|| panic!("no pinned link of {program} on {iface}"));
+        let out = Command::new("bpftool")
+            .args(["link", "detach", "pinned"])
+            .arg(pin.path())
+            .output()
+            .expect("bpftool");
+        assert!(
+            out.status.success(),
+            "detaching {program} from {iface}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Runs a program in a named namespace and returns its output.
     pub fn exec_in(&self, netns: &str, program: &str, args: &[&str]) -> Output {
         Command::new("ip")

@@ -89,25 +89,7 @@ fn status_names_a_displaced_program_until_the_daemon_puts_it_back() {
     // Someone detaches uplink_xdp and puts an XDP program of their own on the uplink: the
     // daemon cannot attach its own again while that one holds the hook.
     lab.freeze(true);
-    let pin = std::fs::read_dir(lab.bpffs())
-        .unwrap()
-        .flatten()
-        .find(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("link_uplink_xdp_uplink0_")
-        })
-        .expect("uplink_xdp's pinned link");
-    let out = std::process::Command::new("bpftool")
-        .args(["link", "detach", "pinned"])
-        .arg(pin.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    lab.detach_link("uplink_xdp", "uplink0");
     let host = lab.topo.ns("host").name().to_owned();
     let mut intruder = Datapath::load().unwrap();
     enter(&host, || intruder.attach_xdp_count("uplink0").unwrap());

@@ -560,3 +560,43 @@ fn metrics_agree_with_stats_and_ct_ls_after_known_traffic() {
         "{text}"
     );
 }
+
+#[test]
+fn json_logs_are_one_object_a_line_and_name_their_objects() {
+    let mut lab = ControlLab::up_with_config("on", serde_json::json!({"log-format": "json"}));
+    lab.endpoint("ep1", &["8080:80"]);
+    // Someone detaches uplink_xdp: the daemon's warning names the program and the interface.
+    lab.detach_link("uplink_xdp", "uplink0");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !lab.log().contains("by someone else") {
+        assert!(Instant::now() < deadline, "no warning:\n{}", lab.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let lines: Vec<Value> = lab
+        .log()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    for l in &lines {
+        assert!(
+            l["level"].is_string() && l["fields"]["message"].is_string(),
+            "{l}"
+        );
+    }
+    let has = |level: &str, message: &str| {
+        lines.iter().find(|l| {
+            l["level"] == level && l["fields"]["message"].as_str().unwrap().contains(message)
+        })
+    };
+    assert!(has("INFO", "endpoint ep1 created").is_some(), "{lines:#?}");
+    let warning = has("WARN", "uplink_xdp was detached from uplink0").expect("the warning");
+    assert_eq!(warning["fields"]["program"], "uplink_xdp");
+    assert_eq!(warning["fields"]["interface"], "uplink0");
+
+    // A format it does not know: one line, nothing started.
+    let out = lab.cli(&["daemon", "--log-format", "xml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("xml"), "{stderr}");
+}

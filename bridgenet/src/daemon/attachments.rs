@@ -102,6 +102,8 @@ impl Daemon {
         for a in self.attachments() {
             if !self.attached(&a, &links).await? {
                 tracing::warn!(
+                    program = a.program,
+                    interface = a.iface,
                     "{} was detached from {} by someone else: attaching it again",
                     a.program,
                     a.iface
@@ -111,6 +113,8 @@ impl Daemon {
                 match self.attach(&a) {
                     Ok(()) => restored += 1,
                     Err(err) => tracing::warn!(
+                        program = a.program,
+                        interface = a.iface,
                         "{} on {}: cannot attach it again: {err:#}",
                         a.program,
                         a.iface
