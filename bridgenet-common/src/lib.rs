@@ -158,6 +158,17 @@ pub struct Uplink {
     pub addr: u32,
 }
 
+/// Key of the `NON_MASQUERADE` LPM trie: a network (`Subnet::network`) and a remote address,
+/// network byte order. The network's endpoints reach the remote prefixes it holds with their
+/// own addresses, and those prefixes reach them directly (CNI's `nonMasqueradeCIDRs`). The
+/// prefix length counts the network's 32 bits too.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct NonMasqueradeKey {
+    pub network: u32,
+    pub addr: u32,
+}
+
 /// A managed subnet, value of the `SUBNETS` LPM trie.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
@@ -483,8 +494,9 @@ pub mod maps {
     pub const FILTER_STATE: &str = "FILTER_STATE";
     pub const FILTER_HITS: &str = "FILTER_HITS";
     pub const EMBRYOS: &str = "EMBRYOS";
+    pub const NON_MASQUERADE: &str = "NON_MASQUERADE";
     /// Every map, for pinning.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 17] = [
         EMBRYOS,
         FILTER,
         FILTER_STATE,
@@ -501,6 +513,7 @@ pub mod maps {
         STATS,
         HOST_ACCESS_CONFIG,
         HOST_PEERS,
+        NON_MASQUERADE,
     ];
 }
 
@@ -544,6 +557,7 @@ mod user {
     unsafe impl aya::Pod for super::PublishTarget {}
     unsafe impl aya::Pod for super::Uplink {}
     unsafe impl aya::Pod for super::Subnet {}
+    unsafe impl aya::Pod for super::NonMasqueradeKey {}
     unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::NatConfig {}
     unsafe impl aya::Pod for super::HostAccessConfig {}

@@ -1,7 +1,8 @@
 //! Early drop in XDP on the uplinks, before the stack spends anything on a packet that must
 //! not get in: packets from outside for the loopback range (CVE-2020-8558), packets that claim
 //! the source address of a managed subnet, and packets sent straight to an endpoint of a
-//! masqueraded network instead of through a published port.
+//! masqueraded network instead of through a published port (unless the network takes that
+//! source unmasqueraded, `NON_MASQUERADE`).
 //! uplink_ingress (TC) repeats the check: one program detached by someone else is not a hole.
 //! Both need only the IPv4 header, so they hold whatever follows it; a packet for an endpoint
 //! whose L4 header cannot be read is then dropped too (`unjudged`).
@@ -45,7 +46,10 @@ pub fn check(saddr: u32, daddr: u32) -> u32 {
         return outcome::DROP_SPOOFED;
     }
     match nat::subnet_of(daddr) {
-        Some(subnet) if subnet.masquerade != 0 => outcome::DROP_ENDPOINT_DIRECT,
+        // Unless the source is one the network talks to unmasqueraded (another node's pods).
+        Some(subnet) if subnet.masquerade != 0 && !nat::non_masquerade(subnet.network, saddr) => {
+            outcome::DROP_ENDPOINT_DIRECT
+        }
         _ => outcome::PASSED,
     }
 }

@@ -215,8 +215,10 @@ pub fn uplink_egress(mut ctx: TcContext) -> i32 {
 #[inline(always)]
 fn uplink_egress_ipv4(ctx: &mut TcContext, packet: &Packet, nat_addr: u32) -> u32 {
     let managed = nat::subnet_of(packet.key.saddr);
-    let result = uplink_egress_translate(ctx, packet, nat_addr, managed);
-    if managed.is_some() && result != outcome::SNAT && !outcome::is_drop(result) {
+    // To a non-masquerade destination (another node's pods) an endpoint's own address leaves.
+    let direct = managed.is_some_and(|s| nat::non_masquerade(s.network, packet.key.daddr));
+    let result = uplink_egress_translate(ctx, packet, nat_addr, managed, direct);
+    if managed.is_some() && !direct && result != outcome::SNAT && !outcome::is_drop(result) {
         return outcome::DROP_UNTRANSLATABLE;
     }
     result
@@ -228,10 +230,11 @@ fn uplink_egress_translate(
     packet: &Packet,
     nat_addr: u32,
     managed: Option<&Subnet>,
+    direct: bool,
 ) -> u32 {
     if packet.fragment {
         // Fragments of endpoint flows are dropped (and counted), never sent untranslated.
-        return if managed.is_some() {
+        return if managed.is_some() && !direct {
             outcome::DROP_FRAGMENT
         } else {
             outcome::PASSED
@@ -248,6 +251,8 @@ fn uplink_egress_translate(
         return result;
     }
     match managed {
+        // Not translated, so nothing to track (replies of published flows were handled above).
+        Some(_) if direct => outcome::PASSED,
         // An endpoint's segment of a connection no longer tracked (its flow expired or was
         // revoked): it would leave from a new port, or worse from a published one.
         Some(_) if !conntrack::opens_flow(packet) => outcome::DROP_UNTRACKED,

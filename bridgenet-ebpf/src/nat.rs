@@ -8,8 +8,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use bridgenet_common::{
-    CtEntry, CtKey, NatConfig, PublishKey, PublishTarget, Subnet, Uplink, action, ct_flags,
-    direction, outcome,
+    CtEntry, CtKey, NatConfig, NonMasqueradeKey, PublishKey, PublishTarget, Subnet, Uplink, action,
+    ct_flags, direction, outcome,
 };
 
 use crate::{
@@ -27,6 +27,12 @@ pub static UPLINKS: HashMap<u32, Uplink> = HashMap::with_max_entries(64, 0);
 /// Managed subnets, by prefix.
 #[map]
 pub static SUBNETS: LpmTrie<u32, Subnet> = LpmTrie::with_max_entries(1024, BPF_F_NO_PREALLOC);
+
+/// Remote prefixes each network reaches with its endpoints' own addresses (no masquerade),
+/// and that reach its endpoints directly: a cluster's pod and node CIDRs.
+#[map]
+pub static NON_MASQUERADE: LpmTrie<NonMasqueradeKey, u32> =
+    LpmTrie::with_max_entries(1024, BPF_F_NO_PREALLOC);
 
 /// The host's own addresses: a port published on any address answers on each of them.
 #[map]
@@ -48,6 +54,19 @@ pub fn uplink_addr(ifindex: u32) -> Option<u32> {
 #[inline(always)]
 pub fn subnet_of(addr: u32) -> Option<&'static Subnet> {
     SUBNETS.get(Key::new(32, addr))
+}
+
+/// Whether endpoints of `network` and `remote` talk with their own addresses.
+#[inline(always)]
+pub fn non_masquerade(network: u32, remote: u32) -> bool {
+    let key = Key::new(
+        64,
+        NonMasqueradeKey {
+            network,
+            addr: remote,
+        },
+    );
+    NON_MASQUERADE.get(key).is_some()
 }
 
 #[inline(always)]

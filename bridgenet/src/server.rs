@@ -15,8 +15,9 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio::sync::Mutex;
 
 use crate::api::{
-    CtQuery, Endpoint, EndpointCreate, ErrorBody, FilterCreate, FilterEntry, FlowCount, Network,
-    NetworkCreate, PortEntry, PortMapping, PortSpecs, Stat, Status,
+    CniAdd, CniAttached, CniAttachment, CniGc, CtQuery, Endpoint, EndpointCreate, ErrorBody,
+    FilterCreate, FilterEntry, FlowCount, Network, NetworkCreate, PortEntry, PortMapping,
+    PortSpecs, Stat, Status,
 };
 use crate::daemon::{self, Daemon, Error, Options};
 
@@ -124,6 +125,12 @@ pub fn router(daemon: Arc<Mutex<Daemon>>, _options: &Options) -> Router {
         .route("/endpoints/{name}/publish", post(publish))
         .route("/endpoints/{name}/unpublish", post(unpublish))
         .route("/ports", get(ports))
+        .route("/cni/attachments", post(cni_add))
+        .route(
+            "/cni/attachments/{container_id}/{ifname}",
+            get(cni_check).delete(cni_del),
+        )
+        .route("/cni/gc", post(cni_gc))
         .route("/filters", get(filters).post(filter_add))
         .route("/filters/{id}", delete(filter_rm))
         .route("/stats", get(stats))
@@ -235,4 +242,34 @@ async fn filter_add(State(d): Shared, Json(req): Json<FilterCreate>) -> Reply<Fi
 
 async fn filter_rm(State(d): Shared, Path(id): Path<String>) -> Reply<FilterEntry> {
     Ok(Json(d.lock().await.filter_rm(&id)?))
+}
+
+async fn cni_add(State(d): Shared, Json(req): Json<CniAdd>) -> Reply<CniAttached> {
+    Ok(Json(d.lock().await.cni_add(req).await?))
+}
+
+async fn cni_check(
+    State(d): Shared,
+    Path((container_id, ifname)): Path<(String, String)>,
+) -> Reply<CniAttached> {
+    let a = CniAttachment {
+        container_id,
+        ifname,
+    };
+    Ok(Json(d.lock().await.cni_check(&a).await?))
+}
+
+async fn cni_del(
+    State(d): Shared,
+    Path((container_id, ifname)): Path<(String, String)>,
+) -> Reply<Option<Endpoint>> {
+    let a = CniAttachment {
+        container_id,
+        ifname,
+    };
+    Ok(Json(d.lock().await.cni_del(&a).await?))
+}
+
+async fn cni_gc(State(d): Shared, Json(req): Json<CniGc>) -> Reply<Vec<Endpoint>> {
+    Ok(Json(d.lock().await.cni_gc(&req.network, &req.valid).await?))
 }

@@ -83,6 +83,12 @@ impl ControlLab {
             .addr("world", "eth0", "198.18.0.1/24")
             .addr("host", "uplink0", "198.18.0.2/24")
             .route("host", "default", "198.18.0.1");
+        Self::on(topo, xdp, extra)
+    }
+
+    /// A lab (its daemon not started) whose daemon runs in the namespace tagged `host` of
+    /// `topo`, wired by the caller (a cluster's node on its fabric).
+    pub fn on(topo: Topology, xdp: &str, extra: serde_json::Value) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("bnt-control-")
             .tempdir()

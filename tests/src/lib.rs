@@ -3,7 +3,10 @@
 //!
 //! Nothing here touches the namespace the tests run in: every interface is created inside a
 //! namespace of the topology, and deleting the namespaces removes all of it.
+pub mod cluster;
+pub mod cni;
 pub mod control;
+pub mod http;
 pub mod layout_v1;
 pub mod packet;
 pub mod raw;
@@ -19,6 +22,21 @@ pub fn require_root() {
         nix::unistd::geteuid().is_root(),
         "these tests need root (CAP_NET_ADMIN, CAP_BPF)"
     );
+}
+
+/// Set by `cargo xtask test` in the emulated kernels of the matrix (`xtask guest-test`).
+pub const EMULATED_ENV: &str = "BRIDGENET_TEST_EMULATED";
+
+/// Repetitions of a stress loop: `host` on the host, `emulated` under QEMU's software
+/// emulation, where each daemon start or GC pass costs ten times more. The kernel-dependent
+/// part (loading, pins, attach paths) runs at every repetition; the many repetitions that hunt
+/// for races run where they are cheap.
+pub fn repetitions(host: u32, emulated: u32) -> u32 {
+    if std::env::var_os(EMULATED_ENV).is_some() {
+        emulated
+    } else {
+        host
+    }
 }
 
 /// A kernel-dependent test prints its condition with this macro, so that the runner's output

@@ -11,14 +11,18 @@
 //! cost minutes per kernel for nothing more.
 use std::{
     io::{Read as _, Write as _},
-    net::{TcpStream, UdpSocket},
-    os::unix::fs::{PermissionsExt as _, symlink},
+    net::UdpSocket,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
-use bridgenet_tests::{Topology, control::binary, topology};
+use bridgenet_tests::{
+    Topology,
+    control::binary,
+    http::{self, client_of, get, write_www},
+    topology,
+};
 
 const HOST: &str = "198.18.0.2";
 
@@ -196,39 +200,12 @@ impl DockerLab {
         self.log("bridgenet.log")
     }
 
-    /// A busybox root with an httpd document root whose CGI prints the client's address, and
-    /// `/usr` left empty for a read-only bind of the host's (python3 for a UDP echo).
+    /// The busybox image (see `http::busybox_root`), imported as `bb`.
     fn import_busybox(&self) {
         let root = self.path("image");
-        for dir in [
-            "bin",
-            "www/cgi-bin",
-            "usr",
-            "tmp",
-            "proc",
-            "sys",
-            "dev",
-            "etc",
-        ] {
-            std::fs::create_dir_all(root.join(dir)).unwrap();
-        }
-        std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static");
-        for applet in ["sh", "httpd", "wget", "nc", "sleep", "cat", "echo", "ip"] {
-            symlink("busybox", root.join("bin").join(applet)).unwrap();
-        }
-        symlink("usr/lib", root.join("lib")).unwrap();
-        symlink("usr/lib64", root.join("lib64")).unwrap();
-        write_www(&root.join("www"));
+        http::busybox_root(&root);
         let tar = self.path("bb.tar");
-        let out = Command::new("tar")
-            .arg("-C")
-            .arg(&root)
-            .arg("-cf")
-            .arg(&tar)
-            .arg(".")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "tar: {}", text(&out));
+        http::tar(&root, &tar);
         self.docker_ok(&["import", &tar.display().to_string(), "bb"]);
     }
 
@@ -343,42 +320,6 @@ impl DockerLab {
 
 /// GET from namespace `ns` (HTTP/1.0 by hand: Debian's busybox wget crashes here); the body's
 /// last line, or None when it fails.
-fn get(ns: &str, url: &str) -> Option<String> {
-    let rest = url.strip_prefix("http://")?;
-    let (addr, path) = rest.split_at(rest.find('/')?);
-    let addr: std::net::SocketAddr = addr.parse().ok()?;
-    topology::enter(ns, || {
-        let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).ok()?;
-        conn.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-        conn.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
-            .ok()?;
-        let mut response = String::new();
-        conn.read_to_string(&mut response).ok()?;
-        // The bodies here are one line; CGI headers may end in a bare \n.
-        let status = response.lines().next()?;
-        let body = response.trim_end().lines().last()?;
-        status.contains(" 200 ").then(|| body.trim().to_owned())
-    })
-}
-
-/// The client address busybox httpd's CGI shows: `198.18.0.1` or `[::ffff:198.18.0.1]`.
-fn client_of(remote_addr: &str) -> &str {
-    let last = remote_addr.lines().last().unwrap_or("").trim();
-    last.trim_start_matches("[::ffff:").trim_end_matches(']')
-}
-
-fn write_www(www: &Path) {
-    std::fs::create_dir_all(www.join("cgi-bin")).unwrap();
-    std::fs::write(www.join("index.html"), "hello from busybox\n").unwrap();
-    let cgi = www.join("cgi-bin/ip");
-    std::fs::write(
-        &cgi,
-        "#!/bin/sh\necho 'Content-Type: text/plain'\necho\necho \"$REMOTE_ADDR\"\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&cgi, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
 impl Drop for DockerLab {
     fn drop(&mut self) {
         if let Ok(secs) = std::env::var("BNT_DOCKER_PAUSE") {
@@ -861,9 +802,10 @@ fn driver_call(lab: &DockerLab, call: &str, body: serde_json::Value) -> serde_js
         "POST /{call} HTTP/1.1\r\nHost: plugin\r\nContent-Type: application/vnd.docker.plugins.v1.2+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
-    .unwrap();
+    .unwrap_or_else(|e| panic!("{call}: {e}\n{}", lab.bridgenet_log()));
     let mut response = String::new();
-    conn.read_to_string(&mut response).unwrap();
+    conn.read_to_string(&mut response)
+        .unwrap_or_else(|e| panic!("{call}: {e}\n{}", lab.bridgenet_log()));
     let (_, json) = response.split_once("\r\n\r\n").expect("an HTTP answer");
     serde_json::from_str(json).unwrap_or_else(|e| panic!("{call}: {e}: {response}"))
 }

@@ -455,8 +455,9 @@ fn gc_passes_during_a_stream_of_new_flows_lose_no_entry() {
         }
         batches.push((next, std::time::Instant::now()));
     };
-    // A large table: the listing takes long enough for many flows to start during it.
-    for _ in 0..60 {
+    // A large table: the listing takes long enough for many flows to start during it (a
+    // smaller one under emulation, where the listing is ten times slower).
+    for _ in 0..bridgenet_tests::repetitions(60, 15) {
         open(&mut flows, 1000);
     }
     let done = std::sync::atomic::AtomicBool::new(false);

@@ -338,3 +338,43 @@ fn uplink_xdp_drops_martians_and_direct_access_to_masqueraded_endpoints() {
         );
     }
 }
+
+/// CNI's `nonMasqueradeCIDRs`: towards a network's non-masquerade prefixes its endpoints'
+/// addresses leave as they are (untracked: nothing is translated), and from them packets reach
+/// its endpoints directly, in TC and XDP; other destinations and sources are unchanged.
+#[test]
+fn non_masquerade_prefixes_pass_both_ways_untranslated() {
+    const XDP_PASS: u32 = 2;
+    const PEER: [u8; 4] = [198, 19, 1, 2];
+    let mut dp = nat_datapath();
+    let network = u32::from(Ipv4Addr::new(172, 17, 0, 0));
+    dp.set_non_masquerade(network, &["198.19.0.0/16".parse().unwrap()])
+        .unwrap();
+
+    let syn = packet::tcp_frame(EP1, 40000, PEER, 7000, true, false, b"");
+    passed_untouched(&egress(&mut dp, &syn), &syn);
+    // Not a SYN either: nothing is tracked, so nothing is untracked.
+    let data = packet::tcp_frame(EP1, 40000, PEER, 7000, false, true, b"data");
+    passed_untouched(&egress(&mut dp, &data), &data);
+    let udp = packet::udp_frame(EP1, 5000, PEER, 53, b"q");
+    passed_untouched(&egress(&mut dp, &udp), &udp);
+    assert!(dp.conntrack().unwrap().is_empty());
+
+    let answer = packet::tcp_frame(PEER, 7000, EP1, 40000, true, true, b"");
+    passed_untouched(&ingress(&mut dp, &answer), &answer);
+    let out = packet::run_xdp(&mut dp, programs::UPLINK_XDP, &answer, 1).expect("test run");
+    assert_eq!(out.action, XDP_PASS);
+    // Another source is still kept away from the endpoint, another destination masqueraded.
+    let direct = packet::tcp_frame(SERVER, 7000, EP1, 40000, true, true, b"");
+    assert_eq!(ingress(&mut dp, &direct).action, TC_ACT_SHOT);
+    let out = egress(&mut dp, &packet::udp_frame(EP1, 5000, SERVER, 53, b"q"));
+    assert_eq!(packet::inspect(&out.frame).src, HOST);
+    // Another network's endpoints are not concerned.
+    let other = packet::udp_frame([172, 18, 0, 2], 5000, PEER, 53, b"q");
+    assert_eq!(egress(&mut dp, &other).action, TC_ACT_SHOT);
+
+    // Removed: the endpoint's address no longer leaves.
+    dp.set_non_masquerade(network, &[]).unwrap();
+    assert_eq!(egress(&mut dp, &data).action, TC_ACT_SHOT);
+    assert_eq!(ingress(&mut dp, &answer).action, TC_ACT_SHOT);
+}

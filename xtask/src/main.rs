@@ -1,5 +1,6 @@
 //! `cargo xtask`: the developer commands. Each first installs what it needs (idempotently).
 mod bench;
+mod cluster;
 mod netns;
 mod run;
 mod setup;
@@ -19,6 +20,10 @@ struct Cli {
 enum Command {
     /// Build bridgenet and run the lab demo; `cargo xtask run -- ARGS` runs bridgenet ARGS instead.
     Run {
+        /// A cluster of this many nodes (2 to 9) with pods attached through bridgenet-cni,
+        /// instead of the one-host lab.
+        #[arg(long)]
+        nodes: Option<usize>,
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -54,7 +59,8 @@ enum Command {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { args } => run::run(&args),
+        Command::Run { nodes: Some(n), .. } => cluster::run(n),
+        Command::Run { nodes: None, args } => run::run(&args),
         Command::Test {
             kernels,
             no_host,

@@ -1,6 +1,12 @@
 //! The namespaces the lab and the bench share: an outside namespace (eth0 198.18.0.1) wired to
 //! a host namespace (uplink0 198.18.0.2, default route to the outside), where the daemon runs.
-use std::{path::Path, process::Command};
+use std::{
+    ffi::OsStr,
+    fs::File,
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    path::Path,
+    process::Command,
+};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -51,4 +57,23 @@ pub fn daemon_args(dir: &Path) -> Vec<String> {
         "--bpffs".into(),
         d("bpffs"),
     ]
+}
+
+/// `program` in namespace `ns`, the network namespace only (`setns` before exec): `ip netns
+/// exec` would also give it a private mount namespace, where a bpf filesystem and the
+/// namespaces it makes would be lost.
+pub fn command_in(ns: &str, program: impl AsRef<OsStr>) -> Result<Command> {
+    let netns =
+        File::open(format!("/run/netns/{ns}")).with_context(|| format!("namespace {ns}"))?;
+    let mut cmd = Command::new(program);
+    // SAFETY: setns is async-signal-safe; the file stays open until spawn returns.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(cmd)
 }

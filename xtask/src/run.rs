@@ -9,7 +9,7 @@ use std::{
     fs::File,
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicBool, Ordering},
@@ -21,9 +21,9 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::setup;
 
-static STOP: AtomicBool = AtomicBool::new(false);
+pub(crate) static STOP: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_signal(_: libc::c_int) {
+pub(crate) extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
 
@@ -88,18 +88,7 @@ impl Lab {
     /// A command in the host namespace only: `ip netns exec` would also give it a private
     /// mount namespace, where the bpf filesystem and the endpoints' namespaces would be lost.
     fn in_host(&self) -> Result<Command> {
-        let netns = File::open(format!("/run/netns/{}", self.ns("host")))?;
-        let mut cmd = Command::new(&self.binary);
-        // SAFETY: setns is async-signal-safe; the file stays open until spawn returns.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        Ok(cmd)
+        crate::netns::command_in(&self.ns("host"), &self.binary)
     }
 
     fn start_daemon(&mut self) -> Result<()> {
@@ -301,16 +290,19 @@ impl Drop for Lab {
     }
 }
 
-fn step(text: &str) {
+pub(crate) fn step(text: &str) {
     println!("\n== {text}");
 }
 
-fn say(text: &str) {
+pub(crate) fn say(text: &str) {
     println!("lab: {text}");
 }
 
 /// Runs `f` on a thread inside namespace `ns`.
-fn in_netns<R: Send + 'static>(ns: &str, f: impl FnOnce() -> R + Send + 'static) -> Result<R> {
+pub(crate) fn in_netns<R: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> R + Send + 'static,
+) -> Result<R> {
     let file = File::open(format!("/run/netns/{ns}")).with_context(|| format!("namespace {ns}"))?;
     std::thread::spawn(move || {
         // SAFETY: setns on this thread only, with a file we own.
@@ -324,7 +316,7 @@ fn in_netns<R: Send + 'static>(ns: &str, f: impl FnOnce() -> R + Send + 'static)
 }
 
 /// A tiny server in `ns` that answers each connection with who it is and whom it sees.
-fn serve(ns: &str, bind: &str, name: &'static str) -> Result<()> {
+pub(crate) fn serve(ns: &str, bind: &str, name: &'static str) -> Result<()> {
     let bind = bind.to_owned();
     let listener = in_netns(ns, move || TcpListener::bind(bind))??;
     std::thread::spawn(move || {
@@ -344,11 +336,11 @@ fn serve(ns: &str, bind: &str, name: &'static str) -> Result<()> {
     Ok(())
 }
 
-fn request(ns: &str, to: &str) -> Result<String> {
+pub(crate) fn request(ns: &str, to: &str) -> Result<String> {
     request_timeout(ns, to, Duration::from_secs(5))
 }
 
-fn request_timeout(ns: &str, to: &str, timeout: Duration) -> Result<String> {
+pub(crate) fn request_timeout(ns: &str, to: &str, timeout: Duration) -> Result<String> {
     let to: SocketAddr = to.parse()?;
     let mut stream = in_netns(ns, move || TcpStream::connect_timeout(&to, timeout))?
         .with_context(|| format!("connecting to {to}"))?;

@@ -91,6 +91,13 @@ pub const DOCKER_PROGRAMS: &[(&str, &str)] = &[
     ("/usr/bin/python3", "python3"),
 ];
 
+/// What the Podman test (`tests/host_podman.rs`) runs: Debian's podman 4.3 with its CNI
+/// backend (the reference plugins come along; `loopback` is the one it may call).
+pub const PODMAN_PROGRAMS: &[(&str, &str)] = &[
+    ("podman", "podman"),
+    ("/usr/lib/cni/loopback", "containernetworking-plugins"),
+];
+
 /// Programs the kernel matrix needs besides virtme-ng.
 pub const VM_PROGRAMS: &[(&str, &str)] = &[
     ("qemu-system-x86_64", "qemu-system-x86"),

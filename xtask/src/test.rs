@@ -44,6 +44,7 @@ pub fn test(kernels: &[String], host: bool, filter: Option<&str>) -> Result<()> 
     setup::programs(setup::TEST_PROGRAMS)?;
     if host {
         setup::programs(setup::DOCKER_PROGRAMS)?;
+        setup::programs(setup::PODMAN_PROGRAMS)?;
     }
     let mut images = Vec::new();
     let mut vng = PathBuf::from("vng");
@@ -61,7 +62,7 @@ pub fn test(kernels: &[String], host: bool, filter: Option<&str>) -> Result<()> 
     let binaries = build_tests()?;
     let mut summaries = Vec::new();
     if host {
-        summaries.push(run_binaries(&binaries, filter, 2)?);
+        summaries.push(run_binaries(&binaries, filter, 2, false)?);
     }
     for image in &images {
         summaries.push(run_in_vm(&vng, image, &binaries, filter)?);
@@ -124,8 +125,15 @@ fn build_tests() -> Result<Vec<PathBuf>> {
     Ok(binaries)
 }
 
-/// Runs each test binary, echoing its output, and adds up libtest's result lines.
-fn run_binaries(binaries: &[PathBuf], filter: Option<&str>, threads: u32) -> Result<Summary> {
+/// Runs each test binary, echoing its output, and adds up libtest's result lines. `emulated`:
+/// in a guest of the matrix, said to the tests by `BRIDGENET_TEST_EMULATED` (stress loops run
+/// fewer repetitions there).
+fn run_binaries(
+    binaries: &[PathBuf],
+    filter: Option<&str>,
+    threads: u32,
+    emulated: bool,
+) -> Result<Summary> {
     let mut summary = Summary {
         kernel: kernel_release(),
         ..Default::default()
@@ -133,6 +141,9 @@ fn run_binaries(binaries: &[PathBuf], filter: Option<&str>, threads: u32) -> Res
     for binary in binaries {
         let mut cmd = Command::new(binary);
         cmd.arg(format!("--test-threads={threads}"));
+        if emulated {
+            cmd.env("BRIDGENET_TEST_EMULATED", "1");
+        }
         if let Some(filter) = filter {
             cmd.arg(filter);
         }
@@ -199,7 +210,7 @@ pub fn guest(plan: &Path, report: &Path) -> Result<()> {
     let mut lines = plan.lines();
     let filter = lines.next().filter(|f| !f.is_empty());
     let binaries: Vec<PathBuf> = lines.map(PathBuf::from).collect();
-    let summary = run_binaries(&binaries, filter, 2)?;
+    let summary = run_binaries(&binaries, filter, 2, true)?;
     let report_text = format!(
         "{}\n{} {} {}\n{}\n",
         summary.kernel,

@@ -10,8 +10,35 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use super::ErrorBody;
 
+/// The daemon did not answer on its socket (not running, or not there yet).
+#[derive(Debug)]
+pub struct Unreachable(pub String);
+
+/// The daemon answered with an error status and its one-line message.
+#[derive(Debug)]
+pub struct Refused {
+    pub status: u16,
+    pub message: String,
+}
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Unreachable {}
+impl std::error::Error for Refused {}
+
 /// Sends `method path` with an optional JSON body and decodes the JSON answer; an error
-/// answer becomes an error carrying the daemon's message.
+/// answer becomes a [`Refused`] carrying the daemon's message, a socket nobody answers on an
+/// [`Unreachable`].
 pub async fn call<T: DeserializeOwned>(
     socket: &Path,
     method: Method,
@@ -65,7 +92,8 @@ pub async fn stream<T: DeserializeOwned>(
     Ok(())
 }
 
-/// Sends one request; an error answer becomes an error carrying the daemon's message.
+/// Sends one request; an error answer becomes a [`Refused`] carrying the daemon's message, a
+/// socket nobody answers on an [`Unreachable`].
 async fn request(
     socket: &Path,
     method: Method,
@@ -74,11 +102,11 @@ async fn request(
 ) -> Result<hyper::Response<hyper::body::Incoming>> {
     let stream = tokio::net::UnixStream::connect(socket)
         .await
-        .with_context(|| {
-            format!(
-                "cannot reach the daemon at {} (is `bridgenet daemon` running?)",
+        .map_err(|err| {
+            Unreachable(format!(
+                "cannot reach the daemon at {} (is `bridgenet daemon` running?): {err}",
                 socket.display()
-            )
+            ))
         })?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -101,10 +129,15 @@ async fn request(
     let status = response.status();
     if !status.is_success() {
         let bytes = response.into_body().collect().await?.to_bytes();
-        match serde_json::from_slice::<ErrorBody>(&bytes) {
-            Ok(err) => bail!("{}", err.error),
-            Err(_) => bail!("the daemon answered {status}"),
+        let message = match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(err) => err.error,
+            Err(_) => format!("the daemon answered {status}"),
+        };
+        return Err(Refused {
+            status: status.as_u16(),
+            message,
         }
+        .into());
     }
     Ok(response)
 }

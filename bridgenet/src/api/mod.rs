@@ -4,7 +4,7 @@ pub mod client;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::state::{Endpoint, Network, PortMapping};
+pub use crate::state::{CniAttachment, Endpoint, Network, PortMapping};
 
 /// The default socket; `BRIDGENET_SOCKET` or `--socket` override it.
 pub const DEFAULT_SOCKET: &str = "/run/bridgenet/bridgenet.sock";
@@ -227,6 +227,56 @@ pub struct GcPass {
     pub duration_ms: u64,
     pub flows_expired: u64,
     pub orphans_removed: u64,
+}
+
+/// `POST /cni/attachments`: what `bridgenet-cni` asks for on ADD. Addresses stay strings so
+/// that the daemon reports bad ones itself.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CniAdd {
+    pub attachment: CniAttachment,
+    /// The container's namespace (`CNI_NETNS`): a path, which bridgenet never removes.
+    pub netns: String,
+    pub network: CniNetwork,
+    /// The `ips` capability: the endpoint's address.
+    pub ip: Option<String>,
+    /// The `mac` capability.
+    pub mac: Option<String>,
+    /// The `portMappings` capability as `-p` SPECs.
+    pub publish: Vec<String>,
+}
+
+/// The network of a CNI configuration: created on first use with these settings; an existing
+/// network must have the ones given.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CniNetwork {
+    pub name: String,
+    pub subnet: Option<String>,
+    pub gateway: Option<String>,
+    pub bridge: Option<String>,
+    pub icc: Option<bool>,
+    pub gateway_mode: Option<String>,
+    pub mtu: Option<u32>,
+    /// Destinations the network's endpoints reach with their own address, and sources that
+    /// reach them directly (CIDRs).
+    #[serde(default)]
+    pub non_masquerade: Vec<String>,
+}
+
+/// The answer to ADD and CHECK: the attachment's endpoint and its network.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CniAttached {
+    pub endpoint: Endpoint,
+    pub network: Network,
+}
+
+/// `POST /cni/gc`: removes the attachments on `network` that `valid` does not list.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CniGc {
+    pub network: String,
+    pub valid: Vec<CniAttachment>,
 }
 
 /// The body of every error response.

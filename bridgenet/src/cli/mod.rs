@@ -305,21 +305,27 @@ pub fn endpoint(socket: &Path, cmd: EndpointCmd) -> Result<()> {
                 return print_json(&eps);
             }
             println!(
-                "{:<16} {:<16} {:<16} {:<15} {:<17} {:<24} PORTS",
-                "NAME", "MODE", "NETWORK", "IP", "MAC", "NETNS"
+                "{:<16} {:<16} {:<16} {:<15} {:<17} {:<24} {:<24} PORTS",
+                "NAME", "MODE", "NETWORK", "IP", "MAC", "NETNS", "CONTAINER"
             );
             for e in eps {
                 let ports: Vec<String> = e.ports.iter().map(docker_ps_port).collect();
                 let dash = |s: String| if s.is_empty() { "-".to_owned() } else { s };
                 let ip = (e.mode != Mode::None).then(|| e.ip.to_string());
+                // A CNI attachment's container ID and interface name.
+                let container = e
+                    .cni
+                    .as_ref()
+                    .map(|c| format!("{}/{}", c.container_id, c.ifname));
                 println!(
-                    "{:<16} {:<16} {:<16} {:<15} {:<17} {:<24} {}",
+                    "{:<16} {:<16} {:<16} {:<15} {:<17} {:<24} {:<24} {}",
                     e.name,
                     e.mode.to_string(),
                     dash(e.network),
                     dash(ip.unwrap_or_default()),
                     dash(e.mac),
                     e.netns,
+                    dash(container.unwrap_or_default()),
                     ports.join(", ")
                 );
             }

@@ -17,7 +17,7 @@ use crate::{
     datapath::{Datapath, Hook},
     netlink::{self, EndpointLink},
     state::{
-        Endpoint, Mode, Network, PortSpec, check_name, ifname, ipam, netns_path,
+        CniAttachment, Endpoint, Mode, Network, PortSpec, check_name, ifname, ipam, netns_path,
         ports::parse_expose,
     },
 };
@@ -31,6 +31,16 @@ impl Daemon {
     }
 
     pub async fn endpoint_create(&mut self, req: EndpointCreate) -> Result<Endpoint, Error> {
+        self.endpoint_create_for(req, None).await
+    }
+
+    /// `endpoint_create` for a CNI attachment (`cni`): the interface in the namespace gets the
+    /// attachment's name.
+    pub(super) async fn endpoint_create_for(
+        &mut self,
+        req: EndpointCreate,
+        cni: Option<CniAttachment>,
+    ) -> Result<Endpoint, Error> {
         check_name("endpoint", &req.name).map_err(bad)?;
         if self.state.endpoints.contains_key(&req.name) {
             return Err(Error::Conflict(format!(
@@ -43,7 +53,7 @@ impl Daemon {
             None => Mode::Bridge,
         };
         let endpoint = match &mode {
-            Mode::Bridge => self.bridge_endpoint(&req).await?,
+            Mode::Bridge => self.bridge_endpoint(&req, cni).await?,
             Mode::None => self.none_endpoint(&req)?,
             Mode::Container(shared) => self.container_endpoint(&req, shared)?,
         };
@@ -70,7 +80,11 @@ impl Daemon {
     }
 
     /// Mode bridge: an address on the network, a veth pair, published ports.
-    async fn bridge_endpoint(&self, req: &EndpointCreate) -> Result<Endpoint, Error> {
+    async fn bridge_endpoint(
+        &self,
+        req: &EndpointCreate,
+        cni: Option<CniAttachment>,
+    ) -> Result<Endpoint, Error> {
         if req.network.is_empty() {
             return Err(bad(
                 "--network is required (or --mode none|container:ENDPOINT)",
@@ -136,6 +150,7 @@ impl Daemon {
             veth,
             exposed,
             ports,
+            cni,
         })
     }
 
@@ -158,6 +173,7 @@ impl Daemon {
             veth: String::new(),
             exposed: Vec::new(),
             ports: Vec::new(),
+            cni: None,
         })
     }
 
@@ -193,6 +209,7 @@ impl Daemon {
             veth: String::new(),
             exposed: Vec::new(),
             ports: Vec::new(),
+            cni: None,
         })
     }
 
@@ -305,8 +322,14 @@ impl Daemon {
         if endpoint.for_runtime() {
             return Ok(());
         }
+        if let Some(mtu) = network.mtu {
+            let index = self.nl.index(&endpoint.veth).await?;
+            self.nl.set_mtu(index, mtu).await?;
+        }
         let link = EndpointLink {
             peer,
+            ifname: endpoint.ifname().to_owned(),
+            mtu: network.mtu,
             mac: ipam::parse_mac(&endpoint.mac).unwrap_or_else(|| ipam::mac(endpoint.ip)),
             ip: endpoint.ip,
             prefix: network.subnet.prefix_len(),

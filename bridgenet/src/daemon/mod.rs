@@ -1,7 +1,8 @@
 //! The daemon: owns the datapath, the kernel objects and the store of the network namespace it
-//! runs in, and serves the API. `ops` holds the verbs, `reconcile` the restart logic,
+//! runs in, and serves the API. `networks`, `endpoints`, `ports`, `cni` hold the verbs, `reconcile` the restart logic,
 //! `conntrack` the flow listing and garbage collection.
 mod attachments;
+mod cni;
 pub mod config;
 mod conntrack;
 mod endpoints;

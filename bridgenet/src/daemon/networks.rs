@@ -45,6 +45,17 @@ impl Daemon {
     }
 
     pub async fn network_create(&mut self, req: NetworkCreate) -> Result<Network, Error> {
+        self.network_create_with(req, None, Vec::new()).await
+    }
+
+    /// `network_create` with an MTU and non-masquerade prefixes (CNI's `mtu` and
+    /// `nonMasqueradeCIDRs`).
+    pub(super) async fn network_create_with(
+        &mut self,
+        req: NetworkCreate,
+        mtu: Option<u32>,
+        mut non_masquerade: Vec<Ipv4Net>,
+    ) -> Result<Network, Error> {
         check_name("network", &req.name).map_err(bad)?;
         if self.state.networks.contains_key(&req.name) {
             return Err(Error::Conflict(format!(
@@ -116,15 +127,22 @@ impl Daemon {
             icc: req.icc,
             internal: req.internal,
             masquerade: req.masquerade,
+            mtu,
+            non_masquerade: {
+                non_masquerade.sort();
+                non_masquerade.dedup();
+                non_masquerade
+            },
         };
         let created = match self
             .nl
             .create_bridge(&network.bridge, gateway, subnet.prefix_len())
             .await
         {
-            Ok(_) => self.network_datapath(&network),
+            Ok(_) => self.network_mtu(&network).await,
             Err(err) => Err(err),
         };
+        let created = created.and_then(|_| self.network_datapath(&network));
         if let Err(err) = created {
             self.undo_network(&network).await;
             return Err(Error::Internal(err));
@@ -146,11 +164,22 @@ impl Daemon {
         Ok(network)
     }
 
+    /// The network's MTU on its bridge (each veth pair gets it when it is made).
+    async fn network_mtu(&self, network: &Network) -> anyhow::Result<()> {
+        if let Some(mtu) = network.mtu {
+            let index = self.nl.index(&network.bridge).await?;
+            self.nl.set_mtu(index, mtu).await?;
+        }
+        Ok(())
+    }
+
     /// The network's subnet and options in the datapath, and the program on its bridge. Also
     /// used by reconcile.
     pub(super) fn network_datapath(&mut self, network: &Network) -> anyhow::Result<()> {
+        let options = network_options(network);
+        self.dp.add_network(network.subnet, &options)?;
         self.dp
-            .add_network(network.subnet, &network_options(network))?;
+            .set_non_masquerade(options.id, &network.non_masquerade)?;
         self.dp.attach_pinned(
             programs::BRIDGE_INGRESS,
             &network.bridge,
@@ -166,6 +195,13 @@ impl Daemon {
             tracing::warn!("deleting bridge {}: {err:#}", network.bridge);
         }
         Datapath::forget_attachments(&self.pin_dir, &self.state_dir, &network.bridge);
+        let id = network_options(network).id;
+        if let Err(err) = self.dp.set_non_masquerade(id, &[]) {
+            tracing::warn!(
+                "removing non-masquerade prefixes of {}: {err:#}",
+                network.name
+            );
+        }
         if let Err(err) = self.dp.remove_subnet(network.subnet) {
             tracing::warn!("removing subnet {}: {err:#}", network.subnet);
         }
@@ -212,6 +248,8 @@ impl Daemon {
         }
         self.nl.delete_named(&network.bridge).await?;
         Datapath::forget_attachments(&self.pin_dir, &self.state_dir, &network.bridge);
+        self.dp
+            .set_non_masquerade(network_options(&network).id, &[])?;
         self.dp.remove_subnet(network.subnet)?;
         self.state.networks.remove(name);
         self.save()?;
@@ -232,7 +270,7 @@ pub(super) fn network_options(network: &Network) -> NetworkOptions {
     }
 }
 
-fn check_ifname(name: &str) -> Result<(), Error> {
+pub(super) fn check_ifname(name: &str) -> Result<(), Error> {
     let ok = !name.is_empty()
         && name.len() <= 15
         && name

@@ -229,7 +229,10 @@ impl Daemon {
             .with_context(|| format!("no network {}", endpoint.network))?
             .clone();
         let host = self.nl.link(veth).await?;
-        let inside = netlink::in_netns(&path, netlink::has_eth0).await?;
+        let ifname = endpoint.ifname().to_owned();
+        let inside = netlink::in_netns(&path, move |nl| netlink::link_addresses(nl, ifname))
+            .await?
+            .is_some();
         match host {
             Some(link) if inside => {
                 let bridge = self.nl.index(&network.bridge).await?;

@@ -7,7 +7,9 @@ use aya::maps::{
     HashMap, MapError,
     lpm_trie::{Key, LpmTrie},
 };
-use bridgenet_common::{CtEntry, CtKey, Endpoint, PublishKey, PublishTarget, Subnet, maps};
+use bridgenet_common::{
+    CtEntry, CtKey, Endpoint, NonMasqueradeKey, PublishKey, PublishTarget, Subnet, maps,
+};
 use ipnet::Ipv4Net;
 
 use super::{Datapath, Proto, from_wire, wire};
@@ -31,6 +33,39 @@ impl Datapath {
         let mut publish: HashMap<_, PublishKey, PublishTarget> =
             HashMap::try_from(self.map_mut(maps::PUBLISH)?)?;
         absent_ok(publish.remove(&publish_key(proto, host_addr, host_port)))
+    }
+
+    /// The remote prefixes network `network` (its id) reaches unmasqueraded, and that reach
+    /// its endpoints directly: replaces what it had (empty: none).
+    pub fn set_non_masquerade(&mut self, network: u32, cidrs: &[Ipv4Net]) -> Result<()> {
+        let mut trie: LpmTrie<_, NonMasqueradeKey, u32> =
+            LpmTrie::try_from(self.map_mut(maps::NON_MASQUERADE)?)?;
+        let key = |net: &Ipv4Net| {
+            Key::new(
+                32 + u32::from(net.prefix_len()),
+                NonMasqueradeKey {
+                    network,
+                    addr: wire(net.network()),
+                },
+            )
+        };
+        let stale: Vec<Key<NonMasqueradeKey>> = trie
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.data().network == network)
+            .collect();
+        for k in &stale {
+            if !cidrs.iter().any(|c| {
+                let want = key(c);
+                want.prefix_len() == k.prefix_len() && want.data() == k.data()
+            }) {
+                absent_ok(trie.remove(k))?;
+            }
+        }
+        for c in cidrs {
+            trie.insert(&key(c), 1, 0)?;
+        }
+        Ok(())
     }
 
     /// Forgets a managed subnet: its traffic is no longer masqueraded.

@@ -121,11 +121,13 @@ async fn capabilities() -> Reply {
     Json(json!({"Scope": "local", "ConnectivityScope": "local"}))
 }
 
-async fn ok() -> Reply {
+async fn ok(_body: Bytes) -> Reply {
     Json(json!({}))
 }
 
-async fn unknown(uri: Uri) -> Reply {
+/// The body is read before the answer: closing on an unread body resets the connection, and
+/// Docker would see a broken pipe instead of the refusal.
+async fn unknown(uri: Uri, _body: Bytes) -> Reply {
     reply(Err(format!("bridgenet does not implement {}", uri.path())))
 }
 

@@ -364,8 +364,12 @@ fn link_of(msg: LinkMessage) -> Link {
 
 /// How the endpoint's end of the veth pair is set up inside its namespace.
 pub struct EndpointLink {
-    /// The name the peer was created with, renamed to `eth0`.
+    /// The name the peer was created with, renamed to `ifname`.
     pub peer: String,
+    /// Its name in the namespace: `eth0`, or the one a CNI runtime gave.
+    pub ifname: String,
+    /// The network's MTU, if it has one.
+    pub mtu: Option<u32>,
     pub mac: [u8; 6],
     pub ip: Ipv4Addr,
     pub prefix: u8,
@@ -394,21 +398,30 @@ where
         .map_err(|_| anyhow!("the namespace thread panicked"))?
 }
 
-/// Inside the endpoint namespace: eth0 with its MAC and address, lo up, the default route.
+/// Inside the endpoint namespace: its interface (eth0) with its MAC and address, lo up, the
+/// default route.
 pub async fn configure_endpoint(nl: Netlink, link: EndpointLink) -> Result<()> {
     let index = nl.index(&link.peer).await?;
     nl.handle
         .link()
         .set(
             LinkUnspec::new_with_index(index)
-                .name("eth0")
+                .name(link.ifname.clone())
                 .address(link.mac.to_vec())
                 .up()
                 .build(),
         )
         .execute()
         .await
-        .context("naming the endpoint's interface eth0 (is there one already?)")?;
+        .with_context(|| {
+            format!(
+                "naming the endpoint's interface {} (is there one already?)",
+                link.ifname
+            )
+        })?;
+    if let Some(mtu) = link.mtu {
+        nl.set_mtu(index, mtu).await?;
+    }
     let lo = nl.index("lo").await?;
     nl.set_up(lo).await?;
     nl.add_address(index, link.ip, link.prefix).await?;
@@ -433,7 +446,11 @@ pub async fn lo_up(nl: Netlink) -> Result<()> {
     nl.set_up(lo).await
 }
 
-/// Inside a namespace: whether `eth0` exists (the endpoint's end of its veth pair).
-pub async fn has_eth0(nl: Netlink) -> Result<bool> {
-    Ok(nl.link("eth0").await?.is_some())
+/// Inside a namespace: the addresses of interface `name` (the endpoint's end of its veth
+/// pair), None when there is no such interface.
+pub async fn link_addresses(nl: Netlink, name: String) -> Result<Option<Vec<Ipv4Net>>> {
+    match nl.link(&name).await? {
+        Some(link) => Ok(Some(nl.addresses(link.index).await?)),
+        None => Ok(None),
+    }
 }

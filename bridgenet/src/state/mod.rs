@@ -38,6 +38,13 @@ pub struct Network {
     pub internal: bool,
     /// Traffic to the outside leaves with the uplink's address.
     pub masquerade: bool,
+    /// The MTU of the bridge and of every veth pair; None: the kernel's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// Remote prefixes its endpoints reach with their own addresses and that reach them
+    /// directly (CNI's `nonMasqueradeCIDRs`: a cluster's pod and node CIDRs), sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub non_masquerade: Vec<Ipv4Net>,
 }
 
 /// How an endpoint is connected, Docker's `--network` modes.
@@ -104,9 +111,32 @@ pub struct Endpoint {
     /// `--expose`d ports, which `-P` publishes.
     pub exposed: Vec<(u16, Proto)>,
     pub ports: Vec<PortMapping>,
+    /// The CNI attachment it was made for (`bridgenet-cni`); absent for the CLI's and
+    /// Docker's endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni: Option<CniAttachment>,
 }
 
+/// A CNI attachment: the runtime's container ID and the interface's name in the container's
+/// namespace (the spec's key for everything ADD made).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CniAttachment {
+    pub container_id: String,
+    pub ifname: String,
+}
+
+/// The interface name of an endpoint in its namespace when no CNI runtime named it.
+pub const DEFAULT_IFNAME: &str = "eth0";
+
 impl Endpoint {
+    /// The name of its interface inside its namespace.
+    pub fn ifname(&self) -> &str {
+        self.cni
+            .as_ref()
+            .map_or(DEFAULT_IFNAME, |c| c.ifname.as_str())
+    }
+
     /// The host end of its veth pair, in mode bridge.
     pub fn veth(&self) -> Option<&str> {
         (self.mode == Mode::Bridge).then_some(self.veth.as_str())
@@ -398,6 +428,8 @@ mod tests {
                 icc: true,
                 internal: false,
                 masquerade: true,
+                mtu: Some(1400),
+                non_masquerade: vec!["198.18.0.0/15".parse().unwrap()],
             },
         );
         store.save(&state).unwrap();
@@ -435,6 +467,8 @@ mod tests {
             icc: true,
             internal: false,
             masquerade: true,
+            mtu: None,
+            non_masquerade: Vec::new(),
         };
         let endpoint = |name: &str, network: &str, ip: [u8; 4], port: u16| Endpoint {
             name: name.into(),
@@ -452,6 +486,7 @@ mod tests {
                 host_ip: None,
                 host_port: port,
             }],
+            cni: None,
         };
         let mut state = State::default();
         for n in [

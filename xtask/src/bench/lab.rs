@@ -10,7 +10,6 @@ use std::{
     fs::File,
     io::Write as _,
     net::{Ipv4Addr, SocketAddrV4},
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
@@ -287,18 +286,7 @@ impl Lab {
 
     /// A command in namespace `ns` (the network namespace only: `setns` before exec).
     pub fn command_in(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
-        let netns = File::open(format!("/run/netns/{ns}")).with_context(|| ns.to_owned())?;
-        let mut cmd = Command::new(program);
-        // SAFETY: setns is async-signal-safe; the file stays open until spawn returns.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        Ok(cmd)
+        crate::netns::command_in(ns, program)
     }
 
     pub fn run_in(ns: &str, program: &str, args: &[&str]) -> Result<String> {
@@ -370,6 +358,26 @@ impl Lab {
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(())
+    }
+
+    /// One request to the daemon's API, as plainly as a client can send it (HTTP/1.1 on the
+    /// Unix socket, the connection closed after the answer); fails unless the answer is 2xx.
+    pub fn api(&self, method: &str, path: &str, body: Option<&serde_json::Value>) -> Result<()> {
+        use std::io::{Read as _, Write as _};
+        let body = body.map(ToString::to_string).unwrap_or_default();
+        let mut conn = std::os::unix::net::UnixStream::connect(self.dir.join("bridgenet.sock"))?;
+        write!(
+            conn,
+            "{method} {path} HTTP/1.1\r\nHost: bridgenet\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )?;
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer)?;
+        match answer.split(' ').nth(1) {
+            Some(code) if code.starts_with('2') => Ok(()),
+            _ => bail!("{method} {path}: {answer}"),
+        }
     }
 
     /// `bridgenet --socket SOCK ARGS`: its stdout, or its stderr as the error.

@@ -62,6 +62,8 @@ pub struct Config {
     pub publish_cap: Duration,
     /// Flows created for the memory measurement.
     pub flows: u32,
+    /// Endpoints created and removed one after the other for the endpoint times.
+    pub endpoints: u32,
     pub out: PathBuf,
 }
 
@@ -79,6 +81,7 @@ impl Config {
                 publish: 300,
                 publish_cap: Duration::from_secs(3),
                 flows: 10_000,
+                endpoints: 5,
                 out: root.join("target/bench-quick"),
             }
         } else {
@@ -92,6 +95,7 @@ impl Config {
                 publish: 10_000,
                 publish_cap: Duration::from_secs(30),
                 flows: 262_144,
+                endpoints: 40,
                 out: root,
             }
         }
@@ -106,6 +110,7 @@ pub struct Results {
     pub publish: Vec<Publish>,
     pub memory: Vec<(String, String, f64)>,
     pub costs: Vec<Cost>,
+    pub endpoints: Vec<EndpointTimes>,
     pub load_before: String,
     pub load_after: String,
     pub minutes: f64,
@@ -126,6 +131,13 @@ pub struct Publish {
     pub secs: f64,
     /// Mappings done before the cap, when it was reached.
     pub capped: Option<u32>,
+}
+
+/// Seconds each create and each remove of an endpoint took, one way of asking.
+pub struct EndpointTimes {
+    pub how: String,
+    pub create: Vec<f64>,
+    pub remove: Vec<f64>,
 }
 
 pub struct Cost {
@@ -193,6 +205,8 @@ fn run_all(cfg: &Config, binary: &Path, results: &mut Results) -> Result<()> {
     }
     check_stop()?;
     publishing(cfg, binary, results).context("publishing times")?;
+    check_stop()?;
+    endpoints(cfg, binary, results).context("endpoint times")?;
     check_stop()?;
     memory(cfg, binary, results).context("memory per flow")?;
     check_stop()?;
@@ -349,6 +363,61 @@ fn publishing(cfg: &Config, binary: &Path, r: &mut Results) -> Result<()> {
         });
     }
     whole(Variant::Netavark, "nft -f (netavark style): one call", r)?;
+    Ok(())
+}
+
+/// Time to create and to remove an endpoint of its own namespace (what a container start and
+/// stop wait for), one after the other: through the API (one HTTP request on the socket) and
+/// through the CLI (a process each).
+fn endpoints(cfg: &Config, binary: &Path, r: &mut Results) -> Result<()> {
+    let lab = Lab::new(Variant::Bridgenet, "eps", binary, &[1])?;
+    let mut api = EndpointTimes {
+        how: "API: one request on the socket".into(),
+        create: Vec::new(),
+        remove: Vec::new(),
+    };
+    let mut cli = EndpointTimes {
+        how: "CLI: `bridgenet endpoint create` / `rm`".into(),
+        create: Vec::new(),
+        remove: Vec::new(),
+    };
+    for i in 0..cfg.endpoints {
+        check_stop()?;
+        // Each in a namespace bridgenet makes and removes, with one published port.
+        let (name, netns) = (format!("t{i}"), lab.ns(&format!("t{i}")));
+        let body = serde_json::json!({
+            "name": name, "network": "bridge", "netns": netns, "ip": null,
+            "publish": [format!("{}:80", 30000 + i)], "expose": [], "publish_all": false
+        });
+        let t = Instant::now();
+        lab.api("POST", "/endpoints", Some(&body))?;
+        api.create.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        lab.api("DELETE", &format!("/endpoints/{name}"), None)?;
+        api.remove.push(t.elapsed().as_secs_f64());
+
+        let name = format!("c{i}");
+        let netns = lab.ns(&name);
+        let publish = format!("{}:80", 30000 + i);
+        let t = Instant::now();
+        lab.cli(&[
+            "endpoint",
+            "create",
+            &name,
+            "--network",
+            "bridge",
+            "--netns",
+            &netns,
+            "-p",
+            &publish,
+        ])?;
+        cli.create.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        lab.cli(&["endpoint", "rm", &name])?;
+        cli.remove.push(t.elapsed().as_secs_f64());
+    }
+    r.endpoints.push(api);
+    r.endpoints.push(cli);
     Ok(())
 }
 

@@ -27,6 +27,14 @@ fn stats(r: &Results, v: Variant, key: &str) -> Option<(f64, f64)> {
     Some((median, spread))
 }
 
+/// The `q` quantile of `samples` (nearest rank); 0 when there are none.
+fn quantile(samples: &[f64], q: f64) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len().max(1));
+    sorted.get(rank - 1).copied().unwrap_or(0.0)
+}
+
 fn median(r: &Results, v: Variant, key: &str) -> f64 {
     stats(r, v, key).map_or(f64::NAN, |s| s.0)
 }
@@ -143,6 +151,17 @@ pub fn write(cfg: &Config, r: &Results) -> Result<()> {
             " s",
         );
     }
+    if let Some(e) = r.endpoints.first() {
+        for (what, samples) in [("create", &e.create), ("remove", &e.remove)] {
+            target(
+                format!("endpoint {what} through the API <= 10 ms (median)"),
+                quantile(samples, 0.5) * 1000.0,
+                10.0,
+                false,
+                " ms",
+            );
+        }
+    }
     if r.memory.len() == 3 {
         target(
             "memory per flow <= 0.5x nf_conntrack (all slab)".into(),
@@ -229,6 +248,27 @@ pub fn write(cfg: &Config, r: &Results) -> Result<()> {
             None => format!("{:.3} s", p.secs),
         };
         writeln!(w, "| {} | {} | {time} |", p.how, p.mappings)?;
+    }
+    writeln!(w)?;
+
+    writeln!(w, "### Time to create and remove an endpoint\n")?;
+    writeln!(
+        w,
+        "| how | endpoints | create p50 ms | p90 ms | remove p50 ms | p90 ms |\n\
+         |---|---:|---:|---:|---:|---:|"
+    )?;
+    for e in &r.endpoints {
+        let ms = |samples: &[f64], q: f64| format!("{:.1}", quantile(samples, q) * 1000.0);
+        writeln!(
+            w,
+            "| {} | {} | {} | {} | {} | {} |",
+            e.how,
+            e.create.len(),
+            ms(&e.create, 0.5),
+            ms(&e.create, 0.9),
+            ms(&e.remove, 0.5),
+            ms(&e.remove, 0.9)
+        )?;
     }
     writeln!(w)?;
 
