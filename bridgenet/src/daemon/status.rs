@@ -35,6 +35,8 @@ pub struct Observed {
     /// (when, every non-zero counter), oldest first.
     snapshots: VecDeque<(Instant, Vec<Stat>)>,
     docker: Option<PathBuf>,
+    /// Attachments (program, interface) the daemon fails to put back: logged once.
+    pub attach_failing: std::collections::BTreeSet<(&'static str, String)>,
 }
 
 impl Observed {
@@ -45,6 +47,7 @@ impl Observed {
             gc_totals: GcTotals::default(),
             snapshots: VecDeque::new(),
             docker,
+            attach_failing: Default::default(),
         }
     }
 
