@@ -53,8 +53,17 @@ enum Command {
         /// /var/run/docker.sock]
         #[arg(long)]
         docker_host: Option<PathBuf>,
+        /// Serve Prometheus metrics on http://ADDR:PORT/metrics (off by default; any address
+        /// given is served, as Docker's metrics-addr: 127.0.0.1 keeps them on the host).
+        #[arg(long, value_name = "ADDR:PORT")]
+        metrics: Option<std::net::SocketAddr>,
+        /// Log lines as text or as one JSON object each (journald, log shippers)
+        /// [default: text]
+        #[arg(long, value_enum)]
+        log_format: Option<daemon::config::LogFormat>,
         /// A JSON file with the same options (keys socket, state-dir, bpffs, uplinks, xdp,
-        /// conntrack-max, docker, docker-socket, docker-host); flags win.
+        /// conntrack-max, docker, docker-socket, docker-host, metrics, log-format); flags
+        /// win.
         #[arg(long)]
         config: Option<PathBuf>,
         /// Remove everything bridgenet created in this namespace, then exit.
@@ -78,6 +87,12 @@ enum Command {
     Filter(FilterCmd),
     /// The datapath's packet counters per program and outcome.
     Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Whether the datapath is healthy: programs, maps, conntrack, recent drops. Exits
+    /// non-zero when something is detached, missing or full.
+    Status {
         #[arg(long)]
         json: bool,
     },
@@ -123,6 +138,8 @@ fn run(cli: Cli) -> Result<()> {
             docker,
             docker_socket,
             docker_host,
+            metrics,
+            log_format,
             config,
             cleanup,
         } => {
@@ -173,18 +190,25 @@ fn run(cli: Cli) -> Result<()> {
                     .into_iter()
                     .map(|socket| (socket, bridgenet::docker::router as daemon::MakeRouter))
                     .collect(),
+                metrics: metrics
+                    .or(config.metrics)
+                    .map(|addr| (addr, bridgenet::metrics::router as daemon::MakeRouter)),
             };
             if cleanup {
                 daemon::cleanup(options)
             } else {
-                tracing_subscriber::fmt()
+                let logs = tracing_subscriber::fmt()
                     .with_writer(std::io::stderr)
-                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                     .with_env_filter(
                         tracing_subscriber::EnvFilter::try_from_default_env()
                             .unwrap_or_else(|_| "info".into()),
-                    )
-                    .init();
+                    );
+                match log_format.or(config.log_format).unwrap_or_default() {
+                    daemon::config::LogFormat::Text => logs
+                        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                        .init(),
+                    daemon::config::LogFormat::Json => logs.json().init(),
+                }
                 daemon::run(options)
             }
         }
@@ -193,6 +217,11 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn run_client(socket: PathBuf, command: Command) -> Result<()> {
+    // A listing whose reader went away (`bridgenet ct ls | head`) ends quietly, as other
+    // Unix tools do, instead of panicking on a broken pipe. Clients only: the daemon keeps
+    // Rust's default, where a closed socket is an error to handle.
+    // SAFETY: sets a signal disposition before any other thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     match command {
         Command::Daemon { .. } => unreachable!("handled by run"),
         Command::Network(cmd) => cli::network(&socket, cmd),
@@ -201,6 +230,7 @@ fn run_client(socket: PathBuf, command: Command) -> Result<()> {
         Command::Ct(cmd) => cli::ct(&socket, cmd),
         Command::Filter(cmd) => cli::filter(&socket, cmd),
         Command::Stats { json } => cli::stats(&socket, json),
+        Command::Status { json } => cli::status(&socket, json),
         Command::Watch { ifaces } => watch(&ifaces),
     }
 }

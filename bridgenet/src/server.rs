@@ -5,8 +5,9 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use axum::{
     Extension, Router,
+    body::Body,
     extract::{FromRequest, FromRequestParts, Request, State, rejection::JsonRejection},
-    http::{Method, StatusCode, Uri, request::Parts},
+    http::{Method, StatusCode, Uri, header, request::Parts},
     response::{IntoResponse, Response},
     routing::{delete, get, post},
 };
@@ -14,10 +15,11 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio::sync::Mutex;
 
 use crate::api::{
-    CniAdd, CniAttached, CniAttachment, CniGc, Endpoint, EndpointCreate, ErrorBody, FilterCreate,
-    FilterEntry, Flow, Network, NetworkCreate, PortEntry, PortMapping, PortSpecs, Stat,
+    CniAdd, CniAttached, CniAttachment, CniGc, CtQuery, Endpoint, EndpointCreate, ErrorBody,
+    FilterCreate, FilterEntry, FlowCount, Network, NetworkCreate, PortEntry, PortMapping,
+    PortSpecs, Stat, Status,
 };
-use crate::daemon::{Daemon, Error, Options};
+use crate::daemon::{self, Daemon, Error, Options};
 use crate::docker::names::ContainerNames;
 
 type Shared = State<Arc<Mutex<Daemon>>>;
@@ -136,6 +138,8 @@ pub fn router(daemon: Arc<Mutex<Daemon>>, options: &Options) -> Router {
         .route("/filters/{id}", delete(filter_rm))
         .route("/stats", get(stats))
         .route("/conntrack", get(conntrack).delete(conntrack_flush))
+        .route("/status", get(status))
+        .route_layer(axum::middleware::from_fn(crate::metrics::track))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(Extension(names))
@@ -244,8 +248,24 @@ async fn stats(State(d): Shared) -> Reply<Vec<Stat>> {
     Ok(Json(d.lock().await.stats()?))
 }
 
-async fn conntrack(State(d): Shared) -> Reply<Vec<Flow>> {
-    Ok(Json(d.lock().await.flows()?))
+/// Streamed (newline-delimited JSON) or counted; the table is walked without the daemon's
+/// lock, which is held only to resolve the filters.
+async fn conntrack(State(d): Shared, Query(q): Query<CtQuery>) -> Result<Response, Error> {
+    let (reader, filter) = d.lock().await.flow_listing(&q)?;
+    if q.count {
+        let flows = daemon::count_flows(reader, filter).await?;
+        return Ok(Json(FlowCount { flows }).into_response());
+    }
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(daemon::stream_flows(reader, filter)),
+    )
+        .into_response())
+}
+
+async fn status(State(d): Shared) -> Reply<Status> {
+    let (status, reader) = d.lock().await.status().await?;
+    Ok(Json(daemon::census(status, reader).await?))
 }
 
 async fn conntrack_flush(State(d): Shared, Query(q): Query<EndpointFilter>) -> Reply<usize> {

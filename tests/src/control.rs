@@ -103,6 +103,11 @@ impl ControlLab {
         }
     }
 
+    /// The pid of the daemon the lab started, while it runs.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Child::id)
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("bridgenet.sock")
     }
@@ -383,6 +388,47 @@ impl ControlLab {
         );
         self.netns_names.push(name.clone());
         name
+    }
+
+    /// Endpoint `name` on the default network in a namespace of its own, with the given `-p`
+    /// options; returns its namespace.
+    pub fn endpoint(&mut self, name: &str, publish: &[&str]) -> String {
+        let ns = self.netns_name(name);
+        let mut args = vec![
+            "endpoint",
+            "create",
+            name,
+            "--network",
+            "bridge",
+            "--netns",
+            &ns,
+        ];
+        for p in publish {
+            args.extend(["-p", p]);
+        }
+        self.ok(&args);
+        ns
+    }
+
+    /// Detaches `program` from `iface` as an operator would, `bpftool link detach` on the link
+    /// the daemon pinned (XDP always; TC with tcx, Linux 6.6+).
+    pub fn detach_link(&self, program: &str, iface: &str) {
+        let prefix = format!("link_{program}_{iface}_");
+        let pin = std::fs::read_dir(self.bpffs())
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .unwrap_or_else(|| panic!("no pinned link of {program} on {iface}"));
+        let out = Command::new("bpftool")
+            .args(["link", "detach", "pinned"])
+            .arg(pin.path())
+            .output()
+            .expect("bpftool");
+        assert!(
+            out.status.success(),
+            "detaching {program} from {iface}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Runs a program in a named namespace and returns its output.

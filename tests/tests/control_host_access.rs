@@ -138,29 +138,10 @@ fn all_links() -> Vec<u64> {
     links.iter().filter_map(|l| l["id"].as_u64()).collect()
 }
 
-/// An endpoint `name` in a namespace of its own with the given `-p` options; its namespace.
-fn endpoint(lab: &mut ControlLab, name: &str, publish: &[&str]) -> String {
-    let ns = lab.netns_name(name);
-    let mut args = vec![
-        "endpoint",
-        "create",
-        name,
-        "--network",
-        "bridge",
-        "--netns",
-        &ns,
-    ];
-    for p in publish {
-        args.extend(["-p", p]);
-    }
-    lab.ok(&args);
-    ns
-}
-
 #[test]
 fn other_namespaces_are_left_alone() {
     let mut lab = ControlLab::up();
-    let ep = endpoint(&mut lab, "ep1", &["18080:80", "18053:53/udp"]);
+    let ep = lab.endpoint("ep1", &["18080:80", "18053:53/udp"]);
     let _server = tcp_echo(&ep, "0.0.0.0:80", 1);
     // The world namespace has its own 127.0.0.1:18080 and 18053, which its clients reach while
     // the hooks run for every socket of the machine.
@@ -181,7 +162,7 @@ fn other_namespaces_are_left_alone() {
 #[test]
 fn host_reaches_published_ports_through_any_host_address() {
     let mut lab = ControlLab::up();
-    let ep = endpoint(&mut lab, "ep1", &["18080:80", "18053:53/udp"]);
+    let ep = lab.endpoint("ep1", &["18080:80", "18053:53/udp"]);
     let host = lab.topo.ns("host").name().to_owned();
     let addrs = ["127.0.0.1", "127.0.0.2", "198.18.0.2", "172.17.0.1"];
 
@@ -282,8 +263,7 @@ fn receives(socket: &UdpSocket) -> bool {
 #[test]
 fn a_port_published_on_127_0_0_1_is_for_the_host_only() {
     let mut lab = ControlLab::up();
-    let ep = endpoint(
-        &mut lab,
+    let ep = lab.endpoint(
         "ep1",
         &[
             "127.0.0.1:18090:80",
@@ -346,7 +326,7 @@ fn a_port_published_on_127_0_0_1_is_for_the_host_only() {
 #[test]
 fn cleanup_removes_the_hooks_even_after_a_kill() {
     let mut lab = ControlLab::up();
-    let ep = endpoint(&mut lab, "ep1", &["18080:80"]);
+    let ep = lab.endpoint("ep1", &["18080:80"]);
     let host = lab.topo.ns("host").name().to_owned();
     let server = tcp_echo(&ep, "0.0.0.0:80", 1);
     tcp_roundtrip(&host, "127.0.0.1:18080");
@@ -377,7 +357,7 @@ fn cleanup_removes_the_hooks_even_after_a_kill() {
 #[test]
 fn a_restarted_daemon_replaces_the_hooks() {
     let mut lab = ControlLab::up();
-    let ep = endpoint(&mut lab, "ep1", &["18080:80", "18053:53/udp"]);
+    let ep = lab.endpoint("ep1", &["18080:80", "18053:53/udp"]);
     let host = lab.topo.ns("host").name().to_owned();
     let before = pinned_links(&lab);
 

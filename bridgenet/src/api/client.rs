@@ -1,7 +1,7 @@
 //! The CLI's side of the API: one HTTP/1.1 request per connection over the Unix socket.
 use std::path::Path;
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper::{Method, Request};
@@ -45,6 +45,61 @@ pub async fn call<T: DeserializeOwned>(
     path: &str,
     body: Option<&impl Serialize>,
 ) -> Result<T> {
+    let response = request(socket, method, path, body).await?;
+    let bytes = response.into_body().collect().await?.to_bytes();
+    serde_json::from_slice(&bytes).context("decoding the daemon's answer")
+}
+
+/// `GET path` of a streamed listing (newline-delimited JSON): calls `each` with every line as
+/// it arrives, and `flush` after each piece the daemon sent, so that nothing waits for, or
+/// holds, the whole listing. A line `{"error": ...}` (the daemon failed midway) ends it with
+/// that error.
+pub async fn stream<T: DeserializeOwned>(
+    socket: &Path,
+    path: &str,
+    mut each: impl FnMut(T) -> Result<()>,
+    mut flush: impl FnMut() -> Result<()>,
+) -> Result<()> {
+    let mut body = request(socket, Method::GET, path, None::<&()>)
+        .await?
+        .into_body();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut line = |line: &[u8]| -> Result<()> {
+        match serde_json::from_slice(line) {
+            Ok(item) => each(item),
+            Err(err) => match serde_json::from_slice::<ErrorBody>(line) {
+                Ok(daemon) => bail!("{}", daemon.error),
+                Err(_) => Err(err).context("decoding the daemon's answer"),
+            },
+        }
+    };
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.context("reading the daemon's answer")?.into_data() else {
+            continue;
+        };
+        pending.extend_from_slice(&data);
+        let mut start = 0;
+        while let Some(end) = pending[start..].iter().position(|b| *b == b'\n') {
+            line(&pending[start..start + end])?;
+            start += end + 1;
+        }
+        pending.drain(..start);
+        flush()?;
+    }
+    if !pending.is_empty() {
+        line(&pending)?;
+    }
+    Ok(())
+}
+
+/// Sends one request; an error answer becomes a [`Refused`] carrying the daemon's message, a
+/// socket nobody answers on an [`Unreachable`].
+async fn request(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Option<&impl Serialize>,
+) -> Result<hyper::Response<hyper::body::Incoming>> {
     let stream = tokio::net::UnixStream::connect(socket)
         .await
         .map_err(|err| {
@@ -72,8 +127,8 @@ pub async fn call<T: DeserializeOwned>(
         .await
         .context("talking to the daemon")?;
     let status = response.status();
-    let bytes = response.into_body().collect().await?.to_bytes();
     if !status.is_success() {
+        let bytes = response.into_body().collect().await?.to_bytes();
         let message = match serde_json::from_slice::<ErrorBody>(&bytes) {
             Ok(err) => err.error,
             Err(_) => format!("the daemon answered {status}"),
@@ -84,5 +139,5 @@ pub async fn call<T: DeserializeOwned>(
         }
         .into());
     }
-    serde_json::from_slice(&bytes).context("decoding the daemon's answer")
+    Ok(response)
 }

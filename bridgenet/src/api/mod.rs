@@ -126,6 +126,115 @@ pub struct Flow {
     pub reply: Option<Tuple>,
 }
 
+/// `GET /conntrack`'s query: which flows to list. Values stay strings so that the daemon
+/// reports bad ones itself. Without `count`, the answer streams one `Flow` per line
+/// (newline-delimited JSON, `application/x-ndjson`); a walk that fails midway ends with an
+/// `{"error": ...}` line.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CtQuery {
+    /// Flows to or from the endpoint's address, translated or not.
+    pub endpoint: Option<String>,
+    /// tcp, udp, icmp or a protocol number.
+    pub proto: Option<String>,
+    /// A state as `ct ls` shows it (ESTABLISHED, SYN_SENT, ASSURED...), any case.
+    pub state: Option<String>,
+    /// The original direction's source address.
+    pub src: Option<String>,
+    /// The original direction's destination address.
+    pub dst: Option<String>,
+    /// A port of either direction, source or destination.
+    pub port: Option<String>,
+    /// Answer `FlowCount` instead of the flows.
+    #[serde(default)]
+    pub count: bool,
+}
+
+impl CtQuery {
+    /// The query string, `?` included.
+    pub fn to_query(&self) -> String {
+        // None fields are left out.
+        format!("?{}", serde_urlencoded::to_string(self).unwrap_or_default())
+    }
+}
+
+/// `GET /conntrack?count=true`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FlowCount {
+    pub flows: u64,
+}
+
+/// `GET /status`: whether the datapath is healthy, and what it is made of.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub uptime_secs: u64,
+    /// What is wrong, one line each naming its object; empty when healthy.
+    pub problems: Vec<String>,
+    pub uplinks: Vec<UplinkStatus>,
+    pub programs: Vec<ProgramStatus>,
+    pub maps: Vec<MapStatus>,
+    pub conntrack: ConntrackStatus,
+    /// Drops counted over the last `window_secs` (about a minute), by program and reason.
+    pub drops: Vec<Stat>,
+    pub window_secs: u64,
+    /// The Docker driver's socket, when the integration is on.
+    pub docker: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UplinkStatus {
+    pub name: String,
+    pub addr: std::net::Ipv4Addr,
+    /// native, generic, off (not wanted: `--xdp`) or detached.
+    pub xdp: String,
+}
+
+/// One program on one interface.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProgramStatus {
+    pub program: String,
+    pub iface: String,
+    /// tc ingress, tc egress, xdp.
+    pub hook: String,
+    /// tcx, netlink (clsact filter, before Linux 6.6), xdp native, xdp generic.
+    pub mode: String,
+    pub attached: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MapStatus {
+    pub name: String,
+    /// None for arrays, whose slots always exist.
+    pub entries: Option<u64>,
+    pub limit: u64,
+    pub layout_version: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ConntrackStatus {
+    pub flows: u64,
+    pub limit: u64,
+    pub by_state: Vec<FlowsInState>,
+    pub last_gc: Option<GcPass>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FlowsInState {
+    pub proto: String,
+    pub state: String,
+    pub flows: u64,
+}
+
+/// The last conntrack garbage collection pass.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GcPass {
+    pub secs_ago: u64,
+    pub duration_ms: u64,
+    pub flows_expired: u64,
+    pub orphans_removed: u64,
+}
+
 /// `POST /cni/attachments`: what `bridgenet-cni` asks for on ADD. Addresses stay strings so
 /// that the daemon reports bad ones itself.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -1,9 +1,11 @@
 //! The CLI verbs that talk to the daemon: parse, check what can be checked locally, call the
 //! API, print in Docker's formats (or JSON with --json).
 mod filter;
+mod status;
 
 use std::{
     collections::BTreeMap,
+    io::Write as _,
     path::{Path, PathBuf},
 };
 
@@ -14,13 +16,15 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{
     api::{
-        Endpoint, EndpointCreate, Flow, GatewayMode, Network, NetworkCreate, PortEntry,
-        PortMapping, PortSpecs, Stat, client,
+        CtQuery, Endpoint, EndpointCreate, Flow, FlowCount, GatewayMode, Network, NetworkCreate,
+        PortEntry, PortMapping, PortSpecs, Stat, client,
     },
+    datapath::conntrack::FlowFilter,
     state::{Mode, PortSpec, check_name, ports::parse_expose},
 };
 
 pub use filter::{FilterCmd, filter};
+pub use status::status;
 
 #[derive(Subcommand)]
 pub enum NetworkCmd {
@@ -126,13 +130,41 @@ pub enum PortCmd {
 
 #[derive(Subcommand)]
 pub enum CtCmd {
-    /// List tracked flows, like `conntrack -L`.
-    Ls(Listing),
+    /// List tracked flows, like `conntrack -L`, as the daemon walks the table.
+    Ls(CtLs),
     /// Remove tracked flows (of one endpoint with --endpoint).
     Flush {
         #[arg(long)]
         endpoint: Option<String>,
     },
+}
+
+#[derive(Args)]
+pub struct CtLs {
+    /// Flows to or from this endpoint's address, translated or not.
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// tcp, udp, icmp or a protocol number.
+    #[arg(long)]
+    proto: Option<String>,
+    /// ESTABLISHED, SYN_SENT, SYN_RECV, FIN_WAIT, CLOSE, UNREPLIED, REPLIED or ASSURED.
+    #[arg(long)]
+    state: Option<String>,
+    /// The original direction's source address.
+    #[arg(long)]
+    src: Option<String>,
+    /// The original direction's destination address.
+    #[arg(long)]
+    dst: Option<String>,
+    /// A port of either direction, source or destination.
+    #[arg(long)]
+    port: Option<String>,
+    /// Print only the number of flows that match.
+    #[arg(long)]
+    count: bool,
+    /// Print JSON (a list, streamed as it is read).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -404,33 +436,7 @@ pub fn stats(socket: &Path, json: bool) -> Result<()> {
 
 pub fn ct(socket: &Path, cmd: CtCmd) -> Result<()> {
     match cmd {
-        CtCmd::Ls(l) => {
-            let flows: Vec<Flow> = get(socket, "/conntrack")?;
-            if l.json {
-                return print_json(&flows);
-            }
-            for f in &flows {
-                let o = &f.original;
-                let state = if f.state.is_empty() {
-                    String::new()
-                } else {
-                    format!(" {}", f.state)
-                };
-                let mut line = format!(
-                    "{:<5} {}{state} src={} dst={} sport={} dport={} packets={} bytes={}",
-                    f.proto, f.timeout, o.src, o.dst, o.sport, o.dport, o.packets, o.bytes
-                );
-                match &f.reply {
-                    Some(r) => line.push_str(&format!(
-                        " src={} dst={} sport={} dport={} packets={} bytes={}",
-                        r.src, r.dst, r.sport, r.dport, r.packets, r.bytes
-                    )),
-                    None => line.push_str(" [reply entry missing]"),
-                }
-                println!("{line}");
-            }
-            eprintln!("{} flow entries", flows.len());
-        }
+        CtCmd::Ls(l) => ct_ls(socket, l)?,
         CtCmd::Flush { endpoint } => {
             let path = match &endpoint {
                 Some(e) => {
@@ -444,6 +450,87 @@ pub fn ct(socket: &Path, cmd: CtCmd) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn ct_ls(socket: &Path, l: CtLs) -> Result<()> {
+    let query = CtQuery {
+        endpoint: l.endpoint,
+        proto: l.proto,
+        state: l.state,
+        src: l.src,
+        dst: l.dst,
+        port: l.port,
+        count: l.count,
+    };
+    // Bad filters fail here, before anything is sent.
+    FlowFilter::parse(
+        query.proto.as_deref(),
+        query.state.as_deref(),
+        query.src.as_deref(),
+        query.dst.as_deref(),
+        query.port.as_deref(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    if let Some(e) = &query.endpoint {
+        name("endpoint", e)?;
+    }
+    let path = format!("/conntrack{}", query.to_query());
+    if query.count {
+        let n: FlowCount = get(socket, &path)?;
+        if l.json {
+            return print_json(&n);
+        }
+        println!("{}", n.flows);
+        return Ok(());
+    }
+    // Printed as the lines arrive: a full table is never held here.
+    let out = std::cell::RefCell::new(std::io::BufWriter::new(std::io::stdout().lock()));
+    let mut n = 0u64;
+    block_on(client::stream(
+        socket,
+        &path,
+        |f: Flow| {
+            let mut out = out.borrow_mut();
+            if l.json {
+                let sep = if n == 0 { "[\n" } else { ",\n" };
+                write!(out, "{sep}{}", serde_json::to_string(&f)?)?;
+            } else {
+                writeln!(out, "{}", ct_line(&f))?;
+            }
+            n += 1;
+            Ok(())
+        },
+        || Ok(out.borrow_mut().flush()?),
+    ))?;
+    let mut out = out.into_inner();
+    if l.json {
+        writeln!(out, "{}", if n == 0 { "[]" } else { "\n]" })?;
+    }
+    out.flush()?;
+    eprintln!("{n} flow entries");
+    Ok(())
+}
+
+/// A flow as a line of `conntrack -L`.
+fn ct_line(f: &Flow) -> String {
+    let o = &f.original;
+    let state = if f.state.is_empty() {
+        String::new()
+    } else {
+        format!(" {}", f.state)
+    };
+    let mut line = format!(
+        "{:<5} {}{state} src={} dst={} sport={} dport={} packets={} bytes={}",
+        f.proto, f.timeout, o.src, o.dst, o.sport, o.dport, o.packets, o.bytes
+    );
+    match &f.reply {
+        Some(r) => line.push_str(&format!(
+            " src={} dst={} sport={} dport={} packets={} bytes={}",
+            r.src, r.dst, r.sport, r.dport, r.packets, r.bytes
+        )),
+        None => line.push_str(" [reply entry missing]"),
+    }
+    line
 }
 
 /// `--socket`, else BRIDGENET_SOCKET, else the default.

@@ -78,7 +78,7 @@ impl Daemon {
     }
 
     /// Whether `a` is attached now, by the id of the program the kernel has there.
-    async fn attached(&self, a: &Attachment, links: &[Link]) -> Result<bool> {
+    pub(super) async fn attached(&self, a: &Attachment, links: &[Link]) -> Result<bool> {
         let Some(link) = links.iter().find(|l| l.name == a.iface) else {
             // The interface is gone: reconciling it is the store's business, not ours.
             return Ok(true);
@@ -95,19 +95,53 @@ impl Daemon {
         })
     }
 
-    /// Re-attaches every program that is missing; returns how many it restored.
+    /// Re-attaches every program that is missing; returns how many it restored. One that
+    /// cannot be put back (another program holds the hook) is logged once, not every second,
+    /// and does not keep the others from being checked; `status` names it until it is back.
     pub(super) async fn restore_attachments(&mut self) -> Result<usize> {
         let mut restored = 0;
         let links = self.nl.links().await?;
         for a in self.attachments() {
-            if !self.attached(&a, &links).await? {
+            let key = (a.program, a.iface.clone());
+            if self.attached(&a, &links).await? {
+                self.observed.attach_failing.remove(&key);
+                continue;
+            }
+            let known = self.observed.attach_failing.contains(&key);
+            if !known {
                 tracing::warn!(
+                    program = a.program,
+                    interface = a.iface,
                     "{} was detached from {} by someone else: attaching it again",
                     a.program,
                     a.iface
                 );
-                self.attach(&a)?;
-                restored += 1;
+            }
+            match self.attach(&a) {
+                Ok(()) => {
+                    restored += 1;
+                    if known {
+                        tracing::info!(
+                            program = a.program,
+                            interface = a.iface,
+                            "{} is attached to {} again",
+                            a.program,
+                            a.iface
+                        );
+                    }
+                    self.observed.attach_failing.remove(&key);
+                }
+                Err(err) if !known => {
+                    tracing::warn!(
+                        program = a.program,
+                        interface = a.iface,
+                        "{} on {}: cannot attach it again, retrying every second: {err:#}",
+                        a.program,
+                        a.iface
+                    );
+                    self.observed.attach_failing.insert(key);
+                }
+                Err(_) => {}
             }
         }
         Ok(restored)

@@ -26,6 +26,20 @@ pub struct Config {
     pub docker_socket: Option<PathBuf>,
     /// Docker's API socket (default /var/run/docker.sock), for container names.
     pub docker_host: Option<PathBuf>,
+    /// `--metrics ADDR:PORT`.
+    pub metrics: Option<std::net::SocketAddr>,
+    /// `--log-format text|json`, as dockerd's.
+    pub log_format: Option<LogFormat>,
+}
+
+/// How the daemon writes its log: text lines, or one JSON object per line (level, target,
+/// message and the fields that name objects: program, interface).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 impl Config {
@@ -53,6 +67,12 @@ mod tests {
             serde_json::from_str(r#"{"docker": true, "docker-socket": "/tmp/d.sock"}"#).unwrap();
         assert!(docker.docker);
         assert_eq!(docker.docker_socket, Some(PathBuf::from("/tmp/d.sock")));
+        let metrics: Config = serde_json::from_str(r#"{"metrics": "127.0.0.1:9464"}"#).unwrap();
+        assert_eq!(metrics.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+        assert!(serde_json::from_str::<Config>(r#"{"metrics": "localhost"}"#).is_err());
+        let json: Config = serde_json::from_str(r#"{"log-format": "json"}"#).unwrap();
+        assert_eq!(json.log_format, Some(LogFormat::Json));
+        assert!(serde_json::from_str::<Config>(r#"{"log-format": "xml"}"#).is_err());
         let err = serde_json::from_str::<Config>(r#"{"state_dir": "/tmp/s"}"#).unwrap_err();
         assert!(
             err.to_string().contains("unknown field `state_dir`"),

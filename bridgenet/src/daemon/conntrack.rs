@@ -5,17 +5,95 @@ use std::net::Ipv4Addr;
 
 use anyhow::Result;
 use bridgenet_common::{CtEntry, CtKey};
+use bytes::Bytes;
 
 use super::{Daemon, Error};
 use crate::{
-    api::{Flow, Stat, Tuple},
+    api::{CtQuery, ErrorBody, Flow, Stat, Tuple},
     datapath::{
-        conntrack::{self, Flow as Tracked, monotonic_ns},
+        conntrack::{self, CtReader, Flow as Tracked, FlowFilter, monotonic_ns},
         from_wire,
     },
 };
 
-fn proto_name(proto: u8) -> String {
+/// Flows (one line of NDJSON each) sent together: a chunk of about 80 KB.
+const LINES_PER_CHUNK: usize = 256;
+/// Chunks on their way to the client: with the chunk size, what a listing holds in memory.
+const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// Walks the table off the async runtime and streams the flows that `filter` keeps as
+/// newline-delimited JSON, with backpressure: the walk goes as fast as the client reads, and
+/// stops when the client goes away.
+pub fn stream_flows(
+    reader: CtReader,
+    filter: FlowFilter,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(CHUNKS_IN_FLIGHT);
+    tokio::task::spawn_blocking(move || {
+        let mut chunk = Vec::new();
+        let mut lines = 0;
+        let mut gone = false;
+        let result = reader.walk(monotonic_ns(), |t| {
+            if !filter.matches(&t) {
+                return true;
+            }
+            // Serializing a plain struct into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut chunk, &api_flow(&t));
+            chunk.push(b'\n');
+            lines += 1;
+            if lines == LINES_PER_CHUNK {
+                lines = 0;
+                gone = tx
+                    .blocking_send(Bytes::from(std::mem::take(&mut chunk)))
+                    .is_err();
+            }
+            !gone
+        });
+        if let Err(err) = result {
+            let _ = serde_json::to_writer(
+                &mut chunk,
+                &ErrorBody {
+                    error: format!("listing the conntrack table: {err:#}"),
+                },
+            );
+            chunk.push(b'\n');
+        }
+        if !gone && !chunk.is_empty() {
+            let _ = tx.blocking_send(Bytes::from(chunk));
+        }
+    });
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (Ok(chunk), rx))
+    })
+}
+
+/// Counts the flows that `filter` keeps, off the async runtime.
+pub async fn count_flows(reader: CtReader, filter: FlowFilter) -> Result<u64, Error> {
+    let count = tokio::task::spawn_blocking(move || {
+        let mut n = 0u64;
+        reader
+            .walk(monotonic_ns(), |t| {
+                n += u64::from(filter.matches(&t));
+                true
+            })
+            .map(|()| n)
+    })
+    .await
+    .map_err(anyhow::Error::from)??;
+    Ok(count)
+}
+
+fn api_flow(t: &Tracked) -> Flow {
+    Flow {
+        proto: proto_name(t.original.0.proto),
+        state: t.state.name().into(),
+        timeout: t.expires_in.as_secs(),
+        original: tuple(&t.original.0, &t.original.1),
+        reply: Some(tuple(&t.reply.0, &t.reply.1)),
+    }
+}
+
+pub fn proto_name(proto: u8) -> String {
     match proto {
         1 => "icmp".into(),
         6 => "tcp".into(),
@@ -36,37 +114,28 @@ fn tuple(key: &CtKey, entry: &CtEntry) -> Tuple {
 }
 
 impl Daemon {
-    /// Every flow with both its directions, as the datapath tracks it now.
-    fn tracked(&self) -> Result<Vec<Tracked>> {
-        self.dp.flows_at(monotonic_ns())
-    }
-
-    pub fn flows(&self) -> Result<Vec<Flow>, Error> {
-        let mut flows: Vec<Flow> = self
-            .tracked()?
-            .iter()
-            .map(|t| Flow {
-                proto: proto_name(t.original.0.proto),
-                state: t.state.name().into(),
-                timeout: t.expires_in.as_secs(),
-                original: tuple(&t.original.0, &t.original.1),
-                reply: Some(tuple(&t.reply.0, &t.reply.1)),
-            })
-            .collect();
-        flows.sort_by_key(|f| {
-            (
-                f.original.src,
-                f.original.sport,
-                f.original.dst,
-                f.original.dport,
-            )
-        });
-        Ok(flows)
+    /// What a listing needs from the daemon, taken under its lock; the walk itself runs
+    /// without it (`stream_flows`, `count_flows`).
+    pub fn flow_listing(&self, q: &CtQuery) -> Result<(CtReader, FlowFilter), Error> {
+        let mut filter = FlowFilter::parse(
+            q.proto.as_deref(),
+            q.state.as_deref(),
+            q.src.as_deref(),
+            q.dst.as_deref(),
+            q.port.as_deref(),
+        )
+        .map_err(Error::BadRequest)?;
+        if let Some(name) = &q.endpoint {
+            filter.addr = Some(self.endpoint(name)?.ip);
+        }
+        Ok((self.dp.conntrack_reader()?, filter))
     }
 
     /// Removes expired flows (both directions) and orphaned entries, and recounts the table.
     pub(super) fn conntrack_gc(&mut self) -> Result<()> {
+        let start = std::time::Instant::now();
         let report = self.dp.gc()?;
+        self.observed.gc_done(start.elapsed(), report);
         if report.flows_expired + report.orphans_removed > 0 {
             tracing::debug!("conntrack gc: {report:?}");
         }

@@ -52,7 +52,10 @@ impl Daemon {
         {
             self.state.filter = before;
             if let Err(undo) = self.apply_filter() {
-                tracing::warn!("restoring the filter: {undo:#}");
+                tracing::warn!(
+                    "filter rule {}: restoring the filter without it: {undo:#}",
+                    rule.id
+                );
             }
             return Err(err);
         }
@@ -89,7 +92,7 @@ impl Daemon {
         {
             self.state.filter = before;
             if let Err(undo) = self.apply_filter() {
-                tracing::warn!("restoring the filter: {undo:#}");
+                tracing::warn!("filter rule {id}: restoring the filter with it: {undo:#}");
             }
             return Err(err);
         }

@@ -14,8 +14,11 @@ mod networks;
 mod ports;
 mod reconcile;
 mod revoke;
+mod status;
 
+pub use conntrack::{count_flows, proto_name, stream_flows};
 pub use endpoints::peer_name;
+pub use status::{GcTotals, Observation, census, walk_census};
 
 use std::{
     net::Ipv4Addr,
@@ -54,6 +57,8 @@ pub struct Options {
     pub api: MakeRouter,
     /// More APIs over the same daemon, each on its own socket (Docker's network driver).
     pub services: Vec<(PathBuf, MakeRouter)>,
+    /// Prometheus metrics over HTTP on this TCP address (off when None).
+    pub metrics: Option<(std::net::SocketAddr, MakeRouter)>,
 }
 
 /// Builds the routes of a service of `Options::services`.
@@ -137,6 +142,8 @@ pub struct Daemon {
     /// Where maps and uplink links are pinned.
     pin_dir: PathBuf,
     state_dir: PathBuf,
+    /// What `status` and the metrics report beyond the kernel's state.
+    observed: status::Observed,
 }
 
 /// BPF_FS_MAGIC from linux/magic.h.
@@ -161,6 +168,21 @@ async fn serve(options: Options) -> Result<()> {
         bail!("the daemon needs root (CAP_NET_ADMIN, CAP_BPF)");
     }
     refuse_if_running(&options.socket).await?;
+    // Before anything changes: an address that cannot be served is refused.
+    let metrics = match &options.metrics {
+        Some((addr, make)) => {
+            let listener = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("serving metrics on {addr}"))?;
+            listener.set_nonblocking(true)?;
+            if !addr.ip().is_loopback() {
+                tracing::warn!(
+                    "metrics on {addr}: reachable from other hosts, as Docker's metrics-addr is"
+                );
+            }
+            Some((tokio::net::TcpListener::from_std(listener)?, *make))
+        }
+        None => None,
+    };
     if options.conntrack_max < 16 {
         bail!(
             "--conntrack-max {} is too small (16 flows at the least)",
@@ -194,6 +216,7 @@ async fn serve(options: Options) -> Result<()> {
         uplinks: Vec::new(),
         pin_dir: options.bpffs.clone(),
         state_dir: options.state_dir.clone(),
+        observed: status::Observed::new(options.services.first().map(|(s, _)| s.clone())),
     };
     if daemon.state.version < SCHEMA_VERSION {
         daemon.state.version = SCHEMA_VERSION;
@@ -224,6 +247,11 @@ async fn serve(options: Options) -> Result<()> {
         refuse_if_running(socket).await?;
         let listener = bind(socket)?;
         tracing::info!("listening on {}", socket.display());
+        let app = make(daemon.clone(), &options);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+    }
+    if let Some((listener, make)) = metrics {
+        tracing::info!("metrics on http://{}/metrics", listener.local_addr()?);
         let app = make(daemon.clone(), &options);
         tokio::spawn(async move { axum::serve(listener, app).await });
     }
@@ -267,6 +295,11 @@ async fn background(daemon: Arc<Mutex<Daemon>>) {
             && let Err(err) = d.conntrack_gc()
         {
             tracing::warn!("conntrack garbage collection: {err:#}");
+        }
+        if n % 10 == 0
+            && let Err(err) = d.snapshot_counters()
+        {
+            tracing::warn!("reading the counters: {err:#}");
         }
     }
 }

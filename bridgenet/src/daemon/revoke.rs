@@ -23,7 +23,12 @@ impl Daemon {
             .collect();
         let report = self.dp.revoke(|k, e| tests.iter().any(|t| t(k, e)))?;
         if report.entries > 0 {
-            tracing::info!("revoked {} flows of the unpublished ports", report.flows);
+            let ports: Vec<String> = mappings.iter().map(ToString::to_string).collect();
+            tracing::info!(
+                "revoked {} flows of the unpublished ports {} (to {target})",
+                report.flows,
+                ports.join(", ")
+            );
         }
         Ok(())
     }

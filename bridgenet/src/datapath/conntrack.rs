@@ -3,12 +3,12 @@
 use std::{net::Ipv4Addr, time::Duration};
 
 use anyhow::{Context as _, Result};
-use aya::maps::{Array, HashMap};
+use aya::maps::{Array, HashMap, Map, MapData};
 use bridgenet_common::{
     CtEntry, CtKey, EmbryoSlot, action, ct_flags, ct_usage, direction, maps, tcp_seen,
 };
 
-use super::{Datapath, wire};
+use super::{Datapath, from_wire, wire};
 
 const TCP: u8 = 6;
 
@@ -98,6 +98,97 @@ pub struct Flow {
     pub expires_in: Duration,
 }
 
+/// Every state `ct ls --state` takes.
+const STATES: [FlowState; 8] = [
+    FlowState::SynSent,
+    FlowState::SynRecv,
+    FlowState::Established,
+    FlowState::Closing,
+    FlowState::Closed,
+    FlowState::Unreplied,
+    FlowState::Replied,
+    FlowState::Assured,
+];
+
+/// Which flows a listing keeps: `ct ls`'s filters, checked and resolved.
+#[derive(Clone, Debug, Default)]
+pub struct FlowFilter {
+    /// An endpoint's address: in either entry's tuple or translation.
+    pub addr: Option<Ipv4Addr>,
+    proto: Option<u8>,
+    state: Option<FlowState>,
+    src: Option<Ipv4Addr>,
+    dst: Option<Ipv4Addr>,
+    port: Option<u16>,
+}
+
+impl FlowFilter {
+    /// Checks every filter but `--endpoint` (an address the daemon resolves, `addr`): one
+    /// line per bad value, the CLI's and the daemon's alike.
+    pub fn parse(
+        proto: Option<&str>,
+        state: Option<&str>,
+        src: Option<&str>,
+        dst: Option<&str>,
+        port: Option<&str>,
+    ) -> Result<Self, String> {
+        let addr = |what: &str, v: Option<&str>| {
+            v.map(|s| {
+                s.parse::<Ipv4Addr>()
+                    .map_err(|_| format!("invalid {what} {s:?} (expected an IPv4 address)"))
+            })
+            .transpose()
+        };
+        Ok(Self {
+            addr: None,
+            proto: proto
+                .map(|p| match p.to_ascii_lowercase().as_str() {
+                    "tcp" => Ok(6),
+                    "udp" => Ok(17),
+                    "icmp" => Ok(1),
+                    other => other.parse::<u8>().map_err(|_| {
+                        format!("invalid protocol {p:?} (expected tcp, udp, icmp or a number)")
+                    }),
+                })
+                .transpose()?,
+            state: state
+                .map(|s| {
+                    STATES
+                        .into_iter()
+                        .find(|st| st.name().eq_ignore_ascii_case(s))
+                        .ok_or_else(|| {
+                            let names: Vec<&str> = STATES.iter().map(|st| st.name()).collect();
+                            format!("invalid state {s:?} (expected one of {})", names.join(", "))
+                        })
+                })
+                .transpose()?,
+            src: addr("source", src)?,
+            dst: addr("destination", dst)?,
+            port: port
+                .map(|p| {
+                    p.parse::<u16>()
+                        .map_err(|_| format!("invalid port {p:?} (expected 0-65535)"))
+                })
+                .transpose()?,
+        })
+    }
+
+    pub fn matches(&self, flow: &Flow) -> bool {
+        let (ok, oe) = &flow.original;
+        let (rk, re) = &flow.reply;
+        let ports = [ok.sport, ok.dport, rk.sport, rk.dport].map(u16::from_be);
+        self.proto.is_none_or(|p| ok.proto == p)
+            && self.state.is_none_or(|s| flow.state == s)
+            && self.src.is_none_or(|a| from_wire(ok.saddr) == a)
+            && self.dst.is_none_or(|a| from_wire(ok.daddr) == a)
+            && self.port.is_none_or(|p| ports.contains(&p))
+            && self.addr.is_none_or(|a| {
+                let uses = uses_addr(a);
+                uses(ok, oe) || uses(rk, re)
+            })
+    }
+}
+
 /// How long an entry without its other direction is left alone: a new flow's second entry
 /// follows its first within microseconds.
 const ORPHAN_GRACE: Duration = Duration::from_secs(5);
@@ -117,6 +208,88 @@ pub fn monotonic_ns() -> u64 {
     now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
 }
 
+impl Flow {
+    /// The flow of an original entry and its reply entry, at monotonic time `now_ns`.
+    fn of(original: (CtKey, CtEntry), reply: (CtKey, CtEntry), now_ns: u64) -> Self {
+        let (key, entry) = original;
+        let state = state_of(key.proto, &entry, &reply.1);
+        let idle = Duration::from_nanos(
+            now_ns.saturating_sub(entry.last_seen_ns.max(reply.1.last_seen_ns)),
+        );
+        Self {
+            original,
+            reply,
+            state,
+            expires_in: state.timeout(key.proto).saturating_sub(idle),
+        }
+    }
+}
+
+/// A handle of its own on the conntrack map, for walks that must not hold the daemon: a
+/// listing of a full table takes seconds.
+pub struct CtReader {
+    map: HashMap<MapData, CtKey, CtEntry>,
+    capacity: u32,
+}
+
+/// The table counted: flows by protocol and state, and masqueraded flows (each holds a port)
+/// by the address they leave with.
+#[derive(Clone, Debug, Default)]
+pub struct Census {
+    pub by_state: std::collections::BTreeMap<(u8, &'static str), u64>,
+    pub masquerade: std::collections::BTreeMap<Ipv4Addr, u64>,
+}
+
+impl CtReader {
+    /// Counts the table in one walk (see `walk`).
+    pub fn census(&self, now_ns: u64) -> Result<Census> {
+        let mut census = Census::default();
+        self.walk(now_ns, |f| {
+            *census
+                .by_state
+                .entry((f.original.0.proto, f.state.name()))
+                .or_default() += 1;
+            if f.original.1.action == action::SNAT {
+                *census
+                    .masquerade
+                    .entry(from_wire(f.original.1.nat_addr))
+                    .or_default() += 1;
+            }
+            true
+        })?;
+        Ok(census)
+    }
+
+    /// Calls `each` with every flow whose two entries are there, one at a time, in the map's
+    /// order; stops early when `each` returns false. Memory does not grow with the table: the
+    /// reply entry is looked up by key. The kernel restarts a walk whose current key was
+    /// deleted meanwhile, so a flow may come twice; the walk stops after twice the map's size
+    /// in keys so that a table under churn cannot hold it forever.
+    pub fn walk(&self, now_ns: u64, mut each: impl FnMut(Flow) -> bool) -> Result<()> {
+        let budget = u64::from(self.capacity) * 2;
+        for (visited, key) in self.map.keys().enumerate() {
+            if visited as u64 >= budget {
+                break;
+            }
+            let key = key?;
+            // Deleted since the key was read (GC, revocation, eviction): skip it.
+            let Ok(entry) = self.map.get(&key, 0) else {
+                continue;
+            };
+            if entry.direction != direction::ORIGINAL {
+                continue;
+            }
+            let Ok(reply) = self.map.get(&entry.peer, 0) else {
+                continue;
+            };
+            if !each(Flow::of((key, entry), (entry.peer, reply), now_ns)) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Datapath {
     /// Every tracked flow, with its state and time left, at monotonic time `now_ns`.
     pub fn flows_at(&self, now_ns: u64) -> Result<Vec<Flow>> {
@@ -130,18 +303,22 @@ impl Datapath {
             let Some(reply) = by_key.get(&entry.peer) else {
                 continue;
             };
-            let state = state_of(key.proto, entry, reply);
-            let idle = Duration::from_nanos(
-                now_ns.saturating_sub(entry.last_seen_ns.max(reply.last_seen_ns)),
-            );
-            flows.push(Flow {
-                original: (*key, *entry),
-                reply: (entry.peer, *reply),
-                state,
-                expires_in: state.timeout(key.proto).saturating_sub(idle),
-            });
+            flows.push(Flow::of((*key, *entry), (entry.peer, *reply), now_ns));
         }
         Ok(flows)
+    }
+
+    /// A reader of the conntrack map that does not borrow the datapath.
+    pub fn conntrack_reader(&self) -> Result<CtReader> {
+        let Some(Map::LruHashMap(data)) = self.ebpf.map(maps::CONNTRACK) else {
+            anyhow::bail!("map CONNTRACK missing or not an LRU hash");
+        };
+        let info = data.info()?;
+        let own = MapData::from_id(info.id()).context("opening the conntrack map")?;
+        Ok(CtReader {
+            map: HashMap::try_from(Map::LruHashMap(own))?,
+            capacity: info.max_entries(),
+        })
     }
 
     /// Removes flows idle past their state's timeout (both entries) and entries whose other

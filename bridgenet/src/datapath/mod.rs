@@ -23,6 +23,8 @@ pub use crate::state::GatewayMode;
 
 mod attach;
 mod control;
+mod inspect;
+pub use inspect::MapFill;
 pub mod host_access;
 pub mod layout;
 pub use attach::Hook;

@@ -10,7 +10,9 @@ use rtnetlink::{
     Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
         address::{AddressAttribute, AddressMessage},
-        link::{InfoKind, LinkAttribute, LinkInfo, LinkLayerType, LinkMessage, LinkXdp},
+        link::{
+            InfoKind, LinkAttribute, LinkInfo, LinkLayerType, LinkMessage, LinkXdp, XdpAttached,
+        },
         route::{RouteAddress, RouteAttribute, RouteType},
         tc::{TcAttribute, TcFilterBpfOption, TcOption},
     },
@@ -81,6 +83,8 @@ pub struct Link {
     pub controller: Option<u32>,
     /// The id of the XDP program attached to it.
     pub xdp_program: Option<u32>,
+    /// How that program is attached: native (the driver's), generic, offload.
+    pub xdp_mode: Option<&'static str>,
     /// A veth pair's end.
     pub veth: bool,
     /// A Linux bridge.
@@ -358,6 +362,7 @@ fn link_of(msg: LinkMessage) -> Link {
         alias: None,
         controller: None,
         xdp_program: None,
+        xdp_mode: None,
         veth: false,
         bridge: false,
         ethernet: msg.header.link_layer_type == LinkLayerType::Ether,
@@ -374,6 +379,13 @@ fn link_of(msg: LinkMessage) -> Link {
             LinkAttribute::Xdp(xdp) => {
                 link.xdp_program = xdp.iter().find_map(|x| match x {
                     LinkXdp::ProgId(id) => Some(*id),
+                    _ => None,
+                });
+                link.xdp_mode = xdp.iter().find_map(|x| match x {
+                    LinkXdp::Attached(XdpAttached::Driver) => Some("native"),
+                    LinkXdp::Attached(XdpAttached::SocketBuffer) => Some("generic"),
+                    LinkXdp::Attached(XdpAttached::Hardware) => Some("offload"),
+                    LinkXdp::Attached(XdpAttached::Multiple) => Some("multiple"),
                     _ => None,
                 });
             }
