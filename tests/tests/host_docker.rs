@@ -290,6 +290,15 @@ impl DockerLab {
         self.world_httpd = Some(child);
     }
 
+    /// `docker ARGS` must fail with one line that contains `want`.
+    fn refused(&self, args: &[&str], want: &str) {
+        let out = self.docker(args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = text(&out);
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+    }
+
     fn docker(&self, args: &[&str]) -> Output {
         Command::new("docker")
             .arg("-H")
@@ -688,21 +697,20 @@ fn docker_run_publishes_through_bridgenet() {
 fn docker_refused_options_fail_in_one_line_and_change_nothing() {
     let lab = DockerLab::up();
     let before = lab.bridgenet_ok(&["network", "ls"]);
-    let out = lab.docker(&[
-        "network",
-        "create",
-        "-d",
-        "bridgenet",
-        "--subnet",
-        "198.19.8.0/24",
-        "-o",
-        "foo=bar",
-        "bad",
-    ]);
-    assert!(!out.status.success());
-    let err = text(&out);
-    assert!(err.contains("unsupported option foo"), "{err}");
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    lab.refused(
+        &[
+            "network",
+            "create",
+            "-d",
+            "bridgenet",
+            "--subnet",
+            "198.19.8.0/24",
+            "-o",
+            "foo=bar",
+            "bad",
+        ],
+        "unsupported option foo",
+    );
     assert_eq!(lab.bridgenet_ok(&["network", "ls"]), before);
 
     lab.docker_ok(&[
@@ -824,11 +832,7 @@ fn docker_refused_options_fail_in_one_line_and_change_nothing() {
         let mut all = vec!["network", "create", "-d", "bridgenet"];
         all.extend(args);
         all.push("refused");
-        let out = lab.docker(&all);
-        assert!(!out.status.success(), "{all:?} succeeded");
-        let err = text(&out);
-        assert!(err.contains(want), "{all:?}: {err}");
-        assert_eq!(err.trim().lines().count(), 1, "{all:?}: {err}");
+        lab.refused(&all, want);
     }
     assert_eq!(lab.bridgenet_ok(&["network", "ls"]), before);
 
@@ -1329,21 +1333,20 @@ fn docker_adopts_an_existing_bridge_and_leaves_it_as_found() {
     host.ip(&["link", "set", "bb0", "up"]);
     let found = host.ip(&["-4", "-o", "addr", "show", "dev", "bb0"]);
     // Docker's IPAM must give the bridge's subnet: another is refused in one line.
-    let out = lab.docker(&[
-        "network",
-        "create",
-        "-d",
-        "bridgenet",
-        "--subnet",
-        "198.19.26.0/24",
-        "-o",
-        "com.docker.network.bridge.name=bb0",
-        "wrong",
-    ]);
-    assert!(!out.status.success());
-    let err = text(&out);
-    assert!(err.contains("bridge bb0 has 198.19.25.1/24"), "{err}");
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    lab.refused(
+        &[
+            "network",
+            "create",
+            "-d",
+            "bridgenet",
+            "--subnet",
+            "198.19.26.0/24",
+            "-o",
+            "com.docker.network.bridge.name=bb0",
+            "wrong",
+        ],
+        "bridge bb0 has 198.19.25.1/24",
+    );
 
     lab.docker_ok(&[
         "network",
