@@ -64,8 +64,11 @@ pub fn test(kernels: &[String], host: bool, filter: Option<&str>) -> Result<()> 
     if host {
         summaries.push(run_binaries(&binaries, filter, 2, false)?);
     }
-    for image in &images {
-        summaries.push(run_in_vm(&vng, image, &binaries, filter)?);
+    if !images.is_empty() {
+        let staged = stage(&binaries)?;
+        for image in &images {
+            summaries.push(run_in_vm(&vng, image, &staged, filter)?);
+        }
     }
 
     println!("\nkernel matrix:");
@@ -204,12 +207,82 @@ fn parse_result(counts: &str) -> (u64, u64, u64) {
     out
 }
 
+/// Where the guests find the binaries: `target/matrix/bin`, laid out as `target` is
+/// (`debug/bridgenet`, `debug/deps/TEST`), so that tests find the daemon next to themselves.
+fn staging_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/matrix/bin")
+}
+
+/// Copies the guests' test binaries and the programs they run (`bridgenet`, `bridgenet-cni`)
+/// into the staging dir without their debug info: a guest copies them into its memory, because
+/// each exec from the host's filesystem (9p, uncached) costs a second of software emulation,
+/// and the tests run the CLI hundreds of times. Returns the staged test binaries.
+fn stage(binaries: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let dir = staging_dir();
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(dir.join("debug/deps"))?;
+    let strip = |from: &Path, to: &Path| -> Result<()> {
+        let status = Command::new("objcopy")
+            .arg("--strip-debug")
+            .args([from, to])
+            .status()
+            .context("running objcopy")?;
+        if !status.success() {
+            bail!("objcopy --strip-debug {} failed", from.display());
+        }
+        Ok(())
+    };
+    let programs = binaries
+        .first()
+        .and_then(|b| b.parent())
+        .and_then(Path::parent)
+        .context("test binaries outside target/debug/deps")?;
+    for program in ["bridgenet", "bridgenet-cni"] {
+        strip(&programs.join(program), &dir.join("debug").join(program))?;
+    }
+    let mut staged = Vec::new();
+    for binary in binaries.iter().filter(|b| !host_only(b)) {
+        let to = dir
+            .join("debug/deps")
+            .join(binary.file_name().context("a test binary without a name")?);
+        strip(binary, &to)?;
+        staged.push(to);
+    }
+    Ok(staged)
+}
+
+/// In a guest: copies the staging dir into memory (tmpfs); returns where it is.
+fn copy_staged_into_memory() -> Result<PathBuf> {
+    let to = Path::new("/dev/shm/bridgenet-matrix");
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(staging_dir())
+        .arg(to)
+        .status()
+        .context("running cp")?;
+    if !status.success() {
+        bail!(
+            "copying {} into {} failed",
+            staging_dir().display(),
+            to.display()
+        );
+    }
+    Ok(to.to_owned())
+}
+
 /// Inside a VM: runs the binaries listed in `plan` and writes the summary to `report`.
 pub fn guest(plan: &Path, report: &Path) -> Result<()> {
     let plan = fs::read_to_string(plan)?;
     let mut lines = plan.lines();
     let filter = lines.next().filter(|f| !f.is_empty());
-    let binaries: Vec<PathBuf> = lines.map(PathBuf::from).collect();
+    let memory = copy_staged_into_memory()?;
+    let staging = staging_dir();
+    let binaries: Vec<PathBuf> = lines
+        .map(|line| match Path::new(line).strip_prefix(&staging) {
+            Ok(relative) => memory.join(relative),
+            Err(_) => PathBuf::from(line),
+        })
+        .collect();
     let summary = run_binaries(&binaries, filter, 2, true)?;
     let report_text = format!(
         "{}\n{} {} {}\n{}\n",
@@ -245,7 +318,7 @@ fn run_in_vm(
     let plan = dir.join("plan");
     let report = dir.join("report");
     let mut plan_text = format!("{}\n", filter.unwrap_or(""));
-    for binary in binaries.iter().filter(|b| !host_only(b)) {
+    for binary in binaries {
         plan_text.push_str(&format!("{}\n", binary.display()));
     }
     fs::write(&plan, plan_text)?;

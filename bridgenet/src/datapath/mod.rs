@@ -9,7 +9,7 @@ use aya::{
         lpm_trie::{Key, LpmTrie},
     },
     programs::{
-        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        Program, SchedClassifier, TcAttachType, Xdp, XdpMode,
         tc::{self, NlOptions, TcAttachOptions},
     },
 };
@@ -137,22 +137,7 @@ impl Datapath {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
-        for name in [
-            programs::TC_COUNT,
-            programs::UPLINK_INGRESS,
-            programs::UPLINK_EGRESS,
-            programs::ENDPOINT_INGRESS,
-            programs::BRIDGE_INGRESS,
-        ] {
-            let tc: &mut SchedClassifier = program_mut(&mut ebpf, name)?;
-            tc.load()
-                .with_context(|| format!("verifying program {name}"))?;
-        }
-        for name in [programs::XDP_COUNT, programs::UPLINK_XDP] {
-            let xdp: &mut Xdp = program_mut(&mut ebpf, name)?;
-            xdp.load()
-                .with_context(|| format!("verifying program {name}"))?;
-        }
+        verify_programs(&mut ebpf)?;
         let mut datapath = Self {
             ebpf,
             migrations: Vec::new(),
@@ -474,6 +459,50 @@ impl Datapath {
         }
         Ok(totals)
     }
+}
+
+/// Loads the TC and XDP programs, each in its own thread: the kernel verifies programs
+/// independently, and the verifier is most of a daemon's start (seconds on a slow machine).
+fn verify_programs(ebpf: &mut Ebpf) -> Result<()> {
+    const NAMES: [&str; 7] = [
+        programs::TC_COUNT,
+        programs::UPLINK_INGRESS,
+        programs::UPLINK_EGRESS,
+        programs::ENDPOINT_INGRESS,
+        programs::BRIDGE_INGRESS,
+        programs::XDP_COUNT,
+        programs::UPLINK_XDP,
+    ];
+    let started = std::time::Instant::now();
+    let loaded: Vec<(&str, Result<()>)> = std::thread::scope(|scope| {
+        let jobs: Vec<_> = ebpf
+            .programs_mut()
+            .filter(|(name, _)| NAMES.contains(name))
+            .map(|(name, program)| {
+                scope.spawn(move || {
+                    let loaded = match program {
+                        Program::SchedClassifier(tc) => tc.load(),
+                        Program::Xdp(xdp) => xdp.load(),
+                        _ => return (name, Err(anyhow::anyhow!("not a TC or XDP program"))),
+                    };
+                    (name, loaded.map_err(anyhow::Error::from))
+                })
+            })
+            .collect();
+        jobs.into_iter()
+            .map(|job| job.join().expect("a verifying thread panicked"))
+            .collect()
+    });
+    for name in NAMES {
+        if !loaded.iter().any(|(found, _)| *found == name) {
+            bail!("program {name} missing from the object");
+        }
+    }
+    for (name, result) in loaded {
+        result.with_context(|| format!("verifying program {name}"))?;
+    }
+    tracing::debug!("programs verified in {:?}", started.elapsed());
+    Ok(())
 }
 
 fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>

@@ -386,13 +386,14 @@ mod tests {
 
     #[test]
     fn table_is_linear() {
+        // Counted in probes, not timed: drawing every port of the range looks at each once.
         let mut table = PortTable::new([], (1024, 65535));
-        let start = std::time::Instant::now();
         for _ in 0..64512 {
             assert!(table.draw(Proto::Tcp, None).is_some());
         }
         assert_eq!(table.draw(Proto::Tcp, None), None);
-        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+        let (_, probes) = table.cursors[&(Proto::Tcp, None)];
+        assert_eq!(probes, 64512);
     }
 
     #[test]
