@@ -9,7 +9,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
 use hyper::Method;
 use serde::{Serialize, de::DeserializeOwned};
@@ -234,10 +234,8 @@ pub fn network(socket: &Path, cmd: NetworkCmd) -> Result<()> {
             if l.json {
                 return print_json(&nets);
             }
-            println!(
-                "{:<16} {:<18} {:<15} {:<15} OPTIONS",
-                "NAME", "SUBNET", "GATEWAY", "BRIDGE"
-            );
+            let mut table = Table::new();
+            table.row(["NAME", "SUBNET", "GATEWAY", "BRIDGE", "OPTIONS"]);
             for n in nets {
                 let mut opts = Vec::new();
                 if !n.icc {
@@ -253,15 +251,15 @@ pub fn network(socket: &Path, cmd: NetworkCmd) -> Result<()> {
                 if !n.gateway_mode.is_nat() {
                     opts.push(&mode);
                 }
-                println!(
-                    "{:<16} {:<18} {:<15} {:<15} {}",
+                table.row([
                     n.name,
                     n.subnet.to_string(),
                     n.gateway.to_string(),
                     n.bridge,
-                    opts.join(",")
-                );
+                    opts.join(","),
+                ]);
             }
+            table.print()?;
         }
         NetworkCmd::Inspect { name: n } => {
             name("network", &n)?;
@@ -318,10 +316,17 @@ pub fn endpoint(socket: &Path, cmd: EndpointCmd) -> Result<()> {
             // Docker's container names, when Docker's API answers the daemon.
             let containers: BTreeMap<String, String> =
                 get(socket, "/containers").unwrap_or_default();
-            println!(
-                "{:<16} {:<16} {:<16} {:<16} {:<15} {:<17} {:<24} PORTS",
-                "NAME", "CONTAINER", "MODE", "NETWORK", "IP", "MAC", "NETNS"
-            );
+            let mut table = Table::new();
+            table.row([
+                "NAME",
+                "CONTAINER",
+                "MODE",
+                "NETWORK",
+                "IP",
+                "MAC",
+                "NETNS",
+                "PORTS",
+            ]);
             for e in eps {
                 let ports: Vec<String> = e.ports.iter().map(docker_ps_port).collect();
                 let dash = |s: String| if s.is_empty() { "-".to_owned() } else { s };
@@ -332,18 +337,18 @@ pub fn endpoint(socket: &Path, cmd: EndpointCmd) -> Result<()> {
                         .as_ref()
                         .map(|c| format!("{}/{}", c.container_id, c.ifname))
                 });
-                println!(
-                    "{:<16} {:<16} {:<16} {:<16} {:<15} {:<17} {:<24} {}",
+                table.row([
                     e.name,
                     dash(container.unwrap_or_default()),
                     e.mode.to_string(),
                     dash(e.network),
                     dash(ip.unwrap_or_default()),
                     dash(e.mac),
-                    e.netns,
-                    ports.join(", ")
-                );
+                    dash(e.netns),
+                    ports.join(", "),
+                ]);
             }
+            table.print()?;
         }
         EndpointCmd::Inspect { name: n } => {
             name("endpoint", &n)?;
@@ -537,4 +542,54 @@ fn ct_line(f: &Flow) -> String {
 pub fn socket_path(arg: Option<PathBuf>) -> PathBuf {
     arg.or_else(|| std::env::var_os("BRIDGENET_SOCKET").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(crate::api::DEFAULT_SOCKET))
+}
+
+/// Columns as wide as their widest cell, as `docker ps` aligns them (names of any length stay
+/// in line).
+struct Table(tabwriter::TabWriter<Vec<u8>>);
+
+impl Table {
+    fn new() -> Self {
+        Self(tabwriter::TabWriter::new(Vec::new()).padding(3))
+    }
+
+    fn row<S: AsRef<str>>(&mut self, cells: impl IntoIterator<Item = S>) {
+        let line: Vec<String> = cells
+            .into_iter()
+            .map(|c| c.as_ref().replace('\t', " "))
+            .collect();
+        // Writing into memory cannot fail.
+        let _ = writeln!(self.0, "{}", line.join("\t"));
+    }
+
+    fn print(self) -> Result<()> {
+        let text = self.0.into_inner().context("aligning the table")?;
+        std::io::stdout().write_all(&text)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod table_tests {
+    use super::Table;
+
+    #[test]
+    fn columns_line_up_whatever_the_length_of_a_name() {
+        let mut table = Table::new();
+        table.row(["NAME", "CONTAINER", "IP"]);
+        table.row(["docker-3138bc1403e8", "web1", "198.19.40.2"]);
+        table.row(["a", "a-container-name-longer-than-16", "198.19.40.3"]);
+        let text = String::from_utf8(table.0.into_inner().unwrap()).unwrap();
+        let starts: Vec<(usize, usize)> = text
+            .lines()
+            .map(|line| {
+                let second = line.find("   ").unwrap()
+                    + line[line.find("   ").unwrap()..]
+                        .find(|c: char| c != ' ')
+                        .unwrap();
+                (second, line.rfind(' ').unwrap() + 1)
+            })
+            .collect();
+        assert!(starts.iter().all(|s| *s == starts[0]), "{text}");
+    }
 }

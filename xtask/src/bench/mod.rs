@@ -151,8 +151,25 @@ pub fn bench(quick: bool) -> Result<()> {
     let started = Instant::now();
     setup::build_tools()?;
     setup::programs(PROGRAMS)?;
-    setup::cargo(&["build", "--release", "--quiet", "--package", "bridgenet"])?;
-    let binary = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/bridgenet");
+    // --quick takes the debug build, which `cargo xtask test` builds anyway (CI saves a release
+    // build); the eBPF programs are optimized in both, the daemon's own times are not.
+    let (profile, dir) = if quick {
+        ("dev", "debug")
+    } else {
+        ("release", "release")
+    };
+    setup::cargo(&[
+        "build",
+        "--profile",
+        profile,
+        "--quiet",
+        "--package",
+        "bridgenet",
+    ])?;
+    let binary = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target")
+        .join(dir)
+        .join("bridgenet");
     // SAFETY: the handler only stores to an atomic.
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);

@@ -365,7 +365,9 @@ pub fn write(cfg: &Config, r: &Results) -> Result<()> {
         "```sh\ncargo xtask bench          # this report: {} rounds, about {:.0} minutes\n\
          cargo xtask bench --quick  # one short round, seconds; CI runs it; report in target/bench-quick/\n```\n\
          It needs root, Linux 6.1+, and installs iperf3, iptables, nftables, bpftool and \
-         gnuplot-nox with apt when missing. It builds bridgenet in release mode.",
+         gnuplot-nox with apt when missing. It builds bridgenet in release mode (`--quick`: \
+         the debug build, whose eBPF programs are optimized all the same but whose daemon \
+         times, publishing and endpoint times, are not representative).",
         cfg.rounds, r.minutes
     )?;
     std::fs::write(&report, md)?;
@@ -386,7 +388,7 @@ fn method(cfg: &Config) -> String {
 pairs. Each variant gets a fresh set of namespaces in every round, so no variant inherits \
 another's netfilter hooks or conntrack entries; the variants run one after the other in an order \
 that rotates each round ({rounds} round{s}).\n\
-- **Variants.** *bridgenet*: the release build of the daemon in the host namespace, the endpoint \
+- **Variants.** *bridgenet*: the release build of the daemon (`--quick`: the debug build) in the host namespace, the endpoint \
 made with `bridgenet endpoint create --netns` and ports published with `bridgenet port publish`. \
 *iptables-nft* and *iptables-legacy*: the rules Docker 20.10 writes for the default bridge \
 (`docker0`) and its published ports: nat PREROUTING/OUTPUT jumps to DOCKER (`-m addrtype \
