@@ -29,6 +29,21 @@ pub fn echo_once(netns: &str, bind: &str) -> std::thread::JoinHandle<SocketAddr>
     })
 }
 
+/// Connects from `netns` to `to` and checks one echo, leaving the connection open while the
+/// stream lives: a check of a live flow cannot race its expiry (a closed one goes in seconds).
+pub fn open_roundtrip(netns: &str, to: &str) -> TcpStream {
+    let to: SocketAddr = to.parse().unwrap();
+    let mut stream = enter(netns, || {
+        TcpStream::connect_timeout(&to, TIMEOUT).expect("connect")
+    });
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream.write_all(b"hello").expect("send");
+    let mut back = [0u8; 5];
+    stream.read_exact(&mut back).expect("echo");
+    assert_eq!(&back, b"hello", "the echo differs from what was sent");
+    stream
+}
+
 /// Connects from `netns` to `to`, sends a line and checks that it comes back.
 pub fn roundtrip(netns: &str, to: &str) {
     roundtrip_data(netns, to, b"hello bridgenet");

@@ -7,7 +7,7 @@ use std::{
 };
 
 use bridgenet_tests::topology::enter;
-use bridgenet_tests::traffic::{UdpSink, UdpStream, echo_once, refused, roundtrip};
+use bridgenet_tests::traffic::{UdpSink, UdpStream, echo_once, open_roundtrip, refused, roundtrip};
 use bridgenet_tests::{Netns, control::ControlLab};
 
 #[test]
@@ -28,15 +28,13 @@ fn published_port_and_masquerade_through_the_daemon() {
     assert_eq!(out.trim(), "ep1 172.17.0.2");
     assert_eq!(lab.ok(&["port", "ls", "ep1"]), "80/tcp -> 0.0.0.0:8080\n");
 
-    // World -> published port -> endpoint, which sees the real client.
-    let server = echo_once(&ns, "0.0.0.0:80");
-    roundtrip(lab.topo.ns("world").name(), "198.18.0.2:8080");
-    assert_eq!(server.join().unwrap().ip(), Ipv4Addr::new(198, 18, 0, 1));
-
-    // Endpoint -> world, masqueraded behind the uplink's address.
-    let server = echo_once(lab.topo.ns("world").name(), "198.18.0.1:7000");
-    roundtrip(&ns, "198.18.0.1:7000");
-    assert_eq!(server.join().unwrap().ip(), Ipv4Addr::new(198, 18, 0, 2));
+    // World -> published port -> endpoint, which sees the real client; endpoint -> world,
+    // masqueraded behind the uplink's address. Both stay open while `ct ls` lists them.
+    let world = lab.topo.ns("world").name().to_owned();
+    let server_in = echo_once(&ns, "0.0.0.0:80");
+    let inbound = open_roundtrip(&world, "198.18.0.2:8080");
+    let server_out = echo_once(&world, "198.18.0.1:7000");
+    let outbound = open_roundtrip(&ns, "198.18.0.1:7000");
 
     let ct = lab.ok(&["ct", "ls"]);
     assert!(
@@ -46,6 +44,12 @@ fn published_port_and_masquerade_through_the_daemon() {
     assert!(ct.contains("src=172.17.0.2 dst=198.18.0.1"), "ct ls: {ct}");
     assert!(lab.stat("uplink_ingress", "dnat") > 0);
     assert!(lab.stat("uplink_egress", "snat") > 0);
+    drop((inbound, outbound));
+    assert_eq!(server_in.join().unwrap().ip(), Ipv4Addr::new(198, 18, 0, 1));
+    assert_eq!(
+        server_out.join().unwrap().ip(),
+        Ipv4Addr::new(198, 18, 0, 2)
+    );
 
     // Flushing the endpoint's flows empties the table of them.
     let flushed = lab.ok(&["ct", "flush", "--endpoint", "ep1"]);
