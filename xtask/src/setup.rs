@@ -102,6 +102,8 @@ pub const PODMAN_PROGRAMS: &[(&str, &str)] = &[
 pub const VM_PROGRAMS: &[(&str, &str)] = &[
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("busybox", "busybox-static"),
+    // Strips the binaries staged for the guests (xtask/src/test.rs).
+    ("objcopy", "binutils"),
 ];
 
 /// Installs with apt the packages of the programs in `programs` that are not on PATH.
