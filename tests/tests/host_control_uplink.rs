@@ -58,6 +58,7 @@ fn daemon_refuses(topo: &Topology, dir: &Path, extra: &[&str]) -> String {
             // SAFETY: a signal to the child this test started.
             unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
             let _ = child.wait();
+            unmount(&dir.join("bpffs"));
             panic!("the daemon accepted the uplink and kept running");
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -66,13 +67,25 @@ fn daemon_refuses(topo: &Topology, dir: &Path, extra: &[&str]) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).trim_end().to_owned();
     assert!(!out.status.success(), "the daemon succeeded: {stderr}");
     assert_eq!(stderr.lines().count(), 1, "not one line: {stderr:?}");
+    let left = dir.join("state").exists() || dir.join("bpffs").exists();
+    unmount(&dir.join("bpffs"));
     assert!(
-        !dir.join("state").exists() && !dir.join("bpffs").exists(),
+        !left,
         "the refused start left a state dir or bpf filesystem"
     );
     let links = topo.ns("host").ip(&["-o", "link"]);
     assert!(!links.contains("bridgenet"), "a link was made: {links}");
     stderr
+}
+
+/// Unmounts a bpf filesystem a daemon may have mounted at `path`, so that a failed test leaves
+/// no mount behind (its temporary directory could not be removed otherwise).
+fn unmount(path: &Path) {
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return;
+    };
+    // SAFETY: a valid C string; an error (nothing mounted there) is ignored.
+    unsafe { libc::umount2(c_path.as_ptr(), libc::MNT_DETACH) };
 }
 
 #[test]
