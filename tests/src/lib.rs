@@ -10,6 +10,7 @@ pub mod http;
 pub mod layout_v1;
 pub mod packet;
 pub mod raw;
+pub mod sockets;
 pub mod topology;
 pub mod traffic;
 

@@ -2,18 +2,18 @@
 //! connection that must not get through, and numbered UDP streams (one flow each).
 use std::{
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     time::Duration,
 };
 
-use crate::topology::enter;
+use crate::{sockets, topology::enter};
 
 /// Generous: the matrix runs under software emulation.
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 
 /// An echo server for one connection in `netns`; returns the peer address it saw.
 pub fn echo_once(netns: &str, bind: &str) -> std::thread::JoinHandle<SocketAddr> {
-    let listener = enter(netns, || TcpListener::bind(bind).expect("bind"));
+    let listener = enter(netns, || sockets::tcp_listener(bind));
     std::thread::spawn(move || {
         let (mut stream, peer) = listener.accept().expect("accept");
         stream.set_read_timeout(Some(TIMEOUT)).unwrap();
@@ -93,7 +93,7 @@ pub struct UdpSink {
 impl UdpSink {
     pub fn new(netns: &str, bind: &str, echo: bool) -> Self {
         use std::sync::atomic::Ordering;
-        let socket = enter(netns, || std::net::UdpSocket::bind(bind).expect("bind"));
+        let socket = enter(netns, || sockets::udp_socket(bind));
         socket
             .set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
@@ -161,7 +161,7 @@ impl UdpStream {
     pub fn new(netns: &str, bind: &str, to: &str) -> Self {
         use std::sync::atomic::Ordering;
         let to: SocketAddr = to.parse().unwrap();
-        let socket = enter(netns, || std::net::UdpSocket::bind(bind).expect("bind"));
+        let socket = enter(netns, || sockets::udp_socket(bind));
         socket
             .set_read_timeout(Some(Duration::from_millis(10)))
             .unwrap();

@@ -3,7 +3,7 @@
 //! sources, and blind resets against a live connection.
 use std::{
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -11,6 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bridgenet_tests::sockets;
 use bridgenet_tests::{
     control::ControlLab,
     topology::enter,
@@ -20,7 +21,7 @@ use bridgenet_tests::{
 /// A server in `netns` on `bind` that answers each connection with "ok" and closes once the
 /// client has closed (the client closes first, as HTTP/1.1 clients and load balancers do).
 fn ok_server(netns: &str, bind: &str, stop: Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<()>> {
-    let listener = enter(netns, || TcpListener::bind(bind).expect("bind"));
+    let listener = enter(netns, || sockets::tcp_listener(bind));
     listener.set_nonblocking(true).unwrap();
     (0..4)
         .map(|_| {
@@ -395,9 +396,7 @@ fn spoofed_resets_outside_the_window_do_not_end_a_connection() {
         &ns,
     ]);
     let world = lab.topo.ns("world").name().to_owned();
-    let listener = enter(&world, || {
-        TcpListener::bind("198.18.0.1:7000").expect("bind")
-    });
+    let listener = enter(&world, || sockets::tcp_listener("198.18.0.1:7000"));
     let mut client = enter(&ns, || {
         TcpStream::connect_timeout(&"198.18.0.1:7000".parse().unwrap(), Duration::from_secs(10))
             .expect("connect")

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use bridgenet::datapath::tcx_supported;
 use bridgenet_tests::control::ControlLab;
 use bridgenet_tests::kernel_note;
+use bridgenet_tests::sockets;
 use bridgenet_tests::traffic::{echo_once, refused, roundtrip};
 
 /// Detaches `program` from `iface` the way an operator would: `bpftool link detach` on its
@@ -68,9 +69,7 @@ fn detached_programs_fail_closed_then_come_back() {
     let server = echo_once(&world, "198.18.0.1:7000");
     roundtrip(&ns, "198.18.0.1:7000");
     server.join().unwrap();
-    let _listener = bridgenet_tests::topology::enter(&ns, || {
-        std::net::TcpListener::bind("0.0.0.0:81").unwrap()
-    });
+    let _listener = bridgenet_tests::topology::enter(&ns, || sockets::tcp_listener("0.0.0.0:81"));
     assert!(refused(&world, "172.17.0.2:81"));
     let xdp_before = lab.stat("uplink_xdp", "drop_endpoint_direct");
     assert!(xdp_before > 0, "uplink_xdp dropped nothing");
@@ -84,9 +83,8 @@ fn detached_programs_fail_closed_then_come_back() {
     );
 
     // Without endpoint_ingress, what ep1 sends is dropped on the bridge, not routed unchecked.
-    let _world_listener = bridgenet_tests::topology::enter(&world, || {
-        std::net::TcpListener::bind("198.18.0.1:7001").unwrap()
-    });
+    let _world_listener =
+        bridgenet_tests::topology::enter(&world, || sockets::tcp_listener("198.18.0.1:7001"));
     assert!(refused(&ns, "198.18.0.1:7001"));
     // Without uplink_xdp, uplink_ingress still keeps the world away from the endpoint.
     assert!(refused(&world, "172.17.0.2:81"));
@@ -146,9 +144,7 @@ fn uplink_xdp_stays_off_a_veth_uplink_by_default_and_tc_drops_alone() {
         "ip",
         &["route", "add", "172.17.0.0/16", "via", "198.18.0.2"],
     );
-    let _listener = bridgenet_tests::topology::enter(&ns, || {
-        std::net::TcpListener::bind("0.0.0.0:81").unwrap()
-    });
+    let _listener = bridgenet_tests::topology::enter(&ns, || sockets::tcp_listener("0.0.0.0:81"));
     assert!(refused(&world, "172.17.0.2:81"));
     assert!(lab.stat("uplink_ingress", "drop_endpoint_direct") > 0);
     assert_eq!(lab.stat("uplink_xdp", "drop_endpoint_direct"), 0);

@@ -3,13 +3,11 @@
 //! endpoint's private address; truncated segments from a neighbour never reach an endpoint;
 //! with `--icc=false`, broadcast, multicast and frames to a sibling's MAC never reach it.
 //! Addresses: world 198.18.0.1, host 198.18.0.2, networks in 198.19.0.0/16.
-use std::{
-    net::{Ipv4Addr, UdpSocket},
-    time::Duration,
-};
+use std::{net::Ipv4Addr, time::Duration};
 
 use bridgenet_tests::control::ControlLab;
 use bridgenet_tests::raw::{self, Capture};
+use bridgenet_tests::sockets;
 use bridgenet_tests::topology::enter;
 use etherparse::PacketBuilder;
 
@@ -55,7 +53,7 @@ fn an_icmp_error_quoting_a_hairpin_flow_never_leaves_with_a_private_source() {
     let capture = Capture::open(&world, "eth0");
 
     // a reaches its own published port through the host's address: a hairpin flow.
-    let sock = enter(&a, || UdpSocket::bind((a_addr, 5000)).unwrap());
+    let sock = enter(&a, || sockets::udp_socket((a_addr, 5000)));
     sock.send_to(b"hairpin", (HOST, 5353)).unwrap();
     std::thread::sleep(Duration::from_millis(200));
     // Then an error to the world quoting that flow (the packet that came in through it).
@@ -171,29 +169,31 @@ fn with_icc_false_broadcast_multicast_and_sibling_frames_never_reach_a_sibling()
     let (a_addr, b_addr) = (Ipv4Addr::new(198, 19, 3, 2), Ipv4Addr::new(198, 19, 3, 3));
     let group = Ipv4Addr::new(224, 0, 0, 251);
     let listener = enter(&b, || {
-        let sock = UdpSocket::bind("0.0.0.0:7777").unwrap();
+        let sock = sockets::udp_socket("0.0.0.0:7777");
         sock.join_multicast_v4(&group, &b_addr).unwrap();
         sock
     });
     listener
         .set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
-    let host_listener = enter(&host, || UdpSocket::bind("198.19.3.1:7777").unwrap());
+    let host_listener = enter(&host, || sockets::udp_socket("198.19.3.1:7777"));
     host_listener
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
     let capture = Capture::open(&b, "eth0");
 
     // b hears what the host sends it: its socket works.
-    enter(&host, || UdpSocket::bind("198.19.3.1:0").unwrap())
-        .send_to(b"to-b", (b_addr, 7777))
-        .unwrap();
+    enter(&host, || {
+        std::net::UdpSocket::bind("198.19.3.1:0").expect("bind")
+    })
+    .send_to(b"to-b", (b_addr, 7777))
+    .unwrap();
     let mut buf = [0u8; 64];
     let (n, _) = listener.recv_from(&mut buf).expect("b hears the host");
     assert_eq!(&buf[..n], b"to-b");
 
     let sender = enter(&a, || {
-        let sock = UdpSocket::bind((a_addr, 0)).unwrap();
+        let sock = sockets::udp_socket((a_addr, 0));
         sock.set_broadcast(true).unwrap();
         sock
     });

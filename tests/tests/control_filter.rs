@@ -4,7 +4,7 @@
 //! survive a daemon restart.
 use std::{
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddrV4, TcpStream},
     os::fd::FromRawFd as _,
     sync::{
         Arc, Mutex,
@@ -14,6 +14,7 @@ use std::{
 };
 
 use bridgenet_tests::control::{ControlLab, Stop};
+use bridgenet_tests::sockets;
 use bridgenet_tests::topology::enter;
 
 const A: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -23,7 +24,7 @@ const TIMEOUT: Duration = Duration::from_millis(800);
 
 /// An echo server in `netns` for any number of connections, until `stop` is set.
 fn echo_server(netns: &str, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
-    let listener = enter(netns, || TcpListener::bind("0.0.0.0:80").expect("bind"));
+    let listener = enter(netns, || sockets::tcp_listener("0.0.0.0:80"));
     listener.set_nonblocking(true).unwrap();
     std::thread::spawn(move || {
         while !stop.load(Ordering::Relaxed) {

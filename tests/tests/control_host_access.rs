@@ -4,19 +4,20 @@
 //! 127.0.0.1 is for the host only; restart replaces the hooks and cleanup removes them.
 use std::{
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{SocketAddr, TcpStream, UdpSocket},
     process::Command,
     time::Duration,
 };
 
 use bridgenet_tests::control::{ControlLab, Stop};
+use bridgenet_tests::sockets;
 use bridgenet_tests::topology::enter;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A TCP echo server for `count` connections in `netns`; returns the peers it saw.
 fn tcp_echo(netns: &str, bind: &str, count: usize) -> std::thread::JoinHandle<Vec<SocketAddr>> {
-    let listener = enter(netns, || TcpListener::bind(bind).expect("bind"));
+    let listener = enter(netns, || sockets::tcp_listener(bind));
     std::thread::spawn(move || {
         (0..count)
             .map(|_| {
@@ -45,18 +46,6 @@ fn tcp_roundtrip(netns: &str, to: &str) {
     assert_eq!(&back, b"hello host");
 }
 
-/// Binds a listener where a server just closed: Linux 6.1 may refuse it (EADDRINUSE) while the
-/// closed connection winds down, even with SO_REUSEADDR, so it retries for a few seconds.
-fn listen_again(bind: &str) -> TcpListener {
-    for _ in 0..50 {
-        if let Ok(listener) = TcpListener::bind(bind) {
-            return listener;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    TcpListener::bind(bind).expect("bind")
-}
-
 fn tcp_refused(netns: &str, to: &str) -> bool {
     let to: SocketAddr = to.parse().unwrap();
     enter(netns, || {
@@ -66,7 +55,7 @@ fn tcp_refused(netns: &str, to: &str) -> bool {
 
 /// A UDP echo server for `count` datagrams in `netns`.
 fn udp_echo(netns: &str, bind: &str, count: usize) -> std::thread::JoinHandle<()> {
-    let socket = enter(netns, || UdpSocket::bind(bind).expect("bind"));
+    let socket = enter(netns, || sockets::udp_socket(bind));
     socket.set_read_timeout(Some(TIMEOUT)).unwrap();
     std::thread::spawn(move || {
         let mut buf = [0u8; 64];
@@ -81,7 +70,9 @@ fn udp_echo(netns: &str, bind: &str, count: usize) -> std::thread::JoinHandle<()
 /// the reply came from, as the application sees it.
 fn udp_roundtrip(netns: &str, to: &str, connected: bool) -> SocketAddr {
     let to: SocketAddr = to.parse().unwrap();
-    let socket = enter(netns, || UdpSocket::bind("0.0.0.0:0").expect("bind"));
+    let socket = enter(netns, || {
+        std::net::UdpSocket::bind("0.0.0.0:0").expect("bind")
+    });
     socket.set_read_timeout(Some(TIMEOUT)).unwrap();
     if connected {
         socket.connect(to).unwrap();
@@ -282,7 +273,7 @@ fn a_port_published_on_127_0_0_1_is_for_the_host_only() {
     let server = tcp_echo(&ep, "0.0.0.0:80", 1);
     tcp_roundtrip(&host, "127.0.0.1:18090");
     server.join().unwrap();
-    let _listener = enter(&ep, || listen_again("0.0.0.0:80"));
+    let _listener = enter(&ep, || sockets::tcp_listener("0.0.0.0:80"));
     assert!(tcp_refused(&host, "198.18.0.2:18090"));
     assert!(tcp_refused(&host, "127.0.0.2:18090"));
     let server = udp_echo(&ep, "0.0.0.0:91", 1);
@@ -296,8 +287,8 @@ fn a_port_published_on_127_0_0_1_is_for_the_host_only() {
     assert!(tcp_refused(&world, "198.18.0.2:18090"));
     // ...nor with a packet forged for 127.0.0.1. The same forgery to a port published on
     // every address arrives, so the forged frames do reach the host.
-    let udp91 = enter(&ep, || UdpSocket::bind("0.0.0.0:91").unwrap());
-    let udp92 = enter(&ep, || UdpSocket::bind("0.0.0.0:92").unwrap());
+    let udp91 = enter(&ep, || sockets::udp_socket("0.0.0.0:91"));
+    let udp92 = enter(&ep, || sockets::udp_socket("0.0.0.0:92"));
     forge_udp_from_world(&lab, [198, 18, 0, 2], 18092);
     assert!(
         receives(&udp92),

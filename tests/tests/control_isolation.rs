@@ -1,18 +1,16 @@
 //! Isolation through the daemon, with real traffic: every address and port of another network
 //! (its endpoints, its gateway, published and unpublished ports) from an endpoint, in both
 //! directions; published ports stay reachable through a host address (hairpin); `--icc=false`.
-use std::{
-    net::{TcpListener, UdpSocket},
-    time::Duration,
-};
+use std::{net::TcpListener, time::Duration};
 
 use bridgenet_tests::control::ControlLab;
+use bridgenet_tests::sockets;
 use bridgenet_tests::topology::enter;
 use bridgenet_tests::traffic::{echo_once, refused, roundtrip};
 
 /// A UDP echo server in `netns` for as long as the test runs.
 fn udp_echo(netns: &str, bind: &str) {
-    let socket = enter(netns, || UdpSocket::bind(bind).expect("bind"));
+    let socket = enter(netns, || sockets::udp_socket(bind));
     std::thread::spawn(move || {
         let mut buf = [0u8; 1500];
         while let Ok((n, peer)) = socket.recv_from(&mut buf) {
@@ -23,7 +21,9 @@ fn udp_echo(netns: &str, bind: &str) {
 
 /// Whether a datagram from `netns` to `to` gets its echo (from `to`, the socket is connected).
 fn udp_answered(netns: &str, to: &str) -> bool {
-    let socket = enter(netns, || UdpSocket::bind("0.0.0.0:0").unwrap());
+    let socket = enter(netns, || {
+        std::net::UdpSocket::bind("0.0.0.0:0").expect("bind")
+    });
     socket.connect(to).unwrap();
     socket
         .set_read_timeout(Some(Duration::from_millis(800)))
@@ -64,12 +64,12 @@ fn networks_are_isolated_but_published_ports_stay_reachable() {
     // Servers on every port tried: what is not isolated would answer.
     let _b_tcp: Vec<TcpListener> = ["0.0.0.0:80", "0.0.0.0:82"]
         .iter()
-        .map(|bind| enter(&b, || TcpListener::bind(bind).unwrap()))
+        .map(|bind| enter(&b, || sockets::tcp_listener(bind)))
         .collect();
     udp_echo(&b, "0.0.0.0:81");
-    let _a_tcp = enter(&a, || TcpListener::bind("0.0.0.0:80").unwrap());
+    let _a_tcp = enter(&a, || sockets::tcp_listener("0.0.0.0:80"));
     // The host listens on every address: each gateway's unpublished port 82.
-    let _host_tcp = enter(&host, || TcpListener::bind("0.0.0.0:82").unwrap());
+    let _host_tcp = enter(&host, || sockets::tcp_listener("0.0.0.0:82"));
     udp_echo(&host, "0.0.0.0:83");
 
     // a -> network back: b's address, published and unpublished ports, and back's gateway.
@@ -138,7 +138,7 @@ fn icc_false_blocks_endpoints_of_a_network_from_each_other_only() {
         "--netns",
         &q2,
     ]);
-    let _q1_tcp = enter(&q1, || TcpListener::bind("0.0.0.0:91").unwrap());
+    let _q1_tcp = enter(&q1, || sockets::tcp_listener("0.0.0.0:91"));
     udp_echo(&q1, "0.0.0.0:92");
     assert!(refused(&q2, "10.78.0.2:91"));
     assert!(!udp_answered(&q2, "10.78.0.2:92"));

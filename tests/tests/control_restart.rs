@@ -3,19 +3,20 @@
 //! deleted while it was down.
 use std::{
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
     time::Duration,
 };
 
 use bridgenet_tests::control::{ControlLab, Stop};
 use bridgenet_tests::layout_v1::downgrade_pins;
+use bridgenet_tests::sockets;
 use bridgenet_tests::topology::enter;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An echo server in `netns` that serves every connection until the test ends.
 fn echo_server(netns: &str, bind: &str) {
-    let listener = enter(netns, || TcpListener::bind(bind).expect("bind"));
+    let listener = enter(netns, || sockets::tcp_listener(bind));
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let mut stream = stream.expect("accept");

@@ -1,11 +1,8 @@
 //! The control plane end to end with real traffic: the daemon in a host namespace, endpoints
 //! made by the CLI, a world namespace at 198.18.0.1 that has no route to the endpoints.
-use std::{
-    net::{Ipv4Addr, TcpListener},
-    path::Path,
-    time::Duration,
-};
+use std::{net::Ipv4Addr, path::Path, time::Duration};
 
+use bridgenet_tests::sockets;
 use bridgenet_tests::topology::enter;
 use bridgenet_tests::traffic::{UdpSink, UdpStream, echo_once, open_roundtrip, refused, roundtrip};
 use bridgenet_tests::{Netns, control::ControlLab};
@@ -66,7 +63,7 @@ fn published_port_and_masquerade_through_the_daemon() {
         "80/tcp -> 0.0.0.0:8080\n"
     );
     assert_eq!(lab.ok(&["port", "ls", "ep1"]), "");
-    let _listener = enter(&ns, || TcpListener::bind("0.0.0.0:80").unwrap());
+    let _listener = enter(&ns, || sockets::tcp_listener("0.0.0.0:80"));
     assert!(refused(lab.topo.ns("world").name(), "198.18.0.2:8080"));
 
     // Published again at run time, with a UDP one and a range.

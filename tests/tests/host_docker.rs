@@ -11,7 +11,7 @@
 //! cost minutes per kernel for nothing more.
 use std::{
     io::{Read as _, Write as _},
-    net::{TcpStream, UdpSocket},
+    net::TcpStream,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
@@ -618,7 +618,7 @@ fn docker_run_publishes_through_bridgenet() {
          while True:\n d,a=s.recvfrom(512)\n s.sendto(a[0].encode()+b' '+d,a)",
     ]);
     let reply = topology::enter(lab.topo.ns("world").name(), || {
-        let sock = UdpSocket::bind("198.18.0.1:0").unwrap();
+        let sock = std::net::UdpSocket::bind("198.18.0.1:0").expect("bind");
         sock.set_read_timeout(Some(Duration::from_millis(500)))
             .unwrap();
         let mut buf = [0u8; 512];

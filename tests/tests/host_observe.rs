@@ -17,6 +17,7 @@ use std::{
 
 use aya::maps::{HashMap, Map, MapData};
 use bridgenet_common::{CtEntry, CtKey, action, ct_flags, direction, tcp_seen};
+use bridgenet_tests::sockets;
 use bridgenet_tests::{
     control::{ControlLab, binary},
     topology::enter,
@@ -29,8 +30,8 @@ type Held = Vec<std::net::TcpStream>;
 
 /// A TCP connection from `from` to `to`, accepted by a listener bound in `server_ns`.
 fn held_connection(server_ns: &str, bind: &str, from: &str, to: &str) -> Held {
-    use std::net::{TcpListener, TcpStream};
-    let listener = enter(server_ns, || TcpListener::bind(bind).expect("bind"));
+    use std::net::TcpStream;
+    let listener = enter(server_ns, || sockets::tcp_listener(bind));
     let client = enter(from, || {
         TcpStream::connect_timeout(&to.parse().unwrap(), Duration::from_secs(20)).expect("connect")
     });

@@ -2,11 +2,12 @@
 //! endpoints in their own namespaces.
 //! network 1: br1 172.17.0.1/16, endpoints a (.2) and b (.3); network 2: br2 172.18.0.1/16,
 //! endpoint c (.2).
-use std::{net::UdpSocket, time::Duration};
+use std::time::Duration;
 
 use bridgenet::datapath::{Datapath, GatewayMode, NetworkOptions, TcMode};
 use bridgenet_common::{outcome, program_id};
 use bridgenet_tests::Topology;
+use bridgenet_tests::sockets;
 
 struct Lab {
     topo: Topology,
@@ -82,11 +83,11 @@ fn lab(icc: bool) -> Lab {
 /// Whether a datagram sent from namespace `from` (bound to `src`) reaches `to` in namespace
 /// `to_ns`.
 fn udp_gets_through(lab: &Lab, from: &str, src: &str, to_ns: &str, to: &str) -> bool {
-    let receiver = lab.topo.ns(to_ns).enter(|| UdpSocket::bind(to).unwrap());
+    let receiver = lab.topo.ns(to_ns).enter(|| sockets::udp_socket(to));
     receiver
         .set_read_timeout(Some(Duration::from_millis(700)))
         .unwrap();
-    let sender = lab.topo.ns(from).enter(|| UdpSocket::bind(src).unwrap());
+    let sender = lab.topo.ns(from).enter(|| sockets::udp_socket(src));
     for _ in 0..3 {
         sender.send_to(b"hello", to).unwrap();
     }

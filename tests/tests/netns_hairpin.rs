@@ -6,13 +6,14 @@
 //! Published (any host address): tcp 8080 / udp 5353 to a:80 / a:53, tcp 8081 / udp 5354 to
 //! b:80 / b:53.
 use std::{
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
     time::Duration,
 };
 
 use bridgenet::datapath::{Datapath, GatewayMode, NetworkOptions, Proto, TcMode};
 use bridgenet_common::{outcome, program_id};
 use bridgenet_tests::Topology;
+use bridgenet_tests::sockets;
 use bridgenet_tests::traffic::{echo_once, roundtrip_data};
 
 /// Generous: the kernel matrix runs these under software emulation.
@@ -119,10 +120,10 @@ fn tcp_hairpin(lab: &Lab, client: &str, to: &str, server: &str, bind: &str) -> I
 /// A datagram from namespace `client` to `to`, echoed by `server` on `bind`; the client's socket
 /// is connected to `to`, so only a reply from exactly there gets in. The peer the server saw.
 fn udp_hairpin(lab: &Lab, client: &str, to: &str, server: &str, bind: &str) -> Ipv4Addr {
-    let echo = lab.topo.ns(server).enter(|| UdpSocket::bind(bind).unwrap());
+    let echo = lab.topo.ns(server).enter(|| sockets::udp_socket(bind));
     echo.set_read_timeout(Some(TIMEOUT)).unwrap();
     let sock = lab.topo.ns(client).enter(|| {
-        let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
         sock.connect(to).unwrap();
         sock
     });
@@ -215,7 +216,7 @@ fn icc_false_allows_hairpin_to_a_sibling_but_not_direct_traffic() {
     let _server = lab
         .topo
         .ns("b")
-        .enter(|| TcpListener::bind("0.0.0.0:80").unwrap());
+        .enter(|| sockets::tcp_listener("0.0.0.0:80"));
     let direct = lab
         .topo
         .ns("a")

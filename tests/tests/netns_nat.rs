@@ -2,13 +2,14 @@
 //! world (198.18.0.1) -- uplink0 (198.18.0.2) host [br0 172.17.0.1/16] -- endpoint (172.17.0.2).
 //! The world has no route to 172.17.0.0/16: only translated traffic can cross.
 use std::{
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
     time::Duration,
 };
 
 use bridgenet::datapath::{Datapath, Proto, TcMode};
 use bridgenet_common::{outcome, program_id};
 use bridgenet_tests::Topology;
+use bridgenet_tests::sockets;
 use bridgenet_tests::traffic::{echo_once, roundtrip_data};
 
 /// Generous: the kernel matrix runs these under software emulation.
@@ -109,12 +110,12 @@ fn masquerade_udp_and_icmp() {
     let server = lab
         .topo
         .ns("world")
-        .enter(|| UdpSocket::bind("198.18.0.1:9999").unwrap());
+        .enter(|| sockets::udp_socket("198.18.0.1:9999"));
     server.set_read_timeout(Some(TIMEOUT)).unwrap();
     let client = lab
         .topo
         .ns("ep")
-        .enter(|| UdpSocket::bind("172.17.0.2:0").unwrap());
+        .enter(|| std::net::UdpSocket::bind("172.17.0.2:0").expect("bind"));
     client.set_read_timeout(Some(TIMEOUT)).unwrap();
     client.send_to(b"ping", "198.18.0.1:9999").unwrap();
     let mut buf = [0u8; 16];
@@ -172,12 +173,12 @@ fn published_udp_port_and_its_reply() {
     let server = lab
         .topo
         .ns("ep")
-        .enter(|| UdpSocket::bind("0.0.0.0:53").unwrap());
+        .enter(|| sockets::udp_socket("0.0.0.0:53"));
     server.set_read_timeout(Some(TIMEOUT)).unwrap();
     let client = lab
         .topo
         .ns("world")
-        .enter(|| UdpSocket::bind("198.18.0.1:0").unwrap());
+        .enter(|| std::net::UdpSocket::bind("198.18.0.1:0").expect("bind"));
     client.set_read_timeout(Some(TIMEOUT)).unwrap();
     client.send_to(b"query", "198.18.0.2:5353").unwrap();
     let mut buf = [0u8; 16];
@@ -202,7 +203,7 @@ fn unpublished_ports_and_endpoint_addresses_are_not_reachable_from_the_world() {
     let _listener = lab
         .topo
         .ns("ep")
-        .enter(|| TcpListener::bind("0.0.0.0:81").unwrap());
+        .enter(|| sockets::tcp_listener("0.0.0.0:81"));
     let to: SocketAddr = "198.18.0.2:81".parse().unwrap();
     let attempt = lab
         .topo
