@@ -107,6 +107,14 @@ struct MapName {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointDirection {
+    endpoint: String,
+    network: String,
+    /// `in`: to the endpoint; `out`: from it.
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UplinkAddr {
     uplink: String,
     address: String,
@@ -140,6 +148,7 @@ async fn metrics(State(d): State<Arc<Mutex<Daemon>>>) -> Response {
 async fn scrape(d: &Mutex<Daemon>) -> Result<String, daemon::Error> {
     let (seen, reader) = d.lock().await.observe()?;
     let census = daemon::walk_census(reader).await?;
+    let traffic = seen.traffic.read().await?;
     let mut registry = Registry::with_prefix("bridgenet");
 
     let packets = Family::<ProgramOutcome, Counter>::default();
@@ -221,6 +230,35 @@ async fn scrape(d: &Mutex<Daemon>) -> Result<String, daemon::Error> {
         "masquerade_ports_in_use",
         "Masqueraded flows leaving with each uplink's address (each holds a source port)",
         ports,
+    );
+
+    let packets = Family::<EndpointDirection, Counter>::default();
+    let bytes = Family::<EndpointDirection, Counter>::default();
+    for t in &traffic {
+        let h = t.host_end;
+        for (direction, p, b) in [
+            ("in", h.tx_packets, h.tx_bytes),
+            ("out", h.rx_packets, h.rx_bytes),
+        ] {
+            let labels = EndpointDirection {
+                endpoint: t.endpoint.clone(),
+                network: t.network.clone(),
+                direction,
+            };
+            packets.get_or_create(&labels).inc_by(p);
+            bytes.get_or_create(&labels).inc_by(b);
+        }
+    }
+    registry.register(
+        "endpoint_packets",
+        "Packets to (in) and from (out) each endpoint, as its veth counts them",
+        packets,
+    );
+    registry.register_with_unit(
+        "endpoint",
+        "Bytes to (in) and from (out) each endpoint, as its veth counts them",
+        Unit::Bytes,
+        bytes,
     );
 
     let gc = seen.gc;

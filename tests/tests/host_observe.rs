@@ -560,6 +560,56 @@ fn metrics_agree_with_stats_and_ct_ls_after_known_traffic() {
         ) >= Some(1.0),
         "{text}"
     );
+
+    // ep1's traffic, in and out: its veth's counters, which moved only by what arrived
+    // between the two reads around the scrape.
+    let endpoints = lab.json(&["endpoint", "ls"]);
+    let veth = endpoints
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "ep1")
+        .and_then(|e| e["veth"].as_str())
+        .expect("ep1's veth in endpoint ls --json")
+        .to_owned();
+    let before = veth_counters(&lab, &veth);
+    let (_, text) = scrape(&lab, "127.0.0.1:9464");
+    let after = veth_counters(&lab, &veth);
+    let m = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    // The host end receives what the endpoint sends ("out") and sends what it receives ("in").
+    for (direction, host_end) in [("out", "rx"), ("in", "tx")] {
+        for (metric, field) in [
+            ("bridgenet_endpoint_packets_total", "packets"),
+            ("bridgenet_endpoint_bytes_total", "bytes"),
+        ] {
+            let labels = [
+                ("endpoint", "ep1"),
+                ("network", "bridge"),
+                ("direction", direction),
+            ];
+            let got = sample(&m, metric, &labels).unwrap_or_else(|| panic!("{metric}: {text}"));
+            let (low, high) = (&before[host_end][field], &after[host_end][field]);
+            assert!(
+                low.as_f64().unwrap() <= got && got <= high.as_f64().unwrap(),
+                "{metric} {direction}: {got}, the veth's {host_end} {field} went {low} -> {high}"
+            );
+        }
+    }
+    // Two round trips of a TCP connection each way: more than a handful of packets.
+    assert!(
+        sample(
+            &m,
+            "bridgenet_endpoint_packets_total",
+            &[("endpoint", "ep1"), ("direction", "in")]
+        ) >= Some(6.0)
+    );
+}
+
+/// `ip -s -j link show VETH` in the daemon's namespace: the link's stats64 (`rx`, `tx`).
+fn veth_counters(lab: &ControlLab, veth: &str) -> Value {
+    let out = lab.topo.ns("host").ip(&["-s", "-j", "link", "show", veth]);
+    let links: Value = serde_json::from_str(&out).unwrap();
+    links[0]["stats64"].clone()
 }
 
 #[test]

@@ -19,6 +19,7 @@ use crate::{
         conntrack::{Census, CtReader, GcReport, monotonic_ns},
         tcx_supported,
     },
+    netlink::{Netlink, Traffic},
 };
 
 /// How far back `status` looks for drops.
@@ -80,6 +81,42 @@ pub struct Observation {
     /// (name, address) of each uplink.
     pub uplinks: Vec<(String, std::net::Ipv4Addr)>,
     pub gc: GcTotals,
+    /// The endpoints' traffic, read after the lock.
+    pub traffic: TrafficReader,
+}
+
+/// Reads each endpoint's traffic from the counters of its veth's host end (one link dump),
+/// without the daemon's lock: the kernel counts it already, so the datapath pays nothing.
+pub struct TrafficReader {
+    nl: Netlink,
+    /// (endpoint, network, host end of its veth), for the endpoints that have a veth.
+    veths: Vec<(String, String, String)>,
+}
+
+/// An endpoint's traffic.
+pub struct EndpointTraffic {
+    pub endpoint: String,
+    pub network: String,
+    /// The counters of its veth's host end: rx is what the endpoint sent, tx what it received.
+    pub host_end: Traffic,
+}
+
+impl TrafficReader {
+    pub async fn read(self) -> Result<Vec<EndpointTraffic>, Error> {
+        let links = self.nl.links().await?;
+        Ok(self
+            .veths
+            .into_iter()
+            .filter_map(|(endpoint, network, veth)| {
+                let link = links.iter().find(|l| l.name == veth)?;
+                Some(EndpointTraffic {
+                    endpoint,
+                    network,
+                    host_end: link.traffic,
+                })
+            })
+            .collect())
+    }
 }
 
 fn hook_name(hook: Hook) -> &'static str {
@@ -104,6 +141,16 @@ impl Daemon {
                     .map(|u| (u.name.clone(), u.addr))
                     .collect(),
                 gc: self.observed.gc_totals,
+                traffic: TrafficReader {
+                    nl: self.nl.clone(),
+                    veths: self
+                        .state
+                        .endpoints
+                        .values()
+                        .filter(|e| !e.veth.is_empty())
+                        .map(|e| (e.name.clone(), e.network.clone(), e.veth.clone()))
+                        .collect(),
+                },
             },
             self.dp.conntrack_reader()?,
         ))

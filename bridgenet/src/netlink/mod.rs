@@ -92,6 +92,17 @@ pub struct Link {
     /// Its frames have an Ethernet header (ARPHRD_ETHER), which the uplink programs need;
     /// tun, WireGuard and ipip devices carry bare IP packets.
     pub ethernet: bool,
+    /// The kernel's counters of the link (IFLA_STATS64).
+    pub traffic: Traffic,
+}
+
+/// What a link received and sent, as the kernel counts it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
 }
 
 impl Netlink {
@@ -366,11 +377,20 @@ fn link_of(msg: LinkMessage) -> Link {
         veth: false,
         bridge: false,
         ethernet: msg.header.link_layer_type == LinkLayerType::Ether,
+        traffic: Traffic::default(),
     };
     for attr in msg.attributes {
         match attr {
             LinkAttribute::IfName(n) => link.name = n,
             LinkAttribute::IfAlias(a) => link.alias = Some(a),
+            LinkAttribute::Stats64(s) => {
+                link.traffic = Traffic {
+                    rx_packets: s.rx_packets,
+                    rx_bytes: s.rx_bytes,
+                    tx_packets: s.tx_packets,
+                    tx_bytes: s.tx_bytes,
+                };
+            }
             LinkAttribute::Controller(c) => link.controller = Some(c),
             LinkAttribute::LinkInfo(infos) => {
                 link.veth = infos.contains(&LinkInfo::Kind(InfoKind::Veth));
