@@ -33,11 +33,12 @@ pub const EMULATED_ENV: &str = "BRIDGENET_TEST_EMULATED";
 /// part (loading, pins, attach paths) runs at every repetition; the many repetitions that hunt
 /// for races run where they are cheap.
 pub fn repetitions(host: u32, emulated: u32) -> u32 {
-    if std::env::var_os(EMULATED_ENV).is_some() {
-        emulated
-    } else {
-        host
-    }
+    if self::emulated() { emulated } else { host }
+}
+
+/// Whether the tests run in an emulated kernel of the matrix (see `EMULATED_ENV`).
+pub fn emulated() -> bool {
+    std::env::var_os(EMULATED_ENV).is_some()
 }
 
 /// A kernel-dependent test prints its condition with this macro, so that the runner's output

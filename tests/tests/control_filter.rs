@@ -32,8 +32,11 @@ fn echo_server(netns: &str, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()
                 Ok((mut stream, _)) => {
                     stream.set_nonblocking(false).unwrap();
                     std::thread::spawn(move || {
+                        // Longer than a test's pauses: a flow a rule drops for a while comes
+                        // back with TCP's backed-off retransmission, seconds later under
+                        // emulation, and must find its connection still open.
                         stream
-                            .set_read_timeout(Some(Duration::from_secs(5)))
+                            .set_read_timeout(Some(Duration::from_secs(60)))
                             .unwrap();
                         let mut buf = [0u8; 1024];
                         while let Ok(n) = stream.read(&mut buf) {
