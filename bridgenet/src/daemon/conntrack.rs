@@ -67,6 +67,24 @@ pub fn stream_flows(
     })
 }
 
+/// Removes expired flows (both directions) and orphaned entries, and recounts the table: a
+/// pass with handles of its own, off the async runtime and without the daemon's lock, which a
+/// pass over a full table would hold for seconds; the lock is taken only to start and to
+/// record it.
+pub async fn conntrack_gc(daemon: &tokio::sync::Mutex<Daemon>) -> Result<()> {
+    let mut collector = daemon.lock().await.dp.conntrack_collector()?;
+    let (took, report) = tokio::task::spawn_blocking(move || {
+        let start = std::time::Instant::now();
+        collector.gc().map(|report| (start.elapsed(), report))
+    })
+    .await??;
+    daemon.lock().await.observed.gc_done(took, report);
+    if report.flows_expired + report.orphans_removed > 0 {
+        tracing::debug!("conntrack gc: {report:?}");
+    }
+    Ok(())
+}
+
 /// Counts the flows that `filter` keeps, off the async runtime.
 pub async fn count_flows(reader: CtReader, filter: FlowFilter) -> Result<u64, Error> {
     let count = tokio::task::spawn_blocking(move || {
@@ -129,17 +147,6 @@ impl Daemon {
             filter.addr = Some(self.endpoint(name)?.ip);
         }
         Ok((self.dp.conntrack_reader()?, filter))
-    }
-
-    /// Removes expired flows (both directions) and orphaned entries, and recounts the table.
-    pub(super) fn conntrack_gc(&mut self) -> Result<()> {
-        let start = std::time::Instant::now();
-        let report = self.dp.gc()?;
-        self.observed.gc_done(start.elapsed(), report);
-        if report.flows_expired + report.orphans_removed > 0 {
-            tracing::debug!("conntrack gc: {report:?}");
-        }
-        Ok(())
     }
 
     /// Removes the flows that involve `ip` in either direction; returns how many.

@@ -292,14 +292,15 @@ async fn background(daemon: Arc<Mutex<Daemon>>) {
             tracing::warn!("checking attached programs: {err:#}");
         }
         if n % 10 == 0
-            && let Err(err) = d.conntrack_gc()
-        {
-            tracing::warn!("conntrack garbage collection: {err:#}");
-        }
-        if n % 10 == 0
             && let Err(err) = d.snapshot_counters()
         {
             tracing::warn!("reading the counters: {err:#}");
+        }
+        drop(d);
+        if n % 10 == 0
+            && let Err(err) = conntrack::conntrack_gc(&daemon).await
+        {
+            tracing::warn!("conntrack garbage collection: {err:#}");
         }
     }
 }

@@ -321,19 +321,87 @@ impl Datapath {
         })
     }
 
+    /// A GC pass's own handles on the conntrack map and its usage counters, so that the
+    /// pass does not borrow the datapath (nor hold the daemon: a full table takes seconds).
+    pub fn conntrack_collector(&self) -> Result<CtCollector> {
+        let Some(Map::LruHashMap(data)) = self.ebpf.map(maps::CONNTRACK) else {
+            anyhow::bail!("map CONNTRACK missing or not an LRU hash");
+        };
+        let map = MapData::from_id(data.info()?.id()).context("opening the conntrack map")?;
+        let Some(Map::Array(data)) = self.ebpf.map(maps::CT_USAGE) else {
+            anyhow::bail!("map CT_USAGE missing or not an array");
+        };
+        let usage = MapData::from_id(data.info()?.id()).context("opening CT_USAGE")?;
+        Ok(CtCollector {
+            map: HashMap::try_from(Map::LruHashMap(map))?,
+            usage: Array::try_from(Map::Array(usage))?,
+        })
+    }
+
+    /// One GC pass at `now_ns` (see `CtCollector::gc_at`).
+    pub fn gc_at(&mut self, now_ns: u64) -> Result<GcReport> {
+        self.conntrack_collector()?.gc_at(now_ns)
+    }
+
+    /// Entries the table may hold (two per flow); new flows past it are dropped and counted.
+    pub fn set_conntrack_limit(&mut self, entries: u64) -> Result<()> {
+        // The ring as the kernel has it: a pinned one keeps the size it was made with.
+        let ring: Array<_, EmbryoSlot> = Array::try_from(
+            self.ebpf
+                .map(maps::EMBRYOS)
+                .context("map EMBRYOS missing")?,
+        )?;
+        let ring_size = u64::from(ring.len());
+        let mut usage: Array<_, u64> = Array::try_from(
+            self.ebpf
+                .map_mut(maps::CT_USAGE)
+                .context("map CT_USAGE missing")?,
+        )?;
+        usage.set(ct_usage::LIMIT, entries, 0)?;
+        usage.set(ct_usage::RING_SIZE, ring_size, 0)?;
+        Ok(())
+    }
+
+    /// Flows not yet assured that the datapath removed to make room for new ones.
+    pub fn conntrack_evicted(&self) -> Result<u64> {
+        let usage: Array<_, u64> = Array::try_from(
+            self.ebpf
+                .map(maps::CT_USAGE)
+                .context("map CT_USAGE missing")?,
+        )?;
+        Ok(usage.get(&ct_usage::EVICTED, 0)?)
+    }
+
+    /// (entries counted by the datapath, limit).
+    pub fn conntrack_usage(&self) -> Result<(u64, u64)> {
+        let usage: Array<_, u64> = Array::try_from(
+            self.ebpf
+                .map(maps::CT_USAGE)
+                .context("map CT_USAGE missing")?,
+        )?;
+        Ok((
+            usage.get(&ct_usage::ENTRIES, 0)?,
+            usage.get(&ct_usage::LIMIT, 0)?,
+        ))
+    }
+}
+
+/// Handles of its own on the conntrack map and CT_USAGE, for GC passes.
+pub struct CtCollector {
+    map: HashMap<MapData, CtKey, CtEntry>,
+    usage: Array<MapData, u64>,
+}
+
+impl CtCollector {
     /// Removes flows idle past their state's timeout (both entries) and entries whose other
     /// direction is gone, then recounts the table for the datapath's limit. An entry is read
     /// again just before it is deleted, so a flow that saw a packet meanwhile stays.
     pub fn gc_at(&mut self, now_ns: u64) -> Result<GcReport> {
-        let entries = self.conntrack()?;
+        let entries: Vec<(CtKey, CtEntry)> = self.map.iter().collect::<Result<_, _>>()?;
         let by_key: std::collections::HashMap<CtKey, CtEntry> = entries.iter().copied().collect();
         let mut report = GcReport::default();
         let mut removed = 0;
-        let mut map: HashMap<_, CtKey, CtEntry> = HashMap::try_from(
-            self.ebpf
-                .map_mut(maps::CONNTRACK)
-                .context("map CONNTRACK missing")?,
-        )?;
+        let map = &mut self.map;
         for (key, entry) in &entries {
             let Some(peer) = by_key.get(&entry.peer) else {
                 // Its other direction is not in the listing: either gone, and then this entry
@@ -380,60 +448,15 @@ impl Datapath {
         // Counted from the listing, not by walking the map again: one walk per pass is what GC
         // costs (entries made since the listing are counted at the next pass).
         report.entries_left = entries.len().saturating_sub(removed);
-        let mut usage: Array<_, u64> = Array::try_from(
-            self.ebpf
-                .map_mut(maps::CT_USAGE)
-                .context("map CT_USAGE missing")?,
-        )?;
-        usage.set(ct_usage::ENTRIES, report.entries_left as u64, 0)?;
+        // A revocation during the pass may leave the count high until the next one.
+        self.usage
+            .set(ct_usage::ENTRIES, report.entries_left as u64, 0)?;
         Ok(report)
     }
 
     /// One garbage collection pass now.
     pub fn gc(&mut self) -> Result<GcReport> {
         self.gc_at(monotonic_ns())
-    }
-
-    /// Entries the table may hold (two per flow); new flows past it are dropped and counted.
-    pub fn set_conntrack_limit(&mut self, entries: u64) -> Result<()> {
-        // The ring as the kernel has it: a pinned one keeps the size it was made with.
-        let ring: Array<_, EmbryoSlot> = Array::try_from(
-            self.ebpf
-                .map(maps::EMBRYOS)
-                .context("map EMBRYOS missing")?,
-        )?;
-        let ring_size = u64::from(ring.len());
-        let mut usage: Array<_, u64> = Array::try_from(
-            self.ebpf
-                .map_mut(maps::CT_USAGE)
-                .context("map CT_USAGE missing")?,
-        )?;
-        usage.set(ct_usage::LIMIT, entries, 0)?;
-        usage.set(ct_usage::RING_SIZE, ring_size, 0)?;
-        Ok(())
-    }
-
-    /// Flows not yet assured that the datapath removed to make room for new ones.
-    pub fn conntrack_evicted(&self) -> Result<u64> {
-        let usage: Array<_, u64> = Array::try_from(
-            self.ebpf
-                .map(maps::CT_USAGE)
-                .context("map CT_USAGE missing")?,
-        )?;
-        Ok(usage.get(&ct_usage::EVICTED, 0)?)
-    }
-
-    /// (entries counted by the datapath, limit).
-    pub fn conntrack_usage(&self) -> Result<(u64, u64)> {
-        let usage: Array<_, u64> = Array::try_from(
-            self.ebpf
-                .map(maps::CT_USAGE)
-                .context("map CT_USAGE missing")?,
-        )?;
-        Ok((
-            usage.get(&ct_usage::ENTRIES, 0)?,
-            usage.get(&ct_usage::LIMIT, 0)?,
-        ))
     }
 }
 
