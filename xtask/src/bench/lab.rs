@@ -3,8 +3,8 @@
 //! client (eth0 198.18.0.1) --veth-- (uplink0 198.18.0.2) host --bridge-- (eth0 172.17.0.2) endpoint
 //!
 //! The host namespace holds the bridge and the variant's NAT: bridgenet's daemon, Docker's
-//! iptables rules (nft or legacy), netavark-style nftables, or nothing (plain routing: the
-//! client reaches 172.17.0.2 directly). Every lab is built fresh, so no variant inherits
+//! iptables rules (nft or legacy), netavark-style nftables, the reference CNI plugins' rules,
+//! or nothing (plain routing: the client reaches 172.17.0.2 directly). Every lab is built fresh, so no variant inherits
 //! another's netfilter hooks or conntrack entries. Dropping it removes all of it.
 use std::{
     fs::File,
@@ -18,6 +18,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{
+    cni::Pod,
     load::Servers,
     rulesets::{self, Mapping},
 };
@@ -40,15 +41,18 @@ pub enum Variant {
     IptablesNft,
     IptablesLegacy,
     Netavark,
+    /// The reference CNI plugins `bridge` + `portmap`, as Kubernetes nodes run them.
+    CniReference,
     Plain,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 5] = [
+    pub const ALL: [Variant; 6] = [
         Variant::Bridgenet,
         Variant::IptablesNft,
         Variant::IptablesLegacy,
         Variant::Netavark,
+        Variant::CniReference,
         Variant::Plain,
     ];
 
@@ -58,6 +62,7 @@ impl Variant {
             Variant::IptablesNft => "iptables-nft",
             Variant::IptablesLegacy => "iptables-legacy",
             Variant::Netavark => "nftables (netavark)",
+            Variant::CniReference => "CNI bridge + portmap",
             Variant::Plain => "routing, no NAT",
         }
     }
@@ -68,6 +73,7 @@ impl Variant {
             Variant::IptablesNft => "nft",
             Variant::IptablesLegacy => "leg",
             Variant::Netavark => "nv",
+            Variant::CniReference => "cni",
             Variant::Plain => "pl",
         }
     }
@@ -81,6 +87,10 @@ impl Variant {
         }
     }
 }
+
+/// The most mappings the variant is measured with: `portmap` rewrites its rules with one
+/// `iptables-restore` per ADD, which took over a minute for 1,000 mappings here.
+pub const CNI_MOST_MAPPINGS: u32 = 1_000;
 
 /// The mappings with `n` measured TCP ports: UDP echo and iperf3 first, the measured port
 /// (host 10000+n-1) last, so in the iptables variants it is the last rule of its chain.
@@ -119,6 +129,8 @@ pub struct Lab {
     daemon: Option<Child>,
     children: Vec<Child>,
     servers: Option<Servers>,
+    /// The pod of the CNI variant.
+    pod: Option<Pod>,
     /// TCP ports published so far (bridgenet adds; the others rewrite the whole ruleset).
     published: u32,
 }
@@ -136,6 +148,7 @@ impl Lab {
             daemon: None,
             children: Vec::new(),
             servers: None,
+            pod: None,
             published: 0,
         };
         let (client, host) = (lab.ns("client"), lab.ns("host"));
@@ -175,6 +188,12 @@ impl Lab {
             if !listing.contains(&ENDPOINT.to_string()) {
                 bail!("bridgenet gave the endpoint another address than {ENDPOINT}: {listing}");
             }
+        } else if variant == Variant::CniReference {
+            ip(&["netns", "add", &endpoint])?;
+            lab.namespaces.push(endpoint.clone());
+            ip(&["-n", &endpoint, "link", "set", "lo", "up"])?;
+            std::fs::create_dir_all(&lab.dir)?;
+            lab.pod = Some(Pod::attach(&host, &endpoint, &lab.dir.join("cni"))?);
         } else {
             let br = lab.bridge();
             ip(&["netns", "add", &endpoint])?;
@@ -223,6 +242,11 @@ impl Lab {
             ],
         )?;
         Ok(lab)
+    }
+
+    /// The pid of bridgenet's daemon, in its variant.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Child::id)
     }
 
     pub fn ns(&self, tag: &str) -> String {
@@ -277,6 +301,15 @@ impl Lab {
             Variant::Netavark => {
                 let rules = rulesets::netavark_nft(self.bridge(), &mappings(n));
                 self.stdin_in(&host, "nft", &["-f", "-"], &rules)?;
+            }
+            Variant::CniReference => {
+                let previous = if self.published > 0 {
+                    mappings(self.published)
+                } else {
+                    Vec::new()
+                };
+                let pod = self.pod.as_ref().expect("the CNI variant has a pod");
+                pod.map_ports(&previous, &mappings(n))?;
             }
             Variant::Plain => {}
         }
@@ -428,11 +461,12 @@ impl Drop for Lab {
                 // SAFETY: a valid C string; failing (not mounted) is fine.
                 unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
             }
-            let _ = std::fs::remove_dir_all(&self.dir);
         }
         for ns in self.namespaces.drain(..).rev() {
             let _ = ip(&["netns", "del", &ns]);
         }
+        // bridgenet's state, or host-local's leases of the CNI variant.
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

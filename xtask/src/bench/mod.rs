@@ -1,8 +1,11 @@
 //! `cargo xtask bench [--quick]`: bridgenet against Docker's iptables NAT (iptables-nft and
-//! iptables-legacy), netavark-style nftables and plain routing, on one machine in one run.
+//! iptables-legacy), netavark-style nftables, the reference CNI plugins (bridge + portmap) and
+//! plain routing, on one machine in one run.
 //! Each round builds a fresh topology per variant (in a rotating order) and runs every
 //! workload through it; then publishing time, memory per flow and the programs' cost from
 //! bpf_stats. The report (BENCHMARKS.md and PNG plots) is written from the medians.
+mod cni;
+mod gc;
 mod lab;
 mod load;
 mod report;
@@ -43,6 +46,9 @@ const PROGRAMS: &[(&str, &str)] = &[
     ("nft", "nftables"),
     ("bpftool", "bpftool"),
     ("gnuplot", "gnuplot-nox"),
+    ("/usr/lib/cni/bridge", "containernetworking-plugins"),
+    ("/usr/lib/cni/portmap", "containernetworking-plugins"),
+    ("/usr/lib/cni/host-local", "containernetworking-plugins"),
 ];
 
 /// Sizes and durations of one run.
@@ -111,6 +117,7 @@ pub struct Results {
     pub memory: Vec<(String, String, f64)>,
     pub costs: Vec<Cost>,
     pub endpoints: Vec<EndpointTimes>,
+    pub gc: Option<gc::GcCost>,
     pub load_before: String,
     pub load_after: String,
     pub minutes: f64,
@@ -227,6 +234,8 @@ fn run_all(cfg: &Config, binary: &Path, results: &mut Results) -> Result<()> {
     check_stop()?;
     memory(cfg, binary, results).context("memory per flow")?;
     check_stop()?;
+    gc::measure(cfg, binary, results).context("GC cost")?;
+    check_stop()?;
     costs(cfg, binary, results).context("program cost")?;
     Ok(())
 }
@@ -256,6 +265,9 @@ fn measure(cfg: &Config, binary: &Path, v: Variant, round: usize, r: &mut Result
     let endpoint = lab.ns("ep");
     for (i, &n) in cfg.counts.iter().enumerate() {
         check_stop()?;
+        if v == Variant::CniReference && n > lab::CNI_MOST_MAPPINGS {
+            break;
+        }
         lab.publish(n)?;
         let to = lab.target(n);
         let conn = load::connections(&client, to, cfg.workers, cfg.time, Closer::Server)
@@ -380,6 +392,17 @@ fn publishing(cfg: &Config, binary: &Path, r: &mut Results) -> Result<()> {
         });
     }
     whole(Variant::Netavark, "nft -f (netavark style): one call", r)?;
+    check_stop()?;
+    let m = n.min(lab::CNI_MOST_MAPPINGS);
+    let mut lab = Lab::new(Variant::CniReference, "pub", binary, &[1])?;
+    let t = Instant::now();
+    lab.publish(m)?;
+    r.publish.push(Publish {
+        how: "CNI portmap: one ADD (bridge's result as prevResult)".into(),
+        mappings: m,
+        secs: t.elapsed().as_secs_f64(),
+        capped: None,
+    });
     Ok(())
 }
 

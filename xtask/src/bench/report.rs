@@ -75,7 +75,8 @@ pub fn write(cfg: &Config, r: &Results) -> Result<()> {
     writeln!(w, "# Benchmarks\n")?;
     writeln!(
         w,
-        "bridgenet against Docker's iptables NAT, netavark-style nftables and plain routing, \
+        "bridgenet against Docker's iptables NAT, netavark-style nftables, the reference CNI plugins \
+         (bridge + portmap) and plain routing, \
          measured on one machine in one run of `cargo xtask bench{}` ({:.0} minutes). \
          Everything below the analysis is written by that command; the raw samples are in \
          [docs/bench/samples.csv](docs/bench/samples.csv).\n",
@@ -161,6 +162,25 @@ pub fn write(cfg: &Config, r: &Results) -> Result<()> {
                 " ms",
             );
         }
+    }
+    if let Some(gc) = &r.gc {
+        target(
+            format!(
+                "daemon CPU in a window with a GC pass over {} flows <= 0.3 s",
+                gc.flows
+            ),
+            gc.cpu_secs,
+            0.3,
+            false,
+            " s",
+        );
+        target(
+            "API request during GC passes <= 50 ms (worst)".into(),
+            gc.api_max_ms,
+            50.0,
+            false,
+            " ms",
+        );
     }
     if r.memory.len() == 3 {
         target(
@@ -271,6 +291,21 @@ pub fn write(cfg: &Config, r: &Results) -> Result<()> {
         )?;
     }
     writeln!(w)?;
+
+    if let Some(gc) = &r.gc {
+        writeln!(w, "### Conntrack garbage collection\n")?;
+        writeln!(
+            w,
+            "| flows | last pass | daemon CPU in {:.1} s with one pass | API requests during \
+             passes | p50 ms | worst ms |\n|---:|---:|---:|---:|---:|---:|",
+            super::gc::WINDOW.as_secs_f64()
+        )?;
+        writeln!(
+            w,
+            "| {} | {} ms | {:.2} s | {} | {:.2} | {:.1} |\n",
+            gc.flows, gc.pass_ms, gc.cpu_secs, gc.requests, gc.api_p50_ms, gc.api_max_ms
+        )?;
+    }
 
     writeln!(w, "### Memory per tracked flow\n")?;
     writeln!(
@@ -399,7 +434,7 @@ DOCKER-ISOLATION-STAGE-1/2, the RELATED,ESTABLISHED accept and DOCKER with one A
 (netavark)*: one `inet netavark` table as netavark's nftables driver writes it: the hooks' base \
 chains, NETAVARK-HOSTPORT-DNAT with one `dport -> jump` rule per port into the network's dnat \
 chain, which has per port the two SETMARK jumps and the `dnat ip to`; netavark's driver uses no \
-verdict map for ports, and neither does this. *routing, no NAT*: no rule at all (no conntrack \
+verdict map for ports, and neither does this. *CNI bridge + portmap*: the reference plugins of Debian's containernetworking-plugins as a Kubernetes node runs them, called as a runtime calls them (`xtask/src/bench/cni.rs`): `bridge` ADD (bridge `cni0`, host-local IPAM, `ipMasq`), then `portmap` ADD with the mappings in `runtimeConfig.portMappings` and `bridge`'s result as `prevResult` (a DEL and an ADD when the count changes); `portmap` writes per port two SETMARK jumps and a DNAT into the pod's CNI-DN chain, reached from CNI-HOSTPORT-DNAT; measured up to {cni_most} mappings, since its ADD of 1,000 took over a minute here. *routing, no NAT*: no rule at all (no conntrack \
 hook is registered); the client sends to 172.17.0.2 directly: the limit of the path.\n\
 - **Mappings.** Published TCP ports host 10000+i -> endpoint 20000+i, plus 9999/udp and 5201 \
 (iperf3) published first; the port measured at N mappings is the last one (host 10000+N-1), \
@@ -419,7 +454,7 @@ the cores, as they would in production on a small host.\n\
 `port publish ep 10000-...:20000-...` call (CLI -> API -> maps); Docker's way, one `iptables -w` \
 call per rule (three per port, appended after the network's base rules; stopped after \
 {cap:?} and extrapolated linearly, which is a lower bound since each call grows with the \
-table); one `iptables-restore` of the whole ruleset; one `nft -f` of the netavark ruleset.\n\
+table); one `iptables-restore` of the whole ruleset; one `nft -f` of the netavark ruleset; one `portmap` ADD (up to {cni_most} mappings).\n\
 - **Memory per flow.** bridgenet: the kernel's `bytes_memlock` of the CONNTRACK map (`bpftool \
 map show`), an LRU hash the kernel preallocates whole, divided by the flows it holds (two \
 entries per flow, one per direction; the default limit of 262,144 flows): the same whether it \
@@ -427,6 +462,11 @@ is empty or full. nf_conntrack: {flows} UDP flows sent from the client to the ho
 Docker's rules (iptables-nft), counted with the namespace's `nf_conntrack_count`; the growth \
 of the `nf_conntrack` slab (struct nf_conn) and of all kernel slab (`Slab:` in /proc/meminfo, \
 which adds the conntrack extensions and whatever else the machine did meanwhile) per flow.\n\
+- **Conntrack GC.** A fresh bridgenet host; the endpoint opens {gc_flows} masqueraded UDP \
+flows (one datagram each to a distinct port of the client), then for {window:?} `GET /networks` \
+requests one after the other (one connection each, as `Lab::api`), whose worst latency is the \
+longest the API waited; then, still within the flows' 30-s timeout, the daemon's CPU (utime + stime of /proc/PID/stat) is read across {window:?}, which holds one GC pass \
+(every 10 s) besides the daemon's 1-s ticks. The last pass's duration is `status`'s.\n\
 - **Program cost.** `BPF_ENABLE_STATS` through a file descriptor held by this command (the \
 `kernel.bpf_stats_enabled` sysctl is not touched), then run_time_ns and run_cnt of the \
 programs attached in bridgenet's host namespace (`bpftool net show`), before and after a \
@@ -440,6 +480,9 @@ they cost the measured rounds nothing.\n",
         iperf = cfg.iperf.join(" "),
         publish = cfg.publish,
         cap = cfg.publish_cap,
+        cni_most = super::lab::CNI_MOST_MAPPINGS,
+        gc_flows = cfg.flows / 4 * 3,
+        window = super::gc::WINDOW,
         flows = cfg.flows,
     )
 }
@@ -473,7 +516,9 @@ fn plot(cfg: &Config, r: &Results, dir: &Path) -> Result<()> {
     let mut script = String::from(
         "set terminal pngcairo size 1000,560 font 'sans,11'\nset grid ytics\nset key outside right top\n",
     );
-    let colors = ["#d62728", "#1f77b4", "#9467bd", "#2ca02c", "#7f7f7f"];
+    let colors = [
+        "#d62728", "#1f77b4", "#9467bd", "#2ca02c", "#ff7f0e", "#7f7f7f",
+    ];
     for (prefix, file, ylabel) in [
         ("conn", "conn_rate.png", "TCP connections per second"),
         ("rr", "rr_rate.png", "TCP requests/responses per second"),
