@@ -44,6 +44,18 @@ pub fn open_roundtrip(netns: &str, to: &str) -> TcpStream {
     stream
 }
 
+/// One echo through a new connection from `netns` to `to`, each step within `limit`: for a
+/// test that retries while the path changes under it.
+pub fn roundtrip_within(netns: &str, to: &str, limit: Duration) -> std::io::Result<()> {
+    let to: SocketAddr = to.parse().unwrap();
+    let mut stream = enter(netns, || TcpStream::connect_timeout(&to, limit))?;
+    stream.set_read_timeout(Some(limit))?;
+    stream.write_all(b"hello")?;
+    let mut back = [0u8; 5];
+    stream.read_exact(&mut back)?;
+    stream.shutdown(std::net::Shutdown::Write)
+}
+
 /// Connects from `netns` to `to`, sends a line and checks that it comes back.
 pub fn roundtrip(netns: &str, to: &str) {
     roundtrip_data(netns, to, b"hello bridgenet");

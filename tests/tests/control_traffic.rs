@@ -4,7 +4,9 @@ use std::{net::Ipv4Addr, path::Path, time::Duration};
 
 use bridgenet_tests::sockets;
 use bridgenet_tests::topology::enter;
-use bridgenet_tests::traffic::{UdpSink, UdpStream, echo_once, open_roundtrip, refused, roundtrip};
+use bridgenet_tests::traffic::{
+    UdpSink, UdpStream, echo_once, open_roundtrip, refused, roundtrip, roundtrip_within,
+};
 use bridgenet_tests::{Netns, control::ControlLab};
 
 #[test]
@@ -271,12 +273,14 @@ fn masquerade_follows_a_changed_uplink_address() {
     host.ip(&["addr", "add", "198.18.0.3/24", "dev", "uplink0"]);
     host.ip(&["addr", "del", "198.18.0.2/24", "dev", "uplink0"]);
     // The daemon follows within its poll interval; new flows then leave with the new address.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    // A connection opened just before the daemon follows leaves with the old address, and its
+    // flow is revoked with that address: it stalls. Each try gets 3 s, the next a new port.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut port = 7001;
     loop {
         let server = echo_once(&world, &format!("198.18.0.1:{port}"));
-        let connected = std::panic::catch_unwind(|| roundtrip(&ns, &format!("198.18.0.1:{port}")));
-        if connected.is_ok() {
+        let to = format!("198.18.0.1:{port}");
+        if roundtrip_within(&ns, &to, Duration::from_secs(3)).is_ok() {
             let seen = server.join().unwrap().ip();
             if seen == Ipv4Addr::new(198, 18, 0, 3) {
                 break;
