@@ -507,6 +507,10 @@ pub mod maps {
     pub const FILTER_HITS: &str = "FILTER_HITS";
     pub const EMBRYOS: &str = "EMBRYOS";
     pub const NON_MASQUERADE: &str = "NON_MASQUERADE";
+    /// The monitor's, not pinned (`monitor`).
+    pub const MONITOR_EVENTS: &str = "MONITOR_EVENTS";
+    pub const MONITOR_CONFIG: &str = "MONITOR_CONFIG";
+    pub const MONITOR_LOST: &str = "MONITOR_LOST";
     /// Every map, for pinning.
     pub const ALL: [&str; 17] = [
         EMBRYOS,
@@ -555,6 +559,65 @@ pub mod programs {
 /// and clears: a packet routed from an endpoint without it skipped the endpoint check.
 pub const CHECKED_MARK: u32 = 1 << 26;
 
+/// What `monitor` is told of, through the `MONITOR_EVENTS` ring buffer. The monitor maps
+/// are each daemon's own (never pinned): events mean nothing to another daemon.
+pub mod monitor {
+    /// `MonitorConfig::kinds` bits; 0 while no monitor is attached, and nothing is emitted.
+    pub const DROPS: u32 = 1;
+    pub const FLOWS: u32 = 2;
+    /// `MonitorEvent::kind`.
+    pub const KIND_DROP: u8 = 1;
+    pub const KIND_FLOW_OPENED: u8 = 2;
+    /// Ring buffer size: about 6,500 events of 40 bytes (with the ring's 8-byte headers).
+    pub const RING_BYTES: u32 = 256 * 1024;
+}
+
+/// What the monitor wants (`MONITOR_CONFIG`, one entry).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct MonitorConfig {
+    /// `monitor::DROPS` | `monitor::FLOWS`.
+    pub kinds: u32,
+    /// Events per second per CPU (and the burst): what a flood may cost.
+    pub rate: u32,
+}
+
+/// Each CPU's token bucket for events (`MONITOR_BUDGET`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct MonitorBudget {
+    pub refilled_ns: u64,
+    pub tokens: u64,
+}
+
+/// One datapath event. Addresses and ports in network byte order, as on the wire. For ICMP
+/// the ports hold type and code (`sport`: type << 8 | code) and the echo identifier (`dport`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct MonitorEvent {
+    pub kind: u8,
+    /// `program_id`.
+    pub program: u8,
+    /// `outcome`: the drop's reason, or SNAT/DNAT for a flow.
+    pub outcome: u8,
+    pub proto: u8,
+    pub ifindex: u32,
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    /// A flow: the packet as translated.
+    pub nat_saddr: u32,
+    pub nat_daddr: u32,
+    pub nat_sport: u16,
+    pub nat_dport: u16,
+    /// Host byte order; the frame's, also when it is not IPv4.
+    pub ether_type: u16,
+    pub _pad: [u8; 6],
+}
+
+const _: () = assert!(core::mem::size_of::<MonitorEvent>() == 40);
+
 /// Largest number of interfaces whose counters the maps hold.
 pub const MAX_INTERFACES: u32 = 4096;
 
@@ -578,4 +641,6 @@ mod user {
     unsafe impl aya::Pod for super::FilterKey {}
     unsafe impl aya::Pod for super::FilterMatch {}
     unsafe impl aya::Pod for super::FilterState {}
+    unsafe impl aya::Pod for super::MonitorConfig {}
+    unsafe impl aya::Pod for super::MonitorEvent {}
 }

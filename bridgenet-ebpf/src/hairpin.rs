@@ -7,12 +7,12 @@
 //! host address, which the stack drops as a martian on a forwarded packet.
 use aya_ebpf::programs::TcContext;
 use bridgenet_common::{
-    CtKey, PublishKey, PublishTarget, action, direction, network_flags, outcome,
+    CtKey, PublishKey, PublishTarget, action, direction, network_flags, outcome, program_id,
 };
 
 use crate::{
     conntrack::{self, CONNTRACK, InsertError},
-    fastpath,
+    fastpath, monitor,
     nat::{self, PUBLISH},
     parse::{Packet, Parsed, TCP, UDP, parse},
 };
@@ -55,6 +55,7 @@ pub fn translate(ctx: &mut TcContext, checked: u32) -> u32 {
             if result == outcome::DNAT {
                 // Counted here rather than in `open`: see `conntrack::count_opening`.
                 conntrack::count_opening(ctx, packet);
+                monitor::flow_opened(ctx, program_id::ENDPOINT_INGRESS, result, &packet.key);
             }
             result
         }

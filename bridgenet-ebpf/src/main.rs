@@ -15,6 +15,7 @@ mod filter;
 mod hairpin;
 mod host_access;
 mod icmp;
+mod monitor;
 mod nat;
 mod parse;
 mod stats;
@@ -88,6 +89,7 @@ pub fn uplink_xdp(ctx: XdpContext) -> u32 {
     }
     stats::count(program_id::UPLINK_XDP, result);
     if outcome::is_drop(result) {
+        monitor::drop(&ctx, program_id::UPLINK_XDP, result);
         xdp_action::XDP_DROP
     } else {
         xdp_action::XDP_PASS
@@ -185,7 +187,7 @@ fn uplink_ingress_ipv4(ctx: &mut TcContext, packet: &Packet) -> u32 {
     match nat::published(packet) {
         Some(target) => {
             let result = nat::publish(ctx, packet, target);
-            opened(ctx, packet, result)
+            opened(ctx, program_id::UPLINK_INGRESS, packet, result)
         }
         None => direct(ctx, packet),
     }
@@ -209,7 +211,7 @@ fn direct(ctx: &mut TcContext, packet: &Packet) -> u32 {
                 _pad: 0,
             };
             let result = nat::publish(ctx, packet, itself);
-            opened(ctx, packet, result)
+            opened(ctx, program_id::UPLINK_INGRESS, packet, result)
         }
         Some(subnet) if subnet.flags & network_flags::ROUTED != 0 => outcome::DROP_UNPUBLISHED,
         _ => outcome::PASSED,
@@ -283,13 +285,13 @@ fn uplink_egress_translate(
         Some(_) if !conntrack::opens_flow(packet) => outcome::DROP_UNTRACKED,
         Some(subnet) if subnet.masquerade != 0 && nat_translatable(packet) => {
             let result = nat::masquerade(ctx, packet, nat_addr);
-            opened(ctx, packet, result)
+            opened(ctx, program_id::UPLINK_EGRESS, packet, result)
         }
         // Gateway mode routed: the endpoint's own address leaves, tracked so that replies
         // come back in (and nothing else does).
         Some(subnet) if subnet.flags & network_flags::ROUTED != 0 && nat_translatable(packet) => {
             let result = nat::route_out(ctx, packet);
-            opened(ctx, packet, result)
+            opened(ctx, program_id::UPLINK_EGRESS, packet, result)
         }
         // Without masquerade (or for what it cannot translate) a private source must not leave.
         Some(_) => outcome::DROP_UNTRANSLATABLE,
@@ -318,11 +320,13 @@ fn tracked(ctx: &mut TcContext, packet: &Packet) -> Option<u32> {
     }
 }
 
-/// A stage opened a flow for the packet (unless it dropped it): the packet is counted in it.
+/// A stage of `program` opened a flow for the packet (unless it dropped it): the packet is
+/// counted in it, and a monitor told.
 #[inline(always)]
-fn opened(ctx: &TcContext, packet: &Packet, result: u32) -> u32 {
+fn opened(ctx: &TcContext, program: u32, packet: &Packet, result: u32) -> u32 {
     if !outcome::is_drop(result) {
         conntrack::count_opening(ctx, packet);
+        monitor::flow_opened(ctx, program, result, &packet.key);
     }
     result
 }
@@ -342,6 +346,7 @@ fn verdict(ctx: &TcContext, program: u32, result: u32) -> i32 {
     stats::count(program, result);
     if outcome::is_drop(result) {
         alert::drop(ctx, result);
+        monitor::drop(ctx, program, result);
         TC_ACT_SHOT
     } else {
         TC_ACT_OK

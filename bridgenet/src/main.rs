@@ -42,6 +42,10 @@ enum Command {
         /// take the room of ones not yet assured, else are dropped [default: 262144]
         #[arg(long)]
         conntrack_max: Option<u32>,
+        /// Events a second per CPU that the datapath emits at most for `monitor` (a flood's
+        /// cost); what is over it is counted as lost [default: 1000]
+        #[arg(long)]
+        monitor_rate: Option<u32>,
         /// Also serve Docker's network driver protocol (`docker network create -d bridgenet`).
         #[arg(long)]
         docker: bool,
@@ -62,7 +66,7 @@ enum Command {
         #[arg(long, value_enum)]
         log_format: Option<daemon::config::LogFormat>,
         /// A JSON file with the same options (keys socket, state-dir, bpffs, uplinks, xdp,
-        /// conntrack-max, docker, docker-socket, docker-host, metrics, log-format); flags
+        /// conntrack-max, monitor-rate, docker, docker-socket, docker-host, metrics, log-format); flags
         /// win.
         #[arg(long)]
         config: Option<PathBuf>,
@@ -96,6 +100,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Drops as they happen (and with --flows the flows opened and closed), one line each,
+    /// with the program, interface, endpoint, packet and reason, until Ctrl-C.
+    Monitor(cli::MonitorArgs),
     /// Attach the packet counters to interfaces and print their counts every second until Ctrl-C.
     Watch {
         /// Interfaces in this network namespace.
@@ -135,6 +142,7 @@ fn run(cli: Cli) -> Result<()> {
             uplink,
             xdp,
             conntrack_max,
+            monitor_rate,
             docker,
             docker_socket,
             docker_host,
@@ -182,6 +190,7 @@ fn run(cli: Cli) -> Result<()> {
                 conntrack_max: conntrack_max
                     .or(config.conntrack_max)
                     .unwrap_or(bridgenet_common::CT_MAX_ENTRIES / 2),
+                monitor_rate: monitor_rate.or(config.monitor_rate).unwrap_or(1000),
                 docker_host: docker_host
                     .or(config.docker_host)
                     .unwrap_or_else(|| bridgenet::docker::names::DEFAULT_HOST.into()),
@@ -231,6 +240,7 @@ fn run_client(socket: PathBuf, command: Command) -> Result<()> {
         Command::Filter(cmd) => cli::filter(&socket, cmd),
         Command::Stats { json } => cli::stats(&socket, json),
         Command::Status { json } => cli::status(&socket, json),
+        Command::Monitor(args) => cli::monitor(&socket, args),
         Command::Watch { ifaces } => watch(&ifaces),
     }
 }

@@ -16,8 +16,8 @@ use tokio::sync::Mutex;
 
 use crate::api::{
     CniAdd, CniAttached, CniAttachment, CniGc, CtQuery, Endpoint, EndpointCreate, ErrorBody,
-    FilterCreate, FilterEntry, FlowCount, Network, NetworkCreate, PortEntry, PortMapping,
-    PortSpecs, Stat, Status,
+    FilterCreate, FilterEntry, FlowCount, MonitorQuery, Network, NetworkCreate, PortEntry,
+    PortMapping, PortSpecs, Stat, Status,
 };
 use crate::daemon::{self, Daemon, Error, Options};
 use crate::docker::names::ContainerNames;
@@ -139,6 +139,7 @@ pub fn router(daemon: Arc<Mutex<Daemon>>, options: &Options) -> Router {
         .route("/stats", get(stats))
         .route("/conntrack", get(conntrack).delete(conntrack_flush))
         .route("/status", get(status))
+        .route("/monitor", get(monitor))
         .route_layer(axum::middleware::from_fn(crate::metrics::track))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
@@ -259,6 +260,16 @@ async fn conntrack(State(d): Shared, Query(q): Query<CtQuery>) -> Result<Respons
     Ok((
         [(header::CONTENT_TYPE, "application/x-ndjson")],
         Body::from_stream(daemon::stream_flows(reader, filter)),
+    )
+        .into_response())
+}
+
+/// Streamed (newline-delimited JSON) until the client goes away.
+async fn monitor(State(d): Shared, Query(q): Query<MonitorQuery>) -> Result<Response, Error> {
+    let (monitor, filter) = d.lock().await.monitor_filter(&q)?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(daemon::stream_monitor(monitor, filter, d)),
     )
         .into_response())
 }

@@ -35,7 +35,8 @@ enum Command {
         /// Only the kernels of --kernels, not the running one.
         #[arg(long)]
         no_host: bool,
-        /// Run only the tests whose names contain this string.
+        /// Run only the tests whose names contain this string, or the tests of one file
+        /// (`control_monitor`).
         filter: Option<String>,
     },
     /// bridgenet against Docker's iptables NAT, nftables and plain routing; writes BENCHMARKS.md.

@@ -141,13 +141,18 @@ fn run_binaries(
         kernel: kernel_release(),
         ..Default::default()
     };
+    // A filter that names a test file (`control_monitor`) runs that file's tests only.
+    let file = filter.filter(|f| binaries.iter().any(|b| test_file(b) == Some(f)));
     for binary in binaries {
+        if file.is_some_and(|f| test_file(binary) != Some(f)) {
+            continue;
+        }
         let mut cmd = Command::new(binary);
         cmd.arg(format!("--test-threads={threads}"));
         if emulated {
             cmd.env("BRIDGENET_TEST_EMULATED", "1");
         }
-        if let Some(filter) = filter {
+        if let Some(filter) = filter.filter(|_| file.is_none()) {
             cmd.arg(filter);
         }
         let mut child = cmd
@@ -178,6 +183,13 @@ fn run_binaries(
         }
     }
     Ok(summary)
+}
+
+/// The test file a test binary was built from: `control_monitor` for
+/// `target/debug/deps/control_monitor-0123abcd`.
+fn test_file(binary: &Path) -> Option<&str> {
+    let name = binary.file_name()?.to_str()?;
+    Some(name.rsplit_once('-').map_or(name, |(file, _)| file))
 }
 
 fn host_only(binary: &Path) -> bool {
@@ -523,6 +535,12 @@ mod tests {
         assert!(!host_only(Path::new(
             "target/debug/deps/control_restart-0123abcd"
         )));
+    }
+
+    #[test]
+    fn a_test_file_is_named_by_its_binary() {
+        let binary = Path::new("target/debug/deps/control_monitor-0123abcd");
+        assert_eq!(test_file(binary), Some("control_monitor"));
     }
 
     #[test]

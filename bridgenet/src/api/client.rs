@@ -80,7 +80,10 @@ pub async fn stream<T: DeserializeOwned>(
         pending.extend_from_slice(&data);
         let mut start = 0;
         while let Some(end) = pending[start..].iter().position(|b| *b == b'\n') {
-            line(&pending[start..start + end])?;
+            // Empty lines keep a quiet stream alive (`monitor`).
+            if end > 0 {
+                line(&pending[start..start + end])?;
+            }
             start += end + 1;
         }
         pending.drain(..start);

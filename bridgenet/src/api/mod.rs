@@ -158,6 +158,79 @@ impl CtQuery {
     }
 }
 
+/// `GET /monitor`'s query: which events to stream. Values stay strings so that the daemon
+/// reports bad ones itself. The answer streams one `MonitorEvent` per line
+/// (newline-delimited JSON), a `watching` one first, until the client goes away.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorQuery {
+    /// Flows opened and closed too, not only drops.
+    #[serde(default)]
+    pub flows: bool,
+    pub endpoint: Option<String>,
+    pub network: Option<String>,
+    /// A drop reason (`drop_isolation`...): other drops are left out, flows are not.
+    pub reason: Option<String>,
+    /// tcp, udp, icmp, arp or ipv6.
+    pub proto: Option<String>,
+}
+
+impl MonitorQuery {
+    /// The query string, `?` included.
+    pub fn to_query(&self) -> String {
+        format!("?{}", serde_urlencoded::to_string(self).unwrap_or_default())
+    }
+}
+
+/// One line of `GET /monitor`: `type` says which fields it has.
+/// - `watching`: the first line; `rate` (events a second per CPU the datapath emits at most).
+/// - `drop`: `reason`, `program`, `interface`, the packet (`proto`, `src`, `dst`, ICMP's
+///   type and code), and the `endpoint` and `network` it is about when known.
+/// - `flow-opened`: `program`, `interface`, the flow as it came (`src`, `dst`), its
+///   `translation` (`dnat`, `snat`) and what it became (`translated_src`, `translated_dst`).
+/// - `flow-closed`: the same without program and interface, with the flow's last `state`,
+///   when garbage collection removes it.
+/// - `lost`: `events` the datapath did not emit since this monitor attached (over the rate,
+///   or the ring buffer full), when that grows.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MonitorEvent {
+    pub time: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proto: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp_type: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp_code: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub translation: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub translated_src: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub translated_dst: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<u32>,
+}
+
 /// `GET /conntrack?count=true`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FlowCount {

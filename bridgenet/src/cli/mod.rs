@@ -1,6 +1,7 @@
 //! The CLI verbs that talk to the daemon: parse, check what can be checked locally, call the
 //! API, print in Docker's formats (or JSON with --json).
 mod filter;
+mod monitor;
 mod status;
 
 use std::{
@@ -24,6 +25,7 @@ use crate::{
 };
 
 pub use filter::{FilterCmd, filter};
+pub use monitor::{MonitorArgs, monitor};
 pub use status::status;
 
 #[derive(Subcommand)]

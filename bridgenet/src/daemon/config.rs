@@ -19,6 +19,8 @@ pub struct Config {
     pub uplinks: Vec<String>,
     pub xdp: Option<super::XdpPolicy>,
     pub conntrack_max: Option<u32>,
+    /// `--monitor-rate EVENTS`.
+    pub monitor_rate: Option<u32>,
     /// Serve Docker's network driver protocol.
     #[serde(default)]
     pub docker: bool,

@@ -72,12 +72,20 @@ pub fn stream_flows(
 /// pass over a full table would hold for seconds; the lock is taken only to start and to
 /// record it.
 pub async fn conntrack_gc(daemon: &tokio::sync::Mutex<Daemon>) -> Result<()> {
-    let mut collector = daemon.lock().await.dp.conntrack_collector()?;
-    let (took, report) = tokio::task::spawn_blocking(move || {
+    let (mut collector, monitor) = {
+        let d = daemon.lock().await;
+        (d.dp.conntrack_collector()?, d.monitor.clone())
+    };
+    if monitor.watching_flows() {
+        collector.keep_expired();
+    }
+    let (took, report, expired) = tokio::task::spawn_blocking(move || {
         let start = std::time::Instant::now();
-        collector.gc().map(|report| (start.elapsed(), report))
+        let report = collector.gc()?;
+        anyhow::Ok((start.elapsed(), report, collector.take_expired()))
     })
     .await??;
+    monitor.closed(expired);
     daemon.lock().await.observed.gc_done(took, report);
     if report.flows_expired + report.orphans_removed > 0 {
         tracing::debug!("conntrack gc: {report:?}");

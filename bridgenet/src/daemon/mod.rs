@@ -9,6 +9,7 @@ mod conntrack;
 mod endpoints;
 mod filter;
 mod gateway_modes;
+mod monitor;
 mod namespaces;
 mod networks;
 mod ports;
@@ -18,6 +19,7 @@ mod status;
 
 pub use conntrack::{count_flows, proto_name, stream_flows};
 pub use endpoints::peer_name;
+pub use monitor::{Monitor, stream as stream_monitor};
 pub use status::{GcTotals, Observation, census, walk_census};
 
 use std::{
@@ -50,6 +52,8 @@ pub struct Options {
     pub xdp: XdpPolicy,
     /// Flows the conntrack table holds (two entries each).
     pub conntrack_max: u32,
+    /// Events a second per CPU that the datapath emits at most for `monitor`.
+    pub monitor_rate: u32,
     /// Docker's API socket, asked for container names (`port ls`).
     pub docker_host: PathBuf,
     /// The routes of bridgenet's own API, served on `socket` (given by the caller so that the
@@ -144,6 +148,7 @@ pub struct Daemon {
     state_dir: PathBuf,
     /// What `status` and the metrics report beyond the kernel's state.
     observed: status::Observed,
+    monitor: Arc<monitor::Monitor>,
 }
 
 /// BPF_FS_MAGIC from linux/magic.h.
@@ -208,6 +213,8 @@ async fn serve(options: Options) -> Result<()> {
         conntrack_entries: options.conntrack_max.saturating_mul(2),
     })?;
     forward_ebpf_logs(&mut dp);
+    let (events, control) = dp.take_monitor()?;
+    let monitor = monitor::Monitor::start(events, control, options.monitor_rate)?;
     let mut daemon = Daemon {
         state,
         store,
@@ -217,6 +224,7 @@ async fn serve(options: Options) -> Result<()> {
         pin_dir: options.bpffs.clone(),
         state_dir: options.state_dir.clone(),
         observed: status::Observed::new(options.services.first().map(|(s, _)| s.clone())),
+        monitor: monitor.clone(),
     };
     if daemon.state.version < SCHEMA_VERSION {
         daemon.state.version = SCHEMA_VERSION;
@@ -257,7 +265,10 @@ async fn serve(options: Options) -> Result<()> {
     }
     let app = (options.api)(daemon, &options);
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            monitor.stop();
+        })
         .await?;
     let _ = std::fs::remove_file(&options.socket);
     for (socket, _) in &options.services {

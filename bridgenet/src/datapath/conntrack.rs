@@ -335,6 +335,7 @@ impl Datapath {
         Ok(CtCollector {
             map: HashMap::try_from(Map::LruHashMap(map))?,
             usage: Array::try_from(Map::Array(usage))?,
+            expired: None,
         })
     }
 
@@ -390,6 +391,8 @@ impl Datapath {
 pub struct CtCollector {
     map: HashMap<MapData, CtKey, CtEntry>,
     usage: Array<MapData, u64>,
+    /// The flows a pass removed as expired, kept when a monitor asks for them.
+    expired: Option<Vec<Flow>>,
 }
 
 impl CtCollector {
@@ -443,6 +446,14 @@ impl CtCollector {
                 removed += usize::from(map.remove(key).is_ok());
                 removed += usize::from(map.remove(&entry.peer).is_ok());
                 report.flows_expired += 1;
+                if let Some(flows) = &mut self.expired {
+                    flows.push(Flow {
+                        original: (*key, entry),
+                        reply: (entry.peer, peer),
+                        state: state_of(key.proto, &entry, &peer),
+                        expires_in: Duration::ZERO,
+                    });
+                }
             }
         }
         // Counted from the listing, not by walking the map again: one walk per pass is what GC
@@ -457,6 +468,19 @@ impl CtCollector {
     /// One garbage collection pass now.
     pub fn gc(&mut self) -> Result<GcReport> {
         self.gc_at(monotonic_ns())
+    }
+
+    /// Keeps the flows that the next passes remove as expired, for `take_expired`.
+    pub fn keep_expired(&mut self) {
+        self.expired.get_or_insert_with(Vec::new);
+    }
+
+    /// The flows removed as expired since `keep_expired`.
+    pub fn take_expired(&mut self) -> Vec<Flow> {
+        self.expired
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 }
 

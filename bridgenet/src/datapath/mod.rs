@@ -85,6 +85,7 @@ pub enum TcMode {
 
 pub mod conntrack;
 pub mod filter;
+pub mod monitor;
 
 /// The loaded programs and maps of one bridgenet datapath.
 pub struct Datapath {
