@@ -6,7 +6,7 @@ use bridgenet::datapath::{
     Datapath, LoadOptions,
     conntrack::{FlowState, monotonic_ns},
 };
-use bridgenet_common::{outcome, program_id, programs};
+use bridgenet_common::{CtEntry, CtKey, direction, maps, outcome, program_id, programs};
 use bridgenet_tests::{
     packet,
     packet::{fixture::*, tcp_flags::*},
@@ -511,4 +511,54 @@ fn gc_passes_during_a_stream_of_new_flows_lose_no_entry() {
         })
         .count();
     assert_eq!(lost, 0, "live flows that lost their entries");
+}
+
+/// GC reads the table thousands of entries per system call (BPF_MAP_LOOKUP_BATCH): over a table
+/// of many such chunks it removes exactly the idle flows, both entries each, and keeps the rest.
+#[test]
+fn gc_over_a_table_of_many_chunks_removes_exactly_the_idle_flows() {
+    const FLOWS: u32 = 20_000;
+    let mut dp = datapath(FLOWS);
+    // GC's clock 200 s after the idle flows' last packet (a guest may have booted less than
+    // 200 s ago: the clock is the test's).
+    let idle_since = monotonic_ns();
+    let now = idle_since + Duration::from_secs(200).as_nanos() as u64;
+    let idle = |i: u32| i.is_multiple_of(3);
+    {
+        let mut map: aya::maps::HashMap<_, CtKey, CtEntry> =
+            aya::maps::HashMap::try_from(dp.ebpf_mut().map_mut(maps::CONNTRACK).unwrap()).unwrap();
+        for i in 0..FLOWS {
+            let original = CtKey {
+                saddr: u32::from_ne_bytes([10, 1, (i >> 8) as u8, i as u8]),
+                daddr: u32::from_ne_bytes(SERVER),
+                sport: (40_000 + (i % 20_000) as u16).to_be(),
+                dport: 53u16.to_be(),
+                proto: 17,
+                _pad: [0; 3],
+            };
+            let reply = original.reversed();
+            let last_seen_ns = if idle(i) { idle_since } else { now };
+            let entry = |peer, dir| CtEntry {
+                peer,
+                last_seen_ns,
+                direction: dir,
+                ..CtEntry::default()
+            };
+            map.insert(original, entry(reply, direction::ORIGINAL), 0)
+                .unwrap();
+            map.insert(reply, entry(original, direction::REPLY), 0)
+                .unwrap();
+        }
+    }
+    let idle_flows = (0..FLOWS).filter(|i| idle(*i)).count();
+    let report = dp.gc_at(now).unwrap();
+    assert_eq!(report.flows_expired, idle_flows);
+    assert_eq!(report.orphans_removed, 0);
+    assert_eq!(report.entries_left, 2 * (FLOWS as usize - idle_flows));
+    let left = dp.conntrack().unwrap();
+    assert_eq!(left.len(), report.entries_left);
+    assert!(
+        left.iter().all(|(_, e)| e.last_seen_ns == now),
+        "an idle entry is left"
+    );
 }

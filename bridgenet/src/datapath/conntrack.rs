@@ -1,14 +1,14 @@
 //! Conntrack in userspace: the state of a flow from its two entries, a timeout per state, and
 //! garbage collection of expired flows (both entries together) and of orphaned entries.
-use std::{net::Ipv4Addr, time::Duration};
+use std::{net::Ipv4Addr, os::fd::AsFd as _, time::Duration};
 
 use anyhow::{Context as _, Result};
-use aya::maps::{Array, HashMap, Map, MapData};
+use aya::maps::{Array, HashMap, IterableMap, Map, MapData};
 use bridgenet_common::{
     CtEntry, CtKey, EmbryoSlot, action, ct_flags, ct_usage, direction, maps, tcp_seen,
 };
 
-use super::{Datapath, from_wire, wire};
+use super::{Datapath, batch, from_wire, wire};
 
 const TCP: u8 = 6;
 
@@ -229,7 +229,6 @@ impl Flow {
 /// listing of a full table takes seconds.
 pub struct CtReader {
     map: HashMap<MapData, CtKey, CtEntry>,
-    capacity: u32,
 }
 
 /// The table counted: flows by protocol and state, and masqueraded flows (each holds a port)
@@ -262,31 +261,21 @@ impl CtReader {
 
     /// Calls `each` with every flow whose two entries are there, one at a time, in the map's
     /// order; stops early when `each` returns false. Memory does not grow with the table: the
-    /// reply entry is looked up by key. The kernel restarts a walk whose current key was
-    /// deleted meanwhile, so a flow may come twice; the walk stops after twice the map's size
-    /// in keys so that a table under churn cannot hold it forever.
+    /// entries are read a chunk at a time (`batch`), the reply entry looked up by key. A flow
+    /// opened or removed during the walk may or may not be seen, none twice.
     pub fn walk(&self, now_ns: u64, mut each: impl FnMut(Flow) -> bool) -> Result<()> {
-        let budget = u64::from(self.capacity) * 2;
-        for (visited, key) in self.map.keys().enumerate() {
-            if visited as u64 >= budget {
-                break;
-            }
-            let key = key?;
-            // Deleted since the key was read (GC, revocation, eviction): skip it.
-            let Ok(entry) = self.map.get(&key, 0) else {
-                continue;
-            };
+        let fd = IterableMap::map(&self.map).fd().as_fd();
+        batch::for_each(fd, |key: &CtKey, entry: &CtEntry| {
             if entry.direction != direction::ORIGINAL {
-                continue;
+                return true;
             }
+            // Removed since the chunk was read (GC, revocation, eviction): skipped.
             let Ok(reply) = self.map.get(&entry.peer, 0) else {
-                continue;
+                return true;
             };
-            if !each(Flow::of((key, entry), (entry.peer, reply), now_ns)) {
-                break;
-            }
-        }
-        Ok(())
+            each(Flow::of((*key, *entry), (entry.peer, reply), now_ns))
+        })
+        .context("reading the conntrack table")
     }
 }
 
@@ -313,11 +302,9 @@ impl Datapath {
         let Some(Map::LruHashMap(data)) = self.ebpf.map(maps::CONNTRACK) else {
             anyhow::bail!("map CONNTRACK missing or not an LRU hash");
         };
-        let info = data.info()?;
-        let own = MapData::from_id(info.id()).context("opening the conntrack map")?;
+        let own = MapData::from_id(data.info()?.id()).context("opening the conntrack map")?;
         Ok(CtReader {
             map: HashMap::try_from(Map::LruHashMap(own))?,
-            capacity: info.max_entries(),
         })
     }
 
@@ -400,13 +387,23 @@ impl CtCollector {
     /// direction is gone, then recounts the table for the datapath's limit. An entry is read
     /// again just before it is deleted, so a flow that saw a packet meanwhile stays.
     pub fn gc_at(&mut self, now_ns: u64) -> Result<GcReport> {
-        let entries: Vec<(CtKey, CtEntry)> = self.map.iter().collect::<Result<_, _>>()?;
-        let by_key: std::collections::HashMap<CtKey, CtEntry> = entries.iter().copied().collect();
+        let mut entries: Vec<(CtKey, CtEntry)> = Vec::new();
+        let fd = IterableMap::map(&self.map).fd().as_fd();
+        batch::for_each(fd, |key: &CtKey, entry: &CtEntry| {
+            entries.push((*key, *entry));
+            true
+        })
+        .context("reading the conntrack table")?;
+        // Indexes, not copies, and a fast hash (the keys are the kernel's, not an attacker's
+        // choice of collisions against a random seed): a full table is half a million entries.
+        let mut by_key: std::collections::HashMap<CtKey, usize, foldhash::fast::RandomState> =
+            std::collections::HashMap::with_capacity_and_hasher(entries.len(), Default::default());
+        by_key.extend(entries.iter().enumerate().map(|(i, (k, _))| (*k, i)));
         let mut report = GcReport::default();
         let mut removed = 0;
         let map = &mut self.map;
         for (key, entry) in &entries {
-            let Some(peer) = by_key.get(&entry.peer) else {
+            let Some(peer) = by_key.get(&entry.peer).map(|&i| &entries[i].1) else {
                 // Its other direction is not in the listing: either gone, and then this entry
                 // can no longer translate a whole flow, or inserted while the listing ran (a
                 // new flow's entries are inserted one after the other). Only an entry whose

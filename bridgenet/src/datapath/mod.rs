@@ -22,6 +22,7 @@ use ipnet::Ipv4Net;
 pub use crate::state::GatewayMode;
 
 mod attach;
+mod batch;
 mod control;
 mod inspect;
 pub use inspect::MapFill;
