@@ -8,6 +8,7 @@ pub mod cni;
 pub mod control;
 pub mod http;
 pub mod layout_v1;
+pub mod monitor;
 pub mod packet;
 pub mod raw;
 pub mod sockets;
