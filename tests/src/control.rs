@@ -75,7 +75,8 @@ impl ControlLab {
         Self::prepared_with("on", serde_json::json!({}))
     }
 
-    fn prepared_with(xdp: &str, extra: serde_json::Value) -> Self {
+    /// A lab (its daemon not started) with `extra` keys in the daemon's config file.
+    pub fn prepared_with(xdp: &str, extra: serde_json::Value) -> Self {
         let mut topo = Topology::new();
         topo.netns("world")
             .netns("host")

@@ -321,3 +321,12 @@ fn a_daemon_stopped_while_a_monitor_is_attached_stops_at_once() {
     lab.start();
     spawn_monitor(&lab, &[]);
 }
+
+/// `monitor-rate` 0 would lose every event a monitor asks for: the daemon refuses it at start
+/// with one line, as it refuses a `conntrack-max` too small.
+#[test]
+fn a_monitor_rate_of_zero_is_refused_at_start() {
+    let mut lab = ControlLab::prepared_with("on", json!({"monitor-rate": 0}));
+    let log = lab.start_refused();
+    assert!(log.contains("--monitor-rate 0"), "{log}");
+}

@@ -194,6 +194,9 @@ async fn serve(options: Options) -> Result<()> {
             options.conntrack_max
         );
     }
+    if options.monitor_rate == 0 {
+        bail!("--monitor-rate 0 would lose every event a monitor asks for (1 at the least)");
+    }
     // Before anything changes: an uplink the programs cannot work on is refused.
     let nl = Netlink::new()?;
     let uplinks = resolve_uplinks(&nl, &options.uplinks).await?;
