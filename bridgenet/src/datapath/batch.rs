@@ -85,3 +85,13 @@ pub fn for_each<K: Pod, V: Pod>(
         }
     }
 }
+
+/// Every entry of the hash map `map`, read as `for_each` reads it.
+pub fn collect<K: Pod, V: Pod>(map: BorrowedFd<'_>) -> io::Result<Vec<(K, V)>> {
+    let mut entries = Vec::new();
+    for_each(map, |k: &K, v: &V| {
+        entries.push((*k, *v));
+        true
+    })?;
+    Ok(entries)
+}

@@ -387,13 +387,9 @@ impl CtCollector {
     /// direction is gone, then recounts the table for the datapath's limit. An entry is read
     /// again just before it is deleted, so a flow that saw a packet meanwhile stays.
     pub fn gc_at(&mut self, now_ns: u64) -> Result<GcReport> {
-        let mut entries: Vec<(CtKey, CtEntry)> = Vec::new();
         let fd = IterableMap::map(&self.map).fd().as_fd();
-        batch::for_each(fd, |key: &CtKey, entry: &CtEntry| {
-            entries.push((*key, *entry));
-            true
-        })
-        .context("reading the conntrack table")?;
+        let entries: Vec<(CtKey, CtEntry)> =
+            batch::collect(fd).context("reading the conntrack table")?;
         // Indexes, not copies, and a fast hash (the keys are the kernel's, not an attacker's
         // choice of collisions against a random seed): a full table is half a million entries.
         let mut by_key: std::collections::HashMap<CtKey, usize, foldhash::fast::RandomState> =

@@ -1,11 +1,11 @@
 //! Loads the embedded eBPF object, attaches its programs and reads its maps.
-use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
+use std::{collections::BTreeMap, net::Ipv4Addr, os::fd::AsFd as _, path::PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, HashMap, PerCpuArray, PerCpuHashMap,
+        Array, HashMap, Map, PerCpuArray, PerCpuHashMap,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{
@@ -351,12 +351,10 @@ impl Datapath {
 
     /// Every conntrack entry: the key its hook looks up and what it does.
     pub fn conntrack(&self) -> Result<Vec<(CtKey, CtEntry)>> {
-        let map: HashMap<_, CtKey, CtEntry> = HashMap::try_from(
-            self.ebpf
-                .map(maps::CONNTRACK)
-                .context("map CONNTRACK missing")?,
-        )?;
-        Ok(map.iter().collect::<Result<_, _>>()?)
+        let Some(Map::LruHashMap(map)) = self.ebpf.map(maps::CONNTRACK) else {
+            bail!("map CONNTRACK missing or not an LRU hash");
+        };
+        batch::collect(map.fd().as_fd()).context("reading the conntrack table")
     }
 
     /// Non-zero counters, summed over CPUs: (program, outcome, packets).
