@@ -16,7 +16,7 @@ use bytes::Bytes;
 use ipnet::Ipv4Net;
 use tokio::sync::{Mutex, broadcast};
 
-use super::{Daemon, Error, proto_name};
+use super::{Daemon, Error, ports::wire_proto, proto_name};
 use crate::{
     api::{MonitorEvent, MonitorQuery},
     datapath::{
@@ -24,7 +24,6 @@ use crate::{
         from_wire,
         monitor::{MonitorControl, MonitorEvents},
     },
-    state::ports::Proto,
 };
 
 /// Events on their way to the monitors; a monitor that falls further behind loses the
@@ -381,10 +380,7 @@ impl Names {
                 self.by_addr.insert(e.ip, named.clone());
             }
             for p in &e.ports {
-                let proto = match p.proto {
-                    Proto::Tcp => 6,
-                    Proto::Udp => 17,
-                };
+                let proto = wire_proto(p.proto) as u8;
                 self.published
                     .push(((proto, p.host_ip, p.host_port), named.clone()));
             }
