@@ -41,21 +41,30 @@ impl Drop for Running {
     }
 }
 
-/// Starts `bridgenet --socket SOCK monitor --json ARGS` as `ControlLab::cli` runs the CLI (in
-/// the test's namespace: only the socket matters), stdout piped; waits for the `watching` line
-/// on stderr. Returns the process and its stderr so far (a thread keeps reading it).
-pub fn spawn_monitor(lab: &ControlLab, args: &[&str]) -> (Running, Arc<Mutex<String>>) {
+/// Starts `bridgenet --socket SOCK monitor ARGS` as `ControlLab::cli` runs the CLI, stdin
+/// closed, stdout and stderr piped.
+pub fn start_monitor(lab: &ControlLab, args: &[&str]) -> Running {
     let child = Command::new(control::binary())
         .arg("--socket")
         .arg(lab.socket())
-        .args(["monitor", "--json"])
+        .arg("monitor")
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting bridgenet monitor");
-    let mut running = Running(child);
+    Running(child)
+}
+
+/// Starts `bridgenet --socket SOCK monitor --json ARGS` as `ControlLab::cli` runs the CLI (in
+/// the test's namespace: only the socket matters), stdout piped; waits for the `watching` line
+/// on stderr. Returns the process and its stderr so far (a thread keeps reading it).
+pub fn spawn_monitor(lab: &ControlLab, args: &[&str]) -> (Running, Arc<Mutex<String>>) {
+    let json: Vec<&str> = std::iter::once("--json")
+        .chain(args.iter().copied())
+        .collect();
+    let mut running = start_monitor(lab, &json);
     let stderr = running.0.stderr.take().expect("piped stderr");
     let text = Arc::new(Mutex::new(String::new()));
     let (tx, rx) = mpsc::channel();

@@ -5,13 +5,12 @@
 use std::{
     io::{BufRead as _, BufReader, Read as _},
     net::{Ipv4Addr, SocketAddrV4},
-    process::{Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
 };
 
 use bridgenet_tests::{
-    control::{self, ControlLab, Stop},
+    control::{ControlLab, Stop},
     monitor::*,
     packet::tcp_flags,
     sockets,
@@ -126,17 +125,7 @@ fn filters_keep_only_the_drops_they_name() {
 /// Runs `bridgenet monitor ARGS` expecting it to refuse: it must exit (within 30 s) non-zero,
 /// with one line on stderr and nothing on stdout. Returns the line.
 fn refused(lab: &ControlLab, args: &[&str]) -> String {
-    let child = Command::new(control::binary())
-        .arg("--socket")
-        .arg(lab.socket())
-        .arg("monitor")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting bridgenet monitor");
-    let mut running = Running(child);
+    let mut running = start_monitor(lab, args);
     let (mut stdout, mut stderr) = (
         running.0.stdout.take().unwrap(),
         running.0.stderr.take().unwrap(),
