@@ -3,6 +3,7 @@
 use std::{
     fs,
     io::{BufRead as _, BufReader},
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -62,7 +63,7 @@ pub fn test(kernels: &[String], host: bool, filter: Option<&str>) -> Result<()> 
     let binaries = build_tests()?;
     let mut summaries = Vec::new();
     if host {
-        summaries.push(run_binaries(&binaries, filter, 2, false)?);
+        summaries.push(run_binaries(&binaries, filter, 2, None)?);
     }
     if !images.is_empty() {
         let staged = stage(&binaries)?;
@@ -128,14 +129,15 @@ fn build_tests() -> Result<Vec<PathBuf>> {
     Ok(binaries)
 }
 
-/// Runs each test binary, echoing its output, and adds up libtest's result lines. `emulated`:
-/// in a guest of the matrix, said to the tests by `BRIDGENET_TEST_EMULATED` (stress loops run
-/// fewer repetitions there).
+/// Runs each test binary, echoing its output, and adds up libtest's result lines. `progress`
+/// is given in a guest of the matrix, which is said to the tests by `BRIDGENET_TEST_EMULATED`
+/// (stress loops run fewer repetitions there).
 fn run_binaries(
     binaries: &[PathBuf],
     filter: Option<&str>,
     threads: u32,
-    emulated: bool,
+    // In a guest: the file that names the binary running, for when the guest dies.
+    progress: Option<&Path>,
 ) -> Result<Summary> {
     let mut summary = Summary {
         kernel: kernel_release(),
@@ -149,8 +151,17 @@ fn run_binaries(
         }
         let mut cmd = Command::new(binary);
         cmd.arg(format!("--test-threads={threads}"));
-        if emulated {
+        if let Some(progress) = progress {
+            fs::write(progress, binary.display().to_string())?;
             cmd.env("BRIDGENET_TEST_EMULATED", "1");
+            // The guest's own process keeps -1000 (see `guest`); its tests do not.
+            // SAFETY: one write(2) to a procfs file between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    let _ = fs::write("/proc/self/oom_score_adj", "0");
+                    Ok(())
+                });
+            }
         }
         if let Some(filter) = filter.filter(|_| file.is_none()) {
             cmd.arg(filter);
@@ -295,7 +306,11 @@ pub fn guest(plan: &Path, report: &Path) -> Result<()> {
             Err(_) => PathBuf::from(line),
         })
         .collect();
-    let summary = run_binaries(&binaries, filter, 2, true)?;
+    // When memory runs out, the kernel should end a test binary (reported as crashed) rather
+    // than this process, whose report says what ran; a guest's root may lower its own score.
+    let _ = fs::write("/proc/self/oom_score_adj", "-1000");
+    let progress = report.with_file_name("progress");
+    let summary = run_binaries(&binaries, filter, 2, Some(&progress))?;
     let report_text = format!(
         "{}\n{} {} {}\n{}\n",
         summary.kernel,
@@ -336,18 +351,26 @@ fn run_in_vm(
     fs::write(&plan, plan_text)?;
 
     let xtask = std::env::current_exe()?;
-    let guest_cmd = format!(
-        "{} guest-test --plan {} --report {}",
-        xtask.display(),
-        plan.display(),
-        report.display()
-    );
+    // The kernel's log is kept for when the guest writes no report (a test process the
+    // kernel killed, a warning before a crash).
+    let script = dir.join("guest.sh");
+    fs::write(
+        &script,
+        format!(
+            "'{}' guest-test --plan '{}' --report '{}'\ndmesg > '{}'\n",
+            xtask.display(),
+            plan.display(),
+            report.display(),
+            dir.join("dmesg").display()
+        ),
+    )?;
+    let guest_cmd = format!("sh '{}'", script.display());
     println!("\n=== {name}: booting with virtme-ng (software emulation)");
     let started = Instant::now();
     let mut child = Command::new(vng)
         .arg("--run")
         .arg(image)
-        .args(["--disable-kvm", "--cpus", "2", "--memory", "2G", "--rwdir"])
+        .args(["--disable-kvm", "--cpus", "2", "--memory", "3G", "--rwdir"])
         .arg(&dir)
         .arg("--")
         .arg(&guest_cmd)
@@ -376,8 +399,20 @@ fn run_in_vm(
     for echo in echoes {
         let _ = echo.join();
     }
-    let text = fs::read_to_string(&report)
-        .with_context(|| format!("{name}: the guest wrote no report (did it boot?)"))?;
+    let Ok(text) = fs::read_to_string(&report) else {
+        let running = fs::read_to_string(dir.join("progress")).map_or_else(
+            |_| "before any test binary".into(),
+            |b| format!("while {b} ran"),
+        );
+        if let Ok(dmesg) = fs::read_to_string(dir.join("dmesg")) {
+            let lines: Vec<&str> = dmesg.lines().collect();
+            println!("=== {name}: the guest kernel's last messages:");
+            for line in &lines[lines.len().saturating_sub(40)..] {
+                println!("{line}");
+            }
+        }
+        bail!("{name}: the guest wrote no report: it stopped {running}");
+    };
     let mut lines = text.lines();
     let kernel = lines.next().unwrap_or_default().to_owned();
     let counts: Vec<u64> = lines

@@ -227,16 +227,20 @@ fn run_all(cfg: &Config, binary: &Path, results: &mut Results) -> Result<()> {
             );
         }
     }
-    check_stop()?;
-    publishing(cfg, binary, results).context("publishing times")?;
-    check_stop()?;
-    endpoints(cfg, binary, results).context("endpoint times")?;
-    check_stop()?;
-    memory(cfg, binary, results).context("memory per flow")?;
-    check_stop()?;
-    gc::measure(cfg, binary, results).context("GC cost")?;
-    check_stop()?;
-    costs(cfg, binary, results).context("program cost")?;
+    type Phase = fn(&Config, &Path, &mut Results) -> Result<()>;
+    let phases: [(&str, Phase); 5] = [
+        ("publishing times", publishing),
+        ("endpoint times", endpoints),
+        ("memory per flow", memory),
+        ("GC cost", gc::measure),
+        ("program cost", costs),
+    ];
+    for (name, phase) in phases {
+        check_stop()?;
+        let t = Instant::now();
+        phase(cfg, binary, results).context(name)?;
+        println!("bench: {name:<30} {:>5.1} s", t.elapsed().as_secs_f64());
+    }
     Ok(())
 }
 
