@@ -22,6 +22,9 @@ const HOST_ONLY_PREFIX: &str = "host_";
 /// How long one kernel of the matrix may take, boot included (software emulation is slow).
 const VM_TIMEOUT: Duration = Duration::from_secs(40 * 60);
 
+/// The file, beside a guest's report, that names the test binary the guest runs.
+const PROGRESS: &str = "progress";
+
 /// Test counts of one run of the binaries on one kernel.
 #[derive(Debug, Default)]
 struct Summary {
@@ -155,10 +158,15 @@ fn run_binaries(
             fs::write(progress, binary.display().to_string())?;
             cmd.env("BRIDGENET_TEST_EMULATED", "1");
             // The guest's own process keeps -1000 (see `guest`); its tests do not.
-            // SAFETY: one write(2) to a procfs file between fork and exec.
+            // SAFETY: open(2), write(2) and close(2) on constant C strings, with no allocation,
+            // between fork and exec.
             unsafe {
                 cmd.pre_exec(|| {
-                    let _ = fs::write("/proc/self/oom_score_adj", "0");
+                    let fd = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY);
+                    if fd >= 0 {
+                        libc::write(fd, c"0".as_ptr().cast(), 1);
+                        libc::close(fd);
+                    }
                     Ok(())
                 });
             }
@@ -309,7 +317,7 @@ pub fn guest(plan: &Path, report: &Path) -> Result<()> {
     // When memory runs out, the kernel should end a test binary (reported as crashed) rather
     // than this process, whose report says what ran; a guest's root may lower its own score.
     let _ = fs::write("/proc/self/oom_score_adj", "-1000");
-    let progress = report.with_file_name("progress");
+    let progress = report.with_file_name(PROGRESS);
     let summary = run_binaries(&binaries, filter, 2, Some(&progress))?;
     let report_text = format!(
         "{}\n{} {} {}\n{}\n",
@@ -400,7 +408,7 @@ fn run_in_vm(
         let _ = echo.join();
     }
     let Ok(text) = fs::read_to_string(&report) else {
-        let running = fs::read_to_string(dir.join("progress")).map_or_else(
+        let running = fs::read_to_string(dir.join(PROGRESS)).map_or_else(
             |_| "before any test binary".into(),
             |b| format!("while {b} ran"),
         );
