@@ -120,8 +120,8 @@ pub struct CtEntry {
     /// TCP: the largest receive window this direction advertised, scaled: how far past the
     /// other direction's `td_end` it may send.
     pub td_maxwin: u32,
-    /// Original entry: the turn of the `EMBRYOS` ring the flow was admitted at (its slot is
-    /// `ring_seq % ring size`), so that a later flow on a reused slot is told apart.
+    /// Original entry: the turn of its side's `EMBRYOS` ring the flow was admitted at (see
+    /// `embryo_ring`), so that a later flow on a reused slot is told apart.
     pub ring_seq: u32,
 }
 
@@ -388,11 +388,27 @@ pub mod ct_usage {
     /// Flows not yet assured (half-open, unanswered) removed to make room for a new flow,
     /// as Linux's early_drop does: a flood of them never locks other flows out.
     pub const EVICTED: u32 = 2;
-    /// Flows admitted so far: the next slot of the `EMBRYOS` ring.
+    /// Flows opened from outside so far: the next turn of their `EMBRYOS` ring.
     pub const RING_CURSOR: u32 = 3;
-    /// Slots of the `EMBRYOS` ring (set by the loader from the map's size).
+    /// Slots of each `EMBRYOS` ring (set by the loader from the map's size).
     pub const RING_SIZE: u32 = 4;
+    /// Flows opened from inside so far: the next turn of their ring (unused before
+    /// `layout::EMBRYOS` v2, so 0 there: a valid start).
+    pub const RING_CURSOR_INSIDE: u32 = 5;
     pub const SLOTS: u32 = 8;
+}
+
+/// The two rings of `EMBRYOS`, one per side a flow is opened from: a flood from one side takes
+/// the room of the half-open flows of its own side first, so that a flood of spoofed SYNs from
+/// outside cannot end the handshakes of connections the endpoints open, and an endpoint's scan
+/// cannot end those of clients of published ports. A turn `ring_seq` is `cursor << 1 | side`;
+/// its slot is `side * RING_SIZE + cursor % RING_SIZE`.
+pub mod embryo_ring {
+    /// Flows opened by packets from the uplink (published ports, routed endpoints).
+    pub const OUTSIDE: u32 = 0;
+    /// Flows opened by the endpoints and the host (masquerade, hairpin, the host's own).
+    pub const INSIDE: u32 = 1;
+    pub const COUNT: u32 = 2;
 }
 
 /// A slot of the `EMBRYOS` ring: a flow in the order flows were admitted. When the table is
@@ -484,6 +500,8 @@ pub mod layout {
     pub const STATS: u32 = 2;
     /// v1: 2 slots (ENTRIES, LIMIT); v2: `ct_usage::SLOTS`.
     pub const CT_USAGE: u32 = 2;
+    /// v1: one ring for every flow; v2: one per side (`embryo_ring`).
+    pub const EMBRYOS: u32 = 2;
     /// Every other map.
     pub const FIRST: u32 = 1;
 }

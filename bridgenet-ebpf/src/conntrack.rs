@@ -8,7 +8,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use bridgenet_common::{
-    CT_MAX_ENTRIES, CtEntry, CtKey, EmbryoSlot, ct_flags, ct_usage, outcome, tcp_seen,
+    CT_MAX_ENTRIES, CtEntry, CtKey, EmbryoSlot, ct_flags, ct_usage, embryo_ring, outcome, tcp_seen,
 };
 
 use crate::{
@@ -26,7 +26,8 @@ pub static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(
 #[map]
 static CT_USAGE: Array<u64> = Array::with_max_entries(ct_usage::SLOTS, 0);
 
-/// Flows in the order they were admitted, sized by the loader (`ct_usage::RING_SIZE`).
+/// Flows in the order they were admitted, one ring per side (`embryo_ring`), sized by the
+/// loader (`ct_usage::RING_SIZE` each).
 #[map]
 static EMBRYOS: Array<EmbryoSlot> = Array::with_max_entries(1, 0);
 
@@ -116,41 +117,51 @@ fn assure_datagram(entry: *mut CtEntry) {
     }
 }
 
-/// Takes room for a new flow's two entries and its turn in the `EMBRYOS` ring: Ok(ring_seq)
-/// for `record`, or the outcome to drop the packet with. When the table is full, the flows in
-/// the next slots of the ring make room if they are still not assured (the oldest half-open
-/// or unanswered flows first, as Linux's early_drop): a flood of such flows cannot lock out
-/// the others, which the table keeps until they close.
+/// Takes room for a new flow's two entries and its turn in its side's `EMBRYOS` ring (`side`:
+/// `embryo_ring::OUTSIDE` or `INSIDE`): Ok(ring_seq) for `record`, or the outcome to drop the
+/// packet with. When the table is full, the flows in the next slots of the ring make room if
+/// they are still not assured (the oldest half-open or unanswered flows first, as Linux's
+/// early_drop): a flood of such flows cannot lock out the others, which the table keeps until
+/// they close. The same side's flows go first; the other side's only when the next ones of
+/// this side are all assured, so that a flood never ends the other side's handshakes.
 #[inline(always)]
-pub fn admit() -> Result<u32, u32> {
-    for _ in 0..EVICT_TRIES {
-        let seq = next_ring_seq();
+pub fn admit(side: u32) -> Result<u32, u32> {
+    let seq = next_ring_seq(side);
+    if reserve(2) {
+        return Ok(seq);
+    }
+    let mut victim = seq;
+    for i in 1..=EVICT_TRIES {
+        evict(victim);
         if reserve(2) {
             return Ok(seq);
         }
-        evict(seq);
-        if reserve(2) {
-            return Ok(seq);
-        }
+        victim = next_ring_seq(if i < OWN_SIDE_TRIES { side } else { side ^ 1 });
     }
     Err(outcome::DROP_CT_FULL)
 }
 
-/// Slots of the ring a new flow may look at for room.
+/// Slots of the rings a new flow may look at for room, and how many of them on its own side.
 const EVICT_TRIES: u32 = 8;
+const OWN_SIDE_TRIES: u32 = 6;
 
-/// The next turn of the ring (never 0). Not atomic: two CPUs may take the same slot, and the
-/// flow whose record is overwritten is then left to GC instead of eviction.
+/// The next turn of `side`'s ring (never 0). Not atomic: two CPUs may take the same slot, and
+/// the flow whose record is overwritten is then left to GC instead of eviction.
 #[inline(always)]
-fn next_ring_seq() -> u32 {
-    let Some(cursor) = CT_USAGE.get_ptr_mut(ct_usage::RING_CURSOR) else {
-        return 1;
+fn next_ring_seq(side: u32) -> u32 {
+    let side = side & 1;
+    let slot = if side == embryo_ring::INSIDE {
+        ct_usage::RING_CURSOR_INSIDE
+    } else {
+        ct_usage::RING_CURSOR
+    };
+    let Some(cursor) = CT_USAGE.get_ptr_mut(slot) else {
+        return 2 | side;
     };
     unsafe {
-        let seq = (core::ptr::read_volatile(cursor) + 1) % u64::from(u32::MAX);
-        let seq = seq.max(1);
-        core::ptr::write_volatile(cursor, seq);
-        seq as u32
+        let turn = ((core::ptr::read_volatile(cursor) + 1) % (1 << 31)).max(1);
+        core::ptr::write_volatile(cursor, turn);
+        (turn as u32) << 1 | side
     }
 }
 
@@ -160,7 +171,8 @@ fn ring_slot(seq: u32) -> Option<*mut EmbryoSlot> {
     if size == 0 {
         return None;
     }
-    EMBRYOS.get_ptr_mut((u64::from(seq) % size) as u32)
+    let index = u64::from(seq & 1) * size + u64::from(seq >> 1) % size;
+    EMBRYOS.get_ptr_mut(index as u32)
 }
 
 /// Removes the flow recorded in `seq`'s slot if it is still not assured.

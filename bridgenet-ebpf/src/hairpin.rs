@@ -7,7 +7,8 @@
 //! host address, which the stack drops as a martian on a forwarded packet.
 use aya_ebpf::programs::TcContext;
 use bridgenet_common::{
-    CtKey, PublishKey, PublishTarget, action, direction, network_flags, outcome, program_id,
+    CtKey, PublishKey, PublishTarget, action, direction, embryo_ring, network_flags, outcome,
+    program_id,
 };
 
 use crate::{
@@ -134,7 +135,7 @@ fn open(ctx: &mut TcContext, packet: &Packet, target: PublishTarget, checked: u3
     if !conntrack::opens_flow(packet) {
         return outcome::DROP_UNTRACKED;
     }
-    let seq = match conntrack::admit() {
+    let seq = match conntrack::admit(embryo_ring::INSIDE) {
         Ok(seq) => seq,
         Err(drop) => return drop,
     };

@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use bridgenet_common::{
     CtEntry, CtKey, NatConfig, NonMasqueradeKey, PublishKey, PublishTarget, Subnet, Uplink, action,
-    ct_flags, direction, outcome,
+    ct_flags, direction, embryo_ring, outcome,
 };
 
 use crate::{
@@ -95,7 +95,7 @@ pub fn apply(ctx: &mut TcContext, packet: &Packet, act: u8, addr: u32, port: u16
 #[inline(never)]
 pub fn masquerade(ctx: &mut TcContext, packet: &Packet, nat_addr: u32) -> u32 {
     let key = packet.key;
-    let seq = match conntrack::admit() {
+    let seq = match conntrack::admit(embryo_ring::INSIDE) {
         Ok(seq) => seq,
         Err(drop) => return drop,
     };
@@ -130,7 +130,7 @@ pub fn masquerade(ctx: &mut TcContext, packet: &Packet, nat_addr: u32) -> u32 {
 #[inline(never)]
 pub fn route_out(ctx: &mut TcContext, packet: &Packet) -> u32 {
     let key = packet.key;
-    let seq = match conntrack::admit() {
+    let seq = match conntrack::admit(embryo_ring::INSIDE) {
         Ok(seq) => seq,
         Err(drop) => return drop,
     };
@@ -247,7 +247,7 @@ pub fn publish(ctx: &mut TcContext, packet: &Packet, target: PublishTarget) -> u
         proto: key.proto,
         _pad: [0; 3],
     };
-    let seq = match conntrack::admit() {
+    let seq = match conntrack::admit(embryo_ring::OUTSIDE) {
         Ok(seq) => seq,
         Err(drop) => return drop,
     };
@@ -311,7 +311,7 @@ fn lost_race(ctx: &mut TcContext, packet: &Packet, err: InsertError) -> u32 {
 pub fn track_host_flow(packet: &Packet) {
     // Host flows take room as any other (and are refused the same way when there is none: the
     // host's packet still passes, untracked).
-    let Ok(seq) = conntrack::admit() else {
+    let Ok(seq) = conntrack::admit(embryo_ring::INSIDE) else {
         return;
     };
     let key = packet.key;

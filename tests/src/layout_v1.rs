@@ -2,7 +2,7 @@
 use std::path::Path;
 
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
-use bridgenet_common::{CtEntry, CtKey, OUTCOME_SLOTS, ct_usage, program_id};
+use bridgenet_common::{CtEntry, CtKey, EmbryoSlot, OUTCOME_SLOTS, ct_usage, program_id};
 
 /// `CtEntry` of layout v1 (56 bytes: no flags, no TCP window).
 #[repr(C)]
@@ -32,7 +32,7 @@ fn open(path: &Path) -> Map {
     Map::from_map_data(MapData::from_pin(path).expect("pinned map")).expect("map")
 }
 
-/// Replaces the v2 pins of CONNTRACK, STATS and CT_USAGE in `dir` with v1 pins of the same
+/// Replaces the v2 pins of CONNTRACK, STATS, CT_USAGE and EMBRYOS in `dir` with v1 pins of the same
 /// content, as a daemon of layout v1 would have left them; returns the conntrack entries.
 pub fn downgrade_pins(dir: &Path) -> usize {
     let ct: HashMap<_, CtKey, CtEntry> =
@@ -76,7 +76,15 @@ pub fn downgrade_pins(dir: &Path) -> usize {
     }
     old.pin(dir.join("CT_USAGE")).unwrap();
 
-    for name in ["CONNTRACK_v2", "STATS_v2", "CT_USAGE_v2"] {
+    // EMBRYOS v1: one ring for both sides, of the size of one side's.
+    let ring: Array<_, EmbryoSlot> = Array::try_from(open(&dir.join("EMBRYOS_v2"))).unwrap();
+    let mut old: Array<MapData, EmbryoSlot> = Array::create(ring.len() / 2, 0).unwrap();
+    for slot in 0..ring.len() / 2 {
+        old.set(slot, ring.get(&slot, 0).unwrap(), 0).unwrap();
+    }
+    old.pin(dir.join("EMBRYOS")).unwrap();
+
+    for name in ["CONNTRACK_v2", "STATS_v2", "CT_USAGE_v2", "EMBRYOS_v2"] {
         std::fs::remove_file(dir.join(name)).unwrap();
     }
     n

@@ -238,7 +238,11 @@ fn an_upgrade_from_layout_v1_pins_keeps_established_flows() {
         log.contains("pinned map CT_USAGE: layout v1 -> v2: "),
         "{log}"
     );
-    for old in ["CONNTRACK", "STATS", "CT_USAGE"] {
+    assert!(
+        log.contains("pinned map EMBRYOS: layout v1 -> v2: 0 entries migrated, 0 dropped"),
+        "{log}"
+    );
+    for old in ["CONNTRACK", "STATS", "CT_USAGE", "EMBRYOS"] {
         assert!(!lab.bpffs().join(old).exists(), "the v1 pin {old} is left");
     }
     echo(&mut inbound, "after, in");

@@ -406,6 +406,55 @@ fn a_full_table_makes_room_by_evicting_the_oldest_unassured_flows() {
     }
 }
 
+/// A flood from outside takes the room of flows opened from outside only: a connection an
+/// endpoint opened keeps its half-open flow, however slow its handshake, and the other way
+/// round (a CI run lost an endpoint's connection between its SYN-ACK and its ACK to an
+/// unpaced flood that turned the whole ring over in 5 ms).
+#[test]
+fn a_flood_takes_room_only_from_flows_opened_on_its_side() {
+    let mut dp = datapath(64);
+    // Spoofed SYNs from outside to the published port, and an endpoint's scan of the world
+    // (unanswered UDP).
+    let outside = |dp: &mut Datapath, i: u16| {
+        let src = [198, 19, (i >> 8) as u8, i as u8];
+        let syn = packet::tcp_segment(src, 1000, HOST, 8080, SYN, 1, 0, b"");
+        let out = packet::run_tc(dp, programs::UPLINK_INGRESS, &syn, 1).unwrap();
+        assert_eq!(out.action, TC_ACT_OK, "outside SYN {i}");
+    };
+    let inside = |dp: &mut Datapath, i: u16| {
+        let probe = packet::udp_frame(EP2, 10000 + i, [198, 19, 9, (i % 250) as u8], 53, b"q");
+        assert_eq!(egress(dp, &probe).action, TC_ACT_OK, "inside probe {i}");
+    };
+    // The table is full of both floods.
+    for i in 0..200 {
+        outside(&mut dp, i);
+        inside(&mut dp, i);
+    }
+    // An endpoint's connection to the server, answered but not yet acknowledged; then the
+    // flood from outside turns the table over many times.
+    let syn = packet::tcp_segment(EP1, 40000, SERVER, 80, SYN, 1000, 0, b"");
+    let nat_port = tcp(&mut dp, programs::UPLINK_EGRESS, &syn).sport;
+    let flow = Masqueraded { nat_port };
+    flow.server_sends(&mut dp, SYN | ACK, 5000, 1001, b"");
+    for i in 200..1200 {
+        outside(&mut dp, i);
+    }
+    // The endpoint's connection completes and carries data both ways.
+    flow.endpoint_sends(&mut dp, ACK, 1001, 5001, b"");
+    flow.endpoint_sends(&mut dp, ACK | PSH, 1001, 5001, b"ping");
+    flow.server_sends(&mut dp, ACK | PSH, 5001, 1005, b"pong");
+    // A client's connection to the published port, half-open; then the flood from inside.
+    let client_syn = packet::tcp_segment(CLIENT, 50000, HOST, 8080, SYN, 7000, 0, b"");
+    assert_eq!(tcp(&mut dp, programs::UPLINK_INGRESS, &client_syn).dst, EP1);
+    for i in 200..1200 {
+        inside(&mut dp, i);
+    }
+    assert!(dp.conntrack_evicted().unwrap() >= 2000);
+    // The client's connection completes.
+    let ack = packet::tcp_segment(CLIENT, 50000, HOST, 8080, ACK, 7001, 1, b"");
+    assert_eq!(tcp(&mut dp, programs::UPLINK_INGRESS, &ack).dst, EP1);
+}
+
 #[test]
 fn host_flows_take_room_from_the_limit() {
     let mut dp = datapath(4);

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues};
 use bridgenet::datapath::{Datapath, LoadOptions, Proto};
 use bridgenet_common::{
-    CtEntry, CtKey, action, ct_flags, direction, outcome, program_id, tcp_seen,
+    CtEntry, CtKey, EmbryoSlot, action, ct_flags, direction, outcome, program_id, tcp_seen,
 };
 use bridgenet_tests::{Bpffs, layout_v1::CtEntryV1, require_root};
 
@@ -155,6 +155,16 @@ fn pins_of_older_layouts_are_migrated_and_what_is_dropped_is_said() {
     // Pinning consumes the handles: the pins alone keep the maps.
     usage.pin(bpffs.0.join("CT_USAGE")).unwrap();
 
+    // EMBRYOS v1: one ring for both sides, naming the published flow's SYN.
+    let mut ring: Array<MapData, EmbryoSlot> = Array::create(16, 0).unwrap();
+    let slot = EmbryoSlot {
+        key: published[0].0,
+        seq: 1,
+        _pad: 0,
+    };
+    ring.set(1, slot, 0).unwrap();
+    ring.pin(bpffs.0.join("EMBRYOS")).unwrap();
+
     let options = LoadOptions {
         pin_dir: Some(bpffs.0.clone()),
         ..LoadOptions::default()
@@ -215,7 +225,13 @@ fn pins_of_older_layouts_are_migrated_and_what_is_dropped_is_said() {
 
     // One line per map: the map, the versions, what was kept and what was lost.
     let lines: Vec<String> = dp.migrations().iter().map(ToString::to_string).collect();
-    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert!(
+        lines.contains(
+            &"pinned map EMBRYOS: layout v1 -> v2: 0 entries migrated, 0 dropped".to_owned()
+        ),
+        "{lines:?}"
+    );
     assert!(
         lines.contains(
             &"pinned map CONNTRACK: layout v1 -> v2: 4 entries migrated, 1 dropped (their \
@@ -240,11 +256,19 @@ fn pins_of_older_layouts_are_migrated_and_what_is_dropped_is_said() {
 
     // The old conntrack pin stays until the new programs are attached (a restarting daemon's
     // old programs still write to it); the others are gone at once.
-    assert!(!bpffs.0.join("STATS").exists() && !bpffs.0.join("CT_USAGE").exists());
+    for old in ["STATS", "CT_USAGE", "EMBRYOS"] {
+        assert!(!bpffs.0.join(old).exists(), "the v1 pin {old} is left");
+    }
     assert!(bpffs.0.join("CONNTRACK").exists());
     dp.finish_upgrade().unwrap();
     assert!(!bpffs.0.join("CONNTRACK").exists());
-    for pin in ["CONNTRACK_v2", "STATS_v2", "CT_USAGE_v2", "PUBLISH"] {
+    for pin in [
+        "CONNTRACK_v2",
+        "STATS_v2",
+        "CT_USAGE_v2",
+        "EMBRYOS_v2",
+        "PUBLISH",
+    ] {
         assert!(bpffs.0.join(pin).exists(), "{pin} not pinned");
     }
     drop(dp);

@@ -5,7 +5,7 @@ use std::{net::Ipv4Addr, os::fd::AsFd as _, time::Duration};
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap, IterableMap, Map, MapData};
 use bridgenet_common::{
-    CtEntry, CtKey, EmbryoSlot, action, ct_flags, ct_usage, direction, maps, tcp_seen,
+    CtEntry, CtKey, EmbryoSlot, action, ct_flags, ct_usage, direction, embryo_ring, maps, tcp_seen,
 };
 
 use super::{Datapath, batch, from_wire, wire};
@@ -339,7 +339,7 @@ impl Datapath {
                 .map(maps::EMBRYOS)
                 .context("map EMBRYOS missing")?,
         )?;
-        let ring_size = u64::from(ring.len());
+        let ring_size = u64::from(ring.len() / embryo_ring::COUNT);
         let mut usage: Array<_, u64> = Array::try_from(
             self.ebpf
                 .map_mut(maps::CT_USAGE)

@@ -15,7 +15,7 @@ use aya::{
 };
 use bridgenet_common::{
     CtEntry, CtKey, Endpoint, IfCounters, NatConfig, PublishKey, PublishTarget, Subnet, Uplink,
-    maps, network_flags, outcome, program_id, programs, stats_index,
+    embryo_ring, maps, network_flags, outcome, program_id, programs, stats_index,
 };
 use ipnet::Ipv4Net;
 
@@ -117,8 +117,9 @@ impl Datapath {
             maps::CONNTRACK,
             limit.saturating_add(headroom(limit)).max(16),
         );
-        // The flows that may make room when the table is full: the newest half of a full table.
-        loader.map_max_entries(maps::EMBRYOS, (limit / 4).max(16));
+        // The flows that may make room when the table is full: per side, as many as half the
+        // flows of a full table.
+        loader.map_max_entries(maps::EMBRYOS, embryo_ring::COUNT * (limit / 4).max(16));
         // Pins carry their layout version; older ones are migrated below, newer ones refused.
         let (pins, mut older): (Vec<(&str, PathBuf)>, _) = match &options.pin_dir {
             Some(dir) => (
