@@ -15,7 +15,7 @@ use bridgenet_common::programs;
 use crate::{
     api::EndpointCreate,
     datapath::{Datapath, Hook},
-    netlink::{self, EndpointLink},
+    netlink::{self, EndpointLink, VethPeer},
     state::{
         CniAttachment, Endpoint, Mode, Network, PortSpec, check_name, ifname, ipam, netns_path,
         ports::parse_expose,
@@ -309,22 +309,30 @@ impl Daemon {
         let file = std::fs::File::open(&path)
             .with_context(|| format!("opening namespace {}", path.display()))?;
         let bridge = self.nl.index(&network.bridge).await?;
-        let peer = peer_name(&endpoint.name);
+        let mac = ipam::parse_mac(&endpoint.mac).unwrap_or_else(|| ipam::mac(endpoint.ip));
+        // For the runtime, the peer keeps a name of ours, as libnetwork expects: Docker moves,
+        // renames and configures it.
+        let runtime = endpoint.for_runtime();
+        let peer = if runtime {
+            peer_name(&endpoint.name)
+        } else {
+            endpoint.ifname().to_owned()
+        };
+        let mtu = network.mtu.filter(|_| !runtime);
+        let end = VethPeer {
+            name: &peer,
+            netns: &file,
+            mac: (!runtime).then_some(mac),
+            mtu,
+        };
         self.nl
-            .create_veth(&endpoint.veth, &peer, bridge, &file)
+            .create_veth(&endpoint.veth, end, bridge, mtu)
             .await?;
-        if endpoint.for_runtime() {
+        if runtime {
             return Ok(());
         }
-        if let Some(mtu) = network.mtu {
-            let index = self.nl.index(&endpoint.veth).await?;
-            self.nl.set_mtu(index, mtu).await?;
-        }
         let link = EndpointLink {
-            peer,
             ifname: endpoint.ifname().to_owned(),
-            mtu: network.mtu,
-            mac: ipam::parse_mac(&endpoint.mac).unwrap_or_else(|| ipam::mac(endpoint.ip)),
             ip: endpoint.ip,
             prefix: network.subnet.prefix_len(),
             gateway: (!network.internal).then_some(network.gateway),
@@ -382,7 +390,8 @@ impl Daemon {
     }
 }
 
-/// The container end of an endpoint's veth pair, before it is renamed `eth0`.
+/// The container end of a runtime's endpoint veth pair, until the runtime moves it and names it
+/// `eth0` (bridgenet's own endpoints get their final name at once).
 pub fn peer_name(endpoint: &str) -> String {
     ifname("vp-", endpoint)
 }
