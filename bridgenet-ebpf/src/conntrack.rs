@@ -130,13 +130,16 @@ pub fn admit(side: u32) -> Result<u32, u32> {
     if reserve(2) {
         return Ok(seq);
     }
-    let mut victim = seq;
-    for i in 1..=EVICT_TRIES {
+    for i in 0..EVICT_TRIES {
+        let victim = match i {
+            0 => seq,
+            i if i < OWN_SIDE_TRIES => next_ring_seq(side),
+            _ => next_ring_seq(side ^ 1),
+        };
         evict(victim);
         if reserve(2) {
             return Ok(seq);
         }
-        victim = next_ring_seq(if i < OWN_SIDE_TRIES { side } else { side ^ 1 });
     }
     Err(outcome::DROP_CT_FULL)
 }

@@ -282,7 +282,7 @@ impl Daemon {
         self.dp.add_endpoint(
             index,
             endpoint.ip,
-            ipam::parse_mac(&endpoint.mac).unwrap_or_else(|| ipam::mac(endpoint.ip)),
+            endpoint.mac_bytes(),
             network_options(network).id,
         )?;
         self.dp.attach_pinned(
@@ -309,7 +309,6 @@ impl Daemon {
         let file = std::fs::File::open(&path)
             .with_context(|| format!("opening namespace {}", path.display()))?;
         let bridge = self.nl.index(&network.bridge).await?;
-        let mac = ipam::parse_mac(&endpoint.mac).unwrap_or_else(|| ipam::mac(endpoint.ip));
         // For the runtime, the peer keeps a name of ours, as libnetwork expects: Docker moves,
         // renames and configures it.
         let runtime = endpoint.for_runtime();
@@ -322,7 +321,7 @@ impl Daemon {
         let end = VethPeer {
             name: &peer,
             netns: &file,
-            mac: (!runtime).then_some(mac),
+            mac: (!runtime).then(|| endpoint.mac_bytes()),
             mtu,
         };
         self.nl
@@ -332,7 +331,7 @@ impl Daemon {
             return Ok(());
         }
         let link = EndpointLink {
-            ifname: endpoint.ifname().to_owned(),
+            ifname: peer,
             ip: endpoint.ip,
             prefix: network.subnet.prefix_len(),
             gateway: (!network.internal).then_some(network.gateway),

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
-use bridgenet_common::{CtEntry, CtKey, EmbryoSlot, ct_flags, ct_usage, layout, maps, stats_index};
+use bridgenet_common::{CtEntry, CtKey, ct_flags, ct_usage, layout, maps, stats_index};
 use bytemuck::{Pod, Zeroable};
 
 use super::Datapath;
@@ -208,7 +208,10 @@ impl Datapath {
             maps::CONNTRACK => self.migrate_conntrack(pin)?,
             maps::STATS => self.migrate_stats(pin)?,
             maps::CT_USAGE => self.migrate_ct_usage(pin)?,
-            maps::EMBRYOS => migrate_embryos(pin)?,
+            // EMBRYOS v1 (one ring for both sides): the rings start empty. Nothing is lost:
+            // the half-open flows the old ring named stay in the table and expire by GC
+            // instead of making room for new ones.
+            maps::EMBRYOS => Some((0, 0, "")),
             _ => None,
         };
         if done.is_none() {
@@ -396,15 +399,5 @@ fn remove_pin(path: &Path) {
 pub fn remove_pins(dir: &Path) {
     for pin in pins(dir).unwrap_or_default() {
         let _ = std::fs::remove_file(&pin.path);
-    }
-}
-
-/// EMBRYOS v1 (one ring for both sides) into v2: the rings start empty. Nothing is lost: the
-/// half-open flows the old ring named stay in the table and expire by GC instead of making
-/// room for new ones.
-fn migrate_embryos(pin: &Pin) -> Result<Option<(usize, usize, &'static str)>> {
-    match Array::<_, EmbryoSlot>::try_from(open(pin)?) {
-        Ok(_) => Ok(Some((0, 0, ""))),
-        Err(_) => Ok(None),
     }
 }

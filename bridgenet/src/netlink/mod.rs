@@ -460,8 +460,8 @@ where
         .map_err(|_| anyhow!("the namespace thread panicked"))?
 }
 
-/// Inside the endpoint namespace: its interface (eth0) with its MAC and address, lo up, the
-/// default route.
+/// Inside the endpoint namespace: its interface (eth0) up with its address, lo up, the default
+/// route.
 pub async fn configure_endpoint(nl: Netlink, link: EndpointLink) -> Result<()> {
     let index = nl.index(&link.ifname).await?;
     nl.set_up(index).await?;

@@ -210,6 +210,11 @@ impl Endpoint {
             .map_or(DEFAULT_IFNAME, |c| c.ifname.as_str())
     }
 
+    /// The MAC of its interface: the one recorded, else the one derived from its address.
+    pub fn mac_bytes(&self) -> [u8; 6] {
+        ipam::parse_mac(&self.mac).unwrap_or_else(|| ipam::mac(self.ip))
+    }
+
     /// The host end of its veth pair, in mode bridge.
     pub fn veth(&self) -> Option<&str> {
         (self.mode == Mode::Bridge).then_some(self.veth.as_str())
