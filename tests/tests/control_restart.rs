@@ -79,8 +79,29 @@ fn restart_keeps_everything(how: Stop) {
     echo(&mut inbound, "before, in");
     echo(&mut outbound, "before, out");
     let before = lab.snapshot();
+    // An endpoint removed right before the stop: its veth, deleted after the answer, is gone
+    // after the restart all the same (SIGTERM: before the daemon exits; SIGKILL: at the
+    // latest by the next start's reconcile), which the snapshot shows.
+    let gone = lab.netns_name("gone");
+    lab.ok(&[
+        "endpoint",
+        "create",
+        "gone",
+        "--network",
+        "bridge",
+        "--netns",
+        &gone,
+    ]);
+    lab.ok(&["endpoint", "rm", "gone"]);
 
     lab.stop(how);
+    if let Stop::Term = how {
+        let links = lab.topo.ns("host").ip(&["-o", "link"]);
+        assert!(
+            !links.contains("ve-gone"),
+            "left behind by SIGTERM: {links}"
+        );
+    }
     lab.start();
 
     assert_eq!(before, lab.snapshot(), "the restart changed the state");

@@ -86,12 +86,57 @@ fn published_port_and_masquerade_through_the_daemon() {
     roundtrip(lab.topo.ns("world").name(), "198.18.0.2:8081");
     server.join().unwrap();
 
-    // Removing the endpoint removes its namespace (bridgenet made it) and its veth.
+    // Removing the endpoint removes its namespace (bridgenet made it) at once, and its veth
+    // right after the answer; the bridge forgets its MAC at once, since a new endpoint may take
+    // its address, and so its MAC, while the old veth is still going.
+    let mac = String::from_utf8(
+        lab.exec_in(&ns, "cat", &["/sys/class/net/eth0/address"])
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_owned();
+    let host = lab.topo.ns("host").name().to_owned();
+    let fdb = || {
+        let out = lab.exec_in(&host, "bridge", &["fdb", "show", "br", "bridgenet0"]);
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(
+        fdb().contains(&mac),
+        "ep1 sent traffic: its MAC is learned\n{}",
+        fdb()
+    );
     lab.ok(&["endpoint", "rm", "ep1"]);
     assert!(!Path::new("/run/netns").join(&ns).exists());
-    let links = lab.topo.ns("host").ip(&["-o", "link"]);
-    assert!(!links.contains("ve-ep1"), "{links}");
+    let learned = fdb();
+    assert!(
+        !learned.contains(&mac),
+        "the bridge still sends {mac} to the removed endpoint's port:\n{learned}"
+    );
     assert_eq!(lab.ok(&["port", "ls"]), "");
+    // Created again at once, under the same name (it waits for the old veth) and with the same
+    // address: it answers the first SYN (a lost one is retransmitted only after 1 s).
+    let ns = lab.endpoint("ep1", &["8082:80"]);
+    let ep1: serde_json::Value =
+        serde_json::from_str(&lab.ok(&["endpoint", "inspect", "ep1"])).unwrap();
+    assert_eq!(ep1["ip"], "172.17.0.2", "{ep1}");
+    let server = echo_once(&ns, "0.0.0.0:80");
+    roundtrip_within(&world, "198.18.0.2:8082", Duration::from_millis(900))
+        .expect("the endpoint created again answers at once");
+    server.join().unwrap();
+    lab.ok(&["endpoint", "rm", "ep1"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let links = lab.topo.ns("host").ip(&["-o", "link"]);
+        if !links.contains("ve-ep1") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ve-ep1 outlives its endpoint by 10 s: {links}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]

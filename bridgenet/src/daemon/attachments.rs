@@ -7,7 +7,7 @@ use bridgenet_common::programs;
 
 use super::Daemon;
 use crate::{
-    datapath::{Datapath, Hook, tcx_supported},
+    datapath::{Datapath, Hook, uses_tcx},
     netlink::Link,
 };
 
@@ -86,7 +86,7 @@ impl Daemon {
         let id = self.dp.program_id(a.program)?;
         Ok(match a.hook {
             Hook::Xdp => link.xdp_program == Some(id),
-            hook if tcx_supported() => Datapath::tcx_program_ids(&a.iface, hook)?.contains(&id),
+            hook if uses_tcx(a.program) => Datapath::tcx_program_ids(&a.iface, hook)?.contains(&id),
             hook => self
                 .nl
                 .tc_program_ids(link.index, hook == Hook::TcIngress)

@@ -260,6 +260,7 @@ impl Daemon {
         match &endpoint.mode {
             Mode::Bridge => {
                 let network = self.state.networks[&endpoint.network].clone();
+                self.deletions.wait_for(&endpoint.veth).await;
                 self.endpoint_link(endpoint, &network).await?;
                 self.endpoint_datapath(endpoint, &network).await?;
             }
@@ -339,7 +340,8 @@ impl Daemon {
         netlink::in_netns(&path, move |nl| netlink::configure_endpoint(nl, link)).await
     }
 
-    /// Removes whatever of the endpoint exists; never fails (used to undo and to remove).
+    /// Removes whatever of the endpoint exists, its veth in the background (`deletions`);
+    /// never fails (used to undo and to remove).
     async fn endpoint_teardown(&mut self, endpoint: &Endpoint) {
         for m in &endpoint.ports {
             if let Err(err) = self.close_mappings(endpoint, &[*m], &[]) {
@@ -347,13 +349,24 @@ impl Daemon {
             }
         }
         if let Some(veth) = endpoint.veth() {
-            if let Ok(Some(link)) = self.nl.link(veth).await
-                && let Err(err) = self.dp.remove_endpoint(link.index)
-            {
-                tracing::warn!("forgetting endpoint {}: {err:#}", endpoint.name);
-            }
-            if let Err(err) = self.nl.delete_named(veth).await {
-                tracing::warn!("deleting {veth}: {err:#}");
+            match self.nl.link(veth).await {
+                Ok(Some(link)) => {
+                    if let Err(err) = self.dp.remove_endpoint(link.index) {
+                        tracing::warn!("forgetting endpoint {}: {err:#}", endpoint.name);
+                    }
+                    // Cut off from here on: the veth itself goes after the answer. A new
+                    // endpoint may take its address, and so its MAC, before.
+                    if let Err(err) = self
+                        .nl
+                        .forget_learned(link.index, endpoint.mac_bytes())
+                        .await
+                    {
+                        tracing::warn!("{err:#}");
+                    }
+                    self.deletions.start(&self.nl, veth, link.index);
+                }
+                Ok(None) => {}
+                Err(err) => tracing::warn!("deleting {veth}: {err:#}"),
             }
             Datapath::forget_attachments(&self.pin_dir, &self.state_dir, veth);
         }

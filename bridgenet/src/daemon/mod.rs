@@ -6,6 +6,7 @@ mod attachments;
 mod cni;
 pub mod config;
 mod conntrack;
+mod deletions;
 mod endpoints;
 mod filter;
 mod gateway_modes;
@@ -149,6 +150,8 @@ pub struct Daemon {
     /// What `status` and the metrics report beyond the kernel's state.
     observed: status::Observed,
     monitor: Arc<monitor::Monitor>,
+    /// Endpoint veths being deleted after their removal was answered.
+    deletions: deletions::Deletions,
 }
 
 /// BPF_FS_MAGIC from linux/magic.h.
@@ -228,6 +231,7 @@ async fn serve(options: Options) -> Result<()> {
         state_dir: options.state_dir.clone(),
         observed: status::Observed::new(options.services.first().map(|(s, _)| s.clone())),
         monitor: monitor.clone(),
+        deletions: deletions::Deletions::default(),
     };
     if daemon.state.version < SCHEMA_VERSION {
         daemon.state.version = SCHEMA_VERSION;
@@ -266,13 +270,14 @@ async fn serve(options: Options) -> Result<()> {
         let app = make(daemon.clone(), &options);
         tokio::spawn(async move { axum::serve(listener, app).await });
     }
-    let app = (options.api)(daemon, &options);
+    let app = (options.api)(daemon.clone(), &options);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
             monitor.stop();
         })
         .await?;
+    daemon.lock().await.deletions.wait_all().await;
     let _ = std::fs::remove_file(&options.socket);
     for (socket, _) in &options.services {
         let _ = std::fs::remove_file(socket);

@@ -271,6 +271,8 @@ impl Daemon {
                 users.join(", ")
             )));
         }
+        // Its endpoints' veths leave the bridge first.
+        self.deletions.wait_all().await;
         if network.adopted.is_some() {
             self.release_bridge(&network).await;
         } else {

@@ -17,7 +17,7 @@ use crate::{
     datapath::{
         Hook, MapFill,
         conntrack::{Census, CtReader, GcReport, monotonic_ns},
-        tcx_supported,
+        uses_tcx,
     },
     netlink::{Netlink, Traffic},
 };
@@ -211,7 +211,7 @@ impl Daemon {
                     let link = links.iter().find(|l| l.name == a.iface);
                     format!("xdp {}", link.and_then(|l| l.xdp_mode).unwrap_or("-"))
                 }
-                _ if tcx_supported() => "tcx".into(),
+                _ if uses_tcx(a.program) => "tcx".into(),
                 _ => "netlink".into(),
             };
             if !attached {

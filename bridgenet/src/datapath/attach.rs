@@ -1,10 +1,10 @@
 //! Attachments that outlive the daemon, and how to tell they are still there.
 //!
 //! With tcx (Linux 6.6+) and for XDP, attachments are bpf links pinned in the pin directory; a
-//! restarted daemon swaps its programs into them atomically. Before 6.6, TC programs are
-//! netlink filters on a clsact qdisc, which outlive the process by themselves: a record in the
-//! state dir names each (priority, handle), and a restart puts the new filter in first, then
-//! removes the old one, so there is no gap.
+//! restarted daemon swaps its programs into them atomically. Before 6.6, and on endpoints'
+//! veths always (`uses_tcx`), TC programs are netlink filters on a clsact qdisc, which outlive
+//! the process by themselves: a record in the state dir names each (priority, handle), and a
+//! restart puts the new filter in first, then removes the old one, so there is no gap.
 use std::path::Path;
 
 use anyhow::{Context as _, Result};
@@ -12,7 +12,7 @@ use aya::programs::{
     SchedClassifier, TcAttachType, Xdp, XdpMode,
     links::{FdLink, PinnedLink},
     tc,
-    tc::SchedClassifierLink,
+    tc::{NlOptions, SchedClassifierLink, TcAttachOptions},
     xdp::XdpLink,
 };
 
@@ -46,6 +46,13 @@ pub const INTERFACE_PROGRAMS: [&str; 5] = [
     programs::ENDPOINT_INGRESS,
     programs::BRIDGE_INGRESS,
 ];
+
+/// Whether `program` is attached with tcx rather than as a netlink filter. An endpoint's veth
+/// comes and goes with its container, and a tcx attach waits for an RCU grace period
+/// (`tcx_entry_sync`: 10-14 ms here, most of an endpoint's creation); a netlink filter does not.
+pub fn uses_tcx(program: &str) -> bool {
+    tcx_supported() && program != programs::ENDPOINT_INGRESS
+}
 
 /// Prefix of the pinned links in the pin directory.
 pub const LINK_PIN_PREFIX: &str = "link_";
@@ -99,7 +106,7 @@ impl Datapath {
                 };
                 program.take_link(id)?.try_into()?
             }
-            Some(direction) if tcx_supported() => {
+            Some(direction) if uses_tcx(name) => {
                 let program: &mut SchedClassifier = program_mut(&mut self.ebpf, name)?;
                 // A link someone detached cannot be updated: attach anew.
                 let replaced = old
@@ -138,8 +145,10 @@ impl Datapath {
             Err(err) => return Err(err).with_context(|| format!("adding clsact to {iface}")),
         }
         let program: &mut SchedClassifier = program_mut(&mut self.ebpf, name)?;
+        // Netlink even where aya would take tcx (`uses_tcx`).
+        let netlink = TcAttachOptions::Netlink(NlOptions::default());
         let id = program
-            .attach(iface, direction)
+            .attach_with_options(iface, direction, netlink)
             .with_context(|| format!("attaching {name} to {iface}"))?;
         let link = program.take_link(id)?;
         let record = record_dir.join(file_name(NL_RECORD_PREFIX, name, iface, ifindex));
@@ -226,13 +235,7 @@ impl Datapath {
     /// the pins go (and with them tcx links), and before tcx the netlink filters.
     pub fn detach_interface(pin_dir: &Path, record_dir: &Path, iface: &str) {
         Self::forget_attachments(pin_dir, record_dir, iface);
-        if !tcx_supported() {
-            for name in INTERFACE_PROGRAMS {
-                for direction in [TcAttachType::Ingress, TcAttachType::Egress] {
-                    let _ = tc::qdisc_detach_program(iface, direction, name);
-                }
-            }
-        }
+        Self::detach_filters(iface);
     }
 
     pub fn detach_pinned(pin_dir: &Path, record_dir: &Path, ifaces: &[String]) {
@@ -244,13 +247,16 @@ impl Datapath {
                 }
             }
         }
-        if !tcx_supported() {
-            for iface in ifaces {
-                for name in INTERFACE_PROGRAMS {
-                    for direction in [TcAttachType::Ingress, TcAttachType::Egress] {
-                        let _ = tc::qdisc_detach_program(iface, direction, name);
-                    }
-                }
+        for iface in ifaces {
+            Self::detach_filters(iface);
+        }
+    }
+
+    /// Removes from `iface` the netlink filters of the programs that are not attached with tcx.
+    fn detach_filters(iface: &str) {
+        for name in INTERFACE_PROGRAMS.into_iter().filter(|p| !uses_tcx(p)) {
+            for direction in [TcAttachType::Ingress, TcAttachType::Egress] {
+                let _ = tc::qdisc_detach_program(iface, direction, name);
             }
         }
     }

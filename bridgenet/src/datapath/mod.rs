@@ -28,7 +28,7 @@ mod inspect;
 pub use inspect::MapFill;
 pub mod host_access;
 pub mod layout;
-pub use attach::Hook;
+pub use attach::{Hook, uses_tcx};
 pub use control::publish_key;
 
 /// The object built from bridgenet-ebpf by build.rs.

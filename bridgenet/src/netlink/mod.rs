@@ -9,11 +9,13 @@ use nix::sched::{CloneFlags, setns};
 use rtnetlink::{
     Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
+        AddressFamily,
         address::{AddressAttribute, AddressMessage},
         link::{
             InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkLayerType, LinkMessage,
             LinkXdp, XdpAttached,
         },
+        neighbour::{NeighbourAttribute, NeighbourFlags, NeighbourMessage},
         route::{RouteAddress, RouteAttribute, RouteType},
         tc::{TcAttribute, TcFilterBpfOption, TcOption},
     },
@@ -213,6 +215,34 @@ impl Netlink {
             .with_context(|| format!("deleting link {index}"))
     }
 
+    /// `bridge fdb del MAC dev PORT master`: the bridge forgets that `mac` is behind `port`,
+    /// where it would otherwise go on sending frames for `mac` until the port is gone.
+    pub async fn forget_learned(&self, port: u32, mac: [u8; 6]) -> Result<()> {
+        let mut message = NeighbourMessage::default();
+        message.header.family = AddressFamily::Bridge;
+        message.header.ifindex = port;
+        message.header.flags = NeighbourFlags::Controller;
+        message
+            .attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        match self.handle.neighbours().del(message).execute().await {
+            // ENOENT: nothing learned there (nothing sent from it yet).
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() != -libc::ENOENT => Err(
+                anyhow!("forgetting what the bridge learned on link {port}: {e}"),
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// Deletes link `index`; Ok(false) when there is no such link (any more).
+    pub async fn delete_if_present(&self, index: u32) -> Result<bool> {
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => Ok(true),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(false),
+            Err(err) => Err(err).with_context(|| format!("deleting link {index}")),
+        }
+    }
+
     /// Deletes link `name` when it exists.
     pub async fn delete_named(&self, name: &str) -> Result<()> {
         if let Some(link) = self.link(name).await? {
@@ -265,8 +295,7 @@ impl Netlink {
             .await
             .with_context(|| {
                 format!(
-                    "creating veth pair {host} with {} in the endpoint namespace (is there one \
-                     already?)",
+                    "creating veth pair {host} - {} (is there one already?)",
                     peer.name
                 )
             })
