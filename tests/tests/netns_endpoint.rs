@@ -191,3 +191,30 @@ fn spoofed_addresses_and_macs_do_not_get_through() {
         "172.17.0.3:7001"
     ));
 }
+
+/// The daemon looks links up by name with one request (`Netlink::link`), not a dump of every
+/// link, so that an endpoint's create and remove cost the same beside 1 or 1,000 others. A
+/// name of 16 characters or more names no link, even where its first 15 do: the kernel would
+/// refuse it, or cut it to a link that exists.
+#[test]
+fn links_are_looked_up_by_name() {
+    let mut topo = Topology::new();
+    topo.netns("host").netns("peer");
+    topo.veth(("host", "abcdefghijklmno"), ("peer", "eth0"));
+    let index = topo.ns("host").ifindex("abcdefghijklmno");
+    topo.ns("host").enter(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let nl = bridgenet::netlink::Netlink::new().unwrap();
+            let found = nl.link("abcdefghijklmno").await.unwrap();
+            assert_eq!(found.map(|l| l.index), Some(index));
+            for missing in ["abcdefghijklmnop", "nope", ""] {
+                let link = nl.link(missing).await.unwrap();
+                assert!(link.is_none(), "{missing:?} found {link:?}");
+            }
+        });
+    });
+}

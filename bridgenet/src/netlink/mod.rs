@@ -125,8 +125,19 @@ impl Netlink {
         Ok(out)
     }
 
+    /// Link `name`, asked for by name: one message whatever the number of links (a dump
+    /// grows with every endpoint).
     pub async fn link(&self, name: &str) -> Result<Option<Link>> {
-        Ok(self.links().await?.into_iter().find(|l| l.name == name))
+        // The kernel refuses or truncates longer names: no such link can exist.
+        if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+            return Ok(None);
+        }
+        let mut answer = self.handle.link().get().match_name(name).execute();
+        match answer.try_next().await {
+            Ok(msg) => Ok(msg.map(link_of)),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+            Err(err) => Err(err).with_context(|| format!("looking up link {name}")),
+        }
     }
 
     /// Creates bridge `name` with `gateway/prefix`, up.
