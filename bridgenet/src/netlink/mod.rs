@@ -238,10 +238,10 @@ impl Netlink {
             .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
         match self.handle.neighbours().del(message).execute().await {
             // ENOENT: nothing learned there (nothing sent from it yet).
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() != -libc::ENOENT => Err(
-                anyhow!("forgetting what the bridge learned on link {port}: {e}"),
-            ),
-            _ => Ok(()),
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENOENT => Ok(()),
+            Err(err) => Err(err)
+                .with_context(|| format!("forgetting what the bridge learned on link {port}")),
         }
     }
 
