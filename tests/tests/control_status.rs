@@ -1,7 +1,7 @@
 //! `bridgenet status` on every kernel (tcx or netlink, XDP attach modes differ): healthy with
 //! everything attached; a program that someone else displaced is named and the exit status
 //! is non-zero; healthy again once the daemon put it back.
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bridgenet::datapath::{Datapath, tcx_supported};
 use bridgenet_tests::{control::ControlLab, kernel_note, topology::enter, traffic::refused};
@@ -33,6 +33,13 @@ fn program<'a>(s: &'a Value, program: &str, iface: &str) -> &'a Value {
 
 #[test]
 fn status_names_a_displaced_program_until_the_daemon_puts_it_back() {
+    let unix_ms = || {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let started = unix_ms();
     let mut lab = ControlLab::up();
     lab.endpoint("ep1", &[]);
     // A known drop: the world straight to an endpoint.
@@ -77,6 +84,10 @@ fn status_names_a_displaced_program_until_the_daemon_puts_it_back() {
         .unwrap();
     assert_eq!(ct["layout_version"], 2);
     assert_eq!(s["conntrack"]["limit"], 262_144);
+    // The daemon's first GC pass runs at its start; the bench lines passes up by their end.
+    let gc = &s["conntrack"]["last_gc"];
+    let ended = gc["ended_unix_ms"].as_u64().unwrap_or(0);
+    assert!((started..=unix_ms()).contains(&ended), "{gc}");
     let drops = s["drops"].as_array().unwrap();
     assert!(
         drops

@@ -303,6 +303,9 @@ pub struct FlowsInState {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct GcPass {
     pub secs_ago: u64,
+    /// When it ended, in milliseconds since the Unix epoch: lines the pass up with other
+    /// events (the bench's API latencies).
+    pub ended_unix_ms: u64,
     pub duration_ms: u64,
     pub flows_expired: u64,
     pub orphans_removed: u64,

@@ -4,7 +4,7 @@
 use std::{
     collections::VecDeque,
     path::PathBuf,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use bridgenet_common::programs;
@@ -31,7 +31,8 @@ const SNAPSHOTS: usize = 8;
 /// What the daemon remembers for `status` and the metrics.
 pub struct Observed {
     started: Instant,
-    last_gc: Option<(Instant, Duration, GcReport)>,
+    /// The last pass: when it ended (monotonic and wall clock), how long it took, what it did.
+    last_gc: Option<(Instant, SystemTime, Duration, GcReport)>,
     gc_totals: GcTotals,
     /// (when, every non-zero counter), oldest first.
     snapshots: VecDeque<(Instant, Vec<Stat>)>,
@@ -53,7 +54,7 @@ impl Observed {
     }
 
     pub fn gc_done(&mut self, took: Duration, report: GcReport) {
-        self.last_gc = Some((Instant::now(), took, report));
+        self.last_gc = Some((Instant::now(), SystemTime::now(), took, report));
         let t = &mut self.gc_totals;
         t.passes += 1;
         t.flows_expired += report.flows_expired as u64;
@@ -287,8 +288,11 @@ impl Daemon {
                     flows: 0,
                     limit: limit / 2,
                     by_state: Vec::new(),
-                    last_gc: self.observed.last_gc.map(|(at, took, r)| GcPass {
+                    last_gc: self.observed.last_gc.map(|(at, wall, took, r)| GcPass {
                         secs_ago: at.elapsed().as_secs(),
+                        ended_unix_ms: wall
+                            .duration_since(SystemTime::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_millis() as u64),
                         duration_ms: took.as_millis() as u64,
                         flows_expired: r.flows_expired as u64,
                         orphans_removed: r.orphans_removed as u64,

@@ -1,9 +1,10 @@
 //! What a conntrack GC pass over a large table costs: its duration (the daemon's `status`),
-//! the daemon's CPU over a window holding one pass, and how long API requests wait while
-//! passes run (a pass that held the daemon's lock would show as the worst latency).
+//! the daemon's CPU over a window holding one pass, and how long API requests wait while the
+//! pass runs (a pass that held the daemon's lock would show as their worst latency), beside
+//! the worst wait of the requests outside it.
 use std::{
     path::Path,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -24,10 +25,12 @@ pub struct GcCost {
     /// The daemon's CPU (user + system) in one window, which holds one pass.
     pub cpu_secs: f64,
     /// API requests (`GET /networks`, one connection each) during one window: how many, their
-    /// median and their worst latency.
+    /// median; how many overlapped the pass and their worst latency; the worst of the others.
     pub requests: usize,
     pub api_p50_ms: f64,
+    pub during_pass: usize,
     pub api_max_ms: f64,
+    pub api_max_outside_ms: f64,
 }
 
 /// Masqueraded UDP flows from the endpoint to the client fill the table (three quarters of
@@ -38,14 +41,17 @@ pub fn measure(cfg: &Config, binary: &Path, r: &mut Results) -> Result<()> {
     let pid = lab.daemon_pid().context("the daemon's pid")?;
     let flows = cfg.flows / 4 * 3;
     load::udp_flows(&lab.ns("ep"), lab::CLIENT, flows)?;
-    let mut latencies = Vec::new();
+    // (when it was sent, ms since the Unix epoch; its latency, ms)
+    let mut requests = Vec::new();
     let start = Instant::now();
     while start.elapsed() < WINDOW {
         check_stop()?;
+        let sent = unix_ms(SystemTime::now());
         let t = Instant::now();
         lab.api("GET", "/networks", None)?;
-        latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+        requests.push((sent, t.elapsed().as_secs_f64() * 1000.0));
     }
+    let pass = pass_in(&lab, requests[0].0)?;
 
     let cpu0 = cpu_secs(pid)?;
     std::thread::sleep(WINDOW);
@@ -59,16 +65,56 @@ pub fn measure(cfg: &Config, binary: &Path, r: &mut Results) -> Result<()> {
     let pass_ms = status["conntrack"]["last_gc"]["duration_ms"]
         .as_u64()
         .context("no GC pass in status")?;
+    let overlaps = |&(sent, ms): &(f64, f64)| sent < pass.1 && sent + ms > pass.0;
+    let worst = |during: bool| {
+        requests
+            .iter()
+            .filter(|r| overlaps(r) == during)
+            .map(|r| r.1)
+            .fold(0.0, f64::max)
+    };
+    let mut latencies: Vec<f64> = requests.iter().map(|r| r.1).collect();
     latencies.sort_by(f64::total_cmp);
     r.gc = Some(GcCost {
         flows: tracked,
         pass_ms,
         cpu_secs: cpu,
-        requests: latencies.len(),
+        requests: requests.len(),
         api_p50_ms: latencies[latencies.len() / 2],
-        api_max_ms: *latencies.last().unwrap(),
+        during_pass: requests.iter().filter(|r| overlaps(r)).count(),
+        api_max_ms: worst(true),
+        api_max_outside_ms: worst(false),
     });
     Ok(())
+}
+
+/// The GC pass that ran in the request window starting at `since` (ms since the Unix epoch),
+/// as (start, end) in the same unit. Passes come every 10 s, so one starts in the window; it
+/// may still be running when the window ends.
+fn pass_in(lab: &Lab, since: f64) -> Result<(f64, f64)> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let (end, took) = loop {
+        let status: serde_json::Value = serde_json::from_str(&lab.cli(&["status", "--json"])?)?;
+        let gc = &status["conntrack"]["last_gc"];
+        if let (Some(end), Some(took)) = (gc["ended_unix_ms"].as_f64(), gc["duration_ms"].as_f64())
+            && end >= since
+        {
+            break (end, took);
+        }
+        if Instant::now() > deadline {
+            bail!("no GC pass ended during the request window");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    if end - took > since + WINDOW.as_secs_f64() * 1000.0 {
+        bail!("the last GC pass started after the request window: passes are 10 s apart");
+    }
+    Ok((end - took, end))
+}
+
+fn unix_ms(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
 }
 
 /// utime + stime of process `pid`, in seconds.
