@@ -211,6 +211,22 @@ pub struct Endpoint {
 
 const _: () = assert!(core::mem::size_of::<Endpoint>() == 16);
 
+/// `ENDPOINT_PEERS`' value, per CPU, keyed by the endpoint's address (network byte order):
+/// where the fast path into the endpoint goes, and what it sent there (the veth's own
+/// counters never see those packets).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct EndpointPeer {
+    /// The host end of the endpoint's veth: `bpf_redirect_peer` goes to its peer.
+    pub veth: u32,
+    /// The endpoint's bridge: the FIB must route the address there.
+    pub bridge: u32,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<EndpointPeer>() == 24);
+
 /// Source ports masquerade may choose when it cannot keep the original one (host byte order).
 /// Kept outside the host's ip_local_port_range so that the host's own connections never clash.
 #[repr(C)]
@@ -329,9 +345,12 @@ pub mod outcome {
     /// From outside, routed straight to an endpoint of a network in gateway mode `routed`, on
     /// a port that is not published.
     pub const DROP_UNPUBLISHED: u32 = 22;
+    /// Translated and sent straight into the endpoint's namespace (`bpf_redirect_peer`),
+    /// skipping the bridge and the veth: counted besides DNAT, instead of FAST_PATH.
+    pub const FAST_PATH_PEER: u32 = 23;
     /// Numbers are stable (pinned counters are indexed by them): a new outcome takes the next
     /// free number, below `SLOTS`, and is never renumbered.
-    pub const COUNT: u32 = 23;
+    pub const COUNT: u32 = 24;
     pub const NAMES: [&str; COUNT as usize] = [
         "passed",
         "snat",
@@ -356,10 +375,12 @@ pub mod outcome {
         "drop_untracked",
         "drop_out_of_window",
         "drop_unpublished",
+        "fast_path_peer",
     ];
 
+    /// The drops are numbers 4 to 22; a drop numbered later is added here.
     pub const fn is_drop(outcome: u32) -> bool {
-        outcome >= DROP_MALFORMED
+        matches!(outcome, DROP_MALFORMED..=DROP_UNPUBLISHED)
     }
 }
 
@@ -518,6 +539,7 @@ pub mod maps {
     pub const STATS: &str = "STATS";
     pub const CT_USAGE: &str = "CT_USAGE";
     pub const ENDPOINTS: &str = "ENDPOINTS";
+    pub const ENDPOINT_PEERS: &str = "ENDPOINT_PEERS";
     pub const HOST_ACCESS_CONFIG: &str = "HOST_ACCESS_CONFIG";
     pub const HOST_PEERS: &str = "HOST_PEERS";
     pub const FILTER: &str = "FILTER";
@@ -530,8 +552,9 @@ pub mod maps {
     pub const MONITOR_CONFIG: &str = "MONITOR_CONFIG";
     pub const MONITOR_LOST: &str = "MONITOR_LOST";
     /// Every map, for pinning.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 18] = [
         EMBRYOS,
+        ENDPOINT_PEERS,
         FILTER,
         FILTER_STATE,
         FILTER_HITS,
@@ -652,6 +675,7 @@ mod user {
     unsafe impl aya::Pod for super::Subnet {}
     unsafe impl aya::Pod for super::NonMasqueradeKey {}
     unsafe impl aya::Pod for super::Endpoint {}
+    unsafe impl aya::Pod for super::EndpointPeer {}
     unsafe impl aya::Pod for super::NatConfig {}
     unsafe impl aya::Pod for super::HostAccessConfig {}
     unsafe impl aya::Pod for super::HostPeerKey {}

@@ -1,32 +1,46 @@
-//! Fast path: a packet translated towards an endpoint is sent straight to the bridge with
-//! bpf_redirect_neigh after a FIB lookup, skipping the stack's forwarding path. Whenever the
-//! lookup does not give a plain answer (no route, forwarding off, the packet too big for the
-//! MTU, TTL about to expire) the packet takes the normal path, which knows what to do.
+//! Fast path: a packet translated towards an endpoint skips the stack's forwarding path after
+//! a FIB lookup. When the FIB routes it to the bridge of the endpoint it is for, and knows the
+//! endpoint's MAC, it goes straight into the endpoint's namespace (bpf_redirect_peer), also
+//! skipping the bridge and the veth; otherwise to the bridge with bpf_redirect_neigh. Whenever
+//! the lookup does not give a plain answer (no route, forwarding off, the packet too big for
+//! the MTU, TTL about to expire) the packet takes the normal path, which knows what to do.
 use core::mem::{size_of, zeroed};
 
 use aya_ebpf::{
     bindings::{
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, bpf_redir_neigh,
+        BPF_F_NO_PREALLOC, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup,
+        bpf_redir_neigh,
     },
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect_neigh},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect_neigh, bpf_redirect_peer},
+    macros::map,
+    maps::PerCpuHashMap,
     programs::TcContext,
 };
+use bridgenet_common::{EndpointPeer, outcome};
 use network_types::ip::Ipv4Hdr;
 
 use crate::parse::{IP_CSUM_OFF, IP_OFF};
 
+/// Endpoints by address (network byte order), written by the daemon once the container end
+/// of the veth is in the endpoint's namespace (bpf_redirect_peer drops a packet whose peer is
+/// in the same namespace). Per CPU for the counters; allocated as endpoints come.
+#[map]
+pub static ENDPOINT_PEERS: PerCpuHashMap<u32, EndpointPeer> =
+    PerCpuHashMap::with_max_entries(65_536, BPF_F_NO_PREALLOC);
+
 const AF_INET: u8 = 2;
 const TTL_OFF: usize = IP_OFF + 8;
 
-/// Redirects the (already translated) IPv4 packet to its next hop; the TC verdict, or None
-/// when the packet should take the normal path.
+/// Redirects the (already translated) IPv4 packet to its next hop; the TC verdict and the
+/// path taken (`outcome::FAST_PATH` or `FAST_PATH_PEER`), or None when the packet should take
+/// the normal path.
 ///
 /// `must`: the normal path would drop the packet (a hairpin packet's source is a host address,
 /// a martian on a forwarded packet), so it is redirected whenever there is a route: an
 /// unknown neighbour is resolved by bpf_redirect_neigh, and the kernel checks the size
 /// against the MTU itself, knowing about GSO (an endpoint's veth passes 64 KiB segments).
 #[inline(always)]
-pub fn redirect(ctx: &mut TcContext, must: bool) -> Option<i32> {
+pub fn redirect(ctx: &mut TcContext, must: bool) -> Option<(i32, u32)> {
     let ip = ctx.load::<Ipv4Hdr>(IP_OFF).ok()?;
     if ip.ttl <= 1 {
         return None;
@@ -64,6 +78,23 @@ pub fn redirect(ctx: &mut TcContext, must: bool) -> Option<i32> {
         2,
     )
     .ok()?;
+    // `must` comes from an endpoint's veth, where the peer path is no shorter.
+    if !must
+        && ret == i64::from(BPF_FIB_LKUP_RET_SUCCESS)
+        && let Some(peer) = ENDPOINT_PEERS.get_ptr_mut(u32::from_ne_bytes(ip.dst_addr))
+        && unsafe { (*peer).bridge } == fib.ifindex
+    {
+        // The MACs the bridge's routed packet would carry: the gateway's, to the endpoint's.
+        ctx.store(0, &fib.dmac, 0).ok()?;
+        ctx.store(6, &fib.smac, 0).ok()?;
+        // Per-CPU value: no other CPU writes it.
+        unsafe {
+            (*peer).packets += 1;
+            (*peer).bytes += u64::from(ctx.len());
+        }
+        let action = unsafe { bpf_redirect_peer((*peer).veth, 0) };
+        return Some((action as i32, outcome::FAST_PATH_PEER));
+    }
     let mut neigh: bpf_redir_neigh = unsafe { zeroed() };
     neigh.nh_family = u32::from(AF_INET);
     neigh.__bindgen_anon_1.ipv4_nh = unsafe { fib.__bindgen_anon_4.ipv4_dst };
@@ -75,5 +106,5 @@ pub fn redirect(ctx: &mut TcContext, must: bool) -> Option<i32> {
             0,
         )
     };
-    Some(action as i32)
+    Some((action as i32, outcome::FAST_PATH))
 }

@@ -131,9 +131,9 @@ pub fn uplink_ingress(mut ctx: TcContext) -> i32 {
         Parsed::Ipv4(packet) => uplink_ingress_ipv4(&mut ctx, &packet),
     };
     if result == outcome::DNAT
-        && let Some(action) = fastpath::redirect(&mut ctx, false)
+        && let Some((action, path)) = fastpath::redirect(&mut ctx, false)
     {
-        stats::count(program_id::UPLINK_INGRESS, outcome::FAST_PATH);
+        stats::count(program_id::UPLINK_INGRESS, path);
         stats::count(program_id::UPLINK_INGRESS, result);
         return action;
     }

@@ -4,6 +4,7 @@
 use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpStream},
+    path::Path,
     time::Duration,
 };
 
@@ -124,6 +125,24 @@ fn sigkill_restart_keeps_networks_endpoints_ports_and_flows() {
     restart_keeps_everything(Stop::Kill);
 }
 
+/// `bpftool map update pinned MAP key KEY value VALUE` (bytes; every CPU's for a per-CPU map).
+fn bpftool_update(map: &Path, key: &[&str], value: &[&str]) {
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "update", "pinned"])
+        .arg(map)
+        .arg("key")
+        .args(key)
+        .arg("value")
+        .args(value)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bpftool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn restart_repairs_what_others_deleted_and_removes_what_is_stale() {
     let mut lab = ControlLab::up();
@@ -139,18 +158,16 @@ fn restart_repairs_what_others_deleted_and_removes_what_is_stale() {
     host.ip(&["link", "add", "bn-stale", "type", "bridge"]);
     host.ip(&["link", "set", "bn-stale", "alias", "bridgenet"]);
     let publish = lab.bpffs().join("PUBLISH");
-    let out = std::process::Command::new("bpftool")
-        .args(["map", "update", "pinned"])
-        .arg(&publish)
-        .args(["key", "0", "0", "0", "0", "0x1e", "0x61", "6", "0"])
-        .args(["value", "172", "17", "0", "99", "0", "77", "0", "0"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "bpftool: {}",
-        String::from_utf8_lossy(&out.stderr)
+    bpftool_update(
+        &publish,
+        &["0", "0", "0", "0", "0x1e", "0x61", "6", "0"],
+        &["172", "17", "0", "99", "0", "77", "0", "0"],
     );
+    // ...and a fast path into 172.17.0.99, an endpoint that is no more (veth 9999, bridge 1).
+    let peers = lab.bpffs().join("ENDPOINT_PEERS");
+    let mut value = vec!["0x0f", "0x27", "0", "0", "1", "0", "0", "0"];
+    value.extend(["0"; 16]);
+    bpftool_update(&peers, &["172", "17", "0", "99"], &value);
 
     lab.start();
 
@@ -175,6 +192,28 @@ fn restart_repairs_what_others_deleted_and_removes_what_is_stale() {
         1,
         "only 8080 stays published: {entries}"
     );
+    // The fast path goes into the endpoint's new veth, and nowhere else.
+    let dump = std::process::Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(&peers)
+        .output()
+        .unwrap();
+    let entries: serde_json::Value = serde_json::from_slice(&dump.stdout).unwrap();
+    let entries = entries.as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    // bpftool prints bytes as hex strings ("0xac").
+    let bytes = |v: &serde_json::Value| -> Vec<u8> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
+            .collect()
+    };
+    assert_eq!(bytes(&entries[0]["key"]), [172, 17, 0, 2], "{entries:?}");
+    let veth = host.ifindex("ve-ep").to_le_bytes();
+    for v in entries[0]["values"].as_array().unwrap() {
+        assert_eq!(bytes(&v["value"])[..4], veth, "into ve-ep: {entries:?}");
+    }
     // The endpoint is reachable through its published port and reaches the world again.
     let world = lab.topo.ns("world").name().to_owned();
     echo(&mut connect(&world, "198.18.0.2:8080"), "repaired, in");

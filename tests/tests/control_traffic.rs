@@ -43,6 +43,9 @@ fn published_port_and_masquerade_through_the_daemon() {
     assert!(ct.contains("src=172.17.0.2 dst=198.18.0.1"), "ct ls: {ct}");
     assert!(lab.stat("uplink_ingress", "dnat") > 0);
     assert!(lab.stat("uplink_egress", "snat") > 0);
+    // Once the bridge knows the endpoint's MAC, its packets go straight into its namespace.
+    let peer_path = |lab: &ControlLab| lab.stat("uplink_ingress", "fast_path_peer");
+    assert!(peer_path(&lab) > 0, "no packet went straight into ep1");
     drop((inbound, outbound));
     assert_eq!(server_in.join().unwrap().ip(), Ipv4Addr::new(198, 18, 0, 1));
     assert_eq!(
@@ -114,6 +117,18 @@ fn published_port_and_masquerade_through_the_daemon() {
         "the bridge still sends {mac} to the removed endpoint's port:\n{learned}"
     );
     assert_eq!(lab.ok(&["port", "ls"]), "");
+    let peers = lab.json(&["status"])["maps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "ENDPOINT_PEERS")
+        .map(|m| m["entries"].clone());
+    assert_eq!(
+        peers,
+        Some(serde_json::json!(0)),
+        "the fast path still goes into the removed endpoint"
+    );
+    let sent_before = peer_path(&lab);
     // Created again at once, under the same name (it waits for the old veth) and with the same
     // address: it answers the first SYN (a lost one is retransmitted only after 1 s).
     let ns = lab.endpoint("ep1", &["8082:80"]);
@@ -124,6 +139,10 @@ fn published_port_and_masquerade_through_the_daemon() {
     roundtrip_within(&world, "198.18.0.2:8082", Duration::from_millis(900))
         .expect("the endpoint created again answers at once");
     server.join().unwrap();
+    assert!(
+        peer_path(&lab) > sent_before,
+        "no packet went straight into the new ep1"
+    );
     lab.ok(&["endpoint", "rm", "ep1"]);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {

@@ -507,6 +507,27 @@ fn docker_run_publishes_through_bridgenet() {
         client_of(&lab.world_get_ok(&format!("http://{HOST}:8081/cgi-bin/ip"))),
         "198.18.0.1"
     );
+    // Once Docker moved the container end of the veth into the container (bridgenet follows
+    // that from rtnetlink's notices), published packets go straight into it.
+    let peer_path = || {
+        let stats: serde_json::Value =
+            serde_json::from_str(&lab.bridgenet_ok(&["stats", "--json"])).unwrap();
+        stats
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["program"] == "uplink_ingress" && s["outcome"] == "fast_path_peer")
+            .map_or(0, |s| s["count"].as_u64().unwrap())
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while peer_path() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no published packet went straight into web1"
+        );
+        lab.world_get_ok(&format!("http://{HOST}:8080/index.html"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let web1 = lab.endpoint_of("web1", "web");
     let ports = lab.bridgenet_ok(&["port", "ls", &web1]);
     assert!(ports.contains("80/tcp -> 0.0.0.0:8080"), "{ports}");

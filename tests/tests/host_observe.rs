@@ -572,15 +572,23 @@ fn metrics_agree_with_stats_and_ct_ls_after_known_traffic() {
         .and_then(|e| e["veth"].as_str())
         .expect("ep1's veth in endpoint ls --json")
         .to_owned();
-    let before = veth_counters(&lab, &veth);
+    // The fast path sends the published port's packets into ep1 past its veth: the only
+    // endpoint, so all that `stats` counts as fast_path_peer.
+    let peer = || lab.stat("uplink_ingress", "fast_path_peer") as f64;
+    let (before, peer_before) = (veth_counters(&lab, &veth), peer());
     let (_, text) = scrape(&lab, "127.0.0.1:9464");
-    let after = veth_counters(&lab, &veth);
+    let (after, peer_after) = (veth_counters(&lab, &veth), peer());
+    assert!(
+        peer_before > 0.0,
+        "the published port's packets took no fast path into ep1"
+    );
     let m = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
-    // The host end receives what the endpoint sends ("out") and sends what it receives ("in").
-    for (direction, host_end) in [("out", "rx"), ("in", "tx")] {
-        for (metric, field) in [
-            ("bridgenet_endpoint_packets_total", "packets"),
-            ("bridgenet_endpoint_bytes_total", "bytes"),
+    // The host end receives what the endpoint sends ("out") and sends what it receives ("in"),
+    // with what the fast path sent into it; a frame of those is 54 to 1514 bytes.
+    for (direction, host_end, fast) in [("out", "rx", (0.0, 0.0)), ("in", "tx", (54.0, 1514.0))] {
+        for (metric, field, per_packet) in [
+            ("bridgenet_endpoint_packets_total", "packets", (1.0, 1.0)),
+            ("bridgenet_endpoint_bytes_total", "bytes", fast),
         ] {
             let labels = [
                 ("endpoint", "ep1"),
@@ -589,9 +597,16 @@ fn metrics_agree_with_stats_and_ct_ls_after_known_traffic() {
             ];
             let got = sample(&m, metric, &labels).unwrap_or_else(|| panic!("{metric}: {text}"));
             let (low, high) = (&before[host_end][field], &after[host_end][field]);
+            let (fast_low, fast_high) = if direction == "in" {
+                (peer_before * per_packet.0, peer_after * per_packet.1)
+            } else {
+                (0.0, 0.0)
+            };
             assert!(
-                low.as_f64().unwrap() <= got && got <= high.as_f64().unwrap(),
-                "{metric} {direction}: {got}, the veth's {host_end} {field} went {low} -> {high}"
+                low.as_f64().unwrap() + fast_low <= got
+                    && got <= high.as_f64().unwrap() + fast_high,
+                "{metric} {direction}: {got}, the veth's {host_end} {field} went {low} -> {high}, \
+                 the fast path's packets {peer_before} -> {peer_after}"
             );
         }
     }

@@ -292,7 +292,46 @@ impl Daemon {
             Hook::TcIngress,
             &self.pin_dir,
             &self.state_dir,
-        )
+        )?;
+        // A runtime's container end is still here until the runtime moves it: the fast path
+        // into it waits for that (`follow_moved_peers`).
+        if !endpoint.for_runtime() || self.nl.link(&peer_name(&endpoint.name)).await?.is_none() {
+            let bridge = self.nl.index(&network.bridge).await?;
+            self.dp.add_endpoint_peer(endpoint.ip, index, bridge)?;
+        }
+        Ok(())
+    }
+
+    /// Opens the fast path into the runtime's endpoints whose container end the runtime moved
+    /// out of the daemon's namespace since.
+    pub(super) async fn follow_moved_peers(&mut self) -> anyhow::Result<()> {
+        let known: Vec<_> = self
+            .dp
+            .endpoint_peers()?
+            .into_iter()
+            .map(|(a, _)| a)
+            .collect();
+        let waiting: Vec<_> = self
+            .state
+            .endpoints
+            .values()
+            .filter(|e| e.for_runtime() && !known.contains(&e.ip))
+            .cloned()
+            .collect();
+        for endpoint in waiting {
+            if self.nl.link(&peer_name(&endpoint.name)).await?.is_some() {
+                continue;
+            }
+            let (Some(veth), Some(network)) = (
+                self.nl.link(&endpoint.veth).await?,
+                self.state.networks.get(&endpoint.network),
+            ) else {
+                continue;
+            };
+            let bridge = self.nl.index(&network.bridge).await?;
+            self.dp.add_endpoint_peer(endpoint.ip, veth.index, bridge)?;
+        }
+        Ok(())
     }
 
     /// The veth pair from the bridge to eth0 in the endpoint's namespace.
@@ -349,6 +388,9 @@ impl Daemon {
             }
         }
         if let Some(veth) = endpoint.veth() {
+            if let Err(err) = self.dp.remove_endpoint_peer(endpoint.ip) {
+                tracing::warn!("closing the fast path into {}: {err:#}", endpoint.name);
+            }
             match self.nl.link(veth).await {
                 Ok(Some(link)) => {
                     if let Err(err) = self.dp.remove_endpoint(link.index) {

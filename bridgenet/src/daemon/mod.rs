@@ -310,6 +310,9 @@ async fn background(daemon: Arc<Mutex<Daemon>>) {
         if let Err(err) = d.restore_attachments().await {
             tracing::warn!("checking attached programs: {err:#}");
         }
+        if let Err(err) = d.follow_moved_peers().await {
+            tracing::warn!("following the runtime's endpoints: {err:#}");
+        }
         if n % 10 == 0
             && let Err(err) = d.snapshot_counters()
         {
@@ -359,6 +362,9 @@ async fn on_changes(daemon: Arc<Mutex<Daemon>>, mut watch: Watch) {
         }
         if let Err(err) = d.restore_attachments().await {
             tracing::warn!("checking attached programs: {err:#}");
+        }
+        if let Err(err) = d.follow_moved_peers().await {
+            tracing::warn!("following the runtime's endpoints: {err:#}");
         }
     }
     tracing::warn!("rtnetlink notifications stopped; polling every second only");

@@ -54,9 +54,14 @@ impl Daemon {
             .cloned()
             .collect();
         let mut endpoint_ifindexes = BTreeSet::new();
+        // (address, veth) of each endpoint with a veth, as the fast path may go into it.
+        let mut peers = BTreeSet::new();
         for endpoint in &endpoints {
             match self.reconcile_endpoint(endpoint).await {
-                Ok(ifindex) => endpoint_ifindexes.extend(ifindex),
+                Ok(ifindex) => {
+                    endpoint_ifindexes.extend(ifindex);
+                    peers.extend(ifindex.map(|i| (endpoint.ip, i)));
+                }
                 Err(err) => {
                     failures += 1;
                     tracing::warn!("reconcile: endpoint {}: {err:#}", endpoint.name);
@@ -67,6 +72,12 @@ impl Daemon {
             if !endpoint_ifindexes.contains(&ifindex) {
                 tracing::info!("reconcile: forgetting the endpoint of veth {ifindex}");
                 self.dp.remove_endpoint(ifindex)?;
+            }
+        }
+        for (addr, peer) in self.dp.endpoint_peers()? {
+            if !peers.contains(&(addr, peer.veth)) {
+                tracing::info!("reconcile: closing the fast path into {addr}");
+                self.dp.remove_endpoint_peer(addr)?;
             }
         }
 

@@ -2,7 +2,7 @@
 //! what it is made of, and the bookkeeping it needs while the daemon runs (start time, the
 //! last GC pass, a ring of counter snapshots for the drops of the last minute).
 use std::{
-    collections::VecDeque,
+    collections::{BTreeMap, VecDeque},
     path::PathBuf,
     time::{Duration, Instant, SystemTime},
 };
@@ -87,18 +87,22 @@ pub struct Observation {
 }
 
 /// Reads each endpoint's traffic from the counters of its veth's host end (one link dump),
-/// without the daemon's lock: the kernel counts it already, so the datapath pays nothing.
+/// without the daemon's lock: the kernel counts it already, so the datapath pays nothing
+/// but for what its fast path sends past the veth, which it counts itself.
 pub struct TrafficReader {
     nl: Netlink,
     /// (endpoint, network, host end of its veth), for the endpoints that have a veth.
     veths: Vec<(String, String, String)>,
+    /// (packets, bytes) the fast path sent into the endpoint of each veth (by ifindex).
+    fast_path: BTreeMap<u32, (u64, u64)>,
 }
 
 /// An endpoint's traffic.
 pub struct EndpointTraffic {
     pub endpoint: String,
     pub network: String,
-    /// The counters of its veth's host end: rx is what the endpoint sent, tx what it received.
+    /// rx is what the endpoint sent, tx what it received: its veth's host end's counters,
+    /// and in tx what the fast path sent straight into the endpoint.
     pub host_end: Traffic,
 }
 
@@ -110,10 +114,15 @@ impl TrafficReader {
             .into_iter()
             .filter_map(|(endpoint, network, veth)| {
                 let link = links.iter().find(|l| l.name == veth)?;
+                let mut host_end = link.traffic;
+                if let Some((packets, bytes)) = self.fast_path.get(&link.index) {
+                    host_end.tx_packets += packets;
+                    host_end.tx_bytes += bytes;
+                }
                 Some(EndpointTraffic {
                     endpoint,
                     network,
-                    host_end: link.traffic,
+                    host_end,
                 })
             })
             .collect())
@@ -150,6 +159,12 @@ impl Daemon {
                         .values()
                         .filter(|e| !e.veth.is_empty())
                         .map(|e| (e.name.clone(), e.network.clone(), e.veth.clone()))
+                        .collect(),
+                    fast_path: self
+                        .dp
+                        .endpoint_peers()?
+                        .into_iter()
+                        .map(|(_, p)| (p.veth, (p.packets, p.bytes)))
                         .collect(),
                 },
             },

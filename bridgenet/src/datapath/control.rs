@@ -4,11 +4,12 @@ use std::net::Ipv4Addr;
 
 use anyhow::Result;
 use aya::maps::{
-    HashMap, MapError,
+    HashMap, MapError, PerCpuHashMap, PerCpuValues,
     lpm_trie::{Key, LpmTrie},
 };
 use bridgenet_common::{
-    CtEntry, CtKey, Endpoint, NonMasqueradeKey, PublishKey, PublishTarget, Subnet, maps,
+    CtEntry, CtKey, Endpoint, EndpointPeer, NonMasqueradeKey, PublishKey, PublishTarget, Subnet,
+    maps,
 };
 use ipnet::Ipv4Net;
 
@@ -80,6 +81,51 @@ impl Datapath {
         let mut endpoints: HashMap<_, u32, Endpoint> =
             HashMap::try_from(self.map_mut(maps::ENDPOINTS)?)?;
         absent_ok(endpoints.remove(&ifindex))
+    }
+
+    /// Lets the fast path send what is for `addr` straight to the peer of veth `veth`, when the
+    /// FIB routes it to `bridge`. An entry that says so already keeps its counters.
+    pub fn add_endpoint_peer(&mut self, addr: Ipv4Addr, veth: u32, bridge: u32) -> Result<()> {
+        let mut peers: PerCpuHashMap<_, u32, EndpointPeer> =
+            PerCpuHashMap::try_from(self.map_mut(maps::ENDPOINT_PEERS)?)?;
+        if let Ok(values) = peers.get(&wire(addr), 0)
+            && values.iter().all(|v| v.veth == veth && v.bridge == bridge)
+        {
+            return Ok(());
+        }
+        let peer = EndpointPeer {
+            veth,
+            bridge,
+            ..Default::default()
+        };
+        let cpus = aya::util::nr_cpus().map_err(|(_, err)| err)?;
+        peers.insert(wire(addr), PerCpuValues::try_from(vec![peer; cpus])?, 0)?;
+        Ok(())
+    }
+
+    /// Stops the fast path into the endpoint at `addr`.
+    pub fn remove_endpoint_peer(&mut self, addr: Ipv4Addr) -> Result<()> {
+        let mut peers: PerCpuHashMap<_, u32, EndpointPeer> =
+            PerCpuHashMap::try_from(self.map_mut(maps::ENDPOINT_PEERS)?)?;
+        absent_ok(peers.remove(&wire(addr)))
+    }
+
+    /// Every endpoint the fast path goes into, by address, with its counters summed over CPUs.
+    pub fn endpoint_peers(&self) -> Result<Vec<(Ipv4Addr, EndpointPeer)>> {
+        let map = self
+            .ebpf
+            .map(maps::ENDPOINT_PEERS)
+            .ok_or_else(|| anyhow::anyhow!("map ENDPOINT_PEERS missing"))?;
+        let peers: PerCpuHashMap<_, u32, EndpointPeer> = PerCpuHashMap::try_from(map)?;
+        let mut out = Vec::new();
+        for entry in peers.iter() {
+            let (addr, per_cpu) = entry?;
+            let mut total = per_cpu[0];
+            total.packets = per_cpu.iter().map(|p| p.packets).sum();
+            total.bytes = per_cpu.iter().map(|p| p.bytes).sum();
+            out.push((from_wire(addr), total));
+        }
+        Ok(out)
     }
 
     /// The ifindexes of every endpoint veth the programs know.
