@@ -20,18 +20,21 @@ pub static ENDPOINTS: HashMap<u32, Endpoint> = HashMap::with_max_entries(65_536,
 const ARP_SHA_OFF: usize = EthHdr::LEN + 8;
 const ARP_SPA_OFF: usize = EthHdr::LEN + 14;
 
+/// The outcome, and for an IPv4 packet that passed to an address outside the managed
+/// subnets, its network's gateway (else 0): the fast path out takes only what is sent to the
+/// gateway's MAC.
 #[inline(always)]
-pub fn check(ctx: &TcContext) -> u32 {
+pub fn check(ctx: &TcContext) -> (u32, u32) {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // Fail closed: a veth this program is on but that has no endpoint passes nothing.
     let Some(ep) = (unsafe { ENDPOINTS.get(ifindex) }) else {
-        return outcome::DROP_UNKNOWN;
+        return (outcome::DROP_UNKNOWN, 0);
     };
     let Ok(eth) = ctx.load::<EthHdr>(0) else {
-        return outcome::DROP_UNKNOWN;
+        return (outcome::DROP_UNKNOWN, 0);
     };
     if eth.src_addr != ep.mac {
-        return outcome::DROP_SPOOFED;
+        return (outcome::DROP_SPOOFED, 0);
     }
     let ether_type = eth.ether_type;
     if ether_type == EtherType::Arp as u16 {
@@ -39,40 +42,41 @@ pub fn check(ctx: &TcContext) -> u32 {
             ctx.load::<[u8; 6]>(ARP_SHA_OFF),
             ctx.load::<u32>(ARP_SPA_OFF),
         ) else {
-            return outcome::DROP_SPOOFED;
+            return (outcome::DROP_SPOOFED, 0);
         };
-        return if sha == ep.mac && spa == ep.addr {
+        let result = if sha == ep.mac && spa == ep.addr {
             outcome::PASSED
         } else {
             outcome::DROP_SPOOFED
         };
+        return (result, 0);
     }
     if ether_type != EtherType::Ipv4 as u16 {
-        return outcome::DROP_PROTOCOL;
+        return (outcome::DROP_PROTOCOL, 0);
     }
     let (Ok(saddr), Ok(daddr)) = (ctx.load::<u32>(IP_SADDR_OFF), ctx.load::<u32>(IP_DADDR_OFF))
     else {
-        return outcome::DROP_SPOOFED;
+        return (outcome::DROP_SPOOFED, 0);
     };
     if saddr != ep.addr {
-        return outcome::DROP_SPOOFED;
+        return (outcome::DROP_SPOOFED, 0);
     }
     let own = nat::subnet_of(saddr);
     if let Some(own) = own
         && own.flags & network_flags::NO_ICC != 0
         && reaches_siblings(&eth.dst_addr, daddr, own)
     {
-        return outcome::DROP_ICC;
+        return (outcome::DROP_ICC, 0);
     }
     match nat::subnet_of(daddr) {
-        Some(subnet) if subnet.network != ep.network => outcome::DROP_ISOLATION,
+        Some(subnet) if subnet.network != ep.network => (outcome::DROP_ISOLATION, 0),
         Some(subnet) if subnet.flags & network_flags::NO_ICC != 0 && daddr != subnet.gateway => {
-            outcome::DROP_ICC
+            (outcome::DROP_ICC, 0)
         }
-        Some(_) => outcome::PASSED,
+        Some(_) => (outcome::PASSED, 0),
         None => match own {
-            Some(own) if own.flags & network_flags::INTERNAL != 0 => outcome::DROP_INTERNAL,
-            _ => outcome::PASSED,
+            Some(own) if own.flags & network_flags::INTERNAL != 0 => (outcome::DROP_INTERNAL, 0),
+            _ => (outcome::PASSED, own.map_or(0, |s| s.gateway)),
         },
     }
 }

@@ -11,7 +11,7 @@ use aya_ebpf::{
         BPF_F_NO_PREALLOC, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup,
         bpf_redir_neigh,
     },
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect_neigh, bpf_redirect_peer},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     macros::map,
     maps::PerCpuHashMap,
     programs::TcContext,
@@ -19,7 +19,10 @@ use aya_ebpf::{
 use bridgenet_common::{EndpointPeer, outcome};
 use network_types::ip::Ipv4Hdr;
 
-use crate::parse::{IP_CSUM_OFF, IP_OFF};
+use crate::{
+    nat,
+    parse::{IP_CSUM_OFF, IP_OFF},
+};
 
 /// Endpoints by address (network byte order), written by the daemon once the container end
 /// of the veth is in the endpoint's namespace (bpf_redirect_peer drops a packet whose peer is
@@ -30,6 +33,7 @@ pub static ENDPOINT_PEERS: PerCpuHashMap<u32, EndpointPeer> =
 
 const AF_INET: u8 = 2;
 const TTL_OFF: usize = IP_OFF + 8;
+const TCP: u8 = 6;
 
 /// Redirects the (already translated) IPv4 packet to its next hop; the TC verdict and the
 /// path taken (`outcome::FAST_PATH` or `FAST_PATH_PEER`), or None when the packet should take
@@ -42,42 +46,18 @@ const TTL_OFF: usize = IP_OFF + 8;
 #[inline(always)]
 pub fn redirect(ctx: &mut TcContext, must: bool) -> Option<(i32, u32)> {
     let ip = ctx.load::<Ipv4Hdr>(IP_OFF).ok()?;
-    if ip.ttl <= 1 {
-        return None;
-    }
-    let mut fib: bpf_fib_lookup = unsafe { zeroed() };
-    fib.family = AF_INET;
-    fib.l4_protocol = ip.proto;
-    if !must {
-        fib.__bindgen_anon_1.tot_len = u16::from_be_bytes(ip.tot_len);
-    }
-    fib.ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    fib.__bindgen_anon_2.tos = ip.tos;
-    fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.src_addr);
-    fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.dst_addr);
-    let ret = unsafe {
-        fib_lookup(
-            ctx.skb.skb as *mut _,
-            &mut fib,
-            size_of::<bpf_fib_lookup>() as i32,
-            0,
-        )
+    let tot_len = if must {
+        0
+    } else {
+        u16::from_be_bytes(ip.tot_len)
     };
+    let mut fib: bpf_fib_lookup = unsafe { zeroed() };
+    let ret = lookup(ctx, &ip, tot_len, &mut fib)?;
     let resolvable = must && ret == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH);
     if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS) && !resolvable {
         return None;
     }
-    // Forwarding decrements the TTL; so does the fast path.
-    let old = u16::from_be_bytes([ip.ttl, ip.proto]);
-    let new = u16::from_be_bytes([ip.ttl - 1, ip.proto]);
-    ctx.store(TTL_OFF, &(ip.ttl - 1), 0).ok()?;
-    ctx.l3_csum_replace(
-        IP_CSUM_OFF,
-        u64::from(old.to_be()),
-        u64::from(new.to_be()),
-        2,
-    )
-    .ok()?;
+    decrement_ttl(ctx, &ip)?;
     // `must` comes from an endpoint's veth, where the peer path is no shorter.
     if !must
         && ret == i64::from(BPF_FIB_LKUP_RET_SUCCESS)
@@ -85,8 +65,7 @@ pub fn redirect(ctx: &mut TcContext, must: bool) -> Option<(i32, u32)> {
         && unsafe { (*peer).bridge } == fib.ifindex
     {
         // The MACs the bridge's routed packet would carry: the gateway's, to the endpoint's.
-        ctx.store(0, &fib.dmac, 0).ok()?;
-        ctx.store(6, &fib.smac, 0).ok()?;
+        set_macs(ctx, &fib)?;
         // Per-CPU value: no other CPU writes it.
         unsafe {
             (*peer).packets += 1;
@@ -107,4 +86,87 @@ pub fn redirect(ctx: &mut TcContext, must: bool) -> Option<(i32, u32)> {
         )
     };
     Some((action as i32, outcome::FAST_PATH))
+}
+
+/// Fast path out of an endpoint: an IPv4 packet that passed the endpoint's checks, sent to
+/// its gateway's MAC (`gateway`: the network's gateway address, whose MAC is 02:42 and the
+/// address, as bridgenet gives its bridges), and that the FIB routes out through an uplink to
+/// a known neighbour goes straight to that uplink's egress, skipping the bridge and the
+/// forwarding path; `uplink_egress` translates it there as it would have. The TC verdict, or
+/// None for the normal path (another MAC, a bridge that is not bridgenet's, no plain answer).
+/// A call of its own: inlined, its lookup would add to the hairpin path's stack.
+#[inline(never)]
+pub fn out(ctx: &mut TcContext, gateway: u32) -> Option<i32> {
+    let [a, b, c, d] = gateway.to_ne_bytes();
+    if gateway == 0 || ctx.load::<[u8; 6]>(0).ok()? != [0x02, 0x42, a, b, c, d] {
+        return None;
+    }
+    let ip = ctx.load::<Ipv4Hdr>(IP_OFF).ok()?;
+    // A GSO packet is checked against the MTU by the size of its segments, as forwarding does.
+    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+    let tot_len = if gso_size == 0 {
+        u16::from_be_bytes(ip.tot_len)
+    } else if ip.proto == TCP {
+        let ihl = ip.ihl() as usize;
+        let doff = usize::from(ctx.load::<u8>(IP_OFF + ihl + 12).ok()? >> 4) * 4;
+        u16::try_from(ihl + doff + gso_size as usize).ok()?
+    } else {
+        return None;
+    };
+    let mut fib: bpf_fib_lookup = unsafe { zeroed() };
+    let ret = lookup(ctx, &ip, tot_len, &mut fib)?;
+    if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS) || nat::uplink_addr(fib.ifindex).is_none() {
+        return None;
+    }
+    decrement_ttl(ctx, &ip)?;
+    set_macs(ctx, &fib)?;
+    Some(unsafe { bpf_redirect(fib.ifindex, 0) } as i32)
+}
+
+/// Asks the FIB, in `fib` (zeroed), for the packet as forwarding would (from the interface
+/// it came in on; `tot_len` 0: no MTU check); its return code, or None when the TTL would
+/// expire.
+#[inline(always)]
+fn lookup(ctx: &TcContext, ip: &Ipv4Hdr, tot_len: u16, fib: &mut bpf_fib_lookup) -> Option<i64> {
+    if ip.ttl <= 1 {
+        return None;
+    }
+    fib.family = AF_INET;
+    fib.l4_protocol = ip.proto;
+    fib.__bindgen_anon_1.tot_len = tot_len;
+    fib.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    fib.__bindgen_anon_2.tos = ip.tos;
+    fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.src_addr);
+    fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.dst_addr);
+    let ret = unsafe {
+        fib_lookup(
+            ctx.skb.skb as *mut _,
+            fib,
+            size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    Some(ret)
+}
+
+/// Forwarding decrements the TTL; so does the fast path.
+#[inline(always)]
+fn decrement_ttl(ctx: &mut TcContext, ip: &Ipv4Hdr) -> Option<()> {
+    let old = u16::from_be_bytes([ip.ttl, ip.proto]);
+    let new = u16::from_be_bytes([ip.ttl - 1, ip.proto]);
+    ctx.store(TTL_OFF, &(ip.ttl - 1), 0).ok()?;
+    ctx.l3_csum_replace(
+        IP_CSUM_OFF,
+        u64::from(old.to_be()),
+        u64::from(new.to_be()),
+        2,
+    )
+    .ok()
+}
+
+/// The next hop's MAC as destination, the output interface's as source.
+#[inline(always)]
+fn set_macs(ctx: &mut TcContext, fib: &bpf_fib_lookup) -> Option<()> {
+    ctx.store(0, &fib.dmac, 0).ok()?;
+    ctx.store(6, &fib.smac, 0).ok()
 }

@@ -45,11 +45,12 @@ pub fn xdp_count(ctx: XdpContext) -> u32 {
 }
 
 /// Endpoint veth (host end) ingress: what the endpoint sends, checked before anything else;
-/// then hairpin to published ports through a host address, sent straight to the target. What
-/// passes carries CHECKED_MARK, which bridge_ingress requires of routed packets.
+/// then hairpin to published ports through a host address, sent straight to the target, and
+/// what goes out through an uplink, sent straight there. What passes through the bridge
+/// carries CHECKED_MARK, which bridge_ingress requires of routed packets.
 #[classifier]
 pub fn endpoint_ingress(mut ctx: TcContext) -> i32 {
-    let mut result = endpoint::check(&ctx);
+    let (mut result, gateway) = endpoint::check(&ctx);
     // Isolation judged the original destination: another network's gateway may still be a
     // host address with published ports.
     if result == outcome::PASSED || result == outcome::DROP_ISOLATION {
@@ -61,6 +62,14 @@ pub fn endpoint_ingress(mut ctx: TcContext) -> i32 {
             stats::count(program_id::ENDPOINT_INGRESS, result);
             return action;
         }
+    }
+    // Not for a host address (hairpin left it as it was): out through an uplink.
+    if result == outcome::PASSED
+        && let Some(action) = fastpath::out(&mut ctx, gateway)
+    {
+        stats::count(program_id::ENDPOINT_INGRESS, outcome::FAST_PATH);
+        stats::count(program_id::ENDPOINT_INGRESS, result);
+        return action;
     }
     if !outcome::is_drop(result) {
         endpoint::mark_checked(&ctx);

@@ -193,3 +193,152 @@ fn an_unknown_neighbour_takes_the_stack() {
     );
     assert_eq!(lab.sent_into_ep1(), Some((0, 0)));
 }
+
+/// The fast path out of an endpoint (`endpoint_ingress`): a namespace with bridgenet's bridge
+/// (the gateway's MAC of Docker's scheme), an uplink (a veth to a world namespace) whose
+/// neighbour 198.18.0.1 is known, forwarding on; EP1 sends from the test-run device.
+struct OutLab {
+    /// Dropped before the namespaces.
+    dp: Datapath,
+    topo: Topology,
+}
+
+const GW1: [u8; 4] = [172, 17, 0, 1];
+const GATEWAY_MAC: [u8; 6] = [0x02, 0x42, 172, 17, 0, 1];
+const EP_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+
+impl OutLab {
+    fn new() -> Self {
+        bridgenet_tests::require_root();
+        let mut topo = Topology::new();
+        topo.netns("host")
+            .netns("world")
+            .bridge("host", "br1")
+            .addr("host", "br1", "172.17.0.1/16")
+            .veth(("host", "uplink0"), ("world", "eth0"))
+            .addr("host", "uplink0", "198.18.0.2/24")
+            .addr("world", "eth0", "198.18.0.1/24")
+            .sysctl("host", "net.ipv4.ip_forward", "1");
+        let host = topo.ns("host");
+        host.ip(&["link", "set", "br1", "address", "02:42:ac:11:00:01"]);
+        let world_mac = topo
+            .ns("world")
+            .exec("cat", &["/sys/class/net/eth0/address"]);
+        host.ip(&[
+            "neigh",
+            "replace",
+            "198.18.0.1",
+            "lladdr",
+            world_mac.trim(),
+            "dev",
+            "uplink0",
+            "nud",
+            "permanent",
+        ]);
+        let mut dp = Datapath::load().expect("loading the datapath");
+        dp.set_uplink_addr(host.ifindex("uplink0"), Ipv4Addr::from(HOST))
+            .unwrap();
+        let options = bridgenet::datapath::NetworkOptions {
+            id: 1,
+            gateway: GW1.into(),
+            masquerade: true,
+            icc: true,
+            internal: false,
+            gateway_mode: bridgenet::datapath::GatewayMode::Nat,
+        };
+        dp.add_network("172.17.0.0/16".parse().unwrap(), &options)
+            .unwrap();
+        dp.add_endpoint(TEST_RUN_IFINDEX, Ipv4Addr::from(EP1), EP_MAC, 1)
+            .unwrap();
+        OutLab { dp, topo }
+    }
+
+    /// Runs `endpoint_ingress` on `frame`, sent by EP1 to MAC `to`.
+    fn send(&mut self, to: [u8; 6], frame: &[u8]) -> packet::Verdict {
+        let mut frame = frame.to_vec();
+        frame[..6].copy_from_slice(&to);
+        frame[6..12].copy_from_slice(&EP_MAC);
+        let dp = &mut self.dp;
+        self.topo
+            .ns("host")
+            .enter(|| packet::run_tc(dp, programs::ENDPOINT_INGRESS, &frame, 1).expect("test run"))
+    }
+
+    fn fast(&self) -> u64 {
+        self.dp
+            .stat(program_id::ENDPOINT_INGRESS, outcome::FAST_PATH)
+            .unwrap()
+    }
+
+    /// The frame went the normal way: through the bridge, marked as checked, unchanged.
+    fn normal(&mut self, to: [u8; 6], frame: &[u8]) {
+        let before = self.fast();
+        let out = self.send(to, frame);
+        assert_eq!(out.action, TC_ACT_OK);
+        assert_eq!(out.frame[..6], to);
+        assert_eq!(out.frame[12..], frame[12..], "unchanged");
+        assert_eq!(self.fast(), before, "not counted as fast");
+    }
+}
+
+#[test]
+fn what_an_endpoint_sends_out_goes_straight_to_the_uplink() {
+    let mut lab = OutLab::new();
+    let frame = packet::tcp_frame(EP1, 40000, SERVER, 7000, true, false, b"");
+    let out = lab.send(GATEWAY_MAC, &frame);
+    assert_eq!(out.action, TC_ACT_REDIRECT);
+    // To the world's MAC from the uplink's, TTL - 1, not translated yet: uplink_egress
+    // translates it on the way out, as for a routed packet.
+    let mac = |ns: &str, dev: &str| -> Vec<u8> {
+        lab.topo
+            .ns(ns)
+            .exec("cat", &[&format!("/sys/class/net/{dev}/address")])
+            .trim()
+            .split(':')
+            .map(|b| u8::from_str_radix(b, 16).unwrap())
+            .collect()
+    };
+    assert_eq!(out.frame[..6], mac("world", "eth0")[..]);
+    assert_eq!(out.frame[6..12], mac("host", "uplink0")[..]);
+    assert_eq!(out.frame[14 + 8], 63, "forwarded: TTL decremented");
+    let seen = packet::inspect(&out.frame);
+    assert_eq!((seen.src, seen.sport, seen.dst), (EP1, 40000, SERVER));
+    assert_eq!(
+        (
+            lab.fast(),
+            lab.dp
+                .stat(program_id::ENDPOINT_INGRESS, outcome::PASSED)
+                .unwrap()
+        ),
+        (1, 1)
+    );
+}
+
+#[test]
+fn what_the_fast_path_out_must_not_take_goes_the_normal_way() {
+    let mut lab = OutLab::new();
+    let to_server = packet::tcp_frame(EP1, 40000, SERVER, 7000, true, false, b"");
+    // Sent to a sibling's MAC (one that routes for it, say): the bridge delivers it there.
+    lab.normal([0x02, 0x42, 172, 17, 0, 3], &to_server);
+    // To a sibling's address through the gateway's MAC: the bridge's business.
+    let sibling = packet::tcp_frame(EP1, 40000, [172, 17, 0, 3], 80, true, false, b"");
+    lab.normal(GATEWAY_MAC, &sibling);
+    // A neighbour the uplink does not know yet: the stack resolves it.
+    let unknown = packet::tcp_frame(EP1, 40000, [198, 18, 0, 77], 80, true, false, b"");
+    lab.normal(GATEWAY_MAC, &unknown);
+    // A TTL about to expire: the stack sends the ICMP error.
+    let mut last_hop = to_server.clone();
+    last_hop[14 + 8] = 1;
+    let csum = etherparse::Ipv4HeaderSlice::from_slice(&last_hop[14..])
+        .unwrap()
+        .to_header()
+        .calc_header_checksum();
+    last_hop[14 + 10..14 + 12].copy_from_slice(&csum.to_be_bytes());
+    lab.normal(GATEWAY_MAC, &last_hop);
+    // Bigger than the uplink's MTU: the stack fragments it or sends "fragmentation needed".
+    lab.topo
+        .ns("host")
+        .ip(&["link", "set", "uplink0", "mtu", "1280"]);
+    let big = packet::tcp_frame(EP1, 40000, SERVER, 7000, false, true, &[0; 1300]);
+    lab.normal(GATEWAY_MAC, &big);
+}

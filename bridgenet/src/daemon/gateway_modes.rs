@@ -27,7 +27,8 @@ pub(super) fn bridge_has_address(network: &Network) -> bool {
 }
 
 impl Daemon {
-    /// Creates the network's bridge, with its gateway address unless isolated.
+    /// Creates the network's bridge, with its gateway address and Docker's MAC for it unless
+    /// isolated.
     pub(super) async fn create_network_bridge(&self, network: &Network) -> anyhow::Result<u32> {
         if bridge_has_address(network) {
             self.nl
@@ -35,6 +36,8 @@ impl Daemon {
                     &network.bridge,
                     network.gateway,
                     network.subnet.prefix_len(),
+                    // The fast path out recognizes the gateway's MAC by this scheme.
+                    crate::state::ipam::mac(network.gateway),
                 )
                 .await
         } else {

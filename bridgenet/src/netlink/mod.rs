@@ -140,18 +140,33 @@ impl Netlink {
         }
     }
 
-    /// Creates bridge `name` with `gateway/prefix`, up.
-    pub async fn create_bridge(&self, name: &str, gateway: Ipv4Addr, prefix: u8) -> Result<u32> {
-        let index = self.create_bare_bridge(name).await?;
+    /// Creates bridge `name` with `gateway/prefix` and MAC `mac`, up. A MAC of its own keeps
+    /// the bridge from taking its lowest port's, which changes as ports come and go.
+    pub async fn create_bridge(
+        &self,
+        name: &str,
+        gateway: Ipv4Addr,
+        prefix: u8,
+        mac: [u8; 6],
+    ) -> Result<u32> {
+        let index = self.add_bridge(name, Some(mac)).await?;
         self.add_address(index, gateway, prefix).await?;
         Ok(index)
     }
 
     /// A bridge with no address: the host has no route to its subnet (gateway mode isolated).
     pub async fn create_bare_bridge(&self, name: &str) -> Result<u32> {
+        self.add_bridge(name, None).await
+    }
+
+    async fn add_bridge(&self, name: &str, mac: Option<[u8; 6]>) -> Result<u32> {
+        let mut bridge = LinkBridge::new(name).alias(ALIAS).up();
+        if let Some(mac) = mac {
+            bridge = bridge.address(mac.to_vec());
+        }
         self.handle
             .link()
-            .add(LinkBridge::new(name).alias(ALIAS).up().build())
+            .add(bridge.build())
             .execute()
             .await
             .with_context(|| format!("creating bridge {name}"))?;
