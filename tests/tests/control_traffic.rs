@@ -171,31 +171,35 @@ fn published_port_and_masquerade_through_the_daemon() {
     }
 }
 
-/// Bulk TCP both ways through both fast paths: the endpoint's stack sends 64 KiB GSO packets,
-/// which the fast path out sends on as the forwarding path would (the uplink's MTU judged by
-/// their segments' size), and the uplink's segments go straight into the endpoint.
+/// Bulk TCP both ways (echoed): the uplink's segments that fit the MTU go straight into the
+/// endpoint, the endpoint's small packets (ACKs) straight out, and its 64 KiB GSO packets
+/// through the bridge (the fast path out leaves them to the normal path, where four streams
+/// go faster); everything arrives intact.
 #[test]
-fn bulk_traffic_through_the_fast_paths_arrives_intact() {
+fn bulk_traffic_arrives_intact_and_takes_the_fast_paths_it_should() {
     let mut lab = ControlLab::up();
     let ns = lab.endpoint("ep1", &["8080:80"]);
     let world = lab.topo.ns("world").name().to_owned();
     let data: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
-    let (into, out, bridged) = (
-        lab.stat("uplink_ingress", "fast_path_peer"),
-        lab.stat("endpoint_ingress", "fast_path"),
-        lab.stat("bridge_ingress", "passed"),
-    );
+    let stats = |lab: &ControlLab| {
+        (
+            lab.stat("uplink_ingress", "fast_path_peer"),
+            lab.stat("endpoint_ingress", "fast_path"),
+            lab.stat("bridge_ingress", "passed"),
+        )
+    };
+    let before = stats(&lab);
     let server = echo_once(&ns, "0.0.0.0:80");
     roundtrip_data(&world, "198.18.0.2:8080", &data);
     server.join().unwrap();
     let server = echo_once(&world, "198.18.0.1:7000");
     roundtrip_data(&ns, "198.18.0.1:7000", &data);
     server.join().unwrap();
-    assert!(lab.stat("uplink_ingress", "fast_path_peer") > into + 100);
-    assert!(lab.stat("endpoint_ingress", "fast_path") > out + 100);
-    // What the bridge routed meanwhile: the first packets, before the neighbours were known.
-    let bridged = lab.stat("bridge_ingress", "passed") - bridged;
-    assert!(bridged < 20, "{bridged} packets took the bridge");
+    let after = stats(&lab);
+    assert!(after.0 > before.0 + 100, "{before:?} -> {after:?}");
+    assert!(after.1 > before.1 + 100, "{before:?} -> {after:?}");
+    // 8 MiB sent by the endpoint's stack in all (its echo, its upload), in GSO packets.
+    assert!(after.2 > before.2 + 10, "{before:?} -> {after:?}");
 }
 
 #[test]
