@@ -293,43 +293,53 @@ impl Daemon {
             &self.pin_dir,
             &self.state_dir,
         )?;
-        // A runtime's container end is still here until the runtime moves it: the fast path
-        // into it waits for that (`follow_moved_peers`).
-        if !endpoint.for_runtime() || self.nl.link(&peer_name(&endpoint.name)).await?.is_none() {
-            let bridge = self.nl.index(&network.bridge).await?;
-            self.dp.add_endpoint_peer(endpoint.ip, index, bridge)?;
+        self.open_peer_path(endpoint, index, &network.bridge).await
+    }
+
+    /// Opens the fast path into `endpoint`, whose veth's host end is `veth`, on `bridge`;
+    /// waits (does nothing) while a runtime's container end is still in the daemon's
+    /// namespace, where `bpf_redirect_peer` would drop what it sends (`follow_moved_peers`).
+    async fn open_peer_path(
+        &mut self,
+        endpoint: &Endpoint,
+        veth: u32,
+        bridge: &str,
+    ) -> anyhow::Result<()> {
+        if endpoint.for_runtime() && self.nl.link(&peer_name(&endpoint.name)).await?.is_some() {
+            return Ok(());
         }
-        Ok(())
+        let bridge = self.nl.index(bridge).await?;
+        self.dp.add_endpoint_peer(endpoint.ip, veth, bridge)
     }
 
     /// Opens the fast path into the runtime's endpoints whose container end the runtime moved
-    /// out of the daemon's namespace since.
+    /// out of the daemon's namespace since. Without runtime endpoints, reads nothing.
     pub(super) async fn follow_moved_peers(&mut self) -> anyhow::Result<()> {
-        let known: Vec<_> = self
-            .dp
-            .endpoint_peers()?
-            .into_iter()
-            .map(|(a, _)| a)
-            .collect();
-        let waiting: Vec<_> = self
+        let runtime: Vec<_> = self
             .state
             .endpoints
             .values()
-            .filter(|e| e.for_runtime() && !known.contains(&e.ip))
+            .filter(|e| e.for_runtime())
             .cloned()
             .collect();
-        for endpoint in waiting {
-            if self.nl.link(&peer_name(&endpoint.name)).await?.is_some() {
-                continue;
-            }
+        if runtime.is_empty() {
+            return Ok(());
+        }
+        let known: std::collections::BTreeSet<_> = self
+            .dp
+            .endpoint_peers()?
+            .into_iter()
+            .map(|(addr, _)| addr)
+            .collect();
+        for endpoint in runtime.iter().filter(|e| !known.contains(&e.ip)) {
             let (Some(veth), Some(network)) = (
                 self.nl.link(&endpoint.veth).await?,
                 self.state.networks.get(&endpoint.network),
             ) else {
                 continue;
             };
-            let bridge = self.nl.index(&network.bridge).await?;
-            self.dp.add_endpoint_peer(endpoint.ip, veth.index, bridge)?;
+            let bridge = network.bridge.clone();
+            self.open_peer_path(endpoint, veth.index, &bridge).await?;
         }
         Ok(())
     }
