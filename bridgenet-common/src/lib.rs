@@ -198,6 +198,20 @@ pub mod network_flags {
     pub const ROUTED: u32 = 8;
 }
 
+/// A managed IPv6 subnet, value of the `SUBNETS6` LPM trie (keyed by the address's 16 bytes):
+/// what `Subnet` is for IPv4, without masquerade (IPv6 does not leave its network yet).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Subnet6 {
+    pub network: u32,
+    /// `network_flags`.
+    pub flags: u32,
+    /// The network's IPv6 gateway (the bridge's address).
+    pub gateway: [u8; 16],
+}
+
+const _: () = assert!(core::mem::size_of::<Subnet6>() == 24);
+
 /// An endpoint, by the ifindex of its veth's host end: what it may send as.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
@@ -336,7 +350,7 @@ pub mod outcome {
     pub const DROP_UNCHECKED: u32 = 17;
     /// From outside, towards an endpoint, dropped by a user filter rule (`filter add`).
     pub const DROP_FILTER: u32 = 18;
-    /// From an endpoint, neither IPv4 nor ARP (IPv6 is not supported yet).
+    /// From an endpoint, neither IPv4 nor ARP, nor IPv6 when its network has an IPv6 subnet.
     pub const DROP_PROTOCOL: u32 = 19;
     /// TCP that is not a SYN, on no tracked flow: never opens a flow (nor a masquerade port).
     pub const DROP_UNTRACKED: u32 = 20;
@@ -348,9 +362,15 @@ pub mod outcome {
     /// Translated and sent straight into the endpoint's namespace (`bpf_redirect_peer`),
     /// skipping the bridge and the veth: counted besides DNAT, instead of FAST_PATH.
     pub const FAST_PATH_PEER: u32 = 23;
+    /// From an endpoint, what only a router or a DHCP server sends: an IPv6 Router
+    /// Advertisement or Redirect, a DHCPv6 server's message (rogue routers, CVE-2020-13401).
+    pub const DROP_ROUTER: u32 = 24;
+    /// IPv6 whose extension headers cannot be walked within the bound (too many, unknown, or
+    /// a first fragment that does not hold the whole chain and the transport header).
+    pub const DROP_EXT_HEADER: u32 = 25;
     /// Numbers are stable (pinned counters are indexed by them): a new outcome takes the next
     /// free number, below `SLOTS`, and is never renumbered.
-    pub const COUNT: u32 = 24;
+    pub const COUNT: u32 = 26;
     pub const NAMES: [&str; COUNT as usize] = [
         "passed",
         "snat",
@@ -376,11 +396,16 @@ pub mod outcome {
         "drop_out_of_window",
         "drop_unpublished",
         "fast_path_peer",
+        "drop_router",
+        "drop_ext_header",
     ];
 
-    /// The drops are numbers 4 to 22; a drop numbered later is added here.
+    /// The drops are numbers 4 to 22 and 24 on; a drop numbered later is added here.
     pub const fn is_drop(outcome: u32) -> bool {
-        matches!(outcome, DROP_MALFORMED..=DROP_UNPUBLISHED)
+        matches!(
+            outcome,
+            DROP_MALFORMED..=DROP_UNPUBLISHED | DROP_ROUTER..=DROP_EXT_HEADER
+        )
     }
 }
 
@@ -540,6 +565,9 @@ pub mod maps {
     pub const CT_USAGE: &str = "CT_USAGE";
     pub const ENDPOINTS: &str = "ENDPOINTS";
     pub const ENDPOINT_PEERS: &str = "ENDPOINT_PEERS";
+    /// IPv6: the managed subnets, and each endpoint's address by its veth.
+    pub const SUBNETS6: &str = "SUBNETS6";
+    pub const ENDPOINTS6: &str = "ENDPOINTS6";
     pub const HOST_ACCESS_CONFIG: &str = "HOST_ACCESS_CONFIG";
     pub const HOST_PEERS: &str = "HOST_PEERS";
     pub const FILTER: &str = "FILTER";
@@ -552,7 +580,9 @@ pub mod maps {
     pub const MONITOR_CONFIG: &str = "MONITOR_CONFIG";
     pub const MONITOR_LOST: &str = "MONITOR_LOST";
     /// Every map, for pinning.
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 20] = [
+        SUBNETS6,
+        ENDPOINTS6,
         EMBRYOS,
         ENDPOINT_PEERS,
         FILTER,
@@ -673,6 +703,7 @@ mod user {
     unsafe impl aya::Pod for super::PublishTarget {}
     unsafe impl aya::Pod for super::Uplink {}
     unsafe impl aya::Pod for super::Subnet {}
+    unsafe impl aya::Pod for super::Subnet6 {}
     unsafe impl aya::Pod for super::NonMasqueradeKey {}
     unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::EndpointPeer {}

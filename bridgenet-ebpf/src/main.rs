@@ -10,6 +10,7 @@ mod conntrack;
 mod counters;
 mod early_drop;
 mod endpoint;
+mod endpoint6;
 mod fastpath;
 mod filter;
 mod hairpin;

@@ -16,7 +16,7 @@ use ipnet::Ipv4Net;
 use super::{Datapath, Proto, from_wire, wire};
 
 /// A missing key is not an error for a removal: the goal (the key is absent) holds.
-fn absent_ok(result: Result<(), MapError>) -> Result<()> {
+pub(super) fn absent_ok(result: Result<(), MapError>) -> Result<()> {
     match result {
         Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
         Err(err) => Err(err.into()),
@@ -76,11 +76,14 @@ impl Datapath {
         absent_ok(subnets.remove(&key))
     }
 
-    /// Forgets the endpoint behind the veth `ifindex`.
+    /// Forgets the endpoint behind the veth `ifindex`, both families.
     pub fn remove_endpoint(&mut self, ifindex: u32) -> Result<()> {
         let mut endpoints: HashMap<_, u32, Endpoint> =
             HashMap::try_from(self.map_mut(maps::ENDPOINTS)?)?;
-        absent_ok(endpoints.remove(&ifindex))
+        absent_ok(endpoints.remove(&ifindex))?;
+        let mut endpoints6: HashMap<_, u32, [u8; 16]> =
+            HashMap::try_from(self.map_mut(maps::ENDPOINTS6)?)?;
+        absent_ok(endpoints6.remove(&ifindex))
     }
 
     /// Lets the fast path send what is for `addr` straight to the peer of veth `veth`, when the

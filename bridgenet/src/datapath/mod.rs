@@ -25,6 +25,7 @@ mod attach;
 mod batch;
 mod control;
 mod inspect;
+mod ipv6;
 pub use inspect::MapFill;
 pub mod host_access;
 pub mod layout;
@@ -46,6 +47,26 @@ pub struct NetworkOptions {
     /// No traffic out of the network.
     pub internal: bool,
     pub gateway_mode: GatewayMode,
+}
+
+impl NetworkOptions {
+    /// The `network_flags` the options give the network's subnets.
+    fn flags(&self) -> u32 {
+        let mut flags = 0;
+        if !self.icc {
+            flags |= network_flags::NO_ICC;
+        }
+        // An isolated network is internal (its bridge has no address besides).
+        if self.internal || self.gateway_mode == GatewayMode::Isolated {
+            flags |= network_flags::INTERNAL;
+        }
+        match self.gateway_mode {
+            GatewayMode::NatUnprotected => flags |= network_flags::DIRECT_ANY,
+            GatewayMode::Routed => flags |= network_flags::ROUTED,
+            GatewayMode::Nat | GatewayMode::Isolated => {}
+        }
+        flags
+    }
 }
 
 /// Room the conntrack map has past the limit. The LRU map keeps free entries on per-CPU lists
@@ -245,21 +266,9 @@ impl Datapath {
     pub fn add_network(&mut self, subnet: Ipv4Net, options: &NetworkOptions) -> Result<()> {
         let mut subnets: LpmTrie<_, u32, Subnet> = LpmTrie::try_from(self.map_mut(maps::SUBNETS)?)?;
         let key = Key::new(u32::from(subnet.prefix_len()), wire(subnet.network()));
-        let mut flags = 0;
-        if !options.icc {
-            flags |= network_flags::NO_ICC;
-        }
-        // An isolated network is internal (its bridge has no address besides).
-        let internal = options.internal || options.gateway_mode == GatewayMode::Isolated;
-        if internal {
-            flags |= network_flags::INTERNAL;
-        }
+        let flags = options.flags();
+        let internal = flags & network_flags::INTERNAL != 0;
         let routed = options.gateway_mode == GatewayMode::Routed;
-        match options.gateway_mode {
-            GatewayMode::NatUnprotected => flags |= network_flags::DIRECT_ANY,
-            GatewayMode::Routed => flags |= network_flags::ROUTED,
-            GatewayMode::Nat | GatewayMode::Isolated => {}
-        }
         let value = Subnet {
             // An internal network has no way out, masqueraded or not; a routed one leaves
             // with its own addresses.

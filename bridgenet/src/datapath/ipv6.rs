@@ -1,0 +1,73 @@
+//! IPv6 in the datapath: a network's IPv6 subnet (`SUBNETS6`) and each endpoint's IPv6
+//! address (`ENDPOINTS6`), which `endpoint_ingress` checks what an endpoint sends against.
+use std::net::Ipv6Addr;
+
+use anyhow::Result;
+use aya::maps::{
+    HashMap,
+    lpm_trie::{Key, LpmTrie},
+};
+use bridgenet_common::{Subnet6, maps};
+use ipnet::Ipv6Net;
+
+use super::{Datapath, NetworkOptions, control::absent_ok};
+
+fn key(subnet: Ipv6Net) -> Key<[u8; 16]> {
+    Key::new(u32::from(subnet.prefix_len()), subnet.network().octets())
+}
+
+impl Datapath {
+    /// Adds the IPv6 subnet of a network, with the network's options (its `id`, icc,
+    /// internal; `options.gateway` is the IPv4 one and unused here).
+    pub fn add_network6(
+        &mut self,
+        subnet: Ipv6Net,
+        gateway: Ipv6Addr,
+        options: &NetworkOptions,
+    ) -> Result<()> {
+        let mut subnets: LpmTrie<_, [u8; 16], Subnet6> =
+            LpmTrie::try_from(self.map_mut(maps::SUBNETS6)?)?;
+        let value = Subnet6 {
+            network: options.id,
+            flags: options.flags(),
+            gateway: gateway.octets(),
+        };
+        subnets.insert(&key(subnet), value, 0)?;
+        Ok(())
+    }
+
+    /// Forgets a network's IPv6 subnet.
+    pub fn remove_subnet6(&mut self, subnet: Ipv6Net) -> Result<()> {
+        let mut subnets: LpmTrie<_, [u8; 16], Subnet6> =
+            LpmTrie::try_from(self.map_mut(maps::SUBNETS6)?)?;
+        absent_ok(subnets.remove(&key(subnet)))
+    }
+
+    /// Every managed IPv6 subnet.
+    pub fn subnets6(&self) -> Result<Vec<Ipv6Net>> {
+        let map = self
+            .ebpf
+            .map(maps::SUBNETS6)
+            .ok_or_else(|| anyhow::anyhow!("map SUBNETS6 missing"))?;
+        let subnets: LpmTrie<_, [u8; 16], Subnet6> = LpmTrie::try_from(map)?;
+        let mut out = Vec::new();
+        for entry in subnets.iter() {
+            let (key, _) = entry?;
+            out.push(Ipv6Net::new(
+                Ipv6Addr::from(key.data()),
+                key.prefix_len() as u8,
+            )?);
+        }
+        Ok(out)
+    }
+
+    /// Records the IPv6 address of the endpoint behind veth `ifindex` (whose `add_endpoint`
+    /// gave its MAC and network): the one global address it may send from, besides the
+    /// link-local address its MAC gives it.
+    pub fn add_endpoint6(&mut self, ifindex: u32, addr: Ipv6Addr) -> Result<()> {
+        let mut endpoints: HashMap<_, u32, [u8; 16]> =
+            HashMap::try_from(self.map_mut(maps::ENDPOINTS6)?)?;
+        endpoints.insert(ifindex, addr.octets(), 0)?;
+        Ok(())
+    }
+}
