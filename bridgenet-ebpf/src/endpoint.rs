@@ -8,7 +8,7 @@ use bridgenet_common::{CHECKED_MARK, Endpoint, Subnet, network_flags, outcome};
 use network_types::eth::{EthHdr, EtherType};
 
 use crate::{
-    nat,
+    endpoint6, nat,
     parse::{IP_DADDR_OFF, IP_SADDR_OFF},
 };
 
@@ -51,6 +51,9 @@ pub fn check(ctx: &TcContext) -> (u32, u32) {
         };
         return (result, 0);
     }
+    if ether_type == endpoint6::ETH_P_IPV6 {
+        return (endpoint6::check(ctx, ifindex, ep, &eth.dst_addr), 0);
+    }
     if ether_type != EtherType::Ipv4 as u16 {
         return (outcome::DROP_PROTOCOL, 0);
     }
@@ -90,10 +93,17 @@ fn reaches_siblings(dst_mac: &[u8; 6], daddr: u32, own: &Subnet) -> bool {
     if dst_mac[0] & 1 != 0 || daddr == u32::MAX || daddr.to_ne_bytes()[0] & 0xf0 == 0xe0 {
         return true;
     }
-    if dst_mac[..2] != [0x02, 0x42] {
+    sibling_mac(dst_mac, own)
+}
+
+/// Whether `mac` is that of another endpoint of the network `own` (02:42 and its IPv4
+/// address, as bridgenet gives them; the gateway's is the bridge's).
+#[inline(always)]
+pub fn sibling_mac(mac: &[u8; 6], own: &Subnet) -> bool {
+    if mac[..2] != [0x02, 0x42] {
         return false;
     }
-    let addr = u32::from_ne_bytes([dst_mac[2], dst_mac[3], dst_mac[4], dst_mac[5]]);
+    let addr = u32::from_ne_bytes([mac[2], mac[3], mac[4], mac[5]]);
     addr != own.gateway && nat::subnet_of(addr).is_some_and(|s| s.network == own.network)
 }
 
@@ -103,7 +113,7 @@ pub fn mark_checked(ctx: &TcContext) {
     unsafe { (*ctx.skb.skb).mark |= CHECKED_MARK };
 }
 
-/// On a bridge's ingress: an IPv4 packet from a managed subnet must carry the mark (which is
+/// On a bridge's ingress: a packet from a managed subnet (either family) must carry the mark (which is
 /// then cleared, so that it never reaches the host's own routing rules or sockets).
 #[inline(always)]
 pub fn require_checked(ctx: &TcContext) -> u32 {
@@ -117,6 +127,13 @@ pub fn require_checked(ctx: &TcContext) -> u32 {
         return outcome::PASSED;
     };
     let ether_type = eth.ether_type;
+    if ether_type == endpoint6::ETH_P_IPV6 {
+        return if endpoint6::managed_source(ctx) {
+            outcome::DROP_UNCHECKED
+        } else {
+            outcome::PASSED
+        };
+    }
     if ether_type != EtherType::Ipv4 as u16 {
         return outcome::PASSED;
     }

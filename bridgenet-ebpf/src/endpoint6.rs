@@ -1,10 +1,18 @@
-//! What an endpoint may send over IPv6, checked on its veth as `endpoint` checks IPv4.
+//! What an endpoint may send over IPv6, checked on its veth as `endpoint` checks IPv4, and
+//! what of the managed IPv6 subnets may cross an uplink. IPv6 does not leave its network yet
+//! (no NAT66): the checks keep it inside, and keep what only a router may send (Router
+//! Advertisements, Redirects, DHCPv6 replies: CVE-2020-13401) and Neighbour Discovery for
+//! addresses or MACs that are not the endpoint's (the IPv6 ARP spoofing) off the bridge.
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{HashMap, LpmTrie},
+    maps::{HashMap, LpmTrie, lpm_trie::Key},
+    programs::TcContext,
 };
-use bridgenet_common::Subnet6;
+use bridgenet_common::{Endpoint, Subnet6, network_flags, outcome};
+use network_types::eth::EthHdr;
+
+use crate::{endpoint::sibling_mac, nat};
 
 /// Managed IPv6 subnets, by prefix.
 #[map]
@@ -14,3 +22,280 @@ pub static SUBNETS6: LpmTrie<[u8; 16], Subnet6> =
 /// Endpoints' IPv6 addresses by the ifindex of their veth's host end.
 #[map]
 pub static ENDPOINTS6: HashMap<u32, [u8; 16]> = HashMap::with_max_entries(65_536, 0);
+
+pub const ETH_P_IPV6: u16 = 0x86dd_u16.to_be();
+const IP6_OFF: usize = EthHdr::LEN;
+const IP6_LEN: usize = 40;
+const SADDR_OFF: usize = IP6_OFF + 8;
+const DADDR_OFF: usize = IP6_OFF + 24;
+
+const HOP_BY_HOP: u8 = 0;
+const ROUTING: u8 = 43;
+const FRAGMENT: u8 = 44;
+const AUTH: u8 = 51;
+const NO_NEXT: u8 = 59;
+const DEST_OPTS: u8 = 60;
+const UDP: u8 = 17;
+const ICMP6: u8 = 58;
+/// Extension headers walked before the transport header; more is `drop_ext_header`.
+const MAX_EXT: usize = 6;
+
+const ROUTER_SOLICIT: u8 = 133;
+const ROUTER_ADVERT: u8 = 134;
+const NEIGH_SOLICIT: u8 = 135;
+const NEIGH_ADVERT: u8 = 136;
+const REDIRECT: u8 = 137;
+const MLD_REPORT: u8 = 131;
+const MLD_DONE: u8 = 132;
+const MLD2_REPORT: u8 = 143;
+/// Neighbour Discovery options that carry a link-layer address.
+const OPT_SOURCE_LL: u8 = 1;
+const OPT_TARGET_LL: u8 = 2;
+/// Options walked in an ND message; an address option past them is not looked at, and the
+/// kernel takes the first one it finds.
+const MAX_OPTS: usize = 3;
+const DHCP6_SERVER_PORT: u16 = 547_u16.to_be();
+
+/// The transport header of an IPv6 packet, past its extension headers.
+struct Transport {
+    /// Its protocol; `NO_NEXT` when there is none (or it is in a later fragment).
+    proto: u8,
+    off: usize,
+}
+
+/// Walks the extension headers: Err(outcome) when they cannot be walked within `MAX_EXT`,
+/// or a first fragment does not hold them all and the transport header's start.
+#[inline(always)]
+fn transport(ctx: &TcContext) -> Result<Transport, u32> {
+    let mut proto: u8 = ctx
+        .load(IP6_OFF + 6)
+        .map_err(|_| outcome::DROP_MALFORMED)?;
+    let mut off = IP6_OFF + IP6_LEN;
+    // One more round than headers: the last finds the transport header.
+    for _ in 0..=MAX_EXT {
+        let hdr: [u8; 4] = match proto {
+            HOP_BY_HOP | ROUTING | DEST_OPTS | AUTH | FRAGMENT => {
+                ctx.load(off).map_err(|_| outcome::DROP_EXT_HEADER)?
+            }
+            _ => {
+                // The transport header must be there to be judged (RA guard evasion hides it
+                // in a second fragment, RFC 7113).
+                if proto != NO_NEXT && ctx.load::<[u8; 4]>(off).is_err() {
+                    return Err(outcome::DROP_EXT_HEADER);
+                }
+                return Ok(Transport { proto, off });
+            }
+        };
+        off += match proto {
+            // AH counts 4-byte units, less 2; the others 8-byte units, less 1.
+            AUTH => (hdr[1] as usize + 2) * 4,
+            FRAGMENT => {
+                if u16::from_be_bytes([hdr[2], hdr[3]]) & !7 != 0 {
+                    // A later fragment: its transport header was judged in the first one.
+                    return Ok(Transport {
+                        proto: NO_NEXT,
+                        off,
+                    });
+                }
+                8
+            }
+            _ => (hdr[1] as usize + 1) * 8,
+        };
+        proto = hdr[0];
+    }
+    Err(outcome::DROP_EXT_HEADER)
+}
+
+/// The link-local address the kernel derives from `mac` (EUI-64, Linux's default).
+#[inline(always)]
+fn link_local(mac: &[u8; 6]) -> [u8; 16] {
+    [
+        0xfe, 0x80, 0, 0, 0, 0, 0, 0,
+        mac[0] ^ 2, mac[1], mac[2], 0xff, 0xfe, mac[3], mac[4], mac[5],
+    ]
+}
+
+/// The outcome of an IPv6 frame the endpoint `ep` sent from its veth `ifindex` (whose source
+/// MAC `endpoint::check` found to be the endpoint's). A function of its own: inlined, its
+/// addresses would join the IPv4 path's stack frame, past the verifier's 512 bytes.
+#[inline(never)]
+pub fn check(ctx: &TcContext, ifindex: u32, ep: &Endpoint, dst_mac: &[u8; 6]) -> u32 {
+    // An endpoint of a network without IPv6 sends none.
+    let Some(own_addr) = (unsafe { ENDPOINTS6.get(ifindex) }) else {
+        return outcome::DROP_PROTOCOL;
+    };
+    let (Ok(saddr), Ok(daddr)) = (
+        ctx.load::<[u8; 16]>(SADDR_OFF),
+        ctx.load::<[u8; 16]>(DADDR_OFF),
+    ) else {
+        return outcome::DROP_MALFORMED;
+    };
+    let t = match transport(ctx) {
+        Ok(t) => t,
+        Err(result) => return result,
+    };
+    let own_ll = link_local(&ep.mac);
+    let unspecified = saddr == [0; 16];
+    if saddr != *own_addr && saddr != own_ll && !unspecified {
+        return outcome::DROP_SPOOFED;
+    }
+    let mut neighbour_discovery = false;
+    if t.proto == ICMP6 {
+        let Ok(icmp_type) = ctx.load::<u8>(t.off) else {
+            return outcome::DROP_MALFORMED;
+        };
+        let result = match icmp_type {
+            ROUTER_ADVERT | REDIRECT => outcome::DROP_ROUTER,
+            ROUTER_SOLICIT => link_layer_options(ctx, t.off + 8, &ep.mac),
+            NEIGH_SOLICIT | NEIGH_ADVERT => {
+                let Ok(target) = ctx.load::<[u8; 16]>(t.off + 8) else {
+                    return outcome::DROP_MALFORMED;
+                };
+                // An advertisement is for the sender's own address; so is a solicitation
+                // from no address (duplicate address detection).
+                let own_target = target == *own_addr || target == own_ll;
+                if (icmp_type == NEIGH_ADVERT || unspecified) && !own_target {
+                    outcome::DROP_SPOOFED
+                } else {
+                    link_layer_options(ctx, t.off + 24, &ep.mac)
+                }
+            }
+            _ => outcome::PASSED,
+        };
+        if result != outcome::PASSED {
+            return result;
+        }
+        neighbour_discovery = matches!(
+            icmp_type,
+            ROUTER_SOLICIT | NEIGH_SOLICIT | NEIGH_ADVERT | MLD_REPORT | MLD_DONE | MLD2_REPORT
+        );
+        if unspecified && !matches!(icmp_type, NEIGH_SOLICIT | MLD2_REPORT | MLD_REPORT) {
+            return outcome::DROP_SPOOFED;
+        }
+    } else if unspecified {
+        return outcome::DROP_SPOOFED;
+    } else if t.proto == UDP
+        && ctx.load::<u16>(t.off).is_ok_and(|sport| sport == DHCP6_SERVER_PORT)
+    {
+        return outcome::DROP_ROUTER;
+    }
+    destination(ep, own_addr, &daddr, dst_mac, neighbour_discovery)
+}
+
+/// Isolation, icc and internal for what the endpoint sends to `daddr` (in a frame to
+/// `dst_mac`); `neighbour_discovery` passes with `--icc=false` as ARP does for IPv4.
+#[inline(always)]
+fn destination(
+    ep: &Endpoint,
+    own_addr: &[u8; 16],
+    daddr: &[u8; 16],
+    dst_mac: &[u8; 6],
+    neighbour_discovery: bool,
+) -> u32 {
+    let Some(own) = subnet_of(own_addr) else {
+        return outcome::DROP_UNKNOWN;
+    };
+    let no_icc = own.flags & network_flags::NO_ICC != 0;
+    // To a group or a sibling's MAC, whatever the address says.
+    if no_icc
+        && !neighbour_discovery
+        && (dst_mac[0] & 1 != 0 || nat::subnet_of(ep.addr).is_some_and(|s| sibling_mac(dst_mac, s)))
+    {
+        return outcome::DROP_ICC;
+    }
+    if daddr[0] == 0xff || (daddr[0] == 0xfe && daddr[1] & 0xc0 == 0x80) {
+        // Multicast and link-local stay on the bridge, which the checks above judged.
+        return outcome::PASSED;
+    }
+    match subnet_of(daddr) {
+        Some(subnet) if subnet.network != ep.network => outcome::DROP_ISOLATION,
+        Some(subnet) if no_icc && *daddr != subnet.gateway => outcome::DROP_ICC,
+        Some(_) => outcome::PASSED,
+        None if own.flags & network_flags::INTERNAL != 0 => outcome::DROP_INTERNAL,
+        // No NAT66 yet: a managed source must not leave as it is.
+        None => outcome::DROP_UNTRANSLATABLE,
+    }
+}
+
+/// The link-layer address options of a Neighbour Discovery message whose options start at
+/// `off` must carry the endpoint's MAC.
+#[inline(always)]
+fn link_layer_options(ctx: &TcContext, mut off: usize, mac: &[u8; 6]) -> u32 {
+    for _ in 0..MAX_OPTS {
+        let Ok(opt) = ctx.load::<[u8; 8]>(off) else {
+            return outcome::PASSED;
+        };
+        if opt[1] == 0 {
+            // Invalid (RFC 4861 says to drop the message): it would loop.
+            return outcome::DROP_MALFORMED;
+        }
+        if (opt[0] == OPT_SOURCE_LL || opt[0] == OPT_TARGET_LL) && opt[2..8] != mac[..] {
+            return outcome::DROP_SPOOFED;
+        }
+        off += opt[1] as usize * 8;
+    }
+    outcome::PASSED
+}
+
+#[inline(always)]
+pub fn subnet_of(addr: &[u8; 16]) -> Option<&'static Subnet6> {
+    SUBNETS6.get(Key::new(128, *addr))
+}
+
+/// From outside, on an uplink: a managed IPv6 address is never a source there, nor a
+/// destination (no published port or route into an IPv6 network yet); neither are `::1` and
+/// IPv4-mapped addresses, which the host would take for its own.
+#[inline(always)]
+pub fn from_outside(ctx: &TcContext) -> u32 {
+    if !is_ipv6(ctx) {
+        return outcome::PASSED;
+    }
+    let (Ok(saddr), Ok(daddr)) = (
+        ctx.load::<[u8; 16]>(SADDR_OFF),
+        ctx.load::<[u8; 16]>(DADDR_OFF),
+    ) else {
+        return outcome::PASSED;
+    };
+    if loopback_or_mapped(&daddr) {
+        return outcome::DROP_MARTIAN;
+    }
+    if subnet_of(&saddr).is_some() {
+        return outcome::DROP_SPOOFED;
+    }
+    if subnet_of(&daddr).is_some() {
+        return outcome::DROP_ENDPOINT_DIRECT;
+    }
+    outcome::PASSED
+}
+
+/// To outside, on an uplink: a managed IPv6 source does not leave (no NAT66 yet), whatever
+/// path brought it there.
+#[inline(always)]
+pub fn to_outside(ctx: &TcContext) -> u32 {
+    if !is_ipv6(ctx) {
+        return outcome::PASSED;
+    }
+    match ctx.load::<[u8; 16]>(SADDR_OFF) {
+        Ok(saddr) if subnet_of(&saddr).is_some() => outcome::DROP_UNTRANSLATABLE,
+        _ => outcome::PASSED,
+    }
+}
+
+/// On a bridge's ingress: whether an IPv6 packet's source is a managed address.
+#[inline(always)]
+pub fn managed_source(ctx: &TcContext) -> bool {
+    ctx.load::<[u8; 16]>(SADDR_OFF)
+        .is_ok_and(|saddr| subnet_of(&saddr).is_some())
+}
+
+#[inline(always)]
+fn is_ipv6(ctx: &TcContext) -> bool {
+    ctx.load::<u16>(12).is_ok_and(|t| t == ETH_P_IPV6)
+}
+
+/// `::1`, and `::ffff:0:0/96`.
+#[inline(always)]
+fn loopback_or_mapped(addr: &[u8; 16]) -> bool {
+    let head = addr[..10] == [0; 10];
+    head && ((addr[10..15] == [0; 5] && addr[15] == 1) || addr[10..12] == [0xff, 0xff])
+}

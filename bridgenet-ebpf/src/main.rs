@@ -136,7 +136,7 @@ pub fn host_getpeername4(ctx: SockAddrContext) -> i32 {
 #[classifier]
 pub fn uplink_ingress(mut ctx: TcContext) -> i32 {
     let result = match parse(&ctx) {
-        Parsed::Other => outcome::PASSED,
+        Parsed::Other => endpoint6::from_outside(&ctx),
         Parsed::Malformed(header) => uplink_ingress_malformed(header),
         Parsed::Ipv4(packet) => uplink_ingress_ipv4(&mut ctx, &packet),
     };
@@ -238,7 +238,7 @@ pub fn uplink_egress(mut ctx: TcContext) -> i32 {
         return verdict(&ctx, program_id::UPLINK_EGRESS, outcome::PASSED);
     };
     let result = match parse(&ctx) {
-        Parsed::Other => outcome::PASSED,
+        Parsed::Other => endpoint6::to_outside(&ctx),
         // A managed source must never leave as it is, so what cannot be parsed does not leave.
         Parsed::Malformed(_) => outcome::DROP_MALFORMED,
         Parsed::Ipv4(packet) => uplink_egress_ipv4(&mut ctx, &packet, nat_addr),
