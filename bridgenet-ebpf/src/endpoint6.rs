@@ -67,9 +67,7 @@ struct Transport {
 /// or a first fragment does not hold them all and the transport header's start.
 #[inline(always)]
 fn transport(ctx: &TcContext) -> Result<Transport, u32> {
-    let mut proto: u8 = ctx
-        .load(IP6_OFF + 6)
-        .map_err(|_| outcome::DROP_MALFORMED)?;
+    let mut proto: u8 = ctx.load(IP6_OFF + 6).map_err(|_| outcome::DROP_MALFORMED)?;
     let mut off = IP6_OFF + IP6_LEN;
     // One more round than headers: the last finds the transport header.
     for _ in 0..=MAX_EXT {
@@ -110,8 +108,22 @@ fn transport(ctx: &TcContext) -> Result<Transport, u32> {
 #[inline(always)]
 fn link_local(mac: &[u8; 6]) -> [u8; 16] {
     [
-        0xfe, 0x80, 0, 0, 0, 0, 0, 0,
-        mac[0] ^ 2, mac[1], mac[2], 0xff, 0xfe, mac[3], mac[4], mac[5],
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        mac[0] ^ 2,
+        mac[1],
+        mac[2],
+        0xff,
+        0xfe,
+        mac[3],
+        mac[4],
+        mac[5],
     ]
 }
 
@@ -175,7 +187,9 @@ pub fn check(ctx: &TcContext, ifindex: u32, ep: &Endpoint, dst_mac: &[u8; 6]) ->
     } else if unspecified {
         return outcome::DROP_SPOOFED;
     } else if t.proto == UDP
-        && ctx.load::<u16>(t.off).is_ok_and(|sport| sport == DHCP6_SERVER_PORT)
+        && ctx
+            .load::<u16>(t.off)
+            .is_ok_and(|sport| sport == DHCP6_SERVER_PORT)
     {
         return outcome::DROP_ROUTER;
     }

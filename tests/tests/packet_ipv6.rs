@@ -186,7 +186,11 @@ fn the_endpoint_talks_ipv6_in_its_network_as_itself() {
         passes(&mut dp, &f, &format!("UDP to {dst}"));
     }
     let echo = icmp6(128, &[0, 1, 0, 1]);
-    passes(&mut dp, &ip6(EP_MAC, GW_MAC, EP, GATEWAY, ICMP6, &echo), "echo");
+    passes(
+        &mut dp,
+        &ip6(EP_MAC, GW_MAC, EP, GATEWAY, ICMP6, &echo),
+        "echo",
+    );
     passes(
         &mut dp,
         &ip6(EP_MAC, SIBLING_MAC, EP_LL, SIBLING_LL, ICMP6, &echo),
@@ -195,37 +199,89 @@ fn the_endpoint_talks_ipv6_in_its_network_as_itself() {
     // Resolving the gateway, from either of its addresses, with its own MAC.
     for src in [EP, EP_LL] {
         let ns = nd(135, GATEWAY, Some(EP_MAC));
-        let f = ip6(EP_MAC, [0x33, 0x33, 0xff, 0, 0, 1], src, "ff02::1:ff00:1", ICMP6, &ns);
+        let f = ip6(
+            EP_MAC,
+            [0x33, 0x33, 0xff, 0, 0, 1],
+            src,
+            "ff02::1:ff00:1",
+            ICMP6,
+            &ns,
+        );
         passes(&mut dp, &f, &format!("a solicitation from {src}"));
     }
     // Answering for itself, and duplicate address detection from no address.
     let na = nd(136, EP, Some(EP_MAC));
-    passes(&mut dp, &ip6(EP_MAC, GW_MAC, EP_LL, GATEWAY, ICMP6, &na), "its advertisement");
+    passes(
+        &mut dp,
+        &ip6(EP_MAC, GW_MAC, EP_LL, GATEWAY, ICMP6, &na),
+        "its advertisement",
+    );
     let dad = nd(135, EP, None);
-    let f = ip6(EP_MAC, [0x33, 0x33, 0xff, 0, 0, 2], "::", "ff02::1:ff00:2", ICMP6, &dad);
+    let f = ip6(
+        EP_MAC,
+        [0x33, 0x33, 0xff, 0, 0, 2],
+        "::",
+        "ff02::1:ff00:2",
+        ICMP6,
+        &dad,
+    );
     passes(&mut dp, &f, "duplicate address detection");
     // An MLDv2 report from no address behind a hop-by-hop header (router alert), and a
     // router solicitation.
     let report = cat(&[&ext(ICMP6), &icmp6(143, &[0, 0, 0, 0])]);
-    let f = ip6(EP_MAC, [0x33, 0x33, 0, 0, 0, 0x16], "::", "ff02::16", HOP_BY_HOP, &report);
+    let f = ip6(
+        EP_MAC,
+        [0x33, 0x33, 0, 0, 0, 0x16],
+        "::",
+        "ff02::16",
+        HOP_BY_HOP,
+        &report,
+    );
     passes(&mut dp, &f, "an MLDv2 report");
     let rs = icmp6(133, &[0, 0, 0, 0, 1, 1, 2, 0x42, 172, 17, 0, 2]);
-    let f = ip6(EP_MAC, [0x33, 0x33, 0, 0, 0, 2], EP_LL, "ff02::2", ICMP6, &rs);
+    let f = ip6(
+        EP_MAC,
+        [0x33, 0x33, 0, 0, 0, 2],
+        EP_LL,
+        "ff02::2",
+        ICMP6,
+        &rs,
+    );
     passes(&mut dp, &f, "a router solicitation");
     // A fragmented echo: the first fragment holds the header, the later ones nothing to see.
     let first = cat(&[&frag(ICMP6, 0), &echo]);
-    passes(&mut dp, &ip6(EP_MAC, GW_MAC, EP, SIBLING, FRAGMENT, &first), "a first fragment");
+    passes(
+        &mut dp,
+        &ip6(EP_MAC, GW_MAC, EP, SIBLING, FRAGMENT, &first),
+        "a first fragment",
+    );
     let later = cat(&[&frag(ICMP6, 185), b"payload!"]);
-    passes(&mut dp, &ip6(EP_MAC, GW_MAC, EP, SIBLING, FRAGMENT, &later), "a later fragment");
+    passes(
+        &mut dp,
+        &ip6(EP_MAC, GW_MAC, EP, SIBLING, FRAGMENT, &later),
+        "a later fragment",
+    );
 }
 
 #[test]
 fn spoofed_ipv6_sources_and_neighbour_discovery_are_dropped() {
     let mut dp = datapath(true, true);
     let u = udp(4000, 53);
-    for src in [SIBLING, SIBLING_LL, GATEWAY, "::1", "2001:db8:ff::2", "::ffff:172.17.0.2"] {
+    for src in [
+        SIBLING,
+        SIBLING_LL,
+        GATEWAY,
+        "::1",
+        "2001:db8:ff::2",
+        "::ffff:172.17.0.2",
+    ] {
         let f = ip6(EP_MAC, GW_MAC, src, GATEWAY, UDP, &u);
-        dropped(&mut dp, &f, outcome::DROP_SPOOFED, &format!("UDP from {src}"));
+        dropped(
+            &mut dp,
+            &f,
+            outcome::DROP_SPOOFED,
+            &format!("UDP from {src}"),
+        );
     }
     dropped(
         &mut dp,
@@ -240,11 +296,31 @@ fn spoofed_ipv6_sources_and_neighbour_discovery_are_dropped() {
         "UDP from no address",
     );
     let cases = [
-        (nd(136, SIBLING, Some(EP_MAC)), EP_LL, "an advertisement for a sibling's address"),
-        (nd(136, GATEWAY, None), EP_LL, "an advertisement for the gateway's address"),
-        (nd(136, EP, Some(SIBLING_MAC)), EP_LL, "an advertisement of its address at another MAC"),
-        (nd(135, GATEWAY, Some(SIBLING_MAC)), EP, "a solicitation from another MAC"),
-        (nd(135, SIBLING, None), "::", "duplicate address detection for a sibling's address"),
+        (
+            nd(136, SIBLING, Some(EP_MAC)),
+            EP_LL,
+            "an advertisement for a sibling's address",
+        ),
+        (
+            nd(136, GATEWAY, None),
+            EP_LL,
+            "an advertisement for the gateway's address",
+        ),
+        (
+            nd(136, EP, Some(SIBLING_MAC)),
+            EP_LL,
+            "an advertisement of its address at another MAC",
+        ),
+        (
+            nd(135, GATEWAY, Some(SIBLING_MAC)),
+            EP,
+            "a solicitation from another MAC",
+        ),
+        (
+            nd(135, SIBLING, None),
+            "::",
+            "duplicate address detection for a sibling's address",
+        ),
     ];
     for (message, src, what) in cases {
         let f = ip6(EP_MAC, GW_MAC, src, "ff02::1", ICMP6, &message);
@@ -262,15 +338,30 @@ fn router_advertisements_redirects_and_dhcpv6_replies_from_an_endpoint_are_dropp
     dropped(&mut dp, &f, outcome::DROP_ROUTER, "a router advertisement");
     let hidden = cat(&[&ext(DEST_OPTS), &ext(ICMP6), &ra]);
     let f = ip6(EP_MAC, all_nodes, EP_LL, "ff02::1", HOP_BY_HOP, &hidden);
-    dropped(&mut dp, &f, outcome::DROP_ROUTER, "an advertisement behind extension headers");
+    dropped(
+        &mut dp,
+        &f,
+        outcome::DROP_ROUTER,
+        "an advertisement behind extension headers",
+    );
     let in_fragment = cat(&[&frag(ICMP6, 0), &ra]);
     let f = ip6(EP_MAC, all_nodes, EP_LL, "ff02::1", FRAGMENT, &in_fragment);
-    dropped(&mut dp, &f, outcome::DROP_ROUTER, "an advertisement in a first fragment");
+    dropped(
+        &mut dp,
+        &f,
+        outcome::DROP_ROUTER,
+        "an advertisement in a first fragment",
+    );
     let redirect = icmp6(137, &[0; 36]);
     let f = ip6(EP_MAC, GW_MAC, EP_LL, GATEWAY, ICMP6, &redirect);
     dropped(&mut dp, &f, outcome::DROP_ROUTER, "a redirect");
     let reply = ip6(EP_MAC, SIBLING_MAC, EP_LL, SIBLING_LL, UDP, &udp(547, 546));
-    dropped(&mut dp, &reply, outcome::DROP_ROUTER, "a DHCPv6 server's reply");
+    dropped(
+        &mut dp,
+        &reply,
+        outcome::DROP_ROUTER,
+        "a DHCPv6 server's reply",
+    );
 }
 
 #[test]
@@ -291,15 +382,35 @@ fn extension_headers_are_walked_within_a_bound() {
     past.extend_from_slice(&ext(ICMP6));
     past.extend_from_slice(&echo);
     let f = ip6(EP_MAC, GW_MAC, EP, SIBLING, DEST_OPTS, &past);
-    dropped(&mut dp, &f, outcome::DROP_EXT_HEADER, "seven extension headers");
+    dropped(
+        &mut dp,
+        &f,
+        outcome::DROP_EXT_HEADER,
+        "seven extension headers",
+    );
     // RFC 7113's evasion: the first fragment ends within the header chain.
     let split = cat(&[&frag(DEST_OPTS, 0), &[ICMP6, 1, 0, 0]]);
     let f = ip6(EP_MAC, GW_MAC, EP_LL, "ff02::1", FRAGMENT, &split);
-    dropped(&mut dp, &f, outcome::DROP_EXT_HEADER, "a first fragment without the transport header");
+    dropped(
+        &mut dp,
+        &f,
+        outcome::DROP_EXT_HEADER,
+        "a first fragment without the transport header",
+    );
     let cut = ip6(EP_MAC, GW_MAC, EP, SIBLING, HOP_BY_HOP, &[ICMP6]);
-    dropped(&mut dp, &cut, outcome::DROP_EXT_HEADER, "a truncated extension header");
+    dropped(
+        &mut dp,
+        &cut,
+        outcome::DROP_EXT_HEADER,
+        "a truncated extension header",
+    );
     let cut = ip6(EP_MAC, GW_MAC, EP, SIBLING, ICMP6, &[128, 0]);
-    dropped(&mut dp, &cut, outcome::DROP_EXT_HEADER, "a truncated transport header");
+    dropped(
+        &mut dp,
+        &cut,
+        outcome::DROP_EXT_HEADER,
+        "a truncated transport header",
+    );
 }
 
 #[test]
@@ -309,35 +420,74 @@ fn ipv6_isolation_icc_and_internal_hold() {
     let f = ip6(EP_MAC, GW_MAC, EP, OTHER_NET_EP, UDP, &u);
     dropped(&mut dp, &f, outcome::DROP_ISOLATION, "to another network");
     let f = ip6(EP_MAC, GW_MAC, EP, WORLD, UDP, &u);
-    dropped(&mut dp, &f, outcome::DROP_INTERNAL, "out of an internal network");
+    dropped(
+        &mut dp,
+        &f,
+        outcome::DROP_INTERNAL,
+        "out of an internal network",
+    );
 
     // Not internal: IPv6 cannot leave untranslated, and nothing translates it yet.
     let mut dp = datapath(true, false);
-    dropped(&mut dp, &f, outcome::DROP_UNTRANSLATABLE, "out without NAT66");
+    dropped(
+        &mut dp,
+        &f,
+        outcome::DROP_UNTRANSLATABLE,
+        "out without NAT66",
+    );
 
     let mut dp = datapath(false, true);
     let f = ip6(EP_MAC, GW_MAC, EP, GATEWAY, UDP, &u);
     passes(&mut dp, &f, "to the gateway with icc=false");
     let ns = nd(135, GATEWAY, Some(EP_MAC));
-    let f = ip6(EP_MAC, [0x33, 0x33, 0xff, 0, 0, 1], EP_LL, "ff02::1:ff00:1", ICMP6, &ns);
+    let f = ip6(
+        EP_MAC,
+        [0x33, 0x33, 0xff, 0, 0, 1],
+        EP_LL,
+        "ff02::1:ff00:1",
+        ICMP6,
+        &ns,
+    );
     passes(&mut dp, &f, "resolving the gateway with icc=false");
     let cases = [
         (GW_MAC, EP, SIBLING, "to a sibling"),
         ([0x33, 0x33, 0, 0, 0, 1], EP, "ff02::1", "to all nodes"),
         (SIBLING_MAC, EP, GATEWAY, "to a sibling's MAC"),
-        (SIBLING_MAC, EP_LL, SIBLING_LL, "to a sibling's link-local address"),
+        (
+            SIBLING_MAC,
+            EP_LL,
+            SIBLING_LL,
+            "to a sibling's link-local address",
+        ),
     ];
     for (mac, src, dst, what) in cases {
         let f = ip6(EP_MAC, mac, src, dst, UDP, &u);
-        dropped(&mut dp, &f, outcome::DROP_ICC, &format!("{what} with icc=false"));
+        dropped(
+            &mut dp,
+            &f,
+            outcome::DROP_ICC,
+            &format!("{what} with icc=false"),
+        );
     }
 }
 
 #[test]
 fn an_endpoint_without_ipv6_sends_none() {
     let mut dp = datapath_with(true, true, false);
-    let f = ip6(EP_MAC, GW_MAC, EP_LL, "ff02::2", ICMP6, &icmp6(133, &[0; 4]));
-    dropped(&mut dp, &f, outcome::DROP_PROTOCOL, "IPv6 from an IPv4-only endpoint");
+    let f = ip6(
+        EP_MAC,
+        GW_MAC,
+        EP_LL,
+        "ff02::2",
+        ICMP6,
+        &icmp6(133, &[0; 4]),
+    );
+    dropped(
+        &mut dp,
+        &f,
+        outcome::DROP_PROTOCOL,
+        "IPv6 from an IPv4-only endpoint",
+    );
 }
 
 #[test]
@@ -349,23 +499,58 @@ fn nothing_crosses_the_uplink_into_or_out_of_a_managed_ipv6_subnet() {
     let egress = (programs::UPLINK_EGRESS, program_id::UPLINK_EGRESS);
     let (out_mac, u) = ([2, 0, 0, 0, 0, 9], udp(4000, 53));
     let cases = [
-        (WORLD, EP, outcome::DROP_ENDPOINT_DIRECT, "straight to an endpoint"),
-        (SIBLING, "2001:db8:ff::2", outcome::DROP_SPOOFED, "from a managed address"),
+        (
+            WORLD,
+            EP,
+            outcome::DROP_ENDPOINT_DIRECT,
+            "straight to an endpoint",
+        ),
+        (
+            SIBLING,
+            "2001:db8:ff::2",
+            outcome::DROP_SPOOFED,
+            "from a managed address",
+        ),
         (WORLD, "::1", outcome::DROP_MARTIAN, "to ::1"),
-        (WORLD, "::ffff:198.18.0.2", outcome::DROP_MARTIAN, "to an IPv4-mapped address"),
+        (
+            WORLD,
+            "::ffff:198.18.0.2",
+            outcome::DROP_MARTIAN,
+            "to an IPv4-mapped address",
+        ),
     ];
     for (src, dst, reason, what) in cases {
         let f = ip6(out_mac, GW_MAC, src, dst, UDP, &u);
         dropped_by(&mut dp, ingress, &f, reason, what);
     }
     let f = ip6(out_mac, GW_MAC, WORLD, "2001:db8:ff::2", UDP, &u);
-    assert_eq!(run(&mut dp, ingress.0, &f), TC_ACT_OK, "the host's own IPv6 passes");
+    assert_eq!(
+        run(&mut dp, ingress.0, &f),
+        TC_ACT_OK,
+        "the host's own IPv6 passes"
+    );
     let f = ip6(GW_MAC, out_mac, EP, WORLD, UDP, &u);
-    dropped_by(&mut dp, egress, &f, outcome::DROP_UNTRANSLATABLE, "a managed source leaving");
+    dropped_by(
+        &mut dp,
+        egress,
+        &f,
+        outcome::DROP_UNTRANSLATABLE,
+        "a managed source leaving",
+    );
     let f = ip6(GW_MAC, out_mac, "2001:db8:ff::2", WORLD, UDP, &u);
-    assert_eq!(run(&mut dp, egress.0, &f), TC_ACT_OK, "the host's own IPv6 leaves");
+    assert_eq!(
+        run(&mut dp, egress.0, &f),
+        TC_ACT_OK,
+        "the host's own IPv6 leaves"
+    );
     // Routed to the host from an endpoint without the endpoint check's mark.
     let bridge = (programs::BRIDGE_INGRESS, program_id::BRIDGE_INGRESS);
     let f = ip6(EP_MAC, GW_MAC, EP, GATEWAY, UDP, &u);
-    dropped_by(&mut dp, bridge, &f, outcome::DROP_UNCHECKED, "an unchecked managed source");
+    dropped_by(
+        &mut dp,
+        bridge,
+        &f,
+        outcome::DROP_UNCHECKED,
+        "an unchecked managed source",
+    );
 }
