@@ -3,6 +3,8 @@
 //! the source address of a managed subnet, and packets sent straight to an endpoint of a
 //! masqueraded or internal network instead of through a published port (gateway modes `nat`
 //! and `isolated`), unless the network takes that source unmasqueraded (`NON_MASQUERADE`).
+//! The same for IPv6: nothing from outside to `::1`, an IPv4-mapped address, or a managed
+//! IPv6 subnet, nor from one (`endpoint6::outside`).
 //! uplink_ingress (TC) repeats the check: one program detached by someone else is not a hole.
 //! Both need only the IPv4 header, so they hold whatever follows it; a packet for an endpoint
 //! whose L4 header cannot be read is then dropped too (`unjudged`).
@@ -13,7 +15,7 @@ use network_types::{
     ip::Ipv4Hdr,
 };
 
-use crate::nat;
+use crate::{endpoint6, nat};
 
 /// The outcome for the packet in `ctx`.
 #[inline(always)]
@@ -23,7 +25,16 @@ pub fn check_xdp(ctx: &XdpContext) -> u32 {
         return outcome::PASSED;
     }
     let eth = start as *const EthHdr;
-    if unsafe { (*eth).ether_type } != EtherType::Ipv4 as u16 {
+    let ether_type = unsafe { (*eth).ether_type };
+    if ether_type == endpoint6::ETH_P_IPV6 {
+        if start + endpoint6::IP6_OFF + endpoint6::IP6_LEN > end {
+            return outcome::PASSED;
+        }
+        let addrs = (start + endpoint6::IP6_OFF + 8) as *const [[u8; 16]; 2];
+        let [saddr, daddr] = unsafe { *addrs };
+        return endpoint6::outside(&saddr, &daddr);
+    }
+    if ether_type != EtherType::Ipv4 as u16 {
         return outcome::PASSED;
     }
     let ip = (start + EthHdr::LEN) as *const Ipv4Hdr;

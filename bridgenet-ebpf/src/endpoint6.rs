@@ -24,8 +24,8 @@ pub static SUBNETS6: LpmTrie<[u8; 16], Subnet6> =
 pub static ENDPOINTS6: HashMap<u32, [u8; 16]> = HashMap::with_max_entries(65_536, 0);
 
 pub const ETH_P_IPV6: u16 = 0x86dd_u16.to_be();
-const IP6_OFF: usize = EthHdr::LEN;
-const IP6_LEN: usize = 40;
+pub const IP6_OFF: usize = EthHdr::LEN;
+pub const IP6_LEN: usize = 40;
 const SADDR_OFF: usize = IP6_OFF + 8;
 const DADDR_OFF: usize = IP6_OFF + 24;
 
@@ -264,19 +264,25 @@ pub fn from_outside(ctx: &TcContext) -> u32 {
     if !is_ipv6(ctx) {
         return outcome::PASSED;
     }
-    let (Ok(saddr), Ok(daddr)) = (
+    match (
         ctx.load::<[u8; 16]>(SADDR_OFF),
         ctx.load::<[u8; 16]>(DADDR_OFF),
-    ) else {
-        return outcome::PASSED;
-    };
-    if loopback_or_mapped(&daddr) {
+    ) {
+        (Ok(saddr), Ok(daddr)) => outside(&saddr, &daddr),
+        _ => outcome::PASSED,
+    }
+}
+
+/// `from_outside` for a packet from `saddr` to `daddr` (`uplink_xdp` reads them itself).
+#[inline(always)]
+pub fn outside(saddr: &[u8; 16], daddr: &[u8; 16]) -> u32 {
+    if loopback_or_mapped(daddr) {
         return outcome::DROP_MARTIAN;
     }
-    if subnet_of(&saddr).is_some() {
+    if subnet_of(saddr).is_some() {
         return outcome::DROP_SPOOFED;
     }
-    if subnet_of(&daddr).is_some() {
+    if subnet_of(daddr).is_some() {
         return outcome::DROP_ENDPOINT_DIRECT;
     }
     outcome::PASSED

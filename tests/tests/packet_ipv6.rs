@@ -3,7 +3,7 @@
 //! no Router Advertisement, Redirect or DHCPv6 reply; isolation, icc=false and internal hold;
 //! extension headers are walked within a bound, and a first fragment must hold them all; on
 //! the uplink nothing gets into or out of a managed IPv6 subnet, nor to ::1 or mapped
-//! addresses. Each drop is counted under its reason, and nothing passed is changed.
+//! addresses (in XDP and again in TC). Each drop is counted under its reason, and nothing passed is changed.
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use bridgenet::datapath::{Datapath, GatewayMode, NetworkOptions};
@@ -12,6 +12,8 @@ use bridgenet_tests::{packet, require_root};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
 /// Test runs come from the loopback device: it plays the endpoint's veth (and the uplink).
 const VETH_IFINDEX: u32 = 1;
 const EP_MAC: [u8; 6] = [0x02, 0x42, 172, 17, 0, 2];
@@ -522,6 +524,11 @@ fn nothing_crosses_the_uplink_into_or_out_of_a_managed_ipv6_subnet() {
     for (src, dst, reason, what) in cases {
         let f = ip6(out_mac, GW_MAC, src, dst, UDP, &u);
         dropped_by(&mut dp, ingress, &f, reason, what);
+        // XDP drops it first, before the stack spends anything on it.
+        let before = dp.stat(program_id::UPLINK_XDP, reason).unwrap();
+        let out = packet::run_xdp(&mut dp, programs::UPLINK_XDP, &f, 1).unwrap();
+        assert_eq!(out.action, XDP_DROP, "{what}: in XDP");
+        assert_eq!(dp.stat(program_id::UPLINK_XDP, reason).unwrap(), before + 1);
     }
     let f = ip6(out_mac, GW_MAC, WORLD, "2001:db8:ff::2", UDP, &u);
     assert_eq!(

@@ -3,10 +3,12 @@
 //! come out half-translated: no frame leaves the uplink with a managed (private) source,
 //! nothing from outside reaches an endpoint address unless translated (a published flow or a
 //! reply; routed subnets: only whole packets), and no frame whose checksums were right comes
-//! out changed with a wrong one.
-use std::net::Ipv4Addr;
+//! out changed with a wrong one. IPv6 templates: nothing changes an IPv6 frame, none leaves
+//! or enters a managed IPv6 subnet across the uplink, and an endpoint's leave only from its
+//! own addresses.
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use bridgenet::datapath::Datapath;
+use bridgenet::datapath::{Datapath, GatewayMode, NetworkOptions};
 use bridgenet_common::programs;
 use bridgenet_tests::{packet, packet::fixture::*};
 use etherparse::{NetHeaders, PacketHeaders, TransportHeader};
@@ -32,6 +34,22 @@ fn datapath() -> Datapath {
     )
     .unwrap();
     dp.add_host_addr(Ipv4Addr::from(GATEWAY)).unwrap();
+    // EP1's IPv6 network and address.
+    dp.add_network6(
+        "2001:db8:17::/64".parse().unwrap(),
+        Ipv6Addr::from(GATEWAY6),
+        &NetworkOptions {
+            id: network,
+            gateway: Ipv4Addr::from(GATEWAY),
+            masquerade: true,
+            icc: true,
+            internal: false,
+            gateway_mode: GatewayMode::Nat,
+        },
+    )
+    .unwrap();
+    dp.add_endpoint6(TEST_RUN_IFINDEX, Ipv6Addr::from(EP1_6))
+        .unwrap();
     // State the ICMP error templates quote: a hairpin flow of EP1 to its own published port, a
     // flow of the host, a masqueraded flow of EP1.
     for (program, frame) in [
@@ -112,6 +130,83 @@ fn templates() -> Vec<Vec<u8>> {
         packet::udp_frame(SERVER, 50000, ROUTED, 53, b"q"),
         packet::icmp_echo_frame(SERVER, ROUTED, 9, 1, false),
     ]
+    .into_iter()
+    .chain(templates6())
+    .collect()
+}
+
+const EP1_6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0x17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+const GATEWAY6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0x17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const SIBLING6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0x17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3];
+const WORLD6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+/// EP1's link-local address (its MAC is 02:00:00:00:00:01).
+const EP1_LL: [u8; 16] = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xfe, 0, 0, 1];
+const ALL_NODES: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
+/// An IPv6 frame from `src` to `dst` with the raw `next` header and `rest` after the IPv6
+/// header (extension headers, transport).
+fn ip6_frame(src: [u8; 16], dst: [u8; 16], next: u8, rest: &[u8]) -> Vec<u8> {
+    let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x86, 0xdd, 0x60, 0, 0, 0];
+    f.extend_from_slice(&(rest.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[next, 255]);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(rest);
+    f
+}
+
+/// IPv6 of every kind the programs judge: an endpoint's traffic, Neighbour Discovery, what
+/// only routers send, extension headers and fragments; from outside to an endpoint, to the
+/// host and to ::1.
+fn templates6() -> Vec<Vec<u8>> {
+    let udp = |sport: u16, dport: u16| {
+        let mut u = sport.to_be_bytes().to_vec();
+        u.extend_from_slice(&dport.to_be_bytes());
+        u.extend_from_slice(&[0, 9, 0, 0, b'x']);
+        u
+    };
+    let mut nd = |kind: u8, target: [u8; 16]| {
+        let mut m = vec![kind, 0, 0, 0, 0x20, 0, 0, 0];
+        m.extend_from_slice(&target);
+        m.extend_from_slice(&[if kind == 135 { 1 } else { 2 }, 1, 2, 0, 0, 0, 0, 1]);
+        m
+    };
+    let ns = nd(135, GATEWAY6);
+    let na = nd(136, EP1_6);
+    let echo = [128, 0, 0, 0, 0, 1, 0, 1];
+    let ra = [134, 0, 0, 0, 64, 0, 7, 8, 0, 0, 0, 0, 0, 0, 0, 0];
+    let ext = |next: u8| [next, 0, 1, 4, 0, 0, 0, 0];
+    let frag = |next: u8, offset: u16| {
+        let o = ((offset << 3) | 1).to_be_bytes();
+        [next, 0, o[0], o[1], 0, 0, 0, 7]
+    };
+    vec![
+        ip6_frame(EP1_6, SIBLING6, 17, &udp(4000, 53)),
+        ip6_frame(EP1_6, GATEWAY6, 58, &echo),
+        ip6_frame(EP1_6, WORLD6, 17, &udp(4000, 53)),
+        ip6_frame(EP1_LL, ALL_NODES, 58, &ns),
+        ip6_frame([0; 16], ALL_NODES, 58, &nd(135, EP1_6)),
+        ip6_frame(EP1_LL, GATEWAY6, 58, &na),
+        ip6_frame(EP1_LL, ALL_NODES, 58, &ra),
+        ip6_frame(EP1_LL, ALL_NODES, 0, &[&ext(60)[..], &ext(58), &ra].concat()),
+        ip6_frame(EP1_6, SIBLING6, 44, &[&frag(58, 0)[..], &echo].concat()),
+        ip6_frame(EP1_6, SIBLING6, 44, &[&frag(58, 9)[..], &echo].concat()),
+        ip6_frame(EP1_LL, ALL_NODES, 17, &udp(547, 546)),
+        ip6_frame(WORLD6, EP1_6, 17, &udp(4000, 53)),
+        ip6_frame(WORLD6, GATEWAY6, 58, &echo),
+        ip6_frame(WORLD6, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], 17, &udp(1, 2)),
+    ]
+}
+
+/// The IPv6 source and destination of a frame, if it is IPv6.
+fn addrs6(frame: &[u8]) -> Option<([u8; 16], [u8; 16])> {
+    let is_ipv6 = frame.len() >= 54 && frame[12..14] == [0x86, 0xdd];
+    is_ipv6.then(|| (frame[22..38].try_into().unwrap(), frame[38..54].try_into().unwrap()))
+}
+
+/// In EP1's IPv6 subnet, 2001:db8:17::/64.
+fn managed6(addr: [u8; 16]) -> bool {
+    addr[..8] == EP1_6[..8]
 }
 
 /// An endpoint of the routed (not masqueraded) subnet 172.18.0.0/16.
@@ -267,6 +362,24 @@ fn fuzz(program: &str, xdp: bool, seed: u64) {
             assert!(
                 translated || (dst[1] == 18 && (xdp || whole(&out.frame))),
                 "frame {i} (seed {seed}) reached endpoint {dst:?} untranslated: {frame:02x?}"
+            );
+        }
+        // Nothing translates IPv6 yet: it passes unchanged, never out of or into a managed
+        // subnet across the uplink, and from the endpoint only as itself.
+        if let Some((src, dst)) = addrs6(&out.frame) {
+            assert_eq!(out.frame, frame, "frame {i} (seed {seed}): IPv6 changed");
+            let uplink = [programs::UPLINK_INGRESS, programs::UPLINK_XDP];
+            assert!(
+                !(program == programs::UPLINK_EGRESS && managed6(src)),
+                "frame {i} (seed {seed}) left with a managed IPv6 source: {frame:02x?}"
+            );
+            assert!(
+                !(uplink.contains(&program) && managed6(dst)),
+                "frame {i} (seed {seed}) reached a managed IPv6 address: {frame:02x?}"
+            );
+            assert!(
+                program != programs::ENDPOINT_INGRESS || [EP1_6, EP1_LL, [0; 16]].contains(&src),
+                "frame {i} (seed {seed}) left the endpoint as {src:02x?}: {frame:02x?}"
             );
         }
         if out.frame != frame {
