@@ -36,7 +36,7 @@ const AUTH: u8 = 51;
 const NO_NEXT: u8 = 59;
 const DEST_OPTS: u8 = 60;
 const UDP: u8 = 17;
-const ICMP6: u8 = 58;
+pub const ICMP6: u8 = 58;
 /// Extension headers walked before the transport header; more is `drop_ext_header`.
 const MAX_EXT: usize = 6;
 

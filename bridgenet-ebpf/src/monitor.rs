@@ -13,7 +13,10 @@ use network_types::{
     ip::Ipv4Hdr,
 };
 
-use crate::parse::{ICMP, TCP, UDP};
+use crate::{
+    endpoint6::{ETH_P_IPV6, ICMP6, IP6_LEN, IP6_OFF},
+    parse::{ICMP, TCP, UDP},
+};
 
 #[map]
 static MONITOR_EVENTS: RingBuf = RingBuf::with_byte_size(monitor::RING_BYTES, 0);
@@ -112,6 +115,8 @@ pub fn flow_opened(ctx: &TcContext, program: u32, result: u32, key: &CtKey) {
         nat_dport: now.dport,
         ether_type: now.ether_type,
         _pad: [0; 6],
+        saddr6: [0; 16],
+        daddr6: [0; 16],
     };
     emit(&event, rate);
 }
@@ -147,7 +152,7 @@ fn admit(rate: u32) -> bool {
     true
 }
 
-/// The frame's ethertype and, for IPv4, its addresses, protocol and ports (ICMP: type and
+/// The frame's ethertype and, for IPv4 and IPv6, its addresses, protocol and ports (ICMP: type and
 /// code, and the echo identifier), as far as the frame holds them.
 #[inline(always)]
 fn read_tuple<F: Frame>(frame: &F, event: &mut MonitorEvent) {
@@ -155,20 +160,29 @@ fn read_tuple<F: Frame>(frame: &F, event: &mut MonitorEvent) {
         return;
     };
     event.ether_type = u16::from_be(ether_type);
-    if ether_type != EtherType::Ipv4 as u16 {
-        return;
-    }
-    let Some(ip) = frame.read::<Ipv4Hdr>(EthHdr::LEN) else {
+    let l4 = if ether_type == ETH_P_IPV6 {
+        let Some(ip) = frame.read::<[u8; IP6_LEN]>(IP6_OFF) else {
+            return;
+        };
+        event.proto = ip[6];
+        event.saddr6.copy_from_slice(&ip[8..24]);
+        event.daddr6.copy_from_slice(&ip[24..40]);
+        IP6_OFF + IP6_LEN
+    } else if ether_type == EtherType::Ipv4 as u16 {
+        let Some(ip) = frame.read::<Ipv4Hdr>(EthHdr::LEN) else {
+            return;
+        };
+        event.saddr = u32::from_ne_bytes(ip.src_addr);
+        event.daddr = u32::from_ne_bytes(ip.dst_addr);
+        event.proto = ip.proto;
+        let ihl = ip.ihl() as usize;
+        if ihl < Ipv4Hdr::LEN || ip.frag_offset() != 0 {
+            return;
+        }
+        EthHdr::LEN + ihl
+    } else {
         return;
     };
-    event.saddr = u32::from_ne_bytes(ip.src_addr);
-    event.daddr = u32::from_ne_bytes(ip.dst_addr);
-    event.proto = ip.proto;
-    let ihl = ip.ihl() as usize;
-    if ihl < Ipv4Hdr::LEN || ip.frag_offset() != 0 {
-        return;
-    }
-    let l4 = EthHdr::LEN + ihl;
     match event.proto {
         TCP | UDP => {
             if let Some(ports) = frame.read::<[u16; 2]>(l4) {
@@ -176,7 +190,7 @@ fn read_tuple<F: Frame>(frame: &F, event: &mut MonitorEvent) {
                 event.dport = ports[1];
             }
         }
-        ICMP => {
+        ICMP | ICMP6 => {
             if let Some(head) = frame.read::<[u16; 3]>(l4) {
                 // Type and code as on the wire, then (after the checksum) the identifier.
                 event.sport = head[0];

@@ -7,7 +7,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use bridgenet::datapath::{Datapath, GatewayMode, NetworkOptions};
-use bridgenet_common::{outcome, program_id, programs};
+use bridgenet_common::{monitor, outcome, program_id, programs};
 use bridgenet_tests::{packet, require_root};
 
 const TC_ACT_OK: u32 = 0;
@@ -559,5 +559,40 @@ fn nothing_crosses_the_uplink_into_or_out_of_a_managed_ipv6_subnet() {
         &f,
         outcome::DROP_UNCHECKED,
         "an unchecked managed source",
+    );
+}
+
+#[test]
+fn the_monitor_shows_an_ipv6_drop_with_its_addresses_and_type() {
+    let mut dp = datapath(true, true);
+    let (mut events, mut control) = dp.take_monitor().unwrap();
+    control.configure(monitor::DROPS, 1000).unwrap();
+    let ra = icmp6(134, &[64, 0, 7, 8, 0, 0, 0, 0, 0, 0, 0, 0]);
+    let f = ip6(
+        EP_MAC,
+        [0x33, 0x33, 0, 0, 0, 1],
+        EP_LL,
+        "ff02::1",
+        ICMP6,
+        &ra,
+    );
+    dropped(&mut dp, &f, outcome::DROP_ROUTER, "a router advertisement");
+    let f = ip6(EP_MAC, GW_MAC, EP, OTHER_NET_EP, UDP, &udp(4000, 53));
+    dropped(&mut dp, &f, outcome::DROP_ISOLATION, "to another network");
+
+    let event = events.read().expect("an event for the advertisement");
+    assert_eq!(event.kind, monitor::KIND_DROP);
+    assert_eq!(u32::from(event.outcome), outcome::DROP_ROUTER);
+    assert_eq!(event.ether_type, 0x86dd);
+    assert_eq!((event.saddr6, event.daddr6), (a(EP_LL), a("ff02::1")));
+    assert_eq!(event.proto, ICMP6);
+    assert_eq!(event.sport.to_ne_bytes(), [134, 0], "ICMPv6 type and code");
+    let event = events.read().expect("an event for the UDP datagram");
+    assert_eq!(u32::from(event.outcome), outcome::DROP_ISOLATION);
+    assert_eq!((event.saddr6, event.daddr6), (a(EP), a(OTHER_NET_EP)));
+    assert_eq!(event.proto, UDP);
+    assert_eq!(
+        (u16::from_be(event.sport), u16::from_be(event.dport)),
+        (4000, 53)
     );
 }

@@ -135,10 +135,18 @@ fn templates() -> Vec<Vec<u8>> {
     .collect()
 }
 
-const EP1_6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0x17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
-const GATEWAY6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0x17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-const SIBLING6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0x17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3];
-const WORLD6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const EP1_6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0x17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2,
+];
+const GATEWAY6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0x17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+];
+const SIBLING6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0x17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3,
+];
+const WORLD6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+];
 /// EP1's link-local address (its MAC is 02:00:00:00:00:01).
 const EP1_LL: [u8; 16] = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xfe, 0, 0, 1];
 const ALL_NODES: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
@@ -146,7 +154,9 @@ const ALL_NODES: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 /// An IPv6 frame from `src` to `dst` with the raw `next` header and `rest` after the IPv6
 /// header (extension headers, transport).
 fn ip6_frame(src: [u8; 16], dst: [u8; 16], next: u8, rest: &[u8]) -> Vec<u8> {
-    let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x86, 0xdd, 0x60, 0, 0, 0];
+    let mut f = vec![
+        2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x86, 0xdd, 0x60, 0, 0, 0,
+    ];
     f.extend_from_slice(&(rest.len() as u16).to_be_bytes());
     f.extend_from_slice(&[next, 255]);
     f.extend_from_slice(&src);
@@ -188,20 +198,35 @@ fn templates6() -> Vec<Vec<u8>> {
         ip6_frame([0; 16], ALL_NODES, 58, &nd(135, EP1_6)),
         ip6_frame(EP1_LL, GATEWAY6, 58, &na),
         ip6_frame(EP1_LL, ALL_NODES, 58, &ra),
-        ip6_frame(EP1_LL, ALL_NODES, 0, &[&ext(60)[..], &ext(58), &ra].concat()),
+        ip6_frame(
+            EP1_LL,
+            ALL_NODES,
+            0,
+            &[&ext(60)[..], &ext(58), &ra].concat(),
+        ),
         ip6_frame(EP1_6, SIBLING6, 44, &[&frag(58, 0)[..], &echo].concat()),
         ip6_frame(EP1_6, SIBLING6, 44, &[&frag(58, 9)[..], &echo].concat()),
         ip6_frame(EP1_LL, ALL_NODES, 17, &udp(547, 546)),
         ip6_frame(WORLD6, EP1_6, 17, &udp(4000, 53)),
         ip6_frame(WORLD6, GATEWAY6, 58, &echo),
-        ip6_frame(WORLD6, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], 17, &udp(1, 2)),
+        ip6_frame(
+            WORLD6,
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            17,
+            &udp(1, 2),
+        ),
     ]
 }
 
 /// The IPv6 source and destination of a frame, if it is IPv6.
 fn addrs6(frame: &[u8]) -> Option<([u8; 16], [u8; 16])> {
     let is_ipv6 = frame.len() >= 54 && frame[12..14] == [0x86, 0xdd];
-    is_ipv6.then(|| (frame[22..38].try_into().unwrap(), frame[38..54].try_into().unwrap()))
+    is_ipv6.then(|| {
+        (
+            frame[22..38].try_into().unwrap(),
+            frame[38..54].try_into().unwrap(),
+        )
+    })
 }
 
 /// In EP1's IPv6 subnet, 2001:db8:17::/64.

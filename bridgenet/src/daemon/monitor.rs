@@ -5,7 +5,7 @@
 use std::{
     collections::HashMap,
     convert::Infallible,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     sync::{Arc, Mutex as StdMutex},
     time::{Duration, Instant},
 };
@@ -472,7 +472,19 @@ impl Names {
                     }
                 }
                 0x0806 => event.proto = Some("arp".into()),
-                0x86dd => event.proto = Some("ipv6".into()),
+                0x86dd => {
+                    // The family, as `--proto` takes it; its first next header shows in the
+                    // ports (TCP, UDP) or the ICMPv6 type.
+                    event.proto = Some("ipv6".into());
+                    let (saddr6, daddr6) = (Ipv6Addr::from(raw.saddr6), Ipv6Addr::from(raw.daddr6));
+                    event.src = Some(endpoint6_str(raw.proto, saddr6, raw.sport));
+                    event.dst = Some(endpoint6_str(raw.proto, daddr6, raw.dport));
+                    if raw.proto == 58 {
+                        let [kind, code] = raw.sport.to_ne_bytes();
+                        event.icmp_type = Some(kind);
+                        event.icmp_code = Some(code);
+                    }
+                }
                 other => event.proto = Some(format!("0x{other:04x}")),
             }
             about = vec![saddr, daddr];
@@ -522,6 +534,14 @@ impl Names {
         let addrs = [translated_dst, from_wire(key.saddr), from_wire(key.daddr)];
         (event.endpoint, event.network) = self.about(None, None, &addrs);
         event
+    }
+}
+
+/// `[addr]:port` for TCP and UDP, the address alone for other protocols.
+fn endpoint6_str(proto: u8, addr: Ipv6Addr, port: u16) -> String {
+    match proto {
+        6 | 17 => format!("[{addr}]:{}", u16::from_be(port)),
+        _ => addr.to_string(),
     }
 }
 
