@@ -536,6 +536,8 @@ fn nothing_crosses_the_uplink_into_or_out_of_a_managed_ipv6_subnet() {
         TC_ACT_OK,
         "the host's own IPv6 passes"
     );
+    let out = packet::run_xdp(&mut dp, programs::UPLINK_XDP, &f, 1).unwrap();
+    assert_eq!(out.action, XDP_PASS, "the host's own IPv6 passes XDP");
     let f = ip6(GW_MAC, out_mac, EP, WORLD, UDP, &u);
     dropped_by(
         &mut dp,

@@ -175,7 +175,7 @@ fn templates6() -> Vec<Vec<u8>> {
         u.extend_from_slice(&[0, 9, 0, 0, b'x']);
         u
     };
-    let mut nd = |kind: u8, target: [u8; 16]| {
+    let nd = |kind: u8, target: [u8; 16]| {
         let mut m = vec![kind, 0, 0, 0, 0x20, 0, 0, 0];
         m.extend_from_slice(&target);
         m.extend_from_slice(&[if kind == 135 { 1 } else { 2 }, 1, 2, 0, 0, 0, 0, 1]);
