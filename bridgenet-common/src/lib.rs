@@ -618,11 +618,20 @@ pub mod programs {
     pub const HOST_SENDMSG4: &str = "host_sendmsg4";
     pub const HOST_RECVMSG4: &str = "host_recvmsg4";
     pub const HOST_GETPEERNAME4: &str = "host_getpeername4";
-    pub const HOST_ACCESS: [&str; 4] = [
+    /// The same on IPv6 sockets, for IPv4-mapped addresses.
+    pub const HOST_CONNECT6: &str = "host_connect6";
+    pub const HOST_SENDMSG6: &str = "host_sendmsg6";
+    pub const HOST_RECVMSG6: &str = "host_recvmsg6";
+    pub const HOST_GETPEERNAME6: &str = "host_getpeername6";
+    pub const HOST_ACCESS: [&str; 8] = [
         HOST_CONNECT4,
         HOST_SENDMSG4,
         HOST_RECVMSG4,
         HOST_GETPEERNAME4,
+        HOST_CONNECT6,
+        HOST_SENDMSG6,
+        HOST_RECVMSG6,
+        HOST_GETPEERNAME6,
     ];
 }
 

@@ -7,6 +7,11 @@
 //! The hooks sit on the cgroup v2 root, so they run for every socket of the machine: each
 //! first checks that the socket lives in the daemon's namespace and leaves any other alone.
 //! They always allow: they translate, never block.
+//!
+//! IPv6 sockets (the `*6` hooks) that name an IPv4-mapped address (`::ffff:a.b.c.d`, what a
+//! dual-stack socket uses for IPv4) are translated as IPv4 and stay mapped: the endpoint is
+//! `::ffff:` and its address. Other IPv6 destinations are left alone (nothing is published on
+//! IPv6 yet).
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
 use aya_ebpf::{
@@ -138,19 +143,85 @@ pub fn getpeername4(ctx: &SockAddrContext) -> i32 {
     ALLOW
 }
 
-/// Puts back the address the application used when the call shows an endpoint this socket
-/// was translated to.
+/// The IPv4 address in an IPv4-mapped `user_ip6` (network byte order), if it is one.
 #[inline(always)]
-fn restore_peer(ctx: &SockAddrContext) {
-    let (addr, port, _) = destination(ctx);
+fn mapped_destination(ctx: &SockAddrContext) -> Option<(u32, u16, u8)> {
+    let sa = ctx.sock_addr;
+    // One 4-byte load per word, as the verifier wants for the context.
+    let (w0, w1, w2, w3, port, proto) = unsafe {
+        (
+            read_volatile(addr_of!((*sa).user_ip6[0])),
+            read_volatile(addr_of!((*sa).user_ip6[1])),
+            read_volatile(addr_of!((*sa).user_ip6[2])),
+            read_volatile(addr_of!((*sa).user_ip6[3])),
+            read_volatile(addr_of!((*sa).user_port)) as u16,
+            read_volatile(addr_of!((*sa).protocol)) as u8,
+        )
+    };
+    (w0 == 0 && w1 == 0 && w2 == MAPPED_PREFIX).then_some((w3, port, proto))
+}
+
+/// `0000:ffff` of `::ffff:0:0/96`, as the third 32-bit word reads in network byte order.
+const MAPPED_PREFIX: u32 = 0x0000_ffff_u32.to_be();
+
+#[inline(always)]
+fn set_mapped_destination(ctx: &SockAddrContext, addr: u32, port: u16) {
+    let sa = ctx.sock_addr;
+    unsafe {
+        write_volatile(addr_of_mut!((*sa).user_ip6[0]), 0);
+        write_volatile(addr_of_mut!((*sa).user_ip6[1]), 0);
+        write_volatile(addr_of_mut!((*sa).user_ip6[2]), MAPPED_PREFIX);
+        write_volatile(addr_of_mut!((*sa).user_ip6[3]), addr);
+        write_volatile(addr_of_mut!((*sa).user_port), u32::from(port));
+    }
+}
+
+/// connect(2) and sendmsg(2) on an IPv6 socket, to an IPv4-mapped address: as IPv4.
+#[inline(always)]
+pub fn connect6(ctx: &SockAddrContext) -> i32 {
+    if !in_daemon_netns(ctx) {
+        return ALLOW;
+    }
+    if let Some((addr, port, proto)) = mapped_destination(ctx)
+        && let Some((addr, port)) = translate_to(ctx, addr, port, proto)
+    {
+        set_mapped_destination(ctx, addr, port);
+    }
+    ALLOW
+}
+
+/// recvmsg(2) and getpeername(2) on an IPv6 socket: the mapped peer it was translated from.
+#[inline(always)]
+pub fn restore_peer6(ctx: &SockAddrContext) -> i32 {
+    if !in_daemon_netns(ctx) {
+        return ALLOW;
+    }
+    if let Some((addr, port, _)) = mapped_destination(ctx)
+        && let Some((addr, port)) = peer_of(ctx, addr, port)
+    {
+        set_mapped_destination(ctx, addr, port);
+    }
+    ALLOW
+}
+
+/// What the socket used before it was translated to `addr:port`, if it was.
+#[inline(always)]
+fn peer_of(ctx: &SockAddrContext, addr: u32, port: u16) -> Option<(u32, u16)> {
     let key = HostPeerKey {
         socket_cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
         addr,
         port,
         _pad: 0,
     };
-    if let Some(peer) = unsafe { HOST_PEERS.get(key) } {
-        let (addr, port) = (peer.addr, peer.port);
+    unsafe { HOST_PEERS.get(key) }.map(|peer| (peer.addr, peer.port))
+}
+
+/// Puts back the address the application used when the call shows an endpoint this socket
+/// was translated to.
+#[inline(always)]
+fn restore_peer(ctx: &SockAddrContext) {
+    let (addr, port, _) = destination(ctx);
+    if let Some((addr, port)) = peer_of(ctx, addr, port) {
         set_destination(ctx, addr, port);
     }
 }
@@ -160,9 +231,16 @@ fn restore_peer(ctx: &SockAddrContext) {
 #[inline(always)]
 fn translate(ctx: &SockAddrContext) {
     let (addr, port, proto) = destination(ctx);
-    let Some(target) = published_at(addr, port, proto) else {
-        return;
-    };
+    if let Some((addr, port)) = translate_to(ctx, addr, port, proto) {
+        set_destination(ctx, addr, port);
+    }
+}
+
+/// The endpoint's address and port when `addr:port` is a published port on a host address;
+/// what the application used is remembered for its peer.
+#[inline(always)]
+fn translate_to(ctx: &SockAddrContext, addr: u32, port: u16, proto: u8) -> Option<(u32, u16)> {
+    let target = published_at(addr, port, proto)?;
     let key = HostPeerKey {
         socket_cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
         addr: target.addr,
@@ -176,5 +254,5 @@ fn translate(ctx: &SockAddrContext) {
     };
     // An LRU map makes room; failing or not, the call goes to the endpoint.
     let _ = HOST_PEERS.insert(key, peer, 0);
-    set_destination(ctx, target.addr, target.port);
+    Some((target.addr, target.port))
 }

@@ -131,6 +131,30 @@ pub fn host_getpeername4(ctx: SockAddrContext) -> i32 {
     host_access::getpeername4(&ctx)
 }
 
+/// Host access on IPv6 sockets: to an IPv4-mapped address, as connect4.
+#[cgroup_sock_addr(connect6)]
+pub fn host_connect6(ctx: SockAddrContext) -> i32 {
+    host_access::connect6(&ctx)
+}
+
+/// Host access on IPv6 sockets: UDP sendto(2) to an IPv4-mapped address, as sendmsg4.
+#[cgroup_sock_addr(sendmsg6)]
+pub fn host_sendmsg6(ctx: SockAddrContext) -> i32 {
+    host_access::connect6(&ctx)
+}
+
+/// Host access on IPv6 sockets: as recvmsg4, mapped.
+#[cgroup_sock_addr(recvmsg6)]
+pub fn host_recvmsg6(ctx: SockAddrContext) -> i32 {
+    host_access::restore_peer6(&ctx)
+}
+
+/// Host access on IPv6 sockets: as getpeername4, mapped.
+#[cgroup_sock_addr(getpeername6)]
+pub fn host_getpeername6(ctx: SockAddrContext) -> i32 {
+    host_access::restore_peer6(&ctx)
+}
+
 /// Uplink ingress: replies of masqueraded flows go back to their endpoint, new flows to a
 /// published port are translated to the endpoint (DNAT), and ICMP errors about either follow.
 #[classifier]

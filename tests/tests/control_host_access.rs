@@ -1,7 +1,8 @@
 //! Host access to published ports, with real traffic: processes of the daemon's namespace
 //! reach a published port through 127.0.0.1, the uplink's address and a gateway, translated
 //! at the socket by the cgroup hooks; other namespaces are left alone; a port published on
-//! 127.0.0.1 is for the host only; restart replaces the hooks and cleanup removes them.
+//! 127.0.0.1 is for the host only; IPv6 sockets reach them through IPv4-mapped addresses;
+//! restart replaces the hooks and cleanup removes them.
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream, UdpSocket},
@@ -70,9 +71,8 @@ fn udp_echo(netns: &str, bind: &str, count: usize) -> std::thread::JoinHandle<()
 /// the reply came from, as the application sees it.
 fn udp_roundtrip(netns: &str, to: &str, connected: bool) -> SocketAddr {
     let to: SocketAddr = to.parse().unwrap();
-    let socket = enter(netns, || {
-        std::net::UdpSocket::bind("0.0.0.0:0").expect("bind")
-    });
+    let any = if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
+    let socket = enter(netns, || std::net::UdpSocket::bind(any).expect("bind"));
     socket.set_read_timeout(Some(TIMEOUT)).unwrap();
     if connected {
         socket.connect(to).unwrap();
@@ -91,31 +91,26 @@ fn udp_roundtrip(netns: &str, to: &str, connected: bool) -> SocketAddr {
 
 /// Ids of the host access links pinned in the lab's bpf filesystem.
 fn pinned_links(lab: &ControlLab) -> Vec<u64> {
-    [
-        "host_connect4",
-        "host_sendmsg4",
-        "host_recvmsg4",
-        "host_getpeername4",
-    ]
-    .iter()
-    .map(|name| {
-        let path = lab.bpffs().join(format!("link_host_access_{name}"));
-        let out = Command::new("bpftool")
-            .args(["-j", "link", "show", "pinned"])
-            .arg(&path)
-            .output()
-            .expect("bpftool");
-        assert!(
-            out.status.success(),
-            "no link pinned at {}: {}",
-            path.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let link: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
-        assert_eq!(link["type"], "cgroup", "{link}");
-        link["id"].as_u64().expect("link id")
-    })
-    .collect()
+    bridgenet_common::programs::HOST_ACCESS
+        .iter()
+        .map(|name| {
+            let path = lab.bpffs().join(format!("link_host_access_{name}"));
+            let out = Command::new("bpftool")
+                .args(["-j", "link", "show", "pinned"])
+                .arg(&path)
+                .output()
+                .expect("bpftool");
+            assert!(
+                out.status.success(),
+                "no link pinned at {}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let link: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+            assert_eq!(link["type"], "cgroup", "{link}");
+            link["id"].as_u64().expect("link id")
+        })
+        .collect()
 }
 
 /// Ids of every bpf link of the machine.
@@ -190,6 +185,40 @@ fn host_reaches_published_ports_through_any_host_address() {
         udp_roundtrip(&host, "127.0.0.1:18080", false).to_string(),
         "127.0.0.1:18080"
     );
+    local.join().unwrap();
+}
+
+#[test]
+fn ipv6_sockets_reach_published_ports_through_ipv4_mapped_host_addresses() {
+    let mut lab = ControlLab::up();
+    let ep = lab.endpoint("ep1", &["18080:80", "18053:53/udp"]);
+    let host = lab.topo.ns("host").name().to_owned();
+    let addrs = ["::ffff:127.0.0.1", "::ffff:198.18.0.2", "::ffff:172.17.0.1"];
+
+    let server = tcp_echo(&ep, "0.0.0.0:80", addrs.len());
+    for addr in addrs {
+        // A dual-stack (AF_INET6) socket: its peer stays the mapped address it connected to.
+        tcp_roundtrip(&host, &format!("[{addr}]:18080"));
+    }
+    for peer in server.join().unwrap() {
+        assert_eq!(peer.ip().to_string(), "172.17.0.1");
+    }
+    let server = udp_echo(&ep, "0.0.0.0:53", 2 * addrs.len());
+    for addr in addrs {
+        for connected in [false, true] {
+            let to = format!("[{addr}]:18053");
+            let from = udp_roundtrip(&host, &to, connected);
+            assert_eq!(
+                from.to_string(),
+                to,
+                "the reply's source (connected: {connected})"
+            );
+        }
+    }
+    server.join().unwrap();
+    // Not published there: the host's own.
+    let local = tcp_echo(&host, "127.0.0.1:18081", 1);
+    tcp_roundtrip(&host, "[::ffff:127.0.0.1]:18081");
     local.join().unwrap();
 }
 
@@ -323,7 +352,7 @@ fn cleanup_removes_the_hooks_even_after_a_kill() {
     tcp_roundtrip(&host, "127.0.0.1:18080");
     server.join().unwrap();
     let links = pinned_links(&lab);
-    assert_eq!(links.len(), 4);
+    assert_eq!(links.len(), bridgenet_common::programs::HOST_ACCESS.len());
 
     lab.stop(Stop::Kill);
     // The hooks outlive the daemon: the host still reaches the endpoint.
