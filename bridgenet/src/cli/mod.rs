@@ -35,7 +35,12 @@ pub enum NetworkCmd {
     /// List networks.
     Ls(Listing),
     /// Show a network as JSON.
-    Inspect { name: String },
+    Inspect {
+        name: String,
+        /// Accepted for symmetry with the listings: inspect always prints JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove a network that has no endpoints.
     Rm { name: String },
 }
@@ -81,7 +86,12 @@ pub enum EndpointCmd {
     /// List endpoints.
     Ls(Listing),
     /// Show an endpoint as JSON.
-    Inspect { name: String },
+    Inspect {
+        name: String,
+        /// Accepted for symmetry with the listings: inspect always prints JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove an endpoint (and its namespace, when bridgenet created it).
     Rm { name: String },
 }
@@ -288,7 +298,7 @@ pub fn network(socket: &Path, cmd: NetworkCmd) -> Result<()> {
             }
             table.print()?;
         }
-        NetworkCmd::Inspect { name: n } => {
+        NetworkCmd::Inspect { name: n, .. } => {
             name("network", &n)?;
             print_json(&get::<Network>(socket, &format!("/networks/{n}"))?)?;
         }
@@ -389,7 +399,7 @@ pub fn endpoint(socket: &Path, cmd: EndpointCmd) -> Result<()> {
             }
             table.print()?;
         }
-        EndpointCmd::Inspect { name: n } => {
+        EndpointCmd::Inspect { name: n, .. } => {
             name("endpoint", &n)?;
             print_json(&get::<Endpoint>(socket, &format!("/endpoints/{n}"))?)?;
         }
