@@ -478,7 +478,8 @@ impl ControlLab {
                 .map(strip_stats)
                 .collect::<Vec<_>>()
                 .join("\n"),
-            host.ip(&["-o", "addr"]),
+            // An IPv6 link-local address is `tentative` for its first second (DAD).
+            host.ip(&["-o", "addr"]).replace(" tentative", ""),
             // `linkdown` comes and goes with the carrier of a bridge's ports.
             host.ip(&["route"]).replace(" linkdown", ""),
             netns.join(" "),
