@@ -443,7 +443,8 @@ impl ControlLab {
 
     /// Everything that must not change when a command is refused: the daemon's view (networks,
     /// endpoints, ports, filter rules), the host namespace's links, addresses and routes, the lab's
-    /// namespaces, and the published ports, subnets and filter in the pinned maps.
+    /// namespaces, and the published ports, subnets (IPv4 and IPv6), endpoints' IPv6 addresses
+    /// and filter in the pinned maps.
     pub fn snapshot(&self) -> String {
         let host = self.topo.ns("host");
         let mut netns: Vec<String> = std::fs::read_dir("/run/netns")
@@ -477,12 +478,15 @@ impl ControlLab {
                 .map(strip_stats)
                 .collect::<Vec<_>>()
                 .join("\n"),
-            host.ip(&["-o", "addr"]),
+            // An IPv6 link-local address is `tentative` for its first second (DAD).
+            host.ip(&["-o", "addr"]).replace(" tentative", ""),
             // `linkdown` comes and goes with the carrier of a bridge's ports.
             host.ip(&["route"]).replace(" linkdown", ""),
             netns.join(" "),
             dump("PUBLISH"),
             dump("SUBNETS"),
+            dump("SUBNETS6"),
+            dump("ENDPOINTS6"),
             dump("FILTER"),
             dump("FILTER_STATE"),
         ]

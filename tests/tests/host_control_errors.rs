@@ -416,3 +416,216 @@ fn input_reserved_subnets_are_refused() {
     // Next to them is fine.
     lab.ok(&["network", "create", "n", "--subnet", "198.19.7.0/24"]);
 }
+
+/// Every refusal of a dual-stack network or an IPv6 address: one line, nothing changed (no
+/// bridge, no subnet in SUBNETS6, no store written).
+#[test]
+fn ipv6_refusals_change_nothing() {
+    let mut lab = ControlLab::up();
+    lab.ok(&[
+        "network",
+        "create",
+        "six",
+        "--ipv6",
+        "--subnet",
+        "198.18.5.0/24",
+        "--subnet",
+        "fd00:5::/64",
+        "--internal",
+    ]);
+    let ns1 = lab.netns_name("one");
+    lab.ok(&[
+        "endpoint",
+        "create",
+        "one",
+        "--network",
+        "six",
+        "--netns",
+        &ns1,
+    ]);
+    let spare = lab.netns_name("spare");
+    let create = |extra: &[&'static str]| {
+        let mut args = vec!["network", "create", "n"];
+        args.extend_from_slice(extra);
+        args
+    };
+    for (args, expect) in [
+        // The CLI's grammar: one --subnet and one --gateway per family, --ipv6 with an IPv6
+        // subnet and only with one.
+        (
+            create(&["--subnet", "198.18.6.0/24", "--subnet", "fd00:6::/64"]),
+            "IPv6 subnet fd00:6::/64 needs --ipv6",
+        ),
+        (
+            create(&["--ipv6", "--subnet", "198.18.6.0/24", "--internal"]),
+            "--ipv6 needs an IPv6 --subnet",
+        ),
+        (
+            create(&["--ipv6", "--internal"]),
+            "--ipv6 needs an IPv6 --subnet",
+        ),
+        (
+            create(&["--subnet", "198.18.6.0/24", "--subnet", "198.18.7.0/24"]),
+            "--subnet given twice for IPv4",
+        ),
+        (
+            create(&[
+                "--ipv6",
+                "--internal",
+                "--subnet",
+                "fd00:6::/64",
+                "--subnet",
+                "fd00:7::/64",
+            ]),
+            "--subnet given twice for IPv6",
+        ),
+        (
+            create(&[
+                "--ipv6",
+                "--internal",
+                "--subnet",
+                "fd00:6::/64",
+                "--gateway",
+                "fd00:6::1",
+                "--gateway",
+                "fd00:6::2",
+            ]),
+            "--gateway given twice for IPv6",
+        ),
+        (
+            create(&["--subnet", "198.18.6.0/24", "--gateway", "fd00:6::1"]),
+            "no IPv6 --subnet is given",
+        ),
+        // The daemon's checks.
+        (
+            create(&[
+                "--ipv6",
+                "--subnet",
+                "198.18.6.0/24",
+                "--subnet",
+                "fd00:6::/64",
+            ]),
+            "IPv6 networks must be --internal for now",
+        ),
+        (
+            create(&[
+                "--ipv6",
+                "--internal",
+                "--subnet",
+                "198.18.6.0/24",
+                "--subnet",
+                "fd00:6::/64",
+                "--gateway",
+                "fd00:7::1",
+            ]),
+            "gateway fd00:7::1 is not a host address of fd00:6::/64",
+        ),
+        (
+            create(&[
+                "--ipv6",
+                "--internal",
+                "--subnet",
+                "fd00:6::/64",
+                "--gateway",
+                "fd00:6::zz",
+            ]),
+            "invalid IPv6 gateway",
+        ),
+        (
+            create(&["--ipv6", "--internal", "--subnet", "fd00:6::/129"]),
+            "invalid IPv6 subnet",
+        ),
+        (
+            create(&["--ipv6", "--internal", "--subnet", "fd00::/16"]),
+            "overlaps network six",
+        ),
+        (
+            create(&["--ipv6", "--internal", "--subnet", "fd00:5::/80"]),
+            "overlaps network six",
+        ),
+        (
+            create(&["--ipv6", "--internal", "--subnet", "fe80::/64"]),
+            "link-local",
+        ),
+        (
+            create(&["--ipv6", "--internal", "--subnet", "ff05::/64"]),
+            "multicast",
+        ),
+        (
+            create(&["--ipv6", "--internal", "--subnet", "fd00:6::/127"]),
+            "no room",
+        ),
+        // Whatever else is right, a network that exists is refused before its IPv6 side.
+        (
+            vec![
+                "network",
+                "create",
+                "six",
+                "--ipv6",
+                "--internal",
+                "--subnet",
+                "fd00:6::/64",
+            ],
+            "already exists",
+        ),
+    ] {
+        refused(&lab, &args, expect);
+    }
+    let endpoint = |extra: &[&'static str]| {
+        let mut args: Vec<String> = ["endpoint", "create", "e", "--netns", &spare]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    for (args, expect) in [
+        (
+            endpoint(&["--network", "bridge", "--ip6", "fd00:5::9"]),
+            "network bridge has no IPv6 subnet",
+        ),
+        (
+            endpoint(&["--network", "six", "--ip6", "fd00:5::1"]),
+            "address fd00:5::1 is the gateway of fd00:5::/64",
+        ),
+        (
+            endpoint(&["--network", "six", "--ip6", "fd00:5::"]),
+            "not a host address of fd00:5::/64",
+        ),
+        (
+            endpoint(&["--network", "six", "--ip6", "fd00:6::2"]),
+            "not a host address of fd00:5::/64",
+        ),
+        (
+            endpoint(&["--network", "six", "--ip6", "fd00:5::2"]),
+            "address fd00:5::2 is already in use",
+        ),
+        (
+            endpoint(&["--network", "six", "--ip6", "198.18.5.9"]),
+            "invalid IPv6 address",
+        ),
+        (
+            endpoint(&["--mode", "none", "--ip6", "fd00:5::9"]),
+            "mode none has no network",
+        ),
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        refused(&lab, &args, expect);
+    }
+    refused(
+        &lab,
+        &[
+            "endpoint",
+            "create",
+            "e",
+            "--mode",
+            "container:one",
+            "--ip6",
+            "fd00:5::9",
+        ],
+        "shares one's network",
+    );
+    // The endpoint that was there keeps its address.
+    let one = lab.json(&["endpoint", "inspect", "one"]);
+    assert_eq!(one["ip6"], "fd00:5::2", "{one}");
+}

@@ -393,3 +393,184 @@ fn input_daemon_through_ip_netns_exec_warns_and_cleans_up() {
     );
     assert!(!lab.state_dir().join("bpffs-mounted").exists());
 }
+
+/// A dual-stack internal network and its endpoints: subnet6, gateway6 and ip6 in the API and
+/// the listings; the bridge has gateway6, each endpoint's interface its ip6 and the link-local
+/// address its MAC gives it, with the default IPv6 route via gateway6, also where the namespace
+/// turns IPv6 off for new interfaces; the daemon's restart puts a removed gateway6 back and
+/// keeps the IPv6 subnet in the datapath; `network rm` takes it out.
+#[test]
+fn dual_stack_internal_network_and_endpoints() {
+    let mut lab = ControlLab::prepared();
+    // The daemon's namespace turns IPv6 off for new interfaces: its bridge gets it back.
+    lab.topo
+        .ns("host")
+        .sysctl("net.ipv6.conf.default.disable_ipv6", "1");
+    lab.start();
+    lab.ok(&[
+        "network",
+        "create",
+        "six",
+        "--ipv6",
+        "--subnet",
+        "fd00:5::/64",
+        "--subnet",
+        "198.18.5.0/24",
+        "--internal",
+    ]);
+    let net = lab.json(&["network", "inspect", "six"]);
+    assert_eq!(net["subnet"], "198.18.5.0/24", "{net}");
+    assert_eq!(net["subnet6"], "fd00:5::/64", "{net}");
+    assert_eq!(net["gateway"], "198.18.5.1", "{net}");
+    assert_eq!(net["gateway6"], "fd00:5::1", "{net}");
+    let ls = lab.ok(&["network", "ls"]);
+    let line = ls
+        .lines()
+        .find(|l| l.starts_with("six "))
+        .expect("six listed");
+    assert!(
+        line.contains("198.18.5.0/24,fd00:5::/64") && line.contains("198.18.5.1,fd00:5::1"),
+        "{ls}"
+    );
+    // IPv4-only networks show no IPv6 fields.
+    let bridge = lab.json(&["network", "inspect", "bridge"]);
+    assert!(bridge.get("subnet6").is_none(), "{bridge}");
+
+    // One endpoint takes the next addresses, one asks for its IPv6 address, in a namespace
+    // that turns IPv6 off for new interfaces.
+    let ns1 = lab.netns_name("six1");
+    let ns2 = lab.netns_name("six2");
+    let status = std::process::Command::new("ip")
+        .args(["netns", "add", &ns2])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = lab.exec_in(
+        &ns2,
+        "sysctl",
+        &["-qw", "net.ipv6.conf.default.disable_ipv6=1"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        lab.ok(&[
+            "endpoint",
+            "create",
+            "e1",
+            "--network",
+            "six",
+            "--netns",
+            &ns1
+        ]),
+        "e1 198.18.5.2 fd00:5::2\n"
+    );
+    assert_eq!(
+        lab.ok(&[
+            "endpoint",
+            "create",
+            "e2",
+            "--network",
+            "six",
+            "--netns",
+            &ns2,
+            "--ip6",
+            "fd00:5::99",
+        ]),
+        "e2 198.18.5.3 fd00:5::99\n"
+    );
+    let e1 = lab.json(&["endpoint", "inspect", "e1"]);
+    assert_eq!(e1["ip"], "198.18.5.2", "{e1}");
+    assert_eq!(e1["ip6"], "fd00:5::2", "{e1}");
+    let eps = lab.json(&["endpoint", "ls"]);
+    let e2 = eps
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "e2")
+        .expect("e2 listed");
+    assert_eq!(e2["ip6"], "fd00:5::99", "{eps}");
+    let ls = lab.ok(&["endpoint", "ls"]);
+    assert!(ls.contains("198.18.5.2,fd00:5::2"), "{ls}");
+
+    let check = |ns: &str, ip6: &str| {
+        let addrs = String::from_utf8_lossy(
+            &lab.exec_in(ns, "ip", &["-6", "addr", "show", "dev", "eth0"])
+                .stdout,
+        )
+        .into_owned();
+        // Without duplicate address detection: usable at once, never tentative.
+        let global = addrs
+            .lines()
+            .find(|l| l.contains(&format!("inet6 {ip6}/64")))
+            .unwrap_or_else(|| panic!("no {ip6} in {addrs}"));
+        assert!(!global.contains("tentative"), "{addrs}");
+        assert!(addrs.contains("inet6 fe80::"), "{addrs}");
+        let routes =
+            String::from_utf8_lossy(&lab.exec_in(ns, "ip", &["-6", "route"]).stdout).into_owned();
+        assert!(
+            routes.contains("default via fd00:5::1 dev eth0"),
+            "{routes}"
+        );
+        let disabled = String::from_utf8_lossy(
+            &lab.exec_in(ns, "sysctl", &["-n", "net.ipv6.conf.eth0.disable_ipv6"])
+                .stdout,
+        )
+        .into_owned();
+        assert_eq!(disabled.trim(), "0");
+    };
+    check(&ns1, "fd00:5::2");
+    check(&ns2, "fd00:5::99");
+    let host = lab.topo.ns("host");
+    let bridge_addrs = host.ip(&["-6", "addr", "show", "dev", "bn-six"]);
+    assert!(
+        bridge_addrs.contains("inet6 fd00:5::1/64"),
+        "{bridge_addrs}"
+    );
+    let subnets6 = |lab: &ControlLab| {
+        let out = std::process::Command::new("bpftool")
+            .args(["-j", "map", "dump", "pinned"])
+            .arg(lab.bpffs().join("SUBNETS6"))
+            .output()
+            .expect("bpftool");
+        assert!(out.status.success());
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(subnets6(&lab), 1);
+
+    // A restart puts the gateway6 someone removed back, and keeps the subnet in the datapath.
+    host.ip(&["addr", "del", "fd00:5::1/64", "dev", "bn-six"]);
+    lab.stop(Stop::Term);
+    lab.start();
+    let bridge_addrs = lab
+        .topo
+        .ns("host")
+        .ip(&["-6", "addr", "show", "dev", "bn-six"]);
+    assert!(
+        bridge_addrs.contains("inet6 fd00:5::1/64"),
+        "{bridge_addrs}"
+    );
+    assert_eq!(subnets6(&lab), 1);
+    assert_eq!(lab.json(&["endpoint", "inspect", "e1"])["ip6"], "fd00:5::2");
+    // A freed address is the next one handed out again.
+    lab.ok(&["endpoint", "rm", "e1"]);
+    let ns3 = lab.netns_name("six3");
+    assert_eq!(
+        lab.ok(&[
+            "endpoint",
+            "create",
+            "e3",
+            "--network",
+            "six",
+            "--netns",
+            &ns3
+        ]),
+        "e3 198.18.5.2 fd00:5::2\n"
+    );
+    lab.ok(&["endpoint", "rm", "e3"]);
+    lab.ok(&["endpoint", "rm", "e2"]);
+    lab.ok(&["network", "rm", "six"]);
+    assert_eq!(subnets6(&lab), 0);
+}

@@ -24,6 +24,12 @@ pub struct NetworkCreate {
     /// Absent: `nat`.
     #[serde(default)]
     pub gateway_mode: GatewayMode,
+    /// The IPv6 subnet of a dual-stack network (needs `internal` for now); absent: IPv4 only.
+    #[serde(default)]
+    pub subnet6: Option<String>,
+    /// Absent: the IPv6 subnet's first address after the network address.
+    #[serde(default)]
+    pub gateway6: Option<String>,
 }
 
 /// `POST /endpoints`.
@@ -54,6 +60,9 @@ pub struct EndpointCreate {
     /// runtime to move (Docker's driver); `netns` is then empty.
     #[serde(default)]
     pub for_runtime: bool,
+    /// The IPv6 address on a network with an IPv6 subnet; None: the next free one.
+    #[serde(default)]
+    pub ip6: Option<String>,
 }
 
 /// `POST /endpoints/{name}/publish` and `/unpublish`.
@@ -380,5 +389,28 @@ mod tests {
         assert_eq!(entry.mapping.host_port, 8080);
         let err = serde_json::from_str::<PortSpecs>(r#"{"specs":[],"spec":[]}"#).unwrap_err();
         assert!(err.to_string().contains("unknown field `spec`"), "{err}");
+    }
+
+    #[test]
+    fn old_clients_need_no_ipv6_fields() {
+        let net: NetworkCreate = serde_json::from_str(
+            r#"{"name":"n","subnet":null,"gateway":null,"bridge":null,"icc":true,
+                "internal":false,"masquerade":true}"#,
+        )
+        .unwrap();
+        assert_eq!((net.subnet6, net.gateway6), (None, None));
+        let ep: EndpointCreate = serde_json::from_str(
+            r#"{"name":"e","network":"n","netns":"e","ip":null,"publish":[],"expose":[],
+                "publish_all":false}"#,
+        )
+        .unwrap();
+        assert_eq!(ep.ip6, None);
+        let net: NetworkCreate = serde_json::from_str(
+            r#"{"name":"n","subnet":"198.18.5.0/24","gateway":null,"bridge":null,"icc":true,
+                "internal":true,"masquerade":true,"subnet6":"fd00:5::/64","gateway6":"fd00:5::1"}"#,
+        )
+        .unwrap();
+        assert_eq!(net.subnet6.as_deref(), Some("fd00:5::/64"));
+        assert_eq!(net.gateway6.as_deref(), Some("fd00:5::1"));
     }
 }

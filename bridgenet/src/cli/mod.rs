@@ -35,7 +35,12 @@ pub enum NetworkCmd {
     /// List networks.
     Ls(Listing),
     /// Show a network as JSON.
-    Inspect { name: String },
+    Inspect {
+        name: String,
+        /// Accepted for symmetry with the listings: inspect always prints JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove a network that has no endpoints.
     Rm { name: String },
 }
@@ -43,12 +48,18 @@ pub enum NetworkCmd {
 #[derive(Args)]
 pub struct NetworkCreateArgs {
     name: String,
-    /// CIDR; default: the first free /16 of 172.17-172.31, then /20s of 192.168.0.0/16.
+    /// CIDR, once per family (an IPv6 one needs --ipv6); IPv4 default: the first free /16 of
+    /// 172.17-172.31, then /20s of 192.168.0.0/16.
     #[arg(long)]
-    subnet: Option<String>,
-    /// Default: the subnet's first host.
+    subnet: Vec<String>,
+    /// Once per family; default: the subnet's first host (IPv6: its first address after the
+    /// network address).
     #[arg(long)]
-    gateway: Option<String>,
+    gateway: Vec<String>,
+    /// Dual stack: the network also has the IPv6 --subnet given (internal networks only for
+    /// now).
+    #[arg(long)]
+    ipv6: bool,
     /// Name of the Linux bridge; default: bn-NAME.
     #[arg(long)]
     bridge: Option<String>,
@@ -75,7 +86,12 @@ pub enum EndpointCmd {
     /// List endpoints.
     Ls(Listing),
     /// Show an endpoint as JSON.
-    Inspect { name: String },
+    Inspect {
+        name: String,
+        /// Accepted for symmetry with the listings: inspect always prints JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove an endpoint (and its namespace, when bridgenet created it).
     Rm { name: String },
 }
@@ -97,6 +113,9 @@ pub struct EndpointCreateArgs {
     /// Default: the next free address of the network.
     #[arg(long)]
     ip: Option<String>,
+    /// On a network with an IPv6 subnet; default: its next free IPv6 address.
+    #[arg(long)]
+    ip6: Option<String>,
     /// Publish a port: [[IP:]HPORT:]CPORT[/PROTO], ranges H1-H2:C1-C2.
     #[arg(short = 'p', long = "publish", value_name = "SPEC")]
     publish: Vec<String>,
@@ -218,15 +237,27 @@ pub fn network(socket: &Path, cmd: NetworkCmd) -> Result<()> {
     match cmd {
         NetworkCmd::Create(a) => {
             name("network", &a.name)?;
+            let (subnet, subnet6) = by_family("--subnet", &a.subnet)?;
+            let (gateway, gateway6) = by_family("--gateway", &a.gateway)?;
+            match (&subnet6, a.ipv6) {
+                (Some(s), false) => bail!("IPv6 subnet {s} needs --ipv6"),
+                (None, true) => bail!("--ipv6 needs an IPv6 --subnet"),
+                _ => {}
+            }
+            if let (Some(g), None) = (&gateway6, &subnet6) {
+                bail!("--gateway {g} is IPv6, but no IPv6 --subnet is given");
+            }
             let req = NetworkCreate {
                 name: a.name,
-                subnet: a.subnet,
-                gateway: a.gateway,
+                subnet,
+                gateway,
                 bridge: a.bridge,
                 icc: a.icc,
                 internal: a.internal,
                 masquerade: a.masquerade,
                 gateway_mode: a.gateway_mode,
+                subnet6,
+                gateway6,
             };
             let net: Network = send(socket, Method::POST, "/networks", &req)?;
             println!("{}", net.name);
@@ -253,17 +284,21 @@ pub fn network(socket: &Path, cmd: NetworkCmd) -> Result<()> {
                 if !n.gateway_mode.is_nat() {
                     opts.push(&mode);
                 }
+                let both = |v4: String, v6: Option<String>| match v6 {
+                    Some(v6) => format!("{v4},{v6}"),
+                    None => v4,
+                };
                 table.row([
                     n.name,
-                    n.subnet.to_string(),
-                    n.gateway.to_string(),
+                    both(n.subnet.to_string(), n.subnet6.map(|s| s.to_string())),
+                    both(n.gateway.to_string(), n.gateway6.map(|g| g.to_string())),
                     n.bridge,
                     opts.join(","),
                 ]);
             }
             table.print()?;
         }
-        NetworkCmd::Inspect { name: n } => {
+        NetworkCmd::Inspect { name: n, .. } => {
             name("network", &n)?;
             print_json(&get::<Network>(socket, &format!("/networks/{n}"))?)?;
         }
@@ -294,6 +329,11 @@ pub fn endpoint(socket: &Path, cmd: EndpointCmd) -> Result<()> {
             {
                 bail!("invalid address {ip:?} (expected an IPv4 address)");
             }
+            if let Some(ip6) = &a.ip6
+                && ip6.parse::<std::net::Ipv6Addr>().is_err()
+            {
+                bail!("invalid IPv6 address {ip6:?} (expected an address such as fd00:5::10)");
+            }
             a.mode.parse::<Mode>().map_err(anyhow::Error::msg)?;
             let req = EndpointCreate {
                 name: a.name,
@@ -306,9 +346,13 @@ pub fn endpoint(socket: &Path, cmd: EndpointCmd) -> Result<()> {
                 mode: Some(a.mode),
                 mac: None,
                 for_runtime: false,
+                ip6: a.ip6,
             };
             let ep: Endpoint = send(socket, Method::POST, "/endpoints", &req)?;
-            println!("{} {}", ep.name, ep.ip);
+            match ep.ip6 {
+                Some(ip6) => println!("{} {} {ip6}", ep.name, ep.ip),
+                None => println!("{} {}", ep.name, ep.ip),
+            }
         }
         EndpointCmd::Ls(l) => {
             let eps: Vec<Endpoint> = get(socket, "/endpoints")?;
@@ -332,7 +376,10 @@ pub fn endpoint(socket: &Path, cmd: EndpointCmd) -> Result<()> {
             for e in eps {
                 let ports: Vec<String> = e.ports.iter().map(docker_ps_port).collect();
                 let dash = |s: String| if s.is_empty() { "-".to_owned() } else { s };
-                let ip = (e.mode != Mode::None).then(|| e.ip.to_string());
+                let ip = (e.mode != Mode::None).then(|| match e.ip6 {
+                    Some(ip6) => format!("{},{ip6}", e.ip),
+                    None => e.ip.to_string(),
+                });
                 // Docker's container name, else a CNI attachment's container ID and interface.
                 let container = containers.get(&e.name).cloned().or_else(|| {
                     e.cni
@@ -352,7 +399,7 @@ pub fn endpoint(socket: &Path, cmd: EndpointCmd) -> Result<()> {
             }
             table.print()?;
         }
-        EndpointCmd::Inspect { name: n } => {
+        EndpointCmd::Inspect { name: n, .. } => {
             name("endpoint", &n)?;
             print_json(&get::<Endpoint>(socket, &format!("/endpoints/{n}"))?)?;
         }
@@ -368,6 +415,24 @@ pub fn endpoint(socket: &Path, cmd: EndpointCmd) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Docker's `--subnet` and `--gateway`, given once per family: (IPv4, IPv6). Anything with a
+/// colon is IPv6; the daemon checks the values themselves.
+fn by_family(flag: &str, values: &[String]) -> Result<(Option<String>, Option<String>)> {
+    let (mut v4, mut v6): (Option<String>, Option<String>) = (None, None);
+    for v in values {
+        let (slot, family) = if v.contains(':') {
+            (&mut v6, "IPv6")
+        } else {
+            (&mut v4, "IPv4")
+        };
+        if let Some(first) = slot {
+            bail!("{flag} given twice for {family} ({first} and {v}): once per family");
+        }
+        *slot = Some(v.clone());
+    }
+    Ok((v4, v6))
 }
 
 /// `docker ps`'s PORTS column: `0.0.0.0:8080->80/tcp`.
@@ -568,6 +633,34 @@ impl Table {
         let text = self.0.into_inner().context("aligning the table")?;
         std::io::stdout().write_all(&text)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod family_tests {
+    use super::by_family;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn subnets_and_gateways_are_sorted_by_family() {
+        let (v4, v6) = by_family("--subnet", &strings(&["fd00:5::/64", "198.18.5.0/24"])).unwrap();
+        assert_eq!(v4.as_deref(), Some("198.18.5.0/24"));
+        assert_eq!(v6.as_deref(), Some("fd00:5::/64"));
+        assert_eq!(by_family("--gateway", &[]).unwrap(), (None, None));
+        let err = by_family("--subnet", &strings(&["198.18.5.0/24", "198.18.6.0/24"]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "--subnet given twice for IPv4 (198.18.5.0/24 and 198.18.6.0/24): once per family"
+        );
+        let err = by_family("--gateway", &strings(&["fd00:5::1", "fd00:5::2"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("given twice for IPv6"), "{err}");
     }
 }
 

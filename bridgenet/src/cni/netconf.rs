@@ -98,6 +98,11 @@ impl NetConf {
 
     /// The bridgenet network this configuration names, with its settings.
     pub fn network(&self) -> Result<CniNetwork, CniError> {
+        for (key, value) in [("subnet", &self.subnet), ("gateway", &self.gateway)] {
+            if let Some(v) = value.as_deref().filter(|v| v.contains(':')) {
+                return Err(ipv6_refused(&format!("{key} {v}")));
+            }
+        }
         if self.non_masquerade_cidrs.iter().any(|c| c.is_empty()) {
             return Err(CniError::new(
                 code::INVALID_CONFIG,
@@ -156,6 +161,9 @@ impl NetConf {
 
     /// The `ips` capability: one IPv4 address (a prefix length, if given, is the network's).
     pub fn ip(&self) -> Result<Option<String>, CniError> {
+        if let Some(v6) = self.runtime_config.ips.iter().find(|ip| ip.contains(':')) {
+            return Err(ipv6_refused(&format!("ips {v6}")));
+        }
         match self.runtime_config.ips.as_slice() {
             [] => Ok(None),
             [one] => Ok(Some(one.split('/').next().unwrap_or(one).to_owned())),
@@ -168,6 +176,14 @@ impl NetConf {
             )),
         }
     }
+}
+
+/// IPv6 asked for in a configuration: refused rather than left out.
+fn ipv6_refused(what: &str) -> CniError {
+    CniError::new(
+        code::INVALID_CONFIG,
+        format!("{what}: IPv6 through Docker/CNI is not supported yet"),
+    )
 }
 
 #[cfg(test)]
@@ -202,5 +218,26 @@ mod tests {
         )
         .unwrap();
         assert_eq!(conf.publish().unwrap_err().code, code::INVALID_CONFIG);
+    }
+
+    #[test]
+    fn ipv6_is_refused_not_ignored() {
+        let conf = NetConf::parse(
+            br#"{"cniVersion":"1.0.0","name":"n","type":"t","subnet":"fd00:5::/64"}"#,
+        )
+        .unwrap();
+        let err = conf.network().unwrap_err();
+        assert_eq!(err.code, code::INVALID_CONFIG);
+        assert_eq!(
+            err.msg,
+            "subnet fd00:5::/64: IPv6 through Docker/CNI is not supported yet"
+        );
+        let conf = NetConf::parse(
+            br#"{"cniVersion":"1.0.0","name":"n","type":"t","runtimeConfig":{
+                "ips":["198.18.5.7/24","fd00:5::7/64"]}}"#,
+        )
+        .unwrap();
+        let err = conf.ip().unwrap_err();
+        assert!(err.msg.contains("IPv6 through Docker/CNI"), "{}", err.msg);
     }
 }

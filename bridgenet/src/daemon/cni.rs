@@ -78,6 +78,7 @@ impl Daemon {
                     mode: None,
                     mac: req.mac.clone(),
                     for_runtime: false,
+                    ip6: None,
                 },
                 Some(a.clone()),
             )
@@ -130,6 +131,8 @@ impl Daemon {
                     internal: gateway_mode == GatewayMode::Isolated,
                     masquerade: true,
                     gateway_mode,
+                    subnet6: None,
+                    gateway6: None,
                 },
                 req.mtu,
                 non_masquerade,
@@ -305,6 +308,8 @@ mod tests {
             non_masquerade: vec!["198.18.0.0/28".parse().unwrap()],
             gateway_mode: GatewayMode::Nat,
             adopted: None,
+            subnet6: None,
+            gateway6: None,
         }
     }
 

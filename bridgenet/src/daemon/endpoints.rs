@@ -1,6 +1,6 @@
 //! Endpoints: create (mode bridge, none or container), set up (also for reconcile) and
 //! remove. A failed create undoes its own steps: no veth, namespace or map entry is left.
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::Context as _;
 
@@ -107,6 +107,7 @@ impl Daemon {
                 ))
             })?,
         };
+        let ip6 = self.endpoint_ip6(req, &network, cni.is_some())?;
         let mut exposed = Vec::new();
         for e in &req.expose {
             exposed.extend(parse_expose(e).map_err(bad)?);
@@ -151,14 +152,61 @@ impl Daemon {
             exposed,
             ports,
             cni,
+            ip6,
         })
+    }
+
+    /// The IPv6 address of a new endpoint on `network`: the one asked for (`--ip6`), checked,
+    /// else the lowest free one after the gateway; None on a network without IPv6.
+    fn endpoint_ip6(
+        &self,
+        req: &EndpointCreate,
+        network: &Network,
+        cni: bool,
+    ) -> Result<Option<Ipv6Addr>, Error> {
+        let (Some(subnet6), Some(gateway6)) = (network.subnet6, network.gateway6) else {
+            return match &req.ip6 {
+                Some(_) => Err(bad(format!(
+                    "network {} has no IPv6 subnet: --ip6 does not apply",
+                    network.name
+                ))),
+                None => Ok(None),
+            };
+        };
+        if req.for_runtime || cni {
+            return Err(bad(format!(
+                "network {} has an IPv6 subnet: IPv6 through Docker/CNI is not supported yet",
+                network.name
+            )));
+        }
+        let taken = self.state.taken_addresses6(network);
+        let ip6 = match &req.ip6 {
+            Some(s) => {
+                let ip: Ipv6Addr = s.parse().map_err(|_| {
+                    bad(format!(
+                        "invalid IPv6 address {s:?} (expected an address such as fd00:5::10)"
+                    ))
+                })?;
+                ipam::check_address6(&subnet6, gateway6, ip, &taken).map_err(Error::Conflict)?;
+                ip
+            }
+            None => ipam::next_address6(&subnet6, gateway6, &taken).ok_or_else(|| {
+                Error::Conflict(format!(
+                    "no free IPv6 address left in network {} ({subnet6})",
+                    network.name
+                ))
+            })?,
+        };
+        Ok(Some(ip6))
     }
 
     /// Mode none: a namespace with lo only (Docker's `--network none`).
     fn none_endpoint(&self, req: &EndpointCreate) -> Result<Endpoint, Error> {
-        if !req.network.is_empty() || req.ip.is_some() || Self::publishes(req) {
+        if !req.network.is_empty() || req.ip.is_some() || req.ip6.is_some() || Self::publishes(req)
+        {
             return Err(bad(
-                "mode none has no network: --network, --ip, -p, --expose and -P do not apply",
+                "mode none has no network: --network, --ip, --ip6, -p, --expose and -P do not \
+                 apply",
             ));
         }
         let (netns, netns_created) = self.own_netns(&req.netns)?;
@@ -174,6 +222,7 @@ impl Daemon {
             exposed: Vec::new(),
             ports: Vec::new(),
             cni: None,
+            ip6: None,
         })
     }
 
@@ -186,10 +235,11 @@ impl Daemon {
                 "endpoint {shared} itself shares the namespace of {root}: use container:{root}"
             )));
         }
-        if !req.network.is_empty() || req.ip.is_some() || Self::publishes(req) {
+        if !req.network.is_empty() || req.ip.is_some() || req.ip6.is_some() || Self::publishes(req)
+        {
             return Err(bad(format!(
-                "mode container:{shared} shares {shared}'s network: --network, --ip, -p, --expose \
-                 and -P do not apply (publish on {shared})"
+                "mode container:{shared} shares {shared}'s network: --network, --ip, --ip6, -p, \
+                 --expose and -P do not apply (publish on {shared})"
             )));
         }
         if !req.netns.is_empty() && netns_path(&req.netns) != other.netns_path() {
@@ -210,6 +260,7 @@ impl Daemon {
             exposed: Vec::new(),
             ports: Vec::new(),
             cni: None,
+            ip6: other.ip6,
         })
     }
 
@@ -286,6 +337,10 @@ impl Daemon {
             endpoint.mac_bytes(),
             network_options(network).id,
         )?;
+        // Before the program on the veth: it passes IPv6 from the endpoint only from there.
+        if let Some(ip6) = endpoint.ip6 {
+            self.dp.add_endpoint6(index, ip6)?;
+        }
         self.dp.attach_pinned(
             programs::ENDPOINT_INGRESS,
             &endpoint.veth,
@@ -385,6 +440,15 @@ impl Daemon {
             ip: endpoint.ip,
             prefix: network.subnet.prefix_len(),
             gateway: (!network.internal).then_some(network.gateway),
+            ip6: endpoint
+                .ip6
+                .zip(network.subnet6)
+                .map(|(ip6, subnet6)| (ip6, subnet6.prefix_len())),
+            // IPv6 networks are internal for now; the route reaches the bridge's gateway6
+            // (the host), when the bridge has an address.
+            gateway6: network
+                .gateway6
+                .filter(|_| super::gateway_modes::bridge_has_address(network)),
         };
         netlink::in_netns(&path, move |nl| netlink::configure_endpoint(nl, link)).await
     }

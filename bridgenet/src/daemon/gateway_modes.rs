@@ -31,7 +31,8 @@ impl Daemon {
     /// isolated.
     pub(super) async fn create_network_bridge(&self, network: &Network) -> anyhow::Result<u32> {
         if bridge_has_address(network) {
-            self.nl
+            let index = self
+                .nl
                 .create_bridge(
                     &network.bridge,
                     network.gateway,
@@ -39,10 +40,35 @@ impl Daemon {
                     // The fast path out recognizes the gateway's MAC by this scheme.
                     crate::state::ipam::mac(network.gateway),
                 )
-                .await
+                .await?;
+            self.bridge_gateway6(network, index).await?;
+            Ok(index)
         } else {
             self.nl.create_bare_bridge(&network.bridge).await
         }
+    }
+
+    /// The IPv6 gateway on the network's bridge `index` (IPv6 on there first), unless it has
+    /// it already; nothing for a network without IPv6 or whose bridge has no address.
+    pub(super) async fn bridge_gateway6(
+        &self,
+        network: &Network,
+        index: u32,
+    ) -> anyhow::Result<()> {
+        let (Some(subnet6), Some(gateway6)) = (network.subnet6, network.gateway6) else {
+            return Ok(());
+        };
+        if !bridge_has_address(network) {
+            return Ok(());
+        }
+        crate::netlink::enable_ipv6(&network.bridge)?;
+        let present = self.nl.addresses6(index).await?;
+        if !present.iter().any(|a| a.addr() == gateway6) {
+            self.nl
+                .add_address6(index, gateway6, subnet6.prefix_len())
+                .await?;
+        }
+        Ok(())
     }
 
     /// Opens mapping `m` of `endpoint` in the datapath, where its network's mode says.

@@ -1,8 +1,8 @@
 //! Networks: create (checking subnet, gateway and bridge before anything changes) and remove.
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::anyhow;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::{Daemon, Error, adopt, bad, gateway_modes};
 use bridgenet_common::programs;
@@ -35,6 +35,8 @@ impl Daemon {
             internal: false,
             masquerade: true,
             gateway_mode: GatewayMode::Nat,
+            subnet6: None,
+            gateway6: None,
         };
         match self.network_create(req).await {
             Ok(net) => {
@@ -65,8 +67,15 @@ impl Daemon {
                 req.name
             )));
         }
+        let ipv6 = self.ipv6_side(&req)?;
         let found = self.bridge_to_adopt(&req).await?;
         if let Some(found) = &found {
+            if ipv6.is_some() {
+                return Err(bad(format!(
+                    "bridge {} exists: adopting a bridge for an IPv6 network is not supported yet",
+                    req.bridge.as_deref().unwrap_or_default()
+                )));
+            }
             adopt::defaults_from(found, &mut req)?;
         }
         let taken = self.taken_subnets(found.as_ref().map(|f| f.index)).await?;
@@ -147,6 +156,8 @@ impl Daemon {
                 non_masquerade.dedup();
                 non_masquerade
             },
+            subnet6: ipv6.map(|(s, _)| s),
+            gateway6: ipv6.map(|(_, g)| g),
         };
         let made = match &found {
             Some(found) => self.adopt_bridge(&network, found).await,
@@ -170,12 +181,83 @@ impl Daemon {
             return Err(err);
         }
         tracing::info!(
-            "network {} created: {} on {}",
+            "network {} created: {}{} on {}",
             network.name,
             subnet,
+            network
+                .subnet6
+                .map(|s| format!(" and {s}"))
+                .unwrap_or_default(),
             network.bridge
         );
         Ok(network)
+    }
+
+    /// The IPv6 subnet and gateway `req` asks for, checked (one line, before anything
+    /// changes): a valid prefix outside the reserved ranges and every other network's IPv6
+    /// subnet, with room for a gateway and an endpoint, on an internal network.
+    fn ipv6_side(&self, req: &NetworkCreate) -> Result<Option<(Ipv6Net, Ipv6Addr)>, Error> {
+        let Some(s) = &req.subnet6 else {
+            if let Some(g) = &req.gateway6 {
+                return Err(bad(format!(
+                    "IPv6 gateway {g} given without an IPv6 subnet"
+                )));
+            }
+            return Ok(None);
+        };
+        let subnet: Ipv6Net = s.parse().map_err(|_| {
+            bad(format!(
+                "invalid IPv6 subnet {s:?} (expected a CIDR such as fd00:5::/64)"
+            ))
+        })?;
+        let subnet = subnet.trunc();
+        if !req.internal {
+            return Err(bad(
+                "IPv6 networks must be --internal for now: bridgenet does not translate (NAT66) \
+                 or route IPv6 out of a network yet",
+            ));
+        }
+        if let Some((range, what)) = ipam::reserved6(&subnet) {
+            return Err(bad(format!(
+                "subnet {subnet} overlaps {range} ({what}), which no network may use"
+            )));
+        }
+        if let Some(other) = self
+            .state
+            .networks
+            .values()
+            .find(|n| n.subnet6.is_some_and(|o| ipam::overlaps6(&o, &subnet)))
+        {
+            return Err(Error::Conflict(format!(
+                "subnet {subnet} overlaps network {} ({})",
+                other.name,
+                other.subnet6.unwrap_or(subnet)
+            )));
+        }
+        let gateway = match &req.gateway6 {
+            Some(g) => {
+                let gw: Ipv6Addr = g.parse().map_err(|_| {
+                    bad(format!(
+                        "invalid IPv6 gateway {g:?} (expected an IPv6 address)"
+                    ))
+                })?;
+                if !ipam::is_host6(&subnet, gw) {
+                    return Err(bad(format!(
+                        "gateway {gw} is not a host address of {subnet}"
+                    )));
+                }
+                gw
+            }
+            None => ipam::default_gateway6(&subnet)
+                .ok_or_else(|| bad(format!("subnet {subnet} has no room for a gateway")))?,
+        };
+        let room = ipam::next_address6(&subnet, gateway, &[gateway].into());
+        if room.is_none() {
+            return Err(bad(format!(
+                "subnet {subnet} has no room for an endpoint besides its gateway"
+            )));
+        }
+        Ok(Some((subnet, gateway)))
     }
 
     /// The network's MTU on its bridge (each veth pair gets it when it is made).
@@ -194,6 +276,9 @@ impl Daemon {
         self.dp.add_network(network.subnet, &options)?;
         self.dp
             .set_non_masquerade(options.id, &network.non_masquerade)?;
+        if let (Some(subnet6), Some(gateway6)) = (network.subnet6, network.gateway6) {
+            self.dp.add_network6(subnet6, gateway6, &options)?;
+        }
         self.dp.attach_pinned(
             programs::BRIDGE_INGRESS,
             &network.bridge,
@@ -215,6 +300,11 @@ impl Daemon {
         }
         if let Err(err) = self.dp.remove_subnet(network.subnet) {
             tracing::warn!("removing subnet {}: {err:#}", network.subnet);
+        }
+        if let Some(subnet6) = network.subnet6
+            && let Err(err) = self.dp.remove_subnet6(subnet6)
+        {
+            tracing::warn!("removing subnet {subnet6}: {err:#}");
         }
     }
 
@@ -282,6 +372,9 @@ impl Daemon {
         self.dp
             .set_non_masquerade(network_options(&network).id, &[])?;
         self.dp.remove_subnet(network.subnet)?;
+        if let Some(subnet6) = network.subnet6 {
+            self.dp.remove_subnet6(subnet6)?;
+        }
         self.state.networks.remove(name);
         self.save()?;
         tracing::info!("network {name} removed");

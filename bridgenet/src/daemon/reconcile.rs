@@ -45,6 +45,13 @@ impl Daemon {
                 self.dp.remove_subnet(subnet)?;
             }
         }
+        let managed6: BTreeSet<_> = networks.iter().filter_map(|n| n.subnet6).collect();
+        for subnet6 in self.dp.subnets6()? {
+            if !managed6.contains(&subnet6) {
+                tracing::info!("reconcile: forgetting subnet {subnet6}");
+                self.dp.remove_subnet6(subnet6)?;
+            }
+        }
 
         let endpoints: Vec<_> = self
             .state
@@ -197,6 +204,7 @@ impl Daemon {
                         .await?;
                 }
                 self.nl.set_up(link.index).await?;
+                self.bridge_gateway6(network, link.index).await?;
             }
         }
         self.network_datapath(network)

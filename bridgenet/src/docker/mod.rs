@@ -192,6 +192,8 @@ async fn create_network_(driver: &Driver, body: &Bytes) -> Result<Value, String>
             internal: spec.internal,
             masquerade: spec.masquerade,
             gateway_mode: spec.gateway_mode,
+            subnet6: None,
+            gateway6: None,
         })
         .await
         .map_err(text)?;
@@ -280,6 +282,7 @@ async fn create_endpoint_(driver: &Driver, body: &Bytes) -> Result<Value, String
                     mode: None,
                     mac: docker_mac.clone(),
                     for_runtime: true,
+                    ip6: None,
                 })
                 .await
                 .map_err(text)?;

@@ -1,16 +1,21 @@
 //! Links, addresses and routes over rtnetlink: bridges, veth pairs into endpoint namespaces,
 //! and what the daemon reads (routes, uplink addresses).
-use std::{fs::File, net::Ipv4Addr, os::fd::AsRawFd as _, path::Path};
+use std::{
+    fs::File,
+    net::{Ipv4Addr, Ipv6Addr},
+    os::fd::AsRawFd as _,
+    path::Path,
+};
 
 use anyhow::{Context as _, Result, anyhow};
 use futures_util::TryStreamExt as _;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use nix::sched::{CloneFlags, setns};
 use rtnetlink::{
     Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
         AddressFamily,
-        address::{AddressAttribute, AddressMessage},
+        address::{AddressAttribute, AddressFlags, AddressMessage},
         link::{
             InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkLayerType, LinkMessage,
             LinkXdp, XdpAttached,
@@ -180,6 +185,42 @@ impl Netlink {
             .execute()
             .await
             .with_context(|| format!("adding {ip}/{prefix} to link {index}"))
+    }
+
+    /// Adds IPv6 address `ip/prefix` to link `index` without duplicate address detection
+    /// (IFA_F_NODAD): bridgenet hands out the addresses, and a tentative address would leave
+    /// the first second of an endpoint without IPv6.
+    pub async fn add_address6(&self, index: u32, ip: Ipv6Addr, prefix: u8) -> Result<()> {
+        let mut request = self.handle.address().add(index, ip.into(), prefix);
+        request
+            .message_mut()
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        request
+            .execute()
+            .await
+            .with_context(|| format!("adding {ip}/{prefix} to link {index}"))
+    }
+
+    /// The IPv6 addresses of link `index` (link-local ones included).
+    pub async fn addresses6(&self, index: u32) -> Result<Vec<Ipv6Net>> {
+        let mut stream = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        let mut out = Vec::new();
+        while let Some(msg) = stream.try_next().await? {
+            let addr = msg.attributes.iter().find_map(|attr| match attr {
+                AddressAttribute::Address(std::net::IpAddr::V6(ip)) => Some(*ip),
+                _ => None,
+            });
+            if let Some(ip) = addr {
+                out.push(Ipv6Net::new(ip, msg.header.prefix_len)?);
+            }
+        }
+        Ok(out)
     }
 
     /// Removes address `ip` from link `index` (absent: nothing to do).
@@ -492,6 +533,24 @@ pub struct EndpointLink {
     pub prefix: u8,
     /// None for internal networks: no default route.
     pub gateway: Option<Ipv4Addr>,
+    /// Its IPv6 address and prefix length, on a network with an IPv6 subnet.
+    pub ip6: Option<(Ipv6Addr, u8)>,
+    /// The IPv6 default route's gateway (the bridge's IPv6 address).
+    pub gateway6: Option<Ipv6Addr>,
+}
+
+/// Makes sure IPv6 is on for interface `ifname` in the calling thread's namespace: sets
+/// `net.ipv6.conf.IFNAME.disable_ipv6` to 0 when it is 1 (a host or namespace that disables
+/// IPv6 by default). Call it only in namespaces the daemon manages, for its own interfaces.
+pub fn enable_ipv6(ifname: &str) -> Result<()> {
+    let path = format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6");
+    let now = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {path} (is IPv6 off in this kernel?)"))?;
+    if now.trim() != "0" {
+        std::fs::write(&path, "0")
+            .with_context(|| format!("enabling IPv6: writing 0 to {path}"))?;
+    }
+    Ok(())
 }
 
 /// Runs `f` with an rtnetlink connection inside the namespace `path`, on a dedicated thread
@@ -519,10 +578,30 @@ where
 /// route.
 pub async fn configure_endpoint(nl: Netlink, link: EndpointLink) -> Result<()> {
     let index = nl.index(&link.ifname).await?;
+    if link.ip6.is_some() {
+        // Before it is up, so that the kernel gives it its link-local address then.
+        enable_ipv6(&link.ifname)?;
+    }
     nl.set_up(index).await?;
     let lo = nl.index("lo").await?;
     nl.set_up(lo).await?;
     nl.add_address(index, link.ip, link.prefix).await?;
+    if let Some((ip6, prefix)) = link.ip6 {
+        nl.add_address6(index, ip6, prefix).await?;
+        if let Some(gateway6) = link.gateway6 {
+            nl.handle
+                .route()
+                .add(
+                    RouteMessageBuilder::<Ipv6Addr>::new()
+                        .gateway(gateway6)
+                        .output_interface(index)
+                        .build(),
+                )
+                .execute()
+                .await
+                .context("adding the IPv6 default route")?;
+        }
+    }
     if let Some(gateway) = link.gateway {
         nl.handle
             .route()

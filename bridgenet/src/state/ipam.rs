@@ -1,7 +1,10 @@
 //! Address management as Docker does it: default pools, gateway, sequential addresses, MACs.
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 /// Docker's default pools: 172.17.0.0/16 to 172.31.0.0/16, then 192.168.0.0/16 in /20s.
 pub fn default_pools() -> impl Iterator<Item = Ipv4Net> {
@@ -67,6 +70,91 @@ pub fn check_address(
 ) -> Result<(), String> {
     if !is_host(subnet, ip) {
         return Err(format!("address {ip} is not a host address of {subnet}"));
+    }
+    if taken.contains(&ip) {
+        return Err(format!("address {ip} is already in use in {subnet}"));
+    }
+    Ok(())
+}
+
+/// Whether two IPv6 subnets share an address.
+pub fn overlaps6(a: &Ipv6Net, b: &Ipv6Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// IPv6 ranges no network may use: the unspecified, loopback and IPv4-mapped addresses
+/// (::/8), link-local (fe80::/10: the kernel gives every interface its own there) and
+/// multicast.
+pub const RESERVED6: [(Ipv6Addr, u8, &str); 3] = [
+    (
+        Ipv6Addr::UNSPECIFIED,
+        8,
+        "loopback, unspecified and IPv4-mapped",
+    ),
+    (Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10, "link-local"),
+    (Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8, "multicast"),
+];
+
+/// The reserved IPv6 range `subnet` overlaps, with its name.
+pub fn reserved6(subnet: &Ipv6Net) -> Option<(Ipv6Net, &'static str)> {
+    RESERVED6
+        .iter()
+        .map(|&(addr, len, what)| (Ipv6Net::new(addr, len).expect("valid prefix"), what))
+        .find(|(range, _)| overlaps6(subnet, range))
+}
+
+/// The default IPv6 gateway (Docker 27): the subnet's first address after the network
+/// address; None when the subnet has no room for it and an endpoint.
+pub fn default_gateway6(subnet: &Ipv6Net) -> Option<Ipv6Addr> {
+    let first = u128::from(subnet.network()) + 1;
+    (first < u128::from(subnet.broadcast())).then(|| Ipv6Addr::from(first))
+}
+
+/// Whether `ip` can be given to a host of the IPv6 `subnet` (not its network address, the
+/// subnet-router anycast address; IPv6 has no broadcast).
+pub fn is_host6(subnet: &Ipv6Net, ip: Ipv6Addr) -> bool {
+    subnet.contains(&ip) && ip != subnet.network()
+}
+
+/// The lowest free IPv6 address after the gateway, else (wrapping around) after the network
+/// address; `taken` holds the gateway and every endpoint's address.
+pub fn next_address6(
+    subnet: &Ipv6Net,
+    gateway: Ipv6Addr,
+    taken: &BTreeSet<Ipv6Addr>,
+) -> Option<Ipv6Addr> {
+    let network = u128::from(subnet.network());
+    let last = u128::from(subnet.broadcast());
+    let gateway = u128::from(gateway).clamp(network, last);
+    // Each range is walked only past taken addresses: as many steps as endpoints, at most.
+    let free = |from: u128, to: u128| {
+        let mut at = from;
+        while at <= to {
+            if !taken.contains(&Ipv6Addr::from(at)) {
+                return Some(Ipv6Addr::from(at));
+            }
+            at = at.checked_add(1)?;
+        }
+        None
+    };
+    gateway
+        .checked_add(1)
+        .and_then(|from| free(from, last))
+        .or_else(|| free(network + 1, gateway))
+}
+
+/// Checks an IPv6 address asked for with `--ip6`.
+pub fn check_address6(
+    subnet: &Ipv6Net,
+    gateway: Ipv6Addr,
+    ip: Ipv6Addr,
+    taken: &BTreeSet<Ipv6Addr>,
+) -> Result<(), String> {
+    if !is_host6(subnet, ip) {
+        return Err(format!("address {ip} is not a host address of {subnet}"));
+    }
+    if ip == gateway {
+        return Err(format!("address {ip} is the gateway of {subnet}"));
     }
     if taken.contains(&ip) {
         return Err(format!("address {ip} is already in use in {subnet}"));
@@ -182,6 +270,91 @@ mod tests {
         assert!(check_address(&s, Ipv4Addr::new(10, 1, 0, 0), &taken).is_err());
         assert!(check_address(&s, Ipv4Addr::new(10, 1, 0, 255), &taken).is_err());
         assert!(check_address(&s, Ipv4Addr::new(10, 2, 0, 9), &taken).is_err());
+    }
+
+    fn net6(s: &str) -> Ipv6Net {
+        s.parse().unwrap()
+    }
+
+    fn ip6(s: &str) -> Ipv6Addr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn ipv6_gateway_and_sequential_addresses() {
+        let s = net6("fd00:5::/64");
+        let gw = default_gateway6(&s).unwrap();
+        assert_eq!(gw, ip6("fd00:5::1"));
+        let mut taken = BTreeSet::from([gw]);
+        let a = next_address6(&s, gw, &taken).unwrap();
+        assert_eq!(a, ip6("fd00:5::2"));
+        taken.insert(a);
+        assert_eq!(next_address6(&s, gw, &taken), Some(ip6("fd00:5::3")));
+        // A freed address is taken again first.
+        taken.insert(ip6("fd00:5::3"));
+        taken.remove(&a);
+        assert_eq!(next_address6(&s, gw, &taken), Some(ip6("fd00:5::2")));
+        // No broadcast in IPv6: the last address is a host's.
+        assert!(is_host6(&s, ip6("fd00:5::ffff:ffff:ffff:ffff")));
+        assert!(!is_host6(&s, ip6("fd00:5::")));
+    }
+
+    #[test]
+    fn ipv6_addresses_follow_a_given_gateway_and_wrap_around() {
+        let s = net6("fd00:6::/64");
+        let gw = ip6("fd00:6::10");
+        let taken = BTreeSet::from([gw]);
+        assert_eq!(next_address6(&s, gw, &taken), Some(ip6("fd00:6::11")));
+        // A gateway at the top: addresses after the network address.
+        let gw = ip6("fd00:6::ffff:ffff:ffff:ffff");
+        let taken = BTreeSet::from([gw]);
+        assert_eq!(next_address6(&s, gw, &taken), Some(ip6("fd00:6::1")));
+        // A /126 holds a gateway and two endpoints.
+        let s = net6("fd00:7::/126");
+        let gw = default_gateway6(&s).unwrap();
+        let mut taken = BTreeSet::from([gw]);
+        for want in ["fd00:7::2", "fd00:7::3"] {
+            let a = next_address6(&s, gw, &taken).unwrap();
+            assert_eq!(a, ip6(want));
+            taken.insert(a);
+        }
+        assert_eq!(next_address6(&s, gw, &taken), None);
+        // A /127 or /128 has no room for a gateway and an endpoint.
+        assert_eq!(default_gateway6(&net6("fd00:8::/127")), None);
+        assert_eq!(default_gateway6(&net6("fd00:8::/128")), None);
+    }
+
+    #[test]
+    fn requested_ipv6_addresses_are_checked() {
+        let s = net6("fd00:5::/64");
+        let gw = ip6("fd00:5::1");
+        let taken = BTreeSet::from([gw, ip6("fd00:5::2")]);
+        assert!(check_address6(&s, gw, ip6("fd00:5::99"), &taken).is_ok());
+        let err = |ip: &str| check_address6(&s, gw, ip6(ip), &taken).unwrap_err();
+        assert!(err("fd00:5::1").contains("is the gateway"));
+        assert!(err("fd00:5::2").contains("already in use"));
+        assert!(err("fd00:5::").contains("not a host address"));
+        assert!(err("fd00:6::2").contains("not a host address"));
+    }
+
+    #[test]
+    fn ipv6_reserved_ranges_and_overlap() {
+        for (bad, range) in [
+            ("::/0", "::/8"),
+            ("::1/128", "::/8"),
+            ("::ffff:0:0/96", "::/8"),
+            ("fe80::/64", "fe80::/10"),
+            ("fe00::/7", "fe80::/10"),
+            ("ff02::/16", "ff00::/8"),
+        ] {
+            assert_eq!(reserved6(&net6(bad)).unwrap().0, net6(range), "{bad}");
+        }
+        for ok in ["fd00::/8", "2001:db8::/32", "fd00:5::/64"] {
+            assert_eq!(reserved6(&net6(ok)), None, "{ok}");
+        }
+        assert!(overlaps6(&net6("fd00::/48"), &net6("fd00:0:0:5::/64")));
+        assert!(overlaps6(&net6("fd00:0:0:5::/64"), &net6("fd00::/48")));
+        assert!(!overlaps6(&net6("fd00:5::/64"), &net6("fd00:6::/64")));
     }
 
     #[test]

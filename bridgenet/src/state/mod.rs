@@ -9,12 +9,12 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
     io::Write as _,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 pub use ports::{PortMapping, PortSpec, Proto};
@@ -54,6 +54,48 @@ pub struct Network {
     /// directly (CNI's `nonMasqueradeCIDRs`: a cluster's pod and node CIDRs), sorted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub non_masquerade: Vec<Ipv4Net>,
+    /// The network's IPv6 subnet (`--ipv6 --subnet`), dual stack with `subnet`; only internal
+    /// networks have one for now. Left out when None, so that IPv4-only stores are unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<Ipv6Net>,
+    /// The IPv6 gateway, on the bridge: in `subnet6`, its first address unless given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<Ipv6Addr>,
+}
+
+impl Network {
+    /// What is wrong with the network's IPv6 side, as a store problem.
+    fn problem6(&self) -> Option<String> {
+        match (self.subnet6, self.gateway6) {
+            (None, None) => None,
+            (Some(s), Some(g)) => {
+                if let Some((range, what)) = ipam::reserved6(&s) {
+                    Some(format!("has subnet6 {s} in {range} ({what})"))
+                } else if !ipam::is_host6(&s, g) {
+                    Some(format!("has gateway6 {g} outside {s}"))
+                } else {
+                    None
+                }
+            }
+            (Some(s), None) => Some(format!("has subnet6 {s} but no gateway6")),
+            (None, Some(g)) => Some(format!("has gateway6 {g} but no subnet6")),
+        }
+    }
+
+    /// What is wrong with `ip6` as the IPv6 address of an endpoint of this network.
+    fn ip6_problem(&self, ip6: Option<Ipv6Addr>) -> Option<String> {
+        match (self.subnet6, ip6) {
+            (None, None) | (Some(_), None) => None,
+            (None, Some(a)) => Some(format!(
+                "has IPv6 address {a}, but network {} has no IPv6 subnet",
+                self.name
+            )),
+            (Some(s), Some(a)) if !ipam::is_host6(&s, a) || Some(a) == self.gateway6 => {
+                Some(format!("has address {a}, not an endpoint's in {s}"))
+            }
+            (Some(_), Some(_)) => None,
+        }
+    }
 }
 
 /// What bridgenet changed on a bridge it adopted, to undo on `network rm` and `--cleanup`
@@ -188,6 +230,11 @@ pub struct Endpoint {
     /// Docker's endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cni: Option<CniAttachment>,
+    /// Its IPv6 address when its network has an IPv6 subnet (the shared endpoint's in mode
+    /// container; none in mode none). Its interface also has the link-local address its MAC
+    /// gives it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
 }
 
 /// A CNI attachment: the runtime's container ID and the interface's name in the container's
@@ -304,10 +351,17 @@ impl State {
                 Some(format!("has subnet {} in {range} ({what})", n.subnet))
             } else if !ipam::is_host(&n.subnet, n.gateway) {
                 Some(format!("has gateway {} outside {}", n.gateway, n.subnet))
+            } else if let Some(why) = n.problem6() {
+                Some(why)
             } else {
                 sound
                     .values()
-                    .find(|o| ipam::overlaps(&o.subnet, &n.subnet) || o.bridge == n.bridge)
+                    .find(|o| {
+                        ipam::overlaps(&o.subnet, &n.subnet)
+                            || o.bridge == n.bridge
+                            || matches!((o.subnet6, n.subnet6), (Some(a), Some(b))
+                                if ipam::overlaps6(&a, &b))
+                    })
                     .map(|o| format!("shares its subnet or bridge with network {}", o.name))
             };
             match why {
@@ -318,6 +372,7 @@ impl State {
             }
         }
         let mut taken = BTreeSet::new();
+        let mut taken6 = BTreeSet::new();
         let mut ports = ports::PortTable::new([], (1, 1));
         for (key, e) in &self.endpoints {
             let why = match &e.mode {
@@ -335,6 +390,16 @@ impl State {
                     ),
                     Some(_) if taken.contains(&(e.network.as_str(), e.ip)) => {
                         Some(format!("has address {}, which another endpoint has", e.ip))
+                    }
+                    Some(n) if n.ip6_problem(e.ip6).is_some() => n.ip6_problem(e.ip6),
+                    Some(_)
+                        if e.ip6
+                            .is_some_and(|a| taken6.contains(&(e.network.as_str(), a))) =>
+                    {
+                        Some(format!(
+                            "has address {}, which another endpoint has",
+                            e.ip6.unwrap_or(Ipv6Addr::UNSPECIFIED)
+                        ))
                     }
                     Some(_) => e
                         .ports
@@ -355,6 +420,7 @@ impl State {
                 Some(why) => problems.push(Problem::Endpoint(key.clone(), why)),
                 None if e.mode == Mode::Bridge => {
                     taken.insert((e.network.as_str(), e.ip));
+                    taken6.extend(e.ip6.map(|a| (e.network.as_str(), a)));
                     e.ports.iter().for_each(|m| ports.insert(m));
                 }
                 None => {}
@@ -371,6 +437,18 @@ impl State {
                 .values()
                 .filter(|e| e.network == network.name && e.mode == Mode::Bridge)
                 .map(|e| e.ip),
+        );
+        taken
+    }
+
+    /// IPv6 addresses taken in `network`: its gateway6 and its endpoints' ip6.
+    pub fn taken_addresses6(&self, network: &Network) -> BTreeSet<Ipv6Addr> {
+        let mut taken: BTreeSet<Ipv6Addr> = network.gateway6.into_iter().collect();
+        taken.extend(
+            self.endpoints
+                .values()
+                .filter(|e| e.network == network.name && e.mode == Mode::Bridge)
+                .filter_map(|e| e.ip6),
         );
         taken
     }
@@ -526,6 +604,8 @@ mod tests {
                 }),
                 mtu: Some(1400),
                 non_masquerade: vec!["198.18.0.0/15".parse().unwrap()],
+                subnet6: Some("fd00:5::/64".parse().unwrap()),
+                gateway6: Some("fd00:5::1".parse().unwrap()),
             },
         );
         store.save(&state).unwrap();
@@ -586,6 +666,8 @@ mod tests {
             adopted: None,
             mtu: None,
             non_masquerade: Vec::new(),
+            subnet6: None,
+            gateway6: None,
         };
         let endpoint = |name: &str, network: &str, ip: [u8; 4], port: u16| Endpoint {
             name: name.into(),
@@ -604,6 +686,7 @@ mod tests {
                 host_port: port,
             }],
             cni: None,
+            ip6: None,
         };
         let mut state = State::default();
         for n in [
@@ -637,6 +720,105 @@ mod tests {
             problems[4].contains("names network gone"),
             "{}",
             problems[4]
+        );
+    }
+
+    #[test]
+    fn ipv4_only_stores_are_unchanged_and_ipv6_fields_round_trip() {
+        let old = r#"{"version": 1, "networks": {"n": {"name": "n", "subnet": "10.0.0.0/24",
+            "gateway": "10.0.0.1", "bridge": "bn-n", "icc": true, "internal": false,
+            "masquerade": true}}, "endpoints": {"e": {"name": "e", "network": "n",
+            "netns": "e", "netns_created": true, "ip": "10.0.0.2", "mac": "",
+            "veth": "ve-e", "exposed": [], "ports": []}}}"#;
+        let state = Store::parse(old.as_bytes()).unwrap();
+        assert_eq!(state.networks["n"].subnet6, None);
+        assert_eq!(state.networks["n"].gateway6, None);
+        assert_eq!(state.endpoints["e"].ip6, None);
+        let written = serde_json::to_string(&state).unwrap();
+        for field in ["subnet6", "gateway6", "ip6"] {
+            assert!(!written.contains(field), "{written}");
+        }
+        let mut state = state;
+        let n = state.networks.get_mut("n").unwrap();
+        n.subnet6 = Some("fd00:5::/64".parse().unwrap());
+        n.gateway6 = Some("fd00:5::1".parse().unwrap());
+        state.endpoints.get_mut("e").unwrap().ip6 = Some("fd00:5::2".parse().unwrap());
+        let written = serde_json::to_string(&state).unwrap();
+        assert!(written.contains(r#""subnet6":"fd00:5::/64""#), "{written}");
+        assert!(written.contains(r#""gateway6":"fd00:5::1""#), "{written}");
+        assert!(written.contains(r#""ip6":"fd00:5::2""#), "{written}");
+        assert_eq!(Store::parse(written.as_bytes()).unwrap(), state);
+        assert!(state.problems().is_empty(), "{:?}", state.problems());
+        assert_eq!(
+            state.taken_addresses6(&state.networks["n"]),
+            BTreeSet::from(["fd00:5::1".parse().unwrap(), "fd00:5::2".parse().unwrap()])
+        );
+    }
+
+    #[test]
+    fn ipv6_problems_are_reported() {
+        let network = |name: &str, subnet: &str, subnet6: Option<&str>, gateway6: Option<&str>| {
+            let subnet: Ipv4Net = subnet.parse().unwrap();
+            Network {
+                name: name.into(),
+                subnet,
+                gateway: ipam::default_gateway(&subnet).unwrap(),
+                bridge: format!("bn-{name}"),
+                icc: true,
+                internal: true,
+                masquerade: true,
+                gateway_mode: GatewayMode::Nat,
+                adopted: None,
+                mtu: None,
+                non_masquerade: Vec::new(),
+                subnet6: subnet6.map(|s| s.parse().unwrap()),
+                gateway6: gateway6.map(|g| g.parse().unwrap()),
+            }
+        };
+        let endpoint = |name: &str, network: &str, ip: [u8; 4], ip6: Option<&str>| Endpoint {
+            name: name.into(),
+            mode: Mode::Bridge,
+            network: network.into(),
+            netns: name.into(),
+            netns_created: true,
+            ip: ip.into(),
+            mac: String::new(),
+            veth: format!("ve-{name}"),
+            exposed: Vec::new(),
+            ports: Vec::new(),
+            cni: None,
+            ip6: ip6.map(|a| a.parse().unwrap()),
+        };
+        let mut state = State::default();
+        for n in [
+            network("a", "10.0.0.0/24", Some("fd00:5::/64"), Some("fd00:5::1")),
+            network("b", "10.1.0.0/24", Some("fd00:5::/48"), Some("fd00:5::1")),
+            network("c", "10.2.0.0/24", Some("fd00:6::/64"), Some("fd00:7::1")),
+            network("d", "10.3.0.0/24", Some("fe80::/64"), Some("fe80::1")),
+            network("e", "10.4.0.0/24", Some("fd00:8::/64"), None),
+            network("f", "10.5.0.0/24", None, None),
+        ] {
+            state.networks.insert(n.name.clone(), n);
+        }
+        for e in [
+            endpoint("e1", "a", [10, 0, 0, 2], Some("fd00:5::2")),
+            endpoint("e2", "a", [10, 0, 0, 3], Some("fd00:5::2")),
+            endpoint("e3", "a", [10, 0, 0, 4], Some("fd00:5::1")),
+            endpoint("e4", "a", [10, 0, 0, 5], Some("fd00:6::5")),
+            endpoint("e5", "f", [10, 5, 0, 2], Some("fd00:9::2")),
+            endpoint("e6", "a", [10, 0, 0, 6], None),
+        ] {
+            state.endpoints.insert(e.name.clone(), e);
+        }
+        let problems: Vec<String> = state.problems().iter().map(ToString::to_string).collect();
+        let names: Vec<&str> = problems
+            .iter()
+            .map(|p| p.split(' ').nth(1).unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            ["b", "c", "d", "e", "e2", "e3", "e4", "e5"],
+            "{problems:#?}"
         );
     }
 
