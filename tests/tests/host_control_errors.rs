@@ -430,7 +430,7 @@ fn ipv6_refusals_change_nothing() {
         "--subnet",
         "198.18.5.0/24",
         "--subnet",
-        "fd00:5::/64",
+        "2001:db8:5::/64",
         "--internal",
     ]);
     let ns1 = lab.netns_name("one");
@@ -453,8 +453,8 @@ fn ipv6_refusals_change_nothing() {
         // The CLI's grammar: one --subnet and one --gateway per family, --ipv6 with an IPv6
         // subnet and only with one.
         (
-            create(&["--subnet", "198.18.6.0/24", "--subnet", "fd00:6::/64"]),
-            "IPv6 subnet fd00:6::/64 needs --ipv6",
+            create(&["--subnet", "198.18.6.0/24", "--subnet", "2001:db8:6::/64"]),
+            "IPv6 subnet 2001:db8:6::/64 needs --ipv6",
         ),
         (
             create(&["--ipv6", "--subnet", "198.18.6.0/24", "--internal"]),
@@ -473,9 +473,9 @@ fn ipv6_refusals_change_nothing() {
                 "--ipv6",
                 "--internal",
                 "--subnet",
-                "fd00:6::/64",
+                "2001:db8:6::/64",
                 "--subnet",
-                "fd00:7::/64",
+                "2001:db8:7::/64",
             ]),
             "--subnet given twice for IPv6",
         ),
@@ -484,16 +484,16 @@ fn ipv6_refusals_change_nothing() {
                 "--ipv6",
                 "--internal",
                 "--subnet",
-                "fd00:6::/64",
+                "2001:db8:6::/64",
                 "--gateway",
-                "fd00:6::1",
+                "2001:db8:6::1",
                 "--gateway",
-                "fd00:6::2",
+                "2001:db8:6::2",
             ]),
             "--gateway given twice for IPv6",
         ),
         (
-            create(&["--subnet", "198.18.6.0/24", "--gateway", "fd00:6::1"]),
+            create(&["--subnet", "198.18.6.0/24", "--gateway", "2001:db8:6::1"]),
             "no IPv6 --subnet is given",
         ),
         // The daemon's checks.
@@ -503,7 +503,7 @@ fn ipv6_refusals_change_nothing() {
                 "--subnet",
                 "198.18.6.0/24",
                 "--subnet",
-                "fd00:6::/64",
+                "2001:db8:6::/64",
             ]),
             "IPv6 networks must be --internal for now",
         ),
@@ -514,33 +514,33 @@ fn ipv6_refusals_change_nothing() {
                 "--subnet",
                 "198.18.6.0/24",
                 "--subnet",
-                "fd00:6::/64",
+                "2001:db8:6::/64",
                 "--gateway",
-                "fd00:7::1",
+                "2001:db8:7::1",
             ]),
-            "gateway fd00:7::1 is not a host address of fd00:6::/64",
+            "gateway 2001:db8:7::1 is not a host address of 2001:db8:6::/64",
         ),
         (
             create(&[
                 "--ipv6",
                 "--internal",
                 "--subnet",
-                "fd00:6::/64",
+                "2001:db8:6::/64",
                 "--gateway",
-                "fd00:6::zz",
+                "2001:db8:6::zz",
             ]),
             "invalid IPv6 gateway",
         ),
         (
-            create(&["--ipv6", "--internal", "--subnet", "fd00:6::/129"]),
+            create(&["--ipv6", "--internal", "--subnet", "2001:db8:6::/129"]),
             "invalid IPv6 subnet",
         ),
         (
-            create(&["--ipv6", "--internal", "--subnet", "fd00::/16"]),
+            create(&["--ipv6", "--internal", "--subnet", "2001:db8::/16"]),
             "overlaps network six",
         ),
         (
-            create(&["--ipv6", "--internal", "--subnet", "fd00:5::/80"]),
+            create(&["--ipv6", "--internal", "--subnet", "2001:db8:5::/80"]),
             "overlaps network six",
         ),
         (
@@ -552,7 +552,7 @@ fn ipv6_refusals_change_nothing() {
             "multicast",
         ),
         (
-            create(&["--ipv6", "--internal", "--subnet", "fd00:6::/127"]),
+            create(&["--ipv6", "--internal", "--subnet", "2001:db8:6::/127"]),
             "no room",
         ),
         // Whatever else is right, a network that exists is refused before its IPv6 side.
@@ -564,7 +564,7 @@ fn ipv6_refusals_change_nothing() {
                 "--ipv6",
                 "--internal",
                 "--subnet",
-                "fd00:6::/64",
+                "2001:db8:6::/64",
             ],
             "already exists",
         ),
@@ -581,31 +581,31 @@ fn ipv6_refusals_change_nothing() {
     };
     for (args, expect) in [
         (
-            endpoint(&["--network", "bridge", "--ip6", "fd00:5::9"]),
+            endpoint(&["--network", "bridge", "--ip6", "2001:db8:5::9"]),
             "network bridge has no IPv6 subnet",
         ),
         (
-            endpoint(&["--network", "six", "--ip6", "fd00:5::1"]),
-            "address fd00:5::1 is the gateway of fd00:5::/64",
+            endpoint(&["--network", "six", "--ip6", "2001:db8:5::1"]),
+            "address 2001:db8:5::1 is the gateway of 2001:db8:5::/64",
         ),
         (
-            endpoint(&["--network", "six", "--ip6", "fd00:5::"]),
-            "not a host address of fd00:5::/64",
+            endpoint(&["--network", "six", "--ip6", "2001:db8:5::"]),
+            "not a host address of 2001:db8:5::/64",
         ),
         (
-            endpoint(&["--network", "six", "--ip6", "fd00:6::2"]),
-            "not a host address of fd00:5::/64",
+            endpoint(&["--network", "six", "--ip6", "2001:db8:6::2"]),
+            "not a host address of 2001:db8:5::/64",
         ),
         (
-            endpoint(&["--network", "six", "--ip6", "fd00:5::2"]),
-            "address fd00:5::2 is already in use",
+            endpoint(&["--network", "six", "--ip6", "2001:db8:5::2"]),
+            "address 2001:db8:5::2 is already in use",
         ),
         (
             endpoint(&["--network", "six", "--ip6", "198.18.5.9"]),
             "invalid IPv6 address",
         ),
         (
-            endpoint(&["--mode", "none", "--ip6", "fd00:5::9"]),
+            endpoint(&["--mode", "none", "--ip6", "2001:db8:5::9"]),
             "mode none has no network",
         ),
     ] {
@@ -621,11 +621,11 @@ fn ipv6_refusals_change_nothing() {
             "--mode",
             "container:one",
             "--ip6",
-            "fd00:5::9",
+            "2001:db8:5::9",
         ],
         "shares one's network",
     );
     // The endpoint that was there keeps its address.
     let one = lab.json(&["endpoint", "inspect", "one"]);
-    assert_eq!(one["ip6"], "fd00:5::2", "{one}");
+    assert_eq!(one["ip6"], "2001:db8:5::2", "{one}");
 }

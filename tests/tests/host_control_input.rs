@@ -413,27 +413,27 @@ fn dual_stack_internal_network_and_endpoints() {
         "six",
         "--ipv6",
         "--subnet",
-        "fd00:5::/64",
+        "2001:db8:5::/64",
         "--subnet",
         "198.18.5.0/24",
         "--internal",
     ]);
-    let net = lab.json(&["network", "inspect", "six"]);
+    let net = inspect(&lab, "network", "six");
     assert_eq!(net["subnet"], "198.18.5.0/24", "{net}");
-    assert_eq!(net["subnet6"], "fd00:5::/64", "{net}");
+    assert_eq!(net["subnet6"], "2001:db8:5::/64", "{net}");
     assert_eq!(net["gateway"], "198.18.5.1", "{net}");
-    assert_eq!(net["gateway6"], "fd00:5::1", "{net}");
+    assert_eq!(net["gateway6"], "2001:db8:5::1", "{net}");
     let ls = lab.ok(&["network", "ls"]);
     let line = ls
         .lines()
         .find(|l| l.starts_with("six "))
         .expect("six listed");
     assert!(
-        line.contains("198.18.5.0/24,fd00:5::/64") && line.contains("198.18.5.1,fd00:5::1"),
+        line.contains("198.18.5.0/24,2001:db8:5::/64") && line.contains("198.18.5.1,2001:db8:5::1"),
         "{ls}"
     );
     // IPv4-only networks show no IPv6 fields.
-    let bridge = lab.json(&["network", "inspect", "bridge"]);
+    let bridge = inspect(&lab, "network", "bridge");
     assert!(bridge.get("subnet6").is_none(), "{bridge}");
 
     // One endpoint takes the next addresses, one asks for its IPv6 address, in a namespace
@@ -461,7 +461,7 @@ fn dual_stack_internal_network_and_endpoints() {
             "--netns",
             &ns1
         ]),
-        "e1 198.18.5.2 fd00:5::2\n"
+        "e1 198.18.5.2 2001:db8:5::2\n"
     );
     assert_eq!(
         lab.ok(&[
@@ -473,13 +473,13 @@ fn dual_stack_internal_network_and_endpoints() {
             "--netns",
             &ns2,
             "--ip6",
-            "fd00:5::99",
+            "2001:db8:5::99",
         ]),
-        "e2 198.18.5.3 fd00:5::99\n"
+        "e2 198.18.5.3 2001:db8:5::99\n"
     );
-    let e1 = lab.json(&["endpoint", "inspect", "e1"]);
+    let e1 = inspect(&lab, "endpoint", "e1");
     assert_eq!(e1["ip"], "198.18.5.2", "{e1}");
-    assert_eq!(e1["ip6"], "fd00:5::2", "{e1}");
+    assert_eq!(e1["ip6"], "2001:db8:5::2", "{e1}");
     let eps = lab.json(&["endpoint", "ls"]);
     let e2 = eps
         .as_array()
@@ -487,9 +487,9 @@ fn dual_stack_internal_network_and_endpoints() {
         .iter()
         .find(|e| e["name"] == "e2")
         .expect("e2 listed");
-    assert_eq!(e2["ip6"], "fd00:5::99", "{eps}");
+    assert_eq!(e2["ip6"], "2001:db8:5::99", "{eps}");
     let ls = lab.ok(&["endpoint", "ls"]);
-    assert!(ls.contains("198.18.5.2,fd00:5::2"), "{ls}");
+    assert!(ls.contains("198.18.5.2,2001:db8:5::2"), "{ls}");
 
     let check = |ns: &str, ip6: &str| {
         let addrs = String::from_utf8_lossy(
@@ -507,7 +507,7 @@ fn dual_stack_internal_network_and_endpoints() {
         let routes =
             String::from_utf8_lossy(&lab.exec_in(ns, "ip", &["-6", "route"]).stdout).into_owned();
         assert!(
-            routes.contains("default via fd00:5::1 dev eth0"),
+            routes.contains("default via 2001:db8:5::1 dev eth0"),
             "{routes}"
         );
         let disabled = String::from_utf8_lossy(
@@ -517,12 +517,12 @@ fn dual_stack_internal_network_and_endpoints() {
         .into_owned();
         assert_eq!(disabled.trim(), "0");
     };
-    check(&ns1, "fd00:5::2");
-    check(&ns2, "fd00:5::99");
+    check(&ns1, "2001:db8:5::2");
+    check(&ns2, "2001:db8:5::99");
     let host = lab.topo.ns("host");
     let bridge_addrs = host.ip(&["-6", "addr", "show", "dev", "bn-six"]);
     assert!(
-        bridge_addrs.contains("inet6 fd00:5::1/64"),
+        bridge_addrs.contains("inet6 2001:db8:5::1/64"),
         "{bridge_addrs}"
     );
     let subnets6 = |lab: &ControlLab| {
@@ -541,7 +541,7 @@ fn dual_stack_internal_network_and_endpoints() {
     assert_eq!(subnets6(&lab), 1);
 
     // A restart puts the gateway6 someone removed back, and keeps the subnet in the datapath.
-    host.ip(&["addr", "del", "fd00:5::1/64", "dev", "bn-six"]);
+    host.ip(&["addr", "del", "2001:db8:5::1/64", "dev", "bn-six"]);
     lab.stop(Stop::Term);
     lab.start();
     let bridge_addrs = lab
@@ -549,11 +549,11 @@ fn dual_stack_internal_network_and_endpoints() {
         .ns("host")
         .ip(&["-6", "addr", "show", "dev", "bn-six"]);
     assert!(
-        bridge_addrs.contains("inet6 fd00:5::1/64"),
+        bridge_addrs.contains("inet6 2001:db8:5::1/64"),
         "{bridge_addrs}"
     );
     assert_eq!(subnets6(&lab), 1);
-    assert_eq!(lab.json(&["endpoint", "inspect", "e1"])["ip6"], "fd00:5::2");
+    assert_eq!(inspect(&lab, "endpoint", "e1")["ip6"], "2001:db8:5::2");
     // A freed address is the next one handed out again.
     lab.ok(&["endpoint", "rm", "e1"]);
     let ns3 = lab.netns_name("six3");
@@ -567,10 +567,15 @@ fn dual_stack_internal_network_and_endpoints() {
             "--netns",
             &ns3
         ]),
-        "e3 198.18.5.2 fd00:5::2\n"
+        "e3 198.18.5.2 2001:db8:5::2\n"
     );
     lab.ok(&["endpoint", "rm", "e3"]);
     lab.ok(&["endpoint", "rm", "e2"]);
     lab.ok(&["network", "rm", "six"]);
     assert_eq!(subnets6(&lab), 0);
+}
+
+/// `KIND inspect NAME`, which always prints JSON.
+fn inspect(lab: &ControlLab, kind: &str, name: &str) -> serde_json::Value {
+    serde_json::from_str(&lab.ok(&[kind, "inspect", name])).expect("JSON")
 }

@@ -35,12 +35,7 @@ pub enum NetworkCmd {
     /// List networks.
     Ls(Listing),
     /// Show a network as JSON.
-    Inspect {
-        name: String,
-        /// Accepted for symmetry with the listings: inspect always prints JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Inspect { name: String },
     /// Remove a network that has no endpoints.
     Rm { name: String },
 }
@@ -86,12 +81,7 @@ pub enum EndpointCmd {
     /// List endpoints.
     Ls(Listing),
     /// Show an endpoint as JSON.
-    Inspect {
-        name: String,
-        /// Accepted for symmetry with the listings: inspect always prints JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Inspect { name: String },
     /// Remove an endpoint (and its namespace, when bridgenet created it).
     Rm { name: String },
 }
@@ -298,7 +288,7 @@ pub fn network(socket: &Path, cmd: NetworkCmd) -> Result<()> {
             }
             table.print()?;
         }
-        NetworkCmd::Inspect { name: n, .. } => {
+        NetworkCmd::Inspect { name: n } => {
             name("network", &n)?;
             print_json(&get::<Network>(socket, &format!("/networks/{n}"))?)?;
         }
@@ -332,7 +322,7 @@ pub fn endpoint(socket: &Path, cmd: EndpointCmd) -> Result<()> {
             if let Some(ip6) = &a.ip6
                 && ip6.parse::<std::net::Ipv6Addr>().is_err()
             {
-                bail!("invalid IPv6 address {ip6:?} (expected an address such as fd00:5::10)");
+                bail!("invalid IPv6 address {ip6:?} (expected an address such as 2001:db8:5::10)");
             }
             a.mode.parse::<Mode>().map_err(anyhow::Error::msg)?;
             let req = EndpointCreate {
@@ -399,7 +389,7 @@ pub fn endpoint(socket: &Path, cmd: EndpointCmd) -> Result<()> {
             }
             table.print()?;
         }
-        EndpointCmd::Inspect { name: n, .. } => {
+        EndpointCmd::Inspect { name: n } => {
             name("endpoint", &n)?;
             print_json(&get::<Endpoint>(socket, &format!("/endpoints/{n}"))?)?;
         }
@@ -646,9 +636,10 @@ mod family_tests {
 
     #[test]
     fn subnets_and_gateways_are_sorted_by_family() {
-        let (v4, v6) = by_family("--subnet", &strings(&["fd00:5::/64", "198.18.5.0/24"])).unwrap();
+        let (v4, v6) =
+            by_family("--subnet", &strings(&["2001:db8:5::/64", "198.18.5.0/24"])).unwrap();
         assert_eq!(v4.as_deref(), Some("198.18.5.0/24"));
-        assert_eq!(v6.as_deref(), Some("fd00:5::/64"));
+        assert_eq!(v6.as_deref(), Some("2001:db8:5::/64"));
         assert_eq!(by_family("--gateway", &[]).unwrap(), (None, None));
         let err = by_family("--subnet", &strings(&["198.18.5.0/24", "198.18.6.0/24"]))
             .unwrap_err()
@@ -657,7 +648,7 @@ mod family_tests {
             err,
             "--subnet given twice for IPv4 (198.18.5.0/24 and 198.18.6.0/24): once per family"
         );
-        let err = by_family("--gateway", &strings(&["fd00:5::1", "fd00:5::2"]))
+        let err = by_family("--gateway", &strings(&["2001:db8:5::1", "2001:db8:5::2"]))
             .unwrap_err()
             .to_string();
         assert!(err.contains("given twice for IPv6"), "{err}");

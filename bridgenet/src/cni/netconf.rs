@@ -223,18 +223,18 @@ mod tests {
     #[test]
     fn ipv6_is_refused_not_ignored() {
         let conf = NetConf::parse(
-            br#"{"cniVersion":"1.0.0","name":"n","type":"t","subnet":"fd00:5::/64"}"#,
+            br#"{"cniVersion":"1.0.0","name":"n","type":"t","subnet":"2001:db8:5::/64"}"#,
         )
         .unwrap();
         let err = conf.network().unwrap_err();
         assert_eq!(err.code, code::INVALID_CONFIG);
         assert_eq!(
             err.msg,
-            "subnet fd00:5::/64: IPv6 through Docker/CNI is not supported yet"
+            "subnet 2001:db8:5::/64: IPv6 through Docker/CNI is not supported yet"
         );
         let conf = NetConf::parse(
             br#"{"cniVersion":"1.0.0","name":"n","type":"t","runtimeConfig":{
-                "ips":["198.18.5.7/24","fd00:5::7/64"]}}"#,
+                "ips":["198.18.5.7/24","2001:db8:5::7/64"]}}"#,
         )
         .unwrap();
         let err = conf.ip().unwrap_err();

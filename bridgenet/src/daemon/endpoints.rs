@@ -184,7 +184,7 @@ impl Daemon {
             Some(s) => {
                 let ip: Ipv6Addr = s.parse().map_err(|_| {
                     bad(format!(
-                        "invalid IPv6 address {s:?} (expected an address such as fd00:5::10)"
+                        "invalid IPv6 address {s:?} (expected an address such as 2001:db8:5::10)"
                     ))
                 })?;
                 ipam::check_address6(&subnet6, gateway6, ip, &taken).map_err(Error::Conflict)?;

@@ -207,7 +207,7 @@ impl Daemon {
         };
         let subnet: Ipv6Net = s.parse().map_err(|_| {
             bad(format!(
-                "invalid IPv6 subnet {s:?} (expected a CIDR such as fd00:5::/64)"
+                "invalid IPv6 subnet {s:?} (expected a CIDR such as 2001:db8:5::/64)"
             ))
         })?;
         let subnet = subnet.trunc();

@@ -282,59 +282,59 @@ mod tests {
 
     #[test]
     fn ipv6_gateway_and_sequential_addresses() {
-        let s = net6("fd00:5::/64");
+        let s = net6("2001:db8:5::/64");
         let gw = default_gateway6(&s).unwrap();
-        assert_eq!(gw, ip6("fd00:5::1"));
+        assert_eq!(gw, ip6("2001:db8:5::1"));
         let mut taken = BTreeSet::from([gw]);
         let a = next_address6(&s, gw, &taken).unwrap();
-        assert_eq!(a, ip6("fd00:5::2"));
+        assert_eq!(a, ip6("2001:db8:5::2"));
         taken.insert(a);
-        assert_eq!(next_address6(&s, gw, &taken), Some(ip6("fd00:5::3")));
+        assert_eq!(next_address6(&s, gw, &taken), Some(ip6("2001:db8:5::3")));
         // A freed address is taken again first.
-        taken.insert(ip6("fd00:5::3"));
+        taken.insert(ip6("2001:db8:5::3"));
         taken.remove(&a);
-        assert_eq!(next_address6(&s, gw, &taken), Some(ip6("fd00:5::2")));
+        assert_eq!(next_address6(&s, gw, &taken), Some(ip6("2001:db8:5::2")));
         // No broadcast in IPv6: the last address is a host's.
-        assert!(is_host6(&s, ip6("fd00:5::ffff:ffff:ffff:ffff")));
-        assert!(!is_host6(&s, ip6("fd00:5::")));
+        assert!(is_host6(&s, ip6("2001:db8:5::ffff:ffff:ffff:ffff")));
+        assert!(!is_host6(&s, ip6("2001:db8:5::")));
     }
 
     #[test]
     fn ipv6_addresses_follow_a_given_gateway_and_wrap_around() {
-        let s = net6("fd00:6::/64");
-        let gw = ip6("fd00:6::10");
+        let s = net6("2001:db8:6::/64");
+        let gw = ip6("2001:db8:6::10");
         let taken = BTreeSet::from([gw]);
-        assert_eq!(next_address6(&s, gw, &taken), Some(ip6("fd00:6::11")));
+        assert_eq!(next_address6(&s, gw, &taken), Some(ip6("2001:db8:6::11")));
         // A gateway at the top: addresses after the network address.
-        let gw = ip6("fd00:6::ffff:ffff:ffff:ffff");
+        let gw = ip6("2001:db8:6::ffff:ffff:ffff:ffff");
         let taken = BTreeSet::from([gw]);
-        assert_eq!(next_address6(&s, gw, &taken), Some(ip6("fd00:6::1")));
+        assert_eq!(next_address6(&s, gw, &taken), Some(ip6("2001:db8:6::1")));
         // A /126 holds a gateway and two endpoints.
-        let s = net6("fd00:7::/126");
+        let s = net6("2001:db8:7::/126");
         let gw = default_gateway6(&s).unwrap();
         let mut taken = BTreeSet::from([gw]);
-        for want in ["fd00:7::2", "fd00:7::3"] {
+        for want in ["2001:db8:7::2", "2001:db8:7::3"] {
             let a = next_address6(&s, gw, &taken).unwrap();
             assert_eq!(a, ip6(want));
             taken.insert(a);
         }
         assert_eq!(next_address6(&s, gw, &taken), None);
         // A /127 or /128 has no room for a gateway and an endpoint.
-        assert_eq!(default_gateway6(&net6("fd00:8::/127")), None);
-        assert_eq!(default_gateway6(&net6("fd00:8::/128")), None);
+        assert_eq!(default_gateway6(&net6("2001:db8:8::/127")), None);
+        assert_eq!(default_gateway6(&net6("2001:db8:8::/128")), None);
     }
 
     #[test]
     fn requested_ipv6_addresses_are_checked() {
-        let s = net6("fd00:5::/64");
-        let gw = ip6("fd00:5::1");
-        let taken = BTreeSet::from([gw, ip6("fd00:5::2")]);
-        assert!(check_address6(&s, gw, ip6("fd00:5::99"), &taken).is_ok());
+        let s = net6("2001:db8:5::/64");
+        let gw = ip6("2001:db8:5::1");
+        let taken = BTreeSet::from([gw, ip6("2001:db8:5::2")]);
+        assert!(check_address6(&s, gw, ip6("2001:db8:5::99"), &taken).is_ok());
         let err = |ip: &str| check_address6(&s, gw, ip6(ip), &taken).unwrap_err();
-        assert!(err("fd00:5::1").contains("is the gateway"));
-        assert!(err("fd00:5::2").contains("already in use"));
-        assert!(err("fd00:5::").contains("not a host address"));
-        assert!(err("fd00:6::2").contains("not a host address"));
+        assert!(err("2001:db8:5::1").contains("is the gateway"));
+        assert!(err("2001:db8:5::2").contains("already in use"));
+        assert!(err("2001:db8:5::").contains("not a host address"));
+        assert!(err("2001:db8:6::2").contains("not a host address"));
     }
 
     #[test]
@@ -349,12 +349,21 @@ mod tests {
         ] {
             assert_eq!(reserved6(&net6(bad)).unwrap().0, net6(range), "{bad}");
         }
-        for ok in ["fd00::/8", "2001:db8::/32", "fd00:5::/64"] {
+        for ok in ["2001:db8::/8", "2001:db8::/32", "2001:db8:5::/64"] {
             assert_eq!(reserved6(&net6(ok)), None, "{ok}");
         }
-        assert!(overlaps6(&net6("fd00::/48"), &net6("fd00:0:0:5::/64")));
-        assert!(overlaps6(&net6("fd00:0:0:5::/64"), &net6("fd00::/48")));
-        assert!(!overlaps6(&net6("fd00:5::/64"), &net6("fd00:6::/64")));
+        assert!(overlaps6(
+            &net6("2001:db8::/48"),
+            &net6("2001:db8:0:0:5::/64")
+        ));
+        assert!(overlaps6(
+            &net6("2001:db8:0:0:5::/64"),
+            &net6("2001:db8::/48")
+        ));
+        assert!(!overlaps6(
+            &net6("2001:db8:5::/64"),
+            &net6("2001:db8:6::/64")
+        ));
     }
 
     #[test]

@@ -604,8 +604,8 @@ mod tests {
                 }),
                 mtu: Some(1400),
                 non_masquerade: vec!["198.18.0.0/15".parse().unwrap()],
-                subnet6: Some("fd00:5::/64".parse().unwrap()),
-                gateway6: Some("fd00:5::1".parse().unwrap()),
+                subnet6: Some("2001:db8:5::/64".parse().unwrap()),
+                gateway6: Some("2001:db8:5::1".parse().unwrap()),
             },
         );
         store.save(&state).unwrap();
@@ -740,18 +740,27 @@ mod tests {
         }
         let mut state = state;
         let n = state.networks.get_mut("n").unwrap();
-        n.subnet6 = Some("fd00:5::/64".parse().unwrap());
-        n.gateway6 = Some("fd00:5::1".parse().unwrap());
-        state.endpoints.get_mut("e").unwrap().ip6 = Some("fd00:5::2".parse().unwrap());
+        n.subnet6 = Some("2001:db8:5::/64".parse().unwrap());
+        n.gateway6 = Some("2001:db8:5::1".parse().unwrap());
+        state.endpoints.get_mut("e").unwrap().ip6 = Some("2001:db8:5::2".parse().unwrap());
         let written = serde_json::to_string(&state).unwrap();
-        assert!(written.contains(r#""subnet6":"fd00:5::/64""#), "{written}");
-        assert!(written.contains(r#""gateway6":"fd00:5::1""#), "{written}");
-        assert!(written.contains(r#""ip6":"fd00:5::2""#), "{written}");
+        assert!(
+            written.contains(r#""subnet6":"2001:db8:5::/64""#),
+            "{written}"
+        );
+        assert!(
+            written.contains(r#""gateway6":"2001:db8:5::1""#),
+            "{written}"
+        );
+        assert!(written.contains(r#""ip6":"2001:db8:5::2""#), "{written}");
         assert_eq!(Store::parse(written.as_bytes()).unwrap(), state);
         assert!(state.problems().is_empty(), "{:?}", state.problems());
         assert_eq!(
             state.taken_addresses6(&state.networks["n"]),
-            BTreeSet::from(["fd00:5::1".parse().unwrap(), "fd00:5::2".parse().unwrap()])
+            BTreeSet::from([
+                "2001:db8:5::1".parse().unwrap(),
+                "2001:db8:5::2".parse().unwrap()
+            ])
         );
     }
 
@@ -791,21 +800,36 @@ mod tests {
         };
         let mut state = State::default();
         for n in [
-            network("a", "10.0.0.0/24", Some("fd00:5::/64"), Some("fd00:5::1")),
-            network("b", "10.1.0.0/24", Some("fd00:5::/48"), Some("fd00:5::1")),
-            network("c", "10.2.0.0/24", Some("fd00:6::/64"), Some("fd00:7::1")),
+            network(
+                "a",
+                "10.0.0.0/24",
+                Some("2001:db8:5::/64"),
+                Some("2001:db8:5::1"),
+            ),
+            network(
+                "b",
+                "10.1.0.0/24",
+                Some("2001:db8:5::/48"),
+                Some("2001:db8:5::1"),
+            ),
+            network(
+                "c",
+                "10.2.0.0/24",
+                Some("2001:db8:6::/64"),
+                Some("2001:db8:7::1"),
+            ),
             network("d", "10.3.0.0/24", Some("fe80::/64"), Some("fe80::1")),
-            network("e", "10.4.0.0/24", Some("fd00:8::/64"), None),
+            network("e", "10.4.0.0/24", Some("2001:db8:8::/64"), None),
             network("f", "10.5.0.0/24", None, None),
         ] {
             state.networks.insert(n.name.clone(), n);
         }
         for e in [
-            endpoint("e1", "a", [10, 0, 0, 2], Some("fd00:5::2")),
-            endpoint("e2", "a", [10, 0, 0, 3], Some("fd00:5::2")),
-            endpoint("e3", "a", [10, 0, 0, 4], Some("fd00:5::1")),
-            endpoint("e4", "a", [10, 0, 0, 5], Some("fd00:6::5")),
-            endpoint("e5", "f", [10, 5, 0, 2], Some("fd00:9::2")),
+            endpoint("e1", "a", [10, 0, 0, 2], Some("2001:db8:5::2")),
+            endpoint("e2", "a", [10, 0, 0, 3], Some("2001:db8:5::2")),
+            endpoint("e3", "a", [10, 0, 0, 4], Some("2001:db8:5::1")),
+            endpoint("e4", "a", [10, 0, 0, 5], Some("2001:db8:6::5")),
+            endpoint("e5", "f", [10, 5, 0, 2], Some("2001:db8:9::2")),
             endpoint("e6", "a", [10, 0, 0, 6], None),
         ] {
             state.endpoints.insert(e.name.clone(), e);
