@@ -16,9 +16,13 @@ use ipnet::Ipv4Net;
 use super::{Datapath, Proto, from_wire, wire};
 
 /// A missing key is not an error for a removal: the goal (the key is absent) holds.
+/// (aya says so with KeyNotFound for some maps, with the syscall's ENOENT for hash maps.)
 pub(super) fn absent_ok(result: Result<(), MapError>) -> Result<()> {
     match result {
         Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(err)) if err.io_error.raw_os_error() == Some(libc::ENOENT) => {
+            Ok(())
+        }
         Err(err) => Err(err.into()),
     }
 }

@@ -1,0 +1,190 @@
+//! IPv6 through the daemon, with real traffic on every kernel: endpoints of a dual-stack
+//! internal network talk over IPv6 and not to another network's; a Router Advertisement an
+//! endpoint sends is dropped, counted and shown by `monitor` with its addresses and type; and
+//! IPv6 between endpoints flows on while the daemon is killed and started again.
+use std::{
+    process::{Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use bridgenet_tests::{
+    control::{ControlLab, Stop},
+    monitor::{EVENT_TIMEOUT, Monitor},
+    raw,
+};
+use etherparse::PacketBuilder;
+use serde_json::Value;
+
+/// Networks six (198.18.5.0/24, 2001:db8:5::/64; endpoints e1, e2) and other (198.18.6.0/24,
+/// 2001:db8:6::/64; endpoint e3), both internal; returns the endpoints' namespaces.
+fn lab() -> (ControlLab, [String; 3]) {
+    let mut lab = ControlLab::up();
+    for (name, v4, v6) in [
+        ("six", "198.18.5.0/24", "2001:db8:5::/64"),
+        ("other", "198.18.6.0/24", "2001:db8:6::/64"),
+    ] {
+        lab.ok(&[
+            "network",
+            "create",
+            name,
+            "--ipv6",
+            "--subnet",
+            v4,
+            "--subnet",
+            v6,
+            "--internal",
+        ]);
+    }
+    let namespaces = [("e1", "six"), ("e2", "six"), ("e3", "other")].map(|(ep, network)| {
+        let ns = lab.netns_name(ep);
+        lab.ok(&[
+            "endpoint",
+            "create",
+            ep,
+            "--network",
+            network,
+            "--netns",
+            &ns,
+        ]);
+        ns
+    });
+    (lab, namespaces)
+}
+
+fn ping6(lab: &ControlLab, ns: &str, to: &str) -> bool {
+    lab.exec_in(ns, "ping", &["-6", "-c", "1", "-W", "2", to])
+        .status
+        .success()
+}
+
+#[test]
+fn dual_stack_endpoints_talk_over_ipv6_within_their_network_only() {
+    let (lab, [e1, _, _]) = lab();
+    assert!(ping6(&lab, &e1, "2001:db8:5::3"), "e1 reaches e2");
+    assert!(ping6(&lab, &e1, "2001:db8:5::1"), "e1 reaches its gateway");
+    assert!(
+        !ping6(&lab, &e1, "2001:db8:6::2"),
+        "e1 reached e3 on another network"
+    );
+    assert!(
+        !ping6(&lab, &e1, "2001:db8:6::1"),
+        "e1 reached another network's gateway"
+    );
+    assert!(lab.stat("endpoint_ingress", "drop_isolation") >= 2);
+    // Out of an internal network: nothing, over either family.
+    assert!(!ping6(&lab, &e1, "2001:db8:ff::1"));
+    assert!(lab.stat("endpoint_ingress", "drop_internal") >= 1);
+    // The kernel's own Neighbour Discovery, MLD and router solicitations all passed.
+    assert_eq!(lab.stat("endpoint_ingress", "drop_spoofed"), 0);
+    assert_eq!(lab.stat("endpoint_ingress", "drop_protocol"), 0);
+}
+
+/// The MAC of eth0 in `ns`.
+fn mac(lab: &ControlLab, ns: &str) -> [u8; 6] {
+    let out = lab.exec_in(ns, "cat", &["/sys/class/net/eth0/address"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let bytes: Vec<u8> = text
+        .trim()
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect();
+    bytes.try_into().unwrap()
+}
+
+#[test]
+fn a_router_advertisement_from_an_endpoint_is_dropped_counted_and_shown() {
+    let (lab, [e1, e2, _]) = lab();
+    let monitor = Monitor::start(&lab, &[]);
+    let mac = mac(&lab, &e1);
+    let ll = [
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        mac[0] ^ 2,
+        mac[1],
+        mac[2],
+        0xff,
+        0xfe,
+        mac[3],
+        mac[4],
+        mac[5],
+    ];
+    let all_nodes = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    // A default router for 30 minutes with the prefix 2001:db8:bad::/64.
+    let mut body = vec![0; 8];
+    body.extend_from_slice(&[3, 4, 64, 0xc0]);
+    body.extend_from_slice(&3600u32.to_be_bytes());
+    body.extend_from_slice(&1800u32.to_be_bytes());
+    body.extend_from_slice(&[0; 4]);
+    body.extend_from_slice(&[
+        0x20, 0x01, 0x0d, 0xb8, 0x0b, 0xad, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ]);
+    let builder = PacketBuilder::ethernet2(mac, [0x33, 0x33, 0, 0, 0, 1])
+        .ipv6(ll, all_nodes, 255)
+        .icmpv6_raw(134, 0, [64, 0, 0x07, 0x08]);
+    let mut frame = Vec::with_capacity(builder.size(body.len()));
+    builder.write(&mut frame, &body).unwrap();
+
+    let src = std::net::Ipv6Addr::from(ll).to_string();
+    let event = monitor.wait_while_sending(
+        || raw::send_frame(&e1, "eth0", &frame),
+        |e: &Value| e["reason"] == "drop_router",
+        EVENT_TIMEOUT,
+    );
+    assert_eq!(event["endpoint"], "e1", "{event}");
+    assert_eq!(event["proto"], "ipv6", "{event}");
+    assert_eq!(event["src"], src.as_str(), "{event}");
+    assert_eq!(event["dst"], "ff02::1", "{event}");
+    assert_eq!(event["icmp_type"], 134, "{event}");
+    assert!(lab.stat("endpoint_ingress", "drop_router") >= 1);
+    // Its sibling took no route from it.
+    let routes = lab.exec_in(&e2, "ip", &["-6", "route"]);
+    let routes = String::from_utf8_lossy(&routes.stdout);
+    assert!(
+        !routes.contains("2001:db8:bad") && !routes.contains("default via fe80"),
+        "{routes}"
+    );
+}
+
+#[test]
+fn ipv6_between_endpoints_flows_on_while_the_daemon_is_killed_and_restarted() {
+    let (mut lab, [e1, _, _]) = lab();
+    assert!(ping6(&lab, &e1, "2001:db8:5::3"), "e1 reaches e2");
+    let pinger = Command::new("ip")
+        .args([
+            "netns", "exec", &e1, "ping", "-6", "-i", "0.1", "-c", "60", "-W", "2",
+        ])
+        .arg("2001:db8:5::3")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("ping");
+    let restart = thread::spawn(move || {
+        thread::sleep(Duration::from_secs(1));
+        lab.stop(Stop::Kill);
+        thread::sleep(Duration::from_millis(500));
+        lab.start();
+        lab
+    });
+    // The pinger started first: it runs across the kill and the start.
+    let out = pinger.wait_with_output().expect("ping");
+    let lab = restart.join().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("60 packets transmitted, 60 received"),
+        "lost packets across the restart: {text}"
+    );
+    assert!(
+        ping6(&lab, &e1, "2001:db8:5::3"),
+        "e1 reaches e2 after the restart"
+    );
+    assert!(
+        !ping6(&lab, &e1, "2001:db8:6::2"),
+        "isolation after the restart"
+    );
+}
