@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod cni;
 pub mod control;
 pub mod http;
+pub mod ipv6;
 pub mod layout_v1;
 pub mod monitor;
 pub mod packet;

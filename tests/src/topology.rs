@@ -216,3 +216,21 @@ pub fn kernel_release() -> String {
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_else(|_| "unknown".into())
 }
+
+/// The MAC address of `iface` in the namespace named `netns`.
+pub fn mac_of(netns: &str, iface: &str) -> [u8; 6] {
+    let out = Command::new("ip")
+        .args(["netns", "exec", netns, "cat"])
+        .arg(format!("/sys/class/net/{iface}/address"))
+        .output()
+        .expect("ip netns exec");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let bytes: Vec<u8> = text
+        .trim()
+        .split(':')
+        .filter_map(|b| u8::from_str_radix(b, 16).ok())
+        .collect();
+    bytes
+        .try_into()
+        .unwrap_or_else(|_| panic!("no MAC for {iface} in {netns}: {text:?}"))
+}

@@ -8,7 +8,7 @@ use std::{net::Ipv4Addr, time::Duration};
 use bridgenet_tests::control::ControlLab;
 use bridgenet_tests::raw::{self, Capture};
 use bridgenet_tests::sockets;
-use bridgenet_tests::topology::enter;
+use bridgenet_tests::topology::{enter, mac_of};
 use etherparse::PacketBuilder;
 
 const WORLD: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -30,17 +30,6 @@ fn endpoint(lab: &mut ControlLab, name: &str, network: &str, extra: &[&str]) -> 
     args.extend_from_slice(extra);
     lab.ok(&args);
     netns
-}
-
-fn mac_of(lab: &ControlLab, netns: &str) -> [u8; 6] {
-    let out = lab.exec_in(netns, "cat", &["/sys/class/net/eth0/address"]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    let bytes: Vec<u8> = text
-        .trim()
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).unwrap())
-        .collect();
-    bytes.try_into().unwrap()
 }
 
 #[test]
@@ -206,7 +195,7 @@ fn with_icc_false_broadcast_multicast_and_sibling_frames_never_reach_a_sibling()
         sender.send_to(b"from-a", (to, 7777)).unwrap();
     }
     // A frame for the world sent to b's MAC, past the gateway.
-    let (a_mac, b_mac) = (mac_of(&lab, &a), mac_of(&lab, &b));
+    let (a_mac, b_mac) = (mac_of(&a, "eth0"), mac_of(&b, "eth0"));
     let frame = {
         let builder = PacketBuilder::ethernet2(a_mac, b_mac)
             .ipv4(a_addr.octets(), WORLD.octets(), 64)

@@ -12,7 +12,7 @@ use std::{
 
 use bridgenet_tests::control::{ControlLab, Stop};
 use bridgenet_tests::sockets;
-use bridgenet_tests::topology::enter;
+use bridgenet_tests::topology::{enter, mac_of};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -145,27 +145,23 @@ fn other_namespaces_are_left_alone() {
     tcp_roundtrip(lab.topo.ns("host").name(), "127.0.0.1:18080");
 }
 
-#[test]
-fn host_reaches_published_ports_through_any_host_address() {
-    let mut lab = ControlLab::up();
-    let ep = lab.endpoint("ep1", &["18080:80", "18053:53/udp"]);
-    let host = lab.topo.ns("host").name().to_owned();
-    let addrs = ["127.0.0.1", "127.0.0.2", "198.18.0.2", "172.17.0.1"];
-
-    let server = tcp_echo(&ep, "0.0.0.0:80", addrs.len());
+/// From `host`, TCP 18080 and UDP 18053 (sent to, and connected) through each of `addrs`
+/// reach the endpoint in `ep` (which sees the gateway), and the application sees the address
+/// it used as the peer.
+fn reaches_published_ports(host: &str, ep: &str, addrs: &[String]) {
+    let server = tcp_echo(ep, "0.0.0.0:80", addrs.len());
     for addr in addrs {
-        tcp_roundtrip(&host, &format!("{addr}:18080"));
+        tcp_roundtrip(host, &format!("{addr}:18080"));
     }
     // The host reaches the endpoint over the bridge, from its gateway address.
     for peer in server.join().unwrap() {
         assert_eq!(peer.ip().to_string(), "172.17.0.1");
     }
-
-    let server = udp_echo(&ep, "0.0.0.0:53", 2 * addrs.len());
+    let server = udp_echo(ep, "0.0.0.0:53", 2 * addrs.len());
     for addr in addrs {
         for connected in [false, true] {
             let to = format!("{addr}:18053");
-            let from = udp_roundtrip(&host, &to, connected);
+            let from = udp_roundtrip(host, &to, connected);
             assert_eq!(
                 from.to_string(),
                 to,
@@ -174,6 +170,16 @@ fn host_reaches_published_ports_through_any_host_address() {
         }
     }
     server.join().unwrap();
+}
+
+#[test]
+fn host_reaches_published_ports_through_any_host_address() {
+    let mut lab = ControlLab::up();
+    let ep = lab.endpoint("ep1", &["18080:80", "18053:53/udp"]);
+    let host = lab.topo.ns("host").name().to_owned();
+    let addrs = ["127.0.0.1", "127.0.0.2", "198.18.0.2", "172.17.0.1"];
+
+    reaches_published_ports(&host, &ep, &addrs.map(str::to_owned));
 
     // A port that is not published stays the host's own.
     let local = tcp_echo(&host, "127.0.0.1:18081", 1);
@@ -195,53 +201,19 @@ fn ipv6_sockets_reach_published_ports_through_ipv4_mapped_host_addresses() {
     let host = lab.topo.ns("host").name().to_owned();
     let addrs = ["::ffff:127.0.0.1", "::ffff:198.18.0.2", "::ffff:172.17.0.1"];
 
-    let server = tcp_echo(&ep, "0.0.0.0:80", addrs.len());
-    for addr in addrs {
-        // A dual-stack (AF_INET6) socket: its peer stays the mapped address it connected to.
-        tcp_roundtrip(&host, &format!("[{addr}]:18080"));
-    }
-    for peer in server.join().unwrap() {
-        assert_eq!(peer.ip().to_string(), "172.17.0.1");
-    }
-    let server = udp_echo(&ep, "0.0.0.0:53", 2 * addrs.len());
-    for addr in addrs {
-        for connected in [false, true] {
-            let to = format!("[{addr}]:18053");
-            let from = udp_roundtrip(&host, &to, connected);
-            assert_eq!(
-                from.to_string(),
-                to,
-                "the reply's source (connected: {connected})"
-            );
-        }
-    }
-    server.join().unwrap();
+    // Dual-stack (AF_INET6) sockets: their peer stays the mapped address they used.
+    reaches_published_ports(&host, &ep, &addrs.map(|a| format!("[{a}]")));
     // Not published there: the host's own.
     let local = tcp_echo(&host, "127.0.0.1:18081", 1);
     tcp_roundtrip(&host, "[::ffff:127.0.0.1]:18081");
     local.join().unwrap();
 }
 
-/// The MAC address of `iface` in namespace `ns`.
-fn mac(lab: &ControlLab, ns: &str, iface: &str) -> [u8; 6] {
-    let out = lab.topo.ns(ns).ip(&["-o", "link", "show", "dev", iface]);
-    let text = out
-        .split("link/ether ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no MAC in {out}"));
-    let mut mac = [0u8; 6];
-    for (byte, hex) in mac.iter_mut().zip(text.split(':')) {
-        *byte = u8::from_str_radix(hex, 16).unwrap();
-    }
-    mac
-}
-
 /// Sends a UDP datagram from the world (198.18.0.1) to `dst:dport` as a raw frame on its eth0,
 /// whatever its routes say: a forged packet for the host's uplink.
 fn forge_udp_from_world(lab: &ControlLab, dst: [u8; 4], dport: u16) {
-    let src_mac = mac(lab, "world", "eth0");
-    let dst_mac = mac(lab, "host", "uplink0");
+    let src_mac = mac_of(lab.topo.ns("world").name(), "eth0");
+    let dst_mac = mac_of(lab.topo.ns("host").name(), "uplink0");
     let builder = etherparse::PacketBuilder::ethernet2(src_mac, dst_mac)
         .ipv4([198, 18, 0, 1], dst, 64)
         .udp(40000, dport);

@@ -10,10 +10,11 @@ use std::{
 
 use bridgenet_tests::{
     control::{ControlLab, Stop},
+    ipv6,
     monitor::{EVENT_TIMEOUT, Monitor},
     raw,
+    topology::mac_of,
 };
-use etherparse::PacketBuilder;
 use serde_json::Value;
 
 /// Networks six (198.18.5.0/24, 2001:db8:5::/64; endpoints e1, e2) and other (198.18.6.0/24,
@@ -80,58 +81,13 @@ fn dual_stack_endpoints_talk_over_ipv6_within_their_network_only() {
     assert_eq!(lab.stat("endpoint_ingress", "drop_protocol"), 0);
 }
 
-/// The MAC of eth0 in `ns`.
-fn mac(lab: &ControlLab, ns: &str) -> [u8; 6] {
-    let out = lab.exec_in(ns, "cat", &["/sys/class/net/eth0/address"]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    let bytes: Vec<u8> = text
-        .trim()
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).unwrap())
-        .collect();
-    bytes.try_into().unwrap()
-}
-
 #[test]
 fn a_router_advertisement_from_an_endpoint_is_dropped_counted_and_shown() {
     let (lab, [e1, e2, _]) = lab();
     let monitor = Monitor::start(&lab, &[]);
-    let mac = mac(&lab, &e1);
-    let ll = [
-        0xfe,
-        0x80,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        mac[0] ^ 2,
-        mac[1],
-        mac[2],
-        0xff,
-        0xfe,
-        mac[3],
-        mac[4],
-        mac[5],
-    ];
-    let all_nodes = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-    // A default router for 30 minutes with the prefix 2001:db8:bad::/64.
-    let mut body = vec![0; 8];
-    body.extend_from_slice(&[3, 4, 64, 0xc0]);
-    body.extend_from_slice(&3600u32.to_be_bytes());
-    body.extend_from_slice(&1800u32.to_be_bytes());
-    body.extend_from_slice(&[0; 4]);
-    body.extend_from_slice(&[
-        0x20, 0x01, 0x0d, 0xb8, 0x0b, 0xad, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    ]);
-    let builder = PacketBuilder::ethernet2(mac, [0x33, 0x33, 0, 0, 0, 1])
-        .ipv6(ll, all_nodes, 255)
-        .icmpv6_raw(134, 0, [64, 0, 0x07, 0x08]);
-    let mut frame = Vec::with_capacity(builder.size(body.len()));
-    builder.write(&mut frame, &body).unwrap();
-
-    let src = std::net::Ipv6Addr::from(ll).to_string();
+    let mac = mac_of(&e1, "eth0");
+    let frame = ipv6::router_advertisement(mac);
+    let src = std::net::Ipv6Addr::from(ipv6::link_local(mac)).to_string();
     let event = monitor.wait_while_sending(
         || raw::send_frame(&e1, "eth0", &frame),
         |e: &Value| e["reason"] == "drop_router",
@@ -146,10 +102,7 @@ fn a_router_advertisement_from_an_endpoint_is_dropped_counted_and_shown() {
     // Its sibling took no route from it.
     let routes = lab.exec_in(&e2, "ip", &["-6", "route"]);
     let routes = String::from_utf8_lossy(&routes.stdout);
-    assert!(
-        !routes.contains("2001:db8:bad") && !routes.contains("default via fe80"),
-        "{routes}"
-    );
+    assert_eq!(ipv6::rogue_routes(&routes), Vec::<String>::new());
 }
 
 #[test]

@@ -6,22 +6,12 @@ use std::time::Duration;
 
 use bridgenet::datapath::{Datapath, GatewayMode, NetworkOptions, TcMode};
 use bridgenet_common::{outcome, program_id};
-use bridgenet_tests::Topology;
 use bridgenet_tests::sockets;
+use bridgenet_tests::{Topology, topology::mac_of};
 
 struct Lab {
     topo: Topology,
     dp: Datapath,
-}
-
-fn mac_of(topo: &Topology, ns: &str) -> [u8; 6] {
-    let text = topo.ns(ns).exec("cat", &["/sys/class/net/eth0/address"]);
-    let bytes: Vec<u8> = text
-        .trim()
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).unwrap())
-        .collect();
-    bytes.try_into().unwrap()
 }
 
 fn lab(icc: bool) -> Lab {
@@ -42,7 +32,7 @@ fn lab(icc: bool) -> Lab {
             .route(ep, "default", gw);
     }
     topo.sysctl("host", "net.ipv4.ip_forward", "1");
-    let macs = [mac_of(&topo, "a"), mac_of(&topo, "b"), mac_of(&topo, "c")];
+    let macs = ["a", "b", "c"].map(|ns| mac_of(topo.ns(ns).name(), "eth0"));
     let ifindexes = [
         topo.ns("host").ifindex("veth-a"),
         topo.ns("host").ifindex("veth-b"),

@@ -12,9 +12,9 @@ use std::{
 
 use bridgenet::datapath::{Datapath, GatewayMode, NetworkOptions, Proto, TcMode};
 use bridgenet_common::{outcome, program_id};
-use bridgenet_tests::Topology;
 use bridgenet_tests::sockets;
 use bridgenet_tests::traffic::{echo_once, roundtrip_data};
+use bridgenet_tests::{Topology, topology::mac_of};
 
 /// Generous: the kernel matrix runs these under software emulation.
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -25,16 +25,6 @@ struct Lab {
     /// Dropped before the namespaces.
     dp: Datapath,
     topo: Topology,
-}
-
-fn mac_of(topo: &Topology, ns: &str) -> [u8; 6] {
-    let text = topo.ns(ns).exec("cat", &["/sys/class/net/eth0/address"]);
-    let bytes: Vec<u8> = text
-        .trim()
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).unwrap())
-        .collect();
-    bytes.try_into().unwrap()
 }
 
 fn lab(icc: bool) -> Lab {
@@ -63,7 +53,7 @@ fn lab(icc: bool) -> Lab {
             .route(ep, "default", gw);
     }
     topo.sysctl("host", "net.ipv4.ip_forward", "1");
-    let macs = [mac_of(&topo, "a"), mac_of(&topo, "b"), mac_of(&topo, "c")];
+    let macs = ["a", "b", "c"].map(|ns| mac_of(topo.ns(ns).name(), "eth0"));
     let host = topo.ns("host");
     let ifindexes = ["veth-a", "veth-b", "veth-c"].map(|veth| host.ifindex(veth));
     let uplink = host.ifindex("uplink0");

@@ -14,8 +14,7 @@ use std::{
 
 use bridgenet::datapath::{Datapath, GatewayMode, NetworkOptions, TcMode};
 use bridgenet_common::{outcome, program_id};
-use bridgenet_tests::{Topology, raw, sockets};
-use etherparse::PacketBuilder;
+use bridgenet_tests::{Topology, ipv6, raw, sockets, topology::mac_of};
 
 struct Lab {
     topo: Topology,
@@ -54,33 +53,6 @@ const ENDPOINTS: [(&str, &str, &str, &str, &str); 4] = [
     ),
 ];
 
-fn mac_of(topo: &Topology, ns: &str) -> [u8; 6] {
-    let text = topo.ns(ns).exec("cat", &["/sys/class/net/eth0/address"]);
-    let bytes: Vec<u8> = text
-        .trim()
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).unwrap())
-        .collect();
-    bytes.try_into().unwrap()
-}
-
-/// The link-local address the kernel derives from `mac`.
-fn link_local(mac: [u8; 6]) -> [u8; 16] {
-    let mut a = [0u8; 16];
-    a[..2].copy_from_slice(&[0xfe, 0x80]);
-    a[8..].copy_from_slice(&[
-        mac[0] ^ 2,
-        mac[1],
-        mac[2],
-        0xff,
-        0xfe,
-        mac[3],
-        mac[4],
-        mac[5],
-    ]);
-    a
-}
-
 fn lab() -> Lab {
     let mut topo = Topology::new();
     for ns in ["host", "a", "b", "c", "d"] {
@@ -109,7 +81,7 @@ fn lab() -> Lab {
         topo.ns(ep)
             .ip(&["-6", "route", "add", "default", "via", gw6]);
     }
-    let macs = ["a", "b", "c", "d"].map(|ns| mac_of(&topo, ns));
+    let macs = ["a", "b", "c", "d"].map(|ns| mac_of(topo.ns(ns).name(), "eth0"));
     let ifindexes = ["a", "b", "c"].map(|ep| topo.ns("host").ifindex(&format!("veth-{ep}")));
     let dp = topo.ns("host").enter(|| {
         let mut dp = Datapath::load().expect("loading the datapath");
@@ -182,53 +154,13 @@ fn eventually(mut what: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// Sends an ICMPv6 message (`kind`, the 4 bytes after the checksum, then `body`) from the
-/// link-local address of endpoint `ep` to all nodes, hop limit 255 as ND requires.
-fn send_icmp6(lab: &Lab, ep: &str, kind: u8, head: [u8; 4], body: &[u8]) {
-    let i = ["a", "b", "c", "d"].iter().position(|e| *e == ep).unwrap();
-    let mac = lab.macs[i];
-    let builder = PacketBuilder::ethernet2(mac, [0x33, 0x33, 0, 0, 0, 1])
-        .ipv6(
-            link_local(mac),
-            "ff02::1".parse::<Ipv6Addr>().unwrap().octets(),
-            255,
-        )
-        .icmpv6_raw(kind, 0, head);
-    let mut frame = Vec::with_capacity(builder.size(body.len()));
-    builder.write(&mut frame, body).unwrap();
-    raw::send_frame(lab.topo.ns(ep).name(), "eth0", &frame);
-}
-
-/// A Router Advertisement from `ep`: a default router for 30 minutes, with the on-link and
-/// autonomous prefix 2001:db8:bad::/64 (CVE-2020-13401's packet).
-fn router_advertisement(lab: &Lab, ep: &str, mac: [u8; 6]) {
-    let mut body = vec![0; 8]; // reachable time, retransmission timer
-    body.extend_from_slice(&[1, 1]);
-    body.extend_from_slice(&mac);
-    body.extend_from_slice(&[3, 4, 64, 0xc0]);
-    body.extend_from_slice(&3600u32.to_be_bytes());
-    body.extend_from_slice(&1800u32.to_be_bytes());
-    body.extend_from_slice(&[0; 4]);
-    body.extend_from_slice(&"2001:db8:bad::".parse::<Ipv6Addr>().unwrap().octets());
-    send_icmp6(lab, ep, 134, [64, 0, 0x07, 0x08], &body);
-}
-
-/// An unsolicited Neighbour Advertisement from `ep` that `target` is at `mac` (override set).
-fn neighbour_advertisement(lab: &Lab, ep: &str, target: &str, mac: [u8; 6]) {
-    let mut body = target.parse::<Ipv6Addr>().unwrap().octets().to_vec();
-    body.extend_from_slice(&[2, 1]);
-    body.extend_from_slice(&mac);
-    send_icmp6(lab, ep, 136, [0x20, 0, 0, 0], &body);
+/// Sends `frame` from endpoint `ep`'s eth0.
+fn send(lab: &Lab, ep: &str, frame: &[u8]) {
+    raw::send_frame(lab.topo.ns(ep).name(), "eth0", frame);
 }
 
 fn rogue_routes(lab: &Lab, ns: &str) -> Vec<String> {
-    lab.topo
-        .ns(ns)
-        .ip(&["-6", "route"])
-        .lines()
-        .filter(|l| l.contains("2001:db8:bad") || l.starts_with("default via fe80"))
-        .map(str::to_owned)
-        .collect()
+    ipv6::rogue_routes(&lab.topo.ns(ns).ip(&["-6", "route"]))
 }
 
 #[test]
@@ -236,7 +168,7 @@ fn endpoints_talk_ipv6_on_their_network_and_not_across_networks() {
     let lab = lab();
     assert!(pings(&lab, "a", "2001:db8:1::3"), "a reaches b");
     assert!(pings(&lab, "a", "2001:db8:1::1"), "a reaches its gateway");
-    let b_ll = Ipv6Addr::from(link_local(lab.macs[1]));
+    let b_ll = Ipv6Addr::from(ipv6::link_local(lab.macs[1]));
     assert!(
         pings(&lab, "a", &format!("{b_ll}%eth0")),
         "a reaches b's link-local address"
@@ -281,7 +213,7 @@ fn a_rogue_router_advertisement_from_an_endpoint_changes_no_route() {
         .ns("host")
         .sysctl("net.ipv6.conf.br1.accept_ra", "2");
     let before = stat(&lab, outcome::DROP_ROUTER);
-    router_advertisement(&lab, "b", lab.macs[1]);
+    send(&lab, "b", &ipv6::router_advertisement(lab.macs[1]));
     thread::sleep(Duration::from_millis(700));
     for ns in ["host", "a"] {
         assert_eq!(rogue_routes(&lab, ns), Vec::<String>::new(), "in {ns}");
@@ -289,7 +221,7 @@ fn a_rogue_router_advertisement_from_an_endpoint_changes_no_route() {
     assert_eq!(stat(&lab, outcome::DROP_ROUTER), before + 1);
 
     // The same advertisement from the unguarded d is taken: the check above meant something.
-    router_advertisement(&lab, "d", lab.macs[3]);
+    send(&lab, "d", &ipv6::router_advertisement(lab.macs[3]));
     for ns in ["host", "a"] {
         assert!(
             eventually(|| !rogue_routes(&lab, ns).is_empty()),
@@ -312,12 +244,13 @@ fn a_spoofed_neighbour_advertisement_from_an_endpoint_changes_no_neighbour() {
     };
     assert!(a_at(lab.macs[0]));
     let before = stat(&lab, outcome::DROP_SPOOFED);
-    neighbour_advertisement(&lab, "b", "2001:db8:1::2", lab.macs[1]);
+    let a: Ipv6Addr = "2001:db8:1::2".parse().unwrap();
+    send(&lab, "b", &ipv6::neighbour_advertisement(lab.macs[1], a));
     thread::sleep(Duration::from_millis(700));
     assert!(a_at(lab.macs[0]), "b took a's address over");
     assert_eq!(stat(&lab, outcome::DROP_SPOOFED), before + 1);
 
-    neighbour_advertisement(&lab, "d", "2001:db8:1::2", lab.macs[3]);
+    send(&lab, "d", &ipv6::neighbour_advertisement(lab.macs[3], a));
     assert!(
         eventually(|| a_at(lab.macs[3])),
         "d's advertisement was not taken"

@@ -204,6 +204,21 @@ impl Netlink {
 
     /// The IPv6 addresses of link `index` (link-local ones included).
     pub async fn addresses6(&self, index: u32) -> Result<Vec<Ipv6Net>> {
+        let mut out = Vec::new();
+        for msg in self.all_address_messages(index).await? {
+            let addr = msg.attributes.iter().find_map(|attr| match attr {
+                AddressAttribute::Address(std::net::IpAddr::V6(ip)) => Some(*ip),
+                _ => None,
+            });
+            if let Some(ip) = addr {
+                out.push(Ipv6Net::new(ip, msg.header.prefix_len)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every address message of link `index`, both families.
+    async fn all_address_messages(&self, index: u32) -> Result<Vec<AddressMessage>> {
         let mut stream = self
             .handle
             .address()
@@ -212,13 +227,7 @@ impl Netlink {
             .execute();
         let mut out = Vec::new();
         while let Some(msg) = stream.try_next().await? {
-            let addr = msg.attributes.iter().find_map(|attr| match attr {
-                AddressAttribute::Address(std::net::IpAddr::V6(ip)) => Some(*ip),
-                _ => None,
-            });
-            if let Some(ip) = addr {
-                out.push(Ipv6Net::new(ip, msg.header.prefix_len)?);
-            }
+            out.push(msg);
         }
         Ok(out)
     }
@@ -246,14 +255,8 @@ impl Netlink {
 
     /// The IPv4 addresses of link `index` with the messages that carry them.
     async fn address_messages(&self, index: u32) -> Result<Vec<(AddressMessage, Ipv4Net)>> {
-        let mut stream = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute();
         let mut out = Vec::new();
-        while let Some(msg) = stream.try_next().await? {
+        for msg in self.all_address_messages(index).await? {
             let local = msg.attributes.iter().find_map(|attr| match attr {
                 AddressAttribute::Local(std::net::IpAddr::V4(ip)) => Some(*ip),
                 _ => None,
