@@ -814,9 +814,9 @@ fn docker_refused_options_fail_in_one_line_and_change_nothing() {
                 "198.19.30.0/24",
                 "--ipv6",
                 "--subnet",
-                "fd00:30::/64",
+                "2001:db8:30::/64",
             ],
-            "IPv6 is not supported",
+            "IPv6 networks must be --internal for now",
         ),
         (
             vec!["--subnet", "198.19.30.0/24", "--subnet", "198.19.31.0/24"],
@@ -1570,4 +1570,80 @@ fn docker_networks_are_isolated_but_reach_each_others_published_ports() {
         fetch("r1", HOST, 8097).contains("hello from busybox"),
         "right to left's 8097"
     );
+}
+
+/// `--ipv6 --internal`: each container gets Docker's IPv6 address, reaches the other over
+/// IPv6 and nothing out of the network; the daemon's endpoint carries the address.
+#[test]
+fn docker_ipv6_internal_network_containers_talk_over_ipv6() {
+    let lab = DockerLab::up();
+    lab.docker_ok(&[
+        "network",
+        "create",
+        "-d",
+        "bridgenet",
+        "--internal",
+        "--ipv6",
+        "--subnet",
+        "198.19.40.0/24",
+        "--subnet",
+        "2001:db8:40::/64",
+        "six",
+    ]);
+    let name = lab.network_name("six");
+    let inspect = lab.bridgenet_ok(&["network", "inspect", &name]);
+    assert!(
+        inspect.contains("\"subnet6\": \"2001:db8:40::/64\""),
+        "{inspect}"
+    );
+    let mut addrs = Vec::new();
+    for c in ["v6a", "v6b"] {
+        lab.docker_ok(&[
+            "run",
+            "-d",
+            "--name",
+            c,
+            "--network",
+            "six",
+            "bb",
+            "sleep",
+            "300",
+        ]);
+        addrs.push(lab.docker_ok(&[
+            "inspect",
+            "-f",
+            "{{(index .NetworkSettings.Networks \"six\").GlobalIPv6Address}}",
+            c,
+        ]));
+    }
+    assert!(addrs[0].starts_with("2001:db8:40::"), "{addrs:?}");
+    let endpoint = lab.endpoint_of("v6b", "six");
+    let inspect = lab.bridgenet_ok(&["endpoint", "inspect", &endpoint]);
+    assert!(
+        inspect.contains(&format!("\"ip6\": \"{}\"", addrs[1])),
+        "{inspect}"
+    );
+    // Docker's address may still be tentative for a moment (duplicate address detection).
+    let ping = |to: &str| {
+        (0..10).any(|_| {
+            let out = lab.docker(&[
+                "exec", "v6a", "busybox", "ping", "-6", "-c", "1", "-W", "1", to,
+            ]);
+            out.status.success() || {
+                std::thread::sleep(Duration::from_millis(500));
+                false
+            }
+        })
+    };
+    assert!(ping(&addrs[1]), "v6a does not reach v6b over IPv6");
+    let routes = lab.docker_ok(&["exec", "v6a", "ip", "-6", "route"]);
+    assert!(
+        !routes.contains("default"),
+        "an internal network has no default route: {routes}"
+    );
+    let stats = lab.bridgenet_ok(&["stats"]);
+    assert!(!stats.contains("drop_spoofed"), "{stats}");
+    assert!(!stats.contains("drop_protocol"), "{stats}");
+    lab.docker_ok(&["rm", "-f", "v6a", "v6b"]);
+    lab.docker_ok(&["network", "rm", "six"]);
 }

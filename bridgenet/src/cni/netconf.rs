@@ -182,7 +182,7 @@ impl NetConf {
 fn ipv6_refused(what: &str) -> CniError {
     CniError::new(
         code::INVALID_CONFIG,
-        format!("{what}: IPv6 through Docker/CNI is not supported yet"),
+        format!("{what}: IPv6 through CNI is not supported yet"),
     )
 }
 
@@ -230,7 +230,7 @@ mod tests {
         assert_eq!(err.code, code::INVALID_CONFIG);
         assert_eq!(
             err.msg,
-            "subnet 2001:db8:5::/64: IPv6 through Docker/CNI is not supported yet"
+            "subnet 2001:db8:5::/64: IPv6 through CNI is not supported yet"
         );
         let conf = NetConf::parse(
             br#"{"cniVersion":"1.0.0","name":"n","type":"t","runtimeConfig":{
@@ -238,6 +238,6 @@ mod tests {
         )
         .unwrap();
         let err = conf.ip().unwrap_err();
-        assert!(err.msg.contains("IPv6 through Docker/CNI"), "{}", err.msg);
+        assert!(err.msg.contains("IPv6 through CNI"), "{}", err.msg);
     }
 }

@@ -173,9 +173,9 @@ impl Daemon {
                 None => Ok(None),
             };
         };
-        if req.for_runtime || cni {
+        if cni {
             return Err(bad(format!(
-                "network {} has an IPv6 subnet: IPv6 through Docker/CNI is not supported yet",
+                "network {} has an IPv6 subnet: IPv6 through CNI is not supported yet",
                 network.name
             )));
         }
@@ -444,11 +444,9 @@ impl Daemon {
                 .ip6
                 .zip(network.subnet6)
                 .map(|(ip6, subnet6)| (ip6, subnet6.prefix_len())),
-            // IPv6 networks are internal for now; the route reaches the bridge's gateway6
-            // (the host), when the bridge has an address.
-            gateway6: network
-                .gateway6
-                .filter(|_| super::gateway_modes::bridge_has_address(network)),
+            // As for IPv4, and as Docker: an internal network has no default route (every
+            // IPv6 network is internal for now).
+            gateway6: network.gateway6.filter(|_| !network.internal),
         };
         netlink::in_netns(&path, move |nl| netlink::configure_endpoint(nl, link)).await
     }

@@ -192,8 +192,8 @@ async fn create_network_(driver: &Driver, body: &Bytes) -> Result<Value, String>
             internal: spec.internal,
             masquerade: spec.masquerade,
             gateway_mode: spec.gateway_mode,
-            subnet6: None,
-            gateway6: None,
+            subnet6: spec.subnet6.map(|s| s.to_string()),
+            gateway6: spec.gateway6.map(|g| g.to_string()),
         })
         .await
         .map_err(text)?;
@@ -251,7 +251,7 @@ async fn create_endpoint_(driver: &Driver, body: &Bytes) -> Result<Value, String
     let req: CreateEndpoint = parse(body)?;
     let network = network_name(&req.network_id)?;
     let name = endpoint_name(&req.endpoint_id)?;
-    let ip = protocol::endpoint_address(req.interface.as_ref())?;
+    let (ip, ip6) = protocol::endpoint_address(req.interface.as_ref())?;
     let docker_mac = req
         .interface
         .as_ref()
@@ -282,7 +282,7 @@ async fn create_endpoint_(driver: &Driver, body: &Bytes) -> Result<Value, String
                     mode: None,
                     mac: docker_mac.clone(),
                     for_runtime: true,
-                    ip6: None,
+                    ip6: ip6.map(|a| a.to_string()),
                 })
                 .await
                 .map_err(text)?;

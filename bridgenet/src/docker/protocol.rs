@@ -1,8 +1,12 @@
 //! What Docker's remote network driver protocol (libnetwork) sends, and how its options become
 //! bridgenet's: every refusal is one line, found before anything changes.
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+    str::FromStr,
+};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -22,7 +26,7 @@ pub struct CreateNetwork {
     pub ipv6_data: Option<Vec<IpamData>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct IpamData {
     #[serde(default)]
@@ -106,6 +110,9 @@ const GATEWAY_MODE: &str = "com.docker.network.bridge.gateway_mode_ipv4";
 pub struct NetworkSpec {
     pub subnet: Ipv4Net,
     pub gateway: Option<Ipv4Addr>,
+    /// `--ipv6`: the IPv6 subnet and gateway of Docker's IPAM.
+    pub subnet6: Option<Ipv6Net>,
+    pub gateway6: Option<Ipv6Addr>,
     pub bridge: Option<String>,
     pub icc: bool,
     pub internal: bool,
@@ -146,16 +153,15 @@ impl CreateNetwork {
     /// The network to make, or the one line that says why not.
     pub fn spec(&self) -> Result<NetworkSpec, String> {
         let mut internal = false;
+        let mut ipv6 = false;
         let mut generic = BTreeMap::new();
         for (key, value) in &self.options {
             match key.as_str() {
-                ENABLE_IPV6 if json_bool(key, value)? => {
-                    return Err("IPv6 is not supported by bridgenet (drop --ipv6)".into());
-                }
+                ENABLE_IPV6 => ipv6 = json_bool(key, value)?,
                 ENABLE_IPV4 if !json_bool(key, value)? => {
                     return Err("bridgenet networks are IPv4: enable_ipv4 cannot be false".into());
                 }
-                ENABLE_IPV6 | ENABLE_IPV4 => {}
+                ENABLE_IPV4 => {}
                 INTERNAL => internal = json_bool(key, value)?,
                 GENERIC => {
                     let Value::Object(map) = value else {
@@ -172,17 +178,30 @@ impl CreateNetwork {
                 other => return Err(format!("unsupported option {other}")),
             }
         }
-        if self.ipv6_data.as_ref().is_some_and(|d| !d.is_empty()) {
-            return Err("IPv6 is not supported by bridgenet (drop --ipv6)".into());
-        }
         let (subnet, gateway) = match self.ipv4_data.as_deref() {
             Some([data]) => ipam(data)?,
             Some([]) | None => return Err("Docker's IPAM gave no IPv4 subnet".into()),
             Some(_) => return Err("bridgenet networks have one subnet: give one --subnet".into()),
         };
+        let (subnet6, gateway6) = match (ipv6, self.ipv6_data.as_deref()) {
+            (false, None | Some([])) => (None, None),
+            (false, Some(_)) => return Err("Docker gave IPv6 subnets without --ipv6".into()),
+            (true, Some([data])) => {
+                let (subnet6, gateway6) = ipam(data)?;
+                (Some(subnet6), gateway6)
+            }
+            (true, None | Some([])) => {
+                return Err("--ipv6 needs an IPv6 --subnet (bridgenet picks no IPv6 pool)".into());
+            }
+            (true, Some(_)) => {
+                return Err("bridgenet networks have one IPv6 subnet: give one".into());
+            }
+        };
         let mut spec = NetworkSpec {
             subnet,
             gateway,
+            subnet6,
+            gateway6,
             bridge: None,
             icc: true,
             internal,
@@ -231,9 +250,9 @@ impl CreateNetwork {
     }
 }
 
-/// The pool and the gateway (`198.19.7.1/24`) of Docker's IPAM.
-fn ipam(data: &IpamData) -> Result<(Ipv4Net, Option<Ipv4Addr>), String> {
-    let pool: Ipv4Net = data
+/// The pool and the gateway (`198.19.7.1/24`, `2001:db8:7::1/64`) of Docker's IPAM.
+fn ipam<N: FromStr + Prefixed>(data: &IpamData) -> Result<(N, Option<N::Addr>), String> {
+    let pool: N = data
         .pool
         .parse()
         .map_err(|_| format!("Docker's IPAM gave an invalid pool {:?}", data.pool))?;
@@ -243,28 +262,55 @@ fn ipam(data: &IpamData) -> Result<(Ipv4Net, Option<Ipv4Addr>), String> {
     let gateway = if data.gateway.is_empty() {
         None
     } else {
-        let gw: Ipv4Net = data
+        let gw: N = data
             .gateway
             .parse()
             .map_err(|_| format!("Docker's IPAM gave an invalid gateway {:?}", data.gateway))?;
-        Some(gw.addr())
+        Some(gw.address())
     };
     Ok((pool, gateway))
 }
 
-/// The address Docker gives an endpoint (`198.19.7.2/24`).
-pub fn endpoint_address(iface: Option<&Interface>) -> Result<Ipv4Addr, String> {
-    let iface = iface.ok_or("Docker gave the endpoint no interface")?;
-    if !iface.address_ipv6.is_empty() {
-        return Err("IPv6 is not supported by bridgenet".into());
+/// An IPv4 or IPv6 prefix, for `ipam`.
+trait Prefixed {
+    type Addr;
+    fn address(&self) -> Self::Addr;
+}
+
+impl Prefixed for Ipv4Net {
+    type Addr = Ipv4Addr;
+    fn address(&self) -> Ipv4Addr {
+        self.addr()
     }
+}
+
+impl Prefixed for Ipv6Net {
+    type Addr = Ipv6Addr;
+    fn address(&self) -> Ipv6Addr {
+        self.addr()
+    }
+}
+
+/// The addresses Docker gives an endpoint (`198.19.7.2/24`, and `2001:db8:7::2/64` on an
+/// IPv6 network).
+pub fn endpoint_address(iface: Option<&Interface>) -> Result<(Ipv4Addr, Option<Ipv6Addr>), String> {
+    let iface = iface.ok_or("Docker gave the endpoint no interface")?;
     let net: Ipv4Net = iface.address.parse().map_err(|_| {
         format!(
             "Docker gave the endpoint an invalid address {:?}",
             iface.address
         )
     })?;
-    Ok(net.addr())
+    let ip6 = match iface.address_ipv6.as_str() {
+        "" => None,
+        a => {
+            let net6: Ipv6Net = a
+                .parse()
+                .map_err(|_| format!("Docker gave the endpoint an invalid IPv6 address {a:?}"))?;
+            Some(net6.addr())
+        }
+    };
+    Ok((net.addr(), ip6))
 }
 
 /// The port bindings of an endpoint's options as bridgenet SPECs (`IP:HPORT:CPORT/PROTO`),
@@ -359,6 +405,42 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv6_network_and_endpoint_take_docker_s_ipv6_subnet_and_address() {
+        let mut req = create(
+            serde_json::json!({"com.docker.network.enable_ipv6": true,
+                "com.docker.network.internal": true}),
+            "198.19.7.0/24",
+        );
+        req.ipv6_data = Some(vec![IpamData {
+            pool: "2001:db8:7::/64".into(),
+            gateway: "2001:db8:7::1/64".into(),
+            aux_addresses: None,
+        }]);
+        let spec = req.spec().unwrap();
+        assert_eq!(spec.subnet6, Some("2001:db8:7::/64".parse().unwrap()));
+        assert_eq!(spec.gateway6, Some("2001:db8:7::1".parse().unwrap()));
+        assert!(spec.internal);
+        let iface = Interface {
+            address: "198.19.7.2/24".into(),
+            address_ipv6: "2001:db8:7::2/64".into(),
+            mac_address: String::new(),
+        };
+        assert_eq!(
+            endpoint_address(Some(&iface)).unwrap(),
+            (
+                Ipv4Addr::new(198, 19, 7, 2),
+                Some("2001:db8:7::2".parse().unwrap())
+            )
+        );
+        // IPv6 subnets without --ipv6, or two of them, are refused.
+        let one = req.ipv6_data.clone().unwrap().remove(0);
+        req.ipv6_data = Some(vec![one.clone(), one]);
+        assert!(req.spec().unwrap_err().contains("one IPv6 subnet"));
+        req.options.clear();
+        assert!(req.spec().unwrap_err().contains("without --ipv6"));
+    }
+
+    #[test]
     fn unknown_and_unsupported_options_are_refused_in_one_line() {
         for (options, want) in [
             (
@@ -367,7 +449,7 @@ mod tests {
             ),
             (
                 serde_json::json!({"com.docker.network.enable_ipv6": true}),
-                "IPv6 is not supported",
+                "--ipv6 needs an IPv6 --subnet",
             ),
             (
                 serde_json::json!({"com.docker.network.generic":
