@@ -61,7 +61,7 @@ fn ping6(lab: &ControlLab, ns: &str, to: &str) -> bool {
 
 #[test]
 fn dual_stack_endpoints_talk_over_ipv6_within_their_network_only() {
-    let (lab, [e1, _, _]) = lab();
+    let (mut lab, [e1, _, _]) = lab();
     // Internal networks get no default route: e1 adds one, as a container may, to send
     // beyond its subnet at all.
     let route = lab.exec_in(
@@ -84,6 +84,21 @@ fn dual_stack_endpoints_talk_over_ipv6_within_their_network_only() {
     // Out of an internal network: nothing.
     assert!(!ping6(&lab, &e1, "2001:db8:ff::1"));
     assert!(lab.stat("endpoint_ingress", "drop_internal") >= 1);
+    // An endpoint of a network without IPv6 has IPv6 off, as with Docker: its kernel sends
+    // nothing over IPv6 that endpoint_ingress would have to drop.
+    let v4 = lab.netns_name("v4");
+    lab.ok(&[
+        "endpoint",
+        "create",
+        "v4",
+        "--network",
+        "bridge",
+        "--netns",
+        &v4,
+    ]);
+    let off = lab.exec_in(&v4, "sysctl", &["-n", "net.ipv6.conf.eth0.disable_ipv6"]);
+    assert_eq!(String::from_utf8_lossy(&off.stdout).trim(), "1");
+    assert!(!ping6(&lab, &v4, "ff02::1%eth0"));
     // The kernel's own Neighbour Discovery, MLD and router solicitations all passed.
     assert_eq!(lab.stat("endpoint_ingress", "drop_spoofed"), 0);
     assert_eq!(lab.stat("endpoint_ingress", "drop_protocol"), 0);

@@ -5,6 +5,7 @@
 //! world (198.18.0.1) --veth-- uplink0 (198.18.0.2) host namespace, where the daemon runs
 //!   default network "bridge" (172.17.0.0/16): endpoints web (port 8080 published) and app
 //!   network "backend": endpoint db
+//!   network "inner" (dual stack, internal, 2001:db8:60::/64): endpoints v6a and v6b
 use std::{
     fs::File,
     io::{Read as _, Write as _},
@@ -223,6 +224,36 @@ impl Lab {
         say(&format!("   host got: {answer}"));
         say("   -> a cgroup hook sent the connection straight to web: no userland proxy,");
         say("      no route_localnet.");
+
+        step("6. A dual-stack internal network: two endpoints talk over IPv6 too.");
+        let (v6a, v6b) = (self.ns("v6a"), self.ns("v6b"));
+        self.cli(&[
+            "network",
+            "create",
+            "inner",
+            "--ipv6",
+            "--subnet",
+            "198.19.60.0/24",
+            "--subnet",
+            "2001:db8:60::/64",
+            "--internal",
+        ])?;
+        for (name, ns) in [("v6a", &v6a), ("v6b", &v6b)] {
+            self.cli(&[
+                "endpoint",
+                "create",
+                name,
+                "--network",
+                "inner",
+                "--netns",
+                ns,
+            ])?;
+        }
+        serve(&v6b, "[2001:db8:60::3]:80", "v6b")?;
+        let answer = request(&v6a, "[2001:db8:60::3]:80")?;
+        say(&format!("   v6a got: {answer}"));
+        say("   -> endpoint_ingress checked v6a's source address and its Neighbour Discovery;");
+        say("      a Router Advertisement from an endpoint would be drop_router.");
 
         step("Published ports, tracked flows and the datapath's counters:");
         self.cli(&["port", "ls", "web"])?;

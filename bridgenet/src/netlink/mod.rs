@@ -556,6 +556,20 @@ pub fn enable_ipv6(ifname: &str) -> Result<()> {
     Ok(())
 }
 
+/// Turns IPv6 off on interface `ifname` of the calling thread's namespace (an endpoint of a
+/// network without IPv6, as Docker does): its kernel then sends no router solicitation, MLD
+/// report or duplicate address detection, which `endpoint_ingress` would only drop. Nothing to
+/// do in a kernel without IPv6.
+pub fn disable_ipv6(ifname: &str) -> Result<()> {
+    let path = format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6");
+    match std::fs::read_to_string(&path) {
+        Ok(now) if now.trim() == "1" => Ok(()),
+        Ok(_) => std::fs::write(&path, "1")
+            .with_context(|| format!("disabling IPv6: writing 1 to {path}")),
+        Err(_) => Ok(()),
+    }
+}
+
 /// Runs `f` with an rtnetlink connection inside the namespace `path`, on a dedicated thread
 /// (setns changes the calling thread only, so the daemon's other threads stay where they are).
 pub async fn in_netns<R, F, Fut>(path: &Path, f: F) -> Result<R>
@@ -581,9 +595,11 @@ where
 /// route.
 pub async fn configure_endpoint(nl: Netlink, link: EndpointLink) -> Result<()> {
     let index = nl.index(&link.ifname).await?;
+    // Before it is up, so that the kernel gives it its link-local address then, or none.
     if link.ip6.is_some() {
-        // Before it is up, so that the kernel gives it its link-local address then.
         enable_ipv6(&link.ifname)?;
+    } else {
+        disable_ipv6(&link.ifname)?;
     }
     nl.set_up(index).await?;
     let lo = nl.index("lo").await?;
