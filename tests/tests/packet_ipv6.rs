@@ -598,3 +598,20 @@ fn the_monitor_shows_an_ipv6_drop_with_its_addresses_and_type() {
         (4000, 53)
     );
 }
+
+#[test]
+fn an_endpoint_written_again_without_ipv6_loses_the_ipv6_address_of_the_last() {
+    // A veth's ifindex reused by an IPv4-only endpoint: what the last one could send over
+    // IPv6, the new one cannot.
+    let mut dp = datapath(true, true);
+    let f = ip6(EP_MAC, GW_MAC, EP, GATEWAY, UDP, &udp(4000, 53));
+    passes(&mut dp, &f, "IPv6 from the dual-stack endpoint");
+    dp.add_endpoint(VETH_IFINDEX, Ipv4Addr::new(172, 17, 0, 2), EP_MAC, 1)
+        .unwrap();
+    dropped(
+        &mut dp,
+        &f,
+        outcome::DROP_PROTOCOL,
+        "IPv6 from the IPv4-only endpoint",
+    );
+}

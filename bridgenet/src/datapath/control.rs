@@ -85,9 +85,7 @@ impl Datapath {
         let mut endpoints: HashMap<_, u32, Endpoint> =
             HashMap::try_from(self.map_mut(maps::ENDPOINTS)?)?;
         absent_ok(endpoints.remove(&ifindex))?;
-        let mut endpoints6: HashMap<_, u32, [u8; 16]> =
-            HashMap::try_from(self.map_mut(maps::ENDPOINTS6)?)?;
-        absent_ok(endpoints6.remove(&ifindex))
+        self.remove_endpoint6(ifindex)
     }
 
     /// Lets the fast path send what is for `addr` straight to the peer of veth `veth`, when the

@@ -70,4 +70,11 @@ impl Datapath {
         endpoints.insert(ifindex, addr.octets(), 0)?;
         Ok(())
     }
+
+    /// Forgets the IPv6 address of the endpoint behind veth `ifindex`, if it had one.
+    pub(super) fn remove_endpoint6(&mut self, ifindex: u32) -> Result<()> {
+        let mut endpoints: HashMap<_, u32, [u8; 16]> =
+            HashMap::try_from(self.map_mut(maps::ENDPOINTS6)?)?;
+        absent_ok(endpoints.remove(&ifindex))
+    }
 }

@@ -282,7 +282,8 @@ impl Datapath {
     }
 
     /// Records the endpoint behind the veth whose host end is `ifindex`: the only address and
-    /// MAC it may send from, and its network.
+    /// MAC it may send from, and its network. Its IPv6 address is `add_endpoint6`'s to give:
+    /// any an earlier endpoint on that ifindex had is cleared here.
     pub fn add_endpoint(
         &mut self,
         ifindex: u32,
@@ -302,7 +303,7 @@ impl Datapath {
             },
             0,
         )?;
-        Ok(())
+        self.remove_endpoint6(ifindex)
     }
 
     /// Attaches the endpoint checks to the host end of an endpoint's veth.
