@@ -127,6 +127,51 @@ pub struct CtEntry {
 
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 64);
 
+/// One direction of an IPv6 flow as a hook sees it before translation: `CtKey` with IPv6
+/// addresses. For ICMPv6 echo the identifier stands in the ports as for ICMP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct Ct6Key {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+const _: () = assert!(core::mem::size_of::<Ct6Key>() == 40);
+
+impl Ct6Key {
+    /// The key of the same flow seen in the other direction, with no translation.
+    pub const fn reversed(&self) -> Self {
+        Self {
+            saddr: self.daddr,
+            daddr: self.saddr,
+            sport: self.dport,
+            dport: self.sport,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// One direction of a tracked IPv6 flow, in `CONNTRACK6`: the other direction's key, the
+/// address `track.action` writes, and the tracking an IPv4 entry has (`track`: its counters,
+/// TCP window, flags and port; its `peer` and `nat_addr` stay zero). One state machine and
+/// one GC serve both families.
+///
+/// Pinned: a change of this layout changes `layout::CONNTRACK6` and needs a migration.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Ct6Entry {
+    pub peer: Ct6Key,
+    pub nat_addr: [u8; 16],
+    pub track: CtEntry,
+}
+
+const _: () = assert!(core::mem::size_of::<Ct6Entry>() == 120);
+
 /// A published port: protocol, host port and host address (0 for any host address).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
@@ -441,6 +486,10 @@ pub mod ct_usage {
     /// Flows opened from inside so far: the next turn of their ring (unused before
     /// `layout::EMBRYOS` v2, so 0 there: a valid start).
     pub const RING_CURSOR_INSIDE: u32 = 5;
+    /// Entries in `CONNTRACK6` (unused before IPv6 flows, so 0 there).
+    pub const ENTRIES6: u32 = 6;
+    /// The limit of `CONNTRACK6`, past which new IPv6 flows are refused (`drop_ct_full`).
+    pub const LIMIT6: u32 = 7;
     pub const SLOTS: u32 = 8;
 }
 
@@ -568,6 +617,8 @@ pub mod maps {
     /// IPv6: the managed subnets, and each endpoint's address by its veth.
     pub const SUBNETS6: &str = "SUBNETS6";
     pub const ENDPOINTS6: &str = "ENDPOINTS6";
+    pub const CONNTRACK6: &str = "CONNTRACK6";
+    pub const UPLINKS6: &str = "UPLINKS6";
     pub const HOST_ACCESS_CONFIG: &str = "HOST_ACCESS_CONFIG";
     pub const HOST_PEERS: &str = "HOST_PEERS";
     pub const FILTER: &str = "FILTER";
@@ -580,9 +631,11 @@ pub mod maps {
     pub const MONITOR_CONFIG: &str = "MONITOR_CONFIG";
     pub const MONITOR_LOST: &str = "MONITOR_LOST";
     /// Every map, for pinning.
-    pub const ALL: [&str; 20] = [
+    pub const ALL: [&str; 22] = [
         SUBNETS6,
         ENDPOINTS6,
+        CONNTRACK6,
+        UPLINKS6,
         EMBRYOS,
         ENDPOINT_PEERS,
         FILTER,

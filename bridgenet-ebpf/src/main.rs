@@ -7,6 +7,7 @@
 
 mod alert;
 mod conntrack;
+mod conntrack6;
 mod counters;
 mod early_drop;
 mod endpoint;
@@ -18,6 +19,7 @@ mod host_access;
 mod icmp;
 mod monitor;
 mod nat;
+mod nat6;
 mod parse;
 mod stats;
 mod tcp;
