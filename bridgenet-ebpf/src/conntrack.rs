@@ -13,10 +13,10 @@ use bridgenet_common::{
 
 use crate::{
     parse::{Packet, TCP},
-    tcp,
+    tcp::{self, PeerKey},
 };
 
-const EEXIST: i32 = 17;
+pub const EEXIST: i32 = 17;
 
 /// LRU, sized by the loader above the limit in `CT_USAGE`, so that the limit (not eviction)
 /// decides: new flows past it are refused, tracked ones are never pushed out by a flood.
@@ -34,10 +34,14 @@ static EMBRYOS: Array<EmbryoSlot> = Array::with_max_entries(1, 0);
 /// Takes room for `entries` new entries; false when the table is at its limit.
 #[inline(always)]
 pub fn reserve(entries: u64) -> bool {
-    let (Some(count), Some(limit)) = (
-        CT_USAGE.get_ptr_mut(ct_usage::ENTRIES),
-        CT_USAGE.get(ct_usage::LIMIT),
-    ) else {
+    reserve_in(ct_usage::ENTRIES, ct_usage::LIMIT, entries)
+}
+
+/// `reserve` in the count and limit of `CT_USAGE`'s slots `count` and `limit`: IPv4's
+/// table or IPv6's.
+#[inline(always)]
+pub fn reserve_in(count: u32, limit: u32, entries: u64) -> bool {
+    let (Some(count), Some(limit)) = (CT_USAGE.get_ptr_mut(count), CT_USAGE.get(limit)) else {
         return false;
     };
     // Add first, then check: concurrent new flows may each see the other's room taken and
@@ -53,7 +57,13 @@ pub fn reserve(entries: u64) -> bool {
 /// Gives back room taken by `reserve` for entries that were not inserted after all.
 #[inline(always)]
 pub fn release(entries: u64) {
-    if let Some(count) = CT_USAGE.get_ptr_mut(ct_usage::ENTRIES) {
+    release_in(ct_usage::ENTRIES, entries);
+}
+
+/// `release` of room taken by `reserve_in` in the count of slot `count`.
+#[inline(always)]
+pub fn release_in(count: u32, entries: u64) {
+    if let Some(count) = CT_USAGE.get_ptr_mut(count) {
         add(count, entries.wrapping_neg());
     }
 }
@@ -87,25 +97,55 @@ pub fn lookup(ctx: &TcContext, packet: &Packet) -> Result<Option<*mut CtEntry>, 
 /// PASSED, or the outcome to drop it with.
 #[inline(always)]
 pub fn touch(ctx: &TcContext, entry: *mut CtEntry, packet: &Packet) -> u32 {
+    let at = tcp::At {
+        l4_off: packet.l4_off,
+        flags: packet.tcp_flags,
+        ipv6: false,
+    };
+    track(
+        ctx,
+        entry,
+        unsafe { &raw const (*entry).peer },
+        packet.key.proto,
+        &at,
+    )
+}
+
+/// `touch` for an entry of either family, whose other direction has the key at `peer`.
+#[inline(always)]
+pub fn track<K: PeerKey>(
+    ctx: &TcContext,
+    entry: *mut CtEntry,
+    peer: *const K,
+    proto: u8,
+    at: &tcp::At,
+) -> u32 {
     unsafe {
         (*entry).last_seen_ns = bpf_ktime_get_ns();
         (*entry).packets += 1;
         (*entry).bytes += u64::from(ctx.len());
     }
-    if packet.key.proto == TCP {
-        return tcp::track(ctx, entry, packet);
+    if proto == TCP {
+        return tcp::track(ctx, entry, peer, at);
     }
     if unsafe { (*entry).flags } & ct_flags::ASSURED == 0 {
-        assure_datagram(entry);
+        assure_datagram(entry, unsafe { (*peer).peer_entry() });
     }
     outcome::PASSED
+}
+
+impl PeerKey for CtKey {
+    #[inline(always)]
+    fn peer_entry(&self) -> Option<*mut CtEntry> {
+        CONNTRACK.get_ptr_mut(self)
+    }
 }
 
 /// UDP and ICMP: assured once both sides spoke and one spoke again (one packet each way, as a
 /// spoofed flood answered by a server makes, is not enough).
 #[inline(always)]
-fn assure_datagram(entry: *mut CtEntry) {
-    let Some(peer) = CONNTRACK.get_ptr_mut(unsafe { (*entry).peer }) else {
+fn assure_datagram(entry: *mut CtEntry, peer: Option<*mut CtEntry>) {
+    let Some(peer) = peer else {
         return;
     };
     unsafe {
@@ -249,8 +289,13 @@ pub fn evict_closed(key: &CtKey) -> bool {
 /// alone a masqueraded one from the port of a published service.
 #[inline(always)]
 pub fn opens_flow(packet: &Packet) -> bool {
-    packet.key.proto != TCP
-        || packet.tcp_flags & (tcp::SYN | tcp::ACK | tcp::RST | tcp::FIN) == tcp::SYN
+    opens(packet.key.proto, packet.tcp_flags)
+}
+
+/// `opens_flow` for a packet of either family.
+#[inline(always)]
+pub fn opens(proto: u8, tcp_flags: u8) -> bool {
+    proto != TCP || tcp_flags & (tcp::SYN | tcp::ACK | tcp::RST | tcp::FIN) == tcp::SYN
 }
 
 /// Host builds only type-check the programs.

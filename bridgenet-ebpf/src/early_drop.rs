@@ -15,7 +15,7 @@ use network_types::{
     ip::Ipv4Hdr,
 };
 
-use crate::{endpoint6, nat};
+use crate::{endpoint6, nat, parse6};
 
 /// The outcome for the packet in `ctx`.
 #[inline(always)]
@@ -26,11 +26,11 @@ pub fn check_xdp(ctx: &XdpContext) -> u32 {
     }
     let eth = start as *const EthHdr;
     let ether_type = unsafe { (*eth).ether_type };
-    if ether_type == endpoint6::ETH_P_IPV6 {
-        if start + endpoint6::IP6_OFF + endpoint6::IP6_LEN > end {
+    if ether_type == parse6::ETH_P_IPV6 {
+        if start + parse6::IP6_OFF + parse6::IP6_LEN > end {
             return outcome::PASSED;
         }
-        let addrs = (start + endpoint6::IP6_OFF + 8) as *const [[u8; 16]; 2];
+        let addrs = (start + parse6::IP6_OFF + 8) as *const [[u8; 16]; 2];
         let [saddr, daddr] = unsafe { *addrs };
         return endpoint6::outside(&saddr, &daddr);
     }

@@ -10,6 +10,7 @@ use network_types::eth::{EthHdr, EtherType};
 use crate::{
     endpoint6, nat,
     parse::{IP_DADDR_OFF, IP_SADDR_OFF},
+    parse6,
 };
 
 /// Endpoints by the ifindex of their veth's host end.
@@ -51,7 +52,7 @@ pub fn check(ctx: &TcContext) -> (u32, u32) {
         };
         return (result, 0);
     }
-    if ether_type == endpoint6::ETH_P_IPV6 {
+    if ether_type == parse6::ETH_P_IPV6 {
         return (endpoint6::check(ctx, ifindex, ep, &eth.dst_addr), 0);
     }
     if ether_type != EtherType::Ipv4 as u16 {
@@ -127,7 +128,7 @@ pub fn require_checked(ctx: &TcContext) -> u32 {
         return outcome::PASSED;
     };
     let ether_type = eth.ether_type;
-    if ether_type == endpoint6::ETH_P_IPV6 {
+    if ether_type == parse6::ETH_P_IPV6 {
         return if endpoint6::managed_source(ctx) {
             outcome::DROP_UNCHECKED
         } else {

@@ -10,9 +10,12 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use bridgenet_common::{Endpoint, Subnet6, network_flags, outcome};
-use network_types::eth::EthHdr;
 
-use crate::{endpoint::sibling_mac, nat};
+use crate::{
+    endpoint::sibling_mac,
+    nat,
+    parse6::{DADDR_OFF, ICMP6, SADDR_OFF, UDP, transport},
+};
 
 /// Managed IPv6 subnets, by prefix.
 #[map]
@@ -22,23 +25,6 @@ pub static SUBNETS6: LpmTrie<[u8; 16], Subnet6> =
 /// Endpoints' IPv6 addresses by the ifindex of their veth's host end.
 #[map]
 pub static ENDPOINTS6: HashMap<u32, [u8; 16]> = HashMap::with_max_entries(65_536, 0);
-
-pub const ETH_P_IPV6: u16 = 0x86dd_u16.to_be();
-pub const IP6_OFF: usize = EthHdr::LEN;
-pub const IP6_LEN: usize = 40;
-const SADDR_OFF: usize = IP6_OFF + 8;
-const DADDR_OFF: usize = IP6_OFF + 24;
-
-const HOP_BY_HOP: u8 = 0;
-const ROUTING: u8 = 43;
-const FRAGMENT: u8 = 44;
-const AUTH: u8 = 51;
-const NO_NEXT: u8 = 59;
-const DEST_OPTS: u8 = 60;
-const UDP: u8 = 17;
-pub const ICMP6: u8 = 58;
-/// Extension headers walked before the transport header; more is `drop_ext_header`.
-const MAX_EXT: usize = 6;
 
 const ROUTER_SOLICIT: u8 = 133;
 const ROUTER_ADVERT: u8 = 134;
@@ -55,54 +41,6 @@ const OPT_TARGET_LL: u8 = 2;
 /// kernel takes the first one it finds.
 const MAX_OPTS: usize = 3;
 const DHCP6_SERVER_PORT: u16 = 547_u16.to_be();
-
-/// The transport header of an IPv6 packet, past its extension headers.
-struct Transport {
-    /// Its protocol; `NO_NEXT` when there is none (or it is in a later fragment).
-    proto: u8,
-    off: usize,
-}
-
-/// Walks the extension headers: Err(outcome) when they cannot be walked within `MAX_EXT`,
-/// or a first fragment does not hold them all and the transport header's start.
-#[inline(always)]
-fn transport(ctx: &TcContext) -> Result<Transport, u32> {
-    let mut proto: u8 = ctx.load(IP6_OFF + 6).map_err(|_| outcome::DROP_MALFORMED)?;
-    let mut off = IP6_OFF + IP6_LEN;
-    // One more round than headers: the last finds the transport header.
-    for _ in 0..=MAX_EXT {
-        let hdr: [u8; 4] = match proto {
-            HOP_BY_HOP | ROUTING | DEST_OPTS | AUTH | FRAGMENT => {
-                ctx.load(off).map_err(|_| outcome::DROP_EXT_HEADER)?
-            }
-            _ => {
-                // The transport header must be there to be judged (RA guard evasion hides it
-                // in a second fragment, RFC 7113).
-                if proto != NO_NEXT && ctx.load::<[u8; 4]>(off).is_err() {
-                    return Err(outcome::DROP_EXT_HEADER);
-                }
-                return Ok(Transport { proto, off });
-            }
-        };
-        off += match proto {
-            // AH counts 4-byte units, less 2; the others 8-byte units, less 1.
-            AUTH => (hdr[1] as usize + 2) * 4,
-            FRAGMENT => {
-                if u16::from_be_bytes([hdr[2], hdr[3]]) & !7 != 0 {
-                    // A later fragment: its transport header was judged in the first one.
-                    return Ok(Transport {
-                        proto: NO_NEXT,
-                        off,
-                    });
-                }
-                8
-            }
-            _ => (hdr[1] as usize + 1) * 8,
-        };
-        proto = hdr[0];
-    }
-    Err(outcome::DROP_EXT_HEADER)
-}
 
 /// The link-local address the kernel derives from `mac` (EUI-64, Linux's default).
 #[inline(always)]
@@ -226,8 +164,8 @@ fn destination(
         Some(subnet) if no_icc && *daddr != subnet.gateway => outcome::DROP_ICC,
         Some(_) => outcome::PASSED,
         None if own.flags & network_flags::INTERNAL != 0 => outcome::DROP_INTERNAL,
-        // No NAT66 yet: a managed source must not leave as it is.
-        None => outcome::DROP_UNTRANSLATABLE,
+        // Out through an uplink, which masquerades it (`nat6`).
+        None => outcome::PASSED,
     }
 }
 
@@ -256,24 +194,9 @@ pub fn subnet_of(addr: &[u8; 16]) -> Option<&'static Subnet6> {
     SUBNETS6.get(Key::new(128, *addr))
 }
 
-/// From outside, on an uplink: a managed IPv6 address is never a source there, nor a
-/// destination (no published port or route into an IPv6 network yet); neither are `::1` and
-/// IPv4-mapped addresses, which the host would take for its own.
-#[inline(always)]
-pub fn from_outside(ctx: &TcContext) -> u32 {
-    if !is_ipv6(ctx) {
-        return outcome::PASSED;
-    }
-    match (
-        ctx.load::<[u8; 16]>(SADDR_OFF),
-        ctx.load::<[u8; 16]>(DADDR_OFF),
-    ) {
-        (Ok(saddr), Ok(daddr)) => outside(&saddr, &daddr),
-        _ => outcome::PASSED,
-    }
-}
-
-/// `from_outside` for a packet from `saddr` to `daddr` (`uplink_xdp` reads them itself).
+/// From outside, on an uplink, from `saddr` to `daddr`: a managed IPv6 address is never a
+/// source there, nor a destination (no published port or route into an IPv6 network yet);
+/// neither are `::1` and IPv4-mapped addresses, which the host would take for its own.
 #[inline(always)]
 pub fn outside(saddr: &[u8; 16], daddr: &[u8; 16]) -> u32 {
     if loopback_or_mapped(daddr) {
@@ -288,29 +211,11 @@ pub fn outside(saddr: &[u8; 16], daddr: &[u8; 16]) -> u32 {
     outcome::PASSED
 }
 
-/// To outside, on an uplink: a managed IPv6 source does not leave (no NAT66 yet), whatever
-/// path brought it there.
-#[inline(always)]
-pub fn to_outside(ctx: &TcContext) -> u32 {
-    if !is_ipv6(ctx) {
-        return outcome::PASSED;
-    }
-    match ctx.load::<[u8; 16]>(SADDR_OFF) {
-        Ok(saddr) if subnet_of(&saddr).is_some() => outcome::DROP_UNTRANSLATABLE,
-        _ => outcome::PASSED,
-    }
-}
-
 /// On a bridge's ingress: whether an IPv6 packet's source is a managed address.
 #[inline(always)]
 pub fn managed_source(ctx: &TcContext) -> bool {
     ctx.load::<[u8; 16]>(SADDR_OFF)
         .is_ok_and(|saddr| subnet_of(&saddr).is_some())
-}
-
-#[inline(always)]
-fn is_ipv6(ctx: &TcContext) -> bool {
-    ctx.load::<u16>(12).is_ok_and(|t| t == ETH_P_IPV6)
 }
 
 /// `::1`, and `::ffff:0:0/96`.

@@ -21,6 +21,7 @@ mod monitor;
 mod nat;
 mod nat6;
 mod parse;
+mod parse6;
 mod stats;
 mod tcp;
 
@@ -158,15 +159,19 @@ pub fn host_getpeername6(ctx: SockAddrContext) -> i32 {
 }
 
 /// Uplink ingress: replies of masqueraded flows go back to their endpoint, new flows to a
-/// published port are translated to the endpoint (DNAT), and ICMP errors about either follow.
+/// published port are translated to the endpoint (DNAT), and ICMP errors about either follow;
+/// for IPv6, replies of masqueraded flows and ICMPv6 errors about them (`nat6`).
 #[classifier]
 pub fn uplink_ingress(mut ctx: TcContext) -> i32 {
-    let result = match parse(&ctx) {
-        Parsed::Other => endpoint6::from_outside(&ctx),
-        Parsed::Malformed(header) => uplink_ingress_malformed(header),
-        Parsed::Ipv4(packet) => uplink_ingress_ipv4(&mut ctx, &packet),
+    let (result, ipv4) = match parse(&ctx) {
+        Parsed::Other if parse6::is_ipv6(&ctx) => (nat6::ingress(&mut ctx), false),
+        Parsed::Other => (outcome::PASSED, false),
+        Parsed::Malformed(header) => (uplink_ingress_malformed(header), true),
+        Parsed::Ipv4(packet) => (uplink_ingress_ipv4(&mut ctx, &packet), true),
     };
-    if result == outcome::DNAT
+    // The fast path routes IPv4 only.
+    if ipv4
+        && result == outcome::DNAT
         && let Some((action, path)) = fastpath::redirect(&mut ctx, false)
     {
         stats::count(program_id::UPLINK_INGRESS, path);
@@ -260,11 +265,16 @@ fn direct(ctx: &mut TcContext, packet: &Packet) -> u32 {
 #[classifier]
 pub fn uplink_egress(mut ctx: TcContext) -> i32 {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // IPv6 first: an uplink may have no IPv4 address.
+    if parse6::is_ipv6(&ctx) {
+        let result = nat6::egress(&mut ctx, ifindex);
+        return verdict(&ctx, program_id::UPLINK_EGRESS, result);
+    }
     let Some(nat_addr) = nat::uplink_addr(ifindex) else {
         return verdict(&ctx, program_id::UPLINK_EGRESS, outcome::PASSED);
     };
     let result = match parse(&ctx) {
-        Parsed::Other => endpoint6::to_outside(&ctx),
+        Parsed::Other => outcome::PASSED,
         // A managed source must never leave as it is, so what cannot be parsed does not leave.
         Parsed::Malformed(_) => outcome::DROP_MALFORMED,
         Parsed::Ipv4(packet) => uplink_egress_ipv4(&mut ctx, &packet, nat_addr),

@@ -14,8 +14,8 @@ use network_types::{
 };
 
 use crate::{
-    endpoint6::{ETH_P_IPV6, ICMP6, IP6_LEN, IP6_OFF},
     parse::{ICMP, TCP, UDP},
+    parse6::{ETH_P_IPV6, ICMP6, IP6_LEN, IP6_OFF},
 };
 
 #[map]

@@ -159,13 +159,33 @@ pub fn route_out(ctx: &mut TcContext, packet: &Packet) -> u32 {
 }
 
 /// Inserts a new flow's reply entry under `reply` (its room taken by `conntrack::admit`), with
-/// `reply.dport` (the port the flow's source gets) set so that the tuple is free: `original`
-/// (host byte order) when it is outside the host's port range, else a random port of the NAT
-/// range. PASSED, or the outcome to drop the packet with (the room is given back).
+/// `reply.dport` (the port the flow's source gets) set so that the tuple is free (see
+/// `choose_port`). PASSED, or the outcome to drop the packet with (the room is given back).
 // A BPF subprogram of its own: inlined, its locals would push the caller past the
 // 512-byte stack limit.
 #[inline(never)]
 pub fn reserve_reply(reply: &mut CtKey, reply_entry: &CtEntry, original: u16) -> u32 {
+    let peer = reply_entry.peer;
+    let result = choose_port(original, |port| {
+        reply.dport = port.to_be();
+        // A flow's reply tuple cannot be its own original one (hairpin to itself).
+        if reply.dport == peer.dport && reply.sport == peer.sport && reply.saddr == peer.saddr {
+            return Err(InsertError::Exists);
+        }
+        conntrack::insert_new(reply, reply_entry)
+    });
+    if result != outcome::PASSED {
+        conntrack::release(2);
+    }
+    result
+}
+
+/// The port masquerade gives a flow whose source port is `original` (host byte order): that
+/// one when it is outside the host's port range, else a random port of the NAT range, the
+/// first for which `insert` (given the port, host byte order) finds the tuple free. PASSED,
+/// DROP_CT_FULL or DROP_PORTS_EXHAUSTED; the caller gives back the room it took.
+#[inline(always)]
+pub fn choose_port(original: u16, mut insert: impl FnMut(u16) -> Result<(), InsertError>) -> u32 {
     // An unset (zeroed) configuration means the defaults.
     let config = match NAT_CONFIG.get(0) {
         Some(config) if config.port_max != 0 => *config,
@@ -183,22 +203,12 @@ pub fn reserve_reply(reply: &mut CtKey, reply_entry: &CtEntry, original: u16) ->
         } else {
             config.port_min + ((start + i) % span) as u16
         };
-        reply.dport = port.to_be();
-        // A flow's reply tuple cannot be its own original one (hairpin to itself).
-        let peer = &reply_entry.peer;
-        if reply.dport == peer.dport && reply.sport == peer.sport && reply.saddr == peer.saddr {
-            continue;
-        }
-        match conntrack::insert_new(reply, reply_entry) {
+        match insert(port) {
             Ok(()) => return outcome::PASSED,
             Err(InsertError::Exists) => continue,
-            Err(InsertError::Full) => {
-                conntrack::release(2);
-                return outcome::DROP_CT_FULL;
-            }
+            Err(InsertError::Full) => return outcome::DROP_CT_FULL,
         }
     }
-    conntrack::release(2);
     outcome::DROP_PORTS_EXHAUSTED
 }
 

@@ -1,7 +1,374 @@
-//! NAT66 on the uplinks: masquerade of the managed IPv6 subnets with the uplink's global
-//! address, and the reverse translation of the replies, driven by `CONNTRACK6` entries.
-use aya_ebpf::{macros::map, maps::HashMap};
+//! NAT66 on the uplinks: masquerade of the managed IPv6 subnets with the uplink's IPv6
+//! address, the reverse translation of the replies, and ICMPv6 errors about either (Packet
+//! Too Big above all: IPv6 routers never fragment, so path MTU discovery needs them), driven
+//! by `CONNTRACK6` entries. Every checksum covers the addresses through IPv6's pseudo-header.
+use aya_ebpf::{
+    bindings::BPF_F_PSEUDO_HDR,
+    helpers::bpf_csum_diff,
+    macros::map,
+    maps::{HashMap, PerCpuArray},
+    programs::TcContext,
+};
+use bridgenet_common::{Ct6Entry, action, direction, network_flags, outcome};
+
+use crate::{
+    conntrack::{self, InsertError},
+    conntrack6, endpoint6, nat,
+    parse6::{self, DADDR_OFF, ICMP6, Inner6, Packet6, SADDR_OFF, TCP, UDP},
+};
 
 /// Uplinks by ifindex, with the IPv6 address masquerade uses on each.
 #[map]
 pub static UPLINKS6: HashMap<u32, [u8; 16]> = HashMap::with_max_entries(64, 0);
+
+/// Room for one IPv6 packet's fields and a new flow's entry, off the stack: IPv4's path
+/// leaves IPv6 little of the 512 bytes a call chain may use. TC programs do not nest on a CPU.
+#[map]
+static SCRATCH6: PerCpuArray<Scratch6> = PerCpuArray::with_max_entries(1, 0);
+
+struct Scratch6 {
+    packet: Packet6,
+    entry: Ct6Entry,
+}
+
+/// `uplink_egress` for IPv6 on the uplink `ifindex`: a managed source leaves masqueraded (a
+/// tracked flow's packet, or one that opens a flow), or not at all; the host's own passes.
+// A BPF subprogram of its own: the IPv4 path's frame must not carry IPv6's addresses.
+#[inline(never)]
+pub fn egress(ctx: &mut TcContext, ifindex: u32) -> u32 {
+    let Ok(saddr) = ctx.load::<[u8; 16]>(SADDR_OFF) else {
+        return outcome::PASSED;
+    };
+    let Some(subnet) = endpoint6::subnet_of(&saddr) else {
+        return outcome::PASSED;
+    };
+    let internal = subnet.flags & network_flags::INTERNAL != 0;
+    let Some(scratch) = SCRATCH6.get_ptr_mut(0) else {
+        return outcome::DROP_UNTRANSLATABLE;
+    };
+    let (packet, entry) = unsafe { (&mut (*scratch).packet, &mut (*scratch).entry) };
+    let parsed = parse6::parse6(ctx, packet);
+    if parsed != outcome::PASSED {
+        return parsed;
+    }
+    let result = egress_translate(ctx, packet, entry, ifindex, internal);
+    // Whatever path decided, a managed source leaves translated or not at all.
+    if result != outcome::SNAT && !outcome::is_drop(result) {
+        return outcome::DROP_UNTRANSLATABLE;
+    }
+    result
+}
+
+#[inline(always)]
+fn egress_translate(
+    ctx: &mut TcContext,
+    packet: &Packet6,
+    entry: &mut Ct6Entry,
+    ifindex: u32,
+    internal: bool,
+) -> u32 {
+    if packet.fragment {
+        // Fragments of endpoint flows are dropped (and counted), never sent untranslated.
+        return outcome::DROP_FRAGMENT;
+    }
+    if packet.error {
+        return translate_error(ctx, packet, &packet.inner);
+    }
+    if let Some(result) = tracked(ctx, packet) {
+        return result;
+    }
+    if !conntrack::opens(packet.key.proto, packet.tcp_flags) {
+        // A segment of a connection no longer tracked: it would leave from a new port.
+        return outcome::DROP_UNTRACKED;
+    }
+    let translatable = match packet.key.proto {
+        TCP | UDP => true,
+        ICMP6 => packet.icmp_type == parse6::ECHO_REQUEST,
+        _ => false,
+    };
+    match unsafe { UPLINKS6.get(ifindex) } {
+        Some(nat_addr) if translatable && !internal => {
+            let result = masquerade(ctx, packet, nat_addr, entry);
+            if !outcome::is_drop(result) {
+                conntrack6::count_opening(ctx, packet);
+            }
+            result
+        }
+        // An uplink without an IPv6 address, or what masquerade cannot translate.
+        _ => outcome::DROP_UNTRANSLATABLE,
+    }
+}
+
+/// `uplink_ingress` for IPv6: what must never come in from outside is dropped, replies of
+/// masqueraded flows (and ICMPv6 errors about them) go back to their endpoint; the rest is
+/// the host's.
+// A BPF subprogram of its own: the IPv4 path's frame must not carry IPv6's addresses.
+#[inline(never)]
+pub fn ingress(ctx: &mut TcContext) -> u32 {
+    let (Ok(saddr), Ok(daddr)) = (
+        ctx.load::<[u8; 16]>(SADDR_OFF),
+        ctx.load::<[u8; 16]>(DADDR_OFF),
+    ) else {
+        return outcome::PASSED;
+    };
+    let early = endpoint6::outside(&saddr, &daddr);
+    if early != outcome::PASSED {
+        return early;
+    }
+    // What cannot be parsed is the host stack's, which drops it; so are fragments, which it
+    // reassembles for itself and never forwards untranslated.
+    let Some(scratch) = SCRATCH6.get_ptr_mut(0) else {
+        return outcome::PASSED;
+    };
+    let packet = unsafe { &mut (*scratch).packet };
+    if parse6::parse6(ctx, packet) != outcome::PASSED || packet.fragment {
+        return outcome::PASSED;
+    }
+    if packet.error {
+        return translate_error(ctx, packet, &packet.inner);
+    }
+    tracked(ctx, packet).unwrap_or(outcome::PASSED)
+}
+
+/// The packet's tracked flow applied to it (or the drop its entry decided).
+#[inline(always)]
+fn tracked(ctx: &mut TcContext, packet: &Packet6) -> Option<u32> {
+    match conntrack6::lookup(ctx, packet) {
+        Err(drop) => Some(drop),
+        Ok(Some(entry)) => {
+            let (act, port) = unsafe { ((*entry).track.action, (*entry).track.nat_port) };
+            Some(apply(ctx, packet, act, unsafe { &(*entry).nat_addr }, port))
+        }
+        Ok(None) => None,
+    }
+}
+
+/// Opens a masquerade flow for a packet leaving with `nat_addr`, its entries built in `entry`.
+// A BPF subprogram of its own: its keys would push the caller past the 512-byte stack.
+#[inline(never)]
+fn masquerade(
+    ctx: &mut TcContext,
+    packet: &Packet6,
+    nat_addr: &[u8; 16],
+    entry: &mut Ct6Entry,
+) -> u32 {
+    if let Err(drop) = conntrack6::admit() {
+        return drop;
+    }
+    let key = &packet.key;
+    let mut reply = key.reversed();
+    reply.daddr = *nat_addr;
+    // The reply's entry first, then the original's.
+    conntrack6::fill(
+        entry,
+        key,
+        action::DNAT,
+        direction::REPLY,
+        &key.saddr,
+        key.sport,
+    );
+    // The ICMPv6 echo identifier stands in sport too.
+    let result = nat::choose_port(u16::from_be(key.sport), |port| {
+        reply.dport = port.to_be();
+        conntrack6::insert_new(&reply, entry)
+    });
+    if result != outcome::PASSED {
+        conntrack6::release();
+        return result;
+    }
+    let nat_port = reply.dport;
+    conntrack6::fill(
+        entry,
+        &reply,
+        action::SNAT,
+        direction::ORIGINAL,
+        nat_addr,
+        nat_port,
+    );
+    if let Err(err) = conntrack6::insert_new(key, entry) {
+        conntrack6::remove(&reply);
+        conntrack6::release();
+        if let InsertError::Full = err {
+            return outcome::DROP_CT_FULL;
+        }
+        // The same flow opened on another CPU: translate as the winner does.
+        return match conntrack6::CONNTRACK6.get_ptr(key) {
+            Some(won) => {
+                let (act, port) = unsafe { ((*won).track.action, (*won).track.nat_port) };
+                apply(ctx, packet, act, unsafe { &(*won).nat_addr }, port)
+            }
+            None => outcome::DROP_PORTS_EXHAUSTED,
+        };
+    }
+    apply(ctx, packet, action::SNAT, nat_addr, nat_port)
+}
+
+/// Applies an entry's action: the outcome to count.
+// A BPF subprogram of its own, shared by every path that translates.
+#[inline(never)]
+fn apply(ctx: &mut TcContext, packet: &Packet6, act: u8, addr: &[u8; 16], port: u16) -> u32 {
+    match act {
+        action::SNAT | action::DNAT => match rewrite(ctx, packet, act, addr, port) {
+            Ok(()) if act == action::SNAT => outcome::SNAT,
+            Ok(()) => outcome::DNAT,
+            Err(_) => outcome::DROP_REWRITE_FAILED,
+        },
+        _ => outcome::PASSED,
+    }
+}
+
+/// Rewrites the source (SNAT) or destination (DNAT) address and port, and the transport
+/// checksum, which covers the addresses (TCP, UDP and ICMPv6 alike) through the pseudo-header.
+#[inline(always)]
+fn rewrite(
+    ctx: &mut TcContext,
+    packet: &Packet6,
+    act: u8,
+    addr: &[u8; 16],
+    port: u16,
+) -> Result<(), i64> {
+    let key = &packet.key;
+    let l4 = packet.l4_off;
+    let (addr_off, old_addr, old_port, port_off) = if act == action::SNAT {
+        (SADDR_OFF, &key.saddr, key.sport, l4)
+    } else {
+        (DADDR_OFF, &key.daddr, key.dport, l4 + 2)
+    };
+    let (csum_off, port_off) = match key.proto {
+        TCP => (l4 + 16, port_off),
+        UDP => (l4 + 6, port_off),
+        // The echo identifier stands where ports stand, in both directions.
+        _ => (l4 + 2, l4 + 4),
+    };
+    if addr != old_addr {
+        let diff = addr_diff(old_addr, addr);
+        ctx.store(addr_off, addr, 0)?;
+        ctx.l4_csum_replace(csum_off, 0, diff, u64::from(BPF_F_PSEUDO_HDR))?;
+    }
+    if port != old_port {
+        ctx.store(port_off, &port, 0)?;
+        ctx.l4_csum_replace(csum_off, u64::from(old_port), u64::from(port), 2)?;
+    }
+    Ok(())
+}
+
+/// The one's complement difference between two addresses, for a checksum update of size 0.
+#[inline(always)]
+fn addr_diff(old: &[u8; 16], new: &[u8; 16]) -> u64 {
+    // The helper only reads both (its pointers are not const in the bindings).
+    let diff = unsafe {
+        bpf_csum_diff(
+            old.as_ptr().cast_mut().cast(),
+            16,
+            new.as_ptr().cast_mut().cast(),
+            16,
+            0,
+        )
+    };
+    diff as u32 as u64
+}
+
+/// Translates an ICMPv6 error whose quoted packet belongs to a tracked flow, as `icmp` does
+/// for IPv4: the outer header gets the flow's translation, the quoted packet the opposite one.
+/// PASSED when no tracked flow is quoted (the caller decides).
+// A BPF subprogram of its own: inlined, its locals would push the caller past the
+// 512-byte stack limit.
+#[inline(never)]
+fn translate_error(ctx: &mut TcContext, packet: &Packet6, inner: &Inner6) -> u32 {
+    // The quoted packet went the other way: its reverse is the key this hook tracks.
+    let Some(entry) = conntrack6::CONNTRACK6.get_ptr(inner.key.reversed()) else {
+        return outcome::PASSED;
+    };
+    let Ct6Entry {
+        nat_addr, track, ..
+    } = unsafe { *entry };
+    let snat = match track.action {
+        action::SNAT => true,
+        action::DNAT => false,
+        _ => return outcome::PASSED,
+    };
+    match rewrite_error(ctx, packet, inner, snat, &nat_addr, track.nat_port) {
+        Ok(()) if snat => outcome::SNAT,
+        Ok(()) => outcome::DNAT,
+        Err(_) => outcome::DROP_REWRITE_FAILED,
+    }
+}
+
+/// `snat`: the outer source and the quoted destination become `addr` (and the quoted
+/// destination port `port`); else the outer destination and the quoted source. The ICMPv6
+/// checksum covers the outer addresses (pseudo-header) and the whole quote, whose own
+/// transport checksum covers the quoted addresses and ports.
+#[inline(always)]
+fn rewrite_error(
+    ctx: &mut TcContext,
+    packet: &Packet6,
+    inner: &Inner6,
+    snat: bool,
+    addr: &[u8; 16],
+    port: u16,
+) -> Result<(), i64> {
+    let icmp_csum = packet.l4_off + 2;
+    let (outer_off, outer_old) = if snat {
+        (SADDR_OFF, &packet.key.saddr)
+    } else {
+        (DADDR_OFF, &packet.key.daddr)
+    };
+    if outer_old != addr {
+        let diff = addr_diff(outer_old, addr);
+        ctx.store(outer_off, addr, 0)?;
+        ctx.l4_csum_replace(icmp_csum, 0, diff, u64::from(BPF_F_PSEUDO_HDR))?;
+    }
+    let k = &inner.key;
+    let (addr_off, old_addr, port_off, old_port) = if snat {
+        (inner.ip_off + 24, &k.daddr, inner.l4_off + 2, k.dport)
+    } else {
+        (inner.ip_off + 8, &k.saddr, inner.l4_off, k.sport)
+    };
+    let (inner_csum, port_off) = match k.proto {
+        TCP => (inner.l4_off + 16, port_off),
+        UDP => (inner.l4_off + 6, port_off),
+        _ => (inner.l4_off + 2, inner.l4_off + 4),
+    };
+    if old_addr != addr {
+        let diff = addr_diff(old_addr, addr);
+        ctx.store(addr_off, addr, 0)?;
+        ctx.l4_csum_replace(icmp_csum, 0, diff, 0)?;
+        // The quoted checksum covers the quoted addresses (all three protocols in IPv6).
+        fix_quoted(ctx, inner, inner_csum, icmp_csum, 0, diff, 0)?;
+    }
+    if old_port != port {
+        ctx.store(port_off, &port, 0)?;
+        ctx.l4_csum_replace(icmp_csum, u64::from(old_port), u64::from(port), 2)?;
+        fix_quoted(
+            ctx,
+            inner,
+            inner_csum,
+            icmp_csum,
+            u64::from(old_port),
+            u64::from(port),
+            2,
+        )?;
+    }
+    Ok(())
+}
+
+/// Updates the quoted transport checksum for a changed field (`size` 0: `to` is a
+/// difference), and the ICMPv6 checksum for that update. One cut off by the quote is left.
+#[inline(always)]
+fn fix_quoted(
+    ctx: &mut TcContext,
+    inner: &Inner6,
+    csum_off: usize,
+    icmp_csum: usize,
+    from: u64,
+    to: u64,
+    size: u64,
+) -> Result<(), i64> {
+    if !inner.has_l4_csum {
+        return Ok(());
+    }
+    let old: u16 = ctx.load(csum_off)?;
+    ctx.l3_csum_replace(csum_off, from, to, size)?;
+    let new: u16 = ctx.load(csum_off)?;
+    ctx.l4_csum_replace(icmp_csum, u64::from(old), u64::from(new), 2)
+}

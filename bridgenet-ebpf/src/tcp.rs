@@ -5,10 +5,7 @@
 use aya_ebpf::programs::TcContext;
 use bridgenet_common::{CtEntry, ct_flags, direction, outcome, tcp_seen};
 
-use crate::{
-    conntrack::CONNTRACK,
-    parse::{IP_OFF, Packet},
-};
+use crate::parse::IP_OFF;
 
 pub const FIN: u8 = 0x01;
 pub const SYN: u8 = 0x02;
@@ -17,6 +14,20 @@ pub const ACK: u8 = 0x10;
 
 /// Largest window scale (RFC 7323); also what a flow picked up without its SYN assumes.
 const MAX_WSCALE: u8 = 14;
+
+/// The key of an entry's other direction, in the table of its family: how window tracking
+/// finds the other side of an IPv4 or an IPv6 flow.
+pub trait PeerKey {
+    fn peer_entry(&self) -> Option<*mut CtEntry>;
+}
+
+/// Where a segment is: its TCP header's offset and flags, and its IP family (which says where
+/// the IP length is).
+pub struct At {
+    pub l4_off: usize,
+    pub flags: u8,
+    pub ipv6: bool,
+}
 
 /// The fields of a segment that window tracking reads (host byte order).
 struct Segment {
@@ -30,17 +41,22 @@ struct Segment {
 }
 
 impl Segment {
-    fn load(ctx: &TcContext, packet: &Packet) -> Option<Self> {
-        let l4 = packet.l4_off;
+    fn load(ctx: &TcContext, at: &At) -> Option<Self> {
+        let l4 = at.l4_off;
         let seq = u32::from_be(ctx.load::<u32>(l4 + 4).ok()?);
         let ack = u32::from_be(ctx.load::<u32>(l4 + 8).ok()?);
         let doff = usize::from(ctx.load::<u8>(l4 + 12).ok()? >> 4) * 4;
         let win = u32::from(u16::from_be(ctx.load::<u16>(l4 + 14).ok()?));
-        let total = usize::from(u16::from_be(ctx.load::<u16>(IP_OFF + 2).ok()?));
-        // A GSO packet of more than 64 KiB has a total length of 0: its payload counts as none,
+        // IPv4's total length, or IPv6's payload length after its 40-byte header.
+        let total = if at.ipv6 {
+            usize::from(u16::from_be(ctx.load::<u16>(IP_OFF + 4).ok()?)) + 40
+        } else {
+            usize::from(u16::from_be(ctx.load::<u16>(IP_OFF + 2).ok()?))
+        };
+        // A GSO packet of more than 64 KiB has a length of 0: its payload counts as none,
         // which only makes the window lag.
         let payload = total.saturating_sub(l4 - IP_OFF + doff) as u32;
-        let flags = packet.tcp_flags;
+        let flags = at.flags;
         let end = seq
             .wrapping_add(payload)
             .wrapping_add(u32::from(flags & SYN != 0))
@@ -60,17 +76,20 @@ impl Segment {
 /// FIN passes but closes nothing).
 // A BPF subprogram of its own: it runs for every tracked TCP packet, from several callers.
 #[inline(never)]
-pub fn track(ctx: &TcContext, entry: *mut CtEntry, packet: &Packet) -> u32 {
-    let flags = packet.tcp_flags;
-    let Some(seg) = Segment::load(ctx, packet) else {
+pub fn track<K: PeerKey>(ctx: &TcContext, entry: *mut CtEntry, peer: *const K, at: &At) -> u32 {
+    let flags = at.flags;
+    let Some(seg) = Segment::load(ctx, at) else {
         return outcome::PASSED;
     };
+    // `peer` may point into `entry` (IPv4's key): read only through the raw pointer, when
+    // the other direction is needed.
+    let peer_entry = || unsafe { (*peer).peer_entry() };
     let e = unsafe { &mut *entry };
     if flags & SYN != 0 {
         if flags & ACK == 0 && e.direction == direction::ORIGINAL {
-            restart_if_closed(e);
+            restart_if_closed(e, peer_entry());
         }
-        e.wscale = wscale(ctx, packet.l4_off, seg.doff);
+        e.wscale = wscale(ctx, at.l4_off, seg.doff);
         e.td_end = seg.end;
         // The window of a SYN is never scaled.
         e.td_maxwin = seg.win.max(1);
@@ -78,7 +97,7 @@ pub fn track(ctx: &TcContext, entry: *mut CtEntry, packet: &Packet) -> u32 {
         e.tcp_seen |= seen_flags(flags);
         return outcome::PASSED;
     }
-    if flags & (RST | FIN) != 0 && !in_window(e, &seg, flags) {
+    if flags & (RST | FIN) != 0 && !in_window(e, peer_entry(), &seg, flags) {
         return if flags & RST != 0 {
             outcome::DROP_OUT_OF_WINDOW
         } else {
@@ -102,15 +121,15 @@ pub fn track(ctx: &TcContext, entry: *mut CtEntry, packet: &Packet) -> u32 {
     }
     e.tcp_seen |= seen_flags(flags);
     if flags & ACK != 0 && e.flags & ct_flags::ASSURED == 0 && e.direction == direction::ORIGINAL {
-        assure(e);
+        assure(e, peer_entry());
     }
     outcome::PASSED
 }
 
 /// Whether a RST or FIN from `e`'s direction lies in the window the other side accepts.
 #[inline(always)]
-fn in_window(e: &CtEntry, seg: &Segment, flags: u8) -> bool {
-    let Some(peer) = (unsafe { CONNTRACK.get(e.peer) }) else {
+fn in_window(e: &CtEntry, peer: Option<*mut CtEntry>, seg: &Segment, flags: u8) -> bool {
+    let Some(peer) = peer.map(|p| unsafe { &*p }) else {
         return true;
     };
     let peer_known = peer.flags & ct_flags::WINDOW_KNOWN != 0;
@@ -128,8 +147,8 @@ fn in_window(e: &CtEntry, seg: &Segment, flags: u8) -> bool {
 /// conntrack allows): both directions start afresh, or the flow would keep its CLOSE state and
 /// GC would remove it under the new connection.
 #[inline(always)]
-fn restart_if_closed(e: &mut CtEntry) {
-    let Some(peer) = CONNTRACK.get_ptr_mut(e.peer) else {
+fn restart_if_closed(e: &mut CtEntry, peer: Option<*mut CtEntry>) {
+    let Some(peer) = peer else {
         return;
     };
     let peer = unsafe { &mut *peer };
@@ -145,8 +164,8 @@ fn restart_if_closed(e: &mut CtEntry) {
 
 /// The opener acknowledged: the handshake is complete once the other side sent its SYN.
 #[inline(always)]
-fn assure(e: &mut CtEntry) {
-    if let Some(peer) = CONNTRACK.get_ptr_mut(e.peer) {
+fn assure(e: &mut CtEntry, peer: Option<*mut CtEntry>) {
+    if let Some(peer) = peer {
         let peer = unsafe { &mut *peer };
         if peer.tcp_seen & tcp_seen::SYN != 0 {
             e.flags |= ct_flags::ASSURED;

@@ -1,0 +1,283 @@
+//! Parsing IPv6: the extension headers walked to the transport header (bounded), and the
+//! fields conntrack and NAT66 need, as `parse` has them for IPv4.
+use aya_ebpf::programs::TcContext;
+use bridgenet_common::{Ct6Key, outcome};
+use network_types::eth::EthHdr;
+
+pub const ETH_P_IPV6: u16 = 0x86dd_u16.to_be();
+pub const IP6_OFF: usize = EthHdr::LEN;
+pub const IP6_LEN: usize = 40;
+pub const SADDR_OFF: usize = IP6_OFF + 8;
+pub const DADDR_OFF: usize = IP6_OFF + 24;
+
+const HOP_BY_HOP: u8 = 0;
+const ROUTING: u8 = 43;
+const FRAGMENT: u8 = 44;
+const AUTH: u8 = 51;
+const NO_NEXT: u8 = 59;
+const DEST_OPTS: u8 = 60;
+pub const TCP: u8 = 6;
+pub const UDP: u8 = 17;
+pub const ICMP6: u8 = 58;
+/// Extension headers walked before the transport header; more is `drop_ext_header`.
+const MAX_EXT: usize = 6;
+
+pub const ECHO_REQUEST: u8 = 128;
+pub const ECHO_REPLY: u8 = 129;
+const DEST_UNREACH: u8 = 1;
+const PACKET_TOO_BIG: u8 = 2;
+const TIME_EXCEEDED: u8 = 3;
+const PARAMETER_PROBLEM: u8 = 4;
+
+/// The transport header of an IPv6 packet, past its extension headers.
+pub struct Transport {
+    /// Its protocol; `NO_NEXT` when there is none (or it is in a later fragment).
+    pub proto: u8,
+    pub off: usize,
+    /// A Fragment header was walked.
+    pub fragment: bool,
+}
+
+/// Walks the extension headers: Err(outcome) when they cannot be walked within `MAX_EXT`,
+/// or a first fragment does not hold them all and the transport header's start.
+#[inline(always)]
+pub fn transport(ctx: &TcContext) -> Result<Transport, u32> {
+    let mut proto: u8 = ctx.load(IP6_OFF + 6).map_err(|_| outcome::DROP_MALFORMED)?;
+    let mut off = IP6_OFF + IP6_LEN;
+    let mut fragment = false;
+    // One more round than headers: the last finds the transport header.
+    for _ in 0..=MAX_EXT {
+        let hdr: [u8; 4] = match proto {
+            HOP_BY_HOP | ROUTING | DEST_OPTS | AUTH | FRAGMENT => {
+                ctx.load(off).map_err(|_| outcome::DROP_EXT_HEADER)?
+            }
+            _ => {
+                // The transport header must be there to be judged (RA guard evasion hides it
+                // in a second fragment, RFC 7113).
+                if proto != NO_NEXT && ctx.load::<[u8; 4]>(off).is_err() {
+                    return Err(outcome::DROP_EXT_HEADER);
+                }
+                return Ok(Transport {
+                    proto,
+                    off,
+                    fragment,
+                });
+            }
+        };
+        off += match proto {
+            // AH counts 4-byte units, less 2; the others 8-byte units, less 1.
+            AUTH => (hdr[1] as usize + 2) * 4,
+            FRAGMENT => {
+                fragment = true;
+                if u16::from_be_bytes([hdr[2], hdr[3]]) & !7 != 0 {
+                    // A later fragment: its transport header was judged in the first one.
+                    return Ok(Transport {
+                        proto: NO_NEXT,
+                        off,
+                        fragment,
+                    });
+                }
+                8
+            }
+            _ => (hdr[1] as usize + 1) * 8,
+        };
+        proto = hdr[0];
+    }
+    Err(outcome::DROP_EXT_HEADER)
+}
+
+/// The fields of one IPv6 packet that conntrack and NAT66 work on.
+#[derive(Default)]
+pub struct Packet6 {
+    pub key: Ct6Key,
+    /// Offset of the transport header.
+    pub l4_off: usize,
+    /// A fragment: its ports, if any, cannot be trusted.
+    pub fragment: bool,
+    /// TCP flags byte (TCP only).
+    pub tcp_flags: u8,
+    /// ICMPv6 type (ICMPv6 only).
+    pub icmp_type: u8,
+    /// An ICMPv6 error about a packet NAT66 may have translated: `inner` holds it.
+    pub error: bool,
+    pub inner: Inner6,
+}
+
+/// The packet an ICMPv6 error quotes, as `parse::Inner` for IPv4. The quote holds no
+/// extension headers (what NAT66 tracks sends none). Not an `Option`: LLVM's copies of one
+/// read registers the verifier refuses on the paths where it is `None`.
+#[derive(Default)]
+pub struct Inner6 {
+    pub key: Ct6Key,
+    pub ip_off: usize,
+    pub l4_off: usize,
+    /// Whether the quoted L4 checksum is inside the packet.
+    pub has_l4_csum: bool,
+}
+
+/// Parses an IPv6 frame (the caller checked the ethertype) for conntrack and NAT66: Err(outcome)
+/// when it is cut short, or its transport header is cut before the fields NAT66 rewrites.
+/// Extension headers are not walked here (`transport` does, for the endpoint check): a
+/// packet with one is `fragment` (a Fragment header) or has that header as its `proto`,
+/// which nothing translates. Walking them would multiply the verifier's states past its
+/// limit, and the flows NAT66 tracks send none.
+// A BPF subprogram of its own: its addresses would otherwise sit in every caller's frame. It
+// fills the caller's `packet` and returns PASSED or the outcome: a subprogram cannot return a
+// pointer to the caller's stack, which a returned struct is.
+#[inline(never)]
+pub fn parse6(ctx: &TcContext, packet: &mut Packet6) -> u32 {
+    match parse(ctx, packet) {
+        Ok(()) => outcome::PASSED,
+        Err(drop) => drop,
+    }
+}
+
+/// Fills `packet` in place: a struct built here and copied would double the frame.
+#[inline(always)]
+fn parse(ctx: &TcContext, packet: &mut Packet6) -> Result<(), u32> {
+    let (Ok(saddr), Ok(daddr), Ok(payload), Ok(next)) = (
+        ctx.load::<[u8; 16]>(SADDR_OFF),
+        ctx.load::<[u8; 16]>(DADDR_OFF),
+        ctx.load::<u16>(IP6_OFF + 4),
+        ctx.load::<u8>(IP6_OFF + 6),
+    ) else {
+        return Err(outcome::DROP_MALFORMED);
+    };
+    let frame = ctx.len() as usize;
+    let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
+    let payload = usize::from(u16::from_be(payload));
+    // 0 is what GSO packets past 64 KiB carry (BIG TCP); the frame's length holds for them.
+    let end = if payload == 0 && gso {
+        frame
+    } else {
+        IP6_OFF + IP6_LEN + payload
+    };
+    if end > frame {
+        return Err(outcome::DROP_MALFORMED);
+    }
+    let t = Transport {
+        proto: next,
+        off: IP6_OFF + IP6_LEN,
+        fragment: next == FRAGMENT,
+    };
+    packet.key = Ct6Key {
+        saddr,
+        daddr,
+        sport: 0,
+        dport: 0,
+        proto: t.proto,
+        _pad: [0; 3],
+    };
+    packet.l4_off = t.off;
+    packet.fragment = t.fragment;
+    packet.tcp_flags = 0;
+    packet.icmp_type = 0;
+    packet.error = false;
+    let l4 = t.off;
+    let l4_min = match t.proto {
+        TCP => 20,
+        UDP | ICMP6 => 8,
+        _ => 0,
+    };
+    if end < l4 + l4_min {
+        return Err(outcome::DROP_MALFORMED);
+    }
+    match t.proto {
+        TCP | UDP => {
+            let (Ok(sport), Ok(dport)) = (ctx.load::<u16>(l4), ctx.load::<u16>(l4 + 2)) else {
+                return Err(outcome::DROP_MALFORMED);
+            };
+            packet.key.sport = sport;
+            packet.key.dport = dport;
+            if t.proto == TCP {
+                packet.tcp_flags = ctx
+                    .load::<u8>(l4 + 13)
+                    .map_err(|_| outcome::DROP_MALFORMED)?;
+            }
+        }
+        ICMP6 => {
+            let (Ok(icmp_type), Ok(id)) = (ctx.load::<u8>(l4), ctx.load::<u16>(l4 + 4)) else {
+                return Err(outcome::DROP_MALFORMED);
+            };
+            packet.icmp_type = icmp_type;
+            match icmp_type {
+                ECHO_REQUEST => packet.key.sport = id,
+                ECHO_REPLY => packet.key.dport = id,
+                t if is_error(t) => packet.error = parse_inner(ctx, l4 + 8, &mut packet.inner),
+                _ => {}
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Whether the frame is IPv6.
+#[inline(always)]
+pub fn is_ipv6(ctx: &TcContext) -> bool {
+    ctx.load::<u16>(12).is_ok_and(|t| t == ETH_P_IPV6)
+}
+
+/// Whether an ICMPv6 type is an error that quotes a packet of the flow it is about.
+#[inline(always)]
+pub fn is_error(icmp_type: u8) -> bool {
+    matches!(
+        icmp_type,
+        DEST_UNREACH | PACKET_TOO_BIG | TIME_EXCEEDED | PARAMETER_PROBLEM
+    )
+}
+
+/// The IPv6 packet quoted at `ip_off`, into `inner`: its addresses and the ports or echo
+/// identifier from the first 8 bytes of its transport header. False for what is never
+/// translated (a quote with extension headers, an error about an error).
+#[inline(always)]
+fn parse_inner(ctx: &TcContext, ip_off: usize, inner: &mut Inner6) -> bool {
+    let (Ok(saddr), Ok(daddr), Ok(proto)) = (
+        ctx.load::<[u8; 16]>(ip_off + 8),
+        ctx.load::<[u8; 16]>(ip_off + 24),
+        ctx.load::<u8>(ip_off + 6),
+    ) else {
+        return false;
+    };
+    let l4_off = ip_off + IP6_LEN;
+    inner.key = Ct6Key {
+        saddr,
+        daddr,
+        sport: 0,
+        dport: 0,
+        proto,
+        _pad: [0; 3],
+    };
+    inner.ip_off = ip_off;
+    inner.l4_off = l4_off;
+    let len = ctx.len() as usize;
+    match proto {
+        TCP | UDP => {
+            let (Ok(sport), Ok(dport)) = (ctx.load::<u16>(l4_off), ctx.load::<u16>(l4_off + 2))
+            else {
+                return false;
+            };
+            inner.key.sport = sport;
+            inner.key.dport = dport;
+            inner.has_l4_csum = len
+                >= if proto == TCP {
+                    l4_off + 18
+                } else {
+                    l4_off + 8
+                };
+        }
+        ICMP6 => {
+            let (Ok(kind), Ok(id)) = (ctx.load::<u8>(l4_off), ctx.load::<u16>(l4_off + 4)) else {
+                return false;
+            };
+            match kind {
+                ECHO_REQUEST => inner.key.sport = id,
+                ECHO_REPLY => inner.key.dport = id,
+                _ => return false,
+            }
+            inner.has_l4_csum = true;
+        }
+        _ => return false,
+    }
+    true
+}

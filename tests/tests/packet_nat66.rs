@@ -1,0 +1,461 @@
+//! BPF_PROG_TEST_RUN of NAT66 on the uplink: what an endpoint sends over IPv6 leaves with the
+//! uplink's IPv6 address (TCP, UDP, ICMPv6 echo), its replies come back to the endpoint, and
+//! an ICMPv6 Packet Too Big about the flow reaches the endpoint with its quote translated back;
+//! every checksum (with IPv6's pseudo-header) stays right. What cannot be translated never
+//! leaves: fragments, segments of untracked connections, internal networks, an uplink without
+//! an IPv6 address; a reset outside the window and a flood past the limit are dropped.
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use aya::maps::{Array, HashMap};
+use bridgenet::datapath::{Datapath, GatewayMode, NetworkOptions};
+use bridgenet_common::{ct_usage, maps, outcome, program_id, programs};
+use bridgenet_tests::{packet, require_root};
+use etherparse::PacketBuilder;
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+/// Test runs come from the loopback device: it plays the uplink.
+const UPLINK_IFINDEX: u32 = 1;
+const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 2];
+
+const EP: &str = "2001:db8:1::2";
+const INTERNAL_EP: &str = "2001:db8:2::2";
+const UPLINK: &str = "2001:db8:ff::2";
+const SERVER: &str = "2001:db8:ff:1::80";
+const ROUTER: &str = "2001:db8:ff::1";
+
+const UDP: u8 = 17;
+const ICMP6: u8 = 58;
+const PACKET_TOO_BIG: u8 = 2;
+
+const EGRESS: (&str, u32) = (programs::UPLINK_EGRESS, program_id::UPLINK_EGRESS);
+const INGRESS: (&str, u32) = (programs::UPLINK_INGRESS, program_id::UPLINK_INGRESS);
+
+fn a(s: &str) -> [u8; 16] {
+    s.parse::<Ipv6Addr>().unwrap().octets()
+}
+
+fn options(id: u32, internal: bool) -> NetworkOptions {
+    NetworkOptions {
+        id,
+        gateway: Ipv4Addr::new(172, 16 + id as u8, 0, 1),
+        masquerade: true,
+        icc: true,
+        internal,
+        gateway_mode: GatewayMode::Nat,
+    }
+}
+
+/// Network 1 (2001:db8:1::/64) masqueraded, network 2 (2001:db8:2::/64) internal; the uplink
+/// (the loopback device of test runs) has UPLINK when `uplink_addr`, and the IPv6 table room
+/// for `limit6` entries.
+fn datapath(uplink_addr: bool, limit6: u64) -> Datapath {
+    require_root();
+    let mut dp = Datapath::load().expect("loading the datapath");
+    for (id, internal) in [(1, false), (2, true)] {
+        let subnet = format!("2001:db8:{id}::/64").parse().unwrap();
+        let gateway = format!("2001:db8:{id}::1").parse().unwrap();
+        dp.add_network6(subnet, gateway, &options(id, internal))
+            .unwrap();
+    }
+    if uplink_addr {
+        let mut uplinks: HashMap<_, u32, [u8; 16]> =
+            HashMap::try_from(dp.ebpf_mut().map_mut(maps::UPLINKS6).unwrap()).unwrap();
+        uplinks.insert(UPLINK_IFINDEX, a(UPLINK), 0).unwrap();
+    }
+    let mut usage: Array<_, u64> =
+        Array::try_from(dp.ebpf_mut().map_mut(maps::CT_USAGE).unwrap()).unwrap();
+    usage.set(ct_usage::LIMIT6, limit6, 0).unwrap();
+    dp
+}
+
+fn builder(src: &str, dst: &str) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
+    PacketBuilder::ethernet2(MAC_A, MAC_B).ipv6(a(src), a(dst), 64)
+}
+
+fn tcp(src: &str, sport: u16, dst: &str, dport: u16, flags: &str, seq: u32, ack: u32) -> Vec<u8> {
+    let mut b = builder(src, dst).tcp(sport, dport, seq, 64240);
+    for flag in flags.chars() {
+        b = match flag {
+            'S' => b.syn(),
+            'A' => b.ack(ack),
+            'R' => b.rst(),
+            'F' => b.fin(),
+            'P' => b.psh(),
+            _ => unreachable!(),
+        };
+    }
+    let payload = b"data";
+    let mut f = Vec::new();
+    b.write(&mut f, payload).unwrap();
+    f
+}
+
+fn udp(src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
+    let b = builder(src, dst).udp(sport, dport);
+    let mut f = Vec::new();
+    b.write(&mut f, b"query").unwrap();
+    f
+}
+
+fn echo(src: &str, dst: &str, id: u16, reply: bool) -> Vec<u8> {
+    let b = builder(src, dst);
+    let b = if reply {
+        b.icmpv6_echo_reply(id, 1)
+    } else {
+        b.icmpv6_echo_request(id, 1)
+    };
+    let mut f = Vec::new();
+    b.write(&mut f, b"ping").unwrap();
+    f
+}
+
+/// The one's complement sum of IPv6's pseudo-header and the transport bytes: a right checksum
+/// makes it 0xffff.
+fn pseudo_sum(src: &[u8], dst: &[u8], next: u8, l4: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    let mut add = |bytes: &[u8]| {
+        for pair in bytes.chunks(2) {
+            let word = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
+            sum += u32::from(word);
+        }
+    };
+    add(src);
+    add(dst);
+    add(&(l4.len() as u32).to_be_bytes());
+    add(&[0, 0, 0, next]);
+    add(l4);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// An ICMPv6 Packet Too Big from `src` to `dst` with MTU 1280 quoting `quoted` (an IPv6 packet
+/// without its Ethernet header), its checksum right.
+fn packet_too_big(src: &str, dst: &str, quoted: &[u8]) -> Vec<u8> {
+    let mut icmp = vec![PACKET_TOO_BIG, 0, 0, 0, 0, 0, 5, 0];
+    icmp.extend_from_slice(quoted);
+    let csum = !pseudo_sum(&a(src), &a(dst), ICMP6, &icmp);
+    icmp[2..4].copy_from_slice(&csum.to_be_bytes());
+    let mut f = MAC_B.to_vec();
+    f.extend_from_slice(&MAC_A);
+    f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+    f.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[ICMP6, 64]);
+    f.extend_from_slice(&a(src));
+    f.extend_from_slice(&a(dst));
+    f.extend_from_slice(&icmp);
+    f
+}
+
+/// What an IPv6 frame carries, after checking its transport checksum.
+#[derive(Debug, PartialEq, Eq)]
+struct Seen {
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    /// Ports, or the echo identifier in both.
+    sport: u16,
+    dport: u16,
+}
+
+fn inspect(frame: &[u8]) -> Seen {
+    let ip = &frame[14..];
+    assert_eq!(ip[0] >> 4, 6, "IPv6");
+    let next = ip[6];
+    let len = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+    let l4 = &ip[40..40 + len];
+    assert_eq!(
+        pseudo_sum(&ip[8..24], &ip[24..40], next, l4),
+        0xffff,
+        "the transport checksum of {next} is right"
+    );
+    let src = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[8..24]).unwrap());
+    let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[24..40]).unwrap());
+    let (sport, dport) = match next {
+        ICMP6 => {
+            let id = u16::from_be_bytes([l4[4], l4[5]]);
+            (id, id)
+        }
+        _ => (
+            u16::from_be_bytes([l4[0], l4[1]]),
+            u16::from_be_bytes([l4[2], l4[3]]),
+        ),
+    };
+    Seen {
+        src,
+        dst,
+        sport,
+        dport,
+    }
+}
+
+fn seen(src: &str, sport: u16, dst: &str, dport: u16) -> Seen {
+    Seen {
+        src: src.parse().unwrap(),
+        dst: dst.parse().unwrap(),
+        sport,
+        dport,
+    }
+}
+
+/// Runs `program` on `frame`: it must pass and count `counted`; the frame it let through.
+fn translated(dp: &mut Datapath, program: (&str, u32), frame: &[u8], counted: u32) -> Vec<u8> {
+    let before = dp.stat(program.1, counted).unwrap();
+    let out = packet::run_tc(dp, program.0, frame, 1).expect("test run");
+    assert_eq!(out.action, TC_ACT_OK, "{} passes it", program.0);
+    assert_eq!(
+        dp.stat(program.1, counted).unwrap(),
+        before + 1,
+        "{}: counted as {}",
+        program.0,
+        outcome::NAMES[counted as usize]
+    );
+    out.frame
+}
+
+fn dropped(dp: &mut Datapath, program: (&str, u32), frame: &[u8], reason: u32, what: &str) {
+    let before = dp.stat(program.1, reason).unwrap();
+    let out = packet::run_tc(dp, program.0, frame, 1).expect("test run");
+    assert_eq!(out.action, TC_ACT_SHOT, "{what} is dropped");
+    assert_eq!(
+        dp.stat(program.1, reason).unwrap(),
+        before + 1,
+        "{what}: counted as {}",
+        outcome::NAMES[reason as usize]
+    );
+}
+
+/// Opens a TCP flow from EP:`sport` to SERVER:443 (SYN out, SYN-ACK back, ACK out): the port
+/// the flow got on the uplink.
+fn open_tcp(dp: &mut Datapath, sport: u16) -> u16 {
+    let out = translated(
+        dp,
+        EGRESS,
+        &tcp(EP, sport, SERVER, 443, "S", 1000, 0),
+        outcome::SNAT,
+    );
+    let out = inspect(&out);
+    assert_eq!(
+        (out.src, out.dst, out.dport),
+        (UPLINK.parse().unwrap(), SERVER.parse().unwrap(), 443),
+        "the SYN leaves from the uplink's address"
+    );
+    let port = out.sport;
+    let back = translated(
+        dp,
+        INGRESS,
+        &tcp(SERVER, 443, UPLINK, port, "SA", 5000, 1001),
+        outcome::DNAT,
+    );
+    assert_eq!(
+        inspect(&back),
+        seen(SERVER, 443, EP, sport),
+        "the SYN-ACK comes back"
+    );
+    translated(
+        dp,
+        EGRESS,
+        &tcp(EP, sport, SERVER, 443, "A", 1001, 5001),
+        outcome::SNAT,
+    );
+    port
+}
+
+#[test]
+fn tcp_udp_and_echo_leave_with_the_uplink_address_and_their_replies_come_back() {
+    let mut dp = datapath(true, 1000);
+    // A port in the host's range gets one of the NAT range; one outside it is kept.
+    let port = open_tcp(&mut dp, 40000);
+    assert!((61000..=65535).contains(&port), "NAT port {port}");
+    let data = translated(
+        &mut dp,
+        INGRESS,
+        &tcp(SERVER, 443, UPLINK, port, "PA", 5001, 1005),
+        outcome::DNAT,
+    );
+    assert_eq!(inspect(&data), seen(SERVER, 443, EP, 40000));
+
+    let out = translated(&mut dp, EGRESS, &udp(EP, 5000, SERVER, 53), outcome::SNAT);
+    assert_eq!(
+        inspect(&out),
+        seen(UPLINK, 5000, SERVER, 53),
+        "UDP keeps a low port"
+    );
+    let back = translated(
+        &mut dp,
+        INGRESS,
+        &udp(SERVER, 53, UPLINK, 5000),
+        outcome::DNAT,
+    );
+    assert_eq!(inspect(&back), seen(SERVER, 53, EP, 5000));
+
+    let out = translated(
+        &mut dp,
+        EGRESS,
+        &echo(EP, SERVER, 0x77, false),
+        outcome::SNAT,
+    );
+    assert_eq!(
+        inspect(&out),
+        seen(UPLINK, 0x77, SERVER, 0x77),
+        "echo request"
+    );
+    let back = translated(
+        &mut dp,
+        INGRESS,
+        &echo(SERVER, UPLINK, 0x77, true),
+        outcome::DNAT,
+    );
+    assert_eq!(inspect(&back), seen(SERVER, 0x77, EP, 0x77), "echo reply");
+
+    // Nobody's flow: the host's own, left alone.
+    let f = udp(SERVER, 53, UPLINK, 5001);
+    let out = packet::run_tc(&mut dp, INGRESS.0, &f, 1).unwrap();
+    assert_eq!(
+        (out.action, out.frame),
+        (TC_ACT_OK, f),
+        "the host's own IPv6 passes as it is"
+    );
+}
+
+#[test]
+fn a_packet_too_big_about_a_flow_reaches_its_endpoint_translated() {
+    let mut dp = datapath(true, 1000);
+    let port = open_tcp(&mut dp, 40001);
+    // The segment a router could not forward, as it left the uplink, quoted whole and cut
+    // short past the TCP checksum.
+    let segment = tcp(UPLINK, port, SERVER, 443, "PA", 1005, 5001);
+    for quote in [&segment[14..], &segment[14..14 + 40 + 18]] {
+        let f = packet_too_big(ROUTER, UPLINK, quote);
+        let out = translated(&mut dp, INGRESS, &f, outcome::DNAT);
+        let outer = inspect(&out);
+        assert_eq!(
+            (outer.src, outer.dst),
+            (ROUTER.parse().unwrap(), EP.parse().unwrap()),
+            "the error goes to the endpoint"
+        );
+        let quoted = &out[14 + 40 + 8..];
+        let src = Ipv6Addr::from(<[u8; 16]>::try_from(&quoted[8..24]).unwrap());
+        let sport = u16::from_be_bytes([quoted[40], quoted[41]]);
+        assert_eq!(
+            (src, sport),
+            (EP.parse().unwrap(), 40001),
+            "the quote shows what the endpoint sent"
+        );
+        if quote.len() == segment.len() - 14 {
+            assert_eq!(
+                inspect(&[&out[..14], quoted].concat()),
+                seen(EP, 40001, SERVER, 443)
+            );
+        }
+    }
+    // About no flow: the host's own.
+    let stranger = tcp(UPLINK, 1234, SERVER, 443, "PA", 1, 1);
+    let f = packet_too_big(ROUTER, UPLINK, &stranger[14..]);
+    let out = packet::run_tc(&mut dp, INGRESS.0, &f, 1).unwrap();
+    assert_eq!(
+        (out.action, out.frame),
+        (TC_ACT_OK, f),
+        "an error about no flow"
+    );
+}
+
+#[test]
+fn what_cannot_be_translated_never_leaves() {
+    let mut dp = datapath(true, 1000);
+    dropped(
+        &mut dp,
+        EGRESS,
+        &tcp(EP, 40002, SERVER, 443, "A", 1, 1),
+        outcome::DROP_UNTRACKED,
+        "a segment of no tracked connection",
+    );
+    // A first fragment: a Fragment header before UDP.
+    let u = udp(EP, 5000, SERVER, 53);
+    let mut f = u[..18].to_vec();
+    f.extend_from_slice(&((u.len() - 54 + 8) as u16).to_be_bytes());
+    f.extend_from_slice(&[44, 64]);
+    f.extend_from_slice(&u[22..54]);
+    f.extend_from_slice(&[UDP, 0, 0, 1, 0, 0, 0, 9]);
+    f.extend_from_slice(&u[54..]);
+    dropped(&mut dp, EGRESS, &f, outcome::DROP_FRAGMENT, "a fragment");
+    dropped(
+        &mut dp,
+        EGRESS,
+        &udp(INTERNAL_EP, 5000, SERVER, 53),
+        outcome::DROP_UNTRANSLATABLE,
+        "out of an internal network",
+    );
+    let mut cut = tcp(EP, 40003, SERVER, 443, "S", 1, 0);
+    cut.truncate(14 + 40 + 12);
+    cut[18..20].copy_from_slice(&12u16.to_be_bytes());
+    dropped(
+        &mut dp,
+        EGRESS,
+        &cut,
+        outcome::DROP_MALFORMED,
+        "a TCP header cut short",
+    );
+    // A protocol masquerade does not translate.
+    let mut gre = udp(EP, 5000, SERVER, 53);
+    gre[20] = 47;
+    dropped(&mut dp, EGRESS, &gre, outcome::DROP_UNTRANSLATABLE, "GRE");
+
+    let mut dp = datapath(false, 1000);
+    dropped(
+        &mut dp,
+        EGRESS,
+        &udp(EP, 5000, SERVER, 53),
+        outcome::DROP_UNTRANSLATABLE,
+        "through an uplink without an IPv6 address",
+    );
+}
+
+#[test]
+fn a_reset_outside_the_window_closes_nothing() {
+    let mut dp = datapath(true, 1000);
+    let port = open_tcp(&mut dp, 40004);
+    dropped(
+        &mut dp,
+        INGRESS,
+        &tcp(SERVER, 443, UPLINK, port, "R", 5001 + 10_000_000, 0),
+        outcome::DROP_OUT_OF_WINDOW,
+        "a spoofed reset far from the window",
+    );
+    // The flow still works, and a reset in the window goes through.
+    translated(
+        &mut dp,
+        INGRESS,
+        &tcp(SERVER, 443, UPLINK, port, "PA", 5001, 1005),
+        outcome::DNAT,
+    );
+    translated(
+        &mut dp,
+        INGRESS,
+        &tcp(SERVER, 443, UPLINK, port, "R", 5005, 0),
+        outcome::DNAT,
+    );
+}
+
+#[test]
+fn new_flows_past_the_limit_are_refused_and_tracked_ones_go_on() {
+    // Room for two flows.
+    let mut dp = datapath(true, 4);
+    let port = open_tcp(&mut dp, 40005);
+    translated(&mut dp, EGRESS, &udp(EP, 5000, SERVER, 53), outcome::SNAT);
+    dropped(
+        &mut dp,
+        EGRESS,
+        &udp(EP, 5001, SERVER, 53),
+        outcome::DROP_CT_FULL,
+        "a third flow",
+    );
+    translated(
+        &mut dp,
+        INGRESS,
+        &tcp(SERVER, 443, UPLINK, port, "PA", 5001, 1005),
+        outcome::DNAT,
+    );
+}
