@@ -17,7 +17,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use bridgenet_common::{EndpointPeer, outcome};
-use network_types::ip::Ipv4Hdr;
+use network_types::{eth::EtherType, ip::Ipv4Hdr};
 
 use crate::{
     nat,
@@ -98,6 +98,11 @@ pub fn redirect(ctx: &mut TcContext, must: bool) -> Option<(i32, u32)> {
 pub fn out(ctx: &mut TcContext, gateway: u32) -> Option<i32> {
     let [a, b, c, d] = gateway.to_ne_bytes();
     if gateway == 0 || ctx.load::<[u8; 6]>(0).ok()? != [0x02, 0x42, a, b, c, d] {
+        return None;
+    }
+    // IPv4 only: IPv6 to the gateway's MAC (now that it leaves the network) read as IPv4
+    // would be looked up, TTL-decremented and redirected by bytes of its addresses.
+    if ctx.load::<u16>(12).ok()? != EtherType::Ipv4 as u16 {
         return None;
     }
     // GSO packets (an endpoint's bulk TCP) keep the normal path: redirected, they cost four

@@ -9,7 +9,7 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray},
     programs::TcContext,
 };
-use bridgenet_common::{Ct6Entry, action, direction, network_flags, outcome};
+use bridgenet_common::{Ct6Entry, Ct6Key, action, direction, network_flags, outcome};
 
 use crate::{
     conntrack::{self, InsertError},
@@ -29,6 +29,7 @@ static SCRATCH6: PerCpuArray<Scratch6> = PerCpuArray::with_max_entries(1, 0);
 struct Scratch6 {
     packet: Packet6,
     entry: Ct6Entry,
+    reply: Ct6Key,
 }
 
 /// `uplink_egress` for IPv6 on the uplink `ifindex`: a managed source leaves masqueraded (a
@@ -46,12 +47,11 @@ pub fn egress(ctx: &mut TcContext, ifindex: u32) -> u32 {
     let Some(scratch) = SCRATCH6.get_ptr_mut(0) else {
         return outcome::DROP_UNTRANSLATABLE;
     };
-    let (packet, entry) = unsafe { (&mut (*scratch).packet, &mut (*scratch).entry) };
-    let parsed = parse6::parse6(ctx, packet);
+    let parsed = parse6::parse6(ctx, unsafe { &mut (*scratch).packet });
     if parsed != outcome::PASSED {
         return parsed;
     }
-    let result = egress_translate(ctx, packet, entry, ifindex, internal);
+    let result = egress_translate(ctx, unsafe { &mut *scratch }, ifindex, internal);
     // Whatever path decided, a managed source leaves translated or not at all.
     if result != outcome::SNAT && !outcome::is_drop(result) {
         return outcome::DROP_UNTRANSLATABLE;
@@ -62,11 +62,11 @@ pub fn egress(ctx: &mut TcContext, ifindex: u32) -> u32 {
 #[inline(always)]
 fn egress_translate(
     ctx: &mut TcContext,
-    packet: &Packet6,
-    entry: &mut Ct6Entry,
+    scratch: &mut Scratch6,
     ifindex: u32,
     internal: bool,
 ) -> u32 {
+    let packet = &scratch.packet;
     if packet.fragment {
         // Fragments of endpoint flows are dropped (and counted), never sent untranslated.
         return outcome::DROP_FRAGMENT;
@@ -88,7 +88,8 @@ fn egress_translate(
     };
     match unsafe { UPLINKS6.get(ifindex) } {
         Some(nat_addr) if translatable && !internal => {
-            let result = masquerade(ctx, packet, nat_addr, entry);
+            let result = masquerade(ctx, scratch, nat_addr);
+            let packet = &scratch.packet;
             if !outcome::is_drop(result) {
                 conntrack6::count_opening(ctx, packet);
             }
@@ -143,20 +144,21 @@ fn tracked(ctx: &mut TcContext, packet: &Packet6) -> Option<u32> {
     }
 }
 
-/// Opens a masquerade flow for a packet leaving with `nat_addr`, its entries built in `entry`.
-// A BPF subprogram of its own: its keys would push the caller past the 512-byte stack.
+/// Opens a masquerade flow for `scratch.packet` leaving with `nat_addr`, its keys and entries
+/// built in `scratch`.
+// A BPF subprogram of its own: its locals would push the caller past the 512-byte stack.
 #[inline(never)]
-fn masquerade(
-    ctx: &mut TcContext,
-    packet: &Packet6,
-    nat_addr: &[u8; 16],
-    entry: &mut Ct6Entry,
-) -> u32 {
+fn masquerade(ctx: &mut TcContext, scratch: &mut Scratch6, nat_addr: &[u8; 16]) -> u32 {
     if let Err(drop) = conntrack6::admit() {
         return drop;
     }
+    let Scratch6 {
+        packet,
+        entry,
+        reply,
+    } = scratch;
     let key = &packet.key;
-    let mut reply = key.reversed();
+    *reply = key.reversed();
     reply.daddr = *nat_addr;
     // The reply's entry first, then the original's.
     conntrack6::fill(
@@ -170,7 +172,7 @@ fn masquerade(
     // The ICMPv6 echo identifier stands in sport too.
     let result = nat::choose_port(u16::from_be(key.sport), |port| {
         reply.dport = port.to_be();
-        conntrack6::insert_new(&reply, entry)
+        conntrack6::insert_new(reply, entry)
     });
     if result != outcome::PASSED {
         conntrack6::release();
@@ -179,14 +181,14 @@ fn masquerade(
     let nat_port = reply.dport;
     conntrack6::fill(
         entry,
-        &reply,
+        reply,
         action::SNAT,
         direction::ORIGINAL,
         nat_addr,
         nat_port,
     );
     if let Err(err) = conntrack6::insert_new(key, entry) {
-        conntrack6::remove(&reply);
+        conntrack6::remove(reply);
         conntrack6::release();
         if let InsertError::Full = err {
             return outcome::DROP_CT_FULL;

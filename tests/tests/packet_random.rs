@@ -3,13 +3,14 @@
 //! come out half-translated: no frame leaves the uplink with a managed (private) source,
 //! nothing from outside reaches an endpoint address unless translated (a published flow or a
 //! reply; routed subnets: only whole packets), and no frame whose checksums were right comes
-//! out changed with a wrong one. IPv6 templates: nothing changes an IPv6 frame, none leaves
-//! or enters a managed IPv6 subnet across the uplink, and an endpoint's leave only from its
-//! own addresses.
+//! out changed with a wrong one. IPv6 templates: only NAT66 changes an IPv6 frame (on the
+//! uplink, its addresses and transport only), none leaves a managed IPv6 subnet across the
+//! uplink untranslated or enters one but translated from the uplink's address, and an
+//! endpoint's leave only from its own addresses.
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use bridgenet::datapath::{Datapath, GatewayMode, NetworkOptions};
-use bridgenet_common::programs;
+use bridgenet_common::{ct_usage, maps, programs};
 use bridgenet_tests::{packet, packet::fixture::*};
 use etherparse::{NetHeaders, PacketHeaders, TransportHeader};
 
@@ -50,6 +51,13 @@ fn datapath() -> Datapath {
     .unwrap();
     dp.add_endpoint6(TEST_RUN_IFINDEX, Ipv6Addr::from(EP1_6))
         .unwrap();
+    // The uplink's IPv6 address, which NAT66 masquerades EP1's IPv6 with.
+    let mut uplinks: aya::maps::HashMap<_, u32, [u8; 16]> =
+        aya::maps::HashMap::try_from(dp.ebpf_mut().map_mut(maps::UPLINKS6).unwrap()).unwrap();
+    uplinks.insert(TEST_RUN_IFINDEX, UPLINK6, 0).unwrap();
+    let mut usage: aya::maps::Array<_, u64> =
+        aya::maps::Array::try_from(dp.ebpf_mut().map_mut(maps::CT_USAGE).unwrap()).unwrap();
+    usage.set(ct_usage::LIMIT6, 4096, 0).unwrap();
     // State the ICMP error templates quote: a hairpin flow of EP1 to its own published port, a
     // flow of the host, a masqueraded flow of EP1.
     for (program, frame) in [
@@ -64,6 +72,11 @@ fn datapath() -> Datapath {
         (
             programs::UPLINK_EGRESS,
             packet::udp_frame(EP1, 5003, SERVER, 53, b"q"),
+        ),
+        // A masqueraded IPv6 flow of EP1 (its port below the host's range is kept).
+        (
+            programs::UPLINK_EGRESS,
+            ip6_frame(EP1_6, WORLD6, 17, &udp6(4000, 53)),
         ),
     ] {
         let out = packet::run_tc(&mut dp, program, &frame, 1).unwrap();
@@ -165,16 +178,19 @@ fn ip6_frame(src: [u8; 16], dst: [u8; 16], next: u8, rest: &[u8]) -> Vec<u8> {
     f
 }
 
+/// A UDP header and one byte (checksum 0: the programs do not check it).
+fn udp6(sport: u16, dport: u16) -> Vec<u8> {
+    let mut u = sport.to_be_bytes().to_vec();
+    u.extend_from_slice(&dport.to_be_bytes());
+    u.extend_from_slice(&[0, 9, 0, 0, b'x']);
+    u
+}
+
 /// IPv6 of every kind the programs judge: an endpoint's traffic, Neighbour Discovery, what
 /// only routers send, extension headers and fragments; from outside to an endpoint, to the
 /// host and to ::1.
 fn templates6() -> Vec<Vec<u8>> {
-    let udp = |sport: u16, dport: u16| {
-        let mut u = sport.to_be_bytes().to_vec();
-        u.extend_from_slice(&dport.to_be_bytes());
-        u.extend_from_slice(&[0, 9, 0, 0, b'x']);
-        u
-    };
+    let udp = udp6;
     let nd = |kind: u8, target: [u8; 16]| {
         let mut m = vec![kind, 0, 0, 0, 0x20, 0, 0, 0];
         m.extend_from_slice(&target);
@@ -208,6 +224,10 @@ fn templates6() -> Vec<Vec<u8>> {
         ip6_frame(EP1_6, SIBLING6, 44, &[&frag(58, 9)[..], &echo].concat()),
         ip6_frame(EP1_LL, ALL_NODES, 17, &udp(547, 546)),
         ip6_frame(WORLD6, EP1_6, 17, &udp(4000, 53)),
+        // NAT66: the masqueraded flow's reply, a new flow, an echo request.
+        ip6_frame(WORLD6, UPLINK6, 17, &udp(53, 4000)),
+        ip6_frame(EP1_6, WORLD6, 6, &tcp_syn6(40000, 443)),
+        ip6_frame(EP1_6, WORLD6, 58, &echo),
         ip6_frame(WORLD6, GATEWAY6, 58, &echo),
         ip6_frame(
             WORLD6,
@@ -228,6 +248,19 @@ fn addrs6(frame: &[u8]) -> Option<([u8; 16], [u8; 16])> {
         )
     })
 }
+
+/// A TCP SYN header (checksum 0).
+fn tcp_syn6(sport: u16, dport: u16) -> Vec<u8> {
+    let mut t = sport.to_be_bytes().to_vec();
+    t.extend_from_slice(&dport.to_be_bytes());
+    t.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    t
+}
+
+/// The uplink's IPv6 address.
+const UPLINK6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2,
+];
 
 /// In EP1's IPv6 subnet, 2001:db8:17::/64.
 fn managed6(addr: [u8; 16]) -> bool {
@@ -389,17 +422,31 @@ fn fuzz(program: &str, xdp: bool, seed: u64) {
                 "frame {i} (seed {seed}) reached endpoint {dst:?} untranslated: {frame:02x?}"
             );
         }
-        // Nothing translates IPv6 yet: it passes unchanged, never out of or into a managed
-        // subnet across the uplink, and from the endpoint only as itself.
+        // Only NAT66 changes IPv6, on the uplink, and only its addresses and transport: out
+        // from a managed source to the uplink's address, in from the uplink's address to an
+        // endpoint. Nothing else crosses the uplink out of or into a managed subnet, and the
+        // endpoint sends only as itself.
         if let Some((src, dst)) = addrs6(&out.frame) {
-            assert_eq!(out.frame, frame, "frame {i} (seed {seed}): IPv6 changed");
-            let uplink = [programs::UPLINK_INGRESS, programs::UPLINK_XDP];
+            if out.frame != frame {
+                let (old_src, old_dst) = addrs6(&frame).expect("IPv6 in");
+                let nat66 = match program {
+                    programs::UPLINK_EGRESS => managed6(old_src) && src == UPLINK6,
+                    programs::UPLINK_INGRESS => old_dst == UPLINK6 && managed6(dst),
+                    _ => false,
+                };
+                assert!(
+                    nat66 && out.frame[..22] == frame[..22],
+                    "frame {i} (seed {seed}): IPv6 changed by {program}: {frame:02x?}"
+                );
+            }
             assert!(
                 !(program == programs::UPLINK_EGRESS && managed6(src)),
                 "frame {i} (seed {seed}) left with a managed IPv6 source: {frame:02x?}"
             );
+            let translated = addrs6(&frame).is_some_and(|(_, old_dst)| old_dst == UPLINK6);
             assert!(
-                !(uplink.contains(&program) && managed6(dst)),
+                !(program == programs::UPLINK_XDP && managed6(dst))
+                    && !(program == programs::UPLINK_INGRESS && managed6(dst) && !translated),
                 "frame {i} (seed {seed}) reached a managed IPv6 address: {frame:02x?}"
             );
             assert!(
