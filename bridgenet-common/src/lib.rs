@@ -764,6 +764,8 @@ mod user {
     unsafe impl aya::Pod for super::IfCounters {}
     unsafe impl aya::Pod for super::CtKey {}
     unsafe impl aya::Pod for super::CtEntry {}
+    unsafe impl aya::Pod for super::Ct6Key {}
+    unsafe impl aya::Pod for super::Ct6Entry {}
     unsafe impl aya::Pod for super::EmbryoSlot {}
     unsafe impl aya::Pod for super::PublishKey {}
     unsafe impl aya::Pod for super::PublishTarget {}

@@ -165,7 +165,7 @@ pub fn route_out(ctx: &mut TcContext, packet: &Packet) -> u32 {
 // 512-byte stack limit.
 #[inline(never)]
 pub fn reserve_reply(reply: &mut CtKey, reply_entry: &CtEntry, original: u16) -> u32 {
-    let peer = reply_entry.peer;
+    let peer = &reply_entry.peer;
     let result = choose_port(original, |port| {
         reply.dport = port.to_be();
         // A flow's reply tuple cannot be its own original one (hairpin to itself).

@@ -1,8 +1,12 @@
 //! IPv6 through the daemon, with real traffic on every kernel: endpoints of a dual-stack
 //! internal network talk over IPv6 and not to another network's; a Router Advertisement an
-//! endpoint sends is dropped, counted and shown by `monitor` with its addresses and type; and
-//! IPv6 between endpoints flows on while the daemon is killed and started again.
+//! endpoint sends is dropped, counted and shown by `monitor` with its addresses and type;
+//! IPv6 between endpoints flows on while the daemon is killed and started again; out of a
+//! network that is not internal, TCP, UDP and ping leave masqueraded with the uplink's IPv6
+//! address (NAT66), and a connection out lives through a daemon killed and started again.
 use std::{
+    io::{Read as _, Write as _},
+    net::IpAddr,
     process::{Command, Stdio},
     thread,
     time::Duration,
@@ -12,8 +16,9 @@ use bridgenet_tests::{
     control::{ControlLab, Stop},
     ipv6,
     monitor::{EVENT_TIMEOUT, Monitor},
-    raw,
-    topology::mac_of,
+    raw, sockets,
+    topology::{enter, mac_of},
+    traffic::{echo_once, open_roundtrip, roundtrip},
 };
 use serde_json::Value;
 
@@ -162,5 +167,145 @@ fn ipv6_between_endpoints_flows_on_while_the_daemon_is_killed_and_restarted() {
     assert!(
         !ping6(&lab, &e1, "2001:db8:6::2"),
         "isolation after the restart"
+    );
+}
+
+/// The uplink's and the world's IPv6 addresses in the lab (the world is on the uplink's link).
+const UPLINK6: &str = "2001:db8:ff::2";
+const WORLD6: &str = "2001:db8:ff::1";
+
+/// A dual-stack network `out6` (198.18.7.0/24, 2001:db8:7::/64) that is not internal, with
+/// endpoint e1, and IPv6 on the uplink's link; returns e1's and the world's namespaces.
+fn lab_out() -> (ControlLab, String, String) {
+    let mut lab = ControlLab::up();
+    let world = lab.topo.ns("world").name().to_owned();
+    // The lab's namespaces start with IPv6 off.
+    for (ns, iface) in [("host", "uplink0"), ("world", "eth0")] {
+        let key = format!("net.ipv6.conf.{iface}.disable_ipv6");
+        lab.topo.ns(ns).sysctl(&key, "0");
+    }
+    lab.topo.ns("host").ip(&[
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:ff::2/64",
+        "dev",
+        "uplink0",
+        "nodad",
+    ]);
+    lab.topo.ns("world").ip(&[
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:ff::1/64",
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    lab.ok(&[
+        "network",
+        "create",
+        "out6",
+        "--ipv6",
+        "--subnet",
+        "198.18.7.0/24",
+        "--subnet",
+        "2001:db8:7::/64",
+    ]);
+    let e1 = lab.netns_name("e1");
+    lab.ok(&[
+        "endpoint",
+        "create",
+        "e1",
+        "--network",
+        "out6",
+        "--netns",
+        &e1,
+    ]);
+    (lab, e1, world)
+}
+
+#[test]
+fn ipv6_leaves_a_network_masqueraded_with_the_uplink_address() {
+    let (lab, e1, world) = lab_out();
+    // The daemon follows the uplink's new IPv6 address within its poll interval.
+    let reached = (0..10).any(|_| {
+        let ok = ping6(&lab, &e1, WORLD6);
+        if !ok {
+            thread::sleep(Duration::from_millis(500));
+        }
+        ok
+    });
+    assert!(reached, "e1 pings the world over IPv6");
+
+    // TCP: the world sees the uplink's address, not e1's.
+    let server = echo_once(&world, "[2001:db8:ff::1]:7000");
+    roundtrip(&e1, "[2001:db8:ff::1]:7000");
+    let client = server.join().unwrap();
+    assert_eq!(
+        client.ip(),
+        UPLINK6.parse::<IpAddr>().unwrap(),
+        "TCP masqueraded"
+    );
+
+    // UDP, both ways.
+    let server = enter(&world, || sockets::udp_socket("[2001:db8:ff::1]:5300"));
+    let client = enter(&e1, || sockets::udp_socket("[::]:0"));
+    for socket in [&server, &client] {
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+    }
+    client.send_to(b"query", "[2001:db8:ff::1]:5300").unwrap();
+    let mut buf = [0u8; 16];
+    let (n, from) = server.recv_from(&mut buf).expect("the query arrives");
+    assert_eq!(
+        (&buf[..n], from.ip()),
+        (&b"query"[..], UPLINK6.parse().unwrap())
+    );
+    server.send_to(b"answer", from).unwrap();
+    let (n, from) = client.recv_from(&mut buf).expect("the answer comes back");
+    assert_eq!(
+        (&buf[..n], from.ip()),
+        (&b"answer"[..], WORLD6.parse().unwrap())
+    );
+
+    assert!(lab.stat("uplink_egress", "snat") > 0);
+    assert!(lab.stat("uplink_ingress", "dnat") > 0);
+    // The world cannot reach e1's address directly.
+    assert!(
+        !ping6(&lab, &world, "2001:db8:7::2"),
+        "the world reached e1 directly"
+    );
+}
+
+#[test]
+fn an_ipv6_connection_out_lives_through_a_daemon_killed_and_started_again() {
+    let (mut lab, e1, world) = lab_out();
+    let reached = (0..10).any(|_| {
+        let ok = ping6(&lab, &e1, WORLD6);
+        if !ok {
+            thread::sleep(Duration::from_millis(500));
+        }
+        ok
+    });
+    assert!(reached, "e1 pings the world over IPv6");
+    let server = echo_once(&world, "[2001:db8:ff::1]:7001");
+    let mut live = open_roundtrip(&e1, "[2001:db8:ff::1]:7001");
+    lab.stop(Stop::Kill);
+    // Without the daemon the programs and the pinned flows go on.
+    live.write_all(b"while down").unwrap();
+    let mut back = [0u8; 10];
+    live.read_exact(&mut back)
+        .expect("echo while the daemon is down");
+    lab.start();
+    live.write_all(b"after").unwrap();
+    let mut back = [0u8; 5];
+    live.read_exact(&mut back).expect("echo after the restart");
+    assert_eq!(&back, b"after");
+    drop(live);
+    assert_eq!(
+        server.join().unwrap().ip(),
+        UPLINK6.parse::<IpAddr>().unwrap()
     );
 }

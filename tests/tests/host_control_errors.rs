@@ -500,12 +500,14 @@ fn ipv6_refusals_change_nothing() {
         (
             create(&[
                 "--ipv6",
+                "--gateway-mode",
+                "routed",
                 "--subnet",
                 "198.18.6.0/24",
                 "--subnet",
                 "2001:db8:6::/64",
             ]),
-            "IPv6 networks must be --internal for now",
+            "IPv6 leaves a network masqueraded only",
         ),
         (
             create(&[

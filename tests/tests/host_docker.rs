@@ -815,8 +815,10 @@ fn docker_refused_options_fail_in_one_line_and_change_nothing() {
                 "--ipv6",
                 "--subnet",
                 "2001:db8:30::/64",
+                "-o",
+                "com.docker.network.bridge.gateway_mode_ipv4=routed",
             ],
-            "IPv6 networks must be --internal for now",
+            "IPv6 leaves a network masqueraded only",
         ),
         (
             vec!["--subnet", "198.19.30.0/24", "--subnet", "198.19.31.0/24"],

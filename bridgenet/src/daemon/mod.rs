@@ -24,7 +24,7 @@ pub use monitor::{Monitor, stream as stream_monitor};
 pub use status::{GcTotals, Observation, census, walk_census};
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     sync::Arc,
@@ -132,6 +132,8 @@ struct Uplink {
     name: String,
     index: u32,
     addr: Ipv4Addr,
+    /// The IPv6 address NAT66 masquerades with (`follow_uplink_addresses` sets it).
+    addr6: Option<Ipv6Addr>,
     /// Whether `uplink_xdp` goes on it.
     xdp: bool,
 }
@@ -524,6 +526,8 @@ impl Daemon {
         for (link, addr) in uplinks {
             let (name, index) = (link.name.clone(), link.index);
             self.dp.set_uplink_addr(index, addr)?;
+            // A pinned address from before is not trusted: the next follow sets it.
+            self.dp.set_uplink6(index, None)?;
             let xdp = match xdp {
                 XdpPolicy::Auto => !link.veth,
                 XdpPolicy::On => true,
@@ -533,6 +537,7 @@ impl Daemon {
                 name: name.clone(),
                 index,
                 addr,
+                addr6: None,
                 xdp,
             });
             for a in self.attachments().iter().filter(|a| a.iface == name) {
@@ -544,10 +549,22 @@ impl Daemon {
         Ok(())
     }
 
-    /// Updates masquerade when an uplink's primary address changed.
+    /// Updates masquerade when an uplink's primary address changed, IPv4 or IPv6.
     async fn follow_uplink_addresses(&mut self) -> Result<()> {
         for i in 0..self.uplinks.len() {
             let uplink = self.uplinks[i].clone();
+            let addr6 = self.nl.global_address6(uplink.index).await?;
+            if addr6 != uplink.addr6 {
+                let show = |a: Option<Ipv6Addr>| a.map_or("none".to_string(), |a| a.to_string());
+                tracing::info!(
+                    "uplink {}: IPv6 address {} -> {}",
+                    uplink.name,
+                    show(uplink.addr6),
+                    show(addr6)
+                );
+                self.dp.set_uplink6(uplink.index, addr6)?;
+                self.uplinks[i].addr6 = addr6;
+            }
             let Some(addr) = self
                 .nl
                 .addresses(uplink.index)
@@ -566,6 +583,23 @@ impl Daemon {
             }
         }
         Ok(())
+    }
+
+    /// Forwards IPv6 in the daemon's namespace, once a network sends IPv6 out (as Docker
+    /// does for an IPv6 network). An uplink that takes Router Advertisements (`accept_ra` 1)
+    /// would stop once forwarding is on and lose its default route: it gets 2, which takes
+    /// them anyway.
+    fn enable_ipv6_forwarding(&self) -> Result<()> {
+        let conf = std::path::Path::new("/proc/sys/net/ipv6/conf");
+        for uplink in &self.uplinks {
+            let accept_ra = conf.join(&uplink.name).join("accept_ra");
+            if std::fs::read_to_string(&accept_ra).is_ok_and(|v| v.trim() == "1") {
+                std::fs::write(&accept_ra, "2")
+                    .with_context(|| format!("setting accept_ra of {} to 2", uplink.name))?;
+            }
+        }
+        std::fs::write(conf.join("all/forwarding"), "1")
+            .context("enabling IPv6 forwarding in the daemon's namespace")
     }
 
     fn save(&self) -> Result<(), Error> {

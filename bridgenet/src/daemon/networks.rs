@@ -5,7 +5,7 @@ use anyhow::anyhow;
 use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::{Daemon, Error, adopt, bad, gateway_modes};
-use bridgenet_common::programs;
+use bridgenet_common::{network_flags, programs};
 
 use crate::{
     api::NetworkCreate,
@@ -195,7 +195,7 @@ impl Daemon {
 
     /// The IPv6 subnet and gateway `req` asks for, checked (one line, before anything
     /// changes): a valid prefix outside the reserved ranges and every other network's IPv6
-    /// subnet, with room for a gateway and an endpoint, on an internal network.
+    /// subnet, with room for a gateway and an endpoint, internal or masqueraded.
     fn ipv6_side(&self, req: &NetworkCreate) -> Result<Option<(Ipv6Net, Ipv6Addr)>, Error> {
         let Some(s) = &req.subnet6 else {
             if let Some(g) = &req.gateway6 {
@@ -211,10 +211,13 @@ impl Daemon {
             ))
         })?;
         let subnet = subnet.trunc();
-        if !req.internal {
+        // Out of the network, IPv6 is masqueraded (NAT66); routing it untranslated is not
+        // there yet.
+        let no_way_out = req.internal || req.gateway_mode == GatewayMode::Isolated;
+        if !no_way_out && (req.gateway_mode != GatewayMode::Nat || !req.masquerade) {
             return Err(bad(
-                "IPv6 networks must be --internal for now: bridgenet does not translate (NAT66) \
-                 or route IPv6 out of a network yet",
+                "IPv6 leaves a network masqueraded only (gateway mode nat, masquerade on): \
+                 routed IPv6 is not supported yet; use --internal for no way out",
             ));
         }
         if let Some((range, what)) = ipam::reserved6(&subnet) {
@@ -278,6 +281,9 @@ impl Daemon {
             .set_non_masquerade(options.id, &network.non_masquerade)?;
         if let (Some(subnet6), Some(gateway6)) = (network.subnet6, network.gateway6) {
             self.dp.add_network6(subnet6, gateway6, &options)?;
+            if options.flags() & network_flags::INTERNAL == 0 {
+                self.enable_ipv6_forwarding()?;
+            }
         }
         self.dp.attach_pinned(
             programs::BRIDGE_INGRESS,

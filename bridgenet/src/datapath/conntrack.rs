@@ -5,7 +5,8 @@ use std::{net::Ipv4Addr, os::fd::AsFd as _, time::Duration};
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap, IterableMap, Map, MapData};
 use bridgenet_common::{
-    CtEntry, CtKey, EmbryoSlot, action, ct_flags, ct_usage, direction, embryo_ring, maps, tcp_seen,
+    Ct6Entry, Ct6Key, CtEntry, CtKey, EmbryoSlot, action, ct_flags, ct_usage, direction,
+    embryo_ring, maps, tcp_seen,
 };
 
 use super::{Datapath, batch, from_wire, wire};
@@ -315,12 +316,17 @@ impl Datapath {
             anyhow::bail!("map CONNTRACK missing or not an LRU hash");
         };
         let map = MapData::from_id(data.info()?.id()).context("opening the conntrack map")?;
+        let Some(Map::LruHashMap(data)) = self.ebpf.map(maps::CONNTRACK6) else {
+            anyhow::bail!("map CONNTRACK6 missing or not an LRU hash");
+        };
+        let map6 = MapData::from_id(data.info()?.id()).context("opening CONNTRACK6")?;
         let Some(Map::Array(data)) = self.ebpf.map(maps::CT_USAGE) else {
             anyhow::bail!("map CT_USAGE missing or not an array");
         };
         let usage = MapData::from_id(data.info()?.id()).context("opening CT_USAGE")?;
         Ok(CtCollector {
             map: HashMap::try_from(Map::LruHashMap(map))?,
+            map6: HashMap::try_from(Map::LruHashMap(map6))?,
             usage: Array::try_from(Map::Array(usage))?,
             expired: None,
         })
@@ -340,12 +346,20 @@ impl Datapath {
                 .context("map EMBRYOS missing")?,
         )?;
         let ring_size = u64::from(ring.len() / embryo_ring::COUNT);
+        // A pinned IPv6 table keeps the size it was made with, as IPv4's.
+        let capacity6 = match self.ebpf.map(maps::CONNTRACK6) {
+            Some(Map::LruHashMap(map)) => map.info()?.max_entries(),
+            _ => anyhow::bail!("map CONNTRACK6 missing or not an LRU hash"),
+        };
+        let limit6 = u64::from(super::limit6(entries.min(u64::from(u32::MAX)) as u32))
+            .min(u64::from(capacity6) * 3 / 4);
         let mut usage: Array<_, u64> = Array::try_from(
             self.ebpf
                 .map_mut(maps::CT_USAGE)
                 .context("map CT_USAGE missing")?,
         )?;
         usage.set(ct_usage::LIMIT, entries, 0)?;
+        usage.set(ct_usage::LIMIT6, limit6, 0)?;
         usage.set(ct_usage::RING_SIZE, ring_size, 0)?;
         Ok(())
     }
@@ -377,6 +391,7 @@ impl Datapath {
 /// Handles of its own on the conntrack map and CT_USAGE, for GC passes.
 pub struct CtCollector {
     map: HashMap<MapData, CtKey, CtEntry>,
+    map6: HashMap<MapData, Ct6Key, Ct6Entry>,
     usage: Array<MapData, u64>,
     /// The flows a pass removed as expired, kept when a monitor asks for them.
     expired: Option<Vec<Flow>>,
@@ -384,77 +399,27 @@ pub struct CtCollector {
 
 impl CtCollector {
     /// Removes flows idle past their state's timeout (both entries) and entries whose other
-    /// direction is gone, then recounts the table for the datapath's limit. An entry is read
-    /// again just before it is deleted, so a flow that saw a packet meanwhile stays.
+    /// direction is gone, in both families' tables, then recounts them for the datapath's
+    /// limits. An entry is read again just before it is deleted, so a flow that saw a packet
+    /// meanwhile stays.
     pub fn gc_at(&mut self, now_ns: u64) -> Result<GcReport> {
-        let fd = IterableMap::map(&self.map).fd().as_fd();
-        let entries: Vec<(CtKey, CtEntry)> =
-            batch::collect(fd).context("reading the conntrack table")?;
-        // Indexes, not copies, and a fast hash (the keys are the kernel's, not an attacker's
-        // choice of collisions against a random seed): a full table is half a million entries.
-        let mut by_key: std::collections::HashMap<CtKey, usize, foldhash::fast::RandomState> =
-            std::collections::HashMap::with_capacity_and_hasher(entries.len(), Default::default());
-        by_key.extend(entries.iter().enumerate().map(|(i, (k, _))| (*k, i)));
         let mut report = GcReport::default();
-        let mut removed = 0;
-        let map = &mut self.map;
-        for (key, entry) in &entries {
-            let Some(peer) = by_key.get(&entry.peer).map(|&i| &entries[i].1) else {
-                // Its other direction is not in the listing: either gone, and then this entry
-                // can no longer translate a whole flow, or inserted while the listing ran (a
-                // new flow's entries are inserted one after the other). Only an entry whose
-                // peer is still missing when read again, and that has been idle past a grace
-                // time, is an orphan.
-                if map.get(&entry.peer, 0).is_ok() {
-                    continue;
-                }
-                let Ok(current) = map.get(key, 0) else {
-                    continue;
-                };
-                if now_ns.saturating_sub(current.last_seen_ns) < ORPHAN_GRACE.as_nanos() as u64 {
-                    continue;
-                }
-                if map.remove(key).is_ok() {
-                    report.orphans_removed += 1;
-                    removed += 1;
-                }
-                continue;
-            };
-            if entry.direction != bridgenet_common::direction::ORIGINAL {
-                continue;
+        let expired = &mut self.expired;
+        let left = sweep(&mut self.map, now_ns, &mut report, |key, entry, peer| {
+            if let Some(flows) = expired {
+                flows.push(Flow {
+                    original: (*key, *entry),
+                    reply: (entry.peer, *peer),
+                    state: state_of(key.proto, entry, peer),
+                    expires_in: Duration::ZERO,
+                });
             }
-            let expired = |original: &CtEntry, reply: &CtEntry| {
-                let last = original.last_seen_ns.max(reply.last_seen_ns);
-                let timeout = state_of(key.proto, original, reply).timeout(key.proto);
-                now_ns.saturating_sub(last) > timeout.as_nanos() as u64
-            };
-            if !expired(entry, peer) {
-                continue;
-            }
-            // Read both again: a packet may have arrived since the listing.
-            let (Ok(entry), Ok(peer)) = (map.get(key, 0), map.get(&entry.peer, 0)) else {
-                continue;
-            };
-            if expired(&entry, &peer) {
-                removed += usize::from(map.remove(key).is_ok());
-                removed += usize::from(map.remove(&entry.peer).is_ok());
-                report.flows_expired += 1;
-                if let Some(flows) = &mut self.expired {
-                    flows.push(Flow {
-                        original: (*key, entry),
-                        reply: (entry.peer, peer),
-                        state: state_of(key.proto, &entry, &peer),
-                        expires_in: Duration::ZERO,
-                    });
-                }
-            }
-        }
-        // Counted from the listing, not by walking the map again: one walk per pass is what GC
-        // costs (entries made since the listing are counted at the next pass).
-        report.entries_left = entries.len().saturating_sub(removed);
+        })?;
         // A revocation during the pass may leave the count high until the next one.
-        self.usage
-            .set(ct_usage::ENTRIES, report.entries_left as u64, 0)?;
+        self.usage.set(ct_usage::ENTRIES, left as u64, 0)?;
+        let left6 = sweep(&mut self.map6, now_ns, &mut report, |_, _, _| {})?;
+        self.usage.set(ct_usage::ENTRIES6, left6 as u64, 0)?;
+        report.entries_left = left + left6;
         Ok(report)
     }
 
@@ -475,6 +440,108 @@ impl CtCollector {
             .map(std::mem::take)
             .unwrap_or_default()
     }
+}
+
+/// An entry of either family's table, as GC sees it: its other direction's key and the
+/// tracking the state comes from.
+trait Tracked: aya::Pod + bytemuck::Pod {
+    type Key: aya::Pod + bytemuck::Pod + Eq + std::hash::Hash;
+    fn peer(&self) -> Self::Key;
+    fn track(&self) -> &CtEntry;
+    fn proto(key: &Self::Key) -> u8;
+}
+
+impl Tracked for CtEntry {
+    type Key = CtKey;
+    fn peer(&self) -> CtKey {
+        self.peer
+    }
+    fn track(&self) -> &CtEntry {
+        self
+    }
+    fn proto(key: &CtKey) -> u8 {
+        key.proto
+    }
+}
+
+impl Tracked for Ct6Entry {
+    type Key = Ct6Key;
+    fn peer(&self) -> Ct6Key {
+        self.peer
+    }
+    fn track(&self) -> &CtEntry {
+        &self.track
+    }
+    fn proto(key: &Ct6Key) -> u8 {
+        key.proto
+    }
+}
+
+/// One GC pass over one table (see `CtCollector::gc_at`): the entries left, with `report`
+/// counting what went and `on_expired` told of each expired flow (key, entry, reply entry).
+fn sweep<V: Tracked>(
+    map: &mut HashMap<MapData, V::Key, V>,
+    now_ns: u64,
+    report: &mut GcReport,
+    mut on_expired: impl FnMut(&V::Key, &V, &V),
+) -> Result<usize> {
+    let fd = IterableMap::map(map).fd().as_fd();
+    let entries: Vec<(V::Key, V)> = batch::collect(fd).context("reading the conntrack table")?;
+    // Indexes, not copies, and a fast hash (the keys are the kernel's, not an attacker's
+    // choice of collisions against a random seed): a full table is half a million entries.
+    let mut by_key: std::collections::HashMap<V::Key, usize, foldhash::fast::RandomState> =
+        std::collections::HashMap::with_capacity_and_hasher(entries.len(), Default::default());
+    by_key.extend(entries.iter().enumerate().map(|(i, (k, _))| (*k, i)));
+    let mut removed = 0;
+    for (key, entry) in &entries {
+        let Some(peer) = by_key.get(&entry.peer()).map(|&i| &entries[i].1) else {
+            // Its other direction is not in the listing: either gone, and then this entry
+            // can no longer translate a whole flow, or inserted while the listing ran (a
+            // new flow's entries are inserted one after the other). Only an entry whose
+            // peer is still missing when read again, and that has been idle past a grace
+            // time, is an orphan.
+            if map.get(&entry.peer(), 0).is_ok() {
+                continue;
+            }
+            let Ok(current) = map.get(key, 0) else {
+                continue;
+            };
+            let idle = now_ns.saturating_sub(current.track().last_seen_ns);
+            if idle < ORPHAN_GRACE.as_nanos() as u64 {
+                continue;
+            }
+            if map.remove(key).is_ok() {
+                report.orphans_removed += 1;
+                removed += 1;
+            }
+            continue;
+        };
+        if entry.track().direction != direction::ORIGINAL {
+            continue;
+        }
+        let proto = V::proto(key);
+        let expired = |original: &CtEntry, reply: &CtEntry| {
+            let last = original.last_seen_ns.max(reply.last_seen_ns);
+            let timeout = state_of(proto, original, reply).timeout(proto);
+            now_ns.saturating_sub(last) > timeout.as_nanos() as u64
+        };
+        if !expired(entry.track(), peer.track()) {
+            continue;
+        }
+        // Read both again: a packet may have arrived since the listing.
+        let (Ok(entry), Ok(peer)) = (map.get(key, 0), map.get(&entry.peer(), 0)) else {
+            continue;
+        };
+        if expired(entry.track(), peer.track()) {
+            removed += usize::from(map.remove(key).is_ok());
+            removed += usize::from(map.remove(&entry.peer()).is_ok());
+            report.flows_expired += 1;
+            on_expired(key, &entry, &peer);
+        }
+    }
+    // Counted from the listing, not by walking the map again: one walk per pass is what GC
+    // costs (entries made since the listing are counted at the next pass).
+    Ok(entries.len().saturating_sub(removed))
 }
 
 /// What `revoke` removed.

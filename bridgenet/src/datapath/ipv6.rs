@@ -1,5 +1,6 @@
 //! IPv6 in the datapath: a network's IPv6 subnet (`SUBNETS6`) and each endpoint's IPv6
-//! address (`ENDPOINTS6`), which `endpoint_ingress` checks what an endpoint sends against.
+//! address (`ENDPOINTS6`), which `endpoint_ingress` checks what an endpoint sends against,
+//! and each uplink's IPv6 address (`UPLINKS6`), which NAT66 masquerades with.
 use std::net::Ipv6Addr;
 
 use anyhow::Result;
@@ -76,5 +77,16 @@ impl Datapath {
         let mut endpoints: HashMap<_, u32, [u8; 16]> =
             HashMap::try_from(self.map_mut(maps::ENDPOINTS6)?)?;
         absent_ok(endpoints.remove(&ifindex))
+    }
+
+    /// Sets the IPv6 address NAT66 masquerades with on uplink `ifindex`; None: the uplink has
+    /// none, and IPv6 from the managed subnets does not leave through it.
+    pub fn set_uplink6(&mut self, ifindex: u32, addr: Option<Ipv6Addr>) -> Result<()> {
+        let mut uplinks: HashMap<_, u32, [u8; 16]> =
+            HashMap::try_from(self.map_mut(maps::UPLINKS6)?)?;
+        match addr {
+            Some(addr) => Ok(uplinks.insert(ifindex, addr.octets(), 0)?),
+            None => absent_ok(uplinks.remove(&ifindex)),
+        }
     }
 }

@@ -51,7 +51,7 @@ pub struct NetworkOptions {
 
 impl NetworkOptions {
     /// The `network_flags` the options give the network's subnets.
-    fn flags(&self) -> u32 {
+    pub fn flags(&self) -> u32 {
         let mut flags = 0;
         if !self.icc {
             flags |= network_flags::NO_ICC;
@@ -75,6 +75,12 @@ impl NetworkOptions {
 fn headroom(limit: u32) -> u32 {
     let cpus = aya::util::nr_cpus().map_or(64, |n| n as u32);
     (limit / 8).max(256 * cpus)
+}
+
+/// The IPv6 table's limit for an IPv4 limit of `limit` entries: a quarter (IPv6 entries are
+/// twice the size, and fewer flows are IPv6's).
+fn limit6(limit: u32) -> u32 {
+    (limit / 4).max(16)
 }
 
 /// How to load the datapath.
@@ -138,6 +144,8 @@ impl Datapath {
             maps::CONNTRACK,
             limit.saturating_add(headroom(limit)).max(16),
         );
+        let limit6 = limit6(limit);
+        loader.map_max_entries(maps::CONNTRACK6, limit6.saturating_add(headroom(limit6)));
         // The flows that may make room when the table is full: per side, as many as half the
         // flows of a full table.
         loader.map_max_entries(maps::EMBRYOS, embryo_ring::COUNT * (limit / 4).max(16));

@@ -15,7 +15,9 @@ use rtnetlink::{
     Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
         AddressFamily,
-        address::{AddressAttribute, AddressFlags, AddressMessage},
+        address::{
+            AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope,
+        },
         link::{
             InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkLayerType, LinkMessage,
             LinkXdp, XdpAttached,
@@ -215,6 +217,29 @@ impl Netlink {
             }
         }
         Ok(out)
+    }
+
+    /// The IPv6 address NAT66 masquerades with on link `index`: its first global one that is
+    /// usable (not tentative, deprecated or failed duplicate address detection).
+    pub async fn global_address6(&self, index: u32) -> Result<Option<Ipv6Addr>> {
+        for msg in self.all_address_messages(index).await? {
+            let usable = !msg.header.flags.intersects(
+                AddressHeaderFlags::Tentative
+                    | AddressHeaderFlags::Deprecated
+                    | AddressHeaderFlags::Dadfailed,
+            );
+            if msg.header.scope != AddressScope::Universe || !usable {
+                continue;
+            }
+            let addr = msg.attributes.iter().find_map(|attr| match attr {
+                AddressAttribute::Address(std::net::IpAddr::V6(ip)) => Some(*ip),
+                _ => None,
+            });
+            if addr.is_some() {
+                return Ok(addr);
+            }
+        }
+        Ok(None)
     }
 
     /// Every address message of link `index`, both families.
