@@ -1649,3 +1649,72 @@ fn docker_ipv6_internal_network_containers_talk_over_ipv6() {
     lab.docker_ok(&["rm", "-f", "v6a", "v6b"]);
     lab.docker_ok(&["network", "rm", "six"]);
 }
+
+/// `docker network create --ipv6` without `--internal`: the container gets a default IPv6
+/// route through the network's gateway, and its IPv6 reaches the world masqueraded with the
+/// uplink's IPv6 address, as with Docker 27's ip6tables rules.
+#[test]
+fn docker_ipv6_network_reaches_the_world_masqueraded() {
+    let lab = DockerLab::up();
+    // The lab's namespaces start with IPv6 off.
+    for (ns, iface, addr) in [
+        ("host", "uplink0", "2001:db8:ff::2/64"),
+        ("world", "eth0", "2001:db8:ff::1/64"),
+    ] {
+        let ns = lab.topo.ns(ns);
+        ns.sysctl(&format!("net.ipv6.conf.{iface}.disable_ipv6"), "0");
+        ns.ip(&["-6", "addr", "add", addr, "dev", iface, "nodad"]);
+    }
+    lab.docker_ok(&[
+        "network",
+        "create",
+        "-d",
+        "bridgenet",
+        "--ipv6",
+        "--subnet",
+        "198.19.41.0/24",
+        "--subnet",
+        "2001:db8:41::/64",
+        "out6",
+    ]);
+    lab.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "w6",
+        "--network",
+        "out6",
+        "bb",
+        "sleep",
+        "300",
+    ]);
+    let routes = lab.docker_ok(&["exec", "w6", "ip", "-6", "route"]);
+    assert!(
+        routes.contains("default via 2001:db8:41::1"),
+        "no default IPv6 route via the gateway: {routes}"
+    );
+    // Docker's address may still be tentative for a moment (duplicate address detection).
+    let reached = (0..10).any(|_| {
+        let out = lab.docker(&[
+            "exec",
+            "w6",
+            "busybox",
+            "ping",
+            "-6",
+            "-c",
+            "1",
+            "-W",
+            "1",
+            "2001:db8:ff::1",
+        ]);
+        out.status.success() || {
+            std::thread::sleep(Duration::from_millis(500));
+            false
+        }
+    });
+    assert!(reached, "w6 does not reach the world over IPv6");
+    let stats = lab.bridgenet_ok(&["stats"]);
+    assert!(stats.contains("snat"), "{stats}");
+    lab.docker_ok(&["rm", "-f", "w6"]);
+    lab.docker_ok(&["network", "rm", "out6"]);
+}

@@ -51,8 +51,8 @@ pub struct NetworkCreateArgs {
     /// network address).
     #[arg(long)]
     gateway: Vec<String>,
-    /// Dual stack: the network also has the IPv6 --subnet given (internal networks only for
-    /// now).
+    /// Dual stack: the network also has the IPv6 --subnet given; its IPv6 leaves masqueraded
+    /// with the uplink's IPv6 address (gateway mode nat), or not at all (--internal).
     #[arg(long)]
     ipv6: bool,
     /// Name of the Linux bridge; default: bn-NAME.

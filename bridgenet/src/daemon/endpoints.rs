@@ -444,8 +444,7 @@ impl Daemon {
                 .ip6
                 .zip(network.subnet6)
                 .map(|(ip6, subnet6)| (ip6, subnet6.prefix_len())),
-            // As for IPv4, and as Docker: an internal network has no default route (every
-            // IPv6 network is internal for now).
+            // As for IPv4, and as Docker: an internal network has no default route.
             gateway6: network.gateway6.filter(|_| !network.internal),
         };
         netlink::in_netns(&path, move |nl| netlink::configure_endpoint(nl, link)).await

@@ -346,11 +346,17 @@ async fn join_(driver: &Driver, body: &Bytes) -> Result<Value, String> {
     let endpoint = d.endpoint(&name).map_err(text)?;
     let network = d.network(&endpoint.network).map_err(text)?;
     // Always a gateway: without one Docker adds its own docker_gwbridge network.
-    Ok(json!({
+    let mut reply = json!({
         "InterfaceName": {"SrcName": daemon::peer_name(&endpoint.name), "DstPrefix": "eth"},
         "Gateway": network.gateway.to_string(),
         "DisableGatewayService": false,
-    }))
+    });
+    // Docker routes the container's IPv6 through it (IPv6 leaves masqueraded); an internal
+    // network has no way out.
+    if let Some(gateway6) = network.gateway6.filter(|_| !network.internal) {
+        reply["GatewayIPv6"] = json!(gateway6.to_string());
+    }
+    Ok(reply)
 }
 
 async fn program_external(State(driver): State<Driver>, body: Bytes) -> Reply {
