@@ -163,85 +163,56 @@ pub fn route_out(ctx: &mut TcContext, packet: &Packet) -> u32 {
 
 /// Inserts a new flow's reply entry under `reply` (its room taken by `conntrack::admit`), with
 /// `reply.dport` (the port the flow's source gets) set so that the tuple is free (see
-/// `Ports`). PASSED, or the outcome to drop the packet with (the room is given back).
+/// `choose_port`). PASSED, or the outcome to drop the packet with (the room is given back).
 // A BPF subprogram of its own: inlined, its locals would push the caller past the
 // 512-byte stack limit.
 #[inline(never)]
 pub fn reserve_reply(reply: &mut CtKey, reply_entry: &CtEntry, original: u16) -> u32 {
-    let mut ports = Ports::new(original);
-    while let Some(port) = ports.next() {
+    let peer = &reply_entry.peer;
+    let result = choose_port(original, |port| {
         reply.dport = port.to_be();
         // A flow's reply tuple cannot be its own original one (hairpin to itself).
-        let peer = &reply_entry.peer;
         if reply.dport == peer.dport && reply.sport == peer.sport && reply.saddr == peer.saddr {
-            continue;
+            return Err(InsertError::Exists);
         }
-        match conntrack::insert_new(reply, reply_entry) {
+        conntrack::insert_new(reply, reply_entry)
+    });
+    if result != outcome::PASSED {
+        conntrack::release(2);
+    }
+    result
+}
+
+/// The port masquerade gives a flow whose source port is `original` (host byte order): that
+/// one when it is outside the host's port range, else a random port of the NAT range, the
+/// first for which `insert` (given the port, host byte order) finds the tuple free. PASSED,
+/// DROP_CT_FULL or DROP_PORTS_EXHAUSTED; the caller gives back the room it took.
+#[inline(always)]
+pub fn choose_port(original: u16, mut insert: impl FnMut(u16) -> Result<(), InsertError>) -> u32 {
+    // An unset (zeroed) configuration means the defaults.
+    let config = match NAT_CONFIG.get(0) {
+        Some(config) if config.port_max != 0 => *config,
+        _ => NatConfig::default(),
+    };
+    let keep = original < config.host_port_min || original > config.host_port_max;
+    let span = u32::from(config.port_max.saturating_sub(config.port_min)) + 1;
+    let start = unsafe { bpf_get_prandom_u32() } % span;
+    for i in 0..=PORT_TRIES {
+        let port = if i == 0 {
+            if !keep {
+                continue;
+            }
+            original
+        } else {
+            config.port_min + ((start + i) % span) as u16
+        };
+        match insert(port) {
             Ok(()) => return outcome::PASSED,
             Err(InsertError::Exists) => continue,
-            Err(InsertError::Full) => {
-                conntrack::release(2);
-                return outcome::DROP_CT_FULL;
-            }
+            Err(InsertError::Full) => return outcome::DROP_CT_FULL,
         }
     }
-    conntrack::release(2);
     outcome::DROP_PORTS_EXHAUSTED
-}
-
-/// The ports masquerade tries for a flow whose source port is `original` (host byte order),
-/// in order: that one when it is outside the host's port range, then `PORT_TRIES` ports of
-/// the NAT range from a random start. An iterator, not a loop taking a closure: the closure's
-/// captures cost IPv4's path stack it does not have.
-pub struct Ports {
-    config: NatConfig,
-    keep: bool,
-    span: u32,
-    start: u32,
-    i: u32,
-}
-
-impl Ports {
-    #[inline(always)]
-    pub fn new(original: u16) -> Self {
-        // An unset (zeroed) configuration means the defaults.
-        let config = match NAT_CONFIG.get(0) {
-            Some(config) if config.port_max != 0 => *config,
-            _ => NatConfig::default(),
-        };
-        let keep = original < config.host_port_min || original > config.host_port_max;
-        let span = u32::from(config.port_max.saturating_sub(config.port_min)) + 1;
-        let start = unsafe { bpf_get_prandom_u32() } % span;
-        Self {
-            config: NatConfig {
-                host_port_min: original,
-                ..config
-            },
-            keep,
-            span,
-            start,
-            i: 0,
-        }
-    }
-
-    /// The next port to try, host byte order.
-    #[inline(always)]
-    #[allow(clippy::should_implement_trait)]
-    pub fn next(&mut self) -> Option<u16> {
-        if self.i == 0 {
-            self.i = 1;
-            if self.keep {
-                // `host_port_min` holds the original port (see `new`).
-                return Some(self.config.host_port_min);
-            }
-        }
-        if self.i > PORT_TRIES {
-            return None;
-        }
-        let port = self.config.port_min + ((self.start + self.i) % self.span) as u16;
-        self.i += 1;
-        Some(port)
-    }
 }
 
 /// The endpoint a packet arriving on an uplink is published to, if any.

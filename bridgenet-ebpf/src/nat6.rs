@@ -170,17 +170,10 @@ fn masquerade(ctx: &mut TcContext, scratch: &mut Scratch6, nat_addr: &[u8; 16]) 
         key.sport,
     );
     // The ICMPv6 echo identifier stands in sport too.
-    let mut ports = nat::Ports::new(u16::from_be(key.sport));
-    let mut result = outcome::DROP_PORTS_EXHAUSTED;
-    while let Some(port) = ports.next() {
+    let result = nat::choose_port(u16::from_be(key.sport), |port| {
         reply.dport = port.to_be();
-        match conntrack6::insert_new(reply, entry) {
-            Ok(()) => result = outcome::PASSED,
-            Err(InsertError::Exists) => continue,
-            Err(InsertError::Full) => result = outcome::DROP_CT_FULL,
-        }
-        break;
-    }
+        conntrack6::insert_new(reply, entry)
+    });
     if result != outcome::PASSED {
         conntrack6::release();
         return result;
