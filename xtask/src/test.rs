@@ -174,6 +174,7 @@ fn run_binaries(
         if let Some(filter) = filter.filter(|_| file.is_none()) {
             cmd.arg(filter);
         }
+        let started = Instant::now();
         let mut child = cmd
             .stdout(Stdio::piped())
             .spawn()
@@ -191,6 +192,12 @@ fn run_binaries(
             }
         }
         let status = child.wait()?;
+        // Where a kernel's time goes, binary by binary: the matrix has a time limit.
+        println!(
+            "=== {}: {:.0?}",
+            test_file(binary).unwrap_or_default(),
+            started.elapsed()
+        );
         if !status.success() && summary.failed == failed_before {
             summary.crashed.push(
                 binary
