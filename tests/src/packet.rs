@@ -43,12 +43,7 @@ pub fn run_tc(
     frame: &[u8],
     repeat: u32,
 ) -> Result<Verdict, ProgramError> {
-    let program: &mut SchedClassifier = dp
-        .ebpf_mut()
-        .program_mut(name)
-        .expect("program in object")
-        .try_into()
-        .expect("a TC program");
+    let program: &mut SchedClassifier = dp.program_mut(name).expect("a TC program");
     run(program, frame, repeat)
 }
 
@@ -59,12 +54,7 @@ pub fn run_xdp(
     frame: &[u8],
     repeat: u32,
 ) -> Result<Verdict, ProgramError> {
-    let program: &mut Xdp = dp
-        .ebpf_mut()
-        .program_mut(name)
-        .expect("program in object")
-        .try_into()
-        .expect("an XDP program");
+    let program: &mut Xdp = dp.program_mut(name).expect("an XDP program");
     run(program, frame, repeat)
 }
 

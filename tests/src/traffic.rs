@@ -69,6 +69,9 @@ pub fn roundtrip_data(netns: &str, to: &str, data: &[u8]) {
         TcpStream::connect_timeout(&to, TIMEOUT).expect("connect")
     });
     stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    // A path that swallows full-size segments (path MTU discovery broken) stalls the writer:
+    // fail within the timeout, not at the matrix's limit.
+    stream.set_write_timeout(Some(TIMEOUT)).unwrap();
     let reader = {
         let mut stream = stream.try_clone().unwrap();
         let len = data.len();

@@ -3,7 +3,8 @@
 //! endpoint sends is dropped, counted and shown by `monitor` with its addresses and type;
 //! IPv6 between endpoints flows on while the daemon is killed and started again; out of a
 //! network that is not internal, TCP, UDP and ping leave masqueraded with the uplink's IPv6
-//! address (NAT66), and a connection out lives through a daemon killed and started again.
+//! address (NAT66), a connection out lives through a daemon killed and started again, and path
+//! MTU discovery works through a 1280-MTU link behind the uplink.
 use std::{
     io::{Read as _, Write as _},
     net::IpAddr,
@@ -307,5 +308,109 @@ fn an_ipv6_connection_out_lives_through_a_daemon_killed_and_started_again() {
     assert_eq!(
         server.join().unwrap().ip(),
         UPLINK6.parse::<IpAddr>().unwrap()
+    );
+}
+
+/// `ip addr add CIDR dev IFACE nodad` in namespace `ns`, with IPv6 on for that interface (the
+/// lab's namespaces start with it off).
+fn addr6(lab: &ControlLab, ns: &str, iface: &str, cidr: &str) {
+    let netns = lab.topo.ns(ns);
+    netns.sysctl(&format!("net.ipv6.conf.{iface}.disable_ipv6"), "0");
+    netns.ip(&["-6", "addr", "add", cidr, "dev", iface, "nodad"]);
+}
+
+/// world (2001:db8:f1::1) -- router-a ==(MTU 1280)== router-b -- host uplink0
+/// (2001:db8:ff::2): every other link has MTU 1500, so full-size segments of e1 (in network
+/// out6) only get through after path MTU discovery, which needs router-b's Packet Too Big,
+/// sent to the uplink's address, translated back to e1 (IPv6 routers never fragment).
+#[test]
+fn ipv6_path_mtu_discovery_through_masquerade() {
+    let mut topo = bridgenet_tests::Topology::new();
+    topo.netns("router-b")
+        .netns("host")
+        .veth(("router-b", "eth0"), ("host", "uplink0"))
+        .addr("router-b", "eth0", "198.18.0.1/24")
+        .addr("host", "uplink0", "198.18.0.2/24")
+        .route("host", "default", "198.18.0.1")
+        .netns("world")
+        .netns("router-a")
+        .veth(("world", "eth0"), ("router-a", "r-up"))
+        .veth(("router-a", "r-mid"), ("router-b", "r-mid"));
+    let mut lab = ControlLab::on(topo, "on", serde_json::json!({}));
+    for (ns, iface, cidr) in [
+        ("world", "eth0", "2001:db8:f1::1/64"),
+        ("router-a", "r-up", "2001:db8:f1::2/64"),
+        ("router-a", "r-mid", "2001:db8:f2::1/64"),
+        ("router-b", "r-mid", "2001:db8:f2::2/64"),
+        ("router-b", "eth0", "2001:db8:ff::1/64"),
+        ("host", "uplink0", "2001:db8:ff::2/64"),
+    ] {
+        addr6(&lab, ns, iface, cidr);
+    }
+    for router in ["router-a", "router-b"] {
+        lab.topo
+            .ns(router)
+            .sysctl("net.ipv6.conf.all.forwarding", "1");
+        lab.topo
+            .ns(router)
+            .ip(&["link", "set", "r-mid", "mtu", "1280"]);
+    }
+    for (ns, to, via) in [
+        ("world", "default", "2001:db8:f1::2"),
+        ("router-a", "2001:db8:ff::/64", "2001:db8:f2::2"),
+        ("router-b", "2001:db8:f1::/64", "2001:db8:f2::1"),
+        ("host", "default", "2001:db8:ff::1"),
+    ] {
+        lab.topo.ns(ns).ip(&["-6", "route", "add", to, "via", via]);
+    }
+    lab.start();
+    lab.ok(&[
+        "network",
+        "create",
+        "out6",
+        "--ipv6",
+        "--subnet",
+        "198.18.7.0/24",
+        "--subnet",
+        "2001:db8:7::/64",
+    ]);
+    let e1 = lab.netns_name("e1");
+    lab.ok(&[
+        "endpoint",
+        "create",
+        "e1",
+        "--network",
+        "out6",
+        "--netns",
+        &e1,
+    ]);
+    let world = lab.topo.ns("world").name().to_owned();
+    // The daemon follows the uplink's IPv6 address within its poll interval.
+    let reached = (0..10).any(|_| {
+        let ok = ping6(&lab, &e1, "2001:db8:f1::1");
+        if !ok {
+            thread::sleep(Duration::from_millis(500));
+        }
+        ok
+    });
+    assert!(reached, "e1 pings the world over IPv6");
+
+    let server = echo_once(&world, "[2001:db8:f1::1]:7000");
+    // The echo comes back through the 1280 link too, in the other direction.
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    bridgenet_tests::traffic::roundtrip_data(&e1, "[2001:db8:f1::1]:7000", &data);
+    assert_eq!(
+        server.join().unwrap().ip(),
+        UPLINK6.parse::<IpAddr>().unwrap(),
+        "masqueraded"
+    );
+    let route = String::from_utf8_lossy(
+        &lab.exec_in(&e1, "ip", &["-6", "route", "get", "2001:db8:f1::1"])
+            .stdout,
+    )
+    .into_owned();
+    assert!(
+        route.contains("mtu 1280"),
+        "e1 learned the path MTU: {route}"
     );
 }

@@ -227,7 +227,7 @@ fn restart_repairs_what_others_deleted_and_removes_what_is_stale() {
     );
 }
 
-/// kill -9 twenty times (five under emulation, where a start takes 10 to 20 s) while two flows
+/// kill -9 twenty times (three under emulation, where a start takes 10 to 20 s) while two flows
 /// (one through DNAT, one through masquerade) carry traffic, also while the daemon is down: no
 /// flow sees a reset or loses data.
 #[test]
@@ -254,7 +254,7 @@ fn kill_9_during_traffic_again_and_again_resets_no_flow() {
     };
     let inbound = traffic(connect(&world, "198.18.0.2:8080"), "in");
     let outbound = traffic(connect(&ns, "198.18.0.1:7000"), "out");
-    let kills = bridgenet_tests::repetitions(20, 5);
+    let kills = bridgenet_tests::repetitions(20, 3);
     for _ in 0..kills {
         lab.stop(Stop::Kill);
         // Traffic goes on while no daemon runs.

@@ -482,6 +482,7 @@ fn gc_passes_during_a_stream_of_new_flows_lose_no_entry() {
     let options = LoadOptions {
         pin_dir: Some(bpffs.0.clone()),
         conntrack_entries: 2 * 200_000,
+        ..LoadOptions::default()
     };
     let mut flows = nat_datapath_with(&options);
     let mut gc = Datapath::load_with(&options).expect("second load on the same pins");

@@ -73,12 +73,7 @@ fn a_frame_shorter_than_an_ethernet_header_is_refused_by_the_kernel_not_the_prog
     require_root();
     let mut dp = Datapath::load().expect("loading the datapath");
     // The kernel rejects TC test runs on frames shorter than 14 bytes before the program runs.
-    let program: &mut aya::programs::SchedClassifier = dp
-        .ebpf_mut()
-        .program_mut(programs::TC_COUNT)
-        .unwrap()
-        .try_into()
-        .unwrap();
+    let program: &mut aya::programs::SchedClassifier = dp.program_mut(programs::TC_COUNT).unwrap();
     let mut opts = aya::programs::TestRunOptions::new();
     let short = [0u8; 10];
     opts.data_in = Some(&short);

@@ -219,6 +219,7 @@ async fn serve(options: Options) -> Result<()> {
     let mut dp = Datapath::load_with(&LoadOptions {
         pin_dir: Some(options.bpffs.clone()),
         conntrack_entries: options.conntrack_max.saturating_mul(2),
+        verify_all: true,
     })?;
     forward_ebpf_logs(&mut dp);
     let (events, control) = dp.take_monitor()?;

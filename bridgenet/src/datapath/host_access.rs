@@ -44,9 +44,6 @@ impl Datapath {
         let root = cgroup2_root(scratch_dir)?;
         for name in programs::HOST_ACCESS {
             let program: &mut CgroupSockAddr = program_mut(&mut self.ebpf, name)?;
-            program
-                .load()
-                .with_context(|| format!("verifying program {name}"))?;
             let path = pin_dir.join(format!("{LINK_PIN_PREFIX}{name}"));
             // The new link goes in before the old one goes: no moment without the hook. Both
             // running at once is harmless (the second sees an address already translated).

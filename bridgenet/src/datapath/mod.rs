@@ -90,6 +90,10 @@ pub struct LoadOptions {
     pub pin_dir: Option<PathBuf>,
     /// Size of the conntrack map, in entries (two per flow).
     pub conntrack_entries: u32,
+    /// Whether every program is verified at once (the daemon: a program the kernel refuses
+    /// stops it before it changes anything), or each on its first use (tests and `watch`: the
+    /// verifier is most of a load's time, and a test uses few of the programs).
+    pub verify_all: bool,
 }
 
 impl Default for LoadOptions {
@@ -97,6 +101,7 @@ impl Default for LoadOptions {
         Self {
             pin_dir: None,
             conntrack_entries: bridgenet_common::CT_MAX_ENTRIES,
+            verify_all: false,
         }
     }
 }
@@ -169,7 +174,9 @@ impl Datapath {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
-        verify_programs(&mut ebpf)?;
+        if options.verify_all {
+            verify_programs(&mut ebpf)?;
+        }
         let mut datapath = Self {
             ebpf,
             migrations: Vec::new(),
@@ -211,9 +218,18 @@ impl Datapath {
         &self.migrations
     }
 
-    /// The underlying aya object, for tests that run programs with BPF_PROG_TEST_RUN.
+    /// The underlying aya object, for tests that read maps and for aya-log.
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
+    }
+
+    /// Program `name`, verified if it was not yet: for tests that run it with
+    /// BPF_PROG_TEST_RUN.
+    pub fn program_mut<'a, T>(&'a mut self, name: &str) -> Result<&'a mut T>
+    where
+        &'a mut T: TryFrom<&'a mut Program, Error = aya::programs::ProgramError>,
+    {
+        program_mut(&mut self.ebpf, name)
     }
 
     /// Attaches the TC counter to `iface` in the calling thread's network namespace.
@@ -497,16 +513,7 @@ fn verify_programs(ebpf: &mut Ebpf) -> Result<()> {
         let jobs: Vec<_> = ebpf
             .programs_mut()
             .filter(|(name, _)| NAMES.contains(name))
-            .map(|(name, program)| {
-                scope.spawn(move || {
-                    let loaded = match program {
-                        Program::SchedClassifier(tc) => tc.load(),
-                        Program::Xdp(xdp) => xdp.load(),
-                        _ => return (name, Err(anyhow::anyhow!("not a TC or XDP program"))),
-                    };
-                    (name, loaded.map_err(anyhow::Error::from))
-                })
-            })
+            .map(|(name, program)| scope.spawn(move || (name, verify(program))))
             .collect();
         jobs.into_iter()
             .map(|job| job.join().expect("a verifying thread panicked"))
@@ -524,14 +531,29 @@ fn verify_programs(ebpf: &mut Ebpf) -> Result<()> {
     Ok(())
 }
 
+/// Program `name` of `ebpf`, verified first if it was not yet (see `LoadOptions::verify_all`).
 fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
 where
-    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+    &'a mut T: TryFrom<&'a mut Program, Error = aya::programs::ProgramError>,
 {
     let program = ebpf
         .program_mut(name)
         .with_context(|| format!("program {name} missing from the object"))?;
+    if program.fd().is_err() {
+        verify(program).with_context(|| format!("verifying program {name}"))?;
+    }
     Ok(program.try_into()?)
+}
+
+/// Loads `program` into the kernel, which verifies it.
+fn verify(program: &mut Program) -> Result<()> {
+    match program {
+        Program::SchedClassifier(tc) => tc.load()?,
+        Program::Xdp(xdp) => xdp.load()?,
+        Program::CgroupSockAddr(hook) => hook.load()?,
+        _ => bail!("not a TC, XDP or cgroup program"),
+    }
+    Ok(())
 }
 
 /// Whether the running kernel has tcx (Linux 6.6 and later).

@@ -1,4 +1,8 @@
 //! Endpoint modes, as Docker's `--network none` and `--network container:NAME`.
+//!
+//! Host only (xtask keeps `host_*` binaries out of the emulated kernels): these modes are
+//! namespaces and links the daemon makes or joins, with no program of their own; the datapath
+//! they lead to is tested on every kernel by the other files.
 use bridgenet_tests::control::ControlLab;
 use bridgenet_tests::traffic::{echo_once, roundtrip};
 

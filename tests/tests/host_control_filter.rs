@@ -2,6 +2,11 @@
 //! (198.18.0.1 and a second address, 198.18.0.5) reach a published port while rules are added
 //! and removed; drops show in `stats` as drop_filter and in `filter ls` per rule; rules
 //! survive a daemon restart.
+//!
+//! Host only (xtask keeps `host_*` binaries out of the emulated kernels): what this adds to
+//! `packet_filter`, which runs the filter's programs on every kernel of the matrix, is the
+//! CLI, the daemon and its store, none of which depends on the kernel's version; restarts on
+//! every kernel are `control_restart`'s.
 use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddrV4, TcpStream},
