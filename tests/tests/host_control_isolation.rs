@@ -1,6 +1,11 @@
 //! Isolation through the daemon, with real traffic: every address and port of another network
 //! (its endpoints, its gateway, published and unpublished ports) from an endpoint, in both
 //! directions; published ports stay reachable through a host address (hairpin); `--icc=false`.
+//!
+//! Host only (xtask keeps `host_*` binaries out of the emulated kernels): the programs'
+//! isolation and hairpin, with real traffic, are `netns_endpoint`'s and `netns_hairpin`'s on
+//! every kernel of the matrix; what this adds is the daemon's bookkeeping of networks and
+//! ports, which does not depend on the kernel's version.
 use std::{net::TcpListener, time::Duration};
 
 use bridgenet_tests::control::ControlLab;
