@@ -252,7 +252,7 @@ fn path_mtu_discovery_through_masquerade() {
     roundtrip_data(
         lab.topo.ns("ep").name(),
         "198.18.1.1:7000",
-        &payload(100_000),
+        &payload(30_000),
     );
     assert_eq!(server.join().unwrap().ip(), Ipv4Addr::new(198, 18, 0, 2));
     let route = lab
@@ -272,7 +272,7 @@ fn path_mtu_discovery_through_a_published_port() {
     roundtrip_data(
         lab.topo.ns("world").name(),
         "198.18.0.2:8080",
-        &payload(100_000),
+        &payload(30_000),
     );
     assert_eq!(server.join().unwrap().ip(), Ipv4Addr::new(198, 18, 1, 1));
     let route = lab
