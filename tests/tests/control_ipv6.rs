@@ -175,6 +175,32 @@ fn ipv6_between_endpoints_flows_on_while_the_daemon_is_killed_and_restarted() {
 const UPLINK6: &str = "2001:db8:ff::2";
 const WORLD6: &str = "2001:db8:ff::1";
 
+/// Network `out6` (198.18.7.0/24, 2001:db8:7::/64), not internal, with endpoint e1; returns
+/// e1's namespace.
+fn network_out6(lab: &mut ControlLab) -> String {
+    lab.ok(&[
+        "network",
+        "create",
+        "out6",
+        "--ipv6",
+        "--subnet",
+        "198.18.7.0/24",
+        "--subnet",
+        "2001:db8:7::/64",
+    ]);
+    let e1 = lab.netns_name("e1");
+    lab.ok(&[
+        "endpoint",
+        "create",
+        "e1",
+        "--network",
+        "out6",
+        "--netns",
+        &e1,
+    ]);
+    e1
+}
+
 /// A dual-stack network `out6` (198.18.7.0/24, 2001:db8:7::/64) that is not internal, with
 /// endpoint e1, and IPv6 on the uplink's link; returns e1's and the world's namespaces.
 fn lab_out() -> (ControlLab, String, String) {
@@ -203,26 +229,7 @@ fn lab_out() -> (ControlLab, String, String) {
         "eth0",
         "nodad",
     ]);
-    lab.ok(&[
-        "network",
-        "create",
-        "out6",
-        "--ipv6",
-        "--subnet",
-        "198.18.7.0/24",
-        "--subnet",
-        "2001:db8:7::/64",
-    ]);
-    let e1 = lab.netns_name("e1");
-    lab.ok(&[
-        "endpoint",
-        "create",
-        "e1",
-        "--network",
-        "out6",
-        "--netns",
-        &e1,
-    ]);
+    let e1 = network_out6(&mut lab);
     (lab, e1, world)
 }
 
@@ -364,26 +371,7 @@ fn ipv6_path_mtu_discovery_through_masquerade() {
         lab.topo.ns(ns).ip(&["-6", "route", "add", to, "via", via]);
     }
     lab.start();
-    lab.ok(&[
-        "network",
-        "create",
-        "out6",
-        "--ipv6",
-        "--subnet",
-        "198.18.7.0/24",
-        "--subnet",
-        "2001:db8:7::/64",
-    ]);
-    let e1 = lab.netns_name("e1");
-    lab.ok(&[
-        "endpoint",
-        "create",
-        "e1",
-        "--network",
-        "out6",
-        "--netns",
-        &e1,
-    ]);
+    let e1 = network_out6(&mut lab);
     let world = lab.topo.ns("world").name().to_owned();
     // The daemon follows the uplink's IPv6 address within its poll interval.
     let reached = (0..10).any(|_| {
