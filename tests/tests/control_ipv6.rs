@@ -14,12 +14,13 @@ use std::{
 };
 
 use bridgenet_tests::{
+    Topology,
     control::{ControlLab, Stop},
     ipv6,
     monitor::{EVENT_TIMEOUT, Monitor},
     raw, sockets,
     topology::{enter, mac_of},
-    traffic::{echo_once, open_roundtrip, roundtrip},
+    traffic::{echo_once, open_roundtrip, roundtrip, roundtrip_data},
 };
 use serde_json::Value;
 
@@ -57,6 +58,18 @@ fn lab() -> (ControlLab, [String; 3]) {
         ns
     });
     (lab, namespaces)
+}
+
+/// Whether `ns` pings `to` within about 5 s: the daemon follows the uplink's IPv6 address
+/// within its poll interval.
+fn pings_within_5_s(lab: &ControlLab, ns: &str, to: &str) -> bool {
+    (0..10).any(|_| {
+        let ok = ping6(lab, ns, to);
+        if !ok {
+            thread::sleep(Duration::from_millis(500));
+        }
+        ok
+    })
 }
 
 fn ping6(lab: &ControlLab, ns: &str, to: &str) -> bool {
@@ -206,29 +219,8 @@ fn network_out6(lab: &mut ControlLab) -> String {
 fn lab_out() -> (ControlLab, String, String) {
     let mut lab = ControlLab::up();
     let world = lab.topo.ns("world").name().to_owned();
-    // The lab's namespaces start with IPv6 off.
-    for (ns, iface) in [("host", "uplink0"), ("world", "eth0")] {
-        let key = format!("net.ipv6.conf.{iface}.disable_ipv6");
-        lab.topo.ns(ns).sysctl(&key, "0");
-    }
-    lab.topo.ns("host").ip(&[
-        "-6",
-        "addr",
-        "add",
-        "2001:db8:ff::2/64",
-        "dev",
-        "uplink0",
-        "nodad",
-    ]);
-    lab.topo.ns("world").ip(&[
-        "-6",
-        "addr",
-        "add",
-        "2001:db8:ff::1/64",
-        "dev",
-        "eth0",
-        "nodad",
-    ]);
+    addr6(&lab, "host", "uplink0", "2001:db8:ff::2/64");
+    addr6(&lab, "world", "eth0", "2001:db8:ff::1/64");
     let e1 = network_out6(&mut lab);
     (lab, e1, world)
 }
@@ -236,15 +228,10 @@ fn lab_out() -> (ControlLab, String, String) {
 #[test]
 fn ipv6_leaves_a_network_masqueraded_with_the_uplink_address() {
     let (lab, e1, world) = lab_out();
-    // The daemon follows the uplink's new IPv6 address within its poll interval.
-    let reached = (0..10).any(|_| {
-        let ok = ping6(&lab, &e1, WORLD6);
-        if !ok {
-            thread::sleep(Duration::from_millis(500));
-        }
-        ok
-    });
-    assert!(reached, "e1 pings the world over IPv6");
+    assert!(
+        pings_within_5_s(&lab, &e1, WORLD6),
+        "e1 pings the world over IPv6"
+    );
 
     // TCP: the world sees the uplink's address, not e1's.
     let server = echo_once(&world, "[2001:db8:ff::1]:7000");
@@ -290,14 +277,10 @@ fn ipv6_leaves_a_network_masqueraded_with_the_uplink_address() {
 #[test]
 fn an_ipv6_connection_out_lives_through_a_daemon_killed_and_started_again() {
     let (mut lab, e1, world) = lab_out();
-    let reached = (0..10).any(|_| {
-        let ok = ping6(&lab, &e1, WORLD6);
-        if !ok {
-            thread::sleep(Duration::from_millis(500));
-        }
-        ok
-    });
-    assert!(reached, "e1 pings the world over IPv6");
+    assert!(
+        pings_within_5_s(&lab, &e1, WORLD6),
+        "e1 pings the world over IPv6"
+    );
     let server = echo_once(&world, "[2001:db8:ff::1]:7001");
     let mut live = open_roundtrip(&e1, "[2001:db8:ff::1]:7001");
     lab.stop(Stop::Kill);
@@ -332,7 +315,7 @@ fn addr6(lab: &ControlLab, ns: &str, iface: &str, cidr: &str) {
 /// sent to the uplink's address, translated back to e1 (IPv6 routers never fragment).
 #[test]
 fn ipv6_path_mtu_discovery_through_masquerade() {
-    let mut topo = bridgenet_tests::Topology::new();
+    let mut topo = Topology::new();
     topo.netns("router-b")
         .netns("host")
         .veth(("router-b", "eth0"), ("host", "uplink0"))
@@ -373,20 +356,15 @@ fn ipv6_path_mtu_discovery_through_masquerade() {
     lab.start();
     let e1 = network_out6(&mut lab);
     let world = lab.topo.ns("world").name().to_owned();
-    // The daemon follows the uplink's IPv6 address within its poll interval.
-    let reached = (0..10).any(|_| {
-        let ok = ping6(&lab, &e1, "2001:db8:f1::1");
-        if !ok {
-            thread::sleep(Duration::from_millis(500));
-        }
-        ok
-    });
-    assert!(reached, "e1 pings the world over IPv6");
+    assert!(
+        pings_within_5_s(&lab, &e1, "2001:db8:f1::1"),
+        "e1 pings the world over IPv6"
+    );
 
     let server = echo_once(&world, "[2001:db8:f1::1]:7000");
     // The echo comes back through the 1280 link too, in the other direction.
     let data: Vec<u8> = (0..30_000u32).map(|i| (i % 251) as u8).collect();
-    bridgenet_tests::traffic::roundtrip_data(&e1, "[2001:db8:f1::1]:7000", &data);
+    roundtrip_data(&e1, "[2001:db8:f1::1]:7000", &data);
     assert_eq!(
         server.join().unwrap().ip(),
         UPLINK6.parse::<IpAddr>().unwrap(),
