@@ -187,7 +187,7 @@ impl ControlLab {
                 assert!(!status.success(), "the daemon exited with {status}");
                 return self.log()[before..].to_owned();
             }
-            if Instant::now() > deadline || self.cli(&["network", "ls"]).status.success() {
+            if Instant::now() > deadline || self.listens() {
                 // SAFETY: a signal to the child this lab started.
                 unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
                 let _ = child.wait();
@@ -256,7 +256,14 @@ impl ControlLab {
         // Loading and verifying the programs takes seconds under QEMU's software emulation.
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            if self.cli(&["network", "ls"]).status.success() {
+            if self.listens() {
+                let out = self.cli(&["network", "ls"]);
+                assert!(
+                    out.status.success(),
+                    "the daemon listens but does not answer: {}\n{}",
+                    String::from_utf8_lossy(&out.stderr),
+                    self.log()
+                );
                 return;
             }
             if let Some(status) = self.daemon.as_mut().unwrap().try_wait().unwrap() {
@@ -270,6 +277,13 @@ impl ControlLab {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Whether the daemon accepts connections on its socket, which it binds once it is ready.
+    /// Polled instead of running the CLI: an exec every 100 ms costs seconds of CPU under
+    /// emulation, taken from the daemon's own start.
+    fn listens(&self) -> bool {
+        std::os::unix::net::UnixStream::connect(self.socket()).is_ok()
     }
 
     /// Stops the daemon we started, by its pid.

@@ -64,17 +64,19 @@ impl Netns {
         run(&mut cmd)
     }
 
-    /// Sets a sysctl inside the namespace (net.* sysctls are per namespace).
+    /// Sets a net.* sysctl inside the namespace. Written from a thread that entered it (/proc/sys/net
+    /// is the opener's namespace's) rather than by `ip netns exec sysctl`: two execs, a second of
+    /// software emulation in the kernel matrix, for each of the hundreds the tests set.
     pub fn sysctl(&self, key: &str, value: &str) {
-        self.exec("sysctl", &["-q", "-w", &format!("{key}={value}")]);
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        self.enter(|| std::fs::write(&path, value))
+            .unwrap_or_else(|err| panic!("sysctl {key}={value} in {}: {err}", self.name));
     }
 
     /// The index of interface `iface` inside the namespace.
     pub fn ifindex(&self, iface: &str) -> u32 {
-        let out = self.exec("cat", &[&format!("/sys/class/net/{iface}/ifindex")]);
-        out.trim()
-            .parse()
-            .unwrap_or_else(|err| panic!("ifindex of {iface}: {err}"))
+        self.enter(|| nix::net::if_::if_nametoindex(iface))
+            .unwrap_or_else(|err| panic!("ifindex of {iface} in {}: {err}", self.name))
     }
 
     /// Runs `f` on a thread that has entered this namespace: BPF attach calls and sockets made
