@@ -221,18 +221,11 @@ pub fn kernel_release() -> String {
 
 /// The MAC address of `iface` in the namespace named `netns`.
 pub fn mac_of(netns: &str, iface: &str) -> [u8; 6] {
-    let out = Command::new("ip")
-        .args(["netns", "exec", netns, "cat"])
-        .arg(format!("/sys/class/net/{iface}/address"))
-        .output()
-        .expect("ip netns exec");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let bytes: Vec<u8> = text
-        .trim()
-        .split(':')
-        .filter_map(|b| u8::from_str_radix(b, 16).ok())
-        .collect();
-    bytes
-        .try_into()
-        .unwrap_or_else(|_| panic!("no MAC for {iface} in {netns}: {text:?}"))
+    enter(netns, || {
+        nix::ifaddrs::getifaddrs()
+            .expect("getifaddrs")
+            .filter(|a| a.interface_name == iface)
+            .find_map(|a| a.address?.as_link_addr()?.addr())
+    })
+    .unwrap_or_else(|| panic!("no MAC for {iface} in {netns}"))
 }
