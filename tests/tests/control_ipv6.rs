@@ -4,7 +4,8 @@
 //! IPv6 between endpoints flows on while the daemon is killed and started again; out of a
 //! network that is not internal, TCP, UDP and ping leave masqueraded with the uplink's IPv6
 //! address (NAT66), a connection out lives through a daemon killed and started again, and path
-//! MTU discovery works through a 1280-MTU link behind the uplink.
+//! MTU discovery works through a 1280-MTU link behind the uplink; an endpoint's removal and
+//! `ct flush` revoke its IPv6 flows.
 use std::{
     io::{Read as _, Write as _},
     net::IpAddr,
@@ -378,5 +379,68 @@ fn ipv6_path_mtu_discovery_through_masquerade() {
     assert!(
         route.contains("mtu 1280"),
         "e1 learned the path MTU: {route}"
+    );
+}
+
+/// An endpoint's removal revokes its IPv6 flows, as its IPv4 ones: the next endpoint given the
+/// same address (Docker reuses them) does not receive what the world still sends on the old
+/// endpoint's masqueraded flow. `ct flush` removes IPv6 flows too.
+#[test]
+fn a_removed_endpoints_ipv6_flows_do_not_reach_the_next_endpoint_on_its_address() {
+    let (mut lab, e1, world) = lab_out();
+    assert!(
+        pings_within_5_s(&lab, &e1, WORLD6),
+        "e1 pings the world over IPv6"
+    );
+    let server = enter(&world, || sockets::udp_socket("[2001:db8:ff::1]:5301"));
+    server
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let client = enter(&e1, || sockets::udp_socket("[::]:40001"));
+    client.send_to(b"query", "[2001:db8:ff::1]:5301").unwrap();
+    let mut buf = [0u8; 16];
+    let (_, masqueraded) = server.recv_from(&mut buf).expect("the query arrives");
+    drop(client);
+    lab.ok(&["endpoint", "rm", "e1"]);
+
+    let e2 = lab.netns_name("e2");
+    lab.ok(&[
+        "endpoint",
+        "create",
+        "e2",
+        "--network",
+        "out6",
+        "--netns",
+        &e2,
+        "--ip6",
+        "2001:db8:7::2",
+    ]);
+    let heir = enter(&e2, || sockets::udp_socket("[::]:40001"));
+    heir.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    // e2 talks first, as a container does: the host knows its MAC for the address.
+    assert!(
+        pings_within_5_s(&lab, &e2, WORLD6),
+        "e2 pings the world over IPv6"
+    );
+    server.send_to(b"for e1", masqueraded).unwrap();
+    let leaked = heir.recv_from(&mut buf);
+    assert!(
+        leaked.is_err(),
+        "e2 received what was sent on e1's flow: {:?}",
+        leaked.map(|(n, from)| (String::from_utf8_lossy(&buf[..n]).into_owned(), from))
+    );
+
+    // e2's own flow out is flushed with `ct flush`.
+    heir.send_to(b"query", "[2001:db8:ff::1]:5301").unwrap();
+    let (_, masqueraded) = server.recv_from(&mut buf).expect("e2's query arrives");
+    let flushed = lab.ok(&["ct", "flush", "--endpoint", "e2"]);
+    assert!(
+        flushed.ends_with("flows removed\n") && !flushed.starts_with("0 "),
+        "{flushed}"
+    );
+    server.send_to(b"after flush", masqueraded).unwrap();
+    assert!(
+        heir.recv_from(&mut buf).is_err(),
+        "a flushed IPv6 flow still translates"
     );
 }

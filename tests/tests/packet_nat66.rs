@@ -3,11 +3,12 @@
 //! an ICMPv6 Packet Too Big about the flow reaches the endpoint with its quote translated back;
 //! every checksum (with IPv6's pseudo-header) stays right. What cannot be translated never
 //! leaves: fragments, segments of untracked connections, internal networks, an uplink without
-//! an IPv6 address; a reset outside the window and a flood past the limit are dropped.
+//! an IPv6 address; a reset outside the window and a flood past the limit are dropped. Flows
+//! are revoked by the address they were masqueraded with and by their endpoint's address.
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use aya::maps::{Array, HashMap};
-use bridgenet::datapath::{Datapath, GatewayMode, NetworkOptions};
+use bridgenet::datapath::{Datapath, GatewayMode, NetworkOptions, conntrack};
 use bridgenet_common::{ct_usage, maps, outcome, program_id, programs};
 use bridgenet_tests::{packet, require_root};
 use etherparse::PacketBuilder;
@@ -458,4 +459,60 @@ fn new_flows_past_the_limit_are_refused_and_tracked_ones_go_on() {
         &tcp(SERVER, 443, UPLINK, port, "PA", 5001, 1005),
         outcome::DNAT,
     );
+}
+
+/// IPv6 entries in CT_USAGE, as the datapath counts them.
+fn entries6(dp: &mut Datapath) -> u64 {
+    let usage: Array<_, u64> =
+        Array::try_from(dp.ebpf_mut().map_mut(maps::CT_USAGE).unwrap()).unwrap();
+    usage.get(&ct_usage::ENTRIES6, 0).unwrap()
+}
+
+/// Revocation in CONNTRACK6, as the daemon does it when an uplink's IPv6 address changes and
+/// when an endpoint goes: the flows masqueraded with the old address, then those of the
+/// endpoint's address, go at once with both entries and their room in CT_USAGE, and their
+/// replies are translated no more. Another address's flows stay.
+#[test]
+fn ipv6_flows_are_revoked_by_their_masquerade_address_and_by_their_endpoint() {
+    let mut dp = datapath(true, 1000);
+    let port = open_tcp(&mut dp, 40002);
+    translated(&mut dp, EGRESS, &udp(EP, 5000, SERVER, 53), outcome::SNAT);
+    assert_eq!(entries6(&mut dp), 4);
+
+    let other = dp
+        .revoke6(conntrack::masqueraded_with6(
+            "2001:db8:ff::9".parse().unwrap(),
+        ))
+        .unwrap();
+    assert_eq!(other.entries, 0, "another uplink address's flows");
+    let revoked = dp
+        .revoke6(conntrack::masqueraded_with6(UPLINK.parse().unwrap()))
+        .unwrap();
+    assert_eq!((revoked.flows, revoked.entries), (2, 4));
+    assert_eq!(entries6(&mut dp), 0);
+    for reply in [
+        tcp(SERVER, 443, UPLINK, port, "PA", 5001, 1005),
+        udp(SERVER, 53, UPLINK, 5000),
+    ] {
+        let out = packet::run_tc(&mut dp, INGRESS.0, &reply, 1).unwrap();
+        assert_eq!(
+            (out.action, out.frame),
+            (TC_ACT_OK, reply),
+            "a revoked flow's reply is the host's, untranslated"
+        );
+    }
+
+    translated(&mut dp, EGRESS, &udp(EP, 5001, SERVER, 53), outcome::SNAT);
+    let other = dp
+        .revoke6(conntrack::uses_addr6(INTERNAL_EP.parse().unwrap()))
+        .unwrap();
+    assert_eq!(other.entries, 0, "another endpoint's flows");
+    let revoked = dp
+        .revoke6(conntrack::uses_addr6(EP.parse().unwrap()))
+        .unwrap();
+    assert_eq!((revoked.flows, revoked.entries), (1, 2));
+    assert_eq!(entries6(&mut dp), 0);
+    let reply = udp(SERVER, 53, UPLINK, 5001);
+    let out = packet::run_tc(&mut dp, INGRESS.0, &reply, 1).unwrap();
+    assert_eq!((out.action, out.frame), (TC_ACT_OK, reply));
 }

@@ -1,7 +1,7 @@
 //! Conntrack as users see it (`ct ls`, `ct flush`), its garbage collection, and `stats`.
 //! Flow states, timeouts and expiry are the datapath's (`datapath::conntrack`); this layer
 //! turns them into the API's shapes.
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::Result;
 use bridgenet_common::{CtEntry, CtKey};
@@ -157,19 +157,28 @@ impl Daemon {
         Ok((self.dp.conntrack_reader()?, filter))
     }
 
-    /// Removes the flows that involve `ip` in either direction; returns how many.
-    pub(super) fn conntrack_remove_addr(&mut self, ip: Ipv4Addr) -> Result<usize> {
-        Ok(self.dp.revoke(conntrack::uses_addr(ip))?.flows)
+    /// Removes the flows that involve `ip` or `ip6` in either direction; returns how many.
+    pub(super) fn conntrack_remove_addr(
+        &mut self,
+        ip: Ipv4Addr,
+        ip6: Option<Ipv6Addr>,
+    ) -> Result<usize> {
+        let mut flows = self.dp.revoke(conntrack::uses_addr(ip))?.flows;
+        if let Some(ip6) = ip6 {
+            flows += self.dp.revoke6(conntrack::uses_addr6(ip6))?.flows;
+        }
+        Ok(flows)
     }
 
-    /// `ct flush [--endpoint EP]`: returns the number of flows removed.
+    /// `ct flush [--endpoint EP]`, both families: returns the number of flows removed.
     pub fn conntrack_flush(&mut self, endpoint: Option<&str>) -> Result<usize, Error> {
         match endpoint {
             Some(name) => {
-                let ip = self.endpoint(name)?.ip;
-                Ok(self.conntrack_remove_addr(ip)?)
+                let endpoint = self.endpoint(name)?;
+                let (ip, ip6) = (endpoint.ip, endpoint.ip6);
+                Ok(self.conntrack_remove_addr(ip, ip6)?)
             }
-            None => Ok(self.dp.revoke(|_, _| true)?.flows),
+            None => Ok(self.dp.revoke(|_, _| true)?.flows + self.dp.revoke6(|_, _| true)?.flows),
         }
     }
 

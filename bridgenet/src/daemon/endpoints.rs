@@ -506,7 +506,7 @@ impl Daemon {
         self.endpoint_teardown(&endpoint).await;
         if endpoint.mode == Mode::Bridge {
             // Stale flows would keep sending a reused address's traffic to the old endpoint.
-            self.conntrack_remove_addr(endpoint.ip)?;
+            self.conntrack_remove_addr(endpoint.ip, endpoint.ip6)?;
         }
         self.state.endpoints.remove(name);
         self.save()?;

@@ -565,6 +565,9 @@ impl Daemon {
                 );
                 self.dp.set_uplink6(uplink.index, addr6)?;
                 self.uplinks[i].addr6 = addr6;
+                if let Some(old) = uplink.addr6 {
+                    self.revoke_masquerade6(old)?;
+                }
             }
             let Some(addr) = self
                 .nl

@@ -1,8 +1,9 @@
 //! Flows outlive nothing they used: a port unpublished (or moved to another endpoint) and an
-//! uplink's old address take their tracked flows with them at once, so that the next packet
-//! finds the current mapping (moby #8795: a UDP client that keeps sending would otherwise
-//! never reach the new endpoint). An endpoint's removal revokes its flows in `conntrack.rs`.
-use std::net::Ipv4Addr;
+//! uplink's old address, IPv4 or IPv6, take their tracked flows with them at once, so that the
+//! next packet finds the current mapping (moby #8795: a UDP client that keeps sending would
+//! otherwise never reach the new endpoint). An endpoint's removal revokes its flows, both
+//! families', in `conntrack.rs`.
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::{Daemon, ports::wire_proto};
 use crate::{datapath::conntrack, state::PortMapping};
@@ -29,6 +30,15 @@ impl Daemon {
                 report.flows,
                 ports.join(", ")
             );
+        }
+        Ok(())
+    }
+
+    /// Revokes the IPv6 flows masqueraded with an uplink's old IPv6 address.
+    pub(super) fn revoke_masquerade6(&mut self, old: Ipv6Addr) -> anyhow::Result<()> {
+        let report = self.dp.revoke6(conntrack::masqueraded_with6(old))?;
+        if report.entries > 0 {
+            tracing::info!("revoked {} flows masqueraded with {old}", report.flows);
         }
         Ok(())
     }

@@ -1,6 +1,10 @@
 //! Conntrack in userspace: the state of a flow from its two entries, a timeout per state, and
 //! garbage collection of expired flows (both entries together) and of orphaned entries.
-use std::{net::Ipv4Addr, os::fd::AsFd as _, time::Duration};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    os::fd::AsFd as _,
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap, IterableMap, Map, MapData};
@@ -560,24 +564,44 @@ impl Datapath {
     /// an endpoint or an address that goes away must not keep translating the flows that
     /// used it.
     pub fn revoke(&mut self, matches: impl Fn(&CtKey, &CtEntry) -> bool) -> Result<RevokeReport> {
-        let entries = self.conntrack()?;
-        let by_key: std::collections::HashMap<CtKey, CtEntry> = entries.iter().copied().collect();
+        self.revoke_in(maps::CONNTRACK, ct_usage::ENTRIES, matches)
+    }
+
+    /// `revoke` for IPv6 flows (`CONNTRACK6`).
+    pub fn revoke6(
+        &mut self,
+        matches: impl Fn(&Ct6Key, &Ct6Entry) -> bool,
+    ) -> Result<RevokeReport> {
+        self.revoke_in(maps::CONNTRACK6, ct_usage::ENTRIES6, matches)
+    }
+
+    /// `revoke` in one family's table, whose entries `CT_USAGE` counts in slot `count`.
+    fn revoke_in<V: Tracked>(
+        &mut self,
+        table: &str,
+        count: u32,
+        matches: impl Fn(&V::Key, &V) -> bool,
+    ) -> Result<RevokeReport> {
+        let mut map: HashMap<_, V::Key, V> = HashMap::try_from(
+            self.ebpf
+                .map_mut(table)
+                .with_context(|| format!("map {table} missing"))?,
+        )?;
+        let entries: Vec<(V::Key, V)> = batch::collect(IterableMap::map(&map).fd().as_fd())
+            .with_context(|| format!("reading {table}"))?;
+        let by_key: std::collections::HashMap<V::Key, V> = entries.iter().copied().collect();
         let mut gone = std::collections::HashSet::new();
         let mut report = RevokeReport::default();
-        let mut map: HashMap<_, CtKey, CtEntry> = HashMap::try_from(
-            self.ebpf
-                .map_mut(maps::CONNTRACK)
-                .context("map CONNTRACK missing")?,
-        )?;
         for (key, entry) in &entries {
             if gone.contains(key) || !matches(key, entry) {
                 continue;
             }
+            let peer_key = entry.peer();
             // The other direction, if it is this flow's (its key may be another flow's now).
             let peer = by_key
-                .get(&entry.peer)
-                .filter(|p| p.peer == *key && !gone.contains(&entry.peer));
-            for k in std::iter::once(key).chain(peer.map(|_| &entry.peer)) {
+                .get(&peer_key)
+                .filter(|p| p.peer() == *key && !gone.contains(&peer_key));
+            for k in std::iter::once(key).chain(peer.map(|_| &peer_key)) {
                 if map.remove(k).is_ok() {
                     report.entries += 1;
                 }
@@ -596,8 +620,8 @@ impl Datapath {
         // value): a flow opened in between may be lost from the count, which GC recounts.
         let entries = report.entries as u64;
         if entries > 0 {
-            let now = usage.get(&ct_usage::ENTRIES, 0)?;
-            usage.set(ct_usage::ENTRIES, now.saturating_sub(entries), 0)?;
+            let now = usage.get(&count, 0)?;
+            usage.set(count, now.saturating_sub(entries), 0)?;
         }
         Ok(report)
     }
@@ -643,6 +667,22 @@ pub fn uses_mapping(
 pub fn uses_addr(addr: Ipv4Addr) -> impl Fn(&CtKey, &CtEntry) -> bool {
     let addr = wire(addr);
     move |key, entry| key.saddr == addr || key.daddr == addr || entry.nat_addr == addr
+}
+
+/// `revoke6`'s test for the IPv6 flows to or from `addr` (a removed endpoint's).
+pub fn uses_addr6(addr: Ipv6Addr) -> impl Fn(&Ct6Key, &Ct6Entry) -> bool {
+    let addr = addr.octets();
+    move |key, entry| key.saddr == addr || key.daddr == addr || entry.nat_addr == addr
+}
+
+/// `revoke6`'s test for the IPv6 flows masqueraded with `addr` (an uplink's old address).
+pub fn masqueraded_with6(addr: Ipv6Addr) -> impl Fn(&Ct6Key, &Ct6Entry) -> bool {
+    let addr = addr.octets();
+    move |key, entry| match (entry.track.action, entry.track.direction) {
+        (action::SNAT, direction::ORIGINAL) => entry.nat_addr == addr,
+        (action::DNAT, direction::REPLY) => key.daddr == addr,
+        _ => false,
+    }
 }
 
 /// `revoke`'s test for the flows masqueraded with `addr` (an uplink's old address).
