@@ -3,9 +3,9 @@
 //! endpoint sends is dropped, counted and shown by `monitor` with its addresses and type;
 //! IPv6 between endpoints flows on while the daemon is killed and started again; out of a
 //! network that is not internal, TCP, UDP and ping leave masqueraded with the uplink's IPv6
-//! address (NAT66), a connection out lives through a daemon killed and started again, and path
-//! MTU discovery works through a 1280-MTU link behind the uplink; an endpoint's removal and
-//! `ct flush` revoke its IPv6 flows.
+//! address (NAT66) and `ct ls` lists their flows, a connection out lives through a daemon
+//! killed and started again, and path MTU discovery works through a 1280-MTU link behind the
+//! uplink; an endpoint's removal and `ct flush` revoke its IPv6 flows.
 use std::{
     io::{Read as _, Write as _},
     net::IpAddr,
@@ -268,6 +268,21 @@ fn ipv6_leaves_a_network_masqueraded_with_the_uplink_address() {
 
     assert!(lab.stat("uplink_egress", "snat") > 0);
     assert!(lab.stat("uplink_ingress", "dnat") > 0);
+    // `ct ls` lists the IPv6 flows, the reply direction to the uplink's address.
+    let udp = lab.ok(&["ct", "ls", "--endpoint", "e1", "--proto", "udp"]);
+    assert!(
+        udp.contains("src=2001:db8:7::2 dst=2001:db8:ff::1")
+            && udp.contains("dport=5300")
+            && udp.contains(&format!("src=2001:db8:ff::1 dst={UPLINK6} sport=5300")),
+        "ct ls: {udp}"
+    );
+    let from_e1 = lab.ok(&["ct", "ls", "--src", "2001:db8:7::2", "--count"]);
+    assert!(
+        from_e1.trim().parse::<u64>().unwrap() >= 3,
+        "TCP, UDP and echo flows from e1: {from_e1}"
+    );
+    let echo = lab.ok(&["ct", "ls", "--proto", "icmpv6", "--dst", WORLD6]);
+    assert!(echo.starts_with("icmpv6"), "ct ls: {echo}");
     // The world cannot reach e1's address directly.
     assert!(
         !ping6(&lab, &world, "2001:db8:7::2"),

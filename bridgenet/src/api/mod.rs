@@ -115,8 +115,8 @@ pub struct Stat {
 /// One direction of a tracked flow.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Tuple {
-    pub src: std::net::Ipv4Addr,
-    pub dst: std::net::Ipv4Addr,
+    pub src: std::net::IpAddr,
+    pub dst: std::net::IpAddr,
     pub sport: u16,
     pub dport: u16,
     pub packets: u64,
@@ -144,7 +144,7 @@ pub struct Flow {
 pub struct CtQuery {
     /// Flows to or from the endpoint's address, translated or not.
     pub endpoint: Option<String>,
-    /// tcp, udp, icmp or a protocol number.
+    /// tcp, udp, icmp, icmpv6 or a protocol number.
     pub proto: Option<String>,
     /// A state as `ct ls` shows it (ESTABLISHED, SYN_SENT, ASSURED...), any case.
     pub state: Option<String>,

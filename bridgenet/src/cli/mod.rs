@@ -155,7 +155,7 @@ pub struct CtLs {
     /// Flows to or from this endpoint's address, translated or not.
     #[arg(long)]
     endpoint: Option<String>,
-    /// tcp, udp, icmp or a protocol number.
+    /// tcp, udp, icmp, icmpv6 or a protocol number.
     #[arg(long)]
     proto: Option<String>,
     /// ESTABLISHED, SYN_SENT, SYN_RECV, FIN_WAIT, CLOSE, UNREPLIED, REPLIED or ASSURED.

@@ -1,17 +1,22 @@
 //! Conntrack as users see it (`ct ls`, `ct flush`), its garbage collection, and `stats`.
 //! Flow states, timeouts and expiry are the datapath's (`datapath::conntrack`); this layer
 //! turns them into the API's shapes.
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
 
 use anyhow::Result;
-use bridgenet_common::{CtEntry, CtKey};
+use bridgenet_common::{Ct6Entry, Ct6Key, CtEntry, CtKey};
 use bytes::Bytes;
 
 use super::{Daemon, Error};
 use crate::{
     api::{CtQuery, ErrorBody, Flow, Stat, Tuple},
     datapath::{
-        conntrack::{self, CtReader, Flow as Tracked, FlowFilter, monotonic_ns},
+        conntrack::{
+            self, CtReader, Flow as Tracked, Flow6 as Tracked6, FlowFilter, FlowState, monotonic_ns,
+        },
         from_wire,
     },
 };
@@ -33,12 +38,9 @@ pub fn stream_flows(
         let mut chunk = Vec::new();
         let mut lines = 0;
         let mut gone = false;
-        let result = reader.walk(monotonic_ns(), |t| {
-            if !filter.matches(&t) {
-                return true;
-            }
+        let mut send = |flow: Flow| {
             // Serializing a plain struct into a Vec cannot fail.
-            let _ = serde_json::to_writer(&mut chunk, &api_flow(&t));
+            let _ = serde_json::to_writer(&mut chunk, &flow);
             chunk.push(b'\n');
             lines += 1;
             if lines == LINES_PER_CHUNK {
@@ -48,7 +50,12 @@ pub fn stream_flows(
                     .is_err();
             }
             !gone
-        });
+        };
+        let now = monotonic_ns();
+        // IPv4's flows, then IPv6's.
+        let result = reader
+            .walk(now, |t| !filter.matches(&t) || send(api_flow(&t)))
+            .and_then(|()| reader.walk6(now, |t| !filter.matches6(&t) || send(api_flow6(&t))));
         if let Err(err) = result {
             let _ = serde_json::to_writer(
                 &mut chunk,
@@ -96,11 +103,17 @@ pub async fn conntrack_gc(daemon: &tokio::sync::Mutex<Daemon>) -> Result<()> {
 /// Counts the flows that `filter` keeps, off the async runtime.
 pub async fn count_flows(reader: CtReader, filter: FlowFilter) -> Result<u64, Error> {
     let count = tokio::task::spawn_blocking(move || {
-        let mut n = 0u64;
+        let (mut n, now) = (0u64, monotonic_ns());
         reader
-            .walk(monotonic_ns(), |t| {
+            .walk(now, |t| {
                 n += u64::from(filter.matches(&t));
                 true
+            })
+            .and_then(|()| {
+                reader.walk6(now, |t| {
+                    n += u64::from(filter.matches6(&t));
+                    true
+                })
             })
             .map(|()| n)
     })
@@ -110,32 +123,59 @@ pub async fn count_flows(reader: CtReader, filter: FlowFilter) -> Result<u64, Er
 }
 
 fn api_flow(t: &Tracked) -> Flow {
-    Flow {
-        proto: proto_name(t.original.0.proto),
-        state: t.state.name().into(),
-        timeout: t.expires_in.as_secs(),
-        original: tuple(&t.original.0, &t.original.1),
-        reply: Some(tuple(&t.reply.0, &t.reply.1)),
-    }
-}
-
-pub fn proto_name(proto: u8) -> String {
-    match proto {
-        1 => "icmp".into(),
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        p => p.to_string(),
-    }
-}
-
-fn tuple(key: &CtKey, entry: &CtEntry) -> Tuple {
-    Tuple {
-        src: from_wire(key.saddr),
-        dst: from_wire(key.daddr),
+    let tuple = |(key, entry): &(CtKey, CtEntry)| Tuple {
+        src: from_wire(key.saddr).into(),
+        dst: from_wire(key.daddr).into(),
         sport: u16::from_be(key.sport),
         dport: u16::from_be(key.dport),
         packets: entry.packets,
         bytes: entry.bytes,
+    };
+    let proto = t.original.0.proto;
+    flow(
+        proto,
+        t.state,
+        t.expires_in,
+        tuple(&t.original),
+        tuple(&t.reply),
+    )
+}
+
+fn api_flow6(t: &Tracked6) -> Flow {
+    let tuple = |(key, entry): &(Ct6Key, Ct6Entry)| Tuple {
+        src: IpAddr::from(key.saddr),
+        dst: IpAddr::from(key.daddr),
+        sport: u16::from_be(key.sport),
+        dport: u16::from_be(key.dport),
+        packets: entry.track.packets,
+        bytes: entry.track.bytes,
+    };
+    let proto = t.original.0.proto;
+    flow(
+        proto,
+        t.state,
+        t.expires_in,
+        tuple(&t.original),
+        tuple(&t.reply),
+    )
+}
+
+fn flow(proto: u8, state: FlowState, expires_in: Duration, original: Tuple, reply: Tuple) -> Flow {
+    Flow {
+        proto: proto_name(proto),
+        state: state.name().into(),
+        timeout: expires_in.as_secs(),
+        original,
+        reply: Some(reply),
+    }
+}
+pub fn proto_name(proto: u8) -> String {
+    match proto {
+        1 => "icmp".into(),
+        58 => "icmpv6".into(),
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        p => p.to_string(),
     }
 }
 
@@ -152,7 +192,8 @@ impl Daemon {
         )
         .map_err(Error::BadRequest)?;
         if let Some(name) = &q.endpoint {
-            filter.addr = Some(self.endpoint(name)?.ip);
+            let endpoint = self.endpoint(name)?;
+            filter.endpoint = Some((endpoint.ip, endpoint.ip6));
         }
         Ok((self.dp.conntrack_reader()?, filter))
     }

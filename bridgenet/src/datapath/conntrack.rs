@@ -1,7 +1,7 @@
 //! Conntrack in userspace: the state of a flow from its two entries, a timeout per state, and
 //! garbage collection of expired flows (both entries together) and of orphaned entries.
 use std::{
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::AsFd as _,
     time::Duration,
 };
@@ -103,6 +103,15 @@ pub struct Flow {
     pub expires_in: Duration,
 }
 
+/// One IPv6 flow (`CONNTRACK6`), as `Flow`.
+#[derive(Clone, Debug)]
+pub struct Flow6 {
+    pub original: (Ct6Key, Ct6Entry),
+    pub reply: (Ct6Key, Ct6Entry),
+    pub state: FlowState,
+    pub expires_in: Duration,
+}
+
 /// Every state `ct ls --state` takes.
 const STATES: [FlowState; 8] = [
     FlowState::SynSent,
@@ -118,12 +127,13 @@ const STATES: [FlowState; 8] = [
 /// Which flows a listing keeps: `ct ls`'s filters, checked and resolved.
 #[derive(Clone, Debug, Default)]
 pub struct FlowFilter {
-    /// An endpoint's address: in either entry's tuple or translation.
-    pub addr: Option<Ipv4Addr>,
+    /// An endpoint's addresses, IPv4 and IPv6 if it has one: in either entry's tuple or
+    /// translation.
+    pub endpoint: Option<(Ipv4Addr, Option<Ipv6Addr>)>,
     proto: Option<u8>,
     state: Option<FlowState>,
-    src: Option<Ipv4Addr>,
-    dst: Option<Ipv4Addr>,
+    src: Option<IpAddr>,
+    dst: Option<IpAddr>,
     port: Option<u16>,
 }
 
@@ -139,20 +149,23 @@ impl FlowFilter {
     ) -> Result<Self, String> {
         let addr = |what: &str, v: Option<&str>| {
             v.map(|s| {
-                s.parse::<Ipv4Addr>()
-                    .map_err(|_| format!("invalid {what} {s:?} (expected an IPv4 address)"))
+                s.parse::<IpAddr>()
+                    .map_err(|_| format!("invalid {what} {s:?} (expected an IP address)"))
             })
             .transpose()
         };
         Ok(Self {
-            addr: None,
+            endpoint: None,
             proto: proto
                 .map(|p| match p.to_ascii_lowercase().as_str() {
                     "tcp" => Ok(6),
                     "udp" => Ok(17),
                     "icmp" => Ok(1),
+                    "icmpv6" => Ok(58),
                     other => other.parse::<u8>().map_err(|_| {
-                        format!("invalid protocol {p:?} (expected tcp, udp, icmp or a number)")
+                        format!(
+                            "invalid protocol {p:?} (expected tcp, udp, icmp, icmpv6 or a number)"
+                        )
                     }),
                 })
                 .transpose()?,
@@ -184,12 +197,33 @@ impl FlowFilter {
         let ports = [ok.sport, ok.dport, rk.sport, rk.dport].map(u16::from_be);
         self.proto.is_none_or(|p| ok.proto == p)
             && self.state.is_none_or(|s| flow.state == s)
-            && self.src.is_none_or(|a| from_wire(ok.saddr) == a)
-            && self.dst.is_none_or(|a| from_wire(ok.daddr) == a)
+            && self
+                .src
+                .is_none_or(|a| IpAddr::V4(from_wire(ok.saddr)) == a)
+            && self
+                .dst
+                .is_none_or(|a| IpAddr::V4(from_wire(ok.daddr)) == a)
             && self.port.is_none_or(|p| ports.contains(&p))
-            && self.addr.is_none_or(|a| {
+            && self.endpoint.is_none_or(|(a, _)| {
                 let uses = uses_addr(a);
                 uses(ok, oe) || uses(rk, re)
+            })
+    }
+
+    pub fn matches6(&self, flow: &Flow6) -> bool {
+        let (ok, oe) = &flow.original;
+        let (rk, re) = &flow.reply;
+        let ports = [ok.sport, ok.dport, rk.sport, rk.dport].map(u16::from_be);
+        self.proto.is_none_or(|p| ok.proto == p)
+            && self.state.is_none_or(|s| flow.state == s)
+            && self.src.is_none_or(|a| IpAddr::from(ok.saddr) == a)
+            && self.dst.is_none_or(|a| IpAddr::from(ok.daddr) == a)
+            && self.port.is_none_or(|p| ports.contains(&p))
+            && self.endpoint.is_none_or(|(_, a)| {
+                a.is_some_and(|a| {
+                    let uses = uses_addr6(a);
+                    uses(ok, oe) || uses(rk, re)
+                })
             })
     }
 }
@@ -230,10 +264,11 @@ impl Flow {
     }
 }
 
-/// A handle of its own on the conntrack map, for walks that must not hold the daemon: a
+/// Handles of its own on the conntrack maps, for walks that must not hold the daemon: a
 /// listing of a full table takes seconds.
 pub struct CtReader {
     map: HashMap<MapData, CtKey, CtEntry>,
+    map6: HashMap<MapData, Ct6Key, Ct6Entry>,
 }
 
 /// The table counted: flows by protocol and state, and masqueraded flows (each holds a port)
@@ -261,6 +296,13 @@ impl CtReader {
             }
             true
         })?;
+        self.walk6(now_ns, |f| {
+            *census
+                .by_state
+                .entry((f.original.0.proto, f.state.name()))
+                .or_default() += 1;
+            true
+        })?;
         Ok(census)
     }
 
@@ -282,6 +324,31 @@ impl CtReader {
         })
         .context("reading the conntrack table")
     }
+
+    /// `walk` over the IPv6 flows.
+    pub fn walk6(&self, now_ns: u64, mut each: impl FnMut(Flow6) -> bool) -> Result<()> {
+        let fd = IterableMap::map(&self.map6).fd().as_fd();
+        batch::for_each(fd, |key: &Ct6Key, entry: &Ct6Entry| {
+            if entry.track.direction != direction::ORIGINAL {
+                return true;
+            }
+            let Ok(reply) = self.map6.get(&entry.peer, 0) else {
+                return true;
+            };
+            let (track, reply_track) = (&entry.track, &reply.track);
+            let state = state_of(key.proto, track, reply_track);
+            let idle = Duration::from_nanos(
+                now_ns.saturating_sub(track.last_seen_ns.max(reply_track.last_seen_ns)),
+            );
+            each(Flow6 {
+                original: (*key, *entry),
+                reply: (entry.peer, reply),
+                state,
+                expires_in: state.timeout(key.proto).saturating_sub(idle),
+            })
+        })
+        .context("reading the IPv6 conntrack table")
+    }
 }
 
 impl Datapath {
@@ -302,14 +369,19 @@ impl Datapath {
         Ok(flows)
     }
 
-    /// A reader of the conntrack map that does not borrow the datapath.
+    /// A reader of the conntrack maps that does not borrow the datapath.
     pub fn conntrack_reader(&self) -> Result<CtReader> {
-        let Some(Map::LruHashMap(data)) = self.ebpf.map(maps::CONNTRACK) else {
-            anyhow::bail!("map CONNTRACK missing or not an LRU hash");
+        let own = |name: &str| -> Result<Map> {
+            let Some(Map::LruHashMap(data)) = self.ebpf.map(name) else {
+                anyhow::bail!("map {name} missing or not an LRU hash");
+            };
+            let data =
+                MapData::from_id(data.info()?.id()).with_context(|| format!("opening {name}"))?;
+            Ok(Map::LruHashMap(data))
         };
-        let own = MapData::from_id(data.info()?.id()).context("opening the conntrack map")?;
         Ok(CtReader {
-            map: HashMap::try_from(Map::LruHashMap(own))?,
+            map: HashMap::try_from(own(maps::CONNTRACK)?)?,
+            map6: HashMap::try_from(own(maps::CONNTRACK6)?)?,
         })
     }
 
