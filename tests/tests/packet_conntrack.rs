@@ -612,3 +612,51 @@ fn gc_over_a_table_of_many_chunks_removes_exactly_the_idle_flows() {
         "an idle entry is left"
     );
 }
+
+/// The window scale a SYN announces, as its flow's entry records it (RST and FIN must fall in
+/// the scaled window), whatever options surround it: Linux's, Windows' and macOS's layouts,
+/// 37 NOPs before it (the longest walk), none, one after the end of the list, one whose
+/// length is wrong, and one larger than TCP allows (14 kept).
+#[test]
+fn the_window_scale_is_found_in_every_layout_of_options() {
+    let mut dp = nat_datapath();
+    let mss = [2, 4, 5, 180];
+    let ts = [8, 10, 0, 0, 0, 1, 0, 0, 0, 0];
+    let nops_then_ws: Vec<u8> = std::iter::repeat_n(1, 37).chain([3, 3, 9]).collect();
+    let cases: [(&str, Vec<u8>, u8); 9] = [
+        ("Linux", [&mss[..], &[4, 2], &ts, &[1, 3, 3, 7]].concat(), 7),
+        ("Windows", [&mss[..], &[1, 3, 3, 8, 1, 1, 4, 2]].concat(), 8),
+        (
+            "macOS",
+            [&mss[..], &[1, 3, 3, 6, 1, 1], &ts, &[4, 2, 0, 0]].concat(),
+            6,
+        ),
+        ("no options", Vec::new(), 0),
+        ("MSS only", mss.to_vec(), 0),
+        ("after the end of the list", vec![0, 3, 3, 7], 0),
+        ("after 37 NOPs", nops_then_ws, 9),
+        ("a wrong length", vec![3, 1, 7, 0], 0),
+        ("too large", vec![3, 3, 20, 0], 14),
+    ];
+    for (i, (what, options, wscale)) in cases.into_iter().enumerate() {
+        let sport = 30000 + i as u16;
+        let mut frame = Vec::new();
+        etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4(EP1, SERVER, 64)
+            .tcp(sport, 443, 1000, 64240)
+            .syn()
+            .options_raw(&options)
+            .unwrap()
+            .write(&mut frame, &[])
+            .unwrap();
+        assert_eq!(egress(&mut dp, &frame).action, TC_ACT_OK, "{what}");
+        let entry = dp
+            .conntrack()
+            .unwrap()
+            .into_iter()
+            .find(|(k, e)| k.sport == sport.to_be() && e.direction == direction::ORIGINAL)
+            .unwrap_or_else(|| panic!("{what}: no flow"))
+            .1;
+        assert_eq!(entry.wscale, wscale, "window scale with options {what}");
+    }
+}
