@@ -195,6 +195,30 @@ pub struct PublishTarget {
 
 const _: () = assert!(core::mem::size_of::<PublishTarget>() == 8);
 
+/// A port published on IPv6: protocol, host port and host address (`::` for the uplink's
+/// IPv6 address). Network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct Publish6Key {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+const _: () = assert!(core::mem::size_of::<Publish6Key>() == 20);
+
+/// Where a port published on IPv6 leads: the endpoint's IPv6 address and port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Publish6Target {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub _pad: u16,
+}
+
+const _: () = assert!(core::mem::size_of::<Publish6Target>() == 20);
+
 /// An uplink: the interface whose address masquerade uses.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
@@ -619,6 +643,7 @@ pub mod maps {
     pub const ENDPOINTS6: &str = "ENDPOINTS6";
     pub const CONNTRACK6: &str = "CONNTRACK6";
     pub const UPLINKS6: &str = "UPLINKS6";
+    pub const PUBLISH6: &str = "PUBLISH6";
     pub const HOST_ACCESS_CONFIG: &str = "HOST_ACCESS_CONFIG";
     pub const HOST_PEERS: &str = "HOST_PEERS";
     pub const FILTER: &str = "FILTER";
@@ -631,7 +656,8 @@ pub mod maps {
     pub const MONITOR_CONFIG: &str = "MONITOR_CONFIG";
     pub const MONITOR_LOST: &str = "MONITOR_LOST";
     /// Every map, for pinning.
-    pub const ALL: [&str; 22] = [
+    pub const ALL: [&str; 23] = [
+        PUBLISH6,
         SUBNETS6,
         ENDPOINTS6,
         CONNTRACK6,
@@ -769,6 +795,8 @@ mod user {
     unsafe impl aya::Pod for super::EmbryoSlot {}
     unsafe impl aya::Pod for super::PublishKey {}
     unsafe impl aya::Pod for super::PublishTarget {}
+    unsafe impl aya::Pod for super::Publish6Key {}
+    unsafe impl aya::Pod for super::Publish6Target {}
     unsafe impl aya::Pod for super::Uplink {}
     unsafe impl aya::Pod for super::Subnet {}
     unsafe impl aya::Pod for super::Subnet6 {}

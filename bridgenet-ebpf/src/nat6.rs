@@ -9,7 +9,10 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray},
     programs::TcContext,
 };
-use bridgenet_common::{Ct6Entry, Ct6Key, action, direction, network_flags, outcome};
+use bridgenet_common::{
+    Ct6Entry, Ct6Key, Publish6Key, Publish6Target, action, ct_flags, direction, network_flags,
+    outcome,
+};
 
 use crate::{
     conntrack::{self, InsertError},
@@ -20,6 +23,11 @@ use crate::{
 /// Uplinks by ifindex, with the IPv6 address masquerade uses on each.
 #[map]
 pub static UPLINKS6: HashMap<u32, [u8; 16]> = HashMap::with_max_entries(64, 0);
+
+/// Ports published on IPv6: by protocol, host port and host address (`::`: the uplink's
+/// IPv6 address), the endpoint's IPv6 address and port.
+#[map]
+pub static PUBLISH6: HashMap<Publish6Key, Publish6Target> = HashMap::with_max_entries(131_072, 0);
 
 /// Room for one IPv6 packet's fields and a new flow's entry, off the stack: IPv4's path
 /// leaves IPv6 little of the 512 bytes a call chain may use. TC programs do not nest on a CPU.
@@ -101,8 +109,9 @@ fn egress_translate(
 }
 
 /// `uplink_ingress` for IPv6: what must never come in from outside is dropped, replies of
-/// masqueraded flows (and ICMPv6 errors about them) go back to their endpoint; the rest is
-/// the host's.
+/// masqueraded flows (and ICMPv6 errors about them) go back to their endpoint, new flows to a
+/// port published on IPv6 are translated to the endpoint (`PUBLISH6`); the rest is the
+/// host's.
 // A BPF subprogram of its own: the IPv4 path's frame must not carry IPv6's addresses.
 #[inline(never)]
 pub fn ingress(ctx: &mut TcContext) -> u32 {
@@ -128,7 +137,117 @@ pub fn ingress(ctx: &mut TcContext) -> u32 {
     if packet.error {
         return translate_error(ctx, packet, &packet.inner);
     }
-    tracked(ctx, packet).unwrap_or(outcome::PASSED)
+    if let Some(result) = tracked(ctx, packet) {
+        return result;
+    }
+    let Some(target) = published(ctx, packet) else {
+        return outcome::PASSED;
+    };
+    let result = publish(ctx, unsafe { &mut *scratch }, &target);
+    if !outcome::is_drop(result) {
+        conntrack6::count_opening(ctx, unsafe { &(*scratch).packet });
+    }
+    result
+}
+
+/// The endpoint a packet arriving on an uplink is published to, if any: a port published on
+/// the packet's destination, or on `::` when the destination is the uplink's IPv6 address.
+#[inline(always)]
+// By reference: a 20-byte key by value is one more copy on the stack.
+#[allow(clippy::needless_borrows_for_generic_args)]
+fn published(ctx: &TcContext, packet: &Packet6) -> Option<Publish6Target> {
+    let key = &packet.key;
+    if key.proto != TCP && key.proto != UDP {
+        return None;
+    }
+    let mut lookup = Publish6Key {
+        addr: key.daddr,
+        port: key.dport,
+        proto: key.proto,
+        _pad: 0,
+    };
+    if let Some(target) = unsafe { PUBLISH6.get(&lookup) } {
+        return Some(*target);
+    }
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    if unsafe { UPLINKS6.get(ifindex) } != Some(&key.daddr) {
+        return None;
+    }
+    lookup.addr = [0; 16];
+    unsafe { PUBLISH6.get(&lookup) }.copied()
+}
+
+/// Opens a flow to a port published on IPv6: the client keeps its address, the destination
+/// becomes the endpoint, and replies from the endpoint get the host address and port back.
+// A BPF subprogram of its own: its locals would push the caller past the 512-byte stack.
+#[inline(never)]
+fn publish(ctx: &mut TcContext, scratch: &mut Scratch6, target: &Publish6Target) -> u32 {
+    let Scratch6 {
+        packet,
+        entry,
+        reply,
+    } = scratch;
+    if !conntrack::opens(packet.key.proto, packet.tcp_flags) {
+        return outcome::DROP_UNTRACKED;
+    }
+    if let Err(drop) = conntrack6::admit() {
+        return drop;
+    }
+    let key = &packet.key;
+    *reply = Ct6Key {
+        saddr: target.addr,
+        daddr: key.saddr,
+        sport: target.port,
+        dport: key.sport,
+        proto: key.proto,
+        _pad: [0; 3],
+    };
+    // The reply's entry first, then the original's.
+    conntrack6::fill(
+        entry,
+        key,
+        action::SNAT,
+        direction::REPLY,
+        &key.daddr,
+        key.dport,
+    );
+    entry.track.flags = ct_flags::INBOUND;
+    if let Err(err) = conntrack6::insert_new(reply, entry) {
+        conntrack6::release();
+        return lost_race(ctx, packet, err);
+    }
+    conntrack6::fill(
+        entry,
+        reply,
+        action::DNAT,
+        direction::ORIGINAL,
+        &target.addr,
+        target.port,
+    );
+    entry.track.flags = ct_flags::INBOUND;
+    if let Err(err) = conntrack6::insert_new(key, entry) {
+        conntrack6::remove(reply);
+        conntrack6::release();
+        return lost_race(ctx, packet, err);
+    }
+    apply(ctx, packet, action::DNAT, &target.addr, target.port)
+}
+
+/// A new flow's entry could not be inserted: the table is full, or the same flow opened on
+/// another CPU (then translate as the winner does), or the tuple is another flow's.
+#[inline(always)]
+#[allow(clippy::needless_borrows_for_generic_args)]
+fn lost_race(ctx: &mut TcContext, packet: &Packet6, err: InsertError) -> u32 {
+    if let InsertError::Full = err {
+        return outcome::DROP_CT_FULL;
+    }
+    match conntrack6::CONNTRACK6.get_ptr(&packet.key) {
+        Some(won) => {
+            let (act, port) = unsafe { ((*won).track.action, (*won).track.nat_port) };
+            apply(ctx, packet, act, unsafe { &(*won).nat_addr }, port)
+        }
+        None => outcome::DROP_PORTS_EXHAUSTED,
+    }
 }
 
 /// The packet's tracked flow applied to it (or the drop its entry decided).
@@ -190,17 +309,7 @@ fn masquerade(ctx: &mut TcContext, scratch: &mut Scratch6, nat_addr: &[u8; 16]) 
     if let Err(err) = conntrack6::insert_new(key, entry) {
         conntrack6::remove(reply);
         conntrack6::release();
-        if let InsertError::Full = err {
-            return outcome::DROP_CT_FULL;
-        }
-        // The same flow opened on another CPU: translate as the winner does.
-        return match conntrack6::CONNTRACK6.get_ptr(key) {
-            Some(won) => {
-                let (act, port) = unsafe { ((*won).track.action, (*won).track.nat_port) };
-                apply(ctx, packet, act, unsafe { &(*won).nat_addr }, port)
-            }
-            None => outcome::DROP_PORTS_EXHAUSTED,
-        };
+        return lost_race(ctx, packet, err);
     }
     apply(ctx, packet, action::SNAT, nat_addr, nat_port)
 }

@@ -5,7 +5,8 @@
 //! network that is not internal, TCP, UDP and ping leave masqueraded with the uplink's IPv6
 //! address (NAT66) and `ct ls` lists their flows, a connection out lives through a daemon
 //! killed and started again, and path MTU discovery works through a 1280-MTU link behind the
-//! uplink; an endpoint's removal and `ct flush` revoke its IPv6 flows.
+//! uplink; an endpoint's removal and `ct flush` revoke its IPv6 flows; ports published on
+//! IPv6 reach a dual-stack endpoint with the client's address.
 use std::{
     io::{Read as _, Write as _},
     net::IpAddr,
@@ -21,7 +22,7 @@ use bridgenet_tests::{
     monitor::{EVENT_TIMEOUT, Monitor},
     raw, sockets,
     topology::{enter, mac_of},
-    traffic::{echo_once, open_roundtrip, roundtrip, roundtrip_data},
+    traffic::{self, echo_once, open_roundtrip, roundtrip, roundtrip_data},
 };
 use serde_json::Value;
 
@@ -458,4 +459,111 @@ fn a_removed_endpoints_ipv6_flows_do_not_reach_the_next_endpoint_on_its_address(
         heir.recv_from(&mut buf).is_err(),
         "a flushed IPv6 flow still translates"
     );
+}
+
+/// Ports published on IPv6, as Docker 27 publishes them: `-p 8080:7002` on a dual-stack
+/// endpoint answers on the uplink's IPv4 and IPv6 addresses, `[::]:5353:53/udp` on IPv6 only;
+/// the endpoint sees the world's own address, its answers leave with the host's address and
+/// port, and `port ls` shows a line per family. An IPv6 host address for an endpoint without
+/// IPv6 is refused in one line and creates nothing; unpublishing closes both families.
+#[test]
+fn ports_published_on_ipv6_reach_a_dual_stack_endpoint_with_the_clients_address() {
+    let (mut lab, e1, world) = lab_out();
+    // Once e1 gets out, the daemon knows the uplink's IPv6 address.
+    assert!(
+        pings_within_5_s(&lab, &e1, WORLD6),
+        "e1 pings the world over IPv6"
+    );
+    let web = lab.netns_name("web");
+    lab.ok(&[
+        "endpoint",
+        "create",
+        "web",
+        "--network",
+        "out6",
+        "--netns",
+        &web,
+        "-p",
+        "8080:7002",
+        "-p",
+        "[::]:5353:53/udp",
+    ]);
+    assert_eq!(
+        lab.ok(&["port", "ls", "web"]),
+        "7002/tcp -> 0.0.0.0:8080\n7002/tcp -> [::]:8080\n53/udp -> [::]:5353\n"
+    );
+
+    // TCP over IPv6 to the uplink's address: the endpoint sees the world's address.
+    let server = echo_once(&web, "[::]:7002");
+    roundtrip(&world, &format!("[{UPLINK6}]:8080"));
+    let client = server.join().unwrap();
+    assert_eq!(
+        client.ip(),
+        WORLD6.parse::<IpAddr>().unwrap(),
+        "the client keeps its IPv6 address"
+    );
+    // And over IPv4, the same mapping.
+    let server = echo_once(&web, "0.0.0.0:7002");
+    roundtrip(&world, "198.18.0.2:8080");
+    assert_eq!(server.join().unwrap().ip().to_string(), "198.18.0.1");
+
+    // UDP on IPv6 only: the answer comes from the host's address and port.
+    let endpoint = enter(&web, || sockets::udp_socket("[::]:53"));
+    let client = enter(&world, || sockets::udp_socket("[::]:0"));
+    for socket in [&endpoint, &client] {
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+    }
+    client
+        .send_to(b"query", format!("[{UPLINK6}]:5353"))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let (n, from) = endpoint.recv_from(&mut buf).expect("the query arrives");
+    assert_eq!(
+        (&buf[..n], from.ip()),
+        (&b"query"[..], WORLD6.parse().unwrap())
+    );
+    endpoint.send_to(b"answer", from).unwrap();
+    let (n, from) = client.recv_from(&mut buf).expect("the answer comes back");
+    assert_eq!(
+        (&buf[..n], from.to_string()),
+        (&b"answer"[..], format!("[{UPLINK6}]:5353"))
+    );
+    let ct = lab.ok(&["ct", "ls", "--endpoint", "web", "--proto", "udp"]);
+    assert!(
+        ct.contains(&format!("src={WORLD6} dst={UPLINK6}")) && ct.contains("dport=5353"),
+        "ct ls: {ct}"
+    );
+
+    // IPv4 only: nothing to publish on IPv6, refused in one line, nothing created.
+    lab.ok(&["network", "create", "four", "--subnet", "198.18.8.0/24"]);
+    let v4 = lab.netns_name("v4");
+    let refused_line = lab.fails(&[
+        "endpoint",
+        "create",
+        "v4",
+        "--network",
+        "four",
+        "--netns",
+        &v4,
+        "-p",
+        "[::]:9090:80",
+    ]);
+    assert!(
+        refused_line.contains("has no IPv6 address") && refused_line.contains("[::]"),
+        "{refused_line}"
+    );
+    assert!(!lab.ok(&["endpoint", "ls"]).contains("v4"));
+    assert!(
+        lab.fails(&["port", "publish", "e1", "[2001:db8:ff::2]:8080:80"])
+            .contains("already published"),
+        "[::]:8080 is taken by web"
+    );
+
+    // Unpublished: neither family answers any more.
+    lab.ok(&["port", "unpublish", "web", "8080:7002"]);
+    let _listener = enter(&web, || std::net::TcpListener::bind("[::]:7002").unwrap());
+    assert!(traffic::refused(&world, &format!("[{UPLINK6}]:8080")));
+    assert!(traffic::refused(&world, "198.18.0.2:8080"));
 }

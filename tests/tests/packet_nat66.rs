@@ -516,3 +516,111 @@ fn ipv6_flows_are_revoked_by_their_masquerade_address_and_by_their_endpoint() {
     let out = packet::run_tc(&mut dp, INGRESS.0, &reply, 1).unwrap();
     assert_eq!((out.action, out.frame), (TC_ACT_OK, reply));
 }
+
+const CLIENT: &str = "2001:db8:ff:2::7";
+/// A second address of the host's, not the uplink's NAT66 address.
+const OTHER_HOST: &str = "2001:db8:ff::3";
+
+/// Ports published on IPv6: a new flow to the uplink's IPv6 address (a port published on `::`)
+/// or to the address a port is published on reaches the endpoint with the client's address
+/// kept, the endpoint's replies leave with the host's address and port, and a Packet Too Big
+/// about a reply reaches the endpoint translated. What is not published, not for that
+/// address, or not a flow's first packet is not translated; unpublishing revokes the flows.
+#[test]
+fn ports_published_on_ipv6_reach_the_endpoint_and_its_replies_leave_with_the_host_address() {
+    use bridgenet::datapath::Proto;
+    let mut dp = datapath(true, 1000);
+    let (any, ep) = (Ipv6Addr::UNSPECIFIED, EP.parse().unwrap());
+    dp.publish6(Proto::Tcp, any, 8080, ep, 80).unwrap();
+    dp.publish6(Proto::Udp, OTHER_HOST.parse().unwrap(), 5353, ep, 53)
+        .unwrap();
+
+    let syn = tcp(CLIENT, 50000, UPLINK, 8080, "S", 7000, 0);
+    let inbound = translated(&mut dp, INGRESS, &syn, outcome::DNAT);
+    assert_eq!(
+        inspect(&inbound),
+        seen(CLIENT, 50000, EP, 80),
+        "the SYN reaches the endpoint from the client's own address"
+    );
+    let syn_ack = tcp(EP, 80, CLIENT, 50000, "SA", 9000, 7001);
+    let out = translated(&mut dp, EGRESS, &syn_ack, outcome::SNAT);
+    assert_eq!(
+        inspect(&out),
+        seen(UPLINK, 8080, CLIENT, 50000),
+        "the reply leaves with the host's address and port"
+    );
+    let ack = tcp(CLIENT, 50000, UPLINK, 8080, "A", 7001, 9001);
+    let inbound = translated(&mut dp, INGRESS, &ack, outcome::DNAT);
+    assert_eq!(inspect(&inbound), seen(CLIENT, 50000, EP, 80));
+    assert_eq!(entries6(&mut dp), 2, "one flow, two entries");
+
+    // A router on the way back to the client quotes the reply as it left the host.
+    let reply = tcp(UPLINK, 8080, CLIENT, 50000, "PA", 9001, 7001);
+    let f = packet_too_big(ROUTER, UPLINK, &reply[14..]);
+    let out = translated(&mut dp, INGRESS, &f, outcome::DNAT);
+    let outer = inspect(&out);
+    assert_eq!(
+        (outer.src, outer.dst),
+        (ROUTER.parse().unwrap(), ep),
+        "the Packet Too Big goes to the endpoint"
+    );
+    let quoted = &out[14 + 40 + 8..];
+    assert_eq!(
+        inspect(&[&out[..14], quoted].concat()),
+        seen(EP, 80, CLIENT, 50000),
+        "its quote shows what the endpoint sent"
+    );
+
+    // UDP on the one address it is published on, not on the uplink's.
+    let query = udp(CLIENT, 40000, OTHER_HOST, 5353);
+    let inbound = translated(&mut dp, INGRESS, &query, outcome::DNAT);
+    assert_eq!(inspect(&inbound), seen(CLIENT, 40000, EP, 53));
+    let answer = translated(&mut dp, EGRESS, &udp(EP, 53, CLIENT, 40000), outcome::SNAT);
+    assert_eq!(inspect(&answer), seen(OTHER_HOST, 5353, CLIENT, 40000));
+    for (frame, what) in [
+        (
+            udp(CLIENT, 40001, UPLINK, 5353),
+            "a port published on another address",
+        ),
+        (udp(CLIENT, 40001, UPLINK, 8080), "another protocol"),
+        (
+            tcp(CLIENT, 50001, UPLINK, 8081, "S", 1, 0),
+            "a port not published",
+        ),
+        (
+            tcp(CLIENT, 50001, ROUTER, 8080, "S", 1, 0),
+            "a destination that is not the host's",
+        ),
+    ] {
+        let out = packet::run_tc(&mut dp, INGRESS.0, &frame, 1).unwrap();
+        assert_eq!(
+            (out.action, out.frame),
+            (TC_ACT_OK, frame),
+            "{what}: the host's"
+        );
+    }
+    dropped(
+        &mut dp,
+        INGRESS,
+        &tcp(CLIENT, 50002, UPLINK, 8080, "A", 1, 1),
+        outcome::DROP_UNTRACKED,
+        "a segment of no tracked connection to a published port",
+    );
+
+    // Unpublished: the flows through the port go at once, the other port's stay.
+    dp.unpublish6(Proto::Tcp, any, 8080).unwrap();
+    let revoked = dp
+        .revoke6(conntrack::uses_mapping6(6, any, 8080, ep, 80))
+        .unwrap();
+    assert_eq!((revoked.flows, revoked.entries), (1, 2));
+    assert_eq!(entries6(&mut dp), 2, "the UDP flow stays");
+    for frame in [syn, ack] {
+        let out = packet::run_tc(&mut dp, INGRESS.0, &frame, 1).unwrap();
+        assert_eq!(
+            (out.action, out.frame),
+            (TC_ACT_OK, frame),
+            "an unpublished port's packets are the host's"
+        );
+    }
+    assert_eq!(dp.published6().unwrap().len(), 1);
+}

@@ -427,8 +427,7 @@ fn by_family(flag: &str, values: &[String]) -> Result<(Option<String>, Option<St
 
 /// `docker ps`'s PORTS column: `0.0.0.0:8080->80/tcp`.
 fn docker_ps_port(m: &PortMapping) -> String {
-    let ip = m.host_ip.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
-    format!("{ip}:{}->{}/{}", m.host_port, m.port, m.proto)
+    format!("{}->{}/{}", m.host(), m.port, m.proto)
 }
 
 pub fn port(socket: &Path, cmd: PortCmd) -> Result<()> {

@@ -122,6 +122,7 @@ impl Daemon {
                 ports: (*port, *port),
             }));
         }
+        super::ports::ipv6_needed(&req.name, ip6.is_some(), &specs)?;
         let ports = self.draw_mappings(&specs)?;
         let (netns, netns_created) = if req.for_runtime {
             (String::new(), false)

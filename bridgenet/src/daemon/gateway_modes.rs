@@ -78,13 +78,21 @@ impl Daemon {
         m: &PortMapping,
     ) -> anyhow::Result<()> {
         let at = self.state.opened(endpoint, m);
-        self.dp.publish(
-            wire_proto(at.proto),
-            at.host_ip,
-            at.host_port,
-            endpoint.ip,
-            at.port,
-        )
+        if let Some(host) = at.host_v4() {
+            self.dp.publish(
+                wire_proto(at.proto),
+                host,
+                at.host_port,
+                endpoint.ip,
+                at.port,
+            )?;
+        }
+        // IPv6 networks are in gateway mode nat: the mapping is its own opening.
+        if let (Some(ip6), Some(host)) = (endpoint.ip6, m.host_v6()) {
+            self.dp
+                .publish6(wire_proto(m.proto), host, m.host_port, ip6, m.port)?;
+        }
+        Ok(())
     }
 
     /// Closes `closed`, mappings of `endpoint`, in the datapath, except where one of `kept`
@@ -103,9 +111,14 @@ impl Daemon {
             .collect();
         for m in closed {
             let at = self.state.opened(endpoint, m);
-            if !still.contains(&at) {
+            if let Some(host) = at.host_v4()
+                && !still.contains(&at)
+            {
                 self.dp
-                    .unpublish(wire_proto(at.proto), at.host_ip, at.host_port)?;
+                    .unpublish(wire_proto(at.proto), host, at.host_port)?;
+            }
+            if let (Some(_), Some(host)) = (endpoint.ip6, m.host_v6()) {
+                self.dp.unpublish6(wire_proto(m.proto), host, m.host_port)?;
             }
         }
         Ok(())

@@ -379,10 +379,12 @@ impl Names {
                 // Mode container shares its endpoint's address: the veth's owner names it.
                 self.by_addr.insert(e.ip, named.clone());
             }
-            for p in &e.ports {
+            // Monitor events are IPv4's.
+            for p in e.ports.iter().filter(|p| p.host_v4().is_some()) {
                 let proto = wire_proto(p.proto) as u8;
+                let host = p.host_v4().flatten();
                 self.published
-                    .push(((proto, p.host_ip, p.host_port), named.clone()));
+                    .push(((proto, host, p.host_port), named.clone()));
             }
         }
         for n in state.networks.values() {

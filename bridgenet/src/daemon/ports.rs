@@ -1,5 +1,8 @@
 //! Published ports: publish and unpublish on an endpoint, list them, draw host ports.
-use std::{collections::HashSet, net::Ipv4Addr};
+use std::{
+    collections::HashSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use super::{Daemon, Error, bad};
 
@@ -30,6 +33,7 @@ impl Daemon {
     pub fn publish(&mut self, name: &str, specs: &[String]) -> Result<Vec<PortMapping>, Error> {
         let endpoint = self.publishable(name)?;
         let specs = parse_specs(specs)?;
+        ipv6_needed(name, endpoint.ip6.is_some(), &specs)?;
         let added = self.draw_mappings(&specs)?;
         let mut done = Vec::new();
         for m in &added {
@@ -79,12 +83,7 @@ impl Daemon {
             .copied()
             .collect();
         self.close_mappings(&endpoint, &removed, &kept)?;
-        // Their flows as the datapath tracked them (a routed network's at the endpoint).
-        let opened: Vec<PortMapping> = removed
-            .iter()
-            .map(|m| self.state.opened(&endpoint, m))
-            .collect();
-        self.revoke_mappings(endpoint.ip, &opened)?;
+        self.revoke_mappings(&endpoint, &removed)?;
         let entry = self.state.endpoints.get_mut(name).expect("checked above");
         entry.ports.retain(|m| !seen.contains(m));
         self.save()?;
@@ -96,16 +95,30 @@ impl Daemon {
         if let Some(name) = endpoint {
             self.endpoint(name)?;
         }
-        Ok(self
+        let mut out = Vec::new();
+        for (e, m) in self
             .state
             .mappings()
             .filter(|(e, _)| endpoint.is_none_or(|n| n == e.name))
-            .map(|(e, m)| PortEntry {
+        {
+            let entry = |mapping| PortEntry {
                 endpoint: e.name.clone(),
                 container: None,
-                mapping: *m,
-            })
-            .collect())
+                mapping,
+            };
+            // As `docker port`: a port published on both families is a line for each.
+            if e.ip6.is_some() && m.host_ip.is_none() {
+                for any in [Ipv4Addr::UNSPECIFIED.into(), Ipv6Addr::UNSPECIFIED.into()] {
+                    out.push(entry(PortMapping {
+                        host_ip: Some(any),
+                        ..*m
+                    }));
+                }
+            } else {
+                out.push(entry(*m));
+            }
+        }
+        Ok(out)
     }
 
     /// The mappings of `specs`, with random host ports drawn from the host's ephemeral range;
@@ -129,10 +142,10 @@ impl Daemon {
                         Clash::Published => "already published",
                         Clash::Repeated => "given twice",
                     };
-                    let ip = m.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
                     return Err(Error::Conflict(format!(
-                        "port {ip}:{}/{} is {who}",
-                        m.host_port, m.proto
+                        "port {}/{} is {who}",
+                        m.host(),
+                        m.proto
                     )));
                 }
                 table.insert(m);
@@ -147,6 +160,19 @@ pub(super) fn parse_specs(specs: &[String]) -> Result<Vec<PortSpec>, Error> {
     specs.iter().map(|s| s.parse().map_err(bad)).collect()
 }
 
+/// Refuses a SPEC on an IPv6 host address for an endpoint without an IPv6 address: bridgenet
+/// does not translate between the families (no NAT64), as Docker does not without its
+/// userland proxy.
+pub(super) fn ipv6_needed(name: &str, has_ip6: bool, specs: &[PortSpec]) -> Result<(), Error> {
+    match specs.iter().find_map(|s| s.host_ip.filter(IpAddr::is_ipv6)) {
+        Some(ip) if !has_ip6 => Err(bad(format!(
+            "endpoint {name} has no IPv6 address: cannot publish on [{ip}] (bridgenet does \
+             not translate IPv6 to IPv4)"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Whether an unpublish SPEC names mapping `m`: same protocol and endpoint port, and the same
 /// host port and address where the SPEC gives them.
 fn matches(spec: &PortSpec, m: &PortMapping) -> bool {
@@ -156,7 +182,10 @@ fn matches(spec: &PortSpec, m: &PortMapping) -> bool {
     let i = m.port - spec.ports.0;
     spec.proto == m.proto
         && spec.host_ports.is_none_or(|(h, _)| h + i == m.host_port)
-        && (spec.host_ip.is_none() || spec.host_ip == m.host_ip)
+        && (spec.host_ip.is_none()
+            || spec.host_ip == m.host_ip
+            // `0.0.0.0:` and `[::]:` name a mapping on both families too (it goes from both).
+            || spec.host_ip.is_some_and(|ip| ip.is_unspecified()) && m.host_ip.is_none())
 }
 
 fn spec_string(spec: &PortSpec) -> String {

@@ -1,13 +1,16 @@
 //! On start, makes the kernel match the store: re-creates missing bridges, veth pairs and map
 //! entries, and removes links and map entries bridgenet made that the store no longer has.
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv6Addr,
+};
 
 use anyhow::{Context as _, Result};
-use bridgenet_common::PublishTarget;
+use bridgenet_common::{Publish6Target, PublishTarget};
 
 use super::{Daemon, gateway_modes, ports::wire_proto};
 use crate::{
-    datapath::{Datapath, conntrack, publish_key, wire},
+    datapath::{Datapath, conntrack, publish_key, publish6_key, wire},
     netlink::{self, ALIAS},
     state::{Endpoint, Mode, Network, Problem},
 };
@@ -96,10 +99,13 @@ impl Daemon {
             .filter(|(e, _)| !skipped.contains(&e.name))
         {
             let m = self.state.opened(endpoint, m);
-            let key = publish_key(wire_proto(m.proto), m.host_ip, m.host_port);
+            let Some(host_ip) = m.host_v4() else {
+                continue;
+            };
+            let key = publish_key(wire_proto(m.proto), host_ip, m.host_port);
             wanted.insert(
                 (key.addr, key.port, key.proto),
-                (m.proto, m.host_ip, m.host_port, endpoint.ip, m.port),
+                (m.proto, host_ip, m.host_port, endpoint.ip, m.port),
             );
         }
         for (key, target) in self.dp.published()? {
@@ -138,6 +144,7 @@ impl Daemon {
             self.dp
                 .publish(wire_proto(proto), host_ip, host_port, ip, port)?;
         }
+        self.reconcile_published6(&skipped)?;
 
         // The user filter: exactly the store's rules (after the subnets, whose ids it uses).
         if let Err(err) = self.apply_filter() {
@@ -297,5 +304,55 @@ impl Daemon {
         }
         self.endpoint_datapath(endpoint, &network).await?;
         Ok(true)
+    }
+
+    /// Ports published on IPv6: exactly the store's, for endpoints with an IPv6 address; a
+    /// stale one goes with its flows (a crash between an unpublish and its revocation).
+    fn reconcile_published6(&mut self, skipped: &BTreeSet<String>) -> Result<()> {
+        let mut wanted = BTreeMap::new();
+        for (endpoint, m) in self
+            .state
+            .mappings()
+            .filter(|(e, _)| !skipped.contains(&e.name))
+        {
+            if let (Some(ip6), Some(host)) = (endpoint.ip6, m.host_v6()) {
+                let key = publish6_key(wire_proto(m.proto), host, m.host_port);
+                let target = Publish6Target {
+                    addr: ip6.octets(),
+                    port: m.port.to_be(),
+                    _pad: 0,
+                };
+                wanted.insert(bytemuck::bytes_of(&key).to_vec(), (key, target, *m, ip6));
+            }
+        }
+        for (key, target) in self.dp.published6()? {
+            let keep = wanted
+                .get(bytemuck::bytes_of(&key))
+                .is_some_and(|w| w.1 == target);
+            if keep {
+                continue;
+            }
+            let (host, port) = (Ipv6Addr::from(key.addr), u16::from_be(key.port));
+            let proto = if key.proto == 17 {
+                crate::datapath::Proto::Udp
+            } else {
+                crate::datapath::Proto::Tcp
+            };
+            tracing::info!("reconcile: removing stale published port [{host}]:{port}");
+            self.dp.unpublish6(proto, host, port)?;
+            self.dp.revoke6(conntrack::uses_mapping6(
+                key.proto,
+                host,
+                port,
+                Ipv6Addr::from(target.addr),
+                u16::from_be(target.port),
+            ))?;
+        }
+        for (_, _, m, ip6) in wanted.into_values() {
+            let host = m.host_v6().expect("kept above");
+            self.dp
+                .publish6(wire_proto(m.proto), host, m.host_port, ip6, m.port)?;
+        }
+        Ok(())
     }
 }

@@ -6,29 +6,63 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::{Daemon, ports::wire_proto};
-use crate::{datapath::conntrack, state::PortMapping};
+use crate::{
+    datapath::conntrack,
+    state::{Endpoint, PortMapping},
+};
 
 impl Daemon {
-    /// Revokes the flows of `mappings`, published to `target` (after their removal).
+    /// Revokes the flows of `removed`, mappings of `endpoint` (after their removal), in both
+    /// families: IPv4's as the datapath opened them (a routed network's at the endpoint).
     pub(super) fn revoke_mappings(
         &mut self,
-        target: Ipv4Addr,
-        mappings: &[PortMapping],
+        endpoint: &Endpoint,
+        removed: &[PortMapping],
     ) -> anyhow::Result<()> {
-        let tests: Vec<_> = mappings
+        let (target, target6) = (endpoint.ip, endpoint.ip6);
+        let proto = |m: &PortMapping| wire_proto(m.proto) as u8;
+        let tests: Vec<_> = removed
             .iter()
-            .map(|m| {
-                let proto = wire_proto(m.proto) as u8;
-                conntrack::uses_mapping(proto, m.host_ip, m.host_port, target, m.port)
+            .map(|m| self.state.opened(endpoint, m))
+            .filter_map(|m| {
+                let host = m.host_v4()?;
+                let (port, host_port) = (m.port, m.host_port);
+                Some(conntrack::uses_mapping(
+                    proto(&m),
+                    host,
+                    host_port,
+                    target,
+                    port,
+                ))
             })
             .collect();
-        let report = self.dp.revoke(|k, e| tests.iter().any(|t| t(k, e)))?;
-        if report.entries > 0 {
-            let ports: Vec<String> = mappings.iter().map(ToString::to_string).collect();
+        let tests6: Vec<_> = removed
+            .iter()
+            .filter_map(|m| {
+                let (host, target6) = (m.host_v6()?, target6?);
+                Some(conntrack::uses_mapping6(
+                    proto(m),
+                    host,
+                    m.host_port,
+                    target6,
+                    m.port,
+                ))
+            })
+            .collect();
+        let mut report = self.dp.revoke(|k, e| tests.iter().any(|t| t(k, e)))?;
+        if !tests6.is_empty() {
+            report.flows += self
+                .dp
+                .revoke6(|k, e| tests6.iter().any(|t| t(k, e)))?
+                .flows;
+        }
+        if report.flows > 0 {
+            let ports: Vec<String> = removed.iter().map(ToString::to_string).collect();
             tracing::info!(
-                "revoked {} flows of the unpublished ports {} (to {target})",
+                "revoked {} flows of the unpublished ports {} (to {})",
                 report.flows,
-                ports.join(", ")
+                ports.join(", "),
+                endpoint.name
             );
         }
         Ok(())

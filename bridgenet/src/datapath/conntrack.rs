@@ -747,6 +747,40 @@ pub fn uses_addr6(addr: Ipv6Addr) -> impl Fn(&Ct6Key, &Ct6Entry) -> bool {
     move |key, entry| key.saddr == addr || key.daddr == addr || entry.nat_addr == addr
 }
 
+/// `revoke6`'s test for the IPv6 flows opened through a port published on IPv6: `proto`
+/// `host_port` on `host_addr` (`::`: any) to `[target]:target_port`.
+pub fn uses_mapping6(
+    proto: u8,
+    host_addr: Ipv6Addr,
+    host_port: u16,
+    target: Ipv6Addr,
+    target_port: u16,
+) -> impl Fn(&Ct6Key, &Ct6Entry) -> bool {
+    let any = host_addr.is_unspecified();
+    let (host_addr, host_port) = (host_addr.octets(), host_port.to_be());
+    let (target, target_port) = (target.octets(), target_port.to_be());
+    move |key, entry| {
+        let on_addr = |addr: &[u8; 16]| any || *addr == host_addr;
+        let track = &entry.track;
+        key.proto == proto
+            && match (track.action, track.direction) {
+                (action::DNAT, direction::ORIGINAL) => {
+                    key.dport == host_port
+                        && on_addr(&key.daddr)
+                        && entry.nat_addr == target
+                        && track.nat_port == target_port
+                }
+                (action::SNAT, direction::REPLY) => {
+                    key.saddr == target
+                        && key.sport == target_port
+                        && track.nat_port == host_port
+                        && on_addr(&entry.nat_addr)
+                }
+                _ => false,
+            }
+    }
+}
+
 /// `revoke6`'s test for the IPv6 flows masqueraded with `addr` (an uplink's old address).
 pub fn masqueraded_with6(addr: Ipv6Addr) -> impl Fn(&Ct6Key, &Ct6Entry) -> bool {
     let addr = addr.octets();

@@ -1,6 +1,7 @@
 //! IPv6 in the datapath: a network's IPv6 subnet (`SUBNETS6`) and each endpoint's IPv6
 //! address (`ENDPOINTS6`), which `endpoint_ingress` checks what an endpoint sends against,
-//! and each uplink's IPv6 address (`UPLINKS6`), which NAT66 masquerades with.
+//! each uplink's IPv6 address (`UPLINKS6`), which NAT66 masquerades with, and the ports
+//! published on IPv6 (`PUBLISH6`).
 use std::net::Ipv6Addr;
 
 use anyhow::Result;
@@ -8,10 +9,20 @@ use aya::maps::{
     HashMap,
     lpm_trie::{Key, LpmTrie},
 };
-use bridgenet_common::{Subnet6, maps};
+use bridgenet_common::{Publish6Key, Publish6Target, Subnet6, maps};
 use ipnet::Ipv6Net;
 
-use super::{Datapath, NetworkOptions, control::absent_ok};
+use super::{Datapath, NetworkOptions, Proto, control::absent_ok};
+
+/// The key of a port published on IPv6 as the programs look it up (`::`: the uplink's address).
+pub fn publish6_key(proto: Proto, host_addr: Ipv6Addr, host_port: u16) -> Publish6Key {
+    Publish6Key {
+        addr: host_addr.octets(),
+        port: host_port.to_be(),
+        proto: proto as u8,
+        _pad: 0,
+    }
+}
 
 fn key(subnet: Ipv6Net) -> Key<[u8; 16]> {
     Key::new(u32::from(subnet.prefix_len()), subnet.network().octets())
@@ -88,5 +99,43 @@ impl Datapath {
             Some(addr) => Ok(uplinks.insert(ifindex, addr.octets(), 0)?),
             None => absent_ok(uplinks.remove(&ifindex)),
         }
+    }
+
+    /// Publishes `proto` port `host_port` on `host_addr` (`::`: the uplink's IPv6 address) to
+    /// `[target]:target_port`.
+    pub fn publish6(
+        &mut self,
+        proto: Proto,
+        host_addr: Ipv6Addr,
+        host_port: u16,
+        target: Ipv6Addr,
+        target_port: u16,
+    ) -> Result<()> {
+        let mut publish: HashMap<_, Publish6Key, Publish6Target> =
+            HashMap::try_from(self.map_mut(maps::PUBLISH6)?)?;
+        let value = Publish6Target {
+            addr: target.octets(),
+            port: target_port.to_be(),
+            _pad: 0,
+        };
+        publish.insert(publish6_key(proto, host_addr, host_port), value, 0)?;
+        Ok(())
+    }
+
+    /// Unpublishes a port published on IPv6, if it was.
+    pub fn unpublish6(&mut self, proto: Proto, host_addr: Ipv6Addr, host_port: u16) -> Result<()> {
+        let mut publish: HashMap<_, Publish6Key, Publish6Target> =
+            HashMap::try_from(self.map_mut(maps::PUBLISH6)?)?;
+        absent_ok(publish.remove(&publish6_key(proto, host_addr, host_port)))
+    }
+
+    /// Every port published on IPv6: (key, target), as the programs store them.
+    pub fn published6(&self) -> Result<Vec<(Publish6Key, Publish6Target)>> {
+        let map = self
+            .ebpf
+            .map(maps::PUBLISH6)
+            .ok_or_else(|| anyhow::anyhow!("map PUBLISH6 missing"))?;
+        let map: HashMap<_, Publish6Key, Publish6Target> = HashMap::try_from(map)?;
+        Ok(map.iter().collect::<Result<_, _>>()?)
     }
 }

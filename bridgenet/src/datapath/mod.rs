@@ -27,6 +27,7 @@ mod control;
 mod inspect;
 mod ipv6;
 pub use inspect::MapFill;
+pub use ipv6::publish6_key;
 pub mod host_access;
 pub mod layout;
 pub use attach::{Hook, uses_tcx};

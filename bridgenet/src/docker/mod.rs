@@ -379,7 +379,7 @@ async fn program_external_(driver: &Driver, body: &Bytes) -> Result<Value, Strin
         let probe = PortMapping {
             proto,
             port: 0,
-            host_ip: ip,
+            host_ip: ip.map(std::net::IpAddr::V4),
             host_port: port,
         };
         !taken.iter().any(|t| t.clashes_with(&probe))
@@ -402,14 +402,7 @@ async fn revoke_external_(driver: &Driver, body: &Bytes) -> Result<Value, String
     let Ok(endpoint) = d.endpoint(&name) else {
         return Ok(json!({}));
     };
-    let specs: Vec<String> = endpoint
-        .ports
-        .iter()
-        .map(|m| {
-            let ip = m.host_ip.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
-            format!("{ip}:{}:{}/{}", m.host_port, m.port, m.proto)
-        })
-        .collect();
+    let specs: Vec<String> = endpoint.ports.iter().map(PortMapping::spec).collect();
     if !specs.is_empty() {
         d.unpublish(&name, &specs).map_err(text)?;
     }

@@ -466,7 +466,7 @@ impl State {
     pub fn opened(&self, endpoint: &Endpoint, m: &PortMapping) -> PortMapping {
         match self.networks.get(&endpoint.network) {
             Some(n) if n.gateway_mode == GatewayMode::Routed => PortMapping {
-                host_ip: Some(endpoint.ip),
+                host_ip: Some(std::net::IpAddr::V4(endpoint.ip)),
                 host_port: m.port,
                 ..*m
             },

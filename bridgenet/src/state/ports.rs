@@ -1,10 +1,11 @@
 //! Docker's `-p` grammar: `HPORT:CPORT`, `IP:HPORT:CPORT`, `IP::CPORT`, `CPORT`, an optional
-//! `/tcp` or `/udp` suffix, and ranges `H1-H2:C1-C2` of the same length.
+//! `/tcp` or `/udp` suffix, and ranges `H1-H2:C1-C2` of the same length. An IPv6 `IP` is
+//! written in brackets (`[::]:8080:80`, `[2001:db8::1]:8080:80`).
 use std::{
     collections::{HashMap, hash_map::RandomState},
     fmt,
     hash::BuildHasher as _,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     str::FromStr,
 };
 
@@ -45,25 +46,75 @@ pub struct PortMapping {
     pub proto: Proto,
     /// The endpoint's port.
     pub port: u16,
-    /// None: every host address (Docker's 0.0.0.0).
-    pub host_ip: Option<Ipv4Addr>,
+    /// As Docker 27: None, every host address of each family the endpoint has (0.0.0.0 and
+    /// [::]); `0.0.0.0` every IPv4 address only; `::` IPv6 only (the uplinks' IPv6
+    /// addresses); another address, that one.
+    pub host_ip: Option<IpAddr>,
     pub host_port: u16,
 }
 
 impl PortMapping {
-    /// Whether both cannot be published together: same protocol and host port, and the same
-    /// host address or one of them on every address.
+    /// Whether both cannot be published together: same protocol and host port, and host
+    /// addresses that overlap.
     pub fn clashes_with(&self, other: &PortMapping) -> bool {
         self.proto == other.proto
             && self.host_port == other.host_port
-            && (self.host_ip == other.host_ip || self.host_ip.is_none() || other.host_ip.is_none())
+            && hosts_overlap(self.host_ip, other.host_ip)
+    }
+
+    /// Where it is published on IPv4, if it is: None for every host address.
+    pub fn host_v4(&self) -> Option<Option<Ipv4Addr>> {
+        match self.host_ip {
+            None => Some(None),
+            Some(IpAddr::V4(ip)) => Some((!ip.is_unspecified()).then_some(ip)),
+            Some(IpAddr::V6(_)) => None,
+        }
+    }
+
+    /// Where it is published on IPv6 (when its endpoint has an IPv6 address), if it is: `::`
+    /// for the uplinks' IPv6 addresses.
+    pub fn host_v6(&self) -> Option<Ipv6Addr> {
+        match self.host_ip {
+            None => Some(Ipv6Addr::UNSPECIFIED),
+            Some(IpAddr::V6(ip)) => Some(ip),
+            Some(IpAddr::V4(_)) => None,
+        }
+    }
+
+    /// The `-p` SPEC that publishes exactly this mapping.
+    pub fn spec(&self) -> String {
+        let (proto, port, host_port) = (self.proto, self.port, self.host_port);
+        match self.host_ip {
+            None => format!("{host_port}:{port}/{proto}"),
+            Some(IpAddr::V4(ip)) => format!("{ip}:{host_port}:{port}/{proto}"),
+            Some(IpAddr::V6(ip)) => format!("[{ip}]:{host_port}:{port}/{proto}"),
+        }
+    }
+
+    /// Its host address and port as `port ls` and `docker port` show them.
+    pub fn host(&self) -> String {
+        match self.host_ip {
+            None => format!("0.0.0.0:{}", self.host_port),
+            Some(IpAddr::V4(ip)) => format!("{ip}:{}", self.host_port),
+            Some(IpAddr::V6(ip)) => format!("[{ip}]:{}", self.host_port),
+        }
+    }
+}
+
+/// Whether two host addresses of mappings overlap: either is every address of both families,
+/// or both are of one family and equal or one is that family's every address.
+pub fn hosts_overlap(a: Option<IpAddr>, b: Option<IpAddr>) -> bool {
+    match (a, b) {
+        (None, _) | (_, None) => true,
+        (Some(a), Some(b)) => {
+            a.is_ipv4() == b.is_ipv4() && (a == b || a.is_unspecified() || b.is_unspecified())
+        }
     }
 }
 
 impl fmt::Display for PortMapping {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ip = self.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
-        write!(f, "{}/{} -> {ip}:{}", self.port, self.proto, self.host_port)
+        write!(f, "{}/{} -> {}", self.port, self.proto, self.host())
     }
 }
 
@@ -77,7 +128,7 @@ pub enum Clash {
 }
 
 /// A host address using a port (None: every address), and since when.
-type HostUse = (Option<Ipv4Addr>, Clash);
+type HostUse = (Option<IpAddr>, Clash);
 
 /// The host ports in use, indexed by protocol and port, so that a request's clash checks and
 /// draws cost a constant per port however many are published (60,000 with `--expose 1-60000
@@ -90,7 +141,7 @@ pub struct PortTable {
     range: (u16, u16),
     /// Per protocol and host address: the random offset draws start from, and how far they
     /// got (ports are never freed while a table lives, so no draw goes back).
-    cursors: HashMap<(Proto, Option<Ipv4Addr>), (u32, u32)>,
+    cursors: HashMap<(Proto, Option<IpAddr>), (u32, u32)>,
 }
 
 impl PortTable {
@@ -112,11 +163,11 @@ impl PortTable {
         self.clash_at(m.proto, m.host_ip, m.host_port)
     }
 
-    fn clash_at(&self, proto: Proto, host_ip: Option<Ipv4Addr>, port: u16) -> Option<Clash> {
+    fn clash_at(&self, proto: Proto, host_ip: Option<IpAddr>, port: u16) -> Option<Clash> {
         self.used
             .get(&(proto, port))?
             .iter()
-            .find(|(ip, _)| *ip == host_ip || ip.is_none() || host_ip.is_none())
+            .find(|(ip, _)| hosts_overlap(*ip, host_ip))
             .map(|(_, clash)| *clash)
     }
 
@@ -125,7 +176,7 @@ impl PortTable {
         self.add(m.proto, m.host_ip, m.host_port, Clash::Repeated);
     }
 
-    fn add(&mut self, proto: Proto, host_ip: Option<Ipv4Addr>, port: u16, why: Clash) {
+    fn add(&mut self, proto: Proto, host_ip: Option<IpAddr>, port: u16, why: Clash) {
         self.used
             .entry((proto, port))
             .or_default()
@@ -133,7 +184,7 @@ impl PortTable {
     }
 
     /// A free host port for `proto` on `host_ip`, taken at once; None when the range is full.
-    pub fn draw(&mut self, proto: Proto, host_ip: Option<Ipv4Addr>) -> Option<u16> {
+    pub fn draw(&mut self, proto: Proto, host_ip: Option<IpAddr>) -> Option<u16> {
         let (lo, hi) = self.range;
         let span = u32::from(hi.checked_sub(lo)?) + 1;
         let (start, mut next) = *self.cursors.entry((proto, host_ip)).or_insert_with(|| {
@@ -161,7 +212,7 @@ impl PortTable {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PortSpec {
     pub proto: Proto,
-    pub host_ip: Option<Ipv4Addr>,
+    pub host_ip: Option<IpAddr>,
     /// None: a random free host port for each endpoint port.
     pub host_ports: Option<(u16, u16)>,
     pub ports: (u16, u16),
@@ -176,7 +227,7 @@ impl PortSpec {
     /// The mappings, with `draw` choosing a host port where the spec leaves it open.
     pub fn mappings(
         &self,
-        mut draw: impl FnMut(Proto, Option<Ipv4Addr>) -> Result<u16, String>,
+        mut draw: impl FnMut(Proto, Option<IpAddr>) -> Result<u16, String>,
     ) -> Result<Vec<PortMapping>, String> {
         let mut out = Vec::new();
         for (i, port) in self.endpoint_ports().enumerate() {
@@ -204,21 +255,32 @@ impl FromStr for PortSpec {
             Some((body, proto)) => (body, proto.parse().map_err(|e: String| bad(&e))?),
             None => (spec, Proto::Tcp),
         };
-        let parts: Vec<&str> = body.split(':').collect();
-        let (ip, host, container) = match parts.as_slice() {
-            [c] => (None, None, *c),
-            [h, c] => (None, Some(*h), *c),
-            [ip, h, c] => (Some(*ip), (!h.is_empty()).then_some(*h), *c),
-            _ => return Err(bad("expected [[IP:]HPORT:]CPORT[/PROTO]")),
+        let expected = "expected [[IP:]HPORT:]CPORT[/PROTO], an IPv6 IP in brackets";
+        let (host_ip, rest) = match body.strip_prefix('[') {
+            Some(v6) => {
+                let (ip, rest) = v6.split_once("]:").ok_or_else(|| bad(expected))?;
+                let ip: Ipv6Addr = ip
+                    .parse()
+                    .map_err(|_| bad(&format!("{ip:?} is not an IPv6 address")))?;
+                (Some(IpAddr::V6(ip)), Some(rest))
+            }
+            None => (None, None),
+        };
+        let parts: Vec<&str> = rest.unwrap_or(body).split(':').collect();
+        let (ip, host, container) = match (rest, parts.as_slice()) {
+            (_, [c]) if rest.is_none() => (None, None, *c),
+            (_, [h, c]) if rest.is_some() => (None, (!h.is_empty()).then_some(*h), *c),
+            (None, [h, c]) => (None, Some(*h), *c),
+            (None, [ip, h, c]) => (Some(*ip), (!h.is_empty()).then_some(*h), *c),
+            _ => return Err(bad(expected)),
         };
         let host_ip = match ip {
-            None => None,
-            Some(ip) => {
-                let ip: Ipv4Addr = ip
-                    .parse()
-                    .map_err(|_| bad(&format!("{ip:?} is not an IPv4 address")))?;
-                (!ip.is_unspecified()).then_some(ip)
-            }
+            None => host_ip,
+            Some(ip) => Some(IpAddr::V4(ip.parse().map_err(|_| {
+                bad(&format!(
+                    "{ip:?} is not an IPv4 address (an IPv6 one goes in brackets)"
+                ))
+            })?)),
         };
         let ports = port_range(container).map_err(|e| bad(&e))?;
         let host_ports = host.map(port_range).transpose().map_err(|e| bad(&e))?;
@@ -289,7 +351,7 @@ mod tests {
             spec("127.0.0.1:8080:80/udp"),
             PortSpec {
                 proto: Proto::Udp,
-                host_ip: Some(Ipv4Addr::LOCALHOST),
+                host_ip: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
                 host_ports: Some((8080, 8080)),
                 ports: (80, 80)
             }
@@ -297,10 +359,36 @@ mod tests {
         assert_eq!(spec("10.0.0.1::80").host_ports, None);
         assert_eq!(
             spec("10.0.0.1::80").host_ip,
-            Some(Ipv4Addr::new(10, 0, 0, 1))
+            Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)))
         );
         assert_eq!(spec("80").host_ports, None);
-        assert_eq!(spec("0.0.0.0:80:80").host_ip, None);
+        assert_eq!(spec("80:80").host_ip, None, "both families");
+        assert_eq!(
+            spec("0.0.0.0:80:80").host_ip,
+            Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            "IPv4 only, as Docker 27"
+        );
+        assert_eq!(
+            spec("[::]:8080:80/udp"),
+            PortSpec {
+                proto: Proto::Udp,
+                host_ip: Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+                host_ports: Some((8080, 8080)),
+                ports: (80, 80)
+            }
+        );
+        let one: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(spec("[2001:db8::1]::80").host_ip, Some(one));
+        assert_eq!(spec("[2001:db8::1]::80").host_ports, None);
+        for m in [
+            "8080:80",
+            "0.0.0.0:8080:80/udp",
+            "[::]:8080:80",
+            "[2001:db8::1]:1:2",
+        ] {
+            let mapping = spec(m).mappings(|_, _| unreachable!()).unwrap()[0];
+            assert_eq!(spec(&mapping.spec()).host_ip, mapping.host_ip, "{m}");
+        }
         assert_eq!(spec("8000-8002:9000-9002").ports, (9000, 9002));
     }
 
@@ -343,6 +431,11 @@ mod tests {
             ":80",
             "80:",
             "-1",
+            "::1:80:80",
+            "[::1]:80",
+            "[::1:80:80",
+            "[1.2.3.4]:80:80",
+            "[fe80::zz]:80:80",
         ] {
             assert!(bad.parse::<PortSpec>().is_err(), "{bad:?} was accepted");
         }
@@ -361,6 +454,13 @@ mod tests {
         assert!(any.clashes_with(&one));
         assert!(!one.clashes_with(&other));
         assert!(!any.clashes_with(&udp));
+        let first = |s: &str| spec(s).mappings(|_, _| unreachable!()).unwrap()[0];
+        let (v4_any, v6_any) = (first("0.0.0.0:8080:80"), first("[::]:8080:80"));
+        let v6_one = first("[2001:db8::1]:8080:80");
+        assert!(!v4_any.clashes_with(&v6_any), "one family each");
+        assert!(any.clashes_with(&v6_any) && any.clashes_with(&v4_any));
+        assert!(v6_any.clashes_with(&v6_one) && !v6_one.clashes_with(&one));
+        assert!(v4_any.clashes_with(&one));
     }
 
     #[test]
