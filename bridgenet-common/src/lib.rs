@@ -366,6 +366,29 @@ pub struct HostPeer {
 
 const _: () = assert!(core::mem::size_of::<HostPeer>() == 8);
 
+/// `HostPeerKey` for an IPv6 socket sent to an endpoint's IPv6 address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct HostPeer6Key {
+    pub socket_cookie: u64,
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+
+const _: () = assert!(core::mem::size_of::<HostPeer6Key>() == 32);
+
+/// `HostPeer` for an IPv6 socket: the address and port it used.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct HostPeer6 {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub _pad: u16,
+}
+
+const _: () = assert!(core::mem::size_of::<HostPeer6>() == 20);
+
 /// Program ids, the first index of the `STATS` counters.
 pub mod program_id {
     pub const UPLINK_INGRESS: u32 = 0;
@@ -644,6 +667,10 @@ pub mod maps {
     pub const CONNTRACK6: &str = "CONNTRACK6";
     pub const UPLINKS6: &str = "UPLINKS6";
     pub const PUBLISH6: &str = "PUBLISH6";
+    /// IPv6: the uplinks' addresses (a port published on `::` answers there), and the peers
+    /// of IPv6 sockets the host access hooks translated.
+    pub const HOST_ADDRS6: &str = "HOST_ADDRS6";
+    pub const HOST_PEERS6: &str = "HOST_PEERS6";
     pub const HOST_ACCESS_CONFIG: &str = "HOST_ACCESS_CONFIG";
     pub const HOST_PEERS: &str = "HOST_PEERS";
     pub const FILTER: &str = "FILTER";
@@ -656,7 +683,9 @@ pub mod maps {
     pub const MONITOR_CONFIG: &str = "MONITOR_CONFIG";
     pub const MONITOR_LOST: &str = "MONITOR_LOST";
     /// Every map, for pinning.
-    pub const ALL: [&str; 23] = [
+    pub const ALL: [&str; 25] = [
+        HOST_ADDRS6,
+        HOST_PEERS6,
         PUBLISH6,
         SUBNETS6,
         ENDPOINTS6,
@@ -807,6 +836,8 @@ mod user {
     unsafe impl aya::Pod for super::HostAccessConfig {}
     unsafe impl aya::Pod for super::HostPeerKey {}
     unsafe impl aya::Pod for super::HostPeer {}
+    unsafe impl aya::Pod for super::HostPeer6Key {}
+    unsafe impl aya::Pod for super::HostPeer6 {}
     unsafe impl aya::Pod for super::FilterKey {}
     unsafe impl aya::Pod for super::FilterMatch {}
     unsafe impl aya::Pod for super::FilterState {}

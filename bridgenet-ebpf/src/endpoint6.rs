@@ -195,7 +195,8 @@ pub fn subnet_of(addr: &[u8; 16]) -> Option<&'static Subnet6> {
 }
 
 /// From outside, on an uplink, from `saddr` to `daddr`: a managed IPv6 address is never a
-/// source there, nor a destination (no published port or route into an IPv6 network yet);
+/// source there, nor a destination (no route into an IPv6 network yet; published ports are
+/// on host addresses);
 /// neither are `::1` and IPv4-mapped addresses, which the host would take for its own.
 #[inline(always)]
 pub fn outside(saddr: &[u8; 16], daddr: &[u8; 16]) -> u32 {

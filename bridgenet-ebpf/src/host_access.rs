@@ -10,8 +10,8 @@
 //!
 //! IPv6 sockets (the `*6` hooks) that name an IPv4-mapped address (`::ffff:a.b.c.d`, what a
 //! dual-stack socket uses for IPv4) are translated as IPv4 and stay mapped: the endpoint is
-//! `::ffff:` and its address. Other IPv6 destinations are left alone (nothing is published on
-//! IPv6 yet).
+//! `::ffff:` and its address. Other IPv6 destinations are translated with the ports published
+//! on IPv6 (`PUBLISH6`): `::1`, an uplink's IPv6 address or a network's IPv6 gateway.
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
 use aya_ebpf::{
@@ -21,10 +21,15 @@ use aya_ebpf::{
     maps::{Array, LruHashMap},
     programs::SockAddrContext,
 };
-use bridgenet_common::{HostAccessConfig, HostPeer, HostPeerKey, PublishKey, PublishTarget};
+use bridgenet_common::{
+    HostAccessConfig, HostPeer, HostPeer6, HostPeer6Key, HostPeerKey, Publish6Key, Publish6Target,
+    PublishKey, PublishTarget,
+};
 
 use crate::{
+    endpoint6,
     nat::{PUBLISH, is_host_addr, subnet_of},
+    nat6::{HOST_ADDRS6, PUBLISH6},
     parse::{TCP, UDP},
 };
 
@@ -35,6 +40,11 @@ pub static HOST_ACCESS_CONFIG: Array<HostAccessConfig> = Array::with_max_entries
 /// What each translated socket used, so that its peer shows that rather than the endpoint.
 #[map]
 pub static HOST_PEERS: LruHashMap<HostPeerKey, HostPeer> = LruHashMap::with_max_entries(65_536, 0);
+
+/// `HOST_PEERS` for IPv6 sockets translated to an endpoint's IPv6 address.
+#[map]
+pub static HOST_PEERS6: LruHashMap<HostPeer6Key, HostPeer6> =
+    LruHashMap::with_max_entries(65_536, 0);
 
 /// What a sock_addr hook returns to let the call go on.
 const ALLOW: i32 = 1;
@@ -176,32 +186,145 @@ fn set_mapped_destination(ctx: &SockAddrContext, addr: u32, port: u16) {
     }
 }
 
-/// connect(2) and sendmsg(2) on an IPv6 socket, to an IPv4-mapped address: as IPv4.
+/// connect(2) and sendmsg(2) on an IPv6 socket: to an IPv4-mapped address as IPv4, else
+/// with the ports published on IPv6.
 #[inline(always)]
 pub fn connect6(ctx: &SockAddrContext) -> i32 {
     if !in_daemon_netns(ctx) {
         return ALLOW;
     }
-    if let Some((addr, port, proto)) = mapped_destination(ctx)
-        && let Some((addr, port)) = translate_to(ctx, addr, port, proto)
-    {
-        set_mapped_destination(ctx, addr, port);
+    match mapped_destination(ctx) {
+        Some((addr, port, proto)) => {
+            if let Some((addr, port)) = translate_to(ctx, addr, port, proto) {
+                set_mapped_destination(ctx, addr, port);
+            }
+        }
+        None => translate6(ctx),
     }
     ALLOW
 }
 
-/// recvmsg(2) and getpeername(2) on an IPv6 socket: the mapped peer it was translated from.
+/// recvmsg(2) and getpeername(2) on an IPv6 socket: the peer it was translated from, mapped
+/// or IPv6.
 #[inline(always)]
+// By reference: 32-byte keys by value are one more copy on the stack.
+#[allow(clippy::needless_borrows_for_generic_args)]
 pub fn restore_peer6(ctx: &SockAddrContext) -> i32 {
     if !in_daemon_netns(ctx) {
         return ALLOW;
     }
-    if let Some((addr, port, _)) = mapped_destination(ctx)
-        && let Some((addr, port)) = peer_of(ctx, addr, port)
-    {
-        set_mapped_destination(ctx, addr, port);
+    match mapped_destination(ctx) {
+        Some((addr, port, _)) => {
+            if let Some((addr, port)) = peer_of(ctx, addr, port) {
+                set_mapped_destination(ctx, addr, port);
+            }
+        }
+        None => {
+            let (addr, port, _) = destination6(ctx);
+            let key = HostPeer6Key {
+                socket_cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+                addr,
+                port,
+                _pad: [0; 6],
+            };
+            if let Some(peer) = unsafe { HOST_PEERS6.get(&key) } {
+                set_destination6(ctx, &peer.addr, peer.port);
+            }
+        }
     }
     ALLOW
+}
+
+/// The IPv6 destination (address, port, protocol) the call carries, network byte order.
+#[inline(always)]
+fn destination6(ctx: &SockAddrContext) -> ([u8; 16], u16, u8) {
+    let sa = ctx.sock_addr;
+    let mut addr = [0u8; 16];
+    // One 4-byte load per word, as the verifier wants for the context; each word holds the
+    // address's bytes in memory order.
+    let (port, proto) = unsafe {
+        for (i, chunk) in addr.chunks_exact_mut(4).enumerate() {
+            let word = read_volatile(addr_of!((*sa).user_ip6[i]));
+            chunk.copy_from_slice(&word.to_ne_bytes());
+        }
+        (
+            read_volatile(addr_of!((*sa).user_port)) as u16,
+            read_volatile(addr_of!((*sa).protocol)) as u8,
+        )
+    };
+    (addr, port, proto)
+}
+
+#[inline(always)]
+fn set_destination6(ctx: &SockAddrContext, addr: &[u8; 16], port: u16) {
+    let sa = ctx.sock_addr;
+    unsafe {
+        for (i, chunk) in addr.chunks_exact(4).enumerate() {
+            let word = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+            write_volatile(addr_of_mut!((*sa).user_ip6[i]), word);
+        }
+        write_volatile(addr_of_mut!((*sa).user_port), u32::from(port));
+    }
+}
+
+/// `::1`.
+const LOOPBACK6: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
+/// An IPv6 address of this host: `::1`, an uplink's IPv6 address or a network's IPv6 gateway.
+#[inline(always)]
+fn is_host_address6(addr: &[u8; 16]) -> bool {
+    *addr == LOOPBACK6
+        || unsafe { HOST_ADDRS6.get(addr) }.is_some()
+        || endpoint6::subnet_of(addr).is_some_and(|subnet| subnet.gateway == *addr)
+}
+
+/// The endpoint behind `[addr]:port` when it is published there on IPv6: on that very
+/// address first, then on `::` (for a host address only).
+#[inline(never)]
+#[allow(clippy::needless_borrows_for_generic_args)]
+fn published6_at(addr: &[u8; 16], port: u16, proto: u8) -> Option<Publish6Target> {
+    if proto != TCP && proto != UDP {
+        return None;
+    }
+    let mut key = Publish6Key {
+        addr: *addr,
+        port,
+        proto,
+        _pad: 0,
+    };
+    if let Some(target) = unsafe { PUBLISH6.get(&key) } {
+        return Some(*target);
+    }
+    if !is_host_address6(addr) {
+        return None;
+    }
+    key.addr = [0; 16];
+    unsafe { PUBLISH6.get(&key) }.copied()
+}
+
+/// Rewrites an IPv6 destination to the endpoint when it is a port published on IPv6 on a
+/// host address, and remembers what the application used.
+#[inline(always)]
+#[allow(clippy::needless_borrows_for_generic_args)]
+fn translate6(ctx: &SockAddrContext) {
+    let (addr, port, proto) = destination6(ctx);
+    let Some(target) = published6_at(&addr, port, proto) else {
+        return;
+    };
+    let key = HostPeer6Key {
+        socket_cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+        addr: target.addr,
+        port: target.port,
+        _pad: [0; 6],
+    };
+    let peer = HostPeer6 {
+        addr,
+        port,
+        _pad: 0,
+    };
+    // An LRU map makes room; failing or not, the call goes to the endpoint.
+    let _ = HOST_PEERS6.insert(&key, &peer, 0);
+    set_destination6(ctx, &target.addr, target.port);
 }
 
 /// What the socket used before it was translated to `addr:port`, if it was.

@@ -134,13 +134,14 @@ pub fn host_getpeername4(ctx: SockAddrContext) -> i32 {
     host_access::getpeername4(&ctx)
 }
 
-/// Host access on IPv6 sockets: to an IPv4-mapped address, as connect4.
+/// Host access on IPv6 sockets: to an IPv4-mapped address as connect4; to `::1` or a host
+/// IPv6 address, with the ports published on IPv6.
 #[cgroup_sock_addr(connect6)]
 pub fn host_connect6(ctx: SockAddrContext) -> i32 {
     host_access::connect6(&ctx)
 }
 
-/// Host access on IPv6 sockets: UDP sendto(2) to an IPv4-mapped address, as sendmsg4.
+/// Host access on IPv6 sockets: UDP sendto(2), as host_connect6.
 #[cgroup_sock_addr(sendmsg6)]
 pub fn host_sendmsg6(ctx: SockAddrContext) -> i32 {
     host_access::connect6(&ctx)
@@ -160,7 +161,8 @@ pub fn host_getpeername6(ctx: SockAddrContext) -> i32 {
 
 /// Uplink ingress: replies of masqueraded flows go back to their endpoint, new flows to a
 /// published port are translated to the endpoint (DNAT), and ICMP errors about either follow;
-/// for IPv6, replies of masqueraded flows and ICMPv6 errors about them (`nat6`).
+/// for IPv6, replies of masqueraded flows, new flows to ports published on IPv6 and ICMPv6
+/// errors about either (`nat6`).
 #[classifier]
 pub fn uplink_ingress(mut ctx: TcContext) -> i32 {
     let (result, ipv4) = match parse(&ctx) {

@@ -24,6 +24,10 @@ use crate::{
 #[map]
 pub static UPLINKS6: HashMap<u32, [u8; 16]> = HashMap::with_max_entries(64, 0);
 
+/// The uplinks' IPv6 addresses, the host's own for host access to ports published on `::`.
+#[map]
+pub static HOST_ADDRS6: HashMap<[u8; 16], u32> = HashMap::with_max_entries(64, 0);
+
 /// Ports published on IPv6: by protocol, host port and host address (`::`: the uplink's
 /// IPv6 address), the endpoint's IPv6 address and port.
 #[map]

@@ -461,15 +461,11 @@ fn a_removed_endpoints_ipv6_flows_do_not_reach_the_next_endpoint_on_its_address(
     );
 }
 
-/// Ports published on IPv6, as Docker 27 publishes them: `-p 8080:7002` on a dual-stack
-/// endpoint answers on the uplink's IPv4 and IPv6 addresses, `[::]:5353:53/udp` on IPv6 only;
-/// the endpoint sees the world's own address, its answers leave with the host's address and
-/// port, and `port ls` shows a line per family. An IPv6 host address for an endpoint without
-/// IPv6 is refused in one line and creates nothing; unpublishing closes both families.
-#[test]
-fn ports_published_on_ipv6_reach_a_dual_stack_endpoint_with_the_clients_address() {
+/// `lab_out` with endpoint `web` on out6 publishing `-p 8080:7002` and `udp`, once the daemon
+/// knows the uplink's IPv6 address (e1 gets out); returns the lab, web's and the world's
+/// namespaces.
+fn lab_web(udp: &str) -> (ControlLab, String, String) {
     let (mut lab, e1, world) = lab_out();
-    // Once e1 gets out, the daemon knows the uplink's IPv6 address.
     assert!(
         pings_within_5_s(&lab, &e1, WORLD6),
         "e1 pings the world over IPv6"
@@ -486,8 +482,43 @@ fn ports_published_on_ipv6_reach_a_dual_stack_endpoint_with_the_clients_address(
         "-p",
         "8080:7002",
         "-p",
-        "[::]:5353:53/udp",
+        udp,
     ]);
+    (lab, web, world)
+}
+
+/// A UDP query from `client_ns` to `to`, received on port 53 in `endpoint_ns` and answered:
+/// the query's source as the endpoint saw it, and the answer's as the client saw it.
+fn udp_exchange(
+    client_ns: &str,
+    endpoint_ns: &str,
+    to: &str,
+) -> (std::net::SocketAddr, std::net::SocketAddr) {
+    let endpoint = enter(endpoint_ns, || sockets::udp_socket("[::]:53"));
+    let client = enter(client_ns, || sockets::udp_socket("[::]:0"));
+    for socket in [&endpoint, &client] {
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+    }
+    client.send_to(b"query", to).unwrap();
+    let mut buf = [0u8; 16];
+    let (n, seen) = endpoint.recv_from(&mut buf).expect("the query arrives");
+    assert_eq!(&buf[..n], b"query");
+    endpoint.send_to(b"answer", seen).unwrap();
+    let (n, from) = client.recv_from(&mut buf).expect("the answer comes back");
+    assert_eq!(&buf[..n], b"answer");
+    (seen, from)
+}
+
+/// Ports published on IPv6, as Docker 27 publishes them: `-p 8080:7002` on a dual-stack
+/// endpoint answers on the uplink's IPv4 and IPv6 addresses, `[::]:5353:53/udp` on IPv6 only;
+/// the endpoint sees the world's own address, its answers leave with the host's address and
+/// port, and `port ls` shows a line per family. An IPv6 host address for an endpoint without
+/// IPv6 is refused in one line and creates nothing; unpublishing closes both families.
+#[test]
+fn ports_published_on_ipv6_reach_a_dual_stack_endpoint_with_the_clients_address() {
+    let (mut lab, web, world) = lab_web("[::]:5353:53/udp");
     assert_eq!(
         lab.ok(&["port", "ls", "web"]),
         "7002/tcp -> 0.0.0.0:8080\n7002/tcp -> [::]:8080\n53/udp -> [::]:5353\n"
@@ -508,28 +539,10 @@ fn ports_published_on_ipv6_reach_a_dual_stack_endpoint_with_the_clients_address(
     assert_eq!(server.join().unwrap().ip().to_string(), "198.18.0.1");
 
     // UDP on IPv6 only: the answer comes from the host's address and port.
-    let endpoint = enter(&web, || sockets::udp_socket("[::]:53"));
-    let client = enter(&world, || sockets::udp_socket("[::]:0"));
-    for socket in [&endpoint, &client] {
-        socket
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-    }
-    client
-        .send_to(b"query", format!("[{UPLINK6}]:5353"))
-        .unwrap();
-    let mut buf = [0u8; 16];
-    let (n, from) = endpoint.recv_from(&mut buf).expect("the query arrives");
-    assert_eq!(
-        (&buf[..n], from.ip()),
-        (&b"query"[..], WORLD6.parse().unwrap())
-    );
-    endpoint.send_to(b"answer", from).unwrap();
-    let (n, from) = client.recv_from(&mut buf).expect("the answer comes back");
-    assert_eq!(
-        (&buf[..n], from.to_string()),
-        (&b"answer"[..], format!("[{UPLINK6}]:5353"))
-    );
+    let to = format!("[{UPLINK6}]:5353");
+    let (client, from) = udp_exchange(&world, &web, &to);
+    assert_eq!(client.ip(), WORLD6.parse::<IpAddr>().unwrap());
+    assert_eq!(from.to_string(), to);
     let ct = lab.ok(&["ct", "ls", "--endpoint", "web", "--proto", "udp"]);
     assert!(
         ct.contains(&format!("src={WORLD6} dst={UPLINK6}")) && ct.contains("dport=5353"),
@@ -566,4 +579,54 @@ fn ports_published_on_ipv6_reach_a_dual_stack_endpoint_with_the_clients_address(
     let _listener = enter(&web, || std::net::TcpListener::bind("[::]:7002").unwrap());
     assert!(traffic::refused(&world, &format!("[{UPLINK6}]:8080")));
     assert!(traffic::refused(&world, "198.18.0.2:8080"));
+}
+
+/// Host access over IPv6, with no proxy: the host's own IPv6 sockets reach a port published on
+/// IPv6 through `[::1]`, the uplink's IPv6 address and the network's IPv6 gateway, translated
+/// at the socket; the application sees the peer it used (getpeername, and the source of a UDP
+/// reply), the endpoint sees the gateway's address.
+#[test]
+fn the_hosts_ipv6_sockets_reach_ports_published_on_ipv6_through_its_own_addresses() {
+    let (lab, web, _world) = lab_web("5353:53/udp");
+    let host = lab.topo.ns("host").name().to_owned();
+    let timeout = Some(Duration::from_secs(5));
+    for addr in ["::1", UPLINK6, "2001:db8:7::1"] {
+        let to: std::net::SocketAddr = format!("[{addr}]:8080").parse().unwrap();
+        let server = echo_once(&web, "[::]:7002");
+        let mut stream = enter(&host, || {
+            std::net::TcpStream::connect_timeout(&to, Duration::from_secs(5))
+        })
+        .unwrap_or_else(|err| panic!("connect to {to}: {err}"));
+        assert_eq!(stream.peer_addr().unwrap(), to, "the peer it connected to");
+        stream.set_read_timeout(timeout).unwrap();
+        stream.write_all(b"hello").unwrap();
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut back = Vec::new();
+        stream.read_to_end(&mut back).unwrap();
+        assert_eq!(back, b"hello", "{to}: echoed");
+        assert_eq!(
+            server.join().unwrap().ip().to_string(),
+            "2001:db8:7::1",
+            "the endpoint sees the host's gateway address"
+        );
+
+        let to = format!("[{addr}]:5353");
+        let (_, from) = udp_exchange(&host, &web, &to);
+        assert_eq!(
+            from.to_string(),
+            to,
+            "the answer's source is what it sent to"
+        );
+    }
+    // A port not published is the host's own: the endpoint's listener there gets nothing.
+    let listener = enter(&web, || sockets::tcp_listener("[::]:8081"));
+    listener.set_nonblocking(true).unwrap();
+    for addr in ["::1", UPLINK6] {
+        let to: std::net::SocketAddr = format!("[{addr}]:8081").parse().unwrap();
+        let connected = enter(&host, || {
+            std::net::TcpStream::connect_timeout(&to, Duration::from_secs(1))
+        });
+        assert!(connected.is_err(), "{to} is not published: {connected:?}");
+    }
+    assert!(listener.accept().is_err(), "the endpoint got a connection");
 }

@@ -92,13 +92,29 @@ impl Datapath {
 
     /// Sets the IPv6 address NAT66 masquerades with on uplink `ifindex`; None: the uplink has
     /// none, and IPv6 from the managed subnets does not leave through it.
+    /// It is also a host address (`HOST_ADDRS6`): ports published on `::` answer there to the
+    /// host's own sockets; the old one is no longer one unless another uplink has it.
     pub fn set_uplink6(&mut self, ifindex: u32, addr: Option<Ipv6Addr>) -> Result<()> {
         let mut uplinks: HashMap<_, u32, [u8; 16]> =
             HashMap::try_from(self.map_mut(maps::UPLINKS6)?)?;
+        let old = uplinks.get(&ifindex, 0).ok();
         match addr {
-            Some(addr) => Ok(uplinks.insert(ifindex, addr.octets(), 0)?),
-            None => absent_ok(uplinks.remove(&ifindex)),
+            Some(addr) => uplinks.insert(ifindex, addr.octets(), 0)?,
+            None => absent_ok(uplinks.remove(&ifindex))?,
         }
+        let still: Vec<[u8; 16]> = uplinks
+            .iter()
+            .filter_map(|e| e.ok().map(|(_, a)| a))
+            .collect();
+        let mut host: HashMap<_, [u8; 16], u32> =
+            HashMap::try_from(self.map_mut(maps::HOST_ADDRS6)?)?;
+        if let Some(old) = old.filter(|old| !still.contains(old)) {
+            absent_ok(host.remove(&old))?;
+        }
+        if let Some(addr) = addr {
+            host.insert(addr.octets(), 1, 0)?;
+        }
+        Ok(())
     }
 
     /// Publishes `proto` port `host_port` on `host_addr` (`::`: the uplink's IPv6 address) to
