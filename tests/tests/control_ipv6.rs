@@ -6,7 +6,8 @@
 //! address (NAT66) and `ct ls` lists their flows, a connection out lives through a daemon
 //! killed and started again, and path MTU discovery works through a 1280-MTU link behind the
 //! uplink; an endpoint's removal and `ct flush` revoke its IPv6 flows; ports published on
-//! IPv6 reach a dual-stack endpoint with the client's address.
+//! IPv6 reach a dual-stack endpoint with the client's address, from the world and from the
+//! host's own sockets, their flows live through a restart and reconcile repairs `PUBLISH6`.
 use std::{
     io::{Read as _, Write as _},
     net::IpAddr,
@@ -629,4 +630,79 @@ fn the_hosts_ipv6_sockets_reach_ports_published_on_ipv6_through_its_own_addresse
         assert!(connected.is_err(), "{to} is not published: {connected:?}");
     }
     assert!(listener.accept().is_err(), "the endpoint got a connection");
+}
+
+/// `bpftool -j map ARGS... pinned MAP ...`: the JSON it prints (null for none).
+fn bpftool(args: &[&str]) -> Value {
+    let out = Command::new("bpftool")
+        .arg("-j")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bpftool {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
+
+/// A daemon killed and started again: a live connection through a port published on IPv6
+/// goes on, and reconcile makes `PUBLISH6` the store's again: a stale port (left by a crash
+/// between an unpublish and its save) goes, a deleted one comes back.
+#[test]
+fn ports_published_on_ipv6_are_reconciled_and_their_flows_live_through_a_restart() {
+    let (mut lab, web, world) = lab_web("[::]:5353:53/udp");
+    let server = echo_once(&web, "[::]:7002");
+    let mut live = open_roundtrip(&world, &format!("[{UPLINK6}]:8080"));
+    lab.stop(Stop::Kill);
+
+    let publish6 = lab.bpffs().join("PUBLISH6");
+    let map = publish6.to_str().unwrap();
+    let any = ["0"; 16];
+    // [::]:7777/tcp -> [2001:db8:7::99]:77, which the store does not have.
+    let stale_key = [&any[..], &["0x1e", "0x61", "6", "0"]].concat();
+    let mut target = vec!["0x20", "0x01", "0x0d", "0xb8", "0", "7"];
+    target.extend(["0"; 9]);
+    target.extend(["0x99", "0", "0x4d", "0", "0"]);
+    let mut update = vec!["map", "update", "pinned", map, "key"];
+    update.extend(&stale_key);
+    update.push("value");
+    update.extend(&target);
+    bpftool(&update);
+    // [::]:5353/udp, which it has, deleted.
+    let mut delete = vec!["map", "delete", "pinned", map, "key"];
+    delete.extend(&any);
+    delete.extend(["0x14", "0xe9", "17", "0"]);
+    bpftool(&delete);
+
+    lab.start();
+    live.write_all(b"after").unwrap();
+    let mut back = [0u8; 5];
+    live.read_exact(&mut back).expect("echo after the restart");
+    assert_eq!(&back, b"after");
+    drop(live);
+    assert_eq!(
+        server.join().unwrap().ip(),
+        WORLD6.parse::<IpAddr>().unwrap()
+    );
+
+    let entries = bpftool(&["map", "dump", "pinned", map]);
+    let mut ports: Vec<String> = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let key = e["key"].as_array().unwrap();
+            let byte = |i: usize| {
+                u16::from_str_radix(key[i].as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+            };
+            format!("{}/{}", byte(16) << 8 | byte(17), byte(18))
+        })
+        .collect();
+    ports.sort();
+    assert_eq!(ports, ["5353/17", "8080/6"], "PUBLISH6: {entries}");
+    let to = format!("[{UPLINK6}]:5353");
+    let (_, from) = udp_exchange(&world, &web, &to);
+    assert_eq!(from.to_string(), to, "the deleted port answers again");
 }
