@@ -3,6 +3,7 @@
 //!
 //! Nothing here touches the namespace the tests run in: every interface is created inside a
 //! namespace of the topology, and deleting the namespaces removes all of it.
+pub mod busy;
 pub mod cluster;
 pub mod cni;
 pub mod control;

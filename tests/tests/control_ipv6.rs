@@ -12,12 +12,16 @@ use std::{
     io::{Read as _, Write as _},
     net::IpAddr,
     process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     thread,
     time::Duration,
 };
 
 use bridgenet_tests::{
-    Topology,
+    Topology, busy,
     control::{ControlLab, Stop},
     ipv6,
     monitor::{EVENT_TIMEOUT, Monitor},
@@ -705,4 +709,39 @@ fn ports_published_on_ipv6_are_reconciled_and_their_flows_live_through_a_restart
     let to = format!("[{UPLINK6}]:5353");
     let (_, from) = udp_exchange(&world, &web, &to);
     assert_eq!(from.to_string(), to, "the deleted port answers again");
+}
+
+/// Busy IPv6 clients that close first and reuse their ports while the old flows are still
+/// tracked (TIME_WAIT reuse), through a port published on IPv6, across a GC pass: no
+/// connection may fail, as for IPv4 (`control_conntrack`).
+#[test]
+fn busy_ipv6_clients_that_close_first_and_reuse_their_ports_never_fail() {
+    let (lab, web, world) = lab_web("[::]:5353:53/udp");
+    let stop = Arc::new(AtomicBool::new(false));
+    let servers = busy::ok_server(&web, "[::]:7002", stop.clone());
+    let to = format!("[{UPLINK6}]:8080").parse().unwrap();
+    let world_ns = lab.topo.ns("world");
+    world_ns.sysctl("net.ipv4.tcp_tw_reuse", "1");
+    // A port range this machine goes through in 4 s: the clients reuse their ports.
+    let (calibration, failed, reasons) = busy::busy_clients(&world, to, Duration::from_secs(2));
+    assert_eq!(failed, 0, "{reasons:?}");
+    let ports = (calibration * 2).clamp(200, 64_511);
+    world_ns.sysctl(
+        "net.ipv4.ip_local_port_range",
+        &format!("1024 {}", 1024 + ports),
+    );
+    let (done, failed, reasons) = busy::busy_clients(&world, to, Duration::from_secs(15));
+    stop.store(true, Ordering::Relaxed);
+    for server in servers {
+        server.join().unwrap();
+    }
+    eprintln!("{done} IPv6 connections in 15 s, {ports} client ports, {failed} failed");
+    assert!(
+        done > ports,
+        "the client ports were reused: {done} connections on {ports} ports"
+    );
+    assert_eq!(failed, 0, "failed connections, first reasons: {reasons:?}");
+    for reason in ["drop_ports_exhausted", "drop_ct_full", "drop_untracked"] {
+        assert_eq!(lab.stat("uplink_ingress", reason), 0, "{reason}");
+    }
 }
