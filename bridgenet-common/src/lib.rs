@@ -567,6 +567,21 @@ pub struct EmbryoSlot {
 
 const _: () = assert!(core::mem::size_of::<EmbryoSlot>() == 24);
 
+/// `EmbryoSlot` for IPv6 flows, in `EMBRYOS6`: one ring per side of `EMBRYO6_RING` slots, a
+/// fixed size (a new flow evicts the half-open one admitted that many turns before it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Embryo6Slot {
+    pub key: Ct6Key,
+    pub seq: u32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<Embryo6Slot>() == 48);
+
+/// Slots of each of `EMBRYOS6`'s two rings.
+pub const EMBRYO6_RING: u32 = 4096;
+
 /// The user filter (`filter add`): rules compiled into one LPM trie keyed by match class and
 /// source prefix, so that a packet costs at most four lookups however many rules there are.
 pub mod filter {
@@ -671,6 +686,9 @@ pub mod maps {
     /// of IPv6 sockets the host access hooks translated.
     pub const HOST_ADDRS6: &str = "HOST_ADDRS6";
     pub const HOST_PEERS6: &str = "HOST_PEERS6";
+    /// IPv6's rings of flows in the order they were admitted, and their next turns.
+    pub const EMBRYOS6: &str = "EMBRYOS6";
+    pub const EMBRYO6_CURSORS: &str = "EMBRYO6_CURSORS";
     pub const HOST_ACCESS_CONFIG: &str = "HOST_ACCESS_CONFIG";
     pub const HOST_PEERS: &str = "HOST_PEERS";
     pub const FILTER: &str = "FILTER";
@@ -683,7 +701,9 @@ pub mod maps {
     pub const MONITOR_CONFIG: &str = "MONITOR_CONFIG";
     pub const MONITOR_LOST: &str = "MONITOR_LOST";
     /// Every map, for pinning.
-    pub const ALL: [&str; 25] = [
+    pub const ALL: [&str; 27] = [
+        EMBRYOS6,
+        EMBRYO6_CURSORS,
         HOST_ADDRS6,
         HOST_PEERS6,
         PUBLISH6,
@@ -822,6 +842,7 @@ mod user {
     unsafe impl aya::Pod for super::Ct6Key {}
     unsafe impl aya::Pod for super::Ct6Entry {}
     unsafe impl aya::Pod for super::EmbryoSlot {}
+    unsafe impl aya::Pod for super::Embryo6Slot {}
     unsafe impl aya::Pod for super::PublishKey {}
     unsafe impl aya::Pod for super::PublishTarget {}
     unsafe impl aya::Pod for super::Publish6Key {}

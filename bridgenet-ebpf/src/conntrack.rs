@@ -24,7 +24,7 @@ pub const EEXIST: i32 = 17;
 pub static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(CT_MAX_ENTRIES, 0);
 
 #[map]
-static CT_USAGE: Array<u64> = Array::with_max_entries(ct_usage::SLOTS, 0);
+pub static CT_USAGE: Array<u64> = Array::with_max_entries(ct_usage::SLOTS, 0);
 
 /// Flows in the order they were admitted, one ring per side (`embryo_ring`), sized by the
 /// loader (`ct_usage::RING_SIZE` each).
@@ -185,8 +185,8 @@ pub fn admit(side: u32) -> Result<u32, u32> {
 }
 
 /// Slots of the rings a new flow may look at for room, and how many of them on its own side.
-const EVICT_TRIES: u32 = 8;
-const OWN_SIDE_TRIES: u32 = 6;
+pub const EVICT_TRIES: u32 = 8;
+pub const OWN_SIDE_TRIES: u32 = 6;
 
 /// The next turn of `side`'s ring (never 0). Not atomic: two CPUs may take the same slot, and
 /// the flow whose record is overwritten is then left to GC instead of eviction.
@@ -239,9 +239,15 @@ fn evict(seq: u32) {
     if CONNTRACK.remove(old.key).is_ok() {
         let _ = CONNTRACK.remove(peer);
         release(2);
-        if let Some(evicted) = CT_USAGE.get_ptr_mut(ct_usage::EVICTED) {
-            add(evicted, 1);
-        }
+        count_evicted();
+    }
+}
+
+/// Counts a flow that was not assured evicted to make room (`ct_usage::EVICTED`).
+#[inline(always)]
+pub fn count_evicted() {
+    if let Some(evicted) = CT_USAGE.get_ptr_mut(ct_usage::EVICTED) {
+        add(evicted, 1);
     }
 }
 

@@ -2,10 +2,15 @@
 //! tracking (`Ct6Entry::track`), so the TCP window tracking and the states are the same code;
 //! only the table, its count and its limit are IPv6's own.
 use aya_ebpf::{
-    bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, macros::map, maps::LruHashMap,
+    bindings::BPF_NOEXIST,
+    helpers::bpf_ktime_get_ns,
+    macros::map,
+    maps::{Array, LruHashMap},
     programs::TcContext,
 };
-use bridgenet_common::{Ct6Entry, Ct6Key, CtEntry, ct_usage, outcome};
+use bridgenet_common::{
+    Ct6Entry, Ct6Key, CtEntry, EMBRYO6_RING, Embryo6Slot, ct_flags, ct_usage, embryo_ring, outcome,
+};
 
 use crate::{
     conntrack::{self, InsertError},
@@ -26,14 +31,110 @@ impl PeerKey for Ct6Key {
     }
 }
 
-/// Takes room for a new flow's two entries: Err(drop_ct_full) at the limit. (A flood of
-/// flows that are not assured is not evicted to make room yet, as IPv4's are.)
+/// Flows in the order they were admitted, one ring per side, as `EMBRYOS` for IPv4.
+#[map]
+static EMBRYOS6: Array<Embryo6Slot> = Array::with_max_entries(embryo_ring::COUNT * EMBRYO6_RING, 0);
+
+/// The next turn of each side's ring in `EMBRYOS6`.
+#[map]
+static EMBRYO6_CURSORS: Array<u32> = Array::with_max_entries(embryo_ring::COUNT, 0);
+
+/// Takes room for a new flow's two entries and its turn in its side's ring, as
+/// `conntrack::admit`: when the table is full, the flows in the next slots of the rings make
+/// room if they are still not assured, so that a flood of spoofed SYNs to a port published on
+/// IPv6 cannot lock other IPv6 flows out. Ok(ring_seq) for `record`, or the drop.
 #[inline(always)]
-pub fn admit() -> Result<(), u32> {
-    if conntrack::reserve_in(ct_usage::ENTRIES6, ct_usage::LIMIT6, 2) {
-        Ok(())
-    } else {
-        Err(outcome::DROP_CT_FULL)
+pub fn admit(side: u32) -> Result<u32, u32> {
+    let seq = next_seq(side);
+    if reserve() {
+        return Ok(seq);
+    }
+    for i in 0..conntrack::EVICT_TRIES {
+        let victim = match i {
+            0 => seq,
+            i if i < conntrack::OWN_SIDE_TRIES => next_seq(side),
+            _ => next_seq(side ^ 1),
+        };
+        evict(victim);
+        if reserve() {
+            return Ok(seq);
+        }
+    }
+    Err(outcome::DROP_CT_FULL)
+}
+
+#[inline(always)]
+fn reserve() -> bool {
+    conntrack::reserve_in(ct_usage::ENTRIES6, ct_usage::LIMIT6, 2)
+}
+
+/// The next turn of `side`'s ring (never 0), as `conntrack`'s.
+#[inline(always)]
+fn next_seq(side: u32) -> u32 {
+    let side = side & 1;
+    let Some(cursor) = EMBRYO6_CURSORS.get_ptr_mut(side) else {
+        return 2 | side;
+    };
+    unsafe {
+        let turn = ((core::ptr::read_volatile(cursor) + 1) % (1 << 30)).max(1);
+        core::ptr::write_volatile(cursor, turn);
+        turn << 1 | side
+    }
+}
+
+/// `seq`'s slot. A ring holds as many turns as half the flows of a full table (as IPv4's),
+/// at most `EMBRYO6_RING`: a longer one would send a new flow of a small table to look for
+/// room in slots whose flows are long gone.
+#[inline(always)]
+fn slot(seq: u32) -> Option<*mut Embryo6Slot> {
+    let limit = *conntrack::CT_USAGE.get(ct_usage::LIMIT6)?;
+    let size = (limit / 4).clamp(16, u64::from(EMBRYO6_RING));
+    // Never 0, but the verifier rejects the panic path of an unchecked `%`.
+    if size == 0 {
+        return None;
+    }
+    let index = u64::from(seq & 1) * u64::from(EMBRYO6_RING) + u64::from(seq >> 1) % size;
+    EMBRYOS6.get_ptr_mut(index as u32)
+}
+
+/// Removes the flow recorded in `seq`'s slot if it is still not assured. The keys are read in
+/// place (map values as helper arguments): a 40-byte copy of each would push the callers past
+/// the 512-byte stack.
+#[inline(always)]
+#[allow(clippy::needless_borrows_for_generic_args)] // a borrow, not a copy: see above
+fn evict(seq: u32) {
+    let Some(slot) = slot(seq) else {
+        return;
+    };
+    let old_seq = unsafe { (*slot).seq };
+    if old_seq == 0 {
+        return;
+    }
+    unsafe { (*slot).seq = 0 };
+    let old_key = unsafe { &(*slot).key };
+    let Some(entry) = CONNTRACK6.get_ptr(old_key) else {
+        return;
+    };
+    let (ring_seq, flags) = unsafe { ((*entry).track.ring_seq, (*entry).track.flags) };
+    if ring_seq != old_seq || flags & ct_flags::ASSURED != 0 {
+        return;
+    }
+    // The peer first, while the entry that names it is still live.
+    let _ = CONNTRACK6.remove(unsafe { &(*entry).peer });
+    if CONNTRACK6.remove(old_key).is_ok() {
+        release();
+        conntrack::count_evicted();
+    }
+}
+
+/// Records an admitted flow (its original key) in its ring slot.
+#[inline(always)]
+pub fn record(key: &Ct6Key, seq: u32) {
+    if let Some(slot) = slot(seq) {
+        unsafe {
+            (*slot).key = *key;
+            (*slot).seq = seq;
+        }
     }
 }
 

@@ -10,8 +10,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use bridgenet_common::{
-    Ct6Entry, Ct6Key, Publish6Key, Publish6Target, action, ct_flags, direction, network_flags,
-    outcome,
+    Ct6Entry, Ct6Key, Publish6Key, Publish6Target, action, ct_flags, direction, embryo_ring,
+    network_flags, outcome,
 };
 
 use crate::{
@@ -194,9 +194,10 @@ fn publish(ctx: &mut TcContext, scratch: &mut Scratch6, target: &Publish6Target)
     if !conntrack::opens(packet.key.proto, packet.tcp_flags) {
         return outcome::DROP_UNTRACKED;
     }
-    if let Err(drop) = conntrack6::admit() {
-        return drop;
-    }
+    let seq = match conntrack6::admit(embryo_ring::OUTSIDE) {
+        Ok(seq) => seq,
+        Err(drop) => return drop,
+    };
     let key = &packet.key;
     *reply = Ct6Key {
         saddr: target.addr,
@@ -229,11 +230,13 @@ fn publish(ctx: &mut TcContext, scratch: &mut Scratch6, target: &Publish6Target)
         target.port,
     );
     entry.track.flags = ct_flags::INBOUND;
+    entry.track.ring_seq = seq;
     if let Err(err) = conntrack6::insert_new(key, entry) {
         conntrack6::remove(reply);
         conntrack6::release();
         return lost_race(ctx, packet, err);
     }
+    conntrack6::record(key, seq);
     apply(ctx, packet, action::DNAT, &target.addr, target.port)
 }
 
@@ -272,9 +275,10 @@ fn tracked(ctx: &mut TcContext, packet: &Packet6) -> Option<u32> {
 // A BPF subprogram of its own: its locals would push the caller past the 512-byte stack.
 #[inline(never)]
 fn masquerade(ctx: &mut TcContext, scratch: &mut Scratch6, nat_addr: &[u8; 16]) -> u32 {
-    if let Err(drop) = conntrack6::admit() {
-        return drop;
-    }
+    let seq = match conntrack6::admit(embryo_ring::INSIDE) {
+        Ok(seq) => seq,
+        Err(drop) => return drop,
+    };
     let Scratch6 {
         packet,
         entry,
@@ -310,11 +314,13 @@ fn masquerade(ctx: &mut TcContext, scratch: &mut Scratch6, nat_addr: &[u8; 16]) 
         nat_addr,
         nat_port,
     );
+    entry.track.ring_seq = seq;
     if let Err(err) = conntrack6::insert_new(key, entry) {
         conntrack6::remove(reply);
         conntrack6::release();
         return lost_race(ctx, packet, err);
     }
+    conntrack6::record(key, seq);
     apply(ctx, packet, action::SNAT, nat_addr, nat_port)
 }
 

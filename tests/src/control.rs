@@ -50,7 +50,39 @@ pub enum Stop {
     Kill,
 }
 
+/// IPv6 on the lab's uplink link (`ipv6_to_world`): the host's uplink and the world.
+pub const UPLINK6: &str = "2001:db8:ff::2";
+pub const WORLD6: &str = "2001:db8:ff::1";
+
 impl ControlLab {
+    /// Adds IPv6 address `cidr` to `iface` in the lab's namespace `ns`, IPv6 enabled there.
+    pub fn addr6(&self, ns: &str, iface: &str, cidr: &str) {
+        let netns = self.topo.ns(ns);
+        netns.sysctl(&format!("net.ipv6.conf.{iface}.disable_ipv6"), "0");
+        netns.ip(&["-6", "addr", "add", cidr, "dev", iface, "nodad"]);
+    }
+
+    /// IPv6 on the uplink's link: `UPLINK6` on the host's uplink0, `WORLD6` on the world's
+    /// eth0 (the daemon takes the uplink's address for NAT66 and ports published on IPv6).
+    /// Returns once `status` shows the daemon took the address (it follows uplink addresses
+    /// on its own ticks).
+    pub fn ipv6_to_world(&self) {
+        self.addr6("host", "uplink0", &format!("{UPLINK6}/64"));
+        self.addr6("world", "eth0", &format!("{WORLD6}/64"));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let status = self.json(&["status"]);
+            if status["uplinks"][0]["addr6"] == UPLINK6 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the daemon did not take the uplink's IPv6 address: {status}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
     /// Builds the lab and starts the daemon.
     /// The lab with `uplink_xdp` on its veth uplink too (`"xdp": "on"`), so that the tests
     /// cover it.

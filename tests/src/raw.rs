@@ -1,7 +1,7 @@
 //! Raw sockets inside the tests' namespaces: crafted packets (built with etherparse) sent from
 //! one namespace, and every frame an interface of another receives, captured with AF_PACKET.
 use std::{
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     time::{Duration, Instant},
 };
@@ -24,45 +24,76 @@ fn sockaddr_in(addr: Ipv4Addr) -> libc::sockaddr_in {
     }
 }
 
-fn send_raw(netns: &str, protocol: libc::c_int, to: Ipv4Addr, data: &[u8]) {
+fn sockaddr_in6(addr: Ipv6Addr) -> libc::sockaddr_in6 {
+    // SAFETY: a zeroed sockaddr_in6 is valid; the fields are set below.
+    let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+    sa.sin6_addr.s6_addr = addr.octets();
+    sa
+}
+
+/// Sends each of `packets` from one raw socket in `netns`.
+fn send_raw(netns: &str, protocol: libc::c_int, to: IpAddr, packets: &[&[u8]]) {
+    let family = if to.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
     let fd = enter(netns, || {
         // SAFETY: plain socket(2); the descriptor is owned right away.
         let fd = check(
-            unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, protocol) },
+            unsafe { libc::socket(family, libc::SOCK_RAW, protocol) },
             "raw socket",
         );
         unsafe { OwnedFd::from_raw_fd(fd) }
     });
-    let addr = sockaddr_in(to);
-    // SAFETY: the buffer and address outlive the call.
-    let sent = unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            data.as_ptr().cast(),
-            data.len(),
-            0,
-            (&raw const addr).cast(),
-            size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
+    let (v4, v6);
+    let (addr, len): (*const libc::sockaddr, usize) = match to {
+        IpAddr::V4(a) => {
+            v4 = sockaddr_in(a);
+            ((&raw const v4).cast(), size_of::<libc::sockaddr_in>())
+        }
+        IpAddr::V6(a) => {
+            v6 = sockaddr_in6(a);
+            ((&raw const v6).cast(), size_of::<libc::sockaddr_in6>())
+        }
     };
-    assert_eq!(
-        sent,
-        data.len() as isize,
-        "sendto {to}: {}",
-        std::io::Error::last_os_error()
-    );
+    for data in packets {
+        // SAFETY: the buffer and address outlive the call.
+        let sent = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                data.as_ptr().cast(),
+                data.len(),
+                0,
+                addr,
+                len as libc::socklen_t,
+            )
+        };
+        assert_eq!(
+            sent,
+            data.len() as isize,
+            "sendto {to}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 /// Sends a whole IPv4 packet (header included, as given: only the kernel's checksum and total
 /// length are filled in) from `netns` to `to`.
 pub fn send_ipv4(netns: &str, to: Ipv4Addr, packet: &[u8]) {
-    send_raw(netns, libc::IPPROTO_RAW, to, packet);
+    send_raw(netns, libc::IPPROTO_RAW, to.into(), &[packet]);
+}
+
+/// Sends whole IPv6 packets (header included, as given) from `netns` to `to`, from one socket.
+pub fn send_ipv6(netns: &str, to: Ipv6Addr, packets: &[&[u8]]) {
+    send_raw(netns, libc::IPPROTO_RAW, to.into(), packets);
 }
 
 /// Sends an ICMP message (header with its checksum, and body) from `netns` to `to`; the kernel
 /// writes the IPv4 header with the namespace's source address.
 pub fn send_icmp(netns: &str, to: Ipv4Addr, message: &[u8]) {
-    send_raw(netns, libc::IPPROTO_ICMP, to, message);
+    send_raw(netns, libc::IPPROTO_ICMP, to.into(), &[message]);
 }
 
 /// Sends an Ethernet frame as it is out of `iface` of `netns`.

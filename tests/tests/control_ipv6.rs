@@ -22,7 +22,7 @@ use std::{
 
 use bridgenet_tests::{
     Topology, busy,
-    control::{ControlLab, Stop},
+    control::{ControlLab, Stop, UPLINK6, WORLD6},
     ipv6,
     monitor::{EVENT_TIMEOUT, Monitor},
     raw, sockets,
@@ -191,10 +191,6 @@ fn ipv6_between_endpoints_flows_on_while_the_daemon_is_killed_and_restarted() {
     );
 }
 
-/// The uplink's and the world's IPv6 addresses in the lab (the world is on the uplink's link).
-const UPLINK6: &str = "2001:db8:ff::2";
-const WORLD6: &str = "2001:db8:ff::1";
-
 /// Network `out6` (198.18.7.0/24, 2001:db8:7::/64), not internal, with endpoint e1; returns
 /// e1's namespace.
 fn network_out6(lab: &mut ControlLab) -> String {
@@ -224,10 +220,14 @@ fn network_out6(lab: &mut ControlLab) -> String {
 /// A dual-stack network `out6` (198.18.7.0/24, 2001:db8:7::/64) that is not internal, with
 /// endpoint e1, and IPv6 on the uplink's link; returns e1's and the world's namespaces.
 fn lab_out() -> (ControlLab, String, String) {
-    let mut lab = ControlLab::up();
+    lab_out_with(serde_json::json!({}))
+}
+
+/// `lab_out` with the daemon's `config`.
+fn lab_out_with(config: Value) -> (ControlLab, String, String) {
+    let mut lab = ControlLab::up_with_config("on", config);
     let world = lab.topo.ns("world").name().to_owned();
-    addr6(&lab, "host", "uplink0", "2001:db8:ff::2/64");
-    addr6(&lab, "world", "eth0", "2001:db8:ff::1/64");
+    lab.ipv6_to_world();
     let e1 = network_out6(&mut lab);
     (lab, e1, world)
 }
@@ -323,14 +323,6 @@ fn an_ipv6_connection_out_lives_through_a_daemon_killed_and_started_again() {
     );
 }
 
-/// `ip addr add CIDR dev IFACE nodad` in namespace `ns`, with IPv6 on for that interface (the
-/// lab's namespaces start with it off).
-fn addr6(lab: &ControlLab, ns: &str, iface: &str, cidr: &str) {
-    let netns = lab.topo.ns(ns);
-    netns.sysctl(&format!("net.ipv6.conf.{iface}.disable_ipv6"), "0");
-    netns.ip(&["-6", "addr", "add", cidr, "dev", iface, "nodad"]);
-}
-
 /// world (2001:db8:f1::1) -- router-a ==(MTU 1280)== router-b -- host uplink0
 /// (2001:db8:ff::2): every other link has MTU 1500, so full-size segments of e1 (in network
 /// out6) only get through after path MTU discovery, which needs router-b's Packet Too Big,
@@ -357,7 +349,7 @@ fn ipv6_path_mtu_discovery_through_masquerade() {
         ("router-b", "eth0", "2001:db8:ff::1/64"),
         ("host", "uplink0", "2001:db8:ff::2/64"),
     ] {
-        addr6(&lab, ns, iface, cidr);
+        lab.addr6(ns, iface, cidr);
     }
     for router in ["router-a", "router-b"] {
         lab.topo
@@ -470,7 +462,12 @@ fn a_removed_endpoints_ipv6_flows_do_not_reach_the_next_endpoint_on_its_address(
 /// knows the uplink's IPv6 address (e1 gets out); returns the lab, web's and the world's
 /// namespaces.
 fn lab_web(udp: &str) -> (ControlLab, String, String) {
-    let (mut lab, e1, world) = lab_out();
+    lab_web_with(serde_json::json!({}), udp)
+}
+
+/// `lab_web` with the daemon's `config`.
+fn lab_web_with(config: Value, udp: &str) -> (ControlLab, String, String) {
+    let (mut lab, e1, world) = lab_out_with(config);
     assert!(
         pings_within_5_s(&lab, &e1, WORLD6),
         "e1 pings the world over IPv6"
@@ -743,5 +740,61 @@ fn busy_ipv6_clients_that_close_first_and_reuse_their_ports_never_fail() {
     assert_eq!(failed, 0, "failed connections, first reasons: {reasons:?}");
     for reason in ["drop_ports_exhausted", "drop_ct_full", "drop_untracked"] {
         assert_eq!(lab.stat("uplink_ingress", reason), 0, "{reason}");
+    }
+}
+
+/// A flood of spoofed IPv6 SYNs to a port published on IPv6 fills `CONNTRACK6` with half-open
+/// flows: new IPv6 clients still connect, because a new flow evicts the oldest flows of the
+/// ring that are not assured (`EMBRYOS6`), as for IPv4 (`control_conntrack`). Before, every
+/// new IPv6 flow was `drop_ct_full` until the half-open ones expired.
+#[test]
+fn a_spoofed_ipv6_syn_flood_to_a_published_port_locks_no_client_out() {
+    // conntrack-max 4096: IPv6's table holds 1024 entries, 512 flows.
+    let (lab, web, world) = lab_web_with(serde_json::json!({"conntrack-max": 4096}), "5353:53/udp");
+    let stop = Arc::new(AtomicBool::new(false));
+    let servers = busy::ok_server(&web, "[::]:7002", stop.clone());
+    let to: std::net::SocketAddr = format!("[{UPLINK6}]:8080").parse().unwrap();
+    let client = || {
+        enter(&world, || {
+            busy::one_request_within(to, Duration::from_secs(10))
+        })
+    };
+    client().expect("a client connects before the flood");
+
+    // 3,000 SYNs from 2001:db8:ee::/48, six times the flows the table holds.
+    let dst = UPLINK6.parse::<std::net::Ipv6Addr>().unwrap();
+    let flood: Vec<Vec<u8>> = (0..3000u32)
+        .map(|i| {
+            let mut src = [0u8; 16];
+            src[..6].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0xee, 0]);
+            src[12..].copy_from_slice(&i.to_be_bytes());
+            let mut syn = Vec::new();
+            etherparse::PacketBuilder::ipv6(src, dst.octets(), 64)
+                .tcp(1024 + i as u16, 8080, i, 64240)
+                .syn()
+                .write(&mut syn, &[])
+                .unwrap();
+            syn
+        })
+        .collect();
+    let flood: Vec<&[u8]> = flood.iter().map(Vec::as_slice).collect();
+    raw::send_ipv6(&world, dst, &flood);
+    for i in 0..3 {
+        client().unwrap_or_else(|err| {
+            panic!(
+                "client {i} after the flood: {err}; drop_ct_full {}",
+                lab.stat("uplink_ingress", "drop_ct_full")
+            )
+        });
+    }
+    // The flood got in, more than the table holds: its own half-open flows made room.
+    assert!(
+        lab.stat("uplink_ingress", "dnat") > 1024,
+        "dnat {}",
+        lab.stat("uplink_ingress", "dnat")
+    );
+    stop.store(true, Ordering::Relaxed);
+    for server in servers {
+        server.join().unwrap();
     }
 }

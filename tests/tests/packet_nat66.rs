@@ -461,6 +461,69 @@ fn new_flows_past_the_limit_are_refused_and_tracked_ones_go_on() {
     );
 }
 
+/// A full IPv6 table makes room as IPv4's does: a new flow evicts the oldest flows of its
+/// side's ring (`EMBRYOS6`) that are not assured, never an assured one, so that a flood of
+/// spoofed SYNs to a port published on IPv6 locks neither the endpoints' new flows nor new
+/// clients out.
+#[test]
+fn a_full_ipv6_table_makes_room_by_evicting_the_oldest_unassured_flows() {
+    use bridgenet::datapath::Proto;
+    // Room for 32 flows; each side's ring holds the last 16 flows it admitted.
+    let mut dp = datapath(true, 64);
+    dp.publish6(
+        Proto::Tcp,
+        Ipv6Addr::UNSPECIFIED,
+        8080,
+        EP.parse().unwrap(),
+        80,
+    )
+    .unwrap();
+    let ports: Vec<u16> = (0..4).map(|i| open_tcp(&mut dp, 41000 + i)).collect();
+    let syn = |i: u16| {
+        tcp(
+            &format!("2001:db8:ee::{i:x}"),
+            1000 + i,
+            UPLINK,
+            8080,
+            "S",
+            1,
+            0,
+        )
+    };
+    for i in 0..28 {
+        translated(&mut dp, INGRESS, &syn(i), outcome::DNAT);
+    }
+    assert_eq!(entries6(&mut dp), 64, "full");
+    // More of the flood, a new flow of the endpoint's each time, and a new client.
+    for i in 28..200 {
+        translated(&mut dp, INGRESS, &syn(i), outcome::DNAT);
+        translated(
+            &mut dp,
+            EGRESS,
+            &udp(EP, 5000 + i, SERVER, 53),
+            outcome::SNAT,
+        );
+    }
+    translated(
+        &mut dp,
+        INGRESS,
+        &tcp(CLIENT, 50000, UPLINK, 8080, "S", 7000, 0),
+        outcome::DNAT,
+    );
+    assert!(entries6(&mut dp) <= 64);
+    assert!(dp.conntrack_evicted().unwrap() >= 2 * 172);
+    // The assured flows are all still there and still translate.
+    for (i, port) in ports.into_iter().enumerate() {
+        let back = translated(
+            &mut dp,
+            INGRESS,
+            &tcp(SERVER, 443, UPLINK, port, "PA", 5001, 1001),
+            outcome::DNAT,
+        );
+        assert_eq!(inspect(&back), seen(SERVER, 443, EP, 41000 + i as u16));
+    }
+}
+
 /// IPv6 entries in CT_USAGE, as the datapath counts them.
 fn entries6(dp: &mut Datapath) -> u64 {
     let usage: Array<_, u64> =

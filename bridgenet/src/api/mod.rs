@@ -268,6 +268,9 @@ pub struct Status {
 pub struct UplinkStatus {
     pub name: String,
     pub addr: std::net::Ipv4Addr,
+    /// Its global IPv6 address, which NAT66 and ports published on IPv6 use.
+    #[serde(default)]
+    pub addr6: Option<std::net::Ipv6Addr>,
     /// native, generic, off (not wanted: `--xdp`) or detached.
     pub xdp: String,
 }
@@ -329,8 +332,10 @@ pub struct CniAdd {
     /// The container's namespace (`CNI_NETNS`): a path, which bridgenet never removes.
     pub netns: String,
     pub network: CniNetwork,
-    /// The `ips` capability: the endpoint's address.
+    /// The `ips` capability: the endpoint's address, and its IPv6 one on a dual-stack network.
     pub ip: Option<String>,
+    #[serde(default)]
+    pub ip6: Option<String>,
     /// The `mac` capability.
     pub mac: Option<String>,
     /// The `portMappings` capability as `-p` SPECs.
@@ -345,6 +350,11 @@ pub struct CniNetwork {
     pub name: String,
     pub subnet: Option<String>,
     pub gateway: Option<String>,
+    /// IPv6 beside IPv4 (a dual-stack network).
+    #[serde(default)]
+    pub subnet6: Option<String>,
+    #[serde(default)]
+    pub gateway6: Option<String>,
     pub bridge: Option<String>,
     pub icc: Option<bool>,
     pub gateway_mode: Option<String>,

@@ -31,9 +31,15 @@ fn print(s: &Status) {
     for p in &s.problems {
         println!("  problem: {p}");
     }
-    println!("\nUPLINK           ADDRESS          XDP");
+    println!("\nUPLINK           ADDRESS          XDP      IPV6");
     for u in &s.uplinks {
-        println!("{:<16} {:<16} {}", u.name, u.addr.to_string(), u.xdp);
+        let addr6 = u.addr6.map_or("-".to_owned(), |a| a.to_string());
+        println!(
+            "{:<16} {:<16} {:<8} {addr6}",
+            u.name,
+            u.addr.to_string(),
+            u.xdp
+        );
     }
     println!("\nPROGRAM            INTERFACE        HOOK         MODE           ATTACHED");
     for p in &s.programs {

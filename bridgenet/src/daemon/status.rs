@@ -256,6 +256,7 @@ impl Daemon {
                 UplinkStatus {
                     name: u.name.clone(),
                     addr: u.addr,
+                    addr6: u.addr6,
                     xdp: match xdp {
                         None => "off".into(),
                         Some(p) if !p.attached => "detached".into(),

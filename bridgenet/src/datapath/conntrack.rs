@@ -369,41 +369,34 @@ impl Datapath {
         Ok(flows)
     }
 
+    /// A handle of its own on map `name` (the same kernel map), so that what holds it does not
+    /// borrow the datapath.
+    fn own_map(&self, name: &str) -> Result<Map> {
+        let (data, wrap): (&MapData, fn(MapData) -> Map) = match self.ebpf.map(name) {
+            Some(Map::LruHashMap(data)) => (data, Map::LruHashMap),
+            Some(Map::Array(data)) => (data, Map::Array),
+            _ => anyhow::bail!("map {name} missing, or not an LRU hash or an array"),
+        };
+        let data =
+            MapData::from_id(data.info()?.id()).with_context(|| format!("opening {name}"))?;
+        Ok(wrap(data))
+    }
+
     /// A reader of the conntrack maps that does not borrow the datapath.
     pub fn conntrack_reader(&self) -> Result<CtReader> {
-        let own = |name: &str| -> Result<Map> {
-            let Some(Map::LruHashMap(data)) = self.ebpf.map(name) else {
-                anyhow::bail!("map {name} missing or not an LRU hash");
-            };
-            let data =
-                MapData::from_id(data.info()?.id()).with_context(|| format!("opening {name}"))?;
-            Ok(Map::LruHashMap(data))
-        };
         Ok(CtReader {
-            map: HashMap::try_from(own(maps::CONNTRACK)?)?,
-            map6: HashMap::try_from(own(maps::CONNTRACK6)?)?,
+            map: HashMap::try_from(self.own_map(maps::CONNTRACK)?)?,
+            map6: HashMap::try_from(self.own_map(maps::CONNTRACK6)?)?,
         })
     }
 
-    /// A GC pass's own handles on the conntrack map and its usage counters, so that the
+    /// A GC pass's own handles on the conntrack maps and their usage counters, so that the
     /// pass does not borrow the datapath (nor hold the daemon: a full table takes seconds).
     pub fn conntrack_collector(&self) -> Result<CtCollector> {
-        let Some(Map::LruHashMap(data)) = self.ebpf.map(maps::CONNTRACK) else {
-            anyhow::bail!("map CONNTRACK missing or not an LRU hash");
-        };
-        let map = MapData::from_id(data.info()?.id()).context("opening the conntrack map")?;
-        let Some(Map::LruHashMap(data)) = self.ebpf.map(maps::CONNTRACK6) else {
-            anyhow::bail!("map CONNTRACK6 missing or not an LRU hash");
-        };
-        let map6 = MapData::from_id(data.info()?.id()).context("opening CONNTRACK6")?;
-        let Some(Map::Array(data)) = self.ebpf.map(maps::CT_USAGE) else {
-            anyhow::bail!("map CT_USAGE missing or not an array");
-        };
-        let usage = MapData::from_id(data.info()?.id()).context("opening CT_USAGE")?;
         Ok(CtCollector {
-            map: HashMap::try_from(Map::LruHashMap(map))?,
-            map6: HashMap::try_from(Map::LruHashMap(map6))?,
-            usage: Array::try_from(Map::Array(usage))?,
+            map: HashMap::try_from(self.own_map(maps::CONNTRACK)?)?,
+            map6: HashMap::try_from(self.own_map(maps::CONNTRACK6)?)?,
+            usage: Array::try_from(self.own_map(maps::CT_USAGE)?)?,
             expired: None,
         })
     }
