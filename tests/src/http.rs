@@ -31,10 +31,13 @@ pub fn get(ns: &str, url: &str) -> Option<String> {
     })
 }
 
-/// The client address busybox httpd's CGI shows: `198.18.0.1` or `[::ffff:198.18.0.1]`.
+/// The client address busybox httpd's CGI shows: `198.18.0.1`, `[::ffff:198.18.0.1]` or
+/// `[2001:db8::1]`, without brackets or the IPv4-mapped prefix.
 pub fn client_of(remote_addr: &str) -> &str {
     let last = remote_addr.lines().last().unwrap_or("").trim();
-    last.trim_start_matches("[::ffff:").trim_end_matches(']')
+    last.trim_start_matches("[::ffff:")
+        .trim_start_matches('[')
+        .trim_end_matches(']')
 }
 
 /// A document root with `index.html` and a CGI (`/cgi-bin/ip`) that prints the client's address.

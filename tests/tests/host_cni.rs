@@ -2,12 +2,12 @@
 //! per container), against a daemon in the control lab. Host kernel only: the protocol and
 //! the daemon's bookkeeping do not depend on the kernel, and the matrix covers the datapath
 //! that the endpoints use.
-use std::{net::Ipv4Addr, process::Command};
+use std::{net::Ipv4Addr, process::Command, time::Duration};
 
 use bridgenet_tests::{
     cni::{self, Answer, attachment},
-    control::{ControlLab, Stop},
-    traffic::{echo_once, roundtrip},
+    control::{ControlLab, Stop, UPLINK6, WORLD6},
+    traffic::{echo_once, roundtrip, roundtrip_within},
 };
 use serde_json::{Value, json};
 
@@ -323,4 +323,139 @@ fn del_and_add_across_a_daemon_restart() {
     cni::call("DEL", &env1, &base).ok();
     assert!(endpoint_of(&lab, "c1").is_none());
     cni::call("DEL", &env1, &base).ok();
+}
+
+/// The IPv6 addresses (CIDR, global scope) of `ifname` in namespace `ns`.
+fn inside6(ns: &str, ifname: &str) -> Vec<String> {
+    let out = Command::new("ip")
+        .args([
+            "-n", ns, "-6", "-j", "addr", "show", "dev", ifname, "scope", "global",
+        ])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v[0]["addr_info"]
+        .as_array()
+        .map(|a| {
+            // `ip -j` lists the addresses a filter left out as empty objects.
+            a.iter()
+                .filter_map(|a| Some(format!("{}/{}", a["local"].as_str()?, a["prefixlen"])))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A dual-stack network through CNI: `subnet6` beside `subnet`, the `ips` capability with an
+/// address of each family, a result with both and a default route per family; an empty
+/// `hostIP` publishes on both families (as Podman's own networks do), and real IPv6 traffic
+/// comes in through the port with the client's address and goes out masqueraded with the
+/// uplink's. A configuration whose IPv6 settings differ from the network's is refused.
+#[test]
+fn a_dual_stack_network_through_cni() {
+    let mut lab = ControlLab::up();
+    lab.ipv6_to_world();
+    let world = lab.topo.ns("world").name().to_owned();
+    let (ns1, path1) = container_netns(&mut lab, "c1");
+    let mut dual = conf(&lab, "1.0.0", "pods6", "198.19.12.0/24");
+    dual["subnet6"] = json!("2001:db8:12::/64");
+    let mut add = dual.clone();
+    add["runtimeConfig"] = json!({
+        "ips": ["198.19.12.9/24", "2001:db8:12::9/64"],
+        "portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": ""}],
+    });
+    let env1 = attachment("c1", "eth0", &path1);
+    let result = cni::call("ADD", &env1, &add).ok().clone();
+    assert_eq!(
+        result["ips"],
+        json!([
+            {"address": "198.19.12.9/24", "gateway": "198.19.12.1", "interface": 0},
+            {"address": "2001:db8:12::9/64", "gateway": "2001:db8:12::1", "interface": 0},
+        ])
+    );
+    assert_eq!(
+        result["routes"],
+        json!([
+            {"dst": "0.0.0.0/0", "gw": "198.19.12.1"},
+            {"dst": "::/0", "gw": "2001:db8:12::1"},
+        ])
+    );
+    assert_eq!(inside6(&ns1, "eth0"), ["2001:db8:12::9/64"]);
+    assert_eq!(
+        lab.ok(&["port", "ls", "cni-c1"]),
+        "80/tcp -> 0.0.0.0:8080\n80/tcp -> [::]:8080\n"
+    );
+
+    // In over IPv6 and over IPv4, each with the client's own address.
+    let server = echo_once(&ns1, "[::]:80");
+    roundtrip(&world, &format!("[{UPLINK6}]:8080"));
+    assert_eq!(
+        server.join().unwrap().ip(),
+        WORLD6.parse::<std::net::IpAddr>().unwrap()
+    );
+    let server = echo_once(&ns1, "0.0.0.0:80");
+    roundtrip(&world, "198.18.0.2:8080");
+    assert_eq!(server.join().unwrap().ip(), Ipv4Addr::new(198, 18, 0, 1));
+    // Out over IPv6, masqueraded with the uplink's address.
+    let server = echo_once(&world, "[::]:9000");
+    roundtrip(&ns1, &format!("[{WORLD6}]:9000"));
+    assert_eq!(
+        server.join().unwrap().ip(),
+        UPLINK6.parse::<std::net::IpAddr>().unwrap()
+    );
+
+    // CHECK with ADD's result passes.
+    let mut checked = dual.clone();
+    checked["prevResult"] = result.clone();
+    cni::call("CHECK", &env1, &checked).ok();
+
+    // Other IPv6 settings than the network's, or IPv6 in the IPv4 keys: one line, nothing made.
+    let (_, path2) = container_netns(&mut lab, "c2");
+    let env2 = attachment("c2", "eth0", &path2);
+    let before = lab.snapshot();
+    for (key, value, expect) in [
+        (
+            "subnet6",
+            "2001:db8:13::/64",
+            "network pods6 exists with subnet6 2001:db8:12::/64, the configuration says \
+             2001:db8:13::/64",
+        ),
+        (
+            "gateway6",
+            "2001:db8:12::fe",
+            "network pods6 exists with gateway6 2001:db8:12::1, the configuration says \
+             2001:db8:12::fe",
+        ),
+        (
+            "subnet",
+            "2001:db8:12::/64",
+            "subnet 2001:db8:12::/64: an IPv6 subnet goes in subnet6",
+        ),
+    ] {
+        let mut other = dual.clone();
+        other[key] = json!(value);
+        let a = cni::call("ADD", &env2, &other);
+        assert_eq!(a.code(), 4, "{}", a.out);
+        assert_eq!(a.out["msg"], expect);
+    }
+    let mut two = dual.clone();
+    two["runtimeConfig"] = json!({"ips": ["2001:db8:12::20/64", "2001:db8:12::21/64"]});
+    assert_eq!(cni::call("ADD", &env2, &two).code(), 4);
+    assert_eq!(lab.snapshot(), before);
+
+    // A single static address and the MAC in CNI_ARGS, as Podman's CNI backend sends them.
+    let mut args = env2.clone();
+    args.push((
+        "CNI_ARGS",
+        "IgnoreUnknown=1;K8S_POD_NAME=c2;IP=2001:db8:12::20;MAC=02:00:c6:13:0c:14",
+    ));
+    let result2 = cni::call("ADD", &args, &dual).ok().clone();
+    assert_eq!(result2["ips"][1]["address"], "2001:db8:12::20/64");
+    assert_eq!(result2["interfaces"][0]["mac"], "02:00:c6:13:0c:14");
+
+    // DEL closes the port on both families.
+    cni::call("DEL", &env1, &dual).ok();
+    assert!(!lab.ok(&["port", "ls"]).contains("8080"));
+    assert!(
+        roundtrip_within(&world, &format!("[{UPLINK6}]:8080"), Duration::from_secs(2)).is_err()
+    );
 }

@@ -15,7 +15,7 @@ use std::{
 
 use bridgenet_tests::{
     cni,
-    control::ControlLab,
+    control::{ControlLab, UPLINK6, WORLD6},
     http::{self, client_of, get},
 };
 
@@ -35,6 +35,11 @@ fn text(out: &Output) -> String {
 
 impl PodmanLab {
     fn up() -> Self {
+        Self::up_with(serde_json::json!({}))
+    }
+
+    /// The lab with `extra` keys in bridgenet-cni's configuration (`subnet6`, ...).
+    fn up_with(extra: serde_json::Value) -> Self {
         let lab = ControlLab::up();
         let this = Self { lab };
         let plugins = this.path("cni-plugins");
@@ -56,16 +61,20 @@ impl PodmanLab {
         )
         .unwrap();
         std::fs::create_dir_all(this.path("net.d")).unwrap();
+        let mut plugin = serde_json::json!({
+            "type": "bridgenet-cni",
+            "network": "podman-bn",
+            "subnet": "198.19.20.0/24",
+            "socket": this.lab.socket(),
+            "capabilities": {"portMappings": true, "ips": true, "mac": true},
+        });
+        for (key, value) in extra.as_object().unwrap() {
+            plugin[key] = value.clone();
+        }
         let conflist = serde_json::json!({
             "cniVersion": "1.0.0",
             "name": "bn",
-            "plugins": [{
-                "type": "bridgenet-cni",
-                "network": "podman-bn",
-                "subnet": "198.19.20.0/24",
-                "socket": this.lab.socket(),
-                "capabilities": {"portMappings": true, "ips": true, "mac": true},
-            }],
+            "plugins": [plugin],
         });
         std::fs::write(
             this.path("net.d/bridgenet.conflist"),
@@ -226,4 +235,57 @@ fn podman_runs_publishes_and_removes_through_bridgenet() {
     assert!(!rules.contains("-A "), "iptables rules: {rules}");
     let nft = lab.lab.topo.ns("host").exec("nft", &["list", "ruleset"]);
     assert!(nft.trim().is_empty(), "nftables rules: {nft}");
+}
+
+/// A dual-stack network (`subnet6` in the conflist): `--ip`, `--ip6`, `--mac-address` and
+/// `-p 8080:80` as Podman's own networks take them. The world reaches the port over IPv6 and IPv4, each with its own
+/// address; Podman shows the IPv6 address bridgenet gave; rm closes both families.
+#[test]
+fn podman_dual_stack_containers_publish_on_both_families() {
+    let lab = PodmanLab::up_with(serde_json::json!({"subnet6": "2001:db8:20::/64"}));
+    lab.lab.ipv6_to_world();
+    let web = lab.run_httpd(&["--ip6", "2001:db8:20::99", "-p", "8080:80"]);
+    let url6 = format!("http://[{UPLINK6}]:8080/cgi-bin/ip");
+    assert_eq!(client_of(&lab.get_ok(&lab.world(), &url6)), WORLD6);
+    let url = format!("http://{HOST}:8080/cgi-bin/ip");
+    assert_eq!(client_of(&lab.get_ok(&lab.world(), &url)), "198.18.0.1");
+    let shown = lab.podman_ok(&[
+        "inspect",
+        "-f",
+        "{{.NetworkSettings.Networks.bn.GlobalIPv6Address}}",
+        &web,
+    ]);
+    assert_eq!(shown, "2001:db8:20::99");
+    let ports = lab.lab.ok(&["port", "ls"]);
+    assert!(
+        ports.contains(&format!("cni-{}: 80/tcp -> [::]:8080", &web[..12])),
+        "{ports}"
+    );
+    // Podman sends one static address and the MAC in CNI_ARGS, two addresses as `ips`.
+    let fixed = lab.run_httpd(&["--ip", "198.19.20.77", "--mac-address", "02:00:c6:13:14:4d"]);
+    let both = lab.run_httpd(&["--ip", "198.19.20.78", "--ip6", "2001:db8:20::78"]);
+    for (id, v4, v6) in [
+        (&fixed, "198.19.20.77", "2001:db8:20::2"),
+        (&both, "198.19.20.78", "2001:db8:20::78"),
+    ] {
+        let shown = lab.podman_ok(&[
+            "inspect",
+            "-f",
+            "{{.NetworkSettings.Networks.bn.IPAddress}} \
+             {{.NetworkSettings.Networks.bn.GlobalIPv6Address}}",
+            id,
+        ]);
+        assert_eq!(shown, format!("{v4} {v6}"));
+    }
+    let mac = lab.podman_ok(&[
+        "inspect",
+        "-f",
+        "{{.NetworkSettings.Networks.bn.MacAddress}}",
+        &fixed,
+    ]);
+    assert_eq!(mac, "02:00:c6:13:14:4d");
+
+    lab.podman_ok(&["rm", "-f", "-t", "0", &web]);
+    assert_eq!(get(&lab.world(), &url6), None);
+    assert!(!lab.lab.ok(&["port", "ls"]).contains(":8080"));
 }

@@ -207,12 +207,20 @@ fn execute(env: &HashMap<String, String>, stdin: &[u8]) -> Result<Option<Value>,
     let daemon = Daemon { socket, command };
     match command {
         Command::Add => {
+            let args = cni_args(env);
+            let (ip, ip6) = conf.ips(args.get("IP").copied())?;
+            let mac = conf
+                .runtime_config
+                .mac
+                .as_deref()
+                .or(args.get("MAC").copied());
             let req = CniAdd {
                 attachment: attachment()?,
                 netns: netns()?,
                 network: conf.network()?,
-                ip: conf.ip()?,
-                mac: conf.runtime_config.mac.clone(),
+                ip,
+                ip6,
+                mac: mac.map(str::to_owned),
                 publish: conf.publish()?,
             };
             let attached: CniAttached =
@@ -261,6 +269,19 @@ fn execute(env: &HashMap<String, String>, stdin: &[u8]) -> Result<Option<Value>,
     }
 }
 
+/// `CNI_ARGS` (`K=V;K=V`): what runtimes send there besides capabilities. bridgenet-cni
+/// takes `IP` and `MAC` (Podman's CNI backend, CRI-O) and ignores the rest, as
+/// `IgnoreUnknown=1` asks.
+fn cni_args(env: &HashMap<String, String>) -> HashMap<&str, &str> {
+    env.get("CNI_ARGS")
+        .map(|args| {
+            args.split(';')
+                .filter_map(|kv| kv.split_once('='))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The API path of one attachment.
 fn attachment_path(a: &CniAttachment) -> String {
     format!("/cni/attachments/{}/{}", a.container_id, a.ifname)
@@ -300,27 +321,46 @@ impl Daemon {
     }
 }
 
-/// ADD's result: the interface in the container, its address with the network's gateway,
-/// the default route. Version 0.4.0 results name the IP version of each address.
+/// ADD's result: the interface in the container, its addresses with the network's gateways,
+/// the default routes. Version 0.4.0 results name the IP version of each address.
 pub fn result(version: &str, attached: &CniAttached) -> Value {
     let (ep, net) = (&attached.endpoint, &attached.network);
-    let mut ip = json!({
-        "address": format!("{}/{}", ep.ip, net.subnet.prefix_len()),
-        "gateway": net.gateway.to_string(),
-        "interface": 0,
-    });
-    if version == "0.4.0" {
-        ip["version"] = json!("4");
+    let mut ips = vec![(
+        format!("{}/{}", ep.ip, net.subnet.prefix_len()),
+        net.gateway.to_string(),
+        "4",
+        "0.0.0.0/0",
+    )];
+    if let (Some(ip6), Some(subnet6), Some(gateway6)) = (ep.ip6, net.subnet6, net.gateway6) {
+        ips.push((
+            format!("{ip6}/{}", subnet6.prefix_len()),
+            gateway6.to_string(),
+            "6",
+            "::/0",
+        ));
     }
-    let routes = if net.internal {
-        json!([])
+    let addresses: Vec<Value> = ips
+        .iter()
+        .map(|(address, gateway, family, _)| {
+            let mut ip = json!({"address": address, "gateway": gateway, "interface": 0});
+            if version == "0.4.0" {
+                ip["version"] = json!(family);
+            }
+            ip
+        })
+        .collect();
+    // An internal network has no way out, in either family.
+    let routes: Vec<Value> = if net.internal {
+        Vec::new()
     } else {
-        json!([{"dst": "0.0.0.0/0", "gw": net.gateway.to_string()}])
+        ips.iter()
+            .map(|(_, gateway, _, default)| json!({"dst": default, "gw": gateway}))
+            .collect()
     };
     json!({
         "cniVersion": version,
         "interfaces": [{"name": ep.ifname(), "mac": ep.mac, "sandbox": ep.netns}],
-        "ips": [ip],
+        "ips": addresses,
         "routes": routes,
         "dns": {},
     })

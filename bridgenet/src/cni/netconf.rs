@@ -21,6 +21,9 @@ pub struct NetConf {
     pub network: Option<String>,
     pub subnet: Option<String>,
     pub gateway: Option<String>,
+    /// A dual-stack network's IPv6 subnet and gateway (Docker's `--ipv6 --subnet`).
+    pub subnet6: Option<String>,
+    pub gateway6: Option<String>,
     pub bridge: Option<String>,
     pub icc: Option<bool>,
     pub gateway_mode: Option<String>,
@@ -100,7 +103,18 @@ impl NetConf {
     pub fn network(&self) -> Result<CniNetwork, CniError> {
         for (key, value) in [("subnet", &self.subnet), ("gateway", &self.gateway)] {
             if let Some(v) = value.as_deref().filter(|v| v.contains(':')) {
-                return Err(ipv6_refused(&format!("{key} {v}")));
+                return Err(CniError::new(
+                    code::INVALID_CONFIG,
+                    format!("{key} {v}: an IPv6 {key} goes in {key}6"),
+                ));
+            }
+        }
+        for (key, value) in [("subnet6", &self.subnet6), ("gateway6", &self.gateway6)] {
+            if let Some(v) = value.as_deref().filter(|v| !v.contains(':')) {
+                return Err(CniError::new(
+                    code::INVALID_CONFIG,
+                    format!("{key} {v}: not an IPv6 address (expected such as 2001:db8:1::/64)"),
+                ));
             }
         }
         if self.non_masquerade_cidrs.iter().any(|c| c.is_empty()) {
@@ -113,6 +127,8 @@ impl NetConf {
             name: self.network.clone().unwrap_or_else(|| self.name.clone()),
             subnet: self.subnet.clone(),
             gateway: self.gateway.clone(),
+            subnet6: self.subnet6.clone(),
+            gateway6: self.gateway6.clone(),
             bridge: self.bridge.clone(),
             icc: self.icc,
             gateway_mode: self.gateway_mode.clone(),
@@ -149,41 +165,47 @@ impl NetConf {
                         ),
                     ));
                 }
-                let ip = if m.host_ip.is_empty() {
-                    "0.0.0.0"
-                } else {
-                    &m.host_ip
+                // No host IP is every address of both families, as Podman's own networks
+                // publish on a dual-stack container (the daemon: IPv6 only if it has it).
+                let ip = match m.host_ip.as_str() {
+                    "" => String::new(),
+                    v6 if v6.contains(':') => format!("[{v6}]:"),
+                    v4 => format!("{v4}:"),
                 };
-                Ok(format!("{ip}:{}:{}/{proto}", m.host_port, m.container_port))
+                Ok(format!("{ip}{}:{}/{proto}", m.host_port, m.container_port))
             })
             .collect()
     }
 
-    /// The `ips` capability: one IPv4 address (a prefix length, if given, is the network's).
-    pub fn ip(&self) -> Result<Option<String>, CniError> {
-        if let Some(v6) = self.runtime_config.ips.iter().find(|ip| ip.contains(':')) {
-            return Err(ipv6_refused(&format!("ips {v6}")));
+    /// The static addresses: the `ips` capability and the `IP` of `CNI_ARGS` (`args_ip`, one
+    /// address or a comma-separated list: Podman's CNI backend sends a single static address
+    /// there, only two or more as `ips`). At most one per family (a prefix length, if given,
+    /// is the network's): (IPv4, IPv6).
+    pub fn ips(&self, args_ip: Option<&str>) -> Result<(Option<String>, Option<String>), CniError> {
+        let from_args = args_ip.into_iter().flat_map(|list| list.split(','));
+        let given = self
+            .runtime_config
+            .ips
+            .iter()
+            .map(String::as_str)
+            .chain(from_args.map(str::trim).filter(|ip| !ip.is_empty()));
+        let (mut v4, mut v6) = (None, None);
+        for ip in given {
+            let (slot, family) = if ip.contains(':') {
+                (&mut v6, "IPv6")
+            } else {
+                (&mut v4, "IPv4")
+            };
+            if slot.is_some() {
+                return Err(CniError::new(
+                    code::INVALID_CONFIG,
+                    format!("ips: two {family} addresses given; a bridgenet attachment has one"),
+                ));
+            }
+            *slot = Some(ip.split('/').next().unwrap_or(ip).to_owned());
         }
-        match self.runtime_config.ips.as_slice() {
-            [] => Ok(None),
-            [one] => Ok(Some(one.split('/').next().unwrap_or(one).to_owned())),
-            more => Err(CniError::new(
-                code::INVALID_CONFIG,
-                format!(
-                    "ips: {} addresses given; a bridgenet attachment has one",
-                    more.len()
-                ),
-            )),
-        }
+        Ok((v4, v6))
     }
-}
-
-/// IPv6 asked for in a configuration: refused rather than left out.
-fn ipv6_refused(what: &str) -> CniError {
-    CniError::new(
-        code::INVALID_CONFIG,
-        format!("{what}: IPv6 through CNI is not supported yet"),
-    )
 }
 
 #[cfg(test)]
@@ -201,7 +223,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             conf.publish().unwrap(),
-            ["0.0.0.0:8080:80/tcp", "127.0.0.1:5353:53/udp"]
+            ["8080:80/tcp", "127.0.0.1:5353:53/udp"]
         );
     }
 
@@ -221,7 +243,7 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_is_refused_not_ignored() {
+    fn ipv6_goes_in_its_own_keys_and_one_address_per_family() {
         let conf = NetConf::parse(
             br#"{"cniVersion":"1.0.0","name":"n","type":"t","subnet":"2001:db8:5::/64"}"#,
         )
@@ -230,14 +252,55 @@ mod tests {
         assert_eq!(err.code, code::INVALID_CONFIG);
         assert_eq!(
             err.msg,
-            "subnet 2001:db8:5::/64: IPv6 through CNI is not supported yet"
+            "subnet 2001:db8:5::/64: an IPv6 subnet goes in subnet6"
+        );
+        let conf = NetConf::parse(
+            br#"{"cniVersion":"1.0.0","name":"n","type":"t","subnet6":"198.18.5.0/24"}"#,
+        )
+        .unwrap();
+        assert!(conf.network().unwrap_err().msg.contains("not an IPv6"));
+        let conf = NetConf::parse(
+            br#"{"cniVersion":"1.0.0","name":"n","type":"t","subnet":"198.18.5.0/24",
+                "subnet6":"2001:db8:5::/64","gateway6":"2001:db8:5::1","runtimeConfig":{
+                "ips":["198.18.5.7/24","2001:db8:5::7/64"],
+                "portMappings":[{"hostPort":8080,"containerPort":80,"hostIP":""},
+                  {"hostPort":8081,"containerPort":80,"hostIP":"::"},
+                  {"hostPort":8082,"containerPort":80,"hostIP":"0.0.0.0"}]}}"#,
+        )
+        .unwrap();
+        let network = conf.network().unwrap();
+        assert_eq!(network.subnet6.as_deref(), Some("2001:db8:5::/64"));
+        assert_eq!(network.gateway6.as_deref(), Some("2001:db8:5::1"));
+        assert_eq!(
+            conf.ips(None).unwrap(),
+            (Some("198.18.5.7".into()), Some("2001:db8:5::7".into()))
+        );
+        assert_eq!(
+            conf.publish().unwrap(),
+            ["8080:80/tcp", "[::]:8081:80/tcp", "0.0.0.0:8082:80/tcp"]
         );
         let conf = NetConf::parse(
             br#"{"cniVersion":"1.0.0","name":"n","type":"t","runtimeConfig":{
-                "ips":["198.18.5.7/24","2001:db8:5::7/64"]}}"#,
+                "ips":["2001:db8:5::7/64","2001:db8:5::8/64"]}}"#,
         )
         .unwrap();
-        let err = conf.ip().unwrap_err();
-        assert!(err.msg.contains("IPv6 through CNI"), "{}", err.msg);
+        assert_eq!(
+            conf.ips(None).unwrap_err().msg,
+            "ips: two IPv6 addresses given; a bridgenet attachment has one"
+        );
+        // Podman's single static address comes in CNI_ARGS; with `ips`, one per family.
+        assert_eq!(
+            conf.ips(Some("198.18.5.9")).unwrap_err().msg,
+            "ips: two IPv6 addresses given; a bridgenet attachment has one"
+        );
+        let plain = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","type":"t"}"#).unwrap();
+        assert_eq!(
+            plain.ips(Some("2001:db8:5::9")).unwrap(),
+            (None, Some("2001:db8:5::9".into()))
+        );
+        assert_eq!(
+            plain.ips(Some("198.18.5.9,2001:db8:5::9")).unwrap(),
+            (Some("198.18.5.9".into()), Some("2001:db8:5::9".into()))
+        );
     }
 }

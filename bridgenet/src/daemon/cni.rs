@@ -2,9 +2,9 @@
 //! with the interface name it gave, found and removed by (container ID, interface name). ADD
 //! creates the configuration's network on first use; DEL is idempotent; GC removes the
 //! attachments the runtime no longer knows.
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::{Daemon, Error, bad, networks::check_ifname};
 use crate::{
@@ -78,7 +78,7 @@ impl Daemon {
                     mode: None,
                     mac: req.mac.clone(),
                     for_runtime: false,
-                    ip6: None,
+                    ip6: req.ip6.clone(),
                 },
                 Some(a.clone()),
             )
@@ -131,8 +131,8 @@ impl Daemon {
                     internal: gateway_mode == GatewayMode::Isolated,
                     masquerade: true,
                     gateway_mode,
-                    subnet6: None,
-                    gateway6: None,
+                    subnet6: req.subnet6.clone(),
+                    gateway6: req.gateway6.clone(),
                 },
                 req.mtu,
                 non_masquerade,
@@ -254,6 +254,28 @@ fn differs(
         && g.parse::<Ipv4Addr>().ok() != Some(n.gateway)
     {
         return mismatch("gateway", n.gateway.to_string(), g.clone());
+    }
+    let none = || "none".to_owned();
+    if let Some(s) = &req.subnet6 {
+        match s.parse::<Ipv6Net>() {
+            Ok(s) if Some(s.trunc()) == n.subnet6 => {}
+            _ => {
+                return mismatch(
+                    "subnet6",
+                    n.subnet6.map_or_else(none, |s| s.to_string()),
+                    s.clone(),
+                );
+            }
+        }
+    }
+    if let Some(g) = &req.gateway6
+        && g.parse::<Ipv6Addr>().ok() != n.gateway6
+    {
+        return mismatch(
+            "gateway6",
+            n.gateway6.map_or_else(none, |g| g.to_string()),
+            g.clone(),
+        );
     }
     if let Some(b) = &req.bridge
         && *b != n.bridge

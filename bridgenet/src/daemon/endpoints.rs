@@ -107,7 +107,7 @@ impl Daemon {
                 ))
             })?,
         };
-        let ip6 = self.endpoint_ip6(req, &network, cni.is_some())?;
+        let ip6 = self.endpoint_ip6(req, &network)?;
         let mut exposed = Vec::new();
         for e in &req.expose {
             exposed.extend(parse_expose(e).map_err(bad)?);
@@ -163,7 +163,6 @@ impl Daemon {
         &self,
         req: &EndpointCreate,
         network: &Network,
-        cni: bool,
     ) -> Result<Option<Ipv6Addr>, Error> {
         let (Some(subnet6), Some(gateway6)) = (network.subnet6, network.gateway6) else {
             return match &req.ip6 {
@@ -174,12 +173,6 @@ impl Daemon {
                 None => Ok(None),
             };
         };
-        if cni {
-            return Err(bad(format!(
-                "network {} has an IPv6 subnet: IPv6 through CNI is not supported yet",
-                network.name
-            )));
-        }
         let taken = self.state.taken_addresses6(network);
         let ip6 = match &req.ip6 {
             Some(s) => {
