@@ -403,10 +403,29 @@ fn a_dual_stack_network_through_cni() {
         UPLINK6.parse::<std::net::IpAddr>().unwrap()
     );
 
-    // CHECK with ADD's result passes.
+    // CHECK with ADD's result passes; the container's IPv6 address removed, it fails.
     let mut checked = dual.clone();
     checked["prevResult"] = result.clone();
     cni::call("CHECK", &env1, &checked).ok();
+    let out = Command::new("ip")
+        .args([
+            "-n",
+            &ns1,
+            "addr",
+            "del",
+            "2001:db8:12::9/64",
+            "dev",
+            "eth0",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let broken = cni::call("CHECK", &env1, &checked);
+    assert_eq!(broken.code(), 101, "{}", broken.out);
+    assert_eq!(
+        broken.out["msg"],
+        "endpoint cni-c1: interface eth0 lacks its address 2001:db8:12::9/64"
+    );
 
     // Other IPv6 settings than the network's, or IPv6 in the IPv4 keys: one line, nothing made.
     let (_, path2) = container_netns(&mut lab, "c2");

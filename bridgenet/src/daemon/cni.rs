@@ -182,21 +182,30 @@ impl Daemon {
         let ifname = endpoint.ifname().to_owned();
         let inside =
             netlink::in_netns(&path, move |nl| netlink::link_addresses(nl, ifname)).await?;
-        let want = Ipv4Net::new(endpoint.ip, network.subnet.prefix_len()).ok();
-        match inside {
-            None => Err(broken(format!(
+        let Some((addrs, addrs6)) = inside else {
+            return Err(broken(format!(
                 "no interface {} in {}",
                 endpoint.ifname(),
                 endpoint.netns
-            ))),
-            Some(addrs) if !addrs.iter().any(|n| Some(*n) == want) => Err(broken(format!(
-                "interface {} lacks its address {}/{}",
-                endpoint.ifname(),
-                endpoint.ip,
-                network.subnet.prefix_len()
-            ))),
-            Some(_) => Ok(CniAttached { endpoint, network }),
+            )));
+        };
+        let want = Ipv4Net::new(endpoint.ip, network.subnet.prefix_len()).ok();
+        let want6 = endpoint
+            .ip6
+            .zip(network.subnet6)
+            .and_then(|(ip6, subnet6)| Ipv6Net::new(ip6, subnet6.prefix_len()).ok());
+        let missing = if !addrs.iter().any(|n| Some(*n) == want) {
+            Some(format!("{}/{}", endpoint.ip, network.subnet.prefix_len()))
+        } else {
+            want6.filter(|w| !addrs6.contains(w)).map(|w| w.to_string())
+        };
+        if let Some(missing) = missing {
+            return Err(broken(format!(
+                "interface {} lacks its address {missing}",
+                endpoint.ifname()
+            )));
         }
+        Ok(CniAttached { endpoint, network })
     }
 
     /// GC: removes the attachments on `network` that `valid` does not list; returns them.

@@ -667,11 +667,17 @@ pub async fn lo_up(nl: Netlink) -> Result<()> {
     nl.set_up(lo).await
 }
 
-/// Inside a namespace: the addresses of interface `name` (the endpoint's end of its veth
-/// pair), None when there is no such interface.
-pub async fn link_addresses(nl: Netlink, name: String) -> Result<Option<Vec<Ipv4Net>>> {
+/// Inside a namespace: the IPv4 and IPv6 addresses of interface `name` (the endpoint's end
+/// of its veth pair), None when there is no such interface.
+pub async fn link_addresses(
+    nl: Netlink,
+    name: String,
+) -> Result<Option<(Vec<Ipv4Net>, Vec<Ipv6Net>)>> {
     match nl.link(&name).await? {
-        Some(link) => Ok(Some(nl.addresses(link.index).await?)),
+        Some(link) => Ok(Some((
+            nl.addresses(link.index).await?,
+            nl.addresses6(link.index).await?,
+        ))),
         None => Ok(None),
     }
 }
