@@ -62,22 +62,32 @@ pub fn one_request_within(to: SocketAddr, timeout: Duration) -> Result<(), Strin
     Ok(())
 }
 
+/// What connect says when the client's own kernel has no free local port (EADDRNOTAVAIL): no
+/// packet left, so the datapath had no say; the client pauses and tries again, as real ones do.
+const NO_LOCAL_PORT: &str = "connect: Cannot assign requested address";
+
 /// Clients in `netns` open connections to `to` as fast as they can for `time`: (connections,
 /// failures with the first few reasons).
 pub fn busy_clients(netns: &str, to: SocketAddr, time: Duration) -> (u64, u64, Vec<String>) {
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let reasons = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let no_local_port = Arc::new(AtomicU64::new(0));
     let until = Instant::now() + time;
     let threads: Vec<_> = (0..6)
         .map(|_| {
             let (done, failed, reasons) = (done.clone(), failed.clone(), reasons.clone());
+            let no_local_port = no_local_port.clone();
             let netns = netns.to_owned();
             std::thread::spawn(move || {
                 enter(&netns, || {
                     while Instant::now() < until {
                         match one_request(to) {
                             Ok(()) => done.fetch_add(1, Ordering::Relaxed),
+                            Err(reason) if reason.starts_with(NO_LOCAL_PORT) => {
+                                std::thread::sleep(Duration::from_millis(20));
+                                no_local_port.fetch_add(1, Ordering::Relaxed)
+                            }
                             Err(reason) => {
                                 let mut reasons = reasons.lock().unwrap();
                                 if reasons.len() < 5 {
@@ -95,6 +105,10 @@ pub fn busy_clients(netns: &str, to: SocketAddr, time: Duration) -> (u64, u64, V
         thread.join().unwrap();
     }
     let reasons = reasons.lock().unwrap().clone();
+    eprintln!(
+        "the clients found no free local port {} times",
+        no_local_port.load(Ordering::Relaxed)
+    );
     (
         done.load(Ordering::Relaxed),
         failed.load(Ordering::Relaxed),
