@@ -1652,7 +1652,8 @@ fn docker_ipv6_internal_network_containers_talk_over_ipv6() {
 
 /// `docker network create --ipv6` without `--internal`: the container gets a default IPv6
 /// route through the network's gateway, and its IPv6 reaches the world masqueraded with the
-/// uplink's IPv6 address, as with Docker 27's ip6tables rules.
+/// uplink's IPv6 address, as with Docker 27's ip6tables rules; its published ports answer
+/// on IPv6 as Docker 27 publishes them.
 #[test]
 fn docker_ipv6_network_reaches_the_world_masqueraded() {
     let lab = DockerLab::up();
@@ -1715,6 +1716,56 @@ fn docker_ipv6_network_reaches_the_world_masqueraded() {
     assert!(reached, "w6 does not reach the world over IPv6");
     let stats = lab.bridgenet_ok(&["stats"]);
     assert!(stats.contains("snat"), "{stats}");
+
+    // Ports published as Docker 27 does: -p 8080:80 on both families, -p [::]:8081:80 on
+    // IPv6 only; the container sees each client's own address.
+    lab.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web6",
+        "--network",
+        "out6",
+        "-p",
+        "8080:80",
+        "-p",
+        "[::]:8081:80",
+        "bb",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    for url in [
+        "http://[2001:db8:ff::2]:8080/cgi-bin/ip",
+        "http://[2001:db8:ff::2]:8081/cgi-bin/ip",
+    ] {
+        assert_eq!(client_of(&lab.world_get_ok(url)), "2001:db8:ff::1", "{url}");
+    }
+    assert_eq!(
+        client_of(&lab.world_get_ok(&format!("http://{HOST}:8080/cgi-bin/ip"))),
+        "198.18.0.1"
+    );
+    assert_eq!(
+        lab.world_get(&format!("http://{HOST}:8081/cgi-bin/ip")),
+        None
+    );
+    let ports = lab.bridgenet_ok(&["port", "ls"]);
+    for line in [
+        "80/tcp -> 0.0.0.0:8080",
+        "80/tcp -> [::]:8080",
+        "80/tcp -> [::]:8081",
+    ] {
+        assert!(ports.contains(line), "{line} missing from: {ports}");
+    }
+    lab.docker_ok(&["rm", "-f", "web6"]);
+    assert_eq!(
+        lab.world_get("http://[2001:db8:ff::2]:8080/cgi-bin/ip"),
+        None
+    );
+
     lab.docker_ok(&["rm", "-f", "w6"]);
     lab.docker_ok(&["network", "rm", "out6"]);
 }

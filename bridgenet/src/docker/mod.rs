@@ -379,7 +379,7 @@ async fn program_external_(driver: &Driver, body: &Bytes) -> Result<Value, Strin
         let probe = PortMapping {
             proto,
             port: 0,
-            host_ip: ip.map(std::net::IpAddr::V4),
+            host_ip: ip,
             host_port: port,
         };
         !taken.iter().any(|t| t.clashes_with(&probe))

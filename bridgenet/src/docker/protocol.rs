@@ -2,7 +2,7 @@
 //! bridgenet's: every refusal is one line, found before anything changes.
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     str::FromStr,
 };
 
@@ -319,7 +319,7 @@ pub fn endpoint_address(iface: Option<&Interface>) -> Result<(Ipv4Addr, Option<I
 pub fn port_specs(
     options: Option<&BTreeMap<String, Value>>,
     default_host_ip: Option<Ipv4Addr>,
-    free: impl Fn(Proto, Option<Ipv4Addr>, u16) -> bool,
+    free: impl Fn(Proto, Option<IpAddr>, u16) -> bool,
 ) -> Result<Vec<String>, String> {
     let Some(value) = options.and_then(|o| o.get(PORTMAP)) else {
         return Ok(Vec::new());
@@ -341,19 +341,16 @@ pub fn port_specs(
             }
             n => return Err(format!("port {}: unsupported protocol number {n}", b.port)),
         };
-        let host_ip = match b.host_ip.as_str() {
-            "" => default_host_ip,
-            s => match s.parse::<std::net::IpAddr>() {
-                Ok(std::net::IpAddr::V4(ip)) => (!ip.is_unspecified()).then_some(ip),
-                // Docker adds `::` beside 0.0.0.0 for dual-stack hosts: bridgenet is IPv4.
-                Ok(std::net::IpAddr::V6(ip)) if ip.is_unspecified() => continue,
-                _ => {
-                    return Err(format!(
-                        "port {}/{proto}: host address {s} is not an IPv4 address",
-                        b.port
-                    ));
-                }
-            },
+        // As Docker 27: "" every family the endpoint has (or host_binding_ipv4), 0.0.0.0 IPv4
+        // only, :: IPv6 only.
+        let host_ip: Option<IpAddr> = match b.host_ip.as_str() {
+            "" => default_host_ip.map(IpAddr::V4),
+            s => Some(s.parse::<IpAddr>().map_err(|_| {
+                format!(
+                    "port {}/{proto}: host address {s:?} is not an IP address",
+                    b.port
+                )
+            })?),
         };
         let end = b.host_port_end.max(b.host_port);
         let host_port = (b.host_port != 0).then(|| {
@@ -361,11 +358,15 @@ pub fn port_specs(
                 .find(|&p| free(proto, host_ip, p))
                 .unwrap_or(b.host_port)
         });
-        specs.push(match (host_ip, host_port) {
-            (None, None) => format!("{}/{proto}", b.port),
-            (None, Some(h)) => format!("{h}:{}/{proto}", b.port),
-            (Some(ip), None) => format!("{ip}::{}/{proto}", b.port),
-            (Some(ip), Some(h)) => format!("{ip}:{h}:{}/{proto}", b.port),
+        let ip = match host_ip {
+            None => String::new(),
+            Some(IpAddr::V4(ip)) => format!("{ip}:"),
+            Some(IpAddr::V6(ip)) => format!("[{ip}]:"),
+        };
+        specs.push(match host_port {
+            None if ip.is_empty() => format!("{}/{proto}", b.port),
+            None => format!("{ip}:{}/{proto}", b.port),
+            Some(h) => format!("{ip}{h}:{}/{proto}", b.port),
         });
     }
     Ok(specs)
@@ -500,7 +501,9 @@ mod tests {
                 {"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8080},
                 {"Proto": 17, "IP": "", "Port": 53, "HostIP": "", "HostPort": 5353, "HostPortEnd": 5353},
                 {"Proto": 6, "IP": "", "Port": 82, "HostIP": "", "HostPort": 9000, "HostPortEnd": 9005},
-                {"Proto": 6, "IP": "", "Port": 80, "HostIP": "::", "HostPort": 8080, "HostPortEnd": 8080}
+                {"Proto": 6, "IP": "", "Port": 80, "HostIP": "::", "HostPort": 8081, "HostPortEnd": 8081},
+                {"Proto": 6, "IP": "", "Port": 80, "HostIP": "0.0.0.0", "HostPort": 8082, "HostPortEnd": 8082},
+                {"Proto": 6, "IP": "", "Port": 80, "HostIP": "2001:db8::1", "HostPort": 0, "HostPortEnd": 0}
             ]
         }))
         .unwrap();
@@ -512,7 +515,10 @@ mod tests {
                 "127.0.0.1::81/tcp",
                 "8080:80/tcp",
                 "5353:53/udp",
-                "9002:82/tcp"
+                "9002:82/tcp",
+                "[::]:8081:80/tcp",
+                "0.0.0.0:8082:80/tcp",
+                "[2001:db8::1]::80/tcp"
             ]
         );
         for s in &specs {
@@ -525,6 +531,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!(bound[0], "198.18.0.2::90/tcp");
+        assert_eq!(
+            bound[5], "[::]:8081:80/tcp",
+            "host_binding_ipv4 is for IPv4"
+        );
+        let bad: BTreeMap<String, Value> = serde_json::from_value(serde_json::json!({
+            "com.docker.network.portmap": [{"Proto": 6, "Port": 80, "HostIP": "eth0", "HostPort": 80}]
+        }))
+        .unwrap();
+        let err = port_specs(Some(&bad), None, |_, _, _| true).unwrap_err();
+        assert_eq!(
+            err,
+            "port 80/tcp: host address \"eth0\" is not an IP address"
+        );
         let sctp: BTreeMap<String, Value> = serde_json::from_value(serde_json::json!({
             "com.docker.network.portmap": [{"Proto": 132, "Port": 5000, "HostPort": 5000}]
         }))
