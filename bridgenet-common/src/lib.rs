@@ -623,6 +623,23 @@ pub struct FilterKey {
 const _: () = assert!(core::mem::size_of::<FilterKey>() == 16);
 const _: () = assert!(filter::FIXED_BITS as usize == 8 * 12);
 
+/// `FilterKey` for IPv6 sources (the `FILTER6` trie): the same fixed fields, then the source.
+/// A rule without a source is in both tries; one with a source, in its family's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct FilterKey6 {
+    pub generation: u8,
+    pub class: u8,
+    pub proto: u8,
+    pub _pad: u8,
+    pub dport: u16,
+    pub _pad2: u16,
+    pub network: u32,
+    pub src: [u8; 16],
+}
+
+const _: () = assert!(core::mem::size_of::<FilterKey6>() == 28);
+
 /// The value at a trie entry: the first rule (lowest `order`) of the class that matches every
 /// source of the entry's prefix.
 #[repr(C)]
@@ -692,6 +709,7 @@ pub mod maps {
     pub const HOST_ACCESS_CONFIG: &str = "HOST_ACCESS_CONFIG";
     pub const HOST_PEERS: &str = "HOST_PEERS";
     pub const FILTER: &str = "FILTER";
+    pub const FILTER6: &str = "FILTER6";
     pub const FILTER_STATE: &str = "FILTER_STATE";
     pub const FILTER_HITS: &str = "FILTER_HITS";
     pub const EMBRYOS: &str = "EMBRYOS";
@@ -701,7 +719,8 @@ pub mod maps {
     pub const MONITOR_CONFIG: &str = "MONITOR_CONFIG";
     pub const MONITOR_LOST: &str = "MONITOR_LOST";
     /// Every map, for pinning.
-    pub const ALL: [&str; 27] = [
+    pub const ALL: [&str; 28] = [
+        FILTER6,
         EMBRYOS6,
         EMBRYO6_CURSORS,
         HOST_ADDRS6,
@@ -860,6 +879,7 @@ mod user {
     unsafe impl aya::Pod for super::HostPeer6Key {}
     unsafe impl aya::Pod for super::HostPeer6 {}
     unsafe impl aya::Pod for super::FilterKey {}
+    unsafe impl aya::Pod for super::FilterKey6 {}
     unsafe impl aya::Pod for super::FilterMatch {}
     unsafe impl aya::Pod for super::FilterState {}
     unsafe impl aya::Pod for super::MonitorConfig {}

@@ -166,7 +166,7 @@ pub fn host_getpeername6(ctx: SockAddrContext) -> i32 {
 #[classifier]
 pub fn uplink_ingress(mut ctx: TcContext) -> i32 {
     let (result, ipv4) = match parse(&ctx) {
-        Parsed::Other if parse6::is_ipv6(&ctx) => (nat6::ingress(&mut ctx), false),
+        Parsed::Other if parse6::is_ipv6(&ctx) => (uplink_ingress_ipv6(&mut ctx), false),
         Parsed::Other => (outcome::PASSED, false),
         Parsed::Malformed(header) => (uplink_ingress_malformed(header), true),
         Parsed::Ipv4(packet) => (uplink_ingress_ipv4(&mut ctx, &packet), true),
@@ -181,6 +181,22 @@ pub fn uplink_ingress(mut ctx: TcContext) -> i32 {
         return action;
     }
     verdict(&ctx, program_id::UPLINK_INGRESS, result)
+}
+
+/// IPv6 from an uplink: the checks before any state, the user filter before any translation
+/// (as for IPv4), then NAT66 (a subprogram of its own).
+#[inline(always)]
+fn uplink_ingress_ipv6(ctx: &mut TcContext) -> u32 {
+    let scratch = match nat6::ingress_parse(ctx) {
+        Ok(scratch) => scratch,
+        Err(result) => return result,
+    };
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let result = filter::check_tc6(&scratch.packet, ifindex);
+    if result != outcome::PASSED {
+        return result;
+    }
+    nat6::ingress(ctx, scratch)
 }
 
 /// IPv4 that cannot be parsed: the checks that need only the IPv4 header, then nothing for an

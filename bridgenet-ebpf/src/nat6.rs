@@ -38,8 +38,8 @@ pub static PUBLISH6: HashMap<Publish6Key, Publish6Target> = HashMap::with_max_en
 #[map]
 static SCRATCH6: PerCpuArray<Scratch6> = PerCpuArray::with_max_entries(1, 0);
 
-struct Scratch6 {
-    packet: Packet6,
+pub struct Scratch6 {
+    pub packet: Packet6,
     entry: Ct6Entry,
     reply: Ct6Key,
 }
@@ -112,32 +112,53 @@ fn egress_translate(
     }
 }
 
-/// `uplink_ingress` for IPv6: what must never come in from outside is dropped, replies of
-/// masqueraded flows (and ICMPv6 errors about them) go back to their endpoint, new flows to a
-/// port published on IPv6 are translated to the endpoint (`PUBLISH6`); the rest is the
-/// host's.
+/// `uplink_ingress` for IPv6, before the user filter: what must never come in from outside is
+/// dropped; what cannot be parsed is the host stack's, which drops it, and so are fragments,
+/// which it reassembles for itself and never forwards untranslated. Err: the verdict; Ok: the
+/// packet, parsed, for the filter and `ingress`.
+#[inline(always)]
+pub fn ingress_parse(ctx: &TcContext) -> Result<&'static mut Scratch6, u32> {
+    let Some(scratch) = SCRATCH6.get_ptr_mut(0) else {
+        return Err(outcome::PASSED);
+    };
+    let scratch = unsafe { &mut *scratch };
+    // Loaded into the scratch, not the stack: uplink_ingress's call chain is near its limit.
+    let key = &mut scratch.packet.key;
+    if !load_addr(ctx, SADDR_OFF, &mut key.saddr) || !load_addr(ctx, DADDR_OFF, &mut key.daddr) {
+        return Err(outcome::PASSED);
+    }
+    let early = endpoint6::outside(&key.saddr, &key.daddr);
+    if early != outcome::PASSED {
+        return Err(early);
+    }
+    if parse6::parse6(ctx, &mut scratch.packet) != outcome::PASSED || scratch.packet.fragment {
+        return Err(outcome::PASSED);
+    }
+    Ok(scratch)
+}
+
+/// The 16 bytes at `off` into `to`, whatever memory it is in (`TcContext::load_bytes` may
+/// ask for 0 bytes, which 6.1's verifier refuses).
+#[inline(always)]
+fn load_addr(ctx: &TcContext, off: usize, to: &mut [u8; 16]) -> bool {
+    let ret = unsafe {
+        aya_ebpf::helpers::generated::bpf_skb_load_bytes(
+            ctx.skb.skb as *const core::ffi::c_void,
+            off as u32,
+            to.as_mut_ptr().cast(),
+            16,
+        )
+    };
+    ret == 0
+}
+
+/// `uplink_ingress` for IPv6, after the user filter: replies of masqueraded flows (and ICMPv6
+/// errors about them) go back to their endpoint, new flows to a port published on IPv6 are
+/// translated to the endpoint (`PUBLISH6`); the rest is the host's.
 // A BPF subprogram of its own: the IPv4 path's frame must not carry IPv6's addresses.
 #[inline(never)]
-pub fn ingress(ctx: &mut TcContext) -> u32 {
-    let (Ok(saddr), Ok(daddr)) = (
-        ctx.load::<[u8; 16]>(SADDR_OFF),
-        ctx.load::<[u8; 16]>(DADDR_OFF),
-    ) else {
-        return outcome::PASSED;
-    };
-    let early = endpoint6::outside(&saddr, &daddr);
-    if early != outcome::PASSED {
-        return early;
-    }
-    // What cannot be parsed is the host stack's, which drops it; so are fragments, which it
-    // reassembles for itself and never forwards untranslated.
-    let Some(scratch) = SCRATCH6.get_ptr_mut(0) else {
-        return outcome::PASSED;
-    };
-    let packet = unsafe { &mut (*scratch).packet };
-    if parse6::parse6(ctx, packet) != outcome::PASSED || packet.fragment {
-        return outcome::PASSED;
-    }
+pub fn ingress(ctx: &mut TcContext, scratch: &mut Scratch6) -> u32 {
+    let packet = &scratch.packet;
     if packet.error {
         return translate_error(ctx, packet, &packet.inner);
     }
@@ -147,9 +168,9 @@ pub fn ingress(ctx: &mut TcContext) -> u32 {
     let Some(target) = published(ctx, packet) else {
         return outcome::PASSED;
     };
-    let result = publish(ctx, unsafe { &mut *scratch }, &target);
+    let result = publish(ctx, scratch, &target);
     if !outcome::is_drop(result) {
-        conntrack6::count_opening(ctx, unsafe { &(*scratch).packet });
+        conntrack6::count_opening(ctx, &scratch.packet);
     }
     result
 }

@@ -798,3 +798,75 @@ fn a_spoofed_ipv6_syn_flood_to_a_published_port_locks_no_client_out() {
         server.join().unwrap();
     }
 }
+
+/// Issue 13 item 4: a filter rule with an IPv6 source drops that client's IPv6 connections to
+/// a port published on IPv6, not its IPv4 ones; a rule without a source holds for both
+/// families; `filter ls` shows each source and the packets each rule decided.
+#[test]
+fn filter_rules_with_ipv6_sources_hold_for_ports_published_on_ipv6() {
+    let (lab, web, world) = lab_web("[::]:5353:53/udp");
+    let (to6, to4) = (format!("[{UPLINK6}]:8080"), "198.18.0.2:8080");
+    // One dual-stack listener answers both families.
+    let stop = Arc::new(AtomicBool::new(false));
+    let servers = busy::ok_server(&web, "[::]:7002", stop.clone());
+    let reaches = |to: &str| {
+        let to = to.parse().unwrap();
+        enter(&world, || {
+            busy::one_request_within(to, Duration::from_secs(2))
+        })
+        .is_ok()
+    };
+    assert!(reaches(&to6) && reaches(to4));
+
+    let world6 = format!("{WORLD6}/128");
+    let drop6 = lab.ok(&["filter", "add", "--src", &world6, "--action", "drop"]);
+    let drop6 = drop6.trim();
+    assert!(!reaches(&to6), "the IPv6 client is dropped");
+    assert!(reaches(to4), "its IPv4 connections are not");
+    let refused = lab.fails(&[
+        "filter",
+        "add",
+        "--src",
+        "2001:db8::/129",
+        "--action",
+        "drop",
+    ]);
+    assert_eq!(
+        refused.trim(),
+        "bridgenet: invalid source \"2001:db8::/129\" (expected a CIDR such as 10.1.0.0/24 or 2001:db8::/32)"
+    );
+
+    lab.ok(&["filter", "rm", drop6]);
+    assert!(reaches(&to6));
+    let drop_any = lab.ok(&["filter", "add", "--dport", "8080", "--action", "drop"]);
+    let drop_any = drop_any.trim();
+    assert!(!reaches(&to6) && !reaches(to4), "no source: both families");
+    let ls = lab.ok(&["filter", "ls"]);
+    let line: Vec<&str> = ls.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(
+        line[..5],
+        [drop_any, "any", "any", "8080/tcp", "drop"],
+        "{ls}"
+    );
+    assert!(line[5].parse::<u64>().unwrap() >= 2, "{ls}");
+    lab.ok(&["filter", "rm", drop_any]);
+    lab.ok(&[
+        "filter",
+        "add",
+        "--src",
+        "2001:db8:ff::/48",
+        "--action",
+        "allow",
+    ]);
+    lab.ok(&["filter", "add", "--action", "drop"]);
+    assert!(reaches(&to6) && !reaches(to4), "the IPv6 allow comes first");
+    let ls = lab.ok(&["filter", "ls"]);
+    assert!(ls.contains("2001:db8:ff::/48"), "{ls}");
+    // Dropped by XDP when it reads the ports, else by TC: counted once either way.
+    let drops = lab.stat("uplink_xdp", "drop_filter") + lab.stat("uplink_ingress", "drop_filter");
+    assert!(drops >= 3, "{drops}");
+    stop.store(true, Ordering::Relaxed);
+    for server in servers {
+        server.join().unwrap();
+    }
+}

@@ -286,12 +286,12 @@ fn filters_added_and_removed_while_traffic_flows() {
     );
     assert_eq!(
         lines[2][..5],
-        [&drop_all, "any", "0.0.0.0/0", "any", "drop"],
+        [&drop_all, "any", "any", "any", "drop"],
         "{ls}"
     );
     assert_eq!(
         lines[3][..6],
-        [&port_rule, "bridge", "0.0.0.0/0", "8080/tcp", "drop", "0"],
+        [&port_rule, "bridge", "any", "8080/tcp", "drop", "0"],
         "{ls}"
     );
     let json = lab.json(&["filter", "ls"]);

@@ -1,15 +1,16 @@
 //! BPF_PROG_TEST_RUN of the user filter on uplink_xdp and uplink_ingress: first-match order,
 //! every match class, what is not subject to it (the host's own flows, replies of masqueraded
 //! flows), per-rule counters and the drop_filter outcome, and random rule sets against a plain
-//! first-match walk.
-use std::net::Ipv4Addr;
+//! first-match walk; the same for IPv6 sources and ports published on IPv6.
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use bridgenet::datapath::{
-    Datapath, Proto,
+    Datapath, GatewayMode, NetworkOptions, Proto,
     filter::{Probe, Rule, first_match},
 };
 use bridgenet_common::{outcome, program_id, programs};
 use bridgenet_tests::{packet, packet::fixture::*};
+use etherparse::PacketBuilder;
 
 /// A routed (not masqueraded) endpoint, on 172.18.0.0/16.
 const ROUTED: [u8; 4] = [172, 18, 0, 5];
@@ -53,7 +54,7 @@ fn network_of(dp: &Datapath, subnet: &str) -> u32 {
 
 fn rule(src: &str, network: Option<u32>, port: Option<(Proto, u16)>, drop: bool) -> Rule {
     Rule {
-        src: src.parse().unwrap(),
+        src: Some(src.parse().unwrap()),
         network,
         port,
         drop,
@@ -238,21 +239,17 @@ fn later_fragments_match_only_rules_without_a_port() {
     assert!(!admitted(&mut dp, &frag));
 }
 
-#[test]
-fn drops_are_counted_with_their_reason_and_rule() {
-    let mut dp = nat_datapath();
-    let allow_client = rule("198.18.5.5/32", None, None, false);
-    let drop_all = rule("0.0.0.0/0", None, None, true);
-    dp.set_filter(&numbered(&[allow_client, drop_all])).unwrap();
+/// Rule 0 allows `allowed`, rule 1 drops `dropped`: XDP counts what it drops, TC every packet
+/// a rule decides, so each packet is counted once, by its reason and its rule.
+fn counted_once(dp: &mut Datapath, dropped: &[u8], allowed: &[u8]) {
     for _ in 0..3 {
-        assert_eq!(xdp(&mut dp, &syn_to_published(OTHER)), XDP_DROP);
+        assert_eq!(xdp(dp, dropped), XDP_DROP);
     }
     for _ in 0..2 {
-        assert_eq!(tc(&mut dp, &syn_to_published(OTHER)), TC_ACT_SHOT);
+        assert_eq!(tc(dp, dropped), TC_ACT_SHOT);
     }
-    // XDP counts what it drops, TC every packet a rule decides: each packet once.
-    assert_eq!(xdp(&mut dp, &syn_to_published(CLIENT)), XDP_PASS);
-    assert_eq!(tc(&mut dp, &syn_to_published(CLIENT)), TC_ACT_OK);
+    assert_eq!(xdp(dp, allowed), XDP_PASS);
+    assert_eq!(tc(dp, allowed), TC_ACT_OK);
     assert_eq!(
         dp.stat(program_id::UPLINK_XDP, outcome::DROP_FILTER)
             .unwrap(),
@@ -265,6 +262,15 @@ fn drops_are_counted_with_their_reason_and_rule() {
     );
     assert_eq!(dp.filter_hits(0).unwrap(), 1);
     assert_eq!(dp.filter_hits(1).unwrap(), 5);
+}
+
+#[test]
+fn drops_are_counted_with_their_reason_and_rule() {
+    let mut dp = nat_datapath();
+    let allow_client = rule("198.18.5.5/32", None, None, false);
+    let drop_all = rule("0.0.0.0/0", None, None, true);
+    dp.set_filter(&numbered(&[allow_client, drop_all])).unwrap();
+    counted_once(&mut dp, &syn_to_published(OTHER), &syn_to_published(CLIENT));
     assert_eq!(outcome::NAMES[outcome::DROP_FILTER as usize], "drop_filter");
     assert!(outcome::is_drop(outcome::DROP_FILTER));
     dp.reset_filter_hits(1).unwrap();
@@ -289,12 +295,15 @@ fn random_rule_sets_agree_with_first_match() {
         let n = rng.usize(0..12);
         let rules: Vec<Rule> = (0..n)
             .map(|i| Rule {
-                src: ipnet::Ipv4Net::new(
-                    Ipv4Addr::from(sources[rng.usize(..sources.len())]),
-                    prefixes[rng.usize(..prefixes.len())],
-                )
-                .unwrap()
-                .trunc(),
+                src: Some(
+                    ipnet::Ipv4Net::new(
+                        Ipv4Addr::from(sources[rng.usize(..sources.len())]),
+                        prefixes[rng.usize(..prefixes.len())],
+                    )
+                    .unwrap()
+                    .trunc()
+                    .into(),
+                ),
                 network: rng.bool().then(|| networks[rng.usize(..2)]),
                 port: rng.bool().then(|| ports[rng.usize(..ports.len())]),
                 drop: rng.bool(),
@@ -320,7 +329,7 @@ fn random_rule_sets_agree_with_first_match() {
                 ),
             };
             let probe = Probe {
-                src: Ipv4Addr::from(src),
+                src: Ipv4Addr::from(src).into(),
                 network: probe.0,
                 port: probe.1,
             };
@@ -334,4 +343,175 @@ fn random_rule_sets_agree_with_first_match() {
         }
     }
     assert!(decided > 300, "{decided}");
+}
+
+const UPLINK6: &str = "2001:db8:ff::2";
+const OTHER_HOST6: &str = "2001:db8:ff::3";
+const EP6: &str = "2001:db8:17::5";
+const CLIENT6: &str = "2001:db8:5::5";
+const OTHER6: &str = "2001:db8:6::6";
+
+/// The fixture's datapath, dual stack: network 172.17.0.0/16 also has 2001:db8:17::/64, the
+/// uplink has UPLINK6, tcp 8080 is published on `::` and udp 5353 on OTHER_HOST6 to EP6.
+fn dual_stack_datapath() -> Datapath {
+    let mut dp = nat_datapath();
+    let id = network_of(&dp, "172.17.0.0/16");
+    let options = NetworkOptions {
+        id,
+        gateway: Ipv4Addr::new(172, 17, 0, 1),
+        masquerade: true,
+        icc: true,
+        internal: false,
+        gateway_mode: GatewayMode::Nat,
+    };
+    dp.add_network6(
+        "2001:db8:17::/64".parse().unwrap(),
+        "2001:db8:17::1".parse().unwrap(),
+        &options,
+    )
+    .unwrap();
+    dp.set_uplink6(1, Some(UPLINK6.parse().unwrap())).unwrap();
+    let ep: Ipv6Addr = EP6.parse().unwrap();
+    dp.publish6(Proto::Tcp, Ipv6Addr::UNSPECIFIED, 8080, ep, 80)
+        .unwrap();
+    dp.publish6(Proto::Udp, OTHER_HOST6.parse().unwrap(), 5353, ep, 53)
+        .unwrap();
+    dp
+}
+
+fn a6(s: &str) -> [u8; 16] {
+    s.parse::<Ipv6Addr>().unwrap().octets()
+}
+
+fn syn6(src: &str, dst: &str, dport: u16) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv6(a6(src), a6(dst), 64)
+        .tcp(50000, dport, 1000, 64240)
+        .syn();
+    let mut f = Vec::new();
+    b.write(&mut f, b"").unwrap();
+    f
+}
+
+fn udp6(src: &str, dst: &str, dport: u16) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv6(a6(src), a6(dst), 64)
+        .udp(40000, dport);
+    let mut f = Vec::new();
+    b.write(&mut f, b"q").unwrap();
+    f
+}
+
+/// The same packet behind an empty Destination Options header (the transport checksum does
+/// not change: the pseudo-header has the transport's own length and protocol).
+fn behind_destination_options(frame: &[u8]) -> Vec<u8> {
+    let (eth, ip, l4) = (&frame[..14], &frame[14..54], &frame[54..]);
+    let mut ip = ip.to_vec();
+    let next = ip[6];
+    ip[6] = 60;
+    let len = u16::from_be_bytes([ip[4], ip[5]]) + 8;
+    ip[4..6].copy_from_slice(&len.to_be_bytes());
+    let options = [next, 0, 1, 4, 0, 0, 0, 0];
+    [eth, &ip, &options, l4].concat()
+}
+
+/// Issue 13 item 4: IPv6 sources in user filter rules. A rule with an IPv6 source judges IPv6
+/// packets to ports published on IPv6, one with an IPv4 source only IPv4 ones, one without a
+/// source both; network and port classes hold for IPv6 as for IPv4; the host's own IPv6
+/// traffic and what XDP cannot read past (extension headers) stay right.
+#[test]
+fn ipv6_sources_are_filtered_on_ports_published_on_ipv6() {
+    let mut dp = dual_stack_datapath();
+    let net17 = network_of(&dp, "172.17.0.0/16");
+    let client = syn6(CLIENT6, UPLINK6, 8080);
+    let other = syn6(OTHER6, UPLINK6, 8080);
+    let v4 = syn_to_published(CLIENT);
+
+    // Nothing filtered: the client's SYN reaches the endpoint.
+    assert!(admitted(&mut dp, &client));
+    let out = packet::run_tc(&mut dp, programs::UPLINK_INGRESS, &client, 1).unwrap();
+    assert_eq!(out.frame[38..54], a6(EP6), "translated to the endpoint");
+
+    // An IPv6 prefix: its sources only; IPv4 stays open.
+    dp.set_filter(&numbered(&[rule("2001:db8:5::/48", None, None, true)]))
+        .unwrap();
+    assert!(!admitted(&mut dp, &client));
+    assert!(admitted(&mut dp, &other));
+    assert!(admitted(&mut dp, &v4));
+    // An IPv4 prefix, even 0.0.0.0/0, judges IPv4 only.
+    dp.set_filter(&numbered(&[rule("0.0.0.0/0", None, None, true)]))
+        .unwrap();
+    assert!(admitted(&mut dp, &client));
+    assert!(!admitted(&mut dp, &v4));
+    // No source: both families.
+    let drop_any = Rule {
+        src: None,
+        network: None,
+        port: None,
+        drop: true,
+        slot: 0,
+    };
+    dp.set_filter(&[drop_any]).unwrap();
+    assert!(!admitted(&mut dp, &client));
+    assert!(!admitted(&mut dp, &v4));
+    // First match: an allow for one IPv6 client before the drop of every source.
+    let allow_client = rule("2001:db8:5::5/128", None, None, false);
+    dp.set_filter(&numbered(&[allow_client, drop_any])).unwrap();
+    assert!(admitted(&mut dp, &client));
+    assert!(!admitted(&mut dp, &other));
+
+    // The host's own IPv6 traffic (a port that is not published) is not subject.
+    assert!(admitted(&mut dp, &syn6(OTHER6, UPLINK6, 22)));
+    // Neither is a port published on another address, at the uplink's address.
+    assert!(admitted(&mut dp, &udp6(OTHER6, UPLINK6, 5353)));
+
+    // Classes: the published target's network, and the port as it arrives.
+    let udp = udp6(OTHER6, OTHER_HOST6, 5353);
+    let cases = [
+        (Some(net17), None, [false, false]),
+        (Some(net17 + 1), None, [true, true]),
+        (None, Some((Proto::Tcp, 8080)), [false, true]),
+        (None, Some((Proto::Udp, 5353)), [true, false]),
+        (None, Some((Proto::Tcp, 80)), [true, true]),
+    ];
+    for (network, port, want) in cases {
+        let r = Rule {
+            src: Some("2001:db8::/32".parse().unwrap()),
+            network,
+            port,
+            drop: true,
+            slot: 0,
+        };
+        dp.set_filter(&[r]).unwrap();
+        let got = [&other, &udp].map(|f| admitted(&mut dp, f));
+        assert_eq!(got, want, "{r:?}");
+    }
+
+    // Behind an extension header XDP cannot judge it, and NAT66 does not translate it: it
+    // is the host's (which has no such port), so it never reaches the endpoint unjudged.
+    dp.set_filter(&numbered(&[rule("2001:db8:6::/48", None, None, true)]))
+        .unwrap();
+    let hidden = behind_destination_options(&other);
+    assert_eq!(xdp(&mut dp, &hidden), XDP_PASS);
+    let out = packet::run_tc(&mut dp, programs::UPLINK_INGRESS, &hidden, 1).unwrap();
+    assert_eq!(out.action, TC_ACT_OK);
+    assert_eq!(
+        out.frame[38..54],
+        a6(UPLINK6),
+        "left to the host untranslated"
+    );
+}
+
+/// IPv6 drops are counted as IPv4's: each packet once, by its reason and its rule.
+#[test]
+fn ipv6_drops_are_counted_with_their_reason_and_rule() {
+    let mut dp = dual_stack_datapath();
+    let allow_client = rule("2001:db8:5::5/128", None, None, false);
+    let drop_v6 = rule("::/0", None, None, true);
+    dp.set_filter(&numbered(&[allow_client, drop_v6])).unwrap();
+    counted_once(
+        &mut dp,
+        &syn6(OTHER6, UPLINK6, 8080),
+        &syn6(CLIENT6, UPLINK6, 8080),
+    );
 }

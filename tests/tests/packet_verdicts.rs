@@ -227,7 +227,7 @@ fn a_truncated_segment_straight_to_an_endpoint_never_gets_in() {
 fn the_user_filter_by_source_holds_for_truncated_segments() {
     let mut dp = datapath();
     dp.set_filter(&[Rule {
-        src: "198.18.0.1/32".parse().unwrap(),
+        src: Some("198.18.0.1/32".parse().unwrap()),
         network: None,
         port: None,
         drop: true,
@@ -252,7 +252,7 @@ fn the_user_filter_by_source_holds_for_truncated_segments() {
     }
     // A rule with a port cannot match what has no port; the segment is still not let in.
     dp.set_filter(&[Rule {
-        src: "0.0.0.0/0".parse().unwrap(),
+        src: Some("0.0.0.0/0".parse().unwrap()),
         network: None,
         port: Some((Proto::Tcp, 22)),
         drop: true,

@@ -98,7 +98,7 @@ pub struct FilterCreate {
 pub struct FilterEntry {
     pub id: u32,
     pub network: Option<String>,
-    pub src: Option<ipnet::Ipv4Net>,
+    pub src: Option<ipnet::IpNet>,
     pub dport: Option<crate::state::filter::Dport>,
     pub action: crate::state::filter::Action,
     pub packets: u64,

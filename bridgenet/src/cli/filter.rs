@@ -19,7 +19,8 @@ pub enum FilterCmd {
         /// The destination endpoint's network; default: any.
         #[arg(long)]
         network: Option<String>,
-        /// Source address or CIDR; default: any.
+        /// Source address or CIDR, IPv4 or IPv6 (a rule with one holds for its family only);
+        /// default: any source of both families.
         #[arg(long)]
         src: Option<String>,
         /// Destination port as it arrives (the published host port), PORT[/PROTO], tcp by
@@ -77,15 +78,15 @@ pub fn filter(socket: &Path, cmd: FilterCmd) -> Result<()> {
                 return print_json(&rules);
             }
             println!(
-                "{:<5} {:<16} {:<18} {:<10} {:<7} {:>12}",
+                "{:<5} {:<16} {:<24} {:<10} {:<7} {:>12}",
                 "ID", "NETWORK", "SRC", "DPORT", "ACTION", "PACKETS"
             );
             for r in rules {
                 println!(
-                    "{:<5} {:<16} {:<18} {:<10} {:<7} {:>12}",
+                    "{:<5} {:<16} {:<24} {:<10} {:<7} {:>12}",
                     r.id,
                     r.network.as_deref().unwrap_or("any"),
-                    r.src.map_or("0.0.0.0/0".into(), |s| s.to_string()),
+                    r.src.map_or("any".into(), |s| s.to_string()),
                     r.dport.map_or("any".into(), |d| d.to_string()),
                     r.action.to_string(),
                     r.packets

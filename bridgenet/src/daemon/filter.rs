@@ -143,7 +143,7 @@ impl Daemon {
                 None => None,
             };
             rules.push(dp::Rule {
-                src: rule.src.unwrap_or_default(),
+                src: rule.src,
                 network,
                 port: rule.dport.map(|d| (wire_proto(d.proto), d.port)),
                 drop: rule.action == Action::Drop,

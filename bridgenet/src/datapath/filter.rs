@@ -1,29 +1,30 @@
-//! The user filter in the maps: ordered rules compiled into the `FILTER` LPM trie, swapped in
-//! atomically, and their per-rule counters.
+//! The user filter in the maps: ordered rules compiled into the `FILTER` LPM trie (IPv4
+//! sources) and `FILTER6` (IPv6 sources), swapped in atomically, and their per-rule counters.
 //!
-//! The trie holds one logical trie per match class (network named or not, port named or not):
+//! Each trie holds one logical trie per match class (network named or not, port named or not):
 //! the key is the class's fixed fields, then the source prefix. At a rule's prefix P the value
 //! is the first rule of the class whose prefix contains P. A lookup returns the longest stored
 //! prefix Q containing the source; every rule of the class that matches the source has a prefix
 //! containing the source, so (prefixes being nested) containing Q: the value at Q is the first
-//! of them. The program takes the first of the (at most four) class answers.
-use std::net::Ipv4Addr;
+//! of them. The program takes the first of the (at most four) class answers. A rule without a
+//! source is the whole of both families (0.0.0.0/0 and ::/0), one with a source only of its own.
+use std::net::IpAddr;
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{
-    Array, PerCpuArray, PerCpuValues,
+    Array, MapData, PerCpuArray, PerCpuValues,
     lpm_trie::{Key, LpmTrie},
 };
-use bridgenet_common::{FilterKey, FilterMatch, FilterState, Subnet, filter, maps};
-use ipnet::Ipv4Net;
+use bridgenet_common::{FilterKey, FilterKey6, FilterMatch, FilterState, Subnet, filter, maps};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::{Datapath, Proto, wire};
 
 /// One rule as the datapath sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rule {
-    /// Source prefix (0.0.0.0/0: any source).
-    pub src: Ipv4Net,
+    /// Source prefix; None: any source of either family.
+    pub src: Option<IpNet>,
     /// The destination endpoint's network id (`Subnet::network`); None: any.
     pub network: Option<u32>,
     /// Protocol and destination port as it arrives; None: every protocol and port.
@@ -36,7 +37,7 @@ pub struct Rule {
 /// A packet as the filter sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Probe {
-    pub src: Ipv4Addr,
+    pub src: IpAddr,
     /// The destination endpoint's network, if known.
     pub network: Option<u32>,
     /// Protocol and destination port; None when the packet has none (other protocols, later
@@ -44,42 +45,60 @@ pub struct Probe {
     pub port: Option<(Proto, u16)>,
 }
 
-/// The trie key (without generation) and value of each entry for `rules`, in order.
-pub fn compile(rules: &[Rule]) -> Vec<(Key<FilterKey>, FilterMatch)> {
-    let mut out: Vec<(Key<FilterKey>, FilterMatch)> = Vec::new();
+/// One compiled entry: the class's fixed fields (`src` and `generation` 0), the source prefix
+/// (its family names the trie), and the first rule of the class matching all of the prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub fixed: FilterKey,
+    pub src: IpNet,
+    pub value: FilterMatch,
+}
+
+/// The entries of both tries for `rules`, in order.
+pub fn compile(rules: &[Rule]) -> Vec<Entry> {
+    let mut out: Vec<Entry> = Vec::new();
     for rule in rules {
-        let src = rule.src.trunc();
-        let key = Key::new(
-            filter::FIXED_BITS + u32::from(src.prefix_len()),
-            key_of(rule),
-        );
-        if out
-            .iter()
-            .any(|(k, _)| k.data() == key.data() && k.prefix_len() == key.prefix_len())
-        {
-            continue;
-        }
-        // The first rule of the class whose prefix contains this one (at worst, this rule).
-        let (order, first) = rules
-            .iter()
-            .enumerate()
-            .find(|(_, r)| same_class(r, rule) && r.src.contains(&src))
-            .expect("the rule itself matches");
-        out.push((
-            key,
-            FilterMatch {
-                order: order as u32,
-                slot: first.slot,
-                action: if first.drop {
-                    filter::DROP
-                } else {
-                    filter::ALLOW
+        let fixed = key_of(rule);
+        for src in sources(rule) {
+            if out.iter().any(|e| e.fixed == fixed && e.src == src) {
+                continue;
+            }
+            // The first rule of the class whose prefix contains this one (at worst, this rule).
+            let (order, first) = rules
+                .iter()
+                .enumerate()
+                .find(|(_, r)| same_class(r, rule) && covers(r, &src))
+                .expect("the rule itself matches");
+            out.push(Entry {
+                fixed,
+                src,
+                value: FilterMatch {
+                    order: order as u32,
+                    slot: first.slot,
+                    action: if first.drop {
+                        filter::DROP
+                    } else {
+                        filter::ALLOW
+                    },
+                    _pad: 0,
                 },
-                _pad: 0,
-            },
-        ));
+            });
+        }
     }
     out
+}
+
+/// The source prefixes a rule stands for: its own, or the whole of both families.
+fn sources(rule: &Rule) -> Vec<IpNet> {
+    match rule.src {
+        Some(src) => vec![src.trunc()],
+        None => vec![Ipv4Net::default().into(), Ipv6Net::default().into()],
+    }
+}
+
+/// Whether every source of `src` matches `rule` (never across families).
+fn covers(rule: &Rule, src: &IpNet) -> bool {
+    rule.src.is_none_or(|s| s.contains(src))
 }
 
 fn same_class(a: &Rule, b: &Rule) -> bool {
@@ -102,15 +121,15 @@ fn key_of(rule: &Rule) -> FilterKey {
         dport: rule.port.map_or(0, |(_, port)| port.to_be()),
         _pad2: 0,
         network: rule.network.unwrap_or(0),
-        src: wire(rule.src.network()),
+        src: 0,
     }
 }
 
 /// The first rule that matches `probe`, by its position: the plain definition of the
-/// semantics, which the compiled trie must agree with.
+/// semantics, which the compiled tries must agree with.
 pub fn first_match(rules: &[Rule], probe: &Probe) -> Option<usize> {
     rules.iter().position(|r| {
-        r.src.contains(&probe.src)
+        r.src.is_none_or(|s| s.contains(&probe.src))
             && r.network.is_none_or(|n| probe.network == Some(n))
             && r.port.is_none_or(|p| probe.port == Some(p))
     })
@@ -118,7 +137,7 @@ pub fn first_match(rules: &[Rule], probe: &Probe) -> Option<usize> {
 
 /// What the program finds in compiled `entries` for `probe`: the order of the deciding rule,
 /// with the kernel's longest-prefix match per class done here by hand.
-pub fn lookup(entries: &[(Key<FilterKey>, FilterMatch)], probe: &Probe) -> Option<FilterMatch> {
+pub fn lookup(entries: &[Entry], probe: &Probe) -> Option<FilterMatch> {
     let mut best: Option<FilterMatch> = None;
     for class in 0..filter::CLASS_COUNT {
         let network = if class & filter::CLASS_NETWORK != 0 {
@@ -138,7 +157,7 @@ pub fn lookup(entries: &[(Key<FilterKey>, FilterMatch)], probe: &Probe) -> Optio
             None
         };
         let fixed = key_of(&Rule {
-            src: Ipv4Net::default(),
+            src: None,
             network,
             port,
             drop: false,
@@ -146,30 +165,134 @@ pub fn lookup(entries: &[(Key<FilterKey>, FilterMatch)], probe: &Probe) -> Optio
         });
         let longest = entries
             .iter()
-            .filter(|(k, _)| {
-                let d = k.data();
-                (d.class, d.proto, d.dport, d.network)
-                    == (fixed.class, fixed.proto, fixed.dport, fixed.network)
-                    && prefix(k).contains(&probe.src)
-            })
-            .max_by_key(|(k, _)| k.prefix_len());
-        if let Some((_, found)) = longest
-            && best.is_none_or(|b| found.order < b.order)
+            .filter(|e| e.fixed == fixed && e.src.contains(&probe.src))
+            .max_by_key(|e| e.src.prefix_len());
+        if let Some(found) = longest
+            && best.is_none_or(|b| found.value.order < b.order)
         {
-            best = Some(*found);
+            best = Some(found.value);
         }
     }
     best
 }
 
-fn prefix(key: &Key<FilterKey>) -> Ipv4Net {
-    let len = (key.prefix_len() - filter::FIXED_BITS) as u8;
-    Ipv4Net::new(super::from_wire(key.data().src), len).expect("a prefix of at most 32 bits")
+/// The keys of both tries: matched as they are, but for the generation.
+trait TrieKey: aya::Pod + PartialEq {
+    fn generation(&self) -> u8;
+    fn set_generation(&mut self, generation: u8);
+}
+
+impl TrieKey for FilterKey {
+    fn generation(&self) -> u8 {
+        self.generation
+    }
+    fn set_generation(&mut self, generation: u8) {
+        self.generation = generation;
+    }
+}
+
+impl TrieKey for FilterKey6 {
+    fn generation(&self) -> u8 {
+        self.generation
+    }
+    fn set_generation(&mut self, generation: u8) {
+        self.generation = generation;
+    }
+}
+
+/// `entries` as `FILTER`'s keys and values (generation 0).
+fn keys4(entries: &[Entry]) -> Vec<(Key<FilterKey>, FilterMatch)> {
+    entries
+        .iter()
+        .filter_map(|e| match e.src {
+            IpNet::V4(src) => Some((
+                Key::new(
+                    filter::FIXED_BITS + u32::from(src.prefix_len()),
+                    FilterKey {
+                        src: wire(src.network()),
+                        ..e.fixed
+                    },
+                ),
+                e.value,
+            )),
+            IpNet::V6(_) => None,
+        })
+        .collect()
+}
+
+/// `entries` as `FILTER6`'s keys and values (generation 0).
+fn keys6(entries: &[Entry]) -> Vec<(Key<FilterKey6>, FilterMatch)> {
+    entries
+        .iter()
+        .filter_map(|e| match e.src {
+            IpNet::V6(src) => Some((
+                Key::new(
+                    filter::FIXED_BITS + u32::from(src.prefix_len()),
+                    FilterKey6 {
+                        generation: 0,
+                        class: e.fixed.class,
+                        proto: e.fixed.proto,
+                        _pad: 0,
+                        dport: e.fixed.dport,
+                        _pad2: 0,
+                        network: e.fixed.network,
+                        src: src.network().octets(),
+                    },
+                ),
+                e.value,
+            )),
+            IpNet::V4(_) => None,
+        })
+        .collect()
+}
+
+/// Whether the entries of `generation` in `trie` are exactly `wanted`.
+fn holds<K: TrieKey>(
+    trie: &LpmTrie<&mut MapData, K, FilterMatch>,
+    generation: u8,
+    wanted: &[(Key<K>, FilterMatch)],
+) -> Result<bool> {
+    let mut active = Vec::new();
+    for item in trie.iter() {
+        let (k, v) = item?;
+        if k.data().generation() == generation {
+            let mut data = k.data();
+            data.set_generation(0);
+            active.push((k.prefix_len(), data, v));
+        }
+    }
+    Ok(active.len() == wanted.len()
+        && wanted
+            .iter()
+            .all(|(k, v)| active.contains(&(k.prefix_len(), k.data(), *v))))
+}
+
+/// Writes `entries` into `trie` as `generation`, after removing what that generation held.
+fn rewrite<K: TrieKey>(
+    trie: &mut LpmTrie<&mut MapData, K, FilterMatch>,
+    generation: u8,
+    entries: &[(Key<K>, FilterMatch)],
+) -> Result<()> {
+    let stale: Vec<Key<K>> = trie
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| k.data().generation() == generation)
+        .collect();
+    for key in stale {
+        trie.remove(&key).context("removing a stale filter entry")?;
+    }
+    for (key, value) in entries {
+        let mut data = key.data();
+        data.set_generation(generation);
+        trie.insert(&Key::new(key.prefix_len(), data), *value, 0)
+            .context("writing a filter entry")?;
+    }
+    Ok(())
 }
 
 impl Datapath {
     /// Replaces the filter's rules, atomically for the programs: the new rules go into the
-    /// unused generation of the trie, then one write switches the programs to it. The old
+    /// unused generation of both tries, then one write switches the programs to it. The old
     /// generation is removed on the next change, long after any packet stopped using it.
     pub fn set_filter(&mut self, rules: &[Rule]) -> Result<()> {
         if rules.len() > filter::MAX_RULES as usize {
@@ -177,43 +300,35 @@ impl Datapath {
         }
         let states: Array<_, FilterState> = Array::try_from(self.map_mut(maps::FILTER_STATE)?)?;
         let state = states.get(&0, 0)?;
-        let mut trie: LpmTrie<_, FilterKey, FilterMatch> =
-            LpmTrie::try_from(self.map_mut(maps::FILTER)?)?;
+        let compiled = compile(rules);
+        let (v4, v6) = (keys4(&compiled), keys6(&compiled));
+        let active = state.generation as u8;
         // The same rules already in use (a restart's reconcile): nothing to do.
-        let entry = |k: &Key<FilterKey>, v: FilterMatch| {
-            let mut data = k.data();
-            data.generation = 0;
-            (k.prefix_len(), data, v)
-        };
-        let mut active = Vec::new();
-        for item in trie.iter() {
-            let (k, v) = item?;
-            if u32::from(k.data().generation) == state.generation {
-                active.push(entry(&k, v));
-            }
-        }
-        let compiled: Vec<_> = compile(rules).iter().map(|(k, v)| entry(k, *v)).collect();
         if state.rules == rules.len() as u32
-            && active.len() == compiled.len()
-            && compiled.iter().all(|e| active.contains(e))
+            && holds(
+                &LpmTrie::try_from(self.map_mut(maps::FILTER)?)?,
+                active,
+                &v4,
+            )?
+            && holds(
+                &LpmTrie::try_from(self.map_mut(maps::FILTER6)?)?,
+                active,
+                &v6,
+            )?
         {
             return Ok(());
         }
-        let generation = (state.generation ^ 1) as u8;
-        let stale: Vec<Key<FilterKey>> = trie
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| k.data().generation == generation)
-            .collect();
-        for key in stale {
-            trie.remove(&key).context("removing a stale filter entry")?;
-        }
-        for (key, value) in compile(rules) {
-            let mut data = key.data();
-            data.generation = generation;
-            trie.insert(&Key::new(key.prefix_len(), data), value, 0)
-                .context("writing a filter entry")?;
-        }
+        let generation = active ^ 1;
+        rewrite(
+            &mut LpmTrie::try_from(self.map_mut(maps::FILTER)?)?,
+            generation,
+            &v4,
+        )?;
+        rewrite(
+            &mut LpmTrie::try_from(self.map_mut(maps::FILTER6)?)?,
+            generation,
+            &v6,
+        )?;
         let mut states: Array<_, FilterState> = Array::try_from(self.map_mut(maps::FILTER_STATE)?)?;
         states.set(
             0,
@@ -284,8 +399,9 @@ mod tests {
         }
     }
 
-    /// Addresses from a small pool, so that prefixes nest, overlap and repeat often.
-    fn addr(rng: &mut Rng) -> Ipv4Addr {
+    /// Addresses of both families from a small pool, so that prefixes nest, overlap and
+    /// repeat often.
+    fn addr(rng: &mut Rng) -> IpAddr {
         let pool = [
             [10, 0, 0, 1],
             [10, 0, 0, 2],
@@ -298,7 +414,14 @@ mod tests {
         if rng.below(4) == 0 {
             a[3] = rng.below(256) as u8;
         }
-        Ipv4Addr::from(a)
+        if rng.below(3) == 0 {
+            // The same shapes in 2001:db8::/32, the last bits at the end.
+            let mut v6 = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+            v6[4..8].copy_from_slice(&a);
+            v6[15] = a[3];
+            return IpAddr::from(v6);
+        }
+        IpAddr::from(a)
     }
 
     fn network(rng: &mut Rng) -> u32 {
@@ -315,9 +438,18 @@ mod tests {
     }
 
     fn random_rule(rng: &mut Rng, slot: u16) -> Rule {
-        let len = [0, 8, 16, 24, 31, 32][rng.below(6) as usize];
+        let src = match addr(rng) {
+            IpAddr::V4(a) => {
+                let len = [0, 8, 16, 24, 31, 32][rng.below(6) as usize];
+                IpNet::from(Ipv4Net::new(a, len).unwrap())
+            }
+            IpAddr::V6(a) => {
+                let len = [0, 32, 48, 64, 127, 128][rng.below(6) as usize];
+                IpNet::from(Ipv6Net::new(a, len).unwrap())
+            }
+        };
         Rule {
-            src: Ipv4Net::new(addr(rng), len).unwrap().trunc(),
+            src: (rng.below(5) != 0).then(|| src.trunc()),
             network: (rng.below(2) == 0).then(|| network(rng)),
             port: (rng.below(2) == 0).then(|| port(rng)),
             drop: rng.below(2) == 0,
@@ -333,7 +465,8 @@ mod tests {
         }
     }
 
-    /// The compiled trie decides exactly as a first-match walk over the rules in order.
+    /// The compiled tries decide exactly as a first-match walk over the rules in order, for
+    /// sources of both families and rules with and without a source.
     #[test]
     fn compiled_rules_agree_with_first_match() {
         let mut rng = Rng(0x9e3779b97f4a7c15);
@@ -342,7 +475,8 @@ mod tests {
             let n = rng.below(24) as usize;
             let rules: Vec<Rule> = (0..n).map(|i| random_rule(&mut rng, i as u16)).collect();
             let entries = compile(&rules);
-            assert!(entries.len() <= rules.len());
+            // Each trie has room for two generations of MAX_RULES entries.
+            assert!(keys4(&entries).len() <= rules.len() && keys6(&entries).len() <= rules.len());
             for _ in 0..50 {
                 let probe = random_probe(&mut rng);
                 let want = first_match(&rules, &probe);
@@ -365,9 +499,9 @@ mod tests {
 
     #[test]
     fn a_broad_allow_before_a_narrow_drop_wins_and_the_reverse() {
-        let net = |s: &str| s.parse::<Ipv4Net>().unwrap();
+        let net = |s: &str| Some(s.parse::<IpNet>().unwrap());
         let probe = Probe {
-            src: Ipv4Addr::new(10, 0, 0, 5),
+            src: "10.0.0.5".parse().unwrap(),
             network: Some(1),
             port: Some((Proto::Tcp, 80)),
         };
@@ -395,5 +529,33 @@ mod tests {
             lookup(&compile(&rules), &probe).unwrap().action,
             filter::DROP
         );
+    }
+
+    #[test]
+    fn a_rule_without_a_source_holds_for_both_families_and_one_with_a_source_for_its_own() {
+        let rule = |src: Option<&str>, drop| Rule {
+            src: src.map(|s| s.parse().unwrap()),
+            network: None,
+            port: None,
+            drop,
+            slot: 0,
+        };
+        let probe = |src: &str| Probe {
+            src: src.parse().unwrap(),
+            network: None,
+            port: None,
+        };
+        let rules = [rule(Some("0.0.0.0/0"), true), rule(None, false)];
+        let entries = compile(&rules);
+        assert_eq!(entries.len(), 2, "{entries:?}");
+        assert_eq!(lookup(&entries, &probe("198.18.0.1")).unwrap().order, 0);
+        assert_eq!(lookup(&entries, &probe("2001:db8::1")).unwrap().order, 1);
+        let rules = [rule(Some("2001:db8::/32"), true), rule(None, false)];
+        let entries = compile(&rules);
+        assert_eq!(keys6(&entries).len(), 2);
+        assert_eq!(keys4(&entries).len(), 1);
+        assert_eq!(lookup(&entries, &probe("2001:db8:5::1")).unwrap().order, 0);
+        assert_eq!(lookup(&entries, &probe("2001:db9::1")).unwrap().order, 1);
+        assert_eq!(lookup(&entries, &probe("198.18.0.1")).unwrap().order, 1);
     }
 }

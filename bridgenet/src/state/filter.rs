@@ -1,7 +1,7 @@
 //! User filter rules as the store keeps them, and the grammar of `filter add`'s options.
-use std::{fmt, net::Ipv4Addr, str::FromStr};
+use std::{fmt, net::IpAddr, str::FromStr};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::Proto;
@@ -64,14 +64,14 @@ impl fmt::Display for Dport {
     }
 }
 
-/// `--src CIDR` (an address alone is a /32).
-pub fn parse_src(s: &str) -> Result<Ipv4Net, String> {
-    if let Ok(net) = s.parse::<Ipv4Net>() {
+/// `--src CIDR` of either family (an address alone is a /32 or a /128).
+pub fn parse_src(s: &str) -> Result<IpNet, String> {
+    if let Ok(net) = s.parse::<IpNet>() {
         return Ok(net.trunc());
     }
-    s.parse::<Ipv4Addr>()
-        .map(Ipv4Net::from)
-        .map_err(|_| format!("invalid source {s:?} (expected a CIDR such as 10.1.0.0/24)"))
+    s.parse::<IpAddr>().map(IpNet::from).map_err(|_| {
+        format!("invalid source {s:?} (expected a CIDR such as 10.1.0.0/24 or 2001:db8::/32)")
+    })
 }
 
 /// One rule. Rules are evaluated in the order they were added; the first that matches decides.
@@ -82,8 +82,8 @@ pub struct Rule {
     pub id: u32,
     /// The destination endpoint's network; None: any.
     pub network: Option<String>,
-    /// Source prefix; None: any source.
-    pub src: Option<Ipv4Net>,
+    /// Source prefix, of its family only; None: any source of either family.
+    pub src: Option<IpNet>,
     /// None: every protocol and port.
     pub dport: Option<Dport>,
     pub action: Action,
@@ -118,7 +118,12 @@ mod tests {
         }
         assert_eq!(parse_src("10.1.2.3").unwrap().to_string(), "10.1.2.3/32");
         assert_eq!(parse_src("10.1.2.3/16").unwrap().to_string(), "10.1.0.0/16");
-        for bad in ["10.0.0.0/33", "banana", "::1"] {
+        assert_eq!(parse_src("::1").unwrap().to_string(), "::1/128");
+        assert_eq!(
+            parse_src("2001:db8:1:2::9/48").unwrap().to_string(),
+            "2001:db8:1::/48"
+        );
+        for bad in ["10.0.0.0/33", "banana", "2001:db8::/129", "[::1]"] {
             assert!(parse_src(bad).is_err(), "{bad}");
         }
         assert_eq!("drop".parse::<Action>().unwrap(), Action::Drop);
