@@ -795,7 +795,7 @@ pub mod monitor {
     /// `MonitorEvent::kind`.
     pub const KIND_DROP: u8 = 1;
     pub const KIND_FLOW_OPENED: u8 = 2;
-    /// Ring buffer size: about 6,500 events of 72 bytes (with the ring's 8-byte headers).
+    /// Ring buffer size: about 4,600 events of 104 bytes (with the ring's 8-byte headers).
     pub const RING_BYTES: u32 = 512 * 1024;
 }
 
@@ -841,13 +841,17 @@ pub struct MonitorEvent {
     /// Host byte order; the frame's, also when it is not IPv4.
     pub ether_type: u16,
     pub _pad: [u8; 6],
-    /// IPv6 (a drop): its addresses; `proto` is then its first next header, and the ports
-    /// are read when that is TCP, UDP or ICMPv6.
+    /// IPv6 (`ether_type` 0x86dd): its addresses, in place of `saddr` and `daddr`; for a
+    /// drop `proto` is its first next header, and the ports are read when that is TCP, UDP
+    /// or ICMPv6.
     pub saddr6: [u8; 16],
     pub daddr6: [u8; 16],
+    /// An IPv6 flow: the packet as translated, in place of `nat_saddr` and `nat_daddr`.
+    pub nat_saddr6: [u8; 16],
+    pub nat_daddr6: [u8; 16],
 }
 
-const _: () = assert!(core::mem::size_of::<MonitorEvent>() == 72);
+const _: () = assert!(core::mem::size_of::<MonitorEvent>() == 104);
 
 /// Largest number of interfaces whose counters the maps hold.
 pub const MAX_INTERFACES: u32 = 4096;

@@ -15,7 +15,7 @@ use network_types::{
 
 use crate::{
     parse::{ICMP, TCP, UDP},
-    parse6::{ETH_P_IPV6, ICMP6, IP6_LEN, IP6_OFF},
+    parse6::{DADDR_OFF, ETH_P_IPV6, ICMP6, IP6_LEN, IP6_OFF, Packet6, SADDR_OFF},
 };
 
 #[map]
@@ -117,7 +117,46 @@ pub fn flow_opened(ctx: &TcContext, program: u32, result: u32, key: &CtKey) {
         _pad: [0; 6],
         saddr6: [0; 16],
         daddr6: [0; 16],
+        nat_saddr6: [0; 16],
+        nat_daddr6: [0; 16],
     };
+    emit(&event, rate);
+}
+
+/// `flow_opened` for IPv6: the flow `packet` opened (its key, as it came) and the packet as it
+/// is now, whose transport header is where it was (NAT66 changes no header's length).
+#[inline(never)]
+pub fn flow_opened6(ctx: &TcContext, program: u32, result: u32, packet: &Packet6) {
+    let Some(rate) = wanted(monitor::FLOWS) else {
+        return;
+    };
+    let key = &packet.key;
+    let mut event = MonitorEvent {
+        kind: monitor::KIND_FLOW_OPENED,
+        program: program as u8,
+        outcome: result as u8,
+        proto: key.proto,
+        ifindex: ctx.ifindex(),
+        sport: key.sport,
+        dport: key.dport,
+        ether_type: u16::from_be(ETH_P_IPV6),
+        saddr6: key.saddr,
+        daddr6: key.daddr,
+        ..MonitorEvent::default()
+    };
+    if let (Some(saddr), Some(daddr)) = (
+        ctx.read::<[u8; 16]>(SADDR_OFF),
+        ctx.read::<[u8; 16]>(DADDR_OFF),
+    ) {
+        event.nat_saddr6 = saddr;
+        event.nat_daddr6 = daddr;
+    }
+    // ICMPv6 shows no ports.
+    if (key.proto == TCP || key.proto == UDP)
+        && let Some(ports) = ctx.read::<[u16; 2]>(packet.l4_off)
+    {
+        (event.nat_sport, event.nat_dport) = (ports[0], ports[1]);
+    }
     emit(&event, rate);
 }
 

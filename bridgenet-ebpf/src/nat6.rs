@@ -11,12 +11,12 @@ use aya_ebpf::{
 };
 use bridgenet_common::{
     Ct6Entry, Ct6Key, Publish6Key, Publish6Target, action, ct_flags, direction, embryo_ring,
-    network_flags, outcome,
+    network_flags, outcome, program_id,
 };
 
 use crate::{
     conntrack::{self, InsertError},
-    conntrack6, endpoint6, nat,
+    conntrack6, endpoint6, monitor, nat,
     parse6::{self, DADDR_OFF, ICMP6, Inner6, Packet6, SADDR_OFF, TCP, UDP},
 };
 
@@ -104,6 +104,7 @@ fn egress_translate(
             let packet = &scratch.packet;
             if !outcome::is_drop(result) {
                 conntrack6::count_opening(ctx, packet);
+                monitor::flow_opened6(ctx, program_id::UPLINK_EGRESS, result, packet);
             }
             result
         }
@@ -171,6 +172,7 @@ pub fn ingress(ctx: &mut TcContext, scratch: &mut Scratch6) -> u32 {
     let result = publish(ctx, scratch, &target);
     if !outcome::is_drop(result) {
         conntrack6::count_opening(ctx, &scratch.packet);
+        monitor::flow_opened6(ctx, program_id::UPLINK_INGRESS, result, &scratch.packet);
     }
     result
 }

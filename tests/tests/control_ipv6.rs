@@ -24,7 +24,7 @@ use bridgenet_tests::{
     Topology, busy,
     control::{ControlLab, Stop, UPLINK6, WORLD6},
     ipv6,
-    monitor::{EVENT_TIMEOUT, Monitor},
+    monitor::{EVENT_TIMEOUT, Monitor, assert_fields, is_flow},
     raw, sockets,
     topology::{enter, mac_of},
     traffic::{self, echo_once, open_roundtrip, roundtrip, roundtrip_data},
@@ -869,4 +869,82 @@ fn filter_rules_with_ipv6_sources_hold_for_ports_published_on_ipv6() {
     for server in servers {
         server.join().unwrap();
     }
+}
+
+/// `monitor --flows` shows IPv6 flows as it shows IPv4's: a connection from the world to a
+/// port published on IPv6 opens a DNAT flow, one from an endpoint to the world a masquerade
+/// (SNAT) flow, each with its exact translation and its endpoint; once the DNAT connection is
+/// closed by both sides, GC removes its flow and the monitor shows it.
+#[test]
+fn ipv6_flows_open_with_their_translation_and_close_after_gc() {
+    let (lab, web, world) = lab_web("[::]:5353:53/udp");
+    let inspect: Value = serde_json::from_str(&lab.ok(&["endpoint", "inspect", "web"])).unwrap();
+    let web6 = inspect["ip6"].as_str().unwrap().to_owned();
+    let monitor = Monitor::start(&lab, &["--flows"]);
+    let flow = |translation: &str, program: &str, dst: &str, src: String, to: String| {
+        vec![
+            ("endpoint", serde_json::json!("web")),
+            ("network", serde_json::json!("out6")),
+            ("proto", serde_json::json!("tcp")),
+            ("dst", serde_json::json!(dst)),
+            ("translation", serde_json::json!(translation)),
+            ("translated_src", serde_json::json!(src)),
+            ("translated_dst", serde_json::json!(to)),
+            ("program", serde_json::json!(program)),
+            ("interface", serde_json::json!("uplink0")),
+        ]
+    };
+
+    // DNAT: the world to [UPLINK6]:8080, translated to web's port 7002.
+    let server = echo_once(&web, "[::]:7002");
+    let published = format!("[{UPLINK6}]:8080");
+    let stream = open_roundtrip(&world, &published);
+    let client = stream.local_addr().unwrap();
+    let dnat = flow(
+        "dnat",
+        "uplink_ingress",
+        &published,
+        client.to_string(),
+        format!("[{web6}]:7002"),
+    );
+    let event = monitor.wait_for(|e| is_flow(e, "flow-opened", client), EVENT_TIMEOUT);
+    assert_fields(&event, &dnat);
+    drop(stream);
+    assert_eq!(server.join().unwrap(), client);
+
+    // SNAT: web to the world, leaving with the uplink's IPv6 address.
+    let outside = format!("[{WORLD6}]:7000");
+    let server = echo_once(&world, &outside);
+    let stream = open_roundtrip(&web, &outside);
+    let endpoint_side = stream.local_addr().unwrap();
+    drop(stream);
+    let translated = server.join().unwrap();
+    assert_eq!(translated.ip().to_string(), UPLINK6);
+    let event = monitor.wait_for(|e| is_flow(e, "flow-opened", endpoint_side), EVENT_TIMEOUT);
+    assert_fields(
+        &event,
+        &flow(
+            "snat",
+            "uplink_egress",
+            &outside,
+            translated.to_string(),
+            outside.clone(),
+        ),
+    );
+
+    // The DNAT flow, closed by FINs both ways, expires 10 s later; GC runs every 10 s.
+    let event = monitor.wait_for(
+        |e| is_flow(e, "flow-closed", client),
+        Duration::from_secs(40),
+    );
+    let closed: Vec<_> = dnat
+        .into_iter()
+        .filter(|(k, _)| *k != "program" && *k != "interface")
+        .collect();
+    assert_fields(&event, &closed);
+    let state = event["state"].as_str().unwrap_or_default().to_uppercase();
+    assert!(
+        state == "CLOSE" || state == "CLOSED",
+        "state of {event}: a flow closed by FINs both ways"
+    );
 }

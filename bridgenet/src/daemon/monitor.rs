@@ -5,7 +5,7 @@
 use std::{
     collections::HashMap,
     convert::Infallible,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::{Arc, Mutex as StdMutex},
     time::{Duration, Instant},
 };
@@ -13,14 +13,14 @@ use std::{
 use anyhow::Result;
 use bridgenet_common::{MonitorEvent as Raw, action, monitor, outcome, program_id};
 use bytes::Bytes;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use tokio::sync::{Mutex, broadcast};
 
 use super::{Daemon, Error, ports::wire_proto, proto_name};
 use crate::{
     api::{MonitorEvent, MonitorQuery},
     datapath::{
-        conntrack::Flow,
+        conntrack::{Expired, Flow, Flow6},
         from_wire,
         monitor::{MonitorControl, MonitorEvents},
     },
@@ -35,6 +35,7 @@ const QUEUE: usize = 8192;
 enum Event {
     Datapath(Raw),
     Closed(Box<Flow>),
+    Closed6(Box<Flow6>),
 }
 
 /// The daemon's side of every attached monitor.
@@ -98,13 +99,21 @@ impl Monitor {
     }
 
     /// Flows garbage collection removed.
-    pub(super) fn closed(&self, flows: Vec<Flow>) {
+    pub(super) fn closed(&self, expired: Expired) {
         // The host's own flows are tracked, not translated: nothing a monitor shows.
-        for flow in flows
+        for flow in expired
+            .flows
             .into_iter()
             .filter(|f| f.original.1.action != action::HOST)
         {
             let _ = self.events.send(Event::Closed(Box::new(flow)));
+        }
+        for flow in expired
+            .flows6
+            .into_iter()
+            .filter(|f| f.original.1.track.action != action::HOST)
+        {
+            let _ = self.events.send(Event::Closed6(Box::new(flow)));
         }
     }
 
@@ -306,7 +315,7 @@ impl Watcher {
         let f = &self.filter;
         let kept_kind = match event {
             Event::Datapath(raw) => raw.kind == monitor::KIND_DROP || f.flows,
-            Event::Closed(_) => f.flows,
+            Event::Closed(_) | Event::Closed6(_) => f.flows,
         };
         if !kept_kind {
             return None;
@@ -315,6 +324,7 @@ impl Watcher {
         let line = match event {
             Event::Datapath(raw) => self.names.datapath(raw),
             Event::Closed(flow) => self.names.closed(flow),
+            Event::Closed6(flow) => self.names.closed6(flow),
         };
         let f = &self.filter;
         let keep = |want: &Option<String>, have: &Option<String>| {
@@ -348,13 +358,13 @@ struct Names {
     taken: Option<Instant>,
     /// Endpoints by the host end of their veth, and by address: (endpoint, network).
     by_veth: HashMap<String, (String, String)>,
-    by_addr: HashMap<Ipv4Addr, (String, String)>,
+    by_addr: HashMap<IpAddr, (String, String)>,
     /// Published ports: (protocol, host address or None for every one, host port) and the
     /// endpoint they go to.
     published: Vec<(Published, (String, String))>,
     /// Networks by bridge, and by subnet.
     by_bridge: HashMap<String, String>,
-    subnets: Vec<(Ipv4Net, String)>,
+    subnets: Vec<(IpNet, String)>,
     interfaces: HashMap<u32, String>,
 }
 
@@ -377,7 +387,10 @@ impl Names {
             if !e.veth.is_empty() {
                 self.by_veth.insert(e.veth.clone(), named.clone());
                 // Mode container shares its endpoint's address: the veth's owner names it.
-                self.by_addr.insert(e.ip, named.clone());
+                self.by_addr.insert(e.ip.into(), named.clone());
+                if let Some(ip6) = e.ip6 {
+                    self.by_addr.insert(ip6.into(), named.clone());
+                }
             }
             // Monitor events are IPv4's.
             for p in e.ports.iter().filter(|p| p.host_v4().is_some()) {
@@ -389,7 +402,10 @@ impl Names {
         }
         for n in state.networks.values() {
             self.by_bridge.insert(n.bridge.clone(), n.name.clone());
-            self.subnets.push((n.subnet, n.name.clone()));
+            self.subnets.push((n.subnet.into(), n.name.clone()));
+            if let Some(subnet6) = n.subnet6 {
+                self.subnets.push((subnet6.into(), n.name.clone()));
+            }
         }
     }
 
@@ -410,7 +426,7 @@ impl Names {
         &self,
         interface: Option<&str>,
         to: Option<(u8, Ipv4Addr, u16)>,
-        addrs: &[Ipv4Addr],
+        addrs: &[IpAddr],
     ) -> (Option<String>, Option<String>) {
         if let Some((e, n)) = interface.and_then(|i| self.by_veth.get(i)) {
             return (Some(e.clone()), Some(n.clone()));
@@ -452,8 +468,23 @@ impl Names {
                 .map(|p| p.to_string()),
             ..MonitorEvent::default()
         };
-        let (saddr, daddr) = (from_wire(raw.saddr), from_wire(raw.daddr));
-        let about: Vec<Ipv4Addr>;
+        let ipv6 = raw.ether_type == 0x86dd;
+        let (saddr, daddr, nsaddr, ndaddr): (IpAddr, IpAddr, IpAddr, IpAddr) = if ipv6 {
+            (
+                Ipv6Addr::from(raw.saddr6).into(),
+                Ipv6Addr::from(raw.daddr6).into(),
+                Ipv6Addr::from(raw.nat_saddr6).into(),
+                Ipv6Addr::from(raw.nat_daddr6).into(),
+            )
+        } else {
+            (
+                from_wire(raw.saddr).into(),
+                from_wire(raw.daddr).into(),
+                from_wire(raw.nat_saddr).into(),
+                from_wire(raw.nat_daddr).into(),
+            )
+        };
+        let about: Vec<IpAddr>;
         let mut to = None;
         if raw.kind == monitor::KIND_DROP {
             event.kind = "drop".into();
@@ -470,7 +501,7 @@ impl Names {
                         event.icmp_type = Some(kind);
                         event.icmp_code = Some(code);
                     } else {
-                        to = Some((raw.proto, daddr, u16::from_be(raw.dport)));
+                        to = Some((raw.proto, from_wire(raw.daddr), u16::from_be(raw.dport)));
                     }
                 }
                 0x0806 => event.proto = Some("arp".into()),
@@ -478,9 +509,8 @@ impl Names {
                     // The family, as `--proto` takes it; its first next header shows in the
                     // ports (TCP, UDP) or the ICMPv6 type.
                     event.proto = Some("ipv6".into());
-                    let (saddr6, daddr6) = (Ipv6Addr::from(raw.saddr6), Ipv6Addr::from(raw.daddr6));
-                    event.src = Some(endpoint6_str(raw.proto, saddr6, raw.sport));
-                    event.dst = Some(endpoint6_str(raw.proto, daddr6, raw.dport));
+                    event.src = Some(endpoint_str(raw.proto, saddr, raw.sport));
+                    event.dst = Some(endpoint_str(raw.proto, daddr, raw.dport));
                     if raw.proto == 58 {
                         let [kind, code] = raw.sport.to_ne_bytes();
                         event.icmp_type = Some(kind);
@@ -500,7 +530,6 @@ impl Names {
             event.proto = Some(proto_name(raw.proto));
             event.src = Some(endpoint_str(raw.proto, saddr, raw.sport));
             event.dst = Some(endpoint_str(raw.proto, daddr, raw.dport));
-            let (nsaddr, ndaddr) = (from_wire(raw.nat_saddr), from_wire(raw.nat_daddr));
             event.translated_src = Some(endpoint_str(raw.proto, nsaddr, raw.nat_sport));
             event.translated_dst = Some(endpoint_str(raw.proto, ndaddr, raw.nat_dport));
             // The endpoint's side: the translated destination of a published flow, the
@@ -515,42 +544,65 @@ impl Names {
     fn closed(&mut self, flow: &Flow) -> MonitorEvent {
         let (key, entry) = &flow.original;
         let reply = &flow.reply.0;
-        let proto = key.proto;
-        let (translated_src, translated_dst) = (from_wire(reply.daddr), from_wire(reply.saddr));
+        let tuple = |a: u32, b: u32| (from_wire(a).into(), from_wire(b).into());
+        self.closed_flow(
+            key.proto,
+            [tuple(key.saddr, key.daddr), tuple(reply.daddr, reply.saddr)],
+            [key.sport, key.dport, reply.dport, reply.sport],
+            entry.action,
+            flow.state.name(),
+        )
+    }
+
+    fn closed6(&mut self, flow: &Flow6) -> MonitorEvent {
+        let (key, entry) = &flow.original;
+        let reply = &flow.reply.0;
+        let tuple = |a: [u8; 16], b: [u8; 16]| (Ipv6Addr::from(a).into(), Ipv6Addr::from(b).into());
+        self.closed_flow(
+            key.proto,
+            [tuple(key.saddr, key.daddr), tuple(reply.daddr, reply.saddr)],
+            [key.sport, key.dport, reply.dport, reply.sport],
+            entry.track.action,
+            flow.state.name(),
+        )
+    }
+
+    /// A flow garbage collection removed: its original tuple and its translation (the reply
+    /// entry's tuple turned around), ports in network order in the same order.
+    fn closed_flow(
+        &mut self,
+        proto: u8,
+        [(src, dst), (translated_src, translated_dst)]: [(IpAddr, IpAddr); 2],
+        [sport, dport, translated_sport, translated_dport]: [u16; 4],
+        action: u8,
+        state: &str,
+    ) -> MonitorEvent {
         let mut event = MonitorEvent {
             time: now(),
             kind: "flow-closed".into(),
             proto: Some(proto_name(proto)),
-            src: Some(endpoint_str(proto, from_wire(key.saddr), key.sport)),
-            dst: Some(endpoint_str(proto, from_wire(key.daddr), key.dport)),
-            translation: match entry.action {
+            src: Some(endpoint_str(proto, src, sport)),
+            dst: Some(endpoint_str(proto, dst, dport)),
+            translation: match action {
                 action::SNAT => Some("snat".into()),
                 action::DNAT | action::HAIRPIN => Some("dnat".into()),
                 _ => None,
             },
-            translated_src: Some(endpoint_str(proto, translated_src, reply.dport)),
-            translated_dst: Some(endpoint_str(proto, translated_dst, reply.sport)),
-            state: Some(flow.state.name().into()),
+            translated_src: Some(endpoint_str(proto, translated_src, translated_sport)),
+            translated_dst: Some(endpoint_str(proto, translated_dst, translated_dport)),
+            state: Some(state.into()),
             ..MonitorEvent::default()
         };
-        let addrs = [translated_dst, from_wire(key.saddr), from_wire(key.daddr)];
-        (event.endpoint, event.network) = self.about(None, None, &addrs);
+        (event.endpoint, event.network) = self.about(None, None, &[translated_dst, src, dst]);
         event
     }
 }
 
-/// `[addr]:port` for TCP and UDP, the address alone for other protocols.
-fn endpoint6_str(proto: u8, addr: Ipv6Addr, port: u16) -> String {
+/// `addr:port` (`[addr]:port` for IPv6) for TCP and UDP, the address alone for other
+/// protocols.
+fn endpoint_str(proto: u8, addr: IpAddr, port: u16) -> String {
     match proto {
-        6 | 17 => format!("[{addr}]:{}", u16::from_be(port)),
-        _ => addr.to_string(),
-    }
-}
-
-/// `addr:port` for TCP and UDP, the address alone for other protocols.
-fn endpoint_str(proto: u8, addr: Ipv4Addr, port: u16) -> String {
-    match proto {
-        6 | 17 => format!("{addr}:{}", u16::from_be(port)),
+        6 | 17 => std::net::SocketAddr::new(addr, u16::from_be(port)).to_string(),
         _ => addr.to_string(),
     }
 }

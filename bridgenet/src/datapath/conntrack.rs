@@ -463,7 +463,14 @@ pub struct CtCollector {
     map6: HashMap<MapData, Ct6Key, Ct6Entry>,
     usage: Array<MapData, u64>,
     /// The flows a pass removed as expired, kept when a monitor asks for them.
-    expired: Option<Vec<Flow>>,
+    expired: Option<Expired>,
+}
+
+/// The flows of both families that garbage collection removed as expired.
+#[derive(Debug, Default)]
+pub struct Expired {
+    pub flows: Vec<Flow>,
+    pub flows6: Vec<Flow6>,
 }
 
 impl CtCollector {
@@ -475,8 +482,8 @@ impl CtCollector {
         let mut report = GcReport::default();
         let expired = &mut self.expired;
         let left = sweep(&mut self.map, now_ns, &mut report, |key, entry, peer| {
-            if let Some(flows) = expired {
-                flows.push(Flow {
+            if let Some(expired) = expired {
+                expired.flows.push(Flow {
                     original: (*key, *entry),
                     reply: (entry.peer, *peer),
                     state: state_of(key.proto, entry, peer),
@@ -486,7 +493,17 @@ impl CtCollector {
         })?;
         // A revocation during the pass may leave the count high until the next one.
         self.usage.set(ct_usage::ENTRIES, left as u64, 0)?;
-        let left6 = sweep(&mut self.map6, now_ns, &mut report, |_, _, _| {})?;
+        let expired = &mut self.expired;
+        let left6 = sweep(&mut self.map6, now_ns, &mut report, |key, entry, peer| {
+            if let Some(expired) = expired {
+                expired.flows6.push(Flow6 {
+                    original: (*key, *entry),
+                    reply: (entry.peer, *peer),
+                    state: state_of(key.proto, &entry.track, &peer.track),
+                    expires_in: Duration::ZERO,
+                });
+            }
+        })?;
         self.usage.set(ct_usage::ENTRIES6, left6 as u64, 0)?;
         report.entries_left = left + left6;
         Ok(report)
@@ -499,11 +516,11 @@ impl CtCollector {
 
     /// Keeps the flows that the next passes remove as expired, for `take_expired`.
     pub fn keep_expired(&mut self) {
-        self.expired.get_or_insert_with(Vec::new);
+        self.expired.get_or_insert_with(Expired::default);
     }
 
     /// The flows removed as expired since `keep_expired`.
-    pub fn take_expired(&mut self) -> Vec<Flow> {
+    pub fn take_expired(&mut self) -> Expired {
         self.expired
             .as_mut()
             .map(std::mem::take)
