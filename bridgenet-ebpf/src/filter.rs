@@ -225,6 +225,8 @@ fn evaluate6(saddr: &[u8; 16], daddr: &[u8; 16], flags: u32, dport: u16, ifindex
     };
     let proto = flags as u8;
     let ports = flags & PORTS != 0 && (proto == TCP || proto == UDP);
+    // nat6::published's lookup, written again: shared through a function that returns the
+    // target, it costs uplink_ingress a frame past 6.1's 512-byte limit.
     let mut target = None;
     if ports {
         let mut key = Publish6Key {

@@ -358,15 +358,12 @@ pub fn port_specs(
                 .find(|&p| free(proto, host_ip, p))
                 .unwrap_or(b.host_port)
         });
-        let ip = match host_ip {
-            None => String::new(),
-            Some(IpAddr::V4(ip)) => format!("{ip}:"),
-            Some(IpAddr::V6(ip)) => format!("[{ip}]:"),
-        };
-        specs.push(match host_port {
-            None if ip.is_empty() => format!("{}/{proto}", b.port),
-            None => format!("{ip}:{}/{proto}", b.port),
-            Some(h) => format!("{ip}{h}:{}/{proto}", b.port),
+        let ip = host_ip.map(crate::state::ports::host_addr);
+        specs.push(match (ip, host_port) {
+            (None, None) => format!("{}/{proto}", b.port),
+            (None, Some(h)) => format!("{h}:{}/{proto}", b.port),
+            (Some(ip), None) => format!("{ip}::{}/{proto}", b.port),
+            (Some(ip), Some(h)) => format!("{ip}:{h}:{}/{proto}", b.port),
         });
     }
     Ok(specs)

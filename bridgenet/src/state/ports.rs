@@ -86,18 +86,24 @@ impl PortMapping {
         let (proto, port, host_port) = (self.proto, self.port, self.host_port);
         match self.host_ip {
             None => format!("{host_port}:{port}/{proto}"),
-            Some(IpAddr::V4(ip)) => format!("{ip}:{host_port}:{port}/{proto}"),
-            Some(IpAddr::V6(ip)) => format!("[{ip}]:{host_port}:{port}/{proto}"),
+            Some(ip) => format!("{}:{host_port}:{port}/{proto}", host_addr(ip)),
         }
     }
 
     /// Its host address and port as `port ls` and `docker port` show them.
     pub fn host(&self) -> String {
-        match self.host_ip {
-            None => format!("0.0.0.0:{}", self.host_port),
-            Some(IpAddr::V4(ip)) => format!("{ip}:{}", self.host_port),
-            Some(IpAddr::V6(ip)) => format!("[{ip}]:{}", self.host_port),
-        }
+        let ip = self
+            .host_ip
+            .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        format!("{}:{}", host_addr(ip), self.host_port)
+    }
+}
+
+/// A host address as specs write it: an IPv6 one in brackets, before its `:PORT`.
+pub fn host_addr(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(ip) => ip.to_string(),
+        IpAddr::V6(ip) => format!("[{ip}]"),
     }
 }
 
