@@ -816,7 +816,15 @@ fn filter_rules_with_ipv6_sources_hold_for_ports_published_on_ipv6() {
         })
         .is_ok()
     };
-    assert!(reaches(&to6) && reaches(to4));
+    // The first connections wait for neighbour discovery on the way: slow on emulated
+    // kernels, so they get 10 s before the filter is judged.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !(reaches(&to6) && reaches(to4)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "both families reach web before any rule"
+        );
+    }
 
     let world6 = format!("{WORLD6}/128");
     let drop6 = lab.ok(&["filter", "add", "--src", &world6, "--action", "drop"]);
