@@ -159,8 +159,9 @@ pub fn lookup(ctx: &TcContext, packet: &Packet6) -> Result<Option<*mut Ct6Entry>
     }
 }
 
+/// Tracks `packet` in `entry` (TCP window, state, counters): PASSED or the drop.
 #[inline(always)]
-fn touch(ctx: &TcContext, entry: *mut Ct6Entry, packet: &Packet6) -> u32 {
+pub fn touch(ctx: &TcContext, entry: *mut Ct6Entry, packet: &Packet6) -> u32 {
     let at = tcp::At {
         l4_off: packet.l4_off,
         flags: packet.tcp_flags,

@@ -22,14 +22,12 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use bridgenet_common::{
-    HostAccessConfig, HostPeer, HostPeer6, HostPeer6Key, HostPeerKey, Publish6Key, Publish6Target,
-    PublishKey, PublishTarget,
+    HostAccessConfig, HostPeer, HostPeer6, HostPeer6Key, HostPeerKey, PublishKey, PublishTarget,
 };
 
 use crate::{
-    endpoint6,
     nat::{PUBLISH, is_host_addr, subnet_of},
-    nat6::{HOST_ADDRS6, PUBLISH6},
+    nat6,
     parse::{TCP, UDP},
 };
 
@@ -267,48 +265,13 @@ fn set_destination6(ctx: &SockAddrContext, addr: &[u8; 16], port: u16) {
     }
 }
 
-/// `::1`.
-const LOOPBACK6: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-
-/// An IPv6 address of this host: `::1`, an uplink's IPv6 address or a network's IPv6 gateway.
-#[inline(always)]
-fn is_host_address6(addr: &[u8; 16]) -> bool {
-    *addr == LOOPBACK6
-        || unsafe { HOST_ADDRS6.get(addr) }.is_some()
-        || endpoint6::subnet_of(addr).is_some_and(|subnet| subnet.gateway == *addr)
-}
-
-/// The endpoint behind `[addr]:port` when it is published there on IPv6: on that very
-/// address first, then on `::` (for a host address only).
-#[inline(never)]
-#[allow(clippy::needless_borrows_for_generic_args)]
-fn published6_at(addr: &[u8; 16], port: u16, proto: u8) -> Option<Publish6Target> {
-    if proto != TCP && proto != UDP {
-        return None;
-    }
-    let mut key = Publish6Key {
-        addr: *addr,
-        port,
-        proto,
-        _pad: 0,
-    };
-    if let Some(target) = unsafe { PUBLISH6.get(&key) } {
-        return Some(*target);
-    }
-    if !is_host_address6(addr) {
-        return None;
-    }
-    key.addr = [0; 16];
-    unsafe { PUBLISH6.get(&key) }.copied()
-}
-
 /// Rewrites an IPv6 destination to the endpoint when it is a port published on IPv6 on a
 /// host address, and remembers what the application used.
 #[inline(always)]
 #[allow(clippy::needless_borrows_for_generic_args)]
 fn translate6(ctx: &SockAddrContext) {
     let (addr, port, proto) = destination6(ctx);
-    let Some(target) = published6_at(&addr, port, proto) else {
+    let Some(target) = nat6::published_at(&addr, port, proto) else {
         return;
     };
     let key = HostPeer6Key {

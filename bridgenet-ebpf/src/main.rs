@@ -15,6 +15,7 @@ mod endpoint6;
 mod fastpath;
 mod filter;
 mod hairpin;
+mod hairpin6;
 mod host_access;
 mod icmp;
 mod monitor;
@@ -57,7 +58,10 @@ pub fn endpoint_ingress(mut ctx: TcContext) -> i32 {
     let (mut result, gateway) = endpoint::check(&ctx);
     // Isolation judged the original destination: another network's gateway may still be a
     // host address with published ports.
-    if result == outcome::PASSED || result == outcome::DROP_ISOLATION {
+    if (result == outcome::PASSED || result == outcome::DROP_ISOLATION) && parse6::is_ipv6(&ctx) {
+        // The stack forwards IPv6 hairpin packets as they are (see hairpin6).
+        result = hairpin6::translate(&mut ctx, result);
+    } else if result == outcome::PASSED || result == outcome::DROP_ISOLATION {
         result = hairpin::translate(&mut ctx, result);
         if (result == outcome::DNAT || result == outcome::SNAT)
             && let Some(action) = hairpin::redirect(&mut ctx)

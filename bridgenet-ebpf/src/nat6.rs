@@ -33,6 +33,41 @@ pub static HOST_ADDRS6: HashMap<[u8; 16], u32> = HashMap::with_max_entries(64, 0
 #[map]
 pub static PUBLISH6: HashMap<Publish6Key, Publish6Target> = HashMap::with_max_entries(131_072, 0);
 
+/// `::1`.
+const LOOPBACK6: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
+/// An IPv6 address of this host: `::1`, an uplink's IPv6 address or a network's IPv6 gateway.
+#[inline(always)]
+pub fn is_host_addr6(addr: &[u8; 16]) -> bool {
+    *addr == LOOPBACK6
+        || unsafe { HOST_ADDRS6.get(addr) }.is_some()
+        || endpoint6::subnet_of(addr).is_some_and(|subnet| subnet.gateway == *addr)
+}
+
+/// The endpoint behind `[addr]:port` when it is published there on IPv6: on that very
+/// address first, then on `::` (for a host address only).
+#[inline(never)]
+#[allow(clippy::needless_borrows_for_generic_args)]
+pub fn published_at(addr: &[u8; 16], port: u16, proto: u8) -> Option<Publish6Target> {
+    if proto != TCP && proto != UDP {
+        return None;
+    }
+    let mut key = Publish6Key {
+        addr: *addr,
+        port,
+        proto,
+        _pad: 0,
+    };
+    if let Some(target) = unsafe { PUBLISH6.get(&key) } {
+        return Some(*target);
+    }
+    if !is_host_addr6(addr) {
+        return None;
+    }
+    key.addr = [0; 16];
+    unsafe { PUBLISH6.get(&key) }.copied()
+}
+
 /// Room for one IPv6 packet's fields and a new flow's entry, off the stack: IPv4's path
 /// leaves IPv6 little of the 512 bytes a call chain may use. TC programs do not nest on a CPU.
 #[map]
@@ -40,8 +75,16 @@ static SCRATCH6: PerCpuArray<Scratch6> = PerCpuArray::with_max_entries(1, 0);
 
 pub struct Scratch6 {
     pub packet: Packet6,
-    entry: Ct6Entry,
-    reply: Ct6Key,
+    pub entry: Ct6Entry,
+    pub reply: Ct6Key,
+}
+
+/// This CPU's `SCRATCH6`.
+#[inline(always)]
+pub fn scratch() -> Option<&'static mut Scratch6> {
+    SCRATCH6
+        .get_ptr_mut(0)
+        .map(|scratch| unsafe { &mut *scratch })
 }
 
 /// `uplink_egress` for IPv6 on the uplink `ifindex`: a managed source leaves masqueraded (a
@@ -320,12 +363,8 @@ fn masquerade(ctx: &mut TcContext, scratch: &mut Scratch6, nat_addr: &[u8; 16]) 
         key.sport,
     );
     // The ICMPv6 echo identifier stands in sport too.
-    let result = nat::choose_port(u16::from_be(key.sport), |port| {
-        reply.dport = port.to_be();
-        conntrack6::insert_new(reply, entry)
-    });
+    let result = reserve_reply(reply, entry, u16::from_be(key.sport));
     if result != outcome::PASSED {
-        conntrack6::release();
         return result;
     }
     let nat_port = reply.dport;
@@ -347,10 +386,31 @@ fn masquerade(ctx: &mut TcContext, scratch: &mut Scratch6, nat_addr: &[u8; 16]) 
     apply(ctx, packet, action::SNAT, nat_addr, nat_port)
 }
 
+/// Inserts a new flow's reply entry under `reply` (its room taken by `conntrack6::admit`),
+/// with `reply.dport` (the port the flow's source gets) set so that the tuple is free, as
+/// `nat::reserve_reply` for IPv4. PASSED, or the outcome to drop the packet with (the room is
+/// given back).
+#[inline(always)]
+pub fn reserve_reply(reply: &mut Ct6Key, entry: &Ct6Entry, original: u16) -> u32 {
+    let peer = &entry.peer;
+    let result = nat::choose_port(original, |port| {
+        reply.dport = port.to_be();
+        // A flow's reply tuple cannot be its own original one (hairpin to itself).
+        if reply.dport == peer.dport && reply.sport == peer.sport && reply.saddr == peer.saddr {
+            return Err(InsertError::Exists);
+        }
+        conntrack6::insert_new(reply, entry)
+    });
+    if result != outcome::PASSED {
+        conntrack6::release();
+    }
+    result
+}
+
 /// Applies an entry's action: the outcome to count.
 // A BPF subprogram of its own, shared by every path that translates.
 #[inline(never)]
-fn apply(ctx: &mut TcContext, packet: &Packet6, act: u8, addr: &[u8; 16], port: u16) -> u32 {
+pub fn apply(ctx: &mut TcContext, packet: &Packet6, act: u8, addr: &[u8; 16], port: u16) -> u32 {
     match act {
         action::SNAT | action::DNAT => match rewrite(ctx, packet, act, addr, port) {
             Ok(()) if act == action::SNAT => outcome::SNAT,

@@ -7,7 +7,8 @@
 //! killed and started again, and path MTU discovery works through a 1280-MTU link behind the
 //! uplink; an endpoint's removal and `ct flush` revoke its IPv6 flows; ports published on
 //! IPv6 reach a dual-stack endpoint with the client's address, from the world and from the
-//! host's own sockets, their flows live through a restart and reconcile repairs `PUBLISH6`.
+//! host's own sockets and from endpoints through host addresses (hairpin), their flows live
+//! through a restart and reconcile repairs `PUBLISH6`.
 use std::{
     io::{Read as _, Write as _},
     net::IpAddr,
@@ -631,6 +632,92 @@ fn the_hosts_ipv6_sockets_reach_ports_published_on_ipv6_through_its_own_addresse
         assert!(connected.is_err(), "{to} is not published: {connected:?}");
     }
     assert!(listener.accept().is_err(), "the endpoint got a connection");
+}
+
+/// Hairpin over IPv6, as Docker 27's rules allow it: an endpoint reaches a port published on
+/// IPv6 (its own, a sibling's, another network's) through the uplink's IPv6 address or a
+/// gateway's, TCP and UDP; the endpoint sees its own network's IPv6 gateway, the client the
+/// address and port it used; unpublishing revokes the flows. An endpoint of an internal
+/// network reaches no published port of another network.
+#[test]
+fn endpoints_reach_ports_published_on_ipv6_through_host_addresses() {
+    let (mut lab, web, _world) = lab_web("5353:53/udp");
+    for (network, v4, v6, internal) in [
+        ("side6", "198.18.9.0/24", "2001:db8:9::/64", false),
+        ("in6", "198.18.10.0/24", "2001:db8:a::/64", true),
+    ] {
+        let mut args = vec![
+            "network", "create", network, "--ipv6", "--subnet", v4, "--subnet", v6,
+        ];
+        if internal {
+            args.push("--internal");
+        }
+        lab.ok(&args);
+    }
+    let [e2, e4, e5] = ["e2", "e4", "e5"].map(|ep| lab.netns_name(ep));
+    for (ep, ns, network) in [
+        ("e2", &e2, "out6"),
+        ("e4", &e4, "side6"),
+        ("e5", &e5, "in6"),
+    ] {
+        lab.ok(&[
+            "endpoint",
+            "create",
+            ep,
+            "--network",
+            network,
+            "--netns",
+            ns,
+        ]);
+    }
+    let gateway: IpAddr = "2001:db8:7::1".parse().unwrap();
+    // Its own port, a sibling's, another network's; through the uplink and through gateways.
+    for (client, to) in [
+        (&web, UPLINK6),
+        (&web, "2001:db8:7::1"),
+        (&e2, UPLINK6),
+        (&e4, UPLINK6),
+        (&e4, "2001:db8:9::1"),
+    ] {
+        let server = echo_once(&web, "[::]:7002");
+        roundtrip(client, &format!("[{to}]:8080"));
+        assert_eq!(
+            server.join().unwrap().ip(),
+            gateway,
+            "{client} to [{to}]:8080: web sees its network's IPv6 gateway"
+        );
+        let to = format!("[{to}]:5353");
+        let (seen, from) = udp_exchange(client, &web, &to);
+        assert_eq!(seen.ip(), gateway);
+        assert_eq!(
+            from.to_string(),
+            to,
+            "the answer comes from where it was sent"
+        );
+    }
+    assert!(
+        lab.stat("endpoint_ingress", "dnat") >= 10,
+        "hairpin flows counted"
+    );
+    // A live hairpin flow is listed, and unpublishing revokes it.
+    let udp = enter(&e4, || sockets::udp_socket("[::]:0"));
+    let _sink = enter(&web, || sockets::udp_socket("[::]:53"));
+    udp.send_to(b"open", format!("[{UPLINK6}]:5353")).unwrap();
+    let listed = |lab: &ControlLab| {
+        lab.ok(&["ct", "ls", "--proto", "udp"])
+            .lines()
+            .any(|line| line.contains("dst=2001:db8:7::1") && line.contains("sport=53"))
+    };
+    assert!(listed(&lab), "{}", lab.ok(&["ct", "ls"]));
+    lab.ok(&["port", "unpublish", "web", "5353:53/udp"]);
+    assert!(!listed(&lab), "{}", lab.ok(&["ct", "ls"]));
+
+    // Internal: not to another network's port, through its gateway or the other's.
+    let _listener = enter(&web, || sockets::tcp_listener("[::]:7002"));
+    for to in ["2001:db8:a::1", "2001:db8:7::1"] {
+        assert!(traffic::refused(&e5, &format!("[{to}]:8080")), "e5 to {to}");
+    }
+    assert!(lab.stat("endpoint_ingress", "drop_internal") >= 1);
 }
 
 /// `bpftool -j map ARGS... pinned MAP ...`: the JSON it prints (null for none).

@@ -5,6 +5,7 @@
 //! leaves: fragments, segments of untracked connections, internal networks, an uplink without
 //! an IPv6 address; a reset outside the window and a flood past the limit are dropped. Flows
 //! are revoked by the address they were masqueraded with and by their endpoint's address.
+//! An endpoint reaches its own port published on IPv6 through host addresses (hairpin).
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use aya::maps::{Array, HashMap};
@@ -686,4 +687,99 @@ fn ports_published_on_ipv6_reach_the_endpoint_and_its_replies_leave_with_the_hos
         );
     }
     assert_eq!(dp.published6().unwrap().len(), 1);
+}
+
+const ENDPOINT: (&str, u32) = (programs::ENDPOINT_INGRESS, program_id::ENDPOINT_INGRESS);
+/// Network 1's IPv6 gateway.
+const GATEWAY1: &str = "2001:db8:1::1";
+
+/// Hairpin over IPv6 on the endpoint's veth: EP reaches its own port published on `::` through
+/// the uplink's IPv6 address (TCP) and through its gateway (UDP). The forward packets reach EP
+/// from its network's gateway with a port of the flow's own, the replies go back from the
+/// address and port EP used, every checksum right; a port not published is the host's,
+/// untouched; unpublishing revokes the flows.
+#[test]
+fn an_endpoint_reaches_its_own_port_published_on_ipv6_through_host_addresses() {
+    use bridgenet::datapath::Proto;
+    let mut dp = datapath(true, 1000);
+    let ep: Ipv6Addr = EP.parse().unwrap();
+    dp.set_uplink6(UPLINK_IFINDEX, Some(UPLINK.parse().unwrap()))
+        .unwrap();
+    // Test runs come from the loopback device: it plays EP's veth too.
+    dp.add_endpoint(UPLINK_IFINDEX, Ipv4Addr::new(172, 17, 0, 2), MAC_A, 1)
+        .unwrap();
+    dp.add_endpoint6(UPLINK_IFINDEX, ep).unwrap();
+    let any = Ipv6Addr::UNSPECIFIED;
+    dp.publish6(Proto::Tcp, any, 8080, ep, 80).unwrap();
+    dp.publish6(Proto::Udp, any, 5353, ep, 53).unwrap();
+
+    let syn = tcp(EP, 50000, UPLINK, 8080, "S", 7000, 0);
+    let forward = inspect(&translated(&mut dp, ENDPOINT, &syn, outcome::DNAT));
+    assert_eq!(
+        (forward.src, forward.dst, forward.dport),
+        (GATEWAY1.parse().unwrap(), ep, 80),
+        "the SYN reaches EP from its gateway"
+    );
+    let port = forward.sport;
+    let syn_ack = tcp(EP, 80, GATEWAY1, port, "SA", 9000, 7001);
+    assert_eq!(
+        inspect(&translated(&mut dp, ENDPOINT, &syn_ack, outcome::SNAT)),
+        seen(UPLINK, 8080, EP, 50000),
+        "the SYN-ACK comes from where the SYN went"
+    );
+    let ack = tcp(EP, 50000, UPLINK, 8080, "A", 7001, 9001);
+    assert_eq!(
+        inspect(&translated(&mut dp, ENDPOINT, &ack, outcome::DNAT)),
+        seen(GATEWAY1, port, EP, 80)
+    );
+
+    let query = udp(EP, 40000, GATEWAY1, 5353);
+    let forward = inspect(&translated(&mut dp, ENDPOINT, &query, outcome::DNAT));
+    assert_eq!((forward.src, forward.dst), (GATEWAY1.parse().unwrap(), ep));
+    let answer = udp(EP, 53, GATEWAY1, forward.sport);
+    assert_eq!(
+        inspect(&translated(&mut dp, ENDPOINT, &answer, outcome::SNAT)),
+        seen(GATEWAY1, 5353, EP, 40000)
+    );
+    assert_eq!(entries6(&mut dp), 4, "two flows, two entries each");
+
+    let host_port = tcp(EP, 50001, UPLINK, 8081, "S", 7000, 0);
+    let out = packet::run_tc(&mut dp, ENDPOINT.0, &host_port, 1).unwrap();
+    assert_eq!(
+        (out.action, out.frame),
+        (TC_ACT_OK, host_port),
+        "a port not published is the host's"
+    );
+
+    let revoked = dp
+        .revoke6(conntrack::uses_mapping6(6, any, 8080, ep, 80))
+        .unwrap();
+    assert_eq!((revoked.flows, revoked.entries), (1, 2), "unpublished");
+    assert_eq!(entries6(&mut dp), 2);
+}
+
+/// `[EP]:53 -> [gateway]:53`, published to `[EP]:53`: the port chosen for the reply tuple
+/// cannot be 53, which would make it the original tuple itself.
+#[test]
+fn a_hairpin_port_whose_reply_tuple_would_be_its_own_gets_another() {
+    use bridgenet::datapath::Proto;
+    let mut dp = datapath(true, 1000);
+    let ep: Ipv6Addr = EP.parse().unwrap();
+    dp.add_endpoint(UPLINK_IFINDEX, Ipv4Addr::new(172, 17, 0, 2), MAC_A, 1)
+        .unwrap();
+    dp.add_endpoint6(UPLINK_IFINDEX, ep).unwrap();
+    dp.publish6(Proto::Udp, Ipv6Addr::UNSPECIFIED, 53, ep, 53)
+        .unwrap();
+    let query = udp(EP, 53, GATEWAY1, 53);
+    let forward = inspect(&translated(&mut dp, ENDPOINT, &query, outcome::DNAT));
+    assert_eq!(
+        (forward.src, forward.dst, forward.dport),
+        (GATEWAY1.parse().unwrap(), ep, 53)
+    );
+    assert_ne!(forward.sport, 53, "the reply tuple is not the original's");
+    let answer = udp(EP, 53, GATEWAY1, forward.sport);
+    assert_eq!(
+        inspect(&translated(&mut dp, ENDPOINT, &answer, outcome::SNAT)),
+        seen(GATEWAY1, 53, EP, 53)
+    );
 }

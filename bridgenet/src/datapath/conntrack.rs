@@ -758,7 +758,8 @@ pub fn uses_addr6(addr: Ipv6Addr) -> impl Fn(&Ct6Key, &Ct6Entry) -> bool {
 }
 
 /// `revoke6`'s test for the IPv6 flows opened through a port published on IPv6: `proto`
-/// `host_port` on `host_addr` (`::`: any) to `[target]:target_port`.
+/// `host_port` on `host_addr` (`::`: any) to `[target]:target_port`, through an uplink or
+/// hairpin.
 pub fn uses_mapping6(
     proto: u8,
     host_addr: Ipv6Addr,
@@ -774,13 +775,13 @@ pub fn uses_mapping6(
         let track = &entry.track;
         key.proto == proto
             && match (track.action, track.direction) {
-                (action::DNAT, direction::ORIGINAL) => {
+                (action::DNAT | action::HAIRPIN, direction::ORIGINAL) => {
                     key.dport == host_port
                         && on_addr(&key.daddr)
                         && entry.nat_addr == target
                         && track.nat_port == target_port
                 }
-                (action::SNAT, direction::REPLY) => {
+                (action::SNAT | action::HAIRPIN, direction::REPLY) => {
                     key.saddr == target
                         && key.sport == target_port
                         && track.nat_port == host_port
