@@ -190,6 +190,25 @@ pub fn insert_new(key: &Ct6Key, entry: &Ct6Entry) -> Result<(), InsertError> {
     }
 }
 
+/// Inserts a new flow's original entry under `key`, its reply's being in under `reply`, with
+/// its turn `seq` in the ring; on failure the reply's entry and the flow's room go too.
+#[inline(always)]
+pub fn insert_original(
+    key: &Ct6Key,
+    entry: &mut Ct6Entry,
+    reply: &Ct6Key,
+    seq: u32,
+) -> Result<(), InsertError> {
+    entry.track.ring_seq = seq;
+    if let Err(err) = insert_new(key, entry) {
+        remove(reply);
+        release();
+        return Err(err);
+    }
+    record(key, seq);
+    Ok(())
+}
+
 pub fn remove(key: &Ct6Key) {
     let _ = CONNTRACK6.remove(key);
 }

@@ -195,9 +195,9 @@ pub fn subnet_of(addr: &[u8; 16]) -> Option<&'static Subnet6> {
 }
 
 /// From outside, on an uplink, from `saddr` to `daddr`: a managed IPv6 address is never a
-/// source there, nor a destination (no route into an IPv6 network yet; published ports are
-/// on host addresses);
-/// neither are `::1` and IPv4-mapped addresses, which the host would take for its own.
+/// source there, nor a destination unless its network's IPv6 gateway mode lets routed traffic
+/// in (`nat-unprotected`, `routed`: `nat6::ingress` judges the ports); neither are `::1` and
+/// IPv4-mapped addresses, which the host would take for its own.
 #[inline(always)]
 pub fn outside(saddr: &[u8; 16], daddr: &[u8; 16]) -> u32 {
     if loopback_or_mapped(daddr) {
@@ -206,10 +206,12 @@ pub fn outside(saddr: &[u8; 16], daddr: &[u8; 16]) -> u32 {
     if subnet_of(saddr).is_some() {
         return outcome::DROP_SPOOFED;
     }
-    if subnet_of(daddr).is_some() {
-        return outcome::DROP_ENDPOINT_DIRECT;
+    match subnet_of(daddr) {
+        Some(subnet) if subnet.flags & (network_flags::DIRECT_ANY | network_flags::ROUTED) == 0 => {
+            outcome::DROP_ENDPOINT_DIRECT
+        }
+        _ => outcome::PASSED,
     }
-    outcome::PASSED
 }
 
 /// On a bridge's ingress: whether an IPv6 packet's source is a managed address.

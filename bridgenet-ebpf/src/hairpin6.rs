@@ -146,10 +146,7 @@ fn open(ctx: &mut TcContext, scratch: &mut Scratch6, target: &Publish6Target, ch
         &target.addr,
         target.port,
     );
-    entry.track.ring_seq = seq;
-    if let Err(err) = conntrack6::insert_new(key, entry) {
-        conntrack6::remove(reply);
-        conntrack6::release();
+    if let Err(err) = conntrack6::insert_original(key, entry, reply, seq) {
         if let InsertError::Full = err {
             return outcome::DROP_CT_FULL;
         }
@@ -162,7 +159,6 @@ fn open(ctx: &mut TcContext, scratch: &mut Scratch6, target: &Publish6Target, ch
             _ => outcome::DROP_PORTS_EXHAUSTED,
         };
     }
-    conntrack6::record(key, seq);
     *reply = reply.reversed();
     rewrite(ctx, packet, reply, outcome::DNAT)
 }

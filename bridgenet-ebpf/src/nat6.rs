@@ -98,7 +98,7 @@ pub fn egress(ctx: &mut TcContext, ifindex: u32) -> u32 {
     let Some(subnet) = endpoint6::subnet_of(&saddr) else {
         return outcome::PASSED;
     };
-    let internal = subnet.flags & network_flags::INTERNAL != 0;
+    let flags = subnet.flags;
     let Some(scratch) = SCRATCH6.get_ptr_mut(0) else {
         return outcome::DROP_UNTRANSLATABLE;
     };
@@ -106,7 +106,7 @@ pub fn egress(ctx: &mut TcContext, ifindex: u32) -> u32 {
     if parsed != outcome::PASSED {
         return parsed;
     }
-    let result = egress_translate(ctx, unsafe { &mut *scratch }, ifindex, internal);
+    let result = egress_translate(ctx, unsafe { &mut *scratch }, ifindex, flags);
     // Whatever path decided, a managed source leaves translated or not at all.
     if result != outcome::SNAT && !outcome::is_drop(result) {
         return outcome::DROP_UNTRANSLATABLE;
@@ -115,12 +115,7 @@ pub fn egress(ctx: &mut TcContext, ifindex: u32) -> u32 {
 }
 
 #[inline(always)]
-fn egress_translate(
-    ctx: &mut TcContext,
-    scratch: &mut Scratch6,
-    ifindex: u32,
-    internal: bool,
-) -> u32 {
+fn egress_translate(ctx: &mut TcContext, scratch: &mut Scratch6, ifindex: u32, flags: u32) -> u32 {
     let packet = &scratch.packet;
     if packet.fragment {
         // Fragments of endpoint flows are dropped (and counted), never sent untranslated.
@@ -141,19 +136,26 @@ fn egress_translate(
         ICMP6 => packet.icmp_type == parse6::ECHO_REQUEST,
         _ => false,
     };
-    match unsafe { UPLINKS6.get(ifindex) } {
-        Some(nat_addr) if translatable && !internal => {
-            let result = masquerade(ctx, scratch, nat_addr);
-            let packet = &scratch.packet;
-            if !outcome::is_drop(result) {
-                conntrack6::count_opening(ctx, packet);
-                monitor::flow_opened6(ctx, program_id::UPLINK_EGRESS, result, packet);
-            }
-            result
-        }
-        // An uplink without an IPv6 address, or what masquerade cannot translate.
-        _ => outcome::DROP_UNTRANSLATABLE,
+    if !translatable || flags & network_flags::INTERNAL != 0 {
+        return outcome::DROP_UNTRANSLATABLE;
     }
+    let result = if flags & network_flags::ROUTED != 0 {
+        // Gateway mode routed: the endpoint's own address leaves, tracked so that replies
+        // come back in (and nothing else does).
+        route_out(ctx, scratch)
+    } else {
+        match unsafe { UPLINKS6.get(ifindex) } {
+            Some(nat_addr) => masquerade(ctx, scratch, nat_addr),
+            // An uplink without an IPv6 address.
+            None => return outcome::DROP_UNTRANSLATABLE,
+        }
+    };
+    let packet = &scratch.packet;
+    if !outcome::is_drop(result) {
+        conntrack6::count_opening(ctx, packet);
+        monitor::flow_opened6(ctx, program_id::UPLINK_EGRESS, result, packet);
+    }
+    result
 }
 
 /// `uplink_ingress` for IPv6, before the user filter: what must never come in from outside is
@@ -209,8 +211,16 @@ pub fn ingress(ctx: &mut TcContext, scratch: &mut Scratch6) -> u32 {
     if let Some(result) = tracked(ctx, packet) {
         return result;
     }
-    let Some(target) = published(ctx, packet) else {
-        return outcome::PASSED;
+    let target = match published(ctx, packet) {
+        Some(target) => target,
+        None => match direct(packet) {
+            outcome::DNAT => Publish6Target {
+                addr: packet.key.daddr,
+                port: packet.key.dport,
+                _pad: 0,
+            },
+            result => return result,
+        },
     };
     let result = publish(ctx, scratch, &target);
     if !outcome::is_drop(result) {
@@ -221,7 +231,8 @@ pub fn ingress(ctx: &mut TcContext, scratch: &mut Scratch6) -> u32 {
 }
 
 /// The endpoint a packet arriving on an uplink is published to, if any: a port published on
-/// the packet's destination, or on `::` when the destination is the uplink's IPv6 address.
+/// the packet's destination (in IPv6 gateway mode routed, the endpoint's own address), or on
+/// `::` when the destination is the uplink's IPv6 address.
 #[inline(always)]
 // By reference: a 20-byte key by value is one more copy on the stack.
 #[allow(clippy::needless_borrows_for_generic_args)]
@@ -245,6 +256,28 @@ fn published(ctx: &TcContext, packet: &Packet6) -> Option<Publish6Target> {
     }
     lookup.addr = [0; 16];
     unsafe { PUBLISH6.get(&lookup) }.copied()
+}
+
+/// A new flow routed from outside straight to an endpoint's IPv6 address, on no published
+/// port: DNAT in IPv6 gateway mode `nat-unprotected` (TCP and UDP: the caller tracks it as
+/// published to itself, so that the endpoint's replies leave as they are), DROP_UNPUBLISHED in
+/// `routed` (its published ports have `PUBLISH6` entries of their own, at the endpoint), else
+/// PASSED: the host stack's (`endpoint6::outside` dropped what goes to the other modes').
+// A BPF subprogram of its own: the LPM key it builds must not sit in `ingress`'s frame, which
+// 6.1's stack limit leaves no room for.
+#[inline(never)]
+fn direct(packet: &Packet6) -> u32 {
+    let key = &packet.key;
+    let Some(subnet) = endpoint6::subnet_of(&key.daddr) else {
+        return outcome::PASSED;
+    };
+    if subnet.flags & network_flags::DIRECT_ANY != 0 && (key.proto == TCP || key.proto == UDP) {
+        outcome::DNAT
+    } else if subnet.flags & network_flags::ROUTED != 0 {
+        outcome::DROP_UNPUBLISHED
+    } else {
+        outcome::PASSED
+    }
 }
 
 /// Opens a flow to a port published on IPv6: the client keeps its address, the destination
@@ -296,13 +329,9 @@ fn publish(ctx: &mut TcContext, scratch: &mut Scratch6, target: &Publish6Target)
         target.port,
     );
     entry.track.flags = ct_flags::INBOUND;
-    entry.track.ring_seq = seq;
-    if let Err(err) = conntrack6::insert_new(key, entry) {
-        conntrack6::remove(reply);
-        conntrack6::release();
+    if let Err(err) = conntrack6::insert_original(key, entry, reply, seq) {
         return lost_race(ctx, packet, err);
     }
-    conntrack6::record(key, seq);
     apply(ctx, packet, action::DNAT, &target.addr, target.port)
 }
 
@@ -334,6 +363,49 @@ fn tracked(ctx: &mut TcContext, packet: &Packet6) -> Option<u32> {
         }
         Ok(None) => None,
     }
+}
+
+/// Opens a flow for a packet that leaves with its endpoint's own address (IPv6 gateway mode
+/// routed), as `nat::route_out`: both entries translate to what the packet already carries, so
+/// that the flow's replies are told from traffic routed in unasked.
+// A BPF subprogram of its own: its locals would push the caller past the 512-byte stack.
+#[inline(never)]
+fn route_out(ctx: &mut TcContext, scratch: &mut Scratch6) -> u32 {
+    let seq = match conntrack6::admit(embryo_ring::INSIDE) {
+        Ok(seq) => seq,
+        Err(drop) => return drop,
+    };
+    let Scratch6 {
+        packet,
+        entry,
+        reply,
+    } = scratch;
+    let key = &packet.key;
+    *reply = key.reversed();
+    conntrack6::fill(
+        entry,
+        key,
+        action::DNAT,
+        direction::REPLY,
+        &key.saddr,
+        key.sport,
+    );
+    if let Err(err) = conntrack6::insert_new(reply, entry) {
+        conntrack6::release();
+        return lost_race(ctx, packet, err);
+    }
+    conntrack6::fill(
+        entry,
+        reply,
+        action::SNAT,
+        direction::ORIGINAL,
+        &key.saddr,
+        key.sport,
+    );
+    if let Err(err) = conntrack6::insert_original(key, entry, reply, seq) {
+        return lost_race(ctx, packet, err);
+    }
+    apply(ctx, packet, action::SNAT, &key.saddr, key.sport)
 }
 
 /// Opens a masquerade flow for `scratch.packet` leaving with `nat_addr`, its keys and entries
@@ -376,13 +448,9 @@ fn masquerade(ctx: &mut TcContext, scratch: &mut Scratch6, nat_addr: &[u8; 16]) 
         nat_addr,
         nat_port,
     );
-    entry.track.ring_seq = seq;
-    if let Err(err) = conntrack6::insert_new(key, entry) {
-        conntrack6::remove(reply);
-        conntrack6::release();
+    if let Err(err) = conntrack6::insert_original(key, entry, reply, seq) {
         return lost_race(ctx, packet, err);
     }
-    conntrack6::record(key, seq);
     apply(ctx, packet, action::SNAT, nat_addr, nat_port)
 }
 

@@ -720,6 +720,154 @@ fn endpoints_reach_ports_published_on_ipv6_through_host_addresses() {
     assert!(lab.stat("endpoint_ingress", "drop_internal") >= 1);
 }
 
+/// IPv6 gateway mode routed (Docker 28's `gateway_mode_ipv6=routed`) beside IPv4's nat: what
+/// an endpoint opens leaves with its own IPv6 address, routed traffic reaches its published
+/// ports at its own address and port (and, after a daemon killed and started again, still
+/// only those), anything else routed to it is `drop_unpublished`; its IPv4 stays
+/// masqueraded. In `nat-unprotected`, any port is open to routed traffic and what endpoints
+/// open is masqueraded. A mode without an IPv6 subnet is refused in one line.
+#[test]
+fn ipv6_gateway_mode_routed_opens_published_ports_at_the_endpoint_and_leaves_unmasqueraded() {
+    let mut lab = ControlLab::up();
+    let world = lab.topo.ns("world").name().to_owned();
+    lab.ipv6_to_world();
+    let refused_line = lab.fails(&[
+        "network",
+        "create",
+        "x",
+        "--subnet",
+        "198.18.9.0/24",
+        "--gateway-mode6",
+        "routed",
+    ]);
+    assert!(
+        refused_line.contains("IPv6 gateway mode routed given without an IPv6 subnet"),
+        "{refused_line}"
+    );
+    lab.ok(&[
+        "network",
+        "create",
+        "r6",
+        "--ipv6",
+        "--subnet",
+        "198.18.7.0/24",
+        "--subnet",
+        "2001:db8:7::/64",
+        "--gateway-mode6",
+        "routed",
+    ]);
+    assert!(lab.ok(&["network", "ls"]).contains("gateway-mode6=routed"));
+    let web = lab.netns_name("web");
+    lab.ok(&[
+        "endpoint",
+        "create",
+        "web",
+        "--network",
+        "r6",
+        "--netns",
+        &web,
+        "-p",
+        "8080:7002",
+    ]);
+    let inspect: Value = serde_json::from_str(&lab.ok(&["endpoint", "inspect", "web"])).unwrap();
+    let web6: IpAddr = inspect["ip6"].as_str().unwrap().parse().unwrap();
+    // The world's router knows the network is behind the host.
+    let route = lab.exec_in(
+        &world,
+        "ip",
+        &["-6", "route", "add", "2001:db8:7::/64", "via", UPLINK6],
+    );
+    assert!(route.status.success(), "{route:?}");
+
+    let server = echo_once(&world, "[::]:9000");
+    roundtrip(&web, &format!("[{WORLD6}]:9000"));
+    assert_eq!(
+        server.join().unwrap().ip(),
+        web6,
+        "web leaves with its own address"
+    );
+    let server = echo_once(&world, "0.0.0.0:9001");
+    roundtrip(&web, "198.18.0.1:9001");
+    assert_eq!(
+        server.join().unwrap().ip().to_string(),
+        "198.18.0.2",
+        "IPv4 stays masqueraded"
+    );
+
+    let _other = enter(&web, || sockets::tcp_listener("[::]:7003"));
+    for round in ["before", "after a restart"] {
+        let server = echo_once(&web, "[::]:7002");
+        roundtrip(&world, &format!("[{web6}]:7002"));
+        assert_eq!(
+            server.join().unwrap().ip(),
+            WORLD6.parse::<IpAddr>().unwrap(),
+            "{round}: the published port is open at web's address, to the client's address"
+        );
+        let before = lab.stat("uplink_ingress", "drop_unpublished");
+        assert!(
+            traffic::refused(&world, &format!("[{web6}]:7003")),
+            "{round}"
+        );
+        assert!(
+            lab.stat("uplink_ingress", "drop_unpublished") > before,
+            "{round}"
+        );
+        lab.stop(Stop::Kill);
+        lab.start();
+    }
+    lab.ok(&["port", "unpublish", "web", "8080:7002"]);
+    let _listener = enter(&web, || sockets::tcp_listener("[::]:7002"));
+    assert!(
+        traffic::refused(&world, &format!("[{web6}]:7002")),
+        "unpublished"
+    );
+
+    // nat-unprotected: any port routed to the endpoint's address, and out masqueraded.
+    lab.ok(&[
+        "network",
+        "create",
+        "u6",
+        "--ipv6",
+        "--subnet",
+        "198.18.10.0/24",
+        "--subnet",
+        "2001:db8:a::/64",
+        "--gateway-mode6",
+        "nat-unprotected",
+    ]);
+    let open = lab.netns_name("open");
+    lab.ok(&[
+        "endpoint",
+        "create",
+        "open",
+        "--network",
+        "u6",
+        "--netns",
+        &open,
+    ]);
+    let inspect: Value = serde_json::from_str(&lab.ok(&["endpoint", "inspect", "open"])).unwrap();
+    let open6 = inspect["ip6"].as_str().unwrap().to_owned();
+    let route = lab.exec_in(
+        &world,
+        "ip",
+        &["-6", "route", "add", "2001:db8:a::/64", "via", UPLINK6],
+    );
+    assert!(route.status.success(), "{route:?}");
+    let server = echo_once(&open, "[::]:7003");
+    roundtrip(&world, &format!("[{open6}]:7003"));
+    assert_eq!(
+        server.join().unwrap().ip(),
+        WORLD6.parse::<IpAddr>().unwrap()
+    );
+    let server = echo_once(&world, "[::]:9002");
+    roundtrip(&open, &format!("[{WORLD6}]:9002"));
+    assert_eq!(
+        server.join().unwrap().ip(),
+        UPLINK6.parse::<IpAddr>().unwrap(),
+        "nat-unprotected masquerades what endpoints open"
+    );
+}
+
 /// `bpftool -j map ARGS... pinned MAP ...`: the JSON it prints (null for none).
 fn bpftool(args: &[&str]) -> Value {
     let out = Command::new("bpftool")

@@ -500,14 +500,34 @@ fn ipv6_refusals_change_nothing() {
         (
             create(&[
                 "--ipv6",
-                "--gateway-mode",
-                "routed",
+                "--masquerade=false",
                 "--subnet",
                 "198.18.6.0/24",
                 "--subnet",
                 "2001:db8:6::/64",
             ]),
-            "IPv6 leaves a network masqueraded only",
+            "IPv6 leaves a network without masquerade only in IPv6 gateway mode routed",
+        ),
+        (
+            create(&[
+                "--ipv6",
+                "--gateway-mode6",
+                "isolated",
+                "--subnet",
+                "198.18.6.0/24",
+                "--subnet",
+                "2001:db8:6::/64",
+            ]),
+            "IPv6 gateway mode isolated: use gateway mode isolated",
+        ),
+        (
+            create(&[
+                "--gateway-mode6",
+                "nat-unprotected",
+                "--subnet",
+                "198.18.6.0/24",
+            ]),
+            "IPv6 gateway mode nat-unprotected given without an IPv6 subnet",
         ),
         (
             create(&[

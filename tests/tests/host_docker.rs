@@ -816,9 +816,9 @@ fn docker_refused_options_fail_in_one_line_and_change_nothing() {
                 "--subnet",
                 "2001:db8:30::/64",
                 "-o",
-                "com.docker.network.bridge.gateway_mode_ipv4=routed",
+                "com.docker.network.bridge.enable_ip_masquerade=false",
             ],
-            "IPv6 leaves a network masqueraded only",
+            "IPv6 leaves a network without masquerade only in IPv6 gateway mode routed",
         ),
         (
             vec!["--subnet", "198.19.30.0/24", "--subnet", "198.19.31.0/24"],
@@ -1768,4 +1768,62 @@ fn docker_ipv6_network_reaches_the_world_masqueraded() {
 
     lab.docker_ok(&["rm", "-f", "w6"]);
     lab.docker_ok(&["network", "rm", "out6"]);
+
+    // gateway_mode_ipv6=routed: the published container port at the container's own IPv6
+    // address, reached with the client's address; IPv4 stays nat.
+    lab.topo.ns("world").ip(&[
+        "-6",
+        "route",
+        "add",
+        "2001:db8:42::/64",
+        "via",
+        "2001:db8:ff::2",
+    ]);
+    lab.docker_ok(&[
+        "network",
+        "create",
+        "-d",
+        "bridgenet",
+        "--ipv6",
+        "--subnet",
+        "198.19.42.0/24",
+        "--subnet",
+        "2001:db8:42::/64",
+        "-o",
+        "com.docker.network.bridge.gateway_mode_ipv6=routed",
+        "r6",
+    ]);
+    let networks = lab.bridgenet_ok(&["network", "ls"]);
+    assert!(networks.contains("gateway-mode6=routed"), "{networks}");
+    lab.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "r6web",
+        "--network",
+        "r6",
+        "-p",
+        "8082:80",
+        "bb",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    let addr = lab.docker_ok(&[
+        "inspect",
+        "-f",
+        "{{.NetworkSettings.Networks.r6.GlobalIPv6Address}}",
+        "r6web",
+    ]);
+    let url = format!("http://[{}]:80/cgi-bin/ip", addr.trim());
+    assert_eq!(
+        client_of(&lab.world_get_ok(&url)),
+        "2001:db8:ff::1",
+        "{url}"
+    );
+    lab.docker_ok(&["rm", "-f", "r6web"]);
+    lab.docker_ok(&["network", "rm", "r6"]);
 }

@@ -783,3 +783,56 @@ fn a_hairpin_port_whose_reply_tuple_would_be_its_own_gets_another() {
         seen(GATEWAY1, 53, EP, 53)
     );
 }
+
+/// IPv6 gateway mode routed (network 3): what an endpoint opens leaves as it is, tracked, and
+/// its replies come in as they are; from outside only a port published at the endpoint's own
+/// address gets in (`drop_unpublished` for others), and a nat network's endpoints stay out of
+/// reach (`drop_endpoint_direct`).
+#[test]
+fn ipv6_gateway_mode_routed_leaves_untranslated_and_lets_in_replies_and_published_ports() {
+    use bridgenet::datapath::Proto;
+    const ROUTED_EP: &str = "2001:db8:3::2";
+    let mut dp = datapath(true, 1000);
+    let mut routed = options(3, false);
+    routed.gateway_mode = GatewayMode::Routed;
+    dp.add_network6(
+        "2001:db8:3::/64".parse().unwrap(),
+        "2001:db8:3::1".parse().unwrap(),
+        &routed,
+    )
+    .unwrap();
+
+    let syn = tcp(ROUTED_EP, 40000, SERVER, 443, "S", 1000, 0);
+    assert_eq!(translated(&mut dp, EGRESS, &syn, outcome::SNAT), syn);
+    let syn_ack = tcp(SERVER, 443, ROUTED_EP, 40000, "SA", 5000, 1001);
+    assert_eq!(
+        translated(&mut dp, INGRESS, &syn_ack, outcome::DNAT),
+        syn_ack
+    );
+    assert_eq!(entries6(&mut dp), 2, "tracked");
+
+    dropped(
+        &mut dp,
+        INGRESS,
+        &tcp(CLIENT, 50000, ROUTED_EP, 80, "S", 7000, 0),
+        outcome::DROP_UNPUBLISHED,
+        "a SYN to a port not published",
+    );
+    let ep: Ipv6Addr = ROUTED_EP.parse().unwrap();
+    dp.publish6(Proto::Tcp, ep, 80, ep, 80).unwrap();
+    let syn = tcp(CLIENT, 50000, ROUTED_EP, 80, "S", 7000, 0);
+    assert_eq!(translated(&mut dp, INGRESS, &syn, outcome::DNAT), syn);
+    let syn_ack = tcp(ROUTED_EP, 80, CLIENT, 50000, "SA", 9000, 7001);
+    assert_eq!(
+        translated(&mut dp, EGRESS, &syn_ack, outcome::SNAT),
+        syn_ack
+    );
+
+    dropped(
+        &mut dp,
+        INGRESS,
+        &tcp(CLIENT, 50001, EP, 80, "S", 7000, 0),
+        outcome::DROP_ENDPOINT_DIRECT,
+        "a SYN to a nat network's endpoint",
+    );
+}

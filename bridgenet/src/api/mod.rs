@@ -30,6 +30,9 @@ pub struct NetworkCreate {
     /// Absent: the IPv6 subnet's first address after the network address.
     #[serde(default)]
     pub gateway6: Option<String>,
+    /// How IPv6 meets the outside (Docker's `gateway_mode_ipv6`); absent: `nat`.
+    #[serde(default)]
+    pub gateway_mode6: GatewayMode,
 }
 
 /// `POST /endpoints`.

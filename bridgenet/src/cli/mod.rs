@@ -72,6 +72,10 @@ pub struct NetworkCreateArgs {
     /// in or out; needs --internal), as Docker's gateway_mode_ipv4.
     #[arg(long, default_value = "nat")]
     gateway_mode: GatewayMode,
+    /// The same for IPv6, as Docker's gateway_mode_ipv6: nat (NAT66), nat-unprotected or
+    /// routed (the endpoints' own IPv6 addresses; published endpoint ports routed to).
+    #[arg(long, default_value = "nat")]
+    gateway_mode6: GatewayMode,
 }
 
 #[derive(Subcommand)]
@@ -248,6 +252,7 @@ pub fn network(socket: &Path, cmd: NetworkCmd) -> Result<()> {
                 gateway_mode: a.gateway_mode,
                 subnet6,
                 gateway6,
+                gateway_mode6: a.gateway_mode6,
             };
             let net: Network = send(socket, Method::POST, "/networks", &req)?;
             println!("{}", net.name);
@@ -273,6 +278,10 @@ pub fn network(socket: &Path, cmd: NetworkCmd) -> Result<()> {
                 let mode = format!("gateway-mode={}", n.gateway_mode);
                 if !n.gateway_mode.is_nat() {
                     opts.push(&mode);
+                }
+                let mode6 = format!("gateway-mode6={}", n.gateway_mode6);
+                if !n.gateway_mode6.is_nat() {
+                    opts.push(&mode6);
                 }
                 let both = |v4: String, v6: Option<String>| match v6 {
                     Some(v6) => format!("{v4},{v6}"),

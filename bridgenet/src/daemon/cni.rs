@@ -133,6 +133,7 @@ impl Daemon {
                     gateway_mode,
                     subnet6: req.subnet6.clone(),
                     gateway6: req.gateway6.clone(),
+                    gateway_mode6: GatewayMode::Nat,
                 },
                 req.mtu,
                 non_masquerade,
@@ -341,6 +342,7 @@ mod tests {
             adopted: None,
             subnet6: None,
             gateway6: None,
+            gateway_mode6: GatewayMode::Nat,
         }
     }
 

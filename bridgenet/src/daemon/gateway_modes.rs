@@ -87,10 +87,11 @@ impl Daemon {
                 at.port,
             )?;
         }
-        // IPv6 networks are in gateway mode nat: the mapping is its own opening.
-        if let (Some(ip6), Some(host)) = (endpoint.ip6, m.host_v6()) {
+        if let (Some(ip6), Some((host, host_port))) =
+            (endpoint.ip6, self.state.opened6(endpoint, m))
+        {
             self.dp
-                .publish6(wire_proto(m.proto), host, m.host_port, ip6, m.port)?;
+                .publish6(wire_proto(m.proto), host, host_port, ip6, m.port)?;
         }
         Ok(())
     }
@@ -109,6 +110,10 @@ impl Daemon {
             .iter()
             .map(|k| self.state.opened(endpoint, k))
             .collect();
+        let still6: HashSet<_> = kept
+            .iter()
+            .filter_map(|k| Some((k.proto, self.state.opened6(endpoint, k)?)))
+            .collect();
         for m in closed {
             let at = self.state.opened(endpoint, m);
             if let Some(host) = at.host_v4()
@@ -117,8 +122,10 @@ impl Daemon {
                 self.dp
                     .unpublish(wire_proto(at.proto), host, at.host_port)?;
             }
-            if let (Some(_), Some(host)) = (endpoint.ip6, m.host_v6()) {
-                self.dp.unpublish6(wire_proto(m.proto), host, m.host_port)?;
+            if let Some(at6) = self.state.opened6(endpoint, m)
+                && !still6.contains(&(m.proto, at6))
+            {
+                self.dp.unpublish6(wire_proto(m.proto), at6.0, at6.1)?;
             }
         }
         Ok(())

@@ -37,6 +37,7 @@ impl Daemon {
             gateway_mode: GatewayMode::Nat,
             subnet6: None,
             gateway6: None,
+            gateway_mode6: GatewayMode::Nat,
         };
         match self.network_create(req).await {
             Ok(net) => {
@@ -158,6 +159,7 @@ impl Daemon {
             },
             subnet6: ipv6.map(|(s, _)| s),
             gateway6: ipv6.map(|(_, g)| g),
+            gateway_mode6: req.gateway_mode6,
         };
         let made = match &found {
             Some(found) => self.adopt_bridge(&network, found).await,
@@ -198,6 +200,12 @@ impl Daemon {
     /// subnet, with room for a gateway and an endpoint, internal or masqueraded.
     fn ipv6_side(&self, req: &NetworkCreate) -> Result<Option<(Ipv6Net, Ipv6Addr)>, Error> {
         let Some(s) = &req.subnet6 else {
+            if !req.gateway_mode6.is_nat() {
+                return Err(bad(format!(
+                    "IPv6 gateway mode {} given without an IPv6 subnet",
+                    req.gateway_mode6
+                )));
+            }
             if let Some(g) = &req.gateway6 {
                 return Err(bad(format!(
                     "IPv6 gateway {g} given without an IPv6 subnet"
@@ -211,14 +219,23 @@ impl Daemon {
             ))
         })?;
         let subnet = subnet.trunc();
-        // Out of the network, IPv6 is masqueraded (NAT66); routing it untranslated is not
-        // there yet.
+        // Out of the network, IPv6 is masqueraded (NAT66) or, in IPv6 gateway mode routed,
+        // leaves with the endpoints' own addresses; isolated holds for both families.
         let no_way_out = req.internal || req.gateway_mode == GatewayMode::Isolated;
-        if !no_way_out && (req.gateway_mode != GatewayMode::Nat || !req.masquerade) {
-            return Err(bad(
-                "IPv6 leaves a network masqueraded only (gateway mode nat, masquerade on): \
-                 routed IPv6 is not supported yet; use --internal for no way out",
-            ));
+        match req.gateway_mode6 {
+            GatewayMode::Isolated => {
+                return Err(bad(
+                    "IPv6 gateway mode isolated: use gateway mode isolated, which holds for \
+                     both families",
+                ));
+            }
+            GatewayMode::Nat | GatewayMode::NatUnprotected if !no_way_out && !req.masquerade => {
+                return Err(bad(
+                    "IPv6 leaves a network without masquerade only in IPv6 gateway mode routed \
+                     (--gateway-mode6 routed); use --internal for no way out",
+                ));
+            }
+            _ => {}
         }
         if let Some((range, what)) = ipam::reserved6(&subnet) {
             return Err(bad(format!(
@@ -280,7 +297,8 @@ impl Daemon {
         self.dp
             .set_non_masquerade(options.id, &network.non_masquerade)?;
         if let (Some(subnet6), Some(gateway6)) = (network.subnet6, network.gateway6) {
-            self.dp.add_network6(subnet6, gateway6, &options)?;
+            self.dp
+                .add_network6(subnet6, gateway6, &network_options6(network))?;
             if options.flags() & network_flags::INTERNAL == 0 {
                 self.enable_ipv6_forwarding()?;
             }
@@ -399,6 +417,15 @@ pub(super) fn network_options(network: &Network) -> NetworkOptions {
         internal: network.internal,
         gateway_mode: network.gateway_mode,
     }
+}
+
+/// The options of a network's IPv6 subnet: its IPv6 gateway mode; an isolated network has no
+/// way out in either family.
+fn network_options6(network: &Network) -> NetworkOptions {
+    let mut options = network_options(network);
+    options.internal |= network.gateway_mode == GatewayMode::Isolated;
+    options.gateway_mode = network.gateway_mode6;
+    options
 }
 
 pub(super) fn check_ifname(name: &str) -> Result<(), Error> {

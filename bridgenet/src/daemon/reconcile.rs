@@ -315,14 +315,19 @@ impl Daemon {
             .mappings()
             .filter(|(e, _)| !skipped.contains(&e.name))
         {
-            if let (Some(ip6), Some(host)) = (endpoint.ip6, m.host_v6()) {
-                let key = publish6_key(wire_proto(m.proto), host, m.host_port);
+            if let (Some(ip6), Some((host, host_port))) =
+                (endpoint.ip6, self.state.opened6(endpoint, m))
+            {
+                let key = publish6_key(wire_proto(m.proto), host, host_port);
                 let target = Publish6Target {
                     addr: ip6.octets(),
                     port: m.port.to_be(),
                     _pad: 0,
                 };
-                wanted.insert(bytemuck::bytes_of(&key).to_vec(), (key, target, *m, ip6));
+                wanted.insert(
+                    bytemuck::bytes_of(&key).to_vec(),
+                    (key, target, (*m, host, host_port), ip6),
+                );
             }
         }
         for (key, target) in self.dp.published6()? {
@@ -348,10 +353,9 @@ impl Daemon {
                 u16::from_be(target.port),
             ))?;
         }
-        for (_, _, m, ip6) in wanted.into_values() {
-            let host = m.host_v6().expect("kept above");
+        for (_, _, (m, host, host_port), ip6) in wanted.into_values() {
             self.dp
-                .publish6(wire_proto(m.proto), host, m.host_port, ip6, m.port)?;
+                .publish6(wire_proto(m.proto), host, host_port, ip6, m.port)?;
         }
         Ok(())
     }

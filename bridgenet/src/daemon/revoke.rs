@@ -39,11 +39,11 @@ impl Daemon {
         let tests6: Vec<_> = removed
             .iter()
             .filter_map(|m| {
-                let (host, target6) = (m.host_v6()?, target6?);
+                let ((host, host_port), target6) = (self.state.opened6(endpoint, m)?, target6?);
                 Some(conntrack::uses_mapping6(
                     proto(m),
                     host,
-                    m.host_port,
+                    host_port,
                     target6,
                     m.port,
                 ))

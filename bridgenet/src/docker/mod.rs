@@ -194,6 +194,7 @@ async fn create_network_(driver: &Driver, body: &Bytes) -> Result<Value, String>
             gateway_mode: spec.gateway_mode,
             subnet6: spec.subnet6.map(|s| s.to_string()),
             gateway6: spec.gateway6.map(|g| g.to_string()),
+            gateway_mode6: spec.gateway_mode6,
         })
         .await
         .map_err(text)?;

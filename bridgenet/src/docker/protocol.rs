@@ -104,6 +104,7 @@ const ENABLE_MASQUERADE: &str = "com.docker.network.bridge.enable_ip_masquerade"
 const HOST_BINDING: &str = "com.docker.network.bridge.host_binding_ipv4";
 const MTU: &str = "com.docker.network.driver.mtu";
 const GATEWAY_MODE: &str = "com.docker.network.bridge.gateway_mode_ipv4";
+const GATEWAY_MODE6: &str = "com.docker.network.bridge.gateway_mode_ipv6";
 
 /// A Docker network as bridgenet makes it.
 #[derive(Debug, PartialEq, Eq)]
@@ -118,6 +119,7 @@ pub struct NetworkSpec {
     pub internal: bool,
     pub masquerade: bool,
     pub gateway_mode: GatewayMode,
+    pub gateway_mode6: GatewayMode,
     pub extras: Extras,
 }
 
@@ -207,6 +209,7 @@ impl CreateNetwork {
             internal,
             masquerade: true,
             gateway_mode: GatewayMode::Nat,
+            gateway_mode6: GatewayMode::Nat,
             extras: Extras::default(),
         };
         for (key, value) in &generic {
@@ -228,15 +231,21 @@ impl CreateNetwork {
                         .ok_or_else(|| format!("option {key}={value:?}: expected 68 to 65535"))?;
                     spec.extras.mtu = Some(mtu);
                 }
-                GATEWAY_MODE => {
-                    spec.gateway_mode = value.parse().map_err(|_| {
+                GATEWAY_MODE | GATEWAY_MODE6 => {
+                    let mode = value.parse().map_err(|_| {
                         format!("option {key}={value:?}: expected {}", GatewayMode::NAMES)
                     })?;
+                    if key == GATEWAY_MODE {
+                        spec.gateway_mode = mode;
+                    } else {
+                        spec.gateway_mode6 = mode;
+                    }
                 }
                 _ => {
                     return Err(format!(
                         "unsupported option {key} (bridgenet takes {BRIDGE_NAME}, {ENABLE_ICC}, \
-                         {ENABLE_MASQUERADE}, {HOST_BINDING}, {MTU}, {GATEWAY_MODE})"
+                         {ENABLE_MASQUERADE}, {HOST_BINDING}, {MTU}, {GATEWAY_MODE}, \
+                         {GATEWAY_MODE6})"
                     ));
                 }
             }
@@ -480,6 +489,17 @@ mod tests {
                 "198.19.7.0/24",
             );
             assert_eq!(req.spec().unwrap().gateway_mode.as_str(), mode);
+            let req = create(
+                serde_json::json!({"com.docker.network.generic":
+                    {"com.docker.network.bridge.gateway_mode_ipv6": mode}}),
+                "198.19.7.0/24",
+            );
+            let spec = req.spec().unwrap();
+            assert_eq!(
+                (spec.gateway_mode, spec.gateway_mode6.as_str()),
+                (GatewayMode::Nat, mode),
+                "gateway_mode_ipv6 is IPv6's own"
+            );
         }
         let req = create(
             serde_json::json!({"com.docker.network.internal": true, "com.docker.network.generic":

@@ -61,6 +61,10 @@ pub struct Network {
     /// The IPv6 gateway, on the bridge: in `subnet6`, its first address unless given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway6: Option<Ipv6Addr>,
+    /// How the network's IPv6 meets the outside (Docker's `gateway_mode_ipv6`): `nat`,
+    /// `nat-unprotected` or `routed`. Left out when `nat`.
+    #[serde(default, skip_serializing_if = "GatewayMode::is_nat")]
+    pub gateway_mode6: GatewayMode,
 }
 
 impl Network {
@@ -473,6 +477,18 @@ impl State {
             _ => *m,
         }
     }
+
+    /// Where the datapath opens mapping `m` of `endpoint` on IPv6, if anywhere (an endpoint
+    /// with an IPv6 address, a mapping of that family): the host address and port, except on a
+    /// network in IPv6 gateway mode routed, where the endpoint's own IPv6 address and port are
+    /// opened to routed traffic (as `opened` for IPv4).
+    pub fn opened6(&self, endpoint: &Endpoint, m: &PortMapping) -> Option<(Ipv6Addr, u16)> {
+        let (ip6, host) = (endpoint.ip6?, m.host_v6()?);
+        match self.networks.get(&endpoint.network) {
+            Some(n) if n.gateway_mode6 == GatewayMode::Routed => Some((ip6, m.port)),
+            _ => Some((host, m.host_port)),
+        }
+    }
 }
 
 /// The state file, replaced atomically: written to a temporary file, synced, renamed over the
@@ -606,6 +622,7 @@ mod tests {
                 non_masquerade: vec!["198.18.0.0/15".parse().unwrap()],
                 subnet6: Some("2001:db8:5::/64".parse().unwrap()),
                 gateway6: Some("2001:db8:5::1".parse().unwrap()),
+                gateway_mode6: GatewayMode::Routed,
             },
         );
         store.save(&state).unwrap();
@@ -668,6 +685,7 @@ mod tests {
             non_masquerade: Vec::new(),
             subnet6: None,
             gateway6: None,
+            gateway_mode6: GatewayMode::Nat,
         };
         let endpoint = |name: &str, network: &str, ip: [u8; 4], port: u16| Endpoint {
             name: name.into(),
@@ -782,6 +800,7 @@ mod tests {
                 non_masquerade: Vec::new(),
                 subnet6: subnet6.map(|s| s.parse().unwrap()),
                 gateway6: gateway6.map(|g| g.parse().unwrap()),
+                gateway_mode6: GatewayMode::Nat,
             }
         };
         let endpoint = |name: &str, network: &str, ip: [u8; 4], ip6: Option<&str>| Endpoint {
