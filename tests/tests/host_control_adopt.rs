@@ -150,3 +150,123 @@ fn an_existing_bridge_is_adopted_and_left_as_it_was_found() {
     assert_eq!(bridge_view(&lab, "bridge1"), "addrs [] ports []");
     assert!(!program_on(&lab, "bridge0"));
 }
+
+/// The host namespace's global IPv6 addresses on bridge `br`.
+fn addrs6(lab: &ControlLab, br: &str) -> Vec<String> {
+    let out = lab
+        .topo
+        .ns("host")
+        .ip(&["-6", "-o", "addr", "show", "dev", br, "scope", "global"]);
+    out.split_whitespace()
+        .filter(|w| w.contains('/'))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Adopting a bridge for a dual-stack network: its IPv6 address in the network's IPv6 subnet
+/// is the IPv6 gateway (another one given is refused in one line), an endpoint on it reaches
+/// that gateway over IPv6, and `network rm` leaves the address; a bridge without one gets the
+/// IPv6 gateway's, and loses it with the network.
+#[test]
+fn an_existing_bridge_is_adopted_for_a_dual_stack_network() {
+    let mut lab = ControlLab::prepared();
+    let host = lab.topo.ns("host");
+    for br in ["bridge2", "bridge3"] {
+        host.ip(&["link", "add", br, "type", "bridge"]);
+        host.sysctl(&format!("net.ipv6.conf.{br}.disable_ipv6"), "0");
+    }
+    host.ip(&["addr", "add", "198.19.54.1/24", "dev", "bridge2"]);
+    host.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:54::1/64",
+        "dev",
+        "bridge2",
+        "nodad",
+    ]);
+    host.ip(&["link", "set", "bridge2", "up"]);
+    lab.start();
+
+    let before = lab.snapshot();
+    let err = lab.fails(&[
+        "network",
+        "create",
+        "b2",
+        "--bridge",
+        "bridge2",
+        "--ipv6",
+        "--subnet",
+        "2001:db8:54::/64",
+        "--gateway",
+        "2001:db8:54::9",
+    ]);
+    assert!(
+        err.contains(
+            "bridge bridge2 has 2001:db8:54::1/64: give its IPv6 gateway 2001:db8:54::1 or none"
+        ),
+        "{err}"
+    );
+    assert_eq!(lab.snapshot(), before);
+
+    lab.ok(&[
+        "network",
+        "create",
+        "b2",
+        "--bridge",
+        "bridge2",
+        "--ipv6",
+        "--subnet",
+        "2001:db8:54::/64",
+    ]);
+    let net: serde_json::Value =
+        serde_json::from_str(&lab.ok(&["network", "inspect", "b2"])).unwrap();
+    assert_eq!(net["subnet"], "198.19.54.0/24", "{net}");
+    assert_eq!(net["gateway6"], "2001:db8:54::1", "{net}");
+    assert_eq!(
+        net["adopted"]["address6_added"],
+        serde_json::Value::Null,
+        "{net}"
+    );
+    let ns = lab.netns_name("a");
+    lab.ok(&[
+        "endpoint",
+        "create",
+        "e1",
+        "--network",
+        "b2",
+        "--netns",
+        &ns,
+    ]);
+    let reached = (0..10).any(|_| {
+        let ping = lab.exec_in(&ns, "ping", &["-6", "-c", "1", "-W", "1", "2001:db8:54::1"]);
+        ping.status.success()
+    });
+    assert!(
+        reached,
+        "e1 pings the adopted bridge's IPv6 address: {}",
+        lab.log()
+    );
+    lab.ok(&["endpoint", "rm", "e1"]);
+    lab.ok(&["network", "rm", "b2"]);
+    assert_eq!(addrs6(&lab, "bridge2"), ["2001:db8:54::1/64"]);
+
+    lab.ok(&[
+        "network",
+        "create",
+        "b3",
+        "--bridge",
+        "bridge3",
+        "--ipv6",
+        "--subnet",
+        "198.19.55.0/24",
+        "--subnet",
+        "2001:db8:55::/64",
+    ]);
+    let net: serde_json::Value =
+        serde_json::from_str(&lab.ok(&["network", "inspect", "b3"])).unwrap();
+    assert_eq!(net["adopted"]["address6_added"], true, "{net}");
+    assert_eq!(addrs6(&lab, "bridge3"), ["2001:db8:55::1/64"]);
+    lab.ok(&["network", "rm", "b3"]);
+    assert!(addrs6(&lab, "bridge3").is_empty());
+}

@@ -3,16 +3,16 @@
 //! ports, and `network rm` or `daemon --cleanup` leave it as found: only what bridgenet added
 //! goes (its program on the bridge, its endpoints' veths, the gateway address when the bridge
 //! had none).
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::{Daemon, Error, bad};
 use crate::{
     api::NetworkCreate,
     datapath::Datapath,
     netlink::{ALIAS, Netlink},
-    state::{Adopted, GatewayMode, Network},
+    state::{GatewayMode, Network},
 };
 
 /// A bridge found in place of the one a network create names.
@@ -20,6 +20,8 @@ pub(super) struct Found {
     pub index: u32,
     /// Its primary IPv4 address, if any.
     pub address: Option<Ipv4Net>,
+    /// Its IPv6 addresses (link-local ones included).
+    pub addresses6: Vec<Ipv6Net>,
 }
 
 impl Daemon {
@@ -52,14 +54,17 @@ impl Daemon {
             )));
         }
         let address = self.nl.addresses(link.index).await?.first().copied();
+        let addresses6 = self.nl.addresses6(link.index).await?;
         Ok(Some(Found {
             index: link.index,
             address,
+            addresses6,
         }))
     }
 
-    /// Sets up an adopted bridge for `network`: the gateway address when it has none (noted in
-    /// `network.adopted`), and up.
+    /// Sets up an adopted bridge for `network`: the gateway address when it has none, the IPv6
+    /// gateway when it has not that one (both noted in `network.adopted`; IPv6 turned on), and
+    /// up.
     pub(super) async fn adopt_bridge(
         &self,
         network: &Network,
@@ -70,6 +75,7 @@ impl Daemon {
                 .add_address(found.index, network.gateway, network.subnet.prefix_len())
                 .await?;
         }
+        self.bridge_gateway6(network, found.index).await?;
         self.nl.set_up(found.index).await
     }
 
@@ -88,19 +94,53 @@ pub(super) async fn release(
     state_dir: &std::path::Path,
 ) {
     Datapath::detach_interface(pin_dir, state_dir, &network.bridge);
-    if let Some(Adopted {
-        address_added: true,
-    }) = network.adopted
-    {
-        let removed = match nl.link(&network.bridge).await {
-            Ok(Some(link)) => nl.del_address(link.index, network.gateway).await,
-            Ok(None) => Ok(()),
-            Err(err) => Err(err),
-        };
-        if let Err(err) = removed {
-            tracing::warn!("bridge {}: {err:#}", network.bridge);
+    let Some(adopted) = &network.adopted else {
+        return;
+    };
+    let removed = match nl.link(&network.bridge).await {
+        Ok(Some(link)) => {
+            let mut removed = Ok(());
+            if adopted.address_added {
+                removed = nl.del_address(link.index, network.gateway.into()).await;
+            }
+            if let (true, Some(gateway6)) = (adopted.address6_added, network.gateway6) {
+                removed = removed.and(nl.del_address(link.index, gateway6.into()).await);
+            }
+            removed
         }
+        Ok(None) => Ok(()),
+        Err(err) => Err(err),
+    };
+    if let Err(err) = removed {
+        tracing::warn!("bridge {}: {err:#}", network.bridge);
     }
+}
+
+/// Whether the adopted bridge `found` lacks `gateway6`, which bridgenet then adds.
+pub(super) fn adds_gateway6(found: &Found, gateway6: Option<Ipv6Addr>) -> bool {
+    gateway6.is_some_and(|g| !found.addresses6.iter().any(|a| a.addr() == g))
+}
+
+/// Fills in the IPv6 gateway of `req` from the adopted bridge's IPv6 address in the IPv6
+/// subnet `req` asks for, when it has one; a gateway given must be that address.
+pub(super) fn defaults_from6(found: &Found, req: &mut NetworkCreate) -> Result<(), Error> {
+    let Some(Ok(subnet)) = req.subnet6.as_deref().map(str::parse::<Ipv6Net>) else {
+        return Ok(());
+    };
+    let subnet = subnet.trunc();
+    let Some(own) = found.addresses6.iter().find(|a| subnet.contains(&a.addr())) else {
+        return Ok(());
+    };
+    if matches!(req.gateway6.as_deref().map(str::parse::<Ipv6Addr>), Some(Ok(g)) if g != own.addr())
+    {
+        return Err(bad(format!(
+            "bridge {} has {own}: give its IPv6 gateway {} or none",
+            req.bridge.as_deref().unwrap_or_default(),
+            own.addr()
+        )));
+    }
+    req.gateway6.get_or_insert_with(|| own.addr().to_string());
+    Ok(())
 }
 
 /// Fills in the subnet and gateway of `req` from the address of the bridge it adopts, where

@@ -68,17 +68,12 @@ impl Daemon {
                 req.name
             )));
         }
-        let ipv6 = self.ipv6_side(&req)?;
         let found = self.bridge_to_adopt(&req).await?;
         if let Some(found) = &found {
-            if ipv6.is_some() {
-                return Err(bad(format!(
-                    "bridge {} exists: adopting a bridge for an IPv6 network is not supported yet",
-                    req.bridge.as_deref().unwrap_or_default()
-                )));
-            }
             adopt::defaults_from(found, &mut req)?;
+            adopt::defaults_from6(found, &mut req)?;
         }
+        let ipv6 = self.ipv6_side(&req)?;
         let taken = self.taken_subnets(found.as_ref().map(|f| f.index)).await?;
         let subnet = match &req.subnet {
             Some(s) => {
@@ -150,6 +145,7 @@ impl Daemon {
             gateway_mode: req.gateway_mode,
             adopted: found.as_ref().map(|f| Adopted {
                 address_added: f.address.is_none(),
+                address6_added: adopt::adds_gateway6(f, ipv6.map(|(_, g)| g)),
             }),
             mtu,
             non_masquerade: {

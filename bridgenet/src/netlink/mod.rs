@@ -257,10 +257,18 @@ impl Netlink {
         Ok(out)
     }
 
-    /// Removes address `ip` from link `index` (absent: nothing to do).
-    pub async fn del_address(&self, index: u32, ip: Ipv4Addr) -> Result<()> {
-        for (msg, addr) in self.address_messages(index).await? {
-            if addr.addr() == ip {
+    /// Removes address `ip`, either family, from link `index` (absent: nothing to do).
+    pub async fn del_address(&self, index: u32, ip: std::net::IpAddr) -> Result<()> {
+        use std::net::IpAddr;
+        for msg in self.all_address_messages(index).await? {
+            // IPv4's own address is IFA_LOCAL (IFA_ADDRESS is the peer's on point-to-point
+            // links); IPv6 has IFA_ADDRESS only.
+            let this = msg.attributes.iter().any(|attr| match (attr, ip) {
+                (AddressAttribute::Local(a), IpAddr::V4(_))
+                | (AddressAttribute::Address(a), IpAddr::V6(_)) => *a == ip,
+                _ => false,
+            });
+            if this {
                 self.handle
                     .address()
                     .del(msg)

@@ -109,6 +109,10 @@ impl Network {
 pub struct Adopted {
     /// The bridge had no address: bridgenet added the gateway's.
     pub address_added: bool,
+    /// The bridge had no address in the network's IPv6 subnet: bridgenet added the IPv6
+    /// gateway's. Left out when false, so that IPv4-only stores are unchanged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub address6_added: bool,
 }
 
 /// A network's gateway mode, as Docker 28's `com.docker.network.bridge.gateway_mode_ipv4`.
@@ -617,6 +621,7 @@ mod tests {
                 gateway_mode: GatewayMode::Routed,
                 adopted: Some(Adopted {
                     address_added: false,
+                    address6_added: true,
                 }),
                 mtu: Some(1400),
                 non_masquerade: vec!["198.18.0.0/15".parse().unwrap()],
