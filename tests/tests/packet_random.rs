@@ -3,13 +3,14 @@
 //! come out half-translated: no frame leaves the uplink with a managed (private) source,
 //! nothing from outside reaches an endpoint address unless translated (a published flow or a
 //! reply; routed subnets: only whole packets), and no frame whose checksums were right comes
-//! out changed with a wrong one. IPv6 templates: only NAT66 changes an IPv6 frame (on the
-//! uplink, its addresses and transport only), none leaves a managed IPv6 subnet across the
-//! uplink untranslated or enters one but translated from the uplink's address, and an
-//! endpoint's leave only from its own addresses.
+//! out changed with a wrong one. IPv6 templates: only NAT66 (on the uplink) and hairpin (on
+//! the endpoint's veth, to and from host addresses) change an IPv6 frame, its addresses and
+//! transport only, with its checksum right when it was; none leaves a managed IPv6 subnet
+//! across the uplink untranslated or enters one but translated from the uplink's address, and
+//! an endpoint's leave only from its own addresses unless hairpin translated them.
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use bridgenet::datapath::{Datapath, GatewayMode, NetworkOptions};
+use bridgenet::datapath::{Datapath, GatewayMode, NetworkOptions, Proto};
 use bridgenet_common::{ct_usage, maps, programs};
 use bridgenet_tests::{packet, packet::fixture::*};
 use etherparse::{NetHeaders, PacketHeaders, TransportHeader};
@@ -51,10 +52,15 @@ fn datapath() -> Datapath {
     .unwrap();
     dp.add_endpoint6(TEST_RUN_IFINDEX, Ipv6Addr::from(EP1_6))
         .unwrap();
-    // The uplink's IPv6 address, which NAT66 masquerades EP1's IPv6 with.
-    let mut uplinks: aya::maps::HashMap<_, u32, [u8; 16]> =
-        aya::maps::HashMap::try_from(dp.ebpf_mut().map_mut(maps::UPLINKS6).unwrap()).unwrap();
-    uplinks.insert(TEST_RUN_IFINDEX, UPLINK6, 0).unwrap();
+    // The uplink's IPv6 address, which NAT66 masquerades EP1's IPv6 with, and EP1's ports
+    // published on IPv6 (hairpin reaches them through it and the gateway).
+    dp.set_uplink6(TEST_RUN_IFINDEX, Some(Ipv6Addr::from(UPLINK6)))
+        .unwrap();
+    let any = Ipv6Addr::UNSPECIFIED;
+    dp.publish6(Proto::Tcp, any, 8080, Ipv6Addr::from(EP1_6), 80)
+        .unwrap();
+    dp.publish6(Proto::Udp, any, 5353, Ipv6Addr::from(EP1_6), 53)
+        .unwrap();
     let mut usage: aya::maps::Array<_, u64> =
         aya::maps::Array::try_from(dp.ebpf_mut().map_mut(maps::CT_USAGE).unwrap()).unwrap();
     usage.set(ct_usage::LIMIT6, 4096, 0).unwrap();
@@ -235,7 +241,33 @@ fn templates6() -> Vec<Vec<u8>> {
             17,
             &udp(1, 2),
         ),
+        // Hairpin from EP1 to its ports published on IPv6, through the uplink's address and
+        // its gateway, and the replies (the kept source port 5000 makes them match); with
+        // checksums, which translation must keep right.
+        checksummed6(EP1_6, UPLINK6, true, 5000, 8080),
+        checksummed6(EP1_6, GATEWAY6, true, 80, 5000),
+        checksummed6(EP1_6, GATEWAY6, false, 5000, 5353),
+        checksummed6(EP1_6, GATEWAY6, false, 53, 5000),
+        // NAT66 with checksums.
+        checksummed6(EP1_6, WORLD6, true, 40002, 443),
+        checksummed6(WORLD6, UPLINK6, false, 53, 4000),
     ]
+}
+
+/// A TCP SYN (`tcp`) or UDP frame from EP1's MAC with its checksum right.
+fn checksummed6(src: [u8; 16], dst: [u8; 16], tcp: bool, sport: u16, dport: u16) -> Vec<u8> {
+    let b = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv6(src, dst, 64);
+    let mut f = Vec::new();
+    if tcp {
+        b.tcp(sport, dport, 1, 64240)
+            .syn()
+            .write(&mut f, b"")
+            .unwrap();
+    } else {
+        b.udp(sport, dport).write(&mut f, b"q").unwrap();
+    }
+    f
 }
 
 /// The IPv6 source and destination of a frame, if it is IPv6.
@@ -261,6 +293,11 @@ fn tcp_syn6(sport: u16, dport: u16) -> Vec<u8> {
 const UPLINK6: [u8; 16] = [
     0x20, 0x01, 0x0d, 0xb8, 0, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2,
 ];
+
+/// A host IPv6 address: the uplink's or EP1's gateway.
+fn host6(addr: [u8; 16]) -> bool {
+    addr == UPLINK6 || addr == GATEWAY6
+}
 
 /// In EP1's IPv6 subnet, 2001:db8:17::/64.
 fn managed6(addr: [u8; 16]) -> bool {
@@ -320,10 +357,13 @@ fn random_frame(rng: &mut fastrand::Rng, templates: &[Vec<u8>]) -> Vec<u8> {
     frame
 }
 
-/// Checksums of an IPv4 frame that are right (IPv4 header, full L4), or None if it is not a
-/// complete IPv4 frame etherparse can read.
+/// Checksums of an IP frame that are right (IPv4 header, full L4), or None if it is not a
+/// complete IP frame etherparse can read.
 fn right_checksums(frame: &[u8]) -> Option<(bool, bool)> {
     let headers = PacketHeaders::from_ethernet_slice(frame).ok()?;
+    if let Some(NetHeaders::Ipv6(ip, _)) = &headers.net {
+        return Some((true, right_checksum6(ip, &headers)?));
+    }
     let Some(NetHeaders::Ipv4(ip, _)) = &headers.net else {
         return None;
     };
@@ -343,6 +383,31 @@ fn right_checksums(frame: &[u8]) -> Option<(bool, bool)> {
         _ => return None,
     };
     Some((ip_ok, l4_ok))
+}
+
+/// Whether an IPv6 frame's transport checksum (over IPv6's pseudo-header) is right.
+fn right_checksum6(ip: &etherparse::Ipv6Header, headers: &PacketHeaders) -> Option<bool> {
+    let payload = headers.payload.slice();
+    let ok = match &headers.transport {
+        Some(TransportHeader::Tcp(tcp)) => {
+            tcp.calc_checksum_ipv6(ip, payload).ok() == Some(tcp.checksum)
+        }
+        Some(TransportHeader::Udp(udp)) => {
+            udp.calc_checksum_ipv6(ip, payload).ok() == Some(udp.checksum)
+        }
+        Some(TransportHeader::Icmpv6(icmp)) => {
+            let right = etherparse::Icmpv6Header::with_checksum(
+                icmp.icmp_type.clone(),
+                ip.source,
+                ip.destination,
+                payload,
+            )
+            .ok()?;
+            right.checksum == icmp.checksum
+        }
+        _ => return None,
+    };
+    Some(ok)
 }
 
 fn refused_by_the_kernel(frame: &[u8]) -> bool {
@@ -429,13 +494,18 @@ fn fuzz(program: &str, xdp: bool, seed: u64) {
         if let Some((src, dst)) = addrs6(&out.frame) {
             if out.frame != frame {
                 let (old_src, old_dst) = addrs6(&frame).expect("IPv6 in");
-                let nat66 = match program {
+                let translated = match program {
                     programs::UPLINK_EGRESS => managed6(old_src) && src == UPLINK6,
                     programs::UPLINK_INGRESS => old_dst == UPLINK6 && managed6(dst),
+                    // Hairpin: to a host address, and out from one, to EP1 (forward) or to
+                    // where EP1 sent from (reply).
+                    programs::ENDPOINT_INGRESS => {
+                        host6(old_dst) && host6(src) && (dst == EP1_6 || dst == old_src)
+                    }
                     _ => false,
                 };
                 assert!(
-                    nat66 && out.frame[..22] == frame[..22],
+                    translated && out.frame[..22] == frame[..22],
                     "frame {i} (seed {seed}): IPv6 changed by {program}: {frame:02x?}"
                 );
             }
@@ -450,8 +520,11 @@ fn fuzz(program: &str, xdp: bool, seed: u64) {
                         && (program != programs::UPLINK_INGRESS || translated)),
                 "frame {i} (seed {seed}) reached a managed IPv6 address: {frame:02x?}"
             );
+            let hairpin = out.frame != frame && host6(src);
             assert!(
-                program != programs::ENDPOINT_INGRESS || [EP1_6, EP1_LL, [0; 16]].contains(&src),
+                program != programs::ENDPOINT_INGRESS
+                    || hairpin
+                    || [EP1_6, EP1_LL, [0; 16]].contains(&src),
                 "frame {i} (seed {seed}) left the endpoint as {src:02x?}: {frame:02x?}"
             );
         }
