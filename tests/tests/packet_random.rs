@@ -397,7 +397,7 @@ fn right_checksum6(ip: &etherparse::Ipv6Header, headers: &PacketHeaders) -> Opti
         }
         Some(TransportHeader::Icmpv6(icmp)) => {
             let right = etherparse::Icmpv6Header::with_checksum(
-                icmp.icmp_type.clone(),
+                icmp.icmp_type,
                 ip.source,
                 ip.destination,
                 payload,
