@@ -269,6 +269,9 @@ fn a_network_with_other_settings_is_refused_and_nothing_changes() {
     other["gatewayMode"] = json!("bogus");
     refused(&other, "invalid gateway mode", 4);
     let mut other = base.clone();
+    other["gatewayMode6"] = json!("bogus");
+    refused(&other, "gatewayMode6: invalid gateway mode", 4);
+    let mut other = base.clone();
     other["mtu"] = json!(1400);
     refused(&other, "mtu", 4);
     let mut other = base.clone();

@@ -361,6 +361,9 @@ pub struct CniNetwork {
     pub bridge: Option<String>,
     pub icc: Option<bool>,
     pub gateway_mode: Option<String>,
+    /// IPv6's gateway mode (Docker's `gateway_mode_ipv6`).
+    #[serde(default)]
+    pub gateway_mode6: Option<String>,
     pub mtu: Option<u32>,
     /// Destinations the network's endpoints reach with their own address, and sources that
     /// reach them directly (CIDRs).

@@ -27,6 +27,8 @@ pub struct NetConf {
     pub bridge: Option<String>,
     pub icc: Option<bool>,
     pub gateway_mode: Option<String>,
+    /// IPv6's gateway mode (`gatewayMode6`), as `gatewayMode` for IPv4.
+    pub gateway_mode6: Option<String>,
     pub mtu: Option<u32>,
     #[serde(default, rename = "nonMasqueradeCIDRs")]
     pub non_masquerade_cidrs: Vec<String>,
@@ -132,6 +134,7 @@ impl NetConf {
             bridge: self.bridge.clone(),
             icc: self.icc,
             gateway_mode: self.gateway_mode.clone(),
+            gateway_mode6: self.gateway_mode6.clone(),
             mtu: self.mtu,
             non_masquerade: self.non_masquerade_cidrs.clone(),
         })

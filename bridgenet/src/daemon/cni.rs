@@ -97,7 +97,11 @@ impl Daemon {
     /// The configuration's network: created when it does not exist, else it must have the
     /// settings the configuration gives (the error names the first that differs).
     async fn cni_network(&mut self, req: &CniNetwork) -> Result<(Network, bool), Error> {
-        let gateway_mode = gateway_mode(req)?;
+        let modes = (
+            parse_mode("gatewayMode", req.gateway_mode.as_deref())?,
+            parse_mode("gatewayMode6", req.gateway_mode6.as_deref())?,
+        );
+        let gateway_mode = modes.0;
         let non_masquerade = req
             .non_masquerade
             .iter()
@@ -116,7 +120,7 @@ impl Daemon {
         }
         if let Ok(existing) = self.network(&req.name) {
             let existing = existing.clone();
-            differs(&existing, req, gateway_mode, &non_masquerade)?;
+            differs(&existing, req, modes, &non_masquerade)?;
             return Ok((existing, false));
         }
         let network = self
@@ -133,7 +137,7 @@ impl Daemon {
                     gateway_mode,
                     subnet6: req.subnet6.clone(),
                     gateway6: req.gateway6.clone(),
-                    gateway_mode6: GatewayMode::Nat,
+                    gateway_mode6: modes.1,
                 },
                 req.mtu,
                 non_masquerade,
@@ -232,20 +236,18 @@ impl Daemon {
 }
 
 /// The first setting the configuration gives that the existing network lacks.
-/// The configuration's `gatewayMode` (Docker 28's gateway modes); `nat` when not given.
-fn gateway_mode(req: &CniNetwork) -> Result<GatewayMode, Error> {
-    req.gateway_mode
-        .as_deref()
-        .map_or(Ok(GatewayMode::Nat), |m| {
-            m.parse()
-                .map_err(|e: String| bad(format!("gatewayMode: {e}")))
-        })
+/// The configuration's `gatewayMode` or `gatewayMode6` (`key`; Docker 28's gateway modes);
+/// `nat` when not given.
+fn parse_mode(key: &str, given: Option<&str>) -> Result<GatewayMode, Error> {
+    given.map_or(Ok(GatewayMode::Nat), |m| {
+        m.parse().map_err(|e: String| bad(format!("{key}: {e}")))
+    })
 }
 
 fn differs(
     n: &Network,
     req: &CniNetwork,
-    gateway_mode: GatewayMode,
+    (gateway_mode, gateway_mode6): (GatewayMode, GatewayMode),
     non_masquerade: &[Ipv4Net],
 ) -> Result<(), Error> {
     let mismatch = |key: &str, has: String, given: String| {
@@ -299,6 +301,13 @@ fn differs(
             gateway_mode.to_string(),
         );
     }
+    if req.gateway_mode6.is_some() && gateway_mode6 != n.gateway_mode6 {
+        return mismatch(
+            "gatewayMode6",
+            n.gateway_mode6.to_string(),
+            gateway_mode6.to_string(),
+        );
+    }
     if let Some(icc) = req.icc
         && icc != n.icc
     {
@@ -346,6 +355,8 @@ mod tests {
         }
     }
 
+    const NAT: (GatewayMode, GatewayMode) = (GatewayMode::Nat, GatewayMode::Nat);
+
     #[test]
     fn an_existing_network_must_have_the_settings_given() {
         let n = network();
@@ -355,22 +366,34 @@ mod tests {
             ..Default::default()
         };
         let cidrs = ["198.18.0.0/28".parse().unwrap()];
-        assert!(differs(&n, &same, GatewayMode::Nat, &cidrs).is_ok());
+        assert!(differs(&n, &same, NAT, &cidrs).is_ok());
         let other = CniNetwork {
             icc: Some(false),
             ..same.clone()
         };
-        let err = differs(&n, &other, GatewayMode::Nat, &cidrs)
-            .unwrap_err()
-            .to_string();
+        let err = differs(&n, &other, NAT, &cidrs).unwrap_err().to_string();
         assert_eq!(
             err,
             "network pods exists with icc true, the configuration says false"
         );
-        let err = differs(&n, &same, GatewayMode::Nat, &[])
-            .unwrap_err()
-            .to_string();
+        let err = differs(&n, &same, NAT, &[]).unwrap_err().to_string();
         assert!(err.contains("nonMasqueradeCIDRs [198.18.0.0/28]"), "{err}");
+        let routed6 = CniNetwork {
+            gateway_mode6: Some("routed".into()),
+            ..same.clone()
+        };
+        let err = differs(
+            &n,
+            &routed6,
+            (GatewayMode::Nat, GatewayMode::Routed),
+            &cidrs,
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "network pods exists with gatewayMode6 nat, the configuration says routed"
+        );
     }
 
     #[test]
