@@ -37,7 +37,7 @@ pub struct GcCost {
 /// `cfg.flows`); both windows end within a UDP flow's 30-s timeout of its datagram, so that
 /// the passes walk the whole table rather than expire it.
 pub fn measure(cfg: &Config, binary: &Path, r: &mut Results) -> Result<()> {
-    let lab = Lab::new(Variant::Bridgenet, "gc", binary, &[1])?;
+    let lab = Lab::new(Variant::Bridgenet, "gc", binary, &[1], false)?;
     let pid = lab.daemon_pid().context("the daemon's pid")?;
     let flows = cfg.flows / 4 * 3;
     load::udp_flows(&lab.ns("ep"), lab::CLIENT, flows)?;

@@ -1,7 +1,10 @@
 //! One topology for one variant:
 //!
 //! client (eth0 198.18.0.1) --veth-- (uplink0 198.18.0.2) host --bridge-- (eth0 172.17.0.2) endpoint
+//!         2001:db8:ff::1                    2001:db8:ff::2                   2001:db8:17::2
 //!
+//! The IPv6 addresses are there in the labs of the variants measured over IPv6 too
+//! (`Variant::ipv6`); the other labs are IPv4 only.
 //! The host namespace holds the bridge and the variant's NAT: bridgenet's daemon, Docker's
 //! iptables rules (nft or legacy), netavark-style nftables, the reference CNI plugins' rules,
 //! or nothing (plain routing: the client reaches 172.17.0.2 directly). Every lab is built fresh, so no variant inherits
@@ -9,7 +12,7 @@
 use std::{
     fs::File,
     io::Write as _,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
@@ -19,17 +22,22 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{
     cni::Pod,
-    load::Servers,
-    rulesets::{self, Mapping},
+    load::{self, Servers},
+    rulesets::{self, Family, Mapping},
 };
 
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 pub const HOST: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 pub const ENDPOINT: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 2);
+pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 1);
+pub const HOST6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 2);
+pub const ENDPOINT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x17, 0, 0, 0, 0, 2);
 /// Published ports: UDP echo, iperf3, then the measured range (host 10000+i -> 20000+i).
 pub const UDP_PORT: u16 = 9999;
 pub const IPERF_PORT: u16 = 5201;
 pub const IPERF_MASQ_PORT: u16 = 5202;
+/// The client's iperf3 server on its IPv6 address (one server runs one test at a time).
+pub const IPERF_MASQ_PORT6: u16 = 5203;
 const HOST_BASE: u16 = 10_000;
 const CONTAINER_BASE: u16 = 20_000;
 /// Namespaces of the bench start with this, then the pid of the run.
@@ -76,6 +84,15 @@ impl Variant {
             Variant::CniReference => "cni",
             Variant::Plain => "pl",
         }
+    }
+
+    /// Whether the variant is also measured over IPv6: bridgenet against Docker's ip6tables
+    /// rules (its default backend) and plain IPv6 routing.
+    pub fn ipv6(self) -> bool {
+        matches!(
+            self,
+            Variant::Bridgenet | Variant::IptablesNft | Variant::Plain
+        )
     }
 
     /// The restore tool of an iptables variant.
@@ -133,11 +150,21 @@ pub struct Lab {
     pod: Option<Pod>,
     /// TCP ports published so far (bridgenet adds; the others rewrite the whole ruleset).
     published: u32,
+    /// Whether the lab is dual stack.
+    pub ipv6: bool,
 }
 
 impl Lab {
-    /// Builds the namespaces, the bridge (or bridgenet's daemon and endpoint) and the servers.
-    pub fn new(variant: Variant, id: &str, binary: &Path, counts: &[u32]) -> Result<Self> {
+    /// Builds the namespaces, the bridge (or bridgenet's daemon and endpoint) and the servers;
+    /// dual stack when `ipv6` (for a variant that `Variant::ipv6` names).
+    pub fn new(
+        variant: Variant,
+        id: &str,
+        binary: &Path,
+        counts: &[u32],
+        ipv6: bool,
+    ) -> Result<Self> {
+        let ipv6 = ipv6 && variant.ipv6();
         let prefix = format!("{PREFIX}{}-{id}{}", std::process::id(), variant.tag());
         let mut lab = Self {
             variant,
@@ -150,6 +177,7 @@ impl Lab {
             servers: None,
             pod: None,
             published: 0,
+            ipv6,
         };
         let (client, host) = (lab.ns("client"), lab.ns("host"));
         crate::netns::outside_and_host(&client, &host, &mut lab.namespaces)?;
@@ -163,7 +191,11 @@ impl Lab {
             "via",
             "198.18.0.2",
         ])?;
-        // Many short connections from one address: reuse TIME_WAIT ports, use them all.
+        if ipv6 {
+            lab.ipv6_outside(&client, &host)?;
+        }
+        // Many short connections from one address (over IPv6 too): reuse TIME_WAIT ports, use
+        // them all.
         lab.sysctl(&client, "net.ipv4.tcp_tw_reuse", "1")?;
         lab.sysctl(&client, "net.ipv4.ip_local_port_range", "1024 65000")?;
         lab.sysctl(&host, "net.ipv4.ip_forward", "1")?;
@@ -171,12 +203,30 @@ impl Lab {
         if variant == Variant::Bridgenet {
             std::fs::create_dir_all(&lab.dir)?;
             lab.start_daemon()?;
+            let network = if ipv6 {
+                // The default network as a dual-stack one, as `dockerd --ipv6
+                // --fixed-cidr-v6` makes it.
+                lab.cli(&["network", "rm", "bridge"])?;
+                lab.cli(&[
+                    "network",
+                    "create",
+                    "bench",
+                    "--ipv6",
+                    "--subnet",
+                    rulesets::SUBNET,
+                    "--subnet",
+                    rulesets::SUBNET6,
+                ])?;
+                "bench"
+            } else {
+                "bridge"
+            };
             lab.cli(&[
                 "endpoint",
                 "create",
                 "ep",
                 "--network",
-                "bridge",
+                network,
                 "--netns",
                 &endpoint,
                 "-p",
@@ -185,8 +235,14 @@ impl Lab {
                 &format!("{IPERF_PORT}:{IPERF_PORT}"),
             ])?;
             let listing = lab.cli(&["endpoint", "ls", "--json"])?;
-            if !listing.contains(&ENDPOINT.to_string()) {
-                bail!("bridgenet gave the endpoint another address than {ENDPOINT}: {listing}");
+            let mut addresses = vec![IpAddr::V4(ENDPOINT)];
+            if ipv6 {
+                addresses.push(IpAddr::V6(ENDPOINT6));
+            }
+            for address in addresses {
+                if !listing.contains(&format!("\"{address}\"")) {
+                    bail!("bridgenet did not give the endpoint {address}: {listing}");
+                }
             }
         } else if variant == Variant::CniReference {
             ip(&["netns", "add", &endpoint])?;
@@ -226,9 +282,34 @@ impl Lab {
                 "via",
                 "172.17.0.1",
             ])?;
+            if ipv6 {
+                for (ns, dev, addr) in [
+                    (&host, br, "2001:db8:17::1/64"),
+                    (&endpoint, "eth0", "2001:db8:17::2/64"),
+                ] {
+                    ip(&["-n", ns, "addr", "add", addr, "dev", dev, "nodad"])?;
+                }
+                ip(&[
+                    "-n",
+                    &endpoint,
+                    "-6",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    "2001:db8:17::1",
+                ])?;
+            }
         }
         let ports: Vec<u16> = counts.iter().map(|n| container_port(*n)).collect();
-        lab.servers = Some(Servers::start(&endpoint, &ports, UDP_PORT, 8)?);
+        // IPv6 is measured at one mapping.
+        let ports6 = if ipv6 {
+            vec![container_port(1)]
+        } else {
+            Vec::new()
+        };
+        lab.servers = Some(Servers::start(&endpoint, &ports, &ports6, UDP_PORT, 8)?);
+        // iperf3 listens on both families.
         lab.spawn_in(&endpoint, "iperf3", &["-s", "-p", &IPERF_PORT.to_string()])?;
         lab.spawn_in(
             &client,
@@ -241,7 +322,70 @@ impl Lab {
                 &IPERF_MASQ_PORT.to_string(),
             ],
         )?;
+        if ipv6 {
+            lab.spawn_in(
+                &client,
+                "iperf3",
+                &[
+                    "-s",
+                    "-B",
+                    &CLIENT6.to_string(),
+                    "-p",
+                    &IPERF_MASQ_PORT6.to_string(),
+                ],
+            )?;
+            // Neighbour discovery and, for bridgenet, the endpoint's address: ready before
+            // anything is timed.
+            lab.publish(1)?;
+            load::reachable(&client, lab.target6(1), Duration::from_secs(10))?;
+        }
         Ok(lab)
+    }
+
+    /// IPv6 between the client and the host, as `netns::outside_and_host` sets up IPv4; the
+    /// client routes the endpoints' IPv6 subnet through the host (plain routing).
+    fn ipv6_outside(&self, client: &str, host: &str) -> Result<()> {
+        ip(&[
+            "-n",
+            client,
+            "addr",
+            "add",
+            "2001:db8:ff::1/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        ip(&[
+            "-n",
+            host,
+            "addr",
+            "add",
+            "2001:db8:ff::2/64",
+            "dev",
+            "uplink0",
+            "nodad",
+        ])?;
+        ip(&[
+            "-n",
+            host,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "2001:db8:ff::1",
+        ])?;
+        ip(&[
+            "-n",
+            client,
+            "-6",
+            "route",
+            "add",
+            rulesets::SUBNET6,
+            "via",
+            "2001:db8:ff::2",
+        ])?;
+        self.sysctl(host, "net.ipv6.conf.all.forwarding", "1")
     }
 
     /// The pid of bridgenet's daemon, in its variant.
@@ -261,10 +405,18 @@ impl Lab {
     }
 
     /// Where the client sends its connections when `n` ports are published.
-    pub fn target(&self, n: u32) -> SocketAddrV4 {
+    pub fn target(&self, n: u32) -> SocketAddr {
         match self.variant {
-            Variant::Plain => SocketAddrV4::new(ENDPOINT, container_port(n)),
-            _ => SocketAddrV4::new(HOST, HOST_BASE + n as u16 - 1),
+            Variant::Plain => (ENDPOINT, container_port(n)).into(),
+            _ => (HOST, HOST_BASE + n as u16 - 1).into(),
+        }
+    }
+
+    /// `target` over IPv6.
+    pub fn target6(&self, n: u32) -> SocketAddr {
+        match self.variant {
+            Variant::Plain => (ENDPOINT6, container_port(n)).into(),
+            _ => (HOST6, HOST_BASE + n as u16 - 1).into(),
         }
     }
 
@@ -273,6 +425,14 @@ impl Lab {
         match self.variant {
             Variant::Plain => ENDPOINT,
             _ => HOST,
+        }
+    }
+
+    /// `front` over IPv6.
+    pub fn front6(&self) -> Ipv6Addr {
+        match self.variant {
+            Variant::Plain => ENDPOINT6,
+            _ => HOST6,
         }
     }
 
@@ -294,9 +454,16 @@ impl Lab {
                 }
             }
             Variant::IptablesNft | Variant::IptablesLegacy => {
-                let tool = format!("{}-restore", self.variant.iptables().unwrap());
-                let rules = rulesets::docker_restore(self.bridge(), &mappings(n));
-                self.stdin_in(&host, &tool, &[], &rules)?;
+                let iptables = self.variant.iptables().unwrap();
+                let mut families = vec![Family::V4];
+                if self.ipv6 {
+                    families.push(Family::V6);
+                }
+                for family in families {
+                    let tool = format!("{}-restore", family.tool(iptables));
+                    let rules = rulesets::docker_restore(self.bridge(), &mappings(n), family);
+                    self.stdin_in(&host, &tool, &[], &rules)?;
+                }
             }
             Variant::Netavark => {
                 let rules = rulesets::netavark_nft(self.bridge(), &mappings(n));

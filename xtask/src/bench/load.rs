@@ -4,7 +4,7 @@
 use std::{
     fs::File,
     io::{ErrorKind, Read as _, Write as _},
-    net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    net::{Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener, TcpStream, UdpSocket},
     os::fd::{AsRawFd as _, RawFd},
     sync::{
         Arc,
@@ -57,7 +57,7 @@ fn on_threads<R: Send + 'static>(
 const CLOSE: u8 = b'c';
 
 /// The servers of one endpoint: for each TCP port, acceptors that answer each byte with one
-/// byte; a UDP echo on `udp_port`.
+/// byte (on IPv4, and for `tcp6_ports` also on IPv6); a UDP echo on `udp_port`.
 pub struct Servers {
     stop: Arc<AtomicBool>,
     listeners: Vec<RawFd>,
@@ -66,14 +66,23 @@ pub struct Servers {
 }
 
 impl Servers {
-    pub fn start(ns: &str, tcp_ports: &[u16], udp_port: u16, acceptors: usize) -> Result<Self> {
+    pub fn start(
+        ns: &str,
+        tcp_ports: &[u16],
+        tcp6_ports: &[u16],
+        udp_port: u16,
+        acceptors: usize,
+    ) -> Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
-        let ports = tcp_ports.to_vec();
+        let (ports, ports6) = (tcp_ports.to_vec(), tcp6_ports.to_vec());
         let (sockets, udp) = on_threads(ns, 1, move |_| {
-            let tcp = ports
+            let mut tcp = ports
                 .iter()
                 .map(|p| TcpListener::bind(("0.0.0.0", *p)).with_context(|| format!("port {p}")))
                 .collect::<Result<Vec<_>>>()?;
+            for p in &ports6 {
+                tcp.push(listen6(*p).with_context(|| format!("port [::]:{p}"))?);
+            }
             let udp = UdpSocket::bind(("0.0.0.0", udp_port))?;
             Ok((tcp, udp))
         })?
@@ -104,6 +113,17 @@ impl Servers {
             threads,
         })
     }
+}
+
+/// A listener on `[::]:port` for IPv6 only, beside the IPv4 one on the same port.
+fn listen6(port: u16) -> Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV6, Type::STREAM, None)?;
+    socket.set_only_v6(true)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, port, 0, 0)).into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }
 
 fn accept_loop(listener: TcpListener, stop: Arc<AtomicBool>) {
@@ -161,7 +181,7 @@ impl Run {
         self.ops as f64 / self.secs
     }
 
-    fn check(self, what: &str, to: SocketAddrV4) -> Result<Self> {
+    fn check(self, what: &str, to: impl std::fmt::Display) -> Result<Self> {
         if self.ops == 0 || self.errors * 100 > self.ops {
             bail!(
                 "{what} to {to}: {} done, {} failed: the path does not work",
@@ -202,7 +222,7 @@ pub enum Closer {
 /// `closer` says which side closes first.
 pub fn connections(
     ns: &str,
-    to: SocketAddrV4,
+    to: SocketAddr,
     workers: usize,
     time: Duration,
     closer: Closer,
@@ -224,8 +244,7 @@ pub fn connections(
         while Instant::now() < deadline {
             byte[0] = request;
             let ok = (|| -> std::io::Result<()> {
-                let mut s =
-                    TcpStream::connect_timeout(&SocketAddr::V4(to), Duration::from_secs(3))?;
+                let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
                 s.set_nodelay(true)?;
                 s.set_read_timeout(Some(Duration::from_secs(3)))?;
                 s.write_all(&byte)?;
@@ -244,10 +263,10 @@ pub fn connections(
 
 /// Request/response: each worker keeps one connection and exchanges one byte each way; a
 /// failed exchange is counted and the connection made again.
-pub fn request_response(ns: &str, to: SocketAddrV4, workers: usize, time: Duration) -> Result<Run> {
+pub fn request_response(ns: &str, to: SocketAddr, workers: usize, time: Duration) -> Result<Run> {
     let runs = on_threads(ns, workers, move |_| {
         let connect = || -> std::io::Result<TcpStream> {
-            let s = TcpStream::connect_timeout(&SocketAddr::V4(to), Duration::from_secs(3))?;
+            let s = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
             s.set_nodelay(true)?;
             s.set_read_timeout(Some(Duration::from_secs(3)))?;
             Ok(s)
@@ -313,6 +332,29 @@ pub fn udp(ns: &str, to: SocketAddrV4, workers: usize, time: Duration) -> Result
         Ok(run)
     })?;
     merge(runs, time.as_secs_f64()).check("UDP request/response", to)
+}
+
+/// Waits until a TCP connection from namespace `ns` to `to` is answered (an IPv6 address is
+/// usable once its neighbours are found), for at most `limit`.
+pub fn reachable(ns: &str, to: SocketAddr, limit: Duration) -> Result<()> {
+    on_threads(ns, 1, move |_| {
+        let deadline = Instant::now() + limit;
+        loop {
+            let last = (|| -> std::io::Result<()> {
+                let mut s = TcpStream::connect_timeout(&to, Duration::from_millis(500))?;
+                s.set_read_timeout(Some(Duration::from_secs(1)))?;
+                let mut byte = [CLOSE; 1];
+                s.write_all(&byte)?;
+                s.read_exact(&mut byte)
+            })();
+            match last {
+                Ok(()) => return Ok(()),
+                Err(err) if Instant::now() > deadline => bail!("{to} does not answer: {err}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    })?;
+    Ok(())
 }
 
 /// Sends one UDP datagram for each of `flows` distinct tuples (source socket, destination

@@ -264,7 +264,7 @@ fn summary(results: &Results, v: Variant, cfg: &Config) -> String {
 
 /// One variant, one round: every workload at every mapping count.
 fn measure(cfg: &Config, binary: &Path, v: Variant, round: usize, r: &mut Results) -> Result<()> {
-    let mut lab = Lab::new(v, &round.to_string(), binary, &cfg.counts)?;
+    let mut lab = Lab::new(v, &round.to_string(), binary, &cfg.counts, true)?;
     let client = lab.ns("client");
     let endpoint = lab.ns("ep");
     for (i, &n) in cfg.counts.iter().enumerate() {
@@ -295,10 +295,19 @@ fn measure(cfg: &Config, binary: &Path, v: Variant, round: usize, r: &mut Result
                 load::udp(&client, udp, cfg.workers, cfg.time)?.rate(),
             );
             for streams in [1, 4] {
-                let gbit = iperf(cfg, &client, lab.front(), lab::IPERF_PORT, streams)?;
+                let gbit = iperf(cfg, &client, lab.front().into(), lab::IPERF_PORT, streams)?;
                 r.add(v, &format!("tput_dnat_{streams}"), gbit);
-                let gbit = iperf(cfg, &endpoint, lab::CLIENT, lab::IPERF_MASQ_PORT, streams)?;
+                let gbit = iperf(
+                    cfg,
+                    &endpoint,
+                    lab::CLIENT.into(),
+                    lab::IPERF_MASQ_PORT,
+                    streams,
+                )?;
                 r.add(v, &format!("tput_masq_{streams}"), gbit);
+            }
+            if lab.ipv6 {
+                measure6(cfg, &lab, v, r)?;
             }
         }
         // Plain routing has no mappings: one measurement is its limit at every count.
@@ -309,14 +318,31 @@ fn measure(cfg: &Config, binary: &Path, v: Variant, round: usize, r: &mut Result
     Ok(())
 }
 
+/// The IPv6 workloads at one mapping, under the keys of IPv4's with a 6: the connection and
+/// request/response rates, and one stream each way.
+fn measure6(cfg: &Config, lab: &Lab, v: Variant, r: &mut Results) -> Result<()> {
+    let (client, endpoint) = (lab.ns("client"), lab.ns("ep"));
+    let to = lab.target6(1);
+    let conn =
+        load::connections(&client, to, cfg.workers, cfg.time, Closer::Server).context("IPv6")?;
+    r.add(v, "conn6/1", conn.rate());
+    let rr = load::request_response(&client, to, cfg.workers, cfg.time).context("IPv6")?;
+    r.add(v, "rr6/1", rr.rate());
+    let gbit = iperf(cfg, &client, lab.front6().into(), lab::IPERF_PORT, 1)?;
+    r.add(v, "tput6_dnat_1", gbit);
+    let gbit = iperf(
+        cfg,
+        &endpoint,
+        lab::CLIENT6.into(),
+        lab::IPERF_MASQ_PORT6,
+        1,
+    )?;
+    r.add(v, "tput6_masq_1", gbit);
+    Ok(())
+}
+
 /// iperf3 from namespace `ns` to `server:port` with `streams` streams; Gbit/s received.
-fn iperf(
-    cfg: &Config,
-    ns: &str,
-    server: std::net::Ipv4Addr,
-    port: u16,
-    streams: u32,
-) -> Result<f64> {
+fn iperf(cfg: &Config, ns: &str, server: std::net::IpAddr, port: u16, streams: u32) -> Result<f64> {
     let mut args = vec![
         "-c".to_owned(),
         server.to_string(),
@@ -349,7 +375,7 @@ fn iperf(
 fn publishing(cfg: &Config, binary: &Path, r: &mut Results) -> Result<()> {
     let n = cfg.publish;
     let whole = |v: Variant, how: &str, r: &mut Results| -> Result<()> {
-        let mut lab = Lab::new(v, "pub", binary, &[1])?;
+        let mut lab = Lab::new(v, "pub", binary, &[1], false)?;
         let t = Instant::now();
         lab.publish(n)?;
         r.publish.push(Publish {
@@ -369,7 +395,7 @@ fn publishing(cfg: &Config, binary: &Path, r: &mut Results) -> Result<()> {
         let tool = v.iptables().unwrap();
         whole(v, &format!("{tool}-restore: one call"), r)?;
         check_stop()?;
-        let lab = Lab::new(v, "pub", binary, &[1])?;
+        let lab = Lab::new(v, "pub", binary, &[1], false)?;
         let host = lab.ns("host");
         let base = rulesets::docker_base("docker0");
         let mut restore = Lab::command_in(&host, format!("{tool}-restore"))?;
@@ -381,7 +407,7 @@ fn publishing(cfg: &Config, binary: &Path, r: &mut Results) -> Result<()> {
                 break;
             }
             check_stop()?;
-            for rule in rulesets::docker_port_rules("docker0", m) {
+            for rule in rulesets::docker_port_rules("docker0", m, rulesets::Family::V4) {
                 let mut args = vec!["-w"];
                 args.extend(rule.iter().map(String::as_str));
                 Lab::run_in(&host, tool, &args)?;
@@ -398,7 +424,7 @@ fn publishing(cfg: &Config, binary: &Path, r: &mut Results) -> Result<()> {
     whole(Variant::Netavark, "nft -f (netavark style): one call", r)?;
     check_stop()?;
     let m = n.min(lab::CNI_MOST_MAPPINGS);
-    let mut lab = Lab::new(Variant::CniReference, "pub", binary, &[1])?;
+    let mut lab = Lab::new(Variant::CniReference, "pub", binary, &[1], false)?;
     let t = Instant::now();
     lab.publish(m)?;
     r.publish.push(Publish {
@@ -418,7 +444,7 @@ fn publishing(cfg: &Config, binary: &Path, r: &mut Results) -> Result<()> {
 /// API row's removals at once.
 fn endpoints(cfg: &Config, binary: &Path, r: &mut Results) -> Result<()> {
     const SETTLE: Duration = Duration::from_millis(100);
-    let lab = Lab::new(Variant::Bridgenet, "eps", binary, &[1])?;
+    let lab = Lab::new(Variant::Bridgenet, "eps", binary, &[1], false)?;
     let times = |how: &str| EndpointTimes {
         how: how.into(),
         create: Vec::new(),
@@ -486,7 +512,7 @@ fn run_with_stdin(cmd: &mut Command, input: &str) -> Result<()> {
 /// Memory per tracked flow: bridgenet's conntrack map against nf_conntrack.
 fn memory(cfg: &Config, binary: &Path, r: &mut Results) -> Result<()> {
     // bridgenet: the conntrack map is an LRU hash, which the kernel preallocates whole.
-    let lab = Lab::new(Variant::Bridgenet, "mem", binary, &[1])?;
+    let lab = Lab::new(Variant::Bridgenet, "mem", binary, &[1], false)?;
     // The pin carries the layout version (bridgenet_common::layout::CONNTRACK).
     let map = lab.bpffs().join("CONNTRACK_v2");
     let out = Command::new("bpftool")
@@ -514,7 +540,7 @@ fn memory(cfg: &Config, binary: &Path, r: &mut Results) -> Result<()> {
     ));
 
     // nf_conntrack: real UDP flows from the client into the host under Docker's rules.
-    let mut lab = Lab::new(Variant::IptablesNft, "mem", binary, &[1])?;
+    let mut lab = Lab::new(Variant::IptablesNft, "mem", binary, &[1], false)?;
     lab.publish(1)?;
     let (slab0, meminfo0) = (slab("nf_conntrack")?, meminfo_slab()?);
     load::udp_flows(&lab.ns("client"), lab::HOST, cfg.flows)?;
@@ -582,7 +608,7 @@ fn meminfo_slab() -> Result<f64> {
 /// Per-packet cost of bridgenet's programs: BPF_ENABLE_STATS held through an fd (the sysctl
 /// is left alone), run_time_ns / run_cnt of the programs attached in the host namespace.
 fn costs(cfg: &Config, binary: &Path, r: &mut Results) -> Result<()> {
-    let mut lab = Lab::new(Variant::Bridgenet, "cost", binary, &[1])?;
+    let mut lab = Lab::new(Variant::Bridgenet, "cost", binary, &[1], true)?;
     lab.publish(1)?;
     let host = lab.ns("host");
     let ids = program_ids(&host, &lab.bpffs())?;
@@ -591,8 +617,8 @@ fn costs(cfg: &Config, binary: &Path, r: &mut Results) -> Result<()> {
     }
     let _stats = enable_stats()?;
     let client = lab.ns("client");
-    let to = lab.target(1);
-    let workloads: [(&str, Workload); 3] = [
+    let (to, to6) = (lab.target(1), lab.target6(1));
+    let workloads: [(&str, Workload); 4] = [
         (
             "connections",
             Box::new(|| {
@@ -604,8 +630,12 @@ fn costs(cfg: &Config, binary: &Path, r: &mut Results) -> Result<()> {
             Box::new(|| load::request_response(&client, to, cfg.workers, cfg.time).map(|_| ())),
         ),
         (
+            "request/response over IPv6",
+            Box::new(|| load::request_response(&client, to6, cfg.workers, cfg.time).map(|_| ())),
+        ),
+        (
             "iperf3 DNAT, 4 streams",
-            Box::new(|| iperf(cfg, &client, lab::HOST, lab::IPERF_PORT, 4).map(|_| ())),
+            Box::new(|| iperf(cfg, &client, lab::HOST.into(), lab::IPERF_PORT, 4).map(|_| ())),
         ),
     ];
     for (name, work) in workloads {

@@ -256,6 +256,8 @@ pub fn write(cfg: &Config, r: &Results) -> Result<()> {
     }
     writeln!(w)?;
 
+    ipv6(w, r)?;
+
     writeln!(w, "### Time to publish mappings\n")?;
     writeln!(w, "| how | mappings | time |\n|---|---:|---:|")?;
     for p in &r.publish {
@@ -418,6 +420,67 @@ pub fn write(cfg: &Config, r: &Results) -> Result<()> {
     Ok(())
 }
 
+/// The measurements of both families at one mapping: IPv6's key, IPv4's, and the heading.
+const FAMILIES: [(&str, &str, &str); 4] = [
+    ("conn6/1", "conn/1", "connections/s"),
+    ("rr6/1", "rr/1", "req/resp per s"),
+    ("tput6_dnat_1", "tput_dnat_1", "DNAT 1 stream Gbit/s"),
+    ("tput6_masq_1", "tput_masq_1", "masquerade 1 stream Gbit/s"),
+];
+
+/// The IPv6 table: each variant measured over IPv6, beside its own IPv4 figures of the same
+/// labs, and bridgenet's ratios to the others in each family.
+fn ipv6(w: &mut String, r: &Results) -> Result<()> {
+    let variants: Vec<Variant> = Variant::ALL.into_iter().filter(|v| v.ipv6()).collect();
+    writeln!(w, "### IPv6 at 1 mapping, beside IPv4\n")?;
+    writeln!(
+        w,
+        "The same labs carry both families: a dual-stack network (bridgenet: `network create \
+         --ipv6 --subnet 172.17.0.0/16 --subnet 2001:db8:17::/64`, `-p` publishing on both); \
+         for *iptables-nft* the same Docker rules written for IPv6 with `ip6tables-nft-restore` \
+         as Docker 20.10 writes them with `\"ip6tables\": true` (DNAT to \
+         `[2001:db8:17::2]:PORT`, MASQUERADE of the IPv6 subnet); plain IPv6 routing has no rule.\n"
+    )?;
+    let heads: Vec<String> = FAMILIES
+        .iter()
+        .map(|(_, _, h)| format!("{h} IPv6 | IPv4"))
+        .collect();
+    writeln!(w, "| variant | {} |", heads.join(" | "))?;
+    writeln!(w, "|---|{}", "---:|".repeat(FAMILIES.len() * 2))?;
+    let digits = |key: &str| if key.starts_with("tput") { 2 } else { 0 };
+    for &v in &variants {
+        let cells: Vec<String> = FAMILIES
+            .iter()
+            .map(|(k6, k4, _)| {
+                format!(
+                    "{} | {}",
+                    cell(r, v, k6, digits(k6)),
+                    cell(r, v, k4, digits(k4))
+                )
+            })
+            .collect();
+        writeln!(w, "| {} | {} |", v.name(), cells.join(" | "))?;
+    }
+    let bn = Variant::Bridgenet;
+    for &other in variants.iter().filter(|v| **v != bn) {
+        let cells: Vec<String> = FAMILIES
+            .iter()
+            .map(|(k6, k4, _)| {
+                let ratio = |k: &str| median(r, bn, k) / median(r, other, &key_for(other, k));
+                format!("{:.2}x | {:.2}x", ratio(k6), ratio(k4))
+            })
+            .collect();
+        writeln!(
+            w,
+            "| bridgenet / {} | {} |",
+            other.name(),
+            cells.join(" | ")
+        )?;
+    }
+    writeln!(w)?;
+    Ok(())
+}
+
 const THROUGHPUT: [(&str, &str); 4] = [
     ("tput_dnat_1", "DNAT 1 stream"),
     ("tput_dnat_4", "DNAT 4 streams"),
@@ -459,6 +522,12 @@ datagram each way to the published 9999/udp. Throughput: iperf3 ({iperf}), throu
 (client -> host:5201 -> endpoint) and through masquerade (endpoint -> client:5202), 1 and 4 \
 streams. On a 2-core machine the load tool, the servers and the kernel's forwarding share \
 the cores, as they would in production on a small host.\n\
+- **IPv6.** In the labs of bridgenet, iptables-nft and plain routing the links also carry IPv6 \
+(client 2001:db8:ff::1, uplink0 2001:db8:ff::2, endpoint 2001:db8:17::2/64), and at 1 mapping \
+the connection rate, request/response and one iperf3 stream each way are also measured over \
+IPv6 to `[2001:db8:ff::2]:10000` (the endpoint's IPv6-only listener on 20000), \
+`[2001:db8:ff::2]:5201` and `[2001:db8:ff::1]:5203`; the program costs include \
+request/response over IPv6.\n\
 - **Publishing time.** {publish} mappings published at once in a fresh host: bridgenet with one \
 `port publish ep 10000-...:20000-...` call (CLI -> API -> maps); Docker's way, one `iptables -w` \
 call per rule (three per port, appended after the network's base rules; stopped after \

@@ -1,9 +1,60 @@
 //! The rulesets bridgenet is compared with, written as their tools write them for one bridge
-//! network (172.17.0.0/16, one container at 172.17.0.2) with published ports.
+//! network (172.17.0.0/16, one container at 172.17.0.2; for IPv6 2001:db8:17::/64 and
+//! 2001:db8:17::2) with published ports.
 use std::fmt::Write as _;
 
 pub const SUBNET: &str = "172.17.0.0/16";
 pub const ENDPOINT: &str = "172.17.0.2";
+pub const SUBNET6: &str = "2001:db8:17::/64";
+pub const ENDPOINT6: &str = "2001:db8:17::2";
+
+/// The address family of Docker's rules: iptables for IPv4, ip6tables for IPv6 (Docker 20.10
+/// with `"ip6tables": true` writes the same chains and rules with the network's IPv6 subnet).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn subnet(self) -> &'static str {
+        match self {
+            Family::V4 => SUBNET,
+            Family::V6 => SUBNET6,
+        }
+    }
+
+    /// The endpoint's host route, as Docker's per-port ACCEPT and hairpin MASQUERADE match it.
+    fn endpoint_host(self) -> String {
+        match self {
+            Family::V4 => format!("{ENDPOINT}/32"),
+            Family::V6 => format!("{ENDPOINT6}/128"),
+        }
+    }
+
+    /// `--to-destination` of a DNAT to the endpoint's `port`.
+    fn to(self, port: u16) -> String {
+        match self {
+            Family::V4 => format!("{ENDPOINT}:{port}"),
+            Family::V6 => format!("[{ENDPOINT6}]:{port}"),
+        }
+    }
+
+    fn loopback(self) -> &'static str {
+        match self {
+            Family::V4 => "127.0.0.0/8",
+            Family::V6 => "::1/128",
+        }
+    }
+
+    /// The tool of this family with the backend of `iptables` (iptables-nft or -legacy).
+    pub fn tool(self, iptables: &str) -> String {
+        match self {
+            Family::V4 => iptables.to_owned(),
+            Family::V6 => iptables.replacen("iptables", "ip6tables", 1),
+        }
+    }
+}
 
 /// One published port: protocol, host port, container port.
 #[derive(Clone, Copy)]
@@ -20,13 +71,14 @@ pub struct Mapping {
 /// MASQUERADE, the FORWARD rules, the isolation stages and DOCKER-USER; each published port
 /// then appends a DNAT rule to nat DOCKER, an ACCEPT to filter DOCKER and a hairpin
 /// MASQUERADE to POSTROUTING. Docker expands a range into one set per port.
-pub fn docker_restore(br: &str, ports: &[Mapping]) -> String {
+pub fn docker_restore(br: &str, ports: &[Mapping], family: Family) -> String {
+    let (subnet, loopback) = (family.subnet(), family.loopback());
     let mut nat = format!(
         "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
          :POSTROUTING ACCEPT [0:0]\n:DOCKER - [0:0]\n\
          -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER\n\
-         -A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER\n\
-         -A POSTROUTING -s {SUBNET} ! -o {br} -j MASQUERADE\n"
+         -A OUTPUT ! -d {loopback} -m addrtype --dst-type LOCAL -j DOCKER\n\
+         -A POSTROUTING -s {subnet} ! -o {br} -j MASQUERADE\n"
     );
     let mut filter = format!(
         "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n\
@@ -41,7 +93,7 @@ pub fn docker_restore(br: &str, ports: &[Mapping]) -> String {
     );
     let mut dnat = format!("-A DOCKER -i {br} -j RETURN\n");
     for m in ports {
-        for rule in docker_port_rules(br, m) {
+        for rule in docker_port_rules(br, m, family) {
             let line = rule[2..].join(" ");
             match (rule[1].as_str(), rule[2].as_str(), rule[3].as_str()) {
                 ("nat", _, "DOCKER") => writeln!(dnat, "{line}"),
@@ -63,25 +115,26 @@ pub fn docker_restore(br: &str, ports: &[Mapping]) -> String {
 
 /// The three rules Docker appends for one published port, each as the arguments of one
 /// `iptables` call (`-t TABLE -A CHAIN ...`), in Docker's order.
-pub fn docker_port_rules(br: &str, m: &Mapping) -> [Vec<String>; 3] {
+pub fn docker_port_rules(br: &str, m: &Mapping, family: Family) -> [Vec<String>; 3] {
     let (p, h, c) = (m.proto, m.host, m.container);
+    let (ep, to) = (family.endpoint_host(), family.to(c));
     let words = |s: String| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
     [
         words(format!(
-            "-t nat -A DOCKER ! -i {br} -p {p} -m {p} --dport {h} -j DNAT --to-destination {ENDPOINT}:{c}"
+            "-t nat -A DOCKER ! -i {br} -p {p} -m {p} --dport {h} -j DNAT --to-destination {to}"
         )),
         words(format!(
-            "-t filter -A DOCKER -d {ENDPOINT}/32 ! -i {br} -o {br} -p {p} -m {p} --dport {c} -j ACCEPT"
+            "-t filter -A DOCKER -d {ep} ! -i {br} -o {br} -p {p} -m {p} --dport {c} -j ACCEPT"
         )),
         words(format!(
-            "-t nat -A POSTROUTING -s {ENDPOINT}/32 -d {ENDPOINT}/32 -p {p} -m {p} --dport {c} -j MASQUERADE"
+            "-t nat -A POSTROUTING -s {ep} -d {ep} -p {p} -m {p} --dport {c} -j MASQUERADE"
         )),
     ]
 }
 
 /// The base ruleset of Docker's network alone (no port), for timing the per-port calls.
 pub fn docker_base(br: &str) -> String {
-    docker_restore(br, &[])
+    docker_restore(br, &[], Family::V4)
 }
 
 /// netavark's nftables driver for one network and its ports, as `nft -f` input: one `inet
