@@ -22,7 +22,6 @@ use network_types::{eth::EtherType, ip::Ipv4Hdr};
 use crate::{
     nat,
     parse::{IP_CSUM_OFF, IP_OFF},
-    parse6::{DADDR_OFF, IP6_OFF, SADDR_OFF},
 };
 
 /// Endpoints by address (network byte order), written by the daemon once the container end
@@ -33,9 +32,7 @@ pub static ENDPOINT_PEERS: PerCpuHashMap<u32, EndpointPeer> =
     PerCpuHashMap::with_max_entries(65_536, BPF_F_NO_PREALLOC);
 
 const AF_INET: u8 = 2;
-const AF_INET6: u8 = 10;
 const TTL_OFF: usize = IP_OFF + 8;
-const HOP_LIMIT_OFF: usize = IP6_OFF + 7;
 
 /// Redirects the (already translated) IPv4 packet to its next hop; the TC verdict and the
 /// path taken (`outcome::FAST_PATH` or `FAST_PATH_PEER`), or None when the packet should take
@@ -68,7 +65,13 @@ pub fn redirect(ctx: &mut TcContext, must: bool) -> Option<(i32, u32)> {
     {
         // The MACs the bridge's routed packet would carry: the gateway's, to the endpoint's.
         set_macs(ctx, &fib)?;
-        return Some((into_peer(ctx, peer), outcome::FAST_PATH_PEER));
+        // Per-CPU value: no other CPU writes it.
+        unsafe {
+            (*peer).packets += 1;
+            (*peer).bytes += u64::from(ctx.len());
+        }
+        let action = unsafe { bpf_redirect_peer((*peer).veth, 0) };
+        return Some((action as i32, outcome::FAST_PATH_PEER));
     }
     let mut neigh: bpf_redir_neigh = unsafe { zeroed() };
     neigh.nh_family = u32::from(AF_INET);
@@ -82,73 +85,6 @@ pub fn redirect(ctx: &mut TcContext, must: bool) -> Option<(i32, u32)> {
         )
     };
     Some((action as i32, outcome::FAST_PATH))
-}
-
-/// Sends the packet into the endpoint's namespace through `peer`'s veth, counted there; the TC
-/// verdict.
-#[inline(always)]
-fn into_peer(ctx: &mut TcContext, peer: *mut EndpointPeer) -> i32 {
-    // Forwarding clears the sender's delivery time (skb_clear_tstamp); a packet sent into the
-    // peer skips forwarding, so it is cleared here as forwarding would (at ingress the write
-    // also clears the monotonic flag).
-    unsafe { (*ctx.skb.skb).tstamp = 0 };
-    // Per-CPU value: no other CPU writes it.
-    unsafe {
-        (*peer).packets += 1;
-        (*peer).bytes += u64::from(ctx.len());
-        bpf_redirect_peer((*peer).veth, 0) as i32
-    }
-}
-
-/// `redirect` for an (already translated) IPv6 packet from an uplink towards an endpoint, when
-/// the FIB has a plain answer (a route, a known neighbour, a size the kernel finds fit for the
-/// MTU, GSO included): straight into the endpoint's namespace when the next hop's MAC is that
-/// of an endpoint on the bridge the FIB routes to (02:42 and its IPv4 address, as bridgenet
-/// gives them, names it in `ENDPOINT_PEERS`), else to that bridge with the MACs set. None: the
-/// normal path (which sends Packet Too Big, resolves neighbours, expires the hop limit).
-// A BPF subprogram of its own: its lookup must not sit in uplink_ingress's frame.
-#[inline(never)]
-pub fn redirect6(ctx: &mut TcContext) -> Option<(i32, u32)> {
-    // Version, traffic class and flow label; payload length; next header; hop limit.
-    let hdr: [u8; 8] = ctx.load(IP6_OFF).ok()?;
-    let hop_limit = hdr[7];
-    if hop_limit <= 1 {
-        return None;
-    }
-    let mut fib: bpf_fib_lookup = unsafe { zeroed() };
-    fib.family = AF_INET6;
-    fib.l4_protocol = hdr[6];
-    // tot_len 0: the kernel checks the packet against the MTU itself.
-    fib.ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    fib.__bindgen_anon_2.flowinfo = u32::from_ne_bytes([hdr[0] & 0x0f, hdr[1], hdr[2], hdr[3]]);
-    fib.__bindgen_anon_3.ipv6_src = ctx.load(SADDR_OFF).ok()?;
-    fib.__bindgen_anon_4.ipv6_dst = ctx.load(DADDR_OFF).ok()?;
-    let ret = unsafe {
-        fib_lookup(
-            ctx.skb.skb as *mut _,
-            &mut fib,
-            size_of::<bpf_fib_lookup>() as i32,
-            0,
-        )
-    };
-    if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
-        return None;
-    }
-    // Forwarding decrements the hop limit (no header checksum in IPv6).
-    ctx.store(HOP_LIMIT_OFF, &(hop_limit - 1), 0).ok()?;
-    set_macs(ctx, &fib)?;
-    let mac = fib.dmac;
-    if mac[..2] == [0x02, 0x42]
-        && let Some(peer) =
-            ENDPOINT_PEERS.get_ptr_mut(u32::from_ne_bytes([mac[2], mac[3], mac[4], mac[5]]))
-        && unsafe { (*peer).bridge } == fib.ifindex
-    {
-        return Some((into_peer(ctx, peer), outcome::FAST_PATH_PEER));
-    }
-    Some((
-        unsafe { bpf_redirect(fib.ifindex, 0) } as i32,
-        outcome::FAST_PATH,
-    ))
 }
 
 /// Fast path out of an endpoint: an IPv4 packet (not GSO) that passed the endpoint's checks,

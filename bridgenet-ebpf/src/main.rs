@@ -175,12 +175,10 @@ pub fn uplink_ingress(mut ctx: TcContext) -> i32 {
         Parsed::Malformed(header) => (uplink_ingress_malformed(header), true),
         Parsed::Ipv4(packet) => (uplink_ingress_ipv4(&mut ctx, &packet), true),
     };
-    if result == outcome::DNAT
-        && let Some((action, path)) = if ipv4 {
-            fastpath::redirect(&mut ctx, false)
-        } else {
-            fastpath::redirect6(&mut ctx)
-        }
+    // The fast path routes IPv4 only.
+    if ipv4
+        && result == outcome::DNAT
+        && let Some((action, path)) = fastpath::redirect(&mut ctx, false)
     {
         stats::count(program_id::UPLINK_INGRESS, path);
         stats::count(program_id::UPLINK_INGRESS, result);
