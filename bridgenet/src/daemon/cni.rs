@@ -235,7 +235,6 @@ impl Daemon {
     }
 }
 
-/// The first setting the configuration gives that the existing network lacks.
 /// The configuration's `gatewayMode` or `gatewayMode6` (`key`; Docker 28's gateway modes);
 /// `nat` when not given.
 fn parse_mode(key: &str, given: Option<&str>) -> Result<GatewayMode, Error> {
@@ -244,6 +243,7 @@ fn parse_mode(key: &str, given: Option<&str>) -> Result<GatewayMode, Error> {
     })
 }
 
+/// The first setting the configuration gives that the existing network lacks.
 fn differs(
     n: &Network,
     req: &CniNetwork,
