@@ -238,6 +238,17 @@ pub struct NonMasqueradeKey {
     pub addr: u32,
 }
 
+/// Key of the `NON_MASQUERADE6` LPM trie: `NonMasqueradeKey` for IPv6 (a network and a
+/// remote IPv6 address; the prefix length counts the network's 32 bits too).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct NonMasquerade6Key {
+    pub network: u32,
+    pub addr: [u8; 16],
+}
+
+const _: () = assert!(core::mem::size_of::<NonMasquerade6Key>() == 20);
+
 /// A managed subnet, value of the `SUBNETS` LPM trie.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
@@ -714,12 +725,14 @@ pub mod maps {
     pub const FILTER_HITS: &str = "FILTER_HITS";
     pub const EMBRYOS: &str = "EMBRYOS";
     pub const NON_MASQUERADE: &str = "NON_MASQUERADE";
+    pub const NON_MASQUERADE6: &str = "NON_MASQUERADE6";
     /// The monitor's, not pinned (`monitor`).
     pub const MONITOR_EVENTS: &str = "MONITOR_EVENTS";
     pub const MONITOR_CONFIG: &str = "MONITOR_CONFIG";
     pub const MONITOR_LOST: &str = "MONITOR_LOST";
     /// Every map, for pinning.
-    pub const ALL: [&str; 28] = [
+    pub const ALL: [&str; 29] = [
+        NON_MASQUERADE6,
         FILTER6,
         EMBRYOS6,
         EMBRYO6_CURSORS,
@@ -874,6 +887,7 @@ mod user {
     unsafe impl aya::Pod for super::Subnet {}
     unsafe impl aya::Pod for super::Subnet6 {}
     unsafe impl aya::Pod for super::NonMasqueradeKey {}
+    unsafe impl aya::Pod for super::NonMasquerade6Key {}
     unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::EndpointPeer {}
     unsafe impl aya::Pod for super::NatConfig {}

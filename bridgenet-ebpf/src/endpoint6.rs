@@ -1,15 +1,15 @@
 //! What an endpoint may send over IPv6, checked on its veth as `endpoint` checks IPv4, and
-//! what of the managed IPv6 subnets may cross an uplink. IPv6 does not leave its network yet
-//! (no NAT66): the checks keep it inside, and keep what only a router may send (Router
-//! Advertisements, Redirects, DHCPv6 replies: CVE-2020-13401) and Neighbour Discovery for
-//! addresses or MACs that are not the endpoint's (the IPv6 ARP spoofing) off the bridge.
+//! what of the managed IPv6 subnets may cross an uplink (`nat6` translates what leaves). The
+//! checks keep isolation, and keep what only a router may send (Router Advertisements,
+//! Redirects, DHCPv6 replies: CVE-2020-13401) and Neighbour Discovery for addresses or MACs
+//! that are not the endpoint's (the IPv6 ARP spoofing) off the bridge.
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{HashMap, LpmTrie, lpm_trie::Key},
     programs::TcContext,
 };
-use bridgenet_common::{Endpoint, Subnet6, network_flags, outcome};
+use bridgenet_common::{Endpoint, NonMasquerade6Key, Subnet6, network_flags, outcome};
 
 use crate::{
     endpoint::sibling_mac,
@@ -20,6 +20,12 @@ use crate::{
 /// Managed IPv6 subnets, by prefix.
 #[map]
 pub static SUBNETS6: LpmTrie<[u8; 16], Subnet6> =
+    LpmTrie::with_max_entries(1024, BPF_F_NO_PREALLOC);
+
+/// Remote IPv6 prefixes each network reaches with its endpoints' own addresses, and that
+/// reach its endpoints directly (`NON_MASQUERADE` for IPv6).
+#[map]
+pub static NON_MASQUERADE6: LpmTrie<NonMasquerade6Key, u32> =
     LpmTrie::with_max_entries(1024, BPF_F_NO_PREALLOC);
 
 /// Endpoints' IPv6 addresses by the ifindex of their veth's host end.
@@ -207,11 +213,29 @@ pub fn outside(saddr: &[u8; 16], daddr: &[u8; 16]) -> u32 {
         return outcome::DROP_SPOOFED;
     }
     match subnet_of(daddr) {
-        Some(subnet) if subnet.flags & (network_flags::DIRECT_ANY | network_flags::ROUTED) == 0 => {
+        // Unless the source is one the network talks to unmasqueraded (another node's pods).
+        Some(subnet)
+            if subnet.flags & (network_flags::DIRECT_ANY | network_flags::ROUTED) == 0
+                && !non_masquerade(subnet.network, saddr) =>
+        {
             outcome::DROP_ENDPOINT_DIRECT
         }
         _ => outcome::PASSED,
     }
+}
+
+/// Whether endpoints of `network` and `remote` talk with their own IPv6 addresses.
+// A BPF subprogram of its own: its 24-byte key must not sit in the callers' frames.
+#[inline(never)]
+pub fn non_masquerade(network: u32, remote: &[u8; 16]) -> bool {
+    let key = Key::new(
+        32 + 128,
+        NonMasquerade6Key {
+            network,
+            addr: *remote,
+        },
+    );
+    NON_MASQUERADE6.get(key).is_some()
 }
 
 /// On a bridge's ingress: whether an IPv6 packet's source is a managed address.

@@ -98,7 +98,7 @@ pub fn egress(ctx: &mut TcContext, ifindex: u32) -> u32 {
     let Some(subnet) = endpoint6::subnet_of(&saddr) else {
         return outcome::PASSED;
     };
-    let flags = subnet.flags;
+    let (flags, network) = (subnet.flags, subnet.network);
     let Some(scratch) = SCRATCH6.get_ptr_mut(0) else {
         return outcome::DROP_UNTRANSLATABLE;
     };
@@ -106,26 +106,42 @@ pub fn egress(ctx: &mut TcContext, ifindex: u32) -> u32 {
     if parsed != outcome::PASSED {
         return parsed;
     }
-    let result = egress_translate(ctx, unsafe { &mut *scratch }, ifindex, flags);
+    // To a non-masquerade destination (another node's pods) an endpoint's own address leaves.
+    let direct = endpoint6::non_masquerade(network, unsafe { &(*scratch).packet.key.daddr });
+    let result = egress_translate(ctx, unsafe { &mut *scratch }, ifindex, flags, direct);
     // Whatever path decided, a managed source leaves translated or not at all.
-    if result != outcome::SNAT && !outcome::is_drop(result) {
+    if !direct && result != outcome::SNAT && !outcome::is_drop(result) {
         return outcome::DROP_UNTRANSLATABLE;
     }
     result
 }
 
 #[inline(always)]
-fn egress_translate(ctx: &mut TcContext, scratch: &mut Scratch6, ifindex: u32, flags: u32) -> u32 {
+fn egress_translate(
+    ctx: &mut TcContext,
+    scratch: &mut Scratch6,
+    ifindex: u32,
+    flags: u32,
+    direct: bool,
+) -> u32 {
     let packet = &scratch.packet;
     if packet.fragment {
         // Fragments of endpoint flows are dropped (and counted), never sent untranslated.
-        return outcome::DROP_FRAGMENT;
+        return if direct {
+            outcome::PASSED
+        } else {
+            outcome::DROP_FRAGMENT
+        };
     }
     if packet.error {
         return translate_error(ctx, packet, &packet.inner);
     }
     if let Some(result) = tracked(ctx, packet) {
         return result;
+    }
+    if direct {
+        // Not translated, so nothing to track (replies of published flows were handled above).
+        return outcome::PASSED;
     }
     if !conntrack::opens(packet.key.proto, packet.tcp_flags) {
         // A segment of a connection no longer tracked: it would leave from a new port.

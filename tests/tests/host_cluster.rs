@@ -3,16 +3,17 @@
 //! addresses (`nonMasqueradeCIDRs`), pod to the outside masqueraded with its node's address,
 //! a `hostPort` reached from the outside and from a pod on the other node with the client's
 //! address kept, and a node's daemon killed and restarted under cross-node traffic with no
-//! reset.
+//! reset; the same over IPv6 in a dual-stack cluster (IPv6 `nonMasqueradeCIDRs`).
 //!
 //! Host kernel only: three daemon starts cost minutes under the matrix's software emulation
 //! (over 3 minutes on 6.1, against 11 s here). What depends on the kernel, the datapath's
-//! `NON_MASQUERADE` checks in TC and XDP, is tested on every kernel by `packet_nat`
-//! (`non_masquerade_prefixes_pass_both_ways_untranslated`); the rest is the daemons' and the
+//! `NON_MASQUERADE` checks in TC and XDP, is tested on every kernel by `packet_nat` and
+//! `packet_nat66` (`non_masquerade_prefixes_pass_both_ways_untranslated`,
+//! `non_masquerade_ipv6_prefixes_pass_both_ways_untranslated`); the rest is the daemons' and the
 //! plugin's bookkeeping.
 use std::{
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpStream},
+    net::{IpAddr, SocketAddr, TcpStream},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -21,7 +22,7 @@ use std::{
 };
 
 use bridgenet_tests::{
-    cluster::{Cluster, OUTSIDE, node_addr, pod_cidr},
+    cluster::{Cluster, OUTSIDE, OUTSIDE6, node_addr, node_addr6, pod_cidr, pod_cidr6},
     control::Stop,
     topology::enter,
     traffic::{TIMEOUT, echo_once, roundtrip},
@@ -29,13 +30,10 @@ use bridgenet_tests::{
 use serde_json::json;
 
 /// The address an echo server in `server_ns` saw for a round trip from `client_ns` to `to`.
-fn seen(server_ns: &str, bind: &str, client_ns: &str, to: &str) -> Ipv4Addr {
+fn seen(server_ns: &str, bind: &str, client_ns: &str, to: &str) -> IpAddr {
     let server = echo_once(server_ns, bind);
     roundtrip(client_ns, to);
-    match server.join().unwrap().ip() {
-        std::net::IpAddr::V4(ip) => ip,
-        other => panic!("an IPv6 peer {other}"),
-    }
+    server.join().unwrap().ip()
 }
 
 /// A connection from `client_ns` to `to` that exchanges a byte every 10 ms until stopped;
@@ -171,4 +169,54 @@ fn pods_talk_across_nodes_with_their_own_addresses_and_survive_a_daemon_restart(
     assert!(published.close() >= 30);
     assert_eq!(pod_server.join().unwrap().ip().to_string(), a1.ip);
     assert_eq!(port_server.join().unwrap().ip().to_string(), a1.ip);
+}
+
+/// The cluster over IPv6: pods across nodes see each other's own IPv6 addresses, the outside
+/// sees the node's, a hostPort on the node's IPv6 address keeps the client's, and the outside
+/// cannot reach a pod directly.
+#[test]
+fn pods_talk_across_nodes_over_ipv6_with_their_own_addresses() {
+    let mut cluster = Cluster::up(2);
+    let a1 = cluster.pod(1, "a1", json!([]));
+    let b1 = cluster.pod(
+        2,
+        "b1",
+        json!([{"hostPort": 30080, "containerPort": 80, "protocol": "tcp"}]),
+    );
+    let outside = cluster.outside();
+    assert_eq!(a1.ip6, "2001:db8:10:1::2");
+    assert_eq!(b1.ip6, "2001:db8:10:2::2");
+    let to = |pod: &bridgenet_tests::cluster::Pod, port: u16| format!("[{}]:{port}", pod.ip6);
+
+    assert_eq!(
+        seen(&b1.netns, "[::]:7002", &a1.netns, &to(&b1, 7002)).to_string(),
+        a1.ip6
+    );
+    assert_eq!(
+        seen(&a1.netns, "[::]:7003", &b1.netns, &to(&a1, 7003)).to_string(),
+        b1.ip6
+    );
+    assert_eq!(
+        seen(
+            &outside,
+            "[::]:7004",
+            &a1.netns,
+            &format!("[{OUTSIDE6}]:7004")
+        )
+        .to_string(),
+        node_addr6(1)
+    );
+    let host_port = format!("[{}]:30080", node_addr6(2));
+    assert_eq!(
+        seen(&b1.netns, "[::]:80", &outside, &host_port).to_string(),
+        OUTSIDE6
+    );
+    assert_eq!(
+        seen(&b1.netns, "[::]:80", &a1.netns, &host_port).to_string(),
+        a1.ip6
+    );
+    cluster
+        .fabric
+        .route("fabric", &pod_cidr6(1), &node_addr6(1));
+    assert!(bridgenet_tests::traffic::refused(&outside, &to(&a1, 7003)));
 }

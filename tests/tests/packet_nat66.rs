@@ -202,6 +202,17 @@ fn seen(src: &str, sport: u16, dst: &str, dport: u16) -> Seen {
     }
 }
 
+/// The UDP frame `u` as a first fragment: a Fragment header before UDP.
+fn first_fragment(u: &[u8]) -> Vec<u8> {
+    let mut f = u[..18].to_vec();
+    f.extend_from_slice(&((u.len() - 54 + 8) as u16).to_be_bytes());
+    f.extend_from_slice(&[44, 64]);
+    f.extend_from_slice(&u[22..54]);
+    f.extend_from_slice(&[UDP, 0, 0, 1, 0, 0, 0, 9]);
+    f.extend_from_slice(&u[54..]);
+    f
+}
+
 /// Runs `program` on `frame`: it must pass and count `counted`; the frame it let through.
 fn translated(dp: &mut Datapath, program: (&str, u32), frame: &[u8], counted: u32) -> Vec<u8> {
     let before = dp.stat(program.1, counted).unwrap();
@@ -374,14 +385,7 @@ fn what_cannot_be_translated_never_leaves() {
         outcome::DROP_UNTRACKED,
         "a segment of no tracked connection",
     );
-    // A first fragment: a Fragment header before UDP.
-    let u = udp(EP, 5000, SERVER, 53);
-    let mut f = u[..18].to_vec();
-    f.extend_from_slice(&((u.len() - 54 + 8) as u16).to_be_bytes());
-    f.extend_from_slice(&[44, 64]);
-    f.extend_from_slice(&u[22..54]);
-    f.extend_from_slice(&[UDP, 0, 0, 1, 0, 0, 0, 9]);
-    f.extend_from_slice(&u[54..]);
+    let f = first_fragment(&udp(EP, 5000, SERVER, 53));
     dropped(&mut dp, EGRESS, &f, outcome::DROP_FRAGMENT, "a fragment");
     dropped(
         &mut dp,
@@ -835,4 +839,94 @@ fn ipv6_gateway_mode_routed_leaves_untranslated_and_lets_in_replies_and_publishe
         outcome::DROP_ENDPOINT_DIRECT,
         "a SYN to a nat network's endpoint",
     );
+}
+
+/// CNI's `nonMasqueradeCIDRs` with an IPv6 prefix: towards it the network's endpoints leave
+/// with their own addresses (untracked: nothing is translated, first fragments included), and
+/// from it packets reach them directly, in TC and XDP; other destinations are masqueraded and
+/// other sources kept away as before, and another network is not concerned.
+#[test]
+fn non_masquerade_ipv6_prefixes_pass_both_ways_untranslated() {
+    const XDP_PASS: u32 = 2;
+    const PEER: &str = "2001:db8:99::5";
+    let mut dp = datapath(true, 1000);
+    let untouched = |dp: &mut Datapath, program: &str, frame: &[u8], what: &str| {
+        let out = packet::run_tc(dp, program, frame, 1).expect("test run");
+        assert_eq!(out.action, TC_ACT_OK, "{what} passes");
+        assert_eq!(out.frame, frame, "{what} passes unchanged");
+    };
+    // The network's IPv4 prefix is kept beside it in its own map.
+    dp.set_non_masquerade(
+        1,
+        &[
+            "198.19.0.0/16".parse().unwrap(),
+            "2001:db8:99::/48".parse().unwrap(),
+        ],
+    )
+    .unwrap();
+
+    untouched(
+        &mut dp,
+        EGRESS.0,
+        &tcp(EP, 40000, PEER, 7000, "S", 1, 0),
+        "a SYN",
+    );
+    // Not a SYN either: nothing is tracked, so nothing is untracked.
+    let data = tcp(EP, 40000, PEER, 7000, "PA", 2, 9);
+    untouched(&mut dp, EGRESS.0, &data, "a data segment");
+    untouched(&mut dp, EGRESS.0, &udp(EP, 5000, PEER, 53), "a datagram");
+    untouched(
+        &mut dp,
+        EGRESS.0,
+        &echo(EP, PEER, 7, false),
+        "an echo request",
+    );
+    let fragment = first_fragment(&udp(EP, 5000, PEER, 53));
+    untouched(&mut dp, EGRESS.0, &fragment, "a first fragment");
+    assert_eq!(entries6(&mut dp), 0, "nothing is tracked");
+
+    let answer = tcp(PEER, 7000, EP, 40000, "SA", 9, 2);
+    untouched(&mut dp, INGRESS.0, &answer, "the answer");
+    let out = packet::run_xdp(&mut dp, programs::UPLINK_XDP, &answer, 1).expect("test run");
+    assert_eq!(out.action, XDP_PASS, "XDP lets the answer in");
+    // Another source is still kept away from the endpoint, another destination masqueraded.
+    dropped(
+        &mut dp,
+        INGRESS,
+        &tcp(SERVER, 7000, EP, 40000, "SA", 9, 2),
+        outcome::DROP_ENDPOINT_DIRECT,
+        "another source straight to the endpoint",
+    );
+    let out = translated(&mut dp, EGRESS, &udp(EP, 5000, SERVER, 53), outcome::SNAT);
+    assert_eq!(inspect(&out).src, UPLINK.parse::<Ipv6Addr>().unwrap());
+    // Another network's endpoints are not concerned.
+    dropped(
+        &mut dp,
+        EGRESS,
+        &udp(INTERNAL_EP, 5000, PEER, 53),
+        outcome::DROP_UNTRANSLATABLE,
+        "another network's endpoint to the prefix",
+    );
+
+    // Only the IPv4 prefix left: the endpoint's IPv6 address no longer leaves nor is reached.
+    dp.set_non_masquerade(1, &["198.19.0.0/16".parse().unwrap()])
+        .unwrap();
+    dropped(
+        &mut dp,
+        EGRESS,
+        &data,
+        outcome::DROP_UNTRACKED,
+        "the data segment",
+    );
+    dropped(
+        &mut dp,
+        INGRESS,
+        &answer,
+        outcome::DROP_ENDPOINT_DIRECT,
+        "the answer",
+    );
+    let trie: aya::maps::lpm_trie::LpmTrie<_, bridgenet_common::NonMasqueradeKey, u32> =
+        aya::maps::lpm_trie::LpmTrie::try_from(dp.ebpf_mut().map(maps::NON_MASQUERADE).unwrap())
+            .unwrap();
+    assert_eq!(trie.keys().count(), 1, "the IPv4 prefix stays");
 }

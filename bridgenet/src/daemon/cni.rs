@@ -4,7 +4,7 @@
 //! attachments the runtime no longer knows.
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::{Daemon, Error, bad, networks::check_ifname};
 use crate::{
@@ -106,9 +106,9 @@ impl Daemon {
             .non_masquerade
             .iter()
             .map(|c| {
-                c.parse::<Ipv4Net>().map(|n| n.trunc()).map_err(|_| {
+                c.parse::<IpNet>().map(|n| n.trunc()).map_err(|_| {
                     bad(format!(
-                        "nonMasqueradeCIDRs: invalid CIDR {c:?} (expected such as 198.18.0.0/15)"
+                        "nonMasqueradeCIDRs: invalid CIDR {c:?} (expected such as 198.18.0.0/15 or 2001:db8::/32)"
                     ))
                 })
             })
@@ -248,7 +248,7 @@ fn differs(
     n: &Network,
     req: &CniNetwork,
     (gateway_mode, gateway_mode6): (GatewayMode, GatewayMode),
-    non_masquerade: &[Ipv4Net],
+    non_masquerade: &[IpNet],
 ) -> Result<(), Error> {
     let mismatch = |key: &str, has: String, given: String| {
         Err(bad(format!(
@@ -323,7 +323,7 @@ fn differs(
     want.sort();
     want.dedup();
     if want != n.non_masquerade {
-        let list = |v: &[Ipv4Net]| {
+        let list = |v: &[IpNet]| {
             let s: Vec<String> = v.iter().map(ToString::to_string).collect();
             format!("[{}]", s.join(", "))
         };

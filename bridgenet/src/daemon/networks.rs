@@ -2,7 +2,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::anyhow;
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::{Daemon, Error, adopt, bad, gateway_modes};
 use bridgenet_common::{network_flags, programs};
@@ -58,7 +58,7 @@ impl Daemon {
         &mut self,
         mut req: NetworkCreate,
         mtu: Option<u32>,
-        mut non_masquerade: Vec<Ipv4Net>,
+        mut non_masquerade: Vec<IpNet>,
     ) -> Result<Network, Error> {
         check_name("network", &req.name).map_err(bad)?;
         gateway_modes::check(&req)?;

@@ -8,10 +8,10 @@ use aya::maps::{
     lpm_trie::{Key, LpmTrie},
 };
 use bridgenet_common::{
-    CtEntry, CtKey, Endpoint, EndpointPeer, NonMasqueradeKey, PublishKey, PublishTarget, Subnet,
-    maps,
+    CtEntry, CtKey, Endpoint, EndpointPeer, NonMasquerade6Key, NonMasqueradeKey, PublishKey,
+    PublishTarget, Subnet, maps,
 };
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 
 use super::{Datapath, Proto, from_wire, wire};
 
@@ -40,37 +40,45 @@ impl Datapath {
         absent_ok(publish.remove(&publish_key(proto, host_addr, host_port)))
     }
 
-    /// The remote prefixes network `network` (its id) reaches unmasqueraded, and that reach
-    /// its endpoints directly: replaces what it had (empty: none).
-    pub fn set_non_masquerade(&mut self, network: u32, cidrs: &[Ipv4Net]) -> Result<()> {
-        let mut trie: LpmTrie<_, NonMasqueradeKey, u32> =
-            LpmTrie::try_from(self.map_mut(maps::NON_MASQUERADE)?)?;
-        let key = |net: &Ipv4Net| {
-            Key::new(
-                32 + u32::from(net.prefix_len()),
-                NonMasqueradeKey {
-                    network,
-                    addr: wire(net.network()),
-                },
-            )
-        };
-        let stale: Vec<Key<NonMasqueradeKey>> = trie
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.data().network == network)
+    /// The remote prefixes (either family) network `network` (its id) reaches unmasqueraded,
+    /// and that reach its endpoints directly: replaces what it had (empty: none).
+    pub fn set_non_masquerade(&mut self, network: u32, cidrs: &[IpNet]) -> Result<()> {
+        let want: Vec<_> = cidrs
+            .iter()
+            .filter_map(|c| match c {
+                IpNet::V4(net) => Some(Key::new(
+                    32 + u32::from(net.prefix_len()),
+                    NonMasqueradeKey {
+                        network,
+                        addr: wire(net.network()),
+                    },
+                )),
+                IpNet::V6(_) => None,
+            })
             .collect();
-        for k in &stale {
-            if !cidrs.iter().any(|c| {
-                let want = key(c);
-                want.prefix_len() == k.prefix_len() && want.data() == k.data()
-            }) {
-                absent_ok(trie.remove(k))?;
-            }
-        }
-        for c in cidrs {
-            trie.insert(&key(c), 1, 0)?;
-        }
-        Ok(())
+        replace_prefixes(
+            self.map_mut(maps::NON_MASQUERADE)?,
+            &want,
+            |k: &NonMasqueradeKey| k.network == network,
+        )?;
+        let want6: Vec<_> = cidrs
+            .iter()
+            .filter_map(|c| match c {
+                IpNet::V6(net) => Some(Key::new(
+                    32 + u32::from(net.prefix_len()),
+                    NonMasquerade6Key {
+                        network,
+                        addr: net.network().octets(),
+                    },
+                )),
+                IpNet::V4(_) => None,
+            })
+            .collect();
+        replace_prefixes(
+            self.map_mut(maps::NON_MASQUERADE6)?,
+            &want6,
+            |k: &NonMasquerade6Key| k.network == network,
+        )
     }
 
     /// Forgets a managed subnet: its traffic is no longer masqueraded.
@@ -180,4 +188,30 @@ pub fn publish_key(proto: Proto, host_addr: Option<Ipv4Addr>, host_port: u16) ->
         proto: proto as u8,
         _pad: 0,
     }
+}
+
+/// Makes the prefixes of `trie` that `ours` selects (one network's) exactly `want`.
+fn replace_prefixes<K: aya::Pod + PartialEq>(
+    map: &mut aya::maps::Map,
+    want: &[Key<K>],
+    ours: impl Fn(&K) -> bool,
+) -> Result<()> {
+    let mut trie: LpmTrie<_, K, u32> = LpmTrie::try_from(map)?;
+    let stale: Vec<Key<K>> = trie
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| ours(&k.data()))
+        .filter(|k| {
+            !want
+                .iter()
+                .any(|w| w.prefix_len() == k.prefix_len() && w.data() == k.data())
+        })
+        .collect();
+    for k in &stale {
+        absent_ok(trie.remove(k))?;
+    }
+    for k in want {
+        trie.insert(k, 1, 0)?;
+    }
+    Ok(())
 }

@@ -14,7 +14,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 pub use ports::{PortMapping, PortSpec, Proto};
@@ -53,7 +53,7 @@ pub struct Network {
     /// Remote prefixes its endpoints reach with their own addresses and that reach them
     /// directly (CNI's `nonMasqueradeCIDRs`: a cluster's pod and node CIDRs), sorted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub non_masquerade: Vec<Ipv4Net>,
+    pub non_masquerade: Vec<IpNet>,
     /// The network's IPv6 subnet (`--ipv6 --subnet`), dual stack with `subnet`; only internal
     /// networks have one for now. Left out when None, so that IPv4-only stores are unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
