@@ -38,6 +38,13 @@ pub fn check(ctx: &TcContext) -> (u32, u32) {
         return (outcome::DROP_SPOOFED, 0);
     }
     let ether_type = eth.ether_type;
+    if ether_type == parse6::ETH_P_IPV6 {
+        return (endpoint6::check(ctx, ifindex, ep, &eth.dst_addr), 0);
+    }
+    // An endpoint of an IPv6-only network (no IPv4 address) sends neither ARP nor IPv4.
+    if ep.addr == 0 {
+        return (outcome::DROP_PROTOCOL, 0);
+    }
     if ether_type == EtherType::Arp as u16 {
         let (Ok(sha), Ok(spa)) = (
             ctx.load::<[u8; 6]>(ARP_SHA_OFF),
@@ -51,9 +58,6 @@ pub fn check(ctx: &TcContext) -> (u32, u32) {
             outcome::DROP_SPOOFED
         };
         return (result, 0);
-    }
-    if ether_type == parse6::ETH_P_IPV6 {
-        return (endpoint6::check(ctx, ifindex, ep, &eth.dst_addr), 0);
     }
     if ether_type != EtherType::Ipv4 as u16 {
         return (outcome::DROP_PROTOCOL, 0);

@@ -157,7 +157,9 @@ fn destination(
     // To a group or a sibling's MAC, whatever the address says.
     if no_icc
         && !neighbour_discovery
-        && (dst_mac[0] & 1 != 0 || nat::subnet_of(ep.addr).is_some_and(|s| sibling_mac(dst_mac, s)))
+        && (dst_mac[0] & 1 != 0
+            || nat::subnet_of(ep.addr).is_some_and(|s| sibling_mac(dst_mac, s))
+            || (ep.addr == 0 && sibling_mac6(dst_mac, own_addr, own)))
     {
         return outcome::DROP_ICC;
     }
@@ -173,6 +175,19 @@ fn destination(
         // Out through an uplink, which masquerades it (`nat6`).
         None => outcome::PASSED,
     }
+}
+
+/// Whether `mac` is that of another endpoint of the IPv6-only network `own` of `own_addr`
+/// (02:42 and the last four bytes of its IPv6 address, as bridgenet gives them; the gateway's
+/// is the bridge's).
+#[inline(always)]
+fn sibling_mac6(mac: &[u8; 6], own_addr: &[u8; 16], own: &Subnet6) -> bool {
+    if mac[..2] != [0x02, 0x42] {
+        return false;
+    }
+    let mut addr = *own_addr;
+    addr[12..].copy_from_slice(&mac[2..]);
+    addr != own.gateway && subnet_of(&addr).is_some_and(|s| s.network == own.network)
 }
 
 /// The link-layer address options of a Neighbour Discovery message whose options start at

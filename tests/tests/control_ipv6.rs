@@ -1191,3 +1191,141 @@ fn ipv6_flows_open_with_their_translation_and_close_after_gc() {
         "state of {event}: a flow closed by FINs both ways"
     );
 }
+
+/// An IPv6-only network (`--ipv6 --ipv4=false`, Docker 28): its endpoints get an IPv6
+/// address, a default route and a MAC from it and no IPv4 address; they leave masqueraded
+/// with the uplink's IPv6 address, reach each other, and `-p 8080:80` publishes on IPv6 only
+/// (an IPv4 host address is refused in one line); listings show IPv6 alone; what cannot be
+/// asked of such a network is refused in one line, and the network lives through a restart.
+#[test]
+fn an_ipv6_only_network_works_end_to_end() {
+    let mut lab = ControlLab::up();
+    let world = lab.topo.ns("world").name().to_owned();
+    lab.ipv6_to_world();
+    for (args, why) in [
+        (
+            vec!["--ipv4=false"],
+            "--ipv4=false needs --ipv6 and an IPv6 --subnet",
+        ),
+        (
+            vec![
+                "--ipv6",
+                "--ipv4=false",
+                "--subnet",
+                "2001:db8:9::/64",
+                "--subnet",
+                "198.18.9.0/24",
+            ],
+            "--ipv4=false: 198.18.9.0/24 is IPv4",
+        ),
+        (
+            vec![
+                "--ipv6",
+                "--ipv4=false",
+                "--subnet",
+                "2001:db8:9::/64",
+                "--gateway-mode",
+                "routed",
+            ],
+            "--ipv4=false: gateway mode routed is IPv4's",
+        ),
+    ] {
+        let mut all = vec!["network", "create", "bad"];
+        all.extend(args);
+        let line = lab.fails(&all);
+        assert!(line.contains(why), "{line}");
+    }
+    lab.ok(&[
+        "network",
+        "create",
+        "v6",
+        "--ipv6",
+        "--ipv4=false",
+        "--subnet",
+        "2001:db8:8::/64",
+    ]);
+    let listed = lab.ok(&["network", "ls"]);
+    let line = listed.lines().find(|l| l.starts_with("v6 ")).unwrap();
+    assert!(
+        line.contains(" 2001:db8:8::/64 ") && line.contains(" 2001:db8:8::1 "),
+        "{line}"
+    );
+    let inspect: Value = serde_json::from_str(&lab.ok(&["network", "inspect", "v6"])).unwrap();
+    assert!(inspect.get("subnet").is_none(), "{inspect}");
+
+    let (a, b) = (lab.netns_name("a"), lab.netns_name("b"));
+    let created = lab.ok(&[
+        "endpoint",
+        "create",
+        "a",
+        "--network",
+        "v6",
+        "--netns",
+        &a,
+        "-p",
+        "8080:80",
+    ]);
+    assert_eq!(created.trim(), "a 2001:db8:8::2");
+    lab.ok(&["endpoint", "create", "b", "--network", "v6", "--netns", &b]);
+    assert_eq!(lab.ok(&["port", "ls", "a"]), "80/tcp -> [::]:8080\n");
+    let c = lab.netns_name("c");
+    for (extra, why) in [
+        (
+            ["-p", "0.0.0.0:9090:80"],
+            "endpoint c has no IPv4 address: cannot publish on 0.0.0.0",
+        ),
+        (
+            ["--ip", "198.18.0.5"],
+            "network v6 has no IPv4 subnet: --ip does not apply",
+        ),
+    ] {
+        let mut all = vec!["endpoint", "create", "c", "--network", "v6", "--netns", &c];
+        all.extend(extra);
+        let line = lab.fails(&all);
+        assert!(line.contains(why), "{line}");
+    }
+    assert!(!lab.ok(&["endpoint", "ls"]).contains("\nc "));
+
+    // Inside: IPv6 and its default route, no IPv4; the MAC from the IPv6 address.
+    let v4 = lab.exec_in(&a, "ip", &["-4", "-o", "addr", "show", "dev", "eth0"]);
+    assert!(String::from_utf8_lossy(&v4.stdout).trim().is_empty());
+    let route = lab.exec_in(&a, "ip", &["-6", "route", "show", "default"]);
+    assert!(
+        String::from_utf8_lossy(&route.stdout).contains("via 2001:db8:8::1"),
+        "{route:?}"
+    );
+    assert_eq!(mac_of(&a, "eth0"), [0x02, 0x42, 0, 0, 0, 2]);
+
+    // Out, masqueraded; in, to the published port with the client's address; between them.
+    assert!(pings_within_5_s(&lab, &a, WORLD6), "a pings the world");
+    let server = echo_once(&world, "[2001:db8:ff::1]:7000");
+    roundtrip(&a, "[2001:db8:ff::1]:7000");
+    assert_eq!(
+        server.join().unwrap().ip(),
+        UPLINK6.parse::<IpAddr>().unwrap()
+    );
+    let server = echo_once(&a, "[::]:80");
+    roundtrip(&world, &format!("[{UPLINK6}]:8080"));
+    assert_eq!(
+        server.join().unwrap().ip(),
+        WORLD6.parse::<IpAddr>().unwrap()
+    );
+    let server = echo_once(&b, "[::]:7001");
+    roundtrip(&a, "[2001:db8:8::3]:7001");
+    assert_eq!(server.join().unwrap().ip().to_string(), "2001:db8:8::2");
+    // The endpoints' kernels sent nothing the datapath took for another's.
+    assert_eq!(lab.stat("endpoint_ingress", "drop_spoofed"), 0);
+
+    // Through a restart: the store without an IPv4 subnet is read back and reconciled.
+    lab.stop(Stop::Term);
+    lab.start();
+    let server = echo_once(&a, "[::]:80");
+    roundtrip(&world, &format!("[{UPLINK6}]:8080"));
+    assert_eq!(
+        server.join().unwrap().ip(),
+        WORLD6.parse::<IpAddr>().unwrap()
+    );
+    lab.ok(&["endpoint", "rm", "a"]);
+    lab.ok(&["endpoint", "rm", "b"]);
+    lab.ok(&["network", "rm", "v6"]);
+}

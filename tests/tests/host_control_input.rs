@@ -345,9 +345,10 @@ fn input_bad_stores_are_refused_with_one_line() {
         ),
         ("{\"networks\": {".to_owned(), "state.json"),
         (
+            // `subnet` may be absent (an IPv6-only network): the next required field is named.
             serde_json::json!({"version": 1, "networks": {"good": {"name": "good"}}, "endpoints": {}})
                 .to_string(),
-            "subnet",
+            "missing field `bridge`",
         ),
     ];
     for (store, expect) in cases {

@@ -610,3 +610,83 @@ fn an_endpoint_written_again_without_ipv6_loses_the_ipv6_address_of_the_last() {
         "IPv6 from the IPv4-only endpoint",
     );
 }
+
+/// An endpoint of an IPv6-only network (no IPv4 address: 0.0.0.0 in `ENDPOINTS`, its MAC 02:42
+/// and the last four bytes of its IPv6 address): its IPv6 passes as any endpoint's, it sends
+/// neither IPv4 nor ARP (`drop_protocol`), and with `--icc=false` a frame to a sibling's MAC is
+/// recognized by that scheme whatever its IPv6 destination, while one to the gateway's passes.
+#[test]
+fn an_endpoint_of_an_ipv6_only_network_sends_ipv6_only_and_icc_false_knows_its_siblings() {
+    const ONLY_EP: &str = "2001:db8:7::2";
+    const ONLY_GATEWAY: &str = "2001:db8:7::1";
+    const ONLY_MAC: [u8; 6] = [0x02, 0x42, 0, 0, 0, 2];
+    const ONLY_SIBLING_MAC: [u8; 6] = [0x02, 0x42, 0, 0, 0, 3];
+    const ONLY_GATEWAY_MAC: [u8; 6] = [0x02, 0x42, 0, 0, 0, 1];
+    require_root();
+    let mut dp = Datapath::load().expect("loading the datapath");
+    let id = 0x00ab_cdef;
+    let only = options(id, [0, 0, 0, 0], false, false);
+    dp.add_network6(
+        "2001:db8:7::/64".parse().unwrap(),
+        ONLY_GATEWAY.parse().unwrap(),
+        &only,
+    )
+    .unwrap();
+    dp.add_endpoint(VETH_IFINDEX, Ipv4Addr::UNSPECIFIED, ONLY_MAC, id)
+        .unwrap();
+    dp.add_endpoint6(VETH_IFINDEX, ONLY_EP.parse().unwrap())
+        .unwrap();
+
+    let to_gateway = ip6(
+        ONLY_MAC,
+        ONLY_GATEWAY_MAC,
+        ONLY_EP,
+        ONLY_GATEWAY,
+        UDP,
+        &udp(4000, 53),
+    );
+    passes(&mut dp, &to_gateway, "UDP to the gateway");
+    let out = ip6(
+        ONLY_MAC,
+        ONLY_GATEWAY_MAC,
+        ONLY_EP,
+        WORLD,
+        UDP,
+        &udp(4000, 53),
+    );
+    passes(&mut dp, &out, "UDP out through the gateway");
+
+    let mut v4 = packet::udp_frame([0, 0, 0, 0], 68, [255, 255, 255, 255], 67, b"x");
+    v4[6..12].copy_from_slice(&ONLY_MAC);
+    dropped(&mut dp, &v4, outcome::DROP_PROTOCOL, "IPv4");
+    let mut arp = vec![0xff; 6];
+    arp.extend_from_slice(&ONLY_MAC);
+    arp.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    arp.extend_from_slice(&ONLY_MAC);
+    arp.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 198, 18, 0, 9]);
+    dropped(&mut dp, &arp, outcome::DROP_PROTOCOL, "ARP");
+
+    let sibling = ip6(
+        ONLY_MAC,
+        ONLY_SIBLING_MAC,
+        ONLY_EP,
+        "2001:db8:7::3",
+        UDP,
+        &udp(4000, 53),
+    );
+    dropped(&mut dp, &sibling, outcome::DROP_ICC, "UDP to a sibling");
+    let by_mac = ip6(
+        ONLY_MAC,
+        ONLY_SIBLING_MAC,
+        ONLY_EP,
+        WORLD,
+        UDP,
+        &udp(4000, 53),
+    );
+    dropped(
+        &mut dp,
+        &by_mac,
+        outcome::DROP_ICC,
+        "a frame to a sibling's MAC with an outside destination",
+    );
+}

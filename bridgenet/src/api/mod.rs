@@ -33,6 +33,14 @@ pub struct NetworkCreate {
     /// How IPv6 meets the outside (Docker's `gateway_mode_ipv6`); absent: `nat`.
     #[serde(default)]
     pub gateway_mode6: GatewayMode,
+    /// false: an IPv6-only network (Docker 28's `--ipv4=false`), with `subnet6` and no IPv4
+    /// subnet. Absent: true.
+    #[serde(default = "enabled")]
+    pub ipv4: bool,
+}
+
+fn enabled() -> bool {
+    true
 }
 
 /// `POST /endpoints`.

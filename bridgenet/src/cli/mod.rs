@@ -55,6 +55,9 @@ pub struct NetworkCreateArgs {
     /// with the uplink's IPv6 address (gateway mode nat), or not at all (--internal).
     #[arg(long)]
     ipv6: bool,
+    /// IPv4 on the network (--ipv4=false with --ipv6: IPv6 only, as Docker 28).
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    ipv4: bool,
     /// Name of the Linux bridge; default: bn-NAME.
     #[arg(long)]
     bridge: Option<String>,
@@ -253,6 +256,7 @@ pub fn network(socket: &Path, cmd: NetworkCmd) -> Result<()> {
                 subnet6,
                 gateway6,
                 gateway_mode6: a.gateway_mode6,
+                ipv4: a.ipv4,
             };
             let net: Network = send(socket, Method::POST, "/networks", &req)?;
             println!("{}", net.name);
@@ -283,17 +287,16 @@ pub fn network(socket: &Path, cmd: NetworkCmd) -> Result<()> {
                 if !n.gateway_mode6.is_nat() {
                     opts.push(&mode6);
                 }
-                let both = |v4: String, v6: Option<String>| match v6 {
-                    Some(v6) => format!("{v4},{v6}"),
-                    None => v4,
+                let both = |v4: Option<String>, v6: Option<String>| {
+                    let v: Vec<String> = v4.into_iter().chain(v6).collect();
+                    v.join(",")
                 };
-                table.row([
-                    n.name,
-                    both(n.subnet.to_string(), n.subnet6.map(|s| s.to_string())),
-                    both(n.gateway.to_string(), n.gateway6.map(|g| g.to_string())),
-                    n.bridge,
-                    opts.join(","),
-                ]);
+                let gateways = both(
+                    n.gateway.map(|g| g.to_string()),
+                    n.gateway6.map(|g| g.to_string()),
+                );
+                let subnets = n.subnets().join(",");
+                table.row([n.name, subnets, gateways, n.bridge, opts.join(",")]);
             }
             table.print()?;
         }
@@ -348,10 +351,11 @@ pub fn endpoint(socket: &Path, cmd: EndpointCmd) -> Result<()> {
                 ip6: a.ip6,
             };
             let ep: Endpoint = send(socket, Method::POST, "/endpoints", &req)?;
-            match ep.ip6 {
-                Some(ip6) => println!("{} {} {ip6}", ep.name, ep.ip),
-                None => println!("{} {}", ep.name, ep.ip),
-            }
+            let line: Vec<String> = [ep.name.clone()]
+                .into_iter()
+                .chain(ep.addresses())
+                .collect();
+            println!("{}", line.join(" "));
         }
         EndpointCmd::Ls(l) => {
             let eps: Vec<Endpoint> = get(socket, "/endpoints")?;
@@ -375,10 +379,7 @@ pub fn endpoint(socket: &Path, cmd: EndpointCmd) -> Result<()> {
             for e in eps {
                 let ports: Vec<String> = e.ports.iter().map(docker_ps_port).collect();
                 let dash = |s: String| if s.is_empty() { "-".to_owned() } else { s };
-                let ip = (e.mode != Mode::None).then(|| match e.ip6 {
-                    Some(ip6) => format!("{},{ip6}", e.ip),
-                    None => e.ip.to_string(),
-                });
+                let ip = (e.mode != Mode::None).then(|| e.addresses().join(","));
                 // Docker's container name, else a CNI attachment's container ID and interface.
                 let container = containers.get(&e.name).cloned().or_else(|| {
                     e.cni

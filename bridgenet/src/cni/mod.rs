@@ -325,12 +325,15 @@ impl Daemon {
 /// the default routes. Version 0.4.0 results name the IP version of each address.
 pub fn result(version: &str, attached: &CniAttached) -> Value {
     let (ep, net) = (&attached.endpoint, &attached.network);
-    let mut ips = vec![(
-        format!("{}/{}", ep.ip, net.subnet.prefix_len()),
-        net.gateway.to_string(),
-        "4",
-        "0.0.0.0/0",
-    )];
+    let mut ips = Vec::new();
+    if let (Some(ip), Some(subnet), Some(gateway)) = (ep.ipv4(), net.subnet, net.gateway) {
+        ips.push((
+            format!("{ip}/{}", subnet.prefix_len()),
+            gateway.to_string(),
+            "4",
+            "0.0.0.0/0",
+        ));
+    }
     if let (Some(ip6), Some(subnet6), Some(gateway6)) = (ep.ip6, net.subnet6, net.gateway6) {
         ips.push((
             format!("{ip6}/{}", subnet6.prefix_len()),
@@ -376,12 +379,18 @@ fn check_prev(prev: &Value, attached: &CniAttached) -> Result<(), CniError> {
         .and_then(Value::as_str)
         .unwrap_or_default();
     let address = reported.split('/').next().unwrap_or_default();
-    if address != ep.ip.to_string() {
+    // The first address is IPv4's, or IPv6's on an IPv6-only network.
+    let has = match (ep.ipv4(), ep.ip6) {
+        (Some(ip), _) => ip.to_string(),
+        (None, Some(ip6)) => ip6.to_string(),
+        (None, None) => String::new(),
+    };
+    if address != has {
         return Err(CniError::new(
             code::CHECK_FAILED,
             format!(
-                "prevResult has address {reported:?}, endpoint {} has {}",
-                ep.name, ep.ip
+                "prevResult has address {reported:?}, endpoint {} has {has}",
+                ep.name
             ),
         ));
     }

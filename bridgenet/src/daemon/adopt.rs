@@ -70,9 +70,11 @@ impl Daemon {
         network: &Network,
         found: &Found,
     ) -> anyhow::Result<()> {
-        if found.address.is_none() {
+        if let (None, Some(gateway), Some(subnet)) =
+            (&found.address, network.gateway, network.subnet)
+        {
             self.nl
-                .add_address(found.index, network.gateway, network.subnet.prefix_len())
+                .add_address(found.index, gateway, subnet.prefix_len())
                 .await?;
         }
         self.bridge_gateway6(network, found.index).await?;
@@ -100,8 +102,8 @@ pub(super) async fn release(
     let removed = match nl.link(&network.bridge).await {
         Ok(Some(link)) => {
             let mut removed = Ok(());
-            if adopted.address_added {
-                removed = nl.del_address(link.index, network.gateway.into()).await;
+            if let (true, Some(gateway)) = (adopted.address_added, network.gateway) {
+                removed = nl.del_address(link.index, gateway.into()).await;
             }
             if let (true, Some(gateway6)) = (adopted.address6_added, network.gateway6) {
                 removed = removed.and(nl.del_address(link.index, gateway6.into()).await);

@@ -138,6 +138,7 @@ impl Daemon {
                     subnet6: req.subnet6.clone(),
                     gateway6: req.gateway6.clone(),
                     gateway_mode6: modes.1,
+                    ipv4: true,
                 },
                 req.mtu,
                 non_masquerade,
@@ -194,15 +195,17 @@ impl Daemon {
                 endpoint.netns
             )));
         };
-        let want = Ipv4Net::new(endpoint.ip, network.subnet.prefix_len()).ok();
+        let want = endpoint
+            .ipv4()
+            .zip(network.subnet)
+            .and_then(|(ip, subnet)| Ipv4Net::new(ip, subnet.prefix_len()).ok());
         let want6 = endpoint
             .ip6
             .zip(network.subnet6)
             .and_then(|(ip6, subnet6)| Ipv6Net::new(ip6, subnet6.prefix_len()).ok());
-        let missing = if !addrs.iter().any(|n| Some(*n) == want) {
-            Some(format!("{}/{}", endpoint.ip, network.subnet.prefix_len()))
-        } else {
-            want6.filter(|w| !addrs6.contains(w)).map(|w| w.to_string())
+        let missing = match want {
+            Some(w) if !addrs.contains(&w) => Some(w.to_string()),
+            _ => want6.filter(|w| !addrs6.contains(w)).map(|w| w.to_string()),
         };
         if let Some(missing) = missing {
             return Err(broken(format!(
@@ -256,18 +259,22 @@ fn differs(
             n.name
         )))
     };
+    let none = || "none".to_owned();
     if let Some(s) = &req.subnet {
         match s.parse::<Ipv4Net>() {
-            Ok(s) if s.trunc() == n.subnet => {}
-            _ => return mismatch("subnet", n.subnet.to_string(), s.clone()),
+            Ok(s) if Some(s.trunc()) == n.subnet => {}
+            _ => {
+                let has = n.subnet.map_or_else(none, |s| s.to_string());
+                return mismatch("subnet", has, s.clone());
+            }
         }
     }
     if let Some(g) = &req.gateway
-        && g.parse::<Ipv4Addr>().ok() != Some(n.gateway)
+        && g.parse::<Ipv4Addr>().ok() != n.gateway
     {
-        return mismatch("gateway", n.gateway.to_string(), g.clone());
+        let has = n.gateway.map_or_else(none, |g| g.to_string());
+        return mismatch("gateway", has, g.clone());
     }
-    let none = || "none".to_owned();
     if let Some(s) = &req.subnet6 {
         match s.parse::<Ipv6Net>() {
             Ok(s) if Some(s.trunc()) == n.subnet6 => {}
@@ -339,8 +346,8 @@ mod tests {
     fn network() -> Network {
         Network {
             name: "pods".into(),
-            subnet: "198.18.17.0/24".parse().unwrap(),
-            gateway: "198.18.17.1".parse().unwrap(),
+            subnet: Some("198.18.17.0/24".parse().unwrap()),
+            gateway: Some("198.18.17.1".parse().unwrap()),
             bridge: "bn-pods".into(),
             icc: true,
             internal: false,

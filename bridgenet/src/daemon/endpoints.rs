@@ -91,22 +91,7 @@ impl Daemon {
             ));
         }
         let network = self.network(&req.network)?.clone();
-        let taken = self.state.taken_addresses(&network);
-        let ip = match &req.ip {
-            Some(s) => {
-                let ip: Ipv4Addr = s.parse().map_err(|_| {
-                    bad(format!("invalid address {s:?} (expected an IPv4 address)"))
-                })?;
-                ipam::check_address(&network.subnet, ip, &taken).map_err(Error::Conflict)?;
-                ip
-            }
-            None => ipam::next_address(&network.subnet, &taken).ok_or_else(|| {
-                Error::Conflict(format!(
-                    "no free address left in network {} ({})",
-                    network.name, network.subnet
-                ))
-            })?,
-        };
+        let ip = self.endpoint_ip(req, &network)?;
         let ip6 = self.endpoint_ip6(req, &network)?;
         let mut exposed = Vec::new();
         for e in &req.expose {
@@ -123,6 +108,7 @@ impl Daemon {
             }));
         }
         super::ports::ipv6_needed(&req.name, ip6.is_some(), &specs)?;
+        super::ports::ipv4_needed(&req.name, !ip.is_unspecified(), &mut specs)?;
         let ports = self.draw_mappings(&specs)?;
         let (netns, netns_created) = if req.for_runtime {
             (String::new(), false)
@@ -135,7 +121,7 @@ impl Daemon {
                     "invalid MAC address {m:?} (expected aa:bb:cc:dd:ee:ff, unicast)"
                 ))
             })?,
-            None => ipam::mac(ip),
+            None => ipam::endpoint_mac(ip, ip6),
         };
         let veth = ifname("ve-", &req.name);
         if self.nl.link(&veth).await?.is_some() {
@@ -155,6 +141,36 @@ impl Daemon {
             cni,
             ip6,
         })
+    }
+
+    /// The IPv4 address of a new endpoint on `network`: the one asked for (`--ip`), checked,
+    /// else the lowest free one after the gateway; 0.0.0.0 on an IPv6-only network.
+    fn endpoint_ip(&self, req: &EndpointCreate, network: &Network) -> Result<Ipv4Addr, Error> {
+        let Some(subnet) = network.subnet else {
+            return match &req.ip {
+                Some(_) => Err(bad(format!(
+                    "network {} has no IPv4 subnet: --ip does not apply",
+                    network.name
+                ))),
+                None => Ok(Ipv4Addr::UNSPECIFIED),
+            };
+        };
+        let taken = self.state.taken_addresses(network);
+        match &req.ip {
+            Some(s) => {
+                let ip: Ipv4Addr = s.parse().map_err(|_| {
+                    bad(format!("invalid address {s:?} (expected an IPv4 address)"))
+                })?;
+                ipam::check_address(&subnet, ip, &taken).map_err(Error::Conflict)?;
+                Ok(ip)
+            }
+            None => ipam::next_address(&subnet, &taken).ok_or_else(|| {
+                Error::Conflict(format!(
+                    "no free address left in network {} ({subnet})",
+                    network.name
+                ))
+            }),
+        }
     }
 
     /// The IPv6 address of a new endpoint on `network`: the one asked for (`--ip6`), checked,
@@ -357,8 +373,12 @@ impl Daemon {
         if endpoint.for_runtime() && self.nl.link(&peer_name(&endpoint.name)).await?.is_some() {
             return Ok(());
         }
+        // The fast path is IPv4's (keyed by the IPv4 address).
+        let Some(ip) = endpoint.ipv4() else {
+            return Ok(());
+        };
         let bridge = self.nl.index(bridge).await?;
-        self.dp.add_endpoint_peer(endpoint.ip, veth, bridge)
+        self.dp.add_endpoint_peer(ip, veth, bridge)
     }
 
     /// Opens the fast path into the runtime's endpoints whose container end the runtime moved
@@ -380,7 +400,10 @@ impl Daemon {
             .into_iter()
             .map(|(addr, _)| addr)
             .collect();
-        for endpoint in runtime.iter().filter(|e| !known.contains(&e.ip)) {
+        for endpoint in runtime
+            .iter()
+            .filter(|e| e.ipv4().is_some_and(|ip| !known.contains(&ip)))
+        {
             let (Some(veth), Some(network)) = (
                 self.nl.link(&endpoint.veth).await?,
                 self.state.networks.get(&endpoint.network),
@@ -431,9 +454,8 @@ impl Daemon {
         }
         let link = EndpointLink {
             ifname: peer,
-            ip: endpoint.ip,
-            prefix: network.subnet.prefix_len(),
-            gateway: (!network.internal).then_some(network.gateway),
+            ip: endpoint.ipv4().zip(network.subnet.map(|s| s.prefix_len())),
+            gateway: network.gateway.filter(|_| !network.internal),
             ip6: endpoint
                 .ip6
                 .zip(network.subnet6)
@@ -453,7 +475,9 @@ impl Daemon {
             }
         }
         if let Some(veth) = endpoint.veth() {
-            if let Err(err) = self.dp.remove_endpoint_peer(endpoint.ip) {
+            if let Some(ip) = endpoint.ipv4()
+                && let Err(err) = self.dp.remove_endpoint_peer(ip)
+            {
                 tracing::warn!("closing the fast path into {}: {err:#}", endpoint.name);
             }
             match self.nl.link(veth).await {

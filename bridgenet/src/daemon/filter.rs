@@ -122,23 +122,15 @@ impl Daemon {
 
     /// Compiles the store's rules into the datapath (also used by reconcile).
     pub(super) fn apply_filter(&mut self) -> anyhow::Result<()> {
-        let ids = self.dp.network_ids()?;
         let mut rules = Vec::new();
         for rule in &self.state.filter.rules {
             let network = match &rule.network {
                 Some(name) => {
-                    let subnet = self
-                        .state
-                        .networks
-                        .get(name)
-                        .with_context(|| format!("filter rule {}: no network {name}", rule.id))?
-                        .subnet;
-                    let id = ids
-                        .iter()
-                        .find(|(s, _)| *s == subnet)
-                        .with_context(|| format!("no subnet {subnet} in the datapath"))?
-                        .1;
-                    Some(id)
+                    let network =
+                        self.state.networks.get(name).with_context(|| {
+                            format!("filter rule {}: no network {name}", rule.id)
+                        })?;
+                    Some(super::networks::network_options(network).id)
                 }
                 None => None,
             };

@@ -2,7 +2,7 @@
 //! datapath's flags: an isolated network's bridge has no address (the host has no way in, its
 //! endpoints none out), and a routed network's published ports are opened at the endpoint's
 //! own address and port rather than on the host's.
-use std::collections::HashSet;
+use std::{collections::HashSet, net::Ipv4Addr};
 
 use super::{Daemon, Error, ports::wire_proto};
 use crate::{
@@ -35,10 +35,12 @@ impl Daemon {
                 .nl
                 .create_bridge(
                     &network.bridge,
-                    network.gateway,
-                    network.subnet.prefix_len(),
+                    network.gateway.zip(network.subnet.map(|s| s.prefix_len())),
                     // The fast path out recognizes the gateway's MAC by this scheme.
-                    crate::state::ipam::mac(network.gateway),
+                    crate::state::ipam::endpoint_mac(
+                        network.gateway.unwrap_or(Ipv4Addr::UNSPECIFIED),
+                        network.gateway6,
+                    ),
                 )
                 .await?;
             self.bridge_gateway6(network, index).await?;

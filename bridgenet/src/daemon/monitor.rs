@@ -387,7 +387,9 @@ impl Names {
             if !e.veth.is_empty() {
                 self.by_veth.insert(e.veth.clone(), named.clone());
                 // Mode container shares its endpoint's address: the veth's owner names it.
-                self.by_addr.insert(e.ip.into(), named.clone());
+                if let Some(ip) = e.ipv4() {
+                    self.by_addr.insert(ip.into(), named.clone());
+                }
                 if let Some(ip6) = e.ip6 {
                     self.by_addr.insert(ip6.into(), named.clone());
                 }
@@ -402,7 +404,9 @@ impl Names {
         }
         for n in state.networks.values() {
             self.by_bridge.insert(n.bridge.clone(), n.name.clone());
-            self.subnets.push((n.subnet.into(), n.name.clone()));
+            if let Some(subnet) = n.subnet {
+                self.subnets.push((subnet.into(), n.name.clone()));
+            }
             if let Some(subnet6) = n.subnet6 {
                 self.subnets.push((subnet6.into(), n.name.clone()));
             }

@@ -38,10 +38,15 @@ impl Daemon {
             subnet6: None,
             gateway6: None,
             gateway_mode6: GatewayMode::Nat,
+            ipv4: true,
         };
         match self.network_create(req).await {
             Ok(net) => {
-                tracing::info!("default network {} on {}", net.name, net.subnet);
+                tracing::info!(
+                    "default network {} on {}",
+                    net.name,
+                    net.subnets().join(",")
+                );
                 Ok(())
             }
             Err(err) => Err(anyhow!("creating the default network: {err}")),
@@ -74,50 +79,27 @@ impl Daemon {
             adopt::defaults_from6(found, &mut req)?;
         }
         let ipv6 = self.ipv6_side(&req)?;
-        let taken = self.taken_subnets(found.as_ref().map(|f| f.index)).await?;
-        let subnet = match &req.subnet {
-            Some(s) => {
-                let subnet: Ipv4Net = s.parse().map_err(|_| {
-                    bad(format!(
-                        "invalid subnet {s:?} (expected a CIDR such as 10.1.0.0/24)"
-                    ))
-                })?;
-                let subnet = subnet.trunc();
-                if let Some((range, what)) = ipam::reserved(&subnet) {
-                    return Err(bad(format!(
-                        "subnet {subnet} overlaps {range} ({what}), which no network may use"
-                    )));
-                }
-                if let Some((what, other)) = taken.iter().find(|(_, t)| ipam::overlaps(&subnet, t))
-                {
-                    return Err(Error::Conflict(format!(
-                        "subnet {subnet} overlaps {what} ({other})"
-                    )));
-                }
-                subnet
-            }
-            None => {
-                let nets: Vec<Ipv4Net> = taken.iter().map(|(_, t)| *t).collect();
-                ipam::free_subnet(&nets).ok_or_else(|| {
-                    Error::Conflict("no free subnet left in the default pools".into())
-                })?
-            }
+        let ipv4 = if req.ipv4 {
+            let taken = self.taken_subnets(found.as_ref().map(|f| f.index)).await?;
+            Some(ipv4_side(&req, &taken)?)
+        } else {
+            no_ipv4(&req, ipv6.is_some(), found.is_some())?;
+            None
         };
-        let gateway = match &req.gateway {
-            Some(g) => {
-                let gw: Ipv4Addr = g.parse().map_err(|_| {
-                    bad(format!("invalid gateway {g:?} (expected an IPv4 address)"))
-                })?;
-                if !ipam::is_host(&subnet, gw) {
-                    return Err(bad(format!(
-                        "gateway {gw} is not a host address of {subnet}"
-                    )));
-                }
-                gw
-            }
-            None => ipam::default_gateway(&subnet)
-                .ok_or_else(|| bad(format!("subnet {subnet} has no room for a gateway")))?,
-        };
+        if ipv4.is_none()
+            && let Some((subnet6, _)) = ipv6
+            && let Some(other) = self
+                .state
+                .networks
+                .values()
+                .find(|n| n.subnet.is_none() && network_options(n).id == ipv6_only_id(&subnet6))
+        {
+            return Err(Error::Conflict(format!(
+                "subnet {subnet6} has the same network id as IPv6-only network {} (pick \
+                 another subnet)",
+                other.name
+            )));
+        }
         let bridge = req
             .bridge
             .clone()
@@ -136,8 +118,8 @@ impl Daemon {
         }
         let network = Network {
             name: req.name.clone(),
-            subnet,
-            gateway,
+            subnet: ipv4.map(|(s, _)| s),
+            gateway: ipv4.map(|(_, g)| g),
             bridge,
             icc: req.icc,
             internal: req.internal,
@@ -179,13 +161,9 @@ impl Daemon {
             return Err(err);
         }
         tracing::info!(
-            "network {} created: {}{} on {}",
+            "network {} created: {} on {}",
             network.name,
-            subnet,
-            network
-                .subnet6
-                .map(|s| format!(" and {s}"))
-                .unwrap_or_default(),
+            network.subnets().join(" and "),
             network.bridge
         );
         Ok(network)
@@ -289,7 +267,9 @@ impl Daemon {
     /// used by reconcile.
     pub(super) fn network_datapath(&mut self, network: &Network) -> anyhow::Result<()> {
         let options = network_options(network);
-        self.dp.add_network(network.subnet, &options)?;
+        if let Some(subnet) = network.subnet {
+            self.dp.add_network(subnet, &options)?;
+        }
         self.dp
             .set_non_masquerade(options.id, &network.non_masquerade)?;
         if let (Some(subnet6), Some(gateway6)) = (network.subnet6, network.gateway6) {
@@ -318,8 +298,10 @@ impl Daemon {
                 network.name
             );
         }
-        if let Err(err) = self.dp.remove_subnet(network.subnet) {
-            tracing::warn!("removing subnet {}: {err:#}", network.subnet);
+        if let Some(subnet) = network.subnet
+            && let Err(err) = self.dp.remove_subnet(subnet)
+        {
+            tracing::warn!("removing subnet {subnet}: {err:#}");
         }
         if let Some(subnet6) = network.subnet6
             && let Err(err) = self.dp.remove_subnet6(subnet6)
@@ -348,7 +330,7 @@ impl Daemon {
             .state
             .networks
             .values()
-            .map(|n| (format!("network {}", n.name), n.subnet))
+            .filter_map(|n| Some((format!("network {}", n.name), n.subnet?)))
             .collect();
         let links = self.nl.links().await?;
         let ours: Vec<u32> = links
@@ -391,7 +373,9 @@ impl Daemon {
         }
         self.dp
             .set_non_masquerade(network_options(&network).id, &[])?;
-        self.dp.remove_subnet(network.subnet)?;
+        if let Some(subnet) = network.subnet {
+            self.dp.remove_subnet(subnet)?;
+        }
         if let Some(subnet6) = network.subnet6 {
             self.dp.remove_subnet6(subnet6)?;
         }
@@ -402,12 +386,102 @@ impl Daemon {
     }
 }
 
-/// A network's options as the datapath enforces them; the id is the subnet's address, unique
-/// because subnets never overlap.
+/// The IPv4 subnet and gateway `req` asks for, checked against the reserved ranges and
+/// `taken`; a free subnet from the default pools when none is given.
+fn ipv4_side(
+    req: &NetworkCreate,
+    taken: &[(String, Ipv4Net)],
+) -> Result<(Ipv4Net, Ipv4Addr), Error> {
+    let subnet = match &req.subnet {
+        Some(s) => {
+            let subnet: Ipv4Net = s.parse().map_err(|_| {
+                bad(format!(
+                    "invalid subnet {s:?} (expected a CIDR such as 10.1.0.0/24)"
+                ))
+            })?;
+            let subnet = subnet.trunc();
+            if let Some((range, what)) = ipam::reserved(&subnet) {
+                return Err(bad(format!(
+                    "subnet {subnet} overlaps {range} ({what}), which no network may use"
+                )));
+            }
+            if let Some((what, other)) = taken.iter().find(|(_, t)| ipam::overlaps(&subnet, t)) {
+                return Err(Error::Conflict(format!(
+                    "subnet {subnet} overlaps {what} ({other})"
+                )));
+            }
+            subnet
+        }
+        None => {
+            let nets: Vec<Ipv4Net> = taken.iter().map(|(_, t)| *t).collect();
+            ipam::free_subnet(&nets)
+                .ok_or_else(|| Error::Conflict("no free subnet left in the default pools".into()))?
+        }
+    };
+    let gateway = match &req.gateway {
+        Some(g) => {
+            let gw: Ipv4Addr = g
+                .parse()
+                .map_err(|_| bad(format!("invalid gateway {g:?} (expected an IPv4 address)")))?;
+            if !ipam::is_host(&subnet, gw) {
+                return Err(bad(format!(
+                    "gateway {gw} is not a host address of {subnet}"
+                )));
+            }
+            gw
+        }
+        None => ipam::default_gateway(&subnet)
+            .ok_or_else(|| bad(format!("subnet {subnet} has no room for a gateway")))?,
+    };
+    Ok((subnet, gateway))
+}
+
+/// Refuses, in one line, what an IPv6-only network (`--ipv4=false`) cannot have.
+fn no_ipv4(req: &NetworkCreate, has_ipv6: bool, adopting: bool) -> Result<(), Error> {
+    let why = if !has_ipv6 {
+        "--ipv4=false needs --ipv6 and an IPv6 --subnet".to_owned()
+    } else if adopting {
+        "--ipv4=false: an existing bridge is adopted with its IPv4 address only".to_owned()
+    } else if let Some(s) = req.subnet.as_ref().or(req.gateway.as_ref()) {
+        format!("--ipv4=false: {s} is IPv4")
+    } else if !matches!(req.gateway_mode, GatewayMode::Nat | GatewayMode::Isolated) {
+        format!(
+            "--ipv4=false: gateway mode {} is IPv4's (--gateway-mode6 is IPv6's)",
+            req.gateway_mode
+        )
+    } else {
+        return Ok(());
+    };
+    Err(bad(why))
+}
+
+/// The datapath's id of an IPv6-only network: in 0.0.0.0/8, which no IPv4 subnet (whose
+/// address is the id of the others) may use, from a hash of its IPv6 subnet.
+fn ipv6_only_id(subnet6: &Ipv6Net) -> u32 {
+    // FNV-1a over the prefix and its length.
+    let mut hash: u32 = 0x811c_9dc5;
+    for b in subnet6
+        .network()
+        .octets()
+        .into_iter()
+        .chain([subnet6.prefix_len()])
+    {
+        hash = (hash ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    (hash & 0x00ff_ffff).max(1)
+}
+
+/// A network's options as the datapath enforces them; the id is the IPv4 subnet's address,
+/// unique because subnets never overlap (`ipv6_only_id` without one).
 pub(super) fn network_options(network: &Network) -> NetworkOptions {
+    let id = match (network.subnet, network.subnet6) {
+        (Some(subnet), _) => u32::from(subnet.network()),
+        (None, Some(subnet6)) => ipv6_only_id(&subnet6),
+        (None, None) => 0,
+    };
     NetworkOptions {
-        id: u32::from(network.subnet.network()),
-        gateway: network.gateway,
+        id,
+        gateway: network.gateway.unwrap_or(Ipv4Addr::UNSPECIFIED),
         masquerade: network.masquerade,
         icc: network.icc,
         internal: network.internal,

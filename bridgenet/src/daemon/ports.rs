@@ -32,8 +32,9 @@ impl Daemon {
 
     pub fn publish(&mut self, name: &str, specs: &[String]) -> Result<Vec<PortMapping>, Error> {
         let endpoint = self.publishable(name)?;
-        let specs = parse_specs(specs)?;
+        let mut specs = parse_specs(specs)?;
         ipv6_needed(name, endpoint.ip6.is_some(), &specs)?;
+        ipv4_needed(name, endpoint.ipv4().is_some(), &mut specs)?;
         let added = self.draw_mappings(&specs)?;
         let mut done = Vec::new();
         for m in &added {
@@ -171,6 +172,26 @@ pub(super) fn ipv6_needed(name: &str, has_ip6: bool, specs: &[PortSpec]) -> Resu
         ))),
         _ => Ok(()),
     }
+}
+
+/// Refuses a SPEC on an IPv4 host address for an endpoint without an IPv4 address (an
+/// IPv6-only network's), for which a SPEC without an address publishes on IPv6 only (`[::]`),
+/// as Docker 28.
+pub(super) fn ipv4_needed(name: &str, has_ip: bool, specs: &mut [PortSpec]) -> Result<(), Error> {
+    if has_ip {
+        return Ok(());
+    }
+    if let Some(ip) = specs.iter().find_map(|s| s.host_ip.filter(IpAddr::is_ipv4)) {
+        return Err(bad(format!(
+            "endpoint {name} has no IPv4 address: cannot publish on {ip} (bridgenet does not \
+             translate IPv4 to IPv6)"
+        )));
+    }
+    for spec in specs {
+        spec.host_ip
+            .get_or_insert(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
+    }
+    Ok(())
 }
 
 /// Whether an unpublish SPEC names mapping `m`: same protocol and endpoint port, and the same

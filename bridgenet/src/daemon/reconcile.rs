@@ -41,7 +41,7 @@ impl Daemon {
                 tracing::warn!("reconcile: network {}: {err:#}", network.name);
             }
         }
-        let managed: BTreeSet<_> = networks.iter().map(|n| n.subnet).collect();
+        let managed: BTreeSet<_> = networks.iter().filter_map(|n| n.subnet).collect();
         for (subnet, _) in self.dp.subnets()? {
             if !managed.contains(&subnet) {
                 tracing::info!("reconcile: forgetting subnet {subnet}");
@@ -70,7 +70,7 @@ impl Daemon {
             match self.reconcile_endpoint(endpoint).await {
                 Ok(ifindex) => {
                     endpoint_ifindexes.extend(ifindex);
-                    peers.extend(ifindex.map(|i| (endpoint.ip, i)));
+                    peers.extend(ifindex.zip(endpoint.ipv4()).map(|(i, ip)| (ip, i)));
                 }
                 Err(err) => {
                     failures += 1;
@@ -202,12 +202,13 @@ impl Daemon {
             }
             Some(link) => {
                 let addrs = self.nl.addresses(link.index).await?;
-                if gateway_modes::bridge_has_address(network)
-                    && !addrs.iter().any(|a| a.addr() == network.gateway)
+                if let (Some(gateway), Some(subnet)) = (network.gateway, network.subnet)
+                    && gateway_modes::bridge_has_address(network)
+                    && !addrs.iter().any(|a| a.addr() == gateway)
                 {
                     tracing::info!("reconcile: gateway address back on {}", network.bridge);
                     self.nl
-                        .add_address(link.index, network.gateway, network.subnet.prefix_len())
+                        .add_address(link.index, gateway, subnet.prefix_len())
                         .await?;
                 }
                 self.nl.set_up(link.index).await?;

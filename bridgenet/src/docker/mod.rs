@@ -170,12 +170,12 @@ async fn create_network_(driver: &Driver, body: &Bytes) -> Result<Value, String>
     let mut d = driver.daemon.lock().await;
     if let Ok(existing) = d.network(&name) {
         // Docker repeats CreateNetwork for its networks after a restart.
-        if existing.subnet == spec.subnet.trunc() {
+        if existing.subnet == Some(spec.subnet.trunc()) {
             return Ok(json!({}));
         }
         return Err(format!(
             "network {name} exists with subnet {}",
-            existing.subnet
+            existing.subnets().join(",")
         ));
     }
     let network = d
@@ -195,6 +195,7 @@ async fn create_network_(driver: &Driver, body: &Bytes) -> Result<Value, String>
             subnet6: spec.subnet6.map(|s| s.to_string()),
             gateway6: spec.gateway6.map(|g| g.to_string()),
             gateway_mode6: spec.gateway_mode6,
+            ipv4: true,
         })
         .await
         .map_err(text)?;
@@ -349,7 +350,7 @@ async fn join_(driver: &Driver, body: &Bytes) -> Result<Value, String> {
     // Always a gateway: without one Docker adds its own docker_gwbridge network.
     let mut reply = json!({
         "InterfaceName": {"SrcName": daemon::peer_name(&endpoint.name), "DstPrefix": "eth"},
-        "Gateway": network.gateway.to_string(),
+        "Gateway": network.gateway.map(|g| g.to_string()).unwrap_or_default(),
         "DisableGatewayService": false,
     });
     // Docker routes the container's IPv6 through it (IPv6 leaves masqueraded); an internal

@@ -149,15 +149,18 @@ impl Netlink {
 
     /// Creates bridge `name` with `gateway/prefix` and MAC `mac`, up. A MAC of its own keeps
     /// the bridge from taking its lowest port's, which changes as ports come and go.
+    /// A bridge with MAC `mac` and, unless None (an IPv6-only network), IPv4 address
+    /// `gateway/prefix`.
     pub async fn create_bridge(
         &self,
         name: &str,
-        gateway: Ipv4Addr,
-        prefix: u8,
+        gateway: Option<(Ipv4Addr, u8)>,
         mac: [u8; 6],
     ) -> Result<u32> {
         let index = self.add_bridge(name, Some(mac)).await?;
-        self.add_address(index, gateway, prefix).await?;
+        if let Some((gateway, prefix)) = gateway {
+            self.add_address(index, gateway, prefix).await?;
+        }
         Ok(index)
     }
 
@@ -565,9 +568,9 @@ pub struct VethPeer<'a> {
 pub struct EndpointLink {
     /// Its name in the namespace: `eth0`, or the one a CNI runtime gave.
     pub ifname: String,
-    pub ip: Ipv4Addr,
-    pub prefix: u8,
-    /// None for internal networks: no default route.
+    /// Its IPv4 address and prefix length; None on an IPv6-only network.
+    pub ip: Option<(Ipv4Addr, u8)>,
+    /// None for internal and IPv6-only networks: no default route.
     pub gateway: Option<Ipv4Addr>,
     /// Its IPv6 address and prefix length, on a network with an IPv6 subnet.
     pub ip6: Option<(Ipv6Addr, u8)>,
@@ -637,7 +640,9 @@ pub async fn configure_endpoint(nl: Netlink, link: EndpointLink) -> Result<()> {
     nl.set_up(index).await?;
     let lo = nl.index("lo").await?;
     nl.set_up(lo).await?;
-    nl.add_address(index, link.ip, link.prefix).await?;
+    if let Some((ip, prefix)) = link.ip {
+        nl.add_address(index, ip, prefix).await?;
+    }
     if let Some((ip6, prefix)) = link.ip6 {
         nl.add_address6(index, ip6, prefix).await?;
         if let Some(gateway6) = link.gateway6 {

@@ -168,6 +168,19 @@ pub fn mac(ip: Ipv4Addr) -> [u8; 6] {
     [0x02, 0x42, a, b, c, d]
 }
 
+/// An endpoint's MAC: Docker's for its IPv4 address, or on an IPv6-only network 02:42
+/// followed by the last four bytes of its IPv6 address (the datapath's `--icc=false` check
+/// recognizes siblings by either scheme).
+pub fn endpoint_mac(ip: Ipv4Addr, ip6: Option<Ipv6Addr>) -> [u8; 6] {
+    match ip6 {
+        Some(ip6) if ip.is_unspecified() => {
+            let o = ip6.octets();
+            [0x02, 0x42, o[12], o[13], o[14], o[15]]
+        }
+        _ => mac(ip),
+    }
+}
+
 pub fn mac_string(mac: &[u8; 6]) -> String {
     mac.map(|b| format!("{b:02x}")).join(":")
 }

@@ -28,8 +28,13 @@ pub const SCHEMA_VERSION: u32 = 1;
 #[serde(deny_unknown_fields)]
 pub struct Network {
     pub name: String,
-    pub subnet: Ipv4Net,
-    pub gateway: Ipv4Addr,
+    /// None on an IPv6-only network (`--ipv4=false`), which then has `subnet6`. Left out
+    /// when None, so that other stores are unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<Ipv4Net>,
+    /// On the bridge: in `subnet`, its first host unless given; None with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
     /// The Linux bridge.
     pub bridge: String,
     /// Inter-endpoint traffic on the bridge (Docker's enable_icc).
@@ -54,8 +59,8 @@ pub struct Network {
     /// directly (CNI's `nonMasqueradeCIDRs`: a cluster's pod and node CIDRs), sorted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub non_masquerade: Vec<IpNet>,
-    /// The network's IPv6 subnet (`--ipv6 --subnet`), dual stack with `subnet`; only internal
-    /// networks have one for now. Left out when None, so that IPv4-only stores are unchanged.
+    /// The network's IPv6 subnet (`--ipv6 --subnet`), dual stack with `subnet`, or alone on an
+    /// IPv6-only network. Left out when None, so that IPv4-only stores are unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet6: Option<Ipv6Net>,
     /// The IPv6 gateway, on the bridge: in `subnet6`, its first address unless given.
@@ -68,6 +73,49 @@ pub struct Network {
 }
 
 impl Network {
+    /// What is wrong with the network's IPv4 side, as a store problem.
+    fn problem4(&self) -> Option<String> {
+        match (self.subnet, self.gateway) {
+            (None, None) if self.subnet6.is_some() => None,
+            (None, None) => Some("has neither an IPv4 nor an IPv6 subnet".to_owned()),
+            (Some(s), Some(g)) => {
+                if let Some((range, what)) = ipam::reserved(&s) {
+                    Some(format!("has subnet {s} in {range} ({what})"))
+                } else if !ipam::is_host(&s, g) {
+                    Some(format!("has gateway {g} outside {s}"))
+                } else {
+                    None
+                }
+            }
+            (Some(s), None) => Some(format!("has subnet {s} but no gateway")),
+            (None, Some(g)) => Some(format!("has gateway {g} but no subnet")),
+        }
+    }
+
+    /// What is wrong with `ip` as the IPv4 address of an endpoint of this network (0.0.0.0:
+    /// none, which only an IPv6-only network's endpoints have).
+    fn ip_problem(&self, ip: Ipv4Addr) -> Option<String> {
+        match (self.subnet, self.gateway) {
+            (None, _) if ip.is_unspecified() => None,
+            (None, _) => Some(format!(
+                "has address {ip}, but network {} has no IPv4 subnet",
+                self.name
+            )),
+            (Some(s), g) if !ipam::is_host(&s, ip) || Some(ip) == g => {
+                Some(format!("has address {ip}, not an endpoint's in {s}"))
+            }
+            (Some(_), _) => None,
+        }
+    }
+
+    /// The network's subnets, both families, as listings show them.
+    pub fn subnets(&self) -> Vec<String> {
+        let v4 = self.subnet.map(|s| s.to_string());
+        v4.into_iter()
+            .chain(self.subnet6.map(|s| s.to_string()))
+            .collect()
+    }
+
     /// What is wrong with the network's IPv6 side, as a store problem.
     fn problem6(&self) -> Option<String> {
         match (self.subnet6, self.gateway6) {
@@ -225,7 +273,8 @@ pub struct Endpoint {
     pub netns: String,
     /// Whether bridgenet created the namespace (and removes it with the endpoint).
     pub netns_created: bool,
-    /// 0.0.0.0 in mode none; the shared endpoint's in mode container.
+    /// 0.0.0.0 when it has none (mode none, an IPv6-only network); the shared endpoint's in
+    /// mode container.
     pub ip: Ipv4Addr,
     pub mac: String,
     /// The host end of the veth pair, on the network's bridge; the other end is eth0 in netns.
@@ -267,7 +316,20 @@ impl Endpoint {
 
     /// The MAC of its interface: the one recorded, else the one derived from its address.
     pub fn mac_bytes(&self) -> [u8; 6] {
-        ipam::parse_mac(&self.mac).unwrap_or_else(|| ipam::mac(self.ip))
+        ipam::parse_mac(&self.mac).unwrap_or_else(|| ipam::endpoint_mac(self.ip, self.ip6))
+    }
+
+    /// Its IPv4 address, if it has one.
+    pub fn ipv4(&self) -> Option<Ipv4Addr> {
+        (!self.ip.is_unspecified()).then_some(self.ip)
+    }
+
+    /// Its addresses, both families, as listings show them.
+    pub fn addresses(&self) -> Vec<String> {
+        let v4 = self.ipv4().map(|ip| ip.to_string());
+        v4.into_iter()
+            .chain(self.ip6.map(|ip6| ip6.to_string()))
+            .collect()
     }
 
     /// The host end of its veth pair, in mode bridge.
@@ -355,17 +417,16 @@ impl State {
         for (key, n) in &self.networks {
             let why = if *key != n.name {
                 Some(format!("is stored under the name {key}"))
-            } else if let Some((range, what)) = ipam::reserved(&n.subnet) {
-                Some(format!("has subnet {} in {range} ({what})", n.subnet))
-            } else if !ipam::is_host(&n.subnet, n.gateway) {
-                Some(format!("has gateway {} outside {}", n.gateway, n.subnet))
+            } else if let Some(why) = n.problem4() {
+                Some(why)
             } else if let Some(why) = n.problem6() {
                 Some(why)
             } else {
                 sound
                     .values()
                     .find(|o| {
-                        ipam::overlaps(&o.subnet, &n.subnet)
+                        matches!((o.subnet, n.subnet), (Some(a), Some(b))
+                                if ipam::overlaps(&a, &b))
                             || o.bridge == n.bridge
                             || matches!((o.subnet6, n.subnet6), (Some(a), Some(b))
                                 if ipam::overlaps6(&a, &b))
@@ -393,10 +454,11 @@ impl State {
                     Some(_) if !sound.contains_key(e.network.as_str()) => {
                         Some(format!("is on network {}, which is left out", e.network))
                     }
-                    Some(n) if !ipam::is_host(&n.subnet, e.ip) || e.ip == n.gateway => Some(
-                        format!("has address {}, not an endpoint's in {}", e.ip, n.subnet),
-                    ),
-                    Some(_) if taken.contains(&(e.network.as_str(), e.ip)) => {
+                    Some(n) if n.ip_problem(e.ip).is_some() => n.ip_problem(e.ip),
+                    Some(_)
+                        if !e.ip.is_unspecified()
+                            && taken.contains(&(e.network.as_str(), e.ip)) =>
+                    {
                         Some(format!("has address {}, which another endpoint has", e.ip))
                     }
                     Some(n) if n.ip6_problem(e.ip6).is_some() => n.ip6_problem(e.ip6),
@@ -439,7 +501,7 @@ impl State {
 
     /// Addresses taken in `network`: its gateway and its endpoints' addresses.
     pub fn taken_addresses(&self, network: &Network) -> BTreeSet<Ipv4Addr> {
-        let mut taken = BTreeSet::from([network.gateway]);
+        let mut taken: BTreeSet<Ipv4Addr> = network.gateway.into_iter().collect();
         taken.extend(
             self.endpoints
                 .values()
@@ -473,11 +535,13 @@ impl State {
     /// the endpoint's own address and port are opened to routed traffic.
     pub fn opened(&self, endpoint: &Endpoint, m: &PortMapping) -> PortMapping {
         match self.networks.get(&endpoint.network) {
-            Some(n) if n.gateway_mode == GatewayMode::Routed => PortMapping {
-                host_ip: Some(std::net::IpAddr::V4(endpoint.ip)),
-                host_port: m.port,
-                ..*m
-            },
+            Some(n) if n.gateway_mode == GatewayMode::Routed && m.host_v4().is_some() => {
+                PortMapping {
+                    host_ip: Some(std::net::IpAddr::V4(endpoint.ip)),
+                    host_port: m.port,
+                    ..*m
+                }
+            }
             _ => *m,
         }
     }
@@ -612,8 +676,8 @@ mod tests {
             "n".into(),
             Network {
                 name: "n".into(),
-                subnet: "10.0.0.0/24".parse().unwrap(),
-                gateway: Ipv4Addr::new(10, 0, 0, 1),
+                subnet: Some("10.0.0.0/24".parse().unwrap()),
+                gateway: Some(Ipv4Addr::new(10, 0, 0, 1)),
                 bridge: "bn-n".into(),
                 icc: true,
                 internal: false,
@@ -678,8 +742,8 @@ mod tests {
     fn problems_are_all_reported() {
         let network = |name: &str, subnet: &str, gateway: [u8; 4]| Network {
             name: name.into(),
-            subnet: subnet.parse().unwrap(),
-            gateway: gateway.into(),
+            subnet: Some(subnet.parse().unwrap()),
+            gateway: Some(gateway.into()),
             bridge: format!("bn-{name}"),
             icc: true,
             internal: false,
@@ -793,8 +857,8 @@ mod tests {
             let subnet: Ipv4Net = subnet.parse().unwrap();
             Network {
                 name: name.into(),
-                subnet,
-                gateway: ipam::default_gateway(&subnet).unwrap(),
+                subnet: Some(subnet),
+                gateway: ipam::default_gateway(&subnet),
                 bridge: format!("bn-{name}"),
                 icc: true,
                 internal: true,
@@ -848,6 +912,12 @@ mod tests {
         ] {
             state.networks.insert(n.name.clone(), n);
         }
+        // IPv6 only: g is sound, h has no subnet at all.
+        for (name, v6) in [("g", Some("2001:db8:a::/64")), ("h", None)] {
+            let mut n = network(name, "10.6.0.0/24", v6, v6.map(|_| "2001:db8:a::1"));
+            (n.subnet, n.gateway) = (None, None);
+            state.networks.insert(n.name.clone(), n);
+        }
         for e in [
             endpoint("e1", "a", [10, 0, 0, 2], Some("2001:db8:5::2")),
             endpoint("e2", "a", [10, 0, 0, 3], Some("2001:db8:5::2")),
@@ -855,6 +925,8 @@ mod tests {
             endpoint("e4", "a", [10, 0, 0, 5], Some("2001:db8:6::5")),
             endpoint("e5", "f", [10, 5, 0, 2], Some("2001:db8:9::2")),
             endpoint("e6", "a", [10, 0, 0, 6], None),
+            endpoint("e7", "g", [0, 0, 0, 0], Some("2001:db8:a::2")),
+            endpoint("e8", "g", [10, 6, 0, 2], Some("2001:db8:a::3")),
         ] {
             state.endpoints.insert(e.name.clone(), e);
         }
@@ -865,7 +937,7 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            ["b", "c", "d", "e", "e2", "e3", "e4", "e5"],
+            ["b", "c", "d", "e", "h", "e2", "e3", "e4", "e5", "e8"],
             "{problems:#?}"
         );
     }
