@@ -287,15 +287,7 @@ pub fn network(socket: &Path, cmd: NetworkCmd) -> Result<()> {
                 if !n.gateway_mode6.is_nat() {
                     opts.push(&mode6);
                 }
-                let both = |v4: Option<String>, v6: Option<String>| {
-                    let v: Vec<String> = v4.into_iter().chain(v6).collect();
-                    v.join(",")
-                };
-                let gateways = both(
-                    n.gateway.map(|g| g.to_string()),
-                    n.gateway6.map(|g| g.to_string()),
-                );
-                let subnets = n.subnets().join(",");
+                let (subnets, gateways) = (n.subnets().join(","), n.gateways().join(","));
                 table.row([n.name, subnets, gateways, n.bridge, opts.join(",")]);
             }
             table.print()?;

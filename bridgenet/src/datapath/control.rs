@@ -43,37 +43,32 @@ impl Datapath {
     /// The remote prefixes (either family) network `network` (its id) reaches unmasqueraded,
     /// and that reach its endpoints directly: replaces what it had (empty: none).
     pub fn set_non_masquerade(&mut self, network: u32, cidrs: &[IpNet]) -> Result<()> {
-        let want: Vec<_> = cidrs
-            .iter()
-            .filter_map(|c| match c {
-                IpNet::V4(net) => Some(Key::new(
-                    32 + u32::from(net.prefix_len()),
+        let (mut want, mut want6) = (Vec::new(), Vec::new());
+        // The prefix length counts the network's 32 bits too.
+        for cidr in cidrs {
+            let len = 32 + u32::from(cidr.prefix_len());
+            match cidr {
+                IpNet::V4(net) => want.push(Key::new(
+                    len,
                     NonMasqueradeKey {
                         network,
                         addr: wire(net.network()),
                     },
                 )),
-                IpNet::V6(_) => None,
-            })
-            .collect();
-        replace_prefixes(
-            self.map_mut(maps::NON_MASQUERADE)?,
-            &want,
-            |k: &NonMasqueradeKey| k.network == network,
-        )?;
-        let want6: Vec<_> = cidrs
-            .iter()
-            .filter_map(|c| match c {
-                IpNet::V6(net) => Some(Key::new(
-                    32 + u32::from(net.prefix_len()),
+                IpNet::V6(net) => want6.push(Key::new(
+                    len,
                     NonMasquerade6Key {
                         network,
                         addr: net.network().octets(),
                     },
                 )),
-                IpNet::V4(_) => None,
-            })
-            .collect();
+            }
+        }
+        replace_prefixes(
+            self.map_mut(maps::NON_MASQUERADE)?,
+            &want,
+            |k: &NonMasqueradeKey| k.network == network,
+        )?;
         replace_prefixes(
             self.map_mut(maps::NON_MASQUERADE6)?,
             &want6,

@@ -116,6 +116,14 @@ impl Network {
             .collect()
     }
 
+    /// Its gateways, both families, as listings show them.
+    pub fn gateways(&self) -> Vec<String> {
+        let v4 = self.gateway.map(|g| g.to_string());
+        v4.into_iter()
+            .chain(self.gateway6.map(|g| g.to_string()))
+            .collect()
+    }
+
     /// What is wrong with the network's IPv6 side, as a store problem.
     fn problem6(&self) -> Option<String> {
         match (self.subnet6, self.gateway6) {
