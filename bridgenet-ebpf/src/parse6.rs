@@ -36,6 +36,9 @@ pub struct Transport {
     pub off: usize,
     /// A Fragment header was walked.
     pub fragment: bool,
+    /// A Routing or Authentication header was walked: NAT66 must not rewrite the addresses
+    /// (the destination is not the final one; AH covers them).
+    pub untranslatable: bool,
 }
 
 /// Walks the extension headers: Err(outcome) when they cannot be walked within `MAX_EXT`,
@@ -45,6 +48,7 @@ pub fn transport(ctx: &TcContext) -> Result<Transport, u32> {
     let mut proto: u8 = ctx.load(IP6_OFF + 6).map_err(|_| outcome::DROP_MALFORMED)?;
     let mut off = IP6_OFF + IP6_LEN;
     let mut fragment = false;
+    let mut untranslatable = false;
     // One more round than headers: the last finds the transport header.
     for _ in 0..=MAX_EXT {
         let hdr: [u8; 4] = match proto {
@@ -61,9 +65,11 @@ pub fn transport(ctx: &TcContext) -> Result<Transport, u32> {
                     proto,
                     off,
                     fragment,
+                    untranslatable,
                 });
             }
         };
+        untranslatable |= proto == ROUTING || proto == AUTH;
         off += match proto {
             // AH counts 4-byte units, less 2; the others 8-byte units, less 1.
             AUTH => (hdr[1] as usize + 2) * 4,
@@ -75,6 +81,7 @@ pub fn transport(ctx: &TcContext) -> Result<Transport, u32> {
                         proto: NO_NEXT,
                         off,
                         fragment,
+                        untranslatable,
                     });
                 }
                 8
@@ -84,6 +91,24 @@ pub fn transport(ctx: &TcContext) -> Result<Transport, u32> {
         proto = hdr[0];
     }
     Err(outcome::DROP_EXT_HEADER)
+}
+
+/// `walk`'s answer when the extension headers cannot be walked (the outcome in the low bits).
+const WALK_FAILED: u32 = 1 << 31;
+
+/// `transport` packed in one scalar: protocol (bits 0-7; `ROUTING` for a packet NAT66 must
+/// not rewrite), offset (8-23), fragment (24), or `WALK_FAILED` and the outcome.
+// A BPF subprogram of its own, returning a scalar: the walk's paths end at its return, so
+// that they do not multiply the states of every caller of `parse6`.
+#[inline(never)]
+fn walk(ctx: &TcContext) -> u32 {
+    match transport(ctx) {
+        Ok(t) => {
+            let proto = if t.untranslatable { ROUTING } else { t.proto };
+            u32::from(proto) | ((t.off as u32) << 8) | (u32::from(t.fragment) << 24)
+        }
+        Err(result) => WALK_FAILED | result,
+    }
 }
 
 /// The fields of one IPv6 packet that conntrack and NAT66 work on.
@@ -116,11 +141,11 @@ pub struct Inner6 {
 }
 
 /// Parses an IPv6 frame (the caller checked the ethertype) for conntrack and NAT66: Err(outcome)
-/// when it is cut short, or its transport header is cut before the fields NAT66 rewrites.
-/// Extension headers are not walked here (`transport` does, for the endpoint check): a
-/// packet with one is `fragment` (a Fragment header) or has that header as its `proto`,
-/// which nothing translates. Walking them would multiply the verifier's states past its
-/// limit, and the flows NAT66 tracks send none.
+/// when it is cut short, its extension headers cannot be walked (`drop_ext_header`), or its
+/// transport header is cut before the fields NAT66 rewrites. Hop-by-Hop and Destination
+/// Options headers are walked past (NAT66 translates what follows them); a Fragment header
+/// makes it `fragment`; a Routing or Authentication header gives it `proto` ROUTING, which
+/// nothing translates.
 // A BPF subprogram of its own: its addresses would otherwise sit in every caller's frame. It
 // fills the caller's `packet` and returns PASSED or the outcome: a subprogram cannot return a
 // pointer to the caller's stack, which a returned struct is.
@@ -155,10 +180,20 @@ fn parse(ctx: &TcContext, packet: &mut Packet6) -> Result<(), u32> {
     if end > frame {
         return Err(outcome::DROP_MALFORMED);
     }
+    let walked = if next == TCP || next == UDP || next == ICMP6 {
+        // No extension header, as most packets: no walk.
+        u32::from(next) | (((IP6_OFF + IP6_LEN) as u32) << 8)
+    } else {
+        walk(ctx)
+    };
+    if walked & WALK_FAILED != 0 {
+        return Err(walked & 0xff);
+    }
     let t = Transport {
-        proto: next,
-        off: IP6_OFF + IP6_LEN,
-        fragment: next == FRAGMENT,
+        proto: walked as u8,
+        off: ((walked >> 8) & 0xffff) as usize,
+        fragment: walked & (1 << 24) != 0,
+        untranslatable: false,
     };
     packet.key = Ct6Key {
         saddr,

@@ -487,19 +487,22 @@ fn ipv6_sources_are_filtered_on_ports_published_on_ipv6() {
         assert_eq!(got, want, "{r:?}");
     }
 
-    // Behind an extension header XDP cannot judge it, and NAT66 does not translate it: it
-    // is the host's (which has no such port), so it never reaches the endpoint unjudged.
+    // Behind an extension header XDP cannot judge it (it passes); TC walks past the header,
+    // so the filter judges it before NAT66 translates it: it never reaches the endpoint
+    // unjudged.
+    let hidden = behind_destination_options(&other);
+    dp.set_filter(&[]).unwrap();
+    let out = packet::run_tc(&mut dp, programs::UPLINK_INGRESS, &hidden, 1).unwrap();
+    assert_eq!(
+        (out.action, &out.frame[38..54]),
+        (TC_ACT_OK, &a6(EP6)[..]),
+        "without a rule, it reaches the endpoint"
+    );
     dp.set_filter(&numbered(&[rule("2001:db8:6::/48", None, None, true)]))
         .unwrap();
-    let hidden = behind_destination_options(&other);
     assert_eq!(xdp(&mut dp, &hidden), XDP_PASS);
     let out = packet::run_tc(&mut dp, programs::UPLINK_INGRESS, &hidden, 1).unwrap();
-    assert_eq!(out.action, TC_ACT_OK);
-    assert_eq!(
-        out.frame[38..54],
-        a6(UPLINK6),
-        "left to the host untranslated"
-    );
+    assert_eq!(out.action, TC_ACT_SHOT, "the filter drops it in TC");
 }
 
 /// IPv6 drops are counted as IPv4's: each packet once, by its reason and its rule.

@@ -240,6 +240,19 @@ fn dropped(dp: &mut Datapath, program: (&str, u32), frame: &[u8], reason: u32, w
     );
 }
 
+/// TCP port 8080 published on `::`, to EP's port 80.
+fn publish_8080(dp: &mut Datapath) {
+    use bridgenet::datapath::Proto;
+    dp.publish6(
+        Proto::Tcp,
+        Ipv6Addr::UNSPECIFIED,
+        8080,
+        EP.parse().unwrap(),
+        80,
+    )
+    .unwrap();
+}
+
 /// Opens a TCP flow from EP:`sport` to SERVER:443 (SYN out, SYN-ACK back, ACK out): the port
 /// the flow got on the uplink.
 fn open_tcp(dp: &mut Datapath, sport: u16) -> u16 {
@@ -472,17 +485,9 @@ fn new_flows_past_the_limit_are_refused_and_tracked_ones_go_on() {
 /// clients out.
 #[test]
 fn a_full_ipv6_table_makes_room_by_evicting_the_oldest_unassured_flows() {
-    use bridgenet::datapath::Proto;
     // Room for 32 flows; each side's ring holds the last 16 flows it admitted.
     let mut dp = datapath(true, 64);
-    dp.publish6(
-        Proto::Tcp,
-        Ipv6Addr::UNSPECIFIED,
-        8080,
-        EP.parse().unwrap(),
-        80,
-    )
-    .unwrap();
+    publish_8080(&mut dp);
     let ports: Vec<u16> = (0..4).map(|i| open_tcp(&mut dp, 41000 + i)).collect();
     let syn = |i: u16| {
         tcp(
@@ -929,4 +934,88 @@ fn non_masquerade_ipv6_prefixes_pass_both_ways_untranslated() {
         aya::maps::lpm_trie::LpmTrie::try_from(dp.ebpf_mut().map(maps::NON_MASQUERADE).unwrap())
             .unwrap();
     assert_eq!(trie.keys().count(), 1, "the IPv4 prefix stays");
+}
+
+/// `frame` with an 8-byte extension header `kind` (Hop-by-Hop 0, Destination Options 60,
+/// Routing 43) between IPv6 and its transport header; the transport checksum stays right.
+fn with_ext(frame: &[u8], kind: u8) -> Vec<u8> {
+    let mut f = frame[..54].to_vec();
+    let next = f[20];
+    f[20] = kind;
+    let len = u16::from_be_bytes([f[18], f[19]]) + 8;
+    f[18..20].copy_from_slice(&len.to_be_bytes());
+    // PadN over the header's 6 bytes of options (Routing: type 0 with no segments left).
+    f.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]);
+    f.extend_from_slice(&frame[54..]);
+    f
+}
+
+/// The inverse of `with_ext`, for `inspect`; asserts the header is still there.
+fn without_ext(frame: &[u8], kind: u8) -> Vec<u8> {
+    assert_eq!(frame[20], kind, "the extension header stays");
+    let mut f = frame[..54].to_vec();
+    f[20] = frame[54];
+    let len = u16::from_be_bytes([f[18], f[19]]) - 8;
+    f[18..20].copy_from_slice(&len.to_be_bytes());
+    f.extend_from_slice(&frame[62..]);
+    f
+}
+
+/// NAT66 walks past Hop-by-Hop and Destination Options headers: a flow whose packets carry
+/// them is masqueraded and its replies come back, and a port published on IPv6 is reached
+/// through them, each checksum right. A Routing header (the destination is not the final
+/// one) is never translated, and headers past the walk's bound are `drop_ext_header`.
+#[test]
+fn nat66_translates_packets_with_hop_by_hop_and_destination_options() {
+    const DEST_OPTS: u8 = 60;
+    const HOP_BY_HOP: u8 = 0;
+    const ROUTING: u8 = 43;
+    let mut dp = datapath(true, 1000);
+    let syn = with_ext(&tcp(EP, 41000, SERVER, 443, "S", 1000, 0), DEST_OPTS);
+    let out = translated(&mut dp, EGRESS, &syn, outcome::SNAT);
+    let seen_out = inspect(&without_ext(&out, DEST_OPTS));
+    assert_eq!(
+        (seen_out.src, seen_out.dst, seen_out.dport),
+        (UPLINK.parse().unwrap(), SERVER.parse().unwrap(), 443),
+        "the SYN leaves from the uplink's address"
+    );
+    let back = with_ext(
+        &tcp(SERVER, 443, UPLINK, seen_out.sport, "SA", 5000, 1001),
+        HOP_BY_HOP,
+    );
+    let inbound = translated(&mut dp, INGRESS, &back, outcome::DNAT);
+    assert_eq!(
+        inspect(&without_ext(&inbound, HOP_BY_HOP)),
+        seen(SERVER, 443, EP, 41000),
+        "the SYN-ACK comes back"
+    );
+
+    publish_8080(&mut dp);
+    let client = "2001:db8:ff:2::9";
+    let syn = with_ext(&tcp(client, 50000, UPLINK, 8080, "S", 7000, 0), DEST_OPTS);
+    let inbound = translated(&mut dp, INGRESS, &syn, outcome::DNAT);
+    assert_eq!(
+        inspect(&without_ext(&inbound, DEST_OPTS)),
+        seen(client, 50000, EP, 80),
+        "a published port is reached through the header"
+    );
+
+    dropped(
+        &mut dp,
+        EGRESS,
+        &with_ext(&udp(EP, 5000, SERVER, 53), ROUTING),
+        outcome::DROP_UNTRANSLATABLE,
+        "a Routing header",
+    );
+    let mut deep = udp(EP, 5000, SERVER, 53);
+    for _ in 0..7 {
+        deep = with_ext(&deep, DEST_OPTS);
+    }
+    dropped(
+        &mut dp,
+        EGRESS,
+        &deep,
+        outcome::DROP_EXT_HEADER,
+        "seven extension headers",
+    );
 }
