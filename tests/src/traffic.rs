@@ -11,12 +11,18 @@ use crate::{sockets, topology::enter};
 /// Generous: the matrix runs under software emulation.
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How long `echo_once` waits for its client's next bytes: longer than a daemon restart
+/// between two of them under emulation (28 s on 6.1 with two tests verifying programs at
+/// once), which would otherwise close the connection the restart must keep. A client that
+/// gets no echo still fails after `TIMEOUT`.
+const SERVER_IDLE: Duration = Duration::from_secs(120);
+
 /// An echo server for one connection in `netns`; returns the peer address it saw.
 pub fn echo_once(netns: &str, bind: &str) -> std::thread::JoinHandle<SocketAddr> {
     let listener = enter(netns, || sockets::tcp_listener(bind));
     std::thread::spawn(move || {
         let (mut stream, peer) = listener.accept().expect("accept");
-        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream.set_read_timeout(Some(SERVER_IDLE)).unwrap();
         let mut buf = vec![0u8; 1 << 16];
         loop {
             let n = stream.read(&mut buf).expect("read");
