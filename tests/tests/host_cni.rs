@@ -481,3 +481,104 @@ fn a_dual_stack_network_through_cni() {
         roundtrip_within(&world, &format!("[{UPLINK6}]:8080"), Duration::from_secs(2)).is_err()
     );
 }
+
+/// An IPv6-only network through CNI (`"ipv4": false` with `subnet6`, as Docker 28's
+/// `--ipv4=false`): a result with only the IPv6 address and route, no IPv4 address inside, a
+/// port with an empty `hostIP` published on `[::]` only, real traffic in with the client's
+/// address and out masqueraded. A configuration that leaves `ipv4` out attaches to it too;
+/// one that says otherwise, or gives an IPv4 subnet with it, is refused and changes nothing.
+#[test]
+fn an_ipv6_only_network_through_cni() {
+    let mut lab = ControlLab::up();
+    lab.ipv6_to_world();
+    let world = lab.topo.ns("world").name().to_owned();
+    let (ns1, path1) = container_netns(&mut lab, "c1");
+    let mut only6 = conf(&lab, "1.0.0", "pods6only", "");
+    only6.as_object_mut().unwrap().remove("subnet");
+    only6["ipv4"] = json!(false);
+    only6["subnet6"] = json!("2001:db8:14::/64");
+    let ports = json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": ""}]);
+    let env1 = attachment("c1", "eth0", &path1);
+    let result = cni::call("ADD", &env1, &with_ports(only6.clone(), ports))
+        .ok()
+        .clone();
+    assert_eq!(
+        result["ips"],
+        json!([{"address": "2001:db8:14::2/64", "gateway": "2001:db8:14::1", "interface": 0}])
+    );
+    assert_eq!(
+        result["routes"],
+        json!([{"dst": "::/0", "gw": "2001:db8:14::1"}])
+    );
+    assert_eq!(
+        inside(&ns1, "eth0").0,
+        Vec::<String>::new(),
+        "no IPv4 address"
+    );
+    assert_eq!(inside6(&ns1, "eth0"), ["2001:db8:14::2/64"]);
+    assert_eq!(lab.ok(&["port", "ls", "cni-c1"]), "80/tcp -> [::]:8080\n");
+    let network: Value =
+        serde_json::from_str(&lab.ok(&["network", "inspect", "pods6only"])).unwrap();
+    assert!(network.get("subnet").is_none(), "{network}");
+    assert_eq!(network["subnet6"], "2001:db8:14::/64");
+
+    // In over IPv6 with the client's address; out masqueraded with the uplink's.
+    let server = echo_once(&ns1, "[::]:80");
+    roundtrip(&world, &format!("[{UPLINK6}]:8080"));
+    assert_eq!(
+        server.join().unwrap().ip(),
+        WORLD6.parse::<std::net::IpAddr>().unwrap()
+    );
+    let server = echo_once(&world, "[::]:9000");
+    roundtrip(&ns1, &format!("[{WORLD6}]:9000"));
+    assert_eq!(
+        server.join().unwrap().ip(),
+        UPLINK6.parse::<std::net::IpAddr>().unwrap()
+    );
+    let mut checked = only6.clone();
+    checked["prevResult"] = result.clone();
+    cni::call("CHECK", &env1, &checked).ok();
+
+    // A configuration without `ipv4` attaches to the existing IPv6-only network.
+    let (ns2, path2) = container_netns(&mut lab, "c2");
+    let env2 = attachment("c2", "eth0", &path2);
+    let mut plain = only6.clone();
+    plain.as_object_mut().unwrap().remove("ipv4");
+    let result2 = cni::call("ADD", &env2, &plain).ok().clone();
+    assert_eq!(result2["ips"][0]["address"], "2001:db8:14::3/64");
+    assert_eq!(result2["ips"].as_array().unwrap().len(), 1);
+    assert_eq!(inside(&ns2, "eth0").0, Vec::<String>::new());
+
+    // Said otherwise: one line each, nothing made.
+    let (_, path3) = container_netns(&mut lab, "c3");
+    let env3 = attachment("c3", "eth0", &path3);
+    let before = lab.snapshot();
+    let mut dual = only6.clone();
+    dual["ipv4"] = json!(true);
+    let mut with_subnet = conf(&lab, "1.0.0", "other6only", "198.19.14.0/24");
+    with_subnet["ipv4"] = json!(false);
+    with_subnet["subnet6"] = json!("2001:db8:15::/64");
+    let mut without_subnet6 = conf(&lab, "1.0.0", "other6only", "");
+    without_subnet6.as_object_mut().unwrap().remove("subnet");
+    without_subnet6["ipv4"] = json!(false);
+    for (conf, expect) in [
+        (
+            dual,
+            "network pods6only exists with ipv4 false, the configuration says true",
+        ),
+        (with_subnet, "--ipv4=false: 198.19.14.0/24 is IPv4"),
+        (
+            without_subnet6,
+            "--ipv4=false needs --ipv6 and an IPv6 --subnet",
+        ),
+    ] {
+        let a = cni::call("ADD", &env3, &conf);
+        assert_eq!(a.code(), 4, "{}", a.out);
+        assert_eq!(a.out["msg"], expect);
+    }
+    assert_eq!(lab.snapshot(), before);
+
+    cni::call("DEL", &env1, &only6).ok();
+    cni::call("DEL", &env2, &plain).ok();
+    assert!(!lab.ok(&["port", "ls"]).contains("8080"));
+}

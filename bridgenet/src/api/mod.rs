@@ -366,6 +366,10 @@ pub struct CniNetwork {
     pub subnet6: Option<String>,
     #[serde(default)]
     pub gateway6: Option<String>,
+    /// false: IPv6 only (`NetworkCreate::ipv4`); absent: as the network is, or IPv4 too.
+    /// Sent only when given, so that a daemon that predates it takes what did not need it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4: Option<bool>,
     pub bridge: Option<String>,
     pub icc: Option<bool>,
     pub gateway_mode: Option<String>,

@@ -24,6 +24,8 @@ pub struct NetConf {
     /// A dual-stack network's IPv6 subnet and gateway (Docker's `--ipv6 --subnet`).
     pub subnet6: Option<String>,
     pub gateway6: Option<String>,
+    /// false: an IPv6-only network (Docker 28's `--ipv4=false`), with `subnet6` only.
+    pub ipv4: Option<bool>,
     pub bridge: Option<String>,
     pub icc: Option<bool>,
     pub gateway_mode: Option<String>,
@@ -131,6 +133,7 @@ impl NetConf {
             gateway: self.gateway.clone(),
             subnet6: self.subnet6.clone(),
             gateway6: self.gateway6.clone(),
+            ipv4: self.ipv4,
             bridge: self.bridge.clone(),
             icc: self.icc,
             gateway_mode: self.gateway_mode.clone(),

@@ -138,7 +138,7 @@ impl Daemon {
                     subnet6: req.subnet6.clone(),
                     gateway6: req.gateway6.clone(),
                     gateway_mode6: modes.1,
-                    ipv4: true,
+                    ipv4: req.ipv4.unwrap_or(true),
                 },
                 req.mtu,
                 non_masquerade,
@@ -296,6 +296,11 @@ fn differs(
             g.clone(),
         );
     }
+    if let Some(ipv4) = req.ipv4
+        && ipv4 != n.subnet.is_some()
+    {
+        return mismatch("ipv4", n.subnet.is_some().to_string(), ipv4.to_string());
+    }
     if let Some(b) = &req.bridge
         && *b != n.bridge
     {
@@ -401,6 +406,23 @@ mod tests {
             err,
             "network pods exists with gatewayMode6 nat, the configuration says routed"
         );
+        let ipv6_only = CniNetwork {
+            ipv4: Some(false),
+            subnet: None,
+            ..same.clone()
+        };
+        let err = differs(&n, &ipv6_only, NAT, &cidrs)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "network pods exists with ipv4 true, the configuration says false"
+        );
+        let dual = CniNetwork {
+            ipv4: Some(true),
+            ..same.clone()
+        };
+        assert!(differs(&n, &dual, NAT, &cidrs).is_ok());
     }
 
     #[test]
