@@ -36,9 +36,6 @@ pub struct Transport {
     pub off: usize,
     /// A Fragment header was walked.
     pub fragment: bool,
-    /// A Routing or Authentication header was walked: NAT66 must not rewrite the addresses
-    /// (the destination is not the final one; AH covers them).
-    pub untranslatable: bool,
 }
 
 /// Walks the extension headers: Err(outcome) when they cannot be walked within `MAX_EXT`,
@@ -48,7 +45,6 @@ pub fn transport(ctx: &TcContext) -> Result<Transport, u32> {
     let mut proto: u8 = ctx.load(IP6_OFF + 6).map_err(|_| outcome::DROP_MALFORMED)?;
     let mut off = IP6_OFF + IP6_LEN;
     let mut fragment = false;
-    let mut untranslatable = false;
     // One more round than headers: the last finds the transport header.
     for _ in 0..=MAX_EXT {
         let hdr: [u8; 4] = match proto {
@@ -65,11 +61,9 @@ pub fn transport(ctx: &TcContext) -> Result<Transport, u32> {
                     proto,
                     off,
                     fragment,
-                    untranslatable,
                 });
             }
         };
-        untranslatable |= proto == ROUTING || proto == AUTH;
         off += match proto {
             // AH counts 4-byte units, less 2; the others 8-byte units, less 1.
             AUTH => (hdr[1] as usize + 2) * 4,
@@ -81,7 +75,6 @@ pub fn transport(ctx: &TcContext) -> Result<Transport, u32> {
                         proto: NO_NEXT,
                         off,
                         fragment,
-                        untranslatable,
                     });
                 }
                 8
@@ -96,19 +89,56 @@ pub fn transport(ctx: &TcContext) -> Result<Transport, u32> {
 /// `walk`'s answer when the extension headers cannot be walked (the outcome in the low bits).
 const WALK_FAILED: u32 = 1 << 31;
 
-/// `transport` packed in one scalar: protocol (bits 0-7; `ROUTING` for a packet NAT66 must
-/// not rewrite), offset (8-23), fragment (24), or `WALK_FAILED` and the outcome.
+/// Extension headers NAT66 walks past: Hop-by-Hop, Destination Options and Fragment, each
+/// once, as a packet carries them; more is `drop_ext_header`. Fewer rounds than `transport`'s
+/// keep the walk cheap to verify at each call of `parse6`.
+const NAT_EXT: usize = 3;
+
+/// The transport header behind Hop-by-Hop, Destination Options and Fragment headers, packed
+/// in one scalar: protocol (bits 0-7; `ROUTING` at a Routing or Authentication header, which
+/// NAT66 must not rewrite past), offset (8-23), fragment (24); or `WALK_FAILED` and the
+/// outcome.
 // A BPF subprogram of its own, returning a scalar: the walk's paths end at its return, so
 // that they do not multiply the states of every caller of `parse6`.
 #[inline(never)]
 fn walk(ctx: &TcContext) -> u32 {
-    match transport(ctx) {
-        Ok(t) => {
-            let proto = if t.untranslatable { ROUTING } else { t.proto };
-            u32::from(proto) | ((t.off as u32) << 8) | (u32::from(t.fragment) << 24)
+    let pack = |proto: u8, off: usize, fragment: bool| {
+        u32::from(proto) | ((off as u32) << 8) | (u32::from(fragment) << 24)
+    };
+    let Ok(mut proto) = ctx.load::<u8>(IP6_OFF + 6) else {
+        return WALK_FAILED | outcome::DROP_MALFORMED;
+    };
+    let mut off = IP6_OFF + IP6_LEN;
+    let mut fragment = false;
+    // One more round than headers: the last finds the transport header.
+    for _ in 0..=NAT_EXT {
+        match proto {
+            HOP_BY_HOP | DEST_OPTS | FRAGMENT => {}
+            // The destination is not the final one, or AH covers the addresses.
+            ROUTING | AUTH => return pack(ROUTING, off, fragment),
+            _ => {
+                if proto != NO_NEXT && ctx.load::<[u8; 4]>(off).is_err() {
+                    return WALK_FAILED | outcome::DROP_EXT_HEADER;
+                }
+                return pack(proto, off, fragment);
+            }
         }
-        Err(result) => WALK_FAILED | result,
+        let Ok(hdr) = ctx.load::<[u8; 4]>(off) else {
+            return WALK_FAILED | outcome::DROP_EXT_HEADER;
+        };
+        if proto == FRAGMENT {
+            fragment = true;
+            if u16::from_be_bytes([hdr[2], hdr[3]]) & !7 != 0 {
+                // A later fragment: no transport header.
+                return pack(NO_NEXT, off, fragment);
+            }
+            off += 8;
+        } else {
+            off += (hdr[1] as usize + 1) * 8;
+        }
+        proto = hdr[0];
     }
+    WALK_FAILED | outcome::DROP_EXT_HEADER
 }
 
 /// The fields of one IPv6 packet that conntrack and NAT66 work on.
@@ -193,7 +223,6 @@ fn parse(ctx: &TcContext, packet: &mut Packet6) -> Result<(), u32> {
         proto: walked as u8,
         off: ((walked >> 8) & 0xffff) as usize,
         fragment: walked & (1 << 24) != 0,
-        untranslatable: false,
     };
     packet.key = Ct6Key {
         saddr,

@@ -1007,15 +1007,22 @@ fn nat66_translates_packets_with_hop_by_hop_and_destination_options() {
         outcome::DROP_UNTRANSLATABLE,
         "a Routing header",
     );
+    // Three headers are walked (as many as a packet carries: Hop-by-Hop, Destination
+    // Options, Fragment); a fourth is past the bound.
     let mut deep = udp(EP, 5000, SERVER, 53);
-    for _ in 0..7 {
+    for _ in 0..3 {
         deep = with_ext(&deep, DEST_OPTS);
+    }
+    translated(&mut dp, EGRESS, &deep, outcome::SNAT);
+    let mut deeper = udp(EP, 5001, SERVER, 53);
+    for _ in 0..4 {
+        deeper = with_ext(&deeper, DEST_OPTS);
     }
     dropped(
         &mut dp,
         EGRESS,
-        &deep,
+        &deeper,
         outcome::DROP_EXT_HEADER,
-        "seven extension headers",
+        "four extension headers",
     );
 }
