@@ -559,9 +559,10 @@ fn verify(name: &str, program: &mut Program) -> Result<()> {
     let instructions = program
         .info()
         .ok()
-        .and_then(|info| info.verified_instruction_count());
+        .and_then(|info| info.verified_instruction_count())
+        .map_or_else(|| "?".to_owned(), |n| n.to_string());
     tracing::debug!(
-        "program {name} verified in {:?} ({instructions:?} instructions walked)",
+        "program {name} verified in {:?} ({instructions} instructions walked)",
         started.elapsed()
     );
     Ok(())
