@@ -35,6 +35,13 @@ pub fn echo_once(netns: &str, bind: &str) -> std::thread::JoinHandle<SocketAddr>
     })
 }
 
+/// The address an echo server in `server_ns` saw for a round trip from `client_ns` to `to`.
+pub fn seen(server_ns: &str, bind: &str, client_ns: &str, to: &str) -> std::net::IpAddr {
+    let server = echo_once(server_ns, bind);
+    roundtrip(client_ns, to);
+    server.join().unwrap().ip()
+}
+
 /// Connects from `netns` to `to` and checks one echo, leaving the connection open while the
 /// stream lives: a check of a live flow cannot race its expiry (a closed one goes in seconds).
 pub fn open_roundtrip(netns: &str, to: &str) -> TcpStream {

@@ -13,7 +13,7 @@
 //! plugin's bookkeeping.
 use std::{
     io::{Read as _, Write as _},
-    net::{IpAddr, SocketAddr, TcpStream},
+    net::{SocketAddr, TcpStream},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -25,16 +25,9 @@ use bridgenet_tests::{
     cluster::{Cluster, OUTSIDE, OUTSIDE6, node_addr, node_addr6, pod_cidr, pod_cidr6},
     control::Stop,
     topology::enter,
-    traffic::{TIMEOUT, echo_once, roundtrip},
+    traffic::{TIMEOUT, echo_once, seen},
 };
 use serde_json::json;
-
-/// The address an echo server in `server_ns` saw for a round trip from `client_ns` to `to`.
-fn seen(server_ns: &str, bind: &str, client_ns: &str, to: &str) -> IpAddr {
-    let server = echo_once(server_ns, bind);
-    roundtrip(client_ns, to);
-    server.join().unwrap().ip()
-}
 
 /// A connection from `client_ns` to `to` that exchanges a byte every 10 ms until stopped;
 /// any error (a reset, a timeout) is counted.

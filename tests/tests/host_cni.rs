@@ -2,12 +2,16 @@
 //! per container), against a daemon in the control lab. Host kernel only: the protocol and
 //! the daemon's bookkeeping do not depend on the kernel, and the matrix covers the datapath
 //! that the endpoints use.
-use std::{net::Ipv4Addr, process::Command, time::Duration};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    process::Command,
+    time::Duration,
+};
 
 use bridgenet_tests::{
     cni::{self, Answer, attachment},
     control::{ControlLab, Stop, UPLINK6, WORLD6},
-    traffic::{echo_once, roundtrip, roundtrip_within},
+    traffic::{echo_once, roundtrip, roundtrip_within, seen},
 };
 use serde_json::{Value, json};
 
@@ -389,21 +393,18 @@ fn a_dual_stack_network_through_cni() {
     );
 
     // In over IPv6 and over IPv4, each with the client's own address.
-    let server = echo_once(&ns1, "[::]:80");
-    roundtrip(&world, &format!("[{UPLINK6}]:8080"));
     assert_eq!(
-        server.join().unwrap().ip(),
-        WORLD6.parse::<std::net::IpAddr>().unwrap()
+        seen(&ns1, "[::]:80", &world, &format!("[{UPLINK6}]:8080")),
+        WORLD6.parse::<IpAddr>().unwrap()
     );
-    let server = echo_once(&ns1, "0.0.0.0:80");
-    roundtrip(&world, "198.18.0.2:8080");
-    assert_eq!(server.join().unwrap().ip(), Ipv4Addr::new(198, 18, 0, 1));
-    // Out over IPv6, masqueraded with the uplink's address.
-    let server = echo_once(&world, "[::]:9000");
-    roundtrip(&ns1, &format!("[{WORLD6}]:9000"));
     assert_eq!(
-        server.join().unwrap().ip(),
-        UPLINK6.parse::<std::net::IpAddr>().unwrap()
+        seen(&ns1, "0.0.0.0:80", &world, "198.18.0.2:8080"),
+        Ipv4Addr::new(198, 18, 0, 1)
+    );
+    // Out over IPv6, masqueraded with the uplink's address.
+    assert_eq!(
+        seen(&world, "[::]:9000", &ns1, &format!("[{WORLD6}]:9000")),
+        UPLINK6.parse::<IpAddr>().unwrap()
     );
 
     // CHECK with ADD's result passes; the container's IPv6 address removed, it fails.
@@ -523,17 +524,13 @@ fn an_ipv6_only_network_through_cni() {
     assert_eq!(network["subnet6"], "2001:db8:14::/64");
 
     // In over IPv6 with the client's address; out masqueraded with the uplink's.
-    let server = echo_once(&ns1, "[::]:80");
-    roundtrip(&world, &format!("[{UPLINK6}]:8080"));
     assert_eq!(
-        server.join().unwrap().ip(),
-        WORLD6.parse::<std::net::IpAddr>().unwrap()
+        seen(&ns1, "[::]:80", &world, &format!("[{UPLINK6}]:8080")),
+        WORLD6.parse::<IpAddr>().unwrap()
     );
-    let server = echo_once(&world, "[::]:9000");
-    roundtrip(&ns1, &format!("[{WORLD6}]:9000"));
     assert_eq!(
-        server.join().unwrap().ip(),
-        UPLINK6.parse::<std::net::IpAddr>().unwrap()
+        seen(&world, "[::]:9000", &ns1, &format!("[{WORLD6}]:9000")),
+        UPLINK6.parse::<IpAddr>().unwrap()
     );
     let mut checked = only6.clone();
     checked["prevResult"] = result.clone();

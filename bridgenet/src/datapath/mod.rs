@@ -555,16 +555,19 @@ fn verify(name: &str, program: &mut Program) -> Result<()> {
         Program::CgroupSockAddr(hook) => hook.load()?,
         _ => bail!("not a TC, XDP or cgroup program"),
     }
-    // What the verifier walked: the cost of a daemon start, per program.
-    let instructions = program
-        .info()
-        .ok()
-        .and_then(|info| info.verified_instruction_count())
-        .map_or_else(|| "?".to_owned(), |n| n.to_string());
-    tracing::debug!(
-        "program {name} verified in {:?} ({instructions} instructions walked)",
-        started.elapsed()
-    );
+    // What the verifier walked: the cost of a daemon start, per program. Asking the kernel
+    // is a system call per program, made only when the log shows the answer.
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let instructions = program
+            .info()
+            .ok()
+            .and_then(|info| info.verified_instruction_count())
+            .map_or_else(|| "?".to_owned(), |n| n.to_string());
+        tracing::debug!(
+            "program {name} verified in {:?} ({instructions} instructions walked)",
+            started.elapsed()
+        );
+    }
     Ok(())
 }
 
