@@ -4,7 +4,8 @@
 //! endpoint's network, with a port that makes the reply tuple unique: the reply goes to that
 //! gateway, which the target's own isolation check allows, and its entry translates it back.
 //! Both directions then go straight to the destination's bridge (fastpath): their source is a
-//! host address, which the stack drops as a martian on a forwarded packet.
+//! host address, which the stack drops as a martian on a forwarded packet. ICMP errors about a
+//! hairpin flow are translated for the other side and go the same way.
 use aya_ebpf::programs::TcContext;
 use bridgenet_common::{
     CtKey, PublishKey, PublishTarget, action, direction, embryo_ring, network_flags, outcome,
@@ -13,9 +14,9 @@ use bridgenet_common::{
 
 use crate::{
     conntrack::{self, CONNTRACK, InsertError},
-    fastpath, monitor,
+    fastpath, icmp, monitor,
     nat::{self, PUBLISH},
-    parse::{Packet, Parsed, TCP, UDP, parse},
+    parse::{Inner, Packet, Parsed, TCP, UDP, parse},
 };
 
 /// Sends a translated hairpin packet straight to its destination's bridge.
@@ -38,13 +39,19 @@ pub fn translate(ctx: &mut TcContext, checked: u32) -> u32 {
         return checked;
     };
     let key = packet.key;
-    if packet.fragment || (key.proto != TCP && key.proto != UDP) {
+    if packet.fragment {
         return checked;
     }
     // Both directions go to a host address: the forward one to where the port is published,
     // the reply to the target's gateway.
     let gateway = matches!(nat::subnet_of(key.daddr), Some(s) if s.gateway == key.daddr);
     if !gateway && !nat::is_host_addr(key.daddr) {
+        return checked;
+    }
+    if let Some(inner) = &packet.inner {
+        return error(ctx, packet, inner, checked);
+    }
+    if key.proto != TCP && key.proto != UDP {
         return checked;
     }
     if let Some(result) = tracked(ctx, packet) {
@@ -63,6 +70,35 @@ pub fn translate(ctx: &mut TcContext, checked: u32) -> u32 {
         // Another network's gateway, not published: isolated. A host address: the host's.
         None => checked,
     }
+}
+
+/// An ICMP error about a hairpin flow (port unreachable, fragmentation needed), which the
+/// endpoint the quoted packet reached sends back to the host address it came from: it becomes
+/// the error the other side expects, about the packet that side sent, from the address that
+/// side sent it to. `checked` when it quotes no hairpin flow.
+#[inline(always)]
+fn error(ctx: &mut TcContext, packet: &Packet, inner: &Inner, checked: u32) -> u32 {
+    let quoted = inner.key;
+    // From where the quoted packet went, to where it came from: an endpoint cannot forge an
+    // error about another endpoint's flow.
+    if packet.key.saddr != quoted.daddr || packet.key.daddr != quoted.saddr {
+        return checked;
+    }
+    // The quoted packet went the other way: its reverse is the sender's own entry, whose peer
+    // is the packet the other side sent.
+    let Some(entry) = (unsafe { CONNTRACK.get(quoted.reversed()) }) else {
+        return checked;
+    };
+    if entry.action != action::HAIRPIN {
+        return checked;
+    }
+    let result = if entry.direction == direction::ORIGINAL {
+        outcome::DNAT
+    } else {
+        outcome::SNAT
+    };
+    let peer = entry.peer;
+    icmp::rewrite_quoting(ctx, packet, inner, &peer, result)
 }
 
 /// The port published where the packet goes: on its address, or on any host address (an

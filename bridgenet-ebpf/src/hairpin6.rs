@@ -3,8 +3,9 @@
 //! gateway), as `hairpin` does for IPv4. On the sender's veth the destination becomes the
 //! published endpoint and the source the IPv6 gateway of that endpoint's network, with a port
 //! that makes the reply tuple unique; the reply's entry translates it back on the target's
-//! veth. Unlike IPv4, the stack forwards both directions as they are: IPv6 forwarding drops no
-//! packet for having a host address as its source.
+//! veth; ICMPv6 errors about a hairpin flow are translated for the other side. Unlike IPv4,
+//! the stack forwards both directions as they are: IPv6 forwarding drops no packet for having
+//! a host address as its source.
 use aya_ebpf::programs::TcContext;
 use bridgenet_common::{
     Ct6Key, Publish6Target, action, direction, embryo_ring, network_flags, outcome, program_id,
@@ -41,6 +42,9 @@ pub fn translate(ctx: &mut TcContext, checked: u32) -> u32 {
     }
     let packet = &scratch.packet;
     let proto = packet.key.proto;
+    if packet.error {
+        return error(ctx, scratch, checked);
+    }
     if packet.fragment || (proto != TCP && proto != UDP) {
         return checked;
     }
@@ -58,6 +62,35 @@ pub fn translate(ctx: &mut TcContext, checked: u32) -> u32 {
         monitor::flow_opened6(ctx, program_id::ENDPOINT_INGRESS, result, &scratch.packet);
     }
     result
+}
+
+/// An ICMPv6 error about a hairpin flow (port unreachable, packet too big), which the endpoint
+/// the quoted packet reached sends back to the host address it came from: it becomes the error
+/// the other side expects, as in `hairpin::error`. `checked` when it quotes no hairpin flow.
+#[inline(always)]
+fn error(ctx: &mut TcContext, scratch: &mut Scratch6, checked: u32) -> u32 {
+    let Scratch6 { packet, reply, .. } = scratch;
+    let quoted = &packet.inner.key;
+    // From where the quoted packet went, to where it came from: an endpoint cannot forge an
+    // error about another endpoint's flow.
+    if packet.key.saddr != quoted.daddr || packet.key.daddr != quoted.saddr {
+        return checked;
+    }
+    // The quoted packet went the other way: its reverse is the sender's own entry, whose peer
+    // is the packet the other side sent.
+    let Some(entry) = CONNTRACK6.get_ptr(quoted.reversed()) else {
+        return checked;
+    };
+    if unsafe { (*entry).track.action } != action::HAIRPIN {
+        return checked;
+    }
+    let result = if unsafe { (*entry).track.direction } == direction::ORIGINAL {
+        outcome::DNAT
+    } else {
+        outcome::SNAT
+    };
+    *reply = unsafe { (*entry).peer };
+    nat6::rewrite_quoting(ctx, packet, reply, result)
 }
 
 /// Translates a packet of a tracked hairpin flow; None when the packet has no hairpin entry.

@@ -5,7 +5,7 @@
 //! in the packet) and the ICMP checksum over all of it. This is what lets path MTU discovery
 //! work through masquerade and published ports.
 use aya_ebpf::programs::TcContext;
-use bridgenet_common::{CtEntry, action, outcome};
+use bridgenet_common::{CtEntry, CtKey, action, outcome};
 
 use crate::{
     conntrack,
@@ -46,6 +46,28 @@ pub fn translate(ctx: &mut TcContext, packet: &Packet, inner: &Inner) -> Verdict
         Ok(()) if act == action::SNAT => Verdict::Done(outcome::SNAT),
         Ok(()) => Verdict::Done(outcome::DNAT),
         Err(_) => Verdict::Done(outcome::DROP_REWRITE_FAILED),
+    }
+}
+
+/// Rewrites an ICMP error so that it quotes `quoted` (a packet as its sender sent it) and goes
+/// from that packet's destination back to its source: `result`, or DROP_REWRITE_FAILED. For
+/// hairpin, whose flows are translated on both sides.
+// A BPF subprogram of its own: the hairpin stage's frame holds the parsed packet already.
+#[inline(never)]
+pub fn rewrite_quoting(
+    ctx: &mut TcContext,
+    packet: &Packet,
+    inner: &Inner,
+    quoted: &CtKey,
+    result: u32,
+) -> u32 {
+    // Each call rewrites one side (outer source and quoted destination, then outer destination
+    // and quoted source), reading only that side's old values.
+    match rewrite(ctx, packet, inner, true, quoted.daddr, quoted.dport)
+        .and_then(|()| rewrite(ctx, packet, inner, false, quoted.saddr, quoted.sport))
+    {
+        Ok(()) => result,
+        Err(_) => outcome::DROP_REWRITE_FAILED,
     }
 }
 

@@ -582,6 +582,23 @@ fn translate_error(ctx: &mut TcContext, packet: &Packet6, inner: &Inner6) -> u32
     }
 }
 
+/// Rewrites an ICMPv6 error so that it quotes `quoted` (a packet as its sender sent it) and
+/// goes from that packet's destination back to its source: `result`, or DROP_REWRITE_FAILED.
+/// For hairpin, whose flows are translated on both sides.
+// A BPF subprogram of its own, as translate_error.
+#[inline(never)]
+pub fn rewrite_quoting(ctx: &mut TcContext, packet: &Packet6, quoted: &Ct6Key, result: u32) -> u32 {
+    let inner = &packet.inner;
+    // Each call rewrites one side (outer source and quoted destination, then outer destination
+    // and quoted source), reading only that side's old values.
+    match rewrite_error(ctx, packet, inner, true, &quoted.daddr, quoted.dport)
+        .and_then(|()| rewrite_error(ctx, packet, inner, false, &quoted.saddr, quoted.sport))
+    {
+        Ok(()) => result,
+        Err(_) => outcome::DROP_REWRITE_FAILED,
+    }
+}
+
 /// `snat`: the outer source and the quoted destination become `addr` (and the quoted
 /// destination port `port`); else the outer destination and the quoted source. The ICMPv6
 /// checksum covers the outer addresses (pseudo-header) and the whole quote, whose own

@@ -637,8 +637,9 @@ fn the_hosts_ipv6_sockets_reach_ports_published_on_ipv6_through_its_own_addresse
 /// Hairpin over IPv6, as Docker 27's rules allow it: an endpoint reaches a port published on
 /// IPv6 (its own, a sibling's, another network's) through the uplink's IPv6 address or a
 /// gateway's, TCP and UDP; the endpoint sees its own network's IPv6 gateway, the client the
-/// address and port it used; unpublishing revokes the flows. An endpoint of an internal
-/// network reaches no published port of another network.
+/// address and port it used; ICMPv6 errors about those flows reach the other side (UDP is
+/// refused by a closed port either way); unpublishing revokes the flows. An endpoint of an
+/// internal network reaches no published port of another network.
 #[test]
 fn endpoints_reach_ports_published_on_ipv6_through_host_addresses() {
     let (mut lab, web, _world) = lab_web("5353:53/udp");
@@ -699,6 +700,37 @@ fn endpoints_reach_ports_published_on_ipv6_through_host_addresses() {
         lab.stat("endpoint_ingress", "dnat") >= 10,
         "hairpin flows counted"
     );
+    // ICMPv6 errors about hairpin flows reach the other side: a client of the port while
+    // nothing listens on it is refused, and so is a server answering a client gone meanwhile.
+    let refused = |err: std::io::Error| {
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    };
+    let mut buf = [0u8; 16];
+    let client = enter(&e2, || sockets::udp_socket("[::]:0"));
+    client.connect(format!("[{UPLINK6}]:5353")).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    client.send(b"ping").unwrap();
+    refused(
+        client
+            .recv(&mut buf)
+            .expect_err("nothing listens on web's 53"),
+    );
+    let server = enter(&web, || sockets::udp_socket("[::]:53"));
+    server
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    client.send(b"ping").unwrap();
+    let (_, peer) = server
+        .recv_from(&mut buf)
+        .expect("the datagram reaches web");
+    drop(client);
+    server.connect(peer).unwrap();
+    server.send(b"late").unwrap();
+    refused(server.recv(&mut buf).expect_err("the client has gone"));
+    drop(server);
+
     // A live hairpin flow is listed, and unpublishing revokes it.
     let udp = enter(&e4, || sockets::udp_socket("[::]:0"));
     let _sink = enter(&web, || sockets::udp_socket("[::]:53"));

@@ -166,6 +166,43 @@ fn an_endpoint_reaches_a_siblings_published_ports() {
     assert_eq!(peer, GW1);
 }
 
+/// ICMP errors about hairpin flows reach the other side, as under Docker's rules: a UDP
+/// client of a sibling's published port where nothing listens is refused, and so is a server
+/// that answers a client gone meanwhile.
+#[test]
+fn udp_through_hairpin_is_refused_by_a_closed_port_on_either_side() {
+    use std::io::ErrorKind;
+    let lab = lab(true);
+    let client = |lab: &Lab| {
+        let sock = lab.topo.ns("a").enter(|| {
+            let sock = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+            sock.connect(format!("{UPLINK}:5354")).unwrap();
+            sock
+        });
+        sock.set_read_timeout(Some(TIMEOUT)).unwrap();
+        sock
+    };
+    let mut buf = [0u8; 16];
+    // Nothing listens on b:53.
+    let sock = client(&lab);
+    sock.send(b"ping").unwrap();
+    let err = sock
+        .recv(&mut buf)
+        .expect_err("no answer from a closed port");
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+
+    let server = lab.topo.ns("b").enter(|| sockets::udp_socket("0.0.0.0:53"));
+    server.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let sock = client(&lab);
+    sock.send(b"ping").unwrap();
+    let (_, peer) = server.recv_from(&mut buf).expect("the datagram reaches b");
+    drop(sock);
+    server.connect(peer).unwrap();
+    server.send(b"late").unwrap();
+    let err = server.recv(&mut buf).expect_err("the client has gone");
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+}
+
 #[test]
 fn another_network_reaches_published_ports_but_nothing_else() {
     let lab = lab(true);

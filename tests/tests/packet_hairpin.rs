@@ -313,3 +313,98 @@ fn without_a_route_to_the_target_the_translated_packet_takes_the_normal_path() {
         0
     );
 }
+
+/// ICMP errors about a hairpin flow reach the other side translated, as conntrack's RELATED
+/// translation does under Docker's rules: b's error about what it received goes to a from the
+/// address a used and quotes what a sent (the whole TCP header, or only 8 bytes of it); a's
+/// error about b's reply goes to b from its gateway and quotes what b sent. Every checksum
+/// stays right. An endpoint cannot send an error about another's flow.
+#[test]
+fn icmp_errors_about_a_hairpin_flow_reach_the_other_side_translated() {
+    use etherparse::{Icmpv4Type, icmpv4::DestUnreachableHeader};
+    let mut lab = lab(true);
+    let syn = tcp(A, 40000, HOST, 8081, true);
+    let out = send(&mut lab, A, &syn);
+    assert_eq!(out.action, TC_ACT_REDIRECT);
+    let received = out.frame;
+    let port = packet::inspect(&received).sport;
+    assert_eq!(
+        tuple(&packet::inspect(&received)),
+        (GW1, port, B, 80),
+        "a to b's port through the uplink's address"
+    );
+    let stat = |lab: &Lab, o| lab.dp.stat(program_id::ENDPOINT_INGRESS, o).unwrap();
+
+    let frag_needed =
+        Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
+            next_hop_mtu: 1400,
+        });
+    for l4_bytes in [None, Some(8)] {
+        let quote = packet::ip_packet(&received, l4_bytes);
+        let error = packet::icmp_error_frame(B, GW1, frag_needed.clone(), &quote);
+        let snat = stat(&lab, outcome::SNAT);
+        let back = send(&mut lab, B, &error);
+        assert_eq!(back.action, TC_ACT_REDIRECT, "to a's bridge ({l4_bytes:?})");
+        let outer = packet::inspect(&back.frame);
+        assert_eq!(
+            (outer.src, outer.dst),
+            (HOST, A),
+            "from where a sent to, to a"
+        );
+        assert_eq!(
+            back.frame[14 + 20 + 6..14 + 20 + 8],
+            1400u16.to_be_bytes(),
+            "the MTU kept"
+        );
+        let quoted = packet::inspect_quoted(&back.frame, l4_bytes.is_none());
+        assert_eq!(
+            tuple(&quoted),
+            (A, 40000, HOST, 8081),
+            "quoting what a sent"
+        );
+        assert_eq!(
+            stat(&lab, outcome::SNAT),
+            snat + 1,
+            "counted as b's replies"
+        );
+    }
+
+    // b answers; a's error about that answer goes back to b.
+    let syn_ack = packet::tcp_frame(B, 80, GW1, port, true, true, b"");
+    let answer = send(&mut lab, B, &syn_ack);
+    assert_eq!(
+        tuple(&packet::inspect(&answer.frame)),
+        (HOST, 8081, A, 40000)
+    );
+    let unreachable = Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port);
+    let quote = packet::ip_packet(&answer.frame, None);
+    let error = packet::icmp_error_frame(A, HOST, unreachable.clone(), &quote);
+    let dnat = stat(&lab, outcome::DNAT);
+    let back = send(&mut lab, A, &error);
+    assert_eq!(back.action, TC_ACT_REDIRECT, "to b's bridge");
+    let outer = packet::inspect(&back.frame);
+    assert_eq!((outer.src, outer.dst), (GW1, B), "from b's gateway, to b");
+    assert_eq!(
+        tuple(&packet::inspect_quoted(&back.frame, true)),
+        (B, 80, GW1, port),
+        "quoting what b sent"
+    );
+    assert_eq!(
+        stat(&lab, outcome::DNAT),
+        dnat + 1,
+        "counted as a's packets"
+    );
+
+    // a forging b's error about b's flow, and b's error sent elsewhere than where the packet
+    // came from: left as they are, for the host, which has no such flow.
+    let forged = packet::icmp_error_frame(
+        A,
+        GW1,
+        unreachable.clone(),
+        &packet::ip_packet(&received, None),
+    );
+    passed_untouched(&mut lab, A, &forged);
+    let astray =
+        packet::icmp_error_frame(B, HOST, unreachable, &packet::ip_packet(&received, None));
+    passed_untouched(&mut lab, B, &astray);
+}

@@ -702,13 +702,9 @@ const ENDPOINT: (&str, u32) = (programs::ENDPOINT_INGRESS, program_id::ENDPOINT_
 /// Network 1's IPv6 gateway.
 const GATEWAY1: &str = "2001:db8:1::1";
 
-/// Hairpin over IPv6 on the endpoint's veth: EP reaches its own port published on `::` through
-/// the uplink's IPv6 address (TCP) and through its gateway (UDP). The forward packets reach EP
-/// from its network's gateway with a port of the flow's own, the replies go back from the
-/// address and port EP used, every checksum right; a port not published is the host's,
-/// untouched; unpublishing revokes the flows.
-#[test]
-fn an_endpoint_reaches_its_own_port_published_on_ipv6_through_host_addresses() {
+/// EP on the test runs' device, with the uplink's IPv6 address; TCP 8080 and UDP 5353
+/// published on `::` to EP's 80 and 53.
+fn hairpin_datapath() -> Datapath {
     use bridgenet::datapath::Proto;
     let mut dp = datapath(true, 1000);
     let ep: Ipv6Addr = EP.parse().unwrap();
@@ -721,6 +717,77 @@ fn an_endpoint_reaches_its_own_port_published_on_ipv6_through_host_addresses() {
     let any = Ipv6Addr::UNSPECIFIED;
     dp.publish6(Proto::Tcp, any, 8080, ep, 80).unwrap();
     dp.publish6(Proto::Udp, any, 5353, ep, 53).unwrap();
+    dp
+}
+
+/// ICMPv6 errors about a hairpin flow reach the other side translated: EP's error (as the
+/// server) about what it received goes back from the address the client used, quoting what
+/// the client sent; its error (as the client) about the answer goes to the server from its
+/// gateway, quoting what the server sent. Every checksum stays right; an error sent elsewhere
+/// than where the quoted packet came from is left as it is.
+#[test]
+fn icmpv6_errors_about_a_hairpin_flow_reach_the_other_side_translated() {
+    let mut dp = hairpin_datapath();
+    let query = udp(EP, 40000, UPLINK, 5353);
+    let received = translated(&mut dp, ENDPOINT, &query, outcome::DNAT);
+    let port = inspect(&received).sport;
+    assert_eq!(inspect(&received), seen(GATEWAY1, port, EP, 53));
+    let quote = |frame: &[u8]| inspect(&[&frame[..14], &frame[14 + 40 + 8..]].concat());
+
+    let error = packet_too_big(EP, GATEWAY1, &received[14..]);
+    let out = translated(&mut dp, ENDPOINT, &error, outcome::SNAT);
+    let outer = inspect(&out);
+    assert_eq!(
+        (outer.src, outer.dst),
+        (UPLINK.parse().unwrap(), EP.parse().unwrap()),
+        "from where the client sent to, to the client"
+    );
+    assert_eq!(out[14 + 40 + 4..14 + 40 + 8], [0, 0, 5, 0], "the MTU kept");
+    assert_eq!(
+        quote(&out),
+        seen(EP, 40000, UPLINK, 5353),
+        "what the client sent"
+    );
+
+    let answer = translated(
+        &mut dp,
+        ENDPOINT,
+        &udp(EP, 53, GATEWAY1, port),
+        outcome::SNAT,
+    );
+    assert_eq!(inspect(&answer), seen(UPLINK, 5353, EP, 40000));
+    let error = packet_too_big(EP, UPLINK, &answer[14..]);
+    let out = translated(&mut dp, ENDPOINT, &error, outcome::DNAT);
+    let outer = inspect(&out);
+    assert_eq!(
+        (outer.src, outer.dst),
+        (GATEWAY1.parse().unwrap(), EP.parse().unwrap()),
+        "from the server's gateway, to the server"
+    );
+    assert_eq!(
+        quote(&out),
+        seen(EP, 53, GATEWAY1, port),
+        "what the server sent"
+    );
+
+    let astray = packet_too_big(EP, UPLINK, &received[14..]);
+    let out = packet::run_tc(&mut dp, ENDPOINT.0, &astray, 1).unwrap();
+    assert_eq!(
+        (out.action, out.frame),
+        (TC_ACT_OK, astray),
+        "left as it is"
+    );
+}
+
+/// Hairpin over IPv6 on the endpoint's veth: EP reaches its own port published on `::` through
+/// the uplink's IPv6 address (TCP) and through its gateway (UDP). The forward packets reach EP
+/// from its network's gateway with a port of the flow's own, the replies go back from the
+/// address and port EP used, every checksum right; a port not published is the host's,
+/// untouched; unpublishing revokes the flows.
+#[test]
+fn an_endpoint_reaches_its_own_port_published_on_ipv6_through_host_addresses() {
+    let mut dp = hairpin_datapath();
+    let ep: Ipv6Addr = EP.parse().unwrap();
 
     let syn = tcp(EP, 50000, UPLINK, 8080, "S", 7000, 0);
     let forward = inspect(&translated(&mut dp, ENDPOINT, &syn, outcome::DNAT));
@@ -761,7 +828,13 @@ fn an_endpoint_reaches_its_own_port_published_on_ipv6_through_host_addresses() {
     );
 
     let revoked = dp
-        .revoke6(conntrack::uses_mapping6(6, any, 8080, ep, 80))
+        .revoke6(conntrack::uses_mapping6(
+            6,
+            Ipv6Addr::UNSPECIFIED,
+            8080,
+            ep,
+            80,
+        ))
         .unwrap();
     assert_eq!((revoked.flows, revoked.entries), (1, 2), "unpublished");
     assert_eq!(entries6(&mut dp), 2);
