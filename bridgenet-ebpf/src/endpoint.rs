@@ -22,8 +22,8 @@ const ARP_SHA_OFF: usize = EthHdr::LEN + 8;
 const ARP_SPA_OFF: usize = EthHdr::LEN + 14;
 
 /// The outcome, and for an IPv4 packet that passed to an address outside the managed
-/// subnets, its network's gateway (else 0): the fast path out takes only what is sent to the
-/// gateway's MAC.
+/// subnets, or an IPv6 packet that passed, its network's (IPv4) gateway (else 0): the fast
+/// path out takes only what is sent to the gateway's MAC.
 #[inline(always)]
 pub fn check(ctx: &TcContext) -> (u32, u32) {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
@@ -39,7 +39,14 @@ pub fn check(ctx: &TcContext) -> (u32, u32) {
     }
     let ether_type = eth.ether_type;
     if ether_type == parse6::ETH_P_IPV6 {
-        return (endpoint6::check(ctx, ifindex, ep, &eth.dst_addr), 0);
+        let result = endpoint6::check(ctx, ifindex, ep, &eth.dst_addr);
+        // The gateway names the bridge's MAC for the fast path out, which asks the FIB
+        // whether the destination is outside (an IPv6-only network's bridge has no such MAC).
+        let gateway = match nat::subnet_of(ep.addr) {
+            Some(own) if result == outcome::PASSED => own.gateway,
+            _ => 0,
+        };
+        return (result, gateway);
     }
     // An endpoint of an IPv6-only network (no IPv4 address) sends neither ARP nor IPv4.
     if ep.addr == 0 {

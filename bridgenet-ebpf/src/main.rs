@@ -175,10 +175,12 @@ pub fn uplink_ingress(mut ctx: TcContext) -> i32 {
         Parsed::Malformed(header) => (uplink_ingress_malformed(header), true),
         Parsed::Ipv4(packet) => (uplink_ingress_ipv4(&mut ctx, &packet), true),
     };
-    // The fast path routes IPv4 only.
-    if ipv4
-        && result == outcome::DNAT
-        && let Some((action, path)) = fastpath::redirect(&mut ctx, false)
+    if result == outcome::DNAT
+        && let Some((action, path)) = if ipv4 {
+            fastpath::redirect(&mut ctx, false)
+        } else {
+            fastpath::redirect6(&mut ctx)
+        }
     {
         stats::count(program_id::UPLINK_INGRESS, path);
         stats::count(program_id::UPLINK_INGRESS, result);

@@ -242,6 +242,13 @@ fn ipv6_leaves_a_network_masqueraded_with_the_uplink_address() {
     );
 
     // TCP: the world sees the uplink's address, not e1's.
+    let fast = |lab: &ControlLab| {
+        (
+            lab.stat("endpoint_ingress", "fast_path"),
+            lab.stat("uplink_ingress", "fast_path_peer"),
+        )
+    };
+    let (out_before, in_before) = fast(&lab);
     let server = echo_once(&world, "[2001:db8:ff::1]:7000");
     roundtrip(&e1, "[2001:db8:ff::1]:7000");
     let client = server.join().unwrap();
@@ -275,6 +282,14 @@ fn ipv6_leaves_a_network_masqueraded_with_the_uplink_address() {
 
     assert!(lab.stat("uplink_egress", "snat") > 0);
     assert!(lab.stat("uplink_ingress", "dnat") > 0);
+    // Once the host knows both neighbours (the ping), e1's packets go straight to the uplink
+    // and the replies straight into e1's namespace.
+    let (out_after, in_after) = fast(&lab);
+    assert!(
+        out_after > out_before && in_after > in_before,
+        "IPv6 took both fast paths: {}",
+        lab.ok(&["stats"])
+    );
     // `ct ls` lists the IPv6 flows, the reply direction to the uplink's address.
     let udp = lab.ok(&["ct", "ls", "--endpoint", "e1", "--proto", "udp"]);
     assert!(
@@ -527,14 +542,21 @@ fn ports_published_on_ipv6_reach_a_dual_stack_endpoint_with_the_clients_address(
         "7002/tcp -> 0.0.0.0:8080\n7002/tcp -> [::]:8080\n53/udp -> [::]:5353\n"
     );
 
-    // TCP over IPv6 to the uplink's address: the endpoint sees the world's address.
+    // TCP over IPv6 to the uplink's address: the endpoint sees the world's address, and once
+    // the host knows the endpoint's neighbour entry the packets go straight into its namespace.
+    let peer_path = lab.stat("uplink_ingress", "fast_path_peer");
     let server = echo_once(&web, "[::]:7002");
-    roundtrip(&world, &format!("[{UPLINK6}]:8080"));
+    roundtrip_data(&world, &format!("[{UPLINK6}]:8080"), &[7; 100_000]);
     let client = server.join().unwrap();
     assert_eq!(
         client.ip(),
         WORLD6.parse::<IpAddr>().unwrap(),
         "the client keeps its IPv6 address"
+    );
+    assert!(
+        lab.stat("uplink_ingress", "fast_path_peer") > peer_path,
+        "IPv6 took the fast path into the endpoint: {}",
+        lab.ok(&["stats"])
     );
     // And over IPv4, the same mapping.
     let server = echo_once(&web, "0.0.0.0:7002");

@@ -2,7 +2,8 @@
 //! straight into its endpoint's namespace (bpf_redirect_peer) when the FIB routes it to that
 //! endpoint's bridge and knows its MAC; to the bridge (bpf_redirect_neigh) when the endpoint
 //! has no peer entry or the FIB routes its address elsewhere; through the stack when the
-//! neighbour is unknown.
+//! neighbour is unknown. The same for IPv6 (`redirect6`), whose peer is named by the next hop's
+//! MAC.
 //!
 //! The programs run in a namespace with two bridges (no ports), forwarding on, and a
 //! permanent neighbour entry for the endpoint when a test wants the MAC known.
@@ -341,4 +342,311 @@ fn what_the_fast_path_out_must_not_take_goes_the_normal_way() {
         .ip(&["link", "set", "uplink0", "mtu", "1280"]);
     let big = packet::tcp_frame(EP1, 40000, SERVER, 7000, false, true, &[0; 1300]);
     lab.normal(GATEWAY_MAC, &big);
+}
+
+/// The fast path into endpoints for IPv6 (`redirect6`): a namespace with br1 (2001:db8:1::1/64,
+/// IPv6 forwarding on) and, when a test wants it, a neighbour entry for EP1's IPv6 address
+/// with the MAC bridgenet gives EP1 (02:42 and its IPv4 address), which names it in
+/// `ENDPOINT_PEERS`; TCP 8080 published on `::` to `[EP1_6]:80`.
+struct Lab6 {
+    /// Dropped before the namespace.
+    dp: Datapath,
+    topo: Topology,
+}
+
+const EP1_6: &str = "2001:db8:1::2";
+const UPLINK6: &str = "2001:db8:ff::2";
+const CLIENT6: &str = "2001:db8:ff:2::7";
+const EP1_MAC_DOCKER: [u8; 6] = [0x02, 0x42, 172, 17, 0, 2];
+
+impl Lab6 {
+    fn new(known: bool) -> Self {
+        use bridgenet::datapath::{GatewayMode, NetworkOptions, Proto};
+        bridgenet_tests::require_root();
+        let mut topo = Topology::new();
+        // IPv6 on (new namespaces may inherit it off), the address usable at once (no DAD).
+        topo.netns("host")
+            .sysctl("host", "net.ipv6.conf.all.disable_ipv6", "0")
+            .sysctl("host", "net.ipv6.conf.default.disable_ipv6", "0")
+            .sysctl("host", "net.ipv6.conf.default.accept_dad", "0")
+            .bridge("host", "br1")
+            .addr("host", "br1", "2001:db8:1::1/64")
+            .sysctl("host", "net.ipv6.conf.all.forwarding", "1");
+        if known {
+            let mac = EP1_MAC_DOCKER.map(|b| format!("{b:02x}")).join(":");
+            topo.ns("host").ip(&[
+                "-6",
+                "neigh",
+                "replace",
+                EP1_6,
+                "lladdr",
+                &mac,
+                "dev",
+                "br1",
+                "nud",
+                "permanent",
+            ]);
+        }
+        let mut dp = Datapath::load().expect("loading the datapath");
+        let options = NetworkOptions {
+            id: 1,
+            gateway: Ipv4Addr::new(172, 17, 0, 1),
+            masquerade: true,
+            icc: true,
+            internal: false,
+            gateway_mode: GatewayMode::Nat,
+        };
+        dp.add_network6(
+            "2001:db8:1::/64".parse().unwrap(),
+            "2001:db8:1::1".parse().unwrap(),
+            &options,
+        )
+        .unwrap();
+        dp.set_uplink6(TEST_RUN_IFINDEX, Some(UPLINK6.parse().unwrap()))
+            .unwrap();
+        dp.publish6(
+            Proto::Tcp,
+            std::net::Ipv6Addr::UNSPECIFIED,
+            8080,
+            EP1_6.parse().unwrap(),
+            80,
+        )
+        .unwrap();
+        Lab6 { dp, topo }
+    }
+
+    fn ingress(&mut self, frame: &[u8]) -> packet::Verdict {
+        let dp = &mut self.dp;
+        self.topo
+            .ns("host")
+            .enter(|| packet::run_tc(dp, programs::UPLINK_INGRESS, frame, 1).expect("test run"))
+    }
+
+    fn stats(&self) -> (u64, u64, u64) {
+        let stat = |o| self.dp.stat(program_id::UPLINK_INGRESS, o).unwrap();
+        (
+            stat(outcome::DNAT),
+            stat(outcome::FAST_PATH),
+            stat(outcome::FAST_PATH_PEER),
+        )
+    }
+}
+
+/// A SYN from CLIENT6 to `[UPLINK6]:8080` with hop limit `hops`.
+fn syn6(sport: u16, hops: u8) -> Vec<u8> {
+    let builder = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 9], [2, 0, 0, 0, 0, 8])
+        .ipv6(
+            CLIENT6.parse::<std::net::Ipv6Addr>().unwrap().octets(),
+            UPLINK6.parse::<std::net::Ipv6Addr>().unwrap().octets(),
+            hops,
+        )
+        .tcp(sport, 8080, 7000, 64240)
+        .syn();
+    let mut frame = Vec::new();
+    builder.write(&mut frame, b"").unwrap();
+    frame
+}
+
+/// The destination address and port of an IPv6 TCP frame, and its hop limit.
+fn dst6(frame: &[u8]) -> (std::net::Ipv6Addr, u16, u8) {
+    let addr: [u8; 16] = frame[14 + 24..14 + 40].try_into().unwrap();
+    let port = u16::from_be_bytes([frame[14 + 40 + 2], frame[14 + 40 + 3]]);
+    (addr.into(), port, frame[14 + 7])
+}
+
+#[test]
+fn an_ipv6_published_flow_goes_straight_into_the_endpoint() {
+    let mut lab = Lab6::new(true);
+    let br1 = lab.topo.ns("host").ifindex("br1");
+    lab.dp
+        .add_endpoint_peer(Ipv4Addr::from(EP1), VETH, br1)
+        .unwrap();
+    let frame = syn6(40000, 64);
+    let out = lab.ingress(&frame);
+    assert_eq!(out.action, TC_ACT_REDIRECT, "redirected");
+    assert_eq!(
+        dst6(&out.frame),
+        (EP1_6.parse().unwrap(), 80, 63),
+        "translated, hop limit decremented"
+    );
+    // As the bridge would have sent it: to the endpoint's MAC, from the gateway's.
+    let gateway_mac = lab
+        .topo
+        .ns("host")
+        .exec("cat", &["/sys/class/net/br1/address"]);
+    let gateway_mac: Vec<u8> = gateway_mac
+        .trim()
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect();
+    assert_eq!(out.frame[0..6], EP1_MAC_DOCKER);
+    assert_eq!(out.frame[6..12], gateway_mac[..]);
+    assert_eq!(lab.stats(), (1, 0, 1));
+    let sent = lab
+        .dp
+        .endpoint_peers()
+        .unwrap()
+        .into_iter()
+        .find(|(addr, _)| *addr == Ipv4Addr::from(EP1))
+        .map(|(_, p)| (p.packets, p.bytes));
+    assert_eq!(
+        sent,
+        Some((1, frame.len() as u64)),
+        "counted for the endpoint"
+    );
+}
+
+#[test]
+fn an_ipv6_flow_without_a_peer_entry_goes_to_the_bridge_and_the_rest_to_the_stack() {
+    // No peer entry (Docker's endpoint before Docker moved it): to the bridge.
+    let mut lab = Lab6::new(true);
+    let out = lab.ingress(&syn6(40001, 64));
+    assert_eq!(out.action, TC_ACT_REDIRECT);
+    assert_eq!(dst6(&out.frame), (EP1_6.parse().unwrap(), 80, 63));
+    assert_eq!(lab.stats(), (1, 1, 0));
+    // A hop limit about to expire: the stack sends Time Exceeded.
+    let out = lab.ingress(&syn6(40002, 1));
+    assert_eq!(out.action, TC_ACT_OK);
+    assert_eq!(dst6(&out.frame), (EP1_6.parse().unwrap(), 80, 1));
+    assert_eq!(lab.stats(), (2, 1, 0));
+
+    // A neighbour the host does not know yet: the stack resolves it (Neighbour Discovery).
+    let mut lab = Lab6::new(false);
+    let out = lab.ingress(&syn6(40003, 64));
+    assert_eq!(out.action, TC_ACT_OK);
+    assert_eq!(
+        dst6(&out.frame),
+        (EP1_6.parse().unwrap(), 80, 64),
+        "translated; the stack decrements the hop limit itself"
+    );
+    assert_eq!(lab.stats(), (1, 0, 0));
+}
+
+/// The fast path out of an endpoint for IPv6: `OutLab`'s namespace with IPv6 on br1
+/// (2001:db8:1::1/64) and on the uplink (2001:db8:ff::2/64, its address in `UPLINKS6`), the
+/// world's neighbour known; EP1 also has 2001:db8:1::2.
+struct OutLab6(OutLab);
+
+const WORLD6: &str = "2001:db8:ff::1";
+
+impl OutLab6 {
+    fn new() -> Self {
+        let mut lab = OutLab::new();
+        let host = lab.topo.ns("host");
+        for (key, value) in [
+            ("net.ipv6.conf.all.disable_ipv6", "0"),
+            ("net.ipv6.conf.default.disable_ipv6", "0"),
+            ("net.ipv6.conf.br1.disable_ipv6", "0"),
+            ("net.ipv6.conf.uplink0.disable_ipv6", "0"),
+            ("net.ipv6.conf.br1.accept_dad", "0"),
+            ("net.ipv6.conf.uplink0.accept_dad", "0"),
+            ("net.ipv6.conf.all.forwarding", "1"),
+        ] {
+            host.sysctl(key, value);
+        }
+        host.ip(&["addr", "add", "2001:db8:1::1/64", "dev", "br1"]);
+        host.ip(&["addr", "add", "2001:db8:ff::2/64", "dev", "uplink0"]);
+        let world_mac = lab
+            .topo
+            .ns("world")
+            .exec("cat", &["/sys/class/net/eth0/address"]);
+        host.ip(&[
+            "-6",
+            "neigh",
+            "replace",
+            WORLD6,
+            "lladdr",
+            world_mac.trim(),
+            "dev",
+            "uplink0",
+            "nud",
+            "permanent",
+        ]);
+        let uplink = host.ifindex("uplink0");
+        let options = bridgenet::datapath::NetworkOptions {
+            id: 1,
+            gateway: GW1.into(),
+            masquerade: true,
+            icc: true,
+            internal: false,
+            gateway_mode: bridgenet::datapath::GatewayMode::Nat,
+        };
+        lab.dp
+            .add_network6(
+                "2001:db8:1::/64".parse().unwrap(),
+                "2001:db8:1::1".parse().unwrap(),
+                &options,
+            )
+            .unwrap();
+        lab.dp
+            .add_endpoint6(TEST_RUN_IFINDEX, EP1_6.parse().unwrap())
+            .unwrap();
+        lab.dp
+            .set_uplink6(uplink, Some("2001:db8:ff::2".parse().unwrap()))
+            .unwrap();
+        OutLab6(lab)
+    }
+}
+
+/// A TCP segment from EP1_6 to `[to]:7000` with hop limit `hops` and `len` bytes of payload.
+fn from_ep6(to: &str, hops: u8, len: usize) -> Vec<u8> {
+    let builder = etherparse::PacketBuilder::ethernet2([0; 6], [0; 6])
+        .ipv6(
+            EP1_6.parse::<std::net::Ipv6Addr>().unwrap().octets(),
+            to.parse::<std::net::Ipv6Addr>().unwrap().octets(),
+            hops,
+        )
+        .tcp(40000, 7000, 7000, 64240)
+        .syn();
+    let mut frame = Vec::new();
+    builder.write(&mut frame, &vec![0; len]).unwrap();
+    frame
+}
+
+#[test]
+fn what_an_endpoint_sends_out_over_ipv6_goes_straight_to_the_uplink() {
+    let mut lab = OutLab6::new();
+    let frame = from_ep6(WORLD6, 64, 0);
+    let out = lab.0.send(GATEWAY_MAC, &frame);
+    assert_eq!(out.action, TC_ACT_REDIRECT);
+    let mac = |ns: &str, dev: &str| -> Vec<u8> {
+        lab.0
+            .topo
+            .ns(ns)
+            .exec("cat", &[&format!("/sys/class/net/{dev}/address")])
+            .trim()
+            .split(':')
+            .map(|b| u8::from_str_radix(b, 16).unwrap())
+            .collect()
+    };
+    assert_eq!(out.frame[..6], mac("world", "eth0")[..]);
+    assert_eq!(out.frame[6..12], mac("host", "uplink0")[..]);
+    // Hop limit - 1, not translated yet: uplink_egress applies NAT66 on the way out.
+    assert_eq!(out.frame[14 + 7], 63, "forwarded: hop limit decremented");
+    assert_eq!(out.frame[14 + 8..], frame[14 + 8..], "otherwise unchanged");
+    assert_eq!(lab.0.fast(), 1);
+}
+
+#[test]
+fn what_the_ipv6_fast_path_out_must_not_take_goes_the_normal_way() {
+    let mut lab = OutLab6::new();
+    let to_world = from_ep6(WORLD6, 64, 0);
+    // Sent to a sibling's MAC: the bridge delivers it there.
+    lab.0.normal([0x02, 0x42, 172, 17, 0, 3], &to_world);
+    // To a sibling's address through the gateway's MAC: the bridge's business.
+    lab.0.normal(GATEWAY_MAC, &from_ep6("2001:db8:1::3", 64, 0));
+    // To the host's own address: delivered, not forwarded.
+    lab.0
+        .normal(GATEWAY_MAC, &from_ep6("2001:db8:ff::2", 64, 0));
+    // A neighbour the uplink does not know yet: the stack resolves it.
+    lab.0
+        .normal(GATEWAY_MAC, &from_ep6("2001:db8:ff::77", 64, 0));
+    // A hop limit about to expire: the stack sends Time Exceeded.
+    lab.0.normal(GATEWAY_MAC, &from_ep6(WORLD6, 1, 0));
+    // Bigger than the uplink's MTU: the stack sends Packet Too Big.
+    lab.0
+        .topo
+        .ns("host")
+        .ip(&["link", "set", "uplink0", "mtu", "1280"]);
+    lab.0.normal(GATEWAY_MAC, &from_ep6(WORLD6, 64, 1300));
 }

@@ -373,7 +373,7 @@ impl Daemon {
         if endpoint.for_runtime() && self.nl.link(&peer_name(&endpoint.name)).await?.is_some() {
             return Ok(());
         }
-        // The fast path is IPv4's (keyed by the IPv4 address).
+        // Keyed by the IPv4 address, which IPv6's fast path reads from the endpoint's MAC.
         let Some(ip) = endpoint.ipv4() else {
             return Ok(());
         };
