@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 
 use bridgenet::datapath::Datapath;
 use bridgenet_common::{outcome, program_id, programs};
-use bridgenet_tests::{Topology, packet, packet::fixture::*};
+use bridgenet_tests::{Topology, packet, packet::fixture::*, topology::mac_of};
 
 const TC_ACT_REDIRECT: u32 = 7;
 /// The endpoint's MAC, as the FIB's neighbour entry knows it.
@@ -36,18 +36,7 @@ impl Lab {
             .addr("host", "br2", "172.19.0.1/16")
             .sysctl("host", "net.ipv4.ip_forward", "1");
         if known {
-            let mac = EP1_MAC.map(|b| format!("{b:02x}")).join(":");
-            topo.ns("host").ip(&[
-                "neigh",
-                "replace",
-                "172.17.0.2",
-                "lladdr",
-                &mac,
-                "dev",
-                "br1",
-                "nud",
-                "permanent",
-            ]);
+            neighbour(topo.ns("host"), "172.17.0.2", EP1_MAC, "br1");
         }
         Lab {
             dp: nat_datapath(),
@@ -81,6 +70,34 @@ impl Lab {
     }
 }
 
+/// Network 1 (gateway 172.17.0.1, masqueraded) as the labs here add it.
+fn network1() -> bridgenet::datapath::NetworkOptions {
+    bridgenet::datapath::NetworkOptions {
+        id: 1,
+        gateway: GW1.into(),
+        masquerade: true,
+        icc: true,
+        internal: false,
+        gateway_mode: bridgenet::datapath::GatewayMode::Nat,
+    }
+}
+
+/// A permanent neighbour entry in `host`: `addr` is at `mac` on `dev`.
+fn neighbour(host: &bridgenet_tests::topology::Netns, addr: &str, mac: [u8; 6], dev: &str) {
+    let mac = mac.map(|b| format!("{b:02x}")).join(":");
+    host.ip(&[
+        "neigh",
+        "replace",
+        addr,
+        "lladdr",
+        &mac,
+        "dev",
+        dev,
+        "nud",
+        "permanent",
+    ]);
+}
+
 fn syn(sport: u16) -> Vec<u8> {
     packet::tcp_frame(CLIENT, sport, HOST, 8080, true, false, b"")
 }
@@ -98,17 +115,9 @@ fn a_published_flow_goes_straight_into_the_endpoint() {
     let seen = packet::inspect(&out.frame);
     assert_eq!((seen.src, seen.dst, seen.dport), (CLIENT, EP1, 80));
     // As the bridge would have sent it: to the endpoint's MAC, from the gateway's, TTL - 1.
-    let gateway_mac = lab
-        .topo
-        .ns("host")
-        .exec("cat", &["/sys/class/net/br1/address"]);
-    let gateway_mac: Vec<u8> = gateway_mac
-        .trim()
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).unwrap())
-        .collect();
+    let gateway_mac = mac_of(lab.topo.ns("host").name(), "br1");
     assert_eq!(out.frame[0..6], EP1_MAC);
-    assert_eq!(out.frame[6..12], gateway_mac[..]);
+    assert_eq!(out.frame[6..12], gateway_mac);
     assert_eq!(out.frame[14 + 8], 63, "forwarded: TTL decremented");
     assert_eq!(
         (
@@ -222,31 +231,12 @@ impl OutLab {
             .sysctl("host", "net.ipv4.ip_forward", "1");
         let host = topo.ns("host");
         host.ip(&["link", "set", "br1", "address", "02:42:ac:11:00:01"]);
-        let world_mac = topo
-            .ns("world")
-            .exec("cat", &["/sys/class/net/eth0/address"]);
-        host.ip(&[
-            "neigh",
-            "replace",
-            "198.18.0.1",
-            "lladdr",
-            world_mac.trim(),
-            "dev",
-            "uplink0",
-            "nud",
-            "permanent",
-        ]);
+        let world_mac = mac_of(topo.ns("world").name(), "eth0");
+        neighbour(host, "198.18.0.1", world_mac, "uplink0");
         let mut dp = Datapath::load().expect("loading the datapath");
         dp.set_uplink_addr(host.ifindex("uplink0"), Ipv4Addr::from(HOST))
             .unwrap();
-        let options = bridgenet::datapath::NetworkOptions {
-            id: 1,
-            gateway: GW1.into(),
-            masquerade: true,
-            icc: true,
-            internal: false,
-            gateway_mode: bridgenet::datapath::GatewayMode::Nat,
-        };
+        let options = network1();
         dp.add_network("172.17.0.0/16".parse().unwrap(), &options)
             .unwrap();
         dp.add_endpoint(TEST_RUN_IFINDEX, Ipv4Addr::from(EP1), EP_MAC, 1)
@@ -290,17 +280,11 @@ fn what_an_endpoint_sends_out_goes_straight_to_the_uplink() {
     assert_eq!(out.action, TC_ACT_REDIRECT);
     // To the world's MAC from the uplink's, TTL - 1, not translated yet: uplink_egress
     // translates it on the way out, as for a routed packet.
-    let mac = |ns: &str, dev: &str| -> Vec<u8> {
-        lab.topo
-            .ns(ns)
-            .exec("cat", &[&format!("/sys/class/net/{dev}/address")])
-            .trim()
-            .split(':')
-            .map(|b| u8::from_str_radix(b, 16).unwrap())
-            .collect()
-    };
-    assert_eq!(out.frame[..6], mac("world", "eth0")[..]);
-    assert_eq!(out.frame[6..12], mac("host", "uplink0")[..]);
+    assert_eq!(out.frame[..6], mac_of(lab.topo.ns("world").name(), "eth0"));
+    assert_eq!(
+        out.frame[6..12],
+        mac_of(lab.topo.ns("host").name(), "uplink0")
+    );
     assert_eq!(out.frame[14 + 8], 63, "forwarded: TTL decremented");
     let seen = packet::inspect(&out.frame);
     assert_eq!((seen.src, seen.sport, seen.dst), (EP1, 40000, SERVER));
@@ -361,7 +345,7 @@ const EP1_MAC_DOCKER: [u8; 6] = [0x02, 0x42, 172, 17, 0, 2];
 
 impl Lab6 {
     fn new(known: bool) -> Self {
-        use bridgenet::datapath::{GatewayMode, NetworkOptions, Proto};
+        use bridgenet::datapath::Proto;
         bridgenet_tests::require_root();
         let mut topo = Topology::new();
         // IPv6 on (new namespaces may inherit it off), the address usable at once (no DAD).
@@ -373,29 +357,10 @@ impl Lab6 {
             .addr("host", "br1", "2001:db8:1::1/64")
             .sysctl("host", "net.ipv6.conf.all.forwarding", "1");
         if known {
-            let mac = EP1_MAC_DOCKER.map(|b| format!("{b:02x}")).join(":");
-            topo.ns("host").ip(&[
-                "-6",
-                "neigh",
-                "replace",
-                EP1_6,
-                "lladdr",
-                &mac,
-                "dev",
-                "br1",
-                "nud",
-                "permanent",
-            ]);
+            neighbour(topo.ns("host"), EP1_6, EP1_MAC_DOCKER, "br1");
         }
         let mut dp = Datapath::load().expect("loading the datapath");
-        let options = NetworkOptions {
-            id: 1,
-            gateway: Ipv4Addr::new(172, 17, 0, 1),
-            masquerade: true,
-            icc: true,
-            internal: false,
-            gateway_mode: GatewayMode::Nat,
-        };
+        let options = network1();
         dp.add_network6(
             "2001:db8:1::/64".parse().unwrap(),
             "2001:db8:1::1".parse().unwrap(),
@@ -470,17 +435,9 @@ fn an_ipv6_published_flow_goes_straight_into_the_endpoint() {
         "translated, hop limit decremented"
     );
     // As the bridge would have sent it: to the endpoint's MAC, from the gateway's.
-    let gateway_mac = lab
-        .topo
-        .ns("host")
-        .exec("cat", &["/sys/class/net/br1/address"]);
-    let gateway_mac: Vec<u8> = gateway_mac
-        .trim()
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).unwrap())
-        .collect();
+    let gateway_mac = mac_of(lab.topo.ns("host").name(), "br1");
     assert_eq!(out.frame[0..6], EP1_MAC_DOCKER);
-    assert_eq!(out.frame[6..12], gateway_mac[..]);
+    assert_eq!(out.frame[6..12], gateway_mac);
     assert_eq!(lab.stats(), (1, 0, 1));
     let sent = lab
         .dp
@@ -546,31 +503,10 @@ impl OutLab6 {
         }
         host.ip(&["addr", "add", "2001:db8:1::1/64", "dev", "br1"]);
         host.ip(&["addr", "add", "2001:db8:ff::2/64", "dev", "uplink0"]);
-        let world_mac = lab
-            .topo
-            .ns("world")
-            .exec("cat", &["/sys/class/net/eth0/address"]);
-        host.ip(&[
-            "-6",
-            "neigh",
-            "replace",
-            WORLD6,
-            "lladdr",
-            world_mac.trim(),
-            "dev",
-            "uplink0",
-            "nud",
-            "permanent",
-        ]);
+        let world_mac = mac_of(lab.topo.ns("world").name(), "eth0");
+        neighbour(host, WORLD6, world_mac, "uplink0");
         let uplink = host.ifindex("uplink0");
-        let options = bridgenet::datapath::NetworkOptions {
-            id: 1,
-            gateway: GW1.into(),
-            masquerade: true,
-            icc: true,
-            internal: false,
-            gateway_mode: bridgenet::datapath::GatewayMode::Nat,
-        };
+        let options = network1();
         lab.dp
             .add_network6(
                 "2001:db8:1::/64".parse().unwrap(),
@@ -609,18 +545,14 @@ fn what_an_endpoint_sends_out_over_ipv6_goes_straight_to_the_uplink() {
     let frame = from_ep6(WORLD6, 64, 0);
     let out = lab.0.send(GATEWAY_MAC, &frame);
     assert_eq!(out.action, TC_ACT_REDIRECT);
-    let mac = |ns: &str, dev: &str| -> Vec<u8> {
-        lab.0
-            .topo
-            .ns(ns)
-            .exec("cat", &[&format!("/sys/class/net/{dev}/address")])
-            .trim()
-            .split(':')
-            .map(|b| u8::from_str_radix(b, 16).unwrap())
-            .collect()
-    };
-    assert_eq!(out.frame[..6], mac("world", "eth0")[..]);
-    assert_eq!(out.frame[6..12], mac("host", "uplink0")[..]);
+    assert_eq!(
+        out.frame[..6],
+        mac_of(lab.0.topo.ns("world").name(), "eth0")
+    );
+    assert_eq!(
+        out.frame[6..12],
+        mac_of(lab.0.topo.ns("host").name(), "uplink0")
+    );
     // Hop limit - 1, not translated yet: uplink_egress applies NAT66 on the way out.
     assert_eq!(out.frame[14 + 7], 63, "forwarded: hop limit decremented");
     assert_eq!(out.frame[14 + 8..], frame[14 + 8..], "otherwise unchanged");
