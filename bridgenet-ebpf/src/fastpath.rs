@@ -130,12 +130,13 @@ pub fn redirect6(ctx: &mut TcContext) -> Option<(i32, u32)> {
     ))
 }
 
-/// Fast path out of an endpoint: an IPv4 or IPv6 packet (not GSO) that passed the endpoint's checks,
-/// sent to its gateway's MAC (`gateway`: the network's gateway address, whose MAC is 02:42 and the
-/// address, as bridgenet gives its bridges), and that the FIB routes out through an uplink to
-/// a known neighbour goes straight to that uplink's egress, skipping the bridge and the
-/// forwarding path; `uplink_egress` translates it there as it would have. The TC verdict, or
-/// None for the normal path (another MAC, a bridge that is not bridgenet's, no plain answer).
+/// Fast path out of an endpoint: an IPv4 or IPv6 packet (not GSO) that passed the endpoint's
+/// checks, sent to its gateway's MAC (`gateway`: the network's gateway address, whose MAC is
+/// 02:42 and the address, as bridgenet gives its bridges), and that the FIB routes out through
+/// an uplink to a known neighbour goes straight to that uplink's egress, skipping the bridge
+/// and the forwarding path; `uplink_egress` translates it there as it would have. The TC
+/// verdict, or None for the normal path (another MAC, a bridge that is not bridgenet's, no
+/// plain answer).
 /// A call of its own: inlined, its lookup would add to the hairpin path's stack.
 #[inline(never)]
 pub fn out(ctx: &mut TcContext, gateway: u32) -> Option<i32> {
