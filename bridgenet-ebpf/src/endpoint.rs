@@ -40,13 +40,12 @@ pub fn check(ctx: &TcContext) -> (u32, u32) {
     let ether_type = eth.ether_type;
     if ether_type == parse6::ETH_P_IPV6 {
         let result = endpoint6::check(ctx, ifindex, ep, &eth.dst_addr);
+        if result != outcome::PASSED {
+            return (result, 0);
+        }
         // The gateway names the bridge's MAC for the fast path out, which asks the FIB
         // whether the destination is outside (an IPv6-only network's bridge has no such MAC).
-        let gateway = match nat::subnet_of(ep.addr) {
-            Some(own) if result == outcome::PASSED => own.gateway,
-            _ => 0,
-        };
-        return (result, gateway);
+        return (result, nat::subnet_of(ep.addr).map_or(0, |own| own.gateway));
     }
     // An endpoint of an IPv6-only network (no IPv4 address) sends neither ARP nor IPv4.
     if ep.addr == 0 {

@@ -71,13 +71,7 @@ pub fn redirect(ctx: &mut TcContext, must: bool) -> Option<(i32, u32)> {
     {
         // The MACs the bridge's routed packet would carry: the gateway's, to the endpoint's.
         set_macs(ctx, &fib)?;
-        // Per-CPU value: no other CPU writes it.
-        unsafe {
-            (*peer).packets += 1;
-            (*peer).bytes += u64::from(ctx.len());
-        }
-        let action = unsafe { bpf_redirect_peer((*peer).veth, 0) };
-        return Some((action as i32, outcome::FAST_PATH_PEER));
+        return Some((into_peer(ctx, peer), outcome::FAST_PATH_PEER));
     }
     let mut neigh: bpf_redir_neigh = unsafe { zeroed() };
     neigh.nh_family = u32::from(AF_INET);
@@ -91,6 +85,18 @@ pub fn redirect(ctx: &mut TcContext, must: bool) -> Option<(i32, u32)> {
         )
     };
     Some((action as i32, outcome::FAST_PATH))
+}
+
+/// Sends the packet into the endpoint's namespace through `peer`'s veth, counted there; the TC
+/// verdict.
+#[inline(always)]
+fn into_peer(ctx: &TcContext, peer: *mut EndpointPeer) -> i32 {
+    // Per-CPU value: no other CPU writes it.
+    unsafe {
+        (*peer).packets += 1;
+        (*peer).bytes += u64::from(ctx.len());
+        bpf_redirect_peer((*peer).veth, 0) as i32
+    }
 }
 
 /// `redirect` for an (already translated) IPv6 packet from an uplink towards an endpoint, when
@@ -116,13 +122,7 @@ pub fn redirect6(ctx: &mut TcContext) -> Option<(i32, u32)> {
             ENDPOINT_PEERS.get_ptr_mut(u32::from_ne_bytes([mac[2], mac[3], mac[4], mac[5]]))
         && unsafe { (*peer).bridge } == fib.ifindex
     {
-        // Per-CPU value: no other CPU writes it.
-        unsafe {
-            (*peer).packets += 1;
-            (*peer).bytes += u64::from(ctx.len());
-        }
-        let action = unsafe { bpf_redirect_peer((*peer).veth, 0) };
-        return Some((action as i32, outcome::FAST_PATH_PEER));
+        return Some((into_peer(ctx, peer), outcome::FAST_PATH_PEER));
     }
     Some((
         unsafe { bpf_redirect(fib.ifindex, 0) } as i32,
