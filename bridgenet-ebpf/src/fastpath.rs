@@ -4,6 +4,8 @@
 //! skipping the bridge and the veth; otherwise to the bridge with bpf_redirect_neigh. Whenever
 //! the lookup does not give a plain answer (no route, forwarding off, the packet too big for
 //! the MTU, TTL about to expire) the packet takes the normal path, which knows what to do.
+//! A GSO packet (bulk TCP: up to 64 KiB from an uplink) is checked as forwarding checks it:
+//! by the size of the segments it will be cut into.
 //! Out of an endpoint, what is sent to the gateway's MAC for an address the FIB routes out
 //! through an uplink goes straight to that uplink. Both ways for IPv4 and IPv6.
 use core::mem::{size_of, zeroed};
@@ -24,8 +26,8 @@ use network_types::{eth::EtherType, ip::Ipv4Hdr};
 use crate::{
     nat,
     nat6::UPLINKS6,
-    parse::{IP_CSUM_OFF, IP_OFF},
-    parse6::{DADDR_OFF, ETH_P_IPV6, IP6_OFF, SADDR_OFF},
+    parse::{IP_CSUM_OFF, IP_OFF, TCP},
+    parse6::{DADDR_OFF, ETH_P_IPV6, IP6_LEN, IP6_OFF, SADDR_OFF},
 };
 
 /// Endpoints by address (network byte order), written by the daemon once the container end
@@ -40,6 +42,19 @@ const AF_INET6: u8 = 10;
 const TTL_OFF: usize = IP_OFF + 8;
 const HOP_LIMIT_OFF: usize = IP6_OFF + 7;
 
+/// `redirect4` for what `uplink_ingress` translated towards an endpoint.
+// A BPF subprogram of its own: its lookup must not sit in uplink_ingress's frame.
+#[inline(never)]
+pub fn redirect(ctx: &mut TcContext) -> Option<(i32, u32)> {
+    redirect4(ctx, false)
+}
+
+/// `redirect4` for a hairpin packet (`must`).
+#[inline(always)]
+pub fn redirect_hairpin(ctx: &mut TcContext) -> Option<(i32, u32)> {
+    redirect4(ctx, true)
+}
+
 /// Redirects the (already translated) IPv4 packet to its next hop; the TC verdict and the
 /// path taken (`outcome::FAST_PATH` or `FAST_PATH_PEER`), or None when the packet should take
 /// the normal path.
@@ -47,19 +62,28 @@ const HOP_LIMIT_OFF: usize = IP6_OFF + 7;
 /// `must`: the normal path would drop the packet (a hairpin packet's source is a host address,
 /// a martian on a forwarded packet), so it is redirected whenever there is a route: an
 /// unknown neighbour is resolved by bpf_redirect_neigh, and the kernel checks the size
-/// against the MTU itself, knowing about GSO (an endpoint's veth passes 64 KiB segments).
+/// against the MTU itself (an endpoint's veth passes 64 KiB GSO packets, cut into segments
+/// of its own MTU, the bridge's).
 #[inline(always)]
-pub fn redirect(ctx: &mut TcContext, must: bool) -> Option<(i32, u32)> {
+fn redirect4(ctx: &mut TcContext, must: bool) -> Option<(i32, u32)> {
     let ip = ctx.load::<Ipv4Hdr>(IP_OFF).ok()?;
-    let tot_len = if must {
-        0
+    let segment = if must {
+        None
     } else {
-        u16::from_be_bytes(ip.tot_len)
+        segment_len(ctx, IP_OFF + usize::from(ip.ihl()), ip.proto)?
+    };
+    // A GSO packet's segments are checked against the MTU below; any other packet by the FIB.
+    let tot_len = match (must, segment) {
+        (false, None) => u16::from_be_bytes(ip.tot_len),
+        _ => 0,
     };
     let mut fib: bpf_fib_lookup = unsafe { zeroed() };
     let ret = lookup(ctx, &ip, tot_len, &mut fib)?;
     let resolvable = must && ret == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH);
     if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS) && !resolvable {
+        return None;
+    }
+    if segment.is_some_and(|len| len > unsafe { fib.__bindgen_anon_1.mtu_result }) {
         return None;
     }
     decrement_ttl(ctx, &ip)?;
@@ -100,17 +124,21 @@ fn into_peer(ctx: &TcContext, peer: *mut EndpointPeer) -> i32 {
 }
 
 /// `redirect` for an (already translated) IPv6 packet from an uplink towards an endpoint, when
-/// the FIB has a plain answer (a route, a known neighbour, a size the kernel finds fit for the
-/// MTU, GSO included): straight into the endpoint's namespace when the next hop's MAC is that
-/// of an endpoint on the bridge the FIB routes to (02:42 and its IPv4 address, as bridgenet
-/// gives them, names it in `ENDPOINT_PEERS`), else to that bridge with the MACs set. None: the
-/// normal path (which sends Packet Too Big, resolves neighbours, expires the hop limit).
+/// the FIB has a plain answer (a route, a known neighbour, a size that fits the MTU, for a
+/// GSO packet its segments'): straight into the endpoint's namespace when the next hop's MAC
+/// is that of an endpoint on the bridge the FIB routes to (02:42 and its IPv4 address, as
+/// bridgenet gives them, names it in `ENDPOINT_PEERS`), else to that bridge with the MACs set.
+/// None: the normal path (which sends Packet Too Big, resolves neighbours, expires the hop
+/// limit).
 // A BPF subprogram of its own: its lookup must not sit in uplink_ingress's frame.
 #[inline(never)]
 pub fn redirect6(ctx: &mut TcContext) -> Option<(i32, u32)> {
-    // No size: the kernel checks the packet against the MTU itself, GSO included.
-    let (ret, fib, hop_limit) = lookup6(ctx, false)?;
-    if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
+    let next: u8 = ctx.load(IP6_OFF + 6).ok()?;
+    let segment = segment_len(ctx, IP6_OFF + IP6_LEN, next)?;
+    let (ret, fib, hop_limit) = lookup6(ctx, segment.is_none())?;
+    if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS)
+        || segment.is_some_and(|len| len > unsafe { fib.__bindgen_anon_1.mtu_result })
+    {
         return None;
     }
     // Forwarding decrements the hop limit (no header checksum in IPv6).
@@ -181,6 +209,39 @@ fn out6(ctx: &mut TcContext) -> Option<i32> {
     ctx.store(HOP_LIMIT_OFF, &(hop_limit - 1), 0).ok()?;
     set_macs(ctx, &fib)?;
     Some(unsafe { bpf_redirect(fib.ifindex, 0) } as i32)
+}
+
+/// The size of the segments a GSO packet will be cut into (IP and TCP headers, `l4` the
+/// offset of TCP's), which forwarding checks against the MTU; Some(None) for a packet that is
+/// not GSO, None (the normal path) for a GSO packet other than TCP.
+#[inline(always)]
+fn segment_len(ctx: &TcContext, l4: usize, proto: u8) -> Option<Option<u16>> {
+    match gso_segment_len(ctx, l4, proto) {
+        0 => Some(None),
+        NOT_SIZED => None,
+        len => Some(Some(len as u16)),
+    }
+}
+
+const NOT_SIZED: u32 = u32::MAX;
+
+/// `segment_len` as one register (0: not GSO; `NOT_SIZED`), a BPF subprogram of its own: the
+/// callers' frames are as large as the stack allows.
+#[inline(never)]
+fn gso_segment_len(ctx: &TcContext, l4: usize, proto: u8) -> u32 {
+    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+    if gso_size == 0 {
+        return 0;
+    }
+    // The data offset: the high 4 bits of byte 12, in 32-bit words.
+    let Ok(data_offset) = ctx.load::<u8>(l4 + 12) else {
+        return NOT_SIZED;
+    };
+    let len = (l4 - IP_OFF) as u32 + u32::from(data_offset >> 4) * 4 + gso_size;
+    if proto != TCP || len > u32::from(u16::MAX) {
+        return NOT_SIZED;
+    }
+    len
 }
 
 /// Asks the FIB for the IPv6 packet as forwarding would (from the interface it came in on;

@@ -23,7 +23,7 @@ use crate::{
 // A BPF subprogram of its own: it is not on the stack while the packet is translated.
 #[inline(never)]
 pub fn redirect(ctx: &mut TcContext) -> Option<i32> {
-    fastpath::redirect(ctx, true).map(|(action, _)| action)
+    fastpath::redirect_hairpin(ctx).map(|(action, _)| action)
 }
 
 /// Translates a hairpin packet that the endpoint's checks judged `checked` (PASSED, or

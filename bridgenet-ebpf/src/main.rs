@@ -177,7 +177,7 @@ pub fn uplink_ingress(mut ctx: TcContext) -> i32 {
     };
     if result == outcome::DNAT
         && let Some((action, path)) = if ipv4 {
-            fastpath::redirect(&mut ctx, false)
+            fastpath::redirect(&mut ctx)
         } else {
             fastpath::redirect6(&mut ctx)
         }

@@ -58,7 +58,38 @@ pub fn run_xdp(
     run(program, frame, repeat)
 }
 
+/// Runs TC program `name` once on `frame` as a GSO packet to be cut into segments of
+/// `gso_size` bytes of payload (what GRO makes of bulk TCP, or a veth passes from a sender).
+pub fn run_tc_gso(
+    dp: &mut Datapath,
+    name: &str,
+    frame: &[u8],
+    gso_size: u32,
+) -> Result<Verdict, ProgramError> {
+    // struct __sk_buff (192 bytes); the test run takes gso_segs and gso_size from it.
+    const GSO_SEGS: usize = 164;
+    const GSO_SIZE: usize = 176;
+    let mut skb = [0u8; 192];
+    let segments = (frame.len() as u32).div_ceil(gso_size);
+    skb[GSO_SEGS..GSO_SEGS + 4].copy_from_slice(&segments.to_ne_bytes());
+    skb[GSO_SIZE..GSO_SIZE + 4].copy_from_slice(&gso_size.to_ne_bytes());
+    let program: &mut SchedClassifier = dp.program_mut(name).expect("a TC program");
+    run_with(program, frame, 1, Some(&skb))
+}
+
 fn run<P>(program: &mut P, frame: &[u8], repeat: u32) -> Result<Verdict, ProgramError>
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = aya::programs::TestRunResult>,
+{
+    run_with(program, frame, repeat, None)
+}
+
+fn run_with<P>(
+    program: &mut P,
+    frame: &[u8],
+    repeat: u32,
+    skb: Option<&[u8]>,
+) -> Result<Verdict, ProgramError>
 where
     P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = aya::programs::TestRunResult>,
 {
@@ -66,6 +97,7 @@ where
     let mut out = vec![0u8; frame.len() + 256];
     let mut opts = TestRunOptions::new();
     opts.data_in = Some(frame);
+    opts.ctx_in = skb;
     opts.data_out = Some(&mut out);
     opts.repeat = repeat.max(1);
     let result = program.test_run(opts)?;

@@ -55,6 +55,14 @@ impl Lab {
             .enter(|| packet::run_tc(dp, programs::UPLINK_INGRESS, frame, 1).expect("test run"))
     }
 
+    /// `ingress` of a GSO packet (`packet::run_tc_gso`).
+    fn ingress_gso(&mut self, frame: &[u8], gso_size: u32) -> packet::Verdict {
+        let dp = &mut self.dp;
+        self.topo.ns("host").enter(|| {
+            packet::run_tc_gso(dp, programs::UPLINK_INGRESS, frame, gso_size).expect("test run")
+        })
+    }
+
     fn stat(&self, outcome: u32) -> u64 {
         self.dp.stat(program_id::UPLINK_INGRESS, outcome).unwrap()
     }
@@ -202,6 +210,54 @@ fn an_unknown_neighbour_takes_the_stack() {
         (1, 0, 0)
     );
     assert_eq!(lab.sent_into_ep1(), Some((0, 0)));
+}
+
+/// Bulk TCP from an uplink arrives as GSO packets of up to 64 KiB. One goes into the endpoint
+/// when the segments it will be cut into fit the bridge's MTU, as forwarding checks it;
+/// otherwise the stack's (fragmentation needed), as for any packet too big that is not GSO.
+#[test]
+fn a_gso_packet_goes_into_the_endpoint_when_its_segments_fit_the_mtu() {
+    let mut lab = Lab::new(true);
+    let br1 = lab.bridge("br1");
+    lab.dp
+        .add_endpoint_peer(Ipv4Addr::from(EP1), VETH, br1)
+        .unwrap();
+    let first = syn(40010);
+    assert_eq!(lab.ingress(&first).action, TC_ACT_REDIRECT);
+    // 2,040 bytes in all; segments of 20 + 20 + 1,448 bytes fit br1's 1,500.
+    let bulk = packet::tcp_frame(CLIENT, 40010, HOST, 8080, false, true, &[7; 2000]);
+    let out = lab.ingress_gso(&bulk, 1448);
+    assert_eq!(out.action, TC_ACT_REDIRECT, "into the endpoint");
+    let seen = packet::inspect(&out.frame);
+    assert_eq!((seen.src, seen.dst, seen.dport), (CLIENT, EP1, 80));
+    assert_eq!(out.frame[0..6], EP1_MAC);
+    assert_eq!(out.frame[14 + 8], 63, "forwarded: TTL decremented");
+    assert_eq!(
+        lab.sent_into_ep1(),
+        Some((2, (first.len() + bulk.len()) as u64))
+    );
+
+    // Segments of 1,480 bytes of data would be 1,520 bytes long; the same packet not GSO is
+    // 2,040: both to the stack, translated, TTL untouched.
+    for gso_size in [1480, 0] {
+        let out = if gso_size == 0 {
+            lab.ingress(&bulk)
+        } else {
+            lab.ingress_gso(&bulk, gso_size)
+        };
+        assert_eq!(out.action, TC_ACT_OK, "GSO size {gso_size}: the stack's");
+        assert_eq!(packet::inspect(&out.frame).dst, EP1, "translated");
+        assert_eq!(out.frame[14 + 8], 64);
+    }
+    assert_eq!(lab.sent_into_ep1().map(|s| s.0), Some(2));
+    assert_eq!(
+        (
+            lab.stat(outcome::DNAT),
+            lab.stat(outcome::FAST_PATH_PEER),
+            lab.stat(outcome::FAST_PATH)
+        ),
+        (4, 2, 0)
+    );
 }
 
 /// The fast path out of an endpoint (`endpoint_ingress`): a namespace with bridgenet's bridge
@@ -387,6 +443,13 @@ impl Lab6 {
             .enter(|| packet::run_tc(dp, programs::UPLINK_INGRESS, frame, 1).expect("test run"))
     }
 
+    fn ingress_gso(&mut self, frame: &[u8], gso_size: u32) -> packet::Verdict {
+        let dp = &mut self.dp;
+        self.topo.ns("host").enter(|| {
+            packet::run_tc_gso(dp, programs::UPLINK_INGRESS, frame, gso_size).expect("test run")
+        })
+    }
+
     fn stats(&self) -> (u64, u64, u64) {
         let stat = |o| self.dp.stat(program_id::UPLINK_INGRESS, o).unwrap();
         (
@@ -409,6 +472,21 @@ fn syn6(sport: u16, hops: u8) -> Vec<u8> {
         .syn();
     let mut frame = Vec::new();
     builder.write(&mut frame, b"").unwrap();
+    frame
+}
+
+/// The flow of `syn6(sport, 64)`'s data segment, acknowledging the SYN-ACK, with `len` bytes.
+fn data6(sport: u16, len: usize) -> Vec<u8> {
+    let builder = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 9], [2, 0, 0, 0, 0, 8])
+        .ipv6(
+            CLIENT6.parse::<std::net::Ipv6Addr>().unwrap().octets(),
+            UPLINK6.parse::<std::net::Ipv6Addr>().unwrap().octets(),
+            64,
+        )
+        .tcp(sport, 8080, 7001, 64240)
+        .ack(1);
+    let mut frame = Vec::new();
+    builder.write(&mut frame, &vec![7; len]).unwrap();
     frame
 }
 
@@ -581,4 +659,37 @@ fn what_the_ipv6_fast_path_out_must_not_take_goes_the_normal_way() {
         .ns("host")
         .ip(&["link", "set", "uplink0", "mtu", "1280"]);
     lab.0.normal(GATEWAY_MAC, &from_ep6(WORLD6, 64, 1300));
+}
+
+/// `a_gso_packet_goes_into_the_endpoint_when_its_segments_fit_the_mtu` over IPv6: segments of
+/// 40 + 20 + 1,440 bytes fit br1's 1,500, one byte more does not (the stack sends Packet Too
+/// Big), nor does the same packet not GSO.
+#[test]
+fn an_ipv6_gso_packet_goes_into_the_endpoint_when_its_segments_fit_the_mtu() {
+    let mut lab = Lab6::new(true);
+    let br1 = lab.topo.ns("host").ifindex("br1");
+    lab.dp
+        .add_endpoint_peer(Ipv4Addr::from(EP1), VETH, br1)
+        .unwrap();
+    assert_eq!(lab.ingress(&syn6(40010, 64)).action, TC_ACT_REDIRECT);
+    let bulk = data6(40010, 2000);
+    let out = lab.ingress_gso(&bulk, 1440);
+    assert_eq!(out.action, TC_ACT_REDIRECT, "into the endpoint");
+    assert_eq!(dst6(&out.frame), (EP1_6.parse().unwrap(), 80, 63));
+    assert_eq!(out.frame[0..6], EP1_MAC_DOCKER);
+    assert_eq!(lab.stats(), (2, 0, 2));
+    for gso_size in [1441, 0] {
+        let out = if gso_size == 0 {
+            lab.ingress(&bulk)
+        } else {
+            lab.ingress_gso(&bulk, gso_size)
+        };
+        assert_eq!(out.action, TC_ACT_OK, "GSO size {gso_size}: the stack's");
+        assert_eq!(
+            dst6(&out.frame),
+            (EP1_6.parse().unwrap(), 80, 64),
+            "translated, hop limit untouched"
+        );
+    }
+    assert_eq!(lab.stats(), (4, 0, 2));
 }
