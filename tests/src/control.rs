@@ -415,6 +415,26 @@ impl ControlLab {
         serde_json::from_str(&self.ok(&all)).expect("JSON")
     }
 
+    /// The host end of endpoint `name`'s veth, as `endpoint ls` lists it.
+    pub fn endpoint_veth(&self, name: &str) -> String {
+        let endpoints = self.json(&["endpoint", "ls"]);
+        endpoints
+            .as_array()
+            .expect("endpoint ls is a list")
+            .iter()
+            .find(|e| e["name"] == name)
+            .and_then(|e| e["veth"].as_str())
+            .unwrap_or_else(|| panic!("{name}'s veth in endpoint ls: {endpoints}"))
+            .to_owned()
+    }
+
+    /// `ip -s -j link show LINK` in the daemon's namespace: the link's stats64 (`rx`, `tx`).
+    pub fn link_stats(&self, link: &str) -> serde_json::Value {
+        let out = self.topo.ns("host").ip(&["-s", "-j", "link", "show", link]);
+        let links: serde_json::Value = serde_json::from_str(&out).expect("ip -j");
+        links[0]["stats64"].clone()
+    }
+
     /// One of `bridgenet stats`'s counters (0 when it has not counted anything).
     pub fn stat(&self, program: &str, outcome: &str) -> u64 {
         self.json(&["stats"])

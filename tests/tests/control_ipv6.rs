@@ -226,7 +226,12 @@ fn lab_out() -> (ControlLab, String, String) {
 
 /// `lab_out` with the daemon's `config`.
 fn lab_out_with(config: Value) -> (ControlLab, String, String) {
-    let mut lab = ControlLab::up_with_config("on", config);
+    lab_out_with_xdp("on", config)
+}
+
+/// `lab_out_with` with the daemon's `xdp` option set to `xdp`.
+fn lab_out_with_xdp(xdp: &str, config: Value) -> (ControlLab, String, String) {
+    let mut lab = ControlLab::up_with_config(xdp, config);
     let world = lab.topo.ns("world").name().to_owned();
     lab.ipv6_to_world();
     let e1 = network_out6(&mut lab);
@@ -483,7 +488,12 @@ fn lab_web(udp: &str) -> (ControlLab, String, String) {
 
 /// `lab_web` with the daemon's `config`.
 fn lab_web_with(config: Value, udp: &str) -> (ControlLab, String, String) {
-    let (mut lab, e1, world) = lab_out_with(config);
+    lab_web_with_xdp("on", config, udp)
+}
+
+/// `lab_web_with` with the daemon's `xdp` option set to `xdp`.
+fn lab_web_with_xdp(xdp: &str, config: Value, udp: &str) -> (ControlLab, String, String) {
+    let (mut lab, e1, world) = lab_out_with_xdp(xdp, config);
     assert!(
         pings_within_5_s(&lab, &e1, WORLD6),
         "e1 pings the world over IPv6"
@@ -503,6 +513,38 @@ fn lab_web_with(config: Value, udp: &str) -> (ControlLab, String, String) {
         udp,
     ]);
     (lab, web, world)
+}
+
+/// Bulk TCP over IPv6 to a port published on IPv6: the world's 64 KiB GSO packets, whose
+/// segments fit the MTU, go straight into the endpoint, past its veth, which sends next to
+/// nothing; the data arrives intact. No XDP on the veth uplink (the default): with it, the
+/// world's veth would cut its bulk into segments of the MTU before sending.
+#[test]
+fn ipv6_bulk_into_a_published_port_goes_straight_into_the_endpoint() {
+    let (lab, web, world) = lab_web_with_xdp("auto", serde_json::json!({}), "5353:53/udp");
+    let veth = lab.endpoint_veth("web");
+    let sent = |lab: &ControlLab| {
+        (
+            lab.stat("uplink_ingress", "fast_path_peer"),
+            lab.link_stats(&veth)["tx"]["bytes"]
+                .as_u64()
+                .expect("tx bytes"),
+        )
+    };
+    // A first exchange, so that the host knows web's neighbour entry.
+    let server = echo_once(&web, "[::]:7002");
+    roundtrip(&world, &format!("[{UPLINK6}]:8080"));
+    server.join().unwrap();
+
+    let before = sent(&lab);
+    let data: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    let server = echo_once(&web, "[::]:7002");
+    roundtrip_data(&world, &format!("[{UPLINK6}]:8080"), &data);
+    server.join().unwrap();
+    let after = sent(&lab);
+    // 4 MiB in GSO packets of up to 64 KiB, and the ACKs of the echo.
+    assert!(after.0 > before.0 + 64, "{before:?} -> {after:?}");
+    assert!(after.1 - before.1 < 256 << 10, "{before:?} -> {after:?}");
 }
 
 /// A UDP query from `client_ns` to `to`, received on port 53 in `endpoint_ns` and answered:

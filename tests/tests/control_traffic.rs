@@ -183,19 +183,14 @@ fn bulk_traffic_arrives_intact_and_takes_the_fast_paths_it_should() {
     let mut lab = ControlLab::up_with_xdp("auto");
     let ns = lab.endpoint("ep1", &["8080:80"]);
     let world = lab.topo.ns("world").name().to_owned();
-    let veth = lab.json(&["endpoint", "ls"])[0]["veth"]
-        .as_str()
-        .expect("ep1's veth")
-        .to_owned();
+    let veth = lab.endpoint_veth("ep1");
     let data: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
     let stats = |lab: &ControlLab| {
-        let link = lab.topo.ns("host").ip(&["-s", "-j", "link", "show", &veth]);
-        let link: serde_json::Value = serde_json::from_str(&link).unwrap();
         (
             lab.stat("uplink_ingress", "fast_path_peer"),
             lab.stat("endpoint_ingress", "fast_path"),
             lab.stat("bridge_ingress", "passed"),
-            link[0]["stats64"]["tx"]["bytes"]
+            lab.link_stats(&veth)["tx"]["bytes"]
                 .as_u64()
                 .expect("tx bytes"),
         )

@@ -563,21 +563,13 @@ fn metrics_agree_with_stats_and_ct_ls_after_known_traffic() {
 
     // ep1's traffic, in and out: its veth's counters, which moved only by what arrived
     // between the two reads around the scrape.
-    let endpoints = lab.json(&["endpoint", "ls"]);
-    let veth = endpoints
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["name"] == "ep1")
-        .and_then(|e| e["veth"].as_str())
-        .expect("ep1's veth in endpoint ls --json")
-        .to_owned();
+    let veth = lab.endpoint_veth("ep1");
     // The fast path sends the published port's packets into ep1 past its veth: the only
     // endpoint, so all that `stats` counts as fast_path_peer.
     let peer = || lab.stat("uplink_ingress", "fast_path_peer") as f64;
-    let (before, peer_before) = (veth_counters(&lab, &veth), peer());
+    let (before, peer_before) = (lab.link_stats(&veth), peer());
     let (_, text) = scrape(&lab, "127.0.0.1:9464");
-    let (after, peer_after) = (veth_counters(&lab, &veth), peer());
+    let (after, peer_after) = (lab.link_stats(&veth), peer());
     assert!(
         peer_before > 0.0,
         "the published port's packets took no fast path into ep1"
@@ -618,13 +610,6 @@ fn metrics_agree_with_stats_and_ct_ls_after_known_traffic() {
             &[("endpoint", "ep1"), ("direction", "in")]
         ) >= Some(6.0)
     );
-}
-
-/// `ip -s -j link show VETH` in the daemon's namespace: the link's stats64 (`rx`, `tx`).
-fn veth_counters(lab: &ControlLab, veth: &str) -> Value {
-    let out = lab.topo.ns("host").ip(&["-s", "-j", "link", "show", veth]);
-    let links: Value = serde_json::from_str(&out).unwrap();
-    links[0]["stats64"].clone()
 }
 
 #[test]

@@ -145,7 +145,7 @@ pub fn write(cfg: &Config, r: &Results) -> Result<()> {
         ("conn_cf", "connection rate, the client closing first,"),
         ("rr", "request/response"),
     ] {
-        let m = |n: u32| median(r, bn, &key_for(bn, &format!("{prefix}/{n}")));
+        let m = |n: u32| median(r, bn, &format!("{prefix}/{n}"));
         target(
             format!("{name} at {last} mappings >= 0.95x bridgenet at 1"),
             m(last) / m(1),
