@@ -4,8 +4,8 @@
 //! skipping the bridge and the veth; otherwise to the bridge with bpf_redirect_neigh. Whenever
 //! the lookup does not give a plain answer (no route, forwarding off, the packet too big for
 //! the MTU, TTL about to expire) the packet takes the normal path, which knows what to do.
-//! A GSO packet (bulk TCP: up to 64 KiB from an uplink) is checked as forwarding checks it:
-//! by the size of the segments it will be cut into.
+//! A GSO packet (bulk TCP: up to 64 KiB) is checked as forwarding checks it: by the size of
+//! the segments it will be cut into.
 //! Out of an endpoint, what is sent to the gateway's MAC for an address the FIB routes out
 //! through an uplink goes straight to that uplink. Both ways for IPv4 and IPv6.
 use core::mem::{size_of, zeroed};
@@ -158,23 +158,18 @@ pub fn redirect6(ctx: &mut TcContext) -> Option<(i32, u32)> {
     ))
 }
 
-/// Fast path out of an endpoint: an IPv4 or IPv6 packet (not GSO) that passed the endpoint's
-/// checks, sent to its gateway's MAC (`gateway`: the network's gateway address, whose MAC is
-/// 02:42 and the address, as bridgenet gives its bridges), and that the FIB routes out through
-/// an uplink to a known neighbour goes straight to that uplink's egress, skipping the bridge
-/// and the forwarding path; `uplink_egress` translates it there as it would have. The TC
-/// verdict, or None for the normal path (another MAC, a bridge that is not bridgenet's, no
-/// plain answer).
+/// Fast path out of an endpoint: an IPv4 or IPv6 packet that passed the endpoint's checks, sent
+/// to its gateway's MAC (`gateway`: the network's gateway address, whose MAC is 02:42 and the
+/// address, as bridgenet gives its bridges), that the FIB routes out through an uplink to a
+/// known neighbour and that fits the uplink's MTU (a GSO packet: its segments) goes straight
+/// to that uplink's egress, skipping the bridge and the forwarding path; `uplink_egress`
+/// translates it there as it would have. The TC verdict, or None for the normal path (another
+/// MAC, a bridge that is not bridgenet's, no plain answer).
 /// A call of its own: inlined, its lookup would add to the hairpin path's stack.
 #[inline(never)]
 pub fn out(ctx: &mut TcContext, gateway: u32) -> Option<i32> {
     let [a, b, c, d] = gateway.to_ne_bytes();
     if gateway == 0 || ctx.load::<[u8; 6]>(0).ok()? != [0x02, 0x42, a, b, c, d] {
-        return None;
-    }
-    // GSO packets (an endpoint's bulk TCP) keep the normal path: redirected, they cost four
-    // streams out of an endpoint 15% of their throughput here (BENCHMARKS.md).
-    if unsafe { (*ctx.skb.skb).gso_size } != 0 {
         return None;
     }
     let ether_type = ctx.load::<u16>(12).ok()?;
@@ -185,9 +180,17 @@ pub fn out(ctx: &mut TcContext, gateway: u32) -> Option<i32> {
         return None;
     }
     let ip = ctx.load::<Ipv4Hdr>(IP_OFF).ok()?;
+    let segment = segment_len(ctx, IP_OFF + usize::from(ip.ihl()), ip.proto)?;
+    let tot_len = match segment {
+        None => u16::from_be_bytes(ip.tot_len),
+        Some(_) => 0,
+    };
     let mut fib: bpf_fib_lookup = unsafe { zeroed() };
-    let ret = lookup(ctx, &ip, u16::from_be_bytes(ip.tot_len), &mut fib)?;
-    if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS) || nat::uplink_addr(fib.ifindex).is_none() {
+    let ret = lookup(ctx, &ip, tot_len, &mut fib)?;
+    if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS)
+        || segment.is_some_and(|len| len > unsafe { fib.__bindgen_anon_1.mtu_result })
+        || nat::uplink_addr(fib.ifindex).is_none()
+    {
         return None;
     }
     decrement_ttl(ctx, &ip)?;
@@ -196,12 +199,16 @@ pub fn out(ctx: &mut TcContext, gateway: u32) -> Option<i32> {
 }
 
 /// `out` for IPv6: to an uplink with an IPv6 address (`UPLINKS6`), whose `uplink_egress`
-/// applies NAT66 there; the FIB checks the size against the MTU.
+/// applies NAT66 there; the size is checked against the MTU as for IPv4.
 // A BPF subprogram of its own: its lookup must not sit in the IPv4 path's frame.
 #[inline(never)]
 fn out6(ctx: &mut TcContext) -> Option<i32> {
-    let (ret, fib, hop_limit) = lookup6(ctx, true)?;
-    if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS) || unsafe { UPLINKS6.get(fib.ifindex) }.is_none()
+    let next: u8 = ctx.load(IP6_OFF + 6).ok()?;
+    let segment = segment_len(ctx, IP6_OFF + IP6_LEN, next)?;
+    let (ret, fib, hop_limit) = lookup6(ctx, segment.is_none())?;
+    if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS)
+        || segment.is_some_and(|len| len > unsafe { fib.__bindgen_anon_1.mtu_result })
+        || unsafe { UPLINKS6.get(fib.ifindex) }.is_none()
     {
         return None;
     }

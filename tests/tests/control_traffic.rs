@@ -171,11 +171,9 @@ fn published_port_and_masquerade_through_the_daemon() {
     }
 }
 
-/// Bulk TCP both ways (echoed): what comes from the uplink, 64 KiB GSO packets included, goes
-/// straight into the endpoint (past its veth, which sends next to nothing), the endpoint's
-/// small packets (ACKs) straight out, and its 64 KiB GSO packets through the bridge (the fast
-/// path out leaves them to the normal path, where four streams go faster); everything arrives
-/// intact.
+/// Bulk TCP both ways (echoed), in 64 KiB GSO packets: what comes from the uplink goes straight
+/// into the endpoint (past its veth, which sends next to nothing), what the endpoint sends
+/// straight out to the uplink (past the bridge); everything arrives intact.
 #[test]
 fn bulk_traffic_arrives_intact_and_takes_the_fast_paths_it_should() {
     // No XDP on the veth uplink (the default): with it, the world's veth would cut its bulk
@@ -203,11 +201,11 @@ fn bulk_traffic_arrives_intact_and_takes_the_fast_paths_it_should() {
     roundtrip_data(&ns, "198.18.0.1:7000", &data);
     server.join().unwrap();
     let after = stats(&lab);
-    // 8 MiB into ep1 in GSO packets (up to 45 segments each), and its echo's ACKs.
+    // 8 MiB each way in GSO packets (up to 45 segments each), and the ACKs.
     assert!(after.0 > before.0 + 100, "{before:?} -> {after:?}");
-    assert!(after.1 > before.1 + 10, "{before:?} -> {after:?}");
-    // 8 MiB sent by the endpoint's stack in all (its echo, its upload), in GSO packets.
-    assert!(after.2 > before.2 + 10, "{before:?} -> {after:?}");
+    assert!(after.1 > before.1 + 100, "{before:?} -> {after:?}");
+    // Through the bridge, at most the first packets (before the bridge had ep1's neighbour).
+    assert!(after.2 < before.2 + 10, "{before:?} -> {after:?}");
     // 8 MiB went into ep1 (the world's upload, the world's echo): through its veth, which
     // the bridge sends into, only what took the normal path (at most the first packets,
     // before the bridge knew ep1's MAC).

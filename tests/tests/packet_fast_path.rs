@@ -302,13 +302,24 @@ impl OutLab {
 
     /// Runs `endpoint_ingress` on `frame`, sent by EP1 to MAC `to`.
     fn send(&mut self, to: [u8; 6], frame: &[u8]) -> packet::Verdict {
+        self.send_gso(to, frame, 0)
+    }
+
+    /// `send` of a GSO packet of `gso_size` (0: not GSO).
+    fn send_gso(&mut self, to: [u8; 6], frame: &[u8], gso_size: u32) -> packet::Verdict {
         let mut frame = frame.to_vec();
         frame[..6].copy_from_slice(&to);
         frame[6..12].copy_from_slice(&EP_MAC);
         let dp = &mut self.dp;
-        self.topo
-            .ns("host")
-            .enter(|| packet::run_tc(dp, programs::ENDPOINT_INGRESS, &frame, 1).expect("test run"))
+        let name = programs::ENDPOINT_INGRESS;
+        self.topo.ns("host").enter(|| {
+            if gso_size == 0 {
+                packet::run_tc(dp, name, &frame, 1)
+            } else {
+                packet::run_tc_gso(dp, name, &frame, gso_size)
+            }
+            .expect("test run")
+        })
     }
 
     fn fast(&self) -> u64 {
@@ -319,8 +330,13 @@ impl OutLab {
 
     /// The frame went the normal way: through the bridge, marked as checked, unchanged.
     fn normal(&mut self, to: [u8; 6], frame: &[u8]) {
+        self.normal_gso(to, frame, 0);
+    }
+
+    /// `normal` for a GSO packet of `gso_size`.
+    fn normal_gso(&mut self, to: [u8; 6], frame: &[u8], gso_size: u32) {
         let before = self.fast();
-        let out = self.send(to, frame);
+        let out = self.send_gso(to, frame, gso_size);
         assert_eq!(out.action, TC_ACT_OK);
         assert_eq!(out.frame[..6], to);
         assert_eq!(out.frame[12..], frame[12..], "unchanged");
@@ -353,6 +369,29 @@ fn what_an_endpoint_sends_out_goes_straight_to_the_uplink() {
         ),
         (1, 1)
     );
+}
+
+/// An endpoint's bulk TCP leaves as GSO packets of up to 64 KiB: one goes straight to the
+/// uplink when the segments it will be cut into fit the uplink's MTU (1,500), else the normal
+/// way (where the stack sends fragmentation needed or Packet Too Big); IPv4 and IPv6.
+#[test]
+fn an_endpoints_gso_packet_goes_straight_out_when_its_segments_fit_the_uplinks_mtu() {
+    let mut lab = OutLab6::new();
+    let bulk = packet::tcp_frame(EP1, 40000, SERVER, 7000, false, true, &[7; 2000]);
+    // 20 + 20 + 1,460 bytes fit.
+    let out = lab.0.send_gso(GATEWAY_MAC, &bulk, 1460);
+    assert_eq!(out.action, TC_ACT_REDIRECT);
+    assert_eq!(out.frame[14 + 8], 63, "forwarded: TTL decremented");
+    assert_eq!(lab.0.fast(), 1);
+    lab.0.normal_gso(GATEWAY_MAC, &bulk, 1461);
+
+    // 40 + 20 + 1,440 bytes fit.
+    let bulk6 = from_ep6(WORLD6, 64, 2000);
+    let out = lab.0.send_gso(GATEWAY_MAC, &bulk6, 1440);
+    assert_eq!(out.action, TC_ACT_REDIRECT);
+    assert_eq!(out.frame[14 + 7], 63, "forwarded: hop limit decremented");
+    assert_eq!(lab.0.fast(), 2);
+    lab.0.normal_gso(GATEWAY_MAC, &bulk6, 1441);
 }
 
 #[test]
