@@ -67,11 +67,7 @@ pub fn redirect_hairpin(ctx: &mut TcContext) -> Option<(i32, u32)> {
 #[inline(always)]
 fn redirect4(ctx: &mut TcContext, must: bool) -> Option<(i32, u32)> {
     let ip = ctx.load::<Ipv4Hdr>(IP_OFF).ok()?;
-    let segment = if must {
-        None
-    } else {
-        segment_len(ctx, IP_OFF + usize::from(ip.ihl()), ip.proto)?
-    };
+    let segment = if must { None } else { segment4(ctx, &ip)? };
     // A GSO packet's segments are checked against the MTU below; any other packet by the FIB.
     let tot_len = match (must, segment) {
         (false, None) => u16::from_be_bytes(ip.tot_len),
@@ -83,7 +79,7 @@ fn redirect4(ctx: &mut TcContext, must: bool) -> Option<(i32, u32)> {
     if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS) && !resolvable {
         return None;
     }
-    if segment.is_some_and(|len| len > unsafe { fib.__bindgen_anon_1.mtu_result }) {
+    if too_big(segment, &fib) {
         return None;
     }
     decrement_ttl(ctx, &ip)?;
@@ -133,12 +129,9 @@ fn into_peer(ctx: &TcContext, peer: *mut EndpointPeer) -> i32 {
 // A BPF subprogram of its own: its lookup must not sit in uplink_ingress's frame.
 #[inline(never)]
 pub fn redirect6(ctx: &mut TcContext) -> Option<(i32, u32)> {
-    let next: u8 = ctx.load(IP6_OFF + 6).ok()?;
-    let segment = segment_len(ctx, IP6_OFF + IP6_LEN, next)?;
+    let segment = segment6(ctx)?;
     let (ret, fib, hop_limit) = lookup6(ctx, segment.is_none())?;
-    if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS)
-        || segment.is_some_and(|len| len > unsafe { fib.__bindgen_anon_1.mtu_result })
-    {
+    if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS) || too_big(segment, &fib) {
         return None;
     }
     // Forwarding decrements the hop limit (no header checksum in IPv6).
@@ -180,7 +173,7 @@ pub fn out(ctx: &mut TcContext, gateway: u32) -> Option<i32> {
         return None;
     }
     let ip = ctx.load::<Ipv4Hdr>(IP_OFF).ok()?;
-    let segment = segment_len(ctx, IP_OFF + usize::from(ip.ihl()), ip.proto)?;
+    let segment = segment4(ctx, &ip)?;
     let tot_len = match segment {
         None => u16::from_be_bytes(ip.tot_len),
         Some(_) => 0,
@@ -188,7 +181,7 @@ pub fn out(ctx: &mut TcContext, gateway: u32) -> Option<i32> {
     let mut fib: bpf_fib_lookup = unsafe { zeroed() };
     let ret = lookup(ctx, &ip, tot_len, &mut fib)?;
     if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS)
-        || segment.is_some_and(|len| len > unsafe { fib.__bindgen_anon_1.mtu_result })
+        || too_big(segment, &fib)
         || nat::uplink_addr(fib.ifindex).is_none()
     {
         return None;
@@ -203,11 +196,10 @@ pub fn out(ctx: &mut TcContext, gateway: u32) -> Option<i32> {
 // A BPF subprogram of its own: its lookup must not sit in the IPv4 path's frame.
 #[inline(never)]
 fn out6(ctx: &mut TcContext) -> Option<i32> {
-    let next: u8 = ctx.load(IP6_OFF + 6).ok()?;
-    let segment = segment_len(ctx, IP6_OFF + IP6_LEN, next)?;
+    let segment = segment6(ctx)?;
     let (ret, fib, hop_limit) = lookup6(ctx, segment.is_none())?;
     if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS)
-        || segment.is_some_and(|len| len > unsafe { fib.__bindgen_anon_1.mtu_result })
+        || too_big(segment, &fib)
         || unsafe { UPLINKS6.get(fib.ifindex) }.is_none()
     {
         return None;
@@ -216,6 +208,26 @@ fn out6(ctx: &mut TcContext) -> Option<i32> {
     ctx.store(HOP_LIMIT_OFF, &(hop_limit - 1), 0).ok()?;
     set_macs(ctx, &fib)?;
     Some(unsafe { bpf_redirect(fib.ifindex, 0) } as i32)
+}
+
+/// `segment_len` of an IPv4 packet.
+#[inline(always)]
+fn segment4(ctx: &TcContext, ip: &Ipv4Hdr) -> Option<Option<u16>> {
+    segment_len(ctx, IP_OFF + usize::from(ip.ihl()), ip.proto)
+}
+
+/// `segment_len` of an IPv6 packet (a GSO packet with extension headers before TCP is not
+/// sized: the normal path).
+#[inline(always)]
+fn segment6(ctx: &TcContext) -> Option<Option<u16>> {
+    let next: u8 = ctx.load(IP6_OFF + 6).ok()?;
+    segment_len(ctx, IP6_OFF + IP6_LEN, next)
+}
+
+/// Whether a GSO packet's segments (`segment_len`) exceed the MTU the FIB answered with.
+#[inline(always)]
+fn too_big(segment: Option<u16>, fib: &bpf_fib_lookup) -> bool {
+    segment.is_some_and(|len| len > unsafe { fib.__bindgen_anon_1.mtu_result })
 }
 
 /// The size of the segments a GSO packet will be cut into (IP and TCP headers, `l4` the
