@@ -3,6 +3,7 @@
 //! A socket a test has just closed can live on for a moment in a child that another test
 //! thread is spawning: fork copies the descriptor table, and only exec closes the copy. Binding
 //! the same port in that moment fails with EADDRINUSE, so these retry, for a bounded time.
+//! `expect_refused` retries for the same reason: one lost datagram or ICMP error is no failure.
 use std::{
     fmt::Debug,
     io::ErrorKind,
@@ -34,6 +35,32 @@ fn retry<S>(addr: impl Debug, bind: impl Fn() -> std::io::Result<S>) -> S {
             Err(err) => panic!("bind {addr:?}: {err}"),
         }
     }
+}
+
+/// Sends `payload` on a connected UDP socket until the kernel reports the far port closed
+/// (an ICMP port unreachable turned into ECONNREFUSED), up to five datagrams two seconds apart.
+/// One try is not a check: a datagram can be lost, and ICMP errors are rate-limited, on 6.1
+/// by one budget that every namespace of the machine shares (a flood in a parallel test
+/// drains it). An answer, or no error after the last try, fails the test.
+pub fn expect_refused(sock: &UdpSocket, payload: &[u8], what: &str) {
+    let refused = |err: &std::io::Error| err.kind() == ErrorKind::ConnectionRefused;
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut buf = [0u8; 64];
+    for _ in 0..5 {
+        // An error that arrived after the last wait is reported by this send.
+        match sock.send(payload) {
+            Err(err) if refused(&err) => return,
+            sent => {
+                sent.unwrap_or_else(|err| panic!("{what}: send: {err}"));
+            }
+        }
+        match sock.recv(&mut buf) {
+            Err(err) if refused(&err) => return,
+            Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            other => panic!("{what}: expected the port refused, got {other:?}"),
+        }
+    }
+    panic!("{what}: no port unreachable came back for five datagrams");
 }
 
 #[cfg(test)]

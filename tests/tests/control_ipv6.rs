@@ -766,21 +766,10 @@ fn endpoints_reach_ports_published_on_ipv6_through_host_addresses() {
     );
     // ICMPv6 errors about hairpin flows reach the other side: a client of the port while
     // nothing listens on it is refused, and so is a server answering a client gone meanwhile.
-    let refused = |err: std::io::Error| {
-        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
-    };
     let mut buf = [0u8; 16];
     let client = enter(&e2, || sockets::udp_socket("[::]:0"));
     client.connect(format!("[{UPLINK6}]:5353")).unwrap();
-    client
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    client.send(b"ping").unwrap();
-    refused(
-        client
-            .recv(&mut buf)
-            .expect_err("nothing listens on web's 53"),
-    );
+    sockets::expect_refused(&client, b"ping", "nothing listens on web's 53");
     let server = enter(&web, || sockets::udp_socket("[::]:53"));
     server
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -791,8 +780,7 @@ fn endpoints_reach_ports_published_on_ipv6_through_host_addresses() {
         .expect("the datagram reaches web");
     drop(client);
     server.connect(peer).unwrap();
-    server.send(b"late").unwrap();
-    refused(server.recv(&mut buf).expect_err("the client has gone"));
+    sockets::expect_refused(&server, b"late", "the client has gone");
     drop(server);
 
     // A live hairpin flow is listed, and unpublishing revokes it.
