@@ -390,16 +390,18 @@ fn run_in_vm(
 
     let xtask = std::env::current_exe()?;
     // The kernel's log is kept for when the guest writes no report (a test process the
-    // kernel killed, a warning before a crash).
+    // kernel killed, a warning before a crash): followed as it is written, so that a guest
+    // that dies on the way (a panic) leaves what it logged up to then.
     let script = dir.join("guest.sh");
     fs::write(
         &script,
         format!(
-            "'{}' guest-test --plan '{}' --report '{}'\ndmesg > '{}'\n",
+            "dmesg --follow > '{}' 2>&1 &\nfollower=$!\n\
+             '{}' guest-test --plan '{}' --report '{}'\nkill $follower\n",
+            dir.join("dmesg").display(),
             xtask.display(),
             plan.display(),
             report.display(),
-            dir.join("dmesg").display()
         ),
     )?;
     let guest_cmd = format!("sh '{}'", script.display());
