@@ -50,9 +50,8 @@ pub fn expect_refused(sock: &UdpSocket, payload: &[u8], what: &str) {
         // An error that arrived after the last wait is reported by this send.
         match sock.send(payload) {
             Err(err) if refused(&err) => return,
-            sent => {
-                sent.unwrap_or_else(|err| panic!("{what}: send: {err}"));
-            }
+            Err(err) => panic!("{what}: send: {err}"),
+            Ok(_) => {}
         }
         match sock.recv(&mut buf) {
             Err(err) if refused(&err) => return,
