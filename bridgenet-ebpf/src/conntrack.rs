@@ -97,17 +97,12 @@ pub fn lookup(ctx: &TcContext, packet: &Packet) -> Result<Option<*mut CtEntry>, 
 /// PASSED, or the outcome to drop it with.
 #[inline(always)]
 pub fn touch(ctx: &TcContext, entry: *mut CtEntry, packet: &Packet) -> u32 {
-    let at = tcp::At {
-        l4_off: packet.l4_off,
-        flags: packet.tcp_flags,
-        ipv6: false,
-    };
     track(
         ctx,
         entry,
         unsafe { &raw const (*entry).peer },
         packet.key.proto,
-        &at,
+        &packet.tcp,
     )
 }
 
@@ -118,7 +113,7 @@ pub fn track<K: PeerKey>(
     entry: *mut CtEntry,
     peer: *const K,
     proto: u8,
-    at: &tcp::At,
+    seg: &tcp::Segment,
 ) -> u32 {
     unsafe {
         (*entry).last_seen_ns = bpf_ktime_get_ns();
@@ -126,7 +121,7 @@ pub fn track<K: PeerKey>(
         (*entry).bytes += u64::from(ctx.len());
     }
     if proto == TCP {
-        return tcp::track(ctx, entry, peer, at);
+        return tcp::track(ctx, entry, peer, seg);
     }
     if unsafe { (*entry).flags } & ct_flags::ASSURED == 0 {
         assure_datagram(entry, unsafe { (*peer).peer_entry() });
@@ -295,7 +290,7 @@ pub fn evict_closed(key: &CtKey) -> bool {
 /// alone a masqueraded one from the port of a published service.
 #[inline(always)]
 pub fn opens_flow(packet: &Packet) -> bool {
-    opens(packet.key.proto, packet.tcp_flags)
+    opens(packet.key.proto, packet.tcp.flags)
 }
 
 /// `opens_flow` for a packet of either family.

@@ -15,7 +15,7 @@ use bridgenet_common::{
 use crate::{
     conntrack::{self, InsertError},
     parse6::Packet6,
-    tcp::{self, PeerKey},
+    tcp::PeerKey,
 };
 
 /// Sized by the loader above `ct_usage::LIMIT6`, as `CONNTRACK` is above its limit.
@@ -162,13 +162,8 @@ pub fn lookup(ctx: &TcContext, packet: &Packet6) -> Result<Option<*mut Ct6Entry>
 /// Tracks `packet` in `entry` (TCP window, state, counters): PASSED or the drop.
 #[inline(always)]
 pub fn touch(ctx: &TcContext, entry: *mut Ct6Entry, packet: &Packet6) -> u32 {
-    let at = tcp::At {
-        l4_off: packet.l4_off,
-        flags: packet.tcp_flags,
-        ipv6: true,
-    };
     let (track, peer) = unsafe { (&raw mut (*entry).track, &raw const (*entry).peer) };
-    conntrack::track(ctx, track, peer, packet.key.proto, &at)
+    conntrack::track(ctx, track, peer, packet.key.proto, &packet.tcp)
 }
 
 /// Counts the packet that opened a flow, as `conntrack::count_opening`.

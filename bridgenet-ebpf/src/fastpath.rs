@@ -21,7 +21,10 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use bridgenet_common::{EndpointPeer, outcome};
-use network_types::{eth::EtherType, ip::Ipv4Hdr};
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::Ipv4Hdr,
+};
 
 use crate::{
     nat,
@@ -162,10 +165,14 @@ pub fn redirect6(ctx: &mut TcContext) -> Option<(i32, u32)> {
 #[inline(never)]
 pub fn out(ctx: &mut TcContext, gateway: u32) -> Option<i32> {
     let [a, b, c, d] = gateway.to_ne_bytes();
-    if gateway == 0 || ctx.load::<[u8; 6]>(0).ok()? != [0x02, 0x42, a, b, c, d] {
+    if gateway == 0 {
         return None;
     }
-    let ether_type = ctx.load::<u16>(12).ok()?;
+    let eth = ctx.load::<EthHdr>(0).ok()?;
+    if eth.dst_addr != [0x02, 0x42, a, b, c, d] {
+        return None;
+    }
+    let ether_type = eth.ether_type;
     if ether_type == ETH_P_IPV6 {
         return out6(ctx);
     }
@@ -339,6 +346,9 @@ fn decrement_ttl(ctx: &mut TcContext, ip: &Ipv4Hdr) -> Option<()> {
 /// The next hop's MAC as destination, the output interface's as source.
 #[inline(always)]
 fn set_macs(ctx: &mut TcContext, fib: &bpf_fib_lookup) -> Option<()> {
-    ctx.store(0, &fib.dmac, 0).ok()?;
-    ctx.store(6, &fib.smac, 0).ok()
+    // One store: a helper call costs about what the bytes are worth.
+    let [d0, d1, d2, d3, d4, d5] = fib.dmac;
+    let [s0, s1, s2, s3, s4, s5] = fib.smac;
+    let macs = [d0, d1, d2, d3, d4, d5, s0, s1, s2, s3, s4, s5];
+    ctx.store(0, &macs, 0).ok()
 }

@@ -144,7 +144,7 @@ fn open(ctx: &mut TcContext, scratch: &mut Scratch6, target: &Publish6Target, ch
     if own.flags & network_flags::INTERNAL != 0 && own.network != network {
         return outcome::DROP_INTERNAL;
     }
-    if !conntrack::opens(key.proto, packet.tcp_flags) {
+    if !conntrack::opens(key.proto, packet.tcp.flags) {
         return outcome::DROP_UNTRACKED;
     }
     let seq = match conntrack6::admit(embryo_ring::INSIDE) {

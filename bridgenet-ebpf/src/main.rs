@@ -169,11 +169,13 @@ pub fn host_getpeername6(ctx: SockAddrContext) -> i32 {
 /// errors about either (`nat6`).
 #[classifier]
 pub fn uplink_ingress(mut ctx: TcContext) -> i32 {
-    let (result, ipv4) = match parse(&ctx) {
+    // Matched by reference: a packet moved out of `Parsed` would be a second copy in the frame.
+    let parsed = parse(&ctx);
+    let (result, ipv4) = match &parsed {
         Parsed::Other if parse6::is_ipv6(&ctx) => (uplink_ingress_ipv6(&mut ctx), false),
         Parsed::Other => (outcome::PASSED, false),
-        Parsed::Malformed(header) => (uplink_ingress_malformed(header), true),
-        Parsed::Ipv4(packet) => (uplink_ingress_ipv4(&mut ctx, &packet), true),
+        Parsed::Malformed(header) => (uplink_ingress_malformed(*header), true),
+        Parsed::Ipv4(packet) => (uplink_ingress_ipv4(&mut ctx, packet), true),
     };
     if result == outcome::DNAT
         && let Some((action, path)) = if ipv4 {
@@ -297,11 +299,13 @@ pub fn uplink_egress(mut ctx: TcContext) -> i32 {
     let Some(nat_addr) = nat::uplink_addr(ifindex) else {
         return verdict(&ctx, program_id::UPLINK_EGRESS, outcome::PASSED);
     };
-    let result = match parse(&ctx) {
+    // Matched by reference, as in uplink_ingress.
+    let parsed = parse(&ctx);
+    let result = match &parsed {
         Parsed::Other => outcome::PASSED,
         // A managed source must never leave as it is, so what cannot be parsed does not leave.
         Parsed::Malformed(_) => outcome::DROP_MALFORMED,
-        Parsed::Ipv4(packet) => uplink_egress_ipv4(&mut ctx, &packet, nat_addr),
+        Parsed::Ipv4(packet) => uplink_egress_ipv4(&mut ctx, packet, nat_addr),
     };
     verdict(&ctx, program_id::UPLINK_EGRESS, result)
 }

@@ -143,7 +143,7 @@ fn egress_translate(
         // Not translated, so nothing to track (replies of published flows were handled above).
         return outcome::PASSED;
     }
-    if !conntrack::opens(packet.key.proto, packet.tcp_flags) {
+    if !conntrack::opens(packet.key.proto, packet.tcp.flags) {
         // A segment of a connection no longer tracked: it would leave from a new port.
         return outcome::DROP_UNTRACKED;
     }
@@ -306,7 +306,7 @@ fn publish(ctx: &mut TcContext, scratch: &mut Scratch6, target: &Publish6Target)
         entry,
         reply,
     } = scratch;
-    if !conntrack::opens(packet.key.proto, packet.tcp_flags) {
+    if !conntrack::opens(packet.key.proto, packet.tcp.flags) {
         return outcome::DROP_UNTRACKED;
     }
     let seq = match conntrack6::admit(embryo_ring::OUTSIDE) {

@@ -1,11 +1,15 @@
 //! Parsing: Ethernet, IPv4 and the L4 header fields that conntrack and NAT need. Reads go
-//! through bpf_skb_load_bytes, so non-linear (GRO/GSO) packets parse like linear ones.
+//! through bpf_skb_load_bytes, so non-linear (GRO/GSO) packets parse like linear ones; one
+//! read for the Ethernet and IPv4 headers and one for the L4 fields, since each helper call
+//! costs about what the fields it reads are worth to the rest of the program.
 use aya_ebpf::programs::TcContext;
 use bridgenet_common::CtKey;
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::{IpProto, Ipv4Hdr},
 };
+
+use crate::tcp::Segment;
 
 pub const TCP: u8 = IpProto::Tcp as u8;
 pub const UDP: u8 = IpProto::Udp as u8;
@@ -25,8 +29,8 @@ pub struct Packet {
     pub l4_off: usize,
     /// A fragment (MF set or non-zero offset): its ports, if any, cannot be trusted.
     pub fragment: bool,
-    /// TCP flags byte (TCP only).
-    pub tcp_flags: u8,
+    /// What window tracking needs of a TCP segment, flags included (TCP only).
+    pub tcp: Segment,
     /// ICMP type (ICMP only).
     pub icmp_type: u8,
     /// For an ICMP error: the packet it quotes.
@@ -73,15 +77,17 @@ pub struct Header {
 }
 
 pub fn parse(ctx: &TcContext) -> Parsed {
-    let Ok(ether_type) = ctx.load::<u16>(12) else {
-        return Parsed::Other;
+    let Ok(head) = ctx.load::<Head>(0) else {
+        // Shorter than Ethernet and IPv4 headers: IPv4 cut short, or not IPv4.
+        return match ctx.load::<u16>(12) {
+            Ok(t) if t == EtherType::Ipv4 as u16 => Parsed::Malformed(None),
+            _ => Parsed::Other,
+        };
     };
-    if ether_type != EtherType::Ipv4 as u16 {
+    if head.eth.ether_type != EtherType::Ipv4 as u16 {
         return Parsed::Other;
     }
-    let Ok(ip) = ctx.load::<Ipv4Hdr>(IP_OFF) else {
-        return Parsed::Malformed(None);
-    };
+    let ip = head.ip;
     let malformed = Parsed::Malformed(Some(Header {
         saddr: u32::from_ne_bytes(ip.src_addr),
         daddr: u32::from_ne_bytes(ip.dst_addr),
@@ -106,7 +112,7 @@ pub fn parse(ctx: &TcContext) -> Parsed {
         key: key_of(&ip),
         l4_off: IP_OFF + ihl,
         fragment: ip.frag_flags() & 1 != 0 || ip.frag_offset() != 0,
-        tcp_flags: 0,
+        tcp: Segment::default(),
         icmp_type: 0,
         inner: None,
     };
@@ -114,49 +120,77 @@ pub fn parse(ctx: &TcContext) -> Parsed {
         // No L4 header in a later fragment.
         return Parsed::Ipv4(packet);
     }
+    if !read_l4(ctx, &mut packet, end, total) {
+        return malformed;
+    }
+    Parsed::Ipv4(packet)
+}
+
+/// Reads the L4 fields of `packet` (its ports, TCP's segment, ICMP's type and quoted packet),
+/// in a packet that ends at `end` and whose IPv4 header gives `total` bytes; false when they
+/// are cut short.
+#[inline(always)]
+fn read_l4(ctx: &TcContext, packet: &mut Packet, end: usize, total: usize) -> bool {
     let l4 = packet.l4_off;
     // Translation rewrites the L4 checksum: a header cut before it is malformed, refused before
     // any state is created for it.
-    let l4_min = match ip.proto {
+    let l4_min = match packet.key.proto {
         TCP => 20,
         UDP | ICMP => 8,
         _ => 0,
     };
     if end < l4 + l4_min {
-        return malformed;
+        return false;
     }
-    match ip.proto {
-        TCP | UDP => {
-            let (Ok(sport), Ok(dport)) = (ctx.load::<u16>(l4), ctx.load::<u16>(l4 + 2)) else {
-                return malformed;
+    match packet.key.proto {
+        TCP => {
+            let Ok(h) = ctx.load::<[u8; 16]>(l4) else {
+                return false;
             };
-            packet.key.sport = sport;
-            packet.key.dport = dport;
-            if ip.proto == TCP {
-                let Ok(flags) = ctx.load::<u8>(l4 + 13) else {
-                    return malformed;
-                };
-                packet.tcp_flags = flags;
-            }
+            (packet.key.sport, packet.key.dport) = ports(&h);
+            packet.tcp = Segment::read(&h, l4, total.saturating_sub(l4 - IP_OFF));
+        }
+        UDP => {
+            let Ok(h) = ctx.load::<[u8; 4]>(l4) else {
+                return false;
+            };
+            (packet.key.sport, packet.key.dport) = ports(&h);
         }
         ICMP => {
-            let (Ok(icmp_type), Ok(id)) = (ctx.load::<u8>(l4), ctx.load::<u16>(l4 + 4)) else {
-                return malformed;
+            let Ok(h) = ctx.load::<[u8; 8]>(l4) else {
+                return false;
             };
+            let (icmp_type, id) = (h[0], u16::from_ne_bytes([h[4], h[5]]));
             packet.icmp_type = icmp_type;
             match icmp_type {
                 ICMP_ECHO_REQUEST => packet.key.sport = id,
                 ICMP_ECHO_REPLY => packet.key.dport = id,
                 t if is_icmp_error(t) => match parse_inner(ctx, l4 + 8) {
                     Some(inner) => packet.inner = Some(inner),
-                    None => return malformed,
+                    None => return false,
                 },
                 _ => {}
             }
         }
         _ => {}
     }
-    Parsed::Ipv4(packet)
+    true
+}
+
+/// The Ethernet and IPv4 headers, read together.
+#[repr(C)]
+struct Head {
+    eth: EthHdr,
+    ip: Ipv4Hdr,
+}
+
+/// Source and destination ports (network byte order) from the start of a TCP or UDP header.
+#[inline(always)]
+pub fn ports(h: &[u8]) -> (u16, u16) {
+    (
+        u16::from_ne_bytes([h[0], h[1]]),
+        u16::from_ne_bytes([h[2], h[3]]),
+    )
 }
 
 /// Parses the IPv4 packet quoted by an ICMP error at `ip_off`: addresses and the first 8 bytes

@@ -4,6 +4,8 @@ use aya_ebpf::programs::TcContext;
 use bridgenet_common::{Ct6Key, outcome};
 use network_types::eth::EthHdr;
 
+use crate::{parse::ports, tcp::Segment};
+
 pub const ETH_P_IPV6: u16 = 0x86dd_u16.to_be();
 pub const IP6_OFF: usize = EthHdr::LEN;
 pub const IP6_LEN: usize = 40;
@@ -149,8 +151,8 @@ pub struct Packet6 {
     pub l4_off: usize,
     /// A fragment: its ports, if any, cannot be trusted.
     pub fragment: bool,
-    /// TCP flags byte (TCP only).
-    pub tcp_flags: u8,
+    /// What window tracking needs of a TCP segment, flags included (TCP only).
+    pub tcp: Segment,
     /// ICMPv6 type (ICMPv6 only).
     pub icmp_type: u8,
     /// An ICMPv6 error about a packet NAT66 may have translated: `inner` holds it.
@@ -190,17 +192,13 @@ pub fn parse6(ctx: &TcContext, packet: &mut Packet6) -> u32 {
 /// Fills `packet` in place: a struct built here and copied would double the frame.
 #[inline(always)]
 fn parse(ctx: &TcContext, packet: &mut Packet6) -> Result<(), u32> {
-    let (Ok(saddr), Ok(daddr), Ok(payload), Ok(next)) = (
-        ctx.load::<[u8; 16]>(SADDR_OFF),
-        ctx.load::<[u8; 16]>(DADDR_OFF),
-        ctx.load::<u16>(IP6_OFF + 4),
-        ctx.load::<u8>(IP6_OFF + 6),
-    ) else {
+    let Ok(ip) = ctx.load::<Ipv6Head>(IP6_OFF) else {
         return Err(outcome::DROP_MALFORMED);
     };
+    let (saddr, daddr, next) = (ip.saddr, ip.daddr, ip.next);
     let frame = ctx.len() as usize;
     let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
-    let payload = usize::from(u16::from_be(payload));
+    let payload = usize::from(u16::from_be_bytes(ip.payload));
     // 0 is what GSO packets past 64 KiB carry (BIG TCP); the frame's length holds for them.
     let end = if payload == 0 && gso {
         frame
@@ -234,7 +232,7 @@ fn parse(ctx: &TcContext, packet: &mut Packet6) -> Result<(), u32> {
     };
     packet.l4_off = t.off;
     packet.fragment = t.fragment;
-    packet.tcp_flags = 0;
+    packet.tcp = Segment::default();
     packet.icmp_type = 0;
     packet.error = false;
     let l4 = t.off;
@@ -247,22 +245,25 @@ fn parse(ctx: &TcContext, packet: &mut Packet6) -> Result<(), u32> {
         return Err(outcome::DROP_MALFORMED);
     }
     match t.proto {
-        TCP | UDP => {
-            let (Ok(sport), Ok(dport)) = (ctx.load::<u16>(l4), ctx.load::<u16>(l4 + 2)) else {
-                return Err(outcome::DROP_MALFORMED);
-            };
-            packet.key.sport = sport;
-            packet.key.dport = dport;
-            if t.proto == TCP {
-                packet.tcp_flags = ctx
-                    .load::<u8>(l4 + 13)
-                    .map_err(|_| outcome::DROP_MALFORMED)?;
-            }
+        TCP => {
+            let h = ctx
+                .load::<[u8; 16]>(l4)
+                .map_err(|_| outcome::DROP_MALFORMED)?;
+            (packet.key.sport, packet.key.dport) = ports(&h);
+            // The IPv6 payload's length from the TCP header on.
+            packet.tcp = Segment::read(&h, l4, (IP6_OFF + IP6_LEN + payload).saturating_sub(l4));
+        }
+        UDP => {
+            let h = ctx
+                .load::<[u8; 4]>(l4)
+                .map_err(|_| outcome::DROP_MALFORMED)?;
+            (packet.key.sport, packet.key.dport) = ports(&h);
         }
         ICMP6 => {
-            let (Ok(icmp_type), Ok(id)) = (ctx.load::<u8>(l4), ctx.load::<u16>(l4 + 4)) else {
+            let Ok(h) = ctx.load::<[u8; 8]>(l4) else {
                 return Err(outcome::DROP_MALFORMED);
             };
+            let (icmp_type, id) = (h[0], u16::from_ne_bytes([h[4], h[5]]));
             packet.icmp_type = icmp_type;
             match icmp_type {
                 ECHO_REQUEST => packet.key.sport = id,
@@ -274,6 +275,17 @@ fn parse(ctx: &TcContext, packet: &mut Packet6) -> Result<(), u32> {
         _ => {}
     }
     Ok(())
+}
+
+/// The IPv6 header, read in one helper call.
+#[repr(C)]
+struct Ipv6Head {
+    _version_class_flow: [u8; 4],
+    payload: [u8; 2],
+    next: u8,
+    _hop_limit: u8,
+    saddr: [u8; 16],
+    daddr: [u8; 16],
 }
 
 /// Whether the frame is IPv6.

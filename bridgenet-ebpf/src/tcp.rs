@@ -5,8 +5,6 @@
 use aya_ebpf::programs::TcContext;
 use bridgenet_common::{CtEntry, ct_flags, direction, outcome, tcp_seen};
 
-use crate::parse::IP_OFF;
-
 pub const FIN: u8 = 0x01;
 pub const SYN: u8 = 0x02;
 pub const RST: u8 = 0x04;
@@ -21,53 +19,47 @@ pub trait PeerKey {
     fn peer_entry(&self) -> Option<*mut CtEntry>;
 }
 
-/// Where a segment is: its TCP header's offset and flags, and its IP family (which says where
-/// the IP length is).
-pub struct At {
-    pub l4_off: usize,
-    pub flags: u8,
-    pub ipv6: bool,
-}
-
-/// The fields of a segment that window tracking reads (host byte order).
-struct Segment {
-    seq: u32,
-    ack: u32,
-    /// `seq` plus the payload length, plus one for SYN and for FIN.
-    end: u32,
-    win: u32,
+/// The fields of a segment that window tracking reads (host byte order), read by the parser
+/// with the ports in one load: a helper call per field costs more than the rest of tracking.
+#[derive(Clone, Copy, Default)]
+pub struct Segment {
+    pub seq: u32,
+    pub ack: u32,
+    /// Bytes of payload after the header (an IP length has 16 bits).
+    pub payload: u16,
+    pub win: u16,
+    /// Offset of the TCP header in the packet.
+    pub l4_off: u16,
     /// Header length in bytes.
-    doff: usize,
+    pub doff: u8,
+    pub flags: u8,
 }
 
 impl Segment {
-    fn load(ctx: &TcContext, at: &At) -> Option<Self> {
-        let l4 = at.l4_off;
-        let seq = u32::from_be(ctx.load::<u32>(l4 + 4).ok()?);
-        let ack = u32::from_be(ctx.load::<u32>(l4 + 8).ok()?);
-        let doff = usize::from(ctx.load::<u8>(l4 + 12).ok()? >> 4) * 4;
-        let win = u32::from(u16::from_be(ctx.load::<u16>(l4 + 14).ok()?));
-        // IPv4's total length, or IPv6's payload length after its 40-byte header.
-        let total = if at.ipv6 {
-            usize::from(u16::from_be(ctx.load::<u16>(IP_OFF + 4).ok()?)) + 40
-        } else {
-            usize::from(u16::from_be(ctx.load::<u16>(IP_OFF + 2).ok()?))
-        };
-        // A GSO packet of more than 64 KiB has a length of 0: its payload counts as none,
-        // which only makes the window lag.
-        let payload = total.saturating_sub(l4 - IP_OFF + doff) as u32;
-        let flags = at.flags;
-        let end = seq
-            .wrapping_add(payload)
-            .wrapping_add(u32::from(flags & SYN != 0))
-            .wrapping_add(u32::from(flags & FIN != 0));
-        Some(Self {
-            seq,
-            ack,
-            end,
-            win,
+    /// From the first 16 bytes of a TCP header at `l4_off`, and the IP payload's length from
+    /// that header on (0 for a GSO packet of more than 64 KiB, whose length says 0: its payload
+    /// counts as none, which only makes the window lag).
+    #[inline(always)]
+    pub fn read(h: &[u8; 16], l4_off: usize, l4_len: usize) -> Self {
+        let doff = (h[12] >> 4) * 4;
+        Self {
+            seq: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
+            ack: u32::from_be_bytes([h[8], h[9], h[10], h[11]]),
+            payload: l4_len.saturating_sub(usize::from(doff)) as u16,
+            win: u16::from_be_bytes([h[14], h[15]]),
+            l4_off: l4_off as u16,
             doff,
-        })
+            flags: h[13],
+        }
+    }
+
+    /// `seq` plus the payload length, plus one for SYN and for FIN.
+    #[inline(always)]
+    fn end(&self) -> u32 {
+        self.seq
+            .wrapping_add(u32::from(self.payload))
+            .wrapping_add(u32::from(self.flags & SYN != 0))
+            .wrapping_add(u32::from(self.flags & FIN != 0))
     }
 }
 
@@ -76,11 +68,15 @@ impl Segment {
 /// FIN passes but closes nothing).
 // A BPF subprogram of its own: it runs for every tracked TCP packet, from several callers.
 #[inline(never)]
-pub fn track<K: PeerKey>(ctx: &TcContext, entry: *mut CtEntry, peer: *const K, at: &At) -> u32 {
-    let flags = at.flags;
-    let Some(seg) = Segment::load(ctx, at) else {
-        return outcome::PASSED;
-    };
+pub fn track<K: PeerKey>(
+    ctx: &TcContext,
+    entry: *mut CtEntry,
+    peer: *const K,
+    seg: &Segment,
+) -> u32 {
+    let flags = seg.flags;
+    let end = seg.end();
+    let win = u32::from(seg.win);
     // `peer` may point into `entry` (IPv4's key): read only through the raw pointer, when
     // the other direction is needed.
     let peer_entry = || unsafe { (*peer).peer_entry() };
@@ -89,15 +85,15 @@ pub fn track<K: PeerKey>(ctx: &TcContext, entry: *mut CtEntry, peer: *const K, a
         if flags & ACK == 0 && e.direction == direction::ORIGINAL {
             restart_if_closed(e, peer_entry());
         }
-        e.wscale = wscale(ctx, at.l4_off, seg.doff);
-        e.td_end = seg.end;
+        e.wscale = wscale(ctx, usize::from(seg.l4_off), usize::from(seg.doff));
+        e.td_end = end;
         // The window of a SYN is never scaled.
-        e.td_maxwin = seg.win.max(1);
+        e.td_maxwin = win.max(1);
         e.flags |= ct_flags::WINDOW_KNOWN;
         e.tcp_seen |= seen_flags(flags);
         return outcome::PASSED;
     }
-    if flags & (RST | FIN) != 0 && !in_window(e, peer_entry(), &seg, flags) {
+    if flags & (RST | FIN) != 0 && !in_window(e, peer_entry(), seg) {
         return if flags & RST != 0 {
             outcome::DROP_OUT_OF_WINDOW
         } else {
@@ -107,14 +103,14 @@ pub fn track<K: PeerKey>(ctx: &TcContext, entry: *mut CtEntry, peer: *const K, a
     if e.flags & ct_flags::WINDOW_KNOWN == 0 {
         // Picked up without its SYN (migrated state): learn, and assume the largest scale.
         e.wscale = MAX_WSCALE;
-        e.td_end = seg.end;
-        e.td_maxwin = seg.win << MAX_WSCALE;
+        e.td_end = end;
+        e.td_maxwin = win << MAX_WSCALE;
         e.flags |= ct_flags::WINDOW_KNOWN;
     } else {
-        if after(seg.end, e.td_end) {
-            e.td_end = seg.end;
+        if after(end, e.td_end) {
+            e.td_end = end;
         }
-        let win = seg.win << e.wscale.min(MAX_WSCALE);
+        let win = win << e.wscale.min(MAX_WSCALE);
         if win > e.td_maxwin {
             e.td_maxwin = win;
         }
@@ -128,7 +124,8 @@ pub fn track<K: PeerKey>(ctx: &TcContext, entry: *mut CtEntry, peer: *const K, a
 
 /// Whether a RST or FIN from `e`'s direction lies in the window the other side accepts.
 #[inline(always)]
-fn in_window(e: &CtEntry, peer: Option<*mut CtEntry>, seg: &Segment, flags: u8) -> bool {
+fn in_window(e: &CtEntry, peer: Option<*mut CtEntry>, seg: &Segment) -> bool {
+    let flags = seg.flags;
     let Some(peer) = peer.map(|p| unsafe { &*p }) else {
         return true;
     };
