@@ -239,6 +239,51 @@ fn reconnecting_on_the_tuple_of_a_closed_connection_starts_a_fresh_flow() {
     assert_eq!(report.flows_expired, 0);
 }
 
+/// Each direction's entry, as window tracking left it: (sequence number just past what it
+/// sent, largest window it advertised, scaled).
+fn windows(dp: &Datapath) -> [(u32, u32); 2] {
+    let entries = dp.conntrack().unwrap();
+    [direction::ORIGINAL, direction::REPLY].map(|d| {
+        let (_, e) = entries.iter().find(|(_, e)| e.direction == d).unwrap();
+        (e.td_end, e.td_maxwin)
+    })
+}
+
+/// What window tracking records of each segment: the sequence number past its payload, which
+/// the IP length gives (past TCP options, not counting the Ethernet padding of a short frame),
+/// one more for SYN and FIN, and the window, scaled once the SYNs are through. A miscount
+/// would move the window that spoofed RSTs and FINs are judged against.
+#[test]
+fn window_tracking_counts_each_segments_payload_and_window() {
+    let mut dp = datapath(16);
+    let flow = Masqueraded::open(&mut dp, 1000);
+    // SYNs count one; the server's SYN-ACK window is not scaled, the endpoint's ACK's is (7).
+    assert_eq!(windows(&dp), [(1001, 64240 << 7), (5001, 64240)]);
+
+    // 100 bytes after 12 bytes of TCP options (timestamps: a data offset of 8 words).
+    let mut segment = Vec::new();
+    etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4(EP1, SERVER, 64)
+        .tcp(40000, 80, 1001, 64240)
+        .ack(5001)
+        .options_raw(&[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0])
+        .unwrap()
+        .write(&mut segment, &[7; 100])
+        .unwrap();
+    tcp(&mut dp, programs::UPLINK_EGRESS, &segment);
+    assert_eq!(windows(&dp)[0], (1101, 64240 << 7));
+
+    // A bare ACK in a frame padded to Ethernet's 60 bytes: no payload.
+    let mut ack = flow.server_segment(ACK, 5001, 1101, b"");
+    ack.resize(60, 0);
+    tcp(&mut dp, programs::UPLINK_INGRESS, &ack);
+    assert_eq!(windows(&dp)[1], (5001, 64240 << 7));
+
+    // 10 bytes and a FIN.
+    flow.server_sends(&mut dp, FIN | ACK, 5001, 1101, &[8; 10]);
+    assert_eq!(windows(&dp)[1], (5012, 64240 << 7));
+}
+
 #[test]
 fn a_reset_or_fin_outside_the_window_closes_nothing() {
     let mut dp = datapath(16);

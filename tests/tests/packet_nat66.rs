@@ -10,7 +10,9 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use aya::maps::{Array, HashMap};
 use bridgenet::datapath::{Datapath, GatewayMode, NetworkOptions, conntrack};
-use bridgenet_common::{ct_usage, maps, outcome, program_id, programs};
+use bridgenet_common::{
+    Ct6Entry, Ct6Key, ct_usage, direction, maps, outcome, program_id, programs,
+};
 use bridgenet_tests::{packet, require_root};
 use etherparse::PacketBuilder;
 
@@ -430,6 +432,46 @@ fn what_cannot_be_translated_never_leaves() {
         outcome::DROP_UNTRANSLATABLE,
         "through an uplink without an IPv6 address",
     );
+}
+
+/// The flow's two entries as window tracking left them: (sequence number just past what that
+/// direction sent, largest window it advertised), the endpoint's first.
+fn windows(dp: &mut Datapath) -> [(u32, u32); 2] {
+    let table: HashMap<_, Ct6Key, Ct6Entry> =
+        HashMap::try_from(dp.ebpf_mut().map_mut(maps::CONNTRACK6).unwrap()).unwrap();
+    let entries: Vec<Ct6Entry> = table.iter().map(|e| e.unwrap().1).collect();
+    [direction::ORIGINAL, direction::REPLY].map(|d| {
+        let e = entries.iter().find(|e| e.track.direction == d).unwrap();
+        (e.track.td_end, e.track.td_maxwin)
+    })
+}
+
+/// As for IPv4 (`packet_conntrack`): the payload window tracking counts is what the IPv6
+/// payload length gives past the TCP header and its options, one more for SYN and FIN.
+#[test]
+fn window_tracking_counts_each_segments_payload() {
+    let mut dp = datapath(true, 1000);
+    let port = open_tcp(&mut dp, 40007);
+    // Every segment of `tcp` carries 4 bytes; the SYNs one more; no window scale.
+    assert_eq!(windows(&mut dp), [(1005, 64240), (5005, 64240)]);
+    // 100 bytes after 12 bytes of TCP options (a data offset of 8 words).
+    let mut segment = Vec::new();
+    builder(EP, SERVER)
+        .tcp(40007, 443, 1005, 64240)
+        .ack(5005)
+        .options_raw(&[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0])
+        .unwrap()
+        .write(&mut segment, &[7; 100])
+        .unwrap();
+    translated(&mut dp, EGRESS, &segment, outcome::SNAT);
+    assert_eq!(windows(&mut dp)[0], (1105, 64240));
+    translated(
+        &mut dp,
+        INGRESS,
+        &tcp(SERVER, 443, UPLINK, port, "FA", 5005, 1105),
+        outcome::DNAT,
+    );
+    assert_eq!(windows(&mut dp)[1], (5010, 64240));
 }
 
 #[test]
