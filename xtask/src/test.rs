@@ -24,6 +24,9 @@ const VM_TIMEOUT: Duration = Duration::from_secs(40 * 60);
 
 /// The file, beside a guest's report, that names the test binary the guest runs.
 const PROGRESS: &str = "progress";
+/// In a guest's directory: the test runner's exit status, and the guest's memory over time.
+const RUNNER_STATUS: &str = "runner-status";
+const MEMORY: &str = "memory";
 
 /// Test counts of one run of the binaries on one kernel.
 #[derive(Debug, Default)]
@@ -392,16 +395,25 @@ fn run_in_vm(
     // The kernel's log is kept for when the guest writes no report (a test process the
     // kernel killed, a warning before a crash): followed as it is written, so that a guest
     // that dies on the way (a panic) leaves what it logged up to then.
+    // So is how the runner ended (its exit status, 128 + N for signal N) and the guest's
+    // memory every 5 s: a guest that stopped without a report says whether the runner was
+    // killed, the memory ran out, or the whole guest went down.
     let script = dir.join("guest.sh");
     fs::write(
         &script,
         format!(
-            "dmesg --follow > '{}' 2>&1 &\nfollower=$!\n\
-             '{}' guest-test --plan '{}' --report '{}'\nkill $follower\n",
-            dir.join("dmesg").display(),
-            xtask.display(),
-            plan.display(),
-            report.display(),
+            "dmesg --follow > '{dmesg}' 2>&1 &\nfollower=$!\n\
+             while :; do \
+             echo \"$(cut -d' ' -f1 /proc/uptime) $(grep -E '^(MemAvailable|Slab|Percpu):' /proc/meminfo | tr -s ' ' | tr '\\n' ' ')\"; \
+             sleep 5; done > '{memory}' 2>&1 &\nsampler=$!\n\
+             '{xtask}' guest-test --plan '{plan}' --report '{report}'\n\
+             echo $? > '{status}'\nkill $follower $sampler\n",
+            dmesg = dir.join("dmesg").display(),
+            memory = dir.join(MEMORY).display(),
+            xtask = xtask.display(),
+            plan = plan.display(),
+            report = report.display(),
+            status = dir.join(RUNNER_STATUS).display(),
         ),
     )?;
     let guest_cmd = format!("sh '{}'", script.display());
@@ -425,9 +437,9 @@ fn run_in_vm(
         echo_console(child.stdout.take().context("vng stdout")?),
         echo_console(child.stderr.take().context("vng stderr")?),
     ];
-    loop {
-        if child.try_wait()?.is_some() {
-            break;
+    let vng_status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
         }
         if started.elapsed() > VM_TIMEOUT {
             let _ = child.kill();
@@ -435,7 +447,7 @@ fn run_in_vm(
             bail!("{name}: no result within {VM_TIMEOUT:?}");
         }
         std::thread::sleep(Duration::from_millis(500));
-    }
+    };
     for echo in echoes {
         let _ = echo.join();
     }
@@ -444,14 +456,26 @@ fn run_in_vm(
             |_| "before any test binary".into(),
             |b| format!("while {b} ran"),
         );
-        if let Ok(dmesg) = fs::read_to_string(dir.join("dmesg")) {
-            let lines: Vec<&str> = dmesg.lines().collect();
-            println!("=== {name}: the guest kernel's last messages:");
-            for line in &lines[lines.len().saturating_sub(40)..] {
-                println!("{line}");
-            }
-        }
-        bail!("{name}: the guest wrote no report: it stopped {running}");
+        print_tail(
+            &name,
+            "the guest kernel's last messages",
+            &dir.join("dmesg"),
+            40,
+        );
+        print_tail(
+            &name,
+            "the guest's memory (uptime, kB)",
+            &dir.join(MEMORY),
+            6,
+        );
+        let runner = fs::read_to_string(dir.join(RUNNER_STATUS)).map_or_else(
+            |_| "did not return (the guest went down under it)".into(),
+            |s| format!("exited with {}", s.trim()),
+        );
+        bail!(
+            "{name}: the guest wrote no report: it stopped {running}; the test runner {runner}; \
+             vng {vng_status}"
+        );
     };
     let mut lines = text.lines();
     let kernel = lines.next().unwrap_or_default().to_owned();
@@ -585,6 +609,17 @@ fn kernel_release() -> String {
 fn nix_is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// Prints the last `count` lines of a guest's file `path`, if it wrote one, under `what`.
+fn print_tail(name: &str, what: &str, path: &Path, count: usize) {
+    if let Ok(text) = fs::read_to_string(path) {
+        let lines: Vec<&str> = text.lines().collect();
+        println!("=== {name}: {what}:");
+        for line in &lines[lines.len().saturating_sub(count)..] {
+            println!("{line}");
+        }
+    }
 }
 
 #[cfg(test)]
