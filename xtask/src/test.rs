@@ -24,7 +24,9 @@ const VM_TIMEOUT: Duration = Duration::from_secs(40 * 60);
 
 /// The file, beside a guest's report, that names the test binary the guest runs.
 const PROGRESS: &str = "progress";
-/// In a guest's directory: the test runner's exit status, and the guest's memory over time.
+/// In a guest's directory: its kernel's log, the test runner's exit status, and the guest's
+/// memory over time.
+const DMESG: &str = "dmesg";
 const RUNNER_STATUS: &str = "runner-status";
 const MEMORY: &str = "memory";
 
@@ -408,7 +410,7 @@ fn run_in_vm(
              sleep 5; done > '{memory}' 2>&1 &\nsampler=$!\n\
              '{xtask}' guest-test --plan '{plan}' --report '{report}'\n\
              echo $? > '{status}'\nkill $follower $sampler\n",
-            dmesg = dir.join("dmesg").display(),
+            dmesg = dir.join(DMESG).display(),
             memory = dir.join(MEMORY).display(),
             xtask = xtask.display(),
             plan = plan.display(),
@@ -459,7 +461,7 @@ fn run_in_vm(
         print_tail(
             &name,
             "the guest kernel's last messages",
-            &dir.join("dmesg"),
+            &dir.join(DMESG),
             40,
         );
         print_tail(
