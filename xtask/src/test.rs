@@ -2,7 +2,7 @@
 //! boots each kernel of the matrix with virtme-ng and runs the same binaries inside it.
 use std::{
     fs,
-    io::{BufRead as _, BufReader},
+    io::{BufRead as _, BufReader, Write as _},
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -29,6 +29,15 @@ const PROGRESS: &str = "progress";
 const DMESG: &str = "dmesg";
 const RUNNER_STATUS: &str = "runner-status";
 const MEMORY: &str = "memory";
+/// In a guest's directory: one line per test binary that ran to its end
+/// (`FILE PASSED FAILED IGNORED CRASHED`), for resuming in a new guest when one goes down.
+const DONE: &str = "done";
+/// Also there: the guest's console (warnings and worse: a panic, an oops) and QEMU's log of
+/// CPU resets (a triple fault), which say how a guest that went down without a word ended.
+const CONSOLE: &str = "console";
+const QEMU_LOG: &str = "qemu.log";
+/// Where the tests run again after a guest went down, under the kernel's directory.
+const RESUMED: &str = "resumed";
 
 /// Test counts of one run of the binaries on one kernel.
 #[derive(Debug, Default)]
@@ -39,6 +48,8 @@ struct Summary {
     ignored: u64,
     /// Binaries that exited non-zero without reporting a failed test (crash, abort).
     crashed: Vec<String>,
+    /// How the first guest went down when the tests resumed in a second one.
+    resumed_after: Option<String>,
 }
 
 impl Summary {
@@ -84,7 +95,7 @@ pub fn test(kernels: &[String], host: bool, filter: Option<&str>) -> Result<()> 
     for s in &summaries {
         let verdict = if s.ok() { "ok" } else { "FAILED" };
         println!(
-            "  {:<28} {:>4} passed, {} failed, {} ignored{} -> {verdict}",
+            "  {:<28} {:>4} passed, {} failed, {} ignored{}{} -> {verdict}",
             s.kernel,
             s.passed,
             s.failed,
@@ -93,7 +104,10 @@ pub fn test(kernels: &[String], host: bool, filter: Option<&str>) -> Result<()> 
                 String::new()
             } else {
                 format!(", crashed: {}", s.crashed.join(" "))
-            }
+            },
+            s.resumed_after
+                .as_ref()
+                .map_or_else(String::new, |why| format!(" (in a second guest: {why})"))
         );
     }
     let passed: u64 = summaries.iter().map(|s| s.passed).sum();
@@ -185,7 +199,8 @@ fn run_binaries(
             .spawn()
             .with_context(|| format!("running {}", binary.display()))?;
         let stdout = child.stdout.take().context("test stdout")?;
-        let failed_before = summary.failed;
+        let (passed_before, failed_before, ignored_before) =
+            (summary.passed, summary.failed, summary.ignored);
         for line in BufReader::new(stdout).lines() {
             let line = line?;
             println!("{line}");
@@ -203,14 +218,28 @@ fn run_binaries(
             test_file(binary).unwrap_or_default(),
             started.elapsed()
         );
-        if !status.success() && summary.failed == failed_before {
-            summary.crashed.push(
-                binary
-                    .file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .into_owned(),
-            );
+        let file_name = binary
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let crashed = !status.success() && summary.failed == failed_before;
+        if let Some(progress) = progress {
+            let mut done = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(progress.with_file_name(DONE))?;
+            writeln!(
+                done,
+                "{file_name} {} {} {} {}",
+                summary.passed - passed_before,
+                summary.failed - failed_before,
+                summary.ignored - ignored_before,
+                u8::from(crashed)
+            )?;
+        }
+        if crashed {
+            summary.crashed.push(file_name);
         }
     }
     Ok(summary)
@@ -367,7 +396,10 @@ fn hold_netstamp_key() -> Option<socket2::Socket> {
 }
 
 /// Boots `image` under QEMU (software emulation: nested KVM does not work here) with the host's
-/// filesystem, and runs the test binaries inside it through `xtask guest-test`.
+/// filesystem, and runs the test binaries inside it through `xtask guest-test`. A guest that goes
+/// down without a report (the emulated 6.12 kernel sometimes does, with nothing in its log) is
+/// followed by a second one, once, which runs the binary that was running and those after it:
+/// every test still runs to its end, and the summary says that it took two guests and why.
 fn run_in_vm(
     vng: &Path,
     image: &Path,
@@ -383,8 +415,76 @@ fn run_in_vm(
         .join("../target/matrix")
         .join(&name);
     let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir)?;
-    let dir = dir.canonicalize()?;
+    let dir = boot_dir(&dir)?;
+    let started = Instant::now();
+    let first = match boot(vng, image, &name, &dir, binaries, filter)? {
+        Boot::Report(summary) => return Ok(summary),
+        // A guest that ran no test binary did not go down under the tests: booting another
+        // would fail the same way.
+        Boot::Down(first) if !dir.join(PROGRESS).exists() => bail!("{name}: {}", first.why),
+        Boot::Down(first) => first,
+    };
+    let left: Vec<PathBuf> = binaries
+        .iter()
+        .filter(|b| {
+            let file_name = b.file_name().unwrap_or_default().to_string_lossy();
+            !first.done.iter().any(|d| *d == file_name)
+        })
+        .cloned()
+        .collect();
+    println!(
+        "\n=== {name}: {}; the test binaries it did not finish run in a second guest",
+        first.why
+    );
+    let again = boot_dir(&dir.join(RESUMED))?;
+    match boot(vng, image, &name, &again, &left, filter)? {
+        Boot::Report(rest) => {
+            let mut summary = first.summary;
+            summary.kernel = rest.kernel;
+            summary.passed += rest.passed;
+            summary.failed += rest.failed;
+            summary.ignored += rest.ignored;
+            summary.crashed.extend(rest.crashed);
+            summary.resumed_after = Some(first.why);
+            println!("=== {name}: done in {:.0?}, two guests", started.elapsed());
+            Ok(summary)
+        }
+        Boot::Down(second) => bail!(
+            "{name}: two guests in a row went down: {}; then {}",
+            first.why,
+            second.why
+        ),
+    }
+}
+
+/// How one guest ended: with its report, or down without one.
+enum Boot {
+    Report(Summary),
+    Down(Down),
+}
+
+/// A guest that went down: why (as far as its files say), the counts of the binaries that ran
+/// to their end, and their file names.
+struct Down {
+    why: String,
+    summary: Summary,
+    done: Vec<String>,
+}
+
+fn boot_dir(dir: &Path) -> Result<PathBuf> {
+    fs::create_dir_all(dir)?;
+    Ok(dir.canonicalize()?)
+}
+
+/// Runs `binaries` in one guest whose files go to `dir`.
+fn boot(
+    vng: &Path,
+    image: &Path,
+    name: &str,
+    dir: &Path,
+    binaries: &[PathBuf],
+    filter: Option<&str>,
+) -> Result<Boot> {
     let plan = dir.join("plan");
     let report = dir.join("report");
     let mut plan_text = format!("{}\n", filter.unwrap_or(""));
@@ -425,7 +525,14 @@ fn run_in_vm(
         .arg("--run")
         .arg(image)
         .args(["--disable-kvm", "--cpus", "2", "--memory", "3G", "--rwdir"])
-        .arg(&dir)
+        .arg(dir)
+        // The kernel's console (on vng's stderr) at warnings and worse: what a panic or an oops
+        // prints reaches the host even when the guest cannot write its log any more.
+        .args(["--verbose", "--append", "loglevel=4"])
+        .arg(format!(
+            "--qemu-opts=-d cpu_reset -D {}",
+            dir.join(QEMU_LOG).display()
+        ))
         .arg("--")
         .arg(&guest_cmd)
         .stdin(Stdio::null())
@@ -436,8 +543,11 @@ fn run_in_vm(
         .spawn()
         .context("running vng")?;
     let echoes = [
-        echo_console(child.stdout.take().context("vng stdout")?),
-        echo_console(child.stderr.take().context("vng stderr")?),
+        echo_console(child.stdout.take().context("vng stdout")?, None),
+        echo_console(
+            child.stderr.take().context("vng stderr")?,
+            Some(fs::File::create(dir.join(CONSOLE))?),
+        ),
     ];
     let vng_status = loop {
         if let Some(status) = child.try_wait()? {
@@ -456,28 +566,44 @@ fn run_in_vm(
     let Ok(text) = fs::read_to_string(&report) else {
         let running = fs::read_to_string(dir.join(PROGRESS)).map_or_else(
             |_| "before any test binary".into(),
-            |b| format!("while {b} ran"),
+            |b| {
+                format!(
+                    "while {} ran",
+                    test_file(Path::new(b.trim())).unwrap_or_default()
+                )
+            },
         );
         print_tail(
-            &name,
+            name,
             "the guest kernel's last messages",
             &dir.join(DMESG),
             40,
         );
         print_tail(
-            &name,
+            name,
             "the guest's memory (uptime, kB)",
             &dir.join(MEMORY),
             6,
         );
+        print_tail(name, "the guest's console", &dir.join(CONSOLE), 40);
+        // QEMU logs every CPU reset, the boot's too; a triple fault is what matters.
+        let triple_faults = fs::read_to_string(dir.join(QEMU_LOG))
+            .unwrap_or_default()
+            .matches("Triple fault")
+            .count();
         let runner = fs::read_to_string(dir.join(RUNNER_STATUS)).map_or_else(
             |_| "did not return (the guest went down under it)".into(),
             |s| format!("exited with {}", s.trim()),
         );
-        bail!(
-            "{name}: the guest wrote no report: it stopped {running}; the test runner {runner}; \
-             vng {vng_status}"
-        );
+        let (summary, done) = done_so_far(&dir.join(DONE));
+        return Ok(Boot::Down(Down {
+            why: format!(
+                "the guest wrote no report: it stopped {running}; the test runner {runner}; \
+                 vng {vng_status}; QEMU logged {triple_faults} triple faults"
+            ),
+            summary,
+            done,
+        }));
     };
     let mut lines = text.lines();
     let kernel = lines.next().unwrap_or_default().to_owned();
@@ -494,23 +620,51 @@ fn run_in_vm(
         .map(str::to_owned)
         .collect();
     println!("=== {name}: done in {:.0?}", started.elapsed());
-    Ok(Summary {
+    Ok(Boot::Report(Summary {
         kernel,
         passed: counts.first().copied().unwrap_or(0),
         failed: counts.get(1).copied().unwrap_or(0),
         ignored: counts.get(2).copied().unwrap_or(0),
         crashed,
-    })
+        resumed_after: None,
+    }))
 }
 
-/// Prints the readable lines of a guest console stream: it carries terminal escapes and blank
-/// padding.
-fn echo_console(stream: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<()> {
+/// The counts of the binaries a guest ran to their end, from its `done` file, and their names.
+fn done_so_far(path: &Path) -> (Summary, Vec<String>) {
+    let mut summary = Summary::default();
+    let mut done = Vec::new();
+    for line in fs::read_to_string(path).unwrap_or_default().lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [file_name, passed, failed, ignored, crashed] = fields[..] else {
+            continue;
+        };
+        let number = |n: &str| n.parse::<u64>().unwrap_or(0);
+        summary.passed += number(passed);
+        summary.failed += number(failed);
+        summary.ignored += number(ignored);
+        if crashed == "1" {
+            summary.crashed.push(file_name.to_owned());
+        }
+        done.push(file_name.to_owned());
+    }
+    (summary, done)
+}
+
+/// Prints the readable lines of a guest console stream (it carries terminal escapes and blank
+/// padding), and keeps them in `copy` when given.
+fn echo_console(
+    stream: impl std::io::Read + Send + 'static,
+    mut copy: Option<fs::File>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(stream).split(b'\n').map_while(Result::ok) {
             let line = strip_escapes(&String::from_utf8_lossy(&line));
             if !line.trim().is_empty() {
                 println!("{line}");
+                if let Some(file) = copy.as_mut() {
+                    let _ = writeln!(file, "{line}");
+                }
             }
         }
     })
@@ -691,5 +845,29 @@ mod tests {
             }
             .ok()
         );
+    }
+
+    #[test]
+    fn a_guests_finished_binaries_are_counted_from_its_done_file() {
+        let dir = std::env::temp_dir().join(format!("xtask-done-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let done = dir.join(DONE);
+        fs::write(
+            &done,
+            "packet_nat-0a 12 0 0 0\ncontrol_api-1b 3 1 0 0\ncontrol_edge-2c 0 0 0 1\ncut",
+        )
+        .unwrap();
+        let (summary, names) = done_so_far(&done);
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            (summary.passed, summary.failed, summary.ignored),
+            (15, 1, 0)
+        );
+        assert_eq!(summary.crashed, ["control_edge-2c"]);
+        assert_eq!(
+            names,
+            ["packet_nat-0a", "control_api-1b", "control_edge-2c"]
+        );
+        assert!(done_so_far(&dir.join("none")).1.is_empty());
     }
 }
