@@ -4,6 +4,7 @@ mod cluster;
 mod netns;
 mod run;
 mod setup;
+mod static_keys;
 mod test;
 
 use anyhow::Result;

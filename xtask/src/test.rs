@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use cargo_metadata::Message;
 
-use crate::setup;
+use crate::{setup, static_keys};
 
 /// Test binaries named so (`tests/tests/host_*.rs`) run on the host's kernel only: what they
 /// test does not depend on the kernel (Docker's calls into the driver), and the matrix covers
@@ -358,7 +358,7 @@ pub fn guest(plan: &Path, report: &Path) -> Result<()> {
     // When memory runs out, the kernel should end a test binary (reported as crashed) rather
     // than this process, whose report says what ran; a guest's root may lower its own score.
     let _ = fs::write("/proc/self/oom_score_adj", "-1000");
-    let _netstamp = hold_netstamp_key();
+    let _keys = static_keys::hold();
     let progress = report.with_file_name(PROGRESS);
     let summary = run_binaries(&binaries, filter, 2, Some(&progress))?;
     let report_text = format!(
@@ -371,28 +371,6 @@ pub fn guest(plan: &Path, report: &Path) -> Result<()> {
     );
     fs::write(report, report_text)?;
     Ok(())
-}
-
-/// A socket with SO_TIMESTAMP, held for the whole guest run, so that the kernel's
-/// `netstamp_needed_key` stays on. Otherwise every ping of the tests turns that static key on
-/// and off, and each turn patches the kernel's code while other CPUs run it: the emulated
-/// 6.12 guest (QEMU TCG) died on the int3 of such a patch under the IPv6 fast path (Oops: int3
-/// in ip6_input_finish), which a real CPU handles.
-fn hold_netstamp_key() -> Option<socket2::Socket> {
-    use std::os::fd::AsRawFd;
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).ok()?;
-    let on: libc::c_int = 1;
-    // SAFETY: a valid socket and an int option of the right size.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_TIMESTAMP,
-            (&raw const on).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    (rc == 0).then_some(socket)
 }
 
 /// Boots `image` under QEMU (software emulation: nested KVM does not work here) with the host's
