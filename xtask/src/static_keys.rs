@@ -60,7 +60,7 @@ fn netstamp() -> Option<socket2::Socket> {
 // From the kernel's uapi (linux/bpf.h).
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_ATTACH: libc::c_long = 8;
-const BPF_LINK_CREATE: libc::c_long = 29;
+const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 const BPF_PROG_TYPE_CGROUP_SOCK_ADDR: u32 = 18;
 const BPF_F_ALLOW_MULTI: u32 = 2;
@@ -105,7 +105,7 @@ fn cgroup_hooks() -> Result<()> {
 
 /// TC's keys (`ingress_needed_key`, `egress_needed_key`, and tcx's `tcx_needed_key` from Linux
 /// 6.6): a clsact qdisc and, where there is tcx, a program that passes everything on each
-/// side, on a dummy device in a namespace of its own. Returns the tcx links.
+/// side, on a veth in a namespace of its own. Returns the namespace and the tcx links.
 fn tc_hooks() -> Result<Vec<OwnedFd>> {
     std::thread::spawn(|| -> Result<Vec<OwnedFd>> {
         // This thread's namespace, which the commands below inherit; its file keeps it alive
@@ -116,39 +116,55 @@ fn tc_hooks() -> Result<Vec<OwnedFd>> {
         }
         let mut fds = vec![OwnedFd::from(fs::File::open("/proc/thread-self/ns/net")?)];
         for args in [
-            &["ip", "link", "add", "keys0", "type", "dummy"][..],
+            // A veth pair rather than a dummy: not every kernel has the dummy driver.
+            &[
+                "ip", "link", "add", "keys0", "type", "veth", "peer", "name", "keys1",
+            ][..],
             &["ip", "link", "set", "keys0", "up"],
             &["tc", "qdisc", "add", "dev", "keys0", "clsact"],
-            // A filter run in software: `tcf_sw_enabled_key` (Linux 6.12), which the daemon's
-            // netlink filters on endpoint veths turn on and off otherwise.
-            &[
-                "tc", "filter", "add", "dev", "keys0", "ingress", "matchall", "action", "pass",
-            ],
         ] {
             let status = Command::new(args[0]).args(&args[1..]).status()?;
             if !status.success() {
                 bail!("{} failed", args.join(" "));
             }
         }
+        // A filter run in software: `tcf_sw_enabled_key` (Linux 6.12), which the daemon's
+        // netlink filters on endpoint veths turn on and off otherwise. Not every kernel has
+        // matchall; the rest holds without it.
+        let filter = [
+            "filter", "add", "dev", "keys0", "ingress", "matchall", "action", "pass",
+        ];
+        if !Command::new("tc").args(filter).status()?.success() {
+            println!(
+                "guest: TC's software filter key is not held: tc {} failed",
+                filter.join(" ")
+            );
+        }
         let name = CString::new("keys0")?;
         // SAFETY: a NUL-terminated name.
         let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
         // tcx: Linux 6.6 and later; before, the qdisc holds what there is.
+        let mut tcx = 0;
         for side in [BPF_TCX_INGRESS, BPF_TCX_EGRESS] {
             // r0 = -1 (TCX_NEXT); exit.
-            let Ok(prog) = load(BPF_PROG_TYPE_SCHED_CLS, 0, -1) else {
-                break;
-            };
+            let prog = load(BPF_PROG_TYPE_SCHED_CLS, 0, -1)?;
             let mut attr = [0u32; 8];
             attr[0] = prog.as_raw_fd() as u32;
             attr[1] = ifindex;
             attr[2] = side;
             match bpf(BPF_LINK_CREATE, &mut attr) {
-                // SAFETY: a new link's fd, ours.
-                Ok(link) => fds.push(unsafe { OwnedFd::from_raw_fd(link) }),
-                Err(_) => break,
+                Ok(link) => {
+                    // SAFETY: a new link's fd, ours.
+                    fds.push(unsafe { OwnedFd::from_raw_fd(link) });
+                    tcx += 1;
+                }
+                Err(err) => {
+                    println!("guest: tcx's static key is not held (Linux 6.6 and later): {err:#}");
+                    break;
+                }
             }
         }
+        println!("guest: TC's static keys held, {tcx} tcx links");
         Ok(fds)
     })
     .join()
@@ -195,4 +211,22 @@ fn bpf<const N: usize>(cmd: libc::c_long, attr: &mut [u32; N]) -> Result<i32> {
         bail!("bpf: {}", std::io::Error::last_os_error());
     }
     Ok(rc as i32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Linux 6.6 and later: both tcx links made (the namespace's file and two links).
+    #[test]
+    fn tc_hooks_hold_tcx_on_both_sides_where_there_is_tcx() {
+        let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+        let mut numbers = release
+            .split(['.', '-'])
+            .map(|n| n.parse::<u32>().unwrap_or(0));
+        let version = (numbers.next().unwrap(), numbers.next().unwrap());
+        let held = tc_hooks().unwrap();
+        let links = if version >= (6, 6) { 2 } else { 0 };
+        assert_eq!(held.len(), 1 + links, "Linux {release}");
+    }
 }
