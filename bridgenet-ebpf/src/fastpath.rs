@@ -27,9 +27,9 @@ use network_types::{
 };
 
 use crate::{
-    nat,
+    header, nat,
     nat6::UPLINKS6,
-    parse::{IP_CSUM_OFF, IP_OFF, TCP},
+    parse::{IP_OFF, TCP},
     parse6::{DADDR_OFF, ETH_P_IPV6, IP6_LEN, IP6_OFF, SADDR_OFF},
 };
 
@@ -42,7 +42,6 @@ pub static ENDPOINT_PEERS: PerCpuHashMap<u32, EndpointPeer> =
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
-const TTL_OFF: usize = IP_OFF + 8;
 const HOP_LIMIT_OFF: usize = IP6_OFF + 7;
 
 /// `redirect4` for what `uplink_ingress` translated towards an endpoint.
@@ -85,7 +84,7 @@ fn redirect4(ctx: &mut TcContext, must: bool) -> Option<(i32, u32)> {
     if too_big(segment, &fib) {
         return None;
     }
-    decrement_ttl(ctx, &ip)?;
+    header::decrement_ttl(ctx)?;
     // `must` comes from an endpoint's veth, where the peer path is no shorter.
     if !must
         && ret == i64::from(BPF_FIB_LKUP_RET_SUCCESS)
@@ -193,7 +192,7 @@ pub fn out(ctx: &mut TcContext, gateway: u32) -> Option<i32> {
     {
         return None;
     }
-    decrement_ttl(ctx, &ip)?;
+    header::decrement_ttl(ctx)?;
     set_macs(ctx, &fib)?;
     Some(unsafe { bpf_redirect(fib.ifindex, 0) } as i32)
 }
@@ -328,27 +327,10 @@ fn lookup(ctx: &TcContext, ip: &Ipv4Hdr, tot_len: u16, fib: &mut bpf_fib_lookup)
     Some(ret)
 }
 
-/// Forwarding decrements the TTL; so does the fast path.
-#[inline(always)]
-fn decrement_ttl(ctx: &mut TcContext, ip: &Ipv4Hdr) -> Option<()> {
-    let old = u16::from_be_bytes([ip.ttl, ip.proto]);
-    let new = u16::from_be_bytes([ip.ttl - 1, ip.proto]);
-    ctx.store(TTL_OFF, &(ip.ttl - 1), 0).ok()?;
-    ctx.l3_csum_replace(
-        IP_CSUM_OFF,
-        u64::from(old.to_be()),
-        u64::from(new.to_be()),
-        2,
-    )
-    .ok()
-}
-
 /// The next hop's MAC as destination, the output interface's as source.
 #[inline(always)]
 fn set_macs(ctx: &mut TcContext, fib: &bpf_fib_lookup) -> Option<()> {
-    // One store: a helper call costs about what the bytes are worth.
     let [d0, d1, d2, d3, d4, d5] = fib.dmac;
     let [s0, s1, s2, s3, s4, s5] = fib.smac;
-    let macs = [d0, d1, d2, d3, d4, d5, s0, s1, s2, s3, s4, s5];
-    ctx.store(0, &macs, 0).ok()
+    header::set_macs(ctx, &[d0, d1, d2, d3, d4, d5, s0, s1, s2, s3, s4, s5])
 }

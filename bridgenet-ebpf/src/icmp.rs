@@ -8,28 +8,20 @@ use aya_ebpf::programs::TcContext;
 use bridgenet_common::{CtEntry, CtKey, action, outcome};
 
 use crate::{
-    conntrack,
-    parse::{ICMP, IP_CSUM_OFF, IP_DADDR_OFF, IP_SADDR_OFF, Inner, Packet, TCP, UDP},
+    conntrack, header,
+    parse::{ICMP, IP_DADDR_OFF, IP_SADDR_OFF, Inner, Packet, TCP, UDP},
 };
 
-/// What to do with an ICMP error.
-pub enum Verdict {
-    /// No tracked flow: the caller decides.
-    Unknown,
-    /// Tracked, belongs to the host: leave it alone.
-    Host,
-    /// Translated, with the outcome to count.
-    Done(u32),
-}
-
-/// Translates an ICMP error whose quoted packet belongs to a tracked flow.
+/// Translates an ICMP error whose quoted packet belongs to a tracked flow: the outcome to
+/// count; PASSED, untouched, when the flow is not tracked or is the host's own.
 // A BPF subprogram of its own: inlined, its locals would push the caller past the
-// 512-byte stack limit.
+// 512-byte stack limit. It returns a scalar: an enum came back through the caller's stack,
+// and a stack pointer left in R0 at its exit fails the verifier.
 #[inline(never)]
-pub fn translate(ctx: &mut TcContext, packet: &Packet, inner: &Inner) -> Verdict {
+pub fn translate(ctx: &mut TcContext, packet: &Packet, inner: &Inner) -> u32 {
     // The quoted packet went the other way: its reverse is the key this hook tracks.
     let Some(entry) = conntrack::CONNTRACK.get_ptr(inner.key.reversed()) else {
-        return Verdict::Unknown;
+        return outcome::PASSED;
     };
     let CtEntry {
         action: act,
@@ -40,12 +32,12 @@ pub fn translate(ctx: &mut TcContext, packet: &Packet, inner: &Inner) -> Verdict
     let result = match act {
         action::SNAT => rewrite(ctx, packet, inner, true, nat_addr, nat_port),
         action::DNAT => rewrite(ctx, packet, inner, false, nat_addr, nat_port),
-        _ => return Verdict::Host,
+        _ => return outcome::PASSED,
     };
     match result {
-        Ok(()) if act == action::SNAT => Verdict::Done(outcome::SNAT),
-        Ok(()) => Verdict::Done(outcome::DNAT),
-        Err(_) => Verdict::Done(outcome::DROP_REWRITE_FAILED),
+        Ok(()) if act == action::SNAT => outcome::SNAT,
+        Ok(()) => outcome::DNAT,
+        Err(_) => outcome::DROP_REWRITE_FAILED,
     }
 }
 
@@ -90,8 +82,7 @@ fn rewrite(
         (IP_DADDR_OFF, packet.key.daddr)
     };
     if outer_old != addr {
-        ctx.store(outer_off, &addr, 0)?;
-        ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(outer_old), u64::from(addr), 4)?;
+        header::set_addr(ctx, outer_off, outer_old, addr).ok_or(-1)?;
     }
 
     // Quoted header: the opposite side of the flow.

@@ -16,6 +16,7 @@ mod fastpath;
 mod filter;
 mod hairpin;
 mod hairpin6;
+mod header;
 mod host_access;
 mod icmp;
 mod monitor;
@@ -243,10 +244,7 @@ fn uplink_ingress_ipv4(ctx: &mut TcContext, packet: &Packet) -> u32 {
         return outcome::PASSED;
     }
     if let Some(inner) = &packet.inner {
-        return match icmp::translate(ctx, packet, inner) {
-            icmp::Verdict::Done(result) => result,
-            icmp::Verdict::Host | icmp::Verdict::Unknown => outcome::PASSED,
-        };
+        return icmp::translate(ctx, packet, inner);
     }
     if let Some(result) = tracked(ctx, packet) {
         return result;
@@ -342,11 +340,9 @@ fn uplink_egress_translate(
         };
     }
     if let Some(inner) = &packet.inner {
-        return match icmp::translate(ctx, packet, inner) {
-            icmp::Verdict::Done(result) => result,
-            // Untranslated: the host's own error passes, a managed source's is dropped above.
-            icmp::Verdict::Host | icmp::Verdict::Unknown => outcome::PASSED,
-        };
+        // Untranslated (PASSED): the host's own error passes, a managed source's is dropped
+        // above.
+        return icmp::translate(ctx, packet, inner);
     }
     if let Some(result) = tracked(ctx, packet) {
         return result;

@@ -14,7 +14,8 @@ use bridgenet_common::{
 
 use crate::{
     conntrack::{self, InsertError},
-    parse::{ICMP, IP_CSUM_OFF, IP_DADDR_OFF, IP_SADDR_OFF, Packet, TCP, UDP, l4_csum_off},
+    header,
+    parse::{ICMP, IP_DADDR_OFF, IP_SADDR_OFF, Packet, TCP, UDP, l4_csum_off},
 };
 
 #[map]
@@ -369,8 +370,7 @@ fn rewrite(ctx: &mut TcContext, packet: &Packet, act: u8, addr: u32, port: u16) 
     let csum_off = l4_csum_off(key.proto, packet.l4_off);
 
     if addr != old_addr {
-        ctx.store(addr_off, &addr, 0)?;
-        ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(old_addr), u64::from(addr), 4)?;
+        header::set_addr(ctx, addr_off, old_addr, addr).ok_or(-1)?;
         if let (TCP | UDP, Some(csum_off)) = (key.proto, csum_off) {
             let flags = u64::from(BPF_F_PSEUDO_HDR) | mangled_0 | 4;
             ctx.l4_csum_replace(csum_off, u64::from(old_addr), u64::from(addr), flags)?;

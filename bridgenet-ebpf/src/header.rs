@@ -1,0 +1,80 @@
+//! Writes to the Ethernet and outer IPv4 headers straight into the packet rather than through
+//! a helper call each (about 27 ns apiece here), with the IPv4 header checksum updated here:
+//! unlike the L4 checksum it never depends on the skb's checksum state. The headers are in
+//! the skb's linear part; when they are not, they are pulled there first.
+use aya_ebpf::programs::TcContext;
+
+use crate::parse::{IP_CSUM_OFF, IP_OFF};
+
+/// The Ethernet header and 20 bytes of IPv4 header.
+const HEAD: usize = IP_OFF + 20;
+const TTL_OFF: usize = IP_OFF + 8;
+
+/// The packet's first `HEAD` bytes, writable (a program that writes to its packet has its
+/// skb uncloned by the kernel before it runs); None when the packet is shorter.
+#[inline(always)]
+fn head(ctx: &TcContext) -> Option<*mut u8> {
+    if ctx.data() + HEAD > ctx.data_end() {
+        ctx.pull_data(HEAD as u32).ok()?;
+        if ctx.data() + HEAD > ctx.data_end() {
+            return None;
+        }
+    }
+    Some(ctx.data() as *mut u8)
+}
+
+/// Replaces the IPv4 address at `off` (source or destination), `old` by `new` (both as they
+/// lie in the packet), and the header checksum with it.
+#[inline(always)]
+pub fn set_addr(ctx: &TcContext, off: usize, old: u32, new: u32) -> Option<()> {
+    let head = head(ctx)?;
+    // Both halves of each address, as the 16-bit words the checksum sums.
+    let diff =
+        u32::from(!(old as u16)) + u32::from(!((old >> 16) as u16)) + (new & 0xffff) + (new >> 16);
+    // SAFETY: `off` + 4 and the checksum are within `HEAD` bytes, checked by `head`.
+    unsafe {
+        head.add(off).cast::<u32>().write_unaligned(new);
+        update_csum(head, diff);
+    }
+    Some(())
+}
+
+/// Forwarding decrements the TTL; so does the fast path. The TTL must be above 1.
+#[inline(always)]
+pub fn decrement_ttl(ctx: &TcContext) -> Option<()> {
+    let head = head(ctx)?;
+    // SAFETY: the TTL, the protocol and the checksum are within `HEAD` bytes.
+    unsafe {
+        let word = head.add(TTL_OFF).cast::<u16>();
+        let old = word.read_unaligned();
+        // The TTL is the word's first byte in the packet, whatever the CPU's byte order.
+        let [ttl, proto] = old.to_ne_bytes();
+        let new = u16::from_ne_bytes([ttl.wrapping_sub(1), proto]);
+        word.write_unaligned(new);
+        update_csum(head, u32::from(!old) + u32::from(new));
+    }
+    Some(())
+}
+
+/// The destination and source MACs (in that order, as in the header).
+#[inline(always)]
+pub fn set_macs(ctx: &TcContext, macs: &[u8; 12]) -> Option<()> {
+    let head = head(ctx)?;
+    // SAFETY: 12 bytes within `HEAD`.
+    unsafe { head.cast::<[u8; 12]>().write_unaligned(*macs) };
+    Some(())
+}
+
+/// Adds `diff` (the one's complement sum of the old words' complements and the new words) to
+/// the IPv4 header checksum: RFC 1624's HC' = ~(~HC + ~m + m').
+///
+/// # Safety
+/// `head` points to at least `HEAD` writable bytes.
+#[inline(always)]
+unsafe fn update_csum(head: *mut u8, diff: u32) {
+    let csum = unsafe { head.add(IP_CSUM_OFF).cast::<u16>() };
+    let mut sum = u32::from(!unsafe { csum.read_unaligned() }) + diff;
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    unsafe { csum.write_unaligned(!(sum as u16)) };
+}
