@@ -27,11 +27,14 @@ fn head(ctx: &TcContext) -> Option<*mut u8> {
 /// lie in the packet), and the header checksum with it.
 #[inline(always)]
 pub fn set_addr(ctx: &TcContext, off: usize, old: u32, new: u32) -> Option<()> {
+    if off + 4 > HEAD {
+        return None;
+    }
     let head = head(ctx)?;
     // Both halves of each address, as the 16-bit words the checksum sums.
     let diff =
         u32::from(!(old as u16)) + u32::from(!((old >> 16) as u16)) + (new & 0xffff) + (new >> 16);
-    // SAFETY: `off` + 4 and the checksum are within `HEAD` bytes, checked by `head`.
+    // SAFETY: `off` + 4 and the checksum are within the `HEAD` bytes `head` checked.
     unsafe {
         head.add(off).cast::<u32>().write_unaligned(new);
         update_csum(head, diff);

@@ -346,8 +346,9 @@ pub fn track_host_flow(packet: &Packet) {
 }
 
 /// Rewrites the source (SNAT) or destination (DNAT) address and port, fixing the IPv4 and L4
-/// checksums incrementally. The helpers keep CHECKSUM_PARTIAL packets right, and
-/// BPF_F_MARK_MANGLED_0 keeps a UDP checksum of 0 (none) at 0.
+/// checksums incrementally: the IPv4 header's in the program (`header`), the L4 one through the
+/// helpers, which keep CHECKSUM_PARTIAL packets right; BPF_F_MARK_MANGLED_0 keeps a UDP
+/// checksum of 0 (none) at 0.
 #[inline(always)]
 fn rewrite(ctx: &mut TcContext, packet: &Packet, act: u8, addr: u32, port: u16) -> Result<(), i64> {
     let key = packet.key;
