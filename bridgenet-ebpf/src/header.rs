@@ -1,13 +1,15 @@
-//! Writes to the Ethernet and outer IPv4 headers straight into the packet rather than through
-//! a helper call each (about 27 ns apiece here), with the IPv4 header checksum updated here:
-//! unlike the L4 checksum it never depends on the skb's checksum state. The headers are in
-//! the skb's linear part; when they are not, they are pulled there first.
+//! Writes to the Ethernet and outer IPv4 headers and to the L4 ports straight into the packet
+//! rather than through a helper call each (about 27 ns apiece here), with the IPv4 header
+//! checksum updated here: unlike the L4 checksum it never depends on the skb's checksum state.
+//! The headers are in the skb's linear part; when they are not, they are pulled there first.
 use aya_ebpf::programs::TcContext;
 
 use crate::parse::{IP_CSUM_OFF, IP_OFF};
 
 /// The Ethernet header and 20 bytes of IPv4 header.
 const HEAD: usize = IP_OFF + 20;
+/// Past the longest IPv4 header (60 bytes) and the ICMP echo identifier, the farthest port.
+const PORT_END: usize = IP_OFF + 60 + 6;
 const TTL_OFF: usize = IP_OFF + 8;
 
 /// The packet's first `HEAD` bytes, writable (a program that writes to its packet has its
@@ -56,6 +58,25 @@ pub fn decrement_ttl(ctx: &TcContext) -> Option<()> {
         word.write_unaligned(new);
         update_csum(head, u32::from(!old) + u32::from(new));
     }
+    Some(())
+}
+
+/// Writes the 16-bit port (or ICMP echo identifier) at `off`, as it lies in the packet; the
+/// L4 checksum is the caller's (through the helper: it depends on the checksum state).
+#[inline(always)]
+pub fn set_port(ctx: &TcContext, off: usize, port: u16) -> Option<()> {
+    if off > PORT_END - 2 {
+        return None;
+    }
+    if ctx.data() + off + 2 > ctx.data_end() {
+        ctx.pull_data((off + 2) as u32).ok()?;
+    }
+    let at = ctx.data() + off;
+    if at + 2 > ctx.data_end() {
+        return None;
+    }
+    // SAFETY: two bytes before `data_end`, checked above.
+    unsafe { (at as *mut u16).write_unaligned(port) };
     Some(())
 }
 

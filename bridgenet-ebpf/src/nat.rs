@@ -381,7 +381,7 @@ fn rewrite(ctx: &mut TcContext, packet: &Packet, act: u8, addr: u32, port: u16) 
         && !packet.fragment
         && let Some(csum_off) = csum_off
     {
-        ctx.store(port_off, &port, 0)?;
+        header::set_port(ctx, port_off, port).ok_or(-1)?;
         ctx.l4_csum_replace(
             csum_off,
             u64::from(old_port),
