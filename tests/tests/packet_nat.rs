@@ -407,13 +407,5 @@ fn the_ipv4_header_checksum_is_right_from_every_starting_value() {
 fn with_ip_id(frame: &[u8], id: u16) -> Vec<u8> {
     let mut frame = frame.to_vec();
     frame[18..20].copy_from_slice(&id.to_be_bytes());
-    frame[24..26].fill(0);
-    let sum: u32 = frame[14..34]
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-        .sum();
-    let folded = (sum & 0xffff) + (sum >> 16);
-    let folded = (folded & 0xffff) + (folded >> 16);
-    frame[24..26].copy_from_slice(&(!(folded as u16)).to_be_bytes());
-    frame
+    fix_ip_checksum(frame)
 }
