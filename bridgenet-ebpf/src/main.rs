@@ -63,7 +63,8 @@ pub fn endpoint_ingress(mut ctx: TcContext) -> i32 {
         // The stack forwards IPv6 hairpin packets as they are (see hairpin6).
         result = hairpin6::translate(&mut ctx, result);
     } else if result == outcome::PASSED || result == outcome::DROP_ISOLATION {
-        result = hairpin::translate(&mut ctx, result);
+        // A gateway comes back only for a destination outside the managed subnets.
+        result = hairpin::translate(&mut ctx, result, gateway != 0);
         if (result == outcome::DNAT || result == outcome::SNAT)
             && let Some(action) = hairpin::redirect(&mut ctx)
         {
@@ -315,9 +316,10 @@ pub fn uplink_egress(mut ctx: TcContext) -> i32 {
 fn uplink_egress_ipv4(ctx: &mut TcContext, packet: &Packet, nat_addr: u32) -> u32 {
     let managed = nat::subnet_of(packet.key.saddr);
     // To a non-masquerade destination (another node's pods) an endpoint's own address leaves.
-    let direct = managed.is_some_and(|s| nat::non_masquerade(s.network, packet.key.daddr));
+    // Asked only where the answer matters: a tracked flow's packet leaves as its entry says.
+    let direct = || managed.is_some_and(|s| nat::non_masquerade(s.network, packet.key.daddr));
     let result = uplink_egress_translate(ctx, packet, nat_addr, managed, direct);
-    if managed.is_some() && !direct && result != outcome::SNAT && !outcome::is_drop(result) {
+    if managed.is_some() && result != outcome::SNAT && !outcome::is_drop(result) && !direct() {
         return outcome::DROP_UNTRANSLATABLE;
     }
     result
@@ -329,11 +331,11 @@ fn uplink_egress_translate(
     packet: &Packet,
     nat_addr: u32,
     managed: Option<&Subnet>,
-    direct: bool,
+    direct: impl Fn() -> bool,
 ) -> u32 {
     if packet.fragment {
         // Fragments of endpoint flows are dropped (and counted), never sent untranslated.
-        return if managed.is_some() && !direct {
+        return if managed.is_some() && !direct() {
             outcome::DROP_FRAGMENT
         } else {
             outcome::PASSED
@@ -349,7 +351,7 @@ fn uplink_egress_translate(
     }
     match managed {
         // Not translated, so nothing to track (replies of published flows were handled above).
-        Some(_) if direct => outcome::PASSED,
+        Some(_) if direct() => outcome::PASSED,
         // An endpoint's segment of a connection no longer tracked (its flow expired or was
         // revoked): it would leave from a new port, or worse from a published one.
         Some(_) if !conntrack::opens_flow(packet) => outcome::DROP_UNTRACKED,
