@@ -263,6 +263,46 @@ pub struct Subnet {
     pub flags: u32,
 }
 
+/// `SUBNET_BLOCKS[0]`: the /16 blocks of IPv4 (an address's first two bytes) that some
+/// managed subnet overlaps, one bit each, so that an address in none of them is known to be
+/// in no managed subnet without a lookup in the `SUBNETS` trie (most addresses the programs
+/// ask about: clients, remote servers, the host's). A superset: blocks are added before their
+/// subnet and recomputed after a subnet goes. `ready` 0 (a map just made, not filled yet):
+/// every address may be managed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct SubnetBlocks {
+    pub words: [u64; SUBNET_BLOCK_WORDS],
+    pub ready: u64,
+}
+
+pub const SUBNET_BLOCK_WORDS: usize = 1024;
+
+impl SubnetBlocks {
+    /// Whether `addr` (network byte order) may be in a managed subnet.
+    #[inline(always)]
+    pub fn may_hold(&self, addr: u32) -> bool {
+        if self.ready == 0 {
+            return true;
+        }
+        let block = u32::from_be(addr) >> 16;
+        // Masked rather than checked: the verifier sees the bound.
+        let word = (block / 64) as usize & (SUBNET_BLOCK_WORDS - 1);
+        self.words[word] >> (block % 64) & 1 != 0
+    }
+
+    /// Adds the blocks of the subnet `network/prefix_len` (network in host byte order).
+    pub fn add(&mut self, network: u32, prefix_len: u8) {
+        let first = network >> 16;
+        // A prefix longer than 16 bits lies in one block; a shorter one spans 2^(16 - len).
+        let count = 1u32 << 16u8.saturating_sub(prefix_len.min(16));
+        let first = first & !(count - 1);
+        for block in first..first + count {
+            self.words[(block / 64) as usize] |= 1 << (block % 64);
+        }
+    }
+}
+
 /// Options of a network, in `Subnet::flags`.
 pub mod network_flags {
     /// `--icc=false`: endpoints of the network cannot reach each other.
@@ -698,6 +738,7 @@ pub mod maps {
     pub const PUBLISH: &str = "PUBLISH";
     pub const UPLINKS: &str = "UPLINKS";
     pub const SUBNETS: &str = "SUBNETS";
+    pub const SUBNET_BLOCKS: &str = "SUBNET_BLOCKS";
     pub const HOST_ADDRS: &str = "HOST_ADDRS";
     pub const NAT_CONFIG: &str = "NAT_CONFIG";
     pub const STATS: &str = "STATS";
@@ -731,7 +772,8 @@ pub mod maps {
     pub const MONITOR_CONFIG: &str = "MONITOR_CONFIG";
     pub const MONITOR_LOST: &str = "MONITOR_LOST";
     /// Every map, for pinning.
-    pub const ALL: [&str; 29] = [
+    pub const ALL: [&str; 30] = [
+        SUBNET_BLOCKS,
         NON_MASQUERADE6,
         FILTER6,
         EMBRYOS6,
@@ -874,6 +916,7 @@ mod user {
     // SAFETY: these types are Pod (checked by bytemuck's derive above).
     unsafe impl aya::Pod for super::IfCounters {}
     unsafe impl aya::Pod for super::CtKey {}
+    unsafe impl aya::Pod for super::SubnetBlocks {}
     unsafe impl aya::Pod for super::CtEntry {}
     unsafe impl aya::Pod for super::Ct6Key {}
     unsafe impl aya::Pod for super::Ct6Entry {}
@@ -902,4 +945,57 @@ mod user {
     unsafe impl aya::Pod for super::FilterState {}
     unsafe impl aya::Pod for super::MonitorConfig {}
     unsafe impl aya::Pod for super::MonitorEvent {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(a: [u8; 4]) -> u32 {
+        u32::from_ne_bytes(a)
+    }
+
+    fn blocks(subnets: &[([u8; 4], u8)]) -> SubnetBlocks {
+        let mut blocks = SubnetBlocks::zeroed();
+        blocks.ready = 1;
+        for (net, len) in subnets {
+            blocks.add(u32::from_be_bytes(*net), *len);
+        }
+        blocks
+    }
+
+    #[test]
+    fn subnet_blocks_hold_every_address_of_their_subnets_and_little_else() {
+        let b = blocks(&[
+            ([172, 17, 0, 0], 16),
+            ([10, 88, 3, 0], 24),
+            ([100, 64, 0, 0], 10),
+        ]);
+        for a in [
+            [172, 17, 0, 2],
+            [172, 17, 255, 255],
+            [10, 88, 3, 7],
+            [10, 88, 0, 1],
+        ] {
+            assert!(b.may_hold(wire(a)), "{a:?}");
+        }
+        // A /10 spans 64 blocks: 100.64.0.0 - 100.127.255.255.
+        for a in [[100, 64, 0, 0], [100, 100, 1, 1], [100, 127, 255, 255]] {
+            assert!(b.may_hold(wire(a)), "{a:?}");
+        }
+        for a in [
+            [172, 18, 0, 2],
+            [172, 16, 0, 1],
+            [198, 18, 0, 2],
+            [100, 63, 255, 255],
+            [100, 128, 0, 0],
+            [10, 89, 3, 7],
+        ] {
+            assert!(!b.may_hold(wire(a)), "{a:?}");
+        }
+        let all = blocks(&[([0, 0, 0, 0], 0)]);
+        assert!(all.may_hold(wire([255, 255, 255, 255])) && all.may_hold(wire([0, 0, 0, 1])));
+        // Not filled yet: anything may be managed.
+        assert!(SubnetBlocks::zeroed().may_hold(wire([198, 18, 0, 2])));
+    }
 }

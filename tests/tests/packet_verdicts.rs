@@ -275,6 +275,66 @@ fn the_user_filter_by_source_holds_for_truncated_segments() {
 
 /// From outside, a source address of a managed subnet is a lie: translated to a published
 /// port, the packet would be answered inside as if an endpoint had sent it.
+/// The early drop's answer for each source: spoofed, or not (the packet, to a port that is
+/// not published, goes on to the host).
+fn spoofed(dp: &mut Datapath, src: [u8; 4]) -> bool {
+    let syn = packet::tcp_frame(src, 50000, HOST, 9, true, false, b"");
+    let before = dp
+        .stat(program_id::UPLINK_INGRESS, outcome::DROP_SPOOFED)
+        .unwrap();
+    let action = ingress(dp, &syn);
+    let counted = dp
+        .stat(program_id::UPLINK_INGRESS, outcome::DROP_SPOOFED)
+        .unwrap()
+        - before;
+    let xdp = packet::run_xdp(dp, programs::UPLINK_XDP, &syn, 1)
+        .unwrap()
+        .action;
+    assert_eq!(
+        action == TC_ACT_SHOT,
+        counted == 1,
+        "{src:?}: counted as spoofed"
+    );
+    assert_eq!(
+        action == TC_ACT_SHOT,
+        xdp == XDP_DROP,
+        "{src:?}: XDP agrees"
+    );
+    action == TC_ACT_SHOT
+}
+
+/// The programs skip the subnet trie for an address outside every /16 block a managed subnet
+/// overlaps (`SUBNET_BLOCKS`): subnets sharing a block, one spanning several, and the removal
+/// of one whose block another still uses leave every managed address guarded.
+#[test]
+fn subnets_sharing_or_spanning_blocks_stay_guarded_as_they_come_and_go() {
+    let mut dp = datapath();
+    for subnet in ["172.20.1.0/24", "172.20.2.0/24", "172.24.0.0/13"] {
+        dp.add_subnet(subnet.parse().unwrap(), true).unwrap();
+    }
+    for src in [
+        [172, 20, 1, 5],
+        [172, 20, 2, 5],
+        [172, 24, 0, 9],
+        [172, 31, 200, 1],
+    ] {
+        assert!(spoofed(&mut dp, src), "{src:?} is managed");
+    }
+    // In a block a subnet overlaps, but in no subnet: the trie decides.
+    for src in [[172, 20, 3, 5], [172, 23, 255, 1], [172, 32, 0, 1]] {
+        assert!(!spoofed(&mut dp, src), "{src:?} is not managed");
+    }
+    dp.remove_subnet("172.20.1.0/24".parse().unwrap()).unwrap();
+    assert!(
+        spoofed(&mut dp, [172, 20, 2, 5]),
+        "the block's other subnet"
+    );
+    assert!(!spoofed(&mut dp, [172, 20, 1, 5]), "the removed subnet");
+    dp.remove_subnet("172.24.0.0/13".parse().unwrap()).unwrap();
+    assert!(!spoofed(&mut dp, [172, 31, 200, 1]), "the removed /13");
+    assert!(spoofed(&mut dp, EP2), "the datapath's own subnets");
+}
+
 #[test]
 fn a_managed_source_from_outside_is_dropped_as_spoofed() {
     let mut dp = datapath();

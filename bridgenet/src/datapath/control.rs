@@ -4,13 +4,14 @@ use std::net::Ipv4Addr;
 
 use anyhow::Result;
 use aya::maps::{
-    HashMap, MapError, PerCpuHashMap, PerCpuValues,
+    Array, HashMap, MapError, PerCpuHashMap, PerCpuValues,
     lpm_trie::{Key, LpmTrie},
 };
 use bridgenet_common::{
     CtEntry, CtKey, Endpoint, EndpointPeer, NonMasquerade6Key, NonMasqueradeKey, PublishKey,
-    PublishTarget, Subnet, maps,
+    PublishTarget, Subnet, SubnetBlocks, maps,
 };
+use bytemuck::Zeroable;
 use ipnet::{IpNet, Ipv4Net};
 
 use super::{Datapath, Proto, from_wire, wire};
@@ -80,7 +81,30 @@ impl Datapath {
     pub fn remove_subnet(&mut self, subnet: Ipv4Net) -> Result<()> {
         let mut subnets: LpmTrie<_, u32, Subnet> = LpmTrie::try_from(self.map_mut(maps::SUBNETS)?)?;
         let key = Key::new(u32::from(subnet.prefix_len()), wire(subnet.network()));
-        absent_ok(subnets.remove(&key))
+        absent_ok(subnets.remove(&key))?;
+        // After the subnet: another one may share its blocks.
+        self.rebuild_subnet_blocks()
+    }
+
+    /// Adds the /16 blocks `subnet` overlaps to `SUBNET_BLOCKS`.
+    pub(super) fn add_subnet_blocks(&mut self, subnet: Ipv4Net) -> Result<()> {
+        let mut map: Array<_, SubnetBlocks> = Array::try_from(self.map_mut(maps::SUBNET_BLOCKS)?)?;
+        let mut blocks = map.get(&0, 0)?;
+        blocks.add(u32::from(subnet.network()), subnet.prefix_len());
+        map.set(0, blocks, 0)?;
+        Ok(())
+    }
+
+    /// Makes `SUBNET_BLOCKS` the blocks of the subnets in `SUBNETS` and marks it ready.
+    pub(super) fn rebuild_subnet_blocks(&mut self) -> Result<()> {
+        let mut blocks = SubnetBlocks::zeroed();
+        blocks.ready = 1;
+        for (subnet, _) in self.subnets()? {
+            blocks.add(u32::from(subnet.network()), subnet.prefix_len());
+        }
+        let mut map: Array<_, SubnetBlocks> = Array::try_from(self.map_mut(maps::SUBNET_BLOCKS)?)?;
+        map.set(0, blocks, 0)?;
+        Ok(())
     }
 
     /// Forgets the endpoint behind the veth `ifindex`, both families.

@@ -184,6 +184,8 @@ impl Datapath {
             upgrading: Vec::new(),
         };
         datapath.set_nat_config(NatConfig::default())?;
+        // Pinned subnets of an earlier daemon (or a map new to this build): blocks to match.
+        datapath.rebuild_subnet_blocks()?;
         // A pinned table keeps the size it was made with: the limit must leave it its room.
         let capacity = match datapath.ebpf.map(maps::CONNTRACK) {
             Some(aya::maps::Map::LruHashMap(map)) => map.info()?.max_entries(),
@@ -289,6 +291,8 @@ impl Datapath {
     /// Adds the subnet of a network with its options: isolation from other networks, icc,
     /// internal, masquerade.
     pub fn add_network(&mut self, subnet: Ipv4Net, options: &NetworkOptions) -> Result<()> {
+        // Its blocks first: the programs never see a subnet their blocks leave out.
+        self.add_subnet_blocks(subnet)?;
         let mut subnets: LpmTrie<_, u32, Subnet> = LpmTrie::try_from(self.map_mut(maps::SUBNETS)?)?;
         let key = Key::new(u32::from(subnet.prefix_len()), wire(subnet.network()));
         let flags = options.flags();
