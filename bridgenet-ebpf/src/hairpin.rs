@@ -28,20 +28,19 @@ pub fn redirect(ctx: &mut TcContext) -> Option<i32> {
 
 /// Translates a hairpin packet that the endpoint's checks judged `checked` (PASSED, or
 /// DROP_ISOLATION for another network's address): DNAT for the forward direction, SNAT for
-/// replies, or `checked` when it is no hairpin packet. `outside`: those checks found the
-/// destination in no managed subnet, so it is no network's gateway.
+/// replies, or `checked` when it is no hairpin packet.
 // A BPF subprogram of its own: inlined, its locals would push the caller past the
 // 512-byte stack limit.
 #[inline(never)]
-pub fn translate(ctx: &mut TcContext, checked: u32, outside: bool) -> u32 {
+pub fn translate(ctx: &mut TcContext, checked: u32) -> u32 {
     // Both directions go to a host address: the forward one to where the port is published,
     // the reply to the target's gateway. Asked of the destination alone before the packet is
-    // parsed, and without a second subnet lookup when the checks made it: most of what
-    // endpoints send goes elsewhere.
+    // parsed: most of what endpoints send goes elsewhere (and `subnet_of` answers an outside
+    // address from `SUBNET_BLOCKS`, without the trie).
     let Ok(daddr) = ctx.load::<u32>(IP_DADDR_OFF) else {
         return checked;
     };
-    let gateway = !outside && matches!(nat::subnet_of(daddr), Some(s) if s.gateway == daddr);
+    let gateway = matches!(nat::subnet_of(daddr), Some(s) if s.gateway == daddr);
     if !gateway && !nat::is_host_addr(daddr) {
         return checked;
     }

@@ -63,8 +63,7 @@ pub fn endpoint_ingress(mut ctx: TcContext) -> i32 {
         // The stack forwards IPv6 hairpin packets as they are (see hairpin6).
         result = hairpin6::translate(&mut ctx, result);
     } else if result == outcome::PASSED || result == outcome::DROP_ISOLATION {
-        // A gateway comes back only for a destination outside the managed subnets.
-        result = hairpin::translate(&mut ctx, result, gateway != 0);
+        result = hairpin::translate(&mut ctx, result);
         if (result == outcome::DNAT || result == outcome::SNAT)
             && let Some(action) = hairpin::redirect(&mut ctx)
         {
