@@ -8,7 +8,7 @@ use bridgenet_common::{CHECKED_MARK, Endpoint, Subnet, network_flags, outcome};
 use network_types::eth::{EthHdr, EtherType};
 
 use crate::{
-    endpoint6, nat,
+    endpoint6, mem, nat,
     parse::{IP_DADDR_OFF, IP_SADDR_OFF},
     parse6,
 };
@@ -34,7 +34,7 @@ pub fn check(ctx: &TcContext) -> (u32, u32) {
     let Ok(eth) = ctx.load::<EthHdr>(0) else {
         return (outcome::DROP_UNKNOWN, 0);
     };
-    if eth.src_addr != ep.mac {
+    if !mem::mac_eq(eth.src_addr, ep.mac) {
         return (outcome::DROP_SPOOFED, 0);
     }
     let ether_type = eth.ether_type;
@@ -58,7 +58,7 @@ pub fn check(ctx: &TcContext) -> (u32, u32) {
         ) else {
             return (outcome::DROP_SPOOFED, 0);
         };
-        let result = if sha == ep.mac && spa == ep.addr {
+        let result = if mem::mac_eq(sha, ep.mac) && spa == ep.addr {
             outcome::PASSED
         } else {
             outcome::DROP_SPOOFED

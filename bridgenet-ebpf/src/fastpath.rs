@@ -8,7 +8,7 @@
 //! the segments it will be cut into.
 //! Out of an endpoint, what is sent to the gateway's MAC for an address the FIB routes out
 //! through an uplink goes straight to that uplink. Both ways for IPv4 and IPv6.
-use core::mem::{size_of, zeroed};
+use core::mem::{MaybeUninit, size_of};
 
 use aya_ebpf::{
     bindings::{
@@ -27,7 +27,7 @@ use network_types::{
 };
 
 use crate::{
-    header, nat,
+    header, mem, nat,
     nat6::UPLINKS6,
     parse::{IP_OFF, TCP},
     parse6::{DADDR_OFF, ETH_P_IPV6, IP6_LEN, IP6_OFF, SADDR_OFF},
@@ -75,13 +75,15 @@ fn redirect4(ctx: &mut TcContext, must: bool) -> Option<(i32, u32)> {
         (false, None) => u16::from_be_bytes(ip.tot_len),
         _ => 0,
     };
-    let mut fib: bpf_fib_lookup = unsafe { zeroed() };
-    let ret = lookup(ctx, &ip, tot_len, &mut fib)?;
+    let mut fib = MaybeUninit::uninit();
+    // SAFETY: a kernel struct of integers.
+    let fib: &mut bpf_fib_lookup = unsafe { mem::zeroed(&mut fib) };
+    let ret = lookup(ctx, &ip, tot_len, fib)?;
     let resolvable = must && ret == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH);
     if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS) && !resolvable {
         return None;
     }
-    if too_big(segment, &fib) {
+    if too_big(segment, fib) {
         return None;
     }
     header::decrement_ttl(ctx)?;
@@ -92,20 +94,16 @@ fn redirect4(ctx: &mut TcContext, must: bool) -> Option<(i32, u32)> {
         && unsafe { (*peer).bridge } == fib.ifindex
     {
         // The MACs the bridge's routed packet would carry: the gateway's, to the endpoint's.
-        set_macs(ctx, &fib)?;
+        set_macs(ctx, fib)?;
         return Some((into_peer(ctx, peer), outcome::FAST_PATH_PEER));
     }
-    let mut neigh: bpf_redir_neigh = unsafe { zeroed() };
+    let mut neigh = MaybeUninit::uninit();
+    // SAFETY: a kernel struct of integers.
+    let neigh: &mut bpf_redir_neigh = unsafe { mem::zeroed(&mut neigh) };
     neigh.nh_family = u32::from(AF_INET);
     neigh.__bindgen_anon_1.ipv4_nh = unsafe { fib.__bindgen_anon_4.ipv4_dst };
-    let action = unsafe {
-        bpf_redirect_neigh(
-            fib.ifindex,
-            &mut neigh,
-            size_of::<bpf_redir_neigh>() as i32,
-            0,
-        )
-    };
+    let action =
+        unsafe { bpf_redirect_neigh(fib.ifindex, neigh, size_of::<bpf_redir_neigh>() as i32, 0) };
     Some((action as i32, outcome::FAST_PATH))
 }
 
@@ -132,13 +130,13 @@ fn into_peer(ctx: &TcContext, peer: *mut EndpointPeer) -> i32 {
 #[inline(never)]
 pub fn redirect6(ctx: &mut TcContext) -> Option<(i32, u32)> {
     let segment = segment6(ctx)?;
-    let (ret, fib, hop_limit) = lookup6(ctx, segment.is_none())?;
-    if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS) || too_big(segment, &fib) {
+    let (ret, ref fib, hop_limit) = lookup6(ctx, segment.is_none())?;
+    if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS) || too_big(segment, fib) {
         return None;
     }
     // Forwarding decrements the hop limit (no header checksum in IPv6).
     ctx.store(HOP_LIMIT_OFF, &(hop_limit - 1), 0).ok()?;
-    set_macs(ctx, &fib)?;
+    set_macs(ctx, fib)?;
     let mac = fib.dmac;
     if mac[..2] == [0x02, 0x42]
         && let Some(peer) =
@@ -168,7 +166,7 @@ pub fn out(ctx: &mut TcContext, gateway: u32) -> Option<i32> {
         return None;
     }
     let eth = ctx.load::<EthHdr>(0).ok()?;
-    if eth.dst_addr != [0x02, 0x42, a, b, c, d] {
+    if !mem::mac_eq(eth.dst_addr, [0x02, 0x42, a, b, c, d]) {
         return None;
     }
     let ether_type = eth.ether_type;
@@ -184,16 +182,18 @@ pub fn out(ctx: &mut TcContext, gateway: u32) -> Option<i32> {
         None => u16::from_be_bytes(ip.tot_len),
         Some(_) => 0,
     };
-    let mut fib: bpf_fib_lookup = unsafe { zeroed() };
-    let ret = lookup(ctx, &ip, tot_len, &mut fib)?;
+    let mut fib = MaybeUninit::uninit();
+    // SAFETY: a kernel struct of integers.
+    let fib: &mut bpf_fib_lookup = unsafe { mem::zeroed(&mut fib) };
+    let ret = lookup(ctx, &ip, tot_len, fib)?;
     if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS)
-        || too_big(segment, &fib)
+        || too_big(segment, fib)
         || nat::uplink_addr(fib.ifindex).is_none()
     {
         return None;
     }
     header::decrement_ttl(ctx)?;
-    set_macs(ctx, &fib)?;
+    set_macs(ctx, fib)?;
     Some(unsafe { bpf_redirect(fib.ifindex, 0) } as i32)
 }
 
@@ -203,16 +203,16 @@ pub fn out(ctx: &mut TcContext, gateway: u32) -> Option<i32> {
 #[inline(never)]
 fn out6(ctx: &mut TcContext) -> Option<i32> {
     let segment = segment6(ctx)?;
-    let (ret, fib, hop_limit) = lookup6(ctx, segment.is_none())?;
+    let (ret, ref fib, hop_limit) = lookup6(ctx, segment.is_none())?;
     if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS)
-        || too_big(segment, &fib)
+        || too_big(segment, fib)
         || unsafe { UPLINKS6.get(fib.ifindex) }.is_none()
     {
         return None;
     }
     // Forwarding decrements the hop limit (no header checksum in IPv6).
     ctx.store(HOP_LIMIT_OFF, &(hop_limit - 1), 0).ok()?;
-    set_macs(ctx, &fib)?;
+    set_macs(ctx, fib)?;
     Some(unsafe { bpf_redirect(fib.ifindex, 0) } as i32)
 }
 
@@ -280,7 +280,9 @@ fn lookup6(ctx: &TcContext, mtu: bool) -> Option<(i64, bpf_fib_lookup, u8)> {
     if hop_limit <= 1 {
         return None;
     }
-    let mut fib: bpf_fib_lookup = unsafe { zeroed() };
+    let mut fib = MaybeUninit::uninit();
+    // SAFETY: a kernel struct of integers.
+    let fib: &mut bpf_fib_lookup = unsafe { mem::zeroed(&mut fib) };
     fib.family = AF_INET6;
     fib.l4_protocol = hdr[6];
     if mtu {
@@ -293,12 +295,12 @@ fn lookup6(ctx: &TcContext, mtu: bool) -> Option<(i64, bpf_fib_lookup, u8)> {
     let ret = unsafe {
         fib_lookup(
             ctx.skb.skb as *mut _,
-            &mut fib,
+            fib,
             size_of::<bpf_fib_lookup>() as i32,
             0,
         )
     };
-    Some((ret, fib, hop_limit))
+    Some((ret, *fib, hop_limit))
 }
 
 /// Asks the FIB, in `fib` (zeroed), for the packet as forwarding would (from the interface

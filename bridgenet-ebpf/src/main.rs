@@ -19,6 +19,7 @@ mod hairpin6;
 mod header;
 mod host_access;
 mod icmp;
+mod mem;
 mod monitor;
 mod nat;
 mod nat6;

@@ -237,16 +237,17 @@ fn parse_inner(ctx: &TcContext, ip_off: usize) -> Option<Inner> {
 }
 
 /// The addresses and protocol of an IPv4 header as a conntrack key; ports are filled in later.
+/// Made of two words: written field by field, the padding's `[0; 3]` is a call to a byte loop
+/// (see `mem`).
 #[inline(always)]
 fn key_of(ip: &Ipv4Hdr) -> CtKey {
-    CtKey {
-        saddr: u32::from_ne_bytes(ip.src_addr),
-        daddr: u32::from_ne_bytes(ip.dst_addr),
-        sport: 0,
-        dport: 0,
-        proto: ip.proto,
-        _pad: [0; 3],
-    }
+    const { assert!(size_of::<CtKey>() == 16 && core::mem::offset_of!(CtKey, proto) == 12) };
+    let addrs = u64::from(u32::from_ne_bytes(ip.src_addr))
+        | u64::from(u32::from_ne_bytes(ip.dst_addr)) << 32;
+    let ports_proto = u64::from(ip.proto) << 32;
+    // SAFETY: CtKey is 16 bytes of plain integers: the addresses in the first word, the ports
+    // (0) and the protocol (byte 12; the padding after it 0) in the second, little-endian.
+    unsafe { core::mem::transmute::<[u64; 2], CtKey>([addrs, ports_proto]) }
 }
 
 /// Offset of the L4 checksum, if the protocol has one that covers addresses or ports we change.

@@ -232,7 +232,7 @@ fn parse(ctx: &TcContext, packet: &mut Packet6) -> Result<(), u32> {
     };
     packet.l4_off = t.off;
     packet.fragment = t.fragment;
-    packet.tcp = Segment::default();
+    packet.tcp = Segment::none(t.off);
     packet.icmp_type = 0;
     packet.error = false;
     let l4 = t.off;

@@ -21,6 +21,7 @@ pub trait PeerKey {
 
 /// The fields of a segment that window tracking reads (host byte order), read by the parser
 /// with the ports in one load: a helper call per field costs more than the rest of tracking.
+#[repr(C)]
 #[derive(Clone, Copy, Default)]
 pub struct Segment {
     pub seq: u32,
@@ -36,6 +37,17 @@ pub struct Segment {
 }
 
 impl Segment {
+    /// No TCP segment (another protocol), at `l4_off`. Made of two words: a segment of zero
+    /// fields is written by a call to a byte loop (see `mem`).
+    #[inline(always)]
+    pub fn none(l4_off: usize) -> Self {
+        const {
+            assert!(size_of::<Self>() == 16 && core::mem::offset_of!(Self, l4_off) == 12);
+        };
+        // SAFETY: 16 bytes of plain integers, all 0 but `l4_off` (bytes 12-13, little-endian).
+        unsafe { core::mem::transmute::<[u64; 2], Self>([0, (l4_off as u16 as u64) << 32]) }
+    }
+
     /// From the first 16 bytes of a TCP header at `l4_off`, and the IP payload's length from
     /// that header on (0 for a GSO packet of more than 64 KiB, whose length says 0: its payload
     /// counts as none, which only makes the window lag).

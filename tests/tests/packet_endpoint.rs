@@ -113,12 +113,22 @@ fn spoofed_sources_are_dropped() {
     for src in [SIBLING, [198, 18, 0, 2], [127, 0, 0, 1], [10, 9, 9, 9]] {
         dropped_for(&mut dp, &frame(EP_MAC, src, WORLD), outcome::DROP_SPOOFED);
     }
-    // A forged MAC with the right address.
+    // A forged MAC with the right address: another endpoint's, and the endpoint's own with
+    // one bit changed in each of its six bytes (every byte is compared).
     dropped_for(
         &mut dp,
         &frame([0x02, 0x42, 172, 17, 0, 3], EP, WORLD),
         outcome::DROP_SPOOFED,
     );
+    for byte in 0..6 {
+        let mut mac = EP_MAC;
+        mac[byte] ^= 0x10;
+        dropped_for(&mut dp, &frame(mac, EP, WORLD), outcome::DROP_SPOOFED);
+        // In the ARP body only.
+        let mut forged = arp(EP_MAC, EP, GATEWAY);
+        forged[22..28].copy_from_slice(&mac);
+        dropped_for(&mut dp, &forged, outcome::DROP_SPOOFED);
+    }
     // ARP claiming another address, or another MAC inside the ARP body.
     dropped_for(
         &mut dp,
