@@ -241,7 +241,12 @@ fn parse_inner(ctx: &TcContext, ip_off: usize) -> Option<Inner> {
 /// (see `mem`).
 #[inline(always)]
 fn key_of(ip: &Ipv4Hdr) -> CtKey {
-    const { assert!(size_of::<CtKey>() == 16 && core::mem::offset_of!(CtKey, proto) == 12) };
+    const {
+        assert!(cfg!(target_endian = "little") && size_of::<CtKey>() == 16);
+        assert!(
+            core::mem::offset_of!(CtKey, daddr) == 4 && core::mem::offset_of!(CtKey, proto) == 12
+        );
+    };
     let addrs = u64::from(u32::from_ne_bytes(ip.src_addr))
         | u64::from(u32::from_ne_bytes(ip.dst_addr)) << 32;
     let ports_proto = u64::from(ip.proto) << 32;

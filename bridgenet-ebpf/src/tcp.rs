@@ -42,7 +42,8 @@ impl Segment {
     #[inline(always)]
     pub fn none(l4_off: usize) -> Self {
         const {
-            assert!(size_of::<Self>() == 16 && core::mem::offset_of!(Self, l4_off) == 12);
+            assert!(cfg!(target_endian = "little") && size_of::<Self>() == 16);
+            assert!(core::mem::offset_of!(Self, l4_off) == 12);
         };
         // SAFETY: 16 bytes of plain integers, all 0 but `l4_off` (bytes 12-13, little-endian).
         unsafe { core::mem::transmute::<[u64; 2], Self>([0, (l4_off as u16 as u64) << 32]) }
