@@ -75,10 +75,8 @@ fn redirect4(ctx: &mut TcContext, must: bool) -> Option<(i32, u32)> {
         (false, None) => u16::from_be_bytes(ip.tot_len),
         _ => 0,
     };
-    let mut fib = MaybeUninit::uninit();
-    // SAFETY: a kernel struct of integers.
-    let fib: &mut bpf_fib_lookup = unsafe { mem::zeroed(&mut fib) };
-    let ret = lookup(ctx, &ip, tot_len, fib)?;
+    let mut slot = MaybeUninit::uninit();
+    let (ret, fib) = lookup(ctx, &ip, tot_len, &mut slot)?;
     let resolvable = must && ret == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH);
     if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS) && !resolvable {
         return None;
@@ -182,10 +180,8 @@ pub fn out(ctx: &mut TcContext, gateway: u32) -> Option<i32> {
         None => u16::from_be_bytes(ip.tot_len),
         Some(_) => 0,
     };
-    let mut fib = MaybeUninit::uninit();
-    // SAFETY: a kernel struct of integers.
-    let fib: &mut bpf_fib_lookup = unsafe { mem::zeroed(&mut fib) };
-    let ret = lookup(ctx, &ip, tot_len, fib)?;
+    let mut slot = MaybeUninit::uninit();
+    let (ret, fib) = lookup(ctx, &ip, tot_len, &mut slot)?;
     if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS)
         || too_big(segment, fib)
         || nat::uplink_addr(fib.ifindex).is_none()
@@ -303,14 +299,21 @@ fn lookup6(ctx: &TcContext, mtu: bool) -> Option<(i64, bpf_fib_lookup, u8)> {
     Some((ret, *fib, hop_limit))
 }
 
-/// Asks the FIB, in `fib` (zeroed), for the packet as forwarding would (from the interface
-/// it came in on; `tot_len` 0: no MTU check); its return code, or None when the TTL would
+/// Asks the FIB, in `slot`, for the packet as forwarding would (from the interface it came in
+/// on; `tot_len` 0: no MTU check); its return code and answer, or None when the TTL would
 /// expire.
 #[inline(always)]
-fn lookup(ctx: &TcContext, ip: &Ipv4Hdr, tot_len: u16, fib: &mut bpf_fib_lookup) -> Option<i64> {
+fn lookup<'a>(
+    ctx: &TcContext,
+    ip: &Ipv4Hdr,
+    tot_len: u16,
+    slot: &'a mut MaybeUninit<bpf_fib_lookup>,
+) -> Option<(i64, &'a mut bpf_fib_lookup)> {
     if ip.ttl <= 1 {
         return None;
     }
+    // SAFETY: a kernel struct of integers.
+    let fib = unsafe { mem::zeroed(slot) };
     fib.family = AF_INET;
     fib.l4_protocol = ip.proto;
     fib.__bindgen_anon_1.tot_len = tot_len;
@@ -326,7 +329,7 @@ fn lookup(ctx: &TcContext, ip: &Ipv4Hdr, tot_len: u16, fib: &mut bpf_fib_lookup)
             0,
         )
     };
-    Some(ret)
+    Some((ret, fib))
 }
 
 /// The next hop's MAC as destination, the output interface's as source.
