@@ -6,6 +6,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
+pub mod port_hash;
+
 /// Packet and byte counts of one interface, one per CPU in a per-CPU hash map keyed by ifindex.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
@@ -741,6 +743,8 @@ pub mod maps {
     pub const SUBNET_BLOCKS: &str = "SUBNET_BLOCKS";
     pub const HOST_ADDRS: &str = "HOST_ADDRS";
     pub const NAT_CONFIG: &str = "NAT_CONFIG";
+    /// The key of masquerade's port sequence (`port_hash`).
+    pub const PORT_SECRET: &str = "PORT_SECRET";
     pub const STATS: &str = "STATS";
     pub const CT_USAGE: &str = "CT_USAGE";
     pub const ENDPOINTS: &str = "ENDPOINTS";
@@ -772,7 +776,8 @@ pub mod maps {
     pub const MONITOR_CONFIG: &str = "MONITOR_CONFIG";
     pub const MONITOR_LOST: &str = "MONITOR_LOST";
     /// Every map, for pinning.
-    pub const ALL: [&str; 30] = [
+    pub const ALL: [&str; 31] = [
+        PORT_SECRET,
         SUBNET_BLOCKS,
         NON_MASQUERADE6,
         FILTER6,
@@ -945,6 +950,7 @@ mod user {
     unsafe impl aya::Pod for super::FilterState {}
     unsafe impl aya::Pod for super::MonitorConfig {}
     unsafe impl aya::Pod for super::MonitorEvent {}
+    unsafe impl aya::Pod for super::port_hash::PortSecret {}
 }
 
 #[cfg(test)]

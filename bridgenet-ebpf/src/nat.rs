@@ -2,7 +2,6 @@
 //! reverse translation of their replies, driven by conntrack entries.
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_NO_PREALLOC, BPF_F_PSEUDO_HDR},
-    helpers::bpf_get_prandom_u32,
     macros::map,
     maps::{Array, HashMap, LpmTrie, lpm_trie::Key},
     programs::TcContext,
@@ -10,6 +9,7 @@ use aya_ebpf::{
 use bridgenet_common::{
     CtEntry, CtKey, NatConfig, NonMasqueradeKey, PublishKey, PublishTarget, Subnet, SubnetBlocks,
     Uplink, action, ct_flags, direction, embryo_ring, outcome,
+    port_hash::{self, PortSecret},
 };
 
 use crate::{
@@ -42,7 +42,11 @@ pub static HOST_ADDRS: HashMap<u32, u32> = HashMap::with_max_entries(256, 0);
 #[map]
 pub static NAT_CONFIG: Array<NatConfig> = Array::with_max_entries(1, 0);
 
-/// How many ports masquerade tries, from a random start, before it gives up on a flow.
+/// The key of masquerade's port sequence, written by the loader.
+#[map]
+pub static PORT_SECRET: Array<PortSecret> = Array::with_max_entries(1, 0);
+
+/// How many ports masquerade tries, from the flow's own start, before it gives up on it.
 const PORT_TRIES: u32 = 32;
 
 /// The uplink's masquerade address, if `ifindex` is an uplink.
@@ -180,7 +184,7 @@ pub fn route_out(ctx: &mut TcContext, packet: &Packet) -> u32 {
 #[inline(never)]
 pub fn reserve_reply(reply: &mut CtKey, reply_entry: &CtEntry, original: u16) -> u32 {
     let peer = &reply_entry.peer;
-    let result = choose_port(original, |port| {
+    let result = choose_port(original, port_hash4(peer), |port| {
         reply.dport = port.to_be();
         // A flow's reply tuple cannot be its own original one (hairpin to itself).
         if reply.dport == peer.dport && reply.sport == peer.sport && reply.saddr == peer.saddr {
@@ -194,12 +198,28 @@ pub fn reserve_reply(reply: &mut CtKey, reply_entry: &CtEntry, original: u16) ->
     result
 }
 
-/// The port masquerade gives a flow whose source port is `original` (host byte order): that
-/// one when it is outside the host's port range, else a random port of the NAT range, the
-/// first for which `insert` (given the port, host byte order) finds the tuple free. PASSED,
-/// DROP_CT_FULL or DROP_PORTS_EXHAUSTED; the caller gives back the room it took.
+/// `port_hash::of4` of a flow's inside tuple under `PORT_SECRET` (read in place: a copy
+/// would take stack from the deepest chain of calls, the hairpin path's).
+// Inlined: a call of its own adds a frame to that chain, which Linux 6.1 counts as 32 bytes
+// even when it is empty, past the 512 allowed.
 #[inline(always)]
-pub fn choose_port(original: u16, mut insert: impl FnMut(u16) -> Result<(), InsertError>) -> u32 {
+pub fn port_hash4(key: &CtKey) -> u64 {
+    PORT_SECRET
+        .get(0)
+        .map_or(0, |secret| port_hash::of4(secret, key))
+}
+
+/// The port masquerade gives a flow whose source port is `original` (host byte order): that
+/// one when it is outside the host's port range, else one of the NAT range from where `hash`
+/// (the flow's `port_hash`) says on, the first for which `insert` (given the port, host byte
+/// order) finds the tuple free. PASSED, DROP_CT_FULL or DROP_PORTS_EXHAUSTED; the caller
+/// gives back the room it took.
+#[inline(always)]
+pub fn choose_port(
+    original: u16,
+    hash: u64,
+    mut insert: impl FnMut(u16) -> Result<(), InsertError>,
+) -> u32 {
     // An unset (zeroed) configuration means the defaults.
     let config = match NAT_CONFIG.get(0) {
         Some(config) if config.port_max != 0 => *config,
@@ -207,7 +227,7 @@ pub fn choose_port(original: u16, mut insert: impl FnMut(u16) -> Result<(), Inse
     };
     let keep = original < config.host_port_min || original > config.host_port_max;
     let span = u32::from(config.port_max.saturating_sub(config.port_min)) + 1;
-    let start = unsafe { bpf_get_prandom_u32() } % span;
+    let start = (hash % u64::from(span)) as u32;
     for i in 0..=PORT_TRIES {
         let port = if i == 0 {
             if !keep {
@@ -215,7 +235,7 @@ pub fn choose_port(original: u16, mut insert: impl FnMut(u16) -> Result<(), Inse
             }
             original
         } else {
-            config.port_min + ((start + i) % span) as u16
+            config.port_min + ((start + i - 1) % span) as u16
         };
         match insert(port) {
             Ok(()) => return outcome::PASSED,

@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use bridgenet_common::{
     Ct6Entry, Ct6Key, Publish6Key, Publish6Target, action, ct_flags, direction, embryo_ring,
-    network_flags, outcome, program_id,
+    network_flags, outcome, port_hash, program_id,
 };
 
 use crate::{
@@ -477,7 +477,7 @@ fn masquerade(ctx: &mut TcContext, scratch: &mut Scratch6, nat_addr: &[u8; 16]) 
 #[inline(always)]
 pub fn reserve_reply(reply: &mut Ct6Key, entry: &Ct6Entry, original: u16) -> u32 {
     let peer = &entry.peer;
-    let result = nat::choose_port(original, |port| {
+    let result = nat::choose_port(original, port_hash6(peer), |port| {
         reply.dport = port.to_be();
         // A flow's reply tuple cannot be its own original one (hairpin to itself).
         if reply.dport == peer.dport && reply.sport == peer.sport && reply.saddr == peer.saddr {
@@ -489,6 +489,14 @@ pub fn reserve_reply(reply: &mut Ct6Key, entry: &Ct6Entry, original: u16) -> u32
         conntrack6::release();
     }
     result
+}
+
+/// `port_hash::of6` of a flow's inside tuple under `PORT_SECRET`, as `nat::port_hash4`.
+#[inline(never)]
+fn port_hash6(key: &Ct6Key) -> u64 {
+    nat::PORT_SECRET
+        .get(0)
+        .map_or(0, |secret| port_hash::of6(secret, key))
 }
 
 /// Applies an entry's action: the outcome to count.

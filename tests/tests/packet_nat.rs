@@ -3,7 +3,11 @@
 use std::net::Ipv4Addr;
 
 use bridgenet::datapath::{Datapath, Proto};
-use bridgenet_common::{NatConfig, action, outcome, program_id, programs};
+use bridgenet_common::{
+    CtKey, NatConfig, action, outcome,
+    port_hash::{self, PortSecret},
+    program_id, programs,
+};
 use bridgenet_tests::{
     packet::fixture::*,
     packet::{self, Seen},
@@ -262,6 +266,86 @@ fn port_exhaustion_is_dropped_and_counted() {
         &packet::udp_frame(EP1, 40002, [198, 18, 0, 9], 53, b"x"),
     );
     assert_eq!(out.action, TC_ACT_OK);
+}
+
+/// Masquerade's port for a flow is computed from its inside tuple under the datapath's key
+/// (the start of its sequence), and the next free one on from there when that is taken:
+/// the tuple names its port again, and only with the key.
+#[test]
+fn masquerade_ports_follow_the_keyed_hash_of_the_inside_tuple() {
+    let secret = PortSecret {
+        k0: 0x0123_4567_89ab_cdef,
+        k1: 0xfedc_ba98_7654_3210,
+    };
+    let start = |config: &NatConfig, sport: u16| {
+        let key = CtKey {
+            saddr: u32::from_ne_bytes(EP1),
+            daddr: u32::from_ne_bytes(SERVER),
+            sport: sport.to_be(),
+            dport: 7000u16.to_be(),
+            proto: 6,
+            _pad: [0; 3],
+        };
+        let span = u64::from(config.port_max - config.port_min) + 1;
+        config.port_min + (port_hash::of4(&secret, &key) % span) as u16
+    };
+    let syn = |sport| packet::tcp_frame(EP1, sport, SERVER, 7000, true, false, b"");
+
+    let mut dp = nat_datapath();
+    dp.set_port_secret(secret).unwrap();
+    let config = NatConfig::default();
+    for sport in 40000..40016 {
+        let out = egress(&mut dp, &syn(sport));
+        assert_eq!(out.action, TC_ACT_OK);
+        assert_eq!(
+            packet::inspect(&out.frame).sport,
+            start(&config, sport),
+            "{sport}"
+        );
+    }
+
+    // Four ports: the flows' starts collide, each takes the next free port after its own.
+    let mut dp = nat_datapath();
+    dp.set_port_secret(secret).unwrap();
+    let config = NatConfig {
+        port_min: 61000,
+        port_max: 61003,
+        ..NatConfig::default()
+    };
+    dp.set_nat_config(config).unwrap();
+    let mut taken = Vec::new();
+    let mut collided = 0;
+    for sport in 40000..40004 {
+        let mut port = start(&config, sport);
+        if taken.contains(&port) {
+            collided += 1;
+        }
+        while taken.contains(&port) {
+            port = if port == config.port_max {
+                config.port_min
+            } else {
+                port + 1
+            };
+        }
+        let out = egress(&mut dp, &syn(sport));
+        assert_eq!(packet::inspect(&out.frame).sport, port, "{sport}");
+        taken.push(port);
+    }
+    assert!(
+        collided > 0,
+        "the starts must collide for this test to mean anything"
+    );
+
+    // Another key, other ports.
+    let mut dp = nat_datapath();
+    dp.set_port_secret(PortSecret { k0: 1, ..secret }).unwrap();
+    let moved = (40000..40016)
+        .filter(|&sport| {
+            packet::inspect(&egress(&mut dp, &syn(sport)).frame).sport
+                != start(&NatConfig::default(), sport)
+        })
+        .count();
+    assert!(moved >= 14, "{moved} of 16 ports moved with the key");
 }
 
 #[test]

@@ -5,7 +5,8 @@ use std::net::Ipv4Addr;
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues};
 use bridgenet::datapath::{Datapath, LoadOptions, Proto};
 use bridgenet_common::{
-    CtEntry, CtKey, EmbryoSlot, action, ct_flags, direction, outcome, program_id, tcp_seen,
+    CtEntry, CtKey, EmbryoSlot, action, ct_flags, direction, outcome, port_hash::PortSecret,
+    program_id, tcp_seen,
 };
 use bridgenet_tests::{Bpffs, layout_v1::CtEntryV1, require_root};
 
@@ -19,6 +20,10 @@ fn a_second_load_adopts_the_pinned_maps_and_their_state() {
     };
 
     let mut first = Datapath::load_with(&options).expect("first load");
+    // Masquerade's port key is drawn at the first load, then kept with the pins: the flows
+    // of an earlier daemon follow it.
+    let secret = first.port_secret().unwrap();
+    assert_ne!(secret, PortSecret::default());
     first
         .publish(Proto::Tcp, None, 8080, Ipv4Addr::new(172, 17, 0, 2), 80)
         .unwrap();
@@ -34,10 +39,16 @@ fn a_second_load_adopts_the_pinned_maps_and_their_state() {
     let second = Datapath::load_with(&options).expect("second load");
     let published = second.published().unwrap();
     assert_eq!(published.len(), 1, "{published:?}");
+    assert_eq!(second.port_secret().unwrap(), secret);
 
-    // Without pinning, nothing is shared.
+    // Without pinning, nothing is shared: another key too.
     let private = Datapath::load().unwrap();
     assert!(private.published().unwrap().is_empty());
+    let other = private.port_secret().unwrap();
+    assert!(
+        other != secret && other != PortSecret::default(),
+        "{other:?}"
+    );
 }
 
 fn key(saddr: [u8; 4], daddr: [u8; 4], sport: u16, dport: u16, proto: u8) -> CtKey {

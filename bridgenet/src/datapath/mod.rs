@@ -1,7 +1,7 @@
 //! Loads the embedded eBPF object, attaches its programs and reads its maps.
 use std::{collections::BTreeMap, net::Ipv4Addr, os::fd::AsFd as _, path::PathBuf};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
@@ -15,7 +15,8 @@ use aya::{
 };
 use bridgenet_common::{
     CtEntry, CtKey, Endpoint, IfCounters, NatConfig, PublishKey, PublishTarget, Subnet, Uplink,
-    embryo_ring, maps, network_flags, outcome, program_id, programs, stats_index,
+    embryo_ring, maps, network_flags, outcome, port_hash::PortSecret, program_id, programs,
+    stats_index,
 };
 use ipnet::Ipv4Net;
 
@@ -184,6 +185,12 @@ impl Datapath {
             upgrading: Vec::new(),
         };
         datapath.set_nat_config(NatConfig::default())?;
+        // Pinned by an earlier daemon: its flows' ports follow that key.
+        if datapath.port_secret()? == PortSecret::default() {
+            let mut key = [0u8; 16];
+            getrandom::fill(&mut key).map_err(|err| anyhow!("no random key: {err}"))?;
+            datapath.set_port_secret(bytemuck::cast(key))?;
+        }
         // Pinned subnets of an earlier daemon (or a map new to this build): blocks to match.
         datapath.rebuild_subnet_blocks()?;
         // A pinned table keeps the size it was made with: the limit must leave it its room.
@@ -386,6 +393,22 @@ impl Datapath {
     pub fn set_nat_config(&mut self, config: NatConfig) -> Result<()> {
         let mut array: Array<_, NatConfig> = Array::try_from(self.map_mut(maps::NAT_CONFIG)?)?;
         array.set(0, config, 0)?;
+        Ok(())
+    }
+
+    /// The key of masquerade's port sequence (`port_hash`).
+    pub fn port_secret(&self) -> Result<PortSecret> {
+        let map = self
+            .ebpf
+            .map(maps::PORT_SECRET)
+            .context("map PORT_SECRET missing")?;
+        Ok(Array::<_, PortSecret>::try_from(map)?.get(&0, 0)?)
+    }
+
+    /// Sets the key of masquerade's port sequence: the flows opened from then on follow it.
+    pub fn set_port_secret(&mut self, secret: PortSecret) -> Result<()> {
+        let mut array: Array<_, PortSecret> = Array::try_from(self.map_mut(maps::PORT_SECRET)?)?;
+        array.set(0, secret, 0)?;
         Ok(())
     }
 
