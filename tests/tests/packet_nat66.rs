@@ -11,7 +11,9 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use aya::maps::{Array, HashMap};
 use bridgenet::datapath::{Datapath, GatewayMode, NetworkOptions, conntrack};
 use bridgenet_common::{
-    Ct6Entry, Ct6Key, ct_usage, direction, maps, outcome, program_id, programs,
+    Ct6Entry, Ct6Key, NatConfig, ct_usage, direction, maps, outcome,
+    port_hash::{self, PortSecret},
+    program_id, programs,
 };
 use bridgenet_tests::{packet, require_root};
 use etherparse::PacketBuilder;
@@ -346,6 +348,32 @@ fn tcp_udp_and_echo_leave_with_the_uplink_address_and_their_replies_come_back() 
         (TC_ACT_OK, f),
         "the host's own IPv6 passes as it is"
     );
+}
+
+/// NAT66 takes its ports as masquerade does: from the keyed hash of the flow's inside tuple
+/// (IPv6's 40-byte key), as `packet_nat` checks for IPv4.
+#[test]
+fn nat66_ports_follow_the_keyed_hash_of_the_inside_tuple() {
+    let mut dp = datapath(true, 1000);
+    let secret = PortSecret {
+        k0: 0x0123_4567_89ab_cdef,
+        k1: 0xfedc_ba98_7654_3210,
+    };
+    dp.set_port_secret(secret).unwrap();
+    let config = NatConfig::default();
+    let span = u64::from(config.port_max - config.port_min) + 1;
+    for sport in 40000..40008u16 {
+        let key = Ct6Key {
+            saddr: a(EP),
+            daddr: a(SERVER),
+            sport: sport.to_be(),
+            dport: 443u16.to_be(),
+            proto: 6,
+            _pad: [0; 3],
+        };
+        let start = config.port_min + (port_hash::of6(&secret, &key) % span) as u16;
+        assert_eq!(open_tcp(&mut dp, sport), start, "{sport}");
+    }
 }
 
 #[test]
