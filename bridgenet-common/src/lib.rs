@@ -6,7 +6,10 @@
 
 use bytemuck::{Pod, Zeroable};
 
+pub mod ct_flow;
 pub mod port_hash;
+
+pub use ct_flow::{CtFlow, PUBLISHED_BY_SLOTS, PublishedBy, flow_kind};
 
 /// Packet and byte counts of one interface, one per CPU in a per-CPU hash map keyed by ifindex.
 #[repr(C)]
@@ -86,8 +89,12 @@ pub mod ct_flags {
     pub const INBOUND: u8 = 2;
     /// TCP: `td_end`, `td_maxwin` and `wscale` hold what this direction sent (window
     /// tracking). Unset until its first segment, and on entries migrated from a layout without
-    /// window tracking, which learn it from their next segment.
+    /// window tracking, which learn it from their next segment. In a `CtFlow` this bit is the
+    /// original direction's, `WINDOW_KNOWN << 1` the reply's.
     pub const WINDOW_KNOWN: u8 = 4;
+    /// `CtFlow`: the flow is also found from inside through `CT_EXCEPTIONS` (its inside tuple
+    /// is not among those the inside hooks compute), which GC and eviction clear with it.
+    pub const EXCEPTION: u8 = 16;
 }
 
 /// One direction of a tracked flow. The other direction's entry has the key
@@ -565,16 +572,17 @@ pub const fn stats_index(program: u32, outcome: u32) -> u32 {
     program * OUTCOME_SLOTS + outcome
 }
 
-/// Default limit of the conntrack table: one entry per direction, so 262,144 flows. New flows
-/// past it are dropped (counted as `drop_ct_full`) while tracked ones keep working.
-pub const CT_MAX_ENTRIES: u32 = 524_288;
+/// Default limit of the conntrack table, in flows (one `CtFlow` each). New flows past it are
+/// dropped (counted as `drop_ct_full`) while tracked ones keep working.
+pub const CT_MAX_FLOWS: u32 = 262_144;
 
 /// Slots of the `CT_USAGE` array.
 pub mod ct_usage {
-    /// Entries in the table (the datapath adds and gives back atomically, GC recounts).
+    /// Flows in `CONNTRACK` (the datapath adds and gives back atomically, GC recounts).
+    /// Entries, two per flow, before `layout::CT_USAGE` v3.
     pub const ENTRIES: u32 = 0;
-    /// The limit: entries past it are refused, unless a flow that is not assured yet makes
-    /// room (`EVICTED`).
+    /// The limit, in flows: new ones past it are refused, unless a flow that is not assured
+    /// yet makes room (`EVICTED`).
     pub const LIMIT: u32 = 1;
     /// Flows not yet assured (half-open, unanswered) removed to make room for a new flow,
     /// as Linux's early_drop does: a flood of them never locks other flows out.
@@ -590,7 +598,9 @@ pub mod ct_usage {
     pub const ENTRIES6: u32 = 6;
     /// The limit of `CONNTRACK6`, past which new IPv6 flows are refused (`drop_ct_full`).
     pub const LIMIT6: u32 = 7;
-    pub const SLOTS: u32 = 8;
+    /// Flows in `CT_EXCEPTIONS`: while 0 the inside hooks do not look there.
+    pub const EXCEPTIONS: u32 = 8;
+    pub const SLOTS: u32 = 9;
 }
 
 /// The two rings of `EMBRYOS`, one per side a flow is opened from: a flood from one side takes
@@ -721,12 +731,14 @@ pub struct FilterState {
 /// Layout versions of the pinned maps. A map's layout is its key and value types and its size
 /// semantics; a daemon that finds a pin of another version migrates it or says what it drops.
 pub mod layout {
-    /// v1: 56-byte `CtEntry` without window tracking; v2: 64 bytes.
-    pub const CONNTRACK: u32 = 2;
+    /// v1: 56-byte `CtEntry` without window tracking; v2: 64 bytes, one per direction; v3:
+    /// one 80-byte `CtFlow` per flow, keyed by its outside tuple.
+    pub const CONNTRACK: u32 = 3;
     /// v1: `program * outcome::COUNT + outcome` (20 outcomes); v2: `stats_index`.
     pub const STATS: u32 = 2;
-    /// v1: 2 slots (ENTRIES, LIMIT); v2: `ct_usage::SLOTS`.
-    pub const CT_USAGE: u32 = 2;
+    /// v1: 2 slots (ENTRIES, LIMIT); v2: 8 slots; v3: `ct_usage::SLOTS`, IPv4's count and
+    /// limit in flows.
+    pub const CT_USAGE: u32 = 3;
     /// v1: one ring for every flow; v2: one per side (`embryo_ring`).
     pub const EMBRYOS: u32 = 2;
     /// Every other map.
@@ -765,6 +777,10 @@ pub mod maps {
     pub const HOST_ACCESS_CONFIG: &str = "HOST_ACCESS_CONFIG";
     pub const HOST_PEERS: &str = "HOST_PEERS";
     pub const FILTER: &str = "FILTER";
+    /// The host ports each endpoint port is published on (`PublishedBy`).
+    pub const PUBLISHED_BY: &str = "PUBLISHED_BY";
+    /// Flows the inside hooks cannot compute the key of, by their inside tuple.
+    pub const CT_EXCEPTIONS: &str = "CT_EXCEPTIONS";
     pub const FILTER6: &str = "FILTER6";
     pub const FILTER_STATE: &str = "FILTER_STATE";
     pub const FILTER_HITS: &str = "FILTER_HITS";
@@ -776,7 +792,9 @@ pub mod maps {
     pub const MONITOR_CONFIG: &str = "MONITOR_CONFIG";
     pub const MONITOR_LOST: &str = "MONITOR_LOST";
     /// Every map, for pinning.
-    pub const ALL: [&str; 31] = [
+    pub const ALL: [&str; 33] = [
+        PUBLISHED_BY,
+        CT_EXCEPTIONS,
         PORT_SECRET,
         SUBNET_BLOCKS,
         NON_MASQUERADE6,
