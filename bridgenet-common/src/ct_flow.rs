@@ -103,6 +103,12 @@ impl CtFlow {
         }
     }
 
+    /// The tuple the inside hooks see the flow's packets from inside with (for hairpin, the
+    /// sender's): the key of the flow's `CT_EXCEPTIONS` entry, when it has one.
+    pub const fn inside_tuple(&self, key: &CtKey) -> CtKey {
+        self.keys(key)[self.outside_direction() ^ 1]
+    }
+
     /// The tuples of the flow's original and reply directions as layout v2 keyed them (each as
     /// the hook that sees it reads it before translation), from the flow's key.
     pub const fn keys(&self, key: &CtKey) -> [CtKey; 2] {
@@ -368,5 +374,6 @@ mod tests {
         );
         assert_eq!(flow.inside_key(&reply), key(ep, 1000, r, 80));
         assert_eq!(flow.outside_direction(), direction::REPLY as usize);
+        assert_eq!(flow.inside_tuple(&reply), key(ep, 1000, r, 80));
     }
 }

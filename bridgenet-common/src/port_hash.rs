@@ -6,7 +6,7 @@
 //! Integer operations only: the programs and the daemon run this same code.
 use bytemuck::{Pod, Zeroable};
 
-use crate::{Ct6Key, CtKey};
+use crate::{Ct6Key, CtKey, NatConfig};
 
 /// `PORT_SECRET`'s value: random for each datapath, kept in its pin across restarts.
 #[repr(C)]
@@ -17,6 +17,30 @@ pub struct PortSecret {
 }
 
 const _: () = assert!(core::mem::size_of::<PortSecret>() == 16);
+
+/// How many hashed ports masquerade tries for a new flow, after its original one when that
+/// may be kept, before it gives up (`drop_ports_exhausted`).
+pub const TRIES: u32 = 32;
+
+/// How many of a flow's candidates (`candidate` 0 to `FOUND_WITHIN`) the inside hooks probe
+/// to find it again (conntrack layout v3): a flow that got a later one is also entered in
+/// `CT_EXCEPTIONS`. Fewer than `TRIES`, so that a packet of no flow costs a few lookups.
+pub const FOUND_WITHIN: u32 = 8;
+
+/// Candidate `i` (0 to `TRIES`) for the port of a flow whose source port is `original` and
+/// whose hash is `hash`, host byte order: 0 is the original port, when it lies outside the
+/// host's port range (None when it does not); then the ports of the NAT range from
+/// `hash % span` on, one after the other, as Linux's masquerade walks on from its start.
+#[inline(always)]
+pub fn candidate(config: &NatConfig, original: u16, hash: u64, i: u32) -> Option<u16> {
+    if i == 0 {
+        let keep = original < config.host_port_min || original > config.host_port_max;
+        return keep.then_some(original);
+    }
+    let span = u32::from(config.port_max.saturating_sub(config.port_min)) + 1;
+    let start = (hash % u64::from(span)) as u32;
+    Some(config.port_min + ((start + i - 1) % span) as u16)
+}
 
 /// The hash of an IPv4 flow's inside tuple (`key`: as the hook that opens it sees it).
 #[inline(always)]
