@@ -969,6 +969,8 @@ mod user {
     unsafe impl aya::Pod for super::MonitorConfig {}
     unsafe impl aya::Pod for super::MonitorEvent {}
     unsafe impl aya::Pod for super::port_hash::PortSecret {}
+    unsafe impl aya::Pod for super::CtFlow {}
+    unsafe impl aya::Pod for super::PublishedBy {}
 }
 
 #[cfg(test)]

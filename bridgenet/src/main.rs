@@ -189,7 +189,7 @@ fn run(cli: Cli) -> Result<()> {
                 xdp: xdp.or(config.xdp).unwrap_or_default(),
                 conntrack_max: conntrack_max
                     .or(config.conntrack_max)
-                    .unwrap_or(bridgenet_common::CT_MAX_ENTRIES / 2),
+                    .unwrap_or(bridgenet_common::CT_MAX_FLOWS),
                 monitor_rate: monitor_rate.or(config.monitor_rate).unwrap_or(1000),
                 docker_host: docker_host
                     .or(config.docker_host)

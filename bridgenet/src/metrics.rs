@@ -212,10 +212,14 @@ async fn scrape(d: &Mutex<Daemon>) -> Result<String, daemon::Error> {
     }
     registry.register(
         "map_entries",
-        "Entries in each hash map (CONNTRACK: the datapath's count against its limit)",
+        "Entries in each hash map (CONNTRACK: the datapath's count of flows against its limit)",
         entries,
     );
-    registry.register("map_max_entries", "Entries each map may hold", max_entries);
+    registry.register(
+        "map_max_entries",
+        "Entries each map may hold (CONNTRACK: its limit of flows)",
+        max_entries,
+    );
 
     let ports = Family::<UplinkAddr, Gauge>::default();
     for (uplink, addr) in &seen.uplinks {

@@ -15,7 +15,7 @@ use bridgenet_tests::{
 /// The shared NAT datapath, with a table that holds `flows` flows.
 fn datapath(flows: u32) -> Datapath {
     nat_datapath_with(&LoadOptions {
-        conntrack_entries: flows * 2,
+        conntrack_flows: flows,
         ..LoadOptions::default()
     })
 }
@@ -526,7 +526,7 @@ fn gc_passes_during_a_stream_of_new_flows_lose_no_entry() {
     let bpffs = bridgenet_tests::Bpffs::new("gc");
     let options = LoadOptions {
         pin_dir: Some(bpffs.0.clone()),
-        conntrack_entries: 2 * 200_000,
+        conntrack_flows: 200_000,
         ..LoadOptions::default()
     };
     let mut flows = nat_datapath_with(&options);

@@ -18,7 +18,7 @@ fn run(dp: &mut Datapath, program: &str, frame: &[u8]) -> packet::Verdict {
 fn revoking_removes_the_matching_flows_only_and_gives_their_room_back() {
     // Room for 4 flows.
     let mut dp = nat_datapath_with(&LoadOptions {
-        conntrack_entries: 8,
+        conntrack_flows: 4,
         ..LoadOptions::default()
     });
     // Two masqueraded flows from EP1, one UDP flow to the published 5353 (EP1:53), one to

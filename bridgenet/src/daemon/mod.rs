@@ -218,7 +218,7 @@ async fn serve(options: Options) -> Result<()> {
 
     let mut dp = Datapath::load_with(&LoadOptions {
         pin_dir: Some(options.bpffs.clone()),
-        conntrack_entries: options.conntrack_max.saturating_mul(2),
+        conntrack_flows: options.conntrack_max,
         verify_all: true,
     })?;
     forward_ebpf_logs(&mut dp);

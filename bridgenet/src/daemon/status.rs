@@ -144,7 +144,7 @@ impl Daemon {
             Observation {
                 stats: self.stats()?,
                 maps: self.dp.map_fill()?,
-                conntrack_limit: self.dp.conntrack_usage()?.1 / 2,
+                conntrack_limit: self.dp.conntrack_usage()?.1,
                 uplinks: self
                     .uplinks
                     .iter()
@@ -271,12 +271,10 @@ impl Daemon {
                 && n >= m.max_entries
             {
                 problems.push(if m.name == bridgenet_common::maps::CONNTRACK {
-                    // Two entries per flow.
                     format!(
-                        "the conntrack table is full: {} flows of {} (new flows are dropped: \
+                        "the conntrack table is full: {n} flows of {} (new flows are dropped: \
                          drop_ct_full)",
-                        n / 2,
-                        m.max_entries / 2
+                        m.max_entries
                     )
                 } else {
                     format!("map {} is full: {n} entries of {}", m.name, m.max_entries)
@@ -302,7 +300,7 @@ impl Daemon {
                 maps,
                 conntrack: ConntrackStatus {
                     flows: 0,
-                    limit: limit / 2,
+                    limit,
                     by_state: Vec::new(),
                     last_gc: self.observed.last_gc.map(|(at, wall, took, r)| GcPass {
                         secs_ago: at.elapsed().as_secs(),

@@ -1,5 +1,7 @@
-//! Conntrack in userspace: the state of a flow from its two entries, a timeout per state, and
-//! garbage collection of expired flows (both entries together) and of orphaned entries.
+//! Conntrack in userspace: the state of a flow from its two directions, a timeout per state,
+//! and garbage collection of expired flows. An IPv4 flow is one `CtFlow` (layout v3), read as
+//! its two v2 entries (`CtFlow::entries`); an IPv6 flow is two `Ct6Entry`s, and GC also
+//! removes the IPv6 entries whose other direction is gone.
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::AsFd as _,
@@ -9,8 +11,9 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap, IterableMap, Map, MapData};
 use bridgenet_common::{
-    Ct6Entry, Ct6Key, CtEntry, CtKey, EmbryoSlot, action, ct_flags, ct_usage, direction,
-    embryo_ring, maps, tcp_seen,
+    Ct6Entry, Ct6Key, CtEntry, CtFlow, CtKey, EmbryoSlot, NatConfig, PublishKey, PublishedBy,
+    action, ct_flags, ct_usage, direction, embryo_ring, flow_kind, maps, port_hash,
+    port_hash::PortSecret, tcp_seen,
 };
 
 use super::{Datapath, batch, from_wire, wire};
@@ -228,15 +231,18 @@ impl FlowFilter {
     }
 }
 
-/// How long an entry without its other direction is left alone: a new flow's second entry
-/// follows its first within microseconds.
+/// How long an IPv6 entry without its other direction is left alone: a new flow's second
+/// entry follows its first within microseconds.
 const ORPHAN_GRACE: Duration = Duration::from_secs(5);
 
 /// What a garbage collection pass did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GcReport {
     pub flows_expired: usize,
+    /// IPv6 entries whose other direction was gone, and `CT_EXCEPTIONS` entries whose flow
+    /// was.
     pub orphans_removed: usize,
+    /// Elements left in the tables: one per IPv4 flow, two per IPv6 flow.
     pub entries_left: usize,
 }
 
@@ -262,12 +268,64 @@ impl Flow {
             expires_in: state.timeout(key.proto).saturating_sub(idle),
         }
     }
+
+    /// The flow of the `CONNTRACK` element `key`, at monotonic time `now_ns`.
+    pub fn of_element(key: &CtKey, flow: &CtFlow, now_ns: u64) -> Self {
+        let [original, reply] = flow.entries(key);
+        Self::of(original, reply, now_ns)
+    }
+}
+
+/// Whether the flow `key` is idle past its state's timeout at `now_ns`.
+fn expired(key: &CtKey, flow: &CtFlow, now_ns: u64) -> bool {
+    let [(_, original), (_, reply)] = flow.entries(key);
+    let timeout = state_of(key.proto, &original, &reply).timeout(key.proto);
+    now_ns.saturating_sub(flow.last_seen_ns) > timeout.as_nanos() as u64
+}
+
+/// Whether the programs find the flow `key` from inside without `CT_EXCEPTIONS`: the rule
+/// of their inside lookups (docs/conntrack.md), which a migrated flow is checked against. A
+/// masquerade flow's port, or a hairpin flow's gateway port, is one of the first candidates of
+/// its inside tuple's sequence (`port_hash`); a published flow's host side is one of its
+/// endpoint port's `PUBLISHED_BY` slots (`published_by`), on its address or on any; an
+/// untranslated flow is its reversed tuple.
+pub fn found_from_inside(
+    key: &CtKey,
+    flow: &CtFlow,
+    nat: &NatConfig,
+    secret: &PortSecret,
+    published_by: impl Fn(&PublishKey) -> Option<PublishedBy>,
+) -> bool {
+    match flow.kind {
+        flow_kind::MASQUERADE | flow_kind::HAIRPIN => {
+            let inside = flow.inside_tuple(key);
+            let hash = port_hash::of4(secret, &inside);
+            let (original, port) = (u16::from_be(inside.sport), u16::from_be(key.dport));
+            (0..=port_hash::FOUND_WITHIN)
+                .any(|i| port_hash::candidate(nat, original, hash, i) == Some(port))
+        }
+        flow_kind::PUBLISHED => {
+            let endpoint = PublishKey {
+                addr: flow.inside_addr,
+                port: flow.inside_port,
+                proto: key.proto,
+                _pad: 0,
+            };
+            published_by(&endpoint).is_some_and(|by| {
+                by.hosts.iter().any(|h| {
+                    h.port != 0 && h.port == key.dport && (h.addr == 0 || h.addr == key.daddr)
+                })
+            })
+        }
+        flow_kind::HOST | flow_kind::ROUTED => true,
+        _ => false,
+    }
 }
 
 /// Handles of its own on the conntrack maps, for walks that must not hold the daemon: a
 /// listing of a full table takes seconds.
 pub struct CtReader {
-    map: HashMap<MapData, CtKey, CtEntry>,
+    map: HashMap<MapData, CtKey, CtFlow>,
     map6: HashMap<MapData, Ct6Key, Ct6Entry>,
 }
 
@@ -306,26 +364,20 @@ impl CtReader {
         Ok(census)
     }
 
-    /// Calls `each` with every flow whose two entries are there, one at a time, in the map's
-    /// order; stops early when `each` returns false. Memory does not grow with the table: the
-    /// entries are read a chunk at a time (`batch`), the reply entry looked up by key. A flow
-    /// opened or removed during the walk may or may not be seen, none twice.
+    /// Calls `each` with every flow, one at a time, in the map's order; stops early when
+    /// `each` returns false. Memory does not grow with the table: the flows are read a chunk
+    /// at a time (`batch`). A flow opened or removed during the walk may or may not be seen,
+    /// none twice.
     pub fn walk(&self, now_ns: u64, mut each: impl FnMut(Flow) -> bool) -> Result<()> {
         let fd = IterableMap::map(&self.map).fd().as_fd();
-        batch::for_each(fd, |key: &CtKey, entry: &CtEntry| {
-            if entry.direction != direction::ORIGINAL {
-                return true;
-            }
-            // Removed since the chunk was read (GC, revocation, eviction): skipped.
-            let Ok(reply) = self.map.get(&entry.peer, 0) else {
-                return true;
-            };
-            each(Flow::of((*key, *entry), (entry.peer, reply), now_ns))
+        batch::for_each(fd, |key: &CtKey, flow: &CtFlow| {
+            each(Flow::of_element(key, flow, now_ns))
         })
         .context("reading the conntrack table")
     }
 
-    /// `walk` over the IPv6 flows.
+    /// `walk` over the IPv6 flows, whose two entries must both be there: the reply entry is
+    /// looked up by key.
     pub fn walk6(&self, now_ns: u64, mut each: impl FnMut(Flow6) -> bool) -> Result<()> {
         let fd = IterableMap::map(&self.map6).fd().as_fd();
         batch::for_each(fd, |key: &Ct6Key, entry: &Ct6Entry| {
@@ -354,28 +406,21 @@ impl CtReader {
 impl Datapath {
     /// Every tracked flow, with its state and time left, at monotonic time `now_ns`.
     pub fn flows_at(&self, now_ns: u64) -> Result<Vec<Flow>> {
-        let entries = self.conntrack()?;
-        let by_key: std::collections::HashMap<CtKey, CtEntry> = entries.iter().copied().collect();
-        let mut flows = Vec::new();
-        for (key, entry) in &entries {
-            if entry.direction != bridgenet_common::direction::ORIGINAL {
-                continue;
-            }
-            let Some(reply) = by_key.get(&entry.peer) else {
-                continue;
-            };
-            flows.push(Flow::of((*key, *entry), (entry.peer, *reply), now_ns));
-        }
-        Ok(flows)
+        Ok(self
+            .flows()?
+            .iter()
+            .map(|(key, flow)| Flow::of_element(key, flow, now_ns))
+            .collect())
     }
 
     /// A handle of its own on map `name` (the same kernel map), so that what holds it does not
     /// borrow the datapath.
-    fn own_map(&self, name: &str) -> Result<Map> {
+    pub(super) fn own_map(&self, name: &str) -> Result<Map> {
         let (data, wrap): (&MapData, fn(MapData) -> Map) = match self.ebpf.map(name) {
             Some(Map::LruHashMap(data)) => (data, Map::LruHashMap),
+            Some(Map::HashMap(data)) => (data, Map::HashMap),
             Some(Map::Array(data)) => (data, Map::Array),
-            _ => anyhow::bail!("map {name} missing, or not an LRU hash or an array"),
+            _ => anyhow::bail!("map {name} missing, or not a hash or an array"),
         };
         let data =
             MapData::from_id(data.info()?.id()).with_context(|| format!("opening {name}"))?;
@@ -394,10 +439,18 @@ impl Datapath {
     /// pass does not borrow the datapath (nor hold the daemon: a full table takes seconds).
     pub fn conntrack_collector(&self) -> Result<CtCollector> {
         Ok(CtCollector {
-            map: HashMap::try_from(self.own_map(maps::CONNTRACK)?)?,
+            table: self.flow_table()?,
             map6: HashMap::try_from(self.own_map(maps::CONNTRACK6)?)?,
             usage: Array::try_from(self.own_map(maps::CT_USAGE)?)?,
             expired: None,
+        })
+    }
+
+    /// Handles of its own on the IPv4 table and `CT_EXCEPTIONS`, to remove flows with.
+    fn flow_table(&self) -> Result<FlowTable> {
+        Ok(FlowTable {
+            map: HashMap::try_from(self.own_map(maps::CONNTRACK)?)?,
+            exceptions: HashMap::try_from(self.own_map(maps::CT_EXCEPTIONS)?)?,
         })
     }
 
@@ -406,8 +459,9 @@ impl Datapath {
         self.conntrack_collector()?.gc_at(now_ns)
     }
 
-    /// Entries the table may hold (two per flow); new flows past it are dropped and counted.
-    pub fn set_conntrack_limit(&mut self, entries: u64) -> Result<()> {
+    /// Flows the IPv4 table may hold (IPv6's limit follows); new flows past it are dropped and
+    /// counted.
+    pub fn set_conntrack_limit(&mut self, flows: u64) -> Result<()> {
         // The ring as the kernel has it: a pinned one keeps the size it was made with.
         let ring: Array<_, EmbryoSlot> = Array::try_from(
             self.ebpf
@@ -420,14 +474,14 @@ impl Datapath {
             Some(Map::LruHashMap(map)) => map.info()?.max_entries(),
             _ => anyhow::bail!("map CONNTRACK6 missing or not an LRU hash"),
         };
-        let limit6 = u64::from(super::limit6(entries.min(u64::from(u32::MAX)) as u32))
+        let limit6 = u64::from(super::limit6(flows.min(u64::from(u32::MAX)) as u32))
             .min(u64::from(capacity6) * 3 / 4);
         let mut usage: Array<_, u64> = Array::try_from(
             self.ebpf
                 .map_mut(maps::CT_USAGE)
                 .context("map CT_USAGE missing")?,
         )?;
-        usage.set(ct_usage::LIMIT, entries, 0)?;
+        usage.set(ct_usage::LIMIT, flows, 0)?;
         usage.set(ct_usage::LIMIT6, limit6, 0)?;
         usage.set(ct_usage::RING_SIZE, ring_size, 0)?;
         Ok(())
@@ -443,7 +497,7 @@ impl Datapath {
         Ok(usage.get(&ct_usage::EVICTED, 0)?)
     }
 
-    /// (entries counted by the datapath, limit).
+    /// (IPv4 flows counted by the datapath, limit in flows).
     pub fn conntrack_usage(&self) -> Result<(u64, u64)> {
         let usage: Array<_, u64> = Array::try_from(
             self.ebpf
@@ -457,9 +511,76 @@ impl Datapath {
     }
 }
 
-/// Handles of its own on the conntrack map and CT_USAGE, for GC passes.
+/// The IPv4 table and the exceptions that go with its flows, on handles of their own.
+struct FlowTable {
+    map: HashMap<MapData, CtKey, CtFlow>,
+    exceptions: HashMap<MapData, CtKey, CtKey>,
+}
+
+impl FlowTable {
+    /// Removes the flow `key` (as read: `flow`) and its `CT_EXCEPTIONS` entry, when it has
+    /// one that is still its own: (whether the flow was removed, whether an exception was).
+    fn remove(&mut self, key: &CtKey, flow: &CtFlow) -> (bool, bool) {
+        let removed = self.map.remove(key).is_ok();
+        let inside = flow.inside_tuple(key);
+        let exception = flow.flags & ct_flags::EXCEPTION != 0
+            && self.exceptions.get(&inside, 0).is_ok_and(|k| k == *key)
+            && self.exceptions.remove(&inside).is_ok();
+        (removed, exception)
+    }
+
+    /// Every flow, read a chunk at a time.
+    fn flows(&self) -> Result<Vec<(CtKey, CtFlow)>> {
+        batch::collect(IterableMap::map(&self.map).fd().as_fd())
+            .context("reading the conntrack table")
+    }
+
+    /// Removes the `CT_EXCEPTIONS` entries of `listed` (read before the table was) whose flow
+    /// is not in the table, or is another flow now: evicted by the kernel, or removed while
+    /// its exception was being written. Returns how many went.
+    fn remove_orphan_exceptions(&mut self, listed: &[(CtKey, CtKey)]) -> usize {
+        let owned = |inside: &CtKey, key: &CtKey, flow: &CtFlow| {
+            flow.flags & ct_flags::EXCEPTION != 0 && flow.inside_tuple(key) == *inside
+        };
+        let mut removed = 0;
+        for (inside, key) in listed {
+            let has_flow = |map: &HashMap<MapData, CtKey, CtFlow>| {
+                map.get(key, 0).is_ok_and(|f| owned(inside, key, &f))
+            };
+            if has_flow(&self.map) {
+                continue;
+            }
+            // Read again: still this entry (the tuple may be a new flow's now), whose flow is
+            // still not there.
+            if self.exceptions.get(inside, 0).is_ok_and(|k| k == *key)
+                && !has_flow(&self.map)
+                && self.exceptions.remove(inside).is_ok()
+            {
+                removed += 1;
+            }
+        }
+        removed
+    }
+}
+
+/// Takes `n` from the `CT_USAGE` count in `slot`. Not atomic against the datapath's adds
+/// (userspace has no atomic add on a map value): a flow opened in between may be lost from
+/// the count, which GC recounts.
+fn give_back<T: std::borrow::BorrowMut<MapData>>(
+    usage: &mut Array<T, u64>,
+    slot: u32,
+    n: usize,
+) -> Result<()> {
+    if n > 0 {
+        let now = usage.get(&slot, 0)?;
+        usage.set(slot, now.saturating_sub(n as u64), 0)?;
+    }
+    Ok(())
+}
+
+/// Handles of its own on the conntrack maps and CT_USAGE, for GC passes.
 pub struct CtCollector {
-    map: HashMap<MapData, CtKey, CtEntry>,
+    table: FlowTable,
     map6: HashMap<MapData, Ct6Key, Ct6Entry>,
     usage: Array<MapData, u64>,
     /// The flows a pass removed as expired, kept when a monitor asks for them.
@@ -474,27 +595,15 @@ pub struct Expired {
 }
 
 impl CtCollector {
-    /// Removes flows idle past their state's timeout (both entries) and entries whose other
-    /// direction is gone, in both families' tables, then recounts them for the datapath's
-    /// limits. An entry is read again just before it is deleted, so a flow that saw a packet
-    /// meanwhile stays.
+    /// Removes flows idle past their state's timeout (with their exceptions), IPv6 entries
+    /// whose other direction is gone and exceptions whose flow is, then recounts them for the
+    /// datapath's limits. A flow is read again just before it is deleted, so a flow that saw a
+    /// packet meanwhile stays.
     pub fn gc_at(&mut self, now_ns: u64) -> Result<GcReport> {
         let mut report = GcReport::default();
+        let left = self.sweep(now_ns, &mut report)?;
         let expired = &mut self.expired;
-        let left = sweep(&mut self.map, now_ns, &mut report, |key, entry, peer| {
-            if let Some(expired) = expired {
-                expired.flows.push(Flow {
-                    original: (*key, *entry),
-                    reply: (entry.peer, *peer),
-                    state: state_of(key.proto, entry, peer),
-                    expires_in: Duration::ZERO,
-                });
-            }
-        })?;
-        // A revocation during the pass may leave the count high until the next one.
-        self.usage.set(ct_usage::ENTRIES, left as u64, 0)?;
-        let expired = &mut self.expired;
-        let left6 = sweep(&mut self.map6, now_ns, &mut report, |key, entry, peer| {
+        let left6 = sweep6(&mut self.map6, now_ns, &mut report, |key, entry, peer| {
             if let Some(expired) = expired {
                 expired.flows6.push(Flow6 {
                     original: (*key, *entry),
@@ -507,6 +616,57 @@ impl CtCollector {
         self.usage.set(ct_usage::ENTRIES6, left6 as u64, 0)?;
         report.entries_left = left + left6;
         Ok(report)
+    }
+
+    /// The IPv4 part of a pass: the flows left. `ENTRIES` and `EXCEPTIONS` are recounted.
+    fn sweep(&mut self, now_ns: u64, report: &mut GcReport) -> Result<usize> {
+        // The exceptions first: one made after the listing of the table is not an orphan.
+        let counted = self.usage.get(&ct_usage::EXCEPTIONS, 0)?;
+        let exceptions: Vec<(CtKey, CtKey)> =
+            batch::collect(IterableMap::map(&self.table.exceptions).fd().as_fd())
+                .context("reading CT_EXCEPTIONS")?;
+        let flows = self.table.flows()?;
+        let (mut removed, mut exceptions_removed) = (0, 0);
+        for (key, flow) in &flows {
+            if !expired(key, flow, now_ns) {
+                continue;
+            }
+            // Read again: a packet may have arrived since the listing.
+            let Ok(flow) = self.table.map.get(key, 0) else {
+                continue;
+            };
+            if !expired(key, &flow, now_ns) {
+                continue;
+            }
+            let (gone, exception) = self.table.remove(key, &flow);
+            exceptions_removed += usize::from(exception);
+            if gone {
+                removed += 1;
+                report.flows_expired += 1;
+                if let Some(expired) = &mut self.expired {
+                    let mut flow = Flow::of_element(key, &flow, now_ns);
+                    flow.expires_in = Duration::ZERO;
+                    expired.flows.push(flow);
+                }
+            }
+        }
+        let orphans = self.table.remove_orphan_exceptions(&exceptions);
+        report.orphans_removed += orphans;
+        // Counted from the listings, not by walking the maps again: one walk per pass is what
+        // GC costs (flows made since the listing are counted at the next pass). A revocation
+        // during the pass may leave the count high until the next one.
+        let left = flows.len().saturating_sub(removed);
+        self.usage.set(ct_usage::ENTRIES, left as u64, 0)?;
+        // With what the datapath added and took meanwhile: a count too low would hide a
+        // flow's exception from the programs (they look there only while it is not 0).
+        let moved = self.usage.get(&ct_usage::EXCEPTIONS, 0)? as i64 - counted as i64;
+        let exceptions_left = exceptions.len() as i64 - (exceptions_removed + orphans) as i64;
+        self.usage.set(
+            ct_usage::EXCEPTIONS,
+            (exceptions_left + moved).max(0) as u64,
+            0,
+        )?;
+        Ok(left)
     }
 
     /// One garbage collection pass now.
@@ -528,71 +688,37 @@ impl CtCollector {
     }
 }
 
-/// An entry of either family's table, as GC sees it: its other direction's key and the
-/// tracking the state comes from.
-trait Tracked: aya::Pod + bytemuck::Pod {
-    type Key: aya::Pod + bytemuck::Pod + Eq + std::hash::Hash;
-    fn peer(&self) -> Self::Key;
-    fn track(&self) -> &CtEntry;
-    fn proto(key: &Self::Key) -> u8;
-}
-
-impl Tracked for CtEntry {
-    type Key = CtKey;
-    fn peer(&self) -> CtKey {
-        self.peer
-    }
-    fn track(&self) -> &CtEntry {
-        self
-    }
-    fn proto(key: &CtKey) -> u8 {
-        key.proto
-    }
-}
-
-impl Tracked for Ct6Entry {
-    type Key = Ct6Key;
-    fn peer(&self) -> Ct6Key {
-        self.peer
-    }
-    fn track(&self) -> &CtEntry {
-        &self.track
-    }
-    fn proto(key: &Ct6Key) -> u8 {
-        key.proto
-    }
-}
-
-/// One GC pass over one table (see `CtCollector::gc_at`): the entries left, with `report`
+/// The IPv6 part of a GC pass (see `CtCollector::gc_at`): the entries left, with `report`
 /// counting what went and `on_expired` told of each expired flow (key, entry, reply entry).
-fn sweep<V: Tracked>(
-    map: &mut HashMap<MapData, V::Key, V>,
+fn sweep6(
+    map: &mut HashMap<MapData, Ct6Key, Ct6Entry>,
     now_ns: u64,
     report: &mut GcReport,
-    mut on_expired: impl FnMut(&V::Key, &V, &V),
+    mut on_expired: impl FnMut(&Ct6Key, &Ct6Entry, &Ct6Entry),
 ) -> Result<usize> {
     let fd = IterableMap::map(map).fd().as_fd();
-    let entries: Vec<(V::Key, V)> = batch::collect(fd).context("reading the conntrack table")?;
+    let entries: Vec<(Ct6Key, Ct6Entry)> =
+        batch::collect(fd).context("reading the IPv6 conntrack table")?;
     // Indexes, not copies, and a fast hash (the keys are the kernel's, not an attacker's
-    // choice of collisions against a random seed): a full table is half a million entries.
-    let mut by_key: std::collections::HashMap<V::Key, usize, foldhash::fast::RandomState> =
+    // choice of collisions against a random seed): a full table is many entries.
+    let mut by_key: std::collections::HashMap<Ct6Key, usize, foldhash::fast::RandomState> =
         std::collections::HashMap::with_capacity_and_hasher(entries.len(), Default::default());
     by_key.extend(entries.iter().enumerate().map(|(i, (k, _))| (*k, i)));
     let mut removed = 0;
     for (key, entry) in &entries {
-        let Some(peer) = by_key.get(&entry.peer()).map(|&i| &entries[i].1) else {
+        let Some(peer) = by_key.get(&entry.peer).map(|&i| &entries[i].1) else {
             // Its other direction is not in the listing: either gone, and then this entry
             // can no longer translate a whole flow, or inserted while the listing ran (a
             // new flow's entries are inserted one after the other). Only an entry whose
             // peer is still missing when read again, and that has been idle past a grace
             // time, is an orphan.
-            if map.get(&entry.peer(), 0).is_ok() {
+            if map.get(&entry.peer, 0).is_ok() {
                 continue;
             }
             let Ok(current) = map.get(key, 0) else {
                 continue;
             };
-            let idle = now_ns.saturating_sub(current.track().last_seen_ns);
+            let idle = now_ns.saturating_sub(current.track.last_seen_ns);
             if idle < ORPHAN_GRACE.as_nanos() as u64 {
                 continue;
             }
@@ -602,25 +728,25 @@ fn sweep<V: Tracked>(
             }
             continue;
         };
-        if entry.track().direction != direction::ORIGINAL {
+        if entry.track.direction != direction::ORIGINAL {
             continue;
         }
-        let proto = V::proto(key);
+        let proto = key.proto;
         let expired = |original: &CtEntry, reply: &CtEntry| {
             let last = original.last_seen_ns.max(reply.last_seen_ns);
             let timeout = state_of(proto, original, reply).timeout(proto);
             now_ns.saturating_sub(last) > timeout.as_nanos() as u64
         };
-        if !expired(entry.track(), peer.track()) {
+        if !expired(&entry.track, &peer.track) {
             continue;
         }
         // Read both again: a packet may have arrived since the listing.
-        let (Ok(entry), Ok(peer)) = (map.get(key, 0), map.get(&entry.peer(), 0)) else {
+        let (Ok(entry), Ok(peer)) = (map.get(key, 0), map.get(&entry.peer, 0)) else {
             continue;
         };
-        if expired(entry.track(), peer.track()) {
+        if expired(&entry.track, &peer.track) {
             removed += usize::from(map.remove(key).is_ok());
-            removed += usize::from(map.remove(&entry.peer()).is_ok());
+            removed += usize::from(map.remove(&entry.peer).is_ok());
             report.flows_expired += 1;
             on_expired(key, &entry, &peer);
         }
@@ -633,56 +759,76 @@ fn sweep<V: Tracked>(
 /// What `revoke` removed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RevokeReport {
-    /// Flows whose two entries were removed.
+    /// Whole flows removed.
     pub flows: usize,
-    /// Entries removed in all, orphans (entries whose other direction was gone) included.
+    /// Elements removed in all: one per IPv4 flow; two per IPv6 flow, and IPv6 orphans
+    /// (entries whose other direction was gone).
     pub entries: usize,
 }
 
 // Revocation: a separate block, apart from the timeouts and GC above.
 impl Datapath {
-    /// Removes at once every flow one of whose entries `matches` (both entries, and an entry
-    /// whose other direction is gone), and gives their room back in `CT_USAGE`: a mapping,
-    /// an endpoint or an address that goes away must not keep translating the flows that
-    /// used it.
+    /// Removes at once every flow one of whose directions, as a v2 entry (`CtFlow::entries`),
+    /// `matches`, with its exception, and gives their room back in `CT_USAGE`: a mapping, an
+    /// endpoint or an address that goes away must not keep translating the flows that used
+    /// it.
     pub fn revoke(&mut self, matches: impl Fn(&CtKey, &CtEntry) -> bool) -> Result<RevokeReport> {
-        self.revoke_in(maps::CONNTRACK, ct_usage::ENTRIES, matches)
+        let mut table = self.flow_table()?;
+        let mut report = RevokeReport::default();
+        let mut exceptions = 0;
+        for (key, flow) in &table.flows()? {
+            if !flow.entries(key).iter().any(|(k, e)| matches(k, e)) {
+                continue;
+            }
+            let (gone, exception) = table.remove(key, flow);
+            if gone {
+                report.flows += 1;
+                report.entries += 1;
+            }
+            exceptions += usize::from(exception);
+        }
+        let mut usage: Array<_, u64> = Array::try_from(self.map_mut(maps::CT_USAGE)?)?;
+        give_back(&mut usage, ct_usage::ENTRIES, report.flows)?;
+        give_back(&mut usage, ct_usage::EXCEPTIONS, exceptions)?;
+        Ok(report)
     }
 
-    /// `revoke` for IPv6 flows (`CONNTRACK6`).
+    /// Removes the flow whose key (its element's in `CONNTRACK`) is `key`, with its exception;
+    /// GC recounts the table.
+    pub fn conntrack_remove(&mut self, key: &CtKey) -> Result<()> {
+        let mut table = self.flow_table()?;
+        let Ok(flow) = table.map.get(key, 0) else {
+            return Ok(());
+        };
+        if table.remove(key, &flow).1 {
+            let mut usage: Array<_, u64> = Array::try_from(self.map_mut(maps::CT_USAGE)?)?;
+            give_back(&mut usage, ct_usage::EXCEPTIONS, 1)?;
+        }
+        Ok(())
+    }
+
+    /// `revoke` for IPv6 flows (`CONNTRACK6`): both entries of each flow one of whose entries
+    /// `matches`, and a matching entry whose other direction is gone.
     pub fn revoke6(
         &mut self,
         matches: impl Fn(&Ct6Key, &Ct6Entry) -> bool,
     ) -> Result<RevokeReport> {
-        self.revoke_in(maps::CONNTRACK6, ct_usage::ENTRIES6, matches)
-    }
-
-    /// `revoke` in one family's table, whose entries `CT_USAGE` counts in slot `count`.
-    fn revoke_in<V: Tracked>(
-        &mut self,
-        table: &str,
-        count: u32,
-        matches: impl Fn(&V::Key, &V) -> bool,
-    ) -> Result<RevokeReport> {
-        let mut map: HashMap<_, V::Key, V> = HashMap::try_from(
-            self.ebpf
-                .map_mut(table)
-                .with_context(|| format!("map {table} missing"))?,
-        )?;
-        let entries: Vec<(V::Key, V)> = batch::collect(IterableMap::map(&map).fd().as_fd())
-            .with_context(|| format!("reading {table}"))?;
-        let by_key: std::collections::HashMap<V::Key, V> = entries.iter().copied().collect();
+        let mut map: HashMap<_, Ct6Key, Ct6Entry> =
+            HashMap::try_from(self.map_mut(maps::CONNTRACK6)?)?;
+        let entries: Vec<(Ct6Key, Ct6Entry)> =
+            batch::collect(IterableMap::map(&map).fd().as_fd()).context("reading CONNTRACK6")?;
+        let by_key: std::collections::HashMap<Ct6Key, Ct6Entry> = entries.iter().copied().collect();
         let mut gone = std::collections::HashSet::new();
         let mut report = RevokeReport::default();
         for (key, entry) in &entries {
             if gone.contains(key) || !matches(key, entry) {
                 continue;
             }
-            let peer_key = entry.peer();
+            let peer_key = entry.peer;
             // The other direction, if it is this flow's (its key may be another flow's now).
             let peer = by_key
                 .get(&peer_key)
-                .filter(|p| p.peer() == *key && !gone.contains(&peer_key));
+                .filter(|p| p.peer == *key && !gone.contains(&peer_key));
             for k in std::iter::once(key).chain(peer.map(|_| &peer_key)) {
                 if map.remove(k).is_ok() {
                     report.entries += 1;
@@ -693,18 +839,8 @@ impl Datapath {
                 report.flows += 1;
             }
         }
-        let mut usage: Array<_, u64> = Array::try_from(
-            self.ebpf
-                .map_mut(maps::CT_USAGE)
-                .context("map CT_USAGE missing")?,
-        )?;
-        // Not atomic against the datapath's adds (userspace has no atomic add on a map
-        // value): a flow opened in between may be lost from the count, which GC recounts.
-        let entries = report.entries as u64;
-        if entries > 0 {
-            let now = usage.get(&count, 0)?;
-            usage.set(count, now.saturating_sub(entries), 0)?;
-        }
+        let mut usage: Array<_, u64> = Array::try_from(self.map_mut(maps::CT_USAGE)?)?;
+        give_back(&mut usage, ct_usage::ENTRIES6, report.entries)?;
         Ok(report)
     }
 }
@@ -884,6 +1020,128 @@ mod tests {
     fn unfinished_handshakes_expire_soon() {
         assert!(FlowState::SynSent.timeout(TCP) <= Duration::from_secs(20));
         assert!(FlowState::SynRecv.timeout(TCP) <= Duration::from_secs(20));
+    }
+
+    /// A flow as v3 holds it, from the v2 entries of its original and reply directions
+    /// (`act` and `nat` of each).
+    fn v3(original: CtKey, reply: CtKey, act: [u8; 2], nat: [(u32, u16); 2]) -> (CtKey, CtFlow) {
+        let entry = |d: usize, peer| CtEntry {
+            peer,
+            nat_addr: nat[d].0,
+            nat_port: nat[d].1,
+            action: act[d],
+            direction: d as u8,
+            ..CtEntry::default()
+        };
+        CtFlow::from_entries((&original, &entry(0, reply)), (&reply, &entry(1, original)))
+    }
+
+    fn tuple(saddr: u32, sport: u16, daddr: u32, dport: u16) -> CtKey {
+        CtKey {
+            saddr,
+            daddr,
+            sport: sport.to_be(),
+            dport: dport.to_be(),
+            proto: TCP,
+            _pad: [0; 3],
+        }
+    }
+
+    #[test]
+    fn a_flow_is_found_from_inside_as_the_programs_look_for_it() {
+        let (ep, r, host, c, b, other) = (10, 20, 30, 40, 50, 60);
+        let nat = NatConfig::default();
+        let secret = PortSecret { k0: 7, k1: 11 };
+        let none = |_: &PublishKey| None;
+        let found =
+            |(key, flow): (CtKey, CtFlow)| found_from_inside(&key, &flow, &nat, &secret, none);
+
+        // Masquerade: the NAT port is among the first candidates of the inside tuple.
+        let inside = tuple(ep, 40000, r, 80);
+        let hash = port_hash::of4(&secret, &inside);
+        let port = |i| port_hash::candidate(&nat, 40000, hash, i).unwrap();
+        let masquerade = |np: u16| {
+            v3(
+                inside,
+                tuple(r, 80, host, np),
+                [action::SNAT, action::DNAT],
+                [(host, np.to_be()), (ep, 40000u16.to_be())],
+            )
+        };
+        assert!(found(masquerade(port(1))));
+        assert!(found(masquerade(port(port_hash::FOUND_WITHIN))));
+        assert!(!found(masquerade(port(port_hash::FOUND_WITHIN + 1))));
+        // An original port outside the host's range is candidate 0.
+        let kept = tuple(ep, 1000, r, 80);
+        let (key, flow) = v3(
+            kept,
+            tuple(r, 80, host, 1000),
+            [action::SNAT, action::DNAT],
+            [(host, 1000u16.to_be()), (ep, 1000u16.to_be())],
+        );
+        assert_eq!(flow.kind, flow_kind::MASQUERADE);
+        assert!(found((key, flow)));
+
+        // Hairpin: the gateway port, from the hash of the sender's tuple a:ap -> h:hp.
+        let sender = tuple(ep, 40000, host, 8080);
+        let hash = port_hash::of4(&secret, &sender);
+        let hairpin = |gp: u16| {
+            v3(
+                sender,
+                tuple(b, 80, host, gp),
+                [action::HAIRPIN; 2],
+                [(b, 80u16.to_be()), (host, 8080u16.to_be())],
+            )
+        };
+        let gp = port_hash::candidate(&nat, 40000, hash, 3).unwrap();
+        assert!(found(hairpin(gp)));
+        assert!(!found(hairpin(port(1).wrapping_add(1000))));
+
+        // Published: the host side is a slot of the endpoint port, on its address or any.
+        let published = v3(
+            tuple(c, 50000, host, 8080),
+            tuple(ep, 80, c, 50000),
+            [action::DNAT, action::SNAT],
+            [(ep, 80u16.to_be()), (host, 8080u16.to_be())],
+        );
+        assert_eq!(published.1.kind, flow_kind::PUBLISHED);
+        let with = |slots: &[(u32, u16)]| {
+            let mut by = PublishedBy::default();
+            for (slot, (addr, port)) in by.hosts.iter_mut().zip(slots) {
+                slot.addr = *addr;
+                slot.port = port.to_be();
+            }
+            let (key, flow) = published;
+            found_from_inside(&key, &flow, &nat, &secret, |k| {
+                (*k == PublishKey {
+                    addr: ep,
+                    port: 80u16.to_be(),
+                    proto: TCP,
+                    _pad: 0,
+                })
+                .then_some(by)
+            })
+        };
+        assert!(with(&[(0, 9090), (host, 8080)]));
+        assert!(with(&[(0, 8080)]));
+        assert!(!with(&[(other, 8080), (host, 9090)]));
+        assert!(!with(&[]));
+        assert!(!found(published));
+
+        // Untranslated: the reversed tuple.
+        let routed_in = tuple(c, 50000, ep, 80);
+        let routed = v3(
+            routed_in,
+            routed_in.reversed(),
+            [action::DNAT, action::SNAT],
+            [(ep, 80u16.to_be()); 2],
+        );
+        assert_eq!(routed.1.kind, flow_kind::ROUTED);
+        assert!(found(routed));
+        let own = tuple(host, 33000, r, 443);
+        let host_flow = v3(own, own.reversed(), [action::HOST; 2], [(0, 0); 2]);
+        assert_eq!(host_flow.1.kind, flow_kind::HOST);
+        assert!(found(host_flow));
     }
 
     #[test]

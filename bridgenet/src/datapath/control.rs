@@ -1,6 +1,5 @@
-//! What the control plane needs beyond loading: unpublish, forget a subnet or an endpoint,
-//! remove conntrack entries.
-use std::net::Ipv4Addr;
+//! What the control plane needs beyond loading: unpublish, forget a subnet or an endpoint.
+use std::{collections::HashMap as StdHashMap, net::Ipv4Addr};
 
 use anyhow::Result;
 use aya::maps::{
@@ -8,8 +7,8 @@ use aya::maps::{
     lpm_trie::{Key, LpmTrie},
 };
 use bridgenet_common::{
-    CtEntry, CtKey, Endpoint, EndpointPeer, NonMasquerade6Key, NonMasqueradeKey, PublishKey,
-    PublishTarget, Subnet, SubnetBlocks, maps,
+    Endpoint, EndpointPeer, NonMasquerade6Key, NonMasqueradeKey, PublishKey, PublishTarget,
+    PublishedBy, Subnet, SubnetBlocks, maps,
 };
 use bytemuck::Zeroable;
 use ipnet::{IpNet, Ipv4Net};
@@ -38,7 +37,91 @@ impl Datapath {
     ) -> Result<()> {
         let mut publish: HashMap<_, PublishKey, PublishTarget> =
             HashMap::try_from(self.map_mut(maps::PUBLISH)?)?;
-        absent_ok(publish.remove(&publish_key(proto, host_addr, host_port)))
+        let key = publish_key(proto, host_addr, host_port);
+        let Ok(target) = publish.get(&key, 0) else {
+            return Ok(());
+        };
+        absent_ok(publish.remove(&key))?;
+        self.update_published_by(&key, &target, false)
+    }
+
+    /// Adds (`add`) or removes the host side of the mapping `host` -> `target` in
+    /// `PUBLISHED_BY`: added when its endpoint port has a free slot (a fifth mapping's flows go
+    /// to `CT_EXCEPTIONS`), and the endpoint port's key removed with its last slot.
+    pub(super) fn update_published_by(
+        &mut self,
+        host: &PublishKey,
+        target: &PublishTarget,
+        add: bool,
+    ) -> Result<()> {
+        let mut map: HashMap<_, PublishKey, PublishedBy> =
+            HashMap::try_from(self.map_mut(maps::PUBLISHED_BY)?)?;
+        let key = published_by_key(host, target);
+        let before = map.get(&key, 0).unwrap_or_default();
+        let (mut by, slot) = (before, host_slot(host));
+        if add {
+            add_slot(&mut by, slot);
+        } else {
+            by.hosts
+                .iter_mut()
+                .filter(|h| **h == slot)
+                .for_each(|h| *h = PublishTarget::default());
+        }
+        if by == before {
+            Ok(())
+        } else if by.hosts.iter().all(|h| h.port == 0) {
+            absent_ok(map.remove(&key))
+        } else {
+            Ok(map.insert(key, by, 0)?)
+        }
+    }
+
+    /// Makes `PUBLISHED_BY` hold the mappings of `PUBLISH`: slots of mappings that are gone
+    /// are emptied, the others stay where they are (the flows of a mapping that did not fit
+    /// stay in `CT_EXCEPTIONS`), and mappings without a slot take the free ones.
+    pub(super) fn rebuild_published_by(&mut self) -> Result<()> {
+        let mut want: StdHashMap<PublishKey, Vec<PublishTarget>> = StdHashMap::new();
+        for (host, target) in self.published()? {
+            want.entry(published_by_key(&host, &target))
+                .or_default()
+                .push(host_slot(&host));
+        }
+        let mut map: HashMap<_, PublishKey, PublishedBy> =
+            HashMap::try_from(self.map_mut(maps::PUBLISHED_BY)?)?;
+        let held: Vec<(PublishKey, PublishedBy)> = map.iter().collect::<Result<_, _>>()?;
+        for (key, _) in &held {
+            if !want.contains_key(key) {
+                absent_ok(map.remove(key))?;
+            }
+        }
+        let held: StdHashMap<PublishKey, PublishedBy> = held.into_iter().collect();
+        for (key, mut slots) in want {
+            // Which of more than four mappings get the free slots: the same at every load.
+            slots.sort_by_key(|s| (s.port, s.addr));
+            let before = held.get(&key).copied().unwrap_or_default();
+            let mut by = before;
+            by.hosts
+                .iter_mut()
+                .filter(|h| !slots.contains(h))
+                .for_each(|h| *h = PublishTarget::default());
+            for slot in slots {
+                add_slot(&mut by, slot);
+            }
+            if by != before {
+                map.insert(key, by, 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every endpoint port's host ports (`PUBLISHED_BY`), as the programs read them.
+    pub fn published_by(&self) -> Result<Vec<(PublishKey, PublishedBy)>> {
+        let map: HashMap<_, PublishKey, PublishedBy> = HashMap::try_from(
+            self.ebpf
+                .map(maps::PUBLISHED_BY)
+                .ok_or_else(|| anyhow::anyhow!("map PUBLISHED_BY missing"))?,
+        )?;
+        Ok(map.iter().collect::<Result<_, _>>()?)
     }
 
     /// The remote prefixes (either family) network `network` (its id) reaches unmasqueraded,
@@ -191,12 +274,6 @@ impl Datapath {
         }
         Ok(out)
     }
-
-    /// Removes a conntrack entry (one direction of a flow).
-    pub fn conntrack_remove(&mut self, key: &CtKey) -> Result<()> {
-        let mut ct: HashMap<_, CtKey, CtEntry> = HashMap::try_from(self.map_mut(maps::CONNTRACK)?)?;
-        absent_ok(ct.remove(key))
-    }
 }
 
 /// The key of a published port as the programs look it up.
@@ -206,6 +283,35 @@ pub fn publish_key(proto: Proto, host_addr: Option<Ipv4Addr>, host_port: u16) ->
         port: host_port.to_be(),
         proto: proto as u8,
         _pad: 0,
+    }
+}
+
+/// `PUBLISHED_BY`'s key for the mapping `host` -> `target`: the endpoint's side.
+fn published_by_key(host: &PublishKey, target: &PublishTarget) -> PublishKey {
+    PublishKey {
+        addr: target.addr,
+        port: target.port,
+        proto: host.proto,
+        _pad: 0,
+    }
+}
+
+/// `PUBLISHED_BY`'s slot for the mapping on `host`: its host address (0: any) and port.
+fn host_slot(host: &PublishKey) -> PublishTarget {
+    PublishTarget {
+        addr: host.addr,
+        port: host.port,
+        _pad: 0,
+    }
+}
+
+/// Puts `slot` in the first free slot of `by` unless it is there (or no slot is free).
+fn add_slot(by: &mut PublishedBy, slot: PublishTarget) {
+    if by.hosts.contains(&slot) {
+        return;
+    }
+    if let Some(free) = by.hosts.iter_mut().find(|h| h.port == 0) {
+        *free = slot;
     }
 }
 
@@ -233,4 +339,48 @@ fn replace_prefixes<K: aya::Pod + PartialEq>(
         trie.insert(k, 1, 0)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mappings_of_an_endpoint_port_share_its_published_by_slots_up_to_four() {
+        let target = PublishTarget {
+            addr: wire(Ipv4Addr::new(172, 17, 0, 2)),
+            port: 80u16.to_be(),
+            _pad: 0,
+        };
+        let host = Some(Ipv4Addr::new(198, 18, 0, 2));
+        let hosts = [
+            publish_key(Proto::Tcp, None, 80),
+            publish_key(Proto::Tcp, None, 8080),
+            publish_key(Proto::Tcp, host, 8080),
+            publish_key(Proto::Tcp, None, 8081),
+            publish_key(Proto::Tcp, None, 8082),
+        ];
+        // One key for all: the endpoint's side.
+        let key = published_by_key(&hosts[0], &target);
+        assert!(hosts.iter().all(|h| published_by_key(h, &target) == key));
+        assert_eq!(
+            (key.addr, key.port, key.proto),
+            (target.addr, target.port, 6)
+        );
+        let mut by = PublishedBy::default();
+        for h in &hosts {
+            add_slot(&mut by, host_slot(h));
+        }
+        add_slot(&mut by, host_slot(&hosts[1]));
+        let slots: Vec<(u32, u16)> = by
+            .hosts
+            .iter()
+            .map(|h| (h.addr, u16::from_be(h.port)))
+            .collect();
+        // The fifth does not fit; a mapping already there is not added twice.
+        assert_eq!(
+            slots,
+            [(0, 80), (0, 8080), (wire(host.unwrap()), 8080), (0, 8081)]
+        );
+    }
 }

@@ -81,7 +81,7 @@ fn count_keys(data: &MapData, key_size: u32) -> Result<u64> {
 
 impl Datapath {
     /// Every map of the object with its fill. The conntrack table's is the datapath's own
-    /// count against its limit (the map has room past it, see `headroom`).
+    /// count of flows against its limit (the map has room past it, see `headroom`).
     pub fn map_fill(&self) -> Result<Vec<MapFill>> {
         let mut out = Vec::new();
         for name in maps::ALL {

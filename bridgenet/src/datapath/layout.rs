@@ -12,10 +12,15 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
-use bridgenet_common::{CtEntry, CtKey, ct_flags, ct_usage, layout, maps, stats_index};
+use bridgenet_common::{
+    CtEntry, CtFlow, CtKey, ct_flags, ct_usage, direction, layout, maps, stats_index,
+};
 use bytemuck::{Pod, Zeroable};
 
-use super::Datapath;
+use super::{Datapath, conntrack::found_from_inside};
+
+/// Why a conntrack migration drops entries.
+const CONNTRACK_DROPPED: &str = "their other direction was missing, or the table was full";
 
 /// The layout version of map `name` in this build.
 pub fn version(name: &str) -> u32 {
@@ -108,6 +113,8 @@ pub struct Migration {
     pub dropped: usize,
     /// Why entries were dropped.
     pub why: &'static str,
+    /// CONNTRACK: migrated flows the programs find from inside only through `CT_EXCEPTIONS`.
+    pub exceptions: usize,
 }
 
 impl fmt::Display for Migration {
@@ -119,6 +126,9 @@ impl fmt::Display for Migration {
         )?;
         if self.dropped > 0 {
             write!(f, " ({})", self.why)?;
+        }
+        if self.exceptions > 0 {
+            write!(f, "; {} flows in CT_EXCEPTIONS", self.exceptions)?;
         }
         Ok(())
     }
@@ -150,6 +160,16 @@ const STATS_V1_OUTCOMES: u32 = 20;
 const STATS_V1_PROGRAMS: u32 = 5;
 /// `CT_USAGE` v1: entries and limit.
 const CT_USAGE_V1_SLOTS: u32 = 2;
+/// `CT_USAGE` v2: up to `LIMIT6`.
+const CT_USAGE_V2_SLOTS: u32 = 8;
+
+/// What a conntrack migration did, in the old pin's entries.
+struct Copied {
+    migrated: usize,
+    dropped: usize,
+    /// Flows entered in `CT_EXCEPTIONS`.
+    exceptions: usize,
+}
 
 fn open(pin: &Pin) -> Result<Map> {
     let data = MapData::from_pin(&pin.path)
@@ -204,8 +224,12 @@ impl Datapath {
     /// it did. The old pin is left for `finish_upgrade` (conntrack) or removed (the others).
     pub(super) fn migrate(&mut self, pin: &Pin) -> Result<Migration> {
         let to = version(pin.map);
+        let mut exceptions = 0;
         let mut done = match pin.map {
-            maps::CONNTRACK => self.migrate_conntrack(pin)?,
+            maps::CONNTRACK => self.migrate_conntrack(pin)?.map(|c| {
+                exceptions = c.exceptions;
+                (c.migrated, c.dropped, CONNTRACK_DROPPED)
+            }),
             maps::STATS => self.migrate_stats(pin)?,
             maps::CT_USAGE => self.migrate_ct_usage(pin)?,
             // EMBRYOS v1 (one ring for both sides): the rings start empty. Nothing is lost:
@@ -229,6 +253,7 @@ impl Datapath {
             migrated,
             dropped,
             why,
+            exceptions,
         };
         if dropped > 0 {
             tracing::warn!("{migration}");
@@ -238,10 +263,10 @@ impl Datapath {
         Ok(migration)
     }
 
-    /// CONNTRACK v1 (56-byte entries) into v2: both entries of each flow, ASSURED when both
-    /// directions saw packets; entries whose other direction is missing are dropped. A pin
-    /// of the old name that already has the v2 layout is copied as it is.
-    fn migrate_conntrack(&mut self, pin: &Pin) -> Result<Option<(usize, usize, &'static str)>> {
+    /// CONNTRACK v1 (56-byte entries) or v2 into v3: each flow whose two entries are there
+    /// (v1's ASSURED when both directions saw packets) as one element; entries whose other
+    /// direction is missing are dropped. A pin of the v1 name with the v2 layout is read as v2.
+    fn migrate_conntrack(&mut self, pin: &Pin) -> Result<Option<Copied>> {
         let old = open(pin)?;
         let info = match &old {
             Map::HashMap(data) | Map::LruHashMap(data) => data.info()?,
@@ -279,48 +304,67 @@ impl Datapath {
             }
             _ => return Ok(None),
         };
-        let (migrated, dropped) = self.copy_conntrack(&entries)?;
-        Ok(Some((
-            migrated,
-            dropped,
-            "their other direction was missing, or the table was full",
-        )))
+        self.copy_conntrack(&entries).map(Some)
     }
 
-    /// Inserts whole flows (both entries) from `entries` that the map does not hold yet, up
-    /// to the table's limit; sets the table's count. (migrated, dropped) entries.
-    fn copy_conntrack(&mut self, entries: &[(CtKey, CtEntry)]) -> Result<(usize, usize)> {
+    /// Inserts the flows of `entries` (layout v2's, two per flow) that the map does not hold
+    /// yet, one element each, up to the table's limit; a flow the programs would not find
+    /// from inside (`found_from_inside`) also gets its `CT_EXCEPTIONS` entry. Sets the
+    /// table's count and adds to the exceptions'.
+    fn copy_conntrack(&mut self, entries: &[(CtKey, CtEntry)]) -> Result<Copied> {
         let by_key: StdHashMap<CtKey, CtEntry> = entries.iter().copied().collect();
         let (_, limit) = self.conntrack_usage()?;
-        let mut map: HashMap<_, CtKey, CtEntry> =
-            HashMap::try_from(self.map_mut(maps::CONNTRACK)?)?;
+        let (nat, secret) = (self.nat_config()?, self.port_secret()?);
+        let published_by: StdHashMap<_, _> = self.published_by()?.into_iter().collect();
+        let found = |key: &CtKey, flow: &CtFlow| {
+            found_from_inside(key, flow, &nat, &secret, |k| published_by.get(k).copied())
+        };
+        let mut exceptions: HashMap<_, CtKey, CtKey> =
+            HashMap::try_from(self.own_map(maps::CT_EXCEPTIONS)?)?;
+        let mut map: HashMap<_, CtKey, CtFlow> = HashMap::try_from(self.map_mut(maps::CONNTRACK)?)?;
         let mut held = map.keys().count();
-        let (mut migrated, mut dropped) = (0, 0);
+        let mut copied = Copied {
+            migrated: 0,
+            dropped: 0,
+            exceptions: 0,
+        };
         for (key, entry) in entries {
             let peer = by_key.get(&entry.peer).filter(|p| p.peer == *key);
             let Some(peer) = peer else {
-                dropped += 1;
+                copied.dropped += 1;
                 continue;
             };
-            if entry.direction != bridgenet_common::direction::ORIGINAL {
+            if entry.direction != direction::ORIGINAL {
                 continue;
             }
-            if map.get(key, 0).is_ok() || map.get(&entry.peer, 0).is_ok() {
+            let (flow_key, mut flow) = CtFlow::from_entries((key, entry), (&entry.peer, peer));
+            if map.get(&flow_key, 0).is_ok() {
                 // Already there (a second pass, or the flow went on in the new programs).
                 continue;
             }
-            if held as u64 + 2 > limit {
-                dropped += 2;
+            if held as u64 >= limit {
+                copied.dropped += 2;
                 continue;
             }
-            map.insert(entry.peer, peer, 0)?;
-            map.insert(key, entry, 0)?;
-            held += 2;
-            migrated += 2;
+            if !found(&flow_key, &flow) {
+                // Its exception first: the flow is never in the table unfound from inside.
+                let inside = flow.inside_tuple(&flow_key);
+                if exceptions.insert(inside, flow_key, 0).is_err() {
+                    copied.dropped += 2;
+                    continue;
+                }
+                flow.flags |= ct_flags::EXCEPTION;
+                copied.exceptions += 1;
+            }
+            map.insert(flow_key, flow, 0)?;
+            held += 1;
+            copied.migrated += 2;
         }
         let mut usage: Array<_, u64> = Array::try_from(self.map_mut(maps::CT_USAGE)?)?;
         usage.set(ct_usage::ENTRIES, held as u64, 0)?;
-        Ok((migrated, dropped))
+        let counted = usage.get(&ct_usage::EXCEPTIONS, 0)?;
+        usage.set(ct_usage::EXCEPTIONS, counted + copied.exceptions as u64, 0)?;
+        Ok(copied)
     }
 
     /// STATS v1 (`program * 20 + outcome`) into `stats_index`, per CPU; a pin of the old name
@@ -355,18 +399,34 @@ impl Datapath {
         Ok(Some((migrated, 0, "")))
     }
 
-    /// CT_USAGE v1 (entries, limit) into v2: the count; the loader sets the limits and the
-    /// embryonic count starts at 0 (migrated flows carry no INBOUND flag).
+    /// CT_USAGE v1 (entries, limit) or v2 into v3. The counts of the IPv6 table and of the
+    /// embryo rings carry over (v2); the IPv4 count is the conntrack migration's (in flows,
+    /// after this one), and the limits (`LIMIT`, `LIMIT6`, `RING_SIZE`) are what the loader set
+    /// for this build's options and maps, the old pin's for the same ones: they count as
+    /// carried over. `EXCEPTIONS` starts at 0, for the conntrack migration to count.
     fn migrate_ct_usage(&mut self, pin: &Pin) -> Result<Option<(usize, usize, &'static str)>> {
         let old: Array<_, u64> = match Array::try_from(open(pin)?) {
             Ok(old) if old.len() >= CT_USAGE_V1_SLOTS => old,
             _ => return Ok(None),
         };
-        let entries = old.get(&ct_usage::ENTRIES, 0)?;
+        let old_len = old.len().min(CT_USAGE_V2_SLOTS);
+        let carried = if old_len == CT_USAGE_V2_SLOTS {
+            [
+                ct_usage::EVICTED,
+                ct_usage::RING_CURSOR,
+                ct_usage::RING_CURSOR_INSIDE,
+                ct_usage::ENTRIES6,
+            ]
+            .as_slice()
+        } else {
+            &[]
+        };
         let mut usage: Array<_, u64> = Array::try_from(self.map_mut(maps::CT_USAGE)?)?;
-        usage.set(ct_usage::ENTRIES, entries, 0)?;
-        // The limit is set again by the loader: it counts as carried over.
-        Ok(Some((CT_USAGE_V1_SLOTS as usize, 0, "")))
+        for slot in carried {
+            usage.set(*slot, old.get(slot, 0)?, 0)?;
+        }
+        // Every old slot is carried over, as it is or as what replaces it.
+        Ok(Some((old_len as usize, 0, "")))
     }
 
     /// After the new programs are attached: copies the conntrack entries the old programs
@@ -374,7 +434,7 @@ impl Datapath {
     /// programs (still attached during a restart) keep using the old map.
     pub fn finish_upgrade(&mut self) -> Result<()> {
         for pin in std::mem::take(&mut self.upgrading) {
-            if let Some((migrated, _, _)) = self.migrate_conntrack(&pin)?
+            if let Some(Copied { migrated, .. }) = self.migrate_conntrack(&pin)?
                 && migrated > 0
             {
                 tracing::info!(

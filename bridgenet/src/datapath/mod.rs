@@ -14,8 +14,8 @@ use aya::{
     },
 };
 use bridgenet_common::{
-    CtEntry, CtKey, Endpoint, IfCounters, NatConfig, PublishKey, PublishTarget, Subnet, Uplink,
-    embryo_ring, maps, network_flags, outcome, port_hash::PortSecret, program_id, programs,
+    CtEntry, CtFlow, CtKey, Endpoint, IfCounters, NatConfig, PublishKey, PublishTarget, Subnet,
+    Uplink, embryo_ring, maps, network_flags, outcome, port_hash::PortSecret, program_id, programs,
     stats_index,
 };
 use ipnet::Ipv4Net;
@@ -71,18 +71,25 @@ impl NetworkOptions {
     }
 }
 
-/// Room the conntrack map has past the limit. The LRU map keeps free entries on per-CPU lists
-/// (up to 128 each) and evicts to fill one when the others hold the rest: the room covers those
-/// lists too, so that the kernel never evicts a tracked flow.
-fn headroom(limit: u32) -> u32 {
+/// Room a conntrack map has past its limit of `limit` elements: `limit / share`. The LRU map
+/// keeps free elements on per-CPU lists (up to 128 each) and evicts to fill one when the
+/// others hold the rest: the room covers those lists too, so that the kernel never evicts a
+/// tracked flow.
+fn headroom(limit: u32, share: u32) -> u32 {
     let cpus = aya::util::nr_cpus().map_or(64, |n| n as u32);
-    (limit / 8).max(256 * cpus)
+    (limit / share).max(256 * cpus)
 }
 
-/// The IPv6 table's limit for an IPv4 limit of `limit` entries: a quarter (IPv6 entries are
-/// twice the size, and fewer flows are IPv6's).
-fn limit6(limit: u32) -> u32 {
-    (limit / 4).max(16)
+/// `headroom`'s share for `CONNTRACK` (one element per flow): docs/conntrack.md.
+const HEADROOM_SHARE: u32 = 16;
+/// `headroom`'s share for `CONNTRACK6` (two entries per flow).
+const HEADROOM_SHARE6: u32 = 8;
+
+/// The IPv6 table's limit, in entries, for an IPv4 limit of `flows` flows: a quarter of the
+/// IPv4 flows' entries in layout v2, two per flow (IPv6 entries are twice the size, and fewer
+/// flows are IPv6's).
+fn limit6(flows: u32) -> u32 {
+    (flows.saturating_mul(2) / 4).max(16)
 }
 
 /// How to load the datapath.
@@ -90,8 +97,8 @@ fn limit6(limit: u32) -> u32 {
 pub struct LoadOptions {
     /// Where maps are pinned (on a bpf filesystem); None keeps them private to this process.
     pub pin_dir: Option<PathBuf>,
-    /// Size of the conntrack map, in entries (two per flow).
-    pub conntrack_entries: u32,
+    /// Limit of the IPv4 conntrack table, in flows (IPv6's and the embryo rings' follow).
+    pub conntrack_flows: u32,
     /// Whether every program is verified at once (the daemon: a program the kernel refuses
     /// stops it before it changes anything), or each on its first use (tests and `watch`: the
     /// verifier is most of a load's time, and a test uses few of the programs).
@@ -102,7 +109,7 @@ impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             pin_dir: None,
-            conntrack_entries: bridgenet_common::CT_MAX_ENTRIES,
+            conntrack_flows: bridgenet_common::CT_MAX_FLOWS,
             verify_all: false,
         }
     }
@@ -146,16 +153,21 @@ impl Datapath {
         }
         let mut loader = EbpfLoader::new();
         // Room past the limit for the drift of the datapath's shared count (see conntrack.rs).
-        let limit = options.conntrack_entries;
+        let limit = options.conntrack_flows;
         loader.map_max_entries(
             maps::CONNTRACK,
-            limit.saturating_add(headroom(limit)).max(16),
+            limit
+                .saturating_add(headroom(limit, HEADROOM_SHARE))
+                .max(16),
         );
         let limit6 = limit6(limit);
-        loader.map_max_entries(maps::CONNTRACK6, limit6.saturating_add(headroom(limit6)));
+        loader.map_max_entries(
+            maps::CONNTRACK6,
+            limit6.saturating_add(headroom(limit6, HEADROOM_SHARE6)),
+        );
         // The flows that may make room when the table is full: per side, as many as half the
         // flows of a full table.
-        loader.map_max_entries(maps::EMBRYOS, embryo_ring::COUNT * (limit / 4).max(16));
+        loader.map_max_entries(maps::EMBRYOS, embryo_ring::COUNT * (limit / 2).max(16));
         // Pins carry their layout version; older ones are migrated below, newer ones refused.
         let (pins, mut older): (Vec<(&str, PathBuf)>, _) = match &options.pin_dir {
             Some(dir) => (
@@ -193,21 +205,22 @@ impl Datapath {
         }
         // Pinned subnets of an earlier daemon (or a map new to this build): blocks to match.
         datapath.rebuild_subnet_blocks()?;
+        // Pinned ports of an earlier daemon (or a map new to this build): PUBLISHED_BY to
+        // match, before the conntrack migration looks there.
+        datapath.rebuild_published_by()?;
         // A pinned table keeps the size it was made with: the limit must leave it its room.
         let capacity = match datapath.ebpf.map(maps::CONNTRACK) {
             Some(aya::maps::Map::LruHashMap(map)) => map.info()?.max_entries(),
             _ => bail!("map CONNTRACK missing or not an LRU hash"),
         };
         let mut usable = limit;
-        while usable > 16 && usable.saturating_add(headroom(usable)) > capacity {
+        while usable > 16 && usable.saturating_add(headroom(usable, HEADROOM_SHARE)) > capacity {
             usable -= usable / 16 + 1;
         }
         if usable < limit {
             tracing::warn!(
-                "the pinned conntrack table holds {capacity} entries: limit {} flows instead of \
-                 {} until `daemon --cleanup` makes it anew",
-                usable / 2,
-                limit / 2
+                "the pinned conntrack table holds {capacity} flows: limit {usable} flows instead \
+                 of {limit} until `daemon --cleanup` makes it anew"
             );
         }
         datapath.set_conntrack_limit(u64::from(usable))?;
@@ -362,21 +375,22 @@ impl Datapath {
         target: Ipv4Addr,
         target_port: u16,
     ) -> Result<()> {
-        let mut publish: HashMap<_, PublishKey, PublishTarget> =
-            HashMap::try_from(self.map_mut(maps::PUBLISH)?)?;
-        let key = PublishKey {
-            addr: host_addr.map_or(0, wire),
-            port: host_port.to_be(),
-            proto: proto as u8,
-            _pad: 0,
-        };
+        let key = publish_key(proto, host_addr, host_port);
         let value = PublishTarget {
             addr: wire(target),
             port: target_port.to_be(),
             _pad: 0,
         };
+        // Its slot first: the replies of the flows it opens look there.
+        self.update_published_by(&key, &value, true)?;
+        let mut publish: HashMap<_, PublishKey, PublishTarget> =
+            HashMap::try_from(self.map_mut(maps::PUBLISH)?)?;
+        let old = publish.get(&key, 0).ok();
         publish.insert(key, value, 0)?;
-        Ok(())
+        match old {
+            Some(old) if old != value => self.update_published_by(&key, &old, false),
+            _ => Ok(()),
+        }
     }
 
     /// Every published port: (key, target), as the programs store them.
@@ -412,8 +426,27 @@ impl Datapath {
         Ok(())
     }
 
-    /// Every conntrack entry: the key its hook looks up and what it does.
+    /// The port ranges masquerade uses.
+    pub fn nat_config(&self) -> Result<NatConfig> {
+        let map = self
+            .ebpf
+            .map(maps::NAT_CONFIG)
+            .context("map NAT_CONFIG missing")?;
+        Ok(Array::<_, NatConfig>::try_from(map)?.get(&0, 0)?)
+    }
+
+    /// Every IPv4 flow as layout v2's two entries (`CtFlow::entries`): the key its hook looks
+    /// up and what it does.
     pub fn conntrack(&self) -> Result<Vec<(CtKey, CtEntry)>> {
+        Ok(self
+            .flows()?
+            .iter()
+            .flat_map(|(key, flow)| flow.entries(key))
+            .collect())
+    }
+
+    /// Every element of the IPv4 conntrack table: one per flow, keyed by its outside tuple.
+    pub fn flows(&self) -> Result<Vec<(CtKey, CtFlow)>> {
         let Some(Map::LruHashMap(map)) = self.ebpf.map(maps::CONNTRACK) else {
             bail!("map CONNTRACK missing or not an LRU hash");
         };

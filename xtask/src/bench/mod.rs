@@ -514,7 +514,7 @@ fn memory(cfg: &Config, binary: &Path, r: &mut Results) -> Result<()> {
     // bridgenet: the conntrack map is an LRU hash, which the kernel preallocates whole.
     let lab = Lab::new(Variant::Bridgenet, "mem", binary, &[1], false)?;
     // The pin carries the layout version (bridgenet_common::layout::CONNTRACK).
-    let map = lab.bpffs().join("CONNTRACK_v2");
+    let map = lab.bpffs().join("CONNTRACK_v3");
     let out = Command::new("bpftool")
         .args(["-j", "map", "show", "pinned"])
         .arg(&map)
@@ -526,13 +526,14 @@ fn memory(cfg: &Config, binary: &Path, r: &mut Results) -> Result<()> {
         .or_else(|| info["bytes_memlock"].as_str().and_then(|s| s.parse().ok()))
         .context("bytes_memlock")?;
     let entries = info["max_entries"].as_f64().context("max_entries")?;
-    // The default limit; the map has room past it so that a flood never evicts a flow.
+    // The default limit (bridgenet_common::CT_MAX_FLOWS); the map has room past it so that a
+    // flood never evicts a flow.
     let flows = 262_144.0;
     drop(lab);
     r.memory.push((
         "bridgenet".into(),
         format!(
-            "CONNTRACK map, preallocated: {entries:.0} entries (2 per flow; the limit is \
+            "CONNTRACK map, preallocated: {entries:.0} entries (1 per flow; the limit is \
              {flows:.0} flows), {:.1} MiB",
             bytes / 1048576.0
         ),

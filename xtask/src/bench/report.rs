@@ -585,8 +585,8 @@ call per rule (three per port, appended after the network's base rules; stopped 
 {cap:?} and extrapolated linearly, which is a lower bound since each call grows with the \
 table); one `iptables-restore` of the whole ruleset; one `nft -f` of the netavark ruleset; one `portmap` ADD (up to {cni_most} mappings).\n\
 - **Memory per flow.** bridgenet: the kernel's `bytes_memlock` of the CONNTRACK map (`bpftool \
-map show`), an LRU hash the kernel preallocates whole, divided by the flows it holds (two \
-entries per flow, one per direction; the default limit of 262,144 flows): the same whether it \
+map show`), an LRU hash the kernel preallocates whole, divided by the flows it holds (one \
+entry per flow, both directions in it; the default limit of 262,144 flows): the same whether it \
 is empty or full. nf_conntrack: {flows} UDP flows sent from the client to the host under \
 Docker's rules (iptables-nft), counted with the namespace's `nf_conntrack_count`; the growth \
 of the `nf_conntrack` slab (struct nf_conn) and of all kernel slab (`Slab:` in /proc/meminfo, \
