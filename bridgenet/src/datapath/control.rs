@@ -352,11 +352,11 @@ mod tests {
             port: 80u16.to_be(),
             _pad: 0,
         };
-        let host = Some(Ipv4Addr::new(198, 18, 0, 2));
+        let host = Ipv4Addr::new(198, 18, 0, 2);
         let hosts = [
             publish_key(Proto::Tcp, None, 80),
             publish_key(Proto::Tcp, None, 8080),
-            publish_key(Proto::Tcp, host, 8080),
+            publish_key(Proto::Tcp, Some(host), 8080),
             publish_key(Proto::Tcp, None, 8081),
             publish_key(Proto::Tcp, None, 8082),
         ];
@@ -378,9 +378,6 @@ mod tests {
             .map(|h| (h.addr, u16::from_be(h.port)))
             .collect();
         // The fifth does not fit; a mapping already there is not added twice.
-        assert_eq!(
-            slots,
-            [(0, 80), (0, 8080), (wire(host.unwrap()), 8080), (0, 8081)]
-        );
+        assert_eq!(slots, [(0, 80), (0, 8080), (wire(host), 8080), (0, 8081)]);
     }
 }
