@@ -2,7 +2,7 @@
 use std::path::Path;
 
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
-use bridgenet_common::{CtEntry, CtKey, EmbryoSlot, OUTCOME_SLOTS, ct_usage, program_id};
+use bridgenet_common::{CtFlow, CtKey, EmbryoSlot, OUTCOME_SLOTS, ct_usage, program_id};
 
 /// `CtEntry` of layout v1 (56 bytes: no flags, no TCP window).
 #[repr(C)]
@@ -32,15 +32,19 @@ fn open(path: &Path) -> Map {
     Map::from_map_data(MapData::from_pin(path).expect("pinned map")).expect("map")
 }
 
-/// Replaces the v2 pins of CONNTRACK, STATS, CT_USAGE and EMBRYOS in `dir` with v1 pins of the same
-/// content, as a daemon of layout v1 would have left them; returns the conntrack entries.
+/// Replaces the pins of CONNTRACK (v3), STATS (v2), CT_USAGE (v3) and EMBRYOS (v2) in `dir`
+/// with v1 pins of the same content, as a daemon of layout v1 would have left them, and removes
+/// those of the maps it did not have (PUBLISHED_BY, CT_EXCEPTIONS); returns the conntrack
+/// entries (two per flow).
 pub fn downgrade_pins(dir: &Path) -> usize {
-    let ct: HashMap<_, CtKey, CtEntry> =
-        HashMap::try_from(open(&dir.join("CONNTRACK_v2"))).unwrap();
+    let ct: HashMap<_, CtKey, CtFlow> = HashMap::try_from(open(&dir.join("CONNTRACK_v3"))).unwrap();
     let mut old: HashMap<MapData, CtKey, CtEntryV1> = HashMap::create(1024, 0).unwrap();
     let mut n = 0;
-    for entry in ct.iter() {
-        let (key, e) = entry.unwrap();
+    let entries = ct.iter().flat_map(|flow| {
+        let (key, flow) = flow.unwrap();
+        flow.entries(&key)
+    });
+    for (key, e) in entries {
         let v1 = CtEntryV1 {
             peer: e.peer,
             last_seen_ns: e.last_seen_ns,
@@ -69,10 +73,11 @@ pub fn downgrade_pins(dir: &Path) -> usize {
     }
     old.pin(dir.join("STATS")).unwrap();
 
-    let usage: Array<_, u64> = Array::try_from(open(&dir.join("CT_USAGE_v2"))).unwrap();
+    // CT_USAGE v1: entries (two per flow) and their limit.
+    let usage: Array<_, u64> = Array::try_from(open(&dir.join("CT_USAGE_v3"))).unwrap();
     let mut old: Array<MapData, u64> = Array::create(2, 0).unwrap();
     for slot in [ct_usage::ENTRIES, ct_usage::LIMIT] {
-        old.set(slot, usage.get(&slot, 0).unwrap(), 0).unwrap();
+        old.set(slot, 2 * usage.get(&slot, 0).unwrap(), 0).unwrap();
     }
     old.pin(dir.join("CT_USAGE")).unwrap();
 
@@ -84,7 +89,14 @@ pub fn downgrade_pins(dir: &Path) -> usize {
     }
     old.pin(dir.join("EMBRYOS")).unwrap();
 
-    for name in ["CONNTRACK_v2", "STATS_v2", "CT_USAGE_v2", "EMBRYOS_v2"] {
+    for name in [
+        "CONNTRACK_v3",
+        "STATS_v2",
+        "CT_USAGE_v3",
+        "EMBRYOS_v2",
+        "PUBLISHED_BY",
+        "CT_EXCEPTIONS",
+    ] {
         std::fs::remove_file(dir.join(name)).unwrap();
     }
     n

@@ -291,11 +291,11 @@ fn an_upgrade_from_layout_v1_pins_keeps_established_flows() {
 
     let log = lab.log();
     let line =
-        format!("pinned map CONNTRACK: layout v1 -> v2: {entries} entries migrated, 0 dropped");
+        format!("pinned map CONNTRACK: layout v1 -> v3: {entries} entries migrated, 0 dropped");
     assert!(log.contains(&line), "no {line:?} in the log:\n{log}");
     assert!(log.contains("pinned map STATS: layout v1 -> v2: "), "{log}");
     assert!(
-        log.contains("pinned map CT_USAGE: layout v1 -> v2: "),
+        log.contains("pinned map CT_USAGE: layout v1 -> v3: "),
         "{log}"
     );
     assert!(

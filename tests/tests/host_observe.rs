@@ -16,7 +16,7 @@ use std::{
 };
 
 use aya::maps::{HashMap, Map, MapData};
-use bridgenet_common::{CtEntry, CtKey, action, ct_flags, direction, tcp_seen};
+use bridgenet_common::{CtEntry, CtFlow, CtKey, action, ct_flags, direction, tcp_seen};
 use bridgenet_tests::sockets;
 use bridgenet_tests::{
     control::{ControlLab, binary},
@@ -201,10 +201,10 @@ fn now_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Writes `n` established TCP flows (both entries) straight into the daemon's pinned table.
+/// Writes `n` established TCP flows of the host straight into the daemon's pinned table.
 fn fill_table(lab: &ControlLab, n: u32) {
-    let data = MapData::from_pin(lab.bpffs().join("CONNTRACK_v2")).expect("the pinned table");
-    let mut map: HashMap<_, CtKey, CtEntry> =
+    let data = MapData::from_pin(lab.bpffs().join("CONNTRACK_v3")).expect("the pinned table");
+    let mut map: HashMap<_, CtKey, CtFlow> =
         HashMap::try_from(Map::LruHashMap(data)).expect("an LRU hash");
     let base = u32::from(Ipv4Addr::new(198, 19, 0, 0));
     let server = u32::from(Ipv4Addr::new(198, 18, 0, 200)).to_be();
@@ -230,10 +230,11 @@ fn fill_table(lab: &ControlLab, n: u32) {
             flags: ct_flags::ASSURED,
             ..CtEntry::default()
         };
-        map.insert(original, entry(reply, direction::ORIGINAL), 0)
-            .expect("insert");
-        map.insert(reply, entry(original, direction::REPLY), 0)
-            .expect("insert");
+        let (key, flow) = CtFlow::from_entries(
+            (&original, &entry(reply, direction::ORIGINAL)),
+            (&reply, &entry(original, direction::REPLY)),
+        );
+        map.insert(key, flow, 0).expect("insert");
     }
 }
 

@@ -1,13 +1,14 @@
 //! Revocation of flows (`Datapath::revoke`) with the real programs (BPF_PROG_TEST_RUN): only
-//! the flows of what went away are removed, both their entries, and their room in the table
+//! the flows of what went away are removed, with their exceptions, and their room in the table
 //! is usable again at once, before any garbage collection.
 use std::net::Ipv4Addr;
 
+use aya::maps::{Array, HashMap};
 use bridgenet::datapath::{
     Datapath, LoadOptions, Proto,
     conntrack::{masqueraded_with, uses_addr, uses_mapping},
 };
-use bridgenet_common::programs;
+use bridgenet_common::{CtFlow, CtKey, ct_flags, ct_usage, maps, programs};
 use bridgenet_tests::{packet, packet::fixture::*};
 
 fn run(dp: &mut Datapath, program: &str, frame: &[u8]) -> packet::Verdict {
@@ -46,7 +47,7 @@ fn revoking_removes_the_matching_flows_only_and_gives_their_room_back() {
         run(&mut dp, programs::UPLINK_EGRESS, &fifth).action,
         TC_ACT_SHOT
     );
-    assert_eq!(dp.conntrack_usage().unwrap(), (8, 8));
+    assert_eq!(dp.conntrack_usage().unwrap(), (4, 4));
 
     // Unpublishing udp 5353 revokes its flow and nothing else; an unrelated mapping matches
     // nothing.
@@ -58,7 +59,7 @@ fn revoking_removes_the_matching_flows_only_and_gives_their_room_back() {
     let report = dp
         .revoke(uses_mapping(Proto::Udp as u8, None, 5353, ep1, 53))
         .unwrap();
-    assert_eq!((report.flows, report.entries), (1, 2));
+    assert_eq!((report.flows, report.entries), (1, 1));
     let left = dp.conntrack().unwrap();
     assert_eq!(left.len(), 6);
     assert!(
@@ -67,7 +68,7 @@ fn revoking_removes_the_matching_flows_only_and_gives_their_room_back() {
     );
     assert_eq!(
         dp.conntrack_usage().unwrap().0,
-        6,
+        3,
         "room given back at once"
     );
     assert_eq!(
@@ -78,32 +79,39 @@ fn revoking_removes_the_matching_flows_only_and_gives_their_room_back() {
     // The old uplink address takes the masqueraded flows (the two of EP1 and EP2's), not the
     // published one.
     let report = dp.revoke(masqueraded_with(host)).unwrap();
-    assert_eq!((report.flows, report.entries), (3, 6));
-    assert_eq!(dp.conntrack_usage().unwrap().0, 2);
+    assert_eq!((report.flows, report.entries), (3, 3));
+    assert_eq!(dp.conntrack_usage().unwrap().0, 1);
 
     // The endpoint's address takes the rest: the flow to 8080, published to it.
     let report = dp.revoke(uses_addr(ep1)).unwrap();
-    assert_eq!((report.flows, report.entries), (1, 2));
+    assert_eq!((report.flows, report.entries), (1, 1));
     assert!(dp.conntrack().unwrap().is_empty());
     assert_eq!(dp.conntrack_usage().unwrap().0, 0);
 }
 
 #[test]
-fn an_orphan_entry_of_a_revoked_mapping_goes_too() {
+fn the_exception_of_a_revoked_flow_goes_too() {
     let mut dp = nat_datapath();
     let to_8080 = packet::tcp_syn_frame(CLIENT, 50001, HOST, 8080);
     assert_eq!(
         run(&mut dp, programs::UPLINK_INGRESS, &to_8080).action,
         TC_ACT_OK
     );
-    // Only the client's entry is left: it alone would still translate to EP1.
-    let (reply, _) = dp
-        .conntrack()
+    // Found from inside through CT_EXCEPTIONS, as a flow of a fifth mapping of EP1:80 is.
+    let (key, mut flow) = dp.flows().unwrap()[0];
+    flow.flags |= ct_flags::EXCEPTION;
+    let ebpf = dp.ebpf_mut();
+    HashMap::<_, CtKey, CtFlow>::try_from(ebpf.map_mut(maps::CONNTRACK).unwrap())
         .unwrap()
-        .into_iter()
-        .find(|(_, e)| e.direction == bridgenet_common::direction::REPLY)
+        .insert(key, flow, 0)
         .unwrap();
-    dp.conntrack_remove(&reply).unwrap();
+    HashMap::<_, CtKey, CtKey>::try_from(ebpf.map_mut(maps::CT_EXCEPTIONS).unwrap())
+        .unwrap()
+        .insert(flow.inside_tuple(&key), key, 0)
+        .unwrap();
+    let mut usage = Array::<_, u64>::try_from(ebpf.map_mut(maps::CT_USAGE).unwrap()).unwrap();
+    usage.set(ct_usage::EXCEPTIONS, 1, 0).unwrap();
+
     let report = dp
         .revoke(uses_mapping(
             Proto::Tcp as u8,
@@ -113,6 +121,12 @@ fn an_orphan_entry_of_a_revoked_mapping_goes_too() {
             80,
         ))
         .unwrap();
-    assert_eq!((report.flows, report.entries), (0, 1));
+    assert_eq!((report.flows, report.entries), (1, 1));
     assert!(dp.conntrack().unwrap().is_empty());
+    let ebpf = dp.ebpf_mut();
+    let exceptions =
+        HashMap::<_, CtKey, CtKey>::try_from(ebpf.map(maps::CT_EXCEPTIONS).unwrap()).unwrap();
+    assert_eq!(exceptions.keys().count(), 0);
+    let usage = Array::<_, u64>::try_from(ebpf.map(maps::CT_USAGE).unwrap()).unwrap();
+    assert_eq!(usage.get(&ct_usage::EXCEPTIONS, 0).unwrap(), 0);
 }
