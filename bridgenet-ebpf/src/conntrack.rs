@@ -11,8 +11,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use bridgenet_common::{
-    CT_MAX_FLOWS, CtFlow, CtKey, EmbryoSlot, ct_flags, ct_usage, direction, embryo_ring,
-    flow_kind, outcome, port_hash, tcp_seen,
+    CT_MAX_FLOWS, CtFlow, CtKey, EmbryoSlot, ct_flags, ct_usage, direction, embryo_ring, flow_kind,
+    outcome, port_hash, tcp_seen,
 };
 
 use crate::{
@@ -114,7 +114,7 @@ pub fn add(counter: *mut u64, value: u64) {
 /// Counts a packet of `sides`' direction and records what it says about the flow's state:
 /// PASSED, or the outcome to drop it with. For a flow of either family.
 #[inline(always)]
-pub fn track<S: Sides>(ctx: &TcContext, sides: &S, proto: u8, seg: &tcp::Segment) -> u32 {
+pub fn track<S: Sides>(ctx: &TcContext, sides: S, proto: u8, seg: &tcp::Segment) -> u32 {
     let e = sides.mine();
     unsafe {
         *e.last_seen() = bpf_ktime_get_ns();
@@ -147,7 +147,7 @@ fn assure_datagram<H: Half>(e: H, peer: Option<H>) {
 /// Counts and tracks a packet of `flow`'s direction `dir`: PASSED or the drop.
 #[inline(always)]
 pub fn touch(ctx: &TcContext, flow: *mut CtFlow, dir: usize, packet: &Packet) -> u32 {
-    track(ctx, &FlowHalf { flow, dir }, packet.key.proto, &packet.tcp)
+    track(ctx, FlowHalf { flow, dir }, packet.key.proto, &packet.tcp)
 }
 
 /// The flow a packet from outside belongs to (its key is the packet's tuple), counted and
@@ -179,9 +179,42 @@ pub mod search {
 /// host's packet before translation), among the kinds `kinds` says; its key is written to
 /// `key`. `nat_addr` is the address of the uplink the packet leaves through: masquerade's,
 /// and a port published on any host address answers from it.
-// A BPF subprogram of its own: its candidate keys must not sit in the callers' frames.
+#[inline(always)]
+pub fn find_inside(
+    tuple: &CtKey,
+    nat_addr: u32,
+    kinds: u8,
+    key: &mut CtKey,
+) -> Option<*mut CtFlow> {
+    if let Some(flow) = find_computed(tuple, nat_addr, kinds, key) {
+        return Some(flow);
+    }
+    if kinds & search::MASQUERADE == 0 {
+        return None;
+    }
+    *key = CtKey {
+        saddr: tuple.daddr,
+        daddr: nat_addr,
+        sport: tuple.dport,
+        dport: 0,
+        proto: tuple.proto,
+        _pad: [0; 3],
+    };
+    probe(tuple, flow_kind::MASQUERADE, key)
+}
+
+/// `find_inside` but masquerade's sequence: one or a few lookups, whose keys need no hash;
+/// and `CT_EXCEPTIONS`, which holds the flows of every kind that none of the searches finds.
+// A BPF subprogram of its own, apart from `probe`: callers that need no masquerade flow
+// (`nat::publish`) have no call to the hash below them, which Linux 6.1's limit of 512 bytes
+// of stack per chain of calls counts whether it runs or not.
 #[inline(never)]
-pub fn find_inside(tuple: &CtKey, nat_addr: u32, kinds: u8, key: &mut CtKey) -> Option<*mut CtFlow> {
+pub fn find_computed(
+    tuple: &CtKey,
+    nat_addr: u32,
+    kinds: u8,
+    key: &mut CtKey,
+) -> Option<*mut CtFlow> {
     if kinds & search::PUBLISHED != 0
         && let Some(flow) = find_published(tuple, nat_addr, key)
     {
@@ -193,19 +226,6 @@ pub fn find_inside(tuple: &CtKey, nat_addr: u32, kinds: u8, key: &mut CtKey) -> 
             return Some(flow);
         }
     }
-    if kinds & search::MASQUERADE != 0 {
-        *key = CtKey {
-            saddr: tuple.daddr,
-            daddr: nat_addr,
-            sport: tuple.dport,
-            dport: 0,
-            proto: tuple.proto,
-            _pad: [0; 3],
-        };
-        if let Some(flow) = probe(tuple, flow_kind::MASQUERADE, key) {
-            return Some(flow);
-        }
-    }
     find_exception(tuple, key)
 }
 
@@ -214,9 +234,7 @@ pub fn find_inside(tuple: &CtKey, nat_addr: u32, kinds: u8, key: &mut CtKey) -> 
 fn inside_match(key: &CtKey, tuple: &CtKey, a: u8, b: u8) -> Option<*mut CtFlow> {
     let flow = CONNTRACK.get_ptr_mut(key)?;
     let f = unsafe { &*flow };
-    (f.inside_addr == tuple.saddr
-        && f.inside_port == tuple.sport
-        && (f.kind == a || f.kind == b))
+    (f.inside_addr == tuple.saddr && f.inside_port == tuple.sport && (f.kind == a || f.kind == b))
         .then_some(flow)
 }
 
@@ -244,7 +262,8 @@ fn find_published(tuple: &CtKey, nat_addr: u32, key: &mut CtKey) -> Option<*mut 
 /// the keyed sequence of `tuple` (the sender's) in turn, up to `port_hash::FOUND_WITHIN`,
 /// until a flow of kind `kind` whose inside end sent `tuple`. A free candidate does not end
 /// the search: the flow may sit past one that ended.
-#[inline(always)]
+// A BPF subprogram of its own: the hash's state must not sit in the callers' frames.
+#[inline(never)]
 pub fn probe(tuple: &CtKey, kind: u8, key: &mut CtKey) -> Option<*mut CtFlow> {
     let config = nat::nat_config();
     let hash = nat::port_hash4(tuple);
@@ -459,12 +478,7 @@ pub enum InsertError {
 /// A fresh flow of `kind` whose inside end is `inside_addr:inside_port`, in this CPU's
 /// `OPENING` element (see `Opening`); `insert_opening` inserts it.
 #[inline(always)]
-pub fn new_flow(
-    kind: u8,
-    flags: u8,
-    inside_addr: u32,
-    inside_port: u16,
-) -> Option<*mut CtFlow> {
+pub fn new_flow(kind: u8, flags: u8, inside_addr: u32, inside_port: u16) -> Option<*mut CtFlow> {
     let opening = OPENING.get_ptr_mut(0)?;
     unsafe {
         // Zeroed through `mem`: `write_bytes` is a byte loop in the programs.
@@ -516,7 +530,9 @@ pub fn count_opening(ctx: &TcContext, packet: &Packet) {
     };
     // Taken, so that a later packet whose stage opened nothing cannot count in this flow.
     let key = unsafe { (*opening).key };
-    unsafe { crate::mem::zeroed(&mut *(&raw mut (*opening).key).cast::<core::mem::MaybeUninit<CtKey>>()) };
+    unsafe {
+        crate::mem::zeroed(&mut *(&raw mut (*opening).key).cast::<core::mem::MaybeUninit<CtKey>>())
+    };
     if let Some(flow) = CONNTRACK.get_ptr_mut(key) {
         let _ = touch(ctx, flow, direction::ORIGINAL as usize, packet);
     }

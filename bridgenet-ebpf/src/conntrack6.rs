@@ -23,6 +23,7 @@ use crate::{
 pub static CONNTRACK6: LruHashMap<Ct6Key, Ct6Entry> = LruHashMap::with_max_entries(1024, 0);
 
 /// Both directions of an IPv6 flow, from one entry's side: the other is found by its key.
+#[derive(Clone, Copy)]
 struct Entries {
     entry: *mut CtEntry,
     peer: *const Ct6Key,
@@ -177,7 +178,7 @@ pub fn touch(ctx: &TcContext, entry: *mut Ct6Entry, packet: &Packet6) -> u32 {
         entry: unsafe { &raw mut (*entry).track },
         peer: unsafe { &raw const (*entry).peer },
     };
-    conntrack::track(ctx, &sides, packet.key.proto, &packet.tcp)
+    conntrack::track(ctx, sides, packet.key.proto, &packet.tcp)
 }
 
 /// Counts the packet that opened a flow, as `conntrack::count_opening`.

@@ -64,26 +64,42 @@ pub fn translate(ctx: &mut TcContext, checked: u32) -> u32 {
     if let Some(result) = tracked_reply(ctx, packet) {
         return result;
     }
-    match published(&packet.key, gateway) {
-        Some(target) => {
-            let result = forward(ctx, packet, target, checked);
-            if result == outcome::DNAT {
-                // Counted here rather than in `forward`: see `conntrack::count_opening`.
-                conntrack::count_opening(ctx, packet);
-                monitor::flow_opened(ctx, program_id::ENDPOINT_INGRESS, result, &packet.key);
-            }
-            result
+    // Another network's gateway, not published: isolated. A host address: the host's.
+    let Some(target) = published(&packet.key, gateway) else {
+        return checked;
+    };
+    let mut flow_key = key;
+    if let Some(flow) = find_forward(&key, &target, &mut flow_key) {
+        let touched = conntrack::touch(ctx, flow, direction::ORIGINAL as usize, packet);
+        if touched != outcome::PASSED {
+            return touched;
         }
-        // Another network's gateway, not published: isolated. A host address: the host's.
-        None => checked,
+        let to = flow_key;
+        return rewrite(
+            ctx,
+            packet,
+            to.daddr,
+            to.dport,
+            to.saddr,
+            to.sport,
+            outcome::DNAT,
+        );
     }
+    let result = open(ctx, packet, target, checked);
+    if result == outcome::DNAT {
+        // Counted here rather than in `open`: see `conntrack::count_opening`.
+        conntrack::count_opening(ctx, packet);
+        monitor::flow_opened(ctx, program_id::ENDPOINT_INGRESS, result, &packet.key);
+    }
+    result
 }
 
 /// An ICMP error about a hairpin flow (port unreachable, fragmentation needed), which the
 /// endpoint the quoted packet reached sends back to the host address it came from: it becomes
 /// the error the other side expects, about the packet that side sent, from the address that
 /// side sent it to. `checked` when it quotes no hairpin flow.
-#[inline(always)]
+// A BPF subprogram of its own: its keys must not sit in `translate`'s frame.
+#[inline(never)]
 fn error(ctx: &mut TcContext, packet: &Packet, inner: &Inner, checked: u32) -> u32 {
     let quoted = inner.key;
     // From where the quoted packet went, to where it came from: an endpoint cannot forge an
@@ -98,7 +114,7 @@ fn error(ctx: &mut TcContext, packet: &Packet, inner: &Inner, checked: u32) -> u
     if let Some(flow) = CONNTRACK.get_ptr(sent)
         && unsafe { (*flow).kind } == flow_kind::HAIRPIN
     {
-        let original = unsafe { (*flow).keys(&sent) }[direction::ORIGINAL as usize];
+        let original = unsafe { (*flow).inside_tuple(&sent) };
         return icmp::rewrite_quoting(ctx, packet, inner, &original, outcome::SNAT);
     }
     let Some(target) = published(&sent, true) else {
@@ -144,8 +160,18 @@ fn tracked_reply(ctx: &mut TcContext, packet: &Packet) -> Option<u32> {
         return Some(touched);
     }
     // Back to the sender, from where it sent to.
-    let original = unsafe { (*flow).keys(&packet.key) }[direction::ORIGINAL as usize];
-    Some(rewrite(ctx, packet, &original.reversed(), outcome::SNAT))
+    let f = unsafe { &*flow };
+    let (from, from_port, to, to_port) =
+        (f.hairpin_addr, f.hairpin_port, f.inside_addr, f.inside_port);
+    Some(rewrite(
+        ctx,
+        packet,
+        from,
+        from_port,
+        to,
+        to_port,
+        outcome::SNAT,
+    ))
 }
 
 /// The hairpin flow whose sender sends `tuple` to `target`'s published port, its key written
@@ -164,26 +190,11 @@ fn find_forward(tuple: &CtKey, target: &PublishTarget, key: &mut CtKey) -> Optio
     conntrack::probe(tuple, flow_kind::HAIRPIN, key)
 }
 
-/// A packet of the sender of a hairpin flow to `target`: translated by its flow, which is
-/// opened first when there is none.
+/// Opens a hairpin flow to `target`, keyed by the target's reply to its gateway at a port of
+/// the sender's keyed sequence.
 // A BPF subprogram of its own: inlined, its locals would push the caller past the
 // 512-byte stack limit.
 #[inline(never)]
-fn forward(ctx: &mut TcContext, packet: &Packet, target: PublishTarget, checked: u32) -> u32 {
-    let mut key = packet.key;
-    if let Some(flow) = find_forward(&packet.key, &target, &mut key) {
-        let touched = conntrack::touch(ctx, flow, direction::ORIGINAL as usize, packet);
-        if touched != outcome::PASSED {
-            return touched;
-        }
-        return rewrite(ctx, packet, &key.reversed(), outcome::DNAT);
-    }
-    open(ctx, packet, target, checked)
-}
-
-/// Opens a hairpin flow to `target`, keyed by the target's reply to its gateway at a port of
-/// the sender's keyed sequence.
-#[inline(always)]
 fn open(ctx: &mut TcContext, packet: &Packet, target: PublishTarget, checked: u32) -> u32 {
     let tuple = packet.key;
     // Published to an address that is no endpoint of ours: nothing to hairpin to.
@@ -227,17 +238,34 @@ fn open(ctx: &mut TcContext, packet: &Packet, target: PublishTarget, checked: u3
         return result;
     }
     conntrack::record(&key, seq);
-    rewrite(ctx, packet, &key.reversed(), outcome::DNAT)
+    rewrite(
+        ctx,
+        packet,
+        key.daddr,
+        key.dport,
+        key.saddr,
+        key.sport,
+        outcome::DNAT,
+    )
 }
 
-/// Rewrites the packet's addresses and ports to `to`'s: `result`, or DROP_REWRITE_FAILED.
+/// Rewrites the packet's source to `from:from_port` and its destination to `to:to_port`:
+/// `result`, or DROP_REWRITE_FAILED.
 #[inline(always)]
-fn rewrite(ctx: &mut TcContext, packet: &Packet, to: &CtKey, result: u32) -> u32 {
+fn rewrite(
+    ctx: &mut TcContext,
+    packet: &Packet,
+    from: u32,
+    from_port: u16,
+    to: u32,
+    to_port: u16,
+    result: u32,
+) -> u32 {
     // Each side's rewrite reads only that side's old values from `packet`.
-    if nat::apply(ctx, packet, action::SNAT, to.saddr, to.sport) != outcome::SNAT {
+    if nat::apply(ctx, packet, action::SNAT, from, from_port) != outcome::SNAT {
         return outcome::DROP_REWRITE_FAILED;
     }
-    if nat::apply(ctx, packet, action::DNAT, to.daddr, to.dport) != outcome::DNAT {
+    if nat::apply(ctx, packet, action::DNAT, to, to_port) != outcome::DNAT {
         return outcome::DROP_REWRITE_FAILED;
     }
     result

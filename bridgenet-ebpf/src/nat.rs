@@ -248,7 +248,9 @@ pub fn open_at_port(key: &mut CtKey, tuple: &CtKey, flow: *mut CtFlow) -> u32 {
     }
     if unsafe { (*flow).flags } & ct_flags::EXCEPTION != 0 && !conntrack::add_exception(tuple, key)
     {
-        conntrack::remove_flow(key);
+        // Not `remove_flow`: there is no exception to remove, and its frame is not needed.
+        let _ = conntrack::CONNTRACK.remove(key);
+        conntrack::release(1);
         return outcome::DROP_CT_FULL;
     }
     outcome::PASSED
@@ -343,7 +345,12 @@ pub fn published(key: &CtKey) -> Option<PublishTarget> {
 // A BPF subprogram of its own: inlined, its locals would push the caller past the
 // 512-byte stack limit.
 #[inline(never)]
-pub fn publish(ctx: &mut TcContext, packet: &Packet, target: PublishTarget, uplink_addr: u32) -> u32 {
+pub fn publish(
+    ctx: &mut TcContext,
+    packet: &Packet,
+    target: PublishTarget,
+    uplink_addr: u32,
+) -> u32 {
     if !conntrack::opens_flow(packet) {
         return outcome::DROP_UNTRACKED;
     }
@@ -365,7 +372,7 @@ pub fn publish(ctx: &mut TcContext, packet: &Packet, target: PublishTarget, upli
         _pad: [0; 3],
     };
     let mut held = key;
-    if let Some(holder) = conntrack::find_inside(
+    if let Some(holder) = conntrack::find_computed(
         &inside,
         uplink_addr,
         search::PUBLISHED | search::REVERSED,

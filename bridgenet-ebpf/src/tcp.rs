@@ -32,8 +32,9 @@ pub trait Half: Copy {
     fn set_assured(self, assured: bool);
 }
 
-/// A packet's direction of a flow, and the other one: what `track` works on.
-pub trait Sides {
+/// A packet's direction of a flow, and the other one: what `track` works on. Passed by
+/// value, in two registers: on the stack it would take from the callers' frames.
+pub trait Sides: Copy {
     type Half: Half;
     fn mine(&self) -> Self::Half;
     /// The other direction; None when it is gone (IPv6: its entry was removed).
@@ -80,7 +81,11 @@ impl Half for *mut CtEntry {
     }
     #[inline(always)]
     fn set_known(self, known: bool) {
-        set_bit(unsafe { &raw mut (*self).flags }, ct_flags::WINDOW_KNOWN, known);
+        set_bit(
+            unsafe { &raw mut (*self).flags },
+            ct_flags::WINDOW_KNOWN,
+            known,
+        );
     }
     #[inline(always)]
     fn assured(self) -> bool {
@@ -88,7 +93,11 @@ impl Half for *mut CtEntry {
     }
     #[inline(always)]
     fn set_assured(self, assured: bool) {
-        set_bit(unsafe { &raw mut (*self).flags }, ct_flags::ASSURED, assured);
+        set_bit(
+            unsafe { &raw mut (*self).flags },
+            ct_flags::ASSURED,
+            assured,
+        );
     }
 }
 
@@ -106,27 +115,51 @@ impl Half for FlowHalf {
     }
     #[inline(always)]
     fn td_end(self) -> *mut u32 {
-        unsafe { (&raw mut (*self.flow).td_end).cast::<u32>().add(self.dir & 1) }
+        unsafe {
+            (&raw mut (*self.flow).td_end)
+                .cast::<u32>()
+                .add(self.dir & 1)
+        }
     }
     #[inline(always)]
     fn td_maxwin(self) -> *mut u32 {
-        unsafe { (&raw mut (*self.flow).td_maxwin).cast::<u32>().add(self.dir & 1) }
+        unsafe {
+            (&raw mut (*self.flow).td_maxwin)
+                .cast::<u32>()
+                .add(self.dir & 1)
+        }
     }
     #[inline(always)]
     fn wscale(self) -> *mut u8 {
-        unsafe { (&raw mut (*self.flow).wscale).cast::<u8>().add(self.dir & 1) }
+        unsafe {
+            (&raw mut (*self.flow).wscale)
+                .cast::<u8>()
+                .add(self.dir & 1)
+        }
     }
     #[inline(always)]
     fn seen(self) -> *mut u8 {
-        unsafe { (&raw mut (*self.flow).tcp_seen).cast::<u8>().add(self.dir & 1) }
+        unsafe {
+            (&raw mut (*self.flow).tcp_seen)
+                .cast::<u8>()
+                .add(self.dir & 1)
+        }
     }
     #[inline(always)]
     fn packets(self) -> *mut u64 {
-        unsafe { (&raw mut (*self.flow).packets).cast::<u64>().add(self.dir & 1) }
+        unsafe {
+            (&raw mut (*self.flow).packets)
+                .cast::<u64>()
+                .add(self.dir & 1)
+        }
     }
     #[inline(always)]
     fn bytes(self) -> *mut u64 {
-        unsafe { (&raw mut (*self.flow).bytes).cast::<u64>().add(self.dir & 1) }
+        unsafe {
+            (&raw mut (*self.flow).bytes)
+                .cast::<u64>()
+                .add(self.dir & 1)
+        }
     }
     #[inline(always)]
     fn last_seen(self) -> *mut u64 {
@@ -148,7 +181,11 @@ impl Half for FlowHalf {
     }
     #[inline(always)]
     fn set_assured(self, assured: bool) {
-        set_bit(unsafe { &raw mut (*self.flow).flags }, ct_flags::ASSURED, assured);
+        set_bit(
+            unsafe { &raw mut (*self.flow).flags },
+            ct_flags::ASSURED,
+            assured,
+        );
     }
 }
 
@@ -241,7 +278,7 @@ impl Segment {
 /// FIN passes but closes nothing).
 // A BPF subprogram of its own: it runs for every tracked TCP packet, from several callers.
 #[inline(never)]
-pub fn track<S: Sides>(ctx: &TcContext, sides: &S, seg: &Segment) -> u32 {
+pub fn track<S: Sides>(ctx: &TcContext, sides: S, seg: &Segment) -> u32 {
     let flags = seg.flags;
     let end = seg.end();
     let win = u32::from(seg.win);
