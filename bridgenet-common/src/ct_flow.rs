@@ -106,22 +106,25 @@ impl CtFlow {
     /// The tuple the inside hooks see the flow's packets from inside with (for hairpin, the
     /// sender's): the key of the flow's `CT_EXCEPTIONS` entry, when it has one.
     pub const fn inside_tuple(&self, key: &CtKey) -> CtKey {
-        self.keys(key)[self.outside_direction() ^ 1]
-    }
-
-    /// The tuples of the flow's original and reply directions as layout v2 keyed them (each as
-    /// the hook that sees it reads it before translation), from the flow's key.
-    pub const fn keys(&self, key: &CtKey) -> [CtKey; 2] {
         if self.kind == flow_kind::HAIRPIN {
-            let original = CtKey {
+            CtKey {
                 saddr: self.inside_addr,
                 daddr: self.hairpin_addr,
                 sport: self.inside_port,
                 dport: self.hairpin_port,
                 proto: key.proto,
                 _pad: [0; 3],
-            };
-            return [original, *key];
+            }
+        } else {
+            self.inside_key(key)
+        }
+    }
+
+    /// The tuples of the flow's original and reply directions as layout v2 keyed them (each as
+    /// the hook that sees it reads it before translation), from the flow's key.
+    pub const fn keys(&self, key: &CtKey) -> [CtKey; 2] {
+        if self.kind == flow_kind::HAIRPIN {
+            return [self.inside_tuple(key), *key];
         }
         if self.flags & ct_flags::INBOUND != 0 {
             [*key, self.inside_key(key)]

@@ -1,19 +1,24 @@
-//! Conntrack: both directions of every translated flow in one LRU hash, keyed by the tuple
-//! each hook sees before translation. Userspace expires entries by state and age.
+//! Conntrack (layout v3): one LRU element per IPv4 flow, keyed by the flow's tuple as its
+//! packets arrive from outside. The inside hooks compute that key from their own tuple
+//! (`find_inside`): the reversed tuple for untranslated flows, `PUBLISHED_BY` for replies of
+//! published ports, the keyed port sequence for masquerade and hairpin; `CT_EXCEPTIONS` for
+//! the few flows none of these finds. Userspace expires flows by state and age.
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::bpf_ktime_get_ns,
     macros::map,
-    maps::{Array, LruHashMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::TcContext,
 };
 use bridgenet_common::{
-    CT_MAX_ENTRIES, CtEntry, CtKey, EmbryoSlot, ct_flags, ct_usage, embryo_ring, outcome, tcp_seen,
+    CT_MAX_FLOWS, CtFlow, CtKey, EmbryoSlot, ct_flags, ct_usage, direction, embryo_ring, flow_kind,
+    outcome, port_hash, tcp_seen,
 };
 
 use crate::{
+    nat,
     parse::{Packet, TCP},
-    tcp::{self, PeerKey},
+    tcp::{self, FlowHalf, Half, Sides},
 };
 
 pub const EEXIST: i32 = 17;
@@ -21,7 +26,15 @@ pub const EEXIST: i32 = 17;
 /// LRU, sized by the loader above the limit in `CT_USAGE`, so that the limit (not eviction)
 /// decides: new flows past it are refused, tracked ones are never pushed out by a flood.
 #[map]
-pub static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(CT_MAX_ENTRIES, 0);
+pub static CONNTRACK: LruHashMap<CtKey, CtFlow> = LruHashMap::with_max_entries(CT_MAX_FLOWS, 0);
+
+/// Flows the inside hooks cannot compute the key of (a port past `port_hash::FOUND_WITHIN`,
+/// a published port past `PUBLISHED_BY`'s slots, a client that came in through another
+/// address than its reply leaves from), by their inside tuple: the flow's key. Empty in the
+/// steady state; looked up only while `ct_usage::EXCEPTIONS` is not 0.
+#[map]
+pub static CT_EXCEPTIONS: HashMap<CtKey, CtKey> =
+    HashMap::with_max_entries(65_536, BPF_F_NO_PREALLOC);
 
 #[map]
 pub static CT_USAGE: Array<u64> = Array::with_max_entries(ct_usage::SLOTS, 0);
@@ -31,10 +44,22 @@ pub static CT_USAGE: Array<u64> = Array::with_max_entries(ct_usage::SLOTS, 0);
 #[map]
 static EMBRYOS: Array<EmbryoSlot> = Array::with_max_entries(1, 0);
 
-/// Takes room for `entries` new entries; false when the table is at its limit.
+/// A new flow is built here, not on the stack (80 bytes that the deepest chain of calls, the
+/// hairpin path's, does not have on Linux 6.1), and inserted from here; `key` is the key of
+/// the flow the last opening packet made or found, for `count_opening`.
+#[repr(C)]
+pub struct Opening {
+    pub flow: CtFlow,
+    pub key: CtKey,
+}
+
+#[map]
+static OPENING: PerCpuArray<Opening> = PerCpuArray::with_max_entries(1, 0);
+
+/// Takes room for `flows` new flows; false when the table is at its limit.
 #[inline(always)]
-pub fn reserve(entries: u64) -> bool {
-    reserve_in(ct_usage::ENTRIES, ct_usage::LIMIT, entries)
+pub fn reserve(flows: u64) -> bool {
+    reserve_in(ct_usage::ENTRIES, ct_usage::LIMIT, flows)
 }
 
 /// `reserve` in the count and limit of `CT_USAGE`'s slots `count` and `limit`: IPv4's
@@ -54,10 +79,10 @@ pub fn reserve_in(count: u32, limit: u32, entries: u64) -> bool {
     true
 }
 
-/// Gives back room taken by `reserve` for entries that were not inserted after all.
+/// Gives back room taken by `reserve` for a flow that was not inserted after all.
 #[inline(always)]
-pub fn release(entries: u64) {
-    release_in(ct_usage::ENTRIES, entries);
+pub fn release(flows: u64) {
+    release_in(ct_usage::ENTRIES, flows);
 }
 
 /// `release` of room taken by `reserve_in` in the count of slot `count`.
@@ -80,79 +105,235 @@ pub fn add(counter: *mut u64, value: u64) {
     };
 }
 
-/// The entry of this packet's direction, with its counters and TCP state updated; Err with the
-/// outcome to drop the packet with (a RST outside the flow's window).
-#[inline(always)]
-pub fn lookup(ctx: &TcContext, packet: &Packet) -> Result<Option<*mut CtEntry>, u32> {
-    let Some(entry) = CONNTRACK.get_ptr_mut(packet.key) else {
-        return Ok(None);
-    };
-    match touch(ctx, entry, packet) {
-        outcome::PASSED => Ok(Some(entry)),
-        drop => Err(drop),
-    }
+/// Host builds only type-check the programs.
+#[cfg(not(target_arch = "bpf"))]
+pub fn add(counter: *mut u64, value: u64) {
+    unsafe { *counter = (*counter).wrapping_add(value) };
 }
 
-/// Counts a packet of `entry`'s direction and records what it says about the flow's state:
-/// PASSED, or the outcome to drop it with.
+/// Counts a packet of `sides`' direction and records what it says about the flow's state:
+/// PASSED, or the outcome to drop it with. For a flow of either family.
 #[inline(always)]
-pub fn touch(ctx: &TcContext, entry: *mut CtEntry, packet: &Packet) -> u32 {
-    track(
-        ctx,
-        entry,
-        unsafe { &raw const (*entry).peer },
-        packet.key.proto,
-        &packet.tcp,
-    )
-}
-
-/// `touch` for an entry of either family, whose other direction has the key at `peer`.
-#[inline(always)]
-pub fn track<K: PeerKey>(
-    ctx: &TcContext,
-    entry: *mut CtEntry,
-    peer: *const K,
-    proto: u8,
-    seg: &tcp::Segment,
-) -> u32 {
+pub fn track<S: Sides>(ctx: &TcContext, sides: S, proto: u8, seg: &tcp::Segment) -> u32 {
+    let e = sides.mine();
     unsafe {
-        (*entry).last_seen_ns = bpf_ktime_get_ns();
-        (*entry).packets += 1;
-        (*entry).bytes += u64::from(ctx.len());
+        *e.last_seen() = bpf_ktime_get_ns();
+        *e.packets() += 1;
+        *e.bytes() += u64::from(ctx.len());
     }
     if proto == TCP {
-        return tcp::track(ctx, entry, peer, seg);
+        return tcp::track(ctx, sides, seg);
     }
-    if unsafe { (*entry).flags } & ct_flags::ASSURED == 0 {
-        assure_datagram(entry, unsafe { (*peer).peer_entry() });
+    if !e.assured() {
+        assure_datagram(e, sides.other());
     }
     outcome::PASSED
-}
-
-impl PeerKey for CtKey {
-    #[inline(always)]
-    fn peer_entry(&self) -> Option<*mut CtEntry> {
-        CONNTRACK.get_ptr_mut(self)
-    }
 }
 
 /// UDP and ICMP: assured once both sides spoke and one spoke again (one packet each way, as a
 /// spoofed flood answered by a server makes, is not enough).
 #[inline(always)]
-fn assure_datagram(entry: *mut CtEntry, peer: Option<*mut CtEntry>) {
+fn assure_datagram<H: Half>(e: H, peer: Option<H>) {
     let Some(peer) = peer else {
         return;
     };
-    unsafe {
-        let (mine, theirs) = ((*entry).packets, (*peer).packets);
-        if mine > 0 && theirs > 0 && mine + theirs >= 3 {
-            (*entry).flags |= ct_flags::ASSURED;
-            (*peer).flags |= ct_flags::ASSURED;
-        }
+    let (mine, theirs) = unsafe { (*e.packets(), *peer.packets()) };
+    if mine > 0 && theirs > 0 && mine + theirs >= 3 {
+        e.set_assured(true);
+        peer.set_assured(true);
     }
 }
 
-/// Takes room for a new flow's two entries and its turn in its side's `EMBRYOS` ring (`side`:
+/// Counts and tracks a packet of `flow`'s direction `dir`: PASSED or the drop.
+#[inline(always)]
+pub fn touch(ctx: &TcContext, flow: *mut CtFlow, dir: usize, packet: &Packet) -> u32 {
+    track(ctx, FlowHalf { flow, dir }, packet.key.proto, &packet.tcp)
+}
+
+/// The flow a packet from outside belongs to (its key is the packet's tuple), counted and
+/// tracked; Err with the outcome to drop the packet with (a RST outside the flow's window).
+#[inline(always)]
+pub fn lookup_outside(ctx: &TcContext, packet: &Packet) -> Result<Option<*mut CtFlow>, u32> {
+    let Some(flow) = CONNTRACK.get_ptr_mut(packet.key) else {
+        return Ok(None);
+    };
+    let dir = unsafe { (*flow).outside_direction() };
+    match touch(ctx, flow, dir, packet) {
+        outcome::PASSED => Ok(Some(flow)),
+        drop => Err(drop),
+    }
+}
+
+/// Which kinds of flow `find_inside` looks for (in this order: the cheapest first).
+pub mod search {
+    /// Replies of published ports, through `PUBLISHED_BY`.
+    pub const PUBLISHED: u8 = 2;
+    /// Untranslated flows (routed, nat-unprotected, the host's): the reversed tuple.
+    pub const REVERSED: u8 = 1;
+    /// Masquerade, through the keyed port sequence.
+    pub const MASQUERADE: u8 = 4;
+    pub const ALL: u8 = REVERSED | PUBLISHED | MASQUERADE;
+}
+
+/// The flow whose inside end sends `tuple`, as an inside hook sees it (the endpoint's or the
+/// host's packet before translation), among the kinds `kinds` says; its key is written to
+/// `key`. `nat_addr` is the address of the uplink the packet leaves through: masquerade's,
+/// and a port published on any host address answers from it.
+#[inline(always)]
+pub fn find_inside(
+    tuple: &CtKey,
+    nat_addr: u32,
+    kinds: u8,
+    key: &mut CtKey,
+) -> Option<*mut CtFlow> {
+    if let Some(flow) = find_computed(tuple, nat_addr, kinds, key) {
+        return Some(flow);
+    }
+    if kinds & search::MASQUERADE == 0 {
+        return None;
+    }
+    *key = CtKey {
+        saddr: tuple.daddr,
+        daddr: nat_addr,
+        sport: tuple.dport,
+        dport: 0,
+        proto: tuple.proto,
+        _pad: [0; 3],
+    };
+    probe(tuple, flow_kind::MASQUERADE, key)
+}
+
+/// `find_inside` but masquerade's sequence: one or a few lookups, whose keys need no hash;
+/// and `CT_EXCEPTIONS`, which holds the flows of every kind that none of the searches finds.
+// A BPF subprogram of its own, apart from `probe`: callers that need no masquerade flow
+// (`nat::publish`) have no call to the hash below them, which Linux 6.1's limit of 512 bytes
+// of stack per chain of calls counts whether it runs or not.
+#[inline(never)]
+pub fn find_computed(
+    tuple: &CtKey,
+    nat_addr: u32,
+    kinds: u8,
+    key: &mut CtKey,
+) -> Option<*mut CtFlow> {
+    if kinds & search::PUBLISHED != 0
+        && let Some(flow) = find_published(tuple, nat_addr, key)
+    {
+        return Some(flow);
+    }
+    if kinds & search::REVERSED != 0 {
+        *key = tuple.reversed();
+        if let Some(flow) = inside_match(key, tuple, flow_kind::ROUTED, flow_kind::HOST) {
+            return Some(flow);
+        }
+    }
+    find_exception(tuple, key)
+}
+
+/// The flow at `key` if its inside end is `tuple`'s source and it is of kind `a` or `b`.
+#[inline(always)]
+fn inside_match(key: &CtKey, tuple: &CtKey, a: u8, b: u8) -> Option<*mut CtFlow> {
+    let flow = CONNTRACK.get_ptr_mut(key)?;
+    let f = unsafe { &*flow };
+    (f.inside_addr == tuple.saddr && f.inside_port == tuple.sport && (f.kind == a || f.kind == b))
+        .then_some(flow)
+}
+
+/// A reply of a published port: `tuple` from the endpoint's port, to the client; the flow's
+/// key has the host side of one of the mappings of that port.
+#[inline(always)]
+fn find_published(tuple: &CtKey, nat_addr: u32, key: &mut CtKey) -> Option<*mut CtFlow> {
+    let by = nat::published_by(tuple)?;
+    *key = tuple.reversed();
+    for i in 0..bridgenet_common::PUBLISHED_BY_SLOTS {
+        let host = by.hosts[i];
+        if host.port == 0 {
+            continue;
+        }
+        key.daddr = if host.addr == 0 { nat_addr } else { host.addr };
+        key.dport = host.port;
+        if let Some(flow) = inside_match(key, tuple, flow_kind::PUBLISHED, flow_kind::PUBLISHED) {
+            return Some(flow);
+        }
+    }
+    None
+}
+
+/// Masquerade's and hairpin's flows: `key` with its destination port set to each candidate of
+/// the keyed sequence of `tuple` (the sender's) in turn, up to `port_hash::FOUND_WITHIN`,
+/// until a flow of kind `kind` whose inside end sent `tuple`. A free candidate does not end
+/// the search: the flow may sit past one that ended.
+// A BPF subprogram of its own: the hash's state must not sit in the callers' frames.
+#[inline(never)]
+pub fn probe(tuple: &CtKey, kind: u8, key: &mut CtKey) -> Option<*mut CtFlow> {
+    let config = nat::nat_config();
+    let hash = nat::port_hash4(tuple);
+    let original = u16::from_be(tuple.sport);
+    for i in 0..=port_hash::FOUND_WITHIN {
+        let Some(port) = port_hash::candidate(&config, original, hash, i) else {
+            continue;
+        };
+        key.dport = port.to_be();
+        let Some(flow) = CONNTRACK.get_ptr_mut(*key) else {
+            continue;
+        };
+        let f = unsafe { &*flow };
+        if f.kind == kind
+            && f.inside_addr == tuple.saddr
+            && f.inside_port == tuple.sport
+            && (kind != flow_kind::HAIRPIN
+                || f.hairpin_addr == tuple.daddr && f.hairpin_port == tuple.dport)
+        {
+            return Some(flow);
+        }
+    }
+    None
+}
+
+/// A flow entered in `CT_EXCEPTIONS` under `tuple`, its key written to `key`.
+#[inline(always)]
+fn find_exception(tuple: &CtKey, key: &mut CtKey) -> Option<*mut CtFlow> {
+    if *CT_USAGE.get(ct_usage::EXCEPTIONS)? == 0 {
+        return None;
+    }
+    *key = *unsafe { CT_EXCEPTIONS.get(tuple) }?;
+    CONNTRACK.get_ptr_mut(*key)
+}
+
+/// Enters the flow at `key`, whose inside end sends `tuple`, in `CT_EXCEPTIONS`; false when
+/// that map is full (the caller then removes the flow).
+#[inline(always)]
+pub fn add_exception(tuple: &CtKey, key: &CtKey) -> bool {
+    if CT_EXCEPTIONS.insert(tuple, key, 0).is_err() {
+        return false;
+    }
+    if let Some(count) = CT_USAGE.get_ptr_mut(ct_usage::EXCEPTIONS) {
+        add(count, 1);
+    }
+    true
+}
+
+/// Removes the flow at `key` (and its exception), giving back its room.
+#[inline(always)]
+pub fn remove_flow(key: &CtKey) {
+    let Some(flow) = (unsafe { CONNTRACK.get(key) }) else {
+        return;
+    };
+    let exception = flow.flags & ct_flags::EXCEPTION != 0;
+    let inside = if exception {
+        flow.inside_tuple(key)
+    } else {
+        CtKey::default()
+    };
+    if CONNTRACK.remove(key).is_err() {
+        return;
+    }
+    release(1);
+    if exception && CT_EXCEPTIONS.remove(&inside).is_ok() {
+        release_in(ct_usage::EXCEPTIONS, 1);
+    }
+}
+
+/// Takes room for a new flow and its turn in its side's `EMBRYOS` ring (`side`:
 /// `embryo_ring::OUTSIDE` or `INSIDE`): Ok(ring_seq) for `record`, or the outcome to drop the
 /// packet with. When the table is full, the flows in the next slots of the ring make room if
 /// they are still not assured (the oldest half-open or unanswered flows first, as Linux's
@@ -162,7 +343,7 @@ fn assure_datagram(entry: *mut CtEntry, peer: Option<*mut CtEntry>) {
 #[inline(always)]
 pub fn admit(side: u32) -> Result<u32, u32> {
     let seq = next_ring_seq(side);
-    if reserve(2) {
+    if reserve(1) {
         return Ok(seq);
     }
     for i in 0..EVICT_TRIES {
@@ -172,7 +353,7 @@ pub fn admit(side: u32) -> Result<u32, u32> {
             _ => next_ring_seq(side ^ 1),
         };
         evict(victim);
-        if reserve(2) {
+        if reserve(1) {
             return Ok(seq);
         }
     }
@@ -224,18 +405,14 @@ fn evict(seq: u32) {
     if old.seq == 0 {
         return;
     }
-    let Some(entry) = (unsafe { CONNTRACK.get(old.key) }) else {
+    let Some(flow) = (unsafe { CONNTRACK.get(old.key) }) else {
         return;
     };
-    if entry.ring_seq != old.seq || entry.flags & ct_flags::ASSURED != 0 {
+    if flow.ring_seq != old.seq || flow.flags & ct_flags::ASSURED != 0 {
         return;
     }
-    let peer = entry.peer;
-    if CONNTRACK.remove(old.key).is_ok() {
-        let _ = CONNTRACK.remove(peer);
-        release(2);
-        count_evicted();
-    }
+    remove_flow(&old.key);
+    count_evicted();
 }
 
 /// Counts a flow that was not assured evicted to make room (`ct_usage::EVICTED`).
@@ -246,7 +423,7 @@ pub fn count_evicted() {
     }
 }
 
-/// Records an admitted flow (its original key) in its ring slot.
+/// Records an admitted flow (its key) in its ring slot.
 #[inline(always)]
 pub fn record(key: &CtKey, seq: u32) {
     if let Some(slot) = ring_slot(seq) {
@@ -260,28 +437,19 @@ pub fn record(key: &CtKey, seq: u32) {
     }
 }
 
-/// When the tuple a new connection needs is held by another flow that is closed (a FIN from
-/// both sides, or a reset), that flow is over: it is removed so that the new one can start, as
-/// Linux's conntrack replaces a TIME_WAIT entry. True when it was removed.
+/// When the inside tuple of a new published flow is held by another flow that is closed (a
+/// FIN from both sides, or a reset), that flow is over: it is removed so that the new one can
+/// start, as Linux's conntrack replaces a TIME_WAIT entry. True when it was removed.
 #[inline(always)]
-pub fn evict_closed(key: &CtKey) -> bool {
-    if key.proto != TCP {
+pub fn evict_closed(key: &CtKey, flow: *mut CtFlow) -> bool {
+    let f = unsafe { &*flow };
+    let [o, r] = f.tcp_seen;
+    let both_fin = o & r & tcp_seen::FIN != 0;
+    let reset = (o | r) & tcp_seen::RST != 0;
+    if !both_fin && !reset {
         return false;
     }
-    let Some(holder) = (unsafe { CONNTRACK.get(key) }) else {
-        return false;
-    };
-    let peer_key = holder.peer;
-    let Some(peer) = (unsafe { CONNTRACK.get(peer_key) }) else {
-        return false;
-    };
-    let both_fin = holder.tcp_seen & peer.tcp_seen & tcp_seen::FIN != 0;
-    let reset = (holder.tcp_seen | peer.tcp_seen) & tcp_seen::RST != 0;
-    if !both_fin && !reset || CONNTRACK.remove(key).is_err() {
-        return false;
-    }
-    let _ = CONNTRACK.remove(peer_key);
-    release(2);
+    remove_flow(key);
     true
 }
 
@@ -299,55 +467,73 @@ pub fn opens(proto: u8, tcp_flags: u8) -> bool {
     proto != TCP || tcp_flags & (tcp::SYN | tcp::ACK | tcp::RST | tcp::FIN) == tcp::SYN
 }
 
-/// Host builds only type-check the programs.
-#[cfg(not(target_arch = "bpf"))]
-pub fn add(counter: *mut u64, value: u64) {
-    unsafe { *counter = (*counter).wrapping_add(value) };
-}
-
 /// Why a new flow could not be tracked.
 pub enum InsertError {
     /// The key is taken: another flow uses that tuple.
     Exists,
-    /// The map refused the entry.
+    /// The map refused the flow.
     Full,
 }
 
-/// Inserts `entry` under `key` unless the key is taken.
+/// A fresh flow of `kind` whose inside end is `inside_addr:inside_port`, in this CPU's
+/// `OPENING` element (see `Opening`); `insert_opening` inserts it.
 #[inline(always)]
-pub fn insert_new(key: &CtKey, entry: &CtEntry) -> Result<(), InsertError> {
-    match CONNTRACK.insert(key, entry, u64::from(BPF_NOEXIST)) {
-        Ok(()) => Ok(()),
+pub fn new_flow(kind: u8, flags: u8, inside_addr: u32, inside_port: u16) -> Option<*mut CtFlow> {
+    let opening = OPENING.get_ptr_mut(0)?;
+    unsafe {
+        // Zeroed through `mem`: `write_bytes` is a byte loop in the programs.
+        let flow: *mut CtFlow = crate::mem::zeroed(&mut *(&raw mut (*opening).flow).cast());
+        (*flow).last_seen_ns = bpf_ktime_get_ns();
+        (*flow).kind = kind;
+        (*flow).flags = flags;
+        (*flow).inside_addr = inside_addr;
+        (*flow).inside_port = inside_port;
+        Some(flow)
+    }
+}
+
+/// Inserts the `OPENING` flow under `key` unless the key is taken, and makes `key` the one
+/// `count_opening` counts the packet in.
+#[inline(always)]
+pub fn insert_opening(key: &CtKey) -> Result<(), InsertError> {
+    let Some(opening) = OPENING.get_ptr_mut(0) else {
+        return Err(InsertError::Full);
+    };
+    let flow = unsafe { &(*opening).flow };
+    match CONNTRACK.insert(key, flow, u64::from(BPF_NOEXIST)) {
+        Ok(()) => {
+            unsafe { (*opening).key = *key };
+            Ok(())
+        }
         Err(err) if err == -EEXIST => Err(InsertError::Exists),
         Err(_) => Err(InsertError::Full),
     }
 }
 
-pub fn remove(key: &CtKey) {
-    let _ = CONNTRACK.remove(key);
-}
-
-/// A fresh entry for one direction of a new flow.
+/// Makes `key` (a flow the packet found opened on another CPU) the one `count_opening` counts
+/// it in.
 #[inline(always)]
-pub fn new_entry(peer: CtKey, action: u8, direction: u8, nat_addr: u32, nat_port: u16) -> CtEntry {
-    CtEntry {
-        peer,
-        last_seen_ns: unsafe { bpf_ktime_get_ns() },
-        nat_addr,
-        nat_port,
-        action,
-        direction,
-        ..CtEntry::default()
+pub fn opened_by_another(key: &CtKey) {
+    if let Some(opening) = OPENING.get_ptr_mut(0) {
+        unsafe { (*opening).key = *key };
     }
 }
 
-/// Counts the packet that opened a flow (or found it opened on another CPU) in its entry, as
-/// any later one. Called by the program entries once the flow is open, not by the stage that
-/// opened it: the window tracking's frame on top of that stage's would pass the 512 bytes of
-/// stack that Linux 6.1 allows a call chain.
+/// Counts the packet that opened a flow (or found it opened on another CPU) in it, as any
+/// later one: the original direction. Called by the program entries once the flow is open,
+/// not by the stage that opened it: the window tracking's frame on top of that stage's would
+/// pass the 512 bytes of stack that Linux 6.1 allows a call chain.
 #[inline(always)]
 pub fn count_opening(ctx: &TcContext, packet: &Packet) {
-    if let Some(entry) = CONNTRACK.get_ptr_mut(packet.key) {
-        let _ = touch(ctx, entry, packet);
+    let Some(opening) = OPENING.get_ptr_mut(0) else {
+        return;
+    };
+    // Taken, so that a later packet whose stage opened nothing cannot count in this flow.
+    let key = unsafe { (*opening).key };
+    unsafe {
+        crate::mem::zeroed(&mut *(&raw mut (*opening).key).cast::<core::mem::MaybeUninit<CtKey>>())
+    };
+    if let Some(flow) = CONNTRACK.get_ptr_mut(key) {
+        let _ = touch(ctx, flow, direction::ORIGINAL as usize, packet);
     }
 }

@@ -15,18 +15,30 @@ use bridgenet_common::{
 use crate::{
     conntrack::{self, InsertError},
     parse6::Packet6,
-    tcp::PeerKey,
+    tcp::Sides,
 };
 
 /// Sized by the loader above `ct_usage::LIMIT6`, as `CONNTRACK` is above its limit.
 #[map]
 pub static CONNTRACK6: LruHashMap<Ct6Key, Ct6Entry> = LruHashMap::with_max_entries(1024, 0);
 
-impl PeerKey for Ct6Key {
+/// Both directions of an IPv6 flow, from one entry's side: the other is found by its key.
+#[derive(Clone, Copy)]
+struct Entries {
+    entry: *mut CtEntry,
+    peer: *const Ct6Key,
+}
+
+impl Sides for Entries {
+    type Half = *mut CtEntry;
     #[inline(always)]
-    fn peer_entry(&self) -> Option<*mut CtEntry> {
+    fn mine(&self) -> *mut CtEntry {
+        self.entry
+    }
+    #[inline(always)]
+    fn other(&self) -> Option<*mut CtEntry> {
         CONNTRACK6
-            .get_ptr_mut(self)
+            .get_ptr_mut(unsafe { &*self.peer })
             .map(|entry| unsafe { &raw mut (*entry).track })
     }
 }
@@ -162,8 +174,11 @@ pub fn lookup(ctx: &TcContext, packet: &Packet6) -> Result<Option<*mut Ct6Entry>
 /// Tracks `packet` in `entry` (TCP window, state, counters): PASSED or the drop.
 #[inline(always)]
 pub fn touch(ctx: &TcContext, entry: *mut Ct6Entry, packet: &Packet6) -> u32 {
-    let (track, peer) = unsafe { (&raw mut (*entry).track, &raw const (*entry).peer) };
-    conntrack::track(ctx, track, peer, packet.key.proto, &packet.tcp)
+    let sides = Entries {
+        entry: unsafe { &raw mut (*entry).track },
+        peer: unsafe { &raw const (*entry).peer },
+    };
+    conntrack::track(ctx, sides, packet.key.proto, &packet.tcp)
 }
 
 /// Counts the packet that opened a flow, as `conntrack::count_opening`.

@@ -2,18 +2,20 @@
 //! through a host address, as Docker's DNAT plus self-MASQUERADE rules allow. On the sender's
 //! veth the destination becomes the published endpoint and the source the gateway of that
 //! endpoint's network, with a port that makes the reply tuple unique: the reply goes to that
-//! gateway, which the target's own isolation check allows, and its entry translates it back.
+//! gateway, which the target's own isolation check allows, and its flow translates it back.
+//! The flow is keyed by the reply as the target's veth sees it; the sender's packets find it
+//! through the keyed sequence of gateway ports (`conntrack::probe`).
 //! Both directions then go straight to the destination's bridge (fastpath): their source is a
 //! host address, which the stack drops as a martian on a forwarded packet. ICMP errors about a
 //! hairpin flow are translated for the other side and go the same way.
 use aya_ebpf::programs::TcContext;
 use bridgenet_common::{
-    CtKey, PublishKey, PublishTarget, action, direction, embryo_ring, network_flags, outcome,
-    program_id,
+    CtFlow, CtKey, PublishKey, PublishTarget, action, direction, embryo_ring, flow_kind,
+    network_flags, outcome, program_id,
 };
 
 use crate::{
-    conntrack::{self, CONNTRACK, InsertError},
+    conntrack::{self, CONNTRACK},
     fastpath, icmp, monitor,
     nat::{self, PUBLISH},
     parse::{IP_DADDR_OFF, Inner, Packet, Parsed, TCP, UDP, parse},
@@ -59,29 +61,45 @@ pub fn translate(ctx: &mut TcContext, checked: u32) -> u32 {
     if key.proto != TCP && key.proto != UDP {
         return checked;
     }
-    if let Some(result) = tracked(ctx, packet) {
+    if let Some(result) = tracked_reply(ctx, packet) {
         return result;
     }
-    match published(packet, gateway) {
-        Some(target) => {
-            let result = open(ctx, packet, target, checked);
-            if result == outcome::DNAT {
-                // Counted here rather than in `open`: see `conntrack::count_opening`.
-                conntrack::count_opening(ctx, packet);
-                monitor::flow_opened(ctx, program_id::ENDPOINT_INGRESS, result, &packet.key);
-            }
-            result
+    // Another network's gateway, not published: isolated. A host address: the host's.
+    let Some(target) = published(&packet.key, gateway) else {
+        return checked;
+    };
+    let mut flow_key = key;
+    if let Some(flow) = find_forward(&key, &target, &mut flow_key) {
+        let touched = conntrack::touch(ctx, flow, direction::ORIGINAL as usize, packet);
+        if touched != outcome::PASSED {
+            return touched;
         }
-        // Another network's gateway, not published: isolated. A host address: the host's.
-        None => checked,
+        let to = flow_key;
+        return rewrite(
+            ctx,
+            packet,
+            to.daddr,
+            to.dport,
+            to.saddr,
+            to.sport,
+            outcome::DNAT,
+        );
     }
+    let result = open(ctx, packet, target, checked);
+    if result == outcome::DNAT {
+        // Counted here rather than in `open`: see `conntrack::count_opening`.
+        conntrack::count_opening(ctx, packet);
+        monitor::flow_opened(ctx, program_id::ENDPOINT_INGRESS, result, &packet.key);
+    }
+    result
 }
 
 /// An ICMP error about a hairpin flow (port unreachable, fragmentation needed), which the
 /// endpoint the quoted packet reached sends back to the host address it came from: it becomes
 /// the error the other side expects, about the packet that side sent, from the address that
 /// side sent it to. `checked` when it quotes no hairpin flow.
-#[inline(always)]
+// A BPF subprogram of its own: its keys must not sit in `translate`'s frame.
+#[inline(never)]
 fn error(ctx: &mut TcContext, packet: &Packet, inner: &Inner, checked: u32) -> u32 {
     let quoted = inner.key;
     // From where the quoted packet went, to where it came from: an endpoint cannot forge an
@@ -89,28 +107,31 @@ fn error(ctx: &mut TcContext, packet: &Packet, inner: &Inner, checked: u32) -> u
     if packet.key.saddr != quoted.daddr || packet.key.daddr != quoted.saddr {
         return checked;
     }
-    // The quoted packet went the other way: its reverse is the sender's own entry, whose peer
-    // is the packet the other side sent.
-    let Some(entry) = (unsafe { CONNTRACK.get(quoted.reversed()) }) else {
+    // The quoted packet went the other way: its reverse is what the sender sends. From the
+    // target, that is the flow's key, and the other side sent the flow's original tuple; from
+    // the sender, its own tuple, and the other side sent the flow's key.
+    let sent = quoted.reversed();
+    if let Some(flow) = CONNTRACK.get_ptr(sent)
+        && unsafe { (*flow).kind } == flow_kind::HAIRPIN
+    {
+        let original = unsafe { (*flow).inside_tuple(&sent) };
+        return icmp::rewrite_quoting(ctx, packet, inner, &original, outcome::SNAT);
+    }
+    let Some(target) = published(&sent, true) else {
         return checked;
     };
-    if entry.action != action::HAIRPIN {
+    let mut key = sent;
+    if find_forward(&sent, &target, &mut key).is_none() {
         return checked;
     }
-    let result = if entry.direction == direction::ORIGINAL {
-        outcome::DNAT
-    } else {
-        outcome::SNAT
-    };
-    let peer = entry.peer;
-    icmp::rewrite_quoting(ctx, packet, inner, &peer, result)
+    icmp::rewrite_quoting(ctx, packet, inner, &key, outcome::DNAT)
 }
 
 /// The port published where the packet goes: on its address, or on any host address (an
 /// uplink's or a gateway's).
 #[inline(always)]
-fn published(packet: &Packet, gateway: bool) -> Option<PublishTarget> {
-    if let Some(target) = nat::published(packet) {
+fn published(key: &CtKey, gateway: bool) -> Option<PublishTarget> {
+    if let Some(target) = nat::published(key) {
         return Some(target);
     }
     if !gateway {
@@ -118,61 +139,76 @@ fn published(packet: &Packet, gateway: bool) -> Option<PublishTarget> {
     }
     let any = PublishKey {
         addr: 0,
-        port: packet.key.dport,
-        proto: packet.key.proto,
+        port: key.dport,
+        proto: key.proto,
         _pad: 0,
     };
     unsafe { PUBLISH.get(any) }.copied()
 }
 
-/// Translates a packet of a tracked hairpin flow; None when the packet has no hairpin entry.
+/// Translates a packet of a hairpin flow's target (its key is the packet's tuple); None when
+/// the packet has no hairpin flow.
 #[inline(always)]
-fn tracked(ctx: &mut TcContext, packet: &Packet) -> Option<u32> {
-    let entry = CONNTRACK.get_ptr_mut(packet.key)?;
-    // Entries of the uplinks' flows are theirs to apply.
-    if unsafe { (*entry).action } != action::HAIRPIN {
+fn tracked_reply(ctx: &mut TcContext, packet: &Packet) -> Option<u32> {
+    let flow = CONNTRACK.get_ptr_mut(packet.key)?;
+    // The uplinks' flows are theirs to apply.
+    if unsafe { (*flow).kind } != flow_kind::HAIRPIN {
         return None;
     }
-    let touched = conntrack::touch(ctx, entry, packet);
+    let touched = conntrack::touch(ctx, flow, direction::REPLY as usize, packet);
     if touched != outcome::PASSED {
         return Some(touched);
     }
-    let (peer, dir) = unsafe { ((*entry).peer, (*entry).direction) };
-    let result = if dir == direction::ORIGINAL {
-        outcome::DNAT
-    } else {
-        outcome::SNAT
-    };
-    Some(rewrite(ctx, packet, &peer.reversed(), result))
+    // Back to the sender, from where it sent to.
+    let f = unsafe { &*flow };
+    let (from, from_port, to, to_port) =
+        (f.hairpin_addr, f.hairpin_port, f.inside_addr, f.inside_port);
+    Some(rewrite(
+        ctx,
+        packet,
+        from,
+        from_port,
+        to,
+        to_port,
+        outcome::SNAT,
+    ))
 }
 
-/// Opens a hairpin flow to `target`: the reply entry first (it picks the source port), then
-/// the forward one, each naming the other.
+/// The hairpin flow whose sender sends `tuple` to `target`'s published port, its key written
+/// to `key`: the target's reply tuple to its gateway, at each of the sender's candidate ports.
+#[inline(always)]
+fn find_forward(tuple: &CtKey, target: &PublishTarget, key: &mut CtKey) -> Option<*mut CtFlow> {
+    let to = nat::subnet_of(target.addr)?;
+    *key = CtKey {
+        saddr: target.addr,
+        daddr: to.gateway,
+        sport: target.port,
+        dport: 0,
+        proto: tuple.proto,
+        _pad: [0; 3],
+    };
+    conntrack::probe(tuple, flow_kind::HAIRPIN, key)
+}
+
+/// Opens a hairpin flow to `target`, keyed by the target's reply to its gateway at a port of
+/// the sender's keyed sequence.
 // A BPF subprogram of its own: inlined, its locals would push the caller past the
 // 512-byte stack limit.
 #[inline(never)]
 fn open(ctx: &mut TcContext, packet: &Packet, target: PublishTarget, checked: u32) -> u32 {
-    let key = packet.key;
+    let tuple = packet.key;
     // Published to an address that is no endpoint of ours: nothing to hairpin to.
     let Some(to) = nat::subnet_of(target.addr) else {
         return checked;
     };
     let (network, gateway) = (to.network, to.gateway);
     // The endpoints of an --internal network reach no other network, published or not.
-    if let Some(own) = nat::subnet_of(key.saddr)
+    if let Some(own) = nat::subnet_of(tuple.saddr)
         && own.flags & network_flags::INTERNAL != 0
         && own.network != network
     {
         return outcome::DROP_INTERNAL;
     }
-    let mut reply = CtKey {
-        saddr: target.addr,
-        daddr: gateway,
-        sport: target.port,
-        dport: key.sport,
-        proto: key.proto,
-        _pad: [0; 3],
-    };
     if !conntrack::opens_flow(packet) {
         return outcome::DROP_UNTRACKED;
     }
@@ -180,50 +216,56 @@ fn open(ctx: &mut TcContext, packet: &Packet, target: PublishTarget, checked: u3
         Ok(seq) => seq,
         Err(drop) => return drop,
     };
-    // In a block of its own, so that its stack slot is the forward entry's afterwards.
-    let result = {
-        let reply_entry =
-            conntrack::new_entry(key, action::HAIRPIN, direction::REPLY, key.daddr, key.dport);
-        nat::reserve_reply(&mut reply, &reply_entry, u16::from_be(key.sport))
+    let Some(flow) = conntrack::new_flow(flow_kind::HAIRPIN, 0, tuple.saddr, tuple.sport) else {
+        conntrack::release(1);
+        return outcome::DROP_CT_FULL;
     };
+    unsafe {
+        (*flow).ring_seq = seq;
+        (*flow).hairpin_addr = tuple.daddr;
+        (*flow).hairpin_port = tuple.dport;
+    }
+    let mut key = CtKey {
+        saddr: target.addr,
+        daddr: gateway,
+        sport: target.port,
+        dport: 0,
+        proto: tuple.proto,
+        _pad: [0; 3],
+    };
+    let result = nat::open_at_port(&mut key, &tuple, flow);
     if result != outcome::PASSED {
         return result;
     }
-    let mut entry = conntrack::new_entry(
-        reply,
-        action::HAIRPIN,
-        direction::ORIGINAL,
-        target.addr,
-        target.port,
-    );
-    entry.ring_seq = seq;
-    if let Err(err) = conntrack::insert_new(&key, &entry) {
-        conntrack::remove(&reply);
-        conntrack::release(2);
-        if let InsertError::Full = err {
-            return outcome::DROP_CT_FULL;
-        }
-        // The same flow, opened on another CPU meanwhile: translated as it is there.
-        return match unsafe { CONNTRACK.get(key) } {
-            Some(won) if won.action == action::HAIRPIN => {
-                let peer = won.peer;
-                rewrite(ctx, packet, &peer.reversed(), outcome::DNAT)
-            }
-            _ => outcome::DROP_PORTS_EXHAUSTED,
-        };
-    }
     conntrack::record(&key, seq);
-    rewrite(ctx, packet, &reply.reversed(), outcome::DNAT)
+    rewrite(
+        ctx,
+        packet,
+        key.daddr,
+        key.dport,
+        key.saddr,
+        key.sport,
+        outcome::DNAT,
+    )
 }
 
-/// Rewrites the packet's addresses and ports to `to`'s: `result`, or DROP_REWRITE_FAILED.
+/// Rewrites the packet's source to `from:from_port` and its destination to `to:to_port`:
+/// `result`, or DROP_REWRITE_FAILED.
 #[inline(always)]
-fn rewrite(ctx: &mut TcContext, packet: &Packet, to: &CtKey, result: u32) -> u32 {
+fn rewrite(
+    ctx: &mut TcContext,
+    packet: &Packet,
+    from: u32,
+    from_port: u16,
+    to: u32,
+    to_port: u16,
+    result: u32,
+) -> u32 {
     // Each side's rewrite reads only that side's old values from `packet`.
-    if nat::apply(ctx, packet, action::SNAT, to.saddr, to.sport) != outcome::SNAT {
+    if nat::apply(ctx, packet, action::SNAT, from, from_port) != outcome::SNAT {
         return outcome::DROP_REWRITE_FAILED;
     }
-    if nat::apply(ctx, packet, action::DNAT, to.daddr, to.dport) != outcome::DNAT {
+    if nat::apply(ctx, packet, action::DNAT, to, to_port) != outcome::DNAT {
         return outcome::DROP_REWRITE_FAILED;
     }
     result

@@ -5,37 +5,47 @@
 //! in the packet) and the ICMP checksum over all of it. This is what lets path MTU discovery
 //! work through masquerade and published ports.
 use aya_ebpf::programs::TcContext;
-use bridgenet_common::{CtEntry, CtKey, action, outcome};
+use bridgenet_common::{CtKey, flow_kind, outcome};
 
 use crate::{
-    conntrack, header,
+    conntrack::{self, search},
+    header,
     parse::{ICMP, IP_DADDR_OFF, IP_SADDR_OFF, Inner, Packet, TCP, UDP},
 };
 
 /// Translates an ICMP error whose quoted packet belongs to a tracked flow: the outcome to
-/// count; PASSED, untouched, when the flow is not tracked or is the host's own.
+/// count; PASSED, untouched, when the flow is not tracked or is the host's own. `nat_addr`:
+/// 0 for an error from outside (`uplink_ingress`), else the address of the uplink it leaves
+/// through (`uplink_egress`, whose errors come from inside).
 // A BPF subprogram of its own: inlined, its locals would push the caller past the
 // 512-byte stack limit. It returns a scalar: an enum came back through the caller's stack,
 // and a stack pointer left in R0 at its exit fails the verifier.
 #[inline(never)]
-pub fn translate(ctx: &mut TcContext, packet: &Packet, inner: &Inner) -> u32 {
-    // The quoted packet went the other way: its reverse is the key this hook tracks.
-    let Some(entry) = conntrack::CONNTRACK.get_ptr(inner.key.reversed()) else {
+pub fn translate(ctx: &mut TcContext, packet: &Packet, inner: &Inner, nat_addr: u32) -> u32 {
+    // The quoted packet went the other way: its reverse is what this side sends.
+    let mut key = inner.key.reversed();
+    let flow = if nat_addr == 0 {
+        conntrack::CONNTRACK.get_ptr(key)
+    } else {
+        let sent = key;
+        conntrack::find_inside(&sent, nat_addr, search::ALL, &mut key).map(|f| f.cast_const())
+    };
+    let Some(flow) = flow else {
         return outcome::PASSED;
     };
-    let CtEntry {
-        action: act,
-        nat_addr,
-        nat_port,
-        ..
-    } = unsafe { *entry };
-    let result = match act {
-        action::SNAT => rewrite(ctx, packet, inner, true, nat_addr, nat_port),
-        action::DNAT => rewrite(ctx, packet, inner, false, nat_addr, nat_port),
-        _ => return outcome::PASSED,
+    let (kind, inside_addr, inside_port) =
+        unsafe { ((*flow).kind, (*flow).inside_addr, (*flow).inside_port) };
+    if kind == flow_kind::HOST || kind == flow_kind::HAIRPIN {
+        return outcome::PASSED;
+    }
+    // From outside, to the inside end; from inside, from the flow's outside address.
+    let result = if nat_addr == 0 {
+        rewrite(ctx, packet, inner, false, inside_addr, inside_port)
+    } else {
+        rewrite(ctx, packet, inner, true, key.daddr, key.dport)
     };
     match result {
-        Ok(()) if act == action::SNAT => outcome::SNAT,
+        Ok(()) if nat_addr != 0 => outcome::SNAT,
         Ok(()) => outcome::DNAT,
         Err(_) => outcome::DROP_REWRITE_FAILED,
     }

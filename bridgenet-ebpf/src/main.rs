@@ -33,7 +33,10 @@ use aya_ebpf::{
     macros::{cgroup_sock_addr, classifier, xdp},
     programs::{SockAddrContext, TcContext, XdpContext},
 };
-use bridgenet_common::{PublishTarget, Subnet, network_flags, outcome, program_id};
+use bridgenet_common::{
+    PublishTarget, Subnet, action, flow_kind, network_flags, outcome, program_id,
+};
+use conntrack::search;
 use parse::{Header, Packet, Parsed, parse};
 
 /// Counts every packet seen by TC on the interface it is attached to, in either direction.
@@ -245,18 +248,24 @@ fn uplink_ingress_ipv4(ctx: &mut TcContext, packet: &Packet) -> u32 {
         return outcome::PASSED;
     }
     if let Some(inner) = &packet.inner {
-        return icmp::translate(ctx, packet, inner);
+        return icmp::translate(ctx, packet, inner, 0);
     }
-    if let Some(result) = tracked(ctx, packet) {
+    if let Some(result) = tracked_outside(ctx, packet) {
         return result;
     }
-    match nat::published(packet) {
+    match nat::published(&packet.key) {
         Some(target) => {
-            let result = nat::publish(ctx, packet, target);
+            let result = nat::publish(ctx, packet, target, arrived_at(ctx));
             opened(ctx, program_id::UPLINK_INGRESS, packet, result)
         }
         None => direct(ctx, packet),
     }
+}
+
+/// The address of the uplink the packet arrived on (0 when it has none).
+#[inline(always)]
+fn arrived_at(ctx: &TcContext) -> u32 {
+    nat::uplink_addr(unsafe { (*ctx.skb.skb).ifindex }).unwrap_or(0)
 }
 
 /// A new flow routed from outside straight to an endpoint's address, on no published port:
@@ -276,7 +285,7 @@ fn direct(ctx: &mut TcContext, packet: &Packet) -> u32 {
                 port: key.dport,
                 _pad: 0,
             };
-            let result = nat::publish(ctx, packet, itself);
+            let result = nat::publish(ctx, packet, itself, arrived_at(ctx));
             opened(ctx, program_id::UPLINK_INGRESS, packet, result)
         }
         Some(subnet) if subnet.flags & network_flags::ROUTED != 0 => outcome::DROP_UNPUBLISHED,
@@ -344,9 +353,9 @@ fn uplink_egress_translate(
     if let Some(inner) = &packet.inner {
         // Untranslated (PASSED): the host's own error passes, a managed source's is dropped
         // above.
-        return icmp::translate(ctx, packet, inner);
+        return icmp::translate(ctx, packet, inner, nat_addr);
     }
-    if let Some(result) = tracked(ctx, packet) {
+    if let Some(result) = tracked_inside(ctx, packet, nat_addr, managed) {
         return result;
     }
     match managed {
@@ -377,19 +386,60 @@ fn uplink_egress_translate(
     }
 }
 
-/// The packet's tracked flow applied to it (or the drop its entry decided); None when the
-/// packet belongs to no tracked flow.
+/// The tracked flow of a packet from outside applied to it (or the drop its tracking
+/// decided); None when the packet belongs to no tracked flow.
 #[inline(always)]
-fn tracked(ctx: &mut TcContext, packet: &Packet) -> Option<u32> {
-    match conntrack::lookup(ctx, packet) {
+fn tracked_outside(ctx: &mut TcContext, packet: &Packet) -> Option<u32> {
+    match conntrack::lookup_outside(ctx, packet) {
         Err(drop) => Some(drop),
-        Ok(Some(entry)) => {
-            let (act, addr, port) =
-                unsafe { ((*entry).action, (*entry).nat_addr, (*entry).nat_port) };
-            Some(nat::apply(ctx, packet, act, addr, port))
+        Ok(Some(flow)) => {
+            let (kind, addr, port) =
+                unsafe { ((*flow).kind, (*flow).inside_addr, (*flow).inside_port) };
+            Some(match kind {
+                // Hairpin flows are the endpoints' veths' to apply.
+                flow_kind::HOST | flow_kind::HAIRPIN => outcome::PASSED,
+                _ => nat::apply(ctx, packet, action::DNAT, addr, port),
+            })
         }
         Ok(None) => None,
     }
+}
+
+/// The tracked flow of a packet leaving through the uplink with address `nat_addr` applied
+/// to it (or the drop its tracking decided); None when it belongs to no tracked flow. Only the
+/// kinds of flow its source may have are looked for: an endpoint's in its network's modes, the
+/// host's (any other source) untranslated.
+#[inline(always)]
+fn tracked_inside(
+    ctx: &mut TcContext,
+    packet: &Packet,
+    nat_addr: u32,
+    managed: Option<&Subnet>,
+) -> Option<u32> {
+    let kinds = match managed {
+        None => search::REVERSED,
+        Some(subnet) => {
+            let mut kinds = search::PUBLISHED;
+            if subnet.masquerade != 0 {
+                kinds |= search::MASQUERADE;
+            }
+            if subnet.flags & (network_flags::ROUTED | network_flags::DIRECT_ANY) != 0 {
+                kinds |= search::REVERSED;
+            }
+            kinds
+        }
+    };
+    let mut key = packet.key;
+    let flow = conntrack::find_inside(&packet.key, nat_addr, kinds, &mut key)?;
+    let dir = unsafe { (*flow).outside_direction() } ^ 1;
+    let touched = conntrack::touch(ctx, flow, dir, packet);
+    if touched != outcome::PASSED {
+        return Some(touched);
+    }
+    Some(match unsafe { (*flow).kind } {
+        flow_kind::HOST => outcome::PASSED,
+        _ => nat::apply(ctx, packet, action::SNAT, key.daddr, key.dport),
+    })
 }
 
 /// A stage of `program` opened a flow for the packet (unless it dropped it): the packet is

@@ -7,19 +7,24 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use bridgenet_common::{
-    CtEntry, CtKey, NatConfig, NonMasqueradeKey, PublishKey, PublishTarget, Subnet, SubnetBlocks,
-    Uplink, action, ct_flags, direction, embryo_ring, outcome,
+    CtFlow, CtKey, NatConfig, NonMasqueradeKey, PUBLISHED_BY_SLOTS, PublishKey, PublishTarget,
+    PublishedBy, Subnet, SubnetBlocks, Uplink, action, ct_flags, embryo_ring, flow_kind, outcome,
     port_hash::{self, PortSecret},
 };
 
 use crate::{
-    conntrack::{self, InsertError},
+    conntrack::{self, InsertError, search},
     header,
     parse::{ICMP, IP_DADDR_OFF, IP_SADDR_OFF, Packet, TCP, UDP, l4_csum_off},
 };
 
 #[map]
 pub static PUBLISH: HashMap<PublishKey, PublishTarget> = HashMap::with_max_entries(131_072, 0);
+
+/// The host ports each endpoint port is published on, kept by the daemon beside `PUBLISH`:
+/// how the endpoint's replies find their flow (`conntrack::find_inside`).
+#[map]
+pub static PUBLISHED_BY: HashMap<PublishKey, PublishedBy> = HashMap::with_max_entries(131_072, 0);
 
 /// Uplinks by ifindex, with the address masquerade uses on each.
 #[map]
@@ -45,9 +50,6 @@ pub static NAT_CONFIG: Array<NatConfig> = Array::with_max_entries(1, 0);
 /// The key of masquerade's port sequence, written by the loader.
 #[map]
 pub static PORT_SECRET: Array<PortSecret> = Array::with_max_entries(1, 0);
-
-/// How many ports masquerade tries, from the flow's own start, before it gives up on it.
-const PORT_TRIES: u32 = 32;
 
 /// The uplink's masquerade address, if `ifindex` is an uplink.
 #[inline(always)]
@@ -104,98 +106,174 @@ pub fn apply(ctx: &mut TcContext, packet: &Packet, act: u8, addr: u32, port: u16
     }
 }
 
+/// The mappings of the endpoint port `tuple` comes from (`PUBLISHED_BY`).
+#[inline(always)]
+pub fn published_by(tuple: &CtKey) -> Option<&'static PublishedBy> {
+    let key = PublishKey {
+        addr: tuple.saddr,
+        port: tuple.sport,
+        proto: tuple.proto,
+        _pad: 0,
+    };
+    unsafe { PUBLISHED_BY.get(key) }
+}
+
+/// The NAT port range; an unset (zeroed) configuration means the defaults.
+#[inline(always)]
+pub fn nat_config() -> NatConfig {
+    match NAT_CONFIG.get(0) {
+        Some(config) if config.port_max != 0 => *config,
+        _ => NatConfig::default(),
+    }
+}
+
 /// Opens a masquerade flow for a packet leaving through the uplink with address `nat_addr`.
 // A BPF subprogram of its own: inlined, its locals would push the caller past the
 // 512-byte stack limit.
 #[inline(never)]
 pub fn masquerade(ctx: &mut TcContext, packet: &Packet, nat_addr: u32) -> u32 {
-    let key = packet.key;
+    let tuple = packet.key;
     let seq = match conntrack::admit(embryo_ring::INSIDE) {
         Ok(seq) => seq,
         Err(drop) => return drop,
     };
-    let mut reply = key.reversed();
-    reply.daddr = nat_addr;
-    // One entry on the stack, the reply's first, then made the original's in place: two
-    // would pass the 512 bytes Linux 6.1 allows `uplink_egress`'s call chain.
-    let mut entry = conntrack::new_entry(key, action::DNAT, direction::REPLY, key.saddr, key.sport);
-    // The ICMP echo identifier stands in sport too.
-    let result = reserve_reply(&mut reply, &entry, u16::from_be(key.sport));
+    let Some(flow) = conntrack::new_flow(flow_kind::MASQUERADE, 0, tuple.saddr, tuple.sport) else {
+        conntrack::release(1);
+        return outcome::DROP_CT_FULL;
+    };
+    unsafe { (*flow).ring_seq = seq };
+    let mut key = CtKey {
+        saddr: tuple.daddr,
+        daddr: nat_addr,
+        sport: tuple.dport,
+        dport: 0,
+        proto: tuple.proto,
+        _pad: [0; 3],
+    };
+    let result = open_at_port(&mut key, &tuple, flow);
     if result != outcome::PASSED {
         return result;
     }
-    let nat_port = reply.dport;
-    entry.peer = reply;
-    entry.action = action::SNAT;
-    entry.direction = direction::ORIGINAL;
-    entry.nat_addr = nat_addr;
-    entry.nat_port = nat_port;
-    entry.ring_seq = seq;
-    if let Err(err) = conntrack::insert_new(&key, &entry) {
-        conntrack::remove(&reply);
-        conntrack::release(2);
-        return lost_race(ctx, packet, err);
-    }
     conntrack::record(&key, seq);
-    apply(ctx, packet, action::SNAT, nat_addr, nat_port)
+    apply(ctx, packet, action::SNAT, nat_addr, key.dport)
 }
 
 /// Opens a flow for a packet that leaves with its endpoint's own address (gateway mode
-/// routed): both entries translate to what the packet already carries, so that the flow's
-/// replies are told from traffic routed in unasked, and the packet leaves as it is.
+/// routed): tracked so that the flow's replies are told from traffic routed in unasked, and
+/// the packet leaves as it is.
 // A BPF subprogram of its own: inlined, its locals would push the caller past the
 // 512-byte stack limit.
 #[inline(never)]
 pub fn route_out(ctx: &mut TcContext, packet: &Packet) -> u32 {
-    let key = packet.key;
+    let tuple = packet.key;
+    let result = open_reversed(&tuple, flow_kind::ROUTED);
+    if result != outcome::PASSED {
+        return result;
+    }
+    apply(ctx, packet, action::SNAT, tuple.saddr, tuple.sport)
+}
+
+/// Opens a flow from inside that keeps its tuple (routed, the host's own), keyed by the
+/// tuple reversed: PASSED, or the drop (the room given back).
+#[inline(always)]
+fn open_reversed(tuple: &CtKey, kind: u8) -> u32 {
     let seq = match conntrack::admit(embryo_ring::INSIDE) {
         Ok(seq) => seq,
         Err(drop) => return drop,
     };
-    let reply = key.reversed();
-    let reply_entry =
-        conntrack::new_entry(key, action::DNAT, direction::REPLY, key.saddr, key.sport);
-    if let Err(err) = conntrack::insert_new(&reply, &reply_entry) {
-        conntrack::release(2);
-        return lost_race(ctx, packet, err);
+    let Some(flow) = conntrack::new_flow(kind, 0, tuple.saddr, tuple.sport) else {
+        conntrack::release(1);
+        return outcome::DROP_CT_FULL;
+    };
+    unsafe { (*flow).ring_seq = seq };
+    let key = tuple.reversed();
+    match conntrack::insert_opening(&key) {
+        Ok(()) => {
+            conntrack::record(&key, seq);
+            outcome::PASSED
+        }
+        Err(err) => {
+            conntrack::release(1);
+            match err {
+                InsertError::Full => outcome::DROP_CT_FULL,
+                // The same flow, opened on another CPU meanwhile; anything else holding the
+                // tuple is another flow (masquerade's, on the host's address).
+                InsertError::Exists => match unsafe { conntrack::CONNTRACK.get(key) } {
+                    Some(won)
+                        if won.kind == kind
+                            && won.inside_addr == tuple.saddr
+                            && won.inside_port == tuple.sport =>
+                    {
+                        conntrack::opened_by_another(&key);
+                        outcome::PASSED
+                    }
+                    _ => outcome::DROP_PORTS_EXHAUSTED,
+                },
+            }
+        }
     }
-    let mut entry = conntrack::new_entry(
-        reply,
-        action::SNAT,
-        direction::ORIGINAL,
-        key.saddr,
-        key.sport,
-    );
-    entry.ring_seq = seq;
-    if let Err(err) = conntrack::insert_new(&key, &entry) {
-        conntrack::remove(&reply);
-        conntrack::release(2);
-        return lost_race(ctx, packet, err);
-    }
-    conntrack::record(&key, seq);
-    apply(ctx, packet, action::SNAT, key.saddr, key.sport)
 }
 
-/// Inserts a new flow's reply entry under `reply` (its room taken by `conntrack::admit`), with
-/// `reply.dport` (the port the flow's source gets) set so that the tuple is free (see
-/// `choose_port`). PASSED, or the outcome to drop the packet with (the room is given back).
+/// Inserts the new flow `flow` (the `OPENING` one, its room taken by `conntrack::admit`) under
+/// `key`, whose destination port is chosen from `tuple`'s keyed sequence (`choose_port`) so
+/// that the key is free: masquerade's source port, hairpin's gateway port. A flow that got a
+/// port past what the inside hooks probe is entered in `CT_EXCEPTIONS`. PASSED with the port
+/// in `key`, or the outcome to drop the packet with (the room is given back).
 // A BPF subprogram of its own: inlined, its locals would push the caller past the
 // 512-byte stack limit.
 #[inline(never)]
-pub fn reserve_reply(reply: &mut CtKey, reply_entry: &CtEntry, original: u16) -> u32 {
-    let peer = &reply_entry.peer;
-    let result = choose_port(original, port_hash4(peer), |port| {
-        reply.dport = port.to_be();
-        // A flow's reply tuple cannot be its own original one (hairpin to itself).
-        if reply.dport == peer.dport && reply.sport == peer.sport && reply.saddr == peer.saddr {
+pub fn open_at_port(key: &mut CtKey, tuple: &CtKey, flow: *mut CtFlow) -> u32 {
+    let mut raced = false;
+    let result = choose_port(u16::from_be(tuple.sport), port_hash4(tuple), |port, i| {
+        key.dport = port.to_be();
+        // A flow's key cannot be its sender's own tuple (hairpin to itself): the sender's
+        // packets would be taken for the other side's.
+        if key.dport == tuple.dport && key.sport == tuple.sport && key.saddr == tuple.saddr {
             return Err(InsertError::Exists);
         }
-        conntrack::insert_new(reply, reply_entry)
+        if i > port_hash::FOUND_WITHIN {
+            unsafe { (*flow).flags |= ct_flags::EXCEPTION };
+        }
+        match conntrack::insert_opening(key) {
+            Err(InsertError::Exists) if same_flow(key, tuple, flow) => {
+                raced = true;
+                Ok(())
+            }
+            other => other,
+        }
     });
-    if result != outcome::PASSED {
-        conntrack::release(2);
+    if result != outcome::PASSED || raced {
+        conntrack::release(1);
+        return result;
     }
-    result
+    if unsafe { (*flow).flags } & ct_flags::EXCEPTION != 0 && !conntrack::add_exception(tuple, key)
+    {
+        // Not `remove_flow`: there is no exception to remove, and its frame is not needed.
+        let _ = conntrack::CONNTRACK.remove(key);
+        conntrack::release(1);
+        return outcome::DROP_CT_FULL;
+    }
+    outcome::PASSED
+}
+
+/// Whether the flow at `key` is the one `opening` would be (the same sender's, opened on
+/// another CPU meanwhile): then the packet is translated as it is there.
+#[inline(always)]
+fn same_flow(key: &CtKey, tuple: &CtKey, opening: *mut CtFlow) -> bool {
+    let Some(won) = (unsafe { conntrack::CONNTRACK.get(key) }) else {
+        return false;
+    };
+    let kind = unsafe { (*opening).kind };
+    if won.kind != kind || won.inside_addr != tuple.saddr || won.inside_port != tuple.sport {
+        return false;
+    }
+    if kind == flow_kind::HAIRPIN
+        && (won.hairpin_addr != tuple.daddr || won.hairpin_port != tuple.dport)
+    {
+        return false;
+    }
+    conntrack::opened_by_another(key);
+    true
 }
 
 /// `port_hash::of4` of a flow's inside tuple under `PORT_SECRET` (read in place: a copy
@@ -209,35 +287,23 @@ pub fn port_hash4(key: &CtKey) -> u64 {
         .map_or(0, |secret| port_hash::of4(secret, key))
 }
 
-/// The port masquerade gives a flow whose source port is `original` (host byte order): that
-/// one when it is outside the host's port range, else one of the NAT range from where `hash`
-/// (the flow's `port_hash`) says on, the first for which `insert` (given the port, host byte
-/// order) finds the tuple free. PASSED, DROP_CT_FULL or DROP_PORTS_EXHAUSTED; the caller
-/// gives back the room it took.
+/// The port masquerade gives a flow whose source port is `original` (host byte order): the
+/// first of its candidates (`port_hash::candidate`: that one when it is outside the host's
+/// port range, then ports of the NAT range from where `hash` says on) for which `insert`
+/// (given the port, host byte order, and the candidate's index) finds the key free.
+/// PASSED, DROP_CT_FULL or DROP_PORTS_EXHAUSTED; the caller gives back the room it took.
 #[inline(always)]
 pub fn choose_port(
     original: u16,
     hash: u64,
-    mut insert: impl FnMut(u16) -> Result<(), InsertError>,
+    mut insert: impl FnMut(u16, u32) -> Result<(), InsertError>,
 ) -> u32 {
-    // An unset (zeroed) configuration means the defaults.
-    let config = match NAT_CONFIG.get(0) {
-        Some(config) if config.port_max != 0 => *config,
-        _ => NatConfig::default(),
-    };
-    let keep = original < config.host_port_min || original > config.host_port_max;
-    let span = u32::from(config.port_max.saturating_sub(config.port_min)) + 1;
-    let start = (hash % u64::from(span)) as u32;
-    for i in 0..=PORT_TRIES {
-        let port = if i == 0 {
-            if !keep {
-                continue;
-            }
-            original
-        } else {
-            config.port_min + ((start + i - 1) % span) as u16
+    let config = nat_config();
+    for i in 0..=port_hash::TRIES {
+        let Some(port) = port_hash::candidate(&config, original, hash, i) else {
+            continue;
         };
-        match insert(port) {
+        match insert(port, i) {
             Ok(()) => return outcome::PASSED,
             Err(InsertError::Exists) => continue,
             Err(InsertError::Full) => return outcome::DROP_CT_FULL,
@@ -250,8 +316,7 @@ pub fn choose_port(
 // A BPF subprogram of its own: inlined, its locals would push the caller past the
 // 512-byte stack limit.
 #[inline(never)]
-pub fn published(packet: &Packet) -> Option<PublishTarget> {
-    let key = packet.key;
+pub fn published(key: &CtKey) -> Option<PublishTarget> {
     // A port published on 127.0.0.1 is for the host only (host_access.rs): a packet that
     // claims a loopback destination on the wire never matches.
     if key.proto != TCP && key.proto != UDP || u32::from_be(key.daddr) >> 24 == 127 {
@@ -273,17 +338,32 @@ pub fn published(packet: &Packet) -> Option<PublishTarget> {
     unsafe { PUBLISH.get(lookup) }.copied()
 }
 
-/// Opens a flow to a published port: the client keeps its address, the destination becomes
-/// the endpoint, and replies from the endpoint get the host address and port back.
+/// Opens a flow to a published port, arrived on the uplink with address `uplink_addr`: the
+/// client keeps its address, the destination becomes the endpoint, and replies from the
+/// endpoint get the host address and port back. A flow routed straight to an endpoint
+/// (nat-unprotected) is one published to itself.
 // A BPF subprogram of its own: inlined, its locals would push the caller past the
 // 512-byte stack limit.
 #[inline(never)]
-pub fn publish(ctx: &mut TcContext, packet: &Packet, target: PublishTarget) -> u32 {
+pub fn publish(
+    ctx: &mut TcContext,
+    packet: &Packet,
+    target: PublishTarget,
+    uplink_addr: u32,
+) -> u32 {
     if !conntrack::opens_flow(packet) {
         return outcome::DROP_UNTRACKED;
     }
     let key = packet.key;
-    let reply = CtKey {
+    let kind = if (target.addr, target.port) == (key.daddr, key.dport) {
+        flow_kind::ROUTED
+    } else {
+        flow_kind::PUBLISHED
+    };
+    // The endpoint's side of the tuple must be no other flow's. It may still be held by a
+    // closed connection of the same client port that reached it through another mapping:
+    // that one is over.
+    let inside = CtKey {
         saddr: target.addr,
         daddr: key.saddr,
         sport: target.port,
@@ -291,88 +371,81 @@ pub fn publish(ctx: &mut TcContext, packet: &Packet, target: PublishTarget) -> u
         proto: key.proto,
         _pad: [0; 3],
     };
+    let mut held = key;
+    if let Some(holder) = conntrack::find_computed(
+        &inside,
+        uplink_addr,
+        search::PUBLISHED | search::REVERSED,
+        &mut held,
+    ) && !conntrack::evict_closed(&held, holder)
+    {
+        return outcome::DROP_PORTS_EXHAUSTED;
+    }
     let seq = match conntrack::admit(embryo_ring::OUTSIDE) {
         Ok(seq) => seq,
         Err(drop) => return drop,
     };
-    let mut reply_entry =
-        conntrack::new_entry(key, action::SNAT, direction::REPLY, key.daddr, key.dport);
-    reply_entry.flags = ct_flags::INBOUND;
-    let mut inserted = conntrack::insert_new(&reply, &reply_entry);
-    // The endpoint's side of the tuple may still be held by a closed connection of the same
-    // client port that reached it through another mapping: that one is over.
-    if let Err(InsertError::Exists) = inserted
-        && conntrack::evict_closed(&reply)
-    {
-        inserted = conntrack::insert_new(&reply, &reply_entry);
+    let Some(flow) = conntrack::new_flow(kind, ct_flags::INBOUND, target.addr, target.port) else {
+        conntrack::release(1);
+        return outcome::DROP_CT_FULL;
+    };
+    let exception = kind == flow_kind::PUBLISHED && !found_from_inside(&key, &inside, uplink_addr);
+    unsafe {
+        (*flow).ring_seq = seq;
+        if exception {
+            (*flow).flags |= ct_flags::EXCEPTION;
+        }
     }
-    if let Err(err) = inserted {
-        conntrack::release(2);
-        // The same flow opened on another CPU has both keys; anything else holding the reply
-        // tuple is another flow, and this one cannot be told apart from it.
-        return lost_race(ctx, packet, err);
+    if let Err(err) = conntrack::insert_opening(&key) {
+        conntrack::release(1);
+        if let InsertError::Full = err {
+            return outcome::DROP_CT_FULL;
+        }
+        // The same flow, opened on another CPU meanwhile: translated as it is there.
+        conntrack::opened_by_another(&key);
+        return match unsafe { conntrack::CONNTRACK.get(key) } {
+            Some(won) => {
+                let (addr, port) = (won.inside_addr, won.inside_port);
+                apply(ctx, packet, action::DNAT, addr, port)
+            }
+            None => outcome::DROP_PORTS_EXHAUSTED,
+        };
     }
-    let mut entry = conntrack::new_entry(
-        reply,
-        action::DNAT,
-        direction::ORIGINAL,
-        target.addr,
-        target.port,
-    );
-    entry.flags = ct_flags::INBOUND;
-    entry.ring_seq = seq;
-    if let Err(err) = conntrack::insert_new(&key, &entry) {
-        conntrack::remove(&reply);
-        conntrack::release(2);
-        return lost_race(ctx, packet, err);
+    if exception && !conntrack::add_exception(&inside, &key) {
+        conntrack::remove_flow(&key);
+        return outcome::DROP_CT_FULL;
     }
     conntrack::record(&key, seq);
     apply(ctx, packet, action::DNAT, target.addr, target.port)
 }
 
-/// A new flow's entry could not be inserted. When the first packets of a flow race on two
-/// CPUs, the loser finds the key taken by the winner: it then translates as the winner does.
-/// Otherwise the table refused the entry, or the tuple is another flow's.
+/// Whether the endpoint's replies (`inside`) find the published flow `key` through
+/// `PUBLISHED_BY`: its mapping has a slot there, and a mapping on any host address was
+/// reached at the address of the uplink the replies leave through (the one it came in by).
 #[inline(always)]
-fn lost_race(ctx: &mut TcContext, packet: &Packet, err: InsertError) -> u32 {
-    if let InsertError::Full = err {
-        return outcome::DROP_CT_FULL;
-    }
-    // Not counted here: the caller counts the packet (`conntrack::count_opening`).
-    match unsafe { conntrack::CONNTRACK.get(packet.key) } {
-        Some(entry) => {
-            let (act, addr, port) = (entry.action, entry.nat_addr, entry.nat_port);
-            apply(ctx, packet, act, addr, port)
+fn found_from_inside(key: &CtKey, inside: &CtKey, uplink_addr: u32) -> bool {
+    let Some(by) = published_by(inside) else {
+        return false;
+    };
+    for i in 0..PUBLISHED_BY_SLOTS {
+        let host = by.hosts[i];
+        if host.port == key.dport
+            && (host.addr == key.daddr || host.addr == 0 && key.daddr == uplink_addr)
+        {
+            return true;
         }
-        None => outcome::DROP_PORTS_EXHAUSTED,
     }
+    false
 }
 
-/// Tracks a flow of the host itself in both directions, so masquerade never picks its tuple.
+/// Tracks a flow of the host itself, so masquerade never picks its tuple.
 // A BPF subprogram of its own: inlined, its locals would push the caller past the
 // 512-byte stack limit.
 #[inline(never)]
 pub fn track_host_flow(packet: &Packet) {
     // Host flows take room as any other (and are refused the same way when there is none: the
     // host's packet still passes, untracked).
-    let Ok(seq) = conntrack::admit(embryo_ring::INSIDE) else {
-        return;
-    };
-    let key = packet.key;
-    let reply = key.reversed();
-    let reply_entry = conntrack::new_entry(key, action::HOST, direction::REPLY, 0, 0);
-    if conntrack::insert_new(&reply, &reply_entry).is_err() {
-        conntrack::release(2);
-        return;
-    }
-    let mut entry = conntrack::new_entry(reply, action::HOST, direction::ORIGINAL, 0, 0);
-    entry.ring_seq = seq;
-    if conntrack::insert_new(&key, &entry).is_ok() {
-        conntrack::record(&key, seq);
-    } else {
-        conntrack::remove(&reply);
-        conntrack::release(2);
-    }
+    let _ = open_reversed(&packet.key, flow_kind::HOST);
 }
 
 /// Rewrites the source (SNAT) or destination (DNAT) address and port, fixing the IPv4 and L4

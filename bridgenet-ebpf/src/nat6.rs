@@ -477,7 +477,7 @@ fn masquerade(ctx: &mut TcContext, scratch: &mut Scratch6, nat_addr: &[u8; 16]) 
 #[inline(always)]
 pub fn reserve_reply(reply: &mut Ct6Key, entry: &Ct6Entry, original: u16) -> u32 {
     let peer = &entry.peer;
-    let result = nat::choose_port(original, port_hash6(peer), |port| {
+    let result = nat::choose_port(original, port_hash6(peer), |port, _| {
         reply.dport = port.to_be();
         // A flow's reply tuple cannot be its own original one (hairpin to itself).
         if reply.dport == peer.dport && reply.sport == peer.sport && reply.saddr == peer.saddr {

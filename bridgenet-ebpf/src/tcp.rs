@@ -1,9 +1,11 @@
-//! TCP window tracking, a simplified form of Linux's tcp_in_window: each direction's entry
+//! TCP window tracking, a simplified form of Linux's tcp_in_window: each direction of a flow
 //! keeps the sequence number just past what it sent and the largest window it advertised, so
 //! that a RST or FIN changes a flow's state only when its sequence number lies in the window the
 //! other side accepts. A spoofed reset must then guess that window, not just the four-tuple.
+//! One logic for both tables: IPv4's flows hold both directions in one `CtFlow`, IPv6's in two
+//! `CtEntry`s (`Half`).
 use aya_ebpf::programs::TcContext;
-use bridgenet_common::{CtEntry, ct_flags, direction, outcome, tcp_seen};
+use bridgenet_common::{CtEntry, CtFlow, ct_flags, direction, outcome, tcp_seen};
 
 pub const FIN: u8 = 0x01;
 pub const SYN: u8 = 0x02;
@@ -13,10 +15,205 @@ pub const ACK: u8 = 0x10;
 /// Largest window scale (RFC 7323); also what a flow picked up without its SYN assumes.
 const MAX_WSCALE: u8 = 14;
 
-/// The key of an entry's other direction, in the table of its family: how window tracking
-/// finds the other side of an IPv4 or an IPv6 flow.
-pub trait PeerKey {
-    fn peer_entry(&self) -> Option<*mut CtEntry>;
+/// The tracking state of one direction of a flow, wherever it is kept.
+pub trait Half: Copy {
+    fn original(self) -> bool;
+    fn td_end(self) -> *mut u32;
+    fn td_maxwin(self) -> *mut u32;
+    fn wscale(self) -> *mut u8;
+    fn seen(self) -> *mut u8;
+    fn packets(self) -> *mut u64;
+    fn bytes(self) -> *mut u64;
+    /// When the flow last saw a packet of this direction (IPv4: of either).
+    fn last_seen(self) -> *mut u64;
+    fn known(self) -> bool;
+    fn set_known(self, known: bool);
+    fn assured(self) -> bool;
+    fn set_assured(self, assured: bool);
+}
+
+/// A packet's direction of a flow, and the other one: what `track` works on. Passed by
+/// value, in two registers: on the stack it would take from the callers' frames.
+pub trait Sides: Copy {
+    type Half: Half;
+    fn mine(&self) -> Self::Half;
+    /// The other direction; None when it is gone (IPv6: its entry was removed).
+    fn other(&self) -> Option<Self::Half>;
+}
+
+/// An IPv6 direction: one entry.
+impl Half for *mut CtEntry {
+    #[inline(always)]
+    fn original(self) -> bool {
+        unsafe { (*self).direction == direction::ORIGINAL }
+    }
+    #[inline(always)]
+    fn td_end(self) -> *mut u32 {
+        unsafe { &raw mut (*self).td_end }
+    }
+    #[inline(always)]
+    fn td_maxwin(self) -> *mut u32 {
+        unsafe { &raw mut (*self).td_maxwin }
+    }
+    #[inline(always)]
+    fn wscale(self) -> *mut u8 {
+        unsafe { &raw mut (*self).wscale }
+    }
+    #[inline(always)]
+    fn seen(self) -> *mut u8 {
+        unsafe { &raw mut (*self).tcp_seen }
+    }
+    #[inline(always)]
+    fn packets(self) -> *mut u64 {
+        unsafe { &raw mut (*self).packets }
+    }
+    #[inline(always)]
+    fn bytes(self) -> *mut u64 {
+        unsafe { &raw mut (*self).bytes }
+    }
+    #[inline(always)]
+    fn last_seen(self) -> *mut u64 {
+        unsafe { &raw mut (*self).last_seen_ns }
+    }
+    #[inline(always)]
+    fn known(self) -> bool {
+        unsafe { (*self).flags & ct_flags::WINDOW_KNOWN != 0 }
+    }
+    #[inline(always)]
+    fn set_known(self, known: bool) {
+        set_bit(
+            unsafe { &raw mut (*self).flags },
+            ct_flags::WINDOW_KNOWN,
+            known,
+        );
+    }
+    #[inline(always)]
+    fn assured(self) -> bool {
+        unsafe { (*self).flags & ct_flags::ASSURED != 0 }
+    }
+    #[inline(always)]
+    fn set_assured(self, assured: bool) {
+        set_bit(
+            unsafe { &raw mut (*self).flags },
+            ct_flags::ASSURED,
+            assured,
+        );
+    }
+}
+
+/// An IPv4 direction: `dir` of one flow.
+#[derive(Clone, Copy)]
+pub struct FlowHalf {
+    pub flow: *mut CtFlow,
+    pub dir: usize,
+}
+
+impl Half for FlowHalf {
+    #[inline(always)]
+    fn original(self) -> bool {
+        self.dir == direction::ORIGINAL as usize
+    }
+    #[inline(always)]
+    fn td_end(self) -> *mut u32 {
+        unsafe {
+            (&raw mut (*self.flow).td_end)
+                .cast::<u32>()
+                .add(self.dir & 1)
+        }
+    }
+    #[inline(always)]
+    fn td_maxwin(self) -> *mut u32 {
+        unsafe {
+            (&raw mut (*self.flow).td_maxwin)
+                .cast::<u32>()
+                .add(self.dir & 1)
+        }
+    }
+    #[inline(always)]
+    fn wscale(self) -> *mut u8 {
+        unsafe {
+            (&raw mut (*self.flow).wscale)
+                .cast::<u8>()
+                .add(self.dir & 1)
+        }
+    }
+    #[inline(always)]
+    fn seen(self) -> *mut u8 {
+        unsafe {
+            (&raw mut (*self.flow).tcp_seen)
+                .cast::<u8>()
+                .add(self.dir & 1)
+        }
+    }
+    #[inline(always)]
+    fn packets(self) -> *mut u64 {
+        unsafe {
+            (&raw mut (*self.flow).packets)
+                .cast::<u64>()
+                .add(self.dir & 1)
+        }
+    }
+    #[inline(always)]
+    fn bytes(self) -> *mut u64 {
+        unsafe {
+            (&raw mut (*self.flow).bytes)
+                .cast::<u64>()
+                .add(self.dir & 1)
+        }
+    }
+    #[inline(always)]
+    fn last_seen(self) -> *mut u64 {
+        unsafe { &raw mut (*self.flow).last_seen_ns }
+    }
+    #[inline(always)]
+    fn known(self) -> bool {
+        unsafe { (*self.flow).flags & ct_flags::WINDOW_KNOWN << (self.dir & 1) != 0 }
+    }
+    #[inline(always)]
+    fn set_known(self, known: bool) {
+        let bit = ct_flags::WINDOW_KNOWN << (self.dir & 1);
+        set_bit(unsafe { &raw mut (*self.flow).flags }, bit, known);
+    }
+    /// Shared by both directions.
+    #[inline(always)]
+    fn assured(self) -> bool {
+        unsafe { (*self.flow).flags & ct_flags::ASSURED != 0 }
+    }
+    #[inline(always)]
+    fn set_assured(self, assured: bool) {
+        set_bit(
+            unsafe { &raw mut (*self.flow).flags },
+            ct_flags::ASSURED,
+            assured,
+        );
+    }
+}
+
+/// Both directions of an IPv4 flow, from `dir`'s side.
+impl Sides for FlowHalf {
+    type Half = FlowHalf;
+    #[inline(always)]
+    fn mine(&self) -> FlowHalf {
+        *self
+    }
+    #[inline(always)]
+    fn other(&self) -> Option<FlowHalf> {
+        Some(FlowHalf {
+            flow: self.flow,
+            dir: self.dir ^ 1,
+        })
+    }
+}
+
+#[inline(always)]
+fn set_bit(flags: *mut u8, bit: u8, on: bool) {
+    unsafe {
+        if on {
+            *flags |= bit;
+        } else {
+            *flags &= !bit;
+        }
+    }
 }
 
 /// The fields of a segment that window tracking reads (host byte order), read by the parser
@@ -76,111 +273,113 @@ impl Segment {
     }
 }
 
-/// Records a TCP segment of `entry`'s direction: its flags, what it sent, and the window it
+/// Records a TCP segment of `sides`' direction: its flags, what it sent, and the window it
 /// advertised. PASSED, or DROP_OUT_OF_WINDOW for a RST outside the window (an out-of-window
 /// FIN passes but closes nothing).
 // A BPF subprogram of its own: it runs for every tracked TCP packet, from several callers.
 #[inline(never)]
-pub fn track<K: PeerKey>(
-    ctx: &TcContext,
-    entry: *mut CtEntry,
-    peer: *const K,
-    seg: &Segment,
-) -> u32 {
+pub fn track<S: Sides>(ctx: &TcContext, sides: S, seg: &Segment) -> u32 {
     let flags = seg.flags;
     let end = seg.end();
     let win = u32::from(seg.win);
-    // `peer` may point into `entry` (IPv4's key): read only through the raw pointer, when
-    // the other direction is needed.
-    let peer_entry = || unsafe { (*peer).peer_entry() };
-    let e = unsafe { &mut *entry };
-    if flags & SYN != 0 {
-        if flags & ACK == 0 && e.direction == direction::ORIGINAL {
-            restart_if_closed(e, peer_entry());
+    let e = sides.mine();
+    unsafe {
+        if flags & SYN != 0 {
+            if flags & ACK == 0 && e.original() {
+                restart_if_closed(e, sides.other());
+            }
+            *e.wscale() = wscale(ctx, usize::from(seg.l4_off), usize::from(seg.doff));
+            *e.td_end() = end;
+            // The window of a SYN is never scaled.
+            *e.td_maxwin() = win.max(1);
+            e.set_known(true);
+            *e.seen() |= seen_flags(flags);
+            return outcome::PASSED;
         }
-        e.wscale = wscale(ctx, usize::from(seg.l4_off), usize::from(seg.doff));
-        e.td_end = end;
-        // The window of a SYN is never scaled.
-        e.td_maxwin = win.max(1);
-        e.flags |= ct_flags::WINDOW_KNOWN;
-        e.tcp_seen |= seen_flags(flags);
-        return outcome::PASSED;
-    }
-    if flags & (RST | FIN) != 0 && !in_window(e, peer_entry(), seg) {
-        return if flags & RST != 0 {
-            outcome::DROP_OUT_OF_WINDOW
+        if flags & (RST | FIN) != 0 && !in_window(e, sides.other(), seg) {
+            return if flags & RST != 0 {
+                outcome::DROP_OUT_OF_WINDOW
+            } else {
+                outcome::PASSED
+            };
+        }
+        if !e.known() {
+            // Picked up without its SYN (migrated state): learn, and assume the largest scale.
+            *e.wscale() = MAX_WSCALE;
+            *e.td_end() = end;
+            *e.td_maxwin() = win << MAX_WSCALE;
+            e.set_known(true);
         } else {
-            outcome::PASSED
-        };
-    }
-    if e.flags & ct_flags::WINDOW_KNOWN == 0 {
-        // Picked up without its SYN (migrated state): learn, and assume the largest scale.
-        e.wscale = MAX_WSCALE;
-        e.td_end = end;
-        e.td_maxwin = win << MAX_WSCALE;
-        e.flags |= ct_flags::WINDOW_KNOWN;
-    } else {
-        if after(end, e.td_end) {
-            e.td_end = end;
+            if after(end, *e.td_end()) {
+                *e.td_end() = end;
+            }
+            let win = win << (*e.wscale()).min(MAX_WSCALE);
+            if win > *e.td_maxwin() {
+                *e.td_maxwin() = win;
+            }
         }
-        let win = win << e.wscale.min(MAX_WSCALE);
-        if win > e.td_maxwin {
-            e.td_maxwin = win;
+        *e.seen() |= seen_flags(flags);
+        if flags & ACK != 0 && !e.assured() && e.original() {
+            assure(e, sides.other());
         }
-    }
-    e.tcp_seen |= seen_flags(flags);
-    if flags & ACK != 0 && e.flags & ct_flags::ASSURED == 0 && e.direction == direction::ORIGINAL {
-        assure(e, peer_entry());
     }
     outcome::PASSED
 }
 
 /// Whether a RST or FIN from `e`'s direction lies in the window the other side accepts.
 #[inline(always)]
-fn in_window(e: &CtEntry, peer: Option<*mut CtEntry>, seg: &Segment) -> bool {
+fn in_window<H: Half>(e: H, peer: Option<H>, seg: &Segment) -> bool {
     let flags = seg.flags;
-    let Some(peer) = peer.map(|p| unsafe { &*p }) else {
+    let Some(peer) = peer else {
         return true;
     };
-    let peer_known = peer.flags & ct_flags::WINDOW_KNOWN != 0;
-    if e.flags & ct_flags::WINDOW_KNOWN == 0 {
-        // Nothing sent yet from this side: only a reset that acknowledges the other side's SYN
-        // (a refused connection) is believed. Neither side known: state migrated, loose.
-        return !peer_known || (flags & RST != 0 && flags & ACK != 0 && seg.ack == peer.td_end);
+    let peer_known = peer.known();
+    unsafe {
+        if !e.known() {
+            // Nothing sent yet from this side: only a reset that acknowledges the other side's
+            // SYN (a refused connection) is believed. Neither side known: state migrated, loose.
+            return !peer_known
+                || (flags & RST != 0 && flags & ACK != 0 && seg.ack == *peer.td_end());
+        }
+        let win = if peer_known {
+            (*peer.td_maxwin()).max(1)
+        } else {
+            1
+        };
+        // seq in [td_end - win, td_end + win], modulo 2^32.
+        seg.seq.wrapping_sub((*e.td_end()).wrapping_sub(win)) <= win.saturating_mul(2)
     }
-    let win = if peer_known { peer.td_maxwin.max(1) } else { 1 };
-    // seq in [td_end - win, td_end + win], modulo 2^32.
-    seg.seq.wrapping_sub(e.td_end.wrapping_sub(win)) <= win.saturating_mul(2)
 }
 
 /// A SYN opens a new connection on the tuple of a closed one (TIME_WAIT reuse, as Linux's
 /// conntrack allows): both directions start afresh, or the flow would keep its CLOSE state and
 /// GC would remove it under the new connection.
 #[inline(always)]
-fn restart_if_closed(e: &mut CtEntry, peer: Option<*mut CtEntry>) {
+fn restart_if_closed<H: Half>(e: H, peer: Option<H>) {
     let Some(peer) = peer else {
         return;
     };
-    let peer = unsafe { &mut *peer };
-    if (e.tcp_seen | peer.tcp_seen) & (tcp_seen::FIN | tcp_seen::RST) == 0 {
-        return;
+    unsafe {
+        if (*e.seen() | *peer.seen()) & (tcp_seen::FIN | tcp_seen::RST) == 0 {
+            return;
+        }
+        *e.seen() = 0;
+        e.set_assured(false);
+        *peer.seen() = 0;
+        *peer.packets() = 0;
+        peer.set_assured(false);
+        peer.set_known(false);
     }
-    e.tcp_seen = 0;
-    e.flags &= !ct_flags::ASSURED;
-    peer.tcp_seen = 0;
-    peer.packets = 0;
-    peer.flags &= !(ct_flags::ASSURED | ct_flags::WINDOW_KNOWN);
 }
 
 /// The opener acknowledged: the handshake is complete once the other side sent its SYN.
 #[inline(always)]
-fn assure(e: &mut CtEntry, peer: Option<*mut CtEntry>) {
-    if let Some(peer) = peer {
-        let peer = unsafe { &mut *peer };
-        if peer.tcp_seen & tcp_seen::SYN != 0 {
-            e.flags |= ct_flags::ASSURED;
-            peer.flags |= ct_flags::ASSURED;
-        }
+fn assure<H: Half>(e: H, peer: Option<H>) {
+    if let Some(peer) = peer
+        && unsafe { *peer.seen() } & tcp_seen::SYN != 0
+    {
+        e.set_assured(true);
+        peer.set_assured(true);
     }
 }
 
