@@ -82,7 +82,7 @@ fn status_names_a_displaced_program_until_the_daemon_puts_it_back() {
         .iter()
         .find(|m| m["name"] == "CONNTRACK")
         .unwrap();
-    assert_eq!(ct["layout_version"], 2);
+    assert_eq!(ct["layout_version"], 3);
     assert_eq!(s["conntrack"]["limit"], 262_144);
     // The daemon's first GC pass runs at its start; the bench lines passes up by their end.
     let gc = &s["conntrack"]["last_gc"];

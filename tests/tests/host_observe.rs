@@ -535,10 +535,10 @@ fn metrics_agree_with_stats_and_ct_ls_after_known_traffic() {
         ),
         Some(1.0)
     );
-    // Map fill: one published port, 524,288 conntrack entries (two per flow) at most.
+    // Map fill: one published port, 262,144 conntrack flows (one element each) at most.
     assert_eq!(
         sample(&m, "bridgenet_map_max_entries", &[("map", "CONNTRACK")]),
-        Some(524_288.0)
+        Some(262_144.0)
     );
     assert!(sample(&m, "bridgenet_map_entries", &[("map", "PUBLISH")]) >= Some(1.0));
     assert!(sample(&m, "bridgenet_map_entries", &[("map", "ENDPOINTS")]) >= Some(1.0));

@@ -493,3 +493,119 @@ fn with_ip_id(frame: &[u8], id: u16) -> Vec<u8> {
     frame[18..20].copy_from_slice(&id.to_be_bytes());
     fix_ip_checksum(frame)
 }
+
+/// A masquerade flow whose port lies past the candidates the inside hooks probe
+/// (`port_hash::FOUND_WITHIN`) is found through `CT_EXCEPTIONS`: its later packets leave from
+/// its port and its replies come back; removed, it takes its exception with it.
+#[test]
+fn a_masquerade_flow_past_the_probed_ports_is_found_through_its_exception() {
+    // Twelve ports and twelve flows to one server port: the last ones walk far from their
+    // start. A key for which one walks past the probed candidates, found as the programs do.
+    let config = NatConfig {
+        port_min: 61000,
+        port_max: 61011,
+        ..NatConfig::default()
+    };
+    let sports: Vec<u16> = (40000..40012).collect();
+    let inside = |sport: u16| CtKey {
+        saddr: u32::from_ne_bytes(EP1),
+        daddr: u32::from_ne_bytes(SERVER),
+        sport: sport.to_be(),
+        dport: 7000u16.to_be(),
+        proto: 6,
+        _pad: [0; 3],
+    };
+    let allocate = |secret: &PortSecret| {
+        let mut taken: Vec<(u16, u16, u32)> = Vec::new();
+        for &sport in &sports {
+            let hash = port_hash::of4(secret, &inside(sport));
+            let (i, port) = (1..=port_hash::TRIES)
+                .map(|i| (i, port_hash::candidate(&config, sport, hash, i).unwrap()))
+                .find(|(_, port)| !taken.iter().any(|t| t.1 == *port))
+                .unwrap();
+            taken.push((sport, port, i));
+        }
+        taken
+    };
+    let (secret, taken) = (1..1000u64)
+        .map(|k0| PortSecret { k0, k1: 99 })
+        .map(|secret| (secret, allocate(&secret)))
+        .find(|(_, taken)| taken.iter().any(|t| t.2 > port_hash::FOUND_WITHIN))
+        .expect("a key that sends a flow past the probed ports");
+
+    let mut dp = nat_datapath();
+    dp.set_port_secret(secret).unwrap();
+    dp.set_nat_config(config).unwrap();
+    for &(sport, port, _) in &taken {
+        let syn = packet::tcp_frame(EP1, sport, SERVER, 7000, true, false, b"");
+        assert_eq!(packet::inspect(&egress(&mut dp, &syn).frame).sport, port);
+    }
+    let flows = dp.flows().unwrap();
+    let excepted = |key: &CtKey| {
+        flows
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, f)| f.flags & bridgenet_common::ct_flags::EXCEPTION != 0)
+    };
+    for &(sport, port, i) in &taken {
+        let key = CtKey {
+            saddr: u32::from_ne_bytes(SERVER),
+            daddr: u32::from_ne_bytes(HOST),
+            sport: 7000u16.to_be(),
+            dport: port.to_be(),
+            proto: 6,
+            _pad: [0; 3],
+        };
+        assert_eq!(
+            excepted(&key),
+            Some(i > port_hash::FOUND_WITHIN),
+            "{sport} -> {port}"
+        );
+        // Either way the flow is found from inside and from outside.
+        let ack = packet::tcp_frame(EP1, sport, SERVER, 7000, false, true, b"x");
+        let out = egress(&mut dp, &ack);
+        assert_eq!(out.action, TC_ACT_OK);
+        assert_eq!(packet::inspect(&out.frame).sport, port, "{sport}");
+        let reply = packet::tcp_frame(SERVER, 7000, HOST, port, false, true, b"y");
+        let back = packet::inspect(&ingress(&mut dp, &reply).frame);
+        assert_eq!((back.dst, back.dport), (EP1, sport));
+        if i > port_hash::FOUND_WITHIN {
+            // Removed with its exception: the endpoint's next segment belongs to no flow.
+            dp.conntrack_remove(&key).unwrap();
+            let out = egress(&mut dp, &ack);
+            assert_eq!(out.action, TC_ACT_SHOT, "{sport}: found after its removal");
+        }
+    }
+}
+
+/// A fifth mapping of one endpoint port has no `PUBLISHED_BY` slot: its flows are found
+/// through `CT_EXCEPTIONS`, the first four's through the slots.
+#[test]
+fn a_fifth_mapping_of_an_endpoint_port_is_answered_through_an_exception() {
+    let mut dp = nat_datapath();
+    for port in 8081..8085 {
+        dp.publish(Proto::Tcp, None, port, Ipv4Addr::from(EP1), 80)
+            .unwrap();
+    }
+    let client = [198, 18, 5, 5];
+    for (i, port) in (8080..8085).enumerate() {
+        let cport = 50000 + i as u16;
+        let syn = packet::tcp_frame(client, cport, HOST, port, true, false, b"");
+        let seen = packet::inspect(&ingress(&mut dp, &syn).frame);
+        assert_eq!((seen.dst, seen.dport), (EP1, 80));
+        let synack = packet::tcp_frame(EP1, 80, client, cport, true, true, b"");
+        let back = packet::inspect(&egress(&mut dp, &synack).frame);
+        assert_eq!((back.src, back.sport), (HOST, port), "through {port}");
+        let key = CtKey {
+            saddr: u32::from_ne_bytes(client),
+            daddr: u32::from_ne_bytes(HOST),
+            sport: cport.to_be(),
+            dport: port.to_be(),
+            proto: 6,
+            _pad: [0; 3],
+        };
+        let flow = dp.flows().unwrap().into_iter().find(|(k, _)| *k == key);
+        let excepted = flow.unwrap().1.flags & bridgenet_common::ct_flags::EXCEPTION != 0;
+        assert_eq!(excepted, port == 8084, "through {port}");
+    }
+}

@@ -287,14 +287,16 @@ fn expired(key: &CtKey, flow: &CtFlow, now_ns: u64) -> bool {
 /// of their inside lookups (docs/conntrack.md), which a migrated flow is checked against. A
 /// masquerade flow's port, or a hairpin flow's gateway port, is one of the first candidates of
 /// its inside tuple's sequence (`port_hash`); a published flow's host side is one of its
-/// endpoint port's `PUBLISHED_BY` slots (`published_by`), on its address or on any; an
-/// untranslated flow is its reversed tuple.
+/// endpoint port's `PUBLISHED_BY` slots (`published_by`), on its address, or on any when the
+/// flow came to an uplink's address (`uplink_addrs`: the programs try the address of the
+/// uplink the reply leaves through); an untranslated flow is its reversed tuple.
 pub fn found_from_inside(
     key: &CtKey,
     flow: &CtFlow,
     nat: &NatConfig,
     secret: &PortSecret,
     published_by: impl Fn(&PublishKey) -> Option<PublishedBy>,
+    uplink_addrs: &[u32],
 ) -> bool {
     match flow.kind {
         flow_kind::MASQUERADE | flow_kind::HAIRPIN => {
@@ -313,7 +315,9 @@ pub fn found_from_inside(
             };
             published_by(&endpoint).is_some_and(|by| {
                 by.hosts.iter().any(|h| {
-                    h.port != 0 && h.port == key.dport && (h.addr == 0 || h.addr == key.daddr)
+                    h.port != 0
+                        && h.port == key.dport
+                        && (h.addr == key.daddr || h.addr == 0 && uplink_addrs.contains(&key.daddr))
                 })
             })
         }
@@ -1054,7 +1058,7 @@ mod tests {
         let secret = PortSecret { k0: 7, k1: 11 };
         let none = |_: &PublishKey| None;
         let found =
-            |(key, flow): (CtKey, CtFlow)| found_from_inside(&key, &flow, &nat, &secret, none);
+            |(key, flow): (CtKey, CtFlow)| found_from_inside(&key, &flow, &nat, &secret, none, &[]);
 
         // Masquerade: the NAT port is among the first candidates of the inside tuple.
         let inside = tuple(ep, 40000, r, 80);
@@ -1105,25 +1109,36 @@ mod tests {
             [(ep, 80u16.to_be()), (host, 8080u16.to_be())],
         );
         assert_eq!(published.1.kind, flow_kind::PUBLISHED);
-        let with = |slots: &[(u32, u16)]| {
+        let with_uplinks = |slots: &[(u32, u16)], uplinks: &[u32]| {
             let mut by = PublishedBy::default();
             for (slot, (addr, port)) in by.hosts.iter_mut().zip(slots) {
                 slot.addr = *addr;
                 slot.port = port.to_be();
             }
             let (key, flow) = published;
-            found_from_inside(&key, &flow, &nat, &secret, |k| {
-                (*k == PublishKey {
-                    addr: ep,
-                    port: 80u16.to_be(),
-                    proto: TCP,
-                    _pad: 0,
-                })
-                .then_some(by)
-            })
+            found_from_inside(
+                &key,
+                &flow,
+                &nat,
+                &secret,
+                |k| {
+                    (*k == PublishKey {
+                        addr: ep,
+                        port: 80u16.to_be(),
+                        proto: TCP,
+                        _pad: 0,
+                    })
+                    .then_some(by)
+                },
+                uplinks,
+            )
         };
+        let with = |slots: &[(u32, u16)]| with_uplinks(slots, &[host]);
         assert!(with(&[(0, 9090), (host, 8080)]));
         assert!(with(&[(0, 8080)]));
+        // On any address but reached at one that is no uplink's: the reply would not try it.
+        assert!(!with_uplinks(&[(0, 8080)], &[other]));
+        assert!(with_uplinks(&[(host, 8080)], &[other]));
         assert!(!with(&[(other, 8080), (host, 9090)]));
         assert!(!with(&[]));
         assert!(!found(published));

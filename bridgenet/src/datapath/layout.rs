@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use bridgenet_common::{
-    CtEntry, CtFlow, CtKey, ct_flags, ct_usage, direction, layout, maps, stats_index,
+    CtEntry, CtFlow, CtKey, Uplink, ct_flags, ct_usage, direction, layout, maps, stats_index,
 };
 use bytemuck::{Pod, Zeroable};
 
@@ -316,8 +316,25 @@ impl Datapath {
         let (_, limit) = self.conntrack_usage()?;
         let (nat, secret) = (self.nat_config()?, self.port_secret()?);
         let published_by: StdHashMap<_, _> = self.published_by()?.into_iter().collect();
+        let uplinks: HashMap<_, u32, Uplink> = HashMap::try_from(
+            self.ebpf
+                .map(maps::UPLINKS)
+                .ok_or_else(|| anyhow::anyhow!("map UPLINKS missing"))?,
+        )?;
+        let uplink_addrs: Vec<u32> = uplinks
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(_, uplink)| uplink.addr)
+            .collect();
         let found = |key: &CtKey, flow: &CtFlow| {
-            found_from_inside(key, flow, &nat, &secret, |k| published_by.get(k).copied())
+            found_from_inside(
+                key,
+                flow,
+                &nat,
+                &secret,
+                |k| published_by.get(k).copied(),
+                &uplink_addrs,
+            )
         };
         let mut exceptions: HashMap<_, CtKey, CtKey> =
             HashMap::try_from(self.own_map(maps::CT_EXCEPTIONS)?)?;
