@@ -11,8 +11,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use bridgenet_common::{
-    CT_MAX_FLOWS, CtFlow, CtKey, EmbryoSlot, ct_flags, ct_usage, direction, embryo_ring, flow_kind,
-    outcome, port_hash, tcp_seen,
+    CT_MAX_FLOWS, CtFlow, CtKey, EmbryoSlot, NatConfig, ct_flags, ct_usage, direction, embryo_ring,
+    flow_kind, outcome, port_hash, tcp_seen,
 };
 
 use crate::{
@@ -192,15 +192,22 @@ pub fn find_inside(
     if kinds & search::MASQUERADE == 0 {
         return None;
     }
-    *key = CtKey {
+    *key = masquerade_key(tuple, nat_addr);
+    probe(tuple, flow_kind::MASQUERADE, key)
+}
+
+/// The key of the masquerade flow of `tuple` leaving with `nat_addr`, but its port: the
+/// remote end's reply to that address.
+#[inline(always)]
+pub fn masquerade_key(tuple: &CtKey, nat_addr: u32) -> CtKey {
+    CtKey {
         saddr: tuple.daddr,
         daddr: nat_addr,
         sport: tuple.dport,
         dport: 0,
         proto: tuple.proto,
         _pad: [0; 3],
-    };
-    probe(tuple, flow_kind::MASQUERADE, key)
+    }
 }
 
 /// `find_inside` but masquerade's sequence: one or a few lookups, whose keys need no hash;
@@ -262,31 +269,68 @@ fn find_published(tuple: &CtKey, nat_addr: u32, key: &mut CtKey) -> Option<*mut 
 /// the keyed sequence of `tuple` (the sender's) in turn, up to `port_hash::FOUND_WITHIN`,
 /// until a flow of kind `kind` whose inside end sent `tuple`. A free candidate does not end
 /// the search: the flow may sit past one that ended.
-// A BPF subprogram of its own: the hash's state must not sit in the callers' frames.
+// A BPF subprogram of its own: the hash's state must not sit in the callers' frames. The
+// candidates through bpf_loop (Linux 5.17+): the verifier checks one step, not each of nine
+// in turn for every state a caller reaches it in (half of endpoint_ingress's verification).
 #[inline(never)]
 pub fn probe(tuple: &CtKey, kind: u8, key: &mut CtKey) -> Option<*mut CtFlow> {
-    let config = nat::nat_config();
-    let hash = nat::port_hash4(tuple);
-    let original = u16::from_be(tuple.sport);
-    for i in 0..=port_hash::FOUND_WITHIN {
-        let Some(port) = port_hash::candidate(&config, original, hash, i) else {
-            continue;
-        };
-        key.dport = port.to_be();
-        let Some(flow) = CONNTRACK.get_ptr_mut(*key) else {
-            continue;
-        };
-        let f = unsafe { &*flow };
-        if f.kind == kind
-            && f.inside_addr == tuple.saddr
-            && f.inside_port == tuple.sport
-            && (kind != flow_kind::HAIRPIN
-                || f.hairpin_addr == tuple.daddr && f.hairpin_port == tuple.dport)
-        {
-            return Some(flow);
-        }
+    let mut probe = Probe {
+        tuple,
+        key,
+        found: core::ptr::null_mut(),
+        hash: nat::port_hash4(tuple),
+        config: nat::nat_config(),
+        original: u16::from_be(tuple.sport),
+        kind,
+        _pad: [0; 5],
+    };
+    unsafe {
+        aya_ebpf::helpers::generated::bpf_loop(
+            port_hash::FOUND_WITHIN + 1,
+            probe_step as *mut core::ffi::c_void,
+            (&raw mut probe).cast(),
+            0,
+        );
     }
-    None
+    (!probe.found.is_null()).then_some(probe.found)
+}
+
+/// What `probe_step` looks for, and the flow once found.
+#[repr(C)]
+struct Probe {
+    tuple: *const CtKey,
+    key: *mut CtKey,
+    found: *mut CtFlow,
+    hash: u64,
+    config: NatConfig,
+    original: u16,
+    kind: u8,
+    _pad: [u8; 5],
+}
+
+/// Candidate `i` of a probe: 0 to go on to the next, 1 to stop (found).
+#[inline(never)]
+extern "C" fn probe_step(i: u32, ctx: *mut core::ffi::c_void) -> i64 {
+    let p = unsafe { &mut *ctx.cast::<Probe>() };
+    let Some(port) = port_hash::candidate(&p.config, p.original, p.hash, i) else {
+        return 0;
+    };
+    let (key, tuple) = unsafe { (&mut *p.key, &*p.tuple) };
+    key.dport = port.to_be();
+    let Some(flow) = CONNTRACK.get_ptr_mut(*key) else {
+        return 0;
+    };
+    let f = unsafe { &*flow };
+    if f.kind == p.kind
+        && f.inside_addr == tuple.saddr
+        && f.inside_port == tuple.sport
+        && (p.kind != flow_kind::HAIRPIN
+            || f.hairpin_addr == tuple.daddr && f.hairpin_port == tuple.dport)
+    {
+        p.found = flow;
+        return 1;
+    }
+    0
 }
 
 /// A flow entered in `CT_EXCEPTIONS` under `tuple`, its key written to `key`.
@@ -328,7 +372,7 @@ pub fn remove_flow(key: &CtKey) {
         return;
     }
     release(1);
-    if exception && CT_EXCEPTIONS.remove(&inside).is_ok() {
+    if exception && CT_EXCEPTIONS.remove(inside).is_ok() {
         release_in(ct_usage::EXCEPTIONS, 1);
     }
 }

@@ -22,9 +22,11 @@ use crate::{
 pub static PUBLISH: HashMap<PublishKey, PublishTarget> = HashMap::with_max_entries(131_072, 0);
 
 /// The host ports each endpoint port is published on, kept by the daemon beside `PUBLISH`:
-/// how the endpoint's replies find their flow (`conntrack::find_inside`).
+/// how the endpoint's replies find their flow (`conntrack::find_inside`). Allocated as ports
+/// are published: preallocated, its room for every possible mapping would take 11 MiB.
 #[map]
-pub static PUBLISHED_BY: HashMap<PublishKey, PublishedBy> = HashMap::with_max_entries(131_072, 0);
+pub static PUBLISHED_BY: HashMap<PublishKey, PublishedBy> =
+    HashMap::with_max_entries(131_072, BPF_F_NO_PREALLOC);
 
 /// Uplinks by ifindex, with the address masquerade uses on each.
 #[map]
@@ -142,14 +144,7 @@ pub fn masquerade(ctx: &mut TcContext, packet: &Packet, nat_addr: u32) -> u32 {
         return outcome::DROP_CT_FULL;
     };
     unsafe { (*flow).ring_seq = seq };
-    let mut key = CtKey {
-        saddr: tuple.daddr,
-        daddr: nat_addr,
-        sport: tuple.dport,
-        dport: 0,
-        proto: tuple.proto,
-        _pad: [0; 3],
-    };
+    let mut key = conntrack::masquerade_key(&tuple, nat_addr);
     let result = open_at_port(&mut key, &tuple, flow);
     if result != outcome::PASSED {
         return result;

@@ -405,8 +405,8 @@ fn flow_v2(
 #[test]
 fn a_v2_table_of_every_kind_of_flow_becomes_one_element_per_flow() {
     let (bpffs, options) = pinned("migrate_v2");
-    // What a daemon of layout v2 left besides its table: the published port, the port key,
-    // the rings (v2, adopted as they are).
+    // What a daemon of layout v2 left besides its table: its uplink, the published port, the
+    // port key, the rings (v2, adopted as they are).
     let (ep, ep2, routed) = ([172, 17, 0, 2], [172, 17, 0, 3], [172, 18, 0, 3]);
     let (host, gateway, world, client) = (
         [198, 18, 0, 2],
@@ -415,6 +415,8 @@ fn a_v2_table_of_every_kind_of_flow_becomes_one_element_per_flow() {
         [198, 18, 0, 9],
     );
     let mut first = Datapath::load_with(&options).expect("first load");
+    // Replies of a port published on any address try the address of their uplink.
+    first.set_uplink_addr(2, Ipv4Addr::from(host)).unwrap();
     first
         .publish(Proto::Tcp, None, 8080, Ipv4Addr::from(ep), 80)
         .unwrap();
