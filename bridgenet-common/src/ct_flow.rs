@@ -56,6 +56,19 @@ impl CtFlow {
             direction::REPLY as usize
         }
     }
+
+    /// Whether the flow is of `kind` and its inside end sends `tuple` (an inside hook's tuple
+    /// before translation; for hairpin, to the same published address and port): how the
+    /// inside hooks tell their flow from another one at the key they computed, and an opener
+    /// the same flow opened on another CPU.
+    #[inline(always)]
+    pub const fn sent_by(&self, kind: u8, tuple: &CtKey) -> bool {
+        self.kind == kind
+            && self.inside_addr == tuple.saddr
+            && self.inside_port == tuple.sport
+            && (kind != flow_kind::HAIRPIN
+                || self.hairpin_addr == tuple.daddr && self.hairpin_port == tuple.dport)
+    }
 }
 
 /// What a `CtFlow` is, and so how its inside tuple is found again (docs/conntrack.md).
@@ -89,6 +102,28 @@ pub struct PublishedBy {
 pub const PUBLISHED_BY_SLOTS: usize = 4;
 
 const _: () = assert!(core::mem::size_of::<PublishedBy>() == 32);
+
+impl PublishedBy {
+    /// Whether the published flow at `key` (its tuple as it arrived) came through one of these
+    /// mappings at an address its endpoint's replies look for it with: the mapping's own, or
+    /// for a mapping on any host address one for which `tried` is true (the address of the
+    /// uplink the replies leave through).
+    #[inline(always)]
+    pub fn answers(&self, key: &CtKey, tried: impl Fn(u32) -> bool) -> bool {
+        let mut i = 0;
+        while i < PUBLISHED_BY_SLOTS {
+            let host = self.hosts[i];
+            if host.port != 0
+                && host.port == key.dport
+                && (host.addr == key.daddr || host.addr == 0 && tried(key.daddr))
+            {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+}
 
 impl CtFlow {
     /// The flow's tuple as its inside end sends it: from `inside` to the key's source.
@@ -378,5 +413,54 @@ mod tests {
         assert_eq!(flow.inside_key(&reply), key(ep, 1000, r, 80));
         assert_eq!(flow.outside_direction(), direction::REPLY as usize);
         assert_eq!(flow.inside_tuple(&reply), key(ep, 1000, r, 80));
+    }
+
+    #[test]
+    fn a_flow_is_sent_by_its_inside_end_and_a_hairpin_flow_only_to_its_destination() {
+        let (ep, r, host) = (10, 20, 50);
+        let masq = CtFlow {
+            kind: flow_kind::MASQUERADE,
+            inside_addr: ep,
+            inside_port: 1000,
+            ..CtFlow::default()
+        };
+        assert!(masq.sent_by(flow_kind::MASQUERADE, &key(ep, 1000, r, 80)));
+        assert!(masq.sent_by(flow_kind::MASQUERADE, &key(ep, 1000, r, 443)));
+        assert!(!masq.sent_by(flow_kind::HAIRPIN, &key(ep, 1000, r, 80)));
+        assert!(!masq.sent_by(flow_kind::MASQUERADE, &key(ep, 1001, r, 80)));
+        assert!(!masq.sent_by(flow_kind::MASQUERADE, &key(ep + 1, 1000, r, 80)));
+        let hairpin = CtFlow {
+            kind: flow_kind::HAIRPIN,
+            hairpin_addr: host,
+            hairpin_port: 8080,
+            ..masq
+        };
+        assert!(hairpin.sent_by(flow_kind::HAIRPIN, &key(ep, 1000, host, 8080)));
+        assert!(!hairpin.sent_by(flow_kind::HAIRPIN, &key(ep, 1000, host, 8081)));
+        assert!(!hairpin.sent_by(flow_kind::HAIRPIN, &key(ep, 1000, host + 1, 8080)));
+    }
+
+    #[test]
+    fn a_published_flow_answers_to_its_mapping_and_one_on_any_address_at_the_tried_address() {
+        let (client, host, other, uplink) = (20, 50, 51, 60);
+        let mut by = PublishedBy::default();
+        by.hosts[0] = PublishTarget {
+            addr: host,
+            port: 8080,
+            _pad: 0,
+        };
+        by.hosts[2] = PublishTarget {
+            addr: 0,
+            port: 9090,
+            _pad: 0,
+        };
+        let tried = |addr| addr == uplink;
+        assert!(by.answers(&key(client, 1000, host, 8080), tried));
+        assert!(!by.answers(&key(client, 1000, other, 8080), tried));
+        assert!(!by.answers(&key(client, 1000, host, 8081), tried));
+        assert!(by.answers(&key(client, 1000, uplink, 9090), tried));
+        assert!(!by.answers(&key(client, 1000, host, 9090), tried));
+        // An empty slot (port 0) answers nothing, not even port 0 on any address.
+        assert!(!by.answers(&key(client, 1000, uplink, 0), tried));
     }
 }

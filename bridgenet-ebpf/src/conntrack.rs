@@ -236,13 +236,12 @@ pub fn find_computed(
     find_exception(tuple, key)
 }
 
-/// The flow at `key` if its inside end is `tuple`'s source and it is of kind `a` or `b`.
+/// The flow at `key` if it is of kind `a` or `b` and `tuple`'s sender's (`CtFlow::sent_by`).
 #[inline(always)]
 fn inside_match(key: &CtKey, tuple: &CtKey, a: u8, b: u8) -> Option<*mut CtFlow> {
     let flow = CONNTRACK.get_ptr_mut(key)?;
     let f = unsafe { &*flow };
-    (f.inside_addr == tuple.saddr && f.inside_port == tuple.sport && (f.kind == a || f.kind == b))
-        .then_some(flow)
+    (f.sent_by(a, tuple) || f.sent_by(b, tuple)).then_some(flow)
 }
 
 /// A reply of a published port: `tuple` from the endpoint's port, to the client; the flow's
@@ -320,13 +319,7 @@ extern "C" fn probe_step(i: u32, ctx: *mut core::ffi::c_void) -> i64 {
     let Some(flow) = CONNTRACK.get_ptr_mut(*key) else {
         return 0;
     };
-    let f = unsafe { &*flow };
-    if f.kind == p.kind
-        && f.inside_addr == tuple.saddr
-        && f.inside_port == tuple.sport
-        && (p.kind != flow_kind::HAIRPIN
-            || f.hairpin_addr == tuple.daddr && f.hairpin_port == tuple.dport)
-    {
+    if unsafe { (*flow).sent_by(p.kind, tuple) } {
         p.found = flow;
         return 1;
     }
@@ -378,8 +371,7 @@ pub fn remove_flow(key: &CtKey) {
 }
 
 /// Takes room for a new flow and its turn in its side's `EMBRYOS` ring (`side`:
-/// `embryo_ring::OUTSIDE` or `INSIDE`): Ok(ring_seq) for `record`, or the outcome to drop the
-/// packet with. When the table is full, the flows in the next slots of the ring make room if
+/// `embryo_ring::OUTSIDE` or `INSIDE`): Ok(ring_seq), or the outcome to drop the packet with. When the table is full, the flows in the next slots of the ring make room if
 /// they are still not assured (the oldest half-open or unanswered flows first, as Linux's
 /// early_drop): a flood of such flows cannot lock out the others, which the table keeps until
 /// they close. The same side's flows go first; the other side's only when the next ones of
@@ -469,7 +461,7 @@ pub fn count_evicted() {
 
 /// Records an admitted flow (its key) in its ring slot.
 #[inline(always)]
-pub fn record(key: &CtKey, seq: u32) {
+fn record(key: &CtKey, seq: u32) {
     if let Some(slot) = ring_slot(seq) {
         unsafe {
             *slot = EmbryoSlot {
@@ -519,25 +511,46 @@ pub enum InsertError {
     Full,
 }
 
-/// A fresh flow of `kind` whose inside end is `inside_addr:inside_port`, in this CPU's
-/// `OPENING` element (see `Opening`); `insert_opening` inserts it.
+/// Begins a new flow of `kind` whose inside end is `inside_addr:inside_port` on `side`
+/// (`admit`'s): its room and ring turn taken, the flow made afresh in this CPU's `OPENING`
+/// element (see `Opening`) for `insert_opening`. The flow, or the outcome to drop the packet
+/// with (nothing taken). Once begun, a flow that is not inserted gives its room back
+/// (`release`).
 #[inline(always)]
-pub fn new_flow(kind: u8, flags: u8, inside_addr: u32, inside_port: u16) -> Option<*mut CtFlow> {
-    let opening = OPENING.get_ptr_mut(0)?;
+pub fn open_flow(
+    side: u32,
+    kind: u8,
+    flags: u8,
+    inside_addr: u32,
+    inside_port: u16,
+) -> Result<*mut CtFlow, u32> {
+    let seq = admit(side)?;
+    let Some(opening) = OPENING.get_ptr_mut(0) else {
+        release(1);
+        return Err(outcome::DROP_CT_FULL);
+    };
     unsafe {
         // Zeroed through `mem`: `write_bytes` is a byte loop in the programs.
         let flow: *mut CtFlow = crate::mem::zeroed(&mut *(&raw mut (*opening).flow).cast());
         (*flow).last_seen_ns = bpf_ktime_get_ns();
+        (*flow).ring_seq = seq;
         (*flow).kind = kind;
         (*flow).flags = flags;
         (*flow).inside_addr = inside_addr;
         (*flow).inside_port = inside_port;
-        Some(flow)
+        Ok(flow)
     }
 }
 
-/// Inserts the `OPENING` flow under `key` unless the key is taken, and makes `key` the one
-/// `count_opening` counts the packet in.
+/// The flow `open_flow` made in this CPU's `OPENING` element.
+#[inline(always)]
+pub fn opening() -> Option<*mut CtFlow> {
+    let opening = OPENING.get_ptr_mut(0)?;
+    Some(unsafe { &raw mut (*opening).flow })
+}
+
+/// Inserts the `OPENING` flow under `key` unless the key is taken: recorded in its ring slot,
+/// and `key` made the one `count_opening` counts the packet in.
 #[inline(always)]
 pub fn insert_opening(key: &CtKey) -> Result<(), InsertError> {
     let Some(opening) = OPENING.get_ptr_mut(0) else {
@@ -546,6 +559,7 @@ pub fn insert_opening(key: &CtKey) -> Result<(), InsertError> {
     let flow = unsafe { &(*opening).flow };
     match CONNTRACK.insert(key, flow, u64::from(BPF_NOEXIST)) {
         Ok(()) => {
+            record(key, flow.ring_seq);
             unsafe { (*opening).key = *key };
             Ok(())
         }

@@ -212,16 +212,12 @@ fn open(ctx: &mut TcContext, packet: &Packet, target: PublishTarget, checked: u3
     if !conntrack::opens_flow(packet) {
         return outcome::DROP_UNTRACKED;
     }
-    let seq = match conntrack::admit(embryo_ring::INSIDE) {
-        Ok(seq) => seq,
+    let kind = flow_kind::HAIRPIN;
+    let flow = match conntrack::open_flow(embryo_ring::INSIDE, kind, 0, tuple.saddr, tuple.sport) {
+        Ok(flow) => flow,
         Err(drop) => return drop,
     };
-    let Some(flow) = conntrack::new_flow(flow_kind::HAIRPIN, 0, tuple.saddr, tuple.sport) else {
-        conntrack::release(1);
-        return outcome::DROP_CT_FULL;
-    };
     unsafe {
-        (*flow).ring_seq = seq;
         (*flow).hairpin_addr = tuple.daddr;
         (*flow).hairpin_port = tuple.dport;
     }
@@ -237,7 +233,6 @@ fn open(ctx: &mut TcContext, packet: &Packet, target: PublishTarget, checked: u3
     if result != outcome::PASSED {
         return result;
     }
-    conntrack::record(&key, seq);
     rewrite(
         ctx,
         packet,

@@ -3,12 +3,12 @@
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_NO_PREALLOC, BPF_F_PSEUDO_HDR},
     macros::map,
-    maps::{Array, HashMap, LpmTrie, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::TcContext,
 };
 use bridgenet_common::{
-    CtFlow, CtKey, NatConfig, NonMasqueradeKey, PUBLISHED_BY_SLOTS, PublishKey, PublishTarget,
-    PublishedBy, Subnet, SubnetBlocks, Uplink, action, ct_flags, embryo_ring, flow_kind, outcome,
+    CtFlow, CtKey, NatConfig, NonMasqueradeKey, PublishKey, PublishTarget, PublishedBy, Subnet,
+    SubnetBlocks, Uplink, action, ct_flags, embryo_ring, flow_kind, outcome,
     port_hash::{self, PortSecret},
 };
 
@@ -135,21 +135,16 @@ pub fn nat_config() -> NatConfig {
 #[inline(never)]
 pub fn masquerade(ctx: &mut TcContext, packet: &Packet, nat_addr: u32) -> u32 {
     let tuple = packet.key;
-    let seq = match conntrack::admit(embryo_ring::INSIDE) {
-        Ok(seq) => seq,
+    let kind = flow_kind::MASQUERADE;
+    let flow = match conntrack::open_flow(embryo_ring::INSIDE, kind, 0, tuple.saddr, tuple.sport) {
+        Ok(flow) => flow,
         Err(drop) => return drop,
     };
-    let Some(flow) = conntrack::new_flow(flow_kind::MASQUERADE, 0, tuple.saddr, tuple.sport) else {
-        conntrack::release(1);
-        return outcome::DROP_CT_FULL;
-    };
-    unsafe { (*flow).ring_seq = seq };
     let mut key = conntrack::masquerade_key(&tuple, nat_addr);
     let result = open_at_port(&mut key, &tuple, flow);
     if result != outcome::PASSED {
         return result;
     }
-    conntrack::record(&key, seq);
     apply(ctx, packet, action::SNAT, nat_addr, key.dport)
 }
 
@@ -172,21 +167,13 @@ pub fn route_out(ctx: &mut TcContext, packet: &Packet) -> u32 {
 /// tuple reversed: PASSED, or the drop (the room given back).
 #[inline(always)]
 fn open_reversed(tuple: &CtKey, kind: u8) -> u32 {
-    let seq = match conntrack::admit(embryo_ring::INSIDE) {
-        Ok(seq) => seq,
-        Err(drop) => return drop,
-    };
-    let Some(flow) = conntrack::new_flow(kind, 0, tuple.saddr, tuple.sport) else {
-        conntrack::release(1);
-        return outcome::DROP_CT_FULL;
-    };
-    unsafe { (*flow).ring_seq = seq };
+    if let Err(drop) = conntrack::open_flow(embryo_ring::INSIDE, kind, 0, tuple.saddr, tuple.sport)
+    {
+        return drop;
+    }
     let key = tuple.reversed();
     match conntrack::insert_opening(&key) {
-        Ok(()) => {
-            conntrack::record(&key, seq);
-            outcome::PASSED
-        }
+        Ok(()) => outcome::PASSED,
         Err(err) => {
             conntrack::release(1);
             match err {
@@ -194,11 +181,7 @@ fn open_reversed(tuple: &CtKey, kind: u8) -> u32 {
                 // The same flow, opened on another CPU meanwhile; anything else holding the
                 // tuple is another flow (masquerade's, on the host's address).
                 InsertError::Exists => match unsafe { conntrack::CONNTRACK.get(key) } {
-                    Some(won)
-                        if won.kind == kind
-                            && won.inside_addr == tuple.saddr
-                            && won.inside_port == tuple.sport =>
-                    {
+                    Some(won) if won.sent_by(kind, tuple) => {
                         conntrack::opened_by_another(&key);
                         outcome::PASSED
                     }
@@ -209,35 +192,39 @@ fn open_reversed(tuple: &CtKey, kind: u8) -> u32 {
     }
 }
 
-/// Inserts the new flow `flow` (the `OPENING` one, its room taken by `conntrack::admit`) under
-/// `key`, whose destination port is chosen from `tuple`'s keyed sequence (`choose_port`) so
-/// that the key is free: masquerade's source port, hairpin's gateway port. A flow that got a
-/// port past what the inside hooks probe is entered in `CT_EXCEPTIONS`. PASSED with the port
-/// in `key`, or the outcome to drop the packet with (the room is given back).
+/// Inserts the new flow `flow` (the `OPENING` one, begun by `conntrack::open_flow`) under
+/// `key`, whose destination port is chosen from `tuple`'s keyed sequence so that the key is
+/// free: masquerade's source port, hairpin's gateway port (the first candidate, as
+/// `choose_port` walks them, whose key is free). A flow that got a port past what the inside
+/// hooks probe is entered in `CT_EXCEPTIONS`. PASSED with the port in `key`, or the outcome
+/// to drop the packet with (the room is given back).
 // A BPF subprogram of its own: inlined, its locals would push the caller past the
-// 512-byte stack limit.
+// 512-byte stack limit. The candidates through bpf_loop (Linux 5.17+), as `conntrack::probe`:
+// the verifier checks one step instead of 33 for every state a caller reaches it in.
 #[inline(never)]
 pub fn open_at_port(key: &mut CtKey, tuple: &CtKey, flow: *mut CtFlow) -> u32 {
-    let mut raced = false;
-    let result = choose_port(u16::from_be(tuple.sport), port_hash4(tuple), |port, i| {
-        key.dport = port.to_be();
-        // A flow's key cannot be its sender's own tuple (hairpin to itself): the sender's
-        // packets would be taken for the other side's.
-        if key.dport == tuple.dport && key.sport == tuple.sport && key.saddr == tuple.saddr {
-            return Err(InsertError::Exists);
-        }
-        if i > port_hash::FOUND_WITHIN {
-            unsafe { (*flow).flags |= ct_flags::EXCEPTION };
-        }
-        match conntrack::insert_opening(key) {
-            Err(InsertError::Exists) if same_flow(key, tuple, flow) => {
-                raced = true;
-                Ok(())
-            }
-            other => other,
-        }
-    });
-    if result != outcome::PASSED || raced {
+    let Some(walk) = PORT_WALK.get_ptr_mut(0) else {
+        conntrack::release(1);
+        return outcome::DROP_CT_FULL;
+    };
+    unsafe {
+        (*walk).key = *key;
+        (*walk).tuple = *tuple;
+        (*walk).hash = port_hash4(tuple);
+        (*walk).config = nat_config();
+        (*walk).original = u16::from_be(tuple.sport);
+        (*walk).raced = 0;
+        (*walk).result = outcome::DROP_PORTS_EXHAUSTED;
+        aya_ebpf::helpers::generated::bpf_loop(
+            port_hash::TRIES + 1,
+            open_step as *mut core::ffi::c_void,
+            core::ptr::null_mut(),
+            0,
+        );
+        key.dport = (*walk).key.dport;
+    }
+    let (result, raced) = unsafe { ((*walk).result, (*walk).raced) };
+    if result != outcome::PASSED || raced != 0 {
         conntrack::release(1);
         return result;
     }
@@ -251,6 +238,63 @@ pub fn open_at_port(key: &mut CtKey, tuple: &CtKey, flow: *mut CtFlow) -> u32 {
     outcome::PASSED
 }
 
+/// `open_at_port`'s walk, where its bpf_loop callback finds it. Not bpf_loop's context: that
+/// has to be on the stack, in `open_at_port`'s frame, which is on the hairpin path's deepest
+/// chain of calls; Linux 6.1 counts the callback's frame in that chain too (512 bytes).
+#[repr(C)]
+struct PortWalk {
+    /// The flow's key, its destination port the candidate being tried.
+    key: CtKey,
+    /// The sender's tuple.
+    tuple: CtKey,
+    hash: u64,
+    config: NatConfig,
+    /// `tuple`'s source port, host byte order.
+    original: u16,
+    /// 1 when the flow was found opened on another CPU (`same_flow`).
+    raced: u8,
+    _pad: u8,
+    /// PASSED once inserted (or raced), DROP_CT_FULL, or DROP_PORTS_EXHAUSTED while no
+    /// candidate was free.
+    result: u32,
+}
+
+#[map]
+static PORT_WALK: PerCpuArray<PortWalk> = PerCpuArray::with_max_entries(1, 0);
+
+/// Candidate `i` of `open_at_port`'s walk: 0 to go on to the next, 1 to stop (inserted,
+/// raced, or the table refused it).
+#[inline(never)]
+extern "C" fn open_step(i: u32, _ctx: *mut core::ffi::c_void) -> i64 {
+    let (Some(w), Some(flow)) = (PORT_WALK.get_ptr_mut(0), conntrack::opening()) else {
+        return 1;
+    };
+    let w = unsafe { &mut *w };
+    let Some(port) = port_hash::candidate(&w.config, w.original, w.hash, i) else {
+        return 0;
+    };
+    w.key.dport = port.to_be();
+    let (key, tuple) = (&w.key, &w.tuple);
+    // A flow's key cannot be its sender's own tuple (hairpin to itself): the sender's
+    // packets would be taken for the other side's.
+    if key.dport == tuple.dport && key.sport == tuple.sport && key.saddr == tuple.saddr {
+        return 0;
+    }
+    if i > port_hash::FOUND_WITHIN {
+        unsafe { (*flow).flags |= ct_flags::EXCEPTION };
+    }
+    w.result = match conntrack::insert_opening(key) {
+        Ok(()) => outcome::PASSED,
+        Err(InsertError::Exists) if same_flow(key, tuple, flow) => {
+            w.raced = 1;
+            outcome::PASSED
+        }
+        Err(InsertError::Exists) => return 0,
+        Err(InsertError::Full) => outcome::DROP_CT_FULL,
+    };
+    1
+}
+
 /// Whether the flow at `key` is the one `opening` would be (the same sender's, opened on
 /// another CPU meanwhile): then the packet is translated as it is there.
 #[inline(always)]
@@ -258,13 +302,7 @@ fn same_flow(key: &CtKey, tuple: &CtKey, opening: *mut CtFlow) -> bool {
     let Some(won) = (unsafe { conntrack::CONNTRACK.get(key) }) else {
         return false;
     };
-    let kind = unsafe { (*opening).kind };
-    if won.kind != kind || won.inside_addr != tuple.saddr || won.inside_port != tuple.sport {
-        return false;
-    }
-    if kind == flow_kind::HAIRPIN
-        && (won.hairpin_addr != tuple.daddr || won.hairpin_port != tuple.dport)
-    {
+    if !won.sent_by(unsafe { (*opening).kind }, tuple) {
         return false;
     }
     conntrack::opened_by_another(key);
@@ -282,11 +320,12 @@ pub fn port_hash4(key: &CtKey) -> u64 {
         .map_or(0, |secret| port_hash::of4(secret, key))
 }
 
-/// The port masquerade gives a flow whose source port is `original` (host byte order): the
-/// first of its candidates (`port_hash::candidate`: that one when it is outside the host's
-/// port range, then ports of the NAT range from where `hash` says on) for which `insert`
-/// (given the port, host byte order, and the candidate's index) finds the key free.
+/// The port masquerade gives an IPv6 flow whose source port is `original` (host byte order):
+/// the first of its candidates (`port_hash::candidate`: that one when it is outside the
+/// host's port range, then ports of the NAT range from where `hash` says on) for which
+/// `insert` (given the port, host byte order, and the candidate's index) finds the key free.
 /// PASSED, DROP_CT_FULL or DROP_PORTS_EXHAUSTED; the caller gives back the room it took.
+/// IPv4's walk is `open_at_port`'s, the same through bpf_loop.
 #[inline(always)]
 pub fn choose_port(
     original: u16,
@@ -376,20 +415,15 @@ pub fn publish(
     {
         return outcome::DROP_PORTS_EXHAUSTED;
     }
-    let seq = match conntrack::admit(embryo_ring::OUTSIDE) {
-        Ok(seq) => seq,
-        Err(drop) => return drop,
-    };
-    let Some(flow) = conntrack::new_flow(kind, ct_flags::INBOUND, target.addr, target.port) else {
-        conntrack::release(1);
-        return outcome::DROP_CT_FULL;
-    };
     let exception = kind == flow_kind::PUBLISHED && !found_from_inside(&key, &inside, uplink_addr);
-    unsafe {
-        (*flow).ring_seq = seq;
-        if exception {
-            (*flow).flags |= ct_flags::EXCEPTION;
-        }
+    let flags = if exception {
+        ct_flags::INBOUND | ct_flags::EXCEPTION
+    } else {
+        ct_flags::INBOUND
+    };
+    let side = embryo_ring::OUTSIDE;
+    if let Err(drop) = conntrack::open_flow(side, kind, flags, target.addr, target.port) {
+        return drop;
     }
     if let Err(err) = conntrack::insert_opening(&key) {
         conntrack::release(1);
@@ -397,20 +431,19 @@ pub fn publish(
             return outcome::DROP_CT_FULL;
         }
         // The same flow, opened on another CPU meanwhile: translated as it is there.
-        conntrack::opened_by_another(&key);
         return match unsafe { conntrack::CONNTRACK.get(key) } {
-            Some(won) => {
+            Some(won) if won.sent_by(kind, &inside) => {
+                conntrack::opened_by_another(&key);
                 let (addr, port) = (won.inside_addr, won.inside_port);
                 apply(ctx, packet, action::DNAT, addr, port)
             }
-            None => outcome::DROP_PORTS_EXHAUSTED,
+            _ => outcome::DROP_PORTS_EXHAUSTED,
         };
     }
     if exception && !conntrack::add_exception(&inside, &key) {
         conntrack::remove_flow(&key);
         return outcome::DROP_CT_FULL;
     }
-    conntrack::record(&key, seq);
     apply(ctx, packet, action::DNAT, target.addr, target.port)
 }
 
@@ -419,18 +452,7 @@ pub fn publish(
 /// reached at the address of the uplink the replies leave through (the one it came in by).
 #[inline(always)]
 fn found_from_inside(key: &CtKey, inside: &CtKey, uplink_addr: u32) -> bool {
-    let Some(by) = published_by(inside) else {
-        return false;
-    };
-    for i in 0..PUBLISHED_BY_SLOTS {
-        let host = by.hosts[i];
-        if host.port == key.dport
-            && (host.addr == key.daddr || host.addr == 0 && key.daddr == uplink_addr)
-        {
-            return true;
-        }
-    }
-    false
+    published_by(inside).is_some_and(|by| by.answers(key, |addr| addr == uplink_addr))
 }
 
 /// Tracks a flow of the host itself, so masquerade never picks its tuple.

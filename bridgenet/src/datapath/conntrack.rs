@@ -313,13 +313,7 @@ pub fn found_from_inside(
                 proto: key.proto,
                 _pad: 0,
             };
-            published_by(&endpoint).is_some_and(|by| {
-                by.hosts.iter().any(|h| {
-                    h.port != 0
-                        && h.port == key.dport
-                        && (h.addr == key.daddr || h.addr == 0 && uplink_addrs.contains(&key.daddr))
-                })
-            })
+            published_by(&endpoint).is_some_and(|by| by.answers(key, |a| uplink_addrs.contains(&a)))
         }
         flow_kind::HOST | flow_kind::ROUTED => true,
         _ => false,
