@@ -371,10 +371,10 @@ pub fn remove_flow(key: &CtKey) {
 }
 
 /// Takes room for a new flow and its turn in its side's `EMBRYOS` ring (`side`:
-/// `embryo_ring::OUTSIDE` or `INSIDE`): Ok(ring_seq), or the outcome to drop the packet with. When the table is full, the flows in the next slots of the ring make room if
-/// they are still not assured (the oldest half-open or unanswered flows first, as Linux's
-/// early_drop): a flood of such flows cannot lock out the others, which the table keeps until
-/// they close. The same side's flows go first; the other side's only when the next ones of
+/// `embryo_ring::OUTSIDE` or `INSIDE`): Ok(ring_seq), or the outcome to drop the packet with.
+/// When the table is full, the flows in the next slots of the ring make room if they are still
+/// not assured (the oldest half-open or unanswered flows first, as Linux's early_drop): a
+/// flood of such flows cannot lock out the others, which the table keeps until they close. The same side's flows go first; the other side's only when the next ones of
 /// this side are all assured, so that a flood never ends the other side's handshakes.
 #[inline(always)]
 pub fn admit(side: u32) -> Result<u32, u32> {
