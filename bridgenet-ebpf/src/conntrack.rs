@@ -273,13 +273,28 @@ fn find_published(tuple: &CtKey, nat_addr: u32, key: &mut CtKey) -> Option<*mut 
 // in turn for every state a caller reaches it in (half of endpoint_ingress's verification).
 #[inline(never)]
 pub fn probe(tuple: &CtKey, kind: u8, key: &mut CtKey) -> Option<*mut CtFlow> {
+    let hash = nat::port_hash4(tuple);
+    let config = nat::nat_config();
+    let original = u16::from_be(tuple.sport);
+    // Nearly every flow has the first candidate it can have (0, or 1 when 0 is not one):
+    // looked up here, without the loop's set-up (20-30 ns of a tracked masqueraded segment).
+    let first = port_hash::candidate(&config, original, hash, 0)
+        .or_else(|| port_hash::candidate(&config, original, hash, 1));
+    if let Some(port) = first {
+        key.dport = port.to_be();
+        if let Some(flow) = CONNTRACK.get_ptr_mut(*key)
+            && unsafe { (*flow).sent_by(kind, tuple) }
+        {
+            return Some(flow);
+        }
+    }
     let mut probe = Probe {
         tuple,
         key,
         found: core::ptr::null_mut(),
-        hash: nat::port_hash4(tuple),
-        config: nat::nat_config(),
-        original: u16::from_be(tuple.sport),
+        hash,
+        config,
+        original,
         kind,
         _pad: [0; 5],
     };
