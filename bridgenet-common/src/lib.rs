@@ -277,7 +277,9 @@ pub struct Subnet {
 /// in no managed subnet without a lookup in the `SUBNETS` trie (most addresses the programs
 /// ask about: clients, remote servers, the host's). A superset: blocks are added before their
 /// subnet and recomputed after a subnet goes. `ready` 0 (a map just made, not filled yet):
-/// every address may be managed.
+/// every address may be managed; otherwise the generation of `SUBNETS`, which the daemon
+/// changes after every change of the trie, so that the programs know when what they cached
+/// of it went stale (the layout is v1's, where `ready` was 1 once filled).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct SubnetBlocks {
@@ -288,6 +290,11 @@ pub struct SubnetBlocks {
 pub const SUBNET_BLOCK_WORDS: usize = 1024;
 
 impl SubnetBlocks {
+    /// The generation after this one (`ready`: never 0, which means not filled).
+    pub fn next_generation(&self) -> u64 {
+        self.ready.wrapping_add(1).max(1)
+    }
+
     /// Whether `addr` (network byte order) may be in a managed subnet.
     #[inline(always)]
     pub fn may_hold(&self, addr: u32) -> bool {

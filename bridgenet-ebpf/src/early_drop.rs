@@ -53,10 +53,10 @@ pub fn check(saddr: u32, daddr: u32) -> u32 {
     }
     // An endpoint's address never comes from outside: such a packet would be translated to a
     // published port and answered inside, as if an endpoint had sent it.
-    if nat::subnet_of(saddr).is_some() {
+    if nat::subnet_cached(saddr).get().is_some() {
         return outcome::DROP_SPOOFED;
     }
-    match nat::subnet_of(daddr) {
+    match nat::subnet_cached(daddr).get() {
         // Unless the source is one the network talks to unmasqueraded (another node's pods).
         Some(subnet)
             if !reachable_directly(subnet) && !nat::non_masquerade(subnet.network, saddr) =>
@@ -84,7 +84,7 @@ fn reachable_directly(subnet: &Subnet) -> bool {
 /// what is for the host is the stack's to drop.
 #[inline(always)]
 pub fn unjudged(daddr: u32) -> u32 {
-    if nat::subnet_of(daddr).is_some() {
+    if nat::subnet_cached(daddr).get().is_some() {
         outcome::DROP_MALFORMED
     } else {
         outcome::PASSED

@@ -24,7 +24,10 @@ const ARP_SPA_OFF: usize = EthHdr::LEN + 14;
 /// The outcome, and for an IPv4 packet that passed to an address outside the managed
 /// subnets, or an IPv6 packet that passed, its network's (IPv4) gateway (else 0): the fast
 /// path out takes only what is sent to the gateway's MAC.
-#[inline(always)]
+// A BPF subprogram of its own: inlined, its locals (the copies of subnets it asks for) would
+// add to endpoint_ingress's frame, at the head of the hairpin path's chain of calls, which
+// Linux 6.1 limits to 512 bytes.
+#[inline(never)]
 pub fn check(ctx: &TcContext) -> (u32, u32) {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // Fail closed: a veth this program is on but that has no endpoint passes nothing.
@@ -45,7 +48,12 @@ pub fn check(ctx: &TcContext) -> (u32, u32) {
         }
         // The gateway names the bridge's MAC for the fast path out, which asks the FIB
         // whether the destination is outside (an IPv6-only network's bridge has no such MAC).
-        return (result, nat::subnet_of(ep.addr).map_or(0, |own| own.gateway));
+        return (
+            result,
+            nat::subnet_cached(ep.addr)
+                .get()
+                .map_or(0, |own| own.gateway),
+        );
     }
     // An endpoint of an IPv6-only network (no IPv4 address) sends neither ARP nor IPv4.
     if ep.addr == 0 {
@@ -75,14 +83,15 @@ pub fn check(ctx: &TcContext) -> (u32, u32) {
     if saddr != ep.addr {
         return (outcome::DROP_SPOOFED, 0);
     }
-    let own = nat::subnet_of(saddr);
+    let own = nat::subnet_cached(saddr);
+    let own = own.get();
     if let Some(own) = own
         && own.flags & network_flags::NO_ICC != 0
         && reaches_siblings(&eth.dst_addr, daddr, own)
     {
         return (outcome::DROP_ICC, 0);
     }
-    match nat::subnet_of(daddr) {
+    match nat::subnet_cached(daddr).get() {
         Some(subnet) if subnet.network != ep.network => (outcome::DROP_ISOLATION, 0),
         Some(subnet) if subnet.flags & network_flags::NO_ICC != 0 && daddr != subnet.gateway => {
             (outcome::DROP_ICC, 0)
@@ -115,7 +124,10 @@ pub fn sibling_mac(mac: &[u8; 6], own: &Subnet) -> bool {
         return false;
     }
     let addr = u32::from_ne_bytes([mac[2], mac[3], mac[4], mac[5]]);
-    addr != own.gateway && nat::subnet_of(addr).is_some_and(|s| s.network == own.network)
+    addr != own.gateway
+        && nat::subnet_cached(addr)
+            .get()
+            .is_some_and(|s| s.network == own.network)
 }
 
 /// Marks a packet as checked by `check`.
@@ -149,7 +161,7 @@ pub fn require_checked(ctx: &TcContext) -> u32 {
         return outcome::PASSED;
     }
     match ctx.load::<u32>(IP_SADDR_OFF) {
-        Ok(saddr) if nat::subnet_of(saddr).is_some() => outcome::DROP_UNCHECKED,
+        Ok(saddr) if nat::subnet_cached(saddr).get().is_some() => outcome::DROP_UNCHECKED,
         _ => outcome::PASSED,
     }
 }

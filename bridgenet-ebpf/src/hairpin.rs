@@ -37,12 +37,12 @@ pub fn redirect(ctx: &mut TcContext) -> Option<i32> {
 pub fn translate(ctx: &mut TcContext, checked: u32) -> u32 {
     // Both directions go to a host address: the forward one to where the port is published,
     // the reply to the target's gateway. Asked of the destination alone before the packet is
-    // parsed: most of what endpoints send goes elsewhere (and `subnet_of` answers an outside
+    // parsed: most of what endpoints send goes elsewhere (and `subnet_cached` answers an outside
     // address from `SUBNET_BLOCKS`, without the trie).
     let Ok(daddr) = ctx.load::<u32>(IP_DADDR_OFF) else {
         return checked;
     };
-    let gateway = matches!(nat::subnet_of(daddr), Some(s) if s.gateway == daddr);
+    let gateway = matches!(nat::subnet_cached(daddr).get(), Some(s) if s.gateway == daddr);
     if !gateway && !nat::is_host_addr(daddr) {
         return checked;
     }

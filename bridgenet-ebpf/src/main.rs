@@ -275,7 +275,7 @@ fn arrived_at(ctx: &TcContext) -> u32 {
 #[inline(always)]
 fn direct(ctx: &mut TcContext, packet: &Packet) -> u32 {
     let key = packet.key;
-    match nat::subnet_of(key.daddr) {
+    match nat::subnet_cached(key.daddr).get() {
         Some(subnet)
             if subnet.flags & network_flags::DIRECT_ANY != 0
                 && (key.proto == parse::TCP || key.proto == parse::UDP) =>
@@ -323,7 +323,8 @@ pub fn uplink_egress(mut ctx: TcContext) -> i32 {
 /// error quoting a hairpin, host or masquerade-reply entry would otherwise leave as it is.
 #[inline(always)]
 fn uplink_egress_ipv4(ctx: &mut TcContext, packet: &Packet, nat_addr: u32) -> u32 {
-    let managed = nat::subnet_of(packet.key.saddr);
+    let managed = nat::subnet_cached(packet.key.saddr);
+    let managed = managed.get();
     // To a non-masquerade destination (another node's pods) an endpoint's own address leaves.
     // Asked only where the answer matters: a tracked flow's packet leaves as its entry says.
     let direct = || managed.is_some_and(|s| nat::non_masquerade(s.network, packet.key.daddr));

@@ -609,3 +609,47 @@ fn a_fifth_mapping_of_an_endpoint_port_is_answered_through_an_exception() {
         assert_eq!(excepted, port == 8084, "through {port}");
     }
 }
+
+/// The programs keep what they learn of the managed subnets per CPU (`SUBNET_CACHE`): a
+/// subnet added, changed or removed is seen by the very next packet, because each change of
+/// `SUBNETS` moves the generation in `SUBNET_BLOCKS` that the answers were cached under.
+#[test]
+fn the_next_packet_sees_a_subnet_added_changed_or_removed() {
+    // Every packet meets the same CPU's cache.
+    // SAFETY: a zeroed cpu_set_t is empty; the calls only read and set it.
+    unsafe {
+        let mut cpus: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut cpus);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const cpus),
+            0
+        );
+    }
+    let mut dp = nat_datapath();
+    // 172.19.1.0/24 keeps the /16 block in SUBNET_BLOCKS, so that an address of
+    // 172.19.0.0/24 is answered from the cache (or the trie), not from the blocks alone.
+    let (ep, subnet) = ([172, 19, 0, 2], "172.19.0.0/24".parse().unwrap());
+    dp.add_subnet("172.19.1.0/24".parse().unwrap(), true)
+        .unwrap();
+    let mut sport = 40000;
+    let mut leave = |dp: &mut Datapath| {
+        sport += 1;
+        let syn = packet::tcp_frame(ep, sport, SERVER, 7000, true, false, b"");
+        let out = egress(dp, &syn);
+        (out.action == TC_ACT_OK).then(|| packet::inspect(&out.frame).src)
+    };
+    // Not managed yet: it leaves as it is (a host's own address would).
+    assert_eq!(leave(&mut dp), Some(ep));
+    dp.add_subnet(subnet, true).unwrap();
+    assert_eq!(leave(&mut dp), Some(HOST), "added, masqueraded");
+    dp.remove_subnet(subnet).unwrap();
+    assert_eq!(leave(&mut dp), Some(ep), "removed");
+    dp.add_subnet(subnet, false).unwrap();
+    assert_eq!(
+        leave(&mut dp),
+        None,
+        "added again, not masqueraded: it cannot leave"
+    );
+    dp.add_subnet(subnet, true).unwrap();
+    assert_eq!(leave(&mut dp), Some(HOST), "changed in place, masqueraded");
+}

@@ -178,15 +178,28 @@ impl Datapath {
         Ok(())
     }
 
-    /// Makes `SUBNET_BLOCKS` the blocks of the subnets in `SUBNETS` and marks it ready.
+    /// Makes `SUBNET_BLOCKS` the blocks of the subnets in `SUBNETS`, marked ready with the
+    /// next generation (the programs' cached answers about the subnets go stale).
     pub(super) fn rebuild_subnet_blocks(&mut self) -> Result<()> {
         let mut blocks = SubnetBlocks::zeroed();
-        blocks.ready = 1;
         for (subnet, _) in self.subnets()? {
             blocks.add(u32::from(subnet.network()), subnet.prefix_len());
         }
         let mut map: Array<_, SubnetBlocks> = Array::try_from(self.map_mut(maps::SUBNET_BLOCKS)?)?;
+        blocks.ready = map.get(&0, 0)?.next_generation();
         map.set(0, blocks, 0)?;
+        Ok(())
+    }
+
+    /// Tells the programs that `SUBNETS` changed: the next generation in `SUBNET_BLOCKS`, if
+    /// it is ready (before, nothing is cached).
+    pub(super) fn subnets_changed(&mut self) -> Result<()> {
+        let mut map: Array<_, SubnetBlocks> = Array::try_from(self.map_mut(maps::SUBNET_BLOCKS)?)?;
+        let mut blocks = map.get(&0, 0)?;
+        if blocks.ready != 0 {
+            blocks.ready = blocks.next_generation();
+            map.set(0, blocks, 0)?;
+        }
         Ok(())
     }
 

@@ -327,7 +327,7 @@ impl Datapath {
             flags,
         };
         subnets.insert(&key, value, 0)?;
-        Ok(())
+        self.subnets_changed()
     }
 
     /// Records the endpoint behind the veth whose host end is `ifindex`: the only address and
