@@ -8,6 +8,8 @@
 //! the segments it will be cut into.
 //! Out of an endpoint, what is sent to the gateway's MAC for an address the FIB routes out
 //! through an uplink goes straight to that uplink. Both ways for IPv4 and IPv6.
+//! The FIB's plain answers for IPv4 are kept a short while (`NEXT_HOPS`): most packets are
+//! answered without a lookup.
 use core::mem::{MaybeUninit, size_of};
 
 use aya_ebpf::{
@@ -15,9 +17,12 @@ use aya_ebpf::{
         BPF_F_NO_PREALLOC, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup,
         bpf_redir_neigh,
     },
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
+    helpers::{
+        bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect, bpf_redirect_neigh,
+        bpf_redirect_peer,
+    },
     macros::map,
-    maps::PerCpuHashMap,
+    maps::{PerCpuArray, PerCpuHashMap},
     programs::TcContext,
 };
 use bridgenet_common::{EndpointPeer, outcome};
@@ -39,6 +44,35 @@ use crate::{
 #[map]
 pub static ENDPOINT_PEERS: PerCpuHashMap<u32, EndpointPeer> =
     PerCpuHashMap::with_max_entries(65_536, BPF_F_NO_PREALLOC);
+
+/// The FIB's plain answers for IPv4 packets of the fast paths, per CPU, in a slot chosen by a
+/// hash of the question. Each holds for `NEXT_HOP_TTL_NS`, and while the managed subnets stay
+/// as they were (`SUBNET_BLOCKS`' generation, which the daemon moves as it adds or removes a
+/// network, whose bridge's routes come and go with it): a change of routes, neighbours, MTUs
+/// or forwarding made outside bridgenet reaches the fast paths within that time. Not pinned.
+#[map]
+static NEXT_HOPS: PerCpuArray<CachedNextHop> = PerCpuArray::with_max_entries(NEXT_HOP_SLOTS, 0);
+
+/// 256 slots: the pairs of addresses a CPU forwards within 20 ms seldom share one.
+const NEXT_HOP_SLOTS: u32 = 256;
+
+/// How long an answer holds: a lookup per 20 ms for a busy pair of addresses.
+const NEXT_HOP_TTL_NS: u64 = 20_000_000;
+
+#[repr(C)]
+struct CachedNextHop {
+    /// `SubnetBlocks::ready` when it was asked (0: no answer to reuse).
+    generation: u64,
+    /// When it is asked again (`bpf_ktime_get_coarse_ns`).
+    expires_ns: u64,
+    /// The question: the interface the packet came in on, its addresses, TOS and protocol.
+    iif: u32,
+    saddr: u32,
+    daddr: u32,
+    tos_proto: u32,
+    /// The answer, asked with the packet's length: `mtu_result` is the route's MTU.
+    fib: bpf_fib_lookup,
+}
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -69,32 +103,31 @@ pub fn redirect_hairpin(ctx: &mut TcContext) -> Option<(i32, u32)> {
 #[inline(always)]
 fn redirect4(ctx: &mut TcContext, must: bool) -> Option<(i32, u32)> {
     let ip = ctx.load::<Ipv4Hdr>(IP_OFF).ok()?;
-    let segment = if must { None } else { segment4(ctx, &ip)? };
-    // A GSO packet's segments are checked against the MTU below; any other packet by the FIB.
-    let tot_len = match (must, segment) {
-        (false, None) => u16::from_be_bytes(ip.tot_len),
-        _ => 0,
-    };
-    let mut slot = MaybeUninit::uninit();
-    let (ret, fib) = lookup(ctx, &ip, tot_len, &mut slot)?;
-    let resolvable = must && ret == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH);
-    if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS) && !resolvable {
-        return None;
+    if must {
+        let mut slot = MaybeUninit::uninit();
+        let (ret, fib) = lookup(ctx, &ip, 0, &mut slot)?;
+        if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS) && ret != i64::from(BPF_FIB_LKUP_RET_NO_NEIGH)
+        {
+            return None;
+        }
+        header::decrement_ttl(ctx)?;
+        return Some((to_neighbour(fib), outcome::FAST_PATH));
     }
-    if too_big(segment, fib) {
-        return None;
-    }
+    let fib = next_hop(ctx, &ip, segment4(ctx, &ip)?)?;
     header::decrement_ttl(ctx)?;
-    // `must` comes from an endpoint's veth, where the peer path is no shorter.
-    if !must
-        && ret == i64::from(BPF_FIB_LKUP_RET_SUCCESS)
-        && let Some(peer) = ENDPOINT_PEERS.get_ptr_mut(u32::from_ne_bytes(ip.dst_addr))
+    if let Some(peer) = ENDPOINT_PEERS.get_ptr_mut(u32::from_ne_bytes(ip.dst_addr))
         && unsafe { (*peer).bridge } == fib.ifindex
     {
         // The MACs the bridge's routed packet would carry: the gateway's, to the endpoint's.
         set_macs(ctx, fib)?;
         return Some((into_peer(ctx, peer), outcome::FAST_PATH_PEER));
     }
+    Some((to_neighbour(fib), outcome::FAST_PATH))
+}
+
+/// Sends the packet to the FIB's next hop, whose MAC the kernel resolves; the TC verdict.
+#[inline(always)]
+fn to_neighbour(fib: &bpf_fib_lookup) -> i32 {
     let mut neigh = MaybeUninit::uninit();
     // SAFETY: a kernel struct of integers.
     let neigh: &mut bpf_redir_neigh = unsafe { mem::zeroed(&mut neigh) };
@@ -102,7 +135,7 @@ fn redirect4(ctx: &mut TcContext, must: bool) -> Option<(i32, u32)> {
     neigh.__bindgen_anon_1.ipv4_nh = unsafe { fib.__bindgen_anon_4.ipv4_dst };
     let action =
         unsafe { bpf_redirect_neigh(fib.ifindex, neigh, size_of::<bpf_redir_neigh>() as i32, 0) };
-    Some((action as i32, outcome::FAST_PATH))
+    action as i32
 }
 
 /// Sends the packet into the endpoint's namespace through `peer`'s veth, counted there; the TC
@@ -175,17 +208,8 @@ pub fn out(ctx: &mut TcContext, gateway: u32) -> Option<i32> {
         return None;
     }
     let ip = ctx.load::<Ipv4Hdr>(IP_OFF).ok()?;
-    let segment = segment4(ctx, &ip)?;
-    let tot_len = match segment {
-        None => u16::from_be_bytes(ip.tot_len),
-        Some(_) => 0,
-    };
-    let mut slot = MaybeUninit::uninit();
-    let (ret, fib) = lookup(ctx, &ip, tot_len, &mut slot)?;
-    if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS)
-        || too_big(segment, fib)
-        || nat::uplink_addr(fib.ifindex).is_none()
-    {
+    let fib = next_hop(ctx, &ip, segment4(ctx, &ip)?)?;
+    if nat::uplink_addr(fib.ifindex).is_none() {
         return None;
     }
     header::decrement_ttl(ctx)?;
@@ -297,6 +321,65 @@ fn lookup6(ctx: &TcContext, mtu: bool) -> Option<(i64, bpf_fib_lookup, u8)> {
         )
     };
     Some((ret, *fib, hop_limit))
+}
+
+/// The FIB's plain answer (`BPF_FIB_LKUP_RET_SUCCESS`) for an IPv4 packet as forwarding would
+/// ask (`lookup`), its size checked against the MTU (a GSO packet's by its segments,
+/// `segment`), or None for the normal path. From `NEXT_HOPS` when the same question was
+/// answered there lately; else asked in the slot, which keeps the answer of a packet that is
+/// not GSO (the kernel then checks its length against the route's MTU and names that MTU;
+/// without a length it names the device's).
+#[inline(always)]
+fn next_hop(
+    ctx: &TcContext,
+    ip: &Ipv4Hdr,
+    segment: Option<u16>,
+) -> Option<&'static bpf_fib_lookup> {
+    if ip.ttl <= 1 {
+        return None;
+    }
+    let iif = unsafe { (*ctx.skb.skb).ifindex };
+    let saddr = u32::from_ne_bytes(ip.src_addr);
+    let daddr = u32::from_ne_bytes(ip.dst_addr);
+    let tos_proto = (u32::from(ip.tos) << 8) | u32::from(ip.proto);
+    let generation = nat::subnets_generation();
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // The top byte of a multiplicative hash of the question.
+    let slot = (saddr ^ daddr.rotate_left(16) ^ iif).wrapping_mul(0x9e37_79b1) >> 24;
+    // SAFETY: this CPU's slot, which nothing else on this CPU uses meanwhile (softirq, or
+    // bottom halves off).
+    let cached = unsafe { &mut *NEXT_HOPS.get_ptr_mut(slot)? };
+    if generation != 0
+        && cached.generation == generation
+        && now < cached.expires_ns
+        && cached.iif == iif
+        && cached.saddr == saddr
+        && cached.daddr == daddr
+        && cached.tos_proto == tos_proto
+    {
+        let len = segment.unwrap_or_else(|| u16::from_be_bytes(ip.tot_len));
+        return (len <= unsafe { cached.fib.__bindgen_anon_1.mtu_result }).then_some(&cached.fib);
+    }
+    cached.generation = 0;
+    let tot_len = match segment {
+        None => u16::from_be_bytes(ip.tot_len),
+        Some(_) => 0,
+    };
+    // SAFETY: a `bpf_fib_lookup` seen as one not yet written (plain data).
+    let slot = unsafe { &mut *(&raw mut cached.fib).cast::<MaybeUninit<bpf_fib_lookup>>() };
+    let (ret, fib) = lookup(ctx, ip, tot_len, slot)?;
+    if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS) || too_big(segment, fib) {
+        return None;
+    }
+    if segment.is_none() {
+        cached.generation = generation;
+        cached.expires_ns = now + NEXT_HOP_TTL_NS;
+        cached.iif = iif;
+        cached.saddr = saddr;
+        cached.daddr = daddr;
+        cached.tos_proto = tos_proto;
+    }
+    Some(&cached.fib)
 }
 
 /// Asks the FIB, in `slot`, for the packet as forwarding would (from the interface it came in

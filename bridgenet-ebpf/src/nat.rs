@@ -153,6 +153,13 @@ pub fn subnet_cached(addr: u32) -> SubnetCopy {
     cached.answer
 }
 
+/// The generation of the managed subnets (`SubnetBlocks::ready`; 0 before the daemon filled
+/// them).
+#[inline(always)]
+pub fn subnets_generation() -> u64 {
+    SUBNET_BLOCKS.get(0).map_or(0, |blocks| blocks.ready)
+}
+
 /// The managed subnet `addr` belongs to. An address in none of their blocks is answered
 /// without the trie: an array lookup costs a few instructions, the trie's about 30 ns.
 #[inline(always)]

@@ -35,6 +35,21 @@ pub fn tcp_syn_frame(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<
     frame
 }
 
+/// Keeps the calling thread on CPU 0, so that its test runs all meet the same CPU's share of
+/// the programs' per-CPU caches (`SUBNET_CACHE`, `NEXT_HOPS`).
+pub fn on_one_cpu() {
+    // SAFETY: a zeroed cpu_set_t is empty; the calls only read and set it.
+    unsafe {
+        let mut cpus: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut cpus);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const cpus),
+            0,
+            "pinning the test to CPU 0"
+        );
+    }
+}
+
 /// Runs TC program `name` once on `frame` (`repeat` times when given) and returns its verdict
 /// and output frame.
 pub fn run_tc(

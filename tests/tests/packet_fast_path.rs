@@ -189,6 +189,72 @@ fn an_address_the_fib_routes_to_another_bridge_does_not_go_to_the_peer() {
     assert_eq!(lab.sent_into_ep1(), Some((0, 0)));
 }
 
+/// The FIB's answers are kept 20 ms (`NEXT_HOPS`): a route changed outside bridgenet reaches
+/// the fast path within that time. Here EP1's address moves from br1 to br2 under the daemon:
+/// 40 ms later (the programs' coarse clock moves a tick at a time) its flow's packets go to br2,
+/// not into the peer behind br1.
+#[test]
+fn a_route_changed_outside_bridgenet_reaches_the_fast_path_within_20_ms() {
+    packet::on_one_cpu();
+    let mut lab = Lab::new(true);
+    let br1 = lab.bridge("br1");
+    lab.dp
+        .add_endpoint_peer(Ipv4Addr::from(EP1), VETH, br1)
+        .unwrap();
+    assert_eq!(lab.ingress(&syn(40003)).action, TC_ACT_REDIRECT);
+    assert_eq!(lab.stat(outcome::FAST_PATH_PEER), 1);
+    let host = lab.topo.ns("host");
+    host.ip(&["route", "add", "172.17.0.2/32", "dev", "br2"]);
+    neighbour(host, "172.17.0.2", EP1_MAC, "br2");
+    std::thread::sleep(std::time::Duration::from_millis(40));
+    let ack = packet::tcp_frame(CLIENT, 40003, HOST, 8080, false, true, b"hello");
+    assert_eq!(lab.ingress(&ack).action, TC_ACT_REDIRECT);
+    assert_eq!(
+        (
+            lab.stat(outcome::FAST_PATH),
+            lab.stat(outcome::FAST_PATH_PEER)
+        ),
+        (1, 1),
+        "to br2, where the FIB now routes it"
+    );
+}
+
+/// A network the daemon adds moves the generation under which the FIB's answers are kept:
+/// the next packet asks the FIB again. Here network 1 is made again on br2 (removed, then
+/// added with the same subnet, as `docker network rm` and `create` do), and its endpoint's
+/// flow goes into the endpoint's peer behind br2 at once, not to br1, which the kept answer
+/// named.
+#[test]
+fn a_network_made_again_on_another_bridge_is_seen_by_the_next_packet() {
+    packet::on_one_cpu();
+    let mut lab = Lab::new(true);
+    let (br1, br2) = (lab.bridge("br1"), lab.bridge("br2"));
+    lab.dp
+        .add_endpoint_peer(Ipv4Addr::from(EP1), VETH, br1)
+        .unwrap();
+    assert_eq!(lab.ingress(&syn(40004)).action, TC_ACT_REDIRECT);
+    assert_eq!(lab.stat(outcome::FAST_PATH_PEER), 1);
+    let host = lab.topo.ns("host");
+    host.ip(&["addr", "del", "172.17.0.1/16", "dev", "br1"]);
+    host.ip(&["addr", "add", "172.17.0.1/16", "dev", "br2"]);
+    neighbour(host, "172.17.0.2", EP1_MAC, "br2");
+    let subnet = "172.17.0.0/16".parse().unwrap();
+    lab.dp.remove_subnet(subnet).unwrap();
+    lab.dp.add_network(subnet, &network1()).unwrap();
+    lab.dp
+        .add_endpoint_peer(Ipv4Addr::from(EP1), VETH, br2)
+        .unwrap();
+    let ack = packet::tcp_frame(CLIENT, 40004, HOST, 8080, false, true, b"hello");
+    assert_eq!(lab.ingress(&ack).action, TC_ACT_REDIRECT);
+    assert_eq!(
+        (
+            lab.stat(outcome::FAST_PATH),
+            lab.stat(outcome::FAST_PATH_PEER)
+        ),
+        (0, 2)
+    );
+}
+
 #[test]
 fn an_unknown_neighbour_takes_the_stack() {
     // The stack resolves the MAC (ARP) and queues the packet meanwhile.
@@ -368,6 +434,27 @@ fn what_an_endpoint_sends_out_goes_straight_to_the_uplink() {
                 .unwrap()
         ),
         (1, 1)
+    );
+}
+
+/// A kept answer of the FIB (`NEXT_HOPS`) still has every packet checked against the route's
+/// MTU: after a small packet to the server went the fast way, one bigger than the uplink's
+/// MTU, and a GSO packet whose segments would be, go the normal way.
+#[test]
+fn a_kept_answer_of_the_fib_still_checks_the_mtu() {
+    packet::on_one_cpu();
+    let mut lab = OutLab::new();
+    let small = packet::tcp_frame(EP1, 40000, SERVER, 7000, false, true, b"hello");
+    assert_eq!(lab.send(GATEWAY_MAC, &small).action, TC_ACT_REDIRECT);
+    assert_eq!(lab.send(GATEWAY_MAC, &small).action, TC_ACT_REDIRECT);
+    assert_eq!(lab.fast(), 2);
+    let big = packet::tcp_frame(EP1, 40000, SERVER, 7000, false, true, &[0; 1500]);
+    lab.normal(GATEWAY_MAC, &big);
+    let bulk = packet::tcp_frame(EP1, 40000, SERVER, 7000, false, true, &[7; 2000]);
+    lab.normal_gso(GATEWAY_MAC, &bulk, 1461);
+    assert_eq!(
+        lab.send_gso(GATEWAY_MAC, &bulk, 1460).action,
+        TC_ACT_REDIRECT
     );
 }
 

@@ -615,16 +615,7 @@ fn a_fifth_mapping_of_an_endpoint_port_is_answered_through_an_exception() {
 /// `SUBNETS` moves the generation in `SUBNET_BLOCKS` that the answers were cached under.
 #[test]
 fn the_next_packet_sees_a_subnet_added_changed_or_removed() {
-    // Every packet meets the same CPU's cache.
-    // SAFETY: a zeroed cpu_set_t is empty; the calls only read and set it.
-    unsafe {
-        let mut cpus: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut cpus);
-        assert_eq!(
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const cpus),
-            0
-        );
-    }
+    packet::on_one_cpu();
     let mut dp = nat_datapath();
     // 172.19.1.0/24 keeps the /16 block in SUBNET_BLOCKS, so that an address of
     // 172.19.0.0/24 is answered from the cache (or the trie), not from the blocks alone.
