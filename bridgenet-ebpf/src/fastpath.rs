@@ -209,9 +209,8 @@ pub fn out(ctx: &mut TcContext, gateway: u32) -> Option<i32> {
     }
     let ip = ctx.load::<Ipv4Hdr>(IP_OFF).ok()?;
     let fib = next_hop(ctx, &ip, segment4(ctx, &ip)?)?;
-    if nat::uplink_addr(fib.ifindex).is_none() {
-        return None;
-    }
+    // Only to an uplink.
+    nat::uplink_addr(fib.ifindex)?;
     header::decrement_ttl(ctx)?;
     set_macs(ctx, fib)?;
     Some(unsafe { bpf_redirect(fib.ifindex, 0) } as i32)

@@ -67,6 +67,28 @@ impl Lab {
         self.dp.stat(program_id::UPLINK_INGRESS, outcome).unwrap()
     }
 
+    /// A lab whose flow from CLIENT:`sport` went into EP1's peer behind br1: the FIB's answer
+    /// is kept (`NEXT_HOPS`) on CPU 0, where the test stays.
+    fn with_answer_kept(sport: u16) -> Self {
+        packet::on_one_cpu();
+        let mut lab = Lab::new(true);
+        let br1 = lab.bridge("br1");
+        lab.dp
+            .add_endpoint_peer(Ipv4Addr::from(EP1), VETH, br1)
+            .unwrap();
+        assert_eq!(lab.ingress(&syn(sport)).action, TC_ACT_REDIRECT);
+        assert_eq!(lab.paths(), (0, 1));
+        lab
+    }
+
+    /// The packets counted to the bridge (`fast_path`) and into a peer (`fast_path_peer`).
+    fn paths(&self) -> (u64, u64) {
+        (
+            self.stat(outcome::FAST_PATH),
+            self.stat(outcome::FAST_PATH_PEER),
+        )
+    }
+
     /// EP1's peer entry: (packets, bytes) the fast path sent into it.
     fn sent_into_ep1(&self) -> Option<(u64, u64)> {
         self.dp
@@ -195,28 +217,14 @@ fn an_address_the_fib_routes_to_another_bridge_does_not_go_to_the_peer() {
 /// not into the peer behind br1.
 #[test]
 fn a_route_changed_outside_bridgenet_reaches_the_fast_path_within_20_ms() {
-    packet::on_one_cpu();
-    let mut lab = Lab::new(true);
-    let br1 = lab.bridge("br1");
-    lab.dp
-        .add_endpoint_peer(Ipv4Addr::from(EP1), VETH, br1)
-        .unwrap();
-    assert_eq!(lab.ingress(&syn(40003)).action, TC_ACT_REDIRECT);
-    assert_eq!(lab.stat(outcome::FAST_PATH_PEER), 1);
+    let mut lab = Lab::with_answer_kept(40003);
     let host = lab.topo.ns("host");
     host.ip(&["route", "add", "172.17.0.2/32", "dev", "br2"]);
     neighbour(host, "172.17.0.2", EP1_MAC, "br2");
     std::thread::sleep(std::time::Duration::from_millis(40));
     let ack = packet::tcp_frame(CLIENT, 40003, HOST, 8080, false, true, b"hello");
     assert_eq!(lab.ingress(&ack).action, TC_ACT_REDIRECT);
-    assert_eq!(
-        (
-            lab.stat(outcome::FAST_PATH),
-            lab.stat(outcome::FAST_PATH_PEER)
-        ),
-        (1, 1),
-        "to br2, where the FIB now routes it"
-    );
+    assert_eq!(lab.paths(), (1, 1), "to br2, where the FIB now routes it");
 }
 
 /// A network the daemon adds moves the generation under which the FIB's answers are kept:
@@ -226,14 +234,8 @@ fn a_route_changed_outside_bridgenet_reaches_the_fast_path_within_20_ms() {
 /// named.
 #[test]
 fn a_network_made_again_on_another_bridge_is_seen_by_the_next_packet() {
-    packet::on_one_cpu();
-    let mut lab = Lab::new(true);
-    let (br1, br2) = (lab.bridge("br1"), lab.bridge("br2"));
-    lab.dp
-        .add_endpoint_peer(Ipv4Addr::from(EP1), VETH, br1)
-        .unwrap();
-    assert_eq!(lab.ingress(&syn(40004)).action, TC_ACT_REDIRECT);
-    assert_eq!(lab.stat(outcome::FAST_PATH_PEER), 1);
+    let mut lab = Lab::with_answer_kept(40004);
+    let br2 = lab.bridge("br2");
     let host = lab.topo.ns("host");
     host.ip(&["addr", "del", "172.17.0.1/16", "dev", "br1"]);
     host.ip(&["addr", "add", "172.17.0.1/16", "dev", "br2"]);
@@ -246,13 +248,7 @@ fn a_network_made_again_on_another_bridge_is_seen_by_the_next_packet() {
         .unwrap();
     let ack = packet::tcp_frame(CLIENT, 40004, HOST, 8080, false, true, b"hello");
     assert_eq!(lab.ingress(&ack).action, TC_ACT_REDIRECT);
-    assert_eq!(
-        (
-            lab.stat(outcome::FAST_PATH),
-            lab.stat(outcome::FAST_PATH_PEER)
-        ),
-        (0, 2)
-    );
+    assert_eq!(lab.paths(), (0, 2));
 }
 
 #[test]
