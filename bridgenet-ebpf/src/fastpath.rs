@@ -323,11 +323,10 @@ fn lookup6(ctx: &TcContext, mtu: bool) -> Option<(i64, bpf_fib_lookup, u8)> {
 }
 
 /// The FIB's plain answer (`BPF_FIB_LKUP_RET_SUCCESS`) for an IPv4 packet as forwarding would
-/// ask (`lookup`), its size checked against the MTU (a GSO packet's by its segments,
-/// `segment`), or None for the normal path. From `NEXT_HOPS` when the same question was
-/// answered there lately; else asked in the slot, which keeps the answer of a packet that is
-/// not GSO (the kernel then checks its length against the route's MTU and names that MTU;
-/// without a length it names the device's).
+/// ask (`lookup`), its size checked against the route's MTU (a GSO packet's by its segments,
+/// `segment`, as forwarding checks them), or None for the normal path. From `NEXT_HOPS` when
+/// the same question was answered there lately; else asked in the slot, which keeps the
+/// answer (asked with a size, the kernel names the route's MTU in it).
 #[inline(always)]
 fn next_hop(
     ctx: &TcContext,
@@ -343,6 +342,7 @@ fn next_hop(
     let tos_proto = (u32::from(ip.tos) << 8) | u32::from(ip.proto);
     let generation = nat::subnets_generation();
     let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let len = segment.unwrap_or_else(|| u16::from_be_bytes(ip.tot_len));
     // The top byte of a multiplicative hash of the question.
     let slot = (saddr ^ daddr.rotate_left(16) ^ iif).wrapping_mul(0x9e37_79b1) >> 24;
     // SAFETY: this CPU's slot, which nothing else on this CPU uses meanwhile (softirq, or
@@ -356,28 +356,21 @@ fn next_hop(
         && cached.daddr == daddr
         && cached.tos_proto == tos_proto
     {
-        let len = segment.unwrap_or_else(|| u16::from_be_bytes(ip.tot_len));
         return (len <= unsafe { cached.fib.__bindgen_anon_1.mtu_result }).then_some(&cached.fib);
     }
     cached.generation = 0;
-    let tot_len = match segment {
-        None => u16::from_be_bytes(ip.tot_len),
-        Some(_) => 0,
-    };
     // SAFETY: a `bpf_fib_lookup` seen as one not yet written (plain data).
     let slot = unsafe { &mut *(&raw mut cached.fib).cast::<MaybeUninit<bpf_fib_lookup>>() };
-    let (ret, fib) = lookup(ctx, ip, tot_len, slot)?;
-    if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS) || too_big(segment, fib) {
+    let (ret, _) = lookup(ctx, ip, len, slot)?;
+    if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
         return None;
     }
-    if segment.is_none() {
-        cached.generation = generation;
-        cached.expires_ns = now + NEXT_HOP_TTL_NS;
-        cached.iif = iif;
-        cached.saddr = saddr;
-        cached.daddr = daddr;
-        cached.tos_proto = tos_proto;
-    }
+    cached.generation = generation;
+    cached.expires_ns = now + NEXT_HOP_TTL_NS;
+    cached.iif = iif;
+    cached.saddr = saddr;
+    cached.daddr = daddr;
+    cached.tos_proto = tos_proto;
     Some(&cached.fib)
 }
 
