@@ -305,7 +305,9 @@ fn lookup6(ctx: &TcContext, mtu: bool) -> Option<(i64, bpf_fib_lookup, u8)> {
     fib.family = AF_INET6;
     fib.l4_protocol = hdr[6];
     if mtu {
-        fib.__bindgen_anon_1.tot_len = u16::from_be_bytes([hdr[4], hdr[5]]).saturating_add(40);
+        // Sized as forwarding sizes it, by what the frame carries past Ethernet (the header's
+        // payload length, an endpoint's to write, may understate it).
+        fib.__bindgen_anon_1.tot_len = (ctx.len() as usize - EthHdr::LEN).min(0xffff) as u16;
     }
     fib.ifindex = unsafe { (*ctx.skb.skb).ifindex };
     fib.__bindgen_anon_2.flowinfo = u32::from_ne_bytes([hdr[0] & 0x0f, hdr[1], hdr[2], hdr[3]]);
@@ -324,7 +326,7 @@ fn lookup6(ctx: &TcContext, mtu: bool) -> Option<(i64, bpf_fib_lookup, u8)> {
 
 /// The FIB's plain answer (`BPF_FIB_LKUP_RET_SUCCESS`) for an IPv4 packet as forwarding would
 /// ask (`lookup`), its size checked against the route's MTU (a GSO packet's by its segments,
-/// `segment`, as forwarding checks them), or None for the normal path. From `NEXT_HOPS` when
+/// `segment`, any other's by its frame, as forwarding checks them), or None for the normal path. From `NEXT_HOPS` when
 /// the same question was answered there lately; else asked in the slot, which keeps the
 /// answer (asked with a size, the kernel names the route's MTU in it).
 #[inline(always)]
@@ -342,7 +344,9 @@ fn next_hop(
     let tos_proto = (u32::from(ip.tos) << 8) | u32::from(ip.proto);
     let generation = nat::subnets_generation();
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let len = segment.unwrap_or_else(|| u16::from_be_bytes(ip.tot_len));
+    // Sized as forwarding sizes it: a GSO packet by its segments, any other by what the frame
+    // carries past Ethernet (which its IPv4 header, an endpoint's to write, may understate).
+    let len = segment.unwrap_or_else(|| (ctx.len() as usize - EthHdr::LEN).min(0xffff) as u16);
     // The top byte of a multiplicative hash of the question.
     let slot = (saddr ^ daddr.rotate_left(16) ^ iif).wrapping_mul(0x9e37_79b1) >> 24;
     // SAFETY: this CPU's slot, which nothing else on this CPU uses meanwhile (softirq, or

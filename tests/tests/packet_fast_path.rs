@@ -454,6 +454,37 @@ fn a_kept_answer_of_the_fib_still_checks_the_mtu() {
     );
 }
 
+/// A frame is sized by what it carries, as forwarding sizes it, not by its IP header: a
+/// container's frame bigger than the uplink's MTU whose IPv4 header says 40 bytes (or 0), or
+/// whose IPv6 header says 20 bytes of payload, goes the normal way, where the stack judges it.
+#[test]
+fn a_frame_bigger_than_its_ip_header_says_is_sized_by_the_frame() {
+    packet::on_one_cpu();
+    let mut lab = OutLab6::new();
+    let big = packet::tcp_frame(EP1, 40000, SERVER, 7000, false, true, &[0; 1500]);
+    for says in [40u16, 0] {
+        let lying = with_ipv4_header(&big, |ip| ip[2..4].copy_from_slice(&says.to_be_bytes()));
+        lab.0.normal(GATEWAY_MAC, &lying);
+    }
+    let mut lying6 = from_ep6(WORLD6, 64, 1500);
+    lying6[14 + 4..14 + 6].copy_from_slice(&20u16.to_be_bytes());
+    lab.0.normal(GATEWAY_MAC, &lying6);
+}
+
+/// `frame` with its IPv4 header changed by `edit` and its checksum made right again.
+fn with_ipv4_header(frame: &[u8], edit: impl FnOnce(&mut [u8])) -> Vec<u8> {
+    let mut frame = frame.to_vec();
+    let ip = &mut frame[14..34];
+    edit(ip);
+    ip[10..12].fill(0);
+    let csum = etherparse::Ipv4HeaderSlice::from_slice(ip)
+        .unwrap()
+        .to_header()
+        .calc_header_checksum();
+    ip[10..12].copy_from_slice(&csum.to_be_bytes());
+    frame
+}
+
 /// An endpoint's bulk TCP leaves as GSO packets of up to 64 KiB: one goes straight to the
 /// uplink when the segments it will be cut into fit the uplink's MTU (1,500), else the normal
 /// way (where the stack sends fragmentation needed or Packet Too Big); IPv4 and IPv6.
@@ -490,13 +521,7 @@ fn what_the_fast_path_out_must_not_take_goes_the_normal_way() {
     let unknown = packet::tcp_frame(EP1, 40000, [198, 18, 0, 77], 80, true, false, b"");
     lab.normal(GATEWAY_MAC, &unknown);
     // A TTL about to expire: the stack sends the ICMP error.
-    let mut last_hop = to_server.clone();
-    last_hop[14 + 8] = 1;
-    let csum = etherparse::Ipv4HeaderSlice::from_slice(&last_hop[14..])
-        .unwrap()
-        .to_header()
-        .calc_header_checksum();
-    last_hop[14 + 10..14 + 12].copy_from_slice(&csum.to_be_bytes());
+    let last_hop = with_ipv4_header(&to_server, |ip| ip[8] = 1);
     lab.normal(GATEWAY_MAC, &last_hop);
     // Bigger than the uplink's MTU: the stack fragments it or sends "fragmentation needed".
     lab.topo
