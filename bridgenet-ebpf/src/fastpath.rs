@@ -305,9 +305,7 @@ fn lookup6(ctx: &TcContext, mtu: bool) -> Option<(i64, bpf_fib_lookup, u8)> {
     fib.family = AF_INET6;
     fib.l4_protocol = hdr[6];
     if mtu {
-        // Sized as forwarding sizes it, by what the frame carries past Ethernet (the header's
-        // payload length, an endpoint's to write, may understate it).
-        fib.__bindgen_anon_1.tot_len = (ctx.len() as usize - EthHdr::LEN).min(0xffff) as u16;
+        fib.__bindgen_anon_1.tot_len = ip_len(ctx);
     }
     fib.ifindex = unsafe { (*ctx.skb.skb).ifindex };
     fib.__bindgen_anon_2.flowinfo = u32::from_ne_bytes([hdr[0] & 0x0f, hdr[1], hdr[2], hdr[3]]);
@@ -326,9 +324,9 @@ fn lookup6(ctx: &TcContext, mtu: bool) -> Option<(i64, bpf_fib_lookup, u8)> {
 
 /// The FIB's plain answer (`BPF_FIB_LKUP_RET_SUCCESS`) for an IPv4 packet as forwarding would
 /// ask (`lookup`), its size checked against the route's MTU (a GSO packet's by its segments,
-/// `segment`, any other's by its frame, as forwarding checks them), or None for the normal path. From `NEXT_HOPS` when
-/// the same question was answered there lately; else asked in the slot, which keeps the
-/// answer (asked with a size, the kernel names the route's MTU in it).
+/// `segment`, any other's by its frame, as forwarding checks them), or None for the normal
+/// path. From `NEXT_HOPS` when the same question was answered there lately; else asked in the
+/// slot, which keeps the answer (asked with a size, the kernel names the route's MTU in it).
 #[inline(always)]
 fn next_hop(
     ctx: &TcContext,
@@ -344,11 +342,8 @@ fn next_hop(
     let tos_proto = (u32::from(ip.tos) << 8) | u32::from(ip.proto);
     let generation = nat::subnets_generation();
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    // Sized as forwarding sizes it: a GSO packet by its segments, any other by what the frame
-    // carries past Ethernet (which its IPv4 header, an endpoint's to write, may understate).
-    let len = segment.unwrap_or_else(|| (ctx.len() as usize - EthHdr::LEN).min(0xffff) as u16);
-    // The top byte of a multiplicative hash of the question.
-    let slot = (saddr ^ daddr.rotate_left(16) ^ iif).wrapping_mul(0x9e37_79b1) >> 24;
+    let len = segment.unwrap_or_else(|| ip_len(ctx));
+    let slot = nat::cache_slot(saddr ^ daddr.rotate_left(16) ^ iif);
     // SAFETY: this CPU's slot, which nothing else on this CPU uses meanwhile (softirq, or
     // bottom halves off).
     let cached = unsafe { &mut *NEXT_HOPS.get_ptr_mut(slot)? };
@@ -376,6 +371,13 @@ fn next_hop(
     cached.daddr = daddr;
     cached.tos_proto = tos_proto;
     Some(&cached.fib)
+}
+
+/// The size of a packet that is not GSO, as forwarding sizes it: what the frame carries past
+/// Ethernet, whatever its IP header says (an endpoint writes that, and may understate it).
+#[inline(always)]
+fn ip_len(ctx: &TcContext) -> u16 {
+    (ctx.len() as usize - EthHdr::LEN).min(0xffff) as u16
 }
 
 /// Asks the FIB, in `slot`, for the packet as forwarding would (from the interface it came in

@@ -137,8 +137,8 @@ pub fn subnet_cached(addr: u32) -> SubnetCopy {
         Some(blocks) => blocks.ready,
         None => 0,
     };
-    // The top byte of a multiplicative hash: spreads the last bytes, where endpoints differ.
-    let slot = u32::from_be(addr).wrapping_mul(0x9e37_79b1) >> 24;
+    // Host order: the hash spreads the last bytes, where endpoints differ.
+    let slot = cache_slot(u32::from_be(addr));
     let cached = match SUBNET_CACHE.get_ptr_mut(slot) {
         // SAFETY: this CPU's slot, which nothing else on this CPU uses meanwhile.
         Some(cached) if generation != 0 => unsafe { &mut *cached },
@@ -151,6 +151,13 @@ pub fn subnet_cached(addr: u32) -> SubnetCopy {
         cached.addr = addr;
     }
     cached.answer
+}
+
+/// The slot of `x` in a per-CPU cache of 256 (`SUBNET_CACHE`, `fastpath::NEXT_HOPS`): the top
+/// byte of a multiplicative hash, which every bit of `x` moves.
+#[inline(always)]
+pub fn cache_slot(x: u32) -> u32 {
+    x.wrapping_mul(0x9e37_79b1) >> 24
 }
 
 /// The generation of the managed subnets (`SubnetBlocks::ready`; 0 before the daemon filled
