@@ -8,8 +8,8 @@
 //! the segments it will be cut into.
 //! Out of an endpoint, what is sent to the gateway's MAC for an address the FIB routes out
 //! through an uplink goes straight to that uplink. Both ways for IPv4 and IPv6.
-//! The FIB's plain answers for IPv4 are kept a short while (`NEXT_HOPS`): most packets are
-//! answered without a lookup.
+//! The FIB's plain answers are kept a short while (`NEXT_HOPS`, `NEXT_HOPS6`): most packets
+//! are answered without a lookup.
 use core::mem::{MaybeUninit, size_of};
 
 use aya_ebpf::{
@@ -48,10 +48,15 @@ pub static ENDPOINT_PEERS: PerCpuHashMap<u32, EndpointPeer> =
 /// The FIB's plain answers for IPv4 packets of the fast paths, per CPU, in a slot chosen by a
 /// hash of the question. Each holds for `NEXT_HOP_TTL_NS`, and while the managed subnets stay
 /// as they were (`SUBNET_BLOCKS`' generation, which the daemon moves as it adds or removes a
-/// network, whose bridge's routes come and go with it): a change of routes, neighbours, MTUs
-/// or forwarding made outside bridgenet reaches the fast paths within that time. Not pinned.
+/// network of either family, whose bridge's routes come and go with it): a change of routes,
+/// neighbours, MTUs or forwarding made outside bridgenet reaches the fast paths within that
+/// time. Not pinned.
 #[map]
-static NEXT_HOPS: PerCpuArray<CachedNextHop> = PerCpuArray::with_max_entries(NEXT_HOP_SLOTS, 0);
+static NEXT_HOPS: PerCpuArray<Kept<Question4>> = PerCpuArray::with_max_entries(NEXT_HOP_SLOTS, 0);
+
+/// `NEXT_HOPS` for IPv6 packets.
+#[map]
+static NEXT_HOPS6: PerCpuArray<Kept<Question6>> = PerCpuArray::with_max_entries(NEXT_HOP_SLOTS, 0);
 
 /// 256 slots: the pairs of addresses a CPU forwards within 20 ms seldom share one.
 const NEXT_HOP_SLOTS: u32 = 256;
@@ -59,19 +64,133 @@ const NEXT_HOP_SLOTS: u32 = 256;
 /// How long an answer holds: a lookup per 20 ms for a busy pair of addresses.
 const NEXT_HOP_TTL_NS: u64 = 20_000_000;
 
+/// A kept answer of the FIB to `question`.
 #[repr(C)]
-struct CachedNextHop {
+struct Kept<Q> {
     /// `SubnetBlocks::ready` when it was asked (0: no answer to reuse).
     generation: u64,
     /// When it is asked again (`bpf_ktime_get_coarse_ns`).
     expires_ns: u64,
-    /// The question: the interface the packet came in on, its addresses, TOS and protocol.
+    question: Q,
+    /// The answer, asked with the packet's size: `mtu_result` is the route's MTU.
+    fib: bpf_fib_lookup,
+}
+
+/// What a packet asks the FIB but its size, which each packet is checked against the answer's
+/// MTU for.
+trait Question: Copy {
+    /// Its slot in a cache of `NEXT_HOP_SLOTS`.
+    fn slot(&self) -> u32;
+    fn same(&self, other: &Self) -> bool;
+    /// Writes it into a zeroed lookup.
+    fn ask(&self, fib: &mut bpf_fib_lookup);
+}
+
+/// An IPv4 packet's question: the interface it came in on, its addresses, TOS and protocol.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Question4 {
     iif: u32,
     saddr: u32,
     daddr: u32,
     tos_proto: u32,
-    /// The answer, asked with the packet's length: `mtu_result` is the route's MTU.
-    fib: bpf_fib_lookup,
+}
+
+impl Question4 {
+    #[inline(always)]
+    fn of(ctx: &TcContext, ip: &Ipv4Hdr) -> Self {
+        Question4 {
+            iif: unsafe { (*ctx.skb.skb).ifindex },
+            saddr: u32::from_ne_bytes(ip.src_addr),
+            daddr: u32::from_ne_bytes(ip.dst_addr),
+            tos_proto: (u32::from(ip.tos) << 8) | u32::from(ip.proto),
+        }
+    }
+}
+
+impl Question for Question4 {
+    #[inline(always)]
+    fn slot(&self) -> u32 {
+        nat::cache_slot(self.saddr ^ self.daddr.rotate_left(16) ^ self.iif)
+    }
+
+    #[inline(always)]
+    fn same(&self, other: &Self) -> bool {
+        self.iif == other.iif
+            && self.saddr == other.saddr
+            && self.daddr == other.daddr
+            && self.tos_proto == other.tos_proto
+    }
+
+    #[inline(always)]
+    fn ask(&self, fib: &mut bpf_fib_lookup) {
+        fib.family = AF_INET;
+        fib.l4_protocol = self.tos_proto as u8;
+        fib.ifindex = self.iif;
+        fib.__bindgen_anon_2.tos = (self.tos_proto >> 8) as u8;
+        fib.__bindgen_anon_3.ipv4_src = self.saddr;
+        fib.__bindgen_anon_4.ipv4_dst = self.daddr;
+    }
+}
+
+/// An IPv6 packet's question: the interface it came in on, its traffic class and flow label,
+/// next header and addresses.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Question6 {
+    iif: u32,
+    flowinfo: u32,
+    saddr: [u64; 2],
+    daddr: [u64; 2],
+    proto: u32,
+    _pad: u32,
+}
+
+impl Question6 {
+    /// `hdr`: the first 8 bytes of the IPv6 header.
+    #[inline(always)]
+    fn of(ctx: &TcContext, hdr: &[u8; 8]) -> Option<Self> {
+        Some(Question6 {
+            iif: unsafe { (*ctx.skb.skb).ifindex },
+            flowinfo: u32::from_ne_bytes([hdr[0] & 0x0f, hdr[1], hdr[2], hdr[3]]),
+            saddr: ctx.load(SADDR_OFF).ok()?,
+            daddr: ctx.load(DADDR_OFF).ok()?,
+            proto: u32::from(hdr[6]),
+            _pad: 0,
+        })
+    }
+}
+
+impl Question for Question6 {
+    #[inline(always)]
+    fn slot(&self) -> u32 {
+        let x = self.saddr[0] ^ self.saddr[1] ^ (self.daddr[0] ^ self.daddr[1]).rotate_left(32);
+        nat::cache_slot((x ^ (x >> 32)) as u32 ^ self.iif)
+    }
+
+    #[inline(always)]
+    fn same(&self, other: &Self) -> bool {
+        self.iif == other.iif
+            && self.flowinfo == other.flowinfo
+            && self.proto == other.proto
+            && self.saddr[0] == other.saddr[0]
+            && self.saddr[1] == other.saddr[1]
+            && self.daddr[0] == other.daddr[0]
+            && self.daddr[1] == other.daddr[1]
+    }
+
+    #[inline(always)]
+    fn ask(&self, fib: &mut bpf_fib_lookup) {
+        fib.family = AF_INET6;
+        fib.l4_protocol = self.proto as u8;
+        fib.ifindex = self.iif;
+        fib.__bindgen_anon_2.flowinfo = self.flowinfo;
+        // SAFETY: the same 16 bytes seen as words of another size.
+        unsafe {
+            fib.__bindgen_anon_3.ipv6_src = core::mem::transmute::<[u64; 2], [u32; 4]>(self.saddr);
+            fib.__bindgen_anon_4.ipv6_dst = core::mem::transmute::<[u64; 2], [u32; 4]>(self.daddr);
+        }
+    }
 }
 
 const AF_INET: u8 = 2;
@@ -105,7 +224,7 @@ fn redirect4(ctx: &mut TcContext, must: bool) -> Option<(i32, u32)> {
     let ip = ctx.load::<Ipv4Hdr>(IP_OFF).ok()?;
     if must {
         let mut slot = MaybeUninit::uninit();
-        let (ret, fib) = lookup(ctx, &ip, 0, &mut slot)?;
+        let (ret, fib) = lookup(ctx, &ip, &mut slot)?;
         if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS) && ret != i64::from(BPF_FIB_LKUP_RET_NO_NEIGH)
         {
             return None;
@@ -160,11 +279,7 @@ fn into_peer(ctx: &TcContext, peer: *mut EndpointPeer) -> i32 {
 // A BPF subprogram of its own: its lookup must not sit in uplink_ingress's frame.
 #[inline(never)]
 pub fn redirect6(ctx: &mut TcContext) -> Option<(i32, u32)> {
-    let segment = segment6(ctx)?;
-    let (ret, ref fib, hop_limit) = lookup6(ctx, segment.is_none())?;
-    if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS) || too_big(segment, fib) {
-        return None;
-    }
+    let (fib, hop_limit) = next_hop6(ctx)?;
     // Forwarding decrements the hop limit (no header checksum in IPv6).
     ctx.store(HOP_LIMIT_OFF, &(hop_limit - 1), 0).ok()?;
     set_macs(ctx, fib)?;
@@ -221,14 +336,8 @@ pub fn out(ctx: &mut TcContext, gateway: u32) -> Option<i32> {
 // A BPF subprogram of its own: its lookup must not sit in the IPv4 path's frame.
 #[inline(never)]
 fn out6(ctx: &mut TcContext) -> Option<i32> {
-    let segment = segment6(ctx)?;
-    let (ret, ref fib, hop_limit) = lookup6(ctx, segment.is_none())?;
-    if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS)
-        || too_big(segment, fib)
-        || unsafe { UPLINKS6.get(fib.ifindex) }.is_none()
-    {
-        return None;
-    }
+    let (fib, hop_limit) = next_hop6(ctx)?;
+    unsafe { UPLINKS6.get(fib.ifindex) }?;
     // Forwarding decrements the hop limit (no header checksum in IPv6).
     ctx.store(HOP_LIMIT_OFF, &(hop_limit - 1), 0).ok()?;
     set_macs(ctx, fib)?;
@@ -247,12 +356,6 @@ fn segment4(ctx: &TcContext, ip: &Ipv4Hdr) -> Option<Option<u16>> {
 fn segment6(ctx: &TcContext) -> Option<Option<u16>> {
     let next: u8 = ctx.load(IP6_OFF + 6).ok()?;
     segment_len(ctx, IP6_OFF + IP6_LEN, next)
-}
-
-/// Whether a GSO packet's segments (`segment_len`) exceed the MTU the FIB answered with.
-#[inline(always)]
-fn too_big(segment: Option<u16>, fib: &bpf_fib_lookup) -> bool {
-    segment.is_some_and(|len| len > unsafe { fib.__bindgen_anon_1.mtu_result })
 }
 
 /// The size of the segments a GSO packet will be cut into (IP and TCP headers, `l4` the
@@ -288,45 +391,9 @@ fn gso_segment_len(ctx: &TcContext, l4: usize, proto: u8) -> u32 {
     len
 }
 
-/// Asks the FIB for the IPv6 packet as forwarding would (from the interface it came in on;
-/// `mtu`: with its size, else the kernel checks it itself): the return code, the answer and
-/// the packet's hop limit, or None when the hop limit would expire.
-#[inline(always)]
-fn lookup6(ctx: &TcContext, mtu: bool) -> Option<(i64, bpf_fib_lookup, u8)> {
-    // Version, traffic class and flow label; payload length; next header; hop limit.
-    let hdr: [u8; 8] = ctx.load(IP6_OFF).ok()?;
-    let hop_limit = hdr[7];
-    if hop_limit <= 1 {
-        return None;
-    }
-    let mut fib = MaybeUninit::uninit();
-    // SAFETY: a kernel struct of integers.
-    let fib: &mut bpf_fib_lookup = unsafe { mem::zeroed(&mut fib) };
-    fib.family = AF_INET6;
-    fib.l4_protocol = hdr[6];
-    if mtu {
-        fib.__bindgen_anon_1.tot_len = ip_len(ctx);
-    }
-    fib.ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    fib.__bindgen_anon_2.flowinfo = u32::from_ne_bytes([hdr[0] & 0x0f, hdr[1], hdr[2], hdr[3]]);
-    fib.__bindgen_anon_3.ipv6_src = ctx.load(SADDR_OFF).ok()?;
-    fib.__bindgen_anon_4.ipv6_dst = ctx.load(DADDR_OFF).ok()?;
-    let ret = unsafe {
-        fib_lookup(
-            ctx.skb.skb as *mut _,
-            fib,
-            size_of::<bpf_fib_lookup>() as i32,
-            0,
-        )
-    };
-    Some((ret, *fib, hop_limit))
-}
-
 /// The FIB's plain answer (`BPF_FIB_LKUP_RET_SUCCESS`) for an IPv4 packet as forwarding would
-/// ask (`lookup`), its size checked against the route's MTU (a GSO packet's by its segments,
-/// `segment`, any other's by its frame, as forwarding checks them), or None for the normal
-/// path. From `NEXT_HOPS` when the same question was answered there lately; else asked in the
-/// slot, which keeps the answer (asked with a size, the kernel names the route's MTU in it).
+/// ask, its size checked against the route's MTU (a GSO packet's by its segments, `segment`,
+/// any other's by its frame, as forwarding checks them), or None for the normal path.
 #[inline(always)]
 fn next_hop(
     ctx: &TcContext,
@@ -336,41 +403,61 @@ fn next_hop(
     if ip.ttl <= 1 {
         return None;
     }
-    let iif = unsafe { (*ctx.skb.skb).ifindex };
-    let saddr = u32::from_ne_bytes(ip.src_addr);
-    let daddr = u32::from_ne_bytes(ip.dst_addr);
-    let tos_proto = (u32::from(ip.tos) << 8) | u32::from(ip.proto);
-    let generation = nat::subnets_generation();
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let len = segment.unwrap_or_else(|| ip_len(ctx));
-    let slot = nat::cache_slot(saddr ^ daddr.rotate_left(16) ^ iif);
-    // SAFETY: this CPU's slot, which nothing else on this CPU uses meanwhile (softirq, or
-    // bottom halves off).
-    let cached = unsafe { &mut *NEXT_HOPS.get_ptr_mut(slot)? };
-    if generation != 0
-        && cached.generation == generation
-        && now < cached.expires_ns
-        && cached.iif == iif
-        && cached.saddr == saddr
-        && cached.daddr == daddr
-        && cached.tos_proto == tos_proto
-    {
-        return (len <= unsafe { cached.fib.__bindgen_anon_1.mtu_result }).then_some(&cached.fib);
-    }
-    cached.generation = 0;
-    // SAFETY: a `bpf_fib_lookup` seen as one not yet written (plain data).
-    let slot = unsafe { &mut *(&raw mut cached.fib).cast::<MaybeUninit<bpf_fib_lookup>>() };
-    let (ret, _) = lookup(ctx, ip, len, slot)?;
-    if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
+    kept(ctx, &NEXT_HOPS, &Question4::of(ctx, ip), len)
+}
+
+/// `next_hop` for an IPv6 packet, and its hop limit.
+#[inline(always)]
+fn next_hop6(ctx: &TcContext) -> Option<(&'static bpf_fib_lookup, u8)> {
+    // Version, traffic class and flow label; payload length; next header; hop limit.
+    let hdr: [u8; 8] = ctx.load(IP6_OFF).ok()?;
+    let hop_limit = hdr[7];
+    if hop_limit <= 1 {
         return None;
     }
-    cached.generation = generation;
-    cached.expires_ns = now + NEXT_HOP_TTL_NS;
-    cached.iif = iif;
-    cached.saddr = saddr;
-    cached.daddr = daddr;
-    cached.tos_proto = tos_proto;
-    Some(&cached.fib)
+    let len = segment6(ctx)?.unwrap_or_else(|| ip_len(ctx));
+    let fib = kept(ctx, &NEXT_HOPS6, &Question6::of(ctx, &hdr)?, len)?;
+    Some((fib, hop_limit))
+}
+
+/// The FIB's plain answer to `question` for a packet of `len` bytes: from `map` when the same
+/// question was answered there lately (the size checked against the route's MTU it named);
+/// else asked in the question's slot, which keeps a plain answer (asked with a size, the
+/// kernel names the route's MTU in it). None for anything but a plain answer.
+#[inline(always)]
+fn kept<Q: Question>(
+    ctx: &TcContext,
+    map: &'static PerCpuArray<Kept<Q>>,
+    question: &Q,
+    len: u16,
+) -> Option<&'static bpf_fib_lookup> {
+    let generation = nat::subnets_generation();
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // SAFETY: this CPU's slot, which nothing else on this CPU uses meanwhile (softirq, or
+    // bottom halves off).
+    let kept = unsafe { &mut *map.get_ptr_mut(question.slot())? };
+    if generation != 0
+        && kept.generation == generation
+        && now < kept.expires_ns
+        && kept.question.same(question)
+    {
+        return (len <= unsafe { kept.fib.__bindgen_anon_1.mtu_result }).then_some(&kept.fib);
+    }
+    kept.generation = 0;
+    // SAFETY: a `bpf_fib_lookup` seen as one not yet written (plain data).
+    let slot = unsafe { &mut *(&raw mut kept.fib).cast::<MaybeUninit<bpf_fib_lookup>>() };
+    // SAFETY: a kernel struct of integers.
+    let fib = unsafe { mem::zeroed(slot) };
+    question.ask(fib);
+    fib.__bindgen_anon_1.tot_len = len;
+    if ask(ctx, fib) != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
+        return None;
+    }
+    kept.generation = generation;
+    kept.expires_ns = now + NEXT_HOP_TTL_NS;
+    kept.question = *question;
+    Some(&kept.fib)
 }
 
 /// The size of a packet that is not GSO, as forwarding sizes it: what the frame carries past
@@ -380,14 +467,12 @@ fn ip_len(ctx: &TcContext) -> u16 {
     (ctx.len() as usize - EthHdr::LEN).min(0xffff) as u16
 }
 
-/// Asks the FIB, in `slot`, for the packet as forwarding would (from the interface it came in
-/// on; `tot_len` 0: no MTU check); its return code and answer, or None when the TTL would
-/// expire.
+/// Asks the FIB, in `slot`, for the IPv4 packet as forwarding would, with no MTU check; its
+/// return code and answer, or None when the TTL would expire.
 #[inline(always)]
 fn lookup<'a>(
     ctx: &TcContext,
     ip: &Ipv4Hdr,
-    tot_len: u16,
     slot: &'a mut MaybeUninit<bpf_fib_lookup>,
 ) -> Option<(i64, &'a mut bpf_fib_lookup)> {
     if ip.ttl <= 1 {
@@ -395,22 +480,21 @@ fn lookup<'a>(
     }
     // SAFETY: a kernel struct of integers.
     let fib = unsafe { mem::zeroed(slot) };
-    fib.family = AF_INET;
-    fib.l4_protocol = ip.proto;
-    fib.__bindgen_anon_1.tot_len = tot_len;
-    fib.ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    fib.__bindgen_anon_2.tos = ip.tos;
-    fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.src_addr);
-    fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.dst_addr);
-    let ret = unsafe {
+    Question4::of(ctx, ip).ask(fib);
+    Some((ask(ctx, fib), fib))
+}
+
+/// `bpf_fib_lookup` of the question written in `fib`: its return code.
+#[inline(always)]
+fn ask(ctx: &TcContext, fib: &mut bpf_fib_lookup) -> i64 {
+    unsafe {
         fib_lookup(
             ctx.skb.skb as *mut _,
             fib,
             size_of::<bpf_fib_lookup>() as i32,
             0,
         )
-    };
-    Some((ret, fib))
+    }
 }
 
 /// The next hop's MAC as destination, the output interface's as source.

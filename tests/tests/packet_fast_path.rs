@@ -433,13 +433,14 @@ fn what_an_endpoint_sends_out_goes_straight_to_the_uplink() {
     );
 }
 
-/// A kept answer of the FIB (`NEXT_HOPS`) still has every packet checked against the route's
-/// MTU: after a small packet to the server went the fast way, one bigger than the uplink's
-/// MTU, and a GSO packet whose segments would be, go the normal way.
+/// A kept answer of the FIB (`NEXT_HOPS`, `NEXT_HOPS6`) still has every packet checked
+/// against the route's MTU: after a small packet to the server went the fast way, one bigger
+/// than the uplink's MTU, and a GSO packet whose segments would be, go the normal way; IPv4
+/// and IPv6.
 #[test]
 fn a_kept_answer_of_the_fib_still_checks_the_mtu() {
     packet::on_one_cpu();
-    let mut lab = OutLab::new();
+    let OutLab6(mut lab) = OutLab6::new();
     let small = packet::tcp_frame(EP1, 40000, SERVER, 7000, false, true, b"hello");
     assert_eq!(lab.send(GATEWAY_MAC, &small).action, TC_ACT_REDIRECT);
     assert_eq!(lab.send(GATEWAY_MAC, &small).action, TC_ACT_REDIRECT);
@@ -450,6 +451,18 @@ fn a_kept_answer_of_the_fib_still_checks_the_mtu() {
     lab.normal_gso(GATEWAY_MAC, &bulk, 1461);
     assert_eq!(
         lab.send_gso(GATEWAY_MAC, &bulk, 1460).action,
+        TC_ACT_REDIRECT
+    );
+
+    let small6 = from_ep6(WORLD6, 64, 5);
+    assert_eq!(lab.send(GATEWAY_MAC, &small6).action, TC_ACT_REDIRECT);
+    assert_eq!(lab.send(GATEWAY_MAC, &small6).action, TC_ACT_REDIRECT);
+    assert_eq!(lab.fast(), 5);
+    lab.normal(GATEWAY_MAC, &from_ep6(WORLD6, 64, 1500));
+    let bulk6 = from_ep6(WORLD6, 64, 2000);
+    lab.normal_gso(GATEWAY_MAC, &bulk6, 1441);
+    assert_eq!(
+        lab.send_gso(GATEWAY_MAC, &bulk6, 1440).action,
         TC_ACT_REDIRECT
     );
 }
@@ -597,6 +610,23 @@ impl Lab6 {
         })
     }
 
+    /// A lab whose flow from CLIENT6:`sport` went into EP1's peer behind br1, with a second
+    /// bridge, br2: the FIB's answer is kept (`NEXT_HOPS6`) on CPU 0, where the test stays.
+    fn with_answer_kept(sport: u16) -> Self {
+        packet::on_one_cpu();
+        let mut lab = Lab6::new(true);
+        let host = lab.topo.ns("host");
+        host.ip(&["link", "add", "br2", "type", "bridge"]);
+        host.ip(&["link", "set", "br2", "up"]);
+        let br1 = host.ifindex("br1");
+        lab.dp
+            .add_endpoint_peer(Ipv4Addr::from(EP1), VETH, br1)
+            .unwrap();
+        assert_eq!(lab.ingress(&syn6(sport, 64)).action, TC_ACT_REDIRECT);
+        assert_eq!(lab.stats(), (1, 0, 1));
+        lab
+    }
+
     fn stats(&self) -> (u64, u64, u64) {
         let stat = |o| self.dp.stat(program_id::UPLINK_INGRESS, o).unwrap();
         (
@@ -702,6 +732,45 @@ fn an_ipv6_flow_without_a_peer_entry_goes_to_the_bridge_and_the_rest_to_the_stac
         "translated; the stack decrements the hop limit itself"
     );
     assert_eq!(lab.stats(), (1, 0, 0));
+}
+
+/// `a_route_changed_outside_bridgenet_reaches_the_fast_path_within_20_ms` for IPv6: EP1's
+/// IPv6 address moves to br2 under the daemon; 40 ms later its flow goes to br2.
+#[test]
+fn an_ipv6_route_changed_outside_bridgenet_reaches_the_fast_path_within_20_ms() {
+    let mut lab = Lab6::with_answer_kept(40010);
+    let host = lab.topo.ns("host");
+    host.ip(&["-6", "route", "add", "2001:db8:1::2/128", "dev", "br2"]);
+    neighbour(host, EP1_6, EP1_MAC_DOCKER, "br2");
+    std::thread::sleep(std::time::Duration::from_millis(40));
+    assert_eq!(lab.ingress(&data6(40010, 5)).action, TC_ACT_REDIRECT);
+    assert_eq!(
+        lab.stats(),
+        (2, 1, 1),
+        "to br2, where the FIB now routes it"
+    );
+}
+
+/// `a_network_made_again_on_another_bridge_is_seen_by_the_next_packet` for IPv6: the network's
+/// IPv6 subnet made again on br2 moves the generation too.
+#[test]
+fn an_ipv6_network_made_again_on_another_bridge_is_seen_by_the_next_packet() {
+    let mut lab = Lab6::with_answer_kept(40011);
+    let host = lab.topo.ns("host");
+    let br2 = host.ifindex("br2");
+    host.ip(&["addr", "del", "2001:db8:1::1/64", "dev", "br1"]);
+    host.ip(&["addr", "add", "2001:db8:1::1/64", "dev", "br2"]);
+    neighbour(host, EP1_6, EP1_MAC_DOCKER, "br2");
+    let subnet = "2001:db8:1::/64".parse().unwrap();
+    lab.dp.remove_subnet6(subnet).unwrap();
+    lab.dp
+        .add_network6(subnet, "2001:db8:1::1".parse().unwrap(), &network1())
+        .unwrap();
+    lab.dp
+        .add_endpoint_peer(Ipv4Addr::from(EP1), VETH, br2)
+        .unwrap();
+    assert_eq!(lab.ingress(&data6(40011, 5)).action, TC_ACT_REDIRECT);
+    assert_eq!(lab.stats(), (2, 0, 2), "into the peer behind br2");
 }
 
 /// The fast path out of an endpoint for IPv6: `OutLab`'s namespace with IPv6 on br1

@@ -45,14 +45,16 @@ impl Datapath {
             gateway: gateway.octets(),
         };
         subnets.insert(&key(subnet), value, 0)?;
-        Ok(())
+        // Its bridge's routes come with it: the fast paths' kept answers go stale.
+        self.subnets_changed()
     }
 
     /// Forgets a network's IPv6 subnet.
     pub fn remove_subnet6(&mut self, subnet: Ipv6Net) -> Result<()> {
         let mut subnets: LpmTrie<_, [u8; 16], Subnet6> =
             LpmTrie::try_from(self.map_mut(maps::SUBNETS6)?)?;
-        absent_ok(subnets.remove(&key(subnet)))
+        absent_ok(subnets.remove(&key(subnet)))?;
+        self.subnets_changed()
     }
 
     /// Every managed IPv6 subnet.
