@@ -35,7 +35,7 @@ use crate::{
     header, mem, nat,
     nat6::UPLINKS6,
     parse::{IP_OFF, TCP},
-    parse6::{DADDR_OFF, ETH_P_IPV6, IP6_LEN, IP6_OFF, SADDR_OFF},
+    parse6::{ETH_P_IPV6, IP6_LEN, IP6_OFF, SADDR_OFF},
 };
 
 /// Endpoints by address (network byte order), written by the daemon once the container end
@@ -140,21 +140,22 @@ impl Question for Question4 {
 struct Question6 {
     iif: u32,
     flowinfo: u32,
-    saddr: [u64; 2],
-    daddr: [u64; 2],
+    /// The source's words, then the destination's, as they follow each other in the header.
+    addrs: [u64; 4],
     proto: u32,
     _pad: u32,
 }
 
 impl Question6 {
-    /// `hdr`: the first 8 bytes of the IPv6 header.
+    /// `hdr`: the IPv6 header's first 8 bytes.
     #[inline(always)]
     fn of(ctx: &TcContext, hdr: &[u8; 8]) -> Option<Self> {
         Some(Question6 {
             iif: unsafe { (*ctx.skb.skb).ifindex },
             flowinfo: u32::from_ne_bytes([hdr[0] & 0x0f, hdr[1], hdr[2], hdr[3]]),
-            saddr: ctx.load(SADDR_OFF).ok()?,
-            daddr: ctx.load(DADDR_OFF).ok()?,
+            // Both addresses with one helper call: read in place, unaligned, they would be
+            // byte loads whose spills take more stack than 6.1's limit leaves here.
+            addrs: ctx.load(SADDR_OFF).ok()?,
             proto: u32::from(hdr[6]),
             _pad: 0,
         })
@@ -164,7 +165,8 @@ impl Question6 {
 impl Question for Question6 {
     #[inline(always)]
     fn slot(&self) -> u32 {
-        let x = self.saddr[0] ^ self.saddr[1] ^ (self.daddr[0] ^ self.daddr[1]).rotate_left(32);
+        let [s0, s1, d0, d1] = self.addrs;
+        let x = s0 ^ s1 ^ (d0 ^ d1).rotate_left(32);
         nat::cache_slot((x ^ (x >> 32)) as u32 ^ self.iif)
     }
 
@@ -173,10 +175,10 @@ impl Question for Question6 {
         self.iif == other.iif
             && self.flowinfo == other.flowinfo
             && self.proto == other.proto
-            && self.saddr[0] == other.saddr[0]
-            && self.saddr[1] == other.saddr[1]
-            && self.daddr[0] == other.daddr[0]
-            && self.daddr[1] == other.daddr[1]
+            && self.addrs[0] == other.addrs[0]
+            && self.addrs[1] == other.addrs[1]
+            && self.addrs[2] == other.addrs[2]
+            && self.addrs[3] == other.addrs[3]
     }
 
     #[inline(always)]
@@ -185,17 +187,17 @@ impl Question for Question6 {
         fib.l4_protocol = self.proto as u8;
         fib.ifindex = self.iif;
         fib.__bindgen_anon_2.flowinfo = self.flowinfo;
+        let [s0, s1, d0, d1] = self.addrs;
         // SAFETY: the same 16 bytes seen as words of another size.
         unsafe {
-            fib.__bindgen_anon_3.ipv6_src = core::mem::transmute::<[u64; 2], [u32; 4]>(self.saddr);
-            fib.__bindgen_anon_4.ipv6_dst = core::mem::transmute::<[u64; 2], [u32; 4]>(self.daddr);
+            fib.__bindgen_anon_3.ipv6_src = core::mem::transmute::<[u64; 2], [u32; 4]>([s0, s1]);
+            fib.__bindgen_anon_4.ipv6_dst = core::mem::transmute::<[u64; 2], [u32; 4]>([d0, d1]);
         }
     }
 }
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
-const HOP_LIMIT_OFF: usize = IP6_OFF + 7;
 
 /// `redirect4` for what `uplink_ingress` translated towards an endpoint.
 // A BPF subprogram of its own: its lookup must not sit in uplink_ingress's frame.
@@ -221,7 +223,7 @@ pub fn redirect_hairpin(ctx: &mut TcContext) -> Option<(i32, u32)> {
 /// of its own MTU, the bridge's).
 #[inline(always)]
 fn redirect4(ctx: &mut TcContext, must: bool) -> Option<(i32, u32)> {
-    let ip = ctx.load::<Ipv4Hdr>(IP_OFF).ok()?;
+    let (_, ip) = header::eth_ipv4(ctx)?;
     if must {
         let mut slot = MaybeUninit::uninit();
         let (ret, fib) = lookup(ctx, &ip, &mut slot)?;
@@ -279,9 +281,8 @@ fn into_peer(ctx: &TcContext, peer: *mut EndpointPeer) -> i32 {
 // A BPF subprogram of its own: its lookup must not sit in uplink_ingress's frame.
 #[inline(never)]
 pub fn redirect6(ctx: &mut TcContext) -> Option<(i32, u32)> {
-    let (fib, hop_limit) = next_hop6(ctx)?;
-    // Forwarding decrements the hop limit (no header checksum in IPv6).
-    ctx.store(HOP_LIMIT_OFF, &(hop_limit - 1), 0).ok()?;
+    let fib = next_hop6(ctx)?;
+    header::decrement_hop_limit(ctx)?;
     set_macs(ctx, fib)?;
     let mac = fib.dmac;
     if mac[..2] == [0x02, 0x42]
@@ -311,7 +312,7 @@ pub fn out(ctx: &mut TcContext, gateway: u32) -> Option<i32> {
     if gateway == 0 {
         return None;
     }
-    let eth = ctx.load::<EthHdr>(0).ok()?;
+    let (eth, ip) = header::eth_ipv4(ctx)?;
     if !mem::mac_eq(eth.dst_addr, [0x02, 0x42, a, b, c, d]) {
         return None;
     }
@@ -322,7 +323,6 @@ pub fn out(ctx: &mut TcContext, gateway: u32) -> Option<i32> {
     if ether_type != EtherType::Ipv4 as u16 {
         return None;
     }
-    let ip = ctx.load::<Ipv4Hdr>(IP_OFF).ok()?;
     let fib = next_hop(ctx, &ip, segment4(ctx, &ip)?)?;
     // Only to an uplink.
     nat::uplink_addr(fib.ifindex)?;
@@ -336,10 +336,9 @@ pub fn out(ctx: &mut TcContext, gateway: u32) -> Option<i32> {
 // A BPF subprogram of its own: its lookup must not sit in the IPv4 path's frame.
 #[inline(never)]
 fn out6(ctx: &mut TcContext) -> Option<i32> {
-    let (fib, hop_limit) = next_hop6(ctx)?;
+    let fib = next_hop6(ctx)?;
     unsafe { UPLINKS6.get(fib.ifindex) }?;
-    // Forwarding decrements the hop limit (no header checksum in IPv6).
-    ctx.store(HOP_LIMIT_OFF, &(hop_limit - 1), 0).ok()?;
+    header::decrement_hop_limit(ctx)?;
     set_macs(ctx, fib)?;
     Some(unsafe { bpf_redirect(fib.ifindex, 0) } as i32)
 }
@@ -348,14 +347,6 @@ fn out6(ctx: &mut TcContext) -> Option<i32> {
 #[inline(always)]
 fn segment4(ctx: &TcContext, ip: &Ipv4Hdr) -> Option<Option<u16>> {
     segment_len(ctx, IP_OFF + usize::from(ip.ihl()), ip.proto)
-}
-
-/// `segment_len` of an IPv6 packet (a GSO packet with extension headers before TCP is not
-/// sized: the normal path).
-#[inline(always)]
-fn segment6(ctx: &TcContext) -> Option<Option<u16>> {
-    let next: u8 = ctx.load(IP6_OFF + 6).ok()?;
-    segment_len(ctx, IP6_OFF + IP6_LEN, next)
 }
 
 /// The size of the segments a GSO packet will be cut into (IP and TCP headers, `l4` the
@@ -407,18 +398,16 @@ fn next_hop(
     kept(ctx, &NEXT_HOPS, &Question4::of(ctx, ip), len)
 }
 
-/// `next_hop` for an IPv6 packet, and its hop limit.
+/// `next_hop` for an IPv6 packet (whose hop limit must be above 1: forwarding decrements it).
 #[inline(always)]
-fn next_hop6(ctx: &TcContext) -> Option<(&'static bpf_fib_lookup, u8)> {
+fn next_hop6(ctx: &TcContext) -> Option<&'static bpf_fib_lookup> {
     // Version, traffic class and flow label; payload length; next header; hop limit.
-    let hdr: [u8; 8] = ctx.load(IP6_OFF).ok()?;
-    let hop_limit = hdr[7];
-    if hop_limit <= 1 {
+    let hdr = header::ipv6_head(ctx)?;
+    if hdr[7] <= 1 {
         return None;
     }
-    let len = segment6(ctx)?.unwrap_or_else(|| ip_len(ctx));
-    let fib = kept(ctx, &NEXT_HOPS6, &Question6::of(ctx, &hdr)?, len)?;
-    Some((fib, hop_limit))
+    let len = segment_len(ctx, IP6_OFF + IP6_LEN, hdr[6])?.unwrap_or_else(|| ip_len(ctx));
+    kept(ctx, &NEXT_HOPS6, &Question6::of(ctx, &hdr)?, len)
 }
 
 /// The FIB's plain answer to `question` for a packet of `len` bytes: from `map` when the same
