@@ -9,7 +9,7 @@ use network_types::eth::{EthHdr, EtherType};
 
 use crate::{
     endpoint6, mem, nat,
-    parse::{IP_DADDR_OFF, IP_SADDR_OFF},
+    parse::{self, IP_SADDR_OFF},
     parse6,
 };
 
@@ -34,7 +34,7 @@ pub fn check(ctx: &TcContext) -> (u32, u32) {
     let Some(ep) = (unsafe { ENDPOINTS.get(ifindex) }) else {
         return (outcome::DROP_UNKNOWN, 0);
     };
-    let Ok(eth) = ctx.load::<EthHdr>(0) else {
+    let Some(eth) = parse::eth(ctx) else {
         return (outcome::DROP_UNKNOWN, 0);
     };
     if !mem::mac_eq(eth.src_addr, ep.mac) {
@@ -76,8 +76,7 @@ pub fn check(ctx: &TcContext) -> (u32, u32) {
     if ether_type != EtherType::Ipv4 as u16 {
         return (outcome::DROP_PROTOCOL, 0);
     }
-    let (Ok(saddr), Ok(daddr)) = (ctx.load::<u32>(IP_SADDR_OFF), ctx.load::<u32>(IP_DADDR_OFF))
-    else {
+    let Some((saddr, daddr)) = parse::ipv4_addrs(ctx) else {
         return (outcome::DROP_SPOOFED, 0);
     };
     if saddr != ep.addr {

@@ -14,7 +14,7 @@ use bridgenet_common::{Endpoint, NonMasquerade6Key, Subnet6, network_flags, outc
 use crate::{
     endpoint::sibling_mac,
     nat,
-    parse6::{DADDR_OFF, ICMP6, SADDR_OFF, UDP, transport},
+    parse6::{ICMP6, SADDR_OFF, UDP, transport},
 };
 
 /// Managed IPv6 subnets, by prefix.
@@ -80,10 +80,8 @@ pub fn check(ctx: &TcContext, ifindex: u32, ep: &Endpoint, dst_mac: &[u8; 6]) ->
     let Some(own_addr) = (unsafe { ENDPOINTS6.get(ifindex) }) else {
         return outcome::DROP_PROTOCOL;
     };
-    let (Ok(saddr), Ok(daddr)) = (
-        ctx.load::<[u8; 16]>(SADDR_OFF),
-        ctx.load::<[u8; 16]>(DADDR_OFF),
-    ) else {
+    // Both addresses with one helper call: they follow each other in the header.
+    let Ok([saddr, daddr]) = ctx.load::<[[u8; 16]; 2]>(SADDR_OFF) else {
         return outcome::DROP_MALFORMED;
     };
     let t = match transport(ctx) {

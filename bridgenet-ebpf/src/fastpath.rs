@@ -34,8 +34,8 @@ use network_types::{
 use crate::{
     header, mem, nat,
     nat6::UPLINKS6,
-    parse::{IP_OFF, TCP},
-    parse6::{ETH_P_IPV6, IP6_LEN, IP6_OFF, SADDR_OFF},
+    parse::{self, IP_OFF, TCP},
+    parse6::{self, ETH_P_IPV6, IP6_LEN, IP6_OFF, SADDR_OFF},
 };
 
 /// Endpoints by address (network byte order), written by the daemon once the container end
@@ -223,7 +223,7 @@ pub fn redirect_hairpin(ctx: &mut TcContext) -> Option<(i32, u32)> {
 /// of its own MTU, the bridge's).
 #[inline(always)]
 fn redirect4(ctx: &mut TcContext, must: bool) -> Option<(i32, u32)> {
-    let (_, ip) = header::eth_ipv4(ctx)?;
+    let (_, ip) = parse::eth_ipv4(ctx)?;
     if must {
         let mut slot = MaybeUninit::uninit();
         let (ret, fib) = lookup(ctx, &ip, &mut slot)?;
@@ -312,7 +312,7 @@ pub fn out(ctx: &mut TcContext, gateway: u32) -> Option<i32> {
     if gateway == 0 {
         return None;
     }
-    let (eth, ip) = header::eth_ipv4(ctx)?;
+    let (eth, ip) = parse::eth_ipv4(ctx)?;
     if !mem::mac_eq(eth.dst_addr, [0x02, 0x42, a, b, c, d]) {
         return None;
     }
@@ -402,7 +402,7 @@ fn next_hop(
 #[inline(always)]
 fn next_hop6(ctx: &TcContext) -> Option<&'static bpf_fib_lookup> {
     // Version, traffic class and flow label; payload length; next header; hop limit.
-    let hdr = header::ipv6_head(ctx)?;
+    let hdr = parse6::ipv6_head(ctx)?;
     if hdr[7] <= 1 {
         return None;
     }

@@ -4,7 +4,10 @@ use aya_ebpf::programs::TcContext;
 use bridgenet_common::{Ct6Key, outcome};
 use network_types::eth::EthHdr;
 
-use crate::{parse::ports, tcp::Segment};
+use crate::{
+    parse::{linear, ports},
+    tcp::Segment,
+};
 
 pub const ETH_P_IPV6: u16 = 0x86dd_u16.to_be();
 pub const IP6_OFF: usize = EthHdr::LEN;
@@ -286,6 +289,16 @@ struct Ipv6Head {
     _hop_limit: u8,
     saddr: [u8; 16],
     daddr: [u8; 16],
+}
+
+/// The IPv6 header's first 8 bytes (version, traffic class and flow label, payload length,
+/// next header, hop limit), read in place; None when the packet is shorter than the fixed
+/// header.
+#[inline(always)]
+pub fn ipv6_head(ctx: &TcContext) -> Option<[u8; 8]> {
+    let head = linear(ctx, IP6_OFF + IP6_LEN)?;
+    // SAFETY: within the bytes `linear` checked.
+    Some(unsafe { head.add(IP6_OFF).cast::<[u8; 8]>().read_unaligned() })
 }
 
 /// Whether the frame is IPv6.
