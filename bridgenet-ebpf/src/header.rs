@@ -6,12 +6,10 @@
 use aya_ebpf::programs::TcContext;
 
 use crate::{
-    parse::{self, IP_CSUM_OFF, IP_OFF},
+    parse::{self, HEAD, IP_CSUM_OFF, IP_OFF},
     parse6::{IP6_LEN, IP6_OFF},
 };
 
-/// The Ethernet header and 20 bytes of IPv4 header.
-const HEAD: usize = IP_OFF + 20;
 /// Past the longest IPv4 header (60 bytes) and the ICMP echo identifier, the farthest port.
 const PORT_END: usize = IP_OFF + 60 + 6;
 const TTL_OFF: usize = IP_OFF + 8;

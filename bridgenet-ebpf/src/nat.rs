@@ -153,8 +153,8 @@ pub fn subnet_cached(addr: u32) -> SubnetCopy {
     cached.answer
 }
 
-/// The slot of `x` in a per-CPU cache of 256 (`SUBNET_CACHE`, `fastpath::NEXT_HOPS`): the top
-/// byte of a multiplicative hash, which every bit of `x` moves.
+/// The slot of `x` in a per-CPU cache of 256 (`SUBNET_CACHE`, `fastpath`'s `NEXT_HOPS` and
+/// `NEXT_HOPS6`): the top byte of a multiplicative hash, which every bit of `x` moves.
 #[inline(always)]
 pub fn cache_slot(x: u32) -> u32 {
     x.wrapping_mul(0x9e37_79b1) >> 24

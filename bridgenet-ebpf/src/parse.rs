@@ -186,6 +186,10 @@ struct Head {
     ip: Ipv4Hdr,
 }
 
+/// The Ethernet header and 20 bytes of IPv4 header (what `eth_ipv4` reads, and what
+/// `header`'s IPv4 writes need).
+pub const HEAD: usize = IP_OFF + Ipv4Hdr::LEN;
+
 /// The packet's first `len` bytes, read and written in place rather than through a helper
 /// call each (about 27 ns apiece here); pulled into the skb's linear part first when they are
 /// not there. None when the packet is shorter. (A program that writes to its packet has its
@@ -213,7 +217,7 @@ pub fn eth(ctx: &TcContext) -> Option<EthHdr> {
 /// too, for one that is); None when the packet is shorter.
 #[inline(always)]
 pub fn eth_ipv4(ctx: &TcContext) -> Option<(EthHdr, Ipv4Hdr)> {
-    let head = linear(ctx, IP_OFF + Ipv4Hdr::LEN)?;
+    let head = linear(ctx, HEAD)?;
     // SAFETY: both within the bytes `linear` checked.
     unsafe {
         Some((
@@ -227,7 +231,7 @@ pub fn eth_ipv4(ctx: &TcContext) -> Option<(EthHdr, Ipv4Hdr)> {
 /// packet is shorter than the Ethernet header and 20 bytes of IPv4 header.
 #[inline(always)]
 pub fn ipv4_addrs(ctx: &TcContext) -> Option<(u32, u32)> {
-    let head = linear(ctx, IP_OFF + Ipv4Hdr::LEN)?;
+    let head = linear(ctx, HEAD)?;
     // SAFETY: both within the bytes `linear` checked.
     unsafe {
         Some((
