@@ -7,9 +7,7 @@
 //! A GSO packet (bulk TCP: up to 64 KiB) is checked as forwarding checks it: by the size of
 //! the segments it will be cut into.
 //! Out of an endpoint, what is sent to the gateway's MAC for an address the FIB routes out
-//! through an uplink goes straight to that uplink; IPv4 translated on the way, as the uplink's
-//! `uplink_egress` would, and marked (`TRANSLATED_MARK`) so that it passes there as it is.
-//! Both ways for IPv4 and IPv6.
+//! through an uplink goes straight to that uplink. Both ways for IPv4 and IPv6.
 //! The FIB's plain answers are kept a short while (`NEXT_HOPS`, `NEXT_HOPS6`): most packets
 //! are answered without a lookup.
 use core::mem::{MaybeUninit, size_of};
@@ -27,7 +25,7 @@ use aya_ebpf::{
     maps::{PerCpuArray, PerCpuHashMap},
     programs::TcContext,
 };
-use bridgenet_common::{EndpointPeer, TRANSLATED_MARK, outcome};
+use bridgenet_common::{EndpointPeer, outcome};
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::Ipv4Hdr,
@@ -304,13 +302,12 @@ pub fn redirect6(ctx: &mut TcContext) -> Option<(i32, u32)> {
 /// to its gateway's MAC (`gateway`: the network's gateway address, whose MAC is 02:42 and the
 /// address, as bridgenet gives its bridges), that the FIB routes out through an uplink to a
 /// known neighbour and that fits the uplink's MTU (a GSO packet: its segments) goes straight
-/// to that uplink's egress, skipping the bridge and the forwarding path. The TC verdict and,
-/// for IPv4, the uplink's address, which the caller translates the packet for (`0`: IPv6,
-/// which the uplink's `uplink_egress` translates); None for the normal path (another MAC, a
-/// bridge that is not bridgenet's, no plain answer).
+/// to that uplink's egress, skipping the bridge and the forwarding path; `uplink_egress`
+/// translates it there as it would have. The TC verdict, or None for the normal path (another
+/// MAC, a bridge that is not bridgenet's, no plain answer).
 /// A call of its own: inlined, its lookup would add to the hairpin path's stack.
 #[inline(never)]
-pub fn out(ctx: &mut TcContext, gateway: u32) -> Option<(i32, u32)> {
+pub fn out(ctx: &mut TcContext, gateway: u32) -> Option<i32> {
     let [a, b, c, d] = gateway.to_ne_bytes();
     if gateway == 0 {
         return None;
@@ -321,36 +318,17 @@ pub fn out(ctx: &mut TcContext, gateway: u32) -> Option<(i32, u32)> {
     }
     let ether_type = eth.ether_type;
     if ether_type == ETH_P_IPV6 {
-        return out6(ctx).map(|action| (action, 0));
+        return out6(ctx);
     }
     if ether_type != EtherType::Ipv4 as u16 {
         return None;
     }
     let fib = next_hop(ctx, &ip, segment4(ctx, &ip)?)?;
     // Only to an uplink.
-    let uplink_addr = nat::uplink_addr(fib.ifindex)?;
+    nat::uplink_addr(fib.ifindex)?;
     header::decrement_ttl(ctx)?;
     set_macs(ctx, fib)?;
-    Some((unsafe { bpf_redirect(fib.ifindex, 0) } as i32, uplink_addr))
-}
-
-/// Marks a packet `out` sent to an uplink as translated for it (`TRANSLATED_MARK`).
-#[inline(always)]
-pub fn mark_translated(ctx: &TcContext) {
-    unsafe { (*ctx.skb.skb).mark |= TRANSLATED_MARK };
-}
-
-/// On an uplink's egress: whether the packet carries `TRANSLATED_MARK`, which is then
-/// cleared (it never reaches anything after bridgenet's programs).
-#[inline(always)]
-pub fn take_translated(ctx: &TcContext) -> bool {
-    let skb = ctx.skb.skb;
-    let mark = unsafe { (*skb).mark };
-    if mark & TRANSLATED_MARK == 0 {
-        return false;
-    }
-    unsafe { (*skb).mark = mark & !TRANSLATED_MARK };
-    true
+    Some(unsafe { bpf_redirect(fib.ifindex, 0) } as i32)
 }
 
 /// `out` for IPv6: to an uplink with an IPv6 address (`UPLINKS6`), whose `uplink_egress`

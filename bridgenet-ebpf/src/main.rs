@@ -76,18 +76,10 @@ pub fn endpoint_ingress(mut ctx: TcContext) -> i32 {
             return action;
         }
     }
-    // Not for a host address (hairpin left it as it was): out through an uplink. IPv4 is
-    // translated here, as the uplink's uplink_egress would (which then passes it as it is).
+    // Not for a host address (hairpin left it as it was): out through an uplink.
     if result == outcome::PASSED
-        && let Some((action, uplink_addr)) = fastpath::out(&mut ctx, gateway)
+        && let Some(action) = fastpath::out(&mut ctx, gateway)
     {
-        if uplink_addr != 0 {
-            result = egress_ipv4(&mut ctx, uplink_addr, program_id::ENDPOINT_INGRESS);
-            if outcome::is_drop(result) {
-                return verdict(&ctx, program_id::ENDPOINT_INGRESS, result);
-            }
-            fastpath::mark_translated(&ctx);
-        }
         stats::count(program_id::ENDPOINT_INGRESS, outcome::FAST_PATH);
         stats::count(program_id::ENDPOINT_INGRESS, result);
         return action;
@@ -303,53 +295,40 @@ fn direct(ctx: &mut TcContext, packet: &Packet) -> u32 {
 
 /// Uplink egress: packets of the managed subnets leave with the uplink's address
 /// (masquerade), replies from published endpoints with the host's address and port, and
-/// ICMP errors about either with their quoted packet translated back. What endpoint_ingress's
-/// fast path out translated for this uplink passes as it is.
+/// ICMP errors about either with their quoted packet translated back.
 #[classifier]
 pub fn uplink_egress(mut ctx: TcContext) -> i32 {
-    if fastpath::take_translated(&ctx) {
-        return verdict(&ctx, program_id::UPLINK_EGRESS, outcome::FAST_PATH);
-    }
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // IPv6 first: an uplink may have no IPv4 address.
     if parse6::is_ipv6(&ctx) {
         let result = nat6::egress(&mut ctx, ifindex);
         return verdict(&ctx, program_id::UPLINK_EGRESS, result);
     }
-    let result = match nat::uplink_addr(ifindex) {
-        Some(nat_addr) => egress_ipv4(&mut ctx, nat_addr, program_id::UPLINK_EGRESS),
-        None => outcome::PASSED,
+    let Some(nat_addr) = nat::uplink_addr(ifindex) else {
+        return verdict(&ctx, program_id::UPLINK_EGRESS, outcome::PASSED);
     };
-    verdict(&ctx, program_id::UPLINK_EGRESS, result)
-}
-
-/// What an IPv4 packet leaving through the uplink with address `nat_addr` becomes, judged in
-/// `program` (uplink_egress, or endpoint_ingress's fast path out): the outcome.
-// A BPF subprogram of its own: the two programs share it, and in endpoint_ingress its frame
-// (the parsed packet) would add to the hairpin path's chain of calls.
-#[inline(never)]
-fn egress_ipv4(ctx: &mut TcContext, nat_addr: u32, program: u32) -> u32 {
     // Matched by reference, as in uplink_ingress.
-    let parsed = parse(ctx);
-    match &parsed {
+    let parsed = parse(&ctx);
+    let result = match &parsed {
         Parsed::Other => outcome::PASSED,
         // A managed source must never leave as it is, so what cannot be parsed does not leave.
         Parsed::Malformed(_) => outcome::DROP_MALFORMED,
-        Parsed::Ipv4(packet) => uplink_egress_ipv4(ctx, packet, nat_addr, program),
-    }
+        Parsed::Ipv4(packet) => uplink_egress_ipv4(&mut ctx, packet, nat_addr),
+    };
+    verdict(&ctx, program_id::UPLINK_EGRESS, result)
 }
 
 /// A managed source leaves only translated (SNAT: masquerade, or the reply of a published
 /// flow). Whatever path decided, anything else from a managed source is dropped here: an ICMP
 /// error quoting a hairpin, host or masquerade-reply entry would otherwise leave as it is.
 #[inline(always)]
-fn uplink_egress_ipv4(ctx: &mut TcContext, packet: &Packet, nat_addr: u32, program: u32) -> u32 {
+fn uplink_egress_ipv4(ctx: &mut TcContext, packet: &Packet, nat_addr: u32) -> u32 {
     let managed = nat::subnet_cached(packet.key.saddr);
     let managed = managed.get();
     // To a non-masquerade destination (another node's pods) an endpoint's own address leaves.
     // Asked only where the answer matters: a tracked flow's packet leaves as its entry says.
     let direct = || managed.is_some_and(|s| nat::non_masquerade(s.network, packet.key.daddr));
-    let result = uplink_egress_translate(ctx, packet, nat_addr, managed, direct, program);
+    let result = uplink_egress_translate(ctx, packet, nat_addr, managed, direct);
     if managed.is_some() && result != outcome::SNAT && !outcome::is_drop(result) && !direct() {
         return outcome::DROP_UNTRANSLATABLE;
     }
@@ -363,7 +342,6 @@ fn uplink_egress_translate(
     nat_addr: u32,
     managed: Option<&Subnet>,
     direct: impl Fn() -> bool,
-    program: u32,
 ) -> u32 {
     if packet.fragment {
         // Fragments of endpoint flows are dropped (and counted), never sent untranslated.
@@ -389,13 +367,13 @@ fn uplink_egress_translate(
         Some(_) if !conntrack::opens_flow(packet) => outcome::DROP_UNTRACKED,
         Some(subnet) if subnet.masquerade != 0 && nat_translatable(packet) => {
             let result = nat::masquerade(ctx, packet, nat_addr);
-            opened(ctx, program, packet, result)
+            opened(ctx, program_id::UPLINK_EGRESS, packet, result)
         }
         // Gateway mode routed: the endpoint's own address leaves, tracked so that replies
         // come back in (and nothing else does).
         Some(subnet) if subnet.flags & network_flags::ROUTED != 0 && nat_translatable(packet) => {
             let result = nat::route_out(ctx, packet);
-            opened(ctx, program, packet, result)
+            opened(ctx, program_id::UPLINK_EGRESS, packet, result)
         }
         // Without masquerade (or for what it cannot translate) a private source must not leave.
         Some(_) => outcome::DROP_UNTRANSLATABLE,

@@ -128,9 +128,7 @@ fn segments_that_open_no_flow_show_as_drop_untracked() {
         ],
     );
 
-    // From the endpoint, to the world: judged on its veth by the fast path out (the host knows
-    // the world's MAC), before any masquerade.
-    world_known(&lab);
+    // From the endpoint, to the world: uplink_egress, before any masquerade.
     let src = web.at(40005);
     let dst = SocketAddrV4::new(WORLD, 7000);
     let event = monitor.drop_of(|| send_tcp(&web.ns, src, dst, tcp_flags::ACK), src, dst);
@@ -138,8 +136,8 @@ fn segments_that_open_no_flow_show_as_drop_untracked() {
         &event,
         &[
             ("reason", json!("drop_untracked")),
-            ("program", json!("endpoint_ingress")),
-            ("interface", json!(web.veth)),
+            ("program", json!("uplink_egress")),
+            ("interface", json!("uplink0")),
             ("proto", json!("tcp")),
             ("endpoint", json!("web")),
             ("network", json!("bridge")),
@@ -186,14 +184,6 @@ fn on_uplink(program: &str) -> [(&'static str, Value); 2] {
     [("program", json!(program)), ("interface", json!("uplink0"))]
 }
 
-/// Makes the host know the world's MAC (a ping), so that what endpoints send to the world
-/// takes the fast path out, which judges and translates it on their veth.
-fn world_known(lab: &ControlLab) {
-    lab.topo
-        .ns("host")
-        .exec("ping", &["-c", "1", "-W", "3", "198.18.0.1"]);
-}
-
 /// `--flows`: a connection from the world to a published port opens a DNAT flow, one from an
 /// endpoint to the world a masquerade (SNAT) flow, each with its exact translation; once the
 /// DNAT connection is closed by both sides, GC removes its flow and the monitor shows it.
@@ -218,9 +208,7 @@ fn flows_open_with_their_translation_and_close_after_gc() {
     let peer = server.join().unwrap();
     assert_eq!(peer, client, "the endpoint sees the client's own address");
 
-    // SNAT: web to the world, leaving with the uplink's address, opened on web's veth by the
-    // fast path out.
-    world_known(&lab);
+    // SNAT: web to the world, leaving with the uplink's address.
     let server = echo_once(&world, "198.18.0.1:7000");
     let stream = open_roundtrip(&web.ns, "198.18.0.1:7000");
     let endpoint_side = stream.local_addr().unwrap();
@@ -233,13 +221,7 @@ fn flows_open_with_their_translation_and_close_after_gc() {
         &event,
         &web_flow("snat", "198.18.0.1:7000", translated, world_server),
     );
-    assert_fields(
-        &event,
-        &[
-            ("program", json!("endpoint_ingress")),
-            ("interface", json!(web.veth)),
-        ],
-    );
+    assert_fields(&event, &on_uplink("uplink_egress"));
     assert_eq!(
         event["src"],
         web.at(endpoint_side.port()).to_string(),

@@ -10,11 +10,10 @@
 use std::net::Ipv4Addr;
 
 use bridgenet::datapath::Datapath;
-use bridgenet_common::{TRANSLATED_MARK, outcome, program_id, programs};
+use bridgenet_common::{outcome, program_id, programs};
 use bridgenet_tests::{Topology, packet, packet::fixture::*, topology::mac_of};
 
 const TC_ACT_REDIRECT: u32 = 7;
-const TC_ACT_SHOT: u32 = 2;
 /// The endpoint's MAC, as the FIB's neighbour entry knows it.
 const EP1_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xaa];
 /// The host end of EP1's veth: any ifindex, since a test run does not carry out the redirect.
@@ -385,36 +384,10 @@ impl OutLab {
         })
     }
 
-    /// `send`, also giving the skb mark `endpoint_ingress` left.
-    fn send_marked(&mut self, to: [u8; 6], frame: &[u8]) -> (packet::Verdict, u32) {
-        let mut frame = frame.to_vec();
-        frame[..6].copy_from_slice(&to);
-        frame[6..12].copy_from_slice(&EP_MAC);
-        let dp = &mut self.dp;
-        let name = programs::ENDPOINT_INGRESS;
-        self.topo
-            .ns("host")
-            .enter(|| packet::run_tc_marked(dp, name, &frame, 0).expect("test run"))
-    }
-
-    /// Runs `uplink_egress` on `frame` carrying skb mark `mark`, as the uplink's egress would
-    /// (the test run's device stands for the uplink): its verdict and the mark it left.
-    fn egress(&mut self, frame: &[u8], mark: u32) -> (packet::Verdict, u32) {
-        let dp = &mut self.dp;
-        let name = programs::UPLINK_EGRESS;
-        self.topo
-            .ns("host")
-            .enter(|| packet::run_tc_marked(dp, name, frame, mark).expect("test run"))
-    }
-
     fn fast(&self) -> u64 {
         self.dp
             .stat(program_id::ENDPOINT_INGRESS, outcome::FAST_PATH)
             .unwrap()
-    }
-
-    fn stat(&self, program: u32, outcome: u32) -> u64 {
-        self.dp.stat(program, outcome).unwrap()
     }
 
     /// The frame went the normal way: through the bridge, marked as checked, unchanged.
@@ -437,10 +410,10 @@ impl OutLab {
 fn what_an_endpoint_sends_out_goes_straight_to_the_uplink() {
     let mut lab = OutLab::new();
     let frame = packet::tcp_frame(EP1, 40000, SERVER, 7000, true, false, b"");
-    let (out, mark) = lab.send_marked(GATEWAY_MAC, &frame);
+    let out = lab.send(GATEWAY_MAC, &frame);
     assert_eq!(out.action, TC_ACT_REDIRECT);
-    // To the world's MAC from the uplink's, TTL - 1, masqueraded on the way (a flow opened),
-    // as uplink_egress would have, and marked so that it passes there as it is.
+    // To the world's MAC from the uplink's, TTL - 1, not translated yet: uplink_egress
+    // translates it on the way out, as for a routed packet.
     assert_eq!(out.frame[..6], mac_of(lab.topo.ns("world").name(), "eth0"));
     assert_eq!(
         out.frame[6..12],
@@ -448,68 +421,15 @@ fn what_an_endpoint_sends_out_goes_straight_to_the_uplink() {
     );
     assert_eq!(out.frame[14 + 8], 63, "forwarded: TTL decremented");
     let seen = packet::inspect(&out.frame);
-    assert_eq!((seen.src, seen.dst, seen.dport), (HOST, SERVER, 7000));
-    assert_eq!(mark & TRANSLATED_MARK, TRANSLATED_MARK);
+    assert_eq!((seen.src, seen.sport, seen.dst), (EP1, 40000, SERVER));
     assert_eq!(
         (
             lab.fast(),
-            lab.stat(program_id::ENDPOINT_INGRESS, outcome::SNAT),
-            lab.stat(program_id::ENDPOINT_INGRESS, outcome::PASSED),
+            lab.dp
+                .stat(program_id::ENDPOINT_INGRESS, outcome::PASSED)
+                .unwrap()
         ),
-        (1, 1, 0)
-    );
-}
-
-/// What the fast path out translated is translated once: `uplink_egress` passes a packet
-/// carrying `TRANSLATED_MARK` as it is (and clears the mark), counted as `fast_path`. The
-/// flow's next segments leave through either path with the port the first one got: through
-/// the fast path, and through the stack (unmarked, translated by `uplink_egress`). A segment
-/// of no flow is dropped on the endpoint's veth as `uplink_egress` drops it.
-#[test]
-fn what_the_fast_path_out_translates_leaves_translated_once() {
-    let mut lab = OutLab::new();
-    let syn = packet::tcp_frame(EP1, 40000, SERVER, 7000, true, false, b"");
-    let (out, mark) = lab.send_marked(GATEWAY_MAC, &syn);
-    assert_eq!(out.action, TC_ACT_REDIRECT);
-    let port = packet::inspect(&out.frame).sport;
-
-    let (passed, left) = lab.egress(&out.frame, mark);
-    assert_eq!(passed.action, TC_ACT_OK);
-    assert_eq!(passed.frame, out.frame, "passed as it is");
-    assert_eq!(left & TRANSLATED_MARK, 0, "the mark is cleared");
-    assert_eq!(
-        (
-            lab.stat(program_id::UPLINK_EGRESS, outcome::FAST_PATH),
-            lab.stat(program_id::UPLINK_EGRESS, outcome::SNAT),
-        ),
-        (1, 0)
-    );
-
-    let data = packet::tcp_frame(EP1, 40000, SERVER, 7000, false, true, b"hello");
-    let (fast, mark) = lab.send_marked(GATEWAY_MAC, &data);
-    assert_eq!(
-        (fast.action, mark & TRANSLATED_MARK),
-        (TC_ACT_REDIRECT, TRANSLATED_MARK)
-    );
-    let seen = packet::inspect(&fast.frame);
-    assert_eq!((seen.src, seen.sport, seen.dst), (HOST, port, SERVER));
-    // The same segment through the stack: to the bridge, then out through uplink_egress (on
-    // the test run's device, made an uplink with the same address).
-    lab.dp
-        .set_uplink_addr(TEST_RUN_IFINDEX, Ipv4Addr::from(HOST))
-        .unwrap();
-    let (normal, _) = lab.egress(&data, 0);
-    assert_eq!(normal.action, TC_ACT_OK);
-    let seen = packet::inspect(&normal.frame);
-    assert_eq!((seen.src, seen.sport, seen.dst), (HOST, port, SERVER));
-    assert_eq!(lab.stat(program_id::UPLINK_EGRESS, outcome::SNAT), 1);
-
-    let stray = packet::tcp_frame(EP1, 40001, SERVER, 7000, false, true, b"late");
-    let (dropped, _) = lab.send_marked(GATEWAY_MAC, &stray);
-    assert_eq!(dropped.action, TC_ACT_SHOT);
-    assert_eq!(
-        lab.stat(program_id::ENDPOINT_INGRESS, outcome::DROP_UNTRACKED),
-        1
+        (1, 1)
     );
 }
 
@@ -521,9 +441,8 @@ fn what_the_fast_path_out_translates_leaves_translated_once() {
 fn a_kept_answer_of_the_fib_still_checks_the_mtu() {
     packet::on_one_cpu();
     let OutLab6(mut lab) = OutLab6::new();
-    let open = packet::tcp_frame(EP1, 40000, SERVER, 7000, true, false, b"");
-    assert_eq!(lab.send(GATEWAY_MAC, &open).action, TC_ACT_REDIRECT);
     let small = packet::tcp_frame(EP1, 40000, SERVER, 7000, false, true, b"hello");
+    assert_eq!(lab.send(GATEWAY_MAC, &small).action, TC_ACT_REDIRECT);
     assert_eq!(lab.send(GATEWAY_MAC, &small).action, TC_ACT_REDIRECT);
     assert_eq!(lab.fast(), 2);
     let big = packet::tcp_frame(EP1, 40000, SERVER, 7000, false, true, &[0; 1500]);
@@ -585,14 +504,12 @@ fn with_ipv4_header(frame: &[u8], edit: impl FnOnce(&mut [u8])) -> Vec<u8> {
 #[test]
 fn an_endpoints_gso_packet_goes_straight_out_when_its_segments_fit_the_uplinks_mtu() {
     let mut lab = OutLab6::new();
-    let open = packet::tcp_frame(EP1, 40000, SERVER, 7000, true, false, b"");
-    assert_eq!(lab.0.send(GATEWAY_MAC, &open).action, TC_ACT_REDIRECT);
     let bulk = packet::tcp_frame(EP1, 40000, SERVER, 7000, false, true, &[7; 2000]);
     // 20 + 20 + 1,460 bytes fit.
     let out = lab.0.send_gso(GATEWAY_MAC, &bulk, 1460);
     assert_eq!(out.action, TC_ACT_REDIRECT);
     assert_eq!(out.frame[14 + 8], 63, "forwarded: TTL decremented");
-    assert_eq!(lab.0.fast(), 2);
+    assert_eq!(lab.0.fast(), 1);
     lab.0.normal_gso(GATEWAY_MAC, &bulk, 1461);
 
     // 40 + 20 + 1,440 bytes fit.
@@ -600,7 +517,7 @@ fn an_endpoints_gso_packet_goes_straight_out_when_its_segments_fit_the_uplinks_m
     let out = lab.0.send_gso(GATEWAY_MAC, &bulk6, 1440);
     assert_eq!(out.action, TC_ACT_REDIRECT);
     assert_eq!(out.frame[14 + 7], 63, "forwarded: hop limit decremented");
-    assert_eq!(lab.0.fast(), 3);
+    assert_eq!(lab.0.fast(), 2);
     lab.0.normal_gso(GATEWAY_MAC, &bulk6, 1441);
 }
 
