@@ -478,7 +478,9 @@ pub mod outcome {
     pub const PASSED: u32 = 0;
     pub const SNAT: u32 = 1;
     pub const DNAT: u32 = 2;
-    /// Translated and sent straight to the next hop (counted besides SNAT or DNAT).
+    /// Translated and sent straight to the next hop (counted besides SNAT or DNAT); on
+    /// `uplink_egress`, a packet the fast path out translated (`TRANSLATED_MARK`), passed as it
+    /// is.
     pub const FAST_PATH: u32 = 3;
     pub const DROP_MALFORMED: u32 = 4;
     pub const DROP_FRAGMENT: u32 = 5;
@@ -870,6 +872,12 @@ pub mod programs {
 /// The skb mark bit `endpoint_ingress` sets on what it passed, and `bridge_ingress` checks
 /// and clears: a packet routed from an endpoint without it skipped the endpoint check.
 pub const CHECKED_MARK: u32 = 1 << 26;
+
+/// The skb mark bit `endpoint_ingress` sets on an IPv4 packet of a tracked flow that its fast
+/// path out sends to an uplink after translating it as `uplink_egress` would have;
+/// `uplink_egress` passes such a packet as it is, and clears the bit. Set after the packet left
+/// the endpoint's namespace (whose marks a veth clears), so an endpoint cannot set it.
+pub const TRANSLATED_MARK: u32 = 1 << 27;
 
 /// What `monitor` is told of, through the `MONITOR_EVENTS` ring buffer. The monitor maps
 /// are each daemon's own (never pinned): events mean nothing to another daemon.

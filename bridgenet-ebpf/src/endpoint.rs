@@ -8,7 +8,7 @@ use bridgenet_common::{CHECKED_MARK, Endpoint, Subnet, network_flags, outcome};
 use network_types::eth::{EthHdr, EtherType};
 
 use crate::{
-    endpoint6, mem, nat,
+    endpoint6, mark, mem, nat,
     parse::{self, IP_SADDR_OFF},
     parse6,
 };
@@ -132,17 +132,14 @@ pub fn sibling_mac(mac: &[u8; 6], own: &Subnet) -> bool {
 /// Marks a packet as checked by `check`.
 #[inline(always)]
 pub fn mark_checked(ctx: &TcContext) {
-    unsafe { (*ctx.skb.skb).mark |= CHECKED_MARK };
+    mark::set(ctx, CHECKED_MARK);
 }
 
 /// On a bridge's ingress: a packet from a managed subnet (either family) must carry the mark (which is
 /// then cleared, so that it never reaches the host's own routing rules or sockets).
 #[inline(always)]
 pub fn require_checked(ctx: &TcContext) -> u32 {
-    let skb = ctx.skb.skb;
-    let mark = unsafe { (*skb).mark };
-    if mark & CHECKED_MARK != 0 {
-        unsafe { (*skb).mark = mark & !CHECKED_MARK };
+    if mark::take(ctx, CHECKED_MARK) {
         return outcome::PASSED;
     }
     let Ok(eth) = ctx.load::<EthHdr>(0) else {

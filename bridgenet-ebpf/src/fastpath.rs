@@ -7,7 +7,8 @@
 //! A GSO packet (bulk TCP: up to 64 KiB) is checked as forwarding checks it: by the size of
 //! the segments it will be cut into.
 //! Out of an endpoint, what is sent to the gateway's MAC for an address the FIB routes out
-//! through an uplink goes straight to that uplink. Both ways for IPv4 and IPv6.
+//! through an uplink goes straight to that uplink; an IPv4 packet of a tracked flow translated
+//! on the way (see `endpoint_ingress`). Both ways for IPv4 and IPv6.
 //! The FIB's plain answers are kept a short while (`NEXT_HOPS`, `NEXT_HOPS6`): most packets
 //! are answered without a lookup.
 use core::mem::{MaybeUninit, size_of};
@@ -302,12 +303,13 @@ pub fn redirect6(ctx: &mut TcContext) -> Option<(i32, u32)> {
 /// to its gateway's MAC (`gateway`: the network's gateway address, whose MAC is 02:42 and the
 /// address, as bridgenet gives its bridges), that the FIB routes out through an uplink to a
 /// known neighbour and that fits the uplink's MTU (a GSO packet: its segments) goes straight
-/// to that uplink's egress, skipping the bridge and the forwarding path; `uplink_egress`
-/// translates it there as it would have. The TC verdict, or None for the normal path (another
-/// MAC, a bridge that is not bridgenet's, no plain answer).
+/// to that uplink's egress, skipping the bridge and the forwarding path. The TC verdict and,
+/// for IPv4, the uplink's address, which the caller may translate the packet for (`0`: IPv6,
+/// which the uplink's `uplink_egress` translates); None for the normal path (another MAC, a
+/// bridge that is not bridgenet's, no plain answer).
 /// A call of its own: inlined, its lookup would add to the hairpin path's stack.
 #[inline(never)]
-pub fn out(ctx: &mut TcContext, gateway: u32) -> Option<i32> {
+pub fn out(ctx: &mut TcContext, gateway: u32) -> Option<(i32, u32)> {
     let [a, b, c, d] = gateway.to_ne_bytes();
     if gateway == 0 {
         return None;
@@ -318,17 +320,17 @@ pub fn out(ctx: &mut TcContext, gateway: u32) -> Option<i32> {
     }
     let ether_type = eth.ether_type;
     if ether_type == ETH_P_IPV6 {
-        return out6(ctx);
+        return out6(ctx).map(|action| (action, 0));
     }
     if ether_type != EtherType::Ipv4 as u16 {
         return None;
     }
     let fib = next_hop(ctx, &ip, segment4(ctx, &ip)?)?;
     // Only to an uplink.
-    nat::uplink_addr(fib.ifindex)?;
+    let uplink_addr = nat::uplink_addr(fib.ifindex)?;
     header::decrement_ttl(ctx)?;
     set_macs(ctx, fib)?;
-    Some(unsafe { bpf_redirect(fib.ifindex, 0) } as i32)
+    Some((unsafe { bpf_redirect(fib.ifindex, 0) } as i32, uplink_addr))
 }
 
 /// `out` for IPv6: to an uplink with an IPv6 address (`UPLINKS6`), whose `uplink_egress`

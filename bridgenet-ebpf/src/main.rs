@@ -19,6 +19,7 @@ mod hairpin6;
 mod header;
 mod host_access;
 mod icmp;
+mod mark;
 mod mem;
 mod monitor;
 mod nat;
@@ -34,7 +35,7 @@ use aya_ebpf::{
     programs::{SockAddrContext, TcContext, XdpContext},
 };
 use bridgenet_common::{
-    PublishTarget, Subnet, action, flow_kind, network_flags, outcome, program_id,
+    PublishTarget, Subnet, TRANSLATED_MARK, action, flow_kind, network_flags, outcome, program_id,
 };
 use conntrack::search;
 use parse::{Header, Packet, Parsed, parse};
@@ -76,10 +77,20 @@ pub fn endpoint_ingress(mut ctx: TcContext) -> i32 {
             return action;
         }
     }
-    // Not for a host address (hairpin left it as it was): out through an uplink.
+    // Not for a host address (hairpin left it as it was): out through an uplink. A tracked
+    // flow's IPv4 packet is translated here, and passes the uplink's uplink_egress as it is.
     if result == outcome::PASSED
-        && let Some(action) = fastpath::out(&mut ctx, gateway)
+        && let Some((action, uplink_addr)) = fastpath::out(&mut ctx, gateway)
     {
+        if uplink_addr != 0
+            && let Some(tracked) = egress_tracked(&mut ctx, uplink_addr)
+        {
+            if outcome::is_drop(tracked) {
+                return verdict(&ctx, program_id::ENDPOINT_INGRESS, tracked);
+            }
+            mark::set(&ctx, TRANSLATED_MARK);
+            result = tracked;
+        }
         stats::count(program_id::ENDPOINT_INGRESS, outcome::FAST_PATH);
         stats::count(program_id::ENDPOINT_INGRESS, result);
         return action;
@@ -296,8 +307,12 @@ fn direct(ctx: &mut TcContext, packet: &Packet) -> u32 {
 /// Uplink egress: packets of the managed subnets leave with the uplink's address
 /// (masquerade), replies from published endpoints with the host's address and port, and
 /// ICMP errors about either with their quoted packet translated back.
+/// What endpoint_ingress's fast path out translated for this uplink passes as it is.
 #[classifier]
 pub fn uplink_egress(mut ctx: TcContext) -> i32 {
+    if mark::take(&ctx, TRANSLATED_MARK) {
+        return verdict(&ctx, program_id::UPLINK_EGRESS, outcome::FAST_PATH);
+    }
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // IPv6 first: an uplink may have no IPv4 address.
     if parse6::is_ipv6(&ctx) {
@@ -329,10 +344,41 @@ fn uplink_egress_ipv4(ctx: &mut TcContext, packet: &Packet, nat_addr: u32) -> u3
     // Asked only where the answer matters: a tracked flow's packet leaves as its entry says.
     let direct = || managed.is_some_and(|s| nat::non_masquerade(s.network, packet.key.daddr));
     let result = uplink_egress_translate(ctx, packet, nat_addr, managed, direct);
+    leaves_translated(managed, result, direct)
+}
+
+/// `result`, unless it would let a managed source leave untranslated (to a masquerade
+/// destination): then a drop.
+#[inline(always)]
+fn leaves_translated(managed: Option<&Subnet>, result: u32, direct: impl Fn() -> bool) -> u32 {
     if managed.is_some() && result != outcome::SNAT && !outcome::is_drop(result) && !direct() {
         return outcome::DROP_UNTRANSLATABLE;
     }
     result
+}
+
+/// The fast path out's part of uplink_egress, on an endpoint's veth: an IPv4 packet of a
+/// tracked flow leaving through the uplink with address `nat_addr` is translated by its flow,
+/// as uplink_egress would (its outcome, final). None for anything else (a flow's first packet,
+/// a fragment, an ICMP error, a segment of no flow), left to uplink_egress as it is: most
+/// packets out are of tracked flows, and the verifier walks only this much of uplink_egress's
+/// code twice.
+// A BPF subprogram of its own: in endpoint_ingress its frame (the parsed packet) would add to
+// the hairpin path's chain of calls.
+#[inline(never)]
+fn egress_tracked(ctx: &mut TcContext, nat_addr: u32) -> Option<u32> {
+    let parsed = parse(ctx);
+    let Parsed::Ipv4(packet) = &parsed else {
+        return None;
+    };
+    if packet.fragment || packet.inner.is_some() {
+        return None;
+    }
+    let managed = nat::subnet_cached(packet.key.saddr);
+    let managed = managed.get();
+    let direct = || managed.is_some_and(|s| nat::non_masquerade(s.network, packet.key.daddr));
+    let result = tracked_inside(ctx, packet, nat_addr, managed)?;
+    Some(leaves_translated(managed, result, direct))
 }
 
 #[inline(always)]

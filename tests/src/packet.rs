@@ -81,22 +81,43 @@ pub fn run_tc_gso(
     frame: &[u8],
     gso_size: u32,
 ) -> Result<Verdict, ProgramError> {
-    // struct __sk_buff (192 bytes); the test run takes gso_segs and gso_size from it.
+    // struct __sk_buff; the test run takes gso_segs and gso_size from it.
     const GSO_SEGS: usize = 164;
     const GSO_SIZE: usize = 176;
-    let mut skb = [0u8; 192];
+    let mut skb = [0u8; SKB_LEN];
     let segments = (frame.len() as u32).div_ceil(gso_size);
     skb[GSO_SEGS..GSO_SEGS + 4].copy_from_slice(&segments.to_ne_bytes());
     skb[GSO_SIZE..GSO_SIZE + 4].copy_from_slice(&gso_size.to_ne_bytes());
     let program: &mut SchedClassifier = dp.program_mut(name).expect("a TC program");
-    run_with(program, frame, 1, Some(&skb))
+    run_with(program, frame, 1, Some(&skb), None)
 }
+
+/// Runs TC program `name` once on `frame` carrying the skb mark `mark`: its verdict, and the
+/// mark it left.
+pub fn run_tc_marked(
+    dp: &mut Datapath,
+    name: &str,
+    frame: &[u8],
+    mark: u32,
+) -> Result<(Verdict, u32), ProgramError> {
+    let mut skb = [0u8; SKB_LEN];
+    skb[SKB_MARK..SKB_MARK + 4].copy_from_slice(&mark.to_ne_bytes());
+    let mut skb_out = [0u8; SKB_LEN];
+    let program: &mut SchedClassifier = dp.program_mut(name).expect("a TC program");
+    let verdict = run_with(program, frame, 1, Some(&skb), Some(&mut skb_out))?;
+    let mark = u32::from_ne_bytes(skb_out[SKB_MARK..SKB_MARK + 4].try_into().unwrap());
+    Ok((verdict, mark))
+}
+
+/// The size of struct __sk_buff, and where its mark is.
+const SKB_LEN: usize = 192;
+const SKB_MARK: usize = 8;
 
 fn run<P>(program: &mut P, frame: &[u8], repeat: u32) -> Result<Verdict, ProgramError>
 where
     P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = aya::programs::TestRunResult>,
 {
-    run_with(program, frame, repeat, None)
+    run_with(program, frame, repeat, None, None)
 }
 
 fn run_with<P>(
@@ -104,6 +125,7 @@ fn run_with<P>(
     frame: &[u8],
     repeat: u32,
     skb: Option<&[u8]>,
+    skb_out: Option<&mut [u8]>,
 ) -> Result<Verdict, ProgramError>
 where
     P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = aya::programs::TestRunResult>,
@@ -113,6 +135,7 @@ where
     let mut opts = TestRunOptions::new();
     opts.data_in = Some(frame);
     opts.ctx_in = skb;
+    opts.ctx_out = skb_out;
     opts.data_out = Some(&mut out);
     opts.repeat = repeat.max(1);
     let result = program.test_run(opts)?;

@@ -87,6 +87,64 @@ fn an_icmp_error_quoting_a_hairpin_flow_never_leaves_with_a_private_source() {
     assert!(lab.stat("uplink_egress", "drop_untranslatable") >= 3);
 }
 
+/// An endpoint cannot have its packets taken for ones the fast path out translated: the veth
+/// clears the marks set in its namespace, `TRANSLATED_MARK` with them, so datagrams sent with
+/// that mark (SO_MARK) leave masqueraded, through the stack (the first, before the host knows
+/// the world's MAC) and through the fast path (the rest), never with a's own address.
+#[test]
+fn an_endpoint_that_marks_its_packets_as_translated_still_leaves_masqueraded() {
+    let mut lab = ControlLab::up_with_xdp("off");
+    lab.ok(&["network", "create", "edge", "--subnet", "198.19.1.0/24"]);
+    let a = endpoint(&mut lab, "a", "edge", &[]);
+    let world = lab.topo.ns("world").name().to_owned();
+    let capture = Capture::open(&world, "eth0");
+    // The world's MAC unknown: the first datagram takes the stack, which resolves it.
+    lab.topo
+        .ns("host")
+        .ip(&["neigh", "flush", "dev", "uplink0"]);
+    let sock = enter(&a, || {
+        let sock = sockets::udp_socket((Ipv4Addr::new(198, 19, 1, 2), 5000));
+        let mark = bridgenet_common::TRANSLATED_MARK;
+        // SAFETY: an int option of a socket this test owns.
+        let set = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&sock),
+                libc::SOL_SOCKET,
+                libc::SO_MARK,
+                (&raw const mark).cast(),
+                size_of::<u32>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(set, 0, "SO_MARK: {}", std::io::Error::last_os_error());
+        sock
+    });
+    for _ in 0..5 {
+        sock.send_to(b"marked", (WORLD, 9)).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let seen: Vec<_> = capture
+        .frames(SETTLE)
+        .iter()
+        .filter_map(|f| raw::ipv4_of(f))
+        .filter(|(_, dst, proto)| *dst == WORLD && *proto == 17)
+        .collect();
+    assert_eq!(seen.len(), 5, "every datagram arrives: {seen:?}");
+    assert!(
+        seen.iter().all(|(src, ..)| *src == HOST),
+        "each leaves with the host's address: {seen:?}"
+    );
+    assert_eq!(
+        lab.stat("uplink_egress", "snat"),
+        1,
+        "the first took the stack"
+    );
+    assert_eq!(
+        lab.stat("endpoint_ingress", "snat"),
+        4,
+        "the rest the fast path"
+    );
+}
+
 /// An IPv4 packet from the world to `dst` carrying the first `tcp_bytes` bytes of a TCP SYN.
 fn tcp_from_world(dst: Ipv4Addr, tcp_bytes: usize) -> Vec<u8> {
     let builder = PacketBuilder::ipv4(WORLD.octets(), dst.octets(), 64)

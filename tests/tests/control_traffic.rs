@@ -59,6 +59,8 @@ fn published_port_and_masquerade_through_the_daemon() {
         lab.stat("endpoint_ingress", "fast_path") > 0,
         "nothing went straight out of ep1"
     );
+    // Translated on ep1's veth, it passes the uplink's uplink_egress as it is.
+    assert!(lab.stat("uplink_egress", "fast_path") > 0);
     drop((inbound, outbound));
     assert_eq!(server_in.join().unwrap().ip(), Ipv4Addr::new(198, 18, 0, 1));
     assert_eq!(

@@ -10,10 +10,11 @@
 use std::net::Ipv4Addr;
 
 use bridgenet::datapath::Datapath;
-use bridgenet_common::{outcome, program_id, programs};
-use bridgenet_tests::{Topology, packet, packet::fixture::*, topology::mac_of};
+use bridgenet_common::{TRANSLATED_MARK, outcome, program_id, programs};
+use bridgenet_tests::{Topology, packet, packet::fixture::*, packet::tcp_flags, topology::mac_of};
 
 const TC_ACT_REDIRECT: u32 = 7;
+const TC_ACT_SHOT: u32 = 2;
 /// The endpoint's MAC, as the FIB's neighbour entry knows it.
 const EP1_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xaa];
 /// The host end of EP1's veth: any ifindex, since a test run does not carry out the redirect.
@@ -384,10 +385,36 @@ impl OutLab {
         })
     }
 
+    /// `send`, also giving the skb mark `endpoint_ingress` left.
+    fn send_marked(&mut self, to: [u8; 6], frame: &[u8]) -> (packet::Verdict, u32) {
+        let mut frame = frame.to_vec();
+        frame[..6].copy_from_slice(&to);
+        frame[6..12].copy_from_slice(&EP_MAC);
+        let dp = &mut self.dp;
+        let name = programs::ENDPOINT_INGRESS;
+        self.topo
+            .ns("host")
+            .enter(|| packet::run_tc_marked(dp, name, &frame, 0).expect("test run"))
+    }
+
+    /// Runs `uplink_egress` on `frame` carrying skb mark `mark`, as the uplink's egress would
+    /// (the test run's device stands for the uplink): its verdict and the mark it left.
+    fn egress(&mut self, frame: &[u8], mark: u32) -> (packet::Verdict, u32) {
+        let dp = &mut self.dp;
+        let name = programs::UPLINK_EGRESS;
+        self.topo
+            .ns("host")
+            .enter(|| packet::run_tc_marked(dp, name, frame, mark).expect("test run"))
+    }
+
     fn fast(&self) -> u64 {
         self.dp
             .stat(program_id::ENDPOINT_INGRESS, outcome::FAST_PATH)
             .unwrap()
+    }
+
+    fn stat(&self, program: u32, outcome: u32) -> u64 {
+        self.dp.stat(program, outcome).unwrap()
     }
 
     /// The frame went the normal way: through the bridge, marked as checked, unchanged.
@@ -410,10 +437,10 @@ impl OutLab {
 fn what_an_endpoint_sends_out_goes_straight_to_the_uplink() {
     let mut lab = OutLab::new();
     let frame = packet::tcp_frame(EP1, 40000, SERVER, 7000, true, false, b"");
-    let out = lab.send(GATEWAY_MAC, &frame);
+    let (out, mark) = lab.send_marked(GATEWAY_MAC, &frame);
     assert_eq!(out.action, TC_ACT_REDIRECT);
-    // To the world's MAC from the uplink's, TTL - 1, not translated yet: uplink_egress
-    // translates it on the way out, as for a routed packet.
+    // To the world's MAC from the uplink's, TTL - 1, not translated yet: a flow's first packet
+    // is uplink_egress's to translate (and open the flow), as for a routed packet.
     assert_eq!(out.frame[..6], mac_of(lab.topo.ns("world").name(), "eth0"));
     assert_eq!(
         out.frame[6..12],
@@ -422,14 +449,84 @@ fn what_an_endpoint_sends_out_goes_straight_to_the_uplink() {
     assert_eq!(out.frame[14 + 8], 63, "forwarded: TTL decremented");
     let seen = packet::inspect(&out.frame);
     assert_eq!((seen.src, seen.sport, seen.dst), (EP1, 40000, SERVER));
+    assert_eq!(mark & TRANSLATED_MARK, 0, "left for uplink_egress");
     assert_eq!(
         (
             lab.fast(),
-            lab.dp
-                .stat(program_id::ENDPOINT_INGRESS, outcome::PASSED)
-                .unwrap()
+            lab.stat(program_id::ENDPOINT_INGRESS, outcome::PASSED)
         ),
         (1, 1)
+    );
+}
+
+/// A tracked flow's packet is translated once, on the endpoint's veth: the fast path out
+/// translates it by its flow and marks it (`TRANSLATED_MARK`), and `uplink_egress` passes it as
+/// it is (clearing the mark), counted as `fast_path`. The same segment through the stack
+/// (unmarked) leaves through `uplink_egress` as the fast path sent it. What the flow's tracking
+/// drops (a RST outside the window) is dropped on the veth; a segment of no flow is left to
+/// `uplink_egress`, which drops it.
+#[test]
+fn what_the_fast_path_out_translates_leaves_translated_once() {
+    let mut lab = OutLab::new();
+    // The test run's device stands for the uplink too, with the uplink's address.
+    lab.dp
+        .set_uplink_addr(TEST_RUN_IFINDEX, Ipv4Addr::from(HOST))
+        .unwrap();
+    let syn = packet::tcp_segment(EP1, 40000, SERVER, 7000, tcp_flags::SYN, 1000, 0, b"");
+    let (out, mark) = lab.send_marked(GATEWAY_MAC, &syn);
+    assert_eq!((out.action, mark), (TC_ACT_REDIRECT, 0));
+    // uplink_egress opens the flow.
+    let (opened, _) = lab.egress(&out.frame, mark);
+    assert_eq!(opened.action, TC_ACT_OK);
+    let seen = packet::inspect(&opened.frame);
+    assert_eq!((seen.src, seen.dst), (HOST, SERVER));
+    let port = seen.sport;
+    assert_eq!(lab.stat(program_id::UPLINK_EGRESS, outcome::SNAT), 1);
+
+    let data = packet::tcp_segment(EP1, 40000, SERVER, 7000, tcp_flags::ACK, 1001, 1, b"hi");
+    let (fast, mark) = lab.send_marked(GATEWAY_MAC, &data);
+    assert_eq!(
+        (fast.action, mark & TRANSLATED_MARK),
+        (TC_ACT_REDIRECT, TRANSLATED_MARK)
+    );
+    let seen = packet::inspect(&fast.frame);
+    assert_eq!((seen.src, seen.sport, seen.dst), (HOST, port, SERVER));
+    assert_eq!(lab.stat(program_id::ENDPOINT_INGRESS, outcome::SNAT), 1);
+    let (passed, left) = lab.egress(&fast.frame, mark);
+    assert_eq!(passed.action, TC_ACT_OK);
+    assert_eq!(passed.frame, fast.frame, "passed as it is");
+    assert_eq!(left & TRANSLATED_MARK, 0, "the mark is cleared");
+    assert_eq!(
+        (
+            lab.stat(program_id::UPLINK_EGRESS, outcome::FAST_PATH),
+            lab.stat(program_id::UPLINK_EGRESS, outcome::SNAT),
+        ),
+        (1, 1)
+    );
+
+    // Through the stack: out through uplink_egress, unmarked, with the same translation.
+    let (normal, _) = lab.egress(&data, 0);
+    assert_eq!(normal.action, TC_ACT_OK);
+    let seen = packet::inspect(&normal.frame);
+    assert_eq!((seen.src, seen.sport, seen.dst), (HOST, port, SERVER));
+    assert_eq!(lab.stat(program_id::UPLINK_EGRESS, outcome::SNAT), 2);
+
+    let rst = packet::tcp_segment(EP1, 40000, SERVER, 7000, tcp_flags::RST, 500_000, 0, b"");
+    let (dropped, _) = lab.send_marked(GATEWAY_MAC, &rst);
+    assert_eq!(dropped.action, TC_ACT_SHOT);
+    assert_eq!(
+        lab.stat(program_id::ENDPOINT_INGRESS, outcome::DROP_OUT_OF_WINDOW),
+        1
+    );
+
+    let stray = packet::tcp_segment(EP1, 40001, SERVER, 7000, tcp_flags::ACK, 1, 1, b"late");
+    let (left_as_is, mark) = lab.send_marked(GATEWAY_MAC, &stray);
+    assert_eq!((left_as_is.action, mark), (TC_ACT_REDIRECT, 0));
+    let (dropped, _) = lab.egress(&left_as_is.frame, mark);
+    assert_eq!(dropped.action, TC_ACT_SHOT);
+    assert_eq!(
+        lab.stat(program_id::UPLINK_EGRESS, outcome::DROP_UNTRACKED),
+        1
     );
 }
 
