@@ -560,24 +560,9 @@ impl Lab {
         Ok(())
     }
 
-    /// One request to the daemon's API, as plainly as a client can send it (HTTP/1.1 on the
-    /// Unix socket, the connection closed after the answer); fails unless the answer is 2xx.
+    /// One request to the daemon's API (see `unix_request`); fails unless the answer is 2xx.
     pub fn api(&self, method: &str, path: &str, body: Option<&serde_json::Value>) -> Result<()> {
-        use std::io::{Read as _, Write as _};
-        let body = body.map(ToString::to_string).unwrap_or_default();
-        let mut conn = std::os::unix::net::UnixStream::connect(self.dir.join("bridgenet.sock"))?;
-        write!(
-            conn,
-            "{method} {path} HTTP/1.1\r\nHost: bridgenet\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )?;
-        let mut answer = String::new();
-        conn.read_to_string(&mut answer)?;
-        match answer.split(' ').nth(1) {
-            Some(code) if code.starts_with('2') => Ok(()),
-            _ => bail!("{method} {path}: {answer}"),
-        }
+        unix_request(&self.dir.join("bridgenet.sock"), method, path, body)
     }
 
     /// `bridgenet --socket SOCK ARGS`: its stdout, or its stderr as the error.
@@ -634,6 +619,32 @@ impl Drop for Lab {
         }
         // bridgenet's state, or host-local's leases of the CNI variant.
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One HTTP request on a Unix socket, as plainly as a client can send it (HTTP/1.1, the
+/// connection closed after the answer); fails unless the answer is 2xx.
+pub fn unix_request(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<()> {
+    use std::io::Read as _;
+    let body = body.map(ToString::to_string).unwrap_or_default();
+    let mut conn = std::os::unix::net::UnixStream::connect(socket)
+        .with_context(|| format!("connecting to {}", socket.display()))?;
+    write!(
+        conn,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer)?;
+    match answer.split(' ').nth(1) {
+        Some(code) if code.starts_with('2') => Ok(()),
+        _ => bail!("{method} {path}: {answer}"),
     }
 }
 

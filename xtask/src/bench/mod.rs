@@ -5,6 +5,7 @@
 //! workload through it; then publishing time, memory per flow and the programs' cost from
 //! bpf_stats. The report (BENCHMARKS.md and PNG plots) is written from the medians.
 mod cni;
+mod docker;
 mod gc;
 mod lab;
 mod load;
@@ -49,6 +50,8 @@ const PROGRAMS: &[(&str, &str)] = &[
     ("/usr/lib/cni/bridge", "containernetworking-plugins"),
     ("/usr/lib/cni/portmap", "containernetworking-plugins"),
     ("/usr/lib/cni/host-local", "containernetworking-plugins"),
+    // Docker's attach beside bridgenet's (with setup::DOCKER_PROGRAMS: dockerd and its own).
+    ("docker", "docker.io"),
 ];
 
 /// Sizes and durations of one run.
@@ -158,6 +161,7 @@ pub fn bench(quick: bool) -> Result<()> {
     let started = Instant::now();
     setup::build_tools()?;
     setup::programs(PROGRAMS)?;
+    setup::programs(setup::DOCKER_PROGRAMS)?;
     // --quick takes the debug build, which `cargo xtask test` builds anyway (CI saves a release
     // build); the eBPF programs are optimized in both, the daemon's own times are not.
     let (profile, dir) = if quick {
@@ -493,6 +497,30 @@ fn endpoints(cfg: &Config, binary: &Path, r: &mut Results) -> Result<()> {
         std::thread::sleep(SETTLE);
     }
     r.endpoints.extend([api, back_to_back, cli]);
+    drop(lab);
+
+    // Docker's own attach, and bridgenet's under Docker, for the same container.
+    let docker = docker::Dockerd::start(binary)?;
+    r.endpoints.extend([
+        docker.attach_times(
+            "Docker 20.10, its bridge driver: `POST /networks/ID/connect` / `disconnect`",
+            "docker-bridge",
+            cfg.endpoints,
+            false,
+        )?,
+        docker.attach_times(
+            "Docker 20.10, bridgenet as its driver (`-d bridgenet`): the same requests",
+            "bridgenet",
+            cfg.endpoints,
+            false,
+        )?,
+        docker.attach_times(
+            "Docker 20.10, its bridge driver: `docker network connect` / `disconnect`",
+            "docker-bridge",
+            cfg.endpoints,
+            true,
+        )?,
+    ]);
     Ok(())
 }
 

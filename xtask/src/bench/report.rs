@@ -584,6 +584,18 @@ request/response over IPv6.\n\
 call per rule (three per port, appended after the network's base rules; stopped after \
 {cap:?} and extrapolated linearly, which is a lower bound since each call grows with the \
 table); one `iptables-restore` of the whole ruleset; one `nft -f` of the netavark ruleset; one `portmap` ADD (up to {cni_most} mappings).\n\
+- **Endpoint times.** bridgenet: {endpoints} endpoints, each in a namespace the daemon makes \
+and removes, with one published port, created and removed one after the other through the API \
+(one request on its socket), again with each create right after the previous removal, and \
+through the CLI (a process each). Docker: a dockerd (Debian's 20.10) in a namespace of its own \
+and a private mount namespace, as the Docker tests run it (vfs storage, `--iptables=false`, \
+`--bridge=none`: no rule is written for an attach without ports either way), with bridgenet's \
+daemon as its driver; one running container is connected to and disconnected from a network \
+{endpoints} times (`POST /networks/ID/connect` and `disconnect`, or `docker network connect` and \
+`disconnect`): Docker's bridge driver, then bridgenet's (`-d bridgenet`). That attach is the \
+one `docker run` waits for, in a namespace that already exists, without a port. Each create \
+follows a pause of 100 ms after the last removal (the kernel deletes a removed veth after the \
+answer, holding RTNL for 25-40 ms), but those of the back-to-back row.\n\
 - **Memory per flow.** bridgenet: the kernel's `bytes_memlock` of the CONNTRACK map (`bpftool \
 map show`), an LRU hash the kernel preallocates whole, divided by the flows it holds (one \
 entry per flow, both directions in it; the default limit of 262,144 flows): the same whether it \
@@ -614,6 +626,7 @@ they cost the measured rounds nothing.\n",
         gc_flows = cfg.flows / 4 * 3,
         window = super::gc::WINDOW,
         flows = cfg.flows,
+        endpoints = cfg.endpoints,
     )
 }
 

@@ -1,0 +1,304 @@
+//! Docker's own attach, beside bridgenet's endpoint times: a dockerd (Debian's 20.10) in a
+//! host namespace of the bench and a private mount namespace, as the Docker tests run it
+//! (`tests/tests/host_docker.rs`: its own data, exec and run directories, vfs storage, no
+//! iptables, no default bridge), with bridgenet's daemon as its network driver in the same
+//! namespaces. One container; then it is connected to and disconnected from a network through
+//! Docker's API, the attach that `docker run` and `docker network connect` wait for: once on a
+//! network of Docker's bridge driver, once on one of bridgenet's (`-d bridgenet`).
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::{
+    EndpointTimes, check_stop,
+    lab::{self, PREFIX},
+};
+
+/// What a client of Docker 20.10's API names in its paths.
+const API: &str = "/v1.41";
+/// The container, and the networks it is attached to: `base` (where it starts) and the two
+/// measured, each with its subnet.
+const CONTAINER: &str = "bench";
+const NETWORKS: [(&str, &str, &str); 3] = [
+    ("base", "bridge", "198.19.1.0/24"),
+    ("docker-bridge", "bridge", "198.19.2.0/24"),
+    ("bridgenet", "bridgenet", "198.19.3.0/24"),
+];
+/// A removed veth is deleted by the kernel after the answer, holding RTNL (see
+/// `super::endpoints`): each attach follows a pause of this after the last detach.
+const SETTLE: Duration = Duration::from_millis(100);
+
+/// dockerd and bridgenet's daemon (`--docker`), in namespaces of their own; dropping it
+/// removes the container, the networks, both daemons and the namespaces.
+pub struct Dockerd {
+    dir: PathBuf,
+    binary: PathBuf,
+    namespaces: Vec<String>,
+    dockerd: Option<Child>,
+    bridgenet: Option<Child>,
+}
+
+impl Dockerd {
+    /// Both daemons up, the busybox image imported, the networks made and the container
+    /// running on `base`.
+    pub fn start(binary: &Path) -> Result<Self> {
+        let prefix = format!("{PREFIX}{}-docker", std::process::id());
+        let mut d = Self {
+            dir: std::env::temp_dir().join(&prefix),
+            binary: binary.to_owned(),
+            namespaces: Vec::new(),
+            dockerd: None,
+            bridgenet: None,
+        };
+        std::fs::create_dir_all(&d.dir)?;
+        let (outside, host) = (format!("{prefix}-outside"), format!("{prefix}-host"));
+        crate::netns::outside_and_host(&outside, &host, &mut d.namespaces)?;
+        d.start_dockerd(&host)?;
+        d.start_bridgenet()?;
+        d.import_busybox()?;
+        for (name, driver, subnet) in NETWORKS {
+            d.docker(&["network", "create", "-d", driver, "--subnet", subnet, name])?;
+        }
+        d.docker(&[
+            "run",
+            "-d",
+            "--name",
+            CONTAINER,
+            "--network",
+            "base",
+            "bb",
+            "sleep",
+            "86400",
+        ])?;
+        Ok(d)
+    }
+
+    /// `n` attaches of the container to `network` and detaches from it, through Docker's API
+    /// (`cli` false: one request each on its socket) or its CLI (`docker network connect` and
+    /// `disconnect`, a process each).
+    pub fn attach_times(
+        &self,
+        how: &str,
+        network: &str,
+        n: u32,
+        cli: bool,
+    ) -> Result<EndpointTimes> {
+        let mut times = EndpointTimes {
+            how: how.into(),
+            create: Vec::new(),
+            remove: Vec::new(),
+        };
+        let body = serde_json::json!({ "Container": CONTAINER });
+        for _ in 0..n {
+            check_stop()?;
+            for (verb, samples) in [
+                ("connect", &mut times.create),
+                ("disconnect", &mut times.remove),
+            ] {
+                let t = Instant::now();
+                if cli {
+                    self.docker(&["network", verb, network, CONTAINER])?;
+                } else {
+                    let path = format!("{API}/networks/{network}/{verb}");
+                    lab::unix_request(&self.socket(), "POST", &path, Some(&body))?;
+                }
+                samples.push(t.elapsed().as_secs_f64());
+            }
+            std::thread::sleep(SETTLE);
+        }
+        Ok(times)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.path("docker.sock")
+    }
+
+    /// dockerd in `host`'s network namespace and a private mount namespace with a /run of its
+    /// own (a tmpfs, with /run/docker/plugins for the driver's socket and the machine's
+    /// /run/netns bound back for nsenter): nothing is made on the machine's /run.
+    fn start_dockerd(&mut self, host: &str) -> Result<()> {
+        let d = self.dir.display();
+        std::fs::write(self.path("daemon.json"), "{}")?;
+        let script = format!(
+            "mkdir {d}/machine-run && mount --rbind /run {d}/machine-run && \
+             mount -t tmpfs -o mode=755 tmpfs /run && mkdir -p /run/netns /run/docker/plugins && \
+             mount --rbind {d}/machine-run/netns /run/netns && \
+             exec nsenter --net=/run/netns/{host} dockerd --config-file {d}/daemon.json \
+             --data-root {d}/data --exec-root {d}/exec -H unix://{d}/docker.sock \
+             --pidfile {d}/docker.pid --iptables=false --ip-masq=false --bridge=none \
+             --storage-driver=vfs"
+        );
+        let log = std::fs::File::create(self.path("dockerd.log"))?;
+        // unshare, sh and nsenter exec in turn: the child's pid is dockerd's.
+        self.dockerd = Some(
+            Command::new("unshare")
+                .args(["-m", "--propagation", "private", "sh", "-c", &script])
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .context("starting dockerd")?,
+        );
+        self.wait_for("dockerd", "dockerd.log", |d| {
+            lab::unix_request(&d.socket(), "GET", "/_ping", None).is_ok()
+        })
+    }
+
+    /// bridgenet's daemon with `--docker`, in dockerd's network and mount namespaces (Docker
+    /// moves the veths the driver makes from there, and finds its socket in
+    /// /run/docker/plugins).
+    fn start_bridgenet(&mut self) -> Result<()> {
+        let log = std::fs::File::create(self.path("bridgenet.log"))?;
+        let child = self
+            .in_dockerd_namespaces()?
+            .args(self.bridgenet_args())
+            .args(["--docker", "--docker-host"])
+            .arg(self.socket())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting bridgenet")?;
+        self.bridgenet = Some(child);
+        self.wait_for("bridgenet", "bridgenet.log", |d| {
+            std::fs::read_to_string(d.path("bridgenet.log"))
+                .is_ok_and(|log| log.contains("/run/docker/plugins/bridgenet.sock"))
+        })
+    }
+
+    fn bridgenet_args(&self) -> Vec<String> {
+        crate::netns::daemon_args(&self.dir)
+    }
+
+    fn in_dockerd_namespaces(&self) -> Result<Command> {
+        let Some(dockerd) = &self.dockerd else {
+            bail!("dockerd is not running");
+        };
+        let mut cmd = Command::new("nsenter");
+        cmd.args(["-t", &dockerd.id().to_string(), "-m", "-n", "--"])
+            .arg(&self.binary);
+        Ok(cmd)
+    }
+
+    /// Waits up to a minute for `ready`; fails with the log `log` when the daemon `what` exits
+    /// or does not get ready.
+    fn wait_for(&mut self, what: &str, log: &str, ready: impl Fn(&Self) -> bool) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !ready(self) {
+            let child = if what == "dockerd" {
+                &mut self.dockerd
+            } else {
+                &mut self.bridgenet
+            };
+            let exited = child.as_mut().map(|c| c.try_wait()).transpose()?.flatten();
+            if exited.is_some() || Instant::now() > deadline {
+                if exited.is_some() {
+                    *child = None;
+                }
+                bail!(
+                    "{what} did not start ({exited:?}); its log:\n{}",
+                    std::fs::read_to_string(self.path(log)).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// The busybox image as the Docker tests make it (`docker import` of a directory with
+    /// busybox-static and its `sleep`), as `bb`.
+    fn import_busybox(&self) -> Result<()> {
+        let root = self.path("image");
+        std::fs::create_dir_all(root.join("bin"))?;
+        std::fs::copy("/bin/busybox", root.join("bin/busybox")).context("busybox-static")?;
+        std::os::unix::fs::symlink("busybox", root.join("bin/sleep"))?;
+        let tar = self.path("bb.tar");
+        let out = Command::new("tar")
+            .arg("-C")
+            .arg(&root)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .output()?;
+        if !out.status.success() {
+            bail!("tar: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        self.docker(&["import", &tar.display().to_string(), "bb"])?;
+        Ok(())
+    }
+
+    /// `docker -H SOCKET ARGS` (Debian's client); its stdout, or its stderr as the error.
+    fn docker(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new("docker")
+            .arg("-H")
+            .arg(format!("unix://{}", self.socket().display()))
+            .args(args)
+            .env("DOCKER_CONFIG", self.path("client"))
+            .output()
+            .context("running docker")?;
+        if !out.status.success() {
+            bail!(
+                "docker {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        if self.dockerd.is_some() {
+            let path = format!("{API}/containers/{CONTAINER}?force=1");
+            let _ = lab::unix_request(&self.socket(), "DELETE", &path, None);
+        }
+        if let Some(mut child) = self.bridgenet.take() {
+            stop(&mut child);
+        }
+        if self.dockerd.is_some() {
+            // In dockerd's mount namespace, where the bpf filesystem is mounted.
+            let mut args = self.bridgenet_args();
+            args.push("--cleanup".into());
+            match self
+                .in_dockerd_namespaces()
+                .and_then(|mut c| Ok(c.args(&args).output()?))
+            {
+                Ok(out) if out.status.success() => {}
+                Ok(out) => eprintln!(
+                    "bench: docker cleanup: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+                Err(err) => eprintln!("bench: docker cleanup: {err:#}"),
+            }
+        }
+        if let Some(mut child) = self.dockerd.take() {
+            stop(&mut child);
+        }
+        for ns in self.namespaces.drain(..).rev() {
+            let _ = lab::ip(&["netns", "del", &ns]);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// SIGTERM to a daemon this module started, then SIGKILL after 20 s.
+fn stop(child: &mut Child) {
+    // SAFETY: a signal to a child this module started, by its pid.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
