@@ -165,6 +165,8 @@ impl Dockerd {
             .stderr(log)
             .spawn()
             .context("starting bridgenet")?;
+        // For `remove_leftovers` (dockerd writes its own).
+        std::fs::write(self.path("bridgenet.pid"), child.id().to_string())?;
         self.bridgenet = Some(child);
         self.wait_for("bridgenet", "bridgenet.log", |d| {
             std::fs::read_to_string(d.path("bridgenet.log"))
@@ -288,6 +290,63 @@ impl Drop for Dockerd {
     }
 }
 
+/// Stops the daemons of runs whose process is gone (killed before `Drop` ran), by the pids in
+/// their run's directory, and removes the directory; the caller then removes the namespaces.
+pub fn remove_leftovers() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(run_pid) = name
+            .strip_prefix(PREFIX)
+            .and_then(|rest| rest.strip_suffix("-docker"))
+        else {
+            continue;
+        };
+        if run_pid.is_empty() || Path::new("/proc").join(run_pid).exists() {
+            continue;
+        }
+        let run = entry.path();
+        for file in ["bridgenet.pid", "docker.pid"] {
+            terminate(&run, file);
+        }
+        let _ = std::fs::remove_dir_all(&run);
+    }
+}
+
+/// The pid in `run`'s `file`, if that process runs with `run` on its command line: a pid
+/// reused by another process is left alone.
+fn started_in(run: &Path, file: &str) -> Option<libc::pid_t> {
+    let pid = std::fs::read_to_string(run.join(file)).ok()?;
+    let pid: libc::pid_t = pid.trim().parse().ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let run = run.as_os_str().as_encoded_bytes();
+    cmdline.windows(run.len()).any(|w| w == run).then_some(pid)
+}
+
+/// SIGTERM to the process in `run`'s `file` (see `started_in`), then SIGKILL if it still runs
+/// after 20 s.
+fn terminate(run: &Path, file: &str) {
+    let Some(pid) = started_in(run, file) else {
+        return;
+    };
+    eprintln!("bench: stopping {file} {pid} of a run that is gone");
+    // SAFETY: a signal to a process a bench run started, by its pid (checked just before).
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if started_in(run, file).is_none() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if started_in(run, file).is_some() {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
 /// SIGTERM to a daemon this module started, then SIGKILL after 20 s.
 fn stop(child: &mut Child) {
     // SAFETY: a signal to a child this module started, by its pid.
@@ -301,4 +360,44 @@ fn stop(child: &mut Child) {
     }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt as _;
+
+    use super::*;
+
+    /// A run killed before its `Drop`: its daemon (a shell with the run's directory on its
+    /// command line) is stopped by the pid in its file, and the directory removed; a file that
+    /// names a process started without that directory (this test's own) stops nothing.
+    #[test]
+    fn a_dead_runs_daemons_are_stopped_and_no_other_process() {
+        // A pid that is gone: a child that ended.
+        let mut ended = Command::new("true").spawn().unwrap();
+        ended.wait().unwrap();
+        let run = std::env::temp_dir().join(format!("{PREFIX}{}-docker", ended.id()));
+        std::fs::create_dir_all(&run).unwrap();
+        // The shell stops its sleep when it is stopped, so that nothing outlives the test.
+        let mut daemon = Command::new("sh")
+            .args(["-c", "trap 'kill $!; exit 0' TERM; sleep 60 & wait"])
+            .arg(&run)
+            .spawn()
+            .unwrap();
+        std::fs::write(run.join("docker.pid"), daemon.id().to_string()).unwrap();
+        std::fs::write(run.join("bridgenet.pid"), std::process::id().to_string()).unwrap();
+        let pid = daemon.id() as libc::pid_t;
+        assert_eq!(started_in(&run, "docker.pid"), Some(pid));
+        assert_eq!(started_in(&run, "bridgenet.pid"), None);
+
+        let t = Instant::now();
+        remove_leftovers();
+        let status = daemon.wait().unwrap();
+        assert!(
+            status.success() || status.signal() == Some(libc::SIGTERM),
+            "{status:?}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+        assert!(!run.exists());
+    }
 }

@@ -186,6 +186,8 @@ pub fn bench(quick: bool) -> Result<()> {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
+    // The daemons of a killed run hold its namespaces: stopped first.
+    docker::remove_leftovers();
     lab::remove_leftovers();
     let root_rules = root_rules();
     let cfg = Config::new(quick);
