@@ -387,6 +387,12 @@ mod tests {
         std::fs::write(run.join("docker.pid"), daemon.id().to_string()).unwrap();
         std::fs::write(run.join("bridgenet.pid"), std::process::id().to_string()).unwrap();
         let pid = daemon.id() as libc::pid_t;
+        // spawn returns once exec has let go of the parent, a moment before the new command
+        // line is in place.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while started_in(&run, "docker.pid").is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         assert_eq!(started_in(&run, "docker.pid"), Some(pid));
         assert_eq!(started_in(&run, "bridgenet.pid"), None);
 
