@@ -16,7 +16,7 @@ use crate::{CtEntry, CtKey, PublishTarget, action, ct_flags, direction};
 pub struct CtFlow {
     pub packets: [u64; 2],
     pub bytes: [u64; 2],
-    /// bpf_ktime_get_ns of the last packet, either way.
+    /// CLOCK_MONOTONIC_COARSE (bpf_ktime_get_coarse_ns) at the last packet, either way.
     pub last_seen_ns: u64,
     /// TCP: the sequence number just past the last byte each direction sent (SYN and FIN
     /// count one), host byte order.

@@ -106,7 +106,7 @@ pub mod ct_flags {
 pub struct CtEntry {
     /// The key of the other direction, as the hook that sees it looks it up.
     pub peer: CtKey,
-    /// bpf_ktime_get_ns of the last packet.
+    /// CLOCK_MONOTONIC_COARSE (bpf_ktime_get_coarse_ns) at the last packet.
     pub last_seen_ns: u64,
     pub packets: u64,
     pub bytes: u64,

@@ -3,7 +3,6 @@
 //! only the table, its count and its limit are IPv6's own.
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{Array, LruHashMap},
     programs::TcContext,
@@ -239,7 +238,7 @@ pub fn fill(
     unsafe { core::ptr::write_bytes(entry as *mut Ct6Entry, 0, 1) };
     entry.peer = *peer;
     entry.nat_addr = *nat_addr;
-    entry.track.last_seen_ns = unsafe { bpf_ktime_get_ns() };
+    entry.track.last_seen_ns = crate::conntrack::now();
     entry.track.action = action;
     entry.track.direction = direction;
     entry.track.nat_port = nat_port;

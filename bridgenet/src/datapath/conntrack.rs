@@ -246,7 +246,8 @@ pub struct GcReport {
     pub entries_left: usize,
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock of bpf_ktime_get_ns.
+/// CLOCK_MONOTONIC in nanoseconds: the flows' last-seen times are its coarse reading
+/// (bpf_ktime_get_coarse_ns, a tick behind at most), so ages are taken saturating.
 pub fn monotonic_ns() -> u64 {
     let now =
         nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
