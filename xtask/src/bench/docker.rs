@@ -146,9 +146,11 @@ impl Dockerd {
                 .spawn()
                 .context("starting dockerd")?,
         );
-        self.wait_for("dockerd", "dockerd.log", |d| {
-            lab::unix_request(&d.socket(), "GET", "/_ping", None).is_ok()
-        })
+        self.wait_for(
+            "dockerd",
+            |d| &mut d.dockerd,
+            |d| lab::unix_request(&d.socket(), "GET", "/_ping", None).is_ok(),
+        )
     }
 
     /// bridgenet's daemon with `--docker`, in dockerd's network and mount namespaces (Docker
@@ -168,10 +170,14 @@ impl Dockerd {
         // For `remove_leftovers` (dockerd writes its own).
         std::fs::write(self.path("bridgenet.pid"), child.id().to_string())?;
         self.bridgenet = Some(child);
-        self.wait_for("bridgenet", "bridgenet.log", |d| {
-            std::fs::read_to_string(d.path("bridgenet.log"))
-                .is_ok_and(|log| log.contains("/run/docker/plugins/bridgenet.sock"))
-        })
+        self.wait_for(
+            "bridgenet",
+            |d| &mut d.bridgenet,
+            |d| {
+                std::fs::read_to_string(d.path("bridgenet.log"))
+                    .is_ok_and(|log| log.contains("/run/docker/plugins/bridgenet.sock"))
+            },
+        )
     }
 
     fn bridgenet_args(&self) -> Vec<String> {
@@ -188,24 +194,26 @@ impl Dockerd {
         Ok(cmd)
     }
 
-    /// Waits up to a minute for `ready`; fails with the log `log` when the daemon `what` exits
-    /// or does not get ready.
-    fn wait_for(&mut self, what: &str, log: &str, ready: impl Fn(&Self) -> bool) -> Result<()> {
+    /// Waits up to a minute for `ready`; fails with the log `WHAT.log` when the daemon `what`
+    /// (the child `child` gives) exits or does not get ready.
+    fn wait_for(
+        &mut self,
+        what: &str,
+        child: fn(&mut Self) -> &mut Option<Child>,
+        ready: impl Fn(&Self) -> bool,
+    ) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !ready(self) {
-            let child = if what == "dockerd" {
-                &mut self.dockerd
-            } else {
-                &mut self.bridgenet
-            };
+            let child = child(self);
             let exited = child.as_mut().map(|c| c.try_wait()).transpose()?.flatten();
             if exited.is_some() || Instant::now() > deadline {
                 if exited.is_some() {
+                    // Reaped: its pid is no longer ours to signal.
                     *child = None;
                 }
                 bail!(
                     "{what} did not start ({exited:?}); its log:\n{}",
-                    std::fs::read_to_string(self.path(log)).unwrap_or_default()
+                    std::fs::read_to_string(self.path(&format!("{what}.log"))).unwrap_or_default()
                 );
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -298,13 +306,7 @@ pub fn remove_leftovers() {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(run_pid) = name
-            .strip_prefix(PREFIX)
-            .and_then(|rest| rest.strip_suffix("-docker"))
-        else {
-            continue;
-        };
-        if run_pid.is_empty() || Path::new("/proc").join(run_pid).exists() {
+        if !name.ends_with("-docker") || !lab::of_dead_run(&name) {
             continue;
         }
         let run = entry.path();
@@ -332,34 +334,34 @@ fn terminate(run: &Path, file: &str) {
         return;
     };
     eprintln!("bench: stopping {file} {pid} of a run that is gone");
-    // SAFETY: a signal to a process a bench run started, by its pid (checked just before).
+    // A zombie's command line is empty: gone.
+    stop_pid(pid, || started_in(run, file).is_none());
+}
+
+/// SIGTERM to a daemon this module started, then SIGKILL after 20 s; reaped.
+fn stop(child: &mut Child) {
+    stop_pid(child.id() as libc::pid_t, || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    let _ = child.wait();
+}
+
+/// SIGTERM to `pid`, then SIGKILL unless `gone` says it ended within 20 s.
+fn stop_pid(pid: libc::pid_t, mut gone: impl FnMut() -> bool) {
+    // SAFETY: signals to a process a bench run started, by its pid, which the callers checked
+    // is still that process's.
     unsafe { libc::kill(pid, libc::SIGTERM) };
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        if started_in(run, file).is_none() {
+        if gone() {
             return;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    if started_in(run, file).is_some() {
+    if !gone() {
         // SAFETY: as above.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
-}
-
-/// SIGTERM to a daemon this module started, then SIGKILL after 20 s.
-fn stop(child: &mut Child) {
-    // SAFETY: a signal to a child this module started, by its pid.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 #[cfg(test)]

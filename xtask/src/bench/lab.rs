@@ -669,12 +669,18 @@ pub fn remove_leftovers() {
     };
     for entry in dir.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(PREFIX) else {
-            continue;
-        };
-        let pid = rest.split('-').next().unwrap_or("");
-        if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
+        if of_dead_run(&name) {
             let _ = ip(&["netns", "del", &name]);
         }
     }
+}
+
+/// Whether `name` (`PREFIX`, the run's pid, then anything) belongs to a run whose process is
+/// gone.
+pub fn of_dead_run(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix(PREFIX) else {
+        return false;
+    };
+    let pid = rest.split('-').next().unwrap_or("");
+    !pid.is_empty() && !Path::new("/proc").join(pid).exists()
 }
