@@ -229,17 +229,10 @@ impl Dockerd {
         std::fs::copy("/bin/busybox", root.join("bin/busybox")).context("busybox-static")?;
         std::os::unix::fs::symlink("busybox", root.join("bin/sleep"))?;
         let tar = self.path("bb.tar");
-        let out = Command::new("tar")
-            .arg("-C")
-            .arg(&root)
-            .arg("-cf")
-            .arg(&tar)
-            .arg(".")
-            .output()?;
-        if !out.status.success() {
-            bail!("tar: {}", String::from_utf8_lossy(&out.stderr).trim());
-        }
-        self.docker(&["import", &tar.display().to_string(), "bb"])?;
+        let (root, tar) = (root.display().to_string(), tar.display().to_string());
+        let args = ["-C", &root, "-cf", &tar, "."];
+        lab::checked(Command::new("tar").args(args).output()?, "tar", &args)?;
+        self.docker(&["import", &tar, "bb"])?;
         Ok(())
     }
 
@@ -252,14 +245,7 @@ impl Dockerd {
             .env("DOCKER_CONFIG", self.path("client"))
             .output()
             .context("running docker")?;
-        if !out.status.success() {
-            bail!(
-                "docker {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        lab::checked(out, "docker", args)
     }
 }
 

@@ -648,7 +648,8 @@ pub fn unix_request(
     }
 }
 
-fn checked(out: Output, program: &str, args: &[&str]) -> Result<String> {
+/// `program ARGS`' stdout when it succeeded, else its stderr as the error.
+pub fn checked(out: Output, program: &str, args: &[&str]) -> Result<String> {
     if !out.status.success() {
         let mut shown = args.join(" ");
         shown.truncate(200);
