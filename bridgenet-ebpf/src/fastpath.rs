@@ -305,8 +305,8 @@ pub fn redirect6(ctx: &mut TcContext) -> Option<(i32, u32)> {
 /// known neighbour and that fits the uplink's MTU (a GSO packet: its segments) goes straight
 /// to that uplink's egress, skipping the bridge and the forwarding path. The TC verdict and,
 /// for IPv4, the uplink's address, which the caller may translate the packet for (`0`: IPv6,
-/// which the uplink's `uplink_egress` translates); None for the normal path (another MAC, a
-/// bridge that is not bridgenet's, no plain answer).
+/// whose translation needs no address of the uplink: its flow has it); None for the normal
+/// path (another MAC, a bridge that is not bridgenet's, no plain answer).
 /// A call of its own: inlined, its lookup would add to the hairpin path's stack.
 #[inline(never)]
 pub fn out(ctx: &mut TcContext, gateway: u32) -> Option<(i32, u32)> {
@@ -333,8 +333,8 @@ pub fn out(ctx: &mut TcContext, gateway: u32) -> Option<(i32, u32)> {
     Some((unsafe { bpf_redirect(fib.ifindex, 0) } as i32, uplink_addr))
 }
 
-/// `out` for IPv6: to an uplink with an IPv6 address (`UPLINKS6`), whose `uplink_egress`
-/// applies NAT66 there; the size is checked against the MTU as for IPv4.
+/// `out` for IPv6: to an uplink with an IPv6 address (`UPLINKS6`), for which the caller may
+/// translate the packet (NAT66); the size is checked against the MTU as for IPv4.
 // A BPF subprogram of its own: its lookup must not sit in the IPv4 path's frame.
 #[inline(never)]
 fn out6(ctx: &mut TcContext) -> Option<i32> {

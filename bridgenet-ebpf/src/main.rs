@@ -62,9 +62,10 @@ pub fn xdp_count(ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn endpoint_ingress(mut ctx: TcContext) -> i32 {
     let (mut result, gateway) = endpoint::check(&ctx);
+    let ipv6 = parse6::is_ipv6(&ctx);
     // Isolation judged the original destination: another network's gateway may still be a
     // host address with published ports.
-    if (result == outcome::PASSED || result == outcome::DROP_ISOLATION) && parse6::is_ipv6(&ctx) {
+    if (result == outcome::PASSED || result == outcome::DROP_ISOLATION) && ipv6 {
         // The stack forwards IPv6 hairpin packets as they are (see hairpin6).
         result = hairpin6::translate(&mut ctx, result);
     } else if result == outcome::PASSED || result == outcome::DROP_ISOLATION {
@@ -78,13 +79,18 @@ pub fn endpoint_ingress(mut ctx: TcContext) -> i32 {
         }
     }
     // Not for a host address (hairpin left it as it was): out through an uplink. A tracked
-    // flow's IPv4 packet is translated here, and passes the uplink's uplink_egress as it is.
+    // flow's packet is translated here, and passes the uplink's uplink_egress as it is.
     if result == outcome::PASSED
         && let Some((action, uplink_addr)) = fastpath::out(&mut ctx, gateway)
     {
-        if uplink_addr != 0
-            && let Some(tracked) = egress_tracked(&mut ctx, uplink_addr)
-        {
+        let tracked = if ipv6 {
+            nat6::egress_tracked(&mut ctx)
+        } else if uplink_addr != 0 {
+            egress_tracked(&mut ctx, uplink_addr)
+        } else {
+            None
+        };
+        if let Some(tracked) = tracked {
             if outcome::is_drop(tracked) {
                 return verdict(&ctx, program_id::ENDPOINT_INGRESS, tracked);
             }

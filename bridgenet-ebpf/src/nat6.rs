@@ -109,11 +109,41 @@ pub fn egress(ctx: &mut TcContext, ifindex: u32) -> u32 {
     // To a non-masquerade destination (another node's pods) an endpoint's own address leaves.
     let direct = endpoint6::non_masquerade(network, unsafe { &(*scratch).packet.key.daddr });
     let result = egress_translate(ctx, unsafe { &mut *scratch }, ifindex, flags, direct);
-    // Whatever path decided, a managed source leaves translated or not at all.
+    leaves_translated(direct, result)
+}
+
+/// Whatever path decided, a managed source leaves translated (or to a non-masquerade
+/// destination, `direct`) or not at all: `result`, or a drop.
+#[inline(always)]
+fn leaves_translated(direct: bool, result: u32) -> u32 {
     if !direct && result != outcome::SNAT && !outcome::is_drop(result) {
         return outcome::DROP_UNTRANSLATABLE;
     }
     result
+}
+
+/// The fast path out's part of `egress`, on an endpoint's veth: an IPv6 packet of a tracked
+/// flow (masquerade, a published flow's reply, gateway mode routed) is translated by its flow
+/// as `egress` would (its outcome, final). None for anything else (a flow's first packet, a
+/// fragment, an ICMPv6 error, a segment of no flow), left to the uplink's `egress` as it is,
+/// as IPv4's `egress_tracked` leaves it: the verifier walks only this part of `egress` twice.
+// A BPF subprogram of its own: in endpoint_ingress its frame would add to the hairpin path's
+// chain of calls.
+#[inline(never)]
+pub fn egress_tracked(ctx: &mut TcContext) -> Option<u32> {
+    let saddr = ctx.load::<[u8; 16]>(SADDR_OFF).ok()?;
+    let network = endpoint6::subnet_of(&saddr)?.network;
+    let scratch = unsafe { &mut *SCRATCH6.get_ptr_mut(0)? };
+    if parse6::parse6(ctx, &mut scratch.packet) != outcome::PASSED {
+        return None;
+    }
+    let packet = &scratch.packet;
+    if packet.fragment || packet.error {
+        return None;
+    }
+    let direct = endpoint6::non_masquerade(network, &packet.key.daddr);
+    let result = tracked(ctx, packet)?;
+    Some(leaves_translated(direct, result))
 }
 
 #[inline(always)]

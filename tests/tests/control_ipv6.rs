@@ -254,6 +254,13 @@ fn ipv6_leaves_a_network_masqueraded_with_the_uplink_address() {
         )
     };
     let (out_before, in_before) = fast(&lab);
+    let translated = |lab: &ControlLab| {
+        (
+            lab.stat("endpoint_ingress", "snat"),
+            lab.stat("uplink_egress", "fast_path"),
+        )
+    };
+    let (veth_before, passed_before) = translated(&lab);
     let server = echo_once(&world, "[2001:db8:ff::1]:7000");
     roundtrip(&e1, "[2001:db8:ff::1]:7000");
     let client = server.join().unwrap();
@@ -293,6 +300,15 @@ fn ipv6_leaves_a_network_masqueraded_with_the_uplink_address() {
     assert!(
         out_after > out_before && in_after > in_before,
         "IPv6 took both fast paths: {}",
+        lab.ok(&["stats"])
+    );
+    // A tracked flow's packets after its first are translated on e1's veth (NAT66, their
+    // checksums right, or the exchanges above would have failed) and pass the uplink's
+    // uplink_egress as they are.
+    let (veth_after, passed_after) = translated(&lab);
+    assert!(
+        veth_after > veth_before && passed_after > passed_before,
+        "IPv6 translated on the veth: {}",
         lab.ok(&["stats"])
     );
     // `ct ls` lists the IPv6 flows, the reply direction to the uplink's address.

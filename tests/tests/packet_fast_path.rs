@@ -407,6 +407,28 @@ impl OutLab {
             .enter(|| packet::run_tc_marked(dp, name, frame, mark).expect("test run"))
     }
 
+    /// `fast`, which `endpoint_ingress` sent out with `mark`, was translated there, the first
+    /// of its flow's packets to be (the flow's first packet was `uplink_egress`'s): marked, and
+    /// `uplink_egress` passes it as it is and clears the mark.
+    fn translated_once(&mut self, fast: &packet::Verdict, mark: u32) {
+        assert_eq!(
+            (fast.action, mark & TRANSLATED_MARK),
+            (TC_ACT_REDIRECT, TRANSLATED_MARK)
+        );
+        assert_eq!(self.stat(program_id::ENDPOINT_INGRESS, outcome::SNAT), 1);
+        let (passed, left) = self.egress(&fast.frame, mark);
+        assert_eq!(passed.action, TC_ACT_OK);
+        assert_eq!(passed.frame, fast.frame, "passed as it is");
+        assert_eq!(left & TRANSLATED_MARK, 0, "the mark is cleared");
+        assert_eq!(
+            (
+                self.stat(program_id::UPLINK_EGRESS, outcome::FAST_PATH),
+                self.stat(program_id::UPLINK_EGRESS, outcome::SNAT),
+            ),
+            (1, 1)
+        );
+    }
+
     fn fast(&self) -> u64 {
         self.dp
             .stat(program_id::ENDPOINT_INGRESS, outcome::FAST_PATH)
@@ -485,24 +507,9 @@ fn what_the_fast_path_out_translates_leaves_translated_once() {
 
     let data = packet::tcp_segment(EP1, 40000, SERVER, 7000, tcp_flags::ACK, 1001, 1, b"hi");
     let (fast, mark) = lab.send_marked(GATEWAY_MAC, &data);
-    assert_eq!(
-        (fast.action, mark & TRANSLATED_MARK),
-        (TC_ACT_REDIRECT, TRANSLATED_MARK)
-    );
+    lab.translated_once(&fast, mark);
     let seen = packet::inspect(&fast.frame);
     assert_eq!((seen.src, seen.sport, seen.dst), (HOST, port, SERVER));
-    assert_eq!(lab.stat(program_id::ENDPOINT_INGRESS, outcome::SNAT), 1);
-    let (passed, left) = lab.egress(&fast.frame, mark);
-    assert_eq!(passed.action, TC_ACT_OK);
-    assert_eq!(passed.frame, fast.frame, "passed as it is");
-    assert_eq!(left & TRANSLATED_MARK, 0, "the mark is cleared");
-    assert_eq!(
-        (
-            lab.stat(program_id::UPLINK_EGRESS, outcome::FAST_PATH),
-            lab.stat(program_id::UPLINK_EGRESS, outcome::SNAT),
-        ),
-        (1, 1)
-    );
 
     // Through the stack: out through uplink_egress, unmarked, with the same translation.
     let (normal, _) = lab.egress(&data, 0);
@@ -972,6 +979,103 @@ fn what_the_ipv6_fast_path_out_must_not_take_goes_the_normal_way() {
         .ns("host")
         .ip(&["link", "set", "uplink0", "mtu", "1280"]);
     lab.0.normal(GATEWAY_MAC, &from_ep6(WORLD6, 64, 1300));
+}
+
+/// A TCP segment from EP1_6:`sport` to WORLD6:7000 with `flags` (S, A, R), `seq` and `ack`.
+fn segment6(sport: u16, flags: &str, seq: u32, ack: u32, payload: &[u8]) -> Vec<u8> {
+    let mut b = etherparse::PacketBuilder::ethernet2([0; 6], [0; 6])
+        .ipv6(
+            EP1_6.parse::<std::net::Ipv6Addr>().unwrap().octets(),
+            WORLD6.parse::<std::net::Ipv6Addr>().unwrap().octets(),
+            64,
+        )
+        .tcp(sport, 7000, seq, 64240);
+    for flag in flags.chars() {
+        b = match flag {
+            'S' => b.syn(),
+            'A' => b.ack(ack),
+            'R' => b.rst(),
+            _ => unreachable!(),
+        };
+    }
+    let mut frame = Vec::new();
+    b.write(&mut frame, payload).unwrap();
+    frame
+}
+
+/// An IPv6 TCP frame's source, source port and destination, after checking its TCP checksum
+/// (over IPv6's pseudo-header).
+fn ends6(frame: &[u8]) -> (std::net::Ipv6Addr, u16, std::net::Ipv6Addr) {
+    use etherparse::{NetHeaders, PacketHeaders, TransportHeader};
+    let headers = PacketHeaders::from_ethernet_slice(frame).unwrap();
+    let Some(NetHeaders::Ipv6(ip, _)) = &headers.net else {
+        panic!("not IPv6: {frame:?}");
+    };
+    let Some(TransportHeader::Tcp(tcp)) = &headers.transport else {
+        panic!("not TCP: {frame:?}");
+    };
+    let right = tcp.calc_checksum_ipv6(ip, headers.payload.slice()).unwrap();
+    assert_eq!(tcp.checksum, right, "the TCP checksum is right");
+    (ip.source.into(), tcp.source_port, ip.destination.into())
+}
+
+/// `what_the_fast_path_out_translates_leaves_translated_once` over IPv6: a tracked NAT66
+/// flow's segment is translated on the endpoint's veth (its checksum right) and marked, and
+/// `uplink_egress` passes it as it is; through the stack (unmarked) `uplink_egress` translates
+/// the same segment the same way. A RST outside the window is dropped on the veth; a flow's
+/// first segment and a segment of no flow are left to `uplink_egress` as they are, which opens
+/// the one and drops the other.
+#[test]
+fn what_the_ipv6_fast_path_out_translates_leaves_translated_once() {
+    let OutLab6(mut lab) = OutLab6::new();
+    // The test run's device stands for the uplink too, with the uplink's IPv6 address.
+    lab.dp
+        .set_uplink6(TEST_RUN_IFINDEX, Some(UPLINK6.parse().unwrap()))
+        .unwrap();
+    let (uplink, world, ep) = (
+        UPLINK6.parse().unwrap(),
+        WORLD6.parse().unwrap(),
+        EP1_6.parse().unwrap(),
+    );
+    let (out, mark) = lab.send_marked(GATEWAY_MAC, &segment6(40000, "S", 1000, 0, b""));
+    assert_eq!((out.action, mark), (TC_ACT_REDIRECT, 0));
+    assert_eq!(ends6(&out.frame), (ep, 40000, world), "left as it is");
+    // uplink_egress opens the flow.
+    let (opened, _) = lab.egress(&out.frame, mark);
+    assert_eq!(opened.action, TC_ACT_OK);
+    let (src, port, dst) = ends6(&opened.frame);
+    assert_eq!((src, dst), (uplink, world));
+    assert_eq!(lab.stat(program_id::UPLINK_EGRESS, outcome::SNAT), 1);
+
+    let data = segment6(40000, "A", 1001, 1, b"hi");
+    let (fast, mark) = lab.send_marked(GATEWAY_MAC, &data);
+    lab.translated_once(&fast, mark);
+    assert_eq!(ends6(&fast.frame), (uplink, port, world));
+    assert_eq!(fast.frame[14 + 7], 63, "forwarded: hop limit decremented");
+
+    // Through the stack: out through uplink_egress, unmarked, with the same translation.
+    let (normal, _) = lab.egress(&data, 0);
+    assert_eq!(normal.action, TC_ACT_OK);
+    assert_eq!(ends6(&normal.frame), (uplink, port, world));
+    assert_eq!(lab.stat(program_id::UPLINK_EGRESS, outcome::SNAT), 2);
+
+    let (dropped, _) = lab.send_marked(GATEWAY_MAC, &segment6(40000, "R", 500_000, 0, b""));
+    assert_eq!(dropped.action, TC_ACT_SHOT);
+    assert_eq!(
+        lab.stat(program_id::ENDPOINT_INGRESS, outcome::DROP_OUT_OF_WINDOW),
+        1
+    );
+
+    let stray = segment6(40001, "A", 1, 1, b"late");
+    let (left_as_is, mark) = lab.send_marked(GATEWAY_MAC, &stray);
+    assert_eq!((left_as_is.action, mark), (TC_ACT_REDIRECT, 0));
+    assert_eq!(ends6(&left_as_is.frame), (ep, 40001, world));
+    let (dropped, _) = lab.egress(&left_as_is.frame, mark);
+    assert_eq!(dropped.action, TC_ACT_SHOT);
+    assert_eq!(
+        lab.stat(program_id::UPLINK_EGRESS, outcome::DROP_UNTRACKED),
+        1
+    );
 }
 
 /// `a_gso_packet_goes_into_the_endpoint_when_its_segments_fit_the_mtu` over IPv6: segments of
