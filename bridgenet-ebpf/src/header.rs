@@ -56,6 +56,19 @@ pub fn set_addr(ctx: &TcContext, off: usize, old: u32, new: u32) -> Option<()> {
     Some(())
 }
 
+/// Writes the IPv6 address at `off` (source or destination): IPv6 has no header checksum, and
+/// the L4 checksum is the caller's.
+#[inline(always)]
+pub fn set_addr6(ctx: &TcContext, off: usize, addr: &[u8; 16]) -> Option<()> {
+    if off + 16 > HEAD6 {
+        return None;
+    }
+    let head = parse::linear(ctx, HEAD6)?;
+    // SAFETY: `off` + 16 is within the `HEAD6` bytes `linear` checked.
+    unsafe { head.add(off).cast::<[u8; 16]>().write_unaligned(*addr) };
+    Some(())
+}
+
 /// Forwarding decrements the TTL; so does the fast path. The TTL must be above 1.
 #[inline(always)]
 pub fn decrement_ttl(ctx: &TcContext) -> Option<()> {

@@ -16,7 +16,7 @@ use bridgenet_common::{
 
 use crate::{
     conntrack::{self, InsertError},
-    conntrack6, endpoint6, monitor, nat,
+    conntrack6, endpoint6, header, monitor, nat,
     parse6::{self, DADDR_OFF, ICMP6, Inner6, Packet6, SADDR_OFF, TCP, UDP},
 };
 
@@ -568,11 +568,14 @@ fn rewrite(
     };
     if addr != old_addr {
         let diff = addr_diff(old_addr, addr);
-        ctx.store(addr_off, addr, 0)?;
+        header::set_addr6(ctx, addr_off, addr).ok_or(-1)?;
         ctx.l4_csum_replace(csum_off, 0, diff, u64::from(BPF_F_PSEUDO_HDR))?;
     }
     if port != old_port {
-        ctx.store(port_off, &port, 0)?;
+        // In place where `set_port` reaches (no extension header, as most packets).
+        if header::set_port(ctx, port_off, port).is_none() {
+            ctx.store(port_off, &port, 0)?;
+        }
         ctx.l4_csum_replace(csum_off, u64::from(old_port), u64::from(port), 2)?;
     }
     Ok(())

@@ -1082,25 +1082,36 @@ fn non_masquerade_ipv6_prefixes_pass_both_ways_untranslated() {
 /// `frame` with an 8-byte extension header `kind` (Hop-by-Hop 0, Destination Options 60,
 /// Routing 43) between IPv6 and its transport header; the transport checksum stays right.
 fn with_ext(frame: &[u8], kind: u8) -> Vec<u8> {
+    with_ext_of(frame, kind, 8)
+}
+
+/// `with_ext` with a header of `len` bytes (a multiple of 8).
+fn with_ext_of(frame: &[u8], kind: u8, len: usize) -> Vec<u8> {
     let mut f = frame[..54].to_vec();
     let next = f[20];
     f[20] = kind;
-    let len = u16::from_be_bytes([f[18], f[19]]) + 8;
-    f[18..20].copy_from_slice(&len.to_be_bytes());
-    // PadN over the header's 6 bytes of options (Routing: type 0 with no segments left).
-    f.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]);
+    let payload = u16::from_be_bytes([f[18], f[19]]) + len as u16;
+    f[18..20].copy_from_slice(&payload.to_be_bytes());
+    // PadN over the header's options (Routing: type 0 with no segments left).
+    f.extend_from_slice(&[next, (len / 8 - 1) as u8, 1, (len - 4) as u8]);
+    f.resize(54 + len, 0);
     f.extend_from_slice(&frame[54..]);
     f
 }
 
 /// The inverse of `with_ext`, for `inspect`; asserts the header is still there.
 fn without_ext(frame: &[u8], kind: u8) -> Vec<u8> {
+    without_ext_of(frame, kind, 8)
+}
+
+/// The inverse of `with_ext_of`.
+fn without_ext_of(frame: &[u8], kind: u8, len: usize) -> Vec<u8> {
     assert_eq!(frame[20], kind, "the extension header stays");
     let mut f = frame[..54].to_vec();
     f[20] = frame[54];
-    let len = u16::from_be_bytes([f[18], f[19]]) - 8;
-    f[18..20].copy_from_slice(&len.to_be_bytes());
-    f.extend_from_slice(&frame[62..]);
+    let payload = u16::from_be_bytes([f[18], f[19]]) - len as u16;
+    f[18..20].copy_from_slice(&payload.to_be_bytes());
+    f.extend_from_slice(&frame[54 + len..]);
     f
 }
 
@@ -1114,24 +1125,29 @@ fn nat66_translates_packets_with_hop_by_hop_and_destination_options() {
     const HOP_BY_HOP: u8 = 0;
     const ROUTING: u8 = 43;
     let mut dp = datapath(true, 1000);
-    let syn = with_ext(&tcp(EP, 41000, SERVER, 443, "S", 1000, 0), DEST_OPTS);
-    let out = translated(&mut dp, EGRESS, &syn, outcome::SNAT);
-    let seen_out = inspect(&without_ext(&out, DEST_OPTS));
-    assert_eq!(
-        (seen_out.src, seen_out.dst, seen_out.dport),
-        (UPLINK.parse().unwrap(), SERVER.parse().unwrap(), 443),
-        "the SYN leaves from the uplink's address"
-    );
-    let back = with_ext(
-        &tcp(SERVER, 443, UPLINK, seen_out.sport, "SA", 5000, 1001),
-        HOP_BY_HOP,
-    );
-    let inbound = translated(&mut dp, INGRESS, &back, outcome::DNAT);
-    assert_eq!(
-        inspect(&without_ext(&inbound, HOP_BY_HOP)),
-        seen(SERVER, 443, EP, 41000),
-        "the SYN-ACK comes back"
-    );
+    // Headers of 8 bytes, and of 32, which put the ports past where the rewrite writes them
+    // in place.
+    for (sport, len) in [(41000, 8), (41001, 32)] {
+        let syn = with_ext_of(&tcp(EP, sport, SERVER, 443, "S", 1000, 0), DEST_OPTS, len);
+        let out = translated(&mut dp, EGRESS, &syn, outcome::SNAT);
+        let seen_out = inspect(&without_ext_of(&out, DEST_OPTS, len));
+        assert_eq!(
+            (seen_out.src, seen_out.dst, seen_out.dport),
+            (UPLINK.parse().unwrap(), SERVER.parse().unwrap(), 443),
+            "the SYN leaves from the uplink's address ({len} bytes of header)"
+        );
+        let back = with_ext_of(
+            &tcp(SERVER, 443, UPLINK, seen_out.sport, "SA", 5000, 1001),
+            HOP_BY_HOP,
+            len,
+        );
+        let inbound = translated(&mut dp, INGRESS, &back, outcome::DNAT);
+        assert_eq!(
+            inspect(&without_ext_of(&inbound, HOP_BY_HOP, len)),
+            seen(SERVER, 443, EP, sport),
+            "the SYN-ACK comes back ({len} bytes of header)"
+        );
+    }
 
     publish_8080(&mut dp);
     let client = "2001:db8:ff:2::9";
