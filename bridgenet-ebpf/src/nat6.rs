@@ -216,7 +216,7 @@ pub fn ingress_parse(ctx: &TcContext) -> Result<&'static mut Scratch6, u32> {
     let scratch = unsafe { &mut *scratch };
     // Loaded into the scratch, not the stack: uplink_ingress's call chain is near its limit.
     let key = &mut scratch.packet.key;
-    if !load_addr(ctx, SADDR_OFF, &mut key.saddr) || !load_addr(ctx, DADDR_OFF, &mut key.daddr) {
+    if !parse6::addrs(ctx, &mut key.saddr, &mut key.daddr) {
         return Err(outcome::PASSED);
     }
     let early = endpoint6::outside(&key.saddr, &key.daddr);
@@ -227,21 +227,6 @@ pub fn ingress_parse(ctx: &TcContext) -> Result<&'static mut Scratch6, u32> {
         return Err(outcome::PASSED);
     }
     Ok(scratch)
-}
-
-/// The 16 bytes at `off` into `to`, whatever memory it is in (`TcContext::load_bytes` may
-/// ask for 0 bytes, which 6.1's verifier refuses).
-#[inline(always)]
-fn load_addr(ctx: &TcContext, off: usize, to: &mut [u8; 16]) -> bool {
-    let ret = unsafe {
-        aya_ebpf::helpers::generated::bpf_skb_load_bytes(
-            ctx.skb.skb as *const core::ffi::c_void,
-            off as u32,
-            to.as_mut_ptr().cast(),
-            16,
-        )
-    };
-    ret == 0
 }
 
 /// `uplink_ingress` for IPv6, after the user filter: replies of masqueraded flows (and ICMPv6

@@ -195,9 +195,11 @@ pub fn parse6(ctx: &TcContext, packet: &mut Packet6) -> u32 {
 /// Fills `packet` in place: a struct built here and copied would double the frame.
 #[inline(always)]
 fn parse(ctx: &TcContext, packet: &mut Packet6) -> Result<(), u32> {
-    let Ok(ip) = ctx.load::<Ipv6Head>(IP6_OFF) else {
+    let Some(head) = linear(ctx, IP6_OFF + IP6_LEN) else {
         return Err(outcome::DROP_MALFORMED);
     };
+    // SAFETY: within the bytes `linear` checked.
+    let ip = unsafe { head.add(IP6_OFF).cast::<Ipv6Head>().read_unaligned() };
     let (saddr, daddr, next) = (ip.saddr, ip.daddr, ip.next);
     let frame = ctx.len() as usize;
     let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
@@ -280,7 +282,7 @@ fn parse(ctx: &TcContext, packet: &mut Packet6) -> Result<(), u32> {
     Ok(())
 }
 
-/// The IPv6 header, read in one helper call.
+/// The IPv6 header, read in place.
 #[repr(C)]
 struct Ipv6Head {
     _version_class_flow: [u8; 4],
@@ -289,6 +291,21 @@ struct Ipv6Head {
     _hop_limit: u8,
     saddr: [u8; 16],
     daddr: [u8; 16],
+}
+
+/// The IPv6 source and destination addresses, read in place into `saddr` and `daddr`; false
+/// when the packet is shorter than the fixed header.
+#[inline(always)]
+pub fn addrs(ctx: &TcContext, saddr: &mut [u8; 16], daddr: &mut [u8; 16]) -> bool {
+    let Some(head) = linear(ctx, IP6_OFF + IP6_LEN) else {
+        return false;
+    };
+    // SAFETY: both within the bytes `linear` checked.
+    unsafe {
+        *saddr = head.add(SADDR_OFF).cast::<[u8; 16]>().read_unaligned();
+        *daddr = head.add(DADDR_OFF).cast::<[u8; 16]>().read_unaligned();
+    }
+    true
 }
 
 /// The IPv6 header's first 8 bytes (version, traffic class and flow label, payload length,
