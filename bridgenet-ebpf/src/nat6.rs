@@ -133,7 +133,7 @@ fn leaves_translated(direct: bool, result: u32) -> u32 {
 pub fn egress_tracked(ctx: &mut TcContext) -> Option<u32> {
     let saddr = ctx.load::<[u8; 16]>(SADDR_OFF).ok()?;
     let network = endpoint6::subnet_of(&saddr)?.network;
-    let scratch = unsafe { &mut *SCRATCH6.get_ptr_mut(0)? };
+    let scratch = scratch()?;
     if parse6::parse6(ctx, &mut scratch.packet) != outcome::PASSED {
         return None;
     }
