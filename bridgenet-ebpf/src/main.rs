@@ -194,7 +194,7 @@ pub fn uplink_ingress(mut ctx: TcContext) -> i32 {
     // Matched by reference: a packet moved out of `Parsed` would be a second copy in the frame.
     let parsed = parse(&ctx);
     let (result, ipv4) = match &parsed {
-        Parsed::Other if parse6::is_ipv6(&ctx) => (uplink_ingress_ipv6(&mut ctx), false),
+        Parsed::Ipv6 => (uplink_ingress_ipv6(&mut ctx), false),
         Parsed::Other => (outcome::PASSED, false),
         Parsed::Malformed(header) => (uplink_ingress_malformed(*header), true),
         Parsed::Ipv4(packet) => (uplink_ingress_ipv4(&mut ctx, packet), true),
@@ -331,7 +331,8 @@ pub fn uplink_egress(mut ctx: TcContext) -> i32 {
     // Matched by reference, as in uplink_ingress.
     let parsed = parse(&ctx);
     let result = match &parsed {
-        Parsed::Other => outcome::PASSED,
+        // IPv6 went to nat6::egress above.
+        Parsed::Other | Parsed::Ipv6 => outcome::PASSED,
         // A managed source must never leave as it is, so what cannot be parsed does not leave.
         Parsed::Malformed(_) => outcome::DROP_MALFORMED,
         Parsed::Ipv4(packet) => uplink_egress_ipv4(&mut ctx, packet, nat_addr),

@@ -131,8 +131,6 @@ fn leaves_translated(direct: bool, result: u32) -> u32 {
 // chain of calls.
 #[inline(never)]
 pub fn egress_tracked(ctx: &mut TcContext) -> Option<u32> {
-    let saddr = ctx.load::<[u8; 16]>(SADDR_OFF).ok()?;
-    let network = endpoint6::subnet_of(&saddr)?.network;
     let scratch = scratch()?;
     if parse6::parse6(ctx, &mut scratch.packet) != outcome::PASSED {
         return None;
@@ -141,6 +139,7 @@ pub fn egress_tracked(ctx: &mut TcContext) -> Option<u32> {
     if packet.fragment || packet.error {
         return None;
     }
+    let network = endpoint6::subnet_of(&packet.key.saddr)?.network;
     let direct = endpoint6::non_masquerade(network, &packet.key.daddr);
     let result = tracked(ctx, packet)?;
     Some(leaves_translated(direct, result))
