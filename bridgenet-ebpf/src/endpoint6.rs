@@ -13,8 +13,8 @@ use bridgenet_common::{Endpoint, NonMasquerade6Key, Subnet6, network_flags, outc
 
 use crate::{
     endpoint::sibling_mac,
-    nat,
-    parse6::{ICMP6, SADDR_OFF, UDP, transport},
+    mem, nat,
+    parse6::{self, ICMP6, SADDR_OFF, UDP, transport},
 };
 
 /// Managed IPv6 subnets, by prefix.
@@ -80,17 +80,20 @@ pub fn check(ctx: &TcContext, ifindex: u32, ep: &Endpoint, dst_mac: &[u8; 6]) ->
     let Some(own_addr) = (unsafe { ENDPOINTS6.get(ifindex) }) else {
         return outcome::DROP_PROTOCOL;
     };
-    // Both addresses with one helper call: they follow each other in the header.
-    let Ok([saddr, daddr]) = ctx.load::<[[u8; 16]; 2]>(SADDR_OFF) else {
+    let Some(head) = parse6::ipv6_head(ctx) else {
         return outcome::DROP_MALFORMED;
     };
-    let t = match transport(ctx) {
+    let (mut saddr, mut daddr) = ([0; 16], [0; 16]);
+    if !parse6::addrs(ctx, &mut saddr, &mut daddr) {
+        return outcome::DROP_MALFORMED;
+    }
+    let t = match transport(ctx, head[6]) {
         Ok(t) => t,
         Err(result) => return result,
     };
     let own_ll = link_local(&ep.mac);
-    let unspecified = saddr == [0; 16];
-    if saddr != *own_addr && saddr != own_ll && !unspecified {
+    let unspecified = mem::eq16(&saddr, &[0; 16]);
+    if !mem::eq16(&saddr, own_addr) && !mem::eq16(&saddr, &own_ll) && !unspecified {
         return outcome::DROP_SPOOFED;
     }
     let mut neighbour_discovery = false;

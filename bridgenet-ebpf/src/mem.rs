@@ -35,3 +35,16 @@ pub fn mac_eq(a: [u8; 6], b: [u8; 6]) -> bool {
     }
     diff == 0
 }
+
+/// Whether two IPv6 addresses are equal, compared as two words each rather than by the
+/// byte-wise comparison LLVM makes of two arrays here.
+#[inline(always)]
+pub fn eq16(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    let (a, b) = (a.as_ptr().cast::<u64>(), b.as_ptr().cast::<u64>());
+    // SAFETY: two 8-byte reads within each 16-byte array.
+    unsafe {
+        (a.read_unaligned() ^ b.read_unaligned())
+            | (a.add(1).read_unaligned() ^ b.add(1).read_unaligned())
+            == 0
+    }
+}

@@ -43,11 +43,11 @@ pub struct Transport {
     pub fragment: bool,
 }
 
-/// Walks the extension headers: Err(outcome) when they cannot be walked within `MAX_EXT`,
-/// or a first fragment does not hold them all and the transport header's start.
+/// Walks the extension headers from the IPv6 header's next header `proto`: Err(outcome) when
+/// they cannot be walked within `MAX_EXT`, or a first fragment does not hold them all and the
+/// transport header's start.
 #[inline(always)]
-pub fn transport(ctx: &TcContext) -> Result<Transport, u32> {
-    let mut proto: u8 = ctx.load(IP6_OFF + 6).map_err(|_| outcome::DROP_MALFORMED)?;
+pub fn transport(ctx: &TcContext, mut proto: u8) -> Result<Transport, u32> {
     let mut off = IP6_OFF + IP6_LEN;
     let mut fragment = false;
     // One more round than headers: the last finds the transport header.
@@ -59,7 +59,8 @@ pub fn transport(ctx: &TcContext) -> Result<Transport, u32> {
             _ => {
                 // The transport header must be there to be judged (RA guard evasion hides it
                 // in a second fragment, RFC 7113).
-                if proto != NO_NEXT && ctx.load::<[u8; 4]>(off).is_err() {
+                // (What bpf_skb_load_bytes of 4 bytes there would check, without the call.)
+                if proto != NO_NEXT && (ctx.len() as usize) < off + 4 {
                     return Err(outcome::DROP_EXT_HEADER);
                 }
                 return Ok(Transport {
@@ -122,7 +123,8 @@ fn walk(ctx: &TcContext) -> u32 {
             // The destination is not the final one, or AH covers the addresses.
             ROUTING | AUTH => return pack(ROUTING, off, fragment),
             _ => {
-                if proto != NO_NEXT && ctx.load::<[u8; 4]>(off).is_err() {
+                // (What bpf_skb_load_bytes of 4 bytes there would check, without the call.)
+                if proto != NO_NEXT && (ctx.len() as usize) < off + 4 {
                     return WALK_FAILED | outcome::DROP_EXT_HEADER;
                 }
                 return pack(proto, off, fragment);
