@@ -17,13 +17,16 @@ use crate::{
 #[map]
 pub static ENDPOINTS: HashMap<u32, Endpoint> = HashMap::with_max_entries(65_536, 0);
 
+/// Set in `check`'s outcome for an IPv6 frame: the caller need not read the EtherType again.
+pub const IPV6: u32 = 1 << 16;
+
 /// ARP sender hardware and protocol addresses, after the Ethernet header.
 const ARP_SHA_OFF: usize = EthHdr::LEN + 8;
 const ARP_SPA_OFF: usize = EthHdr::LEN + 14;
 
-/// The outcome, and for an IPv4 packet that passed to an address outside the managed
-/// subnets, or an IPv6 packet that passed, its network's (IPv4) gateway (else 0): the fast
-/// path out takes only what is sent to the gateway's MAC.
+/// The outcome (with `IPV6` set for an IPv6 frame), and for an IPv4 packet that passed to an
+/// address outside the managed subnets, or an IPv6 packet that passed, its network's (IPv4)
+/// gateway (else 0): the fast path out takes only what is sent to the gateway's MAC.
 // A BPF subprogram of its own: inlined, its locals (the copies of subnets it asks for) would
 // add to endpoint_ingress's frame, at the head of the hairpin path's chain of calls, which
 // Linux 6.1 limits to 512 bytes.
@@ -44,12 +47,12 @@ pub fn check(ctx: &TcContext) -> (u32, u32) {
     if ether_type == parse6::ETH_P_IPV6 {
         let result = endpoint6::check(ctx, ifindex, ep, &eth.dst_addr);
         if result != outcome::PASSED {
-            return (result, 0);
+            return (result | IPV6, 0);
         }
         // The gateway names the bridge's MAC for the fast path out, which asks the FIB
         // whether the destination is outside (an IPv6-only network's bridge has no such MAC).
         return (
-            result,
+            result | IPV6,
             nat::subnet_cached(ep.addr)
                 .get()
                 .map_or(0, |own| own.gateway),

@@ -18,7 +18,7 @@ use crate::{
     conntrack::{self, CONNTRACK},
     fastpath, icmp, monitor,
     nat::{self, PUBLISH},
-    parse::{IP_DADDR_OFF, Inner, Packet, Parsed, TCP, UDP, parse},
+    parse::{self, Inner, Packet, Parsed, TCP, UDP, parse},
 };
 
 /// Sends a translated hairpin packet straight to its destination's bridge.
@@ -39,7 +39,7 @@ pub fn translate(ctx: &mut TcContext, checked: u32) -> u32 {
     // the reply to the target's gateway. Asked of the destination alone before the packet is
     // parsed: most of what endpoints send goes elsewhere (and `subnet_cached` answers an outside
     // address from `SUBNET_BLOCKS`, without the trie).
-    let Ok(daddr) = ctx.load::<u32>(IP_DADDR_OFF) else {
+    let Some((_, daddr)) = parse::ipv4_addrs(ctx) else {
         return checked;
     };
     let gateway = matches!(nat::subnet_cached(daddr).get(), Some(s) if s.gateway == daddr);

@@ -61,8 +61,9 @@ pub fn xdp_count(ctx: XdpContext) -> u32 {
 /// carries CHECKED_MARK, which bridge_ingress requires of routed packets.
 #[classifier]
 pub fn endpoint_ingress(mut ctx: TcContext) -> i32 {
-    let (mut result, gateway) = endpoint::check(&ctx);
-    let ipv6 = parse6::is_ipv6(&ctx);
+    let (checked, gateway) = endpoint::check(&ctx);
+    let ipv6 = checked & endpoint::IPV6 != 0;
+    let mut result = checked & !endpoint::IPV6;
     // Isolation judged the original destination: another network's gateway may still be a
     // host address with published ports.
     if (result == outcome::PASSED || result == outcome::DROP_ISOLATION) && ipv6 {
