@@ -6,12 +6,12 @@
 use aya_ebpf::programs::TcContext;
 
 use crate::{
-    parse::{self, HEAD, IP_CSUM_OFF, IP_OFF},
+    parse::{self, HEAD, IP_CSUM_OFF, IP_OFF, L4_OFF_MAX},
     parse6::{IP6_LEN, IP6_OFF},
 };
 
-/// Past the longest IPv4 header (60 bytes) and the ICMP echo identifier, the farthest port.
-const PORT_END: usize = IP_OFF + 60 + 6;
+/// Past the ICMP echo identifier of the farthest L4 header, the farthest port.
+const PORT_END: usize = L4_OFF_MAX + 6;
 const TTL_OFF: usize = IP_OFF + 8;
 /// The Ethernet header and the fixed IPv6 header.
 const HEAD6: usize = IP6_OFF + IP6_LEN;

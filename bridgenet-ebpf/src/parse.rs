@@ -21,8 +21,9 @@ pub const IP_OFF: usize = EthHdr::LEN;
 pub const IP_CSUM_OFF: usize = IP_OFF + 10;
 pub const IP_SADDR_OFF: usize = IP_OFF + 12;
 pub const IP_DADDR_OFF: usize = IP_OFF + 16;
-/// Past the longest IPv4 header (60 bytes): the farthest L4 header `read` reads in place.
-const PORT_END: usize = IP_OFF + 60;
+/// Past the longest IPv4 header (60 bytes): the farthest an L4 header starts, which bounds
+/// what `read` reads in place (and `header::set_port` writes).
+pub const L4_OFF_MAX: usize = IP_OFF + 60;
 
 /// The fields of one IPv4 packet that the datapath works on.
 pub struct Packet {
@@ -214,13 +215,13 @@ pub fn linear(ctx: &TcContext, len: usize) -> Option<*mut u8> {
     Some(ctx.data() as *mut u8)
 }
 
-/// A `T` at `off` (an L4 header's, at most `PORT_END`), read in place when the skb's linear
+/// A `T` at `off` (an L4 header's, at most `L4_OFF_MAX`), read in place when the skb's linear
 /// part holds it, as nearly every packet's does (a helper call costs about 27 ns here), and
 /// through bpf_skb_load_bytes when not; None when the packet is shorter.
 #[inline(always)]
 fn read<T>(ctx: &TcContext, off: usize) -> Option<T> {
     let at = ctx.data() + off;
-    if off <= PORT_END && at + core::mem::size_of::<T>() <= ctx.data_end() {
+    if off <= L4_OFF_MAX && at + core::mem::size_of::<T>() <= ctx.data_end() {
         // SAFETY: within the linear part, checked above.
         return Some(unsafe { (at as *const T).read_unaligned() });
     }
